@@ -1,0 +1,3 @@
+from dnnlab.cli import main
+
+raise SystemExit(main())

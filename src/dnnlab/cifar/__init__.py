@@ -1,0 +1,1 @@
+"""CIFAR-10 architecture study: data, the model family, the training recipe."""

@@ -1,0 +1,1 @@
+"""R-CNN-style detector: selective search, IoU labels, frozen MobileNetV2 + head, NMS, mAP."""

@@ -1,0 +1,197 @@
+"""Detection: proposals, batched classification, score threshold, NMS, top-K; and mAP."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou, nms
+
+from dnnlab.detect.classifier import CropSpec, crop_batch
+from dnnlab.detect.proposals import ProposalConfig, proposal_recall, propose
+from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
+from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class DetectConfig:
+    score_threshold: float = 0.5
+    nms_iou: float = 0.3
+    max_detections: int = 10
+    # Proposals classified per image: selective search's first ones after dropping
+    # near-duplicates (IoU > prefilter_iou); keeps detection within seconds on a CPU.
+    max_proposals: int = 300
+    prefilter_iou: float = 0.8
+    batch: int = 64
+
+
+def _prefilter(boxes: np.ndarray, cfg: DetectConfig) -> np.ndarray:
+    """Drop near-duplicate proposals, keeping selective search's order, then take the first K."""
+    if len(boxes) == 0:
+        return boxes
+    b = torch.from_numpy(boxes)
+    # Earlier proposals rank higher: a descending score that follows the list order.
+    keep = nms(b, torch.linspace(1, 0, len(b)), cfg.prefilter_iou)
+    return boxes[keep.sort().values.numpy()][: cfg.max_proposals]
+
+
+@torch.no_grad()
+def classify(model, img: np.ndarray, boxes: np.ndarray, spec: CropSpec, batch: int,
+             device="cpu") -> np.ndarray:  # fmt: skip
+    """Cat probability of every box, in batches."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.float32)
+    probs = []
+    for s in range(0, len(boxes), batch):
+        crops = crop_batch(img, boxes[s : s + batch], spec).to(device)
+        probs.append(torch.softmax(model(crops), 1)[:, 1].cpu())
+    return torch.cat(probs).numpy()
+
+
+def detect_image(model, img, pcfg: ProposalConfig, spec: CropSpec, cfg: DetectConfig,
+                 device="cpu") -> dict:  # fmt: skip
+    t0 = time.perf_counter()
+    props = _prefilter(propose(img, pcfg), cfg)
+    t1 = time.perf_counter()
+    scores = classify(model, img, props, spec, cfg.batch, device)
+    keep = scores > cfg.score_threshold
+    b, s = torch.from_numpy(props[keep]), torch.from_numpy(scores[keep])
+    k = nms(b, s, cfg.nms_iou)[: cfg.max_detections]
+    return {"boxes": b[k].numpy(), "scores": s[k].numpy(), "proposals": props,
+            "all_scores": scores, "seconds": time.perf_counter() - t0,
+            "proposal_seconds": t1 - t0}  # fmt: skip
+
+
+def draw(img: np.ndarray, boxes, scores, path: Path, gt=None) -> None:
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(img)
+    d = ImageDraw.Draw(im)
+    for g in gt if gt is not None else []:
+        d.rectangle([float(v) for v in g], outline=(0, 200, 0), width=2)
+    for box, sc in zip(boxes, scores, strict=True):
+        d.rectangle([float(v) for v in box], outline=(255, 40, 40), width=3)
+        d.text((float(box[0]) + 3, float(box[1]) + 2), f"cat {sc:.2f}", fill=(255, 255, 0))
+    tmp = path.with_name(f".{path.name}.tmp.jpg")
+    im.save(tmp, quality=90)
+    tmp.replace(path)
+
+
+def _settings(model_dir: Path, ck: dict):
+    b = ck["build"]
+    t = ck["config"]
+    pcfg = ProposalConfig(b["ss_mode"], b["ss_max_side"], b["max_proposals"])
+    return pcfg, CropSpec(t["crop_size"], t["context"])
+
+
+def run_detector(images, model_dir, out_dir, cfg: DetectConfig = DetectConfig(),  # noqa: B008
+                 device="cpu", progress=True) -> list[dict]:  # fmt: skip
+    from tqdm.auto import tqdm
+
+    from dnnlab.detect.train import load_detector
+
+    model, ck = load_detector(model_dir, device)
+    pcfg, spec = _settings(Path(model_dir), ck)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for p in tqdm([Path(i) for i in images], desc="detect", unit="img", disable=not progress):
+        try:
+            img = load_rgb(p)
+        except Exception as e:
+            results.append({"image": str(p), "error": f"unreadable image: {e}"})
+            continue
+        r = detect_image(model, img, pcfg, spec, cfg, device)
+        dets = [{"box": [round(float(v), 1) for v in b], "score": round(float(s), 4)}
+                for b, s in zip(r["boxes"], r["scores"], strict=True)]  # fmt: skip
+        rec = {"image": str(p), "detections": dets, "seconds": round(r["seconds"], 3)}
+        atomic_write_json(out_dir / f"{p.stem}.json", rec)
+        draw(img, r["boxes"], r["scores"], out_dir / f"{p.stem}.jpg")
+        results.append(rec)
+    return results
+
+
+def evaluate(voc_dir, model_dir, cfg: DetectConfig = DetectConfig(), device="cpu",  # noqa: B008
+             target="cat", progress=True, draw_dir: Path | None = None) -> dict:  # fmt: skip
+    """AP50 and COCO mAP (torchmetrics), precision/recall at the threshold, timing."""
+    from torchmetrics.detection import MeanAveragePrecision
+    from tqdm.auto import tqdm
+
+    from dnnlab.detect.train import load_detector
+
+    model, ck = load_detector(model_dir, device)
+    pcfg, spec = _settings(Path(model_dir), ck)
+    problems = Problems()
+    items = read_voc_dir(voc_dir, problems, target)
+    metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy")
+    tp = fp = n_gt = 0
+    secs, props_all, gts = [], [], []
+    for item in tqdm(items, desc="evaluate", unit="img", disable=not progress):
+        try:
+            img = load_rgb(item.image)
+        except Exception as e:
+            problems.add("unreadable image", str(item.image), str(e))
+            continue
+        r = detect_image(model, img, pcfg, spec, cfg, device)
+        secs.append(r["seconds"])
+        gt = item.boxes(target)
+        props_all.append(r["proposals"])
+        gts.append(gt)
+        # AP of the detector as configured: what passes the threshold, NMS and top-K.
+        metric.update(
+            [{"boxes": torch.from_numpy(r["boxes"]).float().reshape(-1, 4),
+              "scores": torch.from_numpy(r["scores"]).float(),
+              "labels": torch.zeros(len(r["boxes"]), dtype=torch.long)}],
+            [{"boxes": torch.from_numpy(gt).float().reshape(-1, 4),
+              "labels": torch.zeros(len(gt), dtype=torch.long)}],
+        )  # fmt: skip
+        n_gt += len(gt)
+        matched = set()
+        if len(r["boxes"]) and len(gt):
+            iou = box_iou(torch.from_numpy(r["boxes"]), torch.from_numpy(gt))
+            for d in range(len(r["boxes"])):  # boxes come sorted by score from NMS
+                j = int(iou[d].argmax())
+                if iou[d, j] >= 0.5 and j not in matched:
+                    matched.add(j)
+                    tp += 1
+                else:
+                    fp += 1
+        else:
+            fp += len(r["boxes"])
+        if draw_dir is not None:
+            Path(draw_dir).mkdir(parents=True, exist_ok=True)
+            draw(img, r["boxes"], r["scores"], Path(draw_dir) / f"{item.image.stem}.jpg", gt)
+    m = metric.compute()
+    rec = proposal_recall([_prefilter(p, cfg) for p in props_all], gts)
+    result = {
+        "ap50": float(m["map_50"]),
+        "map": float(m["map"]),
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / n_gt if n_gt else float("nan"),
+        "proposal_recall50": rec["recall50"],
+        "proposal_recall70": rec["recall70"],
+        "seconds_per_image": statistics.median(secs) if secs else float("nan"),
+        "mean_seconds_per_image": statistics.fmean(secs) if secs else float("nan"),
+        "images": len(secs),
+        "gt_boxes": n_gt,
+        "settings": asdict(cfg),
+        "problems": problems.to_dict(),
+    }
+    return result
+
+
+def write_eval(model_dir, voc_dir, result: dict) -> None:
+    model_dir = Path(model_dir)
+    atomic_write_json(model_dir / "eval.json", {"voc_dir": str(voc_dir), **result})
+    md = ["# Detector evaluation", "", f"Data: `{voc_dir}` ({result['images']} images, "
+          f"{result['gt_boxes']} boxes)", "", "| metric | value |", "|---|---|"]  # fmt: skip
+    for k in ("ap50", "map", "precision", "recall", "proposal_recall50", "proposal_recall70",
+              "seconds_per_image"):  # fmt: skip
+        md.append(f"| {k} | {result[k]:.4f} |")
+    md += ["", f"Settings: `{json.dumps(result['settings'])}`"]
+    atomic_write_text(model_dir / "eval.md", "\n".join(md) + "\n")

@@ -1,0 +1,45 @@
+"""`dnnlab detect show`: grids of positive and negative training crops, like the seed's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dnnlab.detect.build import read_index
+from dnnlab.detect.classifier import CropSpec, crop_batch
+from dnnlab.detect.voc import load_rgb
+from dnnlab.utils.atomic import atomic_savefig
+
+
+def show_samples(out, n: int = 16, seed: int = 0) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    rows = read_index(out)
+    rng = np.random.default_rng(seed)
+    written = []
+    for label, name in ((1, "positives"), (0, "negatives")):
+        pick = [r for r in rows if r["label"] == label]
+        if not pick:
+            continue
+        pick = [pick[i] for i in rng.permutation(len(pick))[:n]]
+        cols = 4
+        fig, axes = plt.subplots((len(pick) + cols - 1) // cols, cols, figsize=(8, 2.1 * (
+            (len(pick) + cols - 1) // cols)), squeeze=False)  # fmt: skip
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, r in zip(axes.flat, pick, strict=False):
+            crop = crop_batch(load_rgb(Path(r["image"])), np.array([r["box"]]), CropSpec(112))
+            ax.imshow(crop[0].permute(1, 2, 0).numpy())
+            ax.set_title(f"IoU {float(r['iou']):.2f}", fontsize=8)
+        fig.suptitle(f"{name} (label {label})")
+        fig.tight_layout()
+        path = out / f"samples_{name}.png"
+        atomic_savefig(fig, path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written

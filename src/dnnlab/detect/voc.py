@@ -1,0 +1,164 @@
+"""Pascal-VOC annotations and their images, read defensively.
+
+A bad file never stops the data set: each problem is recorded in a `Problems` tally (with
+the file named) and the rest carries on.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class VocObject:
+    name: str
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels (floats)
+    difficult: bool = False
+
+
+@dataclass
+class VocImage:
+    xml: Path | None
+    image: Path
+    width: int
+    height: int
+    objects: list[VocObject]
+
+    def boxes(self, target: str, include_difficult: bool = True) -> np.ndarray:
+        return np.array([o.box for o in self.objects if o.name == target
+                         and (include_difficult or not o.difficult)],
+                        dtype=np.float32).reshape(-1, 4)  # fmt: skip
+
+    def other_boxes(self, target: str) -> np.ndarray:
+        return np.array([o.box for o in self.objects if o.name != target],
+                        dtype=np.float32).reshape(-1, 4)  # fmt: skip
+
+
+@dataclass
+class Problems:
+    """Counts and examples of what was wrong with the input, for the summary."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, kind: str, where: str, detail: str = "") -> None:
+        self.counts[kind] += 1
+        ex = self.examples.setdefault(kind, [])
+        if len(ex) < 5:
+            ex.append(f"{where}: {detail}" if detail else where)
+
+    def summary(self) -> str:
+        if not self.counts:
+            return "no problems found in the input"
+        lines = [f"{n} x {k}" + (f" (e.g. {self.examples[k][0]})" if self.examples.get(k) else "")
+                 for k, n in sorted(self.counts.items())]  # fmt: skip
+        return "input problems: " + "; ".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"counts": dict(self.counts), "examples": self.examples}
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """H x W x 3 uint8 RGB (grayscale, palette and RGBA converted); raises on a bad file."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.size
+
+
+def _find_image(xml_path: Path, filename: str | None) -> Path | None:
+    cands = []
+    if filename:
+        cands.append(xml_path.parent / Path(filename).name)
+    cands += [xml_path.with_suffix(ext) for ext in IMAGE_EXT]
+    cands += [xml_path.with_suffix(ext.upper()) for ext in IMAGE_EXT]
+    return next((c for c in cands if c.is_file()), None)
+
+
+def _num(node, tag, where):
+    text = node.findtext(tag)
+    if text is None:
+        raise ValueError(f"<{tag}> missing")
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"<{tag}> is {text!r}, not a number") from None
+
+
+def parse_voc(xml_path: Path, problems: Problems) -> VocImage | None:
+    """One annotation; None (with the problem recorded) when it cannot be used."""
+    where = str(xml_path)
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as e:
+        problems.add("malformed XML", where, str(e))
+        return None
+    img = _find_image(xml_path, root.findtext("filename"))
+    if img is None:
+        problems.add("XML without its image", where, f"no image {root.findtext('filename')!r}")
+        return None
+    try:
+        width, height = _image_size(img)
+    except Exception as e:
+        problems.add("unreadable image", str(img), str(e))
+        return None
+    objects = []
+    for k, obj in enumerate(root.iter("object")):
+        name = (obj.findtext("name") or "").strip()
+        bb = obj.find("bndbox")
+        try:
+            if bb is None:
+                raise ValueError("<bndbox> missing")
+            x1, y1 = _num(bb, "xmin", where), _num(bb, "ymin", where)
+            x2, y2 = _num(bb, "xmax", where), _num(bb, "ymax", where)
+        except ValueError as e:
+            problems.add("bad box", f"{where} object {k}", str(e))
+            continue
+        cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
+        cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
+        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+            problems.add("box outside the image (clipped)", f"{where} object {k}",
+                         f"({x1}, {y1}, {x2}, {y2}) in {width}x{height}")  # fmt: skip
+        if cx2 <= cx1 or cy2 <= cy1:
+            problems.add("box of zero area (dropped)", f"{where} object {k}",
+                         f"({x1}, {y1}, {x2}, {y2})")  # fmt: skip
+            continue
+        difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true")
+        objects.append(VocObject(name, (cx1, cy1, cx2, cy2), difficult))
+    return VocImage(xml_path, img, width, height, objects)
+
+
+def read_voc_dir(folder, problems: Problems, target: str = "cat") -> list[VocImage]:
+    """Every annotated image of a folder; images without XML are skipped, and counted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a directory of VOC XML files and images")
+    xmls = sorted(folder.glob("*.xml"))
+    if not xmls:
+        raise FileNotFoundError(f"{folder}: no .xml annotations found")
+    out = []
+    for x in xmls:
+        item = parse_voc(x, problems)
+        if item is None:
+            continue
+        if not any(o.name == target for o in item.objects):
+            problems.add(f"image without a {target!r} object (all proposals negative)",
+                         str(item.image))  # fmt: skip
+        out.append(item)
+    return out

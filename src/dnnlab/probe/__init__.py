@@ -1,0 +1,1 @@
+"""Layer-wise separability probing of trained networks."""

@@ -1,0 +1,61 @@
+"""Probe a `dnnlab train` run directory: its best weights on train20, val and test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from dnnlab.cifar.augment import to_input
+from dnnlab.cifar.data import load_cifar10, stratified_subset
+from dnnlab.cifar.train import RunError, TrainConfig, load_model_checkpoint
+from dnnlab.probe.probe import ProbeConfig, ProbeResult, plot_probe, probe_model
+
+SPLITS = ("train20", "val", "test")
+
+
+def run_splits(run: Path, cfg: TrainConfig, wanted, data_root=None, max_per_split=None,
+               seed: int = 0):  # fmt: skip
+    """{split: (uint8 images, labels)} for a run, from its recorded split indices."""
+    unknown = [s for s in wanted if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split {unknown}; choose from {list(SPLITS)}")
+    split_file = run / "split.json"
+    if not split_file.exists():
+        raise RunError(f"{run}: no split.json; is this a `dnnlab train` run directory?")
+    s = json.loads(split_file.read_text())
+    data = load_cifar10(data_root or cfg.data_root)
+    tr, va = torch.tensor(s["train"]), torch.tensor(s["val"])
+    out = {}
+    for name in wanted:
+        if name == "train20":
+            # A stratified, seeded 20% of the run's training images (9,000 of 45,000).
+            pos = stratified_subset(data.train_y[tr], round(0.2 * len(tr)), seed)
+            x, y = data.train_x[tr[pos]], data.train_y[tr[pos]]
+        elif name == "val":
+            x, y = data.train_x[va], data.train_y[va]
+        else:
+            x, y = data.test_x, data.test_y
+        if max_per_split and x.shape[0] > max_per_split:
+            pos = stratified_subset(y, max_per_split, seed)
+            x, y = x[pos], y[pos]
+        out[name] = (x, y)
+    return out
+
+
+def probe_run(run, pcfg: ProbeConfig, data_root=None, max_per_split=None, overwrite=False,
+              progress=False) -> ProbeResult:  # fmt: skip
+    run = Path(run)
+    if not (run / "config.json").exists():
+        raise RunError(f"{run}: no config.json; is this a `dnnlab train` run directory?")
+    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    best = run / "best.pt"
+    if not best.exists():
+        raise RunError(f"{run}: no best.pt yet; train the run first")
+    model, _ = load_model_checkpoint(best, cfg.model)
+    splits = run_splits(run, cfg, pcfg.splits, data_root, max_per_split, seed=cfg.seed)
+    res = probe_model(model, splits, pcfg, out=run, input_fn=to_input, overwrite=overwrite,
+                      progress=progress)  # fmt: skip
+    plot_probe(res.rows, run, title=cfg.model)
+    return res

@@ -1,0 +1,126 @@
+"""Read feature and label arrays from .npy, .npz, .pt and .csv files.
+
+A name after a colon picks one array: `feats.npz:X`, `data.pt:labels`, `table.csv:label`
+(a CSV column by its header). Errors name the file and, for CSV, the row.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class InputError(ValueError):
+    """A file that cannot be read as the array it should hold."""
+
+
+def split_spec(spec: str) -> tuple[Path, str | None]:
+    """'path.npz:NAME' -> (path, NAME); a colon that is part of an existing path is kept."""
+    if os.path.exists(spec):
+        return Path(spec), None
+    head, sep, name = spec.rpartition(":")
+    if sep and head and name and not name.startswith(("/", "\\")):
+        return Path(head), name
+    return Path(spec), None
+
+
+def _pick(named: dict, name: str | None, path: Path):
+    if name is not None:
+        if name not in named:
+            raise InputError(f"{path}: no array named {name!r}; it holds {sorted(named)}")
+        return named[name]
+    if len(named) == 1:
+        return next(iter(named.values()))
+    raise InputError(
+        f"{path} holds several arrays {sorted(named)}; choose one as {path}:NAME"
+    )
+
+
+def _read_csv(path: Path, column: str | None, numeric: bool) -> np.ndarray:
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise InputError(f"{path}: the file is empty")
+
+    def is_number(cell: str) -> bool:
+        try:
+            float(cell)
+            return True
+        except ValueError:
+            return False
+
+    header = None
+    first_numeric = all(is_number(c) for c in rows[0])
+    if column is not None or (numeric and not first_numeric and len(rows) > 1):
+        header, rows = [c.strip() for c in rows[0]], rows[1:]
+    width = len(header) if header else len(rows[0])
+    offset = 2 if header else 1
+    for i, r in enumerate(rows):
+        if len(r) != width:
+            raise InputError(
+                f"{path}: row {i + offset} has {len(r)} fields, expected {width}"
+            )
+    if column is not None:
+        if column not in header:
+            raise InputError(f"{path}: no column {column!r}; the header has {header}")
+        rows = [[r[header.index(column)]] for r in rows]
+    if not rows:
+        raise InputError(f"{path}: no data rows")
+    if not numeric:
+        cells = [r[0].strip() for r in rows] if len(rows[0]) == 1 else None
+        if cells is None:
+            raise InputError(f"{path}: labels need one column; found {len(rows[0])}")
+        return np.asarray([int(c) if _is_int(c) else c for c in cells] if all(
+            _is_int(c) for c in cells) else cells)
+    out = np.empty((len(rows), len(rows[0])), dtype=np.float64)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(r):
+            try:
+                out[i, j] = float(c)
+            except ValueError:
+                raise InputError(
+                    f"{path}: row {i + offset}, column {j + 1}: {c!r} is not a number"
+                ) from None
+    return out
+
+
+def _is_int(cell: str) -> bool:
+    try:
+        int(cell)
+        return True
+    except ValueError:
+        return False
+
+
+def load_array(spec: str, *, numeric: bool = True):
+    """Load one array (numpy or torch) from a file spec; numeric=False allows string labels."""
+    path, name = split_spec(str(spec))
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            if name:
+                raise InputError(f"{path}: a .npy file holds one array; drop ':{name}'")
+            return np.load(path, allow_pickle=False)
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return np.asarray(_pick({k: z[k] for k in z.files}, name, path))
+        if suffix in (".pt", ".pth"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict):
+                obj = _pick(obj, name, path)
+            if not isinstance(obj, (torch.Tensor, np.ndarray, list)):
+                raise InputError(f"{path}: expected a tensor, found {type(obj).__name__}")
+            return obj
+        if suffix in (".csv", ".txt"):
+            return _read_csv(path, name, numeric)
+    except InputError:
+        raise
+    except Exception as e:  # a truncated or foreign file: say which file and why
+        raise InputError(f"{path}: cannot read as {suffix or 'an array file'}: {e}") from None
+    raise InputError(f"{path}: unsupported file type {suffix!r}; use .npy, .npz, .pt or .csv")

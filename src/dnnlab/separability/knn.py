@@ -1,0 +1,308 @@
+"""Exact k-nearest-neighbour search that never holds an N x N matrix.
+
+Design (see docs/separability.md):
+1. Approximate pass. Rows are cut into blocks of B. For every block pair (I, J) with J >= I,
+   one matrix multiply gives the B x B squared distances |a|^2 + |b|^2 - 2 a.b, which update
+   the running top-k' of the rows of I (columns J) *and* of the rows of J (columns I): each
+   pair is computed once. Memory: the data, the N x k' state and O(B^2) workspace.
+2. Certification. The expanded form carries float rounding of about u*sqrt(D)*(|a|^2+|b|^2).
+   A row whose k+1 best approximate distances are separated by more than a generous bound
+   of that error is already exact. Other rows (duplicates, exact ties, near ties) have their
+   candidates re-measured directly, (a - b)^2 summed in float64, and ordered by
+   (distance, index): among equal distances the lowest index wins, on every device.
+3. Fallback. If even the k' candidates may not hold every point tied with the k-th (a large
+   group of duplicates), the row is searched again against all N points.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+# Bound on the rounding error of one expanded-form distance, as a multiple of
+# u*sqrt(D)*(|a|^2+|b|^2). The measured worst case is about 1x that scale (1.1 at D=16, 0.03
+# at D=16384; tests/test_knn.py checks it), so 8x leaves a wide margin.
+TOL_FACTOR = 8.0
+EXTRA_CANDIDATES = 8
+
+
+@dataclass
+class SearchStats:
+    block: int = 0
+    pairs: int = 0
+    gemm_seconds: float = 0.0
+    gemm_flops: float = 0.0
+    refined_rows: int = 0
+    fallback_rows: int = 0
+    timings: dict = field(default_factory=dict)
+
+
+def _unit_roundoff(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps / 2
+
+
+def sq_norms(a: torch.Tensor) -> torch.Tensor:
+    """Squared row norms (torch's norm kernel sums in cascades: accurate in float32)."""
+    out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
+    step = max(1, (1 << 22) // max(a.shape[1], 1))
+    for s in range(0, a.shape[0], step):
+        out[s : s + step] = torch.linalg.vector_norm(a[s : s + step], dim=1).square_()
+    return out
+
+
+def _merge(best_d, best_i, new_d, new_i, kk):
+    """Keep the kk smallest of the running candidates and new ones (unordered)."""
+    d = torch.cat([best_d, new_d], dim=1)
+    i = torch.cat([best_i, new_i], dim=1)
+    top_d, pos = torch.topk(d, kk, dim=1, largest=False, sorted=False)
+    return top_d, torch.gather(i, 1, pos)
+
+
+def _block_topk(d: torch.Tensor, col0: int, kk: int):
+    k = min(kk, d.shape[1])
+    top_d, pos = torch.topk(d, k, dim=1, largest=False, sorted=False)
+    return top_d, pos.add_(col0)
+
+
+def exact_sqdist(a: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor, mem_elems: int):
+    """Direct squared distances sum((a[row] - a[c])^2) for each row and candidate column.
+
+    Unlike the expanded form there is no cancellation: duplicates give exactly 0 and equal
+    distances compare equal, so the (distance, index) order below is exact. Returned as
+    float64 so callers can compare against float64 tolerances.
+    """
+    r, c = cand.shape
+    out = torch.empty((r, c), dtype=torch.float64, device=a.device)
+    step = max(1, mem_elems // max(c * a.shape[1], 1))
+    for s in range(0, r, step):
+        cs = cand[s : s + step]
+        x = a.index_select(0, cs.reshape(-1)).view(cs.shape[0], c, -1)
+        diff = x.sub_(a.index_select(0, rows[s : s + step])[:, None, :])
+        out[s : s + step] = torch.linalg.vector_norm(diff, dim=2).square_()
+    return out
+
+
+def order_exact(dist64: torch.Tensor, idx: torch.Tensor):
+    """Sort each row by (distance, index): sort by index, then stably by distance."""
+    idx_sorted, p = torch.sort(idx, dim=1)
+    d = torch.gather(dist64, 1, p)
+    d_sorted, p2 = torch.sort(d, dim=1, stable=True)
+    return d_sorted, torch.gather(idx_sorted, 1, p2)
+
+
+def pair_schedule(n_blocks: int, rank: int = 0, world: int = 1):
+    pairs = [(i, j) for i in range(n_blocks) for j in range(i, n_blocks)]
+    return pairs[rank::world]
+
+
+def approximate_candidates(
+    a: torch.Tensor,
+    sq: torch.Tensor,
+    kk: int,
+    block: int,
+    pairs: list[tuple[int, int]],
+    stats: SearchStats,
+    progress: Callable | None = None,
+):
+    """Running top-kk (unordered) of every row over the given block pairs."""
+    import time
+
+    n = a.shape[0]
+    dev = a.device
+    best_d = torch.full((n, kk), float("inf"), dtype=a.dtype, device=dev)
+    best_i = torch.full((n, kk), -1, dtype=torch.long, device=dev)
+    timed = dev.type == "cpu"
+    for bi, bj in pairs:
+        i0, i1 = bi * block, min(n, (bi + 1) * block)
+        j0, j1 = bj * block, min(n, (bj + 1) * block)
+        t0 = time.perf_counter() if timed else 0.0
+        g = torch.mm(a[i0:i1], a[j0:j1].T)
+        if timed:
+            stats.gemm_seconds += time.perf_counter() - t0
+        stats.gemm_flops += 2.0 * (i1 - i0) * (j1 - j0) * a.shape[1]
+        # d = |a|^2 + |b|^2 - 2 a.b, in place to keep one B x B buffer.
+        d = g.mul_(-2).add_(sq[i0:i1, None]).add_(sq[None, j0:j1])
+        if bi == bj:
+            d.fill_diagonal_(float("inf"))
+        nd, ni = _block_topk(d, j0, kk)
+        best_d[i0:i1], best_i[i0:i1] = _merge(best_d[i0:i1], best_i[i0:i1], nd, ni, kk)
+        if bi != bj:
+            nd, ni = _block_topk(d.T, i0, kk)
+            best_d[j0:j1], best_i[j0:j1] = _merge(best_d[j0:j1], best_i[j0:j1], nd, ni, kk)
+        stats.pairs += 1
+        if progress is not None:
+            progress(1)
+    return best_d, best_i
+
+
+def finalize(
+    a: torch.Tensor,
+    sq: torch.Tensor,
+    best_d: torch.Tensor,
+    best_i: torch.Tensor,
+    k: int,
+    rows: torch.Tensor,
+    stats: SearchStats,
+    mem_elems: int,
+) -> torch.Tensor:
+    """Turn approximate candidates of `rows` into the exact, tie-ordered k nearest."""
+    n, dim = a.shape
+    kk = best_d.shape[1]
+    d_s, p = torch.sort(best_d, dim=1)
+    i_s = torch.gather(best_i, 1, p)
+    u = _unit_roundoff(a.dtype)
+    # Per-value error bound; the largest norm in the data covers points outside the candidates.
+    scale = (sq[rows] + sq.max()).to(torch.float64)
+    tol = (TOL_FACTOR * u * math.sqrt(dim)) * scale
+    d64 = d_s.to(torch.float64)
+    upto = min(k + 1, kk)
+    gaps = d64[:, 1:upto] - d64[:, : upto - 1]
+    ambiguous = (gaps <= 2 * tol[:, None]).any(1) if upto > 1 else torch.zeros_like(tol, dtype=bool)
+    out = i_s[:, :k].clone()
+    amb = ambiguous.nonzero().squeeze(1)
+    stats.refined_rows += int(amb.numel())
+    if amb.numel() == 0:
+        return out
+    ex_d, ex_i = order_exact(exact_sqdist(a, rows[amb], i_s[amb], mem_elems), i_s[amb])
+    out[amb] = ex_i[:, :k]
+    if kk >= n - 1:
+        return out  # the candidates are every other point: nothing can be missing
+    # Candidates may be incomplete when the last one is within tolerance of the k-th: some
+    # point outside could tie with or beat the k-th. Search those rows against all points.
+    incomplete = d64[amb, kk - 1] - d64[amb, k - 1] <= 2 * tol[amb]
+    redo = amb[incomplete]
+    stats.fallback_rows += int(redo.numel())
+    for r in redo.tolist():
+        out[r] = _full_row(a, sq, int(rows[r]), k, float(tol[r]), mem_elems)
+    return out
+
+
+def _full_row(a, sq, row: int, k: int, tol: float, mem_elems: int) -> torch.Tensor:
+    d = (sq - 2 * torch.mv(a, a[row])).add_(sq[row]).to(torch.float64)
+    d[row] = float("inf")
+    kth = torch.kthvalue(d, k).values  # within tol of the true k-th: keep all within 2 tol
+    cand = (d <= kth + 2 * tol).nonzero().squeeze(1)
+    ex = exact_sqdist(a, torch.tensor([row], device=a.device), cand[None, :], mem_elems)
+    _, ordered = order_exact(ex, cand[None, :])
+    return ordered[0, :k]
+
+
+def choose_block(
+    n: int, dim: int, workspace_bytes: int, itemsize: int, device: torch.device
+) -> int:
+    """Block rows: as large as the workspace (about four B x B buffers) allows, up to a cap.
+
+    Smaller blocks waste less on the diagonal pairs, which are computed whole: the matrix
+    work is (1 + 1/blocks) / 2 of the full N x N. On a CPU, MKL runs B x D x B products
+    with B around 512-768 as fast as larger ones when D is large; when D is small the
+    per-pair top-k dominates and larger blocks amortize it better.
+    """
+    if device.type == "cpu":
+        cap = 768 if dim >= 2048 else 2048
+    else:
+        cap = 4096
+    b = int(math.sqrt(max(workspace_bytes, 0) / (4 * itemsize)))
+    b = min(cap, b - b % 64)
+    if b < 64:
+        raise MemoryError(
+            f"the memory budget leaves {workspace_bytes / 2**20:.0f} MiB of workspace, "
+            "less than one 64 x 64 block needs; raise max_memory"
+        )
+    return min(b, max(64, n))
+
+
+def _dist_info(group):
+    import torch.distributed as dist
+
+    if group is None and not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _all_gather_cat(t: torch.Tensor, group, world: int) -> torch.Tensor:
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t.contiguous(), group=group)
+    return torch.cat(parts, dim=1)
+
+
+def k_nearest(
+    a: torch.Tensor,
+    k: int,
+    block: int,
+    *,
+    sq: torch.Tensor | None = None,
+    mem_elems: int = 1 << 26,
+    progress: Callable | None = None,
+    group=None,
+    stats: SearchStats | None = None,
+) -> torch.Tensor:
+    """Indices (N, k) of each row's k nearest other rows, ordered by (distance, index).
+
+    With torch.distributed initialized, block pairs are shared round-robin across the
+    processes and the candidates merged, so every process returns the same exact answer.
+    """
+    stats = stats if stats is not None else SearchStats()
+    n = a.shape[0]
+    if not 1 <= k <= n - 1:
+        raise ValueError(f"k must be between 1 and N-1 = {n - 1}; got {k}")
+    kk = min(n - 1, k + EXTRA_CANDIDATES)
+    sq = sq_norms(a) if sq is None else sq
+    n_blocks = math.ceil(n / block)
+    rank, world = _dist_info(group)
+    stats.block = block
+    pairs = pair_schedule(n_blocks, rank, world)
+    best_d, best_i = approximate_candidates(a, sq, kk, block, pairs, stats, progress)
+    if world > 1:
+        all_d = _all_gather_cat(best_d, group, world)
+        all_i = _all_gather_cat(best_i, group, world)
+        best_d, pos = torch.topk(all_d, kk, dim=1, largest=False, sorted=False)
+        best_i = torch.gather(all_i, 1, pos)
+    rows = torch.arange(n, device=a.device)
+    return finalize(a, sq, best_d, best_i, k, rows, stats, mem_elems)
+
+
+def nearest_center(
+    a: torch.Tensor,
+    centers: torch.Tensor,
+    block: int,
+    mem_elems: int = 1 << 26,
+    sq: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Index of each row's nearest center; among equal distances the lowest index wins.
+
+    `centers` are float64 (exact means); the fast pass uses them rounded to a's dtype.
+    """
+    n, dim = a.shape
+    c = centers.shape[0]
+    sq = sq_norms(a) if sq is None else sq
+    c_fast = centers.to(a.dtype)
+    csq = centers.square().sum(1).to(a.dtype)
+    out = torch.empty(n, dtype=torch.long, device=a.device)
+    if c == 1:
+        return out.zero_()
+    u = _unit_roundoff(a.dtype)
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        d = torch.mm(a[s:e], c_fast.T).mul_(-2).add_(sq[s:e, None]).add_(csq[None, :])
+        top_d, top_i = torch.topk(d, 2, dim=1, largest=False, sorted=True)
+        out[s:e] = top_i[:, 0]
+        tol = (TOL_FACTOR * u * math.sqrt(dim)) * (sq[s:e] + csq.max()).to(torch.float64)
+        amb = ((top_d[:, 1] - top_d[:, 0]).to(torch.float64) <= 2 * tol).nonzero().squeeze(1)
+        if amb.numel():
+            # Re-measure every center exactly for the ambiguous rows.
+            rows = amb + s
+            step = max(1, mem_elems // max(c * dim, 1))
+            for r0 in range(0, rows.numel(), step):
+                rr = rows[r0 : r0 + step]
+                ex = (
+                    (centers[None] - a[rr].to(torch.float64)[:, None])
+                    .square_()
+                    .sum(2)
+                )
+                out[rr] = ex.argmin(1)  # argmin returns the first (lowest) index among ties
+    return out

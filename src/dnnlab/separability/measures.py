@@ -1,0 +1,380 @@
+"""The Separation Index family, computed from one neighbour search.
+
+SI      fraction of samples whose nearest neighbour (itself excluded) shares its label
+CSI     fraction of samples whose nearest class mean is their own class's
+hsi:r   fraction whose r nearest neighbours all share the label (high-order SI)
+soft:r  mean fraction of the r nearest neighbours that share the label
+anti:r  fraction whose r nearest neighbours include none with the label
+For r = 1: hsi = soft = si and anti = 1 - si, exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dnnlab.separability import knn
+from dnnlab.separability.normalize import NORMALIZATIONS, normalize_with_norms
+from dnnlab.utils.sizes import parse_size
+
+KINDS = ("si", "csi", "hsi", "soft", "anti")
+DEFAULT_MEASURES = ("si", "csi")
+DEFAULT_MAX_MEMORY = "2GB"
+
+
+@dataclass(frozen=True)
+class Measure:
+    kind: str
+    order: int = 1
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.kind in ("si", "csi") else f"{self.kind}:{self.order}"
+
+
+def parse_measures(spec) -> list[Measure]:
+    """'si,csi,hsi:3' (or a list of such names) -> [Measure, ...]."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[Measure] = []
+    for raw in items:
+        text = str(raw).strip().lower()
+        if not text:
+            continue
+        m = re.fullmatch(r"([a-z]+)(?::(\d+))?", text)
+        if not m or m.group(1) not in KINDS:
+            raise ValueError(
+                f"unknown measure {raw!r}; known: si, csi, hsi:R, soft:R, anti:R (R >= 1)"
+            )
+        kind, order = m.group(1), int(m.group(2) or 1)
+        if kind in ("si", "csi") and m.group(2) and order != 1:
+            raise ValueError(f"measure {raw!r}: {kind} takes no order; use hsi:{order}")
+        if order < 1:
+            raise ValueError(f"measure {raw!r}: the order must be >= 1")
+        meas = Measure(kind, order)
+        if meas not in out:
+            out.append(meas)
+    if not out:
+        raise ValueError("no measure requested")
+    return out
+
+
+@dataclass
+class SeparabilityResult:
+    """Values of the requested measures, per class too; prints as a table, saves as JSON."""
+
+    values: dict[str, float]
+    per_class: dict[str, dict[str, float]]
+    class_counts: dict[str, int]
+    n: int
+    dim: int
+    normalize: str
+    device: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> float:
+        return self.values[name]
+
+    def to_dict(self) -> dict:
+        return {
+            **self.values,
+            "per_class": self.per_class,
+            "class_counts": self.class_counts,
+            "n": self.n,
+            "dim": self.dim,
+            "normalize": self.normalize,
+            "device": self.device,
+            "seconds": round(self.seconds, 4),
+            "notes": self.notes,
+        }
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    def __str__(self) -> str:
+        names = list(self.values)
+        head = f"N={self.n}  D={self.dim}  normalize={self.normalize}  device={self.device}"
+        lines = [head, f"{'measure':<10}{'value':>9}"]
+        lines += [f"{k:<10}{v:>9.4f}" for k, v in self.values.items()]
+        if self.per_class:
+            w = max(8, *(len(c) for c in self.per_class)) + 2
+            lines.append("")
+            lines.append(f"{'class':<{w}}{'n':>7}" + "".join(f"{k:>9}" for k in names))
+            for c, vals in self.per_class.items():
+                row = f"{c:<{w}}{self.class_counts[c]:>7}"
+                lines.append(row + "".join(f"{vals[k]:>9.4f}" for k in names))
+        lines.append(f"({self.seconds:.2f} s)")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def as_feature_tensor(features) -> torch.Tensor:
+    """Any (N, ...) array or tensor -> (N, D) tensor view, without copying when possible."""
+    if isinstance(features, torch.Tensor):
+        x = features.detach()
+    elif isinstance(features, np.ndarray):
+        arr = features
+        if arr.dtype == object or not (
+            np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
+        ):
+            raise TypeError(f"features must be numeric; got dtype {arr.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(arr) if not arr.flags.c_contiguous else arr)
+    else:
+        try:
+            x = torch.as_tensor(np.asarray(features, dtype=np.float64))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"features must be a numeric array or tensor: {e}") from None
+    if x.dim() == 0:
+        raise ValueError("features must have a sample axis: shape (N, ...); got a scalar")
+    if x.is_complex():
+        raise TypeError("complex features are not supported")
+    if not x.is_floating_point():
+        x = x.to(torch.float32)
+    return x.reshape(x.shape[0], -1) if x.dim() != 2 else x
+
+
+def encode_labels(labels, n: int) -> tuple[np.ndarray, list]:
+    """Labels of any type -> (codes 0..C-1 in sorted label order, the sorted class values)."""
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    arr = np.asarray(labels)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"labels must have shape (N,) or (N, 1); got shape {tuple(arr.shape)}")
+    if arr.shape[0] != n:
+        raise ValueError(
+            f"features have N={n} samples but labels have {arr.shape[0]}; they must match"
+        )
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = np.flatnonzero(~np.isfinite(arr))
+        raise ValueError(f"labels contain {bad.size} NaN/Inf values, first at rows {bad[:5]}")
+    classes, codes = np.unique(arr, return_inverse=True)
+    return codes.astype(np.int64), classes.tolist()
+
+
+def check_finite(x: torch.Tensor) -> None:
+    step = max(1, (1 << 24) // max(x.shape[1], 1))
+    bad_rows: list[int] = []
+    count = 0
+    for s in range(0, x.shape[0], step):
+        ok = torch.isfinite(x[s : s + step]).all(1)
+        if not bool(ok.all()):
+            rows = (~ok).nonzero().squeeze(1) + s
+            count += rows.numel()
+            bad_rows += rows[: 5 - len(bad_rows)].tolist() if len(bad_rows) < 5 else []
+    if count:
+        raise ValueError(
+            f"features contain NaN or Inf in {count} rows (first rows: {bad_rows}); "
+            "remove or impute them first"
+        )
+
+
+def resolve_device(x: torch.Tensor, device) -> torch.device:
+    if device in (None, "auto"):
+        return x.device
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but CUDA is not available here")
+    return dev
+
+
+# ---------------------------------------------------------------------------- compute
+
+
+def class_centers(a: torch.Tensor, codes: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """float64 means of each class's rows of a (chunk sums in a's dtype, totals in float64)."""
+    sums = torch.zeros((n_classes, a.shape[1]), dtype=torch.float64, device=a.device)
+    part = torch.empty((n_classes, a.shape[1]), dtype=a.dtype, device=a.device)
+    step = max(1, (1 << 22) // max(a.shape[1], 1))
+    for s in range(0, a.shape[0], step):
+        part.zero_().index_add_(0, codes[s : s + step], a[s : s + step])
+        sums += part
+    counts = torch.bincount(codes, minlength=n_classes).to(torch.float64)
+    return sums / counts[:, None]
+
+
+def plan_memory(n: int, copy_d: int, d: int, kk: int, itemsize: int, budget: int):
+    """Split the budget: the normalized copy (copy_d columns; 0 when normalizing in place)
+    and the search state first, the rest for blocks."""
+    fixed = n * copy_d * itemsize + n * kk * (itemsize + 8) * 3 + n * 64
+    workspace = budget - fixed
+    if workspace <= 4 * 64 * 64 * itemsize:
+        need = fixed + 4 * 64 * 64 * itemsize
+        raise MemoryError(
+            f"max_memory {budget / 2**30:.2f} GiB is too small: the normalized features "
+            f"alone take {n * copy_d * itemsize / 2**30:.2f} GiB (N={n}, D={d}); "
+            f"allow at least {need / 2**30:.2f} GiB"
+        )
+    # Refinement gathers (rows x candidates x D) float64 tiles: give it a quarter.
+    mem_elems = max(d * (kk + 1), workspace // 4 // 8)
+    return workspace * 3 // 4, int(mem_elems)
+
+
+def separability(
+    features,
+    labels,
+    measures=DEFAULT_MEASURES,
+    *,
+    normalize_method: str = "zscore",
+    device=None,
+    max_memory=DEFAULT_MAX_MEMORY,
+    progress: bool = False,
+    group=None,
+    compute_dtype: torch.dtype = torch.float32,
+    stats: knn.SearchStats | None = None,
+    block: int | None = None,
+    overwrite_input: bool = False,
+) -> SeparabilityResult:
+    """Compute several separability measures from one exact neighbour search.
+
+    features: (N, ...) numpy array or torch tensor (float16/32/64, CPU or CUDA), flattened
+        per sample; never modified.
+    labels: N values of any sortable type (ints need not be contiguous; strings allowed).
+    measures: names such as "si", "csi", "hsi:3", "soft:3", "anti:3" (list or comma string).
+    normalize_method: "zscore" (per feature, (x - mean) / (unbiased std + 1e-10)), "minmax"
+        or "none".
+    device: where to compute; default: where the features are.
+    max_memory: budget for the normalized copy and the blocks ("2GB", or bytes).
+    group: a torch.distributed process group to share the work (default: the world group
+        when torch.distributed is initialized).
+    block: rows per block; default: the largest the memory budget allows.
+    overwrite_input: allow normalizing `features` in place (float32, contiguous, already on
+        the device) instead of copying them: the caller's contents are lost, and the memory
+        budget no longer has to hold an N x D copy.
+    """
+    t0 = time.perf_counter()
+    wanted = parse_measures(measures)
+    if normalize_method not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalize_method!r}; choose {NORMALIZATIONS}")
+    x = as_feature_tensor(features)
+    n, d = x.shape
+    if n < 2:
+        raise ValueError(f"need at least 2 samples; got N={n}")
+    if d == 0:
+        raise ValueError("features have 0 dimensions per sample")
+    codes_np, classes = encode_labels(labels, n)
+    k = max((m.order for m in wanted if m.kind != "csi"), default=0)
+    if k >= n:
+        raise ValueError(f"order r={k} needs r < N = {n} (a sample has only N-1 neighbours)")
+    dev = resolve_device(x, device)
+    names = [str(c) for c in classes]
+    counts = np.bincount(codes_np, minlength=len(classes))
+    notes: list[str] = []
+    if len(classes) == 1:
+        msg = f"all {n} samples have one label ({names[0]!r}); every measure is trivial"
+        warnings.warn(msg, stacklevel=2)
+        notes.append(msg)
+        vals = {m.name: (0.0 if m.kind == "anti" else 1.0) for m in wanted}
+        return SeparabilityResult(
+            vals, {names[0]: dict(vals)}, {names[0]: n}, n, d, normalize_method, str(dev),
+            time.perf_counter() - t0, notes,
+        )  # fmt: skip
+
+    itemsize = torch.finfo(compute_dtype).bits // 8
+    kk = min(n - 1, k + knn.EXTRA_CANDIDATES) if k else 1
+    in_place = overwrite_input and x.dtype == compute_dtype and x.is_contiguous() and (
+        device in (None, "auto") or x.device == torch.device(device))
+    copy_d = 0 if in_place else d
+    workspace, mem_elems = plan_memory(n, copy_d, d, kk, itemsize, parse_size(max_memory))
+    if block is None:
+        block = knn.choose_block(n, d, workspace, itemsize, dev)
+    elif block < 1:
+        raise ValueError(f"block must be >= 1; got {block}")
+    stats = stats if stats is not None else knn.SearchStats()
+
+    with _highest_precision():
+        xd = x.to(dev, non_blocking=True) if x.device != dev else x
+        if normalize_method == "none" and xd.dtype == compute_dtype and xd.is_contiguous():
+            a, sq = xd, knn.sq_norms(xd)  # a is only read below, so no copy is needed
+        else:
+            a, sq = normalize_with_norms(xd, normalize_method, compute_dtype, inplace=in_place)
+        if not bool(torch.isfinite(sq).all()):
+            check_finite(x)  # names the offending rows
+            raise ValueError(
+                "features overflow float32 once normalized (values near 1e19 or larger); "
+                "rescale them or use normalize='zscore'"
+            )
+        del xd
+        codes = torch.as_tensor(codes_np, device=dev)
+        same: dict[int, torch.Tensor] = {}
+        if k:
+            bar = _progress_bar(n, block, group, progress)
+            nbr = knn.k_nearest(
+                a, k, block, sq=sq, mem_elems=mem_elems, progress=bar.update if bar else None,
+                group=group, stats=stats,
+            )  # fmt: skip
+            if bar:
+                bar.close()
+            eq = codes[nbr] == codes[:, None]
+            cum = eq.to(torch.int64).cumsum(1)  # cum[:, r-1] = neighbours among the r nearest
+            for r in sorted({m.order for m in wanted if m.kind != "csi"}):
+                same[r] = cum[:, r - 1]
+        own_center = None
+        if any(m.kind == "csi" for m in wanted):
+            centers = class_centers(a, codes, len(classes))
+            own_center = knn.nearest_center(a, centers, block, mem_elems, sq=sq) == codes
+
+    per_row: dict[str, torch.Tensor] = {}
+    for m in wanted:
+        if m.kind == "csi":
+            hit = own_center.to(torch.int64)
+            per_row[m.name] = hit
+        elif m.kind == "soft":
+            per_row[m.name] = same[m.order]  # numerator; denominator r below
+        elif m.kind == "anti":
+            per_row[m.name] = (same[m.order] == 0).to(torch.int64)
+        else:  # si, hsi
+            per_row[m.name] = (same[m.order] == m.order).to(torch.int64)
+
+    values: dict[str, float] = {}
+    per_class: dict[str, dict[str, float]] = {c: {} for c in names}
+    for m in wanted:
+        denom = m.order if m.kind == "soft" else 1
+        hits = per_row[m.name]
+        values[m.name] = int(hits.sum()) / (n * denom)
+        by_class = torch.zeros(len(classes), dtype=torch.int64, device=hits.device)
+        by_class.index_add_(0, codes, hits)
+        for ci, c in enumerate(names):
+            per_class[c][m.name] = int(by_class[ci]) / (int(counts[ci]) * denom)
+    for v in values.values():
+        assert not math.isnan(v)
+    return SeparabilityResult(
+        values, per_class, {c: int(counts[i]) for i, c in enumerate(names)}, n, d,
+        normalize_method, str(dev), time.perf_counter() - t0, notes,
+    )  # fmt: skip
+
+
+class _highest_precision:
+    """Force full-precision float32 matrix multiplies (no TF32) and restore the setting."""
+
+    def __enter__(self):
+        self.prev = torch.get_float32_matmul_precision()
+        self.prev_cuda = torch.backends.cuda.matmul.allow_tf32
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.set_float32_matmul_precision(self.prev)
+        torch.backends.cuda.matmul.allow_tf32 = self.prev_cuda
+
+
+def _progress_bar(n: int, block: int, group, progress: bool):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    rank, world = knn._dist_info(group)
+    nb = math.ceil(n / block)
+    total = len(knn.pair_schedule(nb, rank, world))
+    return tqdm(total=total, desc="neighbour search", unit="block", disable=rank != 0)

@@ -1,0 +1,101 @@
+"""Per-feature normalization applied before distances are measured.
+
+One pass over row chunks gathers min, max, mean and the sum of squared deviations (each
+chunk's own in the working precision, combined across chunks in float64 with Chan's
+formula), a second pass writes the normalized copy. A constant feature (max == min) gets
+scale 0, so it normalizes to exactly 0: no NaN, and no rounding noise divided by 1e-10.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NORMALIZATIONS = ("zscore", "minmax", "none")
+# The reference implementation divides by (unbiased std + 1e-10); we keep that constant so
+# values are comparable with it.
+STD_EPS = 1e-10
+
+
+def _row_chunks(n: int, d: int, budget_elems: int = 1 << 23):
+    step = max(1, budget_elems // max(d, 1))
+    for start in range(0, n, step):
+        yield start, min(n, start + step)
+
+
+def _work_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def feature_stats(x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return float64 (shift, scale) so that normalized = (x - shift) * scale."""
+    n, d = x.shape
+    f64 = dict(dtype=torch.float64, device=x.device)
+    if method == "none":
+        return torch.zeros(d, **f64), torch.ones(d, **f64)
+    if method not in ("zscore", "minmax"):
+        raise ValueError(f"unknown normalization {method!r}; choose one of {NORMALIZATIONS}")
+    work = _work_dtype(x)
+    lo = torch.full((d,), float("inf"), **f64)
+    hi = torch.full((d,), float("-inf"), **f64)
+    mean = torch.zeros(d, **f64)
+    m2 = torch.zeros(d, **f64)
+    count = 0
+    for a, b in _row_chunks(n, d):
+        c = x[a:b].to(work)
+        lo = torch.minimum(lo, c.amin(0).double())
+        hi = torch.maximum(hi, c.amax(0).double())
+        if method == "zscore":
+            cm = c.mean(0)
+            cm2 = (c - cm).square_().sum(0).double()
+            nb = b - a
+            delta = cm.double() - mean
+            tot = count + nb
+            mean += delta * (nb / tot)
+            m2 += cm2 + delta.square() * (count * nb / tot)
+            count = tot
+    constant = hi == lo
+    if method == "minmax":
+        span = torch.where(constant, 1.0, hi - lo)
+        return lo, torch.where(constant, 0.0, 1.0 / span)
+    std = (m2 / max(n - 1, 1)).sqrt() + STD_EPS
+    # A constant feature's shift is its value, so x - shift is exactly 0 in any precision.
+    return torch.where(constant, lo, mean), torch.where(constant, 0.0, 1.0 / std)
+
+
+def normalize_with_norms(
+    x: torch.Tensor, method: str = "zscore", dtype=torch.float32, inplace: bool = False
+):
+    """Return (normalized x in `dtype`, its squared row norms).
+
+    x is left untouched unless inplace=True, which reuses x's memory when it already has the
+    right dtype and layout (the caller gives up its contents; saves one N x D copy).
+    Identical input rows give bit-identical output rows, which exact-duplicate handling needs.
+    """
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {method!r}; choose one of {NORMALIZATIONS}")
+    shift, scale = feature_stats(x, method)
+    n, d = x.shape
+    reuse = inplace and x.dtype == dtype and x.is_contiguous()
+    out = x if reuse else torch.empty((n, d), dtype=dtype, device=x.device)
+    sq = torch.empty(n, dtype=dtype, device=x.device)
+    work = _work_dtype(x)
+    bias = (-shift * scale).to(work)
+    scale_w = scale.to(work)
+    for a, b in _row_chunks(n, d):
+        c = x[a:b].to(work)
+        o = out[a:b]
+        if method == "none":
+            o.copy_(c)
+        elif method == "minmax":
+            o.copy_((c - shift.to(work)).mul_(scale_w))
+        elif work == dtype:
+            torch.addcmul(bias, c, scale_w, out=o)  # x * scale - shift * scale, one pass
+        else:
+            o.copy_(torch.addcmul(bias, c, scale_w))
+        sq[a:b] = torch.linalg.vector_norm(o, dim=1).square_()
+    return out, sq
+
+
+def normalize(x: torch.Tensor, method: str = "zscore", dtype=torch.float32) -> torch.Tensor:
+    """A normalized copy of the (N, D) tensor x in `dtype`."""
+    return normalize_with_norms(x, method, dtype)[0]

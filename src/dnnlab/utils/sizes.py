@@ -1,0 +1,30 @@
+"""Human-readable sizes: '2GB', '512MiB', '1.5G', or a plain number of bytes."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30,
+          "ti": 2**40}  # fmt: skip
+
+
+def parse_size(value) -> int:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError(f"a memory size must be positive; got {value}")
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?)?b?\s*", str(value), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"cannot read {value!r} as a size; write e.g. 2GB, 512MB or 1.5GiB")
+    size = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+    if size <= 0:
+        raise ValueError(f"a memory size must be positive; got {value!r}")
+    return int(size)
+
+
+def format_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"

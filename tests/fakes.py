@@ -1,0 +1,51 @@
+"""Small fake data sets made by the tests themselves."""
+
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dnnlab.cifar.data import CLASSES
+
+
+def class_image(c: int, rng) -> np.ndarray:
+    """A 32x32 RGB image whose colour pattern identifies class c, plus noise."""
+    img = np.zeros((32, 32, 3), dtype=np.float64)
+    img[..., c % 3] = 60 + 15 * c
+    img[(c * 3) % 32 : (c * 3) % 32 + 6, :, :] = 230  # a class-specific stripe
+    img += rng.normal(0, 20, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_image_tree(root: Path, n_train: int = 30, n_test: int = 10, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c, name in enumerate(CLASSES):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(class_image(c, rng)).save(d / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def make_tar(tree: Path, out: Path) -> Path:
+    with tarfile.open(out, "w:gz") as tf:
+        tf.add(tree / "train", arcname="train")
+        tf.add(tree / "test", arcname="test")
+    return out
+
+
+def make_batches(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
+    """A tiny directory in the original release's pickled-batch format."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 10, per_batch)
+        data = np.stack([class_image(int(c), rng).transpose(2, 0, 1).reshape(-1)
+                         for c in labels])  # fmt: skip
+        with open(folder / name, "wb") as fh:
+            pickle.dump({"data": data, "labels": labels.tolist()}, fh)
+    return root

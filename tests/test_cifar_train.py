@@ -1,0 +1,102 @@
+import json
+
+import pytest
+import torch
+
+import dnnlab.cifar.train as T
+from dnnlab.cli import main
+from tests.fakes import make_image_tree
+
+ARTEFACTS = ["config.json", "split.json", "metrics.csv", "metrics.json", "best.pt", "last.pt",
+             "curves.png", "summary.json"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return make_image_tree(tmp_path_factory.mktemp("cifar"), n_train=14, n_test=5)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DNNLAB_CACHE", str(tmp_path / "cache"))
+
+
+def cfg(tree, **kw):
+    base = dict(model="bn", epochs=2, batch_size=20, lr=0.05, n_val=20, data_root=str(tree))
+    return T.TrainConfig(**{**base, **kw})
+
+
+def metrics(run):
+    rows = json.loads((run / "metrics.json").read_text())
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_tiny_run_learns_writes_everything_and_resumes_exactly(tree, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    summary = T.train(cfg(tree), full, progress=False)
+    for f in ARTEFACTS:
+        assert (full / f).exists(), f
+    rows = metrics(full)
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+    assert summary["params"] == 1_713_034 and summary["head"] == "logits"
+    split = json.loads((full / "split.json").read_text())
+    assert len(split["val"]) == 20 and len(split["train"]) == 120
+
+    # Interrupt the second epoch, then resume: the metrics must equal the uninterrupted run's.
+    calls = {"n": 0}
+    real_eval = T.evaluate
+
+    def flaky_eval(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_eval(*a, **k)
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(T, "evaluate", flaky_eval)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg(tree), part, progress=False)
+    monkeypatch.setattr(T, "evaluate", real_eval)
+    assert not (part / "summary.json").exists()
+    assert torch.load(part / "last.pt", weights_only=False)["epoch"] == 1
+    T.train(cfg(tree), part, resume=True, progress=False)
+    assert metrics(part) == rows
+    a = torch.load(full / "best.pt", weights_only=False)["model"]
+    b = torch.load(part / "best.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_best_weights_are_a_copy(tree, tmp_path):
+    run = tmp_path / "r"
+    T.train(cfg(tree, model="base", epochs=3, lr=0.2), run, progress=False)
+    best = torch.load(run / "best.pt", weights_only=False)
+    last = torch.load(run / "last.pt", weights_only=False)
+    rows = json.loads((run / "metrics.json").read_text())
+    assert best["best_epoch"] == max(range(3), key=lambda i: (rows[i]["val_acc"], -i)) + 1
+    if best["best_epoch"] != 3:
+        assert any(not torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+
+
+def test_finished_run_is_not_overwritten(tree, tmp_path, capsys):
+    run = tmp_path / "r"
+    argv = ["train", "--model", "base", "--epochs", "1", "--batch-size", "64", "--val-size",
+            "20", "--data-root", str(tree), "--out", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    before = (run / "summary.json").read_text()
+    assert main(argv) == 2
+    assert "finished run" in capsys.readouterr().err
+    assert (run / "summary.json").read_text() == before
+
+
+def test_checkpoint_of_another_model(tree, tmp_path):
+    run = tmp_path / "r"
+    T.train(cfg(tree, model="base", epochs=1), run, progress=False)
+    with pytest.raises(T.RunError, match="model 'base', not 'bn'"):
+        T.load_model_checkpoint(run / "best.pt", "bn")
+    with pytest.raises(T.RunError, match="is a run of 'base'"):
+        T.train(cfg(tree, model="bn", epochs=2), run, resume=True, progress=False)
+
+
+def test_unknown_model_cli(tmp_path, capsys):
+    assert main(["train", "--model", "vgg", "--out", str(tmp_path / "x")]) == 2
+    assert "choose one of: base, bn" in capsys.readouterr().err

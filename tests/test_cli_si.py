@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dnnlab.cli import main
+from dnnlab.separability import separability
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    x = rng.normal(size=(60, 4)) + y[:, None]
+    return x, y
+
+
+def run_json(capsys, *argv):
+    assert main(["si", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_formats_agree(tmp_path, capsys, data):
+    x, y = data
+    want = separability(x, y, "si,csi,hsi:3").values
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    np.savez(tmp_path / "d.npz", feats=x, labels=y)
+    torch.save({"f": torch.tensor(x), "l": torch.tensor(y)}, tmp_path / "d.pt")
+    np.savetxt(tmp_path / "x.csv", x, delimiter=",", header="a,b,c,d", comments="")
+    (tmp_path / "y.csv").write_text("\n".join(str(v) for v in y) + "\n")
+    for f, l in [
+        ("x.npy", "y.npy"), ("d.npz:feats", "d.npz:labels"), ("d.pt:f", "d.pt:l"),
+        ("x.csv", "y.csv"),
+    ]:  # fmt: skip
+        got = run_json(capsys, str(tmp_path / f), str(tmp_path / l), "--measures",
+                       "si,csi,hsi:3")  # fmt: skip
+        for k in want:
+            assert got[k] == pytest.approx(want[k]), (f, k)
+        assert "per_class" in got
+
+
+def test_string_labels_csv(tmp_path, capsys, data):
+    x, y = data
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "y.csv").write_text("\n".join(["cat", "dog", "eel"][v] for v in y))
+    got = run_json(capsys, str(tmp_path / "x.npy"), str(tmp_path / "y.csv"))
+    assert set(got["per_class"]) == {"cat", "dog", "eel"}
+
+
+def test_demo_prints_table(capsys):
+    assert main(["si", "--demo", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert "si" in out and "csi" in out and "1797" in out
+
+
+@pytest.mark.parametrize(
+    "setup,match",
+    [
+        (lambda p: p.joinpath("x.csv").write_text("1,2\n3,abc\n"), "row 2, column 2: 'abc'"),
+        (lambda p: p.joinpath("x.csv").write_text("1,2\n3\n"), "row 2 has 1 fields"),
+        (lambda p: p.joinpath("x.npy").write_bytes(b"garbage"), "cannot read"),
+        (lambda p: np.savez(p / "x.npz", a=np.zeros(3), b=np.zeros(3)), "several arrays"),
+        (lambda p: None, "no such file"),
+    ],
+)
+def test_bad_files(tmp_path, capsys, setup, match):
+    setup(tmp_path)
+    np.save(tmp_path / "y.npy", np.arange(2))
+    name = next((f.name for f in tmp_path.iterdir() if f.name.startswith("x")), "missing.npy")
+    assert main(["si", str(tmp_path / name), str(tmp_path / "y.npy")]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_mismatched_counts_cli(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((5, 2)))
+    np.save(tmp_path / "y.npy", np.zeros(4))
+    assert main(["si", str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]) == 2
+    assert "N=5 samples but labels have 4" in capsys.readouterr().err

@@ -1,0 +1,50 @@
+"""CUDA paths; skipped where no GPU is present (run on a GPU machine: pytest tests/test_cuda.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+from dnnlab.separability import separability
+from tests import oracle
+from tests.test_separability import ALL, make_data
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cuda_matches_cpu_and_oracle_with_ties(seed):
+    x, y = make_data(300 + seed, 300, d=7, n_classes=3, dup_frac=0.4)
+    cpu = separability(x, y, ALL, block=64).values
+    gpu = separability(torch.tensor(x, device="cuda"), y, ALL, block=64).values
+    assert gpu == cpu
+    want = oracle.measures(x, y)
+    for k, v in gpu.items():
+        assert v == pytest.approx(want[k], abs=1e-12)
+
+
+def test_cuda_lattice_ties_same_as_cpu():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(400, 3)).astype(np.float32)
+    y = rng.integers(0, 3, size=400)
+    cpu = separability(x, y, ALL, normalize_method="none", block=100).values
+    gpu = separability(x, y, ALL, normalize_method="none", device="cuda", block=100).values
+    assert gpu == cpu
+
+
+def test_tf32_setting_restored():
+    torch.backends.cuda.matmul.allow_tf32 = True
+    separability(torch.randn(50, 4, device="cuda"), np.arange(50) % 2)
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def test_cuda_training_step(tmp_path, monkeypatch):
+    from dnnlab.cifar.train import TrainConfig, train
+    from tests.fakes import make_image_tree
+
+    monkeypatch.setenv("DNNLAB_CACHE", str(tmp_path / "cache"))
+    tree = make_image_tree(tmp_path / "t", n_train=6, n_test=2)
+    cfg = TrainConfig(model="bn", epochs=1, batch_size=16, n_val=10, data_root=str(tree),
+                      device="cuda")  # fmt: skip
+    s = train(cfg, tmp_path / "run", progress=False)
+    assert 0 <= s["test_acc"] <= 1

@@ -1,0 +1,144 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.ops import box_iou, nms
+
+from dnnlab.cli import main
+from dnnlab.detect.labelling import label_proposals
+from dnnlab.detect.voc import Problems, read_voc_dir
+
+XML = """<annotation><filename>{fn}</filename><size><width>{w}</width><height>{h}</height>
+<depth>3</depth></size>{objs}</annotation>"""
+OBJ = ("<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin>"
+       "<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+
+
+def write_item(folder, stem, boxes, size=(160, 120), ext="jpg", rng=None, mode="RGB"):
+    w, h = size
+    rng = rng or np.random.default_rng(0)
+    img = (rng.normal(90, 25, (h, w, 3))).clip(0, 255).astype(np.uint8)
+    for name, (x1, y1, x2, y2) in boxes:
+        color = (230, 120, 30) if name == "cat" else (40, 90, 220)
+        img[int(max(y1, 0)):int(y2), int(max(x1, 0)):int(x2)] = color
+    Image.fromarray(img).convert(mode).save(folder / f"{stem}.{ext}")
+    objs = "".join(OBJ.format(name=n, x1=b[0], y1=b[1], x2=b[2], y2=b[3]) for n, b in boxes)
+    (folder / f"{stem}.xml").write_text(XML.format(fn=f"{stem}.{ext}", w=w, h=h, objs=objs))
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    d = tmp_path_factory.mktemp("voc")
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        x1, y1 = rng.integers(5, 70), rng.integers(5, 50)
+        bw, bh = rng.integers(40, 80), rng.integers(35, 60)
+        boxes = [("cat", (x1 + 0.5, y1 + 0.25, min(x1 + bw, 155) + 0.5, min(y1 + bh, 115)))]
+        if i % 4 == 0:
+            boxes.append(("dog", (2, 2, 30, 30)))
+        write_item(d, f"img{i}", boxes, ext="png" if i == 3 else "jpg", rng=rng,
+                   mode="L" if i == 5 else ("RGBA" if i == 3 else "RGB"))
+    write_item(d, "empty", [], rng=rng)                          # no target object
+    write_item(d, "outside", [("cat", (100, 60, 200, 140))], rng=rng)  # clipped
+    write_item(d, "zero", [("cat", (50, 50, 50, 80)), ("cat", (10, 10, 60, 60))], rng=rng)
+    (d / "broken.xml").write_text("<annotation><filename>x.jpg</filename")  # malformed
+    (d / "orphan.xml").write_text(XML.format(fn="nothere.jpg", w=10, h=10, objs=""))
+    (d / "corrupt.jpg").write_bytes(b"not an image")
+    (d / "corrupt.xml").write_text(XML.format(fn="corrupt.jpg", w=10, h=10, objs=""))
+    return d
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    from torchvision.models import mobilenet_v2
+
+    torch.manual_seed(0)
+    p = tmp_path_factory.mktemp("w") / "mnv2_random_1001.pth"
+    torch.save(mobilenet_v2(num_classes=1001).state_dict(), p)
+    return p
+
+
+def test_iou_hand_cases():
+    a = torch.tensor([[0.0, 0, 10, 10]])
+    b = torch.tensor([[5.0, 0, 15, 10], [0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 5, 5]])
+    # overlap 50 / union 150; identical; disjoint; contained quarter
+    assert torch.allclose(box_iou(a, b), torch.tensor([[1 / 3, 1.0, 0.0, 0.25]]))
+
+
+def test_labelling_bands_and_gt_added():
+    gt = np.array([[0, 0, 10, 10]], dtype=np.float32)
+    props = np.array([[0, 0, 10, 10], [0, 0, 10, 8], [0, 0, 10, 5], [0, 0, 10, 2],
+                      [50, 50, 60, 60], [0, 0, 1, 1]], dtype=np.float32)  # IoU 1, .8, .5, .2, 0
+    boxes, labels, ious = label_proposals(props, gt, pos_iou=0.7, neg_iou=0.3, min_area=2)
+    # 1.0 and 0.8 positive; 0.5 in the band (dropped); 0.2 and 0 negative; tiny box dropped
+    assert labels.tolist() == [1, 1, 0, 0, 1] and np.allclose(ious[:4], [1, 0.8, 0.2, 0])
+    assert np.allclose(boxes[-1], gt[0])  # the ground-truth box itself, added
+    _, l2, _ = label_proposals(props, np.zeros((0, 4)), 0.5, 0.5)
+    assert (l2 == 0).all()
+
+
+def test_nms_behaviour():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30]])
+    keep = nms(boxes, torch.tensor([0.9, 0.95, 0.5]), iou_threshold=0.3)
+    assert keep.tolist() == [1, 2]  # the lower-scored overlapping box is suppressed
+
+
+def test_voc_problems_are_counted_not_fatal(voc):
+    probs = Problems()
+    items = read_voc_dir(voc, probs)
+    c = probs.counts
+    assert c["malformed XML"] == 1 and c["XML without its image"] == 1
+    assert c["unreadable image"] == 1 and c["box of zero area (dropped)"] == 1
+    assert c["box outside the image (clipped)"] == 1
+    assert c["image without a 'cat' object (all proposals negative)"] == 1
+    assert len(items) == 15
+    out = next(i for i in items if i.image.stem == "outside")
+    assert out.objects[0].box == (100.0, 60.0, 160.0, 120.0)
+    img0 = next(i for i in items if i.image.stem == "img0")
+    assert img0.objects[0].box[0] % 1 == 0.5  # float coordinates kept
+    assert [o.name for o in img0.objects] == ["cat", "dog"]
+    assert next(i for i in items if i.image.stem == "img3").image.suffix == ".png"
+
+
+def test_build_train_run_eval(voc, weights, tmp_path, capsys):
+    before = sorted(p.name for p in voc.iterdir())
+    det = tmp_path / "det"
+    assert main(["detect", "build", str(voc), "--out", str(det), "--workers", "1",
+                 "--ss-max-side", "0"]) == 0  # fmt: skip
+    assert "malformed XML" in capsys.readouterr().out
+    info = json.loads((det / "build.json").read_text())
+    assert info["images"] == 15 and info["proposal_recall"]["recall50"] > 0.5
+    lines = (det / "index.csv").read_text().splitlines()
+    assert lines[0] == "image,x1,y1,x2,y2,label,iou,split"
+    imgs = {}
+    for line in lines[1:]:
+        f = line.split(",")
+        imgs.setdefault(f[0], set()).add(f[7])
+    assert all(len(s) == 1 for s in imgs.values())  # split by image, never by crop
+    assert main(["detect", "train", str(det), "--epochs", "1", "--backbone-weights",
+                 str(weights)]) == 0  # fmt: skip
+    assert (det / "model.pt").exists() and (det / "train.json").exists()
+    assert main(["detect", "show", str(det)]) == 0
+    assert (det / "samples_positives.png").exists()
+    out = tmp_path / "dets"
+    assert main(["detect", "run", str(voc / "img1.jpg"), str(voc / "corrupt.jpg"), "--model",
+                 str(det), "--out", str(out), "--score-threshold", "0.0"]) == 0  # fmt: skip
+    rec = json.loads((out / "img1.json").read_text())
+    assert rec["detections"] and (out / "img1.jpg").exists()
+    assert len(rec["detections"]) <= 10
+    capsys.readouterr()
+    assert main(["detect", "eval", str(voc), "--model", str(det), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for k in ("ap50", "map", "precision", "recall", "proposal_recall50", "seconds_per_image"):
+        assert k in res and res[k] == res[k]  # present, not NaN
+    assert (det / "eval.json").exists() and (det / "eval.md").exists()
+    assert sorted(p.name for p in voc.iterdir()) == before  # nothing written into the data
+
+
+def test_missing_weights_message(tmp_path, voc, capsys):
+    assert main(["detect", "train", str(tmp_path), "--backbone-weights",
+                 str(tmp_path / "none.pth")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "build.json" in err or "no such weights file" in err

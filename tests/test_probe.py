@@ -1,0 +1,143 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dnnlab.probe.layers import LayerError
+from dnnlab.probe.probe import ProbeConfig, plan_groups, plot_probe, probe_model
+from dnnlab.separability import separability
+
+
+class OutOfOrder(nn.Module):
+    """Registers `late` before `early` but runs `early` first; `pair` returns a tuple."""
+
+    def __init__(self):
+        super().__init__()
+        self.late = nn.Linear(8, 3)
+        self.early = nn.Linear(6, 8)
+        self.act = nn.ReLU()
+        self.pair = Pair()
+
+    def forward(self, x):
+        a, _ = self.pair(x)
+        return self.late(self.act(self.early(a)))
+
+
+class Pair(nn.Module):
+    def forward(self, x):
+        return x * 2, "not a tensor"
+
+
+class NoTensor(nn.Module):
+    def forward(self, x):
+        return {"meta": "x"}
+
+
+def data(n=120, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = torch.randn(n, 6, generator=g) + y[:, None].float()
+    return x, y
+
+
+def by_hand(model, x, y, name):
+    feats = []
+    h = dict(model.named_modules())[name].register_forward_hook(
+        lambda _m, _i, o: feats.append((o[0] if isinstance(o, tuple) else o).reshape(len(x), -1)))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    return separability(feats[0], y, "si,csi").values
+
+
+def test_layer_values_match_core_and_order_follows_execution(tmp_path):
+    torch.manual_seed(0)
+    m = OutOfOrder()
+    x, y = data()
+    res = probe_model(m, {"val": (x, y)}, ProbeConfig(splits=("val",)), out=tmp_path)
+    assert [r["layer"] for r in res.rows] == ["pair", "early", "act", "late"]
+    for r in res.rows:
+        want = by_hand(m, x, y, r["layer"])
+        assert (r["si"], r["csi"]) == (want["si"], want["csi"])
+    assert "first tensor" in res.rows[0]["note"]
+    saved = json.loads((tmp_path / "probe.json").read_text())["rows"]
+    assert [r["layer"] for r in saved] == ["pair", "early", "act", "late"]
+    assert (tmp_path / "probe.csv").read_text().startswith("split,layer,dim,n,si,csi")
+
+
+def test_small_budget_groups_give_same_numbers(tmp_path):
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Linear(6, 200), nn.ReLU(), nn.Linear(200, 50), nn.ReLU())
+    x, y = data(300)
+    cfg = ProbeConfig(splits=("a",))
+    one = probe_model(m, {"a": (x, y)}, cfg)
+    from dnnlab.probe import probe as P
+
+    infos = one.layers
+    budget = P.CORE_WORKSPACE + 300 * 200 * 4 * 2 + 1000
+    assert len(plan_groups(infos, 300, budget)) > 1
+    small = probe_model(m, {"a": (x, y)}, ProbeConfig(splits=("a",), max_memory=budget))
+    assert small.groups["a"] > 1
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(small.rows) == strip(one.rows)
+    mm = probe_model(m, {"a": (x, y)}, ProbeConfig(splits=("a",), memmap="float32"), out=tmp_path)
+    assert strip(mm.rows) == strip(one.rows)
+
+
+def test_resume_keeps_finished_rows(tmp_path, monkeypatch):
+    torch.manual_seed(2)
+    m = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 4))
+    x, y = data()
+    splits = {"val": (x, y), "test": (x[:60], y[:60])}
+    import dnnlab.probe.probe as P
+
+    real = P.separability
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(P, "separability", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        probe_model(m, splits, ProbeConfig(splits=("val", "test")), out=tmp_path)
+    assert len(json.loads((tmp_path / "probe.json").read_text())["rows"]) == 3
+    calls["n"] = -100
+    res = probe_model(m, splits, ProbeConfig(splits=("val", "test")), out=tmp_path)
+    assert calls["n"] == -100 + 3  # only the three missing (split, layer) pairs were computed
+    assert len(res.rows) == 6
+    with pytest.raises(RuntimeError, match="--overwrite"):
+        probe_model(m, splits, ProbeConfig(measures="si"), out=tmp_path)
+
+
+def test_plots_written(tmp_path):
+    rows = [{"split": s, "layer": f"l{i}", "si": 0.1 * i, "csi": 0.2} for s in
+            ("train20", "val", "test") for i in range(3)]  # fmt: skip
+    names = sorted(p.name for p in plot_probe(rows, tmp_path, "m"))
+    assert names == ["csi_train20.png", "csi_val_test.png", "si_train20.png", "si_val_test.png"]
+
+
+def test_bad_layers_and_splits():
+    m = OutOfOrder()
+    x, y = data()
+    with pytest.raises(LayerError, match="valid layers: .*'early'"):
+        probe_model(m, {"v": (x, y)}, ProbeConfig(layers="nope"))
+    with pytest.raises(LayerError, match="no module name matches"):
+        probe_model(m, {"v": (x, y)}, ProbeConfig(layers="re:zz.*"))
+    with pytest.raises(ValueError, match="split 'v' is empty"):
+        probe_model(m, {"v": (x[:0], y[:0])}, ProbeConfig())
+    bad = nn.Sequential(nn.Linear(6, 6), NoTensor())
+    with pytest.raises(LayerError, match="'1' has no tensor output"):
+        probe_model(bad, {"v": (x, y)}, ProbeConfig())
+
+
+def test_regex_layers_inside_submodules():
+    m = nn.Sequential(nn.Sequential(nn.Linear(6, 5), nn.ReLU()), nn.Linear(5, 2))
+    x, y = data()
+    res = probe_model(m, {"v": (x, y)}, ProbeConfig(layers=r"re:0\.\d"))
+    assert [r["layer"] for r in res.rows] == ["0.0", "0.1"]
+    assert np.isfinite([r["si"] for r in res.rows]).all()
