@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
-# Sets up the environment when needed, then runs dnnlab's main job: the quick CIFAR-10
-# architecture study (train + probe + report) when CIFAR-10 is given through DNNLAB_DATA,
-# else the separability demo on scikit-learn's bundled digits.
+# Sets up the environment when needed, then runs dnnlab's main job:
+# - with DNNLAB_DATA (CIFAR-10): the quick architecture study (train + probe + report);
+# - with DNNLAB_CATS (a VOC folder holding train/ and valid/) and DNNLAB_BACKBONE (MobileNetV2
+#   weights) as well: the cat detector is built, trained, evaluated and run on a sample
+#   photo, and joins the report;
+# - with neither: the separability demo on scikit-learn's bundled digits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-if [ -n "${DNNLAB_DATA:-}" ]; then
-  dnnlab study --quick --out "${DNNLAB_STUDY_OUT:-study-quick}" "$@"
-else
+out="${DNNLAB_STUDY_OUT:-study-quick}"
+if [ -z "${DNNLAB_DATA:-}" ]; then
   echo "DNNLAB_DATA is not set: running the separability demo instead of the study." >&2
   echo "Give CIFAR-10 as DNNLAB_DATA=PATH (a cifar-10-batches-py folder, an image-folder tree or its .tar.gz)." >&2
-  dnnlab si --demo digits "$@"
+  exec dnnlab si --demo digits "$@"
 fi
+detector=()
+if [ -n "${DNNLAB_CATS:-}" ] && [ -n "${DNNLAB_BACKBONE:-}" ]; then
+  det="$out/detector"
+  [ -f "$det/index.csv" ] || dnnlab detect build "$DNNLAB_CATS/train" --out "$det"
+  [ -f "$det/model.pt" ] || dnnlab detect train "$det" --backbone-weights "$DNNLAB_BACKBONE"
+  dnnlab detect eval "$DNNLAB_CATS/valid" --model "$det"
+  sample=$(ls "$DNNLAB_CATS"/valid/*.jpg | head -n 3)
+  # shellcheck disable=SC2086
+  dnnlab detect run $sample --model "$det" --out "$det/photos"
+  detector=(--detector "$det")
+fi
+dnnlab study --quick --out "$out" "${detector[@]}" "$@"

@@ -8,11 +8,6 @@ from dnnlab.cifar.data import DataError, load_cifar10, split_indices
 from tests.fakes import make_batches, make_image_tree, make_tar
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DNNLAB_CACHE", str(tmp_path / "cache"))
-
-
 def test_tree_tar_and_batches_load(tmp_path):
     tree = make_image_tree(tmp_path / "tree", n_train=4, n_test=2)
     a = load_cifar10(tree)

@@ -5,20 +5,9 @@ import torch
 
 import dnnlab.cifar.train as T
 from dnnlab.cli import main
-from tests.fakes import make_image_tree
 
 ARTEFACTS = ["config.json", "split.json", "metrics.csv", "metrics.json", "best.pt", "last.pt",
              "curves.png", "summary.json"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    return make_image_tree(tmp_path_factory.mktemp("cifar"), n_train=14, n_test=5)
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DNNLAB_CACHE", str(tmp_path / "cache"))
 
 
 def cfg(tree, **kw):

@@ -12,17 +12,6 @@ from dnnlab.cli import main
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.probe.run import probe_run
 from dnnlab.study.study import run_study, study_config
-from tests.fakes import make_image_tree
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    return make_image_tree(tmp_path_factory.mktemp("cifar"), n_train=14, n_test=5)
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DNNLAB_CACHE", str(tmp_path / "cache"))
 
 
 def tiny(tree, models):

@@ -201,6 +201,8 @@ def _add_study(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--compile", action="store_true", help="torch.compile (GPU runs)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier study")
+    p.add_argument("--detector", default=None,
+                   help="a `dnnlab detect` directory whose eval.md and photos/ join the report")
     p.set_defaults(func=cmd_study)
 
 
@@ -214,7 +216,8 @@ def cmd_study(args) -> int:
         from dataclasses import replace
 
         cfg = replace(cfg, epochs=args.epochs)
-    run_study(cfg, args.out, overwrite=args.overwrite, progress=sys.stderr.isatty())
+    run_study(cfg, args.out, overwrite=args.overwrite, progress=sys.stderr.isatty(),
+              detector=args.detector)  # fmt: skip
     return 0
 
 

@@ -14,7 +14,6 @@ fc1 and fc2 have no activation between them, as in the seed. `WideNet` is the se
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -219,22 +218,6 @@ def count_params(model: nn.Module) -> int:
 
 def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
     """Top-level child names in the order they run on x (each listed once, first call)."""
-    order: list[str] = []
-    hooks = []
+    from dnnlab.probe.layers import describe_layers
 
-    def hook_for(name) -> Callable:
-        def hook(_m, _i, _o):
-            if name not in order:
-                order.append(name)
-
-        return hook
-
-    for name, child in model.named_children():
-        hooks.append(child.register_forward_hook(hook_for(name)))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return order
+    return [i.name for i in describe_layers(model, x, [n for n, _ in model.named_children()])]

@@ -71,14 +71,15 @@ class CropClassifier(nn.Module):
 
     def __init__(self, features: nn.Module, norm, head: nn.Module | None = None):
         super().__init__()
-        self.features = features
+        self.features = features.to(memory_format=torch.channels_last)
         self.head = head if head is not None else make_head()
         self.register_buffer("mean", torch.tensor(norm[0]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(norm[1]).view(1, 3, 1, 1))
 
     def embed(self, x01: torch.Tensor) -> torch.Tensor:
         """Pooled 1280-d features of crops given as floats in [0, 1]."""
-        x = (x01 - self.mean) / self.std
+        # channels_last doubles MobileNetV2's CPU throughput (oneDNN's depthwise kernels).
+        x = ((x01 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
 
     def forward(self, x01):

@@ -25,9 +25,9 @@ class DetectConfig:
     max_detections: int = 10
     # Proposals classified per image: selective search's first ones after dropping
     # near-duplicates (IoU > prefilter_iou); keeps detection within seconds on a CPU.
-    max_proposals: int = 300
+    max_proposals: int = 150
     prefilter_iou: float = 0.8
-    batch: int = 64
+    batch: int = 16
 
 
 def _prefilter(boxes: np.ndarray, cfg: DetectConfig) -> np.ndarray:
@@ -40,7 +40,7 @@ def _prefilter(boxes: np.ndarray, cfg: DetectConfig) -> np.ndarray:
     return boxes[keep.sort().values.numpy()][: cfg.max_proposals]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def classify(model, img: np.ndarray, boxes: np.ndarray, spec: CropSpec, batch: int,
              device="cpu") -> np.ndarray:  # fmt: skip
     """Cat probability of every box, in batches."""

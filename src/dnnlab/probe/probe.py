@@ -82,24 +82,38 @@ def plan_groups(infos: list[LayerInfo], n: int, budget: int, itemsize: int = 4):
     return groups
 
 
+class _StopForward(Exception):
+    """Raised by the hook of a group's last layer: nothing after it is needed."""
+
+
 @torch.no_grad()
 def extract_group(model, x, group, batch_size, device, input_fn, output_key, store):
-    """One forward pass over x; fill store[name] (N x dim) for each layer of the group."""
+    """Forward passes over x, cut short after the group's last layer (in execution order);
+    fill store[name] (N x dim) for each layer of the group."""
     modules = dict(model.named_modules())
     pos = {"start": 0}
     hooks = []
+    last = group[-1].name
     for info in group:
         def hook(_m, _i, out, name=info.name):
+            if name in pos["seen"]:
+                return  # a module called twice in one pass is probed at its first call
+            pos["seen"].add(name)
             t, _ = pick_tensor(out, output_key)
             s = pos["start"]
             chunk = t.detach().reshape(t.shape[0], -1).float().cpu().numpy()
             store[name][s : s + chunk.shape[0]] = chunk
+            if name == last:
+                raise _StopForward
 
         hooks.append(modules[info.name].register_forward_hook(hook))
     try:
         for s in range(0, x.shape[0], batch_size):
-            pos["start"] = s
-            model(input_fn(x[s : s + batch_size].to(device)))
+            pos["start"], pos["seen"] = s, set()
+            try:
+                model(input_fn(x[s : s + batch_size].to(device)))
+            except _StopForward:
+                pass
     finally:
         for h in hooks:
             h.remove()

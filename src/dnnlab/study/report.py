@@ -128,7 +128,8 @@ def _html_table(rows) -> str:
 
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    mime = "image/jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "image/png"
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{data}">'
 
 
 # Runs in the browser: records whether every image decoded and every table has a size, so a
@@ -155,22 +156,30 @@ text-align:right}td:first-child,th:first-child{text-align:left}th{background:#ee
 img{max-width:100%;display:block;margin:0.5em 0}.note{color:#666;font-size:0.9em}"""
 
 
+def detector_section(det: Path) -> tuple[str, str, list[Path]]:
+    """The detector's eval.md and its annotated photos, for the report."""
+    det = Path(det)
+    text = (det / "eval.md").read_text() if (det / "eval.md").exists() else "(not evaluated)"
+    pics = sorted((det / "photos").glob("*.jpg"))[:6] if (det / "photos").is_dir() else []
+    return ("Cat detector (R-CNN style)", text, pics)
+
+
 def write_report(out: Path, cfg, extra_sections: list[tuple[str, str, list[Path]]] = ()) -> Path:
     """Write out/report.md and out/report.html; returns the HTML path."""
     out = Path(out)
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
-    label = "QUICK (reduced budget; not comparable with the seed's numbers)" if cfg.quick \
+    label = "QUICK run: reduced budget, not comparable with the seed's numbers" if cfg.quick \
         else "full recipe"  # fmt: skip
     budget = (f"{cfg.train_subset or 45000} training images, {cfg.epochs} epochs, "
               f"{cfg.n_val} validation images, test on {cfg.test_subset or 10000} images, "
               f"probe splits capped at {cfg.max_per_split or 'no cap'} samples")  # fmt: skip
-    md = [f"# dnnlab CIFAR-10 architecture study ({label})", "",
+    md = [f"# dnnlab CIFAR-10 architecture study: {label}", "",
           f"Budget: {budget}. Device: {cfg.device}.", "",
           "Accuracies in %. SI/CSI at the last feature layer (`avgpool`). The last column is "
           "the seed's published test accuracy, quoted for reference (not measured here).",
           ""]  # fmt: skip
-    body = [f"<h1>dnnlab CIFAR-10 architecture study ({html.escape(label)})</h1>",
+    body = [f"<h1>dnnlab CIFAR-10 architecture study: {html.escape(label)}</h1>",
             f"<p>Budget: {html.escape(budget)}. Device: {html.escape(cfg.device)}.</p>",
             "<p class=note>Accuracies in %. SI/CSI at the last feature layer (avgpool). The "
             "last column is the seed's published test accuracy, quoted for reference (not "
@@ -200,7 +209,10 @@ def write_report(out: Path, cfg, extra_sections: list[tuple[str, str, list[Path]
         md += [f"### {m}", ""] + [f"![{m} {p.stem}](runs/{m}/{p.name})" for p in pics] + [""]
         body += [f"<h3>{html.escape(m)}</h3>"] + [_img(p, f"{m} {p.stem}") for p in pics]
     for title, text, pics in extra_sections:
-        md += [f"## {title}", "", text, ""] + [f"![{p.stem}]({p.relative_to(out)})" for p in pics]
+        md += [f"## {title}", "", text, ""]
+        md += [f"![{p.stem}]({p.resolve().relative_to(out.resolve())})"
+               if p.resolve().is_relative_to(out.resolve()) else f"![{p.stem}]({p})"
+               for p in pics]  # fmt: skip
         body += [f"<h2>{html.escape(title)}</h2>", f"<pre>{html.escape(text)}</pre>"]
         body += [_img(p, p.stem) for p in pics]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")

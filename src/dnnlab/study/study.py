@@ -64,9 +64,9 @@ def _check_same_study(out: Path, cfg: StudyConfig, overwrite: bool) -> None:
 
 
 def run_study(cfg: StudyConfig, out, overwrite: bool = False, progress: bool = False,
-              log=print) -> dict:  # fmt: skip
+              log=print, detector: str | None = None) -> dict:  # fmt: skip
     """Train, probe and report every variant of cfg.models under `out`."""
-    from dnnlab.study.report import write_report
+    from dnnlab.study.report import detector_section, write_report
 
     out = Path(out)
     _check_same_study(out, cfg, overwrite)
@@ -82,13 +82,15 @@ def run_study(cfg: StudyConfig, out, overwrite: bool = False, progress: bool = F
         if (run / "summary.json").exists() and not overwrite:
             log(f"[{name}] trained already: {run / 'summary.json'}")
         else:
-            resume = (run / "last.pt").exists() and not overwrite
-            log(f"[{name}] {'resuming' if resume else 'training'} in {run}")
+            # An interrupted run (even one stopped before its first checkpoint) continues.
+            resume = run.exists() and not overwrite
+            log(f"[{name}] {'resuming' if (run / 'last.pt').exists() else 'training'} in {run}")
             train(tcfg, run, resume=resume, overwrite=overwrite and not resume, progress=progress)
         pcfg = ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device)
         log(f"[{name}] probing")
         probe_run(run, pcfg, cfg.data_root, cfg.max_per_split, overwrite=overwrite,
                   progress=progress)  # fmt: skip
-    report = write_report(out, cfg)
+    extra = [detector_section(Path(detector))] if detector else []
+    report = write_report(out, cfg, extra)
     log(f"study done in {time.perf_counter() - t_start:.0f} s; report: {report}")
     return {"report": str(report)}
