@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from dnnlab.detect.classifier import crop_batch
 from dnnlab.detect.detect import DetectConfig, _prefilter, _settings, classify, detect_image
 from dnnlab.detect.proposals import propose
 from dnnlab.detect.train import load_detector
@@ -22,13 +23,7 @@ from dnnlab.detect.voc import load_rgb
 @torch.no_grad()
 def one_at_a_time(model, img, boxes, spec):
     """The seed's loop: crop, resize and classify each proposal on its own."""
-    return [float(torch.softmax(model(_one(img, b, spec)), 1)[0, 1]) for b in boxes]
-
-
-def _one(img, box, spec):
-    from dnnlab.detect.classifier import crop_batch
-
-    return crop_batch(img, box[None], spec)
+    return [float(torch.softmax(model(crop_batch(img, b[None], spec)), 1)[0, 1]) for b in boxes]
 
 
 def main() -> int:

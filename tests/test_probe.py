@@ -141,3 +141,26 @@ def test_regex_layers_inside_submodules():
     res = probe_model(m, {"v": (x, y)}, ProbeConfig(layers=r"re:0\.\d"))
     assert [r["layer"] for r in res.rows] == ["0.0", "0.1"]
     assert np.isfinite([r["si"] for r in res.rows]).all()
+
+
+class SharedAct(nn.Module):
+    """One ELU module called twice on tensors of different sizes, as the seed's wide network."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.act = nn.ELU()
+        self.b = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.act(self.b(self.act(self.a(x))))
+
+
+def test_module_called_twice_is_probed_at_its_first_call():
+    torch.manual_seed(3)
+    m = SharedAct()
+    x, y = data()
+    res = probe_model(m, {"v": (x, y)}, ProbeConfig(splits=("v",)))
+    assert [(r["layer"], r["dim"]) for r in res.rows] == [("a", 8), ("act", 8), ("b", 4)]
+    first = torch.nn.functional.elu(m.a(x)).detach()
+    assert res.rows[1]["si"] == separability(first, y, "si").values["si"]

@@ -190,4 +190,3 @@ def load_detector(model_dir, device="cpu") -> tuple[CropClassifier, dict]:
     model = CropClassifier(mobilenet_v2().features, norm, make_head())
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), ck
-

@@ -85,7 +85,7 @@ def run_study(cfg: StudyConfig, out, overwrite: bool = False, progress: bool = F
             # An interrupted run (even one stopped before its first checkpoint) continues.
             resume = run.exists() and not overwrite
             log(f"[{name}] {'resuming' if (run / 'last.pt').exists() else 'training'} in {run}")
-            train(tcfg, run, resume=resume, overwrite=overwrite and not resume, progress=progress)
+            train(tcfg, run, resume=resume, overwrite=overwrite, progress=progress)
         pcfg = ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device)
         log(f"[{name}] probing")
         probe_run(run, pcfg, cfg.data_root, cfg.max_per_split, overwrite=overwrite,
