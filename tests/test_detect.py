@@ -71,11 +71,11 @@ def test_labelling_bands_and_gt_added():
     gt = np.array([[0, 0, 10, 10]], dtype=np.float32)
     props = np.array([[0, 0, 10, 10], [0, 0, 10, 8], [0, 0, 10, 5], [0, 0, 10, 2],
                       [50, 50, 60, 60], [0, 0, 1, 1]], dtype=np.float32)  # IoU 1, .8, .5, .2, 0
-    boxes, labels, ious = label_proposals(props, gt, pos_iou=0.7, neg_iou=0.3, min_area=2)
+    boxes, labels, ious, match = label_proposals(props, gt, pos_iou=0.7, neg_iou=0.3, min_area=2)
     # 1.0 and 0.8 positive; 0.5 in the band (dropped); 0.2 and 0 negative; tiny box dropped
     assert labels.tolist() == [1, 1, 0, 0, 1] and np.allclose(ious[:4], [1, 0.8, 0.2, 0])
     assert np.allclose(boxes[-1], gt[0])  # the ground-truth box itself, added
-    _, l2, _ = label_proposals(props, np.zeros((0, 4)), 0.5, 0.5)
+    _, l2, _, _ = label_proposals(props, np.zeros((0, 4)), 0.5, 0.5)
     assert (l2 == 0).all()
 
 
@@ -111,15 +111,17 @@ def test_build_train_run_eval(voc, weights, tmp_path, capsys):
     info = json.loads((det / "build.json").read_text())
     assert info["images"] == 15 and info["proposal_recall"]["recall50"] > 0.5
     lines = (det / "index.csv").read_text().splitlines()
-    assert lines[0] == "image,x1,y1,x2,y2,label,iou,split"
+    assert lines[0] == "image,x1,y1,x2,y2,label,iou,split,gx1,gy1,gx2,gy2"
     imgs = {}
     for line in lines[1:]:
         f = line.split(",")
         imgs.setdefault(f[0], set()).add(f[7])
     assert all(len(s) == 1 for s in imgs.values())  # split by image, never by crop
     assert main(["detect", "train", str(det), "--epochs", "1", "--backbone-weights",
-                 str(weights)]) == 0  # fmt: skip
+                 str(weights), "--image-size", "160"]) == 0  # fmt: skip
     assert (det / "model.pt").exists() and (det / "train.json").exists()
+    ck = torch.load(det / "model.pt", weights_only=False)
+    assert ck["model"]["regressor.weight"].shape == (4, 1280 * 9)  # RoI grid 3 + box regressor
     assert main(["detect", "show", str(det)]) == 0
     assert (det / "samples_positives.png").exists()
     out = tmp_path / "dets"
@@ -137,8 +139,84 @@ def test_build_train_run_eval(voc, weights, tmp_path, capsys):
     assert sorted(p.name for p in voc.iterdir()) == before  # nothing written into the data
 
 
+def test_seed_settings_and_end_to_end(voc, weights, tmp_path, capsys):
+    det = tmp_path / "det"
+    assert main(["detect", "build", str(voc), "--out", str(det), "--workers", "1",
+                 "--ss-max-side", "0"]) == 0  # fmt: skip
+    # The seed's classifier: 224x224 crops, pooled 1280-d features, no box regressor.
+    assert main(["detect", "train", str(det), "--epochs", "1", "--backbone-weights",
+                 str(weights), "--seed-settings"]) == 0  # fmt: skip
+    ck = torch.load(det / "model.pt", weights_only=False)
+    assert ck["config"]["features"] == "crops" and "regressor.weight" not in ck["model"]
+    assert ck["model"]["head.1.weight"].shape == (256, 1280)
+    capsys.readouterr()
+    assert main(["detect", "eval", str(voc), "--model", str(det), "--json", "--seed-settings",
+                 "--score-threshold", "0.0"]) == 0  # fmt: skip
+    res = json.loads(capsys.readouterr().out)
+    assert res["settings"]["nms_iou"] == 1.0  # the seed drew every box: no NMS
+    # End to end: the backbone's weights move too.
+    assert main(["detect", "train", str(det), "--epochs", "1", "--backbone-weights",
+                 str(weights), "--image-size", "128", "--end-to-end",
+                 "--backbone-lr", "0.01"]) == 0  # fmt: skip
+    ck = torch.load(det / "model.pt", weights_only=False)
+    orig = torch.load(weights, weights_only=True)
+    assert ck["config"]["end_to_end"]
+    assert not torch.equal(ck["model"]["features.18.0.weight"], orig["features.18.0.weight"])
+
+
 def test_missing_weights_message(tmp_path, voc, capsys):
     assert main(["detect", "train", str(tmp_path), "--backbone-weights",
                  str(tmp_path / "none.pth")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "build.json" in err or "no such weights file" in err
+
+
+def test_box_deltas_round_trip_and_ridge_against_lstsq():
+    from dnnlab.detect.boxreg import apply_deltas, box_deltas, fit_ridge
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(50, 2, generator=g) * 100 + 20  # inside the image after the noise
+    p = torch.cat([p, p + 10 + torch.rand(50, 2, generator=g) * 80], 1)
+    gt = p + torch.randn(50, 4, generator=g) * 3
+    back = apply_deltas(p, box_deltas(p, gt), 1000, 1000)
+    assert torch.allclose(back, gt, atol=1e-3)
+    # The dual-form ridge equals the textbook primal solution (float64 numpy, centred).
+    x = torch.randn(30, 80, generator=g)
+    t = torch.randn(30, 4, generator=g)
+    lam = 2.5
+    layer = fit_ridge(x, t, lam)
+    xn, tn = x.double().numpy(), t.double().numpy()
+    xc = xn - xn.mean(0)
+    w = np.linalg.solve(xc.T @ xc + lam * np.eye(80), xc.T @ (tn - tn.mean(0)))
+    b = tn.mean(0) - xn.mean(0) @ w
+    assert np.allclose(layer.weight.detach().numpy().T, w, atol=1e-4)
+    assert np.allclose(layer(x).detach().numpy(), xn @ w + b, atol=1e-4)
+    with pytest.raises(ValueError, match="nothing to fit"):
+        fit_ridge(torch.zeros(0, 80), torch.zeros(0, 4), 1.0)
+
+
+def test_crop_features_match_one_crop_at_a_time(weights):
+    """Batched crop features (mode "crops") equal the seed's crop-by-crop loop; RoI features
+    of a box do not depend on which other boxes share the call."""
+    from torchvision.models import mobilenet_v2
+
+    from dnnlab.detect.classifier import BoxClassifier, BoxFeatures, CropSpec, crop_batch
+
+    m = mobilenet_v2(num_classes=1001)
+    m.load_state_dict(torch.load(weights, weights_only=True))
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    boxes = np.array([[0, 0, 60, 50], [30, 20, 119, 89], [10, 40, 50, 80]], np.float32)
+    model = BoxClassifier(m.features, ((0.5,) * 3, (0.5,) * 3),
+                          BoxFeatures("crops", 1, 0.1, crop_size=64)).eval()  # fmt: skip
+    with torch.no_grad():
+        batched = model.embed(img, boxes, batch=2)
+        for i, b in enumerate(boxes):
+            crop = crop_batch(img, b[None], CropSpec(64, 0.1))
+            one = m.features((crop - 0.5) / 0.5).mean((2, 3))
+            assert torch.allclose(batched[i], one[0], atol=1e-4)
+        roi = BoxClassifier(m.features, ((0.5,) * 3, (0.5,) * 3), BoxFeatures(image_size=96))
+        roi.eval()
+        all3 = roi.embed(img, boxes)
+        assert all3.shape == (3, 1280 * 9)
+        assert torch.allclose(roi.embed(img, boxes[1:2])[0], all3[1], atol=1e-5)

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import asdict
 
 
 def _add_si(sub) -> None:
@@ -255,7 +256,25 @@ def _add_detect(sub) -> None:
     p.add_argument("--lr", type=float, default=t.lr)
     p.add_argument("--balance", default=t.balance, choices=["ratio", "weights"])
     p.add_argument("--neg-ratio", type=float, default=t.neg_ratio)
-    p.add_argument("--context", type=float, default=t.context)
+    p.add_argument("--features", default=t.features, choices=["roi", "crops"],
+                   help="roi: one backbone pass per photo, boxes RoIAligned on its feature map; "
+                        "crops: each box cut, resized and run on its own (the seed's)")  # fmt: skip
+    p.add_argument("--grid", type=int, default=t.grid,
+                   help="grid x grid cells of 1280 features per box (1: pooled, the seed's)")
+    p.add_argument("--context", type=float, default=t.context,
+                   help="pad each box by this fraction of its size per side")
+    p.add_argument("--image-size", type=int, default=t.image_size,
+                   help="roi: the photo's longer side is resized to this")
+    p.add_argument("--crop-size", type=int, default=t.crop_size, help="crops: crop side")
+    p.add_argument("--no-box-regression", dest="box_regression", action="store_false",
+                   help="do not fit R-CNN's box regressor")
+    p.add_argument("--reg-lambda", type=float, default=t.reg_lambda)
+    p.add_argument("--end-to-end", action="store_true",
+                   help="train the backbone with the head (slow on a CPU)")
+    p.add_argument("--backbone-lr", type=float, default=t.backbone_lr)
+    p.add_argument("--seed-settings", action="store_true",
+                   help="the seed's classifier: 224x224 crops, pooled features, no context, "
+                        "no box regression (overrides those flags)")  # fmt: skip
     p.add_argument("--device", default=t.device)
     p.set_defaults(func=cmd_detect_train)
 
@@ -278,15 +297,24 @@ def _add_detect(sub) -> None:
         p.add_argument("--nms-iou", type=float, default=d.nms_iou)
         p.add_argument("--max-detections", type=int, default=d.max_detections)
         p.add_argument("--max-proposals", type=int, default=d.max_proposals)
+        p.add_argument("--refine-steps", type=int, default=d.refine_steps,
+                       help="box-regression rounds (0: none, 1: R-CNN's)")
+        p.add_argument("--seed-settings", action="store_true",
+                       help="the seed's detection: every proposal, every box above the "
+                            "threshold, no NMS (overrides those flags)")  # fmt: skip
         p.add_argument("--device", default="cpu")
         p.set_defaults(func=cmd_detect_run if name == "run" else cmd_detect_eval)
 
 
 def _det_cfg(args):
-    from dnnlab.detect.detect import DetectConfig
+    from dnnlab.detect.detect import SEED_DETECT, DetectConfig
 
-    return DetectConfig(score_threshold=args.score_threshold, nms_iou=args.nms_iou,
-                        max_detections=args.max_detections, max_proposals=args.max_proposals)
+    cfg = DetectConfig(score_threshold=args.score_threshold, nms_iou=args.nms_iou,
+                       max_detections=args.max_detections, max_proposals=args.max_proposals,
+                       refine_steps=args.refine_steps)  # fmt: skip
+    if args.seed_settings:
+        cfg = DetectConfig(**{**asdict(cfg), **SEED_DETECT})
+    return cfg
 
 
 def cmd_detect_build(args) -> int:
@@ -311,14 +339,21 @@ def cmd_detect_build(args) -> int:
 
 
 def cmd_detect_train(args) -> int:
-    from dnnlab.detect.train import DetTrainConfig, train_detector
+    from dnnlab.detect.train import SEED_TRAIN, DetTrainConfig, train_detector
 
     cfg = DetTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         balance=args.balance, neg_ratio=args.neg_ratio, context=args.context,
-                         backbone_weights=args.backbone_weights, device=args.device)  # fmt: skip
+                         balance=args.balance, neg_ratio=args.neg_ratio, features=args.features,
+                         grid=args.grid, context=args.context, image_size=args.image_size,
+                         crop_size=args.crop_size, box_regression=args.box_regression,
+                         reg_lambda=args.reg_lambda, end_to_end=args.end_to_end,
+                         backbone_lr=args.backbone_lr, backbone_weights=args.backbone_weights,
+                         device=args.device)  # fmt: skip
+    if args.seed_settings:
+        cfg = DetTrainConfig(**{**asdict(cfg), **SEED_TRAIN})
     s = train_detector(args.dir, cfg, progress=sys.stderr.isatty())
-    print(f"head trained: best val acc {s['best_val_acc']:.4f} on {s['val_crops']} crops; "
-          f"features {s['feature_seconds']} s, head {s['head_seconds']} s")
+    print(f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_crops']} boxes; "
+          f"features {s['feature_seconds']} s, head {s['head_seconds']} s, box regressor "
+          f"{s['regressor_seconds']} s")
     return 0
 
 

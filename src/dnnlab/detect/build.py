@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torchvision.ops import box_iou
 
 from dnnlab.detect.labelling import label_proposals
 from dnnlab.detect.proposals import ProposalConfig, proposal_recall, proposals_for
@@ -26,16 +28,19 @@ class BuildConfig:
     pos_iou: float = 0.5  # the seed's; R-CNN used 0.5 too, stricter (0.7) localizes better
     neg_iou: float = 0.5  # the seed's; 0.3 as in R-CNN leaves a band ignored
     min_area: float = 0.0
-    max_neg_per_image: int = 48  # a seeded sample; other-class boxes' proposals come first
+    # A seeded sample per image: proposals on other-class boxes first, then up to half of it
+    # near misses (IoU 0.1 to neg_iou with a cat, as Fast R-CNN's negatives: parts of the cat,
+    # the cat plus surroundings), then the rest at random.
+    max_neg_per_image: int = 48
     val_frac: float = 0.3
     seed: int = 0
     ss_mode: str = "fast"
-    ss_max_side: int | None = 500
+    ss_max_side: int | None = 320  # 0.8 s a 640x640 photo here; 500 takes 3 s
     max_proposals: int = 2000
     workers: int = 2
 
 
-INDEX_COLS = ["image", "x1", "y1", "x2", "y2", "label", "iou", "split"]
+INDEX_COLS = ["image", "x1", "y1", "x2", "y2", "label", "iou", "split", "gx1", "gy1", "gx2", "gy2"]
 
 
 def split_images(n: int, val_frac: float, seed: int) -> np.ndarray:
@@ -65,24 +70,25 @@ def build(voc_dir, out, cfg: BuildConfig = BuildConfig(), progress=True) -> dict
     rows = []
     counts = {"train": [0, 0], "val": [0, 0]}
     for item, p, split in zip(items, props, splits, strict=True):
-        boxes, labels, ious = label_proposals(p, item.boxes(cfg.target), cfg.pos_iou,
+        boxes, labels, ious, match = label_proposals(p, item.boxes(cfg.target), cfg.pos_iou,
                                               cfg.neg_iou, cfg.min_area)  # fmt: skip
-        neg = np.flatnonzero(labels == 0)
+        neg = rng.permutation(np.flatnonzero(labels == 0))
         hard = item.other_boxes(cfg.target)
+        first = np.zeros(len(neg), bool)
         if len(hard) and len(neg):
-            import torch
-            from torchvision.ops import box_iou
-
             on_other = box_iou(torch.from_numpy(boxes[neg]), torch.from_numpy(hard)).max(1)
             first = on_other.values.numpy() >= 0.5
-            neg = np.concatenate([neg[first], rng.permutation(neg[~first])])
-        else:
-            neg = rng.permutation(neg)
+        near = ~first & (ious[neg] >= 0.1)
+        near_idx = np.flatnonzero(near)[: cfg.max_neg_per_image // 2]
+        rest = np.setdiff1d(np.flatnonzero(~first), near_idx, assume_unique=True)
+        neg = np.concatenate([neg[first], neg[near_idx], neg[rest]])
         keep = np.concatenate([np.flatnonzero(labels == 1), np.sort(neg[: cfg.max_neg_per_image])])
         for k in keep:
             x1, y1, x2, y2 = (float(v) for v in boxes[k])
+            gt = ["" if np.isnan(v) else f"{float(v):.2f}" for v in match[k]]
             rows.append([str(item.image.resolve()), f"{x1:.2f}", f"{y1:.2f}", f"{x2:.2f}",
-                         f"{y2:.2f}", int(labels[k]), f"{float(ious[k]):.4f}", split])  # fmt: skip
+                         f"{y2:.2f}", int(labels[k]), f"{float(ious[k]):.4f}", split,
+                         *gt])  # fmt: skip
             counts[split][int(labels[k])] += 1
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -110,9 +116,16 @@ def read_index(out) -> list[dict]:
         raise FileNotFoundError(f"{f}: no index; run `dnnlab detect build VOC_DIR --out {out}`")
     with open(f, newline="") as fh:
         rows = list(csv.DictReader(fh))
+    missing = [c for c in INDEX_COLS if rows and c not in rows[0]]
+    if missing:
+        raise ValueError(f"{f}: made by an older dnnlab (no column {', '.join(missing)}); "
+                         "rebuild it with `dnnlab detect build`")  # fmt: skip
     for r in rows:
         r["box"] = [float(r[k]) for k in ("x1", "y1", "x2", "y2")]
         r["label"] = int(r["label"])
+        r["iou"] = float(r["iou"])
+        g = [r[k] for k in ("gx1", "gy1", "gx2", "gy2")]
+        r["gt"] = [float(v) for v in g] if all(g) else None
     return rows
 
 

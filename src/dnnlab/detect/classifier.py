@@ -19,9 +19,10 @@ class WeightsError(ValueError):
     """Backbone weights that cannot be found or do not fit MobileNetV2."""
 
 
-def make_head(dropout: float = 0.2, hidden: int = 256, classes: int = 2) -> nn.Sequential:
-    """The seed's head: Dropout, Linear 1280->256, ReLU, Dropout, Linear 256->2."""
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, hidden), nn.ReLU(),
+def make_head(in_dim: int = 1280, dropout: float = 0.2, hidden: int = 256,
+              classes: int = 2) -> nn.Sequential:  # fmt: skip
+    """The seed's head: Dropout, Linear in_dim->256, ReLU, Dropout, Linear 256->2."""
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.ReLU(),
                          nn.Dropout(dropout), nn.Linear(hidden, classes))  # fmt: skip
 
 
@@ -66,24 +67,123 @@ def load_backbone(weights: str | None):
     return model.features, TORCHVISION_NORM
 
 
-class CropClassifier(nn.Module):
-    """backbone (frozen) -> global average pool -> head; input normalization stored inside."""
+@dataclass
+class BoxFeatures:
+    """How a box becomes a feature vector for the head.
 
-    def __init__(self, features: nn.Module, norm, head: nn.Module | None = None):
+    mode "roi" (default): the backbone runs once on the whole photo (longer side resized to
+    image_size) and each box is RoIAligned on its last feature map into a grid x grid cell
+    layout (SPP-net / Fast R-CNN). One forward pass per photo instead of one per proposal,
+    and the grid keeps where in the box the cat is, which the pooled vector forgets.
+    mode "crops" (the seed's): each box is cut, resized to crop_size and run through the
+    backbone on its own (batched); grid 1 = the seed's globally pooled 1280-d vector.
+    context pads each box by this fraction of its size on every side, so the features see
+    whether the cat goes on past the box's edge.
+    """
+
+    mode: str = "roi"
+    grid: int = 3
+    context: float = 0.2
+    image_size: int = 640
+    crop_size: int = 224
+
+    def __post_init__(self):
+        if self.mode not in ("roi", "crops"):
+            raise ValueError(f"unknown feature mode {self.mode!r}; 'roi' or 'crops'")
+        if self.grid < 1:
+            raise ValueError(f"grid must be >= 1, got {self.grid}")
+
+    @property
+    def dim(self) -> int:
+        return 1280 * self.grid * self.grid
+
+
+def pad_boxes(boxes: torch.Tensor, context: float, width: float, height: float) -> torch.Tensor:
+    b = boxes.clone()
+    if context:
+        bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        b[:, 0] -= context * bw
+        b[:, 2] += context * bw
+        b[:, 1] -= context * bh
+        b[:, 3] += context * bh
+    b[:, [0, 2]] = b[:, [0, 2]].clamp(0, width)
+    b[:, [1, 3]] = b[:, [1, 3]].clamp(0, height)
+    return b
+
+
+class BoxClassifier(nn.Module):
+    """Frozen-backbone features of boxes -> the seed's head (cat / not cat), plus an optional
+    R-CNN box regressor on the same features. The input normalization is stored inside."""
+
+    def __init__(self, features: nn.Module, norm, spec: BoxFeatures | None = None,
+                 head: nn.Module | None = None, regressor: nn.Module | None = None):  # fmt: skip
         super().__init__()
+        self.spec = spec or BoxFeatures()
         self.features = features.to(memory_format=torch.channels_last)
-        self.head = head if head is not None else make_head()
+        self.head = head if head is not None else make_head(self.spec.dim)
+        self.regressor = regressor
         self.register_buffer("mean", torch.tensor(norm[0]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(norm[1]).view(1, 3, 1, 1))
 
-    def embed(self, x01: torch.Tensor) -> torch.Tensor:
-        """Pooled 1280-d features of crops given as floats in [0, 1]."""
+    def _backbone(self, x01: torch.Tensor) -> torch.Tensor:
         # channels_last doubles MobileNetV2's CPU throughput (oneDNN's depthwise kernels).
         x = ((x01 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+        return self.features(x)
 
-    def forward(self, x01):
-        return self.head(self.embed(x01))
+    def feature_map(self, img: np.ndarray) -> torch.Tensor:
+        """The last feature map of a whole photo (1, 1280, h', w'), for mode "roi"."""
+        dev = self.mean.device
+        t = torch.tensor(img, device=dev).permute(2, 0, 1)[None].float()
+        t = t.div_(255)
+        h, w = img.shape[:2]
+        s = self.spec.image_size / max(h, w)
+        if abs(s - 1) > 1e-6:
+            size = (max(32, round(h * s)), max(32, round(w * s)))
+            t = F.interpolate(t, size=size, mode="bilinear", antialias=s < 1, align_corners=False)
+        return self._backbone(t)
+
+    def pool_boxes(self, fmap: torch.Tensor, boxes: torch.Tensor, height: int, width: int):
+        """RoIAlign boxes (image pixels) on a feature map from feature_map()."""
+        from torchvision.ops import roi_align
+
+        b = pad_boxes(boxes.float().reshape(-1, 4), self.spec.context, width, height)
+        g = self.spec.grid
+        # Grid 1 still samples 2x2 bins and averages: one bilinear sample per box is too coarse.
+        r = roi_align(fmap.float(), [b.to(fmap.device)], output_size=max(g, 2),
+                      spatial_scale=fmap.shape[-1] / width, sampling_ratio=2,
+                      aligned=True)  # fmt: skip
+        return (r.mean((2, 3)) if g == 1 else r).flatten(1)
+
+    def embed_crops(self, img: np.ndarray, boxes: np.ndarray, batch: int = 16) -> torch.Tensor:
+        """Mode "crops": each box cut, resized and run through the backbone (batched)."""
+        dev = self.mean.device
+        spec = CropSpec(self.spec.crop_size, self.spec.context)
+        out = []
+        for s in range(0, len(boxes), batch):
+            crops = crop_batch(img, boxes[s : s + batch], spec).to(dev)
+            out.append(F.adaptive_avg_pool2d(self._backbone(crops), self.spec.grid).flatten(1))
+        return torch.cat(out) if out else torch.zeros(0, self.spec.dim, device=dev)
+
+    def embed(self, img: np.ndarray, boxes: np.ndarray, batch: int = 16) -> torch.Tensor:
+        """(len(boxes), spec.dim) features of the boxes of one photo (uint8 HxWx3)."""
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        if self.spec.mode == "crops":
+            return self.embed_crops(img, boxes, batch)
+        if len(boxes) == 0:
+            return torch.zeros(0, self.spec.dim, device=self.mean.device)
+        h, w = img.shape[:2]
+        return self.pool_boxes(self.feature_map(img), torch.from_numpy(boxes), h, w)
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.head(x), 1)[:, 1]
+
+    def refine(self, x: torch.Tensor, boxes: torch.Tensor, height: int, width: int):
+        """Boxes moved by the regressor (unchanged without one)."""
+        if self.regressor is None:
+            return boxes
+        from dnnlab.detect.boxreg import apply_deltas
+
+        return apply_deltas(boxes, self.regressor(x).to(boxes.dtype), width, height)
 
 
 @dataclass
@@ -101,15 +201,8 @@ def crop_batch(img: np.ndarray, boxes: np.ndarray, spec: CropSpec) -> torch.Tens
     from torchvision.ops import roi_align
 
     h, w = img.shape[:2]
-    b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4).clone()
-    if spec.context:
-        bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-        b[:, 0] -= spec.context * bw
-        b[:, 2] += spec.context * bw
-        b[:, 1] -= spec.context * bh
-        b[:, 3] += spec.context * bh
-        b[:, [0, 2]] = b[:, [0, 2]].clamp(0, w)
-        b[:, [1, 3]] = b[:, [1, 3]].clamp(0, h)
+    b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
+    b = pad_boxes(b, spec.context, w, h)
     t = torch.tensor(img).permute(2, 0, 1)[None].float().div_(255)
     rois = torch.cat([torch.zeros(len(b), 1), b], 1)
     return roi_align(t, rois, output_size=spec.size, spatial_scale=1.0, sampling_ratio=2,

@@ -11,7 +11,7 @@ IGNORE = -1
 
 def label_proposals(props: np.ndarray, gt: np.ndarray, pos_iou: float = 0.5,
                     neg_iou: float = 0.5, min_area: float = 0.0):
-    """(boxes, labels, best IoU) for one image.
+    """(boxes, labels, best IoU, matched target box) for one image.
 
     Positive (1) when the best IoU with a target box >= pos_iou, negative (0) when < neg_iou,
     the band between is ignored (dropped); the ground-truth boxes themselves are added as
@@ -24,10 +24,11 @@ def label_proposals(props: np.ndarray, gt: np.ndarray, pos_iou: float = 0.5,
     g = torch.from_numpy(np.asarray(gt, dtype=np.float32).reshape(-1, 4))
     area = (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])
     p = p[area >= min_area]
-    if len(g):
-        best = box_iou(p, g).max(1).values if len(p) else torch.zeros(0)
+    if len(g) and len(p):
+        best, j = box_iou(p, g).max(1)
+        match = g[j]
     else:
-        best = torch.zeros(len(p))
+        best, match = torch.zeros(len(p)), torch.full((len(p), 4), float("nan"))
     labels = torch.full((len(p),), IGNORE, dtype=torch.long)
     labels[best >= pos_iou] = 1
     labels[best < neg_iou] = 0
@@ -35,4 +36,6 @@ def label_proposals(props: np.ndarray, gt: np.ndarray, pos_iou: float = 0.5,
     boxes = torch.cat([p[keep], g])
     labels = torch.cat([labels[keep], torch.ones(len(g), dtype=torch.long)])
     ious = torch.cat([best[keep], torch.ones(len(g))])
-    return boxes.numpy(), labels.numpy(), ious.numpy()
+    # The target box each proposal overlaps most: the box regressor's target (NaN: none).
+    match = torch.cat([match[keep], g])
+    return boxes.numpy(), labels.numpy(), ious.numpy(), match.numpy()

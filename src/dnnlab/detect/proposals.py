@@ -17,7 +17,7 @@ from dnnlab.detect.voc import load_rgb
 @dataclass(frozen=True)
 class ProposalConfig:
     mode: str = "fast"  # fast | quality | single
-    max_side: int | None = 500  # run on a copy whose longer side is at most this
+    max_side: int | None = 320  # run on a copy whose longer side is at most this
     max_proposals: int = 2000
     min_size: float = 10.0  # pixels, in the original image
 

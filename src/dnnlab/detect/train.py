@@ -1,8 +1,8 @@
 """`dnnlab detect train`: the head on cached backbone features (or end to end).
 
-The backbone is frozen and crops are not augmented, so each crop's pooled 1280-d feature is
-computed once (cached per image, so an interrupted extraction resumes) and the head trains
-on the cache: the same optimization as the seed's, far faster.
+The backbone is frozen and boxes are not augmented, so each box's features are computed once
+(cached per image, so an interrupted extraction resumes) and the head trains on the cache:
+the same optimization as the seed's, far faster. `end_to_end` trains the backbone too.
 """
 
 from __future__ import annotations
@@ -17,16 +17,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dnnlab.detect.build import build_info, read_index
-from dnnlab.detect.classifier import CropClassifier, CropSpec, crop_batch, load_backbone, make_head
+from dnnlab.detect.classifier import BoxClassifier, BoxFeatures, load_backbone, make_head
 from dnnlab.detect.voc import load_rgb
 from dnnlab.utils.atomic import atomic_savefig, atomic_torch_save, atomic_write_json
 
 
 @dataclass
 class DetTrainConfig:
-    """The seed's head recipe: Adam 0.005, StepLR(3, 0.3), 10 epochs, batch 32, 1:1 balance."""
+    """The seed's head recipe (Adam 0.005, StepLR(3, 0.3), 10 epochs, batch 32, negatives
+    subsampled 1:1) on RoI-grid features, with R-CNN's box regression on top."""
 
     epochs: int = 10
     batch_size: int = 32
@@ -35,44 +37,61 @@ class DetTrainConfig:
     gamma: float = 0.3
     balance: str = "ratio"  # "ratio": subsample negatives to neg_ratio x positives; "weights"
     neg_ratio: float = 1.0
+    features: str = "roi"  # "roi": one backbone pass per photo; "crops": the seed's
+    grid: int = 3
+    context: float = 0.2
+    image_size: int = 640
     crop_size: int = 224
-    context: float = 0.0
+    box_regression: bool = True
+    reg_lambda: float = 1000.0
+    reg_min_iou: float = 0.5
+    end_to_end: bool = False  # also train the backbone (on crops or RoIs of the photos)
+    backbone_lr: float = 1e-4
     backbone_weights: str | None = None
     seed: int = 0
     device: str = "cpu"
     embed_batch: int = 16  # MobileNetV2 on a CPU: 16 crops a batch beat 64 (cache-sized)
 
+    def spec(self) -> BoxFeatures:
+        return BoxFeatures(self.features, self.grid, self.context, self.image_size,
+                           self.crop_size)  # fmt: skip
+
+
+SEED_TRAIN = dict(features="crops", grid=1, context=0.0, box_regression=False)
+
 
 def _feature_key(cfg: DetTrainConfig) -> str:
     w = cfg.backbone_weights
     stamp = [str(Path(w).resolve()), Path(w).stat().st_size] if w else ["torchvision"]
-    return hashlib.sha256(json.dumps([stamp, cfg.crop_size, cfg.context]).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps([stamp, asdict(cfg.spec())]).encode()).hexdigest()[:12]
 
 
 @torch.no_grad()
-def embed_index(model: CropClassifier, rows, cfg: DetTrainConfig, cache: Path, progress=True):
-    """Pooled features for every index row, computed per image and cached per image."""
+def embed_index(model: BoxClassifier, rows, cfg: DetTrainConfig, cache: Path | None,
+                progress=True) -> torch.Tensor:  # fmt: skip
+    """Features of every index row, computed per image; cached per image when cache is given."""
     from tqdm.auto import tqdm
 
-    cache.mkdir(parents=True, exist_ok=True)
-    spec = CropSpec(cfg.crop_size, cfg.context)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
     by_image: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         by_image.setdefault(r["image"], []).append(i)
-    feats = torch.empty(len(rows), 1280)
+    feats = torch.empty(len(rows), model.spec.dim)
     model.eval()
     for image, idx in tqdm(by_image.items(), desc="backbone features", unit="img",
                            disable=not progress):  # fmt: skip
         boxes = np.array([rows[i]["box"] for i in idx], dtype=np.float32)
-        key = hashlib.sha256((image + boxes.tobytes().hex()).encode()).hexdigest()[:20]
-        f = cache / f"{key}.pt"
-        if f.exists():
-            feats[idx] = torch.load(f, weights_only=True)
-            continue
-        crops = crop_batch(load_rgb(Path(image)), boxes, spec)
-        out = torch.cat([model.embed(crops[s : s + cfg.embed_batch].to(cfg.device)).cpu()
-                         for s in range(0, len(crops), cfg.embed_batch)])  # fmt: skip
-        atomic_torch_save(out, f)
+        f = None
+        if cache is not None:
+            key = hashlib.sha256((image + boxes.tobytes().hex()).encode()).hexdigest()[:20]
+            f = cache / f"{key}.pt"
+            if f.exists():
+                feats[idx] = torch.load(f, weights_only=True).float()
+                continue
+        out = model.embed(load_rgb(Path(image)), boxes, cfg.embed_batch).cpu()
+        if f is not None:
+            atomic_torch_save(out.half(), f)  # half: the grid features are wide
         feats[idx] = out
     return feats
 
@@ -99,6 +118,100 @@ def _accuracy(head, x, y):
     return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
+def _train_head(head, xtr, ytr, xva, yva, weights, cfg: DetTrainConfig, gen):
+    """The seed's loop on cached features; returns (history, best head state)."""
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    hist, best, best_state = [], -1.0, None
+    for epoch in range(cfg.epochs):
+        head.train()
+        perm = torch.randperm(len(xtr), generator=gen)
+        total = 0.0
+        for s in range(0, len(perm), cfg.batch_size):
+            b = perm[s : s + cfg.batch_size]
+            loss = F.cross_entropy(head(xtr[b]), ytr[b], weight=weights.to(xtr.device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+        sched.step()
+        tl, ta = _accuracy(head, xtr, ytr)
+        vl, vacc = _accuracy(head, xva, yva) if len(xva) else (float("nan"), float("nan"))
+        hist.append({"epoch": epoch + 1, "train_loss": total / len(perm), "train_acc": ta,
+                     "val_loss": vl, "val_acc": vacc})  # fmt: skip
+        score = vacc if len(xva) else ta
+        if score > best:
+            best, best_state = score, copy.deepcopy(head.state_dict())
+    return hist, best, best_state
+
+
+def _train_end_to_end(model: BoxClassifier, rows, train_idx, val_idx, labels, weights,
+                      cfg: DetTrainConfig, gen, progress):  # fmt: skip
+    """Backbone and head together, one photo's boxes at a time (one backbone pass per photo
+    in "roi" mode). BatchNorm keeps ImageNet's statistics: batches of one photo's crops are
+    far too correlated to estimate them."""
+    from tqdm.auto import tqdm
+
+    model.features.requires_grad_(True)
+    opt = torch.optim.Adam([{"params": model.head.parameters(), "lr": cfg.lr},
+                            {"params": model.features.parameters(), "lr": cfg.backbone_lr}])
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    by_image: dict[str, list[int]] = {}
+    for i in train_idx.tolist():
+        by_image.setdefault(rows[i]["image"], []).append(i)
+    images = list(by_image)
+    chunk = cfg.batch_size if cfg.spec().mode == "crops" else 10**9
+    w = weights.to(cfg.device)
+    hist, best, best_state = [], -1.0, None
+    for epoch in range(cfg.epochs):
+        model.train()
+        model.features.eval()
+        total = correct = seen = 0.0
+        order = torch.randperm(len(images), generator=gen).tolist()
+        bar = tqdm(order, desc=f"end-to-end epoch {epoch + 1}", unit="img", disable=not progress)
+        for k in bar:
+            idx = by_image[images[k]]
+            img = load_rgb(Path(images[k]))
+            for s in range(0, len(idx), chunk):
+                b = idx[s : s + chunk]
+                boxes = np.array([rows[i]["box"] for i in b], dtype=np.float32)
+                y = labels[b].to(cfg.device)
+                logits = model.head(model.embed(img, boxes, cfg.embed_batch))
+                loss = F.cross_entropy(logits, y, weight=w)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(b)
+                correct += float((logits.argmax(1) == y).sum())
+                seen += len(b)
+        sched.step()
+        model.eval()
+        if len(val_idx):
+            xva = embed_index(model, [rows[i] for i in val_idx.tolist()], cfg, None, False)
+            vl, vacc = _accuracy(model.head, xva.to(cfg.device), labels[val_idx].to(cfg.device))
+        else:
+            vl = vacc = float("nan")
+        ta = correct / max(seen, 1)
+        hist.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "train_acc": ta,
+                     "val_loss": vl, "val_acc": vacc})  # fmt: skip
+        score = vacc if len(val_idx) else ta
+        if score > best:
+            best, best_state = score, copy.deepcopy(model.state_dict())
+    model.features.requires_grad_(False)
+    return hist, best, best_state
+
+
+def _fit_regressor(feats, rows, idx, cfg: DetTrainConfig):
+    """R-CNN's ridge regression on training rows that overlap a target box enough."""
+    from dnnlab.detect.boxreg import box_deltas, fit_ridge
+
+    use = [i for i in idx.tolist() if rows[i]["gt"] is not None
+           and rows[i]["iou"] >= cfg.reg_min_iou]  # fmt: skip
+    props = torch.tensor([rows[i]["box"] for i in use], dtype=torch.float32).reshape(-1, 4)
+    gt = torch.tensor([rows[i]["gt"] for i in use], dtype=torch.float32).reshape(-1, 4)
+    return fit_ridge(feats[use], box_deltas(props, gt), cfg.reg_lambda)
+
+
 def train_detector(out, cfg: DetTrainConfig = DetTrainConfig(), progress=True) -> dict:  # noqa: B008
     out = Path(out)
     t0 = time.perf_counter()
@@ -107,52 +220,45 @@ def train_detector(out, cfg: DetTrainConfig = DetTrainConfig(), progress=True) -
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     features, norm = load_backbone(cfg.backbone_weights)
-    model = CropClassifier(features, norm, make_head()).to(cfg.device)
-    for p in model.features.parameters():
-        p.requires_grad_(False)  # frozen backbone, as the seed
+    model = BoxClassifier(features, norm, cfg.spec()).to(cfg.device)
+    model.features.requires_grad_(False)  # frozen backbone, as the seed
     labels = torch.tensor([r["label"] for r in rows])
     is_val = torch.tensor([r["split"] == "val" for r in rows])
-    t_feat = time.perf_counter()
-    feats = embed_index(model, rows, cfg, out / "cache" / f"features-{_feature_key(cfg)}",
-                        progress)  # fmt: skip
-    feat_seconds = time.perf_counter() - t_feat
     tr = (~is_val).nonzero().squeeze(1)
     va = is_val.nonzero().squeeze(1)
     pick, weights = _balanced(labels[tr], cfg, gen)
-    xtr, ytr = feats[tr][pick].to(cfg.device), labels[tr][pick].to(cfg.device)
-    xva, yva = feats[va].to(cfg.device), labels[va].to(cfg.device)
-    head = model.head
-    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-    hist, best, best_state = [], -1.0, None
-    t_head = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        head.train()
-        perm = torch.randperm(len(xtr), generator=gen)
-        total = 0.0
-        for s in range(0, len(perm), cfg.batch_size):
-            b = perm[s : s + cfg.batch_size]
-            loss = F.cross_entropy(head(xtr[b]), ytr[b], weight=weights.to(cfg.device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(b)
-        sched.step()
-        tl, ta = _accuracy(head, xtr, ytr)
-        vl, vacc = _accuracy(head, xva, yva) if len(va) else (float("nan"), float("nan"))
-        hist.append({"epoch": epoch + 1, "train_loss": total / len(perm), "train_acc": ta,
-                     "val_loss": vl, "val_acc": vacc})  # fmt: skip
-        score = vacc if len(va) else ta
-        if score > best:
-            best, best_state = score, copy.deepcopy(head.state_dict())
-    head.load_state_dict(best_state)
-    head_seconds = time.perf_counter() - t_head
+    t_feat = time.perf_counter()
+    if cfg.end_to_end:
+        hist, best, state = _train_end_to_end(model, rows, tr[pick], va, labels, weights, cfg,
+                                              gen, progress)  # fmt: skip
+        model.load_state_dict(state)
+        head_seconds = time.perf_counter() - t_feat
+        # The regressor needs the tuned backbone's features of every training row.
+        t_feat = time.perf_counter()
+        feats = embed_index(model, rows, cfg, None, progress)
+        feat_seconds = time.perf_counter() - t_feat
+    else:
+        feats = embed_index(model, rows, cfg, out / "cache" / f"features-{_feature_key(cfg)}",
+                            progress)  # fmt: skip
+        feat_seconds = time.perf_counter() - t_feat
+        t_head = time.perf_counter()
+        dev = cfg.device
+        hist, best, state = _train_head(
+            model.head, feats[tr][pick].to(dev), labels[tr][pick].to(dev), feats[va].to(dev),
+            labels[va].to(dev), weights, cfg, gen)  # fmt: skip
+        model.head.load_state_dict(state)
+        head_seconds = time.perf_counter() - t_head
+    t_reg = time.perf_counter()
+    if cfg.box_regression:
+        model.regressor = _fit_regressor(feats, rows, tr, cfg).to(cfg.device)
+    reg_seconds = time.perf_counter() - t_reg
+    model.eval()
     atomic_torch_save({"model": model.state_dict(), "norm": norm, "config": asdict(cfg),
                        "build": info["config"]}, out / "model.pt")  # fmt: skip
     _plot(hist, out / "head_curves.png")
-    summary = {"best_val_acc": best, "epochs": hist, "train_crops": len(xtr),
-               "val_crops": len(xva), "feature_seconds": round(feat_seconds, 1),
-               "head_seconds": round(head_seconds, 2),
+    summary = {"best_val_acc": best, "epochs": hist, "train_crops": len(pick),
+               "val_crops": len(va), "feature_seconds": round(feat_seconds, 1),
+               "head_seconds": round(head_seconds, 2), "regressor_seconds": round(reg_seconds, 2),
                "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     atomic_write_json(out / "train.json", summary)
     return summary
@@ -178,15 +284,18 @@ def _plot(hist, path):
     plt.close(fig)
 
 
-def load_detector(model_dir, device="cpu") -> tuple[CropClassifier, dict]:
-    """The trained classifier (backbone + head + normalization) from model.pt."""
+def load_detector(model_dir, device="cpu") -> tuple[BoxClassifier, dict]:
+    """The trained detector (backbone + head + regressor + normalization) from model.pt."""
     from torchvision.models import mobilenet_v2
 
     f = Path(model_dir) / "model.pt"
     if not f.exists():
         raise FileNotFoundError(f"{f}: no trained detector; run `dnnlab detect train {model_dir}`")
     ck = torch.load(f, map_location="cpu", weights_only=False)
-    norm = ck["norm"]
-    model = CropClassifier(mobilenet_v2().features, norm, make_head())
+    cfg = ck["config"]
+    known = {k: v for k, v in cfg.items() if k in DetTrainConfig.__dataclass_fields__}
+    spec = DetTrainConfig(**known).spec()
+    reg = nn.Linear(spec.dim, 4) if "regressor.weight" in ck["model"] else None
+    model = BoxClassifier(mobilenet_v2().features, ck["norm"], spec, make_head(spec.dim), reg)
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), ck
