@@ -220,3 +220,16 @@ def test_crop_features_match_one_crop_at_a_time(weights):
         all3 = roi.embed(img, boxes)
         assert all3.shape == (3, 1280 * 9)
         assert torch.allclose(roi.embed(img, boxes[1:2])[0], all3[1], atol=1e-5)
+
+
+def test_selective_search_is_reproducible():
+    """OpenCV ranks regions with std::rand(): the same photo must give the same list."""
+    from dnnlab.detect.proposals import ProposalConfig, propose
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    img[20:70, 30:90] = (200, 120, 40)
+    a = propose(img, ProposalConfig(max_side=None))
+    rng.random(5)  # other random work in between must not matter
+    b = propose(img, ProposalConfig(max_side=None))
+    assert len(a) > 10 and np.array_equal(a, b)

@@ -22,6 +22,21 @@ class ProposalConfig:
     min_size: float = 10.0  # pixels, in the original image
 
 
+def _seed_c_rand(seed: int = 0) -> None:
+    """OpenCV's selective search ranks its regions by hierarchy level x std::rand(), so the
+    order of the proposals (and with it the near-duplicate filter and the sampled negatives)
+    changes from run to run unless the C library's generator is seeded. Where libc cannot be
+    reached the proposals are the same set, in a run-dependent order."""
+    import ctypes
+    import sys
+
+    try:
+        libc = ctypes.CDLL("msvcrt" if sys.platform == "win32" else None)
+        libc.srand(ctypes.c_uint(seed))
+    except (OSError, AttributeError):
+        pass
+
+
 def _selective_search(img_rgb: np.ndarray, mode: str) -> np.ndarray:
     import cv2
 
@@ -36,6 +51,7 @@ def _selective_search(img_rgb: np.ndarray, mode: str) -> np.ndarray:
         ss.switchToSingleStrategy()
     else:
         raise ValueError(f"unknown selective-search mode {mode!r}; fast, quality or single")
+    _seed_c_rand(0)
     rects = ss.process()  # x, y, w, h
     return np.asarray(rects, dtype=np.float32).reshape(-1, 4)
 
@@ -64,7 +80,8 @@ def propose(img_rgb: np.ndarray, cfg: ProposalConfig) -> np.ndarray:
 
 def cache_key(image: Path, cfg: ProposalConfig) -> str:
     st = image.stat()
-    text = json.dumps([str(image.resolve()), st.st_size, st.st_mtime_ns, asdict(cfg)])
+    # "seeded": proposals made before the C generator was seeded had a run-dependent order.
+    text = json.dumps([str(image.resolve()), st.st_size, st.st_mtime_ns, asdict(cfg), "seeded"])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
