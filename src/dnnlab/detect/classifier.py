@@ -164,15 +164,24 @@ class BoxClassifier(nn.Module):
             out.append(F.adaptive_avg_pool2d(self._backbone(crops), self.spec.grid).flatten(1))
         return torch.cat(out) if out else torch.zeros(0, self.spec.dim, device=dev)
 
+    def box_features(self, img: np.ndarray, batch: int = 16):
+        """A function from boxes (a tensor, image pixels) to their features on this photo.
+
+        In mode "roi" the backbone runs here, once; each call only RoIAligns, so boxes that
+        move (box regression rounds) are re-read at no backbone cost.
+        """
+        if self.spec.mode == "crops":
+            return lambda b: self.embed_crops(img, b.cpu().numpy(), batch)
+        h, w = img.shape[:2]
+        fmap = self.feature_map(img)
+        return lambda b: self.pool_boxes(fmap, b, h, w)
+
     def embed(self, img: np.ndarray, boxes: np.ndarray, batch: int = 16) -> torch.Tensor:
         """(len(boxes), spec.dim) features of the boxes of one photo (uint8 HxWx3)."""
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        if self.spec.mode == "crops":
-            return self.embed_crops(img, boxes, batch)
         if len(boxes) == 0:
             return torch.zeros(0, self.spec.dim, device=self.mean.device)
-        h, w = img.shape[:2]
-        return self.pool_boxes(self.feature_map(img), torch.from_numpy(boxes), h, w)
+        return self.box_features(img, batch)(torch.from_numpy(boxes).to(self.mean.device))
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.head(x), 1)[:, 1]

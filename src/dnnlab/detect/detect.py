@@ -62,13 +62,7 @@ def score_boxes(model, img: np.ndarray, boxes: np.ndarray, batch: int = 16, step
     if len(boxes) == 0:
         return np.zeros(0, np.float32), np.zeros((0, 4), np.float32)
     h, w = img.shape[:2]
-    fmap = model.feature_map(img) if model.spec.mode == "roi" else None
-
-    def features(b: torch.Tensor) -> torch.Tensor:
-        if fmap is not None:
-            return model.pool_boxes(fmap, b, h, w)
-        return model.embed_crops(img, b.cpu().numpy(), batch)
-
+    features = model.box_features(img, batch)
     b = torch.from_numpy(np.asarray(boxes, np.float32)).to(model.mean.device)
     x = features(b)
     s = model.scores(x)
@@ -197,7 +191,7 @@ def evaluate(voc_dir, model_dir, cfg: DetectConfig = DetectConfig(), device="cpu
             Path(draw_dir).mkdir(parents=True, exist_ok=True)
             draw(img, r["boxes"], r["scores"], Path(draw_dir) / f"{item.image.stem}.jpg", gt)
     m = metric.compute()
-    rec = proposal_recall([_prefilter(p, cfg) for p in props_all], gts)
+    rec = proposal_recall(props_all, gts)  # r["proposals"] are already prefiltered
     result = {
         "ap50": float(m["map_50"]),
         "map": float(m["map"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -22,19 +23,28 @@ class ProposalConfig:
     min_size: float = 10.0  # pixels, in the original image
 
 
+@functools.cache
+def _c_srand():
+    """The C library's srand, or None where libc cannot be reached (loaded once a process)."""
+    import ctypes
+    import sys
+
+    try:
+        return ctypes.CDLL("msvcrt" if sys.platform == "win32" else None).srand
+    except (OSError, AttributeError):
+        return None
+
+
 def _seed_c_rand(seed: int = 0) -> None:
     """OpenCV's selective search ranks its regions by hierarchy level x std::rand(), so the
     order of the proposals (and with it the near-duplicate filter and the sampled negatives)
     changes from run to run unless the C library's generator is seeded. Where libc cannot be
     reached the proposals are the same set, in a run-dependent order."""
     import ctypes
-    import sys
 
-    try:
-        libc = ctypes.CDLL("msvcrt" if sys.platform == "win32" else None)
-        libc.srand(ctypes.c_uint(seed))
-    except (OSError, AttributeError):
-        pass
+    srand = _c_srand()
+    if srand is not None:
+        srand(ctypes.c_uint(seed))
 
 
 def _selective_search(img_rgb: np.ndarray, mode: str) -> np.ndarray:

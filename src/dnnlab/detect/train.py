@@ -91,8 +91,10 @@ def embed_index(model: BoxClassifier, rows, cfg: DetTrainConfig, cache: Path | N
                 continue
         out = model.embed(load_rgb(Path(image)), boxes, cfg.embed_batch).cpu()
         if f is not None:
-            atomic_torch_save(out.half(), f)  # half: the grid features are wide
-        feats[idx] = out
+            out = out.half()  # half: the grid features are wide
+            atomic_torch_save(out, f)
+        # The same values whether they came from the cache or not: a rerun trains alike.
+        feats[idx] = out.float()
     return feats
 
 
