@@ -30,7 +30,8 @@ class DetectConfig:
     batch: int = 16  # crops per backbone batch (mode "crops")
     # Box-regression rounds: each moves the boxes, the next one re-reads their features.
     # 1 is R-CNN's single regression; 2 ("iterative localization", Gidaris & Komodakis 2015)
-    # costs one more RoIAlign and added 0.2 AP50 on cats-voc/valid (docs/RESULTS.md).
+    # costs one more RoIAlign and added 0.07-0.21 AP50 on cats-voc/valid across builds
+    # (docs/RESULTS.md).
     refine_steps: int = 2
 
 
