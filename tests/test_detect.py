@@ -85,6 +85,35 @@ def test_nms_behaviour():
     assert keep.tolist() == [1, 2]  # the lower-scored overlapping box is suppressed
 
 
+def test_box_voting_hand_case_and_loop_oracle():
+    from dnnlab.detect.detect import confidence, vote
+
+    boxes = torch.tensor([[0.0, 0, 10, 10], [2, 0, 12, 10], [0, 0, 10, 40], [50, 50, 60, 60]])
+    scores = torch.tensor([0.9, 0.6, 0.8, 0.99])
+    # box 1 overlaps box 0 at IoU 80/120, box 2 at 100/400 (below 0.5), box 3 not at all
+    voted, support = vote(boxes[[0, 3]], boxes, scores, 0.5)
+    assert torch.allclose(voted[0], torch.tensor([0.6 * 2 / 1.5, 0, 10 + 0.6 * 2 / 1.5, 10]))
+    assert torch.allclose(voted[1], boxes[3]) and torch.allclose(support, torch.tensor([1.5, 0.99]))
+    # Five agreeing boxes outrank one lone box that the classifier likes more.
+    assert confidence(support, 10.0)[0] > confidence(support, 10.0)[1]
+    # Against a float64 loop on random boxes.
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(60, 2, generator=g) * 50
+    boxes = torch.cat([xy, xy + 10 + torch.rand(60, 2, generator=g) * 30], 1)
+    scores = torch.rand(60, generator=g)
+    kept = boxes[:7]
+    voted, support = vote(kept, boxes, scores, 0.5)
+    b64, s64 = boxes.double(), scores.double()
+    for i in range(len(kept)):
+        num, den = torch.zeros(4, dtype=torch.float64), 0.0
+        for j in range(len(boxes)):
+            if box_iou(kept[i : i + 1], boxes[j : j + 1]).item() >= 0.5:
+                num += s64[j] * b64[j]
+                den += float(s64[j])
+        assert abs(float(support[i]) - den) < 1e-5
+        assert torch.allclose(voted[i].double(), num / den, atol=1e-4)
+
+
 def test_voc_problems_are_counted_not_fatal(voc):
     probs = Problems()
     items = read_voc_dir(voc, probs)
@@ -130,6 +159,8 @@ def test_build_train_run_eval(voc, weights, tmp_path, capsys):
     rec = json.loads((out / "img1.json").read_text())
     assert rec["detections"] and (out / "img1.jpg").exists()
     assert len(rec["detections"]) <= 10
+    conf = [d["score"] for d in rec["detections"]]
+    assert conf == sorted(conf, reverse=True) and all(0 <= c < 1 for c in conf)
     capsys.readouterr()
     assert main(["detect", "eval", str(voc), "--model", str(det), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)

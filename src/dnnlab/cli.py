@@ -299,6 +299,9 @@ def _add_detect(sub) -> None:
         p.add_argument("--max-proposals", type=int, default=d.max_proposals)
         p.add_argument("--refine-steps", type=int, default=d.refine_steps,
                        help="box-regression rounds (0: none, 1: R-CNN's)")
+        p.add_argument("--vote-iou", type=float, default=d.vote_iou,
+                       help="box voting and support confidence over the boxes that overlap "
+                            "a detection at this IoU (0: off)")  # fmt: skip
         p.add_argument("--seed-settings", action="store_true",
                        help="the seed's detection: every proposal, every box above the "
                             "threshold, no NMS (overrides those flags)")  # fmt: skip
@@ -311,7 +314,7 @@ def _det_cfg(args):
 
     cfg = DetectConfig(score_threshold=args.score_threshold, nms_iou=args.nms_iou,
                        max_detections=args.max_detections, max_proposals=args.max_proposals,
-                       refine_steps=args.refine_steps)  # fmt: skip
+                       refine_steps=args.refine_steps, vote_iou=args.vote_iou)  # fmt: skip
     if args.seed_settings:
         cfg = DetectConfig(**{**asdict(cfg), **SEED_DETECT})
     return cfg

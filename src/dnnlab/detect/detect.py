@@ -33,10 +33,19 @@ class DetectConfig:
     # costs one more RoIAlign and added 0.07-0.21 AP50 on cats-voc/valid across builds
     # (docs/RESULTS.md).
     refine_steps: int = 2
+    # Box voting: each kept box becomes the score-weighted mean of the refined boxes above
+    # the threshold that overlap it at IoU >= vote_iou (0: no voting), and its confidence
+    # the support 1 - exp(-S / support_scale), S = their summed probability (support_scale
+    # 0: the classifier's probability). The classifier gives 0.99+ to most
+    # boxes on a cat, so its probability cannot rank a true box above a false one; how many
+    # refined boxes agree can. 5-fold cross-validation over all 170 cats-voc photos: AP50
+    # 0.617 -> 0.736 (voting) -> 0.790 (and support), docs/RESULTS.md.
+    vote_iou: float = 0.5
+    support_scale: float = 10.0
 
 
 SEED_DETECT = dict(nms_iou=1.0, max_detections=10**9, max_proposals=10**9, prefilter_iou=1.0,
-                   refine_steps=0)
+                   refine_steps=0, vote_iou=0.0)
 
 
 def _prefilter(boxes: np.ndarray, cfg: DetectConfig) -> np.ndarray:
@@ -76,6 +85,25 @@ def score_boxes(model, img: np.ndarray, boxes: np.ndarray, batch: int = 16, step
     return s.cpu().numpy(), b.cpu().numpy().astype(np.float32)
 
 
+def vote(kept: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor,
+         iou: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box voting (Gidaris & Komodakis 2015): (voted boxes, support).
+
+    Each kept box is replaced by the score-weighted mean of the boxes that overlap it at
+    IoU >= iou (itself included); its support is their summed score.
+    """
+    if len(kept) == 0:
+        return kept.reshape(0, 4), scores.new_zeros(0)
+    w = (box_iou(kept, boxes) >= iou).to(scores.dtype) * scores  # (kept, boxes)
+    support = w.sum(1)
+    return (w @ boxes) / support[:, None], support
+
+
+def confidence(support: torch.Tensor, scale: float) -> torch.Tensor:
+    """Support as a number in [0, 1): about 0.63 at `scale` fully confident boxes."""
+    return 1 - torch.exp(-support / scale)
+
+
 def detect_image(model, img, pcfg: ProposalConfig, cfg: DetectConfig) -> dict:
     t0 = time.perf_counter()
     props = _prefilter(propose(img, pcfg), cfg)
@@ -85,7 +113,14 @@ def detect_image(model, img, pcfg: ProposalConfig, cfg: DetectConfig) -> dict:
     b, s = torch.from_numpy(refined[keep]), torch.from_numpy(scores[keep])
     k = nms(b, s, cfg.nms_iou) if cfg.nms_iou < 1 else s.argsort(descending=True)
     k = k[: cfg.max_detections]
-    return {"boxes": b[k].numpy(), "scores": s[k].numpy(), "proposals": props,
+    out_b, out_s = b[k], s[k]
+    if cfg.vote_iou > 0:
+        out_b, support = vote(out_b, b, s, cfg.vote_iou)
+        if cfg.support_scale > 0:
+            out_s = confidence(support, cfg.support_scale)
+        order = out_s.argsort(descending=True, stable=True)
+        out_b, out_s = out_b[order], out_s[order]
+    return {"boxes": out_b.numpy(), "scores": out_s.numpy(), "proposals": props,
             "all_scores": scores, "seconds": time.perf_counter() - t0,
             "proposal_seconds": t1 - t0}  # fmt: skip
 
@@ -179,7 +214,7 @@ def evaluate(voc_dir, model_dir, cfg: DetectConfig = DetectConfig(), device="cpu
         matched = set()
         if len(r["boxes"]) and len(gt):
             iou = box_iou(torch.from_numpy(r["boxes"]), torch.from_numpy(gt))
-            for d in range(len(r["boxes"])):  # boxes come sorted by score from NMS
+            for d in range(len(r["boxes"])):  # detections come sorted by score
                 j = int(iou[d].argmax())
                 if iou[d, j] >= 0.5 and j not in matched:
                     matched.add(j)

@@ -1,0 +1,176 @@
+"""Cross-validated detection accuracy: k folds over every photo of one or more VOC folders.
+
+cats-voc/valid has 19 cats, so one cat moves AP50 by about 0.05 and two heads trained from
+different seeds differ by more than most changes gain. This script trains the detector's
+parts (the seed's head on 3x3 RoI-grid features, the ridge box regressor) on k-1 folds and
+detects on the held-out fold, for every fold, then computes AP50 and mAP once over all
+held-out photos, for several detection settings side by side on the same models:
+
+  * classifier probability as the confidence, no voting (the detector before box voting);
+  * box voting only (confidence still the classifier's probability);
+  * box voting and support confidence (the default).
+
+It is a prototype harness, not `dnnlab detect train`: features come from one backbone pass
+per photo kept in memory, and each photo's negatives are sampled here (near misses first,
+as the build does, no other-class boxes), so absolute figures differ a little from the
+commands'; the comparison between settings is on identical models.
+
+    python benchmarks/cv_detect.py ../shared/data/cats-voc/train ../shared/data/cats-voc/valid \
+        --backbone-weights ../shared/weights/mobilenet_v2_imagenet_1001.pth --cache /tmp/cvcache
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torchvision.ops import nms
+
+from dnnlab.detect.boxreg import apply_deltas, box_deltas, fit_ridge
+from dnnlab.detect.classifier import BoxClassifier, BoxFeatures, load_backbone, make_head
+from dnnlab.detect.detect import DetectConfig, _prefilter, confidence, vote
+from dnnlab.detect.labelling import label_proposals
+from dnnlab.detect.proposals import ProposalConfig, proposals_for
+from dnnlab.detect.train import DetTrainConfig, _train_head
+from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
+
+
+def load_photos(dirs, weights, cache):
+    features, norm = load_backbone(weights)
+    model = BoxClassifier(features, norm, BoxFeatures()).eval()
+    photos = []
+    for d in dirs:
+        items = read_voc_dir(d, Problems(), "cat")
+        props = proposals_for([i.image for i in items], ProposalConfig("fast", 320, 2000),
+                              cache, 2, True)  # fmt: skip
+        with torch.no_grad():
+            for it, p in zip(items, props, strict=True):
+                img = load_rgb(it.image)
+                gt = it.boxes("cat").reshape(-1, 4).astype(np.float32)
+                props = _prefilter(p, DetectConfig()).astype(np.float32)
+                photos.append({"fmap": model.feature_map(img), "hw": img.shape[:2], "gt": gt,
+                               "props": props})  # fmt: skip
+    return model, photos
+
+
+def pooled(model, ph, boxes):
+    h, w = ph["hw"]
+    # float16 round trip, as the training cache stores them
+    return model.pool_boxes(ph["fmap"], torch.as_tensor(boxes), h, w).half().float()
+
+
+def samples(model, photos, ids, rng, max_neg=48):
+    X, Y, IOU, G, B = [], [], [], [], []
+    for i in ids:
+        ph = photos[i]
+        boxes, labels, ious, match = label_proposals(ph["props"], ph["gt"])
+        neg = rng.permutation(np.flatnonzero(labels == 0))
+        near = np.flatnonzero(ious[neg] >= 0.1)[: max_neg // 2]
+        rest = rng.permutation(np.setdiff1d(np.arange(len(neg)), near))
+        neg = np.concatenate([neg[near], neg[rest]])[:max_neg]
+        keep = np.concatenate([np.flatnonzero(labels == 1), np.sort(neg)])
+        X.append(pooled(model, ph, boxes[keep]))
+        Y.append(labels[keep])
+        IOU.append(ious[keep])
+        G.append(match[keep])
+        B.append(boxes[keep])
+    return (torch.cat(X), torch.from_numpy(np.concatenate(Y)).long(), np.concatenate(IOU),
+            np.concatenate(G), np.concatenate(B))  # fmt: skip
+
+
+def train_fold(model, photos, ids, seed):
+    """The seed's head recipe (70/30 split by photo, 1:1 negatives) and the ridge regressor."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ids))
+    n_val = round(0.3 * len(ids))
+    tr = [ids[k] for k in sorted(order[n_val:])]
+    va = [ids[k] for k in sorted(order[:n_val])]
+    x, y, iou, g, b = samples(model, photos, tr, rng)
+    xv, yv, *_ = samples(model, photos, va, rng)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    pos, neg = (y == 1).nonzero().squeeze(1), (y == 0).nonzero().squeeze(1)
+    neg = neg[torch.randperm(len(neg), generator=gen)[: len(pos)]]
+    pick = torch.cat([pos, neg]).sort().values
+    head = make_head(x.shape[1])
+    _, _, state = _train_head(head, x[pick], y[pick], xv, yv, torch.ones(2), DetTrainConfig(), gen)
+    head.load_state_dict(state)
+    use = np.flatnonzero(iou >= 0.5)
+    reg = fit_ridge(x[use], box_deltas(torch.from_numpy(b[use]), torch.from_numpy(g[use])), 1000.0)
+    return head.eval(), reg
+
+
+@torch.no_grad()
+def detect(model, head, reg, ph, cfg: DetectConfig):
+    """detect_image()'s steps on cached features (the same order: rounds, threshold, NMS,
+    top-K, voting)."""
+    h, w = ph["hw"]
+    b = torch.from_numpy(ph["props"])
+    x = pooled(model, ph, b)
+    s = torch.softmax(head(x), 1)[:, 1]
+    for t in range(cfg.refine_steps):
+        b = apply_deltas(b, reg(x), w, h)
+        if t < cfg.refine_steps - 1:
+            x = pooled(model, ph, b)
+            s = torch.softmax(head(x), 1)[:, 1]
+    keep = s > cfg.score_threshold
+    b, s = b[keep], s[keep]
+    k = nms(b, s, cfg.nms_iou)[: cfg.max_detections]
+    ob, os_ = b[k], s[k]
+    if cfg.vote_iou > 0:
+        ob, support = vote(ob, b, s, cfg.vote_iou)
+        if cfg.support_scale > 0:
+            os_ = confidence(support, cfg.support_scale)
+    order = os_.argsort(descending=True, stable=True)
+    ob, os_ = ob[order], os_[order]
+    return ob, os_
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("voc_dirs", nargs="+")
+    ap.add_argument("--backbone-weights", required=True)
+    ap.add_argument("--cache", required=True, help="proposal cache folder (reused)")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = ap.parse_args()
+    from torchmetrics.detection import MeanAveragePrecision
+
+    t0 = time.perf_counter()
+    model, photos = load_photos(args.voc_dirs, args.backbone_weights, args.cache)
+    print(f"{len(photos)} photos, {sum(len(p['gt']) for p in photos)} cats; features and "
+          f"proposals {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+    settings = {
+        "probability, no voting": DetectConfig(vote_iou=0),
+        "voting, probability": DetectConfig(support_scale=0),
+        "voting + support (default)": DetectConfig(),
+    }
+    folds = np.random.default_rng(123).permutation(len(photos))
+    for seed in args.seeds:
+        metrics = {n: MeanAveragePrecision(iou_type="bbox", box_format="xyxy") for n in settings}
+        for f in range(args.folds):
+            test = sorted(folds[f :: args.folds].tolist())
+            train = sorted(set(range(len(photos))) - set(test))
+            head, reg = train_fold(model, photos, train, seed)
+            for i in test:
+                gt = torch.from_numpy(photos[i]["gt"])
+                for name, cfg in settings.items():
+                    b, s = detect(model, head, reg, photos[i], cfg)
+                    pred = {"boxes": b, "scores": s, "labels": torch.zeros(len(b), dtype=int)}
+                    true = {"boxes": gt, "labels": torch.zeros(len(gt), dtype=int)}
+                    metrics[name].update([pred], [true])
+        base = None
+        for name, m in metrics.items():
+            r = m.compute()
+            ap50 = float(r["map_50"])
+            base = base or ap50
+            print(f"seed {seed}  {name:<28} AP50 {ap50:.3f} ({ap50 / base:.2f}x)  "
+                  f"mAP {float(r['map']):.3f}", flush=True)  # fmt: skip
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
