@@ -39,7 +39,7 @@ class DetectConfig:
     # 0: the classifier's probability). The classifier gives 0.99+ to most
     # boxes on a cat, so its probability cannot rank a true box above a false one; how many
     # refined boxes agree can. 5-fold cross-validation over all 170 cats-voc photos: AP50
-    # 0.617 -> 0.736 (voting) -> 0.790 (and support), docs/RESULTS.md.
+    # 0.555 -> 0.662 (voting) -> 0.719 (and support), benchmarks/cv_detect.py.
     vote_iou: float = 0.5
     support_scale: float = 10.0
 
