@@ -114,6 +114,27 @@ def test_box_voting_hand_case_and_loop_oracle():
         assert torch.allclose(voted[i].double(), num / den, atol=1e-4)
 
 
+def test_cascade_regressor_serves_later_rounds():
+    from torch import nn
+
+    from dnnlab.detect.classifier import BoxClassifier, BoxFeatures
+
+    def shift(dx):
+        reg = nn.Linear(1280, 4)
+        nn.init.zeros_(reg.weight)
+        with torch.no_grad():
+            reg.bias.copy_(torch.tensor([dx, 0.0, 0.0, 0.0]))
+        return reg
+
+    m = BoxClassifier(nn.Identity(), ((0.5,) * 3, (0.5,) * 3), BoxFeatures(grid=1),
+                      regressor=shift(0.1), regressor2=shift(-0.1))  # fmt: skip
+    box, x = torch.tensor([[10.0, 10, 30, 30]]), torch.zeros(1, 1280)
+    assert m.refine(x, box, 100, 100, 0)[0, 0].item() == pytest.approx(12.0)  # first regressor
+    assert m.refine(x, box, 100, 100, 1)[0, 0].item() == pytest.approx(8.0)  # the second
+    m.regressor2 = None
+    assert m.refine(x, box, 100, 100, 1)[0, 0].item() == pytest.approx(12.0)
+
+
 def test_voc_problems_are_counted_not_fatal(voc):
     probs = Problems()
     items = read_voc_dir(voc, probs)
@@ -147,10 +168,11 @@ def test_build_train_run_eval(voc, weights, tmp_path, capsys):
         imgs.setdefault(f[0], set()).add(f[7])
     assert all(len(s) == 1 for s in imgs.values())  # split by image, never by crop
     assert main(["detect", "train", str(det), "--epochs", "1", "--backbone-weights",
-                 str(weights), "--image-size", "160"]) == 0  # fmt: skip
+                 str(weights), "--image-size", "160", "--cascade"]) == 0  # fmt: skip
     assert (det / "model.pt").exists() and (det / "train.json").exists()
     ck = torch.load(det / "model.pt", weights_only=False)
     assert ck["model"]["regressor.weight"].shape == (4, 1280 * 9)  # RoI grid 3 + box regressor
+    assert ck["model"]["regressor2.weight"].shape == (4, 1280 * 9)  # the cascade's second
     assert main(["detect", "show", str(det)]) == 0
     assert (det / "samples_positives.png").exists()
     out = tmp_path / "dets"

@@ -268,6 +268,8 @@ def _add_detect(sub) -> None:
     p.add_argument("--crop-size", type=int, default=t.crop_size, help="crops: crop side")
     p.add_argument("--no-box-regression", dest="box_regression", action="store_false",
                    help="do not fit R-CNN's box regressor")
+    p.add_argument("--cascade", action="store_true",
+                   help="fit a second box regressor for the second refinement round")
     p.add_argument("--reg-lambda", type=float, default=t.reg_lambda)
     p.add_argument("--end-to-end", action="store_true",
                    help="train the backbone with the head (slow on a CPU)")
@@ -348,6 +350,7 @@ def cmd_detect_train(args) -> int:
                          balance=args.balance, neg_ratio=args.neg_ratio, features=args.features,
                          grid=args.grid, context=args.context, image_size=args.image_size,
                          crop_size=args.crop_size, box_regression=args.box_regression,
+                         cascade=args.cascade,
                          reg_lambda=args.reg_lambda, end_to_end=args.end_to_end,
                          backbone_lr=args.backbone_lr, backbone_weights=args.backbone_weights,
                          device=args.device)  # fmt: skip

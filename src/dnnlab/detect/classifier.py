@@ -116,12 +116,14 @@ class BoxClassifier(nn.Module):
     R-CNN box regressor on the same features. The input normalization is stored inside."""
 
     def __init__(self, features: nn.Module, norm, spec: BoxFeatures | None = None,
-                 head: nn.Module | None = None, regressor: nn.Module | None = None):  # fmt: skip
+                 head: nn.Module | None = None, regressor: nn.Module | None = None,
+                 regressor2: nn.Module | None = None):  # fmt: skip
         super().__init__()
         self.spec = spec or BoxFeatures()
         self.features = features.to(memory_format=torch.channels_last)
         self.head = head if head is not None else make_head(self.spec.dim)
         self.regressor = regressor
+        self.regressor2 = regressor2  # the cascade's second round (None: reuse the first)
         self.register_buffer("mean", torch.tensor(norm[0]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(norm[1]).view(1, 3, 1, 1))
 
@@ -186,13 +188,16 @@ class BoxClassifier(nn.Module):
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.head(x), 1)[:, 1]
 
-    def refine(self, x: torch.Tensor, boxes: torch.Tensor, height: int, width: int):
-        """Boxes moved by the regressor (unchanged without one)."""
+    def refine(self, x: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
+               round: int = 0):  # fmt: skip
+        """Boxes moved by the regressor (unchanged without one); rounds after the first use
+        the cascade's second regressor when there is one."""
         if self.regressor is None:
             return boxes
         from dnnlab.detect.boxreg import apply_deltas
 
-        return apply_deltas(boxes, self.regressor(x).to(boxes.dtype), width, height)
+        reg = self.regressor2 if round > 0 and self.regressor2 is not None else self.regressor
+        return apply_deltas(boxes, reg(x).to(boxes.dtype), width, height)
 
 
 @dataclass

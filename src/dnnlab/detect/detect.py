@@ -78,7 +78,7 @@ def score_boxes(model, img: np.ndarray, boxes: np.ndarray, batch: int = 16, step
     s = model.scores(x)
     rounds = steps if model.regressor is not None else 0
     for t in range(rounds):
-        b = model.refine(x, b, h, w)
+        b = model.refine(x, b, h, w, t)
         if t < rounds - 1:
             x = features(b)
             s = model.scores(x)

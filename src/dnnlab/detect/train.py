@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import box_iou
 
 from dnnlab.detect.build import build_info, read_index
 from dnnlab.detect.classifier import BoxClassifier, BoxFeatures, load_backbone, make_head
@@ -45,6 +46,10 @@ class DetTrainConfig:
     box_regression: bool = True
     reg_lambda: float = 1000.0
     reg_min_iou: float = 0.5
+    # A second regressor for the second round, fitted on boxes the first one has moved
+    # (cascade). Off by default: 5-fold AP50 0.790 -> 0.835 in a prototype, but no change
+    # on valid (0.847 either way) for 39 s more training (docs/RESULTS.md).
+    cascade: bool = False
     end_to_end: bool = False  # also train the backbone (on crops or RoIs of the photos)
     backbone_lr: float = 1e-4
     backbone_weights: str | None = None
@@ -57,7 +62,7 @@ class DetTrainConfig:
                            self.crop_size)  # fmt: skip
 
 
-SEED_TRAIN = dict(features="crops", grid=1, context=0.0, box_regression=False)
+SEED_TRAIN = dict(features="crops", grid=1, context=0.0, box_regression=False, cascade=False)
 
 
 def _feature_key(cfg: DetTrainConfig) -> str:
@@ -214,6 +219,37 @@ def _fit_regressor(feats, rows, idx, cfg: DetTrainConfig):
     return fit_ridge(feats[use], box_deltas(props, gt), cfg.reg_lambda)
 
 
+@torch.no_grad()
+def _fit_cascade(model: BoxClassifier, rows, idx, cfg: DetTrainConfig, progress=True):
+    """The second round's regressor: every training row within IoU 0.3 of a target box is
+    moved by the first regressor, re-read, and regressed onto its target box from there."""
+    from tqdm.auto import tqdm
+
+    from dnnlab.detect.boxreg import box_deltas, fit_ridge
+
+    by_image: dict[str, list[int]] = {}
+    for i in idx.tolist():
+        if rows[i]["gt"] is not None and rows[i]["iou"] >= 0.3:
+            by_image.setdefault(rows[i]["image"], []).append(i)
+    xs, bs, gs = [], [], []
+    for image, ids in tqdm(by_image.items(), desc="cascade regressor", unit="img",
+                           disable=not progress):  # fmt: skip
+        img = load_rgb(Path(image))
+        h, w = img.shape[:2]
+        features = model.box_features(img, cfg.embed_batch)
+        b0 = torch.tensor([rows[i]["box"] for i in ids], dtype=torch.float32, device=cfg.device)
+        gt = torch.tensor([rows[i]["gt"] for i in ids], dtype=torch.float32, device=cfg.device)
+        # float16 round trip: the first regressor was fitted on the cache's rounded values
+        b1 = model.refine(features(b0).half().float(), b0, h, w)
+        ok = torch.diag(box_iou(b1, gt)) >= cfg.reg_min_iou
+        xs.append(features(b1[ok]).half().float().cpu())
+        bs.append(b1[ok].cpu())
+        gs.append(gt[ok].cpu())
+    if not xs:
+        return None
+    return fit_ridge(torch.cat(xs), box_deltas(torch.cat(bs), torch.cat(gs)), cfg.reg_lambda)
+
+
 def train_detector(out, cfg: DetTrainConfig = DetTrainConfig(), progress=True) -> dict:  # noqa: B008
     out = Path(out)
     t0 = time.perf_counter()
@@ -253,6 +289,9 @@ def train_detector(out, cfg: DetTrainConfig = DetTrainConfig(), progress=True) -
     t_reg = time.perf_counter()
     if cfg.box_regression:
         model.regressor = _fit_regressor(feats, rows, tr, cfg).to(cfg.device)
+        if cfg.cascade:
+            model.eval()
+            model.regressor2 = _fit_cascade(model, rows, tr, cfg, progress)
     reg_seconds = time.perf_counter() - t_reg
     model.eval()
     atomic_torch_save({"model": model.state_dict(), "norm": norm, "config": asdict(cfg),
@@ -298,6 +337,8 @@ def load_detector(model_dir, device="cpu") -> tuple[BoxClassifier, dict]:
     known = {k: v for k, v in cfg.items() if k in DetTrainConfig.__dataclass_fields__}
     spec = DetTrainConfig(**known).spec()
     reg = nn.Linear(spec.dim, 4) if "regressor.weight" in ck["model"] else None
-    model = BoxClassifier(mobilenet_v2().features, ck["norm"], spec, make_head(spec.dim), reg)
+    reg2 = nn.Linear(spec.dim, 4) if "regressor2.weight" in ck["model"] else None
+    model = BoxClassifier(mobilenet_v2().features, ck["norm"], spec, make_head(spec.dim), reg,
+                          reg2)  # fmt: skip
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), ck
