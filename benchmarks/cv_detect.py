@@ -26,11 +26,10 @@ import time
 
 import numpy as np
 import torch
-from torchvision.ops import nms
 
-from dnnlab.detect.boxreg import apply_deltas, box_deltas, fit_ridge
+from dnnlab.detect.boxreg import box_deltas, fit_ridge
 from dnnlab.detect.classifier import BoxClassifier, BoxFeatures, load_backbone, make_head
-from dnnlab.detect.detect import DetectConfig, _prefilter, confidence, vote
+from dnnlab.detect.detect import DetectConfig, _prefilter, refine_rounds, select
 from dnnlab.detect.labelling import label_proposals
 from dnnlab.detect.proposals import ProposalConfig, proposals_for
 from dnnlab.detect.train import DetTrainConfig, _train_head
@@ -104,28 +103,12 @@ def train_fold(model, photos, ids, seed):
 
 @torch.no_grad()
 def detect(model, head, reg, ph, cfg: DetectConfig):
-    """detect_image()'s steps on cached features (the same order: rounds, threshold, NMS,
-    top-K, voting)."""
-    h, w = ph["hw"]
+    """detect_image()'s steps (rounds, threshold, NMS, top-K, voting) on cached features."""
+    model.head, model.regressor = head, reg
     b = torch.from_numpy(ph["props"])
-    x = pooled(model, ph, b)
-    s = torch.softmax(head(x), 1)[:, 1]
-    for t in range(cfg.refine_steps):
-        b = apply_deltas(b, reg(x), w, h)
-        if t < cfg.refine_steps - 1:
-            x = pooled(model, ph, b)
-            s = torch.softmax(head(x), 1)[:, 1]
-    keep = s > cfg.score_threshold
-    b, s = b[keep], s[keep]
-    k = nms(b, s, cfg.nms_iou)[: cfg.max_detections]
-    ob, os_ = b[k], s[k]
-    if cfg.vote_iou > 0:
-        ob, support = vote(ob, b, s, cfg.vote_iou)
-        if cfg.support_scale > 0:
-            os_ = confidence(support, cfg.support_scale)
-    order = os_.argsort(descending=True, stable=True)
-    ob, os_ = ob[order], os_[order]
-    return ob, os_
+    s, b = refine_rounds(model, lambda boxes: pooled(model, ph, boxes), b, *ph["hw"],
+                         cfg.refine_steps)  # fmt: skip
+    return select(b, s, cfg)
 
 
 def main() -> int:

@@ -71,18 +71,22 @@ def score_boxes(model, img: np.ndarray, boxes: np.ndarray, batch: int = 16, step
     """
     if len(boxes) == 0:
         return np.zeros(0, np.float32), np.zeros((0, 4), np.float32)
-    h, w = img.shape[:2]
-    features = model.box_features(img, batch)
     b = torch.from_numpy(np.asarray(boxes, np.float32)).to(model.mean.device)
-    x = features(b)
+    s, b = refine_rounds(model, model.box_features(img, batch), b, *img.shape[:2], steps)
+    return s.cpu().numpy(), b.cpu().numpy().astype(np.float32)
+
+
+def refine_rounds(model, features, boxes: torch.Tensor, height: int, width: int, steps: int):
+    """score_boxes()'s rounds on any features function (boxes -> features), e.g. a cache."""
+    x = features(boxes)
     s = model.scores(x)
     rounds = steps if model.regressor is not None else 0
     for t in range(rounds):
-        b = model.refine(x, b, h, w, t)
+        boxes = model.refine(x, boxes, height, width, t)
         if t < rounds - 1:
-            x = features(b)
+            x = features(boxes)
             s = model.scores(x)
-    return s.cpu().numpy(), b.cpu().numpy().astype(np.float32)
+    return s, boxes
 
 
 def vote(kept: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor,
@@ -104,13 +108,10 @@ def confidence(support: torch.Tensor, scale: float) -> torch.Tensor:
     return 1 - torch.exp(-support / scale)
 
 
-def detect_image(model, img, pcfg: ProposalConfig, cfg: DetectConfig) -> dict:
-    t0 = time.perf_counter()
-    props = _prefilter(propose(img, pcfg), cfg)
-    t1 = time.perf_counter()
-    scores, refined = score_boxes(model, img, props, cfg.batch, cfg.refine_steps)
+def select(boxes: torch.Tensor, scores: torch.Tensor, cfg: DetectConfig):
+    """Score threshold, NMS, top-K, then box voting: (boxes, confidences), best first."""
     keep = scores > cfg.score_threshold
-    b, s = torch.from_numpy(refined[keep]), torch.from_numpy(scores[keep])
+    b, s = boxes[keep], scores[keep]
     k = nms(b, s, cfg.nms_iou) if cfg.nms_iou < 1 else s.argsort(descending=True)
     k = k[: cfg.max_detections]
     out_b, out_s = b[k], s[k]
@@ -120,6 +121,15 @@ def detect_image(model, img, pcfg: ProposalConfig, cfg: DetectConfig) -> dict:
             out_s = confidence(support, cfg.support_scale)
         order = out_s.argsort(descending=True, stable=True)
         out_b, out_s = out_b[order], out_s[order]
+    return out_b, out_s
+
+
+def detect_image(model, img, pcfg: ProposalConfig, cfg: DetectConfig) -> dict:
+    t0 = time.perf_counter()
+    props = _prefilter(propose(img, pcfg), cfg)
+    t1 = time.perf_counter()
+    scores, refined = score_boxes(model, img, props, cfg.batch, cfg.refine_steps)
+    out_b, out_s = select(torch.from_numpy(refined), torch.from_numpy(scores), cfg)
     return {"boxes": out_b.numpy(), "scores": out_s.numpy(), "proposals": props,
             "all_scores": scores, "seconds": time.perf_counter() - t0,
             "proposal_seconds": t1 - t0}  # fmt: skip
