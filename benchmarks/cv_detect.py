@@ -8,7 +8,11 @@ held-out photos, for several detection settings side by side on the same models:
 
   * classifier probability as the confidence, no voting (the detector before box voting);
   * box voting only (confidence still the classifier's probability);
-  * box voting and support confidence (the default).
+  * box voting and support confidence, with R-CNN's one regressor (IoU >= 0.5 rows);
+  * the same with a coarse regressor for the first round (rows down to IoU 0.3) and the
+    IoU >= 0.5 one for the second, fitted on the training photos;
+  * the same, the regressors fitted on the validation photos' rows too (the default of
+    `dnnlab detect train`).
 
 It is a prototype harness, not `dnnlab detect train`: features come from one backbone pass
 per photo kept in memory, and each photo's negatives are sampled here (near misses first,
@@ -79,15 +83,21 @@ def samples(model, photos, ids, rng, max_neg=48):
             np.concatenate(G), np.concatenate(B))  # fmt: skip
 
 
+def ridge(x, iou, g, b, min_iou):
+    use = np.flatnonzero(iou >= min_iou)
+    return fit_ridge(x[use], box_deltas(torch.from_numpy(b[use]), torch.from_numpy(g[use])), 1000.0)
+
+
 def train_fold(model, photos, ids, seed):
-    """The seed's head recipe (70/30 split by photo, 1:1 negatives) and the ridge regressor."""
+    """The seed's head recipe (70/30 split by photo, 1:1 negatives) and the ridge regressors:
+    {"one": (R-CNN's, IoU >= 0.5, both rounds), "two": (IoU >= 0.3 first, IoU >= 0.5 then)}."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(ids))
     n_val = round(0.3 * len(ids))
     tr = [ids[k] for k in sorted(order[n_val:])]
     va = [ids[k] for k in sorted(order[:n_val])]
     x, y, iou, g, b = samples(model, photos, tr, rng)
-    xv, yv, *_ = samples(model, photos, va, rng)
+    xv, yv, iouv, gv, bv = samples(model, photos, va, rng)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     pos, neg = (y == 1).nonzero().squeeze(1), (y == 0).nonzero().squeeze(1)
@@ -96,15 +106,17 @@ def train_fold(model, photos, ids, seed):
     head = make_head(x.shape[1])
     _, _, state = _train_head(head, x[pick], y[pick], xv, yv, torch.ones(2), DetTrainConfig(), gen)
     head.load_state_dict(state)
-    use = np.flatnonzero(iou >= 0.5)
-    reg = fit_ridge(x[use], box_deltas(torch.from_numpy(b[use]), torch.from_numpy(g[use])), 1000.0)
-    return head.eval(), reg
+    fine = ridge(x, iou, g, b, 0.5)
+    xa = torch.cat([x, xv])
+    ioua, ga, ba = (np.concatenate(t) for t in ((iou, iouv), (g, gv), (b, bv)))
+    return head.eval(), {"one": (fine, None), "two": (ridge(x, iou, g, b, 0.3), fine),
+                         "two-all": (ridge(xa, ioua, ga, ba, 0.3), ridge(xa, ioua, ga, ba, 0.5))}
 
 
 @torch.no_grad()
-def detect(model, head, reg, ph, cfg: DetectConfig):
+def detect(model, head, regs, ph, cfg: DetectConfig):
     """detect_image()'s steps (rounds, threshold, NMS, top-K, voting) on cached features."""
-    model.head, model.regressor = head, reg
+    model.head, (model.regressor, model.regressor2) = head, regs
     b = torch.from_numpy(ph["props"])
     s, b = refine_rounds(model, lambda boxes: pooled(model, ph, boxes), b, *ph["hw"],
                          cfg.refine_steps)  # fmt: skip
@@ -125,10 +137,12 @@ def main() -> int:
     model, photos = load_photos(args.voc_dirs, args.backbone_weights, args.cache)
     print(f"{len(photos)} photos, {sum(len(p['gt']) for p in photos)} cats; features and "
           f"proposals {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
-    settings = {
-        "probability, no voting": DetectConfig(vote_iou=0),
-        "voting, probability": DetectConfig(support_scale=0),
-        "voting + support (default)": DetectConfig(),
+    settings = {  # name: (detection settings, regressors)
+        "probability, no voting": (DetectConfig(vote_iou=0), "one"),
+        "voting, probability": (DetectConfig(support_scale=0), "one"),
+        "voting + support": (DetectConfig(), "one"),
+        "+ coarse-then-fine regressors": (DetectConfig(), "two"),
+        "+ same, on val photos too": (DetectConfig(), "two-all"),
     }
     folds = np.random.default_rng(123).permutation(len(photos))
     for seed in args.seeds:
@@ -136,11 +150,11 @@ def main() -> int:
         for f in range(args.folds):
             test = sorted(folds[f :: args.folds].tolist())
             train = sorted(set(range(len(photos))) - set(test))
-            head, reg = train_fold(model, photos, train, seed)
+            head, regs = train_fold(model, photos, train, seed)
             for i in test:
                 gt = torch.from_numpy(photos[i]["gt"])
-                for name, cfg in settings.items():
-                    b, s = detect(model, head, reg, photos[i], cfg)
+                for name, (cfg, reg) in settings.items():
+                    b, s = detect(model, head, regs[reg], photos[i], cfg)
                     pred = {"boxes": b, "scores": s, "labels": torch.zeros(len(b), dtype=int)}
                     true = {"boxes": gt, "labels": torch.zeros(len(gt), dtype=int)}
                     metrics[name].update([pred], [true])

@@ -114,6 +114,38 @@ def test_box_voting_hand_case_and_loop_oracle():
         assert torch.allclose(voted[i].double(), num / den, atol=1e-4)
 
 
+def test_coarse_and_fine_regressors_fit_their_rows():
+    from dnnlab.detect.boxreg import box_deltas, fit_ridge
+    from dnnlab.detect.train import DetTrainConfig, _fit_regressors
+
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    feats = torch.randn(n, 12, generator=g)
+    ious = torch.linspace(0.0, 0.95, n)
+    rows = []
+    for k in range(n):
+        x0, y0 = float(k), float(2 * k)
+        gt = [x0 + 1, y0 - 2, x0 + 24 + 3 * float(feats[k, 0]) + k % 3, y0 + 27]
+        rows.append({"box": [x0, y0, x0 + 20, y0 + 30], "iou": float(ious[k]),
+                     "gt": None if k % 7 == 0 else gt})  # fmt: skip
+    idx = torch.arange(n - 5)  # the last rows stand for the validation photos: never used
+
+    def oracle(lo):
+        use = [k for k in idx.tolist() if rows[k]["gt"] is not None and rows[k]["iou"] >= lo]
+        props = torch.tensor([rows[k]["box"] for k in use])
+        gt = torch.tensor([rows[k]["gt"] for k in use])
+        return fit_ridge(feats[use], box_deltas(props, gt), 1.0)
+
+    first, later = _fit_regressors(feats, rows, idx, DetTrainConfig(reg_lambda=1.0))
+    for got, lo in ((first, 0.3), (later, 0.5)):
+        want = oracle(lo)
+        assert torch.allclose(got.weight, want.weight) and torch.allclose(got.bias, want.bias)
+    assert not torch.allclose(first.weight, later.weight)
+    cfg = DetTrainConfig(reg_lambda=1.0, coarse_min_iou=None)
+    one, none = _fit_regressors(feats, rows, idx, cfg)
+    assert none is None and torch.allclose(one.weight, later.weight)
+
+
 def test_cascade_regressor_serves_later_rounds():
     from torch import nn
 
@@ -207,10 +239,16 @@ def test_seed_settings_and_end_to_end(voc, weights, tmp_path, capsys):
                  "--score-threshold", "0.0"]) == 0  # fmt: skip
     res = json.loads(capsys.readouterr().out)
     assert res["settings"]["nms_iou"] == 1.0  # the seed drew every box: no NMS
-    # End to end: the backbone's weights move too.
-    assert main(["detect", "train", str(det), "--epochs", "1", "--backbone-weights",
-                 str(weights), "--image-size", "128", "--end-to-end",
-                 "--backbone-lr", "0.01"]) == 0  # fmt: skip
+    # End to end: the backbone's weights move too. A trained model is never replaced
+    # without --overwrite.
+    again = ["detect", "train", str(det), "--epochs", "1", "--backbone-weights", str(weights),
+             "--image-size", "128", "--end-to-end", "--backbone-lr", "0.01"]  # fmt: skip
+    before = (det / "model.pt").read_bytes()
+    capsys.readouterr()
+    assert main(again) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (det / "model.pt").read_bytes() == before
+    assert main([*again, "--overwrite"]) == 0
     ck = torch.load(det / "model.pt", weights_only=False)
     orig = torch.load(weights, weights_only=True)
     assert ck["config"]["end_to_end"]

@@ -268,6 +268,10 @@ def _add_detect(sub) -> None:
     p.add_argument("--crop-size", type=int, default=t.crop_size, help="crops: crop side")
     p.add_argument("--no-box-regression", dest="box_regression", action="store_false",
                    help="do not fit R-CNN's box regressor")
+    p.add_argument("--overwrite", action="store_true", help="replace a trained model.pt")
+    p.add_argument("--coarse-min-iou", type=float, default=t.coarse_min_iou,
+                   help="fit the first refinement round's own regressor on boxes down to this "
+                        "IoU with a cat; 0.5 or more: one regressor for every round (R-CNN's)")
     p.add_argument("--cascade", action="store_true",
                    help="fit a second box regressor for the second refinement round")
     p.add_argument("--reg-lambda", type=float, default=t.reg_lambda)
@@ -350,13 +354,13 @@ def cmd_detect_train(args) -> int:
                          balance=args.balance, neg_ratio=args.neg_ratio, features=args.features,
                          grid=args.grid, context=args.context, image_size=args.image_size,
                          crop_size=args.crop_size, box_regression=args.box_regression,
-                         cascade=args.cascade,
+                         coarse_min_iou=args.coarse_min_iou, cascade=args.cascade,
                          reg_lambda=args.reg_lambda, end_to_end=args.end_to_end,
                          backbone_lr=args.backbone_lr, backbone_weights=args.backbone_weights,
                          device=args.device)  # fmt: skip
     if args.seed_settings:
         cfg = DetTrainConfig(**{**asdict(cfg), **SEED_TRAIN})
-    s = train_detector(args.dir, cfg, progress=sys.stderr.isatty())
+    s = train_detector(args.dir, cfg, progress=sys.stderr.isatty(), overwrite=args.overwrite)
     print(f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_crops']} boxes; "
           f"features {s['feature_seconds']} s, head {s['head_seconds']} s, box regressor "
           f"{s['regressor_seconds']} s")

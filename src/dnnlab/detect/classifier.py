@@ -123,7 +123,7 @@ class BoxClassifier(nn.Module):
         self.features = features.to(memory_format=torch.channels_last)
         self.head = head if head is not None else make_head(self.spec.dim)
         self.regressor = regressor
-        self.regressor2 = regressor2  # the cascade's second round (None: reuse the first)
+        self.regressor2 = regressor2  # rounds after the first (None: reuse the first)
         self.register_buffer("mean", torch.tensor(norm[0]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(norm[1]).view(1, 3, 1, 1))
 
@@ -191,7 +191,7 @@ class BoxClassifier(nn.Module):
     def refine(self, x: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
                round: int = 0):  # fmt: skip
         """Boxes moved by the regressor (unchanged without one); rounds after the first use
-        the cascade's second regressor when there is one."""
+        the second regressor when there is one (the fine or the cascade's)."""
         if self.regressor is None:
             return boxes
         from dnnlab.detect.boxreg import apply_deltas
