@@ -128,7 +128,7 @@ def test_coarse_and_fine_regressors_fit_their_rows():
         gt = [x0 + 1, y0 - 2, x0 + 24 + 3 * float(feats[k, 0]) + k % 3, y0 + 27]
         rows.append({"box": [x0, y0, x0 + 20, y0 + 30], "iou": float(ious[k]),
                      "gt": None if k % 7 == 0 else gt})  # fmt: skip
-    idx = torch.arange(n - 5)  # the last rows stand for the validation photos: never used
+    idx = torch.arange(n - 5)  # rows outside idx must not enter either fit
 
     def oracle(lo):
         use = [k for k in idx.tolist() if rows[k]["gt"] is not None and rows[k]["iou"] >= lo]

@@ -273,7 +273,7 @@ def _add_detect(sub) -> None:
                    help="fit the first refinement round's own regressor on boxes down to this "
                         "IoU with a cat; 0.5 or more: one regressor for every round (R-CNN's)")
     p.add_argument("--cascade", action="store_true",
-                   help="fit a second box regressor for the second refinement round")
+                   help="fit the later rounds' regressor on boxes the first one has moved")
     p.add_argument("--reg-lambda", type=float, default=t.reg_lambda)
     p.add_argument("--end-to-end", action="store_true",
                    help="train the backbone with the head (slow on a CPU)")

@@ -234,7 +234,7 @@ def _fit_regressors(feats, rows, idx, cfg: DetTrainConfig):
 
 @torch.no_grad()
 def _fit_cascade(model: BoxClassifier, rows, idx, cfg: DetTrainConfig, progress=True):
-    """The second round's regressor: every training row within IoU 0.3 of a target box is
+    """The later rounds' regressor: every row of idx within IoU 0.3 of a target box is
     moved by the first regressor, re-read, and regressed onto its target box from there."""
     from tqdm.auto import tqdm
 
