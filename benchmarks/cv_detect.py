@@ -11,8 +11,10 @@ held-out photos, for several detection settings side by side on the same models:
   * box voting and support confidence, with R-CNN's one regressor (IoU >= 0.5 rows);
   * the same with a coarse regressor for the first round (rows down to IoU 0.3) and the
     IoU >= 0.5 one for the second, fitted on the training photos;
-  * the same, the regressors fitted on the validation photos' rows too (the default of
-    `dnnlab detect train`).
+  * the same, the regressors fitted on the validation photos' rows too;
+  * the same, the regressors also reading the box on the stride-16 map in a 7x7 grid (the
+    default of `dnnlab detect train`; every other row's regressors see only the head's
+    3x3 grid on the last map).
 
 It is a prototype harness, not `dnnlab detect train`: features come from one backbone pass
 per photo kept in memory, and each photo's negatives are sampled here (near misses first,
@@ -30,6 +32,7 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 
 from dnnlab.detect.boxreg import box_deltas, fit_ridge
 from dnnlab.detect.classifier import BoxClassifier, BoxFeatures, load_backbone, make_head
@@ -83,9 +86,22 @@ def samples(model, photos, ids, rng, max_neg=48):
             np.concatenate(G), np.concatenate(B))  # fmt: skip
 
 
-def ridge(x, iou, g, b, min_iou):
+class FirstColumns(nn.Module):
+    """A regressor fitted on the head's part of the features only."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x):
+        return self.linear(x[:, : self.linear.in_features])
+
+
+def ridge(x, iou, g, b, min_iou, dim=None):
     use = np.flatnonzero(iou >= min_iou)
-    return fit_ridge(x[use], box_deltas(torch.from_numpy(b[use]), torch.from_numpy(g[use])), 1000.0)
+    x = x[use] if dim is None else x[use, :dim]
+    layer = fit_ridge(x, box_deltas(torch.from_numpy(b[use]), torch.from_numpy(g[use])), 1000.0)
+    return layer if dim is None else FirstColumns(layer)
 
 
 def train_fold(model, photos, ids, seed):
@@ -103,14 +119,18 @@ def train_fold(model, photos, ids, seed):
     pos, neg = (y == 1).nonzero().squeeze(1), (y == 0).nonzero().squeeze(1)
     neg = neg[torch.randperm(len(neg), generator=gen)[: len(pos)]]
     pick = torch.cat([pos, neg]).sort().values
-    head = make_head(x.shape[1])
-    _, _, state = _train_head(head, x[pick], y[pick], xv, yv, torch.ones(2), DetTrainConfig(), gen)
+    d = model.spec.head_dim
+    head = make_head(d)
+    _, _, state = _train_head(head, x[pick, :d], y[pick], xv[:, :d], yv, torch.ones(2),
+                              DetTrainConfig(), gen)  # fmt: skip
     head.load_state_dict(state)
-    fine = ridge(x, iou, g, b, 0.5)
+    fine = ridge(x, iou, g, b, 0.5, d)
     xa = torch.cat([x, xv])
     ioua, ga, ba = (np.concatenate(t) for t in ((iou, iouv), (g, gv), (b, bv)))
-    return head.eval(), {"one": (fine, None), "two": (ridge(x, iou, g, b, 0.3), fine),
-                         "two-all": (ridge(xa, ioua, ga, ba, 0.3), ridge(xa, ioua, ga, ba, 0.5))}
+    return head.eval(), {
+        "one": (fine, None), "two": (ridge(x, iou, g, b, 0.3, d), fine),
+        "two-all": (ridge(xa, ioua, ga, ba, 0.3, d), ridge(xa, ioua, ga, ba, 0.5, d)),
+        "fine-grid": (ridge(xa, ioua, ga, ba, 0.3), ridge(xa, ioua, ga, ba, 0.5))}  # fmt: skip
 
 
 @torch.no_grad()
@@ -143,6 +163,7 @@ def main() -> int:
         "voting + support": (DetectConfig(), "one"),
         "+ coarse-then-fine regressors": (DetectConfig(), "two"),
         "+ same, on val photos too": (DetectConfig(), "two-all"),
+        "+ stride-16 7x7 grid": (DetectConfig(), "fine-grid"),
     }
     folds = np.random.default_rng(123).permutation(len(photos))
     for seed in args.seeds:

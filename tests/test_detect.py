@@ -8,6 +8,7 @@ from torchvision.ops import box_iou, nms
 
 from dnnlab.cli import main
 from dnnlab.detect.labelling import label_proposals
+from dnnlab.detect.train import load_detector
 from dnnlab.detect.voc import Problems, read_voc_dir
 
 XML = """<annotation><filename>{fn}</filename><size><width>{w}</width><height>{h}</height>
@@ -203,8 +204,10 @@ def test_build_train_run_eval(voc, weights, tmp_path, capsys):
                  str(weights), "--image-size", "160", "--cascade"]) == 0  # fmt: skip
     assert (det / "model.pt").exists() and (det / "train.json").exists()
     ck = torch.load(det / "model.pt", weights_only=False)
-    assert ck["model"]["regressor.weight"].shape == (4, 1280 * 9)  # RoI grid 3 + box regressor
-    assert ck["model"]["regressor2.weight"].shape == (4, 1280 * 9)  # the cascade's second
+    # The regressors read the RoI grid 3 and the stride-16 7x7 grid; the head only the first.
+    assert ck["model"]["regressor.weight"].shape == (4, 1280 * 9 + 96 * 49)
+    assert ck["model"]["regressor2.weight"].shape == (4, 1280 * 9 + 96 * 49)  # the cascade's
+    assert ck["model"]["head.1.weight"].shape == (256, 1280 * 9)
     assert main(["detect", "show", str(det)]) == 0
     assert (det / "samples_positives.png").exists()
     out = tmp_path / "dets"
@@ -221,6 +224,17 @@ def test_build_train_run_eval(voc, weights, tmp_path, capsys):
     for k in ("ap50", "map", "precision", "recall", "proposal_recall50", "seconds_per_image"):
         assert k in res and res[k] == res[k]  # present, not NaN
     assert (det / "eval.json").exists() and (det / "eval.md").exists()
+    # Without the fine grid, and a model.pt from before it existed (no fine_grid in its config).
+    assert main(["detect", "train", str(det), "--epochs", "1", "--backbone-weights",
+                 str(weights), "--image-size", "160", "--fine-grid", "0", "--overwrite"]) == 0
+    ck = torch.load(det / "model.pt", weights_only=False)
+    assert ck["model"]["regressor.weight"].shape == (4, 1280 * 9)
+    del ck["config"]["fine_grid"]
+    torch.save(ck, det / "model.pt")
+    model, _ = load_detector(det)
+    assert model.spec.fine_grid == 0 and model.spec.dim == 1280 * 9
+    assert main(["detect", "run", str(voc / "img1.jpg"), "--model", str(det), "--out",
+                 str(tmp_path / "dets0")]) == 0  # fmt: skip
     assert sorted(p.name for p in voc.iterdir()) == before  # nothing written into the data
 
 
@@ -309,8 +323,38 @@ def test_crop_features_match_one_crop_at_a_time(weights):
         roi = BoxClassifier(m.features, ((0.5,) * 3, (0.5,) * 3), BoxFeatures(image_size=96))
         roi.eval()
         all3 = roi.embed(img, boxes)
-        assert all3.shape == (3, 1280 * 9)
+        assert all3.shape == (3, 1280 * 9 + 96 * 49)
         assert torch.allclose(roi.embed(img, boxes[1:2])[0], all3[1], atol=1e-5)
+
+
+def test_fine_grid_features_against_direct_roi_align(weights):
+    """The regressors' extra part is the box (padded by the context) RoIAligned on the
+    output of features[13] at stride 16, scaled; the head's part is unchanged by it."""
+    from torchvision.models import mobilenet_v2
+    from torchvision.ops import roi_align
+
+    from dnnlab.detect.classifier import FINE_SCALE, BoxClassifier, BoxFeatures
+
+    m = mobilenet_v2(num_classes=1001)
+    m.load_state_dict(torch.load(weights, weights_only=True))
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    boxes = np.array([[8, 8, 72, 100], [40, 30, 127, 90]], np.float32)
+    norm = ((0.5,) * 3, (0.5,) * 3)
+    with torch.no_grad():
+        x = BoxClassifier(m.features, norm, BoxFeatures(image_size=128, fine_grid=5)).eval()
+        x = x.embed(img, boxes)
+        plain = BoxClassifier(m.features, norm, BoxFeatures(image_size=128, fine_grid=0)).eval()
+        assert x.shape == (2, 1280 * 9 + 96 * 25)
+        assert torch.allclose(x[:, : 1280 * 9], plain.embed(img, boxes), atol=1e-5)
+        t = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.5
+        mid = m.features[:14](t)  # 8 x 8 at 128 px: stride 16
+        b = torch.from_numpy(boxes)
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        pad = torch.stack([b[:, 0] - 0.2 * w, b[:, 1] - 0.2 * h, b[:, 2] + 0.2 * w,
+                           b[:, 3] + 0.2 * h], 1).clamp(0, 128)  # fmt: skip
+        want = roi_align(mid, [pad], 5, 1 / 16, 2, True).flatten(1) * FINE_SCALE
+        assert torch.allclose(x[:, 1280 * 9 :], want, atol=1e-4)
 
 
 def test_selective_search_is_reproducible():

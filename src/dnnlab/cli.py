@@ -266,6 +266,9 @@ def _add_detect(sub) -> None:
     p.add_argument("--image-size", type=int, default=t.image_size,
                    help="roi: the photo's longer side is resized to this")
     p.add_argument("--crop-size", type=int, default=t.crop_size, help="crops: crop side")
+    p.add_argument("--fine-grid", type=int, default=t.fine_grid,
+                   help="roi: the box regressors also read the box on the stride-16 map in "
+                        "this many x this many cells (0: off)")  # fmt: skip
     p.add_argument("--no-box-regression", dest="box_regression", action="store_false",
                    help="do not fit R-CNN's box regressor")
     p.add_argument("--overwrite", action="store_true", help="replace a trained model.pt")
@@ -353,7 +356,8 @@ def cmd_detect_train(args) -> int:
     cfg = DetTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          balance=args.balance, neg_ratio=args.neg_ratio, features=args.features,
                          grid=args.grid, context=args.context, image_size=args.image_size,
-                         crop_size=args.crop_size, box_regression=args.box_regression,
+                         crop_size=args.crop_size, fine_grid=args.fine_grid,
+                         box_regression=args.box_regression,
                          coarse_min_iou=args.coarse_min_iou, cascade=args.cascade,
                          reg_lambda=args.reg_lambda, end_to_end=args.end_to_end,
                          backbone_lr=args.backbone_lr, backbone_weights=args.backbone_weights,

@@ -79,6 +79,10 @@ class BoxFeatures:
     backbone on its own (batched); grid 1 = the seed's globally pooled 1280-d vector.
     context pads each box by this fraction of its size on every side, so the features see
     whether the cat goes on past the box's edge.
+    fine_grid (mode "roi" only; 0: off) appends the box read on the stride-16 map (the 96
+    channels after block FINE_LAYER) as a fine_grid x fine_grid grid. Only the box
+    regressors see these: the last map's cells are 32 px wide, too coarse to put an edge
+    within a few pixels. The head reads the first head_dim numbers, the seed's features.
     """
 
     mode: str = "roi"
@@ -86,16 +90,35 @@ class BoxFeatures:
     context: float = 0.2
     image_size: int = 640
     crop_size: int = 224
+    fine_grid: int = 7
 
     def __post_init__(self):
         if self.mode not in ("roi", "crops"):
             raise ValueError(f"unknown feature mode {self.mode!r}; 'roi' or 'crops'")
         if self.grid < 1:
             raise ValueError(f"grid must be >= 1, got {self.grid}")
+        if self.fine_grid < 0:
+            raise ValueError(f"fine_grid must be >= 0, got {self.fine_grid}")
+
+    @property
+    def head_dim(self) -> int:
+        return 1280 * self.grid * self.grid
+
+    @property
+    def fine(self) -> int:
+        """Cells of the fine grid in use (crops have no photo-wide map to read it from)."""
+        return self.fine_grid if self.mode == "roi" else 0
 
     @property
     def dim(self) -> int:
-        return 1280 * self.grid * self.grid
+        return self.head_dim + FINE_CHANNELS * self.fine * self.fine
+
+
+# MobileNetV2's features[13] ends the stride-16 stage: 96 channels, 40 x 40 at 640 px.
+FINE_LAYER, FINE_CHANNELS = 13, 96
+# Its outputs are a linear bottleneck's, about 4x the RMS of the last map's ReLU6 outputs on
+# cats-voc (3.48 against 0.90): scaled down so that one ridge penalty suits both parts.
+FINE_SCALE = 0.25
 
 
 def pad_boxes(boxes: torch.Tensor, context: float, width: float, height: float) -> torch.Tensor:
@@ -121,19 +144,27 @@ class BoxClassifier(nn.Module):
         super().__init__()
         self.spec = spec or BoxFeatures()
         self.features = features.to(memory_format=torch.channels_last)
-        self.head = head if head is not None else make_head(self.spec.dim)
+        self.head = head if head is not None else make_head(self.spec.head_dim)
         self.regressor = regressor
         self.regressor2 = regressor2  # rounds after the first (None: reuse the first)
         self.register_buffer("mean", torch.tensor(norm[0]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(norm[1]).view(1, 3, 1, 1))
 
-    def _backbone(self, x01: torch.Tensor) -> torch.Tensor:
+    def _backbone(self, x01: torch.Tensor, fine: bool = False):
+        """The last feature map; with fine=True, [last map, stride-16 map]."""
         # channels_last doubles MobileNetV2's CPU throughput (oneDNN's depthwise kernels).
         x = ((x01 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        return self.features(x)
+        if not fine:
+            return self.features(x)
+        for k, layer in enumerate(self.features):
+            x = layer(x)
+            if k == FINE_LAYER:
+                mid = x
+        return [x, mid]
 
-    def feature_map(self, img: np.ndarray) -> torch.Tensor:
-        """The last feature map of a whole photo (1, 1280, h', w'), for mode "roi"."""
+    def feature_map(self, img: np.ndarray) -> list[torch.Tensor]:
+        """The maps of a whole photo, for mode "roi": [last (1, 1280, h', w')], then the
+        stride-16 map when the spec has a fine grid."""
         dev = self.mean.device
         t = torch.tensor(img, device=dev).permute(2, 0, 1)[None].float()
         t = t.div_(255)
@@ -142,19 +173,29 @@ class BoxClassifier(nn.Module):
         if abs(s - 1) > 1e-6:
             size = (max(32, round(h * s)), max(32, round(w * s)))
             t = F.interpolate(t, size=size, mode="bilinear", antialias=s < 1, align_corners=False)
-        return self._backbone(t)
+        if self.spec.fine:
+            return self._backbone(t, fine=True)
+        return [self._backbone(t)]
 
-    def pool_boxes(self, fmap: torch.Tensor, boxes: torch.Tensor, height: int, width: int):
-        """RoIAlign boxes (image pixels) on a feature map from feature_map()."""
+    def pool_boxes(self, fmaps: list[torch.Tensor], boxes: torch.Tensor, height: int,
+                   width: int) -> torch.Tensor:  # fmt: skip
+        """RoIAlign boxes (image pixels) on the maps from feature_map(): (n, spec.dim)."""
         from torchvision.ops import roi_align
 
         b = pad_boxes(boxes.float().reshape(-1, 4), self.spec.context, width, height)
+        b = [b.to(fmaps[0].device)]
         g = self.spec.grid
         # Grid 1 still samples 2x2 bins and averages: one bilinear sample per box is too coarse.
-        r = roi_align(fmap.float(), [b.to(fmap.device)], output_size=max(g, 2),
-                      spatial_scale=fmap.shape[-1] / width, sampling_ratio=2,
+        r = roi_align(fmaps[0].float(), b, output_size=max(g, 2),
+                      spatial_scale=fmaps[0].shape[-1] / width, sampling_ratio=2,
                       aligned=True)  # fmt: skip
-        return (r.mean((2, 3)) if g == 1 else r).flatten(1)
+        r = (r.mean((2, 3)) if g == 1 else r).flatten(1)
+        if not self.spec.fine:
+            return r
+        m = roi_align(fmaps[1].float(), b, output_size=self.spec.fine,
+                      spatial_scale=fmaps[1].shape[-1] / width, sampling_ratio=2,
+                      aligned=True)  # fmt: skip
+        return torch.cat([r, m.flatten(1) * FINE_SCALE], 1)
 
     def embed_crops(self, img: np.ndarray, boxes: np.ndarray, batch: int = 16) -> torch.Tensor:
         """Mode "crops": each box cut, resized and run through the backbone (batched)."""
@@ -185,8 +226,12 @@ class BoxClassifier(nn.Module):
             return torch.zeros(0, self.spec.dim, device=self.mean.device)
         return self.box_features(img, batch)(torch.from_numpy(boxes).to(self.mean.device))
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The head on its part of the features (the fine grid is the regressors')."""
+        return self.head(x[:, : self.spec.head_dim])
+
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.head(x), 1)[:, 1]
+        return torch.softmax(self.logits(x), 1)[:, 1]
 
     def refine(self, x: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
                round: int = 0):  # fmt: skip
