@@ -21,8 +21,9 @@ if [ -n "${DNNLAB_CATS:-}" ] && [ -n "${DNNLAB_BACKBONE:-}" ]; then
   [ -f "$det/model.pt" ] || dnnlab detect train "$det" --backbone-weights "$DNNLAB_BACKBONE"
   dnnlab detect eval "$DNNLAB_CATS/valid" --model "$det"
   sample=$(ls "$DNNLAB_CATS"/valid/*.jpg | head -n 3)
+  # The sample photos are redrawn from the current model on every run of the main job.
   # shellcheck disable=SC2086
-  dnnlab detect run $sample --model "$det" --out "$det/photos"
+  dnnlab detect run $sample --model "$det" --out "$det/photos" --overwrite
   detector=(--detector "$det")
 fi
 dnnlab study --quick --out "$out" "${detector[@]}" "$@"

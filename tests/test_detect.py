@@ -218,6 +218,21 @@ def test_build_train_run_eval(voc, weights, tmp_path, capsys):
     assert len(rec["detections"]) <= 10
     conf = [d["score"] for d in rec["detections"]]
     assert conf == sorted(conf, reverse=True) and all(0 <= c < 1 for c in conf)
+    # An earlier run's results are kept unless --overwrite; two inputs with one stem refused.
+    capsys.readouterr()
+    kept = (out / "img1.json").read_bytes(), (out / "img1.jpg").read_bytes()
+    again = ["detect", "run", str(voc / "img1.jpg"), "--model", str(det), "--out", str(out),
+             "--score-threshold", "0.5"]  # fmt: skip
+    inode = (out / "img1.json").stat().st_ino
+    assert main(again) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert ((out / "img1.json").read_bytes(), (out / "img1.jpg").read_bytes()) == kept
+    assert (out / "img1.json").stat().st_ino == inode
+    assert main([*again, "--overwrite"]) == 0
+    assert (out / "img1.json").stat().st_ino != inode  # written anew (temporary, then rename)
+    assert main(["detect", "run", str(voc / "img1.jpg"), str(det / "img1.jpg"), "--model",
+                 str(det), "--out", str(tmp_path / "same")]) == 2  # fmt: skip
+    assert "different --out" in capsys.readouterr().err
     capsys.readouterr()
     assert main(["detect", "eval", str(voc), "--model", str(det), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)

@@ -297,6 +297,8 @@ def _add_detect(sub) -> None:
         if name == "run":
             p.add_argument("images", nargs="+")
             p.add_argument("--out", default="detections")
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace the results of photos already in --out")
         else:
             p.add_argument("voc_dir")
             p.add_argument("--json", action="store_true")
@@ -383,7 +385,7 @@ def cmd_detect_run(args) -> int:
     from dnnlab.detect.detect import run_detector
 
     for r in run_detector(args.images, args.model, args.out, _det_cfg(args), args.device,
-                          progress=sys.stderr.isatty()):  # fmt: skip
+                          progress=sys.stderr.isatty(), overwrite=args.overwrite):  # fmt: skip
         if "error" in r:
             print(f"{r['image']}: {r['error']}", file=sys.stderr)
         else:

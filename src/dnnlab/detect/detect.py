@@ -156,18 +156,40 @@ def proposal_settings(ck: dict) -> ProposalConfig:
     return ProposalConfig(b["ss_mode"], b["ss_max_side"], b["max_proposals"])
 
 
+def _check_outputs(images: list[Path], out_dir: Path, overwrite: bool) -> None:
+    """Each photo writes STEM.json and STEM.jpg: refuse two inputs with one stem, and (unless
+    overwrite) outputs an earlier run left in out_dir, before any work is done."""
+    seen: dict[str, Path] = {}
+    for p in images:
+        if p.stem in seen:
+            raise ValueError(f"{seen[p.stem]} and {p} would both be written as "
+                             f"{out_dir / p.stem}.json/.jpg; run them into different --out "
+                             "folders")  # fmt: skip
+        seen[p.stem] = p
+    if overwrite:
+        return
+    old = [out_dir / f"{p.stem}{ext}" for p in images for ext in (".json", ".jpg")
+           if (out_dir / f"{p.stem}{ext}").exists()]  # fmt: skip
+    if old:
+        more = f" and {len(old) - 3} more" if len(old) > 3 else ""
+        raise FileExistsError(f"{', '.join(map(str, old[:3]))}{more}: an earlier run's "
+                              "results; pass --overwrite to replace them, or another --out")
+
+
 def run_detector(images, model_dir, out_dir, cfg: DetectConfig = DetectConfig(),  # noqa: B008
-                 device="cpu", progress=True) -> list[dict]:  # fmt: skip
+                 device="cpu", progress=True, overwrite: bool = False) -> list[dict]:  # fmt: skip
     from tqdm.auto import tqdm
 
     from dnnlab.detect.train import load_detector
 
+    images = [Path(i) for i in images]
+    out_dir = Path(out_dir)
+    _check_outputs(images, out_dir, overwrite)
     model, ck = load_detector(model_dir, device)
     pcfg = proposal_settings(ck)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    for p in tqdm([Path(i) for i in images], desc="detect", unit="img", disable=not progress):
+    for p in tqdm(images, desc="detect", unit="img", disable=not progress):
         try:
             img = load_rgb(p)
         except Exception as e:
