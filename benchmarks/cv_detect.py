@@ -106,7 +106,9 @@ def ridge(x, iou, g, b, min_iou, dim=None):
 
 def train_fold(model, photos, ids, seed):
     """The seed's head recipe (70/30 split by photo, 1:1 negatives) and the ridge regressors:
-    {"one": (R-CNN's, IoU >= 0.5, both rounds), "two": (IoU >= 0.3 first, IoU >= 0.5 then)}."""
+    {"one": (R-CNN's, IoU >= 0.5, both rounds), "two": (IoU >= 0.3 first, IoU >= 0.5 then),
+    "two-all": "two" fitted on the validation photos' rows too, "fine-grid": "two-all" also
+    reading the stride-16 grid}. All but "fine-grid" read only the head's part of x."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(ids))
     n_val = round(0.3 * len(ids))
