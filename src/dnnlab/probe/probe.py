@@ -433,7 +433,8 @@ def probe_model(
                     if usable:
                         k = tr.chain.index(prev[0].name)
                         start = ([modules[m] for m in tr.chain[k + 1 :]], b, prev[0].shape)
-                    else:
+                    del b  # core() frees the features: hold no other reference to them
+                    if not usable:
                         core(split, y, held, *prev)
                         prev = None
                 for info in g.layers:
