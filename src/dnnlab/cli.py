@@ -208,7 +208,7 @@ def cmd_probe(args) -> int:
 
         if args.model is None or (args.data is None and not listing):
             raise InputError("--model and --data go together")
-        acfg = AnyConfig(model=args.model, data=args.data, weights=args.weights,
+        acfg = AnyConfig(model=args.model, data=args.data or "", weights=args.weights,
                          weights_key=args.weights_key, image_size=args.image_size,
                          mean=args.mean, std=args.std, val_fraction=args.val_fraction,
                          seed=args.seed, max_per_split=args.max_per_split,

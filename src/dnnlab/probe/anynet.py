@@ -122,8 +122,9 @@ def load_state(path: str, key: str | None) -> dict:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors: the file is not plain weights
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise InputError(f"--weights {path}: cannot be read as plain weights "
-                         f"(torch.load weights_only=True: {type(e).__name__}: {e})") from None
+                         f"(torch.load weights_only=True: {type(e).__name__}: {msg})") from None
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
             keys = sorted(map(str, obj)) if isinstance(obj, dict) else []

@@ -180,12 +180,12 @@ def spill_block(n: int, dim: int, kk: int, avail: int) -> tuple[int, int]:
     def need(b):  # noqa: E306
         core = fixed + (4 * b * b * FLOAT32) * 4 // 3 + 2**20
         return 3 * b * dim * FLOAT32 + core, core
-    for b in range(SPILL_MAX_BLOCK, 63, -64):
+    for b in [*range(SPILL_MAX_BLOCK, 63, -64), 32, 16, 8]:
         total, core = need(b)
         if total <= avail:
-            return min(b, max(64, n)), core
+            return min(b, n), core
     raise BudgetError(f"{format_size(avail)} holds no block of {dim} features; allow at least "
-                      f"{format_size(need(64)[0])}", need(64)[0])
+                      f"{format_size(need(8)[0])}", need(8)[0])
 
 
 class _StopForward(Exception):
@@ -355,7 +355,7 @@ def probe_model(
                         f"--max-memory {format_size(budget)} is too small for one block of the "
                         f"core's work on layer {g.layers[0].name!r} ({len(x)} samples x "
                         f"{g.layers[0].dim} features, split {split!r}); the smallest budget "
-                        f"that works is {format_size(least)}") from None
+                        f"that works is {format_size(least)}", least) from None
         plans[split] = groups
 
     def save():
