@@ -77,11 +77,17 @@ def test_small_budget_groups_give_same_numbers(tmp_path):
     from dnnlab.probe import probe as P
 
     infos = one.layers
-    budget = 700_000  # room for one 200-wide layer and the two 50-wide ones at a time
+    budget = 760_000  # room for the two 200-wide layers, then for the last of them and two more
     _, _, room = P.plan_budget(budget, 4000, 500, P.core_minimum(300, 10))
     assert len(plan_groups(infos, 300, room)) > 1
-    small = probe_model(m, {"a": (x, y)}, ProbeConfig(splits=("a",), max_memory=budget))
-    assert small.groups["a"] > 1
+    calls = {"n": 0}
+    m[0].register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    small = probe_model(m, {"a": (x, y)}, ProbeConfig(splits=("a",), max_memory=budget,
+                                                      batch_size=100))
+    assert small.groups["a"] > 1 and small.chain
+    # A chain restarts each group's pass from the previous group's last output: the first
+    # layer runs in the first pass only, not once per group (+ 2 passes that trace layers).
+    assert calls["n"] == 2 + -(-300 // small.batch_size)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "stored")}  # noqa: E731
                           for r in rows]
     assert strip(small.rows) == strip(one.rows)

@@ -194,7 +194,7 @@ class _StopForward(Exception):
 
 @torch.no_grad()
 def extract_group(model, x, group, batch_size, device, input_fn, output_key, store,
-                  start=None):
+                  start=None, progress=None):
     """Forward passes over x, cut short after the group's last layer (in execution order);
     fill store[name] (N x dim) for each layer of the group.
 
@@ -233,6 +233,8 @@ def extract_group(model, x, group, batch_size, device, input_fn, output_key, sto
                         h = m(h)
             except _StopForward:
                 pass
+            if progress is not None:
+                progress(min(batch_size, n - s))
     finally:
         for h in hooks:
             h.remove()
@@ -457,8 +459,11 @@ def probe_model(
                         held[info.name] = np.empty((n, info.dim), dtype=np.float32)
                 store = {i.name: held[i.name] for i in g.layers}
                 t0 = time.perf_counter()
+                pbar = tqdm(total=n, desc=f"{split}: forward to {g.layers[-1].name}",
+                            unit="img", leave=False, disable=not progress)
                 extract_group(model, x, g.layers, batch, dev, input_fn, cfg.output_key, store,
-                              start)
+                              start, pbar.update)
+                pbar.close()
                 del store, start
                 spent = time.perf_counter() - t0
                 res.forward_seconds += spent
