@@ -247,3 +247,46 @@ def test_config_checks_every_setting():
                      "--measures"), (dict(memmap="float8"), "--memmap")):
         with pytest.raises(InputError, match=flag):
             ProbeConfig(**kw)
+
+
+def _train(tree, run, seed, *extra):
+    argv = ["train", "--model", "base", "--out", str(run), "--epochs", "1", "--batch-size", "32",
+            "--val-size", "20", "--train-subset", "40", "--seed", str(seed),
+            "--data-root", str(tree), *extra]
+    assert main(argv) == 0
+
+
+def test_probe_after_train_overwrite_recomputes(tree, tmp_path, capsys):
+    run = tmp_path / "run"
+    _train(tree, run, 0)
+    probe = ["probe", str(run), "--splits", "val", "--layers", "conv1,fc1"]
+    assert main(probe) == 0
+    old = json.loads((run / "probe.json").read_text())["rows"]
+    _train(tree, run, 1, "--overwrite")
+    assert main(probe) == 0
+    assert "other weights" in capsys.readouterr().err
+    new = json.loads((run / "probe.json").read_text())["rows"]
+    assert [r["provenance"]["weights"] for r in new] != [r["provenance"]["weights"] for r in old]
+    # What a fresh probe of the retrained run gives (no earlier rows at all).
+    (run / "probe.json").unlink()
+    assert main(probe) == 0
+    fresh = json.loads((run / "probe.json").read_text())["rows"]
+    assert [(r["si"], r["csi"]) for r in new] == [(r["si"], r["csi"]) for r in fresh]
+
+
+def test_probe_refuses_another_data_root(tree, tmp_path, capsys):
+    from tests.fakes import make_image_tree
+
+    run = tmp_path / "run"
+    _train(tree, run, 0)
+    other = make_image_tree(tmp_path / "other", n_train=14, n_test=5, seed=7)
+    rc = main(["probe", str(run), "--splits", "val", "--layers", "fc1", "--data-root",
+               str(other)])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(other) in err, err
+    assert not (run / "probe.json").exists()
+    import shutil
+
+    same = shutil.copytree(tree, tmp_path / "copy")  # the same images elsewhere: accepted
+    assert main(["probe", str(run), "--splits", "val", "--layers", "fc1", "--data-root",
+                 str(same)]) == 0
