@@ -294,3 +294,32 @@ def test_probe_refuses_another_data_root(tree, tmp_path, capsys):
     same = shutil.copytree(tree, tmp_path / "copy")  # the same images elsewhere: accepted
     assert main(["probe", str(run), "--splits", "val", "--layers", "fc1", "--data-root",
                  str(same)]) == 0
+
+
+def test_a_tar_gz_of_class_folders(tmp_path, user_file):
+    import tarfile
+
+    data = image_folder(tmp_path / "imgs", splits=("",), n=10)
+    with tarfile.open(tmp_path / "imgs.tar.gz", "w:gz") as tf:
+        tf.add(data, arcname="imgs")
+    kw = dict(model=f"{user_file}:make", out=str(tmp_path / "out"))
+    from_tar, _, _ = probe_any(AnyConfig(data=str(tmp_path / "imgs.tar.gz"), **kw),
+                               ProbeConfig(layers="late"))
+    kw["out"] = str(tmp_path / "out2")
+    from_tree, _, _ = probe_any(AnyConfig(data=str(data), **kw), ProbeConfig(layers="late"))
+    assert [(r["split"], r["n"], r["si"], r["csi"]) for r in from_tar.rows] == [
+        (r["split"], r["n"], r["si"], r["csi"]) for r in from_tree.rows]
+
+
+def test_damaged_run_files_are_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{not json")
+    assert main(["probe", str(run), "--splits", "val"]) == 2
+    assert "config.json: not valid JSON" in capsys.readouterr().err
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "probe.json").write_text('{"rows": 3}')
+    x, y = dup_data()
+    with pytest.raises(InputError, match=r"probe.json: not a probe.json"):
+        probe_model(nn.Sequential(nn.Linear(12, 3)), {"v": (x, y)},
+                    ProbeConfig(splits=("v",)), out=tmp_path / "out")
