@@ -1,0 +1,61 @@
+"""Checks that a feature/label pair means something before it is measured.
+
+As scikit-learn's `check_classification_targets` refuses continuous targets, these refuse
+inputs whose separability would be a number without meaning: labels that are not classes
+(non-integral floats), or features that cannot tell any two samples apart (every column
+constant). Both raise InputError with the reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dnnlab.errors import InputError
+
+
+def _as_numpy(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def check_labels(labels, where: str = "labels") -> None:
+    """Refuse float labels that are not whole numbers (they look continuous)."""
+    y = _as_numpy(labels)
+    if y.dtype.kind not in "fc":
+        return
+    y = y.reshape(-1)
+    bad = ~np.isfinite(y)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{where}: value {y[i]} at position {i} is not a class label")
+    frac = y != np.round(y)
+    if frac.any():
+        i = int(np.flatnonzero(frac)[0])
+        n_unique = np.unique(y).size
+        raise InputError(
+            f"{where}: labels look continuous ({y[i]!r} at position {i}; {n_unique} distinct "
+            "values); separability needs class labels. Integral floats such as 1.0 are fine"
+        )
+
+
+def check_features(features, where: str = "features") -> None:
+    """Refuse features whose every column is constant: no sample differs from another."""
+    x = features if isinstance(features, torch.Tensor) else torch.as_tensor(_as_numpy(features))
+    if x.ndim == 0 or x.shape[0] < 2:
+        return
+    x = x.reshape(x.shape[0], -1)
+    if x.shape[1] == 0:
+        return  # the measures name an empty feature set themselves
+    if bool((x == x[:1]).all()):
+        raise InputError(
+            f"{where}: every feature column is constant, so all {x.shape[0]} samples are "
+            "identical and a separability value would mean nothing"
+        )
+
+
+def check_inputs(features, labels) -> None:
+    """Both checks, for a command or a caller that wants them."""
+    check_labels(labels)
+    check_features(features)
