@@ -27,11 +27,13 @@ def _add_si(sub) -> None:
 
 
 def cmd_si(args) -> int:
-    from dnnlab.errors import InputError
-    from dnnlab.separability import separability
-    from dnnlab.separability.checks import check_features, check_labels
+    from dnnlab.errors import ConfigError, InputError
+    from dnnlab.separability import parse_measures, separability
+    from dnnlab.separability.checks import check_inputs
     from dnnlab.separability.io import load_array
+    from dnnlab.utils.device import check_device
     from dnnlab.utils.distributed import init_distributed
+    from dnnlab.utils.sizes import parse_size
 
     if args.demo:
         if args.features or args.labels:
@@ -47,8 +49,14 @@ def cmd_si(args) -> int:
             raise InputError("need FEATURES and LABELS files (or --demo digits)")
         x = load_array(args.features)
         y = load_array(args.labels, numeric=False)
-        check_labels(y, args.labels)
-        check_features(x, args.features)
+        check_inputs(x, y, args.features, args.labels)
+    try:
+        parse_measures(args.measures)
+    except ValueError as e:  # parse_measures says what is wrong with the list
+        raise ConfigError(f"--measures: {e}") from None
+    parse_size(args.max_memory)
+    if args.device is not None:
+        check_device(args.device)
     rank, _ = init_distributed(args.device)
     res = separability(
         x, y, args.measures, normalize_method=args.normalize, device=args.device,

@@ -14,7 +14,6 @@ import csv
 import io
 import math
 import os
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields
@@ -42,12 +41,10 @@ from dnnlab.utils.atomic import (
     atomic_write_json,
     atomic_write_text,
 )
+from dnnlab.utils.device import check_device, check_device_name
 from dnnlab.utils.distributed import init_distributed
 
 __all__ = ["RunError", "TrainConfig", "check_run_data", "load_model_checkpoint", "train"]
-
-
-DEVICE_FORM = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -89,8 +86,7 @@ class TrainConfig:
             raise ConfigError(
                 f"--model: {self.model!r} is not a model; choose one of: {', '.join(VARIANTS)}"
             )
-        if not DEVICE_FORM.match(self.device):
-            raise ConfigError(f"--device: {self.device!r} is not cpu, cuda or cuda:N")
+        check_device_name(self.device)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -103,13 +99,6 @@ class TrainConfig:
 # Any other difference from the saved run is refused. data_root may name another copy of
 # the same data (its content identity is checked); config.json keeps the original root.
 RESUMABLE_CHANGES = ("device", "compile", "eval_batch_size", "data_root", "epochs")
-
-
-def _device(name: str) -> torch.device:
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available here")
-    return dev
 
 
 def make_optimizer(model, cfg: TrainConfig):
@@ -394,7 +383,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
 
     out = Path(out)
     rank, world = init_distributed(cfg.device)
-    dev = _device(cfg.device)
+    dev = check_device(cfg.device)
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", torch.cuda.current_device())
     plan = _plan(cfg, out, resume, overwrite, dev)

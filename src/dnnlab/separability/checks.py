@@ -55,7 +55,22 @@ def check_features(features, where: str = "features") -> None:
         )
 
 
-def check_inputs(features, labels) -> None:
-    """Both checks, for a command or a caller that wants them."""
-    check_labels(labels)
-    check_features(features)
+def check_pair(features, labels, x_name: str = "features", y_name: str = "labels") -> None:
+    """Features (N, ...) and labels (N,) or (N, 1) that belong together: N >= 2 each."""
+    n = features.shape[0] if getattr(features, "ndim", 0) else 0
+    y_shape = tuple(labels.shape) if hasattr(labels, "shape") else (len(labels),)
+    if n < 2:
+        raise InputError(f"{x_name}: need at least 2 samples in shape (N, ...); got "
+                         f"{tuple(getattr(features, 'shape', ()))}")
+    if len(y_shape) not in (1, 2) or (len(y_shape) == 2 and y_shape[1] != 1):
+        raise InputError(f"{y_name}: labels must have shape (N,) or (N, 1); got {y_shape}")
+    if y_shape[0] != n:
+        raise InputError(f"{x_name} has N={n} samples but labels have {y_shape[0]} "
+                         f"({y_name}); they must match")
+
+
+def check_inputs(features, labels, x_name: str = "features", y_name: str = "labels") -> None:
+    """Every check, for a command or a caller that wants them."""
+    check_pair(features, labels, x_name, y_name)
+    check_labels(labels, y_name)
+    check_features(features, x_name)
