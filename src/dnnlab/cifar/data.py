@@ -21,6 +21,7 @@ import io
 import os
 import posixpath
 import tarfile
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from dnnlab.errors import InputError
-from dnnlab.utils.atomic import atomic_torch_save
+from dnnlab.utils.atomic import atomic_torch_save, remove_stale_temporaries
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")  # fmt: skip
@@ -236,7 +237,10 @@ def _from_batches(path: Path, download: bool):
     if download:
         from torchvision.datasets import CIFAR10
 
-        CIFAR10(str(root), train=True, download=True)  # fetches and verifies the archive
+        try:
+            CIFAR10(str(root), train=True, download=True)  # fetches and verifies the archive
+        except Exception as e:  # no network, a failed checksum: say so, briefly
+            raise DataError(f"{root}: downloading CIFAR-10 failed ({e})") from None
     folder = root / "cifar-10-batches-py"
 
     def read(names):
@@ -278,6 +282,14 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = False) 
     if not root:
         raise DataError(f"no data root: pass --data-root PATH or set DNNLAB_DATA. {HOW_TO_GET}")
     path = Path(root).expanduser()
+    remove_stale_temporaries(cache_dir())  # a killed conversion's partial cache file
+    try:
+        return _load(path, download)
+    except OSError as e:  # unreadable folders or files, a failed download
+        raise DataError(f"{path}: cannot read the data ({e})") from None
+
+
+def _load(path: Path, download: bool) -> Cifar10:
     if not path.exists():
         if download:
             path.mkdir(parents=True, exist_ok=True)
@@ -303,9 +315,11 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = False) 
     ident = tensor_identity(trx, try_, tex, tey)
     if cache is None:
         cache = cache_dir() / f"cifar10-{_source_key(_key_path(path, kind))}.pt"
-    cache.parent.mkdir(parents=True, exist_ok=True)
     record = {"train_x": trx, "train_y": try_, "test_x": tex, "test_y": tey, "identity": ident}
-    atomic_torch_save(record, cache)
+    try:
+        atomic_torch_save(record, cache)
+    except OSError as e:  # the data are read; only the next load will be slower
+        warnings.warn(f"could not write the CIFAR-10 cache {cache}: {e}", stacklevel=3)
     return Cifar10(trx, try_, tex, tey, CLASSES, source, ident)
 
 
