@@ -188,3 +188,10 @@ def test_damaged_best_checkpoint_is_named(run):
     (run / "best.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(RunError, match="best.pt: not a loadable"):
         load_model_checkpoint(run / "best.pt")
+
+
+def test_resume_and_overwrite_together_are_refused(run, tree, capsys):
+    before = snapshot(run)
+    assert train(tree, run, "--resume", "--overwrite") == 2
+    assert "give one" in capsys.readouterr().err
+    assert snapshot(run) == before

@@ -153,7 +153,10 @@ def train_config(args, out):
 def cmd_train(args) -> int:
     from dnnlab.cifar.data import load_cifar10
     from dnnlab.cifar.train import train
+    from dnnlab.errors import ConfigError
 
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
     cfg = train_config(args, args.out)
     if args.download:
         load_cifar10(cfg.data_root, download=True)

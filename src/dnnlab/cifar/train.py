@@ -382,6 +382,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
     from tqdm.auto import tqdm
 
     out = Path(out)
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
     rank, world = init_distributed(cfg.device)
     dev = check_device(cfg.device)
     if dev.type == "cuda" and world > 1:
