@@ -128,9 +128,11 @@ def test_resume_without_flags_keeps_a_finished_run(run, tree):
     assert snapshot(run) == before
 
 
-def test_resume_with_more_epochs_extends_the_run(run, tree, capsys):
+def test_resume_with_more_epochs_extends_the_run(run, tree, tmp_path, capsys):
+    same = make_tar(tree, tmp_path / "same.tar.gz")  # the same images in another form
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--data-root",
-                 str(tree)]) == 0
+                 str(same)]) == 0
+    assert json.loads((run / "config.json").read_text())["data_root"] == str(tree)
     assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2]
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
@@ -195,3 +197,9 @@ def test_resume_and_overwrite_together_are_refused(run, tree, capsys):
     assert train(tree, run, "--resume", "--overwrite") == 2
     assert "give one" in capsys.readouterr().err
     assert snapshot(run) == before
+
+
+def test_overwrite_replaces_a_damaged_run(run, tree):
+    (run / "config.json").write_text("{not json")
+    assert train(tree, run, "--overwrite") == 0
+    assert "data_identity" in json.loads((run / "config.json").read_text())

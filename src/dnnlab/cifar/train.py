@@ -330,9 +330,9 @@ def _plan(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) -> _P
             f"{out} is not empty and holds no config.json, so it is not a dnnlab run "
             "directory; choose another --out"
         )
-    saved_d = read_json_dict(cfg_file, ("model",))
     if overwrite and not resume:
-        return _Plan(cfg, replace=True)
+        return _Plan(cfg, replace=True)  # a damaged run can be replaced too
+    saved_d = read_json_dict(cfg_file, ("model",))
     done = out / "summary.json"
     if not resume:
         if done.exists():
@@ -356,8 +356,12 @@ def _plan(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) -> _P
             f"{out}: a resumed run keeps its settings, but {'; '.join(changed)}. Resume "
             "without them, or use --overwrite or another --out"
         )
-    ck = load_checkpoint(out / "last.pt", dev) if (out / "last.pt").exists() else None
-    completed = int(ck["epoch"]) if ck else 0
+    last = out / "last.pt"
+    ck = load_checkpoint(last, dev) if last.exists() else None
+    try:
+        completed = int(ck["epoch"]) if ck else 0
+    except (KeyError, TypeError, ValueError):
+        raise RunError(f"{last}: damaged checkpoint (no epoch number)") from None
     if cfg.epochs < completed:
         raise RunError(
             f"--epochs {cfg.epochs}: {out} has already completed {completed} epochs; a run "
