@@ -132,3 +132,22 @@ def test_continuous_labels_csv_is_refused(tmp_path, capsys, data):
     (tmp_path / "y.csv").write_text("\n".join(f"{v:.3f}" for v in np.linspace(0, 1, 60)))
     assert main(["si", str(tmp_path / "x.npy"), str(tmp_path / "y.csv")]) == 2
     assert "labels look continuous" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "x, argv, match",
+    [
+        (np.array([["a", "b"]] * 60), [], "features must be real numbers"),
+        (np.where(np.arange(240).reshape(60, 4) == 9, np.nan, 1.0 * np.arange(240).reshape(60, 4)),
+         [], "1 samples hold NaN or Inf (first at position 2)"),
+        (np.arange(240.0).reshape(60, 4), ["--measures", "hsi:60"], "--measures: hsi:60 needs"),
+        (np.arange(240.0).reshape(60, 4), ["--measures", "bogus"], "--measures: unknown"),
+        (np.arange(240.0).reshape(60, 4), ["--max-memory", "lots"], "cannot read 'lots'"),
+        (np.arange(240.0).reshape(60, 4), ["--device", "gpu"], "--device: 'gpu' is not"),
+    ],
+)
+def test_meaningless_or_bad_si_inputs_are_named(tmp_path, capsys, data, x, argv, match):
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", data[1])
+    assert main(["si", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), *argv]) == 2
+    assert match in capsys.readouterr().err

@@ -51,9 +51,13 @@ def cmd_si(args) -> int:
         y = load_array(args.labels, numeric=False)
         check_inputs(x, y, args.features, args.labels)
     try:
-        parse_measures(args.measures)
+        wanted = parse_measures(args.measures)
     except ValueError as e:  # parse_measures says what is wrong with the list
         raise ConfigError(f"--measures: {e}") from None
+    for m in wanted:
+        if m.order >= len(y):
+            raise ConfigError(f"--measures: {m.name} needs fewer than the N={len(y)} samples "
+                              "(a sample has only N-1 neighbours)")
     parse_size(args.max_memory)
     if args.device is not None:
         check_device(args.device)

@@ -41,13 +41,27 @@ def check_labels(labels, where: str = "labels") -> None:
 
 
 def check_features(features, where: str = "features") -> None:
-    """Refuse features whose every column is constant: no sample differs from another."""
-    x = features if isinstance(features, torch.Tensor) else torch.as_tensor(_as_numpy(features))
+    """Refuse features that are not real numbers, hold NaN/Inf, or whose every column is
+    constant (no sample differs from another)."""
+    if not isinstance(features, torch.Tensor):
+        arr = _as_numpy(features)
+        if arr.dtype.kind not in "biuf":
+            raise InputError(f"{where}: features must be real numbers; got dtype {arr.dtype}")
+        features = torch.from_numpy(np.ascontiguousarray(arr))
+    x = features
+    if x.is_complex():
+        raise InputError(f"{where}: features must be real numbers; got dtype {x.dtype}")
     if x.ndim == 0 or x.shape[0] < 2:
         return
     x = x.reshape(x.shape[0], -1)
     if x.shape[1] == 0:
-        return  # the measures name an empty feature set themselves
+        raise InputError(f"{where}: features have 0 values per sample")
+    if x.is_floating_point():
+        finite = torch.isfinite(x).all(1)
+        if not bool(finite.all()):
+            rows = (~finite).nonzero().squeeze(1)
+            raise InputError(f"{where}: {rows.numel()} samples hold NaN or Inf (first at "
+                             f"position {int(rows[0])}); remove or impute them first")
     if bool((x == x[:1]).all()):
         raise InputError(
             f"{where}: every feature column is constant, so all {x.shape[0]} samples are "
