@@ -136,21 +136,14 @@ def train_config(args, out):
     from dataclasses import fields
     from pathlib import Path
 
-    from dnnlab.cifar.rundir import RunError, read_json_dict
-    from dnnlab.cifar.train import TrainConfig
-    from dnnlab.errors import ConfigError
+    from dnnlab.cifar.train import TrainConfig, read_run_config
 
     names = [f.name for f in fields(TrainConfig)]
     given = {k: getattr(args, k) for k in names if getattr(args, k, UNSET) is not UNSET}
     cfg = TrainConfig(**given)  # every given flag checked, before anything else
-    saved_file = Path(out) / "config.json"
-    if not (args.resume and saved_file.exists()):
+    if not (args.resume and (Path(out) / "config.json").exists()):
         return cfg
-    saved = read_json_dict(saved_file, ("model",))
-    try:
-        base = TrainConfig.from_dict(saved)
-    except (ConfigError, TypeError) as e:
-        raise RunError(f"{saved_file}: not a valid run configuration ({e})") from None
+    base = read_run_config(out)
     return TrainConfig(**{**{k: getattr(base, k) for k in names}, **given})
 
 

@@ -44,7 +44,8 @@ from dnnlab.utils.atomic import (
 from dnnlab.utils.device import check_device, check_device_name
 from dnnlab.utils.distributed import init_distributed
 
-__all__ = ["RunError", "TrainConfig", "check_run_data", "load_model_checkpoint", "train"]
+__all__ = ["RunError", "TrainConfig", "check_run_data", "load_model_checkpoint",
+           "read_run_config", "read_split", "train"]
 
 
 @dataclass
@@ -93,6 +94,16 @@ class TrainConfig:
         """From a run's config.json (which also holds data_identity and data_source)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def read_run_config(run_dir) -> TrainConfig:
+    """A run's config.json as a TrainConfig; a damaged or invalid one is a RunError naming it."""
+    f = Path(run_dir) / "config.json"
+    d = read_json_dict(f, ("model",))
+    try:
+        return TrainConfig.from_dict(d)
+    except (ConfigError, TypeError) as e:
+        raise RunError(f"{f}: not a valid run configuration ({e})") from None
 
 
 # Settings a resumed run may change: where it runs, and how long (more epochs continue it).
@@ -332,7 +343,8 @@ def _plan(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) -> _P
         )
     if overwrite and not resume:
         return _Plan(cfg, replace=True)  # a damaged run can be replaced too
-    saved_d = read_json_dict(cfg_file, ("model",))
+    saved = read_run_config(out)
+    saved_d = read_json_dict(cfg_file)
     done = out / "summary.json"
     if not resume:
         if done.exists():
@@ -344,10 +356,6 @@ def _plan(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) -> _P
             f"{out} is not empty: pass --resume to continue that run, or --overwrite to "
             "start again"
         )
-    try:
-        saved = TrainConfig.from_dict(saved_d)
-    except (ConfigError, TypeError) as e:
-        raise RunError(f"{cfg_file}: not a valid run configuration ({e})") from None
     if saved.model != cfg.model:
         raise RunError(f"{out} is a run of {saved.model!r}, not {cfg.model!r}")
     changed = _settings_changed(saved, cfg)
