@@ -71,14 +71,14 @@ class TrainConfig:
         None, "test on a stratified part of the test set (quick runs only)", low=1
     )
     seed: int = setting(
-        0, "random seed (split, initialization, data order, augmentation)", low=0, high=2**63 - 1
+        0, "random seed (split, initialization, data order, augmentation)", low=0, high=2**32 - 1
     )
     softmax_head: bool = setting(
         False, "the course project's double softmax (softmax in the model, then cross-entropy)"
     )
     device: str = setting("cpu", "cpu, cuda or cuda:N")
     compile: bool = setting(False, "torch.compile the model (GPU runs)")
-    data_root: str | None = setting(None, "CIFAR-10 source (default $DNNLAB_DATA)")
+    data_root: str | None = setting(None, "CIFAR-10 source; none: $DNNLAB_DATA")
     eval_batch_size: int = setting(1024, "batch size for validation and test", low=1)
 
     def __post_init__(self):
@@ -528,8 +528,9 @@ def _restore(ck: dict, last: Path, model, opt, sched, gen) -> None:
     try:
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        gen.set_state(ck["rng"]["gen"])
+        # RNG states are CPU byte tensors, whatever map_location moved the rest to.
+        torch.set_rng_state(ck["rng"]["torch"].cpu())
+        gen.set_state(ck["rng"]["gen"].cpu())
         int(ck["epoch"]), float(ck["best_val_acc"]), int(ck["best_epoch"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise RunError(f"{last}: damaged checkpoint ({type(e).__name__}: {e})") from None
