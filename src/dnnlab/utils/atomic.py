@@ -3,7 +3,8 @@
 The temporary is named `.<target name>.<writer pid>.<random>.tmp`. A process killed while
 writing leaves one behind; the next write into the same folder removes such leftovers (only
 names of this form, and only when their writer process is gone or the file is more than an
-hour old). Outputs get the permissions of any other tool's: 0666 minus the user's umask.
+hour old); each folder is swept once per process. Outputs get the permissions of any other
+tool's: 0666 minus the user's umask.
 """
 
 from __future__ import annotations
@@ -72,10 +73,16 @@ def remove_stale_temporaries(folder) -> list[Path]:
     return removed
 
 
+_cleaned: set[str] = set()  # folders this process has already swept (once is enough)
+
+
 def _atomic(path, write, mode: str):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent)
+    folder = os.path.realpath(path.parent)
+    if folder not in _cleaned:
+        remove_stale_temporaries(folder)
+        _cleaned.add(folder)
     fd, tmp = tempfile.mkstemp(
         prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
     )
