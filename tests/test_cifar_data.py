@@ -141,3 +141,25 @@ def test_archive_with_images_missing_is_refused(tmp_path):
     (tree / "train" / "frog" / "0002.jpg").unlink()
     with pytest.raises(DataError, match=r"train/ has 3 images .* only frog 2: images are missing"):
         load_cifar10(make_tar(tree, tmp_path / "c.tar.gz"))
+
+
+class Evil:
+    """Unpickling this creates the marker file: what a crafted batch file could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_crafted_batch_file_cannot_run_code(tmp_path):
+    import pickle
+
+    root = make_batches(tmp_path / "orig")
+    marker = tmp_path / "pwned"
+    with open(root / "cifar-10-batches-py" / "data_batch_3", "wb") as fh:
+        pickle.dump({"data": Evil(marker), "labels": [0]}, fh)
+    with pytest.raises(DataError, match="data_batch_3: not a CIFAR-10 batch file .*refusing"):
+        load_cifar10(root)
+    assert not marker.exists()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import posixpath
 import tarfile
 import warnings
@@ -229,10 +230,25 @@ def _from_tree(path: Path):
     return _collect(items(), str(path))
 
 
-def _from_batches(path: Path, download: bool):
-    """The original release's pickled batches (cifar-10-batches-py/)."""
-    import pickle
+# What numpy arrays need to unpickle; any other global in a batch file is refused.
+_NUMPY_GLOBALS = {
+    (mod, name)
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy")
+    for name in ("_reconstruct", "ndarray", "dtype", "scalar")
+}
 
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _NUMPY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: a CIFAR-10 batch holds only "
+                                     "arrays, lists, numbers and strings")
+
+
+def _from_batches(path: Path, download: bool):
+    """The original release's pickled batches (cifar-10-batches-py/), unpickled so that only
+    plain data and numpy arrays can come out: a crafted batch file cannot run code."""
     root = path.parent if path.name == "cifar-10-batches-py" else path
     if download:
         from torchvision.datasets import CIFAR10
@@ -249,7 +265,7 @@ def _from_batches(path: Path, download: bool):
             f = folder / name
             try:
                 with open(f, "rb") as fh:
-                    d = pickle.load(fh, encoding="latin1")
+                    d = _PlainUnpickler(fh, encoding="latin1").load()
                 xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 ys.append(np.asarray(d["labels"], dtype=np.int64))
             except FileNotFoundError:
