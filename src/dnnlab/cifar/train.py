@@ -427,6 +427,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
     if rank == 0:
         if plan.replace:
             out.rename(old)
+            print(f"[{cfg.model}] the run being replaced is kept in {old} until the new run's "
+                  "first epoch is saved", flush=True)
         if plan.extend:
             (out / "summary.json").unlink()
         out.mkdir(parents=True, exist_ok=True)
