@@ -265,8 +265,12 @@ def test_probe_after_train_overwrite_recomputes(tree, tmp_path, capsys):
     _train(tree, run, 0)
     probe = ["probe", str(run), "--splits", "val", "--layers", "conv1,fc1"]
     assert main(probe) == 0
-    old = json.loads((run / "probe.json").read_text())["rows"]
+    text = (run / "probe.json").read_text()
+    old = json.loads(text)["rows"]
     _train(tree, run, 1, "--overwrite")
+    # Whether or not train --overwrite keeps the old probe.json, a leftover must not be used.
+    (run / "probe.json").write_text(text)
+    capsys.readouterr()
     assert main(probe) == 0
     assert "other weights" in capsys.readouterr().err
     new = json.loads((run / "probe.json").read_text())["rows"]
@@ -316,7 +320,7 @@ def test_damaged_run_files_are_named(tmp_path, capsys):
     run.mkdir()
     (run / "config.json").write_text("{not json")
     assert main(["probe", str(run), "--splits", "val"]) == 2
-    assert "config.json: not valid JSON" in capsys.readouterr().err
+    assert "config.json: unreadable or not valid JSON" in capsys.readouterr().err
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "probe.json").write_text('{"rows": 3}')
     x, y = dup_data()

@@ -299,7 +299,7 @@ def image_splits(cfg: AnyConfig, size: int | None, mean, std, out: Path):
         size = size or 32
         tr, va = split_indices(c10.train_y, 5000, cfg.seed)
         t20 = tr[_stratified(c10.train_y[tr], round(0.2 * len(tr)), cfg.seed)]
-        src = f"cifar10:{_cifar_hash(c10)}"
+        src = f"cifar10:{c10.identity}"
         def mk(x, y, tag):  # noqa: E306
             return ImageSplit(range(len(y)), y, size, mean, std, lambda i, x=x: x[i],
                               [src, tag])
@@ -368,12 +368,6 @@ def image_splits(cfg: AnyConfig, size: int | None, mean, std, out: Path):
                                                cfg.val_fraction, "classes": classes, **record})
     splits["_tree"] = tree
     return splits, classes, how
-
-
-def _cifar_hash(c10) -> str:
-    from dnnlab.probe.provenance import tensor_hash
-
-    return tensor_hash(c10.train_x, c10.train_y, c10.test_x, c10.test_y)
 
 
 def _channels(text: str | None, default, flag: str) -> tuple[float, ...]:

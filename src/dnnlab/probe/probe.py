@@ -308,11 +308,16 @@ def probe_model(
     input_fn = input_fn or (lambda b: b.float())
     model = model.to(dev).eval()
     parse_measures(cfg.measures)
+    order_max = max((m.order for m in parse_measures(cfg.measures) if m.kind != "csi"),
+                    default=1)
     for name, (x, y) in splits.items():
         if len(x) == 0:
             raise InputError(f"split {name!r} is empty")
         if len(x) != len(y):
             raise InputError(f"split {name!r}: {len(x)} inputs but {len(y)} labels")
+        if len(x) <= order_max:
+            raise InputError(f"split {name!r} has {len(x)} samples; measures of order "
+                             f"{order_max} need more than {order_max}")
     names = resolve_layers(model, cfg.layers)
     first = next(iter(splits.values()))[0]
     tr = trace(model, input_fn(first[:2].to(dev)), names, cfg.output_key)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from dnnlab.cifar.augment import to_input
-from dnnlab.cifar.data import DataError, load_cifar10, stratified_subset
-from dnnlab.cifar.train import RunError, TrainConfig, load_model_checkpoint
+from dnnlab.cifar.data import load_cifar10, stratified_subset
+from dnnlab.cifar.rundir import read_json_dict
+from dnnlab.cifar.train import (
+    RunError,
+    TrainConfig,
+    check_run_data,
+    load_model_checkpoint,
+    read_run_config,
+)
 from dnnlab.errors import InputError
 from dnnlab.probe.probe import ProbeConfig, ProbeResult, plot_probe, probe_model
-from dnnlab.probe.provenance import tensor_hash
 
 SPLITS = ("train20", "val", "test")
 
@@ -26,9 +31,10 @@ def run_splits(run: Path, cfg: TrainConfig, wanted, data_root=None, max_per_spli
     split_file = run / "split.json"
     if not split_file.exists():
         raise RunError(f"{run}: no split.json; is this a `dnnlab train` run directory?")
-    s = _read_json(split_file)
+    s = read_json_dict(split_file, ("train", "val"))
     data = load_cifar10(data_root or cfg.data_root)
-    check_data(run, cfg, data, data_root)
+    # The run's split indices must meet the images it was trained on (content identity).
+    check_run_data(run, data)
     tr, va = torch.tensor(s["train"]), torch.tensor(s["val"])
     out = {}
     for name in wanted:
@@ -47,50 +53,12 @@ def run_splits(run: Path, cfg: TrainConfig, wanted, data_root=None, max_per_spli
     return out
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: not valid JSON ({e}); the run directory is damaged") from None
-
-
-def data_hash(data) -> str:
-    """Content hash of a loaded CIFAR-10: every image and label of both splits."""
-    return tensor_hash(data.train_x, data.train_y, data.test_x, data.test_y)
-
-
-def check_data(run: Path, cfg: TrainConfig, data, data_root) -> None:
-    """Refuse data other than what the run was trained on: its split indices would pick
-    other images. Uses dnnlab.cifar.train.check_run_data (the run's recorded data identity)
-    where it exists; otherwise compares with the content of the run's recorded data root."""
-    try:
-        from dnnlab.cifar.train import check_run_data
-    except ImportError:
-        check_run_data = None
-    if check_run_data is not None:
-        check_run_data(run, data)
-        return
-    recorded = _read_json(run / "config.json").get("data_root")
-    if data_root is None or recorded is None:
-        return  # the run's own data root is used
-    if Path(data_root).expanduser().resolve() == Path(recorded).expanduser().resolve():
-        return
-    try:
-        orig = load_cifar10(recorded)
-    except DataError as e:
-        raise RunError(f"{run}: trained on {recorded}, which cannot be read now ({e}); so "
-                       f"--data-root {data_root} cannot be checked against it") from None
-    if data_hash(orig) != data_hash(data):
-        raise RunError(f"{run}: trained on {recorded}, but --data-root {data_root} holds other "
-                       "images; the run's split indices would pick different images")
-
-
 def probe_run(run, pcfg: ProbeConfig, data_root=None, max_per_split=None, overwrite=False,
               progress=False) -> ProbeResult:  # fmt: skip
     run = Path(run)
     if not (run / "config.json").exists():
         raise RunError(f"{run}: no config.json; is this a `dnnlab train` run directory?")
-    cfg = TrainConfig.from_dict(_read_json(run / "config.json"))
+    cfg = read_run_config(run)
     best = run / "best.pt"
     if not best.exists():
         raise RunError(f"{run}: no best.pt yet; train the run first")
@@ -109,7 +77,7 @@ def list_run(run) -> list:
     run = Path(run)
     if not (run / "config.json").exists():
         raise RunError(f"{run}: no config.json; is this a `dnnlab train` run directory?")
-    cfg = TrainConfig.from_dict(_read_json(run / "config.json"))
+    cfg = read_run_config(run)
     from dnnlab.cifar.models import build_model
 
     model = build_model(cfg.model, softmax_head=cfg.softmax_head).eval()
