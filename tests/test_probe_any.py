@@ -327,3 +327,26 @@ def test_damaged_run_files_are_named(tmp_path, capsys):
     with pytest.raises(InputError, match=r"probe.json: not a probe.json"):
         probe_model(nn.Sequential(nn.Linear(12, 3)), {"v": (x, y)},
                     ProbeConfig(splits=("v",)), out=tmp_path / "out")
+
+
+def test_pages_dropped_while_the_core_reads_them_change_nothing(tmp_path, monkeypatch):
+    import dnnlab.probe.spill as S
+
+    monkeypatch.setattr(S, "RELEASE_INTERVAL", 1e-4)  # drop the pages almost continuously
+    released = {"n": 0}
+    real = S.PageReleaser.release
+
+    def counting(self):
+        released["n"] += 1
+        real(self)
+
+    monkeypatch.setattr(S.PageReleaser, "release", counting)
+    torch.manual_seed(0)
+    x, y = dup_data(400)
+    m = nn.Sequential(nn.Linear(12, 3000), nn.ReLU())
+    cfg = dict(splits=("v",), measures="si,csi,hsi:3")
+    mem = probe_model(m, {"v": (x, y)}, ProbeConfig(**cfg))
+    mm = probe_model(m, {"v": (x, y)}, ProbeConfig(memmap="float32", **cfg), out=tmp_path)
+    assert released["n"] > 10
+    assert [(r["si"], r["csi"], r["hsi:3"]) for r in mm.rows] == [
+        (r["si"], r["csi"], r["hsi:3"]) for r in mem.rows]

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+RELEASE_INTERVAL = 0.02  # seconds between two releases
+
 
 class PageReleaser:
     """Drops the resident pages of registered memory maps every `interval` seconds."""
 
-    def __init__(self, interval: float = 0.02):
-        self.interval = interval
+    def __init__(self, interval: float | None = None):
+        self.interval = RELEASE_INTERVAL if interval is None else interval
         self.maps: dict[int, mmap.mmap] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
