@@ -350,3 +350,23 @@ def test_pages_dropped_while_the_core_reads_them_change_nothing(tmp_path, monkey
     assert released["n"] > 10
     assert [(r["si"], r["csi"], r["hsi:3"]) for r in mm.rows] == [
         (r["si"], r["csi"], r["hsi:3"]) for r in mem.rows]
+
+
+def test_a_killed_probes_feature_files_are_removed_next_time(tmp_path):
+    import subprocess
+
+    from dnnlab.probe.spill import SpillFolder
+
+    gone = tmp_path / ".probe-spill-old"
+    gone.mkdir()
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    (gone / "pid").write_text(str(proc.pid))
+    (gone / "000-conv2.npy").write_bytes(b"x" * 100)
+    alive = tmp_path / ".probe-spill-running"
+    alive.mkdir()
+    (alive / "pid").write_text("1")  # a live process's folder is left alone
+    folder = SpillFolder(tmp_path)
+    assert not gone.exists() and alive.exists() and folder.path.exists()
+    folder.close()
+    assert not folder.path.exists()

@@ -11,6 +11,7 @@ re-read on the next touch), so only what the core is reading right now stays res
 from __future__ import annotations
 
 import mmap
+import os
 import shutil
 import tempfile
 import threading
@@ -60,13 +61,42 @@ class PageReleaser:
             self.thread.join()
 
 
+PREFIX = ".probe-spill-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(parent: Path) -> list[Path]:
+    """Remove feature folders left by probes that were killed (their process is gone)."""
+    removed = []
+    for d in Path(parent).glob(PREFIX + "*"):
+        try:
+            pid = int((d / "pid").read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or still being created: leave it
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
 class SpillFolder:
     """A private folder under `parent` for one probe's feature files; removed on close."""
 
     def __init__(self, parent: Path | None):
         if parent is not None:
             Path(parent).mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=".probe-spill-", dir=parent))
+        self.path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
+        (self.path / "pid").write_text(str(os.getpid()))
+        sweep_stale(self.path.parent)
         self.releaser = PageReleaser()
         self.bytes_written = 0
         self.files = 0
