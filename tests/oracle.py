@@ -45,3 +45,40 @@ def measures(x, y, orders=(1, 2, 3), method="zscore"):
         hits += classes[best] == y[i]
     res["csi"] = hits / n
     return res
+
+
+def knn_accuracy(x, y, k, method="zscore"):
+    """Leave-one-out k-NN accuracy: majority vote, a label tie goes to the tied label met
+    first in (distance, index) order. Returns (accuracy, {class: accuracy})."""
+    a = normalize(x, method)
+    y = np.asarray(y)
+    nb = neighbours(a)
+    hit = []
+    for i in range(len(a)):
+        near = [y[j] for j in nb[i][:k]]
+        votes = {lab: near.count(lab) for lab in near}
+        best = max(votes.values())
+        pred = next(lab for lab in near if votes[lab] == best)
+        hit.append(pred == y[i])
+    hit = np.array(hit)
+    return hit.mean(), {c: hit[y == c].mean() for c in sorted(set(y.tolist()))}
+
+
+def nc1(x, y, method="zscore"):
+    """Papyan et al. NC1 with explicit D x D matrices and numpy's pinv; per class too."""
+    h = normalize(x, method)
+    y = np.asarray(y)
+    classes = sorted(set(y.tolist()))
+    n, d = h.shape
+    mu_g = h.mean(0)
+    mus = {c: h[y == c].mean(0) for c in classes}
+    sigma_b = sum(np.outer(mus[c] - mu_g, mus[c] - mu_g) for c in classes) / len(classes)
+    pinv = np.linalg.pinv(sigma_b, hermitian=True)
+    per = {}
+    sigma_w = np.zeros((d, d))
+    for c in classes:
+        r = h[y == c] - mus[c]
+        cov = r.T @ r
+        sigma_w += cov
+        per[c] = np.trace(cov / len(r) @ pinv) / len(classes)
+    return np.trace(sigma_w / n @ pinv) / len(classes), per
