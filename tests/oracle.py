@@ -82,3 +82,28 @@ def nc1(x, y, method="zscore"):
         sigma_w += cov
         per[c] = np.trace(cov / len(r) @ pinv) / len(classes)
     return np.trace(sigma_w / n @ pinv) / len(classes), per
+
+
+def ridge_classifier(x, y, x_test, alpha=1.0, method="zscore"):
+    """Ridge classifier with intercept, +-1 one-vs-all targets, in the primal, float64.
+
+    Features are scaled with the training split's statistics (as dnnlab's normalization);
+    returns the predicted test labels."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    x_test = np.asarray(x_test, dtype=np.float64).reshape(len(x_test), -1)
+    if method == "zscore":
+        std = x.std(0, ddof=1)
+        scale = np.where(x.max(0) > x.min(0), 1 / (std + 1e-10), 0.0)
+    elif method == "minmax":
+        span = x.max(0) - x.min(0)
+        scale = np.where(span > 0, 1 / np.where(span > 0, span, 1), 0.0)
+    else:
+        scale = np.ones(x.shape[1])
+    y = np.asarray(y)
+    classes = np.unique(y)
+    t = np.where(y[:, None] == classes[None, :], 1.0, -1.0)
+    mu = x.mean(0)
+    z = (x - mu) * scale
+    w = np.linalg.solve(z.T @ z + alpha * np.eye(z.shape[1]), z.T @ (t - t.mean(0)))
+    scores = ((x_test - mu) * scale) @ w + t.mean(0)
+    return classes[scores.argmax(1)], w

@@ -17,7 +17,12 @@ def _add_si(sub) -> None:
     )
     p.add_argument("features", nargs="?", help="features file: .npy, .npz[:NAME], .pt, .csv")
     p.add_argument("labels", nargs="?", help="labels file: .npy, .npz[:NAME], .pt, .csv")
-    p.add_argument("--measures", default="si,csi", help="e.g. si,csi,hsi:3,soft:3,anti:3")
+    p.add_argument("--measures", default="si,csi",
+                   help="e.g. si,csi,hsi:3,soft:3,anti:3,knn:5,nc1,linear")  # fmt: skip
+    p.add_argument("--test", nargs=2, metavar=("FEATURES", "LABELS"),
+                   help="test set on which `linear` (fitted on FEATURES LABELS) is scored")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="ridge regularization of `linear` (default 1.0; must be > 0)")
     p.add_argument("--normalize", default="zscore", choices=["zscore", "minmax", "none"])
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--max-memory", default="2GB", help="memory budget, e.g. 2GB")
@@ -45,10 +50,16 @@ def cmd_si(args) -> int:
             raise SystemExit("dnnlab si: need FEATURES and LABELS files (or --demo digits)")
         x = load_array(args.features)
         y = load_array(args.labels, numeric=False)
+    if args.alpha is not None and not args.alpha > 0:
+        raise ValueError(f"--alpha must be a number > 0; got {args.alpha}")
+    test = None
+    if args.test:
+        test = (load_array(args.test[0]), load_array(args.test[1], numeric=False))
     group = _init_distributed(args.device)
     res = separability(
         x, y, args.measures, normalize_method=args.normalize, device=args.device,
         max_memory=args.max_memory, progress=not args.no_progress and sys.stderr.isatty(),
+        test=test, alpha=args.alpha,
     )  # fmt: skip
     if group is not None:
         import torch.distributed as dist

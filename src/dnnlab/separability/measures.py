@@ -8,6 +8,8 @@ anti:r  fraction whose r nearest neighbours include none with the label
 knn:k   leave-one-out k-nearest-neighbour accuracy: majority vote of the k nearest; a tie
         between labels goes to the tied label met first in distance order
 nc1     neural collapse NC1 (Papyan, Han and Donoho 2020): trace(Sigma_W Sigma_B^+) / C
+linear  linear-probe accuracy on a test set of a ridge classifier fitted on these samples
+        (separability.linear)
 For r = 1: hsi = soft = knn = si and anti = 1 - si, exactly.
 """
 
@@ -27,9 +29,10 @@ from dnnlab.separability import knn
 from dnnlab.separability.normalize import NORMALIZATIONS, normalize_with_norms
 from dnnlab.utils.sizes import parse_size
 
-KINDS = ("si", "csi", "hsi", "soft", "anti", "knn", "nc1")
+KINDS = ("si", "csi", "hsi", "soft", "anti", "knn", "nc1", "linear")
 # Measures that need no neighbour search.
-NO_SEARCH = ("csi", "nc1")
+NO_SEARCH = ("csi", "nc1", "linear")
+ORDERLESS = ("si", "csi", "nc1", "linear")
 DEFAULT_MEASURES = ("si", "csi")
 DEFAULT_MAX_MEMORY = "2GB"
 
@@ -41,7 +44,7 @@ class Measure:
 
     @property
     def name(self) -> str:
-        return self.kind if self.kind in ("si", "csi", "nc1") else f"{self.kind}:{self.order}"
+        return self.kind if self.kind in ORDERLESS else f"{self.kind}:{self.order}"
 
 
 def parse_measures(spec) -> list[Measure]:
@@ -59,7 +62,7 @@ def parse_measures(spec) -> list[Measure]:
                 "(R, K >= 1)"
             )
         kind, order = m.group(1), int(m.group(2) or 1)
-        if kind in ("si", "csi", "nc1") and m.group(2) and order != 1:
+        if kind in ORDERLESS and m.group(2) and order != 1:
             raise ValueError(f"measure {raw!r}: {kind} takes no order; use hsi:{order}")
         if order < 1:
             raise ValueError(f"measure {raw!r}: the order must be >= 1")
@@ -241,6 +244,8 @@ def separability(
     stats: knn.SearchStats | None = None,
     block: int | None = None,
     overwrite_input: bool = False,
+    test=None,
+    alpha: float | None = None,
 ) -> SeparabilityResult:
     """Compute several separability measures from one exact neighbour search.
 
@@ -259,6 +264,8 @@ def separability(
     overwrite_input: allow normalizing `features` in place (float32, contiguous, already on
         the device) instead of copying them: the caller's contents are lost, and the memory
         budget no longer has to hold an N x D copy.
+    test: (features, labels) on which "linear" is scored; it is fitted on `features`.
+    alpha: the ridge regularization of "linear" (default separability.linear.DEFAULT_ALPHA).
     """
     t0 = time.perf_counter()
     wanted = parse_measures(measures)
@@ -282,8 +289,39 @@ def separability(
     names = [str(c) for c in classes]
     counts = np.bincount(codes_np, minlength=len(classes))
     notes: list[str] = []
+    wanted_kinds = {m.kind for m in wanted}
+    if test is not None and "linear" not in wanted_kinds:
+        raise ValueError("a test set is only used by the measure linear; add it to measures")
     if any(m.kind == "nc1" for m in wanted):
         check_nc1_classes(names, counts)
+    lin = None
+    if any(m.kind == "linear" for m in wanted):
+        if test is None:
+            raise ValueError(
+                "measure linear needs a test set to score on: pass test=(features, labels) "
+                "(dnnlab si: --test FEATURES LABELS)"
+            )
+        from dnnlab.separability.linear import DEFAULT_ALPHA, fit_linear
+
+        probe = fit_linear(
+            x, labels, alpha=DEFAULT_ALPHA if alpha is None else alpha,
+            normalize_method=normalize_method, device=device, max_memory=max_memory,
+        )  # fmt: skip
+        try:
+            lin = probe.score(*test)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"linear: the test set: {e}") from None
+        notes.append(
+            f"linear: ridge classifier, alpha={probe.alpha:g}, {probe.form} form, fitted on "
+            f"these {n} samples (train accuracy {probe.train_accuracy:.4f}), scored on "
+            f"{sum(lin[2].values())} test samples"
+        )
+        if wanted_kinds == {"linear"}:  # nothing else needs the normalized copy
+            per = {c: {"linear": lin[1].get(c, float("nan"))} for c in names}
+            return SeparabilityResult(
+                {"linear": lin[0]}, per, {c: int(counts[i]) for i, c in enumerate(names)}, n,
+                d, normalize_method, str(dev), time.perf_counter() - t0, notes,
+            )  # fmt: skip
     if len(classes) == 1:
         msg = f"all {n} samples have one label ({names[0]!r}); every measure is trivial"
         warnings.warn(msg, stacklevel=2)
@@ -354,7 +392,7 @@ def separability(
             per_row[m.name] = (same[m.order] == 0).to(torch.int64)
         elif m.kind == "knn":
             per_row[m.name] = votes[m.order].to(torch.int64)
-        elif m.kind == "nc1":
+        elif m.kind in ("nc1", "linear"):
             continue
         else:  # si, hsi
             per_row[m.name] = (same[m.order] == m.order).to(torch.int64)
@@ -366,6 +404,11 @@ def separability(
             values[m.name] = nc1[0]
             for ci, c in enumerate(names):
                 per_class[c][m.name] = nc1[1][ci]
+            continue
+        if m.kind == "linear":
+            values[m.name] = lin[0]
+            for c in names:  # NaN for a class absent from the test set
+                per_class[c][m.name] = lin[1].get(c, float("nan"))
             continue
         denom = m.order if m.kind == "soft" else 1
         hits = per_row[m.name]
