@@ -107,3 +107,31 @@ def ridge_classifier(x, y, x_test, alpha=1.0, method="zscore"):
     w = np.linalg.solve(z.T @ z + alpha * np.eye(z.shape[1]), z.T @ (t - t.mean(0)))
     scores = ((x_test - mu) * scale) @ w + t.mean(0)
     return classes[scores.argmax(1)], w
+
+
+def linear_cka(x, y):
+    """Feature-space form: ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    return np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
+def unbiased_cka(x, y):
+    """Song et al.'s unbiased HSIC on the raw (uncentered) linear kernels, loops included."""
+
+    def hsic(k, l):
+        n = len(k)
+        k = k.copy()
+        l = l.copy()
+        np.fill_diagonal(k, 0)
+        np.fill_diagonal(l, 0)
+        one = np.ones(n)
+        return (np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+                - 2 / (n - 2) * (one @ k @ l @ one)) / (n * (n - 3))  # fmt: skip
+
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    kx, ky = x @ x.T, y @ y.T
+    return hsic(kx, ky) / np.sqrt(hsic(kx, kx) * hsic(ky, ky))
