@@ -177,15 +177,20 @@ class CkaMatrix:
             )
 
     def inner_products(self) -> np.ndarray:
-        """S[i, j] = <Gi, Gj> for every pair (upper triangle exact; symmetric)."""
+        """S[i, j] = <Gi, Gj> for every pair, symmetric.
+
+        Each pair is reduced the same way (a fresh elementwise product, then its sum), so
+        two layers with equal Grams give exactly S[i, j] = S[i, i].
+        """
         k, n = len(self.grams), self.n
         s = torch.zeros((k, k), dtype=torch.float64)
-        rows = max(1, min(n, (self.budget // 4) // max(k * n * 8, 1)))
+        rows = max(1, min(n, (self.budget // 4) // max((k + 1) * n * 8, 1)))
         for r0 in range(0, n, rows):
-            v = torch.stack([torch.as_tensor(np.asarray(g[r0 : r0 + rows])).reshape(-1)
-                             for g in self.grams])  # fmt: skip
-            s += v @ v.T
-        return s.numpy()
+            v = [torch.as_tensor(np.asarray(g[r0 : r0 + rows])) for g in self.grams]
+            for i in range(k):
+                for j in range(i, k):
+                    s[i, j] += torch.mul(v[i], v[j]).sum()
+        return (torch.triu(s) + torch.triu(s, 1).T).numpy()
 
     def result(self) -> CkaResult:
         if not self.names:
