@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_torch_save
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -35,7 +36,7 @@ HOW_TO_GET = (
 )
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """The data root does not hold CIFAR-10 in an accepted form."""
 
 

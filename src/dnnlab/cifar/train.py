@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from dnnlab.cifar.augment import augment, to_input
 from dnnlab.cifar.data import load_cifar10, split_indices, stratified_subset
 from dnnlab.cifar.models import VARIANTS, build_model, count_params
+from dnnlab.errors import DnnlabError
 from dnnlab.utils.atomic import (
     atomic_savefig,
     atomic_torch_save,
@@ -61,7 +62,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-class RunError(RuntimeError):
+class RunError(DnnlabError, RuntimeError):
     """The run directory cannot be used as asked (finished, or another configuration)."""
 
 

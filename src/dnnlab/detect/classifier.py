@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dnnlab.errors import InputError
+
 # torchvision's ImageNet weights use these; the TFLite-derived 1001-class weights use 0.5/0.5.
 TORCHVISION_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 TFLITE_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """Backbone weights that cannot be found or do not fit MobileNetV2."""
 
 

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dnnlab.errors import InputError
 
-class LayerError(ValueError):
+
+class LayerError(InputError):
     """A layer that does not exist, or whose output holds no tensor."""
 
 

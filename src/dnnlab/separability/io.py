@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dnnlab.errors import InputError
 
-class InputError(ValueError):
-    """A file that cannot be read as the array it should hold."""
+__all__ = ["InputError", "load_array", "split_spec"]
 
 
 def split_spec(spec: str) -> tuple[Path, str | None]:
