@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dnnlab.errors import InputError
 from dnnlab.separability.measures import as_feature_tensor, check_finite
 from dnnlab.utils.sizes import parse_size
 
@@ -119,12 +120,12 @@ class CkaMatrix:
     def add(self, name: str, features, ids=None) -> None:
         """Form and store layer `name`'s centered Gram; ids: the samples' ids, in order."""
         if name in self.names:
-            raise ValueError(f"CKA: layer {name!r} was added twice")
+            raise InputError(f"CKA: layer {name!r} was added twice")
         x = as_feature_tensor(features)
         n = x.shape[0]
         if self.n is None:
             if n < 4:
-                raise ValueError(f"CKA: layer {name!r} has N={n} samples; CKA needs N >= 4")
+                raise InputError(f"CKA: layer {name!r} has N={n} samples; CKA needs N >= 4")
             if n * n * 8 > self.budget // 2:
                 raise MemoryError(
                     f"CKA: one {n} x {n} Gram takes {n * n * 8 / 2**30:.2f} GiB, more than "
@@ -133,7 +134,7 @@ class CkaMatrix:
             self.n = n
             self.ids = None if ids is None else np.asarray(ids)
         elif n != self.n:
-            raise ValueError(
+            raise InputError(
                 f"CKA: layer {name!r} has {n} samples but {self.names[0]!r} has {self.n}; "
                 "CKA compares the same samples"
             )
@@ -160,17 +161,17 @@ class CkaMatrix:
     def _check_ids(self, name: str, ids) -> None:
         if ids is None or self.ids is None:
             first = self.names[0] if self.names else name
-            raise ValueError(
+            raise InputError(
                 f"CKA: layer {name!r} {'has no' if ids is None else 'has'} sample ids but "
                 f"{first!r} {'has' if ids is None else 'has none'}; give ids for every layer"
             )
         ids = np.asarray(ids)
         if ids.shape != (self.n,):
-            raise ValueError(f"CKA: layer {name!r}: {ids.shape} sample ids for N={self.n}")
+            raise InputError(f"CKA: layer {name!r}: {ids.shape} sample ids for N={self.n}")
         diff = np.flatnonzero(ids != self.ids)
         if diff.size:
             i = int(diff[0])
-            raise ValueError(
+            raise InputError(
                 f"CKA: layer {name!r}: its samples are not those of {self.names[0]!r} in the "
                 f"same order ({diff.size} ids differ; first at row {i}: {ids[i]!r} vs "
                 f"{self.ids[i]!r})"
@@ -194,7 +195,7 @@ class CkaMatrix:
 
     def result(self) -> CkaResult:
         if not self.names:
-            raise ValueError("CKA: no layer was added")
+            raise InputError("CKA: no layer was added")
         s = self.inner_products()
         k, n = len(self.names), self.n
         u = np.empty((k, k))
@@ -226,7 +227,7 @@ def _pair(x, y, ids_x=None, ids_y=None) -> CkaResult:
         m.add("y", y, ids_y)
         res = m.result()
     if res.notes:
-        raise ValueError("CKA: " + "; ".join(res.notes).replace("'x'", "X").replace("'y'", "Y"))
+        raise InputError("CKA: " + "; ".join(res.notes).replace("'x'", "X").replace("'y'", "Y"))
     return res
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from dnnlab.errors import InputError
 from dnnlab.separability.measures import (
     _highest_precision,
     as_feature_tensor,
@@ -72,7 +73,7 @@ class LinearProbe:
         """(N, C) float64 scores of each class."""
         x = as_feature_tensor(features)
         if x.shape[1] != self.dim:
-            raise ValueError(
+            raise InputError(
                 f"features have D={x.shape[1]} per sample but the probe was fitted on "
                 f"D={self.dim}"
             )
@@ -107,14 +108,14 @@ class LinearProbe:
         arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
         arr = arr[:, 0] if arr.ndim == 2 and arr.shape[1] == 1 else arr
         if arr.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},) to match the features; got "
+            raise InputError(f"labels must have shape ({n},) to match the features; got "
                              f"{tuple(arr.shape)}")  # fmt: skip
         known = np.asarray(self.classes)
         pos = np.searchsorted(known, arr)
         pos_ok = np.minimum(pos, len(known) - 1)
         bad = (pos >= len(known)) | (known[pos_ok] != arr)
         if bad.any():
-            raise ValueError(
+            raise InputError(
                 f"labels hold {int(bad.sum())} values absent from the training labels "
                 f"(first: {arr[bad][0]!r} at row {int(np.flatnonzero(bad)[0])})"
             )
@@ -265,18 +266,18 @@ def fit_linear(
     """
     t0 = time.perf_counter()
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a finite number > 0; got {alpha!r}")
+        raise InputError(f"alpha must be a finite number > 0; got {alpha!r}")
     if normalize_method not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {normalize_method!r}; choose {NORMALIZATIONS}")
+        raise InputError(f"unknown normalization {normalize_method!r}; choose {NORMALIZATIONS}")
     x = as_feature_tensor(features)
     n, d = x.shape
     if n < 2:
-        raise ValueError(f"linear: need at least 2 training samples; got N={n}")
+        raise InputError(f"linear: need at least 2 training samples; got N={n}")
     if d == 0:
-        raise ValueError("features have 0 dimensions per sample")
+        raise InputError("features have 0 dimensions per sample")
     codes, classes = encode_labels(labels, n)
     if len(classes) < 2:
-        raise ValueError(
+        raise InputError(
             f"linear: all {n} training samples have one label ({classes[0]!r}); a classifier "
             "needs at least 2 classes"
         )
@@ -342,6 +343,6 @@ def linear_probe(train, evals: dict, **kw) -> tuple[LinearProbe, dict[str, dict]
         try:
             acc, per, counts = probe.score(x, y)
         except ValueError as e:
-            raise ValueError(f"linear: eval set {name!r}: {e}") from None
+            raise InputError(f"linear: eval set {name!r}: {e}") from None
         out[name] = {"accuracy": acc, "per_class": per, "class_counts": counts}
     return probe, out

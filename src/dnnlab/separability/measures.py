@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from dnnlab.errors import InputError
 from dnnlab.separability import knn
 from dnnlab.separability.normalize import NORMALIZATIONS, normalize_with_norms
 from dnnlab.utils.sizes import parse_size
@@ -281,7 +282,7 @@ def separability(
     k = max((m.order for m in wanted if m.kind not in NO_SEARCH), default=0)
     if k >= n:
         worst = max((m for m in wanted if m.kind not in NO_SEARCH), key=lambda m: m.order)
-        raise ValueError(
+        raise InputError(
             f"measure {worst.name}: order r={k} needs r < N = {n} (a sample has only N-1 "
             "neighbours)"
         )
@@ -291,13 +292,13 @@ def separability(
     notes: list[str] = []
     wanted_kinds = {m.kind for m in wanted}
     if test is not None and "linear" not in wanted_kinds:
-        raise ValueError("a test set is only used by the measure linear; add it to measures")
+        raise InputError("a test set is only used by the measure linear; add it to measures")
     if any(m.kind == "nc1" for m in wanted):
         check_nc1_classes(names, counts)
     lin = None
     if any(m.kind == "linear" for m in wanted):
         if test is None:
-            raise ValueError(
+            raise InputError(
                 "measure linear needs a test set to score on: pass test=(features, labels) "
                 "(dnnlab si: --test FEATURES LABELS)"
             )
@@ -447,10 +448,10 @@ def knn_vote(lab: torch.Tensor, rows_per_step: int = 1 << 16) -> torch.Tensor:
 def check_nc1_classes(names: list[str], counts: np.ndarray) -> None:
     """NC1 needs two classes, each with two samples (a lone sample has no within-class spread)."""
     if len(names) < 2:
-        raise ValueError(f"nc1 needs at least 2 classes; all samples have label {names[0]!r}")
+        raise InputError(f"nc1 needs at least 2 classes; all samples have label {names[0]!r}")
     lone = [c for c, k in zip(names, counts, strict=True) if k < 2]
     if lone:
-        raise ValueError(
+        raise InputError(
             f"nc1: class {lone[0]!r} has one sample; NC1 needs at least 2 per class"
             + (f" ({len(lone)} such classes: {lone[:5]})" if len(lone) > 1 else "")
         )
@@ -474,7 +475,7 @@ def nc1_values(a: torch.Tensor, codes: torch.Tensor, n_classes: int, names, mem_
     u, s, _ = torch.linalg.svd((centers - mu_g).T, full_matrices=False)
     keep = s > s.max() * max(d, n_classes) * torch.finfo(torch.float64).eps
     if not bool(keep.any()):
-        raise ValueError("nc1: every class has the same mean; Sigma_B is 0 and NC1 undefined")
+        raise InputError("nc1: every class has the same mean; Sigma_B is 0 and NC1 undefined")
     u, s = u[:, keep], s[keep]
     sums = torch.zeros((n_classes, u.shape[1]), dtype=torch.float64, device=a.device)
     step = max(1, mem_elems // max(d, 1))
