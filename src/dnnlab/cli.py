@@ -161,7 +161,10 @@ def _add_probe(sub) -> None:
     p.add_argument("--layers", default=None,
                    help="comma-separated module names (dotted), or re:REGEX; default: the "
                         "model's top-level children in execution order")  # fmt: skip
-    p.add_argument("--measures", default=d.measures, help="e.g. si,csi,hsi:3")
+    p.add_argument("--measures", default=d.measures,
+                   help="e.g. si,csi,hsi:3,knn:5,nc1,linear (linear: fitted on train20)")
+    p.add_argument("--cka-splits", default=d.cka_splits,
+                   help="CKA between all probed layers on these splits ('' for none)")
     p.add_argument("--normalize", default=d.normalize, choices=["zscore", "minmax", "none"])
     p.add_argument("--max-memory", default=d.max_memory, help="memory budget, e.g. 4GB")
     p.add_argument("--device", default=d.device)
@@ -183,7 +186,7 @@ def cmd_probe(args) -> int:
         splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
         layers=args.layers, measures=args.measures, normalize=args.normalize,
         max_memory=args.max_memory, device=args.device, output_key=args.output_key,
-        memmap=args.memmap, per_class=args.per_class,
+        memmap=args.memmap, per_class=args.per_class, cka_splits=args.cka_splits,
     )  # fmt: skip
     res = probe_run(args.run, cfg, args.data_root, args.max_per_split, args.overwrite,
                     progress=sys.stderr.isatty())  # fmt: skip

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dnnlab.probe.extra import ProbeExtras, plot_extra
 from dnnlab.probe.layers import LayerError, LayerInfo, describe_layers, pick_tensor, resolve_layers
 from dnnlab.separability import parse_measures, separability
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
@@ -42,6 +43,7 @@ class ProbeConfig:
     output_key: str | None = None  # for modules that return a tuple or dict
     memmap: str | None = None  # None (in memory), "float16" or "float32" files on disk
     per_class: bool = False
+    cka_splits: str = "val"  # CKA between all probed layers on these splits ("" for none)
 
 
 @dataclass
@@ -158,6 +160,7 @@ def probe_model(
     first = next(iter(splits.values()))[0]
     infos = describe_layers(model, input_fn(first[:2].to(dev)), names, cfg.output_key)
     rows = _load_existing(out, cfg, overwrite)
+    extras = ProbeExtras(cfg, list(splits), out, resumed=bool(rows))
     done = {(r["split"], r["layer"]) for r in rows}
     budget = parse_size(cfg.max_memory)
     res = ProbeResult(rows, infos)
@@ -167,7 +170,7 @@ def probe_model(
         rows.sort(key=lambda r: (list(splits).index(r["split"]) if r["split"] in splits else 99,
                                  order.get(r["layer"], 99)))  # fmt: skip
         if out is not None:
-            write_tables(out, rows, cfg)
+            write_tables(out, rows, cfg, extras.cka)
 
     from tqdm.auto import tqdm
 
@@ -177,6 +180,7 @@ def probe_model(
         todo = [i for i in infos if (split, i.name) not in done]
         if not todo:
             continue
+        extras.start_split(split, [i.name for i in infos], [i.name for i in todo])
         n = x.shape[0]
         itemsize = 2 if cfg.memmap == "float16" else 4
         groups = plan_groups(todo, n, budget, 0 if cfg.memmap else itemsize)
@@ -204,10 +208,10 @@ def probe_model(
                     t1 = time.perf_counter()
                     core_budget = budget - held
                     # In memory, the features are ours: the core may normalize them in place.
-                    r = separability(torch.from_numpy(np.asarray(feats)), y, cfg.measures,
-                                     normalize_method=cfg.normalize, device=dev,
-                                     max_memory=core_budget,
-                                     overwrite_input=not cfg.memmap)  # fmt: skip
+                    r = extras.measure(split, info.name, feats, y, budget=core_budget,
+                                       core=separability, normalize_method=cfg.normalize,
+                                       device=dev,
+                                       overwrite_input=not cfg.memmap)  # fmt: skip
                     secs = time.perf_counter() - t1
                     res.core_seconds += secs
                     del feats
@@ -219,12 +223,13 @@ def probe_model(
                     rows.append(row)
                     save()
                     bar.update(1)
+        extras.end_split(split)
     bar.close()
     save()
     return res
 
 
-def write_tables(out: Path, rows: list[dict], cfg: ProbeConfig) -> None:
+def write_tables(out: Path, rows: list[dict], cfg: ProbeConfig, cka: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     measures = [m.name for m in parse_measures(cfg.measures)]
     cols = ["split", "layer", "dim", "n", *measures, "seconds", "note"]
@@ -232,7 +237,7 @@ def write_tables(out: Path, rows: list[dict], cfg: ProbeConfig) -> None:
     for r in rows:
         lines.append(",".join(_csv_cell(r.get(c, "")) for c in cols))
     atomic_write_text(out / "probe.csv", "\n".join(lines) + "\n")
-    atomic_write_json(out / "probe.json", {"config": asdict(cfg), "rows": rows})
+    atomic_write_json(out / "probe.json", {"config": asdict(cfg), "rows": rows, "cka": cka or {}})
 
 
 def _csv_cell(v) -> str:
@@ -274,7 +279,7 @@ def plot_probe(rows: list[dict], out: Path, title: str = "") -> list[Path]:
             atomic_savefig(fig, out / fname, dpi=90)
             plt.close(fig)
             written.append(out / fname)
-    return written
+    return written + plot_extra(rows, out, title)
 
 
 def layer_memory_estimate(infos: list[LayerInfo], n: int) -> int:
