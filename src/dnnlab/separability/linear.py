@@ -42,7 +42,7 @@ from dnnlab.utils.sizes import parse_size
 DEFAULT_ALPHA = 1.0
 # Refinement stops when a correction is below this fraction of the solution.
 REFINE_RTOL = 1e-13
-MAX_REFINE = 12
+MAX_REFINE = 40
 CHUNK_ELEMS = 1 << 22  # float64 elements per streamed row chunk (32 MiB)
 
 
@@ -125,7 +125,9 @@ class LinearProbe:
 def _normalized(x, r0, r1, mean, scale, dtype, dev) -> torch.Tensor:
     """Rows r0:r1 of x, centered on the training mean and scaled, in dtype on dev."""
     c = x[r0:r1].to(dev, non_blocking=True).to(dtype)  # may be x itself: never write it
-    return torch.sub(c, mean.to(dtype)).mul_(scale.to(dtype))
+    if dtype == torch.float64:  # x * scale - mean * scale in one pass (float64: no harm)
+        return torch.addcmul(-mean * scale, c, scale)
+    return torch.sub(c, mean.to(dtype)).mul_(scale.to(dtype))  # float32: no cancellation
 
 
 def _mean(x: torch.Tensor, dev) -> torch.Tensor:
@@ -151,11 +153,11 @@ class _System:
             yield s, e, _normalized(self.x, s, e, self.mean, self.scale, torch.float64, self.dev)
 
     def zt(self, p: torch.Tensor) -> torch.Tensor:
-        """Zc^T p for p (N, C)."""
-        out = torch.zeros((self.x.shape[1], p.shape[1]), dtype=torch.float64, device=self.dev)
+        """Zc^T p for p (N, C), accumulated as (p^T Zc) (C x D)."""
+        out = torch.zeros((p.shape[1], self.x.shape[1]), dtype=torch.float64, device=self.dev)
         for s, e, z in self.rows():
-            out.addmm_(z.T, p[s:e])
-        return out
+            out.addmm_(p[s:e].T, z)
+        return out.T.contiguous()
 
     def apply(self, p: torch.Tensor) -> torch.Tensor:
         """(G + alpha I) p, G = Zc Zc^T (dual) or Zc^T Zc (primal), in float64."""
@@ -165,14 +167,15 @@ class _System:
             for s, e, z in self.rows():
                 out[s:e] = z @ t
         else:
-            out = torch.zeros_like(p)
+            out = torch.zeros((p.shape[1], p.shape[0]), dtype=torch.float64, device=self.dev)
             for _, _, z in self.rows():
-                out.addmm_(z.T, z @ p)
+                out.addmm_((z @ p).T, z)
+            out = out.T.contiguous()
         return out.add_(p, alpha=self.alpha)
 
 
 def _gram(x, mean, scale, dual: bool, dtype, dev, workspace: int, chunk_elems: int):
-    """G = Zc Zc^T (N x N, dual) or Zc^T Zc (D x D, primal) in float64, from `dtype` products.
+    """G = Zc Zc^T (N x N, dual) or Zc^T Zc (D x D, primal) in `dtype`.
 
     Dual: row blocks, each pair (I, J >= I) once. Primal: row chunks, G += Z_c^T Z_c.
     Rows are normalized on the fly; with room in the workspace all of Zc is normalized once.
@@ -180,7 +183,7 @@ def _gram(x, mean, scale, dual: bool, dtype, dev, workspace: int, chunk_elems: i
     n, d = x.shape
     item = torch.finfo(dtype).bits // 8
     size = n if dual else d
-    g = torch.zeros((size, size), dtype=torch.float64, device=dev)
+    g = torch.zeros((size, size), dtype=dtype, device=dev)
     cache = None
     if n * d * item <= workspace // 2:
         cache = _normalized(x, 0, n, mean, scale, dtype, dev)
@@ -193,7 +196,7 @@ def _gram(x, mean, scale, dual: bool, dtype, dev, workspace: int, chunk_elems: i
         step = max(1, min(n, chunk_elems // max(d, 1)))
         for s in range(0, n, step):
             z = block(s, s + step)
-            g += (z.T @ z).to(torch.float64)
+            g.addmm_(z.T, z)
         return g
     room = workspace - (n * d * item if cache is not None else 0)
     b = int(max(64, min(n, 2048, room // max(3 * d * item, 1))))
@@ -201,36 +204,26 @@ def _gram(x, mean, scale, dual: bool, dtype, dev, workspace: int, chunk_elems: i
         zi = block(i0, i0 + b)
         for j0 in range(i0, n, b):
             zj = zi if j0 == i0 else block(j0, j0 + b)
-            prod = (zi @ zj.T).to(torch.float64)
+            prod = zi @ zj.T
             g[i0 : i0 + b, j0 : j0 + b] = prod
             if j0 != i0:
                 g[j0 : j0 + b, i0 : i0 + b] = prod.T
     return g
 
 
-def _factor(g: torch.Tensor, alpha: float):
-    """Cholesky factor of g + alpha I, in g's memory on a CPU (scipy), else torch's."""
-    g.diagonal().add_(alpha)
-    if g.device.type == "cpu":
-        import scipy.linalg
-
-        a = g.numpy().T  # symmetric: the transpose is the same matrix, Fortran-ordered
-        try:
-            c, lower = scipy.linalg.cho_factor(a, lower=False, overwrite_a=True,
-                                               check_finite=False)  # fmt: skip
-        except np.linalg.LinAlgError:
-            return None
-
-        def solve(r: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(scipy.linalg.cho_solve((c, lower), r.numpy(),
-                                                           check_finite=False))  # fmt: skip
-
-        return solve
-    lf, info = torch.linalg.cholesky_ex(g)
-    del g
+def _factor(g: torch.Tensor):
+    """A solver r -> g^-1 r (float64 in and out) from g's Cholesky factor, or None if g is
+    not numerically definite. A float64 g is factored in place. torch's (MKL/cuSOLVER)
+    factorization: scipy's bundled OpenBLAS was 17x slower here, and its spinning threads
+    slowed the torch work that followed."""
+    if g.dtype == torch.float64:
+        info = torch.empty((), dtype=torch.int32, device=g.device)
+        lf, info = torch.linalg.cholesky_ex(g, out=(g, info))
+    else:
+        lf, info = torch.linalg.cholesky_ex(g)
     if int(info) != 0:
         return None
-    return lambda r: torch.cholesky_solve(r, lf)
+    return lambda r: torch.cholesky_solve(r.to(lf.dtype), lf).to(torch.float64)
 
 
 def _refine(system: _System, solve, rhs: torch.Tensor):
@@ -308,25 +301,40 @@ def fit_linear(
     rhs = yc if dual else system.zt(yc)
     fallback = False
     with _highest_precision():
-        gram = _gram(x, mean, scale, dual, compute_dtype, dev, workspace, chunk_elems)
-        solve = _factor(gram, alpha)
-        del gram
+        # 1. The Gram in the compute dtype, factored in that dtype, refined in float64.
+        g = _gram(x, mean, scale, dual, compute_dtype, dev, workspace, chunk_elems)
+        g.diagonal().add_(alpha)
+        solve = _factor(g) if g.dtype != torch.float64 else None
         ok = False
         if solve is not None:
             sol, steps, ok = _refine(system, solve, rhs)
+        # 2. The same Gram factored in float64 (ill-conditioned for a float32 factor).
+        if not ok:
+            solve = _factor(g.to(torch.float64))
+            del g
+            if solve is not None:
+                sol, steps, ok = _refine(system, solve, rhs)
+        # 3. A float64 Gram (ill-conditioned for its float32 rounding).
         if not ok:
             fallback = True
-            solve = _factor(_gram(x, mean, scale, dual, torch.float64, dev, workspace,
-                                   chunk_elems), alpha)
+            g = _gram(x, mean, scale, dual, torch.float64, dev, workspace, chunk_elems)
+            g.diagonal().add_(alpha)
+            solve = _factor(g)
+            if solve is None:
+                raise RuntimeError("linear: the ridge system is not definite in float64")
             sol, steps, ok = _refine(system, solve, rhs)
             if not ok:
                 raise RuntimeError("linear: the ridge system did not converge in float64")
+        del solve
         coef = system.zt(sol) if dual else sol
     probe = LinearProbe(
         classes, mean, scale, coef, y_mean, float(alpha), normalize_method,
         "dual" if dual else "primal", n, refine_steps=steps, fallback=fallback,
     )  # fmt: skip
-    pred = probe.predict_codes(x).cpu().numpy()
+    if dual:  # training scores Zc W + mean(Y) = K A + mean(Y) = Y - alpha A: no pass needed
+        pred = (y - alpha * sol).argmax(1).cpu().numpy()
+    else:
+        pred = probe.predict_codes(x).cpu().numpy()
     probe.train_accuracy = float((pred == codes).mean())
     probe.seconds = time.perf_counter() - t0
     return probe
