@@ -108,3 +108,31 @@ def test_linear_needs_train20_first(splits, match):
     with pytest.raises(InputError, match=match):
         probe_model(m, {s: data[s] for s in splits}, ProbeConfig(splits=splits,
                                                                  measures="si,linear"))
+
+
+def test_cka_with_another_run(tree, tmp_path, capsys):
+    import shutil
+
+    from dnnlab.cifar.train import TrainConfig, train
+    from dnnlab.cli import main
+
+    a = tmp_path / "a"
+    cfg = TrainConfig(model="base", epochs=1, batch_size=32, n_val=20, train_subset=50,
+                      data_root=str(tree))  # fmt: skip
+    train(cfg, a, progress=False)
+    shutil.copytree(a, tmp_path / "b")
+    argv = ["probe", str(a), "--splits", "val", "--layers", "conv1,elu4,avgpool", "--cka-with"]
+    assert main([*argv, str(tmp_path / "b")]) == 0
+    doc = json.loads((a / "cka_with_b_val.json").read_text())
+    assert doc["layers"] == ["conv1", "elu4", "avgpool"] and doc["n"] == 20
+    assert doc["checkpoint_sha256"]["a"] == doc["checkpoint_sha256"]["b"]
+    for i in range(3):  # the same weights: every layer matches itself exactly
+        assert doc["linear"][i][i] == 1.0 and doc["unbiased"][i][i] == 1.0
+    assert (a / "cka_with_b_val.png").exists()
+    assert json.loads((a / "probe.json").read_text())["cka"]["val"]["layers"] == doc["layers"]
+    # Another validation split (another seed): the samples differ, so CKA is refused.
+    c = tmp_path / "c"
+    train(TrainConfig(**{**cfg.__dict__, "seed": 1}), c, progress=False)
+    capsys.readouterr()
+    assert main([*argv, str(c)]) == 2
+    assert "not those of 'A:conv1' in the same order" in capsys.readouterr().err

@@ -165,6 +165,8 @@ def _add_probe(sub) -> None:
                    help="e.g. si,csi,hsi:3,knn:5,nc1,linear (linear: fitted on train20)")
     p.add_argument("--cka-splits", default=d.cka_splits,
                    help="CKA between all probed layers on these splits ('' for none)")
+    p.add_argument("--cka-with", metavar="RUN_B", default=None,
+                   help="also CKA between the same layers of RUN and RUN_B on val")
     p.add_argument("--normalize", default=d.normalize, choices=["zscore", "minmax", "none"])
     p.add_argument("--max-memory", default=d.max_memory, help="memory budget, e.g. 4GB")
     p.add_argument("--device", default=d.device)
@@ -198,6 +200,12 @@ def cmd_probe(args) -> int:
                                                      "note", "per_class")]  # fmt: skip
         print(f"{r['split']:<8}{r['layer']:<12}{r['dim']:>8}" + "".join(f"{v:>9.4f}" for v in vals))
     print(f"wrote {args.run}/probe.csv, probe.json and the SI/CSI plots")
+    if args.cka_with:
+        from dnnlab.probe.extra import cka_between_runs
+
+        path = cka_between_runs(args.run, args.cka_with, cfg, "val", args.data_root,
+                                args.max_per_split)  # fmt: skip
+        print(f"wrote {path} and {path.with_suffix('.png').name}")
     return 0
 
 

@@ -227,3 +227,100 @@ def plot_extra(rows: list[dict], out: Path, title: str = "") -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def sample_ids(x: torch.Tensor) -> np.ndarray:
+    """One id per sample: the first 8 bytes of a BLAKE2 hash of its input, as int64."""
+    import hashlib
+
+    flat = x.reshape(x.shape[0], -1).contiguous().cpu().numpy()
+    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(),
+                                    "little", signed=True) for r in flat])  # fmt: skip
+
+
+def cka_between_runs(run_a, run_b, cfg, split: str = "val", data_root=None,
+                     max_per_split=None) -> Path:  # fmt: skip
+    """Linear and unbiased CKA between the same layers of two trained runs on one split.
+
+    Each layer's features (one layer in memory at a time) go into one CkaMatrix; the split's
+    samples must be the same images in the same order in both runs (checked by their ids,
+    hashes of the inputs). Writes RUN_A/cka_with_<B>_<split>.json (with both checkpoints'
+    SHA-256) and a heatmap PNG; returns the JSON's path.
+    """
+    import hashlib
+
+    from dnnlab.cifar.augment import to_input
+    from dnnlab.cifar.train import TrainConfig, load_model_checkpoint
+    from dnnlab.probe.layers import describe_layers, resolve_layers
+    from dnnlab.probe.probe import extract_group
+    from dnnlab.probe.run import run_splits
+    from dnnlab.utils.atomic import atomic_write_json
+
+    dev = torch.device(cfg.device)
+    runs = [Path(run_a), Path(run_b)]
+    loaded = []
+    for run in runs:
+        for f in ("config.json", "best.pt"):
+            if not (run / f).exists():
+                raise InputError(f"--cka-with: {run} has no {f}; is it a trained run?")
+        tcfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+        model, _ = load_model_checkpoint(run / "best.pt", tcfg.model)
+        model = model.to(dev).eval()
+        x, y = run_splits(run, tcfg, (split,), data_root, max_per_split, seed=tcfg.seed)[split]
+        names = resolve_layers(model, cfg.layers)
+        infos = describe_layers(model, to_input(x[:2].to(dev)), names, cfg.output_key)
+        sha = hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
+        loaded.append((run, model, x, infos, sha))
+    names_a = [i.name for i in loaded[0][3]]
+    missing = [n for n in names_a if n not in {i.name for i in loaded[1][3]}]
+    if missing:
+        raise InputError(f"--cka-with: {runs[1]} has no layer {missing[0]!r} of {runs[0]}")
+    labels = []
+    with CkaMatrix(max_memory=_size(cfg.max_memory) // 2, spill_dir=runs[0]) as m:
+        for tag, (run, model, x, infos, _) in zip("AB", loaded, strict=True):
+            ids = sample_ids(x)
+            by_name = {i.name: i for i in infos}
+            for name in names_a:
+                info = by_name[name]
+                store = {name: np.empty((x.shape[0], info.dim), dtype=np.float32)}
+                extract_group(model, x, [info], cfg.batch_size, dev, to_input, cfg.output_key,
+                              store)  # fmt: skip
+                try:
+                    m.add(f"{tag}:{name}", store.pop(name), ids=ids)
+                except InputError as e:
+                    raise InputError(f"--cka-with: {run} on {split}: {e}") from None
+                labels.append(f"{tag}:{name}")
+        res = m.result()
+    k = len(names_a)
+    cross = {kind: [row[k:] for row in getattr(res, kind)[:k]] for kind in ("linear", "unbiased")}
+    doc = {"run_a": str(runs[0]), "run_b": str(runs[1]), "split": split, "n": res.n,
+           "checkpoint_sha256": {"a": loaded[0][4], "b": loaded[1][4]},
+           "layers": names_a, **cross, "full": res.to_dict()}  # fmt: skip
+    path = runs[0] / f"cka_with_{runs[1].name}_{split}.json"
+    atomic_write_json(path, doc)
+    plot_cka_cross(doc, path.with_suffix(".png"))
+    return path
+
+
+def plot_cka_cross(doc: dict, path: Path) -> Path:
+    """Heatmaps of CKA between layer i of run A (rows) and layer j of run B (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = doc["layers"]
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.9 * len(layers), 2 + 0.45 * len(layers)))
+    for ax, kind in zip(axes, ("linear", "unbiased"), strict=True):
+        m = np.array([[np.nan if v is None else v for v in row] for row in doc[kind]])
+        im = ax.imshow(m, vmin=0 if kind == "linear" else min(0.0, np.nanmin(m)), vmax=1)
+        ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(layers)), layers, fontsize=7)
+        ax.set_xlabel(Path(doc["run_b"]).name)
+        ax.set_ylabel(Path(doc["run_a"]).name)
+        ax.set_title(f"CKA ({kind}) on {doc['split']}")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=90)
+    plt.close(fig)
+    return path
