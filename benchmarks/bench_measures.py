@@ -91,7 +91,8 @@ def child(which: str, args) -> dict:
 
         p = fit_linear(x, y, max_memory=args.max_memory)
         out["values"] = {"train_accuracy": p.train_accuracy}
-        out.update(form=p.form, refine_steps=p.refine_steps, fallback=p.fallback)
+        out.update(form=p.form, refine_steps=p.refine_steps, fallback=p.fallback,
+                   stages={k: round(v, 2) for k, v in p.timings.items()})
     else:  # cka: one layer's features at a time, as the probe gives them
         from dnnlab.separability.cka import CkaMatrix
 
@@ -155,7 +156,8 @@ def main() -> int:
             print(f"  {name:<8} " + (r["error"] if "error" in r else
                   f"{r['seconds']:8.2f} s  +{gib(r['peak_added'])}  {r['values']}"
                   + (f" {r['form']} form, {r['refine_steps']} refinement steps, fallback="
-                     f"{r['fallback']}" if name == "linear" else "")))  # fmt: skip
+                     f"{r['fallback']}, stages (s) {r['stages']}" if name == "linear"
+                     else "")))  # fmt: skip
         if "error" not in si and "error" not in lin:
             print(f"  linear / SI core: time x{lin['seconds'] / si['seconds']:.2f}, "
                   f"memory x{lin['peak_added'] / si['peak_added']:.2f}")
@@ -172,7 +174,7 @@ def main() -> int:
         print(f"N={args.n} D={args.d} (features memory-mapped, {gib(args.n * args.d * 4)})")
         print("  linear   " + (r["error"] if "error" in r else
               f"{r['seconds']:8.2f} s  +{gib(r['peak_added'])}  {r['values']} {r['form']} form"
-              f", {r['refine_steps']} refinement steps"))  # fmt: skip
+              f", {r['refine_steps']} refinement steps, stages (s) {r['stages']}"))  # fmt: skip
     else:
         r = spawn("cka", args, **({"spill": args.spill} if args.spill else {}))
         dims = sum(d for _, d in BASE_LAYERS)

@@ -24,16 +24,19 @@ def make_split(seed, n, d, n_classes, noise=1.5):
 def test_matches_scikit_learn_ridge_classifier(n_classes, d, alpha):
     x, y = make_split(n_classes * 7 + d, 100, d, n_classes)
     xt, yt = make_split(n_classes * 7 + d + 1, 80, d, n_classes)
-    probe = fit_linear(x, y, alpha=alpha, normalize_method="none")
-    assert probe.form == ("dual" if d > 100 else "primal")
     sk = RidgeClassifier(alpha=alpha, fit_intercept=True).fit(x, y)
-    assert np.array_equal(probe.predict_codes(xt).numpy(), sk.predict(xt))
-    coef = probe.coef.numpy()
     want = sk.coef_.T if n_classes > 2 else np.stack([-np.ravel(sk.coef_), np.ravel(sk.coef_)], 1)
-    np.testing.assert_allclose(coef, want, rtol=1e-7, atol=1e-9 * np.abs(want).max())
-    acc, per, counts = probe.score(xt, yt)
-    assert acc == pytest.approx(sk.score(xt, yt), abs=1e-12)
-    assert sum(counts.values()) == 80
+    # float64: the same numbers; float32 (the default): exact for the float32-rounded
+    # normalized features, so within their rounding of sklearn's float64 answer.
+    for dtype, tol in ((torch.float64, 1e-7), (torch.float32, 1e-4)):
+        probe = fit_linear(x, y, alpha=alpha, normalize_method="none", compute_dtype=dtype)
+        assert probe.form == ("dual" if d > 100 else "primal")
+        assert np.array_equal(probe.predict_codes(xt).numpy(), sk.predict(xt))
+        np.testing.assert_allclose(probe.coef.numpy(), want, rtol=tol,
+                                   atol=tol * np.abs(want).max())  # fmt: skip
+        acc, per, counts = probe.score(xt, yt)
+        assert acc == pytest.approx(sk.score(xt, yt), abs=1e-12)
+        assert sum(counts.values()) == 80
 
 
 @pytest.mark.parametrize("method", ["zscore", "minmax", "none"])
@@ -43,24 +46,40 @@ def test_matches_closed_form_oracle(method, d):
     x[:, 2] = 7.0  # a constant feature
     xt, _ = make_split(d + 1, 60, d, 4)
     want, w = oracle.ridge_classifier(x, y, xt, alpha=2.0, method=method)
-    probe = fit_linear(x, y, alpha=2.0, normalize_method=method)
-    assert np.array_equal(np.asarray(probe.classes)[probe.predict_codes(xt).numpy()], want)
-    np.testing.assert_allclose(probe.coef.numpy(), w, rtol=1e-6, atol=1e-9 * np.abs(w).max())
+    for dtype, tol in ((torch.float64, 1e-7), (torch.float32, 1e-4)):
+        probe = fit_linear(x, y, alpha=2.0, normalize_method=method, compute_dtype=dtype)
+        assert np.array_equal(np.asarray(probe.classes)[probe.predict_codes(xt).numpy()], want)
+        np.testing.assert_allclose(probe.coef.numpy(), w, rtol=tol, atol=tol * np.abs(w).max())
 
 
-def test_refinement_reaches_float64_solution():
-    # Wide, correlated, offset features: the float32 Gram alone is off by far more than 1e-10.
+def test_refinement_reaches_float64_solution(monkeypatch):
+    # Wide, correlated, offset features: the float32 Gram alone is off by far more than 1e-9.
+    from dnnlab.separability import linear
+
     rng = np.random.default_rng(0)
     base = rng.normal(size=(60, 8))
     x = (base @ rng.normal(size=(8, 2000)) + 0.05 * rng.normal(size=(60, 2000)) + 30)
     y = rng.integers(0, 3, 60)
-    _, w = oracle.ridge_classifier(x, y, x[:2], alpha=1.0, method="zscore")
     probe = fit_linear(x, y, alpha=1.0)
-    assert probe.form == "dual" and probe.refine_steps >= 1
-    np.testing.assert_allclose(probe.coef.numpy(), w, rtol=1e-8, atol=1e-10 * np.abs(w).max())
+    assert probe.form == "dual" and probe.refine_steps >= 1 and not probe.fallback
+    # The same float32 features, float64 Gram and factor (the fallback tier): equal to 1e-9.
+    real_factor = linear._factor
+    monkeypatch.setattr(linear, "_factor",
+                        lambda g: None if g.dtype == torch.float32 else real_factor(g))
+    exact = fit_linear(x, y, alpha=1.0)
+    assert exact.fallback
+    scale = np.abs(exact.coef.numpy()).max()
+    np.testing.assert_allclose(probe.coef.numpy(), exact.coef.numpy(), rtol=1e-9,
+                               atol=1e-11 * scale)  # fmt: skip
+    # Without refinement the float32 Gram's answer is visibly off.
+    monkeypatch.setattr(linear, "_factor", real_factor)
+    monkeypatch.setattr(linear, "_refine", lambda system, solve, rhs: (solve(rhs), 0, True))
+    rough = fit_linear(x, y, alpha=1.0)
+    assert np.abs(rough.coef.numpy() - exact.coef.numpy()).max() > 1e-6 * scale
+    # And float64 throughout agrees with the float64 closed form.
+    _, w = oracle.ridge_classifier(x, y, x[:2], alpha=1.0, method="zscore")
     p64 = fit_linear(x, y, alpha=1.0, compute_dtype=torch.float64)
-    np.testing.assert_allclose(probe.coef.numpy(), p64.coef.numpy(), rtol=1e-9,
-                               atol=1e-12 * np.abs(w).max())  # fmt: skip
+    np.testing.assert_allclose(p64.coef.numpy(), w, rtol=1e-8, atol=1e-10 * np.abs(w).max())
 
 
 def test_budget_blocks_and_memmap(tmp_path):

@@ -41,7 +41,7 @@ from dnnlab.utils.sizes import parse_size
 
 DEFAULT_ALPHA = 1.0
 # Refinement stops when a correction is below this fraction of the solution.
-REFINE_RTOL = 1e-13
+REFINE_RTOL = 1e-11
 MAX_REFINE = 40
 CHUNK_ELEMS = 1 << 22  # float64 elements per streamed row chunk (32 MiB)
 
@@ -63,7 +63,8 @@ class LinearProbe:
     refine_steps: int = 0
     fallback: bool = False
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    compute_dtype: torch.dtype = torch.float32  # Zc's dtype: the features the fit is exact for
 
     @property
     def dim(self) -> int:
@@ -81,7 +82,8 @@ class LinearProbe:
         out = torch.empty((x.shape[0], len(self.classes)), dtype=torch.float64, device=dev)
         step = max(1, CHUNK_ELEMS // max(self.dim, 1))
         for s in range(0, x.shape[0], step):
-            z = _normalized(x, s, s + step, self.mean, self.scale, torch.float64, dev)
+            z = _normalized(x, s, s + step, self.mean, self.scale, self.compute_dtype, dev)
+            z = z.to(torch.float64)
             out[s : s + step] = torch.addmm(self.intercept, z, self.coef)
         return out
 
@@ -138,19 +140,34 @@ def _mean(x: torch.Tensor, dev) -> torch.Tensor:
     return total / x.shape[0]
 
 
+class _Rows:
+    """Row blocks of the normalized, centered features Zc in the compute dtype: the values
+    that define the system (computed once into `cache` when it fits, else on the fly)."""
+
+    def __init__(self, x, mean, scale, dtype, dev, cache_ok: bool):
+        self.x, self.mean, self.scale, self.dtype, self.dev = x, mean, scale, dtype, dev
+        n = x.shape[0]
+        self.cache = _normalized(x, 0, n, mean, scale, dtype, dev) if cache_ok else None
+
+    def block(self, r0: int, r1: int) -> torch.Tensor:
+        if self.cache is not None:
+            return self.cache[r0:r1]
+        return _normalized(self.x, r0, r1, self.mean, self.scale, self.dtype, self.dev)
+
+
 class _System:
     """The exact float64 system (G + alpha I) S = R of either form, applied by streaming."""
 
-    def __init__(self, x, mean, scale, alpha, dual, dev, chunk_elems):
-        self.x, self.mean, self.scale, self.alpha, self.dual, self.dev = (
-            x, mean, scale, alpha, dual, dev)  # fmt: skip
-        self.step = max(1, chunk_elems // max(x.shape[1], 1))
+    def __init__(self, rows: _Rows, alpha, dual, chunk_elems):
+        self.src, self.alpha, self.dual, self.dev = rows, alpha, dual, rows.dev
+        self.x = rows.x
+        self.step = max(1, chunk_elems // max(self.x.shape[1], 1))
 
     def rows(self):
         n = self.x.shape[0]
         for s in range(0, n, self.step):
             e = min(n, s + self.step)
-            yield s, e, _normalized(self.x, s, e, self.mean, self.scale, torch.float64, self.dev)
+            yield s, e, self.src.block(s, e).to(torch.float64)
 
     def zt(self, p: torch.Tensor) -> torch.Tensor:
         """Zc^T p for p (N, C), accumulated as (p^T Zc) (C x D)."""
@@ -174,23 +191,18 @@ class _System:
         return out.add_(p, alpha=self.alpha)
 
 
-def _gram(x, mean, scale, dual: bool, dtype, dev, workspace: int, chunk_elems: int):
+def _gram(rows: _Rows, dual: bool, dtype, workspace: int, chunk_elems: int):
     """G = Zc Zc^T (N x N, dual) or Zc^T Zc (D x D, primal) in `dtype`.
 
     Dual: row blocks, each pair (I, J >= I) once. Primal: row chunks, G += Z_c^T Z_c.
-    Rows are normalized on the fly; with room in the workspace all of Zc is normalized once.
     """
-    n, d = x.shape
+    n, d = rows.x.shape
     item = torch.finfo(dtype).bits // 8
     size = n if dual else d
-    g = torch.zeros((size, size), dtype=dtype, device=dev)
-    cache = None
-    if n * d * item <= workspace // 2:
-        cache = _normalized(x, 0, n, mean, scale, dtype, dev)
+    g = torch.zeros((size, size), dtype=dtype, device=rows.dev)
 
     def block(r0, r1):
-        return cache[r0:r1] if cache is not None else _normalized(x, r0, r1, mean, scale,
-                                                                  dtype, dev)  # fmt: skip
+        return rows.block(r0, r1).to(dtype)
 
     if not dual:
         step = max(1, min(n, chunk_elems // max(d, 1)))
@@ -198,8 +210,10 @@ def _gram(x, mean, scale, dual: bool, dtype, dev, workspace: int, chunk_elems: i
             z = block(s, s + step)
             g.addmm_(z.T, z)
         return g
-    room = workspace - (n * d * item if cache is not None else 0)
-    b = int(max(64, min(n, 2048, room // max(3 * d * item, 1))))
+    # As the SI core (knn.choose_block): on a CPU, 768-row blocks run at full GEMM rate when D
+    # is large and waste less on the diagonal pairs.
+    cap = 768 if rows.dev.type == "cpu" and d >= 2048 else 2048
+    b = int(max(64, min(n, cap, workspace // max(3 * d * item, 1))))
     for i0 in range(0, n, b):
         zi = block(i0, i0 + b)
         for j0 in range(i0, n, b):
@@ -213,14 +227,11 @@ def _gram(x, mean, scale, dual: bool, dtype, dev, workspace: int, chunk_elems: i
 
 def _factor(g: torch.Tensor):
     """A solver r -> g^-1 r (float64 in and out) from g's Cholesky factor, or None if g is
-    not numerically definite. A float64 g is factored in place. torch's (MKL/cuSOLVER)
+    not numerically definite. g is factored in place. torch's (MKL/cuSOLVER)
     factorization: scipy's bundled OpenBLAS was 17x slower here, and its spinning threads
     slowed the torch work that followed."""
-    if g.dtype == torch.float64:
-        info = torch.empty((), dtype=torch.int32, device=g.device)
-        lf, info = torch.linalg.cholesky_ex(g, out=(g, info))
-    else:
-        lf, info = torch.linalg.cholesky_ex(g)
+    info = torch.empty((), dtype=torch.int32, device=g.device)
+    lf, info = torch.linalg.cholesky_ex(g, out=(g, info))
     if int(info) != 0:
         return None
     return lambda r: torch.cholesky_solve(r.to(lf.dtype), lf).to(torch.float64)
@@ -289,35 +300,40 @@ def fit_linear(
             f"{size * size * 8 / 2**30:.2f} GiB (N={n}, D={d})"
         )
     shift, scale = feature_stats(x, normalize_method)
-    del shift  # the intercept centers the features: only the scale matters
     scale = scale.to(dev)
-    mean = _mean(x, dev)
+    # The intercept centers the features; the zscore shift is already the mean (or, for a
+    # constant feature, its value, which scale 0 cancels).
+    mean = shift.to(dev) if normalize_method == "zscore" else _mean(x, dev)
+    item = torch.finfo(compute_dtype).bits // 8
+    rows = _Rows(x, mean, scale, compute_dtype, dev, n * d * item <= workspace // 2)
+    if rows.cache is not None:
+        workspace -= n * d * item
     k = len(classes)
     y = torch.full((n, k), -1.0, dtype=torch.float64, device=dev)
     y[torch.arange(n, device=dev), torch.as_tensor(codes, device=dev)] = 1.0
     y_mean = y.mean(0)
     yc = y - y_mean
-    system = _System(x, mean, scale, float(alpha), dual, dev, chunk_elems)
+    system = _System(rows, float(alpha), dual, chunk_elems)
     rhs = yc if dual else system.zt(yc)
     fallback = False
     with _highest_precision():
         # 1. The Gram in the compute dtype, factored in that dtype, refined in float64.
-        g = _gram(x, mean, scale, dual, compute_dtype, dev, workspace, chunk_elems)
+        t1 = time.perf_counter()
+        g = _gram(rows, dual, compute_dtype, workspace, chunk_elems)
         g.diagonal().add_(alpha)
-        solve = _factor(g) if g.dtype != torch.float64 else None
+        t2 = time.perf_counter()
+        solve = _factor(g) if compute_dtype != torch.float64 else None
+        t3 = time.perf_counter()
         ok = False
         if solve is not None:
             sol, steps, ok = _refine(system, solve, rhs)
-        # 2. The same Gram factored in float64 (ill-conditioned for a float32 factor).
+        timings = {"stats": t1 - t0, "gram": t2 - t1, "factor": t3 - t2,
+                   "refine": time.perf_counter() - t3}  # fmt: skip
+        # 2. A float64 Gram of the same Zc (too ill-conditioned for float32 products).
         if not ok:
-            solve = _factor(g.to(torch.float64))
-            del g
-            if solve is not None:
-                sol, steps, ok = _refine(system, solve, rhs)
-        # 3. A float64 Gram (ill-conditioned for its float32 rounding).
-        if not ok:
-            fallback = True
-            g = _gram(x, mean, scale, dual, torch.float64, dev, workspace, chunk_elems)
+            fallback = compute_dtype != torch.float64
+            del g, solve
+            g = _gram(rows, dual, torch.float64, workspace, chunk_elems)
             g.diagonal().add_(alpha)
             solve = _factor(g)
             if solve is None:
@@ -326,10 +342,13 @@ def fit_linear(
             if not ok:
                 raise RuntimeError("linear: the ridge system did not converge in float64")
         del solve
+        t4 = time.perf_counter()
         coef = system.zt(sol) if dual else sol
+        timings["coef"] = time.perf_counter() - t4
     probe = LinearProbe(
         classes, mean, scale, coef, y_mean, float(alpha), normalize_method,
         "dual" if dual else "primal", n, refine_steps=steps, fallback=fallback,
+        timings=timings, compute_dtype=compute_dtype,
     )  # fmt: skip
     if dual:  # training scores Zc W + mean(Y) = K A + mean(Y) = Y - alpha A: no pass needed
         pred = (y - alpha * sol).argmax(1).cpu().numpy()
