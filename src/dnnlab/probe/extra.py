@@ -53,6 +53,17 @@ class ProbeExtras:
         self._matrix: CkaMatrix | None = None
         self._complete = False
 
+    def reserve(self, split: str, n: int) -> int:
+        """Bytes of the budget this split's extra measures need beside the feature groups:
+        the linear probe's Gram and float64 row chunks on train20; on a CKA split, the Gram
+        being formed, its column panel and the Grams kept in memory (the rest spill)."""
+        need = 0
+        if self.linear and split == FIT_SPLIT:
+            need = n * n * 8 + 5 * (32 << 20)
+        if split in self.cka_splits:
+            need = max(need, n * n * 8 + (64 << 20) + _size(self.cfg.max_memory) // 8)
+        return need
+
     # ------------------------------------------------------------------ per split
     def start_split(self, split: str, all_layers: list[str], todo: list[str]) -> None:
         on = split in self.cka_splits

@@ -183,7 +183,8 @@ def probe_model(
         extras.start_split(split, [i.name for i in infos], [i.name for i in todo])
         n = x.shape[0]
         itemsize = 2 if cfg.memmap == "float16" else 4
-        groups = plan_groups(todo, n, budget, 0 if cfg.memmap else itemsize)
+        room = budget - extras.reserve(split, n)  # the linear probe's and CKA's memory
+        groups = plan_groups(todo, n, room, 0 if cfg.memmap else itemsize)
         res.groups[split] = len(groups)
         for group in groups:
             spill = tempfile.TemporaryDirectory(dir=out, prefix=".probe-") if cfg.memmap else None
