@@ -137,6 +137,7 @@ def main() -> int:
     ap.add_argument("--max-memory", default=None)
     ap.add_argument("--file", help=argparse.SUPPRESS)
     ap.add_argument("--spill", default=None, help="directory for CKA's spilled Grams")
+    ap.add_argument("--repeat", type=int, default=1, help="linear: rounds of SI, linear")
     args = ap.parse_args()
     defaults = {"linear": (9000, 16384, "2GB"), "wide": (9000, 65536, "2GB"),
                 "cka": (5000, 0, "4GB")}  # fmt: skip
@@ -149,18 +150,20 @@ def main() -> int:
     print(f"# threads={torch.get_num_threads()} cpus={os.cpu_count()} torch={torch.__version__}"
           f" max_memory={args.max_memory}")  # fmt: skip
     if args.what == "linear":
-        si = spawn("si", args)
-        lin = spawn("linear", args)
         print(f"N={args.n} D={args.d}")
-        for name, r in (("SI core", si), ("linear", lin)):
-            print(f"  {name:<8} " + (r["error"] if "error" in r else
-                  f"{r['seconds']:8.2f} s  +{gib(r['peak_added'])}  {r['values']}"
-                  + (f" {r['form']} form, {r['refine_steps']} refinement steps, fallback="
-                     f"{r['fallback']}, stages (s) {r['stages']}" if name == "linear"
-                     else "")))  # fmt: skip
-        if "error" not in si and "error" not in lin:
-            print(f"  linear / SI core: time x{lin['seconds'] / si['seconds']:.2f}, "
-                  f"memory x{lin['peak_added'] / si['peak_added']:.2f}")
+        for rep in range(args.repeat):  # alternate, so both see the same contention
+            si = spawn("si", args)
+            lin = spawn("linear", args)
+            for name, r in (("SI core", si), ("linear", lin)):
+                print(f"  {name:<8} " + (r["error"] if "error" in r else
+                      f"{r['seconds']:8.2f} s  +{gib(r['peak_added'])}  {r['values']}"
+                      + (f" {r['form']} form, {r['refine_steps']} refinement steps, fallback="
+                         f"{r['fallback']}, stages (s) {r['stages']}" if name == "linear"
+                         else "")))  # fmt: skip
+            if "error" not in si and "error" not in lin:
+                print(f"  round {rep + 1}: linear / SI core: time "
+                      f"x{lin['seconds'] / si['seconds']:.2f}, "
+                      f"memory x{lin['peak_added'] / si['peak_added']:.2f}", flush=True)
     elif args.what == "wide":
         with tempfile.TemporaryDirectory(dir=args.spill) as tmp:
             path = str(Path(tmp) / "wide.npy")
