@@ -38,8 +38,10 @@ def test_si_with_new_measures(files, capsys):
     [
         (["--measures", "linear"], "linear needs a test set"),
         (["--measures", "si", "--test", "X", "Y"], "only used by the measure linear"),
+        (["--measures", "knn:60"], "knn:60 needs fewer than the N=60 samples"),
+        (["--measures", "linear", "--test", "X", "Y", "--max-memory", "1KB"],
+         "too small for the linear probe"),
         (["--measures", "linear", "--test", "X", "Y", "--alpha", "0"], "--alpha must be"),
-        (["--measures", "knn:60"], "knn:60: order r=60 needs r < N = 60"),
     ],
 )
 def test_si_errors(files, capsys, extra, match):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from dnnlab.errors import InputError
-from dnnlab.separability.measures import as_feature_tensor, check_finite
+from dnnlab.separability.measures import BudgetError, as_feature_tensor, check_finite
 from dnnlab.utils.sizes import parse_size
 
 PANEL_ELEMS = 1 << 23  # float64 elements of one column panel (64 MiB)
@@ -127,7 +127,7 @@ class CkaMatrix:
             if n < 4:
                 raise InputError(f"CKA: layer {name!r} has N={n} samples; CKA needs N >= 4")
             if n * n * 8 > self.budget // 2:
-                raise MemoryError(
+                raise BudgetError(
                     f"CKA: one {n} x {n} Gram takes {n * n * 8 / 2**30:.2f} GiB, more than "
                     f"half of max_memory {self.budget / 2**30:.2f} GiB; raise it"
                 )

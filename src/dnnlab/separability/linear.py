@@ -30,6 +30,7 @@ import torch
 
 from dnnlab.errors import InputError
 from dnnlab.separability.measures import (
+    BudgetError,
     _highest_precision,
     as_feature_tensor,
     check_finite,
@@ -302,7 +303,7 @@ def fit_linear(
     chunk_elems = int(min(CHUNK_ELEMS, max(d, budget // 32 // 8)))
     workspace = budget - size * size * 8 - 4 * chunk_elems * 8
     if workspace < 64 * 3 * d * 4:
-        raise MemoryError(
+        raise BudgetError(
             f"max_memory {budget / 2**30:.2f} GiB is too small for the linear probe: its "
             f"{'N x N' if dual else 'D x D'} Gram matrix alone takes "
             f"{size * size * 8 / 2**30:.2f} GiB (N={n}, D={d})"

@@ -30,6 +30,11 @@ from dnnlab.separability import knn
 from dnnlab.separability.normalize import NORMALIZATIONS, normalize_with_norms
 from dnnlab.utils.sizes import parse_size
 
+
+class BudgetError(InputError, MemoryError):
+    """--max-memory (max_memory) too small for the work: a bad setting, reported briefly."""
+
+
 KINDS = ("si", "csi", "hsi", "soft", "anti", "knn", "nc1", "linear")
 # Measures that need no neighbour search.
 NO_SEARCH = ("csi", "nc1", "linear")
@@ -221,7 +226,7 @@ def plan_memory(n: int, copy_d: int, d: int, kk: int, itemsize: int, budget: int
     workspace = budget - fixed
     if workspace <= 4 * 64 * 64 * itemsize:
         need = fixed + 4 * 64 * 64 * itemsize
-        raise MemoryError(
+        raise BudgetError(
             f"max_memory {budget / 2**30:.2f} GiB is too small: the normalized features "
             f"alone take {n * copy_d * itemsize / 2**30:.2f} GiB (N={n}, D={d}); "
             f"allow at least {need / 2**30:.2f} GiB"
