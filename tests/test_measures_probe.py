@@ -121,7 +121,8 @@ def test_cka_with_another_run(tree, tmp_path, capsys):
                       data_root=str(tree))  # fmt: skip
     train(cfg, a, progress=False)
     shutil.copytree(a, tmp_path / "b")
-    argv = ["probe", str(a), "--splits", "val", "--layers", "conv1,elu4,avgpool", "--cka-with"]
+    argv = ["probe", str(a), "--splits", "val", "--cka-splits", "val", "--layers",
+            "conv1,elu4,avgpool", "--cka-with"]
     assert main([*argv, str(tmp_path / "b")]) == 0
     doc = json.loads((a / "cka_with_b_val.json").read_text())
     assert doc["layers"] == ["conv1", "elu4", "avgpool"] and doc["n"] == 20

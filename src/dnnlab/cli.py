@@ -195,7 +195,8 @@ def _add_probe(sub) -> None:
     p.add_argument("--measures", default=d.measures,
                    help="e.g. si,csi,hsi:3,knn:5,nc1,linear (linear: fitted on train20)")
     p.add_argument("--cka-splits", default=d.cka_splits,
-                   help="CKA between all probed layers on these splits ('' for none)")
+                   help="CKA between all probed layers on these splits, e.g. val (default: "
+                        "none; 17 layers on 5,000 samples take ~10 min on 2 CPU cores)")
     p.add_argument("--cka-with", metavar="RUN_B", default=None,
                    help="also CKA between the same layers of RUN and RUN_B on val")
     p.add_argument("--normalize", default=d.normalize, choices=["zscore", "minmax", "none"])

@@ -4,7 +4,7 @@
 scored on every later split; the train20 row gets the training accuracy. Each fitted probe
 is saved as plain tensors in RUN/linear_probe/LAYER.pt (with the settings that produced it),
 so a resumed probe scores val and test without refitting. CKA (separability.cka) is
-computed between all probed layers of each probed split named in cfg.cka_splits ("val" by
+computed between all probed layers of each probed split named in cfg.cka_splits (none by
 default) and stored in probe.json under "cka", with a heatmap cka_SPLIT.png; a split resumed
 part-way gets no new CKA matrix (its earlier layers' features are gone), and says so.
 """

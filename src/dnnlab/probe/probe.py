@@ -43,7 +43,7 @@ class ProbeConfig:
     output_key: str | None = None  # for modules that return a tuple or dict
     memmap: str | None = None  # None (in memory), "float16" or "float32" files on disk
     per_class: bool = False
-    cka_splits: str = "val"  # CKA between all probed layers on these splits ("" for none)
+    cka_splits: str = ""  # CKA between all probed layers on these splits, e.g. "val"
 
 
 @dataclass
