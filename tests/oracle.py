@@ -45,3 +45,93 @@ def measures(x, y, orders=(1, 2, 3), method="zscore"):
         hits += classes[best] == y[i]
     res["csi"] = hits / n
     return res
+
+
+def knn_accuracy(x, y, k, method="zscore"):
+    """Leave-one-out k-NN accuracy: majority vote, a label tie goes to the tied label met
+    first in (distance, index) order. Returns (accuracy, {class: accuracy})."""
+    a = normalize(x, method)
+    y = np.asarray(y)
+    nb = neighbours(a)
+    hit = []
+    for i in range(len(a)):
+        near = [y[j] for j in nb[i][:k]]
+        votes = {lab: near.count(lab) for lab in near}
+        best = max(votes.values())
+        pred = next(lab for lab in near if votes[lab] == best)
+        hit.append(pred == y[i])
+    hit = np.array(hit)
+    return hit.mean(), {c: hit[y == c].mean() for c in sorted(set(y.tolist()))}
+
+
+def nc1(x, y, method="zscore"):
+    """Papyan et al. NC1 with explicit D x D matrices and numpy's pinv; per class too."""
+    h = normalize(x, method)
+    y = np.asarray(y)
+    classes = sorted(set(y.tolist()))
+    n, d = h.shape
+    mu_g = h.mean(0)
+    mus = {c: h[y == c].mean(0) for c in classes}
+    sigma_b = sum(np.outer(mus[c] - mu_g, mus[c] - mu_g) for c in classes) / len(classes)
+    pinv = np.linalg.pinv(sigma_b, hermitian=True)
+    per = {}
+    sigma_w = np.zeros((d, d))
+    for c in classes:
+        r = h[y == c] - mus[c]
+        cov = r.T @ r
+        sigma_w += cov
+        per[c] = np.trace(cov / len(r) @ pinv) / len(classes)
+    return np.trace(sigma_w / n @ pinv) / len(classes), per
+
+
+def ridge_classifier(x, y, x_test, alpha=1.0, method="zscore"):
+    """Ridge classifier with intercept, +-1 one-vs-all targets, in the primal, float64.
+
+    Features are scaled with the training split's statistics (as dnnlab's normalization);
+    returns the predicted test labels."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    x_test = np.asarray(x_test, dtype=np.float64).reshape(len(x_test), -1)
+    if method == "zscore":
+        std = x.std(0, ddof=1)
+        scale = np.where(x.max(0) > x.min(0), 1 / (std + 1e-10), 0.0)
+    elif method == "minmax":
+        span = x.max(0) - x.min(0)
+        scale = np.where(span > 0, 1 / np.where(span > 0, span, 1), 0.0)
+    else:
+        scale = np.ones(x.shape[1])
+    y = np.asarray(y)
+    classes = np.unique(y)
+    t = np.where(y[:, None] == classes[None, :], 1.0, -1.0)
+    mu = x.mean(0)
+    z = (x - mu) * scale
+    w = np.linalg.solve(z.T @ z + alpha * np.eye(z.shape[1]), z.T @ (t - t.mean(0)))
+    scores = ((x_test - mu) * scale) @ w + t.mean(0)
+    return classes[scores.argmax(1)], w
+
+
+def linear_cka(x, y):
+    """Feature-space form: ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    return np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
+def unbiased_cka(x, y):
+    """Song et al.'s unbiased HSIC on the raw (uncentered) linear kernels, loops included."""
+
+    def hsic(k, l):
+        n = len(k)
+        k = k.copy()
+        l = l.copy()
+        np.fill_diagonal(k, 0)
+        np.fill_diagonal(l, 0)
+        one = np.ones(n)
+        return (np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+                - 2 / (n - 2) * (one @ k @ l @ one)) / (n * (n - 3))  # fmt: skip
+
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    kx, ky = x @ x.T, y @ y.T
+    return hsic(kx, ky) / np.sqrt(hsic(kx, kx) * hsic(ky, ky))

@@ -16,7 +16,12 @@ def _add_si(sub) -> None:
     )
     p.add_argument("features", nargs="?", help="features file: .npy, .npz[:NAME], .pt, .csv")
     p.add_argument("labels", nargs="?", help="labels file: .npy, .npz[:NAME], .pt, .csv")
-    p.add_argument("--measures", default="si,csi", help="e.g. si,csi,hsi:3,soft:3,anti:3")
+    p.add_argument("--measures", default="si,csi",
+                   help="e.g. si,csi,hsi:3,soft:3,anti:3,knn:5,nc1,linear")  # fmt: skip
+    p.add_argument("--test", nargs=2, metavar=("FEATURES", "LABELS"),
+                   help="test set on which `linear` (fitted on FEATURES LABELS) is scored")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="ridge regularization of `linear` (default 1.0; must be > 0)")
     p.add_argument("--normalize", default="zscore", choices=["zscore", "minmax", "none"])
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--max-memory", default="2GB", help="memory budget, e.g. 2GB")
@@ -58,6 +63,16 @@ def cmd_si(args) -> int:
         if m.order >= len(y):
             raise ConfigError(f"--measures: {m.name} needs fewer than the N={len(y)} samples "
                               "(a sample has only N-1 neighbours)")
+    if args.alpha is not None and not args.alpha > 0:
+        raise ConfigError(f"--alpha must be a number > 0; got {args.alpha}")
+    test = None
+    if any(m.kind == "linear" for m in wanted) and not args.test:
+        raise ConfigError("--measures: linear needs a test set to score on: --test FEATURES "
+                          "LABELS")  # fmt: skip
+    if args.test:
+        tx, ty = load_array(args.test[0]), load_array(args.test[1], numeric=False)
+        check_inputs(tx, ty, args.test[0], args.test[1])
+        test = (tx, ty)
     parse_size(args.max_memory)
     if args.device is not None:
         check_device(args.device)
@@ -65,6 +80,7 @@ def cmd_si(args) -> int:
     res = separability(
         x, y, args.measures, normalize_method=args.normalize, device=args.device,
         max_memory=args.max_memory, progress=not args.no_progress and sys.stderr.isatty(),
+        test=test, alpha=args.alpha,
     )  # fmt: skip
     if rank != 0:
         return 0
@@ -196,6 +212,8 @@ def _add_probe(sub) -> None:
                    help="images held out as 'val' when the data has only class folders (0, 1)")
     g.add_argument("--seed", type=int, default=0, help="random seed of that split")
     g.add_argument("--out", default=None, help="output folder (--model; default: probe-out)")
+    p.add_argument("--cka-with", metavar="RUN_B", default=None,
+                   help="also CKA between the same layers of RUN and RUN_B on val")
     p.add_argument("--compare", default=None,
                    help="another probe's output folder: overlay its SI/CSI per layer")
     p.set_defaults(func=cmd_probe)
@@ -254,6 +272,14 @@ def cmd_probe(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     _print_rows(res.rows)
     print(f"wrote {out}/probe.csv, probe.json and the SI/CSI plots")
+    if args.cka_with:
+        from dnnlab.probe.extra import cka_between_runs
+
+        if any_model:
+            raise InputError("--cka-with compares two run directories; not with --model")
+        path = cka_between_runs(args.run, args.cka_with, cfg, "val", args.data_root,
+                                args.max_per_split)
+        print(f"wrote {path} and {path.with_suffix('.png').name}")
     if args.compare:
         from dnnlab.probe.compare import compare_probes
 

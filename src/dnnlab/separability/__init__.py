@@ -1,5 +1,7 @@
 """Separation Index family: exact, streamed, memory-bounded; CPU, CUDA and torch.distributed."""
 
+from dnnlab.separability.cka import CkaMatrix, CkaResult, linear_cka, unbiased_cka
+from dnnlab.separability.linear import LinearProbe, fit_linear, linear_probe
 from dnnlab.separability.measures import (
     DEFAULT_MEASURES,
     Measure,
@@ -10,7 +12,14 @@ from dnnlab.separability.measures import (
 from dnnlab.separability.normalize import NORMALIZATIONS, normalize
 
 __all__ = [
+    "CkaMatrix",
+    "CkaResult",
     "DEFAULT_MEASURES",
+    "LinearProbe",
+    "fit_linear",
+    "linear_cka",
+    "linear_probe",
+    "unbiased_cka",
     "NORMALIZATIONS",
     "Measure",
     "SeparabilityResult",

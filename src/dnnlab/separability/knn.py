@@ -207,7 +207,9 @@ def choose_block(
     b = int(math.sqrt(max(workspace_bytes, 0) / (4 * itemsize)))
     b = min(cap, b - b % 64)
     if b < 64:
-        raise MemoryError(
+        from dnnlab.separability.measures import BudgetError
+
+        raise BudgetError(
             f"the memory budget leaves {workspace_bytes / 2**20:.0f} MiB of workspace, "
             "less than one 64 x 64 block needs; raise max_memory"
         )

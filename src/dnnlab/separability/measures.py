@@ -5,7 +5,12 @@ CSI     fraction of samples whose nearest class mean is their own class's
 hsi:r   fraction whose r nearest neighbours all share the label (high-order SI)
 soft:r  mean fraction of the r nearest neighbours that share the label
 anti:r  fraction whose r nearest neighbours include none with the label
-For r = 1: hsi = soft = si and anti = 1 - si, exactly.
+knn:k   leave-one-out k-nearest-neighbour accuracy: majority vote of the k nearest; a tie
+        between labels goes to the tied label met first in distance order
+nc1     neural collapse NC1 (Papyan, Han and Donoho 2020): trace(Sigma_W Sigma_B^+) / C
+linear  linear-probe accuracy on a test set of a ridge classifier fitted on these samples
+        (separability.linear)
+For r = 1: hsi = soft = knn = si and anti = 1 - si, exactly.
 """
 
 from __future__ import annotations
@@ -20,11 +25,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from dnnlab.errors import InputError
 from dnnlab.separability import knn
 from dnnlab.separability.normalize import NORMALIZATIONS, normalize_with_norms
 from dnnlab.utils.sizes import parse_size
 
-KINDS = ("si", "csi", "hsi", "soft", "anti")
+
+class BudgetError(InputError, MemoryError):
+    """--max-memory (max_memory) too small for the work: a bad setting, reported briefly."""
+
+
+KINDS = ("si", "csi", "hsi", "soft", "anti", "knn", "nc1", "linear")
+# Measures that need no neighbour search.
+NO_SEARCH = ("csi", "nc1", "linear")
+ORDERLESS = ("si", "csi", "nc1", "linear")
 DEFAULT_MEASURES = ("si", "csi")
 DEFAULT_MAX_MEMORY = "2GB"
 
@@ -36,7 +50,7 @@ class Measure:
 
     @property
     def name(self) -> str:
-        return self.kind if self.kind in ("si", "csi") else f"{self.kind}:{self.order}"
+        return self.kind if self.kind in ORDERLESS else f"{self.kind}:{self.order}"
 
 
 def parse_measures(spec) -> list[Measure]:
@@ -47,13 +61,14 @@ def parse_measures(spec) -> list[Measure]:
         text = str(raw).strip().lower()
         if not text:
             continue
-        m = re.fullmatch(r"([a-z]+)(?::(\d+))?", text)
+        m = re.fullmatch(r"([a-z][a-z0-9]*?)(?::(\d+))?", text)
         if not m or m.group(1) not in KINDS:
             raise ValueError(
-                f"unknown measure {raw!r}; known: si, csi, hsi:R, soft:R, anti:R (R >= 1)"
+                f"unknown measure {raw!r}; known: si, csi, hsi:R, soft:R, anti:R, knn:K, nc1 "
+                "(R, K >= 1)"
             )
         kind, order = m.group(1), int(m.group(2) or 1)
-        if kind in ("si", "csi") and m.group(2) and order != 1:
+        if kind in ORDERLESS and m.group(2) and order != 1:
             raise ValueError(f"measure {raw!r}: {kind} takes no order; use hsi:{order}")
         if order < 1:
             raise ValueError(f"measure {raw!r}: the order must be >= 1")
@@ -211,7 +226,7 @@ def plan_memory(n: int, copy_d: int, d: int, kk: int, itemsize: int, budget: int
     workspace = budget - fixed
     if workspace <= 4 * 64 * 64 * itemsize:
         need = fixed + 4 * 64 * 64 * itemsize
-        raise MemoryError(
+        raise BudgetError(
             f"max_memory {budget / 2**30:.2f} GiB is too small: the normalized features "
             f"alone take {n * copy_d * itemsize / 2**30:.2f} GiB (N={n}, D={d}); "
             f"allow at least {need / 2**30:.2f} GiB"
@@ -235,13 +250,16 @@ def separability(
     stats: knn.SearchStats | None = None,
     block: int | None = None,
     overwrite_input: bool = False,
+    test=None,
+    alpha: float | None = None,
 ) -> SeparabilityResult:
     """Compute several separability measures from one exact neighbour search.
 
     features: (N, ...) numpy array or torch tensor (float16/32/64, CPU or CUDA), flattened
         per sample; never modified.
     labels: N values of any sortable type (ints need not be contiguous; strings allowed).
-    measures: names such as "si", "csi", "hsi:3", "soft:3", "anti:3" (list or comma string).
+    measures: names such as "si", "csi", "hsi:3", "soft:3", "anti:3", "knn:5", "nc1" (list
+        or comma string); see the module docstring and docs/separability.md.
     normalize_method: "zscore" (per feature, (x - mean) / (unbiased std + 1e-10)), "minmax"
         or "none".
     device: where to compute; default: where the features are.
@@ -252,6 +270,8 @@ def separability(
     overwrite_input: allow normalizing `features` in place (float32, contiguous, already on
         the device) instead of copying them: the caller's contents are lost, and the memory
         budget no longer has to hold an N x D copy.
+    test: (features, labels) on which "linear" is scored; it is fitted on `features`.
+    alpha: the ridge regularization of "linear" (default separability.linear.DEFAULT_ALPHA).
     """
     t0 = time.perf_counter()
     wanted = parse_measures(measures)
@@ -264,13 +284,50 @@ def separability(
     if d == 0:
         raise ValueError("features have 0 dimensions per sample")
     codes_np, classes = encode_labels(labels, n)
-    k = max((m.order for m in wanted if m.kind != "csi"), default=0)
+    k = max((m.order for m in wanted if m.kind not in NO_SEARCH), default=0)
     if k >= n:
-        raise ValueError(f"order r={k} needs r < N = {n} (a sample has only N-1 neighbours)")
+        worst = max((m for m in wanted if m.kind not in NO_SEARCH), key=lambda m: m.order)
+        raise InputError(
+            f"measure {worst.name}: order r={k} needs r < N = {n} (a sample has only N-1 "
+            "neighbours)"
+        )
     dev = resolve_device(x, device)
     names = [str(c) for c in classes]
     counts = np.bincount(codes_np, minlength=len(classes))
     notes: list[str] = []
+    wanted_kinds = {m.kind for m in wanted}
+    if test is not None and "linear" not in wanted_kinds:
+        raise InputError("a test set is only used by the measure linear; add it to measures")
+    if any(m.kind == "nc1" for m in wanted):
+        check_nc1_classes(names, counts)
+    lin = None
+    if any(m.kind == "linear" for m in wanted):
+        if test is None:
+            raise InputError(
+                "measure linear needs a test set to score on: pass test=(features, labels) "
+                "(dnnlab si: --test FEATURES LABELS)"
+            )
+        from dnnlab.separability.linear import DEFAULT_ALPHA, fit_linear
+
+        probe = fit_linear(
+            x, labels, alpha=DEFAULT_ALPHA if alpha is None else alpha,
+            normalize_method=normalize_method, device=device, max_memory=max_memory,
+        )  # fmt: skip
+        try:
+            lin = probe.score(*test)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"linear: the test set: {e}") from None
+        notes.append(
+            f"linear: ridge classifier, alpha={probe.alpha:g}, {probe.form} form, fitted on "
+            f"these {n} samples (train accuracy {probe.train_accuracy:.4f}), scored on "
+            f"{sum(lin[2].values())} test samples"
+        )
+        if wanted_kinds == {"linear"}:  # nothing else needs the normalized copy
+            per = {c: {"linear": lin[1].get(c, float("nan"))} for c in names}
+            return SeparabilityResult(
+                {"linear": lin[0]}, per, {c: int(counts[i]) for i, c in enumerate(names)}, n,
+                d, normalize_method, str(dev), time.perf_counter() - t0, notes,
+            )  # fmt: skip
     if len(classes) == 1:
         msg = f"all {n} samples have one label ({names[0]!r}); every measure is trivial"
         warnings.warn(msg, stacklevel=2)
@@ -318,12 +375,17 @@ def separability(
                 bar.close()
             eq = codes[nbr] == codes[:, None]
             cum = eq.to(torch.int64).cumsum(1)  # cum[:, r-1] = neighbours among the r nearest
-            for r in sorted({m.order for m in wanted if m.kind != "csi"}):
+            for r in sorted({m.order for m in wanted if m.kind not in NO_SEARCH}):
                 same[r] = cum[:, r - 1]
+            votes = {m.order: knn_vote(codes[nbr[:, : m.order]]) == codes
+                     for m in wanted if m.kind == "knn"}  # fmt: skip
         own_center = None
         if any(m.kind == "csi" for m in wanted):
             centers = class_centers(a, codes, len(classes))
             own_center = knn.nearest_center(a, centers, block, mem_elems, sq=sq) == codes
+        nc1 = None
+        if any(m.kind == "nc1" for m in wanted):
+            nc1 = nc1_values(a, codes, len(classes), names, mem_elems)
 
     per_row: dict[str, torch.Tensor] = {}
     for m in wanted:
@@ -334,12 +396,26 @@ def separability(
             per_row[m.name] = same[m.order]  # numerator; denominator r below
         elif m.kind == "anti":
             per_row[m.name] = (same[m.order] == 0).to(torch.int64)
+        elif m.kind == "knn":
+            per_row[m.name] = votes[m.order].to(torch.int64)
+        elif m.kind in ("nc1", "linear"):
+            continue
         else:  # si, hsi
             per_row[m.name] = (same[m.order] == m.order).to(torch.int64)
 
     values: dict[str, float] = {}
     per_class: dict[str, dict[str, float]] = {c: {} for c in names}
     for m in wanted:
+        if m.kind == "nc1":
+            values[m.name] = nc1[0]
+            for ci, c in enumerate(names):
+                per_class[c][m.name] = nc1[1][ci]
+            continue
+        if m.kind == "linear":
+            values[m.name] = lin[0]
+            for c in names:  # NaN for a class absent from the test set
+                per_class[c][m.name] = lin[1].get(c, float("nan"))
+            continue
         denom = m.order if m.kind == "soft" else 1
         hits = per_row[m.name]
         values[m.name] = int(hits.sum()) / (n * denom)
@@ -353,6 +429,68 @@ def separability(
         values, per_class, {c: int(counts[i]) for i, c in enumerate(names)}, n, d,
         normalize_method, str(dev), time.perf_counter() - t0, notes,
     )  # fmt: skip
+
+
+def knn_vote(lab: torch.Tensor, rows_per_step: int = 1 << 16) -> torch.Tensor:
+    """Majority label of each row of `lab` (N, K), neighbours' labels in distance order.
+
+    A tie between labels goes to the tied label met first in the row: each position's label
+    is counted over the row, and the first position whose label has the top count wins.
+    Memory O(rows_per_step * K^2), whatever the number of classes.
+    """
+    n, k = lab.shape
+    out = torch.empty(n, dtype=lab.dtype, device=lab.device)
+    step = max(1, rows_per_step // max(k * k, 1))
+    for s in range(0, n, step):
+        c = lab[s : s + step]
+        counts = (c[:, :, None] == c[:, None, :]).sum(2)  # counts[i, j]: votes for c[i, j]
+        top = counts == counts.max(1, keepdim=True).values
+        first = top.to(torch.int8).argmax(1)  # argmax returns the first of equal maxima
+        out[s : s + step] = c.gather(1, first[:, None])[:, 0]
+    return out
+
+
+def check_nc1_classes(names: list[str], counts: np.ndarray) -> None:
+    """NC1 needs two classes, each with two samples (a lone sample has no within-class spread)."""
+    if len(names) < 2:
+        raise InputError(f"nc1 needs at least 2 classes; all samples have label {names[0]!r}")
+    lone = [c for c, k in zip(names, counts, strict=True) if k < 2]
+    if lone:
+        raise InputError(
+            f"nc1: class {lone[0]!r} has one sample; NC1 needs at least 2 per class"
+            + (f" ({len(lone)} such classes: {lone[:5]})" if len(lone) > 1 else "")
+        )
+
+
+def nc1_values(a: torch.Tensor, codes: torch.Tensor, n_classes: int, names, mem_elems: int):
+    """NC1 = trace(Sigma_W Sigma_B^+) / C and its per-class terms, without a D x D matrix.
+
+    With M = [mu_c - mu_G] (D x C) = U S V^T (thin SVD), Sigma_B = M M^T / C has
+    pseudo-inverse C U S^-2 U^T, so NC1 = sum_j (u_j^T Sigma_W u_j) / s_j^2: only the
+    within-class residuals projected on the <= C directions u_j are needed, streamed over
+    rows in float64. Directions with s_j <= s_max * max(D, C) * eps span the null space
+    (numpy's matrix_rank rule). Per class c, Sigma_W is replaced by class c's own covariance
+    (1/n_c) sum_{y_i = c} ...; NC1 is their average weighted by n_c / N.
+    Returns (nc1, [per-class value]).
+    """
+    n, d = a.shape
+    centers = class_centers(a, codes, n_classes)  # float64
+    counts = torch.bincount(codes, minlength=n_classes).to(torch.float64)
+    mu_g = (centers * counts[:, None]).sum(0) / n
+    u, s, _ = torch.linalg.svd((centers - mu_g).T, full_matrices=False)
+    keep = s > s.max() * max(d, n_classes) * torch.finfo(torch.float64).eps
+    if not bool(keep.any()):
+        raise InputError("nc1: every class has the same mean; Sigma_B is 0 and NC1 undefined")
+    u, s = u[:, keep], s[keep]
+    sums = torch.zeros((n_classes, u.shape[1]), dtype=torch.float64, device=a.device)
+    step = max(1, mem_elems // max(d, 1))
+    for r0 in range(0, n, step):
+        c = codes[r0 : r0 + step]
+        proj = (a[r0 : r0 + step].to(torch.float64) - centers[c]) @ u
+        sums.index_add_(0, c, proj.square())
+    per_class = (sums / s.square()).sum(1) / counts  # u^T Sigma_W,c u / s^2, summed over j
+    total = float((per_class * counts).sum() / n)
+    return total, [float(v) for v in per_class]
 
 
 class _highest_precision:

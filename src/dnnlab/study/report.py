@@ -203,6 +203,8 @@ def write_report(out: Path, cfg, extra_sections: list[tuple[str, str, list[Path]
         run = out / "runs" / m
         pics = [run / f for f in ("curves.png", "si_train20.png", "si_val_test.png",
                                   "csi_train20.png", "csi_val_test.png")]  # fmt: skip
+        # The measures beyond SI, when the probe asked for them (dnnlab.probe.extra).
+        pics += sorted(run.glob("*_per_layer.png")) + sorted(run.glob("cka_*.png"))
         pics = [p for p in pics if p.exists()]
         if not pics:
             continue

@@ -1,0 +1,340 @@
+"""The probe's measures beyond the separability core: the linear probe and CKA.
+
+`linear` is fitted on the train20 split's features of each layer (separability.linear) and
+scored on every later split; the train20 row gets the training accuracy. Each fitted probe
+is saved as plain tensors in RUN/linear_probe/LAYER.pt (with the settings that produced it),
+so a resumed probe scores val and test without refitting. CKA (separability.cka) is
+computed between all probed layers of each probed split named in cfg.cka_splits (none by
+default) and stored in probe.json under "cka", with a heatmap cka_SPLIT.png; a split resumed
+part-way gets no new CKA matrix (its earlier layers' features are gone), and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dnnlab.errors import InputError
+from dnnlab.separability import SeparabilityResult, parse_measures, separability
+from dnnlab.separability.cka import CkaMatrix
+from dnnlab.separability.linear import DEFAULT_ALPHA, LinearProbe, fit_linear
+from dnnlab.utils.atomic import atomic_savefig, atomic_torch_save
+
+FIT_SPLIT = "train20"
+
+
+class ProbeExtras:
+    """Per-layer hooks for probe_model: `measure` replaces its separability() call."""
+
+    def __init__(self, cfg, split_names: list[str], out: Path | None, resumed: bool = False,
+                 weights: str | None = None):  # fmt: skip
+        wanted = parse_measures(cfg.measures)
+        self.linear = any(m.kind == "linear" for m in wanted)
+        core = [m.name for m in wanted if m.kind != "linear"]
+        self.core_measures = ",".join(core)
+        self.cfg = cfg
+        self.out = out
+        self.weights = weights  # the model's content hash: a saved probe is of these weights
+        if self.linear and FIT_SPLIT not in split_names:
+            raise InputError(
+                f"measure linear is fitted on the {FIT_SPLIT} split, which is not among the "
+                f"splits {split_names}; add it to --splits"
+            )
+        if self.linear and split_names[0] != FIT_SPLIT:
+            raise InputError(f"measure linear: put {FIT_SPLIT} first in --splits (it is fitted "
+                             "there before the other splits are scored)")  # fmt: skip
+        self.probes: dict[str, LinearProbe] = {}
+        self.cka_splits = [s.strip() for s in cfg.cka_splits.split(",") if s.strip()]
+        self.cka: dict[str, dict] = {}
+        if resumed and out is not None and (out / "probe.json").exists():
+            self.cka = dict(json.loads((out / "probe.json").read_text()).get("cka", {}))
+        self._matrix: CkaMatrix | None = None
+        self._complete = False
+
+    def reserve(self, split: str, n: int) -> int:
+        """Bytes of the budget this split's extra measures need beside the feature groups:
+        the linear probe's Gram and float64 row chunks on train20; on a CKA split, the Gram
+        being formed, its column panel and the Grams kept in memory (the rest spill)."""
+        need = 0
+        if self.linear and split == FIT_SPLIT:
+            need = n * n * 8 + 5 * (32 << 20)
+        if split in self.cka_splits:
+            need = max(need, n * n * 8 + (64 << 20) + _size(self.cfg.max_memory) // 8)
+        return need
+
+    # ------------------------------------------------------------------ per split
+    def start_split(self, split: str, all_layers: list[str], todo: list[str]) -> None:
+        on = split in self.cka_splits
+        self._complete = on and len(todo) == len(all_layers) and len(all_layers) > 1
+        if on and not self._complete and todo and split not in self.cka:
+            self.cka[split] = {"note": "not computed: the split was resumed part-way; rerun "
+                                       "with --overwrite for its CKA matrix"}  # fmt: skip
+        if self._complete:
+            budget = _size(self.cfg.max_memory) // 4  # Grams past budget/8 are spilled
+            self._matrix = CkaMatrix(max_memory=budget, spill_dir=self.out)
+
+    def end_split(self, split: str) -> None:
+        if self._matrix is None:
+            return
+        with self._matrix as m:
+            res = m.result()
+        self._matrix = None
+        self.cka[split] = res.to_dict()
+        if self.out is not None:
+            plot_cka(res.to_dict(), self.out / f"cka_{split}.png", title=f"CKA on {split}")
+
+    # ------------------------------------------------------------------ per layer
+    def measure(self, split: str, layer: str, feats, y, *, budget: int, core=separability,
+                **core_kw):  # fmt: skip
+        """Linear probe and CKA of this layer's features, then the core's measures (by
+        `core`, the separability function), as one SeparabilityResult.
+
+        The linear probe and CKA run first: the core may normalize `feats` in place.
+        """
+        extra: dict[str, float] = {}
+        per_class_extra: dict[str, dict[str, float]] = {}
+        x = torch.from_numpy(np.asarray(feats))
+        if self._matrix is not None:
+            self._matrix.add(layer, x)
+        if self.linear:
+            if split == FIT_SPLIT:
+                probe = fit_linear(x, y, normalize_method=self.cfg.normalize,
+                                   device=self.cfg.device, max_memory=budget)  # fmt: skip
+                self.probes[layer] = probe
+                self._save_probe(layer, probe)
+                extra["linear"] = probe.train_accuracy
+            else:
+                probe = self._load_probe(layer)
+                extra["linear"], per, _ = probe.score(x, y)
+                per_class_extra = {c: {"linear": v} for c, v in per.items()}
+        if self.core_measures:
+            r = core(x, y, self.core_measures, max_memory=budget, **core_kw)
+        else:
+            from dnnlab.separability.measures import encode_labels
+
+            _, classes = encode_labels(y, x.shape[0])
+            r = SeparabilityResult({}, {str(c): {} for c in classes}, {}, x.shape[0],
+                                   x.shape[1], self.cfg.normalize, self.cfg.device, 0.0)
+        for name in (m.name for m in parse_measures(self.cfg.measures)):
+            if name in extra:
+                r.values[name] = extra[name]
+        r.values = {m.name: r.values[m.name] for m in parse_measures(self.cfg.measures)}
+        for c, vals in r.per_class.items():
+            vals.update(per_class_extra.get(c, {}))
+        return r
+
+    # ------------------------------------------------------------------ storage
+    def _probe_path(self, layer: str) -> Path | None:
+        return None if self.out is None else self.out / "linear_probe" / f"{layer}.pt"
+
+    def _settings(self) -> dict:
+        return {"normalize": self.cfg.normalize, "alpha": DEFAULT_ALPHA, "split": FIT_SPLIT,
+                "weights": self.weights}
+
+    def _save_probe(self, layer: str, p: LinearProbe) -> None:
+        path = self._probe_path(layer)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({
+            "layer": layer, "settings": self._settings(), "classes": [str(c) for c in p.classes],
+            "class_values": torch.as_tensor(np.asarray(p.classes)) if _numeric(p.classes)
+            else torch.empty(0), "mean": p.mean.cpu(), "scale": p.scale.cpu(),
+            "coef": p.coef.cpu(), "intercept": p.intercept.cpu(), "form": p.form,
+            "n_train": p.n_train, "train_accuracy": p.train_accuracy,
+        }, path)  # fmt: skip
+
+    def _load_probe(self, layer: str) -> LinearProbe:
+        if layer in self.probes:
+            return self.probes[layer]
+        path = self._probe_path(layer)
+        if path is None or not path.exists():
+            raise InputError(
+                f"measure linear: layer {layer!r} has no probe fitted on {FIT_SPLIT} in this "
+                "run" + (f" ({path} is missing)" if path else "") + "; rerun with --overwrite"
+            )
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        if d.get("settings") != self._settings() or d.get("layer") != layer:
+            raise InputError(
+                f"{path}: fitted with {d.get('settings')}, not {self._settings()}; rerun with "
+                "--overwrite"
+            )
+        classes = d["class_values"].tolist() if d["class_values"].numel() else d["classes"]
+        p = LinearProbe(classes, d["mean"], d["scale"], d["coef"], d["intercept"],
+                        DEFAULT_ALPHA, self.cfg.normalize, d["form"], d["n_train"],
+                        d["train_accuracy"])  # fmt: skip
+        self.probes[layer] = p
+        return p
+
+
+def _numeric(values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _size(spec) -> int:
+    from dnnlab.utils.sizes import parse_size
+
+    return parse_size(spec)
+
+
+def plot_cka(cka: dict, path: Path, title: str = "CKA") -> Path:
+    """Heatmaps of linear and unbiased CKA between layers (undefined pairs left blank)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = cka["layers"]
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.9 * len(layers), 2 + 0.45 * len(layers)))
+    for ax, kind in zip(axes, ("linear", "unbiased"), strict=True):
+        m = np.array([[np.nan if v is None else v for v in row] for row in cka[kind]])
+        im = ax.imshow(m, vmin=0 if kind == "linear" else min(0.0, np.nanmin(m)), vmax=1,
+                       cmap="viridis")  # fmt: skip
+        ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(layers)), layers, fontsize=7)
+        ax.set_title(f"{title} ({kind})")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_extra(rows: list[dict], out: Path, title: str = "") -> list[Path]:
+    """One figure per measure beyond SI/CSI present in the rows: value per layer, per split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    for r in rows:
+        for k in r:
+            base = k.split(":")[0]
+            if base in ("knn", "nc1", "linear") and k not in names:
+                names.append(k)
+    written = []
+    for name in names:
+        fig, ax = plt.subplots(figsize=(10, 4))
+        for split in dict.fromkeys(r["split"] for r in rows):
+            pts = [r for r in rows if r["split"] == split and r.get(name) is not None]
+            ys = [r[name] for r in pts]
+            if pts and all(math.isfinite(v) for v in ys):
+                ax.plot([r["layer"] for r in pts], ys, marker="o", label=split)
+        if name == "nc1":
+            ax.set_yscale("log")  # NC1 spans orders of magnitude and falls as layers collapse
+        else:
+            ax.set_ylim(0, 1.02)
+        ax.set_ylabel(name)
+        ax.set_xlabel("layer (execution order)")
+        ax.set_title(f"{title} {name} per layer".strip())
+        ax.grid(alpha=0.3)
+        ax.legend()
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+        fig.tight_layout()
+        path = out / f"{name.replace(':', '')}_per_layer.png"
+        atomic_savefig(fig, path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def sample_ids(x: torch.Tensor) -> np.ndarray:
+    """One id per sample: the first 8 bytes of a BLAKE2 hash of its input, as int64."""
+    import hashlib
+
+    flat = x.reshape(x.shape[0], -1).contiguous().cpu().numpy()
+    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(),
+                                    "little", signed=True) for r in flat])  # fmt: skip
+
+
+def cka_between_runs(run_a, run_b, cfg, split: str = "val", data_root=None,
+                     max_per_split=None) -> Path:  # fmt: skip
+    """Linear and unbiased CKA between the same layers of two trained runs on one split.
+
+    Each layer's features (one layer in memory at a time) go into one CkaMatrix; the split's
+    samples must be the same images in the same order in both runs (checked by their ids,
+    hashes of the inputs). Writes RUN_A/cka_with_<B>_<split>.json (with both checkpoints'
+    SHA-256) and a heatmap PNG; returns the JSON's path.
+    """
+    import hashlib
+
+    from dnnlab.cifar.augment import to_input
+    from dnnlab.cifar.train import load_model_checkpoint, read_run_config
+    from dnnlab.probe.layers import describe_layers, resolve_layers
+    from dnnlab.probe.probe import extract_group
+    from dnnlab.probe.run import run_splits
+    from dnnlab.utils.atomic import atomic_write_json
+
+    dev = torch.device(cfg.device)
+    runs = [Path(run_a), Path(run_b)]
+    loaded = []
+    for run in runs:
+        for f in ("config.json", "best.pt"):
+            if not (run / f).exists():
+                raise InputError(f"--cka-with: {run} has no {f}; is it a trained run?")
+        tcfg = read_run_config(run)
+        model, _ = load_model_checkpoint(run / "best.pt", tcfg.model)
+        model = model.to(dev).eval()
+        x, y = run_splits(run, tcfg, (split,), data_root, max_per_split, seed=tcfg.seed)[split]
+        names = resolve_layers(model, cfg.layers)
+        infos = describe_layers(model, to_input(x[:2].to(dev)), names, cfg.output_key)
+        sha = hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
+        loaded.append((run, model, x, infos, sha))
+    names_a = [i.name for i in loaded[0][3]]
+    missing = [n for n in names_a if n not in {i.name for i in loaded[1][3]}]
+    if missing:
+        raise InputError(f"--cka-with: {runs[1]} has no layer {missing[0]!r} of {runs[0]}")
+    labels = []
+    with CkaMatrix(max_memory=_size(cfg.max_memory) // 2, spill_dir=runs[0]) as m:
+        for tag, (run, model, x, infos, _) in zip("AB", loaded, strict=True):
+            ids = sample_ids(x)
+            by_name = {i.name: i for i in infos}
+            for name in names_a:
+                info = by_name[name]
+                store = {name: np.empty((x.shape[0], info.dim), dtype=np.float32)}
+                extract_group(model, x, [info], cfg.batch_size, dev, to_input, cfg.output_key,
+                              store)  # fmt: skip
+                try:
+                    m.add(f"{tag}:{name}", store.pop(name), ids=ids)
+                except InputError as e:
+                    raise InputError(f"--cka-with: {run} on {split}: {e}") from None
+                labels.append(f"{tag}:{name}")
+        res = m.result()
+    k = len(names_a)
+    cross = {kind: [row[k:] for row in getattr(res, kind)[:k]] for kind in ("linear", "unbiased")}
+    doc = {"run_a": str(runs[0]), "run_b": str(runs[1]), "split": split, "n": res.n,
+           "checkpoint_sha256": {"a": loaded[0][4], "b": loaded[1][4]},
+           "layers": names_a, **cross, "full": res.to_dict()}  # fmt: skip
+    path = runs[0] / f"cka_with_{runs[1].name}_{split}.json"
+    atomic_write_json(path, doc)
+    plot_cka_cross(doc, path.with_suffix(".png"))
+    return path
+
+
+def plot_cka_cross(doc: dict, path: Path) -> Path:
+    """Heatmaps of CKA between layer i of run A (rows) and layer j of run B (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = doc["layers"]
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.9 * len(layers), 2 + 0.45 * len(layers)))
+    for ax, kind in zip(axes, ("linear", "unbiased"), strict=True):
+        m = np.array([[np.nan if v is None else v for v in row] for row in doc[kind]])
+        im = ax.imshow(m, vmin=0 if kind == "linear" else min(0.0, np.nanmin(m)), vmax=1)
+        ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(layers)), layers, fontsize=7)
+        ax.set_xlabel(Path(doc["run_b"]).name)
+        ax.set_ylabel(Path(doc["run_a"]).name)
+        ax.set_title(f"CKA ({kind}) on {doc['split']}")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,384 @@
+"""Linear-probe accuracy: a ridge classifier solved exactly, within a memory budget.
+
+Estimator (scikit-learn's RidgeClassifier with fit_intercept=True): targets are +1 for the
+sample's class and -1 for the others (one column per class), features are normalized with
+the training split's statistics (the separability core's `normalize_method`), and
+
+    W = argmin ||Y - (Z - mean(Z)) W - mean(Y)||^2 + alpha ||W||^2,   alpha = 1.0 by default,
+
+predicting the class of the largest score (the first class among equal scores). The
+minimizer is unique, so the fit is deterministic. It is solved in the dual when D > N,
+W = Zc^T (Zc Zc^T + alpha I)^-1 Yc (an N x N system), and in the primal otherwise,
+(Zc^T Zc + alpha I) W = Zc^T Yc (D x D); the matrix work is then min(N, D)^2 max(N, D) / 2.
+
+Exactness: the Gram matrix is formed with float32 block products (the speed of the SI core)
+and factored in float64; iterative refinement then corrects the solution with residuals of
+the exact float64 system, each one a streamed pass over the features, until the correction
+stops shrinking. If it does not converge (a Gram too ill-conditioned for its float32
+rounding), the Gram is rebuilt in float64 and solved directly. Features are read in row
+blocks and normalized on the fly; an N x D copy is kept only when the budget has room.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dnnlab.errors import InputError
+from dnnlab.separability.measures import (
+    BudgetError,
+    _highest_precision,
+    as_feature_tensor,
+    check_finite,
+    encode_labels,
+    resolve_device,
+)
+from dnnlab.separability.normalize import NORMALIZATIONS, feature_stats
+from dnnlab.utils.sizes import parse_size
+
+DEFAULT_ALPHA = 1.0
+# Refinement stops when a correction is below this fraction of the solution.
+REFINE_RTOL = 1e-11
+MAX_REFINE = 40
+CHUNK_ELEMS = 1 << 22  # float64 elements per streamed row chunk (32 MiB)
+
+
+@dataclass
+class LinearProbe:
+    """A fitted ridge classifier; scores any features of the same width."""
+
+    classes: list
+    mean: torch.Tensor  # (D,) float64: training mean of the raw features
+    scale: torch.Tensor  # (D,) float64: per-feature normalization scale
+    coef: torch.Tensor  # (D, C) float64, for the normalized, centered features
+    intercept: torch.Tensor  # (C,) float64
+    alpha: float
+    normalize: str
+    form: str  # "dual" or "primal"
+    n_train: int
+    train_accuracy: float = float("nan")
+    refine_steps: int = 0
+    fallback: bool = False
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    compute_dtype: torch.dtype = torch.float32  # Zc's dtype: the features the fit is exact for
+
+    @property
+    def dim(self) -> int:
+        return self.coef.shape[0]
+
+    def decision_function(self, features) -> torch.Tensor:
+        """(N, C) float64 scores of each class."""
+        x = as_feature_tensor(features)
+        if x.shape[1] != self.dim:
+            raise InputError(
+                f"features have D={x.shape[1]} per sample but the probe was fitted on "
+                f"D={self.dim}"
+            )
+        dev = self.coef.device
+        out = torch.empty((x.shape[0], len(self.classes)), dtype=torch.float64, device=dev)
+        step = max(1, CHUNK_ELEMS // max(self.dim, 1))
+        for s in range(0, x.shape[0], step):
+            z = _normalized(x, s, s + step, self.mean, self.scale, self.compute_dtype, dev)
+            z = z.to(torch.float64)
+            out[s : s + step] = torch.addmm(self.intercept, z, self.coef)
+        return out
+
+    def predict_codes(self, features) -> torch.Tensor:
+        return self.decision_function(features).argmax(1)  # the first class among ties
+
+    def score(self, features, labels) -> tuple[float, dict[str, float], dict[str, int]]:
+        """(accuracy, {class: accuracy}, {class: count}) on labelled features."""
+        x = as_feature_tensor(features)
+        check_finite(x)
+        codes = self.encode(labels, x.shape[0])
+        pred = self.predict_codes(x).cpu().numpy()
+        hit = pred == codes
+        per_class, counts = {}, {}
+        for ci, c in enumerate(self.classes):
+            rows = codes == ci
+            if rows.any():
+                per_class[str(c)] = float(hit[rows].mean())
+                counts[str(c)] = int(rows.sum())
+        return float(hit.mean()), per_class, counts
+
+    def encode(self, labels, n: int) -> np.ndarray:
+        """Labels -> class codes of this probe; a label unseen in training raises."""
+        arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        arr = arr[:, 0] if arr.ndim == 2 and arr.shape[1] == 1 else arr
+        if arr.shape != (n,):
+            raise InputError(f"labels must have shape ({n},) to match the features; got "
+                             f"{tuple(arr.shape)}")  # fmt: skip
+        known = np.asarray(self.classes)
+        pos = np.searchsorted(known, arr)
+        pos_ok = np.minimum(pos, len(known) - 1)
+        bad = (pos >= len(known)) | (known[pos_ok] != arr)
+        if bad.any():
+            raise InputError(
+                f"labels hold {int(bad.sum())} values absent from the training labels "
+                f"(first: {arr[bad][0]!r} at row {int(np.flatnonzero(bad)[0])})"
+            )
+        return pos
+
+
+def _normalized(x, r0, r1, mean, scale, dtype, dev) -> torch.Tensor:
+    """Rows r0:r1 of x, centered on the training mean and scaled, in dtype on dev."""
+    c = x[r0:r1].to(dev, non_blocking=True).to(dtype)  # may be x itself: never write it
+    if dtype == torch.float64:  # x * scale - mean * scale in one pass (float64: no harm)
+        return torch.addcmul(-mean * scale, c, scale)
+    return torch.sub(c, mean.to(dtype)).mul_(scale.to(dtype))  # float32: no cancellation
+
+
+def _mean(x: torch.Tensor, dev) -> torch.Tensor:
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=dev)
+    step = max(1, CHUNK_ELEMS // max(x.shape[1], 1))
+    for s in range(0, x.shape[0], step):
+        total += x[s : s + step].to(dev).to(torch.float64).sum(0)
+    return total / x.shape[0]
+
+
+class _Rows:
+    """Row blocks of the normalized, centered features Zc in the compute dtype: the values
+    that define the system (computed once into `cache` when it fits, else on the fly)."""
+
+    def __init__(self, x, mean, scale, dtype, dev, cache_ok: bool):
+        self.x, self.mean, self.scale, self.dtype, self.dev = x, mean, scale, dtype, dev
+        n = x.shape[0]
+        self.cache = _normalized(x, 0, n, mean, scale, dtype, dev) if cache_ok else None
+
+    def block(self, r0: int, r1: int) -> torch.Tensor:
+        if self.cache is not None:
+            return self.cache[r0:r1]
+        return _normalized(self.x, r0, r1, self.mean, self.scale, self.dtype, self.dev)
+
+
+class _System:
+    """The exact float64 system (G + alpha I) S = R of either form, applied by streaming."""
+
+    def __init__(self, rows: _Rows, alpha, dual, chunk_elems):
+        self.src, self.alpha, self.dual, self.dev = rows, alpha, dual, rows.dev
+        self.x = rows.x
+        self.step = max(1, chunk_elems // max(self.x.shape[1], 1))
+
+    def rows(self):
+        n = self.x.shape[0]
+        for s in range(0, n, self.step):
+            e = min(n, s + self.step)
+            yield s, e, self.src.block(s, e).to(torch.float64)
+
+    def zt(self, p: torch.Tensor) -> torch.Tensor:
+        """Zc^T p for p (N, C), accumulated as (p^T Zc) (C x D)."""
+        out = torch.zeros((p.shape[1], self.x.shape[1]), dtype=torch.float64, device=self.dev)
+        for s, e, z in self.rows():
+            out.addmm_(p[s:e].T, z)
+        return out.T.contiguous()
+
+    def apply(self, p: torch.Tensor) -> torch.Tensor:
+        """(G + alpha I) p, G = Zc Zc^T (dual) or Zc^T Zc (primal), in float64."""
+        if self.dual:
+            t = self.zt(p)
+            out = torch.empty_like(p)
+            for s, e, z in self.rows():
+                out[s:e] = z @ t
+        else:
+            out = torch.zeros((p.shape[1], p.shape[0]), dtype=torch.float64, device=self.dev)
+            for _, _, z in self.rows():
+                out.addmm_((z @ p).T, z)
+            out = out.T.contiguous()
+        return out.add_(p, alpha=self.alpha)
+
+
+def _gram(rows: _Rows, dual: bool, dtype, workspace: int, chunk_elems: int):
+    """G = Zc Zc^T (N x N, dual) or Zc^T Zc (D x D, primal) in `dtype`.
+
+    Dual: row blocks, each pair (I, J >= I) once. Primal: row chunks, G += Z_c^T Z_c.
+    """
+    n, d = rows.x.shape
+    item = torch.finfo(dtype).bits // 8
+    size = n if dual else d
+    g = torch.zeros((size, size), dtype=dtype, device=rows.dev)
+
+    def block(r0, r1):
+        return rows.block(r0, r1).to(dtype)
+
+    if not dual:
+        step = max(1, min(n, chunk_elems // max(d, 1)))
+        for s in range(0, n, step):
+            z = block(s, s + step)
+            g.addmm_(z.T, z)
+        return g
+    # As the SI core (knn.choose_block): on a CPU, 768-row blocks run at full GEMM rate when D
+    # is large and waste less on the diagonal pairs.
+    cap = 768 if rows.dev.type == "cpu" and d >= 2048 else 2048
+    b = int(max(64, min(n, cap, workspace // max(3 * d * item, 1))))
+    for i0 in range(0, n, b):
+        zi = block(i0, i0 + b)
+        for j0 in range(i0, n, b):
+            zj = zi if j0 == i0 else block(j0, j0 + b)
+            prod = zi @ zj.T
+            g[i0 : i0 + b, j0 : j0 + b] = prod
+            if j0 != i0:
+                g[j0 : j0 + b, i0 : i0 + b] = prod.T
+    return g
+
+
+def _factor(g: torch.Tensor):
+    """A solver r -> g^-1 r (float64 in and out) from g's Cholesky factor, or None if g is
+    not numerically definite. g is factored in place. torch's (MKL/cuSOLVER)
+    factorization: scipy's bundled OpenBLAS was 17x slower here, and its spinning threads
+    slowed the torch work that followed."""
+    info = torch.empty((), dtype=torch.int32, device=g.device)
+    lf, info = torch.linalg.cholesky_ex(g, out=(g, info))
+    if int(info) != 0:
+        return None
+    return lambda r: torch.cholesky_solve(r.to(lf.dtype), lf).to(torch.float64)
+
+
+def _refine(system: _System, solve, rhs: torch.Tensor):
+    """Iterative refinement of solve(rhs) against the exact system; (solution, steps, ok).
+
+    Stops when a correction is below REFINE_RTOL of the solution, or when the observed rate
+    of convergence puts the remaining error a further 10x below it."""
+    sol = solve(rhs)
+    prev = math.inf
+    for step in range(1, MAX_REFINE + 1):
+        corr = solve(rhs - system.apply(sol))
+        size = float(corr.norm()) / max(float(sol.norm()), 1e-300)
+        sol += corr
+        if size <= REFINE_RTOL:
+            return sol, step, True
+        if size > 0.5 * prev:  # stagnation: the float64 rounding floor (or divergence)
+            return sol, step, size <= 1e-8
+        # Geometric convergence at rate r leaves an error of about size * r / (1 - r): when
+        # that is already below the tolerance, the next step would only confirm it.
+        rate = size / prev  # no rate known after the first step (prev = inf gives 0)
+        if prev < math.inf and size * rate / (1 - rate) <= REFINE_RTOL / 10:
+            return sol, step, True
+        prev = size
+    return sol, MAX_REFINE, False
+
+
+def fit_linear(
+    features,
+    labels,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    normalize_method: str = "zscore",
+    device=None,
+    max_memory="2GB",
+    compute_dtype: torch.dtype = torch.float32,
+) -> LinearProbe:
+    """Fit the ridge classifier (see the module docstring) on features (N, ...) and labels.
+
+    features are never modified and may be a memory-mapped numpy array; max_memory bounds
+    the Gram matrix (N^2 or D^2 float64) and the blocks, not the features themselves.
+    """
+    t0 = time.perf_counter()
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise InputError(f"alpha must be a finite number > 0; got {alpha!r}")
+    if normalize_method not in NORMALIZATIONS:
+        raise InputError(f"unknown normalization {normalize_method!r}; choose {NORMALIZATIONS}")
+    x = as_feature_tensor(features)
+    n, d = x.shape
+    if n < 2:
+        raise InputError(f"linear: need at least 2 training samples; got N={n}")
+    if d == 0:
+        raise InputError("features have 0 dimensions per sample")
+    codes, classes = encode_labels(labels, n)
+    if len(classes) < 2:
+        raise InputError(
+            f"linear: all {n} training samples have one label ({classes[0]!r}); a classifier "
+            "needs at least 2 classes"
+        )
+    check_finite(x)
+    dev = resolve_device(x, device)
+    dual = d > n
+    size = n if dual else d
+    budget = parse_size(max_memory)
+    # Streamed float64 row chunks (a few live at once): 1/32 of the budget, 32 MiB at most.
+    chunk_elems = int(min(CHUNK_ELEMS, max(d, budget // 32 // 8)))
+    workspace = budget - size * size * 8 - 4 * chunk_elems * 8
+    if workspace < 64 * 3 * d * 4:
+        raise BudgetError(
+            f"max_memory {budget / 2**30:.2f} GiB is too small for the linear probe: its "
+            f"{'N x N' if dual else 'D x D'} Gram matrix alone takes "
+            f"{size * size * 8 / 2**30:.2f} GiB (N={n}, D={d})"
+        )
+    shift, scale = feature_stats(x, normalize_method)
+    scale = scale.to(dev)
+    # The intercept centers the features; the zscore shift is already the mean (or, for a
+    # constant feature, its value, which scale 0 cancels).
+    mean = shift.to(dev) if normalize_method == "zscore" else _mean(x, dev)
+    item = torch.finfo(compute_dtype).bits // 8
+    rows = _Rows(x, mean, scale, compute_dtype, dev, n * d * item <= workspace // 2)
+    if rows.cache is not None:
+        workspace -= n * d * item
+    k = len(classes)
+    y = torch.full((n, k), -1.0, dtype=torch.float64, device=dev)
+    y[torch.arange(n, device=dev), torch.as_tensor(codes, device=dev)] = 1.0
+    y_mean = y.mean(0)
+    yc = y - y_mean
+    system = _System(rows, float(alpha), dual, chunk_elems)
+    rhs = yc if dual else system.zt(yc)
+    fallback = False
+    with _highest_precision():
+        # 1. The Gram in the compute dtype, factored in that dtype, refined in float64.
+        t1 = time.perf_counter()
+        g = _gram(rows, dual, compute_dtype, workspace, chunk_elems)
+        g.diagonal().add_(alpha)
+        t2 = time.perf_counter()
+        solve = _factor(g) if compute_dtype != torch.float64 else None
+        t3 = time.perf_counter()
+        ok = False
+        if solve is not None:
+            sol, steps, ok = _refine(system, solve, rhs)
+        timings = {"stats": t1 - t0, "gram": t2 - t1, "factor": t3 - t2,
+                   "refine": time.perf_counter() - t3}  # fmt: skip
+        # 2. A float64 Gram of the same Zc (too ill-conditioned for float32 products).
+        if not ok:
+            fallback = compute_dtype != torch.float64
+            del g, solve
+            g = _gram(rows, dual, torch.float64, workspace, chunk_elems)
+            g.diagonal().add_(alpha)
+            solve = _factor(g)
+            if solve is None:
+                raise RuntimeError("linear: the ridge system is not definite in float64")
+            sol, steps, ok = _refine(system, solve, rhs)
+            if not ok:
+                raise RuntimeError("linear: the ridge system did not converge in float64")
+        del solve
+        t4 = time.perf_counter()
+        coef = system.zt(sol) if dual else sol
+        timings["coef"] = time.perf_counter() - t4
+    probe = LinearProbe(
+        classes, mean, scale, coef, y_mean, float(alpha), normalize_method,
+        "dual" if dual else "primal", n, refine_steps=steps, fallback=fallback,
+        timings=timings, compute_dtype=compute_dtype,
+    )  # fmt: skip
+    if dual:  # training scores Zc W + mean(Y) = K A + mean(Y) = Y - alpha A: no pass needed
+        pred = (y - alpha * sol).argmax(1).cpu().numpy()
+    else:
+        pred = probe.predict_codes(x).cpu().numpy()
+    probe.train_accuracy = float((pred == codes).mean())
+    probe.seconds = time.perf_counter() - t0
+    return probe
+
+
+def linear_probe(train, evals: dict, **kw) -> tuple[LinearProbe, dict[str, dict]]:
+    """Fit on train = (features, labels); score on evals {name: (features, labels)}.
+
+    Returns the fitted probe and {name: {"accuracy", "per_class", "class_counts"}}.
+    """
+    probe = fit_linear(*train, **kw)
+    out = {}
+    for name, (x, y) in evals.items():
+        try:
+            acc, per, counts = probe.score(x, y)
+        except ValueError as e:
+            raise InputError(f"linear: eval set {name!r}: {e}") from None
+        out[name] = {"accuracy": acc, "per_class": per, "class_counts": counts}
+    return probe, out

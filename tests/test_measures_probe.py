@@ -1,0 +1,139 @@
+"""The probe with knn, nc1, linear and CKA: values equal the measures on each layer's own
+features, fitted linear probes persist for a resumed run, and the figures are written."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from dnnlab.errors import InputError
+from dnnlab.probe.probe import ProbeConfig, plot_probe, probe_model
+from dnnlab.separability import separability
+from dnnlab.separability.linear import linear_probe
+from tests import oracle
+
+
+def model_and_splits():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 40), nn.Tanh())
+    g = torch.Generator().manual_seed(1)
+
+    def split(n):
+        y = torch.randint(0, 3, (n,), generator=g)
+        return torch.randn(n, 6, generator=g) + y[:, None].float(), y
+
+    return m, {"train20": split(50), "val": split(30), "test": split(25)}
+
+
+def layer_outputs(m, x):
+    outs, h = {}, x
+    for name, mod in m.named_children():
+        h = mod(h)
+        outs[name] = h.detach()
+    return outs
+
+
+MEASURES = "si,knn:3,nc1,linear"
+
+
+def test_probe_rows_and_cka_match_direct_measures(tmp_path):
+    m, splits = model_and_splits()
+    cfg = ProbeConfig(measures=MEASURES, cka_splits="val,test")
+    res = probe_model(m, splits, cfg, out=tmp_path)
+    feats = {s: layer_outputs(m, x) for s, (x, _) in splits.items()}
+    ytr = splits["train20"][1]
+    for r in res.rows:
+        f = feats[r["split"]][r["layer"]]
+        y = splits[r["split"]][1]
+        want = separability(f, y, "si,knn:3,nc1").values
+        for k, v in want.items():
+            assert r[k] == pytest.approx(v, rel=1e-12), (r["split"], r["layer"], k)
+        probe, scores = linear_probe((feats["train20"][r["layer"]], ytr), {"s": (f, y)})
+        want_lin = probe.train_accuracy if r["split"] == "train20" else scores["s"]["accuracy"]
+        assert r["linear"] == want_lin
+    saved = json.loads((tmp_path / "probe.json").read_text())
+    assert set(saved["cka"]) == {"val", "test"}
+    val = saved["cka"]["val"]
+    layers = ["0", "1", "2", "3"]
+    assert val["layers"] == layers
+    for i, a in enumerate(layers):
+        assert val["linear"][i][i] == 1.0
+        for j, b in enumerate(layers):
+            fa, fb = feats["val"][a].double().numpy(), feats["val"][b].double().numpy()
+            assert val["linear"][i][j] == pytest.approx(oracle.linear_cka(fa, fb), rel=1e-6)
+            assert val["unbiased"][i][j] == pytest.approx(oracle.unbiased_cka(fa, fb),
+                                                          rel=1e-5, abs=1e-9)  # fmt: skip
+    assert (tmp_path / "cka_val.png").exists() and (tmp_path / "cka_test.png").exists()
+    assert sorted(p.name for p in (tmp_path / "linear_probe").iterdir()) == [
+        f"{n}.pt" for n in layers]  # fmt: skip
+    written = {p.name for p in plot_probe(res.rows, tmp_path)}
+    assert {"knn3_per_layer.png", "nc1_per_layer.png", "linear_per_layer.png"} <= written
+    assert "linear" in (tmp_path / "probe.csv").read_text().splitlines()[0]
+
+
+def test_resumed_probe_scores_with_saved_linear_probes(tmp_path):
+    m, splits = model_and_splits()
+    fresh = probe_model(m, splits, ProbeConfig(measures=MEASURES), out=tmp_path / "a")
+    part = {"train20": splits["train20"]}
+    probe_model(m, part, ProbeConfig(splits=("train20",), measures=MEASURES), out=tmp_path / "b")
+    resumed = probe_model(m, splits, ProbeConfig(measures=MEASURES), out=tmp_path / "b")
+    assert [r["linear"] for r in resumed.rows] == [r["linear"] for r in fresh.rows]
+    # A saved probe fitted with other settings is refused, not reused.
+    cfg_part = ProbeConfig(splits=("train20",), measures=MEASURES)
+    probe_model(m, part, cfg_part, out=tmp_path / "c")
+    path = tmp_path / "c" / "linear_probe" / "2.pt"
+    data = torch.load(path, weights_only=True)
+    data["settings"]["normalize"] = "minmax"
+    torch.save(data, path)
+    with pytest.raises(InputError, match="fitted with"):
+        probe_model(m, splits, ProbeConfig(measures=MEASURES), out=tmp_path / "c")
+    path.unlink()
+    with pytest.raises(InputError, match="2.pt is missing"):
+        probe_model(m, splits, ProbeConfig(measures=MEASURES), out=tmp_path / "c")
+
+
+def test_linear_only(tmp_path):
+    m, splits = model_and_splits()
+    res = probe_model(m, splits, ProbeConfig(measures="linear"), out=tmp_path)
+    assert all(set(r) >= {"linear"} and "si" not in r for r in res.rows)
+
+
+@pytest.mark.parametrize(
+    "splits,match",
+    [(("val", "test"), "fitted on the train20 split"), (("val", "train20"), "train20 first")],
+)
+def test_linear_needs_train20_first(splits, match):
+    m, data = model_and_splits()
+    with pytest.raises(InputError, match=match):
+        probe_model(m, {s: data[s] for s in splits}, ProbeConfig(splits=splits,
+                                                                 measures="si,linear"))
+
+
+def test_cka_with_another_run(tree, tmp_path, capsys):
+    import shutil
+
+    from dnnlab.cifar.train import TrainConfig, train
+    from dnnlab.cli import main
+
+    a = tmp_path / "a"
+    cfg = TrainConfig(model="base", epochs=1, batch_size=32, n_val=20, train_subset=50,
+                      data_root=str(tree))  # fmt: skip
+    train(cfg, a, progress=False)
+    shutil.copytree(a, tmp_path / "b")
+    argv = ["probe", str(a), "--splits", "val", "--cka-splits", "val", "--layers",
+            "conv1,elu4,avgpool", "--cka-with"]
+    assert main([*argv, str(tmp_path / "b")]) == 0
+    doc = json.loads((a / "cka_with_b_val.json").read_text())
+    assert doc["layers"] == ["conv1", "elu4", "avgpool"] and doc["n"] == 20
+    assert doc["checkpoint_sha256"]["a"] == doc["checkpoint_sha256"]["b"]
+    for i in range(3):  # the same weights: every layer matches itself exactly
+        assert doc["linear"][i][i] == 1.0 and doc["unbiased"][i][i] == 1.0
+    assert (a / "cka_with_b_val.png").exists()
+    assert json.loads((a / "probe.json").read_text())["cka"]["val"]["layers"] == doc["layers"]
+    # Another validation split (another seed): the samples differ, so CKA is refused.
+    c = tmp_path / "c"
+    train(TrainConfig(**{**cfg.__dict__, "seed": 1}), c, progress=False)
+    capsys.readouterr()
+    assert main([*argv, str(c)]) == 2
+    assert "not those of 'A:conv1' in the same order" in capsys.readouterr().err
