@@ -13,7 +13,6 @@ import copy
 import csv
 import io
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields
@@ -372,8 +371,3 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
               f"test {test_acc:.4f} with the best weights", flush=True)  # fmt: skip
     return summary
 
-
-def projected_seconds(epoch_seconds: list[float], epochs: int) -> float:
-    """Projection for a full run from timed epochs (the first, warm-up, one excluded)."""
-    steady = epoch_seconds[1:] or epoch_seconds
-    return math.fsum(steady) / len(steady) * epochs
