@@ -94,12 +94,13 @@ def cmd_models(args) -> int:
 
 def _add_train(sub) -> None:
     from dnnlab.cifar.train import TrainConfig
+    from dnnlab.settings import add_flags
 
     d = TrainConfig()
     p = sub.add_parser(
-        "train", help="train one CIFAR-10 variant with the seed's recipe",
-        description="Train one variant; defaults are the seed's recipe (SGD 0.01, momentum "
-        "0.9, StepLR 40/0.1, 100 epochs, batch 256).",
+        "train", help="train one CIFAR-10 variant with the course's hyperparameters",
+        description="Train one variant; defaults are the course's hyperparameters (SGD 0.01, "
+        "momentum 0.9, StepLR 40/0.1, 100 epochs, batch 256); --recipe picks the protocol.",
     )  # fmt: skip
     p.add_argument("--model", default=d.model, help="a variant from `dnnlab models`")
     p.add_argument("--out", required=True, help="run directory")
@@ -112,7 +113,9 @@ def _add_train(sub) -> None:
     p.add_argument("--data-root", default=None, help="CIFAR-10 source (default $DNNLAB_DATA)")
     p.add_argument("--download", action="store_true", help="fetch torchvision's CIFAR10")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--softmax-head", action="store_true", help="the seed's double softmax")
+    p.add_argument("--softmax-head", action="store_true",
+                   help="the course's double softmax (not for wide, which has no Softmax)")
+    add_flags(p, TrainConfig, names=["recipe"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run")
@@ -129,7 +132,7 @@ def cmd_train(args) -> int:
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         device=args.device, train_subset=args.train_subset, data_root=args.data_root,
         seed=args.seed, softmax_head=args.softmax_head, compile=args.compile,
-        n_val=args.val_size,
+        n_val=args.val_size, recipe=args.recipe,
     )  # fmt: skip
     train(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
           progress=sys.stderr.isatty())  # fmt: skip

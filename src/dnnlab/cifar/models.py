@@ -135,7 +135,7 @@ class CourseNet(nn.Module):
         self.elu2 = nn.ELU()
         self.maxpool1 = nn.MaxPool2d(2)
         self.resblock1 = ResBlock(64, shape=LN_SHAPES["resblock1"], **block)
-        self.maxpool2 = nn.MaxPool2d(2)  # registered here, as in the course's base net; runs after elu3
+        self.maxpool2 = nn.MaxPool2d(2)  # registered here as in the course; runs after elu3
         self.conv3 = nn.Conv2d(64, 128, 3, padding=1)
         if nm:
             self.norm3 = make_norm(nm, 128, LN_SHAPES["norm3"])
@@ -218,7 +218,7 @@ class _WideBlock(nn.Module):
 
     def forward(self, x):
         y = x
-        for layer, act in zip(self.layers, self.acts):
+        for layer, act in zip(self.layers, self.acts, strict=True):
             y = act(layer(y))
         return self.elu(y + self.shortcut(x))
 

@@ -1,4 +1,4 @@
-"""Train one variant with the seed's recipe; write a complete, resumable run directory.
+"""Train one variant with the course's hyperparameters; write a complete, resumable run directory.
 
     dnnlab train --model bn --out runs/bn [--epochs 100 --batch-size 256 --lr 0.01 ...]
 
@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dnnlab.cifar import recipe as R
 from dnnlab.cifar.augment import augment, to_input
 from dnnlab.cifar.data import load_cifar10, split_indices, stratified_subset
 from dnnlab.cifar.models import VARIANTS, build_model, count_params
-from dnnlab.errors import DnnlabError
+from dnnlab.errors import ConfigError, DnnlabError
+from dnnlab.settings import setting, validate
 from dnnlab.utils.atomic import (
     atomic_savefig,
     atomic_torch_save,
@@ -35,7 +37,7 @@ from dnnlab.utils.atomic import (
 
 @dataclass
 class TrainConfig:
-    """The seed's recipe; every default is the documented one."""
+    """The course's hyperparameters; `recipe` picks the protocol (dnnlab.cifar.recipe)."""
 
     model: str = "base"
     epochs: int = 100
@@ -54,6 +56,19 @@ class TrainConfig:
     compile: bool = False
     data_root: str | None = None
     eval_batch_size: int = 1024
+    recipe: str = setting("corrected", R.RECIPE_HELP, choices=R.RECIPES + tuple(R.ALIASES))
+
+    def __post_init__(self):
+        self.recipe = R.recipe_name(self.recipe)
+        validate(self)
+        if self.softmax_head and self.model == "wide":
+            raise ConfigError("--softmax-head: the course's wide network has no Softmax, so "
+                              "model 'wide' has no softmax head")  # fmt: skip
+
+    @property
+    def head_softmax(self) -> bool:
+        """Whether the network ends in a Softmax (asked for, or the course recipe's)."""
+        return R.softmax_head(self.recipe, self.model, self.softmax_head)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -94,8 +109,8 @@ def make_optimizer(model, cfg: TrainConfig):
 
 
 def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    # With --softmax-head the model's output is already a softmax, and cross-entropy softmaxes
-    # it again: that is the seed's behaviour, reproduced on purpose.
+    # With a softmax head the model's output is already a softmax, and cross-entropy softmaxes
+    # it again: that is the course's behaviour, reproduced on purpose.
     return F.cross_entropy(out.float(), y)
 
 
@@ -136,13 +151,15 @@ def train_one_epoch(model, opt, x_u8, y, cfg, gen, dev, rank=0, world=1, bar=Non
 
 
 @torch.no_grad()
-def evaluate(model, x_u8, y, dev, batch=1024):
-    """(mean loss, accuracy) without augmentation."""
+def evaluate(model, x_u8, y, dev, batch=1024, gen=None):
+    """(mean loss, accuracy); without augmentation unless `gen` (the course's validation)."""
     model.eval()
     total, correct = 0.0, 0
     amp = dev.type == "cuda"
     for s in range(0, x_u8.shape[0], batch):
-        xb = to_input(x_u8[s : s + batch]).contiguous(memory_format=torch.channels_last)
+        xb = x_u8[s : s + batch]
+        xb = to_input(xb) if gen is None else augment(xb, gen)
+        xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             out = model(xb)
         yb = y[s : s + batch]
@@ -164,7 +181,7 @@ def _checkpoint(model, opt, sched, epoch, gen, cfg, best_acc, best_epoch):
         "rng": _rng_state(gen),
         "config": asdict(cfg),
         "arch": cfg.model,
-        "softmax_head": cfg.softmax_head,
+        "softmax_head": cfg.head_softmax,
         "best_val_acc": best_acc,
         "best_epoch": best_epoch,
     }
@@ -271,6 +288,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
         saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
         if saved.model != cfg.model:
             raise RunError(f"{out} is a run of {saved.model!r}, not {cfg.model!r}")
+        if saved.recipe != cfg.recipe:
+            raise RunError(f"{out} is a run of the {saved.recipe!r} recipe, not {cfg.recipe!r}")
         cfg = TrainConfig.from_dict({**asdict(saved), "device": cfg.device, "compile": cfg.compile,
                                      "data_root": cfg.data_root or saved.data_root})  # fmt: skip
     if (out / "summary.json").exists() and not overwrite:
@@ -291,7 +310,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
     gen = torch.Generator().manual_seed(cfg.seed)
     data = prepare_data(cfg, dev, out)
     x_tr, y_tr = data["train"]
-    model = build_model(cfg.model, softmax_head=cfg.softmax_head).to(dev)
+    model = build_model(cfg.model, softmax_head=cfg.head_softmax).to(dev)
     model = model.to(memory_format=torch.channels_last)
     opt, sched = make_optimizer(model, cfg)
     rows: list[dict] = []
@@ -329,18 +348,22 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
         tr_loss, tr_acc = train_one_epoch(net, opt, x_tr, y_tr, cfg, gen, dev, rank, world, bar)
         bar.close()
         sched.step()
-        val_loss, val_acc = evaluate(net, *data["val"], dev, cfg.eval_batch_size)
+        val_gen = R.val_generator(cfg.recipe, cfg.seed, epoch)
+        val_loss, val_acc = evaluate(net, *data["val"], dev, cfg.eval_batch_size, val_gen)
         secs = time.perf_counter() - t0
         row = dict(epoch=epoch + 1, lr=lr, train_loss=tr_loss, train_acc=tr_acc,
                    val_loss=val_loss, val_acc=val_acc, seconds=secs)  # fmt: skip
         rows.append(row)
-        if val_acc > best_acc:
+        improved = val_acc > best_acc
+        if improved:
             best_acc, best_epoch = val_acc, epoch + 1
-            # A copy: the live state dict would change under us (the seed's bug).
+        if improved or R.tests_last_weights(cfg.recipe):
+            # A copy: the live state dict would change under us (the course's bug, which the
+            # course recipe reproduces by keeping the last epoch's weights instead).
             best_state = copy.deepcopy(model.state_dict())
         if rank == 0:
             ck = _checkpoint(model, opt, sched, epoch + 1, gen, cfg, best_acc, best_epoch)
-            if best_epoch == epoch + 1:
+            if improved or R.tests_last_weights(cfg.recipe):
                 atomic_torch_save({**ck, "model": best_state}, out / "best.pt")
             _write_metrics(out, rows)
             atomic_torch_save(ck, last)  # last: only now is the epoch complete
@@ -352,12 +375,14 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
     test_loss, test_acc = evaluate(model, *data["test"], dev, cfg.eval_batch_size)
     summary = {
         "model": cfg.model,
+        "recipe": cfg.recipe,
         "best_val_acc": best_acc,
         "best_epoch": best_epoch,
+        "weights_epoch": cfg.epochs if R.tests_last_weights(cfg.recipe) else best_epoch,
         "test_acc": test_acc,
         "test_loss": test_loss,
         "params": n_params,
-        "head": "softmax (seed's double softmax)" if cfg.softmax_head else "logits",
+        "head": "softmax (the course's double softmax)" if cfg.head_softmax else "logits",
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "epochs": cfg.epochs,
         "train_images": int(x_tr.shape[0]),
@@ -367,7 +392,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
     if rank == 0:
         plot_curves(rows, out / "curves.png", cfg.model)
         atomic_write_json(out / "summary.json", summary)
+        which = "the last epoch's weights (course recipe)" if R.tests_last_weights(cfg.recipe) \
+            else "the best weights"  # fmt: skip
         print(f"[{cfg.model}] best val {best_acc:.4f} (epoch {best_epoch}); "
-              f"test {test_acc:.4f} with the best weights", flush=True)  # fmt: skip
+              f"test {test_acc:.4f} with {which}", flush=True)  # fmt: skip
     return summary
 
