@@ -2,6 +2,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -227,6 +228,37 @@ def test_published_tables_and_publish(tree, tmp_path):
     write_report(out, cfg, published=p)
     md = (out / "report.md").read_text()
     assert "## Published full-study results" in md
-    assert "corrected recipe: 1 epochs on CPU" in md and "commit abc123" in md
+    assert "corrected recipe: QUICK budget, 1 epochs on CPU" in md and "commit abc123" in md
     assert f"| base | 73.29 | {100 * base_summary['test_acc']:.2f} |" in md
     assert "left out (records do not match): noskip" in md
+
+
+@pytest.mark.slow
+def test_full_study_gpu_script_logic_on_the_cpu(tmp_path):
+    """benchmarks/full_study_gpu.sh end to end on a tiny CPU budget: both recipes published,
+    the throughput ratio printed, one archive without weights."""
+    import os
+    import tarfile
+    from pathlib import Path
+
+    from tests.fakes import make_tar
+
+    repo = Path(__file__).resolve().parents[1]
+    tree = make_image_tree(tmp_path / "tree", n_train=56, n_test=8)
+    data = make_tar(tree, tmp_path / "fake.tar.gz")
+    env = {**os.environ, "DEVICE": "cpu", "COMPILE": "0", "QUICK": "1", "EPOCHS": "1",
+           "MODELS": "base,noskip", "JOBS": "2", "ALONE_EPOCHS": "2", "DATA": str(data),
+           "OUT": str(tmp_path / "o"), "WORK": str(tmp_path / "w"), "PYTHON": sys.executable,
+           "DNNLAB_CACHE": str(tmp_path / "cache")}  # fmt: skip
+    r = subprocess.run(["bash", str(repo / "benchmarks" / "full_study_gpu.sh")], cwd=repo,
+                       env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "ratio concurrent / alone:" in r.stdout
+    with tarfile.open(tmp_path / "o" / "full-study.tar.gz") as tf:
+        names = tf.getnames()
+    assert not [n for n in names if n.endswith(".pt")]
+    for recipe in ("corrected", "course"):
+        for f in ("study.json", "report.md", "report.html", "runs/base/summary.json",
+                  "runs/noskip/probe.csv", "runs/base/metrics.csv", "runs/base/config.json"):
+            assert f"published/full-study-{recipe}/{f}" in names, (recipe, f)
+    assert "throughput.txt" in names and "info.txt" in names

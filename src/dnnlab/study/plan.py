@@ -54,7 +54,8 @@ def print_plan(cfg, out, data, log=print) -> dict:
     from dnnlab.study.study import train_config
 
     dev = torch.device(cfg.device)
-    n_train = cfg.train_subset or (data.train_y.numel() - cfg.n_val)
+    available = data.train_y.numel() - cfg.n_val
+    n_train = min(cfg.train_subset or available, available)
     batch = TrainConfig().batch_size
     todo = [m for m in cfg.models if not (out / "runs" / m / "summary.json").exists()]
     steps = math.ceil(n_train / batch) * cfg.epochs

@@ -332,7 +332,8 @@ def read_published(root) -> dict:
                           for sp in ("val", "test") for k in ("si", "csi")}}  # fmt: skip
         studies.append({"path": str(d), "recipe": recipe, "card": st.get("device_name"),
                         "date": st.get("date"), "commit": st.get("commit"),
-                        "epochs": st.get("epochs"), "wall_seconds": st.get("wall_seconds"),
+                        "epochs": st.get("epochs"), "quick": st.get("quick"),
+                        "wall_seconds": st.get("wall_seconds"),
                         "rows": rows, "left_out": left_out})  # fmt: skip
     studies.sort(key=lambda s: (s["recipe"] != "course", s["path"]))
     return {"root": str(root), "studies": studies}
@@ -353,9 +354,10 @@ def _read_probe_csv(path: Path) -> list[dict]:
 
 def _published_label(s: dict) -> str:
     card = s["card"] or "an unrecorded device"
-    text = (f"{s['recipe']} recipe: {s['epochs']} epochs on {card}, {s['date'] or 'undated'}, "
-            f"commit {s['commit'] or 'unrecorded'}, {s['wall_seconds'] or '?'} s wall; from "
-            f"{s['path']}")  # fmt: skip
+    budget = "QUICK budget, " if s["quick"] else ""
+    text = (f"{s['recipe']} recipe: {budget}{s['epochs']} epochs on {card}, "
+            f"{s['date'] or 'undated'}, commit {s['commit'] or 'unrecorded'}, "
+            f"{s['wall_seconds'] or '?'} s wall; from {s['path']}")  # fmt: skip
     if s["left_out"]:
         text += f"; left out (records do not match): {', '.join(s['left_out'])}"
     return text
@@ -388,8 +390,8 @@ def published_section(pub: dict) -> tuple[list[str], list[str]]:
         c = COURSE_AVGPOOL.get(m)
         row.append(f"{c[0]:.4f}/{c[1]:.4f}" if c else "–")
         rows.append(row)
-    intro = ("Every variant at the full budget, read from the published folders below (not "
-             "measured by this run). Accuracies in %, SI/CSI at avgpool.")  # fmt: skip
+    intro = ("Read from the published folders below (not measured by this run). Accuracies "
+             "in %, SI/CSI at avgpool.")  # fmt: skip
     md = [f"## {title}", "", intro, ""] + [f"- {x}" for x in labels] + [""]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
