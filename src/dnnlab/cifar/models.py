@@ -109,8 +109,8 @@ VARIANTS: dict[str, Variant] = {
     "paths4-shared": Variant(paths=4, shared=True, about="the course's code: 4 x one path"),
     "wide": Variant(
         wide=True,
-        about="the course's 'optimized' network, less its unused 1x1 conv match_conv1 "
-        "(1,162,058 parameters; the course's has 1,166,218)",
+        about="the course's 'optimized' network less its unused 1x1 conv match_conv1 (the "
+        "course's has 1,166,218 parameters)",
     ),
 }
 
