@@ -15,6 +15,9 @@
 # when a step is cut off: a trap packs on exit. WORK lives in the tree (gpu-work/, ignored), so
 # a second command on the same warm machine resumes every run where the first stopped.
 #
+# The copied tree may lack .git: pass the commit as COMMIT=$(git rev-parse --short=12 HEAD) in
+# the command so that study.json records it.
+#
 # On the CPU, for testing the logic (about 1-2 minutes with tests' fake data):
 #   DEVICE=cpu COMPILE=0 QUICK=1 EPOCHS=1 MODELS=base,noskip JOBS=2 ALONE_EPOCHS=1 \
 #     DATA=fake.tar.gz OUT=/tmp/o WORK=/tmp/w bash benchmarks/full_study_gpu.sh
@@ -34,7 +37,7 @@ COMPILE=${COMPILE:-1}
 ALONE_EPOCHS=${ALONE_EPOCHS:-4}
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export DNNLAB_CACHE=${DNNLAB_CACHE:-$WORK/cache}
+export DNNLAB_CACHE=${DNNLAB_CACHE:-$WORK/cache} DNNLAB_COMMIT=${COMMIT:-}
 mkdir -p "$OUT" "$WORK/published"
 OUT=$(cd "$OUT" && pwd)
 log="$WORK/full_study.log"

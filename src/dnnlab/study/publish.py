@@ -12,6 +12,7 @@ to a half-written one.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -21,13 +22,16 @@ RUN_FILES = ("config.json", "metrics.csv", "summary.json", "probe.csv")
 
 
 def git_commit(where: Path) -> str | None:
-    """The commit checked out at `where`, or None outside a git work tree."""
+    """The commit checked out at `where`; else $DNNLAB_COMMIT (a copied tree without .git,
+    as on a lent GPU machine), else None."""
     try:
         r = subprocess.run(["git", "-C", str(where), "rev-parse", "--short=12", "HEAD"],
                            capture_output=True, text=True, timeout=10)  # fmt: skip
+        if r.returncode == 0 and r.stdout.strip():
+            return r.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() or None if r.returncode == 0 else None
+        pass
+    return os.environ.get("DNNLAB_COMMIT") or None
 
 
 def publish(out, dest, cfg, commit: str | None = None) -> list[str]:
