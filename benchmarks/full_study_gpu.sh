@@ -19,7 +19,8 @@
 # the command so that study.json records it.
 #
 # On the CPU, for testing the logic (about 1-2 minutes with tests' fake data):
-#   DEVICE=cpu COMPILE=0 QUICK=1 EPOCHS=1 MODELS=base,noskip JOBS=2 ALONE_EPOCHS=1 \
+#   DEVICE=cpu COMPILE=0 EPOCHS=1 MODELS=base,noskip JOBS=2 ALONE_EPOCHS=2 \
+#     STUDY_ARGS="--val-size 20 --test-subset 30 --max-per-split 40" TRAIN_ARGS="--val-size 20" \
 #     DATA=fake.tar.gz OUT=/tmp/o WORK=/tmp/w bash benchmarks/full_study_gpu.sh
 set -uo pipefail
 start=$(date +%s)
@@ -32,7 +33,8 @@ DEVICE=${DEVICE:-cuda}
 JOBS=${JOBS:-11}
 MODELS=${MODELS:-base,bn,gn,ln,noskip,conv4-1x1,paths2,paths4,paths2-shared,paths4-shared,wide}
 EPOCHS=${EPOCHS:-100}
-QUICK=${QUICK:-0}
+STUDY_ARGS=${STUDY_ARGS:-}  # extra `dnnlab study` flags (a smaller budget for tests)
+TRAIN_ARGS=${TRAIN_ARGS:-}  # extra `dnnlab train` flags for the variant alone
 COMPILE=${COMPILE:-1}
 ALONE_EPOCHS=${ALONE_EPOCHS:-4}
 PY=${PYTHON:-python3}
@@ -76,17 +78,21 @@ step() {
 if [ ! -e "$DATA" ]; then echo "DATA=$DATA: not found (carry CIFAR-10 into the tree)" | tee -a "$log"; exit 2; fi
 common=(--device "$DEVICE" --jobs "$JOBS" --models "$MODELS" --data-root "$DATA")
 [ "$COMPILE" = 1 ] && common+=(--compile)
-[ "$QUICK" = 1 ] && common+=(--quick)
 common+=(--epochs "$EPOCHS")
+# shellcheck disable=SC2206
+common+=($STUDY_ARGS)
 
 step "study, corrected recipe" 60 "$PY" -m dnnlab study "${common[@]}" --recipe corrected \
   --out "$WORK/study-corrected" --published "$WORK/published" \
   --publish "$WORK/published/full-study-corrected" 2>&1 | tee -a "$log"
 
-step "one variant alone (bn, $ALONE_EPOCHS epochs)" 45 "$PY" -m dnnlab train --model bn \
-  --device "$DEVICE" --epochs "$ALONE_EPOCHS" --val-size "$( [ "$QUICK" = 1 ] && echo 500 || echo 5000)" \
-  $( [ "$QUICK" = 1 ] && echo "--train-subset 1000" ) $( [ "$COMPILE" = 1 ] && echo --compile ) \
-  --data-root "$DATA" --out "$WORK/alone" --resume 2>&1 | tee -a "$log"
+alone=(--model bn --device "$DEVICE" --epochs "$ALONE_EPOCHS" --data-root "$DATA")
+[ "$COMPILE" = 1 ] && alone+=(--compile)
+# shellcheck disable=SC2206
+alone+=($TRAIN_ARGS)
+[ -f "$WORK/alone/config.json" ] && alone+=(--resume)
+step "one variant alone (bn, $ALONE_EPOCHS epochs)" 45 "$PY" -m dnnlab train "${alone[@]}" \
+  --out "$WORK/alone" 2>&1 | tee -a "$log"
 "$PY" benchmarks/study_throughput.py "$WORK/study-corrected" "$WORK/alone" 2>&1 \
   | tee "$WORK/throughput.txt" | tee -a "$log"
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dnnlab.cifar.augment import augment, to_input
-from dnnlab.cifar.data import DataError, load_cifar10, split_indices
+from dnnlab.cifar.data import CLASSES, DataError, load_cifar10, split_indices
 from tests.fakes import make_batches, make_image_tree, make_tar
 
 
@@ -84,3 +84,82 @@ def test_augment_flips_rotates_and_normalizes():
     flipped = (zero == plain.flip(3)).flatten(1).all(1)
     same = (zero == plain).flatten(1).all(1)
     assert (flipped | same).all() and flipped.any() and same.any()
+
+
+def test_identity_is_the_content_whatever_the_form(tmp_path):
+    tree = make_image_tree(tmp_path / "tree", n_train=2, n_test=1)
+    a = load_cifar10(tree)
+    b = load_cifar10(make_tar(tree, tmp_path / "c.tar.gz"))
+    assert a.identity == b.identity and len(a.identity) == 16
+    other = load_cifar10(make_image_tree(tmp_path / "other", n_train=2, n_test=1, seed=1))
+    assert other.identity != a.identity
+    again = load_cifar10(tree)  # from the cache: the identity was stored with it
+    assert again.identity == a.identity
+
+
+def test_cache_sees_deleted_and_moved_images(tmp_path):
+    tree = make_image_tree(tmp_path / "tree", n_train=3, n_test=1)
+    first = load_cifar10(tree)
+    assert first.train_x.shape[0] == 30
+    for name in CLASSES:  # one image fewer in every class
+        (tree / "train" / name / "0000.jpg").unlink()
+    second = load_cifar10(tree)
+    assert second.train_x.shape[0] == 20 and second.identity != first.identity
+    (tree / "train" / "cat" / "0001.jpg").rename(tree / "train" / "dog" / "moved.jpg")
+    third = load_cifar10(tree)
+    counts = torch.bincount(third.train_y, minlength=10).tolist()
+    assert counts[CLASSES.index("cat")] == 1 and counts[CLASSES.index("dog")] == 3
+
+
+def test_truncated_archives_are_named(tmp_path):
+    tree = make_image_tree(tmp_path / "tree", n_train=2, n_test=1)
+    gz = make_tar(tree, tmp_path / "c.tar.gz").read_bytes()
+    cut_gz = tmp_path / "cut.tar.gz"
+    cut_gz.write_bytes(gz[: len(gz) // 2])
+    with pytest.raises(DataError, match="cut.tar.gz: truncated or damaged"):
+        load_cifar10(cut_gz)
+    plain = tmp_path / "c.tar"
+    with tarfile.open(plain, "w") as tf:
+        tf.add(tree / "train", arcname="train")
+        tf.add(tree / "test", arcname="test")
+    data = plain.read_bytes()
+    with tarfile.open(plain) as tf:
+        members = [m for m in tf.getmembers() if m.isfile()]
+    mid = members[len(members) // 2]
+    inside = tmp_path / "inside.tar"  # cut in the middle of a member's data
+    inside.write_bytes(data[: mid.offset_data + 100])
+    with pytest.raises(DataError, match="inside.tar: truncated or damaged"):
+        load_cifar10(inside)
+    between = tmp_path / "between.tar"  # cut exactly where a member's header starts
+    between.write_bytes(data[: mid.offset])
+    with pytest.raises(DataError, match="between.tar: the archive ends without its end-of"):
+        load_cifar10(between)
+
+
+def test_archive_with_images_missing_is_refused(tmp_path):
+    tree = make_image_tree(tmp_path / "tree", n_train=3, n_test=1)
+    (tree / "train" / "frog" / "0002.jpg").unlink()
+    with pytest.raises(DataError, match=r"train/ has 3 images .* only frog 2: images are missing"):
+        load_cifar10(make_tar(tree, tmp_path / "c.tar.gz"))
+
+
+class Evil:
+    """Unpickling this creates the marker file: what a crafted batch file could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_crafted_batch_file_cannot_run_code(tmp_path):
+    import pickle
+
+    root = make_batches(tmp_path / "orig")
+    marker = tmp_path / "pwned"
+    with open(root / "cifar-10-batches-py" / "data_batch_3", "wb") as fh:
+        pickle.dump({"data": Evil(marker), "labels": [0]}, fh)
+    with pytest.raises(DataError, match="data_batch_3: not a CIFAR-10 batch file .*refusing"):
+        load_cifar10(root)
+    assert not marker.exists()

@@ -47,19 +47,19 @@ def test_tiny_run_learns_writes_everything_and_resumes_exactly(tree, tmp_path, m
         T.train(cfg(tree), part, progress=False)
     monkeypatch.setattr(T, "evaluate", real_eval)
     assert not (part / "summary.json").exists()
-    assert torch.load(part / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(part / "last.pt", weights_only=True)["epoch"] == 1
     T.train(cfg(tree), part, resume=True, progress=False)
     assert metrics(part) == rows
-    a = torch.load(full / "best.pt", weights_only=False)["model"]
-    b = torch.load(part / "best.pt", weights_only=False)["model"]
+    a = torch.load(full / "best.pt", weights_only=True)["model"]
+    b = torch.load(part / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_best_weights_are_a_copy(tree, tmp_path):
     run = tmp_path / "r"
     T.train(cfg(tree, model="base", epochs=3, lr=0.2), run, progress=False)
-    best = torch.load(run / "best.pt", weights_only=False)
-    last = torch.load(run / "last.pt", weights_only=False)
+    best = torch.load(run / "best.pt", weights_only=True)
+    last = torch.load(run / "last.pt", weights_only=True)
     rows = json.loads((run / "metrics.json").read_text())
     assert best["best_epoch"] == max(range(3), key=lambda i: (rows[i]["val_acc"], -i)) + 1
     if best["best_epoch"] != 3:

@@ -74,7 +74,80 @@ def test_bad_files(tmp_path, capsys, setup, match):
 
 
 def test_mismatched_counts_cli(tmp_path, capsys):
-    np.save(tmp_path / "x.npy", np.zeros((5, 2)))
+    np.save(tmp_path / "x.npy", np.arange(10.0).reshape(5, 2))
     np.save(tmp_path / "y.npy", np.zeros(4))
     assert main(["si", str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]) == 2
     assert "N=5 samples but labels have 4" in capsys.readouterr().err
+
+
+def si_exit(tmp_path, capsys, x, y):
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    code = main(["si", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--json"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_continuous_labels_are_refused(tmp_path, capsys, data):
+    x, _ = data
+    code, out, err = si_exit(tmp_path, capsys, x, np.random.default_rng(1).random(60))
+    assert code == 2 and out == ""
+    assert "labels look continuous" in err and "y.npy" in err
+
+
+def test_integral_float_labels_are_classes(tmp_path, capsys, data):
+    x, y = data
+    code, out, _ = si_exit(tmp_path, capsys, x, y.astype(np.float64))
+    assert code == 0
+    want = separability(x, y, "si,csi").values
+    got = json.loads(out)
+    assert got["si"] == pytest.approx(want["si"]) and got["csi"] == pytest.approx(want["csi"])
+
+
+def test_constant_features_are_refused(tmp_path, capsys, data):
+    _, y = data
+    code, out, err = si_exit(tmp_path, capsys, np.full((60, 4), 3.0), y)
+    assert code == 2 and out == ""
+    assert "every feature column is constant" in err and "x.npy" in err
+
+
+@pytest.mark.parametrize("header", ["label", "class"])
+def test_labels_csv_header_is_not_a_class(tmp_path, capsys, data, header):
+    x, y = data
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "y.csv").write_text(header + "\n" + "\n".join(map(str, y)) + "\n")
+    got = run_json(capsys, str(tmp_path / "x.npy"), str(tmp_path / "y.csv"))
+    assert set(got["per_class"]) == {"0", "1", "2"}
+    names = ["cat", "dog", "eel"]
+    (tmp_path / "y.csv").write_text(header + "\n" + "\n".join(names[v] for v in y) + "\n")
+    got = run_json(capsys, str(tmp_path / "x.npy"), str(tmp_path / "y.csv"))
+    assert set(got["per_class"]) == set(names)
+    want = separability(x, y, "si,csi").values
+    assert got["si"] == pytest.approx(want["si"])
+
+
+def test_continuous_labels_csv_is_refused(tmp_path, capsys, data):
+    x, _ = data
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "y.csv").write_text("\n".join(f"{v:.3f}" for v in np.linspace(0, 1, 60)))
+    assert main(["si", str(tmp_path / "x.npy"), str(tmp_path / "y.csv")]) == 2
+    assert "labels look continuous" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "x, argv, match",
+    [
+        (np.array([["a", "b"]] * 60), [], "features must be real numbers"),
+        (np.where(np.arange(240).reshape(60, 4) == 9, np.nan, 1.0 * np.arange(240).reshape(60, 4)),
+         [], "1 samples hold NaN or Inf (first at position 2)"),
+        (np.arange(240.0).reshape(60, 4), ["--measures", "hsi:60"], "--measures: hsi:60 needs"),
+        (np.arange(240.0).reshape(60, 4), ["--measures", "bogus"], "--measures: unknown"),
+        (np.arange(240.0).reshape(60, 4), ["--max-memory", "lots"], "cannot read 'lots'"),
+        (np.arange(240.0).reshape(60, 4), ["--device", "gpu"], "--device: 'gpu' is not"),
+    ],
+)
+def test_meaningless_or_bad_si_inputs_are_named(tmp_path, capsys, data, x, argv, match):
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", data[1])
+    assert main(["si", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), *argv]) == 2
+    assert match in capsys.readouterr().err

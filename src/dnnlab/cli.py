@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict
 
@@ -28,12 +27,17 @@ def _add_si(sub) -> None:
 
 
 def cmd_si(args) -> int:
-    from dnnlab.separability import separability
+    from dnnlab.errors import ConfigError, InputError
+    from dnnlab.separability import parse_measures, separability
+    from dnnlab.separability.checks import check_inputs
     from dnnlab.separability.io import load_array
+    from dnnlab.utils.device import check_device
+    from dnnlab.utils.distributed import init_distributed
+    from dnnlab.utils.sizes import parse_size
 
     if args.demo:
         if args.features or args.labels:
-            raise SystemExit("dnnlab si: give either --demo or FEATURES LABELS, not both")
+            raise InputError("give either --demo or FEATURES LABELS, not both")
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -42,40 +46,34 @@ def cmd_si(args) -> int:
             print(f"demo: scikit-learn digits, {x.shape[0]} images of 8x8 pixels, 10 classes")
     else:
         if not (args.features and args.labels):
-            raise SystemExit("dnnlab si: need FEATURES and LABELS files (or --demo digits)")
+            raise InputError("need FEATURES and LABELS files (or --demo digits)")
         x = load_array(args.features)
         y = load_array(args.labels, numeric=False)
-    group = _init_distributed(args.device)
+        check_inputs(x, y, args.features, args.labels)
+    try:
+        wanted = parse_measures(args.measures)
+    except ValueError as e:  # parse_measures says what is wrong with the list
+        raise ConfigError(f"--measures: {e}") from None
+    for m in wanted:
+        if m.order >= len(y):
+            raise ConfigError(f"--measures: {m.name} needs fewer than the N={len(y)} samples "
+                              "(a sample has only N-1 neighbours)")
+    parse_size(args.max_memory)
+    if args.device is not None:
+        check_device(args.device)
+    rank, _ = init_distributed(args.device)
     res = separability(
         x, y, args.measures, normalize_method=args.normalize, device=args.device,
         max_memory=args.max_memory, progress=not args.no_progress and sys.stderr.isatty(),
     )  # fmt: skip
-    if group is not None:
-        import torch.distributed as dist
-
-        if dist.get_rank() != 0:
-            return 0
+    if rank != 0:
+        return 0
     if args.json:
         d = res.to_dict()
         print(json.dumps(d))
     else:
         print(res)
     return 0
-
-
-def _init_distributed(device):
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if device and str(device).startswith("cuda") else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-    return dist.group.WORLD
 
 
 def _add_models(sub) -> None:
@@ -92,50 +90,75 @@ def cmd_models(args) -> int:
     return 0
 
 
+class _Unset:
+    """Marks a train flag that was not given, so --resume can keep the run's own value."""
+
+    def __repr__(self) -> str:
+        return "unset"
+
+
+UNSET = _Unset()
+
+
 def _add_train(sub) -> None:
+    from dataclasses import fields
+
     from dnnlab.cifar.train import TrainConfig
     from dnnlab.settings import add_flags
 
-    d = TrainConfig()
     p = sub.add_parser(
-        "train", help="train one CIFAR-10 variant with the course's hyperparameters",
-        description="Train one variant; defaults are the course's hyperparameters (SGD 0.01, "
-        "momentum 0.9, StepLR 40/0.1, 100 epochs, batch 256); --recipe picks the protocol.",
-    )  # fmt: skip
-    p.add_argument("--model", default=d.model, help="a variant from `dnnlab models`")
+        "train",
+        help="train one CIFAR-10 variant with the course project's recipe",
+        description="Train one variant; defaults are the course project's recipe (SGD 0.01, "
+        "momentum 0.9, StepLR 40/0.1, 100 epochs, batch 256). Every setting is checked "
+        "before any work; --resume keeps the run's saved settings.",
+    )
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--device", default=d.device, help="cpu or cuda")
-    p.add_argument("--train-subset", type=int, default=None, help="stratified subset size")
-    p.add_argument("--val-size", type=int, default=d.n_val, help="validation images")
-    p.add_argument("--data-root", default=None, help="CIFAR-10 source (default $DNNLAB_DATA)")
+    add_flags(p, TrainConfig)
     p.add_argument("--download", action="store_true", help="fetch torchvision's CIFAR10")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--softmax-head", action="store_true",
-                   help="the course's double softmax (not for wide, which has no Softmax)")
-    add_flags(p, TrainConfig, names=["recipe"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished run")
-    p.set_defaults(func=cmd_train)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run with its saved settings; --epochs N (at least the "
+        "epochs done) continues it to N epochs, any other changed setting is refused",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (only after every input has been checked)",
+    )
+    p.set_defaults(func=cmd_train, **{f.name: UNSET for f in fields(TrainConfig)})
+
+
+def train_config(args, out):
+    """The TrainConfig a `dnnlab train` command line asks for: the given flags over the
+    defaults, or, with --resume on an existing run, over the run's saved settings."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from dnnlab.cifar.train import TrainConfig, read_run_config
+
+    names = [f.name for f in fields(TrainConfig)]
+    given = {k: getattr(args, k) for k in names if getattr(args, k, UNSET) is not UNSET}
+    cfg = TrainConfig(**given)  # every given flag checked, before anything else
+    if not (args.resume and (Path(out) / "config.json").exists()):
+        return cfg
+    base = read_run_config(out)
+    return TrainConfig(**{**{k: getattr(base, k) for k in names}, **given})
 
 
 def cmd_train(args) -> int:
     from dnnlab.cifar.data import load_cifar10
-    from dnnlab.cifar.train import TrainConfig, train
+    from dnnlab.cifar.train import train
+    from dnnlab.errors import ConfigError
 
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
+    cfg = train_config(args, args.out)
     if args.download:
-        load_cifar10(args.data_root, download=True)
-    cfg = TrainConfig(
-        model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        device=args.device, train_subset=args.train_subset, data_root=args.data_root,
-        seed=args.seed, softmax_head=args.softmax_head, compile=args.compile,
-        n_val=args.val_size, recipe=args.recipe,
-    )  # fmt: skip
-    train(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
-          progress=sys.stderr.isatty())  # fmt: skip
+        load_cifar10(cfg.data_root, download=True)
+    progress = sys.stderr.isatty()
+    train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress)
     return 0
 
 
@@ -191,6 +214,8 @@ def cmd_probe(args) -> int:
 
 
 def _add_study(sub) -> None:
+    from dataclasses import fields
+
     from dnnlab.settings import add_flags
     from dnnlab.study.study import StudyConfig
 
@@ -198,12 +223,10 @@ def _add_study(sub) -> None:
         "study", help="train + probe the variants and write the comparison report",
         description="Train and probe a list of variants (skipping finished work), then write "
         "report.md and a self-contained report.html. Prints its plan (variants, epochs, "
-        "expected minutes) before any work.",
+        "expected minutes) before any work. --quick sets the budget's flags not given.",
     )  # fmt: skip
     add_flags(p, StudyConfig)
     p.add_argument("--out", default="study", help="study directory (default: study/)")
-    p.add_argument("--epochs", type=int, default=None, dest="epochs_override",
-                   help="epochs per variant (>= 1; default 100, or 3 with --quick)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier study")
     p.add_argument("--detector", default=None,
                    help="a `dnnlab detect` directory whose eval.md and photos/ join the report")
@@ -212,17 +235,17 @@ def _add_study(sub) -> None:
                         "whose tables the report shows beside this study's")  # fmt: skip
     p.add_argument("--publish", default=None,
                    help="afterwards, copy the results (no weights) into this folder")
-    p.set_defaults(func=cmd_study)
+    p.set_defaults(func=cmd_study, **{f.name: UNSET for f in fields(StudyConfig)})
 
 
 def cmd_study(args) -> int:
-    from dnnlab.settings import from_args
+    from dataclasses import fields
+
     from dnnlab.study.study import QUICK, StudyConfig, run_study
 
-    extra = dict(QUICK) if args.quick else {}
-    if args.epochs_override is not None:
-        extra["epochs"] = args.epochs_override
-    cfg = from_args(StudyConfig, args, **extra)
+    given = {f.name: getattr(args, f.name) for f in fields(StudyConfig)
+             if getattr(args, f.name, UNSET) is not UNSET}  # fmt: skip
+    cfg = StudyConfig(**{**(QUICK if given.get("quick") else {}), **given})
     run_study(cfg, args.out, overwrite=args.overwrite, progress=sys.stderr.isatty(),
               detector=args.detector, published=args.published)  # fmt: skip
     if args.publish:
@@ -435,17 +458,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run a command. dnnlab's own errors (DnnlabError) print one "dnnlab CMD: error: ..."
+    line and exit 2; anything else is a bug and keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from dnnlab.separability.io import InputError
+    from dnnlab.errors import DnnlabError
 
+    cmd = args.command + (f" {args.detect_command}" if args.command == "detect" else "")
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print(f"dnnlab {args.command}: interrupted; rerun with --resume to continue",
-              file=sys.stderr)  # fmt: skip
+        hint = "; rerun with --resume to continue" if hasattr(args, "resume") else ""
+        print(f"dnnlab {cmd}: interrupted{hint}", file=sys.stderr)
         return 130
-    except (InputError, ValueError, TypeError, MemoryError, RuntimeError, OSError) as e:
-        cmd = args.command + (f" {args.detect_command}" if args.command == "detect" else "")
+    except DnnlabError as e:
         print(f"dnnlab {cmd}: error: {e}", file=sys.stderr)
         return 2

@@ -6,8 +6,12 @@ Accepted sources (--data-root, default $DNNLAB_DATA):
 - an image-folder tree `train/<class>/*`, `test/<class>/*` (class names as in CIFAR-10);
 - the same tree inside a .tar or .tar.gz, read straight from the archive (nothing is
   extracted; a member whose path would leave the archive's root is refused).
-The first use converts the source into `<cache>/cifar10-<key>.pt` (uint8 N x 3 x 32 x 32),
-keyed by the source's path, size and modification time, and reuses it afterwards.
+The first use converts the source into `<cache>/cifar10-<key>.pt` (uint8 N x 3 x 32 x 32)
+and reuses it afterwards. The key is what determines the content, cheap to compute: for a
+folder, every member's relative path, size and modification time; for an archive or the
+batches folder's files, their path, size and modification time. The cache also stores the
+data's `identity`, a SHA-256 of the decoded tensors computed once at conversion: the same
+images give the same identity whatever form they were read from, and a run records it.
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import posixpath
 import tarfile
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +31,7 @@ import numpy as np
 import torch
 
 from dnnlab.errors import InputError
-from dnnlab.utils.atomic import atomic_torch_save
+from dnnlab.utils.atomic import atomic_torch_save, remove_stale_temporaries
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")  # fmt: skip
@@ -47,7 +54,8 @@ class Cifar10:
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: tuple[str, ...]
-    source: str
+    source: str  # the resolved path the images were read from
+    identity: str  # content hash of the four tensors (see tensor_identity)
 
 
 def default_root() -> str | None:
@@ -58,13 +66,47 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DNNLAB_CACHE", Path.home() / ".cache" / "dnnlab"))
 
 
+CACHE_KEYS = {"train_x", "train_y", "test_x", "test_y", "identity"}
+CACHE_FORMAT = "2"  # part of the key: caches of an older layout are never read
+
+
+def _tree_stats(root: Path):
+    """(relative path, size, mtime_ns) of every file under root, in a fixed order."""
+    out = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=True):
+                    stack.append(Path(e.path))
+                elif e.is_file(follow_symlinks=True):
+                    st = e.stat(follow_symlinks=True)
+                    rel = Path(e.path).relative_to(root).as_posix()
+                    out.append((rel, st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
 def _source_key(path: Path) -> str:
-    st = path.stat()
-    parts = [str(path.resolve()), str(st.st_size), str(st.st_mtime_ns)]
-    if path.is_dir():  # a tree: include the top-level entries' times
-        for p in sorted(path.iterdir()):
-            parts += [p.name, str(p.stat().st_mtime_ns)]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    """Cache key from what determines the content: every member's path, size and mtime."""
+    parts = [CACHE_FORMAT, str(path.resolve())]
+    if path.is_dir():
+        for rel, size, mtime in _tree_stats(path):
+            parts.append(f"{rel}\0{size}\0{mtime}")
+    else:
+        st = path.stat()
+        parts += [str(st.st_size), str(st.st_mtime_ns)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def tensor_identity(train_x, train_y, test_x, test_y) -> str:
+    """SHA-256 (first 16 hex digits) of the decoded images and labels, shapes included."""
+    h = hashlib.sha256()
+    for t in (train_x, train_y, test_x, test_y):
+        t = t.contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:
@@ -135,20 +177,48 @@ def _safe_member(name: str, archive: Path) -> str:
     return norm
 
 
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+
+
 def _from_tar(path: Path):
     try:
         tf = tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError) as e:
+    except _TAR_ERRORS as e:
         raise DataError(f"{path}: not a readable tar archive ({e})") from None
     with tf:
         members = []
-        for m in tf:
-            rel = _safe_member(m.name, path)
-            if m.issym() or m.islnk():
-                continue  # links could point anywhere; images are plain files
-            if m.isfile():
-                members.append((rel, tf.extractfile(m).read()))
-    return _collect(((rel, (lambda b=b: b)) for rel, b in members), str(path))
+        try:
+            for m in tf:
+                rel = _safe_member(m.name, path)
+                if m.issym() or m.islnk():
+                    continue  # links could point anywhere; images are plain files
+                if m.isfile():
+                    members.append((rel, tf.extractfile(m).read()))
+            # A tar ends with zero blocks; without them it was cut, maybe between members.
+            tf.fileobj.seek(tf.offset)
+            end = tf.fileobj.read(tarfile.BLOCKSIZE)
+        except DataError:
+            raise
+        except _TAR_ERRORS as e:
+            raise DataError(f"{path}: truncated or damaged archive ({e or type(e).__name__}) "
+                            f"after {len(members)} files") from None
+        if len(end) < tarfile.BLOCKSIZE or end.count(0) != tarfile.BLOCKSIZE:
+            last = members[-1][0] if members else "the start"
+            raise DataError(f"{path}: the archive ends without its end-of-archive marker, "
+                            f"after {last!r}: it was cut short and images are missing")
+    out = _collect(((rel, (lambda b=b: b)) for rel, b in members), str(path))
+    _check_counts(out, str(path))
+    return out
+
+
+def _check_counts(splits: dict, where: str) -> None:
+    """CIFAR-10 has as many images of each class in a split: fewer means some are missing."""
+    for split, (_, y) in splits.items():
+        counts = torch.bincount(y, minlength=len(CLASSES)).tolist()
+        if len(set(counts)) > 1:
+            short = [f"{CLASSES[c]} {n}" for c, n in enumerate(counts) if n < max(counts)]
+            raise DataError(f"{where}: {split}/ has {max(counts)} images in some classes but "
+                            f"only {', '.join(short)}: images are missing")
 
 
 def _from_tree(path: Path):
@@ -160,15 +230,33 @@ def _from_tree(path: Path):
     return _collect(items(), str(path))
 
 
-def _from_batches(path: Path, download: bool):
-    """The original release's pickled batches (cifar-10-batches-py/)."""
-    import pickle
+# What numpy arrays need to unpickle; any other global in a batch file is refused.
+_NUMPY_GLOBALS = {
+    (mod, name)
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy")
+    for name in ("_reconstruct", "ndarray", "dtype", "scalar")
+}
 
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _NUMPY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: a CIFAR-10 batch holds only "
+                                     "arrays, lists, numbers and strings")
+
+
+def _from_batches(path: Path, download: bool):
+    """The original release's pickled batches (cifar-10-batches-py/), unpickled so that only
+    plain data and numpy arrays can come out: a crafted batch file cannot run code."""
     root = path.parent if path.name == "cifar-10-batches-py" else path
     if download:
         from torchvision.datasets import CIFAR10
 
-        CIFAR10(str(root), train=True, download=True)  # fetches and verifies the archive
+        try:
+            CIFAR10(str(root), train=True, download=True)  # fetches and verifies the archive
+        except Exception as e:  # no network, a failed checksum: say so, briefly
+            raise DataError(f"{root}: downloading CIFAR-10 failed ({e})") from None
     folder = root / "cifar-10-batches-py"
 
     def read(names):
@@ -177,7 +265,7 @@ def _from_batches(path: Path, download: bool):
             f = folder / name
             try:
                 with open(f, "rb") as fh:
-                    d = pickle.load(fh, encoding="latin1")
+                    d = _PlainUnpickler(fh, encoding="latin1").load()
                 xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 ys.append(np.asarray(d["labels"], dtype=np.int64))
             except FileNotFoundError:
@@ -210,6 +298,14 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = False) 
     if not root:
         raise DataError(f"no data root: pass --data-root PATH or set DNNLAB_DATA. {HOW_TO_GET}")
     path = Path(root).expanduser()
+    remove_stale_temporaries(cache_dir())  # a killed conversion's partial cache file
+    try:
+        return _load(path, download)
+    except OSError as e:  # unreadable folders or files, a failed download
+        raise DataError(f"{path}: cannot read the data ({e})") from None
+
+
+def _load(path: Path, download: bool) -> Cifar10:
     if not path.exists():
         if download:
             path.mkdir(parents=True, exist_ok=True)
@@ -221,22 +317,46 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = False) 
             kind = "torchvision"
         else:
             raise DataError(f"{path}: no CIFAR-10 found here. {HOW_TO_GET}")
+    source = str(path.resolve())
     cache = None
     if kind != "torchvision" or (path / "cifar-10-batches-py").exists():
-        key = _source_key(path)
-        cache = cache_dir() / f"cifar10-{key}.pt"
-        if cache.exists():
-            d = torch.load(cache, weights_only=True)
-            return Cifar10(d["train_x"], d["train_y"], d["test_x"], d["test_y"], CLASSES,
-                           str(path))  # fmt: skip
+        cache = cache_dir() / f"cifar10-{_source_key(_key_path(path, kind))}.pt"
+        d = _read_cache(cache)
+        if d is not None:
+            tensors = (d["train_x"], d["train_y"], d["test_x"], d["test_y"])
+            return Cifar10(*tensors, CLASSES, source, d["identity"])
     splits = {"tar": _from_tar, "tree": _from_tree}.get(kind)
     data = splits(path) if splits else _from_batches(path, download)
     (trx, try_), (tex, tey) = data["train"], data["test"]
+    ident = tensor_identity(trx, try_, tex, tey)
     if cache is None:
-        cache = cache_dir() / f"cifar10-{_source_key(path)}.pt"
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({"train_x": trx, "train_y": try_, "test_x": tex, "test_y": tey}, cache)
-    return Cifar10(trx, try_, tex, tey, CLASSES, str(path))
+        cache = cache_dir() / f"cifar10-{_source_key(_key_path(path, kind))}.pt"
+    record = {"train_x": trx, "train_y": try_, "test_x": tex, "test_y": tey, "identity": ident}
+    try:
+        atomic_torch_save(record, cache)
+    except OSError as e:  # the data are read; only the next load will be slower
+        warnings.warn(f"could not write the CIFAR-10 cache {cache}: {e}", stacklevel=3)
+    return Cifar10(trx, try_, tex, tey, CLASSES, source, ident)
+
+
+def _key_path(path: Path, kind: str) -> Path:
+    """What the cache key is computed from: the batches folder for torchvision's release."""
+    if kind == "torchvision" and path.name != "cifar-10-batches-py":
+        return path / "cifar-10-batches-py"
+    return path
+
+
+def _read_cache(cache: Path) -> dict | None:
+    """The cached tensors, or None when absent or unusable (then it is rebuilt)."""
+    if not cache.exists():
+        return None
+    try:
+        d = torch.load(cache, weights_only=True)
+        if isinstance(d, dict) and CACHE_KEYS <= d.keys():
+            return d
+    except Exception:
+        pass  # a damaged cache file is ours to rebuild, not the user's problem
+    return None
 
 
 def split_indices(labels: torch.Tensor, n_val: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -25,45 +25,74 @@ from dnnlab.cifar import recipe as R
 from dnnlab.cifar.augment import augment, to_input
 from dnnlab.cifar.data import load_cifar10, split_indices, stratified_subset
 from dnnlab.cifar.models import VARIANTS, build_model, count_params
-from dnnlab.errors import ConfigError, DnnlabError
-from dnnlab.settings import setting, validate
+from dnnlab.cifar.rundir import (
+    RunError,
+    check_run_data,
+    data_record,
+    load_checkpoint,
+    read_json,
+    read_json_dict,
+)
+from dnnlab.errors import ConfigError
+from dnnlab.settings import flag_name, setting, validate
 from dnnlab.utils.atomic import (
     atomic_savefig,
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
 )
+from dnnlab.utils.device import check_device, check_device_name
+from dnnlab.utils.distributed import init_distributed
+
+__all__ = ["RunError", "TrainConfig", "check_run_data", "load_model_checkpoint",
+           "read_run_config", "read_split", "train"]
 
 
 @dataclass
 class TrainConfig:
-    """The course's hyperparameters; `recipe` picks the protocol (dnnlab.cifar.recipe)."""
+    """One training run's settings; every default is the course project's recipe."""
 
-    model: str = "base"
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    step_size: int = 40
-    gamma: float = 0.1
-    n_val: int = 5000
-    train_subset: int | None = None
-    test_subset: int | None = None  # a stratified part of the test set (quick runs only)
-    seed: int = 0
-    softmax_head: bool = False
-    device: str = "cpu"
-    compile: bool = False
-    data_root: str | None = None
-    eval_batch_size: int = 1024
+    model: str = setting("base", "a variant from `dnnlab models`")
+    epochs: int = setting(100, "training epochs", low=1)
+    batch_size: int = setting(256, "training batch size", low=1)
+    lr: float = setting(0.01, "SGD learning rate", low=0, low_open=True)
+    momentum: float = setting(0.9, "SGD momentum", low=0, high=1, high_open=True)
+    weight_decay: float = setting(0.0, "SGD weight decay", low=0)
+    step_size: int = setting(40, "StepLR: epochs between learning-rate drops", low=1)
+    gamma: float = setting(
+        0.1, "StepLR: learning-rate factor at each drop", low=0, high=1, low_open=True
+    )
+    n_val: int = setting(
+        5000, "validation images held out of the training set (stratified)",
+        low=1, high=49_999, flag="--val-size",
+    )
+    train_subset: int | None = setting(None, "train on a stratified subset this large", low=1)
+    test_subset: int | None = setting(
+        None, "test on a stratified part of the test set (quick runs only)", low=1
+    )
+    seed: int = setting(
+        0, "random seed (split, initialization, data order, augmentation)", low=0, high=2**32 - 1
+    )
+    softmax_head: bool = setting(
+        False, "the course project's double softmax (softmax in the model, then cross-entropy)"
+    )
+    device: str = setting("cpu", "cpu, cuda or cuda:N")
+    compile: bool = setting(False, "torch.compile the model (GPU runs)")
+    data_root: str | None = setting(None, "CIFAR-10 source; none: $DNNLAB_DATA")
+    eval_batch_size: int = setting(1024, "batch size for validation and test", low=1)
     recipe: str = setting("corrected", R.RECIPE_HELP, choices=R.RECIPES + tuple(R.ALIASES))
 
     def __post_init__(self):
         self.recipe = R.recipe_name(self.recipe)
         validate(self)
+        if self.model not in VARIANTS:
+            raise ConfigError(
+                f"--model: {self.model!r} is not a model; choose one of: {', '.join(VARIANTS)}"
+            )
         if self.softmax_head and self.model == "wide":
             raise ConfigError("--softmax-head: the course's wide network has no Softmax, so "
                               "model 'wide' has no softmax head")  # fmt: skip
+        check_device_name(self.device)
 
     @property
     def head_softmax(self) -> bool:
@@ -72,33 +101,25 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """From a run's config.json (which also holds data_identity and data_source)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-class RunError(DnnlabError, RuntimeError):
-    """The run directory cannot be used as asked (finished, or another configuration)."""
+def read_run_config(run_dir) -> TrainConfig:
+    """A run's config.json as a TrainConfig; a damaged or invalid one is a RunError naming it."""
+    f = Path(run_dir) / "config.json"
+    d = read_json_dict(f, ("model",))
+    try:
+        return TrainConfig.from_dict(d)
+    except (ConfigError, TypeError) as e:
+        raise RunError(f"{f}: not a valid run configuration ({e})") from None
 
 
-def _device(name: str) -> torch.device:
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but CUDA is not available here")
-    return dev
-
-
-def _distributed():
-    """(rank, world) when launched by torchrun with several processes, else (0, 1)."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+# Settings a resumed run may change: where it runs, and how long (more epochs continue it).
+# Any other difference from the saved run is refused. data_root may name another copy of
+# the same data (its content identity is checked); config.json keeps the original root.
+RESUMABLE_CHANGES = ("device", "compile", "eval_batch_size", "data_root", "epochs")
 
 
 def make_optimizer(model, cfg: TrainConfig):
@@ -189,8 +210,10 @@ def _checkpoint(model, opt, sched, epoch, gen, cfg, best_acc, best_epoch):
 
 def load_model_checkpoint(path, model_name: str | None = None, map_location="cpu"):
     """Load best.pt/last.pt into a fresh model; a checkpoint of another model is an error."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = load_checkpoint(path, map_location)
     arch = ckpt.get("arch")
+    if arch not in VARIANTS:
+        raise RunError(f"{path}: checkpoint of unknown model {arch!r}")
     if model_name is not None and arch != model_name:
         raise RunError(f"{path}: checkpoint is of model {arch!r}, not {model_name!r}")
     model = build_model(arch, softmax_head=ckpt.get("softmax_head", False))
@@ -201,6 +224,8 @@ def load_model_checkpoint(path, model_name: str | None = None, map_location="cpu
 def load_weights(model, state: dict, where: str) -> None:
     """load_state_dict, but a mismatch names the first offending key and both shapes."""
     own = model.state_dict()
+    if not isinstance(state, dict):
+        raise RunError(f"{where}: the checkpoint's model entry is not a state dict")
     for k, v in own.items():
         if k not in state:
             raise RunError(f"{where}: the checkpoint lacks {k!r} {tuple(v.shape)}; it was "
@@ -248,89 +273,206 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def prepare_data(cfg: TrainConfig, dev: torch.device, out: Path | None = None):
-    data = load_cifar10(cfg.data_root)
-    split_file = out / "split.json" if out else None
-    if split_file and split_file.exists():
-        s = json.loads(split_file.read_text())
-        tr_idx, val_idx = torch.tensor(s["train"]), torch.tensor(s["val"])
-    else:
-        tr_idx, val_idx = split_indices(data.train_y, cfg.n_val, cfg.seed)
-        if cfg.train_subset:
-            pos = stratified_subset(data.train_y[tr_idx], cfg.train_subset, cfg.seed + 1)
-            tr_idx = tr_idx[pos]
-        if split_file:
-            atomic_write_json(split_file, {"train": tr_idx.tolist(), "val": val_idx.tolist()})
-    te = stratified_subset(data.test_y, cfg.test_subset, cfg.seed) if cfg.test_subset else \
-        torch.arange(data.test_y.numel())  # fmt: skip
-    return {
-        "train": (data.train_x[tr_idx].to(dev), data.train_y[tr_idx].to(dev)),
-        "val": (data.train_x[val_idx].to(dev), data.train_y[val_idx].to(dev)),
-        "test": (data.test_x[te].to(dev), data.test_y[te].to(dev)),
-        "indices": (tr_idx, val_idx),
-    }
+def make_split(cfg: TrainConfig, data) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices into data.train_*: stratified, seeded; sizes checked first."""
+    n = data.train_y.numel()
+    if cfg.n_val >= n:
+        raise ConfigError(
+            f"--val-size: {cfg.n_val} leaves no training images; {data.source} has {n}"
+        )
+    tr_idx, val_idx = split_indices(data.train_y, cfg.n_val, cfg.seed)
+    if cfg.train_subset:
+        if cfg.train_subset > tr_idx.numel():
+            raise ConfigError(
+                f"--train-subset: {cfg.train_subset} is more than the {tr_idx.numel()} "
+                "training images left after the validation split"
+            )
+        pos = stratified_subset(data.train_y[tr_idx], cfg.train_subset, cfg.seed + 1)
+        tr_idx = tr_idx[pos]
+    return tr_idx, val_idx
+
+
+def read_split(out: Path, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A run's split.json, checked: lists of indices into the n_train training images."""
+    f = out / "split.json"
+    s = read_json_dict(f, ("train", "val"))
+    try:
+        tr = torch.tensor(s["train"], dtype=torch.long)
+        va = torch.tensor(s["val"], dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise RunError(f"{f}: the indices are not lists of integers ({e})") from None
+    for name, idx in (("train", tr), ("val", va)):
+        if idx.ndim != 1 or idx.numel() == 0 or idx.min() < 0 or idx.max() >= n_train:
+            raise RunError(f"{f}: the {name} indices are not positions among {n_train} images")
+    return tr, va
+
+
+def test_positions(cfg: TrainConfig, data) -> torch.Tensor:
+    n = data.test_y.numel()
+    if not cfg.test_subset:
+        return torch.arange(n)
+    if cfg.test_subset > n:
+        raise ConfigError(f"--test-subset: {cfg.test_subset} is more than the {n} test images")
+    return stratified_subset(data.test_y, cfg.test_subset, cfg.seed)
+
+
+def _settings_changed(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """'--flag NEW (run: OLD)' for each setting a resumed run cannot take over."""
+    out = []
+    for f in fields(TrainConfig):
+        if f.name in RESUMABLE_CHANGES:
+            continue
+        a, b = getattr(saved, f.name), getattr(cfg, f.name)
+        if a != b:
+            out.append(f"{flag_name(f)} {b} (the run has {a})")
+    return out
+
+
+@dataclass
+class _Plan:
+    """What train() will do with the run directory, decided before any file is touched."""
+
+    cfg: TrainConfig
+    resume_from: dict | None = None  # last.pt's content
+    saved: dict | None = None  # the run's config.json
+    replace: bool = False  # move the old run aside (--overwrite)
+    extend: bool = False  # a finished run continued to more epochs
+
+
+def _plan(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) -> _Plan | dict:
+    """Check the run directory against the request; returns a plan, or the finished
+    run's summary when there is nothing to do. Raises RunError before touching anything."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out}: exists and is not a directory")
+    has = out.is_dir() and any(out.iterdir())
+    cfg_file = out / "config.json"
+    if not has:
+        return _Plan(cfg)
+    if not cfg_file.exists():
+        raise RunError(
+            f"{out} is not empty and holds no config.json, so it is not a dnnlab run "
+            "directory; choose another --out"
+        )
+    if overwrite and not resume:
+        return _Plan(cfg, replace=True)  # a damaged run can be replaced too
+    saved = read_run_config(out)
+    saved_d = read_json_dict(cfg_file)
+    done = out / "summary.json"
+    if not resume:
+        if done.exists():
+            raise RunError(
+                f"{out} holds a finished run; pass --overwrite to replace it, or choose "
+                "another --out"
+            )
+        raise RunError(
+            f"{out} is not empty: pass --resume to continue that run, or --overwrite to "
+            "start again"
+        )
+    if saved.model != cfg.model:
+        raise RunError(f"{out} is a run of {saved.model!r}, not {cfg.model!r}")
+    changed = _settings_changed(saved, cfg)
+    if changed:
+        raise RunError(
+            f"{out}: a resumed run keeps its settings, but {'; '.join(changed)}. Resume "
+            "without them, or use --overwrite or another --out"
+        )
+    last = out / "last.pt"
+    ck = load_checkpoint(last, dev) if last.exists() else None
+    try:
+        completed = int(ck["epoch"]) if ck else 0
+    except (KeyError, TypeError, ValueError):
+        raise RunError(f"{last}: damaged checkpoint (no epoch number)") from None
+    if cfg.epochs < completed:
+        raise RunError(
+            f"--epochs {cfg.epochs}: {out} has already completed {completed} epochs; a run "
+            "cannot be shortened"
+        )
+    plan = _Plan(cfg, resume_from=ck, saved=saved_d)
+    if done.exists():
+        summary = read_json_dict(done, ("epochs",))
+        if summary["epochs"] == cfg.epochs and completed == cfg.epochs:
+            return summary
+        plan.extend = True  # honoured: more epochs continue the finished run
+    return plan
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
           overwrite: bool = False, progress: bool = True) -> dict:  # fmt: skip
-    """Train (or resume) one run; returns the summary dict."""
+    """Train (or resume) one run; returns the summary dict.
+
+    Every input (settings, run directory, checkpoint, data, split) is checked before
+    anything is written or replaced. With --overwrite the old run is moved to a hidden
+    sibling `.OUT.PID.old` and deleted once the new run's first epoch is saved."""
     from tqdm.auto import tqdm
 
     out = Path(out)
-    if cfg.model not in VARIANTS:
-        raise ValueError(f"unknown model {cfg.model!r}; choose one of: {', '.join(VARIANTS)}")
-    rank, world = _distributed()
-    dev = _device(cfg.device)
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
+    rank, world = init_distributed(cfg.device)
+    dev = check_device(cfg.device)
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", torch.cuda.current_device())
-    last = out / "last.pt"
-    if resume and (out / "config.json").exists():
-        saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
-        if saved.model != cfg.model:
-            raise RunError(f"{out} is a run of {saved.model!r}, not {cfg.model!r}")
-        if saved.recipe != cfg.recipe:
-            raise RunError(f"{out} is a run of the {saved.recipe!r} recipe, not {cfg.recipe!r}")
-        cfg = TrainConfig.from_dict({**asdict(saved), "device": cfg.device, "compile": cfg.compile,
-                                     "data_root": cfg.data_root or saved.data_root})  # fmt: skip
-    if (out / "summary.json").exists() and not overwrite:
-        if resume:
-            return json.loads((out / "summary.json").read_text())
-        raise RunError(f"{out} holds a finished run; pass --overwrite to replace it, or "
-                       "choose another --out")  # fmt: skip
-    if out.exists() and any(out.iterdir()) and not resume and not overwrite:
-        raise RunError(f"{out} is not empty: pass --resume to continue that run, or "
-                       "--overwrite to start again")  # fmt: skip
-    if overwrite and not resume:
-        for f in ("summary.json", "last.pt", "best.pt", "split.json", "metrics.json",
-                  "metrics.csv"):  # fmt: skip
-            (out / f).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    plan = _plan(cfg, out, resume, overwrite, dev)
+    if isinstance(plan, dict):
+        return plan  # finished, nothing asked beyond it
+    data = load_cifar10(cfg.data_root)
+    if plan.saved is not None:
+        check_run_data(out, data)
+    if plan.saved is not None and (out / "split.json").exists():
+        tr_idx, val_idx = read_split(out, data.train_y.numel())
+    else:
+        tr_idx, val_idx = make_split(cfg, data)
+    te = test_positions(cfg, data)
+    rows: list[dict] = []
+    ck = plan.resume_from
+    if ck is not None:
+        rows = read_json(out / "metrics.json")
+        if not isinstance(rows, list) or len(rows) < ck["epoch"]:
+            raise RunError(
+                f"{out / 'metrics.json'}: holds fewer epochs than last.pt's {ck['epoch']}; "
+                "the run is damaged"
+            )
+        rows = rows[: ck["epoch"]]
+
+    # Every input is good: only now change the run directory.
+    old = out.with_name(f".{out.name}.{os.getpid()}.old")
+    if rank == 0:
+        if plan.replace:
+            out.rename(old)
+            print(f"[{cfg.model}] the run being replaced is kept in {old} until the new run's "
+                  "first epoch is saved", flush=True)
+        if plan.extend:
+            (out / "summary.json").unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        record = asdict(cfg)
+        if plan.saved is not None:  # the run keeps the data root it was trained from
+            record["data_root"] = plan.saved.get("data_root")
+        atomic_write_json(out / "config.json", {**record, **data_record(data)})
+        if not (out / "split.json").exists():
+            split_record = {"train": tr_idx.tolist(), "val": val_idx.tolist()}
+            atomic_write_json(out / "split.json", split_record)
+    if world > 1:
+        torch.distributed.barrier()
+    split = {
+        "train": (data.train_x[tr_idx].to(dev), data.train_y[tr_idx].to(dev)),
+        "val": (data.train_x[val_idx].to(dev), data.train_y[val_idx].to(dev)),
+        "test": (data.test_x[te].to(dev), data.test_y[te].to(dev)),
+    }
+    x_tr, y_tr = split["train"]
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    data = prepare_data(cfg, dev, out)
-    x_tr, y_tr = data["train"]
     model = build_model(cfg.model, softmax_head=cfg.head_softmax).to(dev)
     model = model.to(memory_format=torch.channels_last)
     opt, sched = make_optimizer(model, cfg)
-    rows: list[dict] = []
     start, best_acc, best_epoch, best_state = 0, -1.0, 0, None
-    if resume and last.exists():
-        ck = torch.load(last, map_location=dev, weights_only=False)
-        if ck.get("arch") != cfg.model:
-            raise RunError(f"{last}: checkpoint is of model {ck.get('arch')!r}, not {cfg.model!r}")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        gen.set_state(ck["rng"]["gen"])
+    last = out / "last.pt"
+    if ck is not None:
+        _restore(ck, last, model, opt, sched, gen)
         start, best_acc, best_epoch = ck["epoch"], ck["best_val_acc"], ck["best_epoch"]
-        rows = json.loads((out / "metrics.json").read_text())[:start]
         best_path = out / "best.pt"
         if best_path.exists():
-            best_state = torch.load(best_path, map_location=dev, weights_only=False)["model"]
-    if rank == 0:
-        atomic_write_json(out / "config.json", asdict(cfg))
+            best_state = load_checkpoint(best_path, dev)["model"]
 
     net = model
     if world > 1:
@@ -349,7 +491,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
         bar.close()
         sched.step()
         val_gen = R.val_generator(cfg.recipe, cfg.seed, epoch)
-        val_loss, val_acc = evaluate(net, *data["val"], dev, cfg.eval_batch_size, val_gen)
+        val_loss, val_acc = evaluate(net, *split["val"], dev, cfg.eval_batch_size, val_gen)
         secs = time.perf_counter() - t0
         row = dict(epoch=epoch + 1, lr=lr, train_loss=tr_loss, train_acc=tr_acc,
                    val_loss=val_loss, val_acc=val_acc, seconds=secs)  # fmt: skip
@@ -358,8 +500,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
         if improved:
             best_acc, best_epoch = val_acc, epoch + 1
         if improved or R.tests_last_weights(cfg.recipe):
-            # A copy: the live state dict would change under us (the course's bug, which the
-            # course recipe reproduces by keeping the last epoch's weights instead).
+            # A copy: the live state dict would change under us (the course code's bug, which
+            # the course recipe reproduces by keeping the last epoch's weights instead).
             best_state = copy.deepcopy(model.state_dict())
         if rank == 0:
             ck = _checkpoint(model, opt, sched, epoch + 1, gen, cfg, best_acc, best_epoch)
@@ -367,12 +509,14 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
                 atomic_torch_save({**ck, "model": best_state}, out / "best.pt")
             _write_metrics(out, rows)
             atomic_torch_save(ck, last)  # last: only now is the epoch complete
+            if plan.replace and old.exists():
+                shutil.rmtree(old)  # the new run has its first checkpoint
             print(f"[{cfg.model}] epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4g}  "
                   f"train {tr_loss:.4f}/{tr_acc:.4f}  val {val_loss:.4f}/{val_acc:.4f}  "
                   f"{secs:.1f}s", flush=True)  # fmt: skip
 
     model.load_state_dict(best_state)
-    test_loss, test_acc = evaluate(model, *data["test"], dev, cfg.eval_batch_size)
+    test_loss, test_acc = evaluate(model, *split["test"], dev, cfg.eval_batch_size)
     summary = {
         "model": cfg.model,
         "recipe": cfg.recipe,
@@ -386,8 +530,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "epochs": cfg.epochs,
         "train_images": int(x_tr.shape[0]),
-        "test_images": int(data["test"][1].numel()),
+        "test_images": int(split["test"][1].numel()),
         "seconds": sum(r["seconds"] for r in rows),
+        "data_identity": data.identity,
     }
     if rank == 0:
         plot_curves(rows, out / "curves.png", cfg.model)
@@ -397,4 +542,18 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
         print(f"[{cfg.model}] best val {best_acc:.4f} (epoch {best_epoch}); "
               f"test {test_acc:.4f} with {which}", flush=True)  # fmt: skip
     return summary
+
+
+def _restore(ck: dict, last: Path, model, opt, sched, gen) -> None:
+    """Load last.pt's states; a checkpoint that does not fit is a RunError naming it."""
+    load_weights(model, ck["model"], f"{last} (model {ck.get('arch')!r})")
+    try:
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        # RNG states are CPU byte tensors, whatever map_location moved the rest to.
+        torch.set_rng_state(ck["rng"]["torch"].cpu())
+        gen.set_state(ck["rng"]["gen"].cpu())
+        int(ck["epoch"]), float(ck["best_val_acc"]), int(ck["best_epoch"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise RunError(f"{last}: damaged checkpoint ({type(e).__name__}: {e})") from None
 

@@ -70,12 +70,19 @@ def _read_csv(path: Path, column: str | None, numeric: bool) -> np.ndarray:
         rows = [[r[header.index(column)]] for r in rows]
     if not rows:
         raise InputError(f"{path}: no data rows")
+    if not numeric and header is None and _first_row_is_header([r[0] for r in rows]):
+        rows = rows[1:]  # a header such as "label" above class values is not a class
+        if not rows:
+            raise InputError(f"{path}: no data rows")
     if not numeric:
         cells = [r[0].strip() for r in rows] if len(rows[0]) == 1 else None
         if cells is None:
             raise InputError(f"{path}: labels need one column; found {len(rows[0])}")
-        return np.asarray([int(c) if _is_int(c) else c for c in cells] if all(
-            _is_int(c) for c in cells) else cells)
+        if all(_is_int(c) for c in cells):
+            return np.asarray([int(c) for c in cells])
+        if all(_is_float(c) for c in cells):  # checked later: integral floats only
+            return np.asarray([float(c) for c in cells])
+        return np.asarray(cells)
     out = np.empty((len(rows), len(rows[0])), dtype=np.float64)
     for i, r in enumerate(rows):
         for j, c in enumerate(r):
@@ -86,6 +93,29 @@ def _read_csv(path: Path, column: str | None, numeric: bool) -> np.ndarray:
                     f"{path}: row {i + offset}, column {j + 1}: {c!r} is not a number"
                 ) from None
     return out
+
+
+HEADER_WORDS = {"label", "labels", "class", "classes", "target", "targets", "y", "category"}
+
+
+def _first_row_is_header(cells: list[str]) -> bool:
+    """A labels column's first cell is a header when it is text above numbers, or a usual
+    column name ("label", "class", ...) that no other row repeats."""
+    first, rest = cells[0].strip(), [c.strip() for c in cells[1:]]
+    if not rest:
+        return False
+
+    if not _is_float(first) and all(_is_float(c) for c in rest):
+        return True
+    return first.lower() in HEADER_WORDS and first not in rest
+
+
+def _is_float(cell: str) -> bool:
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
 
 
 def _is_int(cell: str) -> bool:

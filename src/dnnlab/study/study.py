@@ -45,11 +45,15 @@ class StudyConfig:
     data_root: str | None = setting(None, "CIFAR-10 source (default $DNNLAB_DATA)")
     recipe: str = setting("corrected", RECIPE_HELP, choices=RECIPES + ("seed",))
     # Full budget by default; the quick budget (QUICK) is for a 2-core CPU in < 20 minutes.
-    train_subset: int | None = setting(None, "stratified training subset", low=1, cli=False)
-    epochs: int = setting(100, "epochs per variant", low=1, cli=False)
-    n_val: int = setting(5000, "validation images", low=1, cli=False)
-    test_subset: int | None = setting(None, "stratified test subset", low=1, cli=False)
-    max_per_split: int | None = setting(None, "cap on each probe split", low=2, cli=False)
+    train_subset: int | None = setting(None, "train on a stratified subset this large "
+                                       "(--quick: 1000)", low=1)  # fmt: skip
+    epochs: int = setting(100, "epochs per variant (--quick: 3)", low=1)
+    n_val: int = setting(5000, "validation images (--quick: 500)", low=1, high=49_999,
+                         flag="--val-size")  # fmt: skip
+    test_subset: int | None = setting(None, "test on a stratified subset this large (--quick: "
+                                      "1000)", low=1)  # fmt: skip
+    max_per_split: int | None = setting(None, "stratified cap on each probe split (--quick: "
+                                        "300)", low=2)  # fmt: skip
     probe_memory: str = setting("4GB", "probe memory budget", cli=False)
     compile: bool = setting(False, "torch.compile the models (GPU runs)")
     jobs: int = setting(1, "variants trained and probed at once, one worker process each",

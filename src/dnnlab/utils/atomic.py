@@ -1,18 +1,93 @@
-"""Atomic writes: write a temporary file beside the target, then rename over it."""
+"""Atomic writes: write a temporary file beside the target, then rename over it.
+
+The temporary is named `.<target name>.<writer pid>.<random>.tmp`. A process killed while
+writing leaves one behind; the next write into the same folder removes such leftovers (only
+names of this form, and only when their writer process is gone or the file is more than an
+hour old); each folder is swept once per process. Outputs get the permissions of any other
+tool's: 0666 minus the user's umask.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
+
+STALE_SECONDS = 3600  # a temporary this old is stale even if its pid is alive (pid reuse)
+# Ours: ".NAME.PID.RANDOM.tmp" (mkstemp's random part is 8 characters of [a-z0-9_]); the
+# pid-less ".NAME.RANDOM.tmp" of older versions counts only by age.
+_TMP = re.compile(r"^\..+?(?:\.(?P<pid>\d+))?\.[a-z0-9_]{8}\.tmp$")
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux allows."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Delete dnnlab's own leftover temporaries in `folder`; returns what was removed."""
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _TMP.match(e.name)
+        if not m or not e.is_file(follow_symlinks=False):
+            continue
+        try:
+            age = now - e.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        pid = m.group("pid")
+        dead = pid is not None and int(pid) != os.getpid() and not _pid_alive(int(pid))
+        if dead or age > STALE_SECONDS:
+            try:
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+            except OSError:
+                pass
+    return removed
+
+
+_cleaned: set[str] = set()  # folders this process has already swept (once is enough)
 
 
 def _atomic(path, write, mode: str):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    folder = os.path.realpath(path.parent)
+    if folder not in _cleaned:
+        remove_stale_temporaries(folder)
+        _cleaned.add(folder)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from dnnlab.errors import InputError
+
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30,
           "ti": 2**40}  # fmt: skip
 
@@ -11,14 +13,14 @@ _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**
 def parse_size(value) -> int:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value <= 0:
-            raise ValueError(f"a memory size must be positive; got {value}")
+            raise InputError(f"a memory size must be positive; got {value}")
         return int(value)
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?)?b?\s*", str(value), re.IGNORECASE)
     if not m:
-        raise ValueError(f"cannot read {value!r} as a size; write e.g. 2GB, 512MB or 1.5GiB")
+        raise InputError(f"cannot read {value!r} as a size; write e.g. 2GB, 512MB or 1.5GiB")
     size = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
     if size <= 0:
-        raise ValueError(f"a memory size must be positive; got {value!r}")
+        raise InputError(f"a memory size must be positive; got {value!r}")
     return int(size)
 
 

@@ -1,0 +1,42 @@
+"""Atomic writes: the user's umask, and leftovers of killed writers cleaned up."""
+
+import os
+import time
+
+import pytest
+
+from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
+
+
+@pytest.fixture
+def umask():
+    def set_mask(mask):
+        os.umask(mask)
+
+    old = os.umask(0o022)
+    yield set_mask
+    os.umask(old)
+
+
+def test_outputs_follow_the_umask(tmp_path, umask):
+    umask(0o022)
+    atomic_write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    umask(0o077)
+    atomic_write_json(tmp_path / "b.json", {"x": 1})
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_stale_temporaries_of_ours_are_removed(tmp_path):
+    dead = tmp_path / ".run.json.999999999.abcd_123.tmp"  # no such pid
+    live_young = tmp_path / f".run.json.{os.getpid()}.zzzz_999.tmp"  # a writer still at work
+    old_pidless = tmp_path / ".cifar10-x.pt.qwertyui.tmp"  # older layout, two hours old
+    young_pidless = tmp_path / ".other.pt.asdfghjk.tmp"
+    foreign = tmp_path / "notes.999999999.abcdefgh.tmp"  # not of our naming (no leading dot)
+    for f in (dead, live_young, old_pidless, young_pidless, foreign):
+        f.write_text("partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(old_pidless, (two_hours_ago, two_hours_ago))
+    atomic_write_text(tmp_path / "out.txt", "done")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {"out.txt", live_young.name, young_pidless.name, foreign.name}

@@ -1,0 +1,35 @@
+"""main(): dnnlab's own errors are one line and exit 2; anything else keeps its traceback."""
+
+import pytest
+
+import dnnlab.cli as cli
+from dnnlab.errors import ConfigError
+
+
+def raiser(exc):
+    def cmd(args):
+        raise exc
+
+    return cmd
+
+
+def test_own_errors_are_short(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "cmd_models", raiser(ConfigError("--x: 3 is out of range")))
+    assert cli.main(["models"]) == 2
+    assert capsys.readouterr().err == "dnnlab models: error: --x: 3 is out of range\n"
+
+
+@pytest.mark.parametrize("exc", [TypeError("a bug"), RuntimeError("a bug"), ValueError("bug")])
+def test_other_errors_keep_their_traceback(monkeypatch, exc):
+    monkeypatch.setattr(cli, "cmd_models", raiser(exc))
+    with pytest.raises(type(exc)):
+        cli.main(["models"])
+
+
+def test_ctrl_c_suggests_resume_only_where_it_exists(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "cmd_models", raiser(KeyboardInterrupt()))
+    assert cli.main(["models"]) == 130
+    assert capsys.readouterr().err == "dnnlab models: interrupted\n"
+    monkeypatch.setattr(cli, "cmd_train", raiser(KeyboardInterrupt()))
+    assert cli.main(["train", "--out", "x"]) == 130
+    assert "rerun with --resume" in capsys.readouterr().err
