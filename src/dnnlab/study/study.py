@@ -97,14 +97,8 @@ def train_config(cfg: StudyConfig, name: str):
 
 
 def data_identity(data) -> str:
-    """The identity of the loaded CIFAR-10 content (the data module's, when it has one)."""
-    ident = getattr(data, "identity", None)
-    if ident:
-        return ident
-    h = hashlib.sha256()
-    for t in (data.train_x, data.train_y, data.test_x, data.test_y):
-        h.update(t.contiguous().numpy().tobytes())
-    return "sha256:" + h.hexdigest()[:32]
+    """The identity of the loaded CIFAR-10 content (dnnlab.cifar.data's content hash)."""
+    return data.identity
 
 
 def fingerprint(cfg: StudyConfig, data_id: str) -> str:
@@ -156,21 +150,12 @@ def _check_same_study(out: Path, cfg: StudyConfig, fp: str, data_id: str,
 
 def check_runs_data(out: Path, cfg: StudyConfig, data) -> None:
     """Refuse a run of this study that was trained on other data than `data`."""
-    try:
-        from dnnlab.cifar.rundir import check_run_data
-    except ImportError:  # until the data-identity records are on main: compare recorded roots
-        check_run_data = None
+    from dnnlab.cifar.rundir import check_run_data
+
     for name in cfg.models:
         run = out / "runs" / name
-        if not (run / "config.json").exists():
-            continue
-        if check_run_data is not None:
+        if (run / "config.json").exists():
             check_run_data(run, data)
-            continue
-        rec = json.loads((run / "config.json").read_text()).get("data_root")
-        if rec and cfg.data_root and Path(rec).resolve() != Path(cfg.data_root).resolve():
-            raise StudyError(f"{run} was trained on data from {rec}, not {cfg.data_root}; "
-                             "pass the study's data root, or use another --out")  # fmt: skip
 
 
 def check_detector(detector) -> Path | None:
