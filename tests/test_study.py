@@ -264,3 +264,20 @@ def test_full_study_gpu_script_logic_on_the_cpu(tmp_path):
                   "runs/noskip/probe.csv", "runs/base/metrics.csv", "runs/base/config.json"):
             assert f"published/full-study-{recipe}/{f}" in names, (recipe, f)
     assert "throughput.txt" in names and "info.txt" in names
+
+
+def test_quick_fills_only_the_budget_flags_not_given(monkeypatch, tmp_path):
+    import dnnlab.study.study as S
+
+    seen = {}
+    monkeypatch.setattr(S, "run_study", lambda cfg, out, **kw: seen.update(cfg=cfg, **kw))
+    out = str(tmp_path / "s")
+    assert main(["study", "--quick", "--val-size", "20", "--models", "base,wide", "--recipe",
+                 "seed", "--out", out, "--published", "docs/results"]) == 0  # fmt: skip
+    cfg = seen["cfg"]
+    assert (cfg.n_val, cfg.train_subset, cfg.epochs, cfg.test_subset, cfg.max_per_split) == (
+        20, 1000, 3, 1000, 300)
+    assert cfg.models == ("base", "wide") and cfg.recipe == "course" and cfg.quick
+    assert seen["published"] == "docs/results"
+    assert main(["study", "--out", out]) == 0
+    assert (seen["cfg"].epochs, seen["cfg"].train_subset, seen["cfg"].quick) == (100, None, False)
