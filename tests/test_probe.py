@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from dnnlab.errors import InputError
 from dnnlab.probe.layers import LayerError
 from dnnlab.probe.probe import ProbeConfig, plan_groups, plot_probe, probe_model
 from dnnlab.separability import separability
@@ -76,14 +77,24 @@ def test_small_budget_groups_give_same_numbers(tmp_path):
     from dnnlab.probe import probe as P
 
     infos = one.layers
-    budget = P.CORE_WORKSPACE + 300 * 200 * 4 * 2 + 1000
-    assert len(plan_groups(infos, 300, budget)) > 1
-    small = probe_model(m, {"a": (x, y)}, ProbeConfig(splits=("a",), max_memory=budget))
-    assert small.groups["a"] > 1
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    budget = 760_000  # room for the two 200-wide layers, then for the last of them and two more
+    _, _, room = P.plan_budget(budget, 4000, 500, P.core_minimum(300, 10))
+    assert len(plan_groups(infos, 300, room)) > 1
+    calls = {"n": 0}
+    m[0].register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    small = probe_model(m, {"a": (x, y)}, ProbeConfig(splits=("a",), max_memory=budget,
+                                                      batch_size=100))
+    assert small.groups["a"] > 1 and small.chain
+    # A chain restarts each group's pass from the previous group's last output: the first
+    # layer runs in the first pass only, not once per group (+ 2 passes that trace layers).
+    assert calls["n"] == 2 + -(-300 // small.batch_size)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "stored")}  # noqa: E731
+                          for r in rows]
     assert strip(small.rows) == strip(one.rows)
     mm = probe_model(m, {"a": (x, y)}, ProbeConfig(splits=("a",), memmap="float32"), out=tmp_path)
     assert strip(mm.rows) == strip(one.rows)
+    assert {r["stored"] for r in mm.rows} == {"file:float32"}
+    assert not list(tmp_path.glob(".probe-spill-*"))  # the feature files are removed
 
 
 def test_resume_keeps_finished_rows(tmp_path, monkeypatch):
@@ -110,7 +121,7 @@ def test_resume_keeps_finished_rows(tmp_path, monkeypatch):
     res = probe_model(m, splits, ProbeConfig(splits=("val", "test")), out=tmp_path)
     assert calls["n"] == -100 + 3  # only the three missing (split, layer) pairs were computed
     assert len(res.rows) == 6
-    with pytest.raises(RuntimeError, match="--overwrite"):
+    with pytest.raises(InputError, match="--overwrite"):
         probe_model(m, splits, ProbeConfig(measures="si"), out=tmp_path)
 
 

@@ -1,6 +1,7 @@
 """The course recipe's behaviours, each against the corrected recipe on the same tiny data."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 import dnnlab.cifar.train as T
 from dnnlab.cifar.data import load_cifar10
 from dnnlab.cifar.recipe import val_generator
+from dnnlab.cifar.rundir import data_record
 from dnnlab.cli import main
 from dnnlab.errors import ConfigError
 from dnnlab.probe.run import run_splits
@@ -82,8 +84,10 @@ def test_course_train20_is_drawn_from_all_training_images(tree, tmp_path):
         run = tmp_path / recipe
         run.mkdir()
         c = cfg(tree, recipe=recipe)
-        tr, va = T.make_split(c, load_cifar10(str(tree)))
+        data = load_cifar10(str(tree))
+        tr, va = T.make_split(c, data)
         (run / "split.json").write_text(json.dumps({"train": tr.tolist(), "val": va.tolist()}))
+        (run / "config.json").write_text(json.dumps({**asdict(c), **data_record(data)}))
         assert len(tr) == 120 and len(va) == 20
         x, _ = run_splits(run, c, ["train20"])["train20"]
         assert x.shape[0] == want

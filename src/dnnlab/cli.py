@@ -164,52 +164,110 @@ def cmd_train(args) -> int:
 
 def _add_probe(sub) -> None:
     from dnnlab.probe.probe import ProbeConfig
+    from dnnlab.settings import add_flags
 
-    d = ProbeConfig()
     p = sub.add_parser(
-        "probe", help="SI/CSI of every layer of a trained run",
+        "probe", help="SI/CSI of every layer of a trained run, or of any network on any images",
         description="Probe a run directory's best weights: SI and CSI of each layer's output "
-        "on train20 (a stratified 20%% of the training split), val and test.",
-    )  # fmt: skip
-    p.add_argument("run", help="a `dnnlab train` run directory")
-    p.add_argument("--splits", default=",".join(d.splits), help="train20,val,test")
-    p.add_argument("--layers", default=None,
-                   help="comma-separated module names (dotted), or re:REGEX; default: the "
-                        "model's top-level children in execution order")  # fmt: skip
-    p.add_argument("--measures", default=d.measures, help="e.g. si,csi,hsi:3")
-    p.add_argument("--normalize", default=d.normalize, choices=["zscore", "minmax", "none"])
-    p.add_argument("--max-memory", default=d.max_memory, help="memory budget, e.g. 4GB")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--output-key", default=None, help="tuple index or dict key to probe")
-    p.add_argument("--memmap", choices=["float16", "float32"], default=None,
-                   help="stream features to a memory-mapped file instead of memory")
-    p.add_argument("--per-class", action="store_true", help="also per-class values (JSON)")
-    p.add_argument("--max-per-split", type=int, default=None, help="stratified cap per split")
-    p.add_argument("--data-root", default=None)
+        "on train20 (a stratified 20% of the training split), val and test. Or probe any "
+        "network (--model) on an image folder or CIFAR-10 (--data).",
+    )
+    p.add_argument("run", nargs="?", help="a `dnnlab train` run directory (or --model/--data)")
+    add_flags(p, ProbeConfig)
+    p.add_argument("--max-per-split", type=int, default=None,
+                   help="stratified cap per split (>= 2; default: all)")
+    p.add_argument("--data-root", default=None, help="a run's CIFAR-10 source, if moved")
     p.add_argument("--overwrite", action="store_true", help="replace earlier probe results")
+    g = p.add_argument_group("any network on any images")
+    g.add_argument("--model", default=None,
+                   help="torchvision:NAME[:k=v,...] or module.path:function (returns a module)")
+    g.add_argument("--data", default=None,
+                   help="image folders (train/<class>/, test/<class>/, or only <class>/), "
+                        "CIFAR-10 in any form `dnnlab train` reads, or a .tar.gz of a tree")
+    g.add_argument("--weights", default=None, help="state dict file (torch.load, weights only)")
+    g.add_argument("--weights-key", default=None, help="key of the state dict in that file")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="images resized to this square side (>= 1; default: 224 for "
+                        "torchvision models, else the images' own size)")
+    g.add_argument("--mean", default=None, help="per-channel mean, e.g. 0.485,0.456,0.406 "
+                   "(default: ImageNet's for torchvision models, else 0.5)")
+    g.add_argument("--std", default=None, help="per-channel std (default as --mean)")
+    g.add_argument("--val-fraction", type=float, default=0.2,
+                   help="images held out as 'val' when the data has only class folders (0, 1)")
+    g.add_argument("--seed", type=int, default=0, help="random seed of that split")
+    g.add_argument("--out", default=None, help="output folder (--model; default: probe-out)")
+    p.add_argument("--compare", default=None,
+                   help="another probe's output folder: overlay its SI/CSI per layer")
     p.set_defaults(func=cmd_probe)
 
 
-def cmd_probe(args) -> int:
-    from dnnlab.probe.probe import ProbeConfig
-    from dnnlab.probe.run import probe_run
+def _print_rows(rows) -> None:
+    skip = ("split", "layer", "dim", "n", "seconds", "note", "per_class", "stored",
+            "fingerprint", "provenance")
+    names = [k for k in rows[0] if k not in skip]
+    w = max(12, *(len(r["layer"]) + 2 for r in rows))
+    print(f"{'split':<8}{'layer':<{w}}{'dim':>8}" + "".join(f"{k:>9}" for k in names))
+    for r in rows:
+        vals = "".join(f"{r[k]:>9.4f}" for k in names)
+        print(f"{r['split']:<8}{r['layer']:<{w}}{r['dim']:>8}" + vals)
 
-    cfg = ProbeConfig(
-        splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
-        layers=args.layers, measures=args.measures, normalize=args.normalize,
-        max_memory=args.max_memory, device=args.device, output_key=args.output_key,
-        memmap=args.memmap, per_class=args.per_class,
-    )  # fmt: skip
-    res = probe_run(args.run, cfg, args.data_root, args.max_per_split, args.overwrite,
-                    progress=sys.stderr.isatty())  # fmt: skip
-    print(f"{'split':<8}{'layer':<12}{'dim':>8}" + "".join(
-        f"{k:>9}" for k in res.rows[0] if k not in ("split", "layer", "dim", "n", "seconds",
-                                                   "note", "per_class")))  # fmt: skip
-    for r in res.rows:
-        vals = [v for k, v in r.items() if k not in ("split", "layer", "dim", "n", "seconds",
-                                                     "note", "per_class")]  # fmt: skip
-        print(f"{r['split']:<8}{r['layer']:<12}{r['dim']:>8}" + "".join(f"{v:>9.4f}" for v in vals))
-    print(f"wrote {args.run}/probe.csv, probe.json and the SI/CSI plots")
+
+def cmd_probe(args) -> int:
+    from pathlib import Path
+
+    from dnnlab.errors import InputError
+    from dnnlab.probe.probe import ProbeConfig
+    from dnnlab.settings import from_args
+
+    any_model = args.model is not None or args.data is not None
+    if any_model and args.run:
+        raise InputError("give either a run directory or --model with --data, not both")
+    if not any_model and not args.run:
+        raise InputError("give a run directory, or --model SPEC --data ROOT")
+    if args.max_per_split is not None and args.max_per_split < 2:
+        raise InputError(f"--max-per-split: {args.max_per_split} is out of range; it must be "
+                         ">= 2")
+    listing = args.layers is not None and args.layers.strip() == "list"
+    cfg = from_args(ProbeConfig, args, layers=None if listing else args.layers)
+    if any_model:
+        from dnnlab.probe.anynet import AnyConfig, list_any, probe_any
+
+        if args.model is None or (args.data is None and not listing):
+            raise InputError("--model and --data go together")
+        acfg = AnyConfig(model=args.model, data=args.data or "", weights=args.weights,
+                         weights_key=args.weights_key, image_size=args.image_size,
+                         mean=args.mean, std=args.std, val_fraction=args.val_fraction,
+                         seed=args.seed, max_per_split=args.max_per_split,
+                         out=args.out or "probe-out")
+        if listing:
+            return _print_layers(list_any(acfg))
+        res, out, _ = probe_any(acfg, cfg, args.overwrite, sys.stderr.isatty())
+    else:
+        from dnnlab.probe.run import list_run, probe_run
+
+        if listing:
+            return _print_layers(list_run(args.run))
+        res = probe_run(args.run, cfg, args.data_root, args.max_per_split, args.overwrite,
+                        progress=sys.stderr.isatty())
+        out = Path(args.run)
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
+    _print_rows(res.rows)
+    print(f"wrote {out}/probe.csv, probe.json and the SI/CSI plots")
+    if args.compare:
+        from dnnlab.probe.compare import compare_probes
+
+        for path in compare_probes(out, Path(args.compare)):
+            print(f"wrote {path}")
+    return 0
+
+
+def _print_layers(layers) -> int:
+    w = max(8, *(len(i.name) + 2 for i in layers))
+    print(f"{'layer':<{w}}{'output shape':<22}{'features':>10}")
+    for i in layers:
+        shape = "x".join(map(str, i.shape)) if i.shape else (i.note or "-")
+        print(f"{i.name:<{w}}{shape:<22}{i.dim:>10,}")
     return 0
 
 

@@ -57,12 +57,18 @@ def resolve_layers(model: nn.Module, spec=None) -> list[str]:
         return [n for n, _ in model.named_children()]
     if isinstance(spec, str):
         if spec.startswith("re:"):
-            pat = re.compile(spec[3:])
+            try:
+                pat = re.compile(spec[3:])
+            except re.error as e:
+                msg = f"--layers {spec!r}: not a valid regular expression ({e})"
+                raise LayerError(msg) from None
             found = [n for n in all_names if pat.fullmatch(n)]
             if not found:
                 raise LayerError(f"no module name matches {spec[3:]!r}; modules: {all_names}")
             return found
         spec = [s.strip() for s in spec.split(",") if s.strip()]
+        if not spec:
+            raise LayerError(f"--layers {spec!r} names no layer; give names, re:REGEX or list")
     unknown = [s for s in spec if s not in all_names]
     if unknown:
         raise LayerError(f"no layer named {unknown}; valid layers: {all_names}")
@@ -99,3 +105,57 @@ def describe_layers(model, x, names, output_key=None) -> list[LayerInfo]:
     if missing:
         raise LayerError(f"layers never ran in a forward pass: {missing}")
     return list(infos.values())  # insertion order = order of first execution
+
+
+@dataclass
+class Trace:
+    """One small forward pass, seen from the inside."""
+
+    layers: list[LayerInfo]  # the probed layers, in execution order
+    forward_bytes_per_sample: int  # every module's output, summed: a bound on a pass's memory
+    chain: list[str] | None  # top-level children in order when each feeds the next, else None
+    all_layers: list[LayerInfo]  # every module that ran, in execution order (for --layers list)
+
+
+def trace(model: nn.Module, x: torch.Tensor, names, output_key=None) -> Trace:
+    """Run `x` (a batch of at least one) once; describe the probed layers (as describe_layers),
+    every module, the memory of a pass and whether the model is a chain of its children.
+
+    A chain: the first child receives the model's input, each next child receives exactly the
+    tensor the previous one returned, and the model returns the last child's output. Then the
+    probe can restart a pass from any child's stored output.
+    """
+    infos = describe_layers(model, x, names, output_key)
+    seen: dict[str, LayerInfo] = {}
+    calls: list[tuple[str, object, object]] = []  # top-level (name, input, output) in order
+    children = {id(m): n for n, m in model.named_children()}
+    hooks = []
+    total = {"bytes": 0}
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+
+        def hook(m, inp, out, name=name):
+            t, note = pick_tensor(out)
+            if t is not None:
+                total["bytes"] += t[0].numel() * t.element_size()
+            if name not in seen:
+                seen[name] = LayerInfo(name, int(t[0].numel()) if t is not None else 0,
+                                       tuple(t.shape[1:]) if t is not None else (), note)
+            if id(m) in children and children[id(m)] == name:
+                calls.append((name, inp[0] if len(inp) == 1 else None, out))
+
+        hooks.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            y = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    per_sample = max(1, total["bytes"] // max(1, x.shape[0]))
+    chain = None
+    if calls and len({c[0] for c in calls}) == len(calls) and calls[0][1] is x:
+        ok = all(calls[i + 1][1] is calls[i][2] for i in range(len(calls) - 1))
+        if ok and calls[-1][2] is y and isinstance(y, torch.Tensor):
+            chain = [c[0] for c in calls]
+    return Trace(infos, int(per_sample), chain, list(seen.values()))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -10,7 +9,15 @@ import torch
 from dnnlab.cifar.augment import to_input
 from dnnlab.cifar.data import load_cifar10, stratified_subset
 from dnnlab.cifar.recipe import train20_pool
-from dnnlab.cifar.train import RunError, TrainConfig, load_model_checkpoint
+from dnnlab.cifar.rundir import read_json_dict
+from dnnlab.cifar.train import (
+    RunError,
+    TrainConfig,
+    check_run_data,
+    load_model_checkpoint,
+    read_run_config,
+)
+from dnnlab.errors import InputError
 from dnnlab.probe.probe import ProbeConfig, ProbeResult, plot_probe, probe_model
 
 SPLITS = ("train20", "val", "test")
@@ -21,12 +28,14 @@ def run_splits(run: Path, cfg: TrainConfig, wanted, data_root=None, max_per_spli
     """{split: (uint8 images, labels)} for a run, from its recorded split indices."""
     unknown = [s for s in wanted if s not in SPLITS]
     if unknown:
-        raise ValueError(f"unknown split {unknown}; choose from {list(SPLITS)}")
+        raise InputError(f"--splits: unknown split {unknown}; a run has {list(SPLITS)}")
     split_file = run / "split.json"
     if not split_file.exists():
         raise RunError(f"{run}: no split.json; is this a `dnnlab train` run directory?")
-    s = json.loads(split_file.read_text())
+    s = read_json_dict(split_file, ("train", "val"))
     data = load_cifar10(data_root or cfg.data_root)
+    # The run's split indices must meet the images it was trained on (content identity).
+    check_run_data(run, data)
     tr, va = torch.tensor(s["train"]), torch.tensor(s["val"])
     out = {}
     for name in wanted:
@@ -52,7 +61,7 @@ def probe_run(run, pcfg: ProbeConfig, data_root=None, max_per_split=None, overwr
     run = Path(run)
     if not (run / "config.json").exists():
         raise RunError(f"{run}: no config.json; is this a `dnnlab train` run directory?")
-    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    cfg = read_run_config(run)
     best = run / "best.pt"
     if not best.exists():
         raise RunError(f"{run}: no best.pt yet; train the run first")
@@ -62,3 +71,17 @@ def probe_run(run, pcfg: ProbeConfig, data_root=None, max_per_split=None, overwr
                       progress=progress)  # fmt: skip
     plot_probe(res.rows, run, title=cfg.model)
     return res
+
+
+def list_run(run) -> list:
+    """Every module of a run's model in execution order, with its output on one image."""
+    from dnnlab.probe.layers import trace
+
+    run = Path(run)
+    if not (run / "config.json").exists():
+        raise RunError(f"{run}: no config.json; is this a `dnnlab train` run directory?")
+    cfg = read_run_config(run)
+    from dnnlab.cifar.models import build_model
+
+    model = build_model(cfg.model, softmax_head=cfg.softmax_head).eval()
+    return trace(model, torch.zeros(2, 3, 32, 32), [], None).all_layers

@@ -1,0 +1,457 @@
+"""Probe any network on any images: a model spec, optional weights and an image source.
+
+SPEC: `torchvision:NAME[:k=v,...]` (torchvision.models.get_model, no downloaded weights) or
+`module.path:function` / `path/to/file.py:function` (a function returning an nn.Module).
+ROOT: CIFAR-10 in any form `dnnlab train` reads (decoded once, through its cache), or image
+folders `train/<class>/`, `test/<class>/` (and `val/<class>/`), or only `<class>/` folders
+(then a seeded, stratified train/val split is made and recorded in split.json), or a .tar /
+.tar.gz of such a tree. Images are decoded with PIL and resized in batches as the probe
+reads them; nothing is written into the data folder.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dnnlab.errors import InputError
+from dnnlab.settings import setting, validate
+
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class AnyConfig:
+    model: str = setting("", "torchvision:NAME[:k=v,...] or module.path:function")
+    data: str = setting("", "image folders, CIFAR-10 or a .tar/.tar.gz of a tree")
+    weights: str | None = setting(None, "state dict file")
+    weights_key: str | None = setting(None, "key of the state dict in the weights file")
+    image_size: int | None = setting(None, "square side images are resized to", low=1)
+    mean: str | None = setting(None, "per-channel mean, comma-separated")
+    std: str | None = setting(None, "per-channel std, comma-separated")
+    val_fraction: float = setting(0.2, "held-out fraction for class-folder data", low=0,
+                                  high=1, low_open=True, high_open=True)
+    seed: int = setting(0, "random seed of the train/val split and the subsets")
+    max_per_split: int | None = setting(None, "stratified cap per split", low=2)
+    out: str = setting("probe-out", "output folder")
+
+    def __post_init__(self):
+        validate(self)
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def build_model(spec: str) -> nn.Module:
+    """An nn.Module from SPEC (see the module docstring); errors name the spec."""
+    if spec.startswith("torchvision:"):
+        import torchvision
+
+        name, *args = spec[len("torchvision:"):].split(":")
+        kwargs = {}
+        for a in ",".join(args).split(","):
+            if not a.strip():
+                continue
+            if "=" not in a:
+                raise InputError(f"--model {spec!r}: constructor argument {a!r} is not k=v")
+            k, v = a.split("=", 1)
+            kwargs[k.strip()] = _value(v.strip())
+        known = torchvision.models.list_models()
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise InputError(f"--model {spec!r}: torchvision has no model {name!r}{hint}")
+        try:
+            return torchvision.models.get_model(name, weights=None, **kwargs)
+        except TypeError as e:
+            raise InputError(f"--model {spec!r}: {e}") from None
+    if ":" not in spec:
+        raise InputError(f"--model {spec!r}: expected torchvision:NAME or module.path:function")
+    where, func = spec.rsplit(":", 1)
+    try:
+        if where.endswith(".py") or Path(where).is_file():
+            path = Path(where)
+            if not path.is_file():
+                raise InputError(f"--model {spec!r}: no file {where}")
+            mspec = importlib.util.spec_from_file_location(f"_dnnlab_user_{path.stem}", path)
+            module = importlib.util.module_from_spec(mspec)
+            mspec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except InputError:
+        raise
+    except Exception as e:  # the user's code may fail in any way while importing
+        raise InputError(f"--model {spec!r}: cannot import {where} "
+                         f"({type(e).__name__}: {e})") from None
+    factory = getattr(module, func, None)
+    if not callable(factory):
+        raise InputError(f"--model {spec!r}: {where} has no function {func!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise InputError(f"--model {spec!r}: {func}() returned a {type(model).__name__}, not "
+                         "a torch.nn.Module")
+    return model
+
+
+def load_state(path: str, key: str | None) -> dict:
+    """The state dict in a weights file (torch.load with weights_only=True)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--weights {path}: no such file")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors: the file is not plain weights
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise InputError(f"--weights {path}: cannot be read as plain weights "
+                         f"(torch.load weights_only=True: {type(e).__name__}: {msg})") from None
+    if key is not None:
+        if not isinstance(obj, dict) or key not in obj:
+            keys = sorted(map(str, obj)) if isinstance(obj, dict) else []
+            raise InputError(f"--weights-key {key!r}: not in {path} (keys: {keys[:20]})")
+        obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        cands = [k for k, v in obj.items() if isinstance(v, dict)] if isinstance(obj, dict) else []
+        hint = f"; name one with --weights-key ({', '.join(map(str, cands))})" if cands else ""
+        raise InputError(f"--weights {path}: does not hold a state dict (name -> tensor){hint}")
+    return obj
+
+
+def fit_weights(model: nn.Module, state: dict, where: str) -> None:
+    """load_state_dict, but a mismatch names the first offending key and both shapes."""
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in state:
+            raise InputError(f"{where}: lacks {k!r} {tuple(v.shape)}, which the model has; "
+                             "these weights do not fit this model")
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise InputError(f"{where}: {k!r} is {tuple(state[k].shape)} in the file but "
+                             f"{tuple(v.shape)} in the model; these weights do not fit it")
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise InputError(f"{where}: holds {extra[0]!r}, which the model lacks; these weights "
+                         "do not fit this model")
+    model.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------- images
+
+
+class ImageSplit:
+    """A list of images read, resized and normalized in batches: `split[a:b]` is a float
+    tensor (b - a, 3, S, S). `identity` names the content (files, sizes, labels, transform)."""
+
+    def __init__(self, items, labels, size, mean, std, read, source_id):
+        self.items = list(items)  # names (for errors) / keys for `read`
+        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+        self.size, self.mean, self.std = size, mean, std
+        self.read = read  # key -> PIL image (RGB) or uint8 CHW tensor
+        h = hashlib.sha256(json.dumps([source_id, size, mean, std]).encode())
+        h.update(self.labels.numpy().tobytes())
+        self.identity = h.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, pos) -> ImageSplit:
+        pos = [int(p) for p in pos]
+        return ImageSplit([self.items[p] for p in pos], self.labels[pos], self.size, self.mean,
+                          self.std, self.read, [self.identity, pos])
+
+    def __getitem__(self, sl: slice) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        out = []
+        for key in self.items[sl]:
+            img = self.read(key)
+            t = img if isinstance(img, torch.Tensor) else torch.from_numpy(
+                np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+            t = t.float().div_(255)[None]
+            if t.shape[-2:] != (self.size, self.size):
+                t = F.interpolate(t, size=(self.size, self.size), mode="bilinear",
+                                  antialias=True, align_corners=False)
+            out.append(t[0])
+        x = torch.stack(out)
+        m = torch.tensor(self.mean).view(1, -1, 1, 1)
+        s = torch.tensor(self.std).view(1, -1, 1, 1)
+        return x.sub_(m).div_(s)
+
+
+def _open_image(data: bytes, name: str):
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+    except Exception as e:
+        raise InputError(f"{name}: unreadable image ({type(e).__name__}: {e})") from None
+
+
+class _Tree:
+    """Image files under a folder or inside a tar: {split or '': {class: [keys]}}."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.blobs: dict[str, bytes] = {}
+        if root.is_file():
+            if not tarfile.is_tarfile(root):
+                raise InputError(f"--data {root}: a file, but not a .tar/.tar.gz archive")
+            rels = []
+            try:
+                with tarfile.open(root, "r:*") as tf:
+                    for m in tf:
+                        if m.isfile() and m.name.lower().endswith(IMAGE_EXT):
+                            from dnnlab.cifar.data import _safe_member
+
+                            rel = _safe_member(m.name, root)
+                            self.blobs[rel] = tf.extractfile(m).read()
+                            rels.append(rel)
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise InputError(f"--data {root}: not a readable archive ({e})") from None
+            self.stat = {r: len(self.blobs[r]) for r in rels}
+        else:
+            rels = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                          if p.is_file() and p.name.lower().endswith(IMAGE_EXT))
+            self.stat = {}
+            for r in rels:
+                st = (root / r).stat()
+                self.stat[r] = (st.st_size, st.st_mtime_ns)
+        parts = [r.split("/") for r in rels]
+        # Allow one wrapping folder (root/name/train/cat/1.jpg).
+        tops = {p[0] for p in parts}
+        if len(tops) == 1 and all(len(p) >= 3 for p in parts):
+            parts = [p[1:] for p in parts]
+            self.prefix = next(iter(tops)) + "/"
+        else:
+            self.prefix = ""
+        self.tree: dict[str, dict[str, list[str]]] = {}
+        for p in parts:
+            if len(p) == 3:
+                self.tree.setdefault(p[0], {}).setdefault(p[1], []).append("/".join(p))
+            elif len(p) == 2:
+                self.tree.setdefault("", {}).setdefault(p[0], []).append("/".join(p))
+
+    def read(self, rel: str):
+        full = self.prefix + rel
+        if self.blobs:
+            return _open_image(self.blobs[full], f"{self.root}:{full}")
+        path = self.root / full
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise InputError(f"{path}: cannot be read ({e})") from None
+        return _open_image(data, str(path))
+
+    def check_headers(self, keys) -> None:
+        """Every image's header is readable (a cheap check before any work)."""
+        from PIL import Image
+
+        for k in keys:
+            full = self.prefix + k
+            src = io.BytesIO(self.blobs[full]) if self.blobs else self.root / full
+            try:
+                with Image.open(src) as im:
+                    im.size  # noqa: B018 (reads the header)
+            except Exception as e:
+                where = f"{self.root}:{full}" if self.blobs else str(self.root / full)
+                raise InputError(f"{where}: unreadable image ({type(e).__name__}: {e})") from None
+
+
+def _stratified(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    from dnnlab.cifar.data import stratified_subset
+
+    return stratified_subset(labels, n, seed)
+
+
+def image_splits(cfg: AnyConfig, size: int | None, mean, std, out: Path):
+    """{split: ImageSplit} with the names runs use (train20, val, test) where the data has
+    them, the classes, and a note on how the splits were made."""
+    from dnnlab.cifar.data import DataError, load_cifar10, split_indices
+
+    root = Path(cfg.data).expanduser()
+    if not root.exists():
+        raise InputError(f"--data {root}: does not exist")
+    try:
+        c10 = load_cifar10(root)
+    except DataError:
+        c10 = None
+    if c10 is not None:
+        size = size or 32
+        tr, va = split_indices(c10.train_y, 5000, cfg.seed)
+        t20 = tr[_stratified(c10.train_y[tr], round(0.2 * len(tr)), cfg.seed)]
+        src = f"cifar10:{c10.identity}"
+        def mk(x, y, tag):  # noqa: E306
+            return ImageSplit(range(len(y)), y, size, mean, std, lambda i, x=x: x[i],
+                              [src, tag])
+        splits = {"train20": mk(c10.train_x[t20], c10.train_y[t20], "train20"),
+                  "val": mk(c10.train_x[va], c10.train_y[va], "val"),
+                  "test": mk(c10.test_x, c10.test_y, "test")}
+        how = (f"CIFAR-10: val = a stratified 5,000 of the training images (seed {cfg.seed}), "
+               "train20 = a stratified 20% of the rest, test = the test images")
+        return splits, list(c10.classes), how
+    tree = _Tree(root)
+    if not tree.tree:
+        raise InputError(f"--data {root}: no images found in <class>/ or train|val|test/<class>/ "
+                         "folders")
+    classes = sorted({c for t in tree.tree.values() for c in t})
+    if len(classes) < 2:
+        raise InputError(f"--data {root}: images of one class only ({classes}); separability "
+                         "needs at least two class folders")
+    cls_index = {c: i for i, c in enumerate(classes)}
+
+    def listing(folder: dict) -> tuple[list[str], list[int]]:
+        keys, labels = [], []
+        for c in sorted(folder):
+            for k in sorted(folder[c]):
+                keys.append(k)
+                labels.append(cls_index[c])
+        return keys, labels
+
+    named = {k: v for k, v in tree.tree.items() if k in ("train", "val", "test")}
+    record = {}
+    if named:
+        lists = {k: listing(v) for k, v in named.items()}
+        how = "the data's own " + ", ".join(sorted(named)) + " folders"
+        if "train" in lists:
+            keys, labels = lists.pop("train")
+            y = torch.tensor(labels)
+            pos = _stratified(y, max(2, round(0.2 * len(keys))), cfg.seed)
+            lists["train20"] = ([keys[p] for p in pos.tolist()], y[pos].tolist())
+            how += f"; train20 = a stratified 20% of train/ (seed {cfg.seed})"
+    else:
+        keys, labels = listing(tree.tree[""])
+        y = torch.tensor(labels)
+        n_val = round(cfg.val_fraction * len(keys))
+        if not 0 < n_val < len(keys):
+            raise InputError(f"--val-fraction {cfg.val_fraction}: leaves no images for one of "
+                             f"train and val ({len(keys)} images)")
+        tr, va = split_indices(y, n_val, cfg.seed)
+        t20 = tr[_stratified(y[tr], max(2, round(0.2 * len(tr))), cfg.seed)]
+        lists = {"train20": ([keys[p] for p in t20.tolist()], y[t20].tolist()),
+                 "val": ([keys[p] for p in va.tolist()], y[va].tolist())}
+        how = (f"class folders only: val = a stratified {cfg.val_fraction:g} of the images "
+               f"(seed {cfg.seed}), train20 = a stratified 20% of the rest; see split.json")
+        record = {k: v[0] for k, v in lists.items()}
+    if size is None:
+        first = next(iter(lists.values()))[0][0]
+        size = min(tree.read(first).size)
+    splits = {}
+    for name, (keys, labels) in lists.items():
+        ids = [[k, tree.stat[tree.prefix + k]] for k in keys]
+        src = hashlib.sha256(json.dumps([str(root.resolve()), ids]).encode()).hexdigest()[:16]
+        splits[name] = ImageSplit(keys, labels, size, mean, std, tree.read, [src, name])
+    if record:
+        out.mkdir(parents=True, exist_ok=True)
+        from dnnlab.utils.atomic import atomic_write_json
+
+        atomic_write_json(out / "split.json", {"seed": cfg.seed, "val_fraction":
+                                               cfg.val_fraction, "classes": classes, **record})
+    splits["_tree"] = tree
+    return splits, classes, how
+
+
+def _channels(text: str | None, default, flag: str) -> tuple[float, ...]:
+    if text is None:
+        return tuple(default)
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: expected 1 or 3 comma-separated numbers") from None
+    if len(vals) not in (1, 3) or not all(np.isfinite(vals)):
+        raise InputError(f"{flag} {text!r}: expected 1 or 3 comma-separated finite numbers")
+    if flag == "--std" and min(vals) <= 0:
+        raise InputError(f"--std {text!r}: must be > 0")
+    return vals * 3 if len(vals) == 1 else vals
+
+
+def prepare(cfg: AnyConfig):
+    """The model (weights loaded, eval mode) and the input settings, all checked."""
+    model = build_model(cfg.model)
+    if cfg.weights:
+        fit_weights(model, load_state(cfg.weights, cfg.weights_key), f"--weights {cfg.weights}")
+    elif cfg.weights_key:
+        raise InputError("--weights-key needs --weights")
+    tv = cfg.model.startswith("torchvision:")
+    mean = _channels(cfg.mean, IMAGENET_MEAN if tv else (0.5,) * 3, "--mean")
+    std = _channels(cfg.std, IMAGENET_STD if tv else (0.5,) * 3, "--std")
+    return model.eval(), mean, std, (cfg.image_size or (224 if tv else None))
+
+
+def check_size(model: nn.Module, size: int, spec: str) -> None:
+    """One forward pass of one blank image: an image size the network cannot take is named."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+    except RuntimeError as e:
+        msg = str(e).splitlines()[0]
+        raise InputError(f"--image-size {size}: too small (or wrong) for {spec}: a forward "
+                         f"pass fails ({msg})") from None
+
+
+def list_any(cfg: AnyConfig):
+    from dnnlab.probe.layers import trace
+
+    model, _, _, size = prepare(cfg)
+    size = size or 32
+    check_size(model, size, cfg.model)
+    return trace(model, torch.zeros(2, 3, size, size), [], None).all_layers
+
+
+def probe_any(cfg: AnyConfig, pcfg, overwrite=False, progress=False):
+    """Probe cfg.model on cfg.data; write probe.csv/json and plots to cfg.out."""
+    from dataclasses import replace
+
+    from dnnlab.probe.probe import plot_probe, probe_model
+
+    out = Path(cfg.out)
+    model, mean, std, size = prepare(cfg)
+    splits, classes, how = image_splits(cfg, size, mean, std, out)
+    tree = splits.pop("_tree", None)
+    size = next(iter(splits.values())).size
+    check_size(model, size, cfg.model)
+    default = pcfg.splits == ("train20", "val", "test")
+    wanted = [s for s in pcfg.splits if s in splits] if default else list(pcfg.splits)
+    missing = [s for s in wanted if s not in splits]
+    if missing or not wanted:
+        raise InputError(f"--splits: {cfg.data} has no split {missing or list(pcfg.splits)}; "
+                         f"it has {sorted(splits)}")
+    chosen = {}
+    for name in wanted:
+        s = splits[name]
+        if cfg.max_per_split and len(s) > cfg.max_per_split:
+            s = s.subset(_stratified(s.labels, cfg.max_per_split, cfg.seed).tolist())
+        if len(s) < 2:
+            raise InputError(f"split {name!r} of {cfg.data} has {len(s)} image(s); need >= 2")
+        chosen[name] = (s, s.labels)
+    if tree is not None:
+        for s, _ in chosen.values():
+            tree.check_headers(s.items)
+    pcfg = replace(pcfg, splits=tuple(wanted))
+    res = probe_model(model, chosen, pcfg, out=out, input_fn=lambda b: b, overwrite=overwrite,
+                      progress=progress, source={"model": cfg.model})
+    res.notes.insert(0, f"splits: {how}; classes: {len(classes)}; image size {size}")
+    plot_probe(res.rows, out, title=cfg.model)
+    return res, out, cfg.model
+
+
+__all__ = ["AnyConfig", "ImageSplit", "build_model", "list_any", "load_state", "probe_any"]
