@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 
 import torch
 
-from dnnlab.cifar.train import TrainConfig, projected_seconds, train
+from dnnlab.cifar.train import TrainConfig, train
+
+
+def projected_seconds(epoch_seconds: list[float], epochs: int) -> float:
+    """Projection for a full run from timed epochs (the first, warm-up, one excluded)."""
+    steady = epoch_seconds[1:] or epoch_seconds
+    return math.fsum(steady) / len(steady) * epochs
 
 
 def main() -> int:

@@ -26,4 +26,4 @@ if [ -n "${DNNLAB_CATS:-}" ] && [ -n "${DNNLAB_BACKBONE:-}" ]; then
   dnnlab detect run $sample --model "$det" --out "$det/photos" --overwrite
   detector=(--detector "$det")
 fi
-dnnlab study --quick --out "$out" "${detector[@]}" "$@"
+dnnlab study --quick --out "$out" --published docs/results "${detector[@]}" "$@"

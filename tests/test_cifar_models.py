@@ -2,13 +2,20 @@ import pytest
 import torch
 from torch import nn
 
-from dnnlab.cifar.models import VARIANTS, build_model, count_params, forward_order
+from dnnlab.cifar.models import VARIANTS, build_model, count_params
+from dnnlab.errors import InputError
+from dnnlab.probe.layers import describe_layers
+
+
+def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Top-level child names in the order they run on x (each listed once, first call)."""
+    return [i.name for i in describe_layers(model, x, [n for n, _ in model.named_children()])]
 
 # conv1 896 + conv2 18,496 + resblock1 2 x 36,928 + conv3 73,856 + conv4 295,168
 # + resblock2 2 x 590,080 + fc1 65,792 + fc2 2,570
 BASE_PARAMS = 896 + 18_496 + 2 * 36_928 + 73_856 + 295_168 + 2 * 590_080 + 65_792 + 2_570
 
-SEED_ORDER = ["conv1", "elu1", "conv2", "elu2", "maxpool1", "resblock1", "conv3", "elu3",
+COURSE_ORDER = ["conv1", "elu1", "conv2", "elu2", "maxpool1", "resblock1", "conv3", "elu3",
               "maxpool2", "conv4", "elu4", "maxpool3", "resblock2", "avgpool", "flatten",
               "fc1", "fc2"]  # fmt: skip
 
@@ -32,8 +39,19 @@ def test_base_param_count_by_hand():
 def test_execution_order_differs_from_registration():
     m = build_model("base")
     registered = [n for n, _ in m.named_children()]
-    assert registered.index("maxpool2") < registered.index("conv3")  # as the seed registers
-    assert forward_order(m, torch.randn(2, 3, 32, 32)) == SEED_ORDER
+    assert registered.index("maxpool2") < registered.index("conv3")  # as the course registers
+    assert forward_order(m, torch.randn(2, 3, 32, 32)) == COURSE_ORDER
+
+
+@pytest.mark.parametrize("name", [n for n, v in VARIANTS.items() if not v.wide])
+def test_registration_order_is_execution_order_except_maxpool2(name):
+    """What the docs state: every CourseNet variant registers its children in execution order
+    but for maxpool2, which sits right after resblock1."""
+    m = build_model(name)
+    registered = [n for n, _ in m.named_children()]
+    ran = forward_order(m, torch.randn(2, 3, 32, 32))
+    assert registered.index("maxpool2") == registered.index("resblock1") + 1
+    assert [n for n in registered if n != "maxpool2"] == [n for n in ran if n != "maxpool2"]
 
 
 def test_norm_variants_order():
@@ -88,3 +106,24 @@ def test_softmax_head():
 def test_unknown_model_lists_choices():
     with pytest.raises(ValueError, match="choose one of: base, bn"):
         build_model("resnet50")
+
+
+def test_wide_has_one_module_per_activation_and_no_softmax_head():
+    torch.manual_seed(0)
+    m = build_model("wide")
+    assert count_params(m) == 1_162_058  # the course's 1,166,218 less match_conv1 (64*64+64)
+    assert 1_166_218 - count_params(m) == 64 * 64 + 64
+    elus = [mod for mod in m.modules() if isinstance(mod, nn.ELU)]
+    assert len({id(e) for e in elus}) == len(elus)
+    # Each activation is called exactly once per forward pass, so a probe sees all of them.
+    calls = {}
+    for name, mod in m.named_modules():
+        if isinstance(mod, nn.ELU):
+            mod.register_forward_hook(lambda mod, i, o, name=name: calls.__setitem__(
+                name, calls.get(name, 0) + 1))  # fmt: skip
+    m(torch.randn(2, 3, 32, 32))
+    assert len(calls) == len(elus) == 2 + 3 + 2 + 3 + 1 and set(calls.values()) == {1}
+    ran = forward_order(m, torch.randn(2, 3, 32, 32))
+    assert ran[:5] == ["conv1", "elu1", "conv2", "elu2", "pool1"]
+    with pytest.raises(InputError, match="wide network has no Softmax"):
+        build_model("wide", softmax_head=True)

@@ -42,3 +42,49 @@ def test_two_gloo_processes_match_oracle(seed, block):
     for k, v in single.items():
         assert v == pytest.approx(want[k], abs=1e-12)
     assert np.isfinite(list(single.values())).all()
+
+
+def test_torchrun_two_gloo_processes_train_as_one(tree, tmp_path):
+    """`dnnlab train` under torchrun (2 processes, gloo, CPU) ends with the weights of a
+    one-process run with the same global batch: each process takes half of every batch and
+    DDP averages the gradients. base has no batch norm, so the halves do not change the
+    normalisation statistics. 120 training images in batches of 20: every half is 10."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    import dnnlab
+    from dnnlab.cifar.models import build_model
+    from dnnlab.cifar.train import TrainConfig, train
+
+    args = ["--model", "base", "--epochs", "1", "--batch-size", "20", "--lr", "0.05",
+            "--val-size", "20", "--data-root", str(tree)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(dnnlab.__file__).parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    two = tmp_path / "two"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", "2", "-m", "dnnlab", "train", *args, "--out",
+                        str(two)], env=env, capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = tmp_path / "one"
+    torch.set_num_threads(1)
+    train(TrainConfig(model="base", epochs=1, batch_size=20, lr=0.05, n_val=20,
+                      data_root=str(tree)), one, progress=False)  # fmt: skip
+    assert len(json.loads((two / "split.json").read_text())["train"]) == 120
+    a = torch.load(one / "last.pt", weights_only=False)["model"]
+    b = torch.load(two / "last.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
+    # The weights moved in those 6 steps, so the comparison is not of two initialisations.
+    first = json.loads((one / "metrics.json").read_text())[0]
+    assert first["train_loss"] > 0
+    init = TrainConfig(model="base")
+    torch.manual_seed(init.seed)
+    fresh = build_model("base").state_dict()
+    assert max(float((a[k] - fresh[k]).abs().max()) for k in a) > 1e-3

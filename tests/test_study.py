@@ -2,6 +2,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -9,14 +10,23 @@ import torch
 
 from dnnlab.cifar.train import RunError, TrainConfig, train
 from dnnlab.cli import main
+from dnnlab.errors import ConfigError
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.probe.run import probe_run
-from dnnlab.study.study import run_study, study_config
+from dnnlab.study.publish import publish
+from dnnlab.study.report import read_published, write_report
+from dnnlab.study.study import StudyError, run_study, study_config
+from tests.fakes import make_image_tree
 
 
-def tiny(tree, models):
+def tiny(tree, models, **kw):
     cfg = study_config(models, quick=True, data_root=str(tree))
-    return replace(cfg, train_subset=60, epochs=1, n_val=20, test_subset=30, max_per_split=40)
+    return replace(cfg, **{**dict(train_subset=60, epochs=1, n_val=20, test_subset=30,
+                                  max_per_split=40), **kw})  # fmt: skip
+
+
+def quiet(*_):
+    pass
 
 
 def test_probe_run_and_checkpoint_mismatch(tree, tmp_path, capsys):
@@ -49,6 +59,11 @@ def test_study_trains_probes_reports_and_resumes(tree, tmp_path):
     md = (out / "report.md").read_text()
     assert "QUICK" in md and "| Model | Val ACC | Test ACC | SI Val | CSI Val |" in md
     assert "## Skip connection" in md and "| noskip |" in md and "73.29" in md
+    # The budget comes from the runs' records: 60 training images, 20 validation images.
+    assert "60 training images, 1 epochs, 20 validation images, test on 30 images" in md
+    rec = json.loads((out / "study.json").read_text())
+    assert rec["recipe"] == "corrected" and rec["fingerprint"] and rec["wall_seconds"] > 0
+    assert rec["device_name"].startswith("CPU")
     page = (out / "report.html").read_text()
     assert page.count("<table>") == 1  # only the skip comparison has two variants here
     assert page.count("data:image/png;base64,") >= 3
@@ -84,3 +99,185 @@ def check_in_chromium(page, tmp_path):
     subprocess.run([exe, *flags, f"--screenshot={shot}", "--window-size=1200,2000",
                     page.as_uri()], capture_output=True, timeout=120)  # fmt: skip
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_report_figures_are_the_recorded_ones(tree, tmp_path):
+    """No subset asked: the report says what the run used (120 of this tiny data), not the
+    full set's 45,000 that the settings imply."""
+    out = tmp_path / "s"
+    run_study(tiny(tree, ["base"], train_subset=None), out, log=quiet, plan=False)
+    md = (out / "report.md").read_text()
+    assert "120 training images" in md and "45000" not in md
+
+
+def test_study_inputs_are_checked_before_any_work(tree, tmp_path, capsys):
+    out = tmp_path / "s"
+    with pytest.raises(SystemExit) as e:
+        main(["study", "--models", "", "--out", str(out), "--data-root", str(tree)])
+    assert e.value.code == 2 and "names nothing" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--models: names no variant"):
+        study_config([])
+    with pytest.raises(ConfigError, match="unknown model 'vgg'; choose from: base, bn"):
+        study_config(["base", "vgg"])
+    assert main(["study", "--models", "base", "--out", str(out), "--data-root", str(tree),
+                 "--detector", "/nonexistent"]) == 2  # fmt: skip
+    assert "--detector: /nonexistent is not a folder" in capsys.readouterr().err
+    assert main(["study", "--models", "base", "--out", str(out), "--data-root", str(tree),
+                 "--epochs", "0"]) == 2  # fmt: skip
+    assert "--epochs: 0 is out of range" in capsys.readouterr().err
+    assert main(["study", "--models", "base", "--out", str(out), "--data-root", str(tree),
+                 "--jobs", "0"]) == 2  # fmt: skip
+    assert "--jobs: 0 is out of range" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_rerun_with_other_data_is_refused(tree, tmp_path):
+    out = tmp_path / "s"
+    cfg = tiny(tree, ["base"])
+    run_study(cfg, out, log=quiet, plan=False)
+    other = make_image_tree(tmp_path / "other", n_train=14, n_test=5, seed=7)
+    stamp = (out / "runs" / "base" / "best.pt").stat().st_mtime_ns
+    with pytest.raises(StudyError, match="other data"):
+        run_study(replace(cfg, data_root=str(other)), out, log=quiet, plan=False)
+    assert (out / "runs" / "base" / "best.pt").stat().st_mtime_ns == stamp
+
+
+def test_report_leaves_out_runs_whose_records_do_not_match(tree, tmp_path):
+    out = tmp_path / "s"
+    cfg = tiny(tree, ["base", "noskip"])
+    run_study(cfg, out, log=quiet, plan=False)
+    c = json.loads((out / "runs" / "noskip" / "config.json").read_text())
+    (out / "runs" / "noskip" / "config.json").write_text(json.dumps({**c, "epochs": 7}))
+    write_report(out, cfg)
+    md = (out / "report.md").read_text()
+    assert "| noskip |" not in md and "## Skip connection" not in md
+    assert "Left out of the tables: `noskip`" in md and "epochs=7" in md
+
+
+def _runs_equal(a, b):
+    for m in ("base", "noskip"):
+        sa = json.loads((a / "runs" / m / "summary.json").read_text())
+        sb = json.loads((b / "runs" / m / "summary.json").read_text())
+        for k in ("train_images", "test_images", "best_epoch", "recipe", "params"):
+            assert sa[k] == sb[k], (m, k)
+        for k in ("best_val_acc", "test_acc", "test_loss"):
+            assert sa[k] == pytest.approx(sb[k], abs=1e-4), (m, k)
+        ra = json.loads((a / "runs" / m / "probe.json").read_text())["rows"]
+        rb = json.loads((b / "runs" / m / "probe.json").read_text())["rows"]
+        assert [(r["split"], r["layer"], r["n"]) for r in ra] == \
+            [(r["split"], r["layer"], r["n"]) for r in rb]  # fmt: skip
+        for x, y in zip(ra, rb, strict=True):
+            assert x["si"] == pytest.approx(y["si"], abs=0.05), (m, x["layer"])
+        assert (a / "runs" / m / "split.json").read_text() == \
+            (b / "runs" / m / "split.json").read_text()  # fmt: skip
+
+
+def test_two_concurrent_workers_give_the_sequential_results(tree, tmp_path):
+    cfg = tiny(tree, ["base", "noskip"], epochs=2)
+    seq, par = tmp_path / "seq", tmp_path / "par"
+    run_study(cfg, seq, log=quiet, plan=False)
+    lines = []
+    run_study(replace(cfg, jobs=2), par, log=lines.append)
+    assert any(line.startswith("plan: 2 variants (base, noskip), 2 epochs") for line in lines)
+    assert any("expected training time" in line for line in lines)
+    assert (par / "logs" / "base.log").exists() and (par / "logs" / "noskip.log").exists()
+    _runs_equal(seq, par)
+    assert json.loads((par / "study.json").read_text())["jobs"] == 2
+
+
+def test_a_failing_worker_is_named_and_the_others_go_on(tree, tmp_path):
+    out = tmp_path / "s"
+    # noskip's run folder is a file: its worker fails, base's goes on.
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "noskip").write_text("not a run folder")
+    lines = []
+    with pytest.raises(StudyError) as e:
+        run_study(tiny(tree, ["base", "noskip"], jobs=2), out, log=lines.append, plan=False)
+    err = str(e.value)
+    assert "1 of 2 variants failed" in err and "[noskip] FAILED" in err
+    assert str(out / "logs" / "noskip.log") in err
+    assert any(line == "[base] done" for line in lines)
+    assert (out / "runs" / "base" / "probe.json").exists()
+    assert (out / "report.html").exists()
+
+
+def test_published_tables_and_publish(tree, tmp_path):
+    out = tmp_path / "s"
+    cfg = tiny(tree, ["base", "noskip"])
+    empty = tmp_path / "results"
+    empty.mkdir()
+    run_study(cfg, out, log=quiet, plan=False, published=empty)
+    assert "No full-study results are published yet" in (out / "report.md").read_text()
+    # Publish this study as if it were a full one; then a quick report shows its table.
+    done = publish(out, empty / "full-study-corrected", cfg, commit="abc123")
+    assert done == ["base", "noskip"]
+    pub = empty / "full-study-corrected"
+    assert sorted(p.name for p in (pub / "runs" / "base").iterdir() if p.suffix != ".png") == [
+        "config.json", "metrics.csv", "probe.csv", "summary.json"]
+    assert not list(pub.rglob("*.pt"))
+    assert (pub / "report.html").exists() and (pub / "report.md").exists()
+    rec = json.loads((pub / "study.json").read_text())
+    assert rec["commit"] == "abc123" and rec["published_variants"] == ["base", "noskip"]
+    # A variant whose summary does not match its study is left out of the published table.
+    s = json.loads((pub / "runs" / "noskip" / "summary.json").read_text())
+    (pub / "runs" / "noskip" / "summary.json").write_text(json.dumps({**s, "recipe": "course"}))
+    p = read_published(empty)
+    assert [st["recipe"] for st in p["studies"]] == ["corrected"]
+    assert set(p["studies"][0]["rows"]) == {"base"} and p["studies"][0]["left_out"] == ["noskip"]
+    base_summary = json.loads((out / "runs" / "base" / "summary.json").read_text())
+    write_report(out, cfg, published=p)
+    md = (out / "report.md").read_text()
+    assert "## Published full-study results" in md
+    assert "corrected recipe: QUICK budget, 1 epochs on CPU" in md and "commit abc123" in md
+    assert f"| base | 73.29 | {100 * base_summary['test_acc']:.2f} |" in md
+    assert "left out (records do not match): noskip" in md
+
+
+@pytest.mark.slow
+def test_full_study_gpu_script_logic_on_the_cpu(tmp_path):
+    """benchmarks/full_study_gpu.sh end to end on a tiny CPU budget: both recipes published,
+    the throughput ratio printed, one archive without weights."""
+    import os
+    import tarfile
+    from pathlib import Path
+
+    from tests.fakes import make_tar
+
+    repo = Path(__file__).resolve().parents[1]
+    tree = make_image_tree(tmp_path / "tree", n_train=8, n_test=3)
+    data = make_tar(tree, tmp_path / "fake.tar.gz")
+    env = {**os.environ, "DEVICE": "cpu", "COMPILE": "0", "EPOCHS": "1",
+           "STUDY_ARGS": "--val-size 20 --test-subset 30 --max-per-split 40",
+           "TRAIN_ARGS": "--val-size 20",
+           "MODELS": "base,noskip", "JOBS": "2", "ALONE_EPOCHS": "2", "DATA": str(data),
+           "OUT": str(tmp_path / "o"), "WORK": str(tmp_path / "w"), "PYTHON": sys.executable,
+           "DNNLAB_CACHE": str(tmp_path / "cache")}  # fmt: skip
+    r = subprocess.run(["bash", str(repo / "benchmarks" / "full_study_gpu.sh")], cwd=repo,
+                       env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "ratio concurrent / alone:" in r.stdout
+    with tarfile.open(tmp_path / "o" / "full-study.tar.gz") as tf:
+        names = tf.getnames()
+    assert not [n for n in names if n.endswith(".pt")]
+    for recipe in ("corrected", "course"):
+        for f in ("study.json", "report.md", "report.html", "runs/base/summary.json",
+                  "runs/noskip/probe.csv", "runs/base/metrics.csv", "runs/base/config.json"):
+            assert f"published/full-study-{recipe}/{f}" in names, (recipe, f)
+    assert "throughput.txt" in names and "info.txt" in names
+
+
+def test_quick_fills_only_the_budget_flags_not_given(monkeypatch, tmp_path):
+    import dnnlab.study.study as S
+
+    seen = {}
+    monkeypatch.setattr(S, "run_study", lambda cfg, out, **kw: seen.update(cfg=cfg, **kw))
+    out = str(tmp_path / "s")
+    assert main(["study", "--quick", "--val-size", "20", "--models", "base,wide", "--recipe",
+                 "seed", "--out", out, "--published", "docs/results"]) == 0  # fmt: skip
+    cfg = seen["cfg"]
+    assert (cfg.n_val, cfg.train_subset, cfg.epochs, cfg.test_subset, cfg.max_per_split) == (
+        20, 1000, 3, 1000, 300)
+    assert cfg.models == ("base", "wide") and cfg.recipe == "course" and cfg.quick
+    assert seen["published"] == "docs/results"
+    assert main(["study", "--out", out]) == 0
+    assert (seen["cfg"].epochs, seen["cfg"].train_subset, seen["cfg"].quick) == (100, None, False)

@@ -298,37 +298,45 @@ def _print_layers(layers) -> int:
 
 
 def _add_study(sub) -> None:
+    from dataclasses import fields
+
+    from dnnlab.settings import add_flags
+    from dnnlab.study.study import StudyConfig
+
     p = sub.add_parser(
         "study", help="train + probe the variants and write the comparison report",
         description="Train and probe a list of variants (skipping finished work), then write "
-        "report.md and a self-contained report.html.",
+        "report.md and a self-contained report.html. Prints its plan (variants, epochs, "
+        "expected minutes) before any work. --quick sets the budget's flags not given.",
     )  # fmt: skip
-    p.add_argument("--models", default=None, help="comma-separated; default: all variants")
+    add_flags(p, StudyConfig)
     p.add_argument("--out", default="study", help="study directory (default: study/)")
-    p.add_argument("--quick", action="store_true",
-                   help="a budget that finishes on a 2-core CPU in under 20 minutes")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--data-root", default=None, help="CIFAR-10 source (default $DNNLAB_DATA)")
-    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    p.add_argument("--compile", action="store_true", help="torch.compile (GPU runs)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier study")
     p.add_argument("--detector", default=None,
                    help="a `dnnlab detect` directory whose eval.md and photos/ join the report")
-    p.set_defaults(func=cmd_study)
+    p.add_argument("--published", default=None,
+                   help="a folder of published full studies (each with study.json and runs/) "
+                        "whose tables the report shows beside this study's")  # fmt: skip
+    p.add_argument("--publish", default=None,
+                   help="afterwards, copy the results (no weights) into this folder")
+    p.set_defaults(func=cmd_study, **{f.name: UNSET for f in fields(StudyConfig)})
 
 
 def cmd_study(args) -> int:
-    from dnnlab.study.study import run_study, study_config
+    from dataclasses import fields
 
-    models = [m.strip() for m in args.models.split(",")] if args.models else None
-    cfg = study_config(models, quick=args.quick, device=args.device, data_root=args.data_root,
-                       compile=args.compile)  # fmt: skip
-    if args.epochs:
-        from dataclasses import replace
+    from dnnlab.study.study import QUICK, StudyConfig, run_study
 
-        cfg = replace(cfg, epochs=args.epochs)
+    given = {f.name: getattr(args, f.name) for f in fields(StudyConfig)
+             if getattr(args, f.name, UNSET) is not UNSET}  # fmt: skip
+    cfg = StudyConfig(**{**(QUICK if given.get("quick") else {}), **given})
     run_study(cfg, args.out, overwrite=args.overwrite, progress=sys.stderr.isatty(),
-              detector=args.detector)  # fmt: skip
+              detector=args.detector, published=args.published)  # fmt: skip
+    if args.publish:
+        from dnnlab.study.publish import publish
+
+        done = publish(args.out, args.publish, cfg)
+        print(f"published {len(done)} variants ({', '.join(done)}) to {args.publish}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Batched augmentation on the training device: no per-image PIL work, no worker processes.
 
-The seed's transforms: RandomHorizontalFlip, RandomRotation(10) (nearest, black fill),
+The course's transforms: RandomHorizontalFlip, RandomRotation(10) (nearest, black fill),
 ToTensor, Normalize(mean=0.5, std=0.5).
 """
 

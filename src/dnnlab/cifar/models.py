@@ -1,23 +1,32 @@
-"""The seed's small residual CNN family for CIFAR-10, as one configurable class.
+"""The course's small residual CNN family for CIFAR-10, as one configurable class.
 
-Layout of `SeedNet` (input 3 x 32 x 32), children named as in the seed and *registered* in
-the seed's order (maxpool2 before conv3) although they run as listed in `EXECUTION_ORDER`:
+Layout of `CourseNet` (input 3 x 32 x 32), children named as in the course's code and run in
+the order of `EXECUTION_ORDER`. They are registered in that order too, except maxpool2, which
+is registered right after resblock1 (before conv3), as in the course's base network. That is
+the only registration detail dnnlab copies: the course's base network also registers maxpool3
+before conv4, and its gn/ln networks order their pools differently again. Pools have no
+parameters, so registration order changes neither outputs nor state-dict contents, and the
+probe orders layers by execution:
 
     conv1 3->32, [norm1], elu1, conv2 32->64, [norm2], elu2, maxpool1,
     resblock1 (64 ch, 16x16), conv3 64->128, [norm3], elu3, maxpool2,
     conv4 128->256, [norm4], elu4, maxpool3, resblock2 (256 ch, 4x4),
     avgpool (3, stride 2: 4x4 -> 1x1), flatten, fc1 256->256, [norm_fc], fc2 256->10
 
-fc1 and fc2 have no activation between them, as in the seed. `WideNet` is the seed's
-"optimized" network. Both output logits unless softmax_head=True (the seed's double softmax).
+fc1 and fc2 have no activation between them, as in the course's code. `WideNet` is the
+course's "optimized" network (see its docstring for the one layer dnnlab leaves out).
+CourseNet outputs logits unless softmax_head=True (the course's Softmax inside the model,
+which with CrossEntropyLoss makes its double softmax); WideNet always outputs logits, since
+the course's wide network has no Softmax.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
+
+from dnnlab.errors import InputError
 
 # Shapes (C, H, W) after each stem conv, and inside each residual block, for LayerNorm.
 LN_SHAPES = {"norm1": (32, 32, 32), "norm2": (64, 32, 32), "resblock1": (64, 16, 16),
@@ -54,7 +63,7 @@ class Path2(nn.Module):
 class ResBlock(nn.Module):
     """Sum of `paths` residual paths (+ the identity shortcut unless skip=False), then ELU.
 
-    shared=True reuses one path's weights for every path, as the seed's code did, so the
+    shared=True reuses one path's weights for every path, as the course's code did, so the
     branch equals paths x one path.
     """
 
@@ -88,7 +97,7 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    "base": Variant(about="the seed's base network"),
+    "base": Variant(about="the course's base network"),
     "bn": Variant(norm="bn", about="BatchNorm after every convolution"),
     "gn": Variant(norm="gn", about="GroupNorm (32 groups) after every convolution"),
     "ln": Variant(norm="ln", about="LayerNorm over (C,H,W) after every conv, and after fc1"),
@@ -96,9 +105,13 @@ VARIANTS: dict[str, Variant] = {
     "conv4-1x1": Variant(conv4_kernel=1, about="conv4 with a 1x1 kernel"),
     "paths2": Variant(paths=2, about="2 independent paths per block (ResNeXt-style)"),
     "paths4": Variant(paths=4, about="4 independent paths per block (ResNeXt-style)"),
-    "paths2-shared": Variant(paths=2, shared=True, about="the seed's code: 2 x one path"),
-    "paths4-shared": Variant(paths=4, shared=True, about="the seed's code: 4 x one path"),
-    "wide": Variant(wide=True, about="the seed's 'optimized' network"),
+    "paths2-shared": Variant(paths=2, shared=True, about="the course's code: 2 x one path"),
+    "paths4-shared": Variant(paths=4, shared=True, about="the course's code: 4 x one path"),
+    "wide": Variant(
+        wide=True,
+        about="the course's 'optimized' network less its unused 1x1 conv match_conv1 (the "
+        "course's has 1,166,218 parameters)",
+    ),
 }
 
 EXECUTION_ORDER = ("conv1", "norm1", "elu1", "conv2", "norm2", "elu2", "maxpool1",
@@ -107,7 +120,7 @@ EXECUTION_ORDER = ("conv1", "norm1", "elu1", "conv2", "norm2", "elu2", "maxpool1
                    "fc2")  # fmt: skip
 
 
-class SeedNet(nn.Module):
+class CourseNet(nn.Module):
     def __init__(self, variant: Variant = VARIANTS["base"], num_classes=10, softmax_head=False):
         super().__init__()
         v, nm = variant, variant.norm
@@ -122,7 +135,7 @@ class SeedNet(nn.Module):
         self.elu2 = nn.ELU()
         self.maxpool1 = nn.MaxPool2d(2)
         self.resblock1 = ResBlock(64, shape=LN_SHAPES["resblock1"], **block)
-        self.maxpool2 = nn.MaxPool2d(2)  # registered here, as in the seed; runs after elu3
+        self.maxpool2 = nn.MaxPool2d(2)  # registered here as in the course; runs after elu3
         self.conv3 = nn.Conv2d(64, 128, 3, padding=1)
         if nm:
             self.norm3 = make_norm(nm, 128, LN_SHAPES["norm3"])
@@ -152,12 +165,21 @@ class SeedNet(nn.Module):
 
 
 class WideNet(nn.Module):
-    """The seed's 'optimized' network: three residual stages, projection shortcuts."""
+    """The course's 'optimized' network: three residual stages, projection shortcuts.
 
-    def __init__(self, num_classes=10, softmax_head=False):
+    The course's code also defines a 1x1 convolution `match_conv1` (64 -> 64, 4,160
+    parameters) that its forward never calls; dnnlab leaves it out, so this network has
+    1,162,058 parameters against the course's 1,166,218, with the same outputs. Every
+    activation is its own module (elu1, elu2 in the stem), so a probe records each of them.
+    The course's wide network has no Softmax: it always outputs logits.
+    """
+
+    def __init__(self, num_classes=10):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.elu1 = nn.ELU()
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.elu2 = nn.ELU()
         self.pool1 = nn.MaxPool2d(2)
         self.block1 = _WideBlock([nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1)],
                                  None)  # fmt: skip
@@ -172,52 +194,46 @@ class WideNet(nn.Module):
         self.fc1 = nn.Linear(256, 256)
         self.elu_fc = nn.ELU()
         self.fc2 = nn.Linear(256, num_classes)
-        self.elu = nn.ELU()
-        self.softmax_head = softmax_head
-        if softmax_head:
-            self.softmax = nn.Softmax(dim=1)
 
     def forward(self, x):
-        x = self.pool1(self.elu(self.conv2(self.elu(self.conv1(x)))))
+        x = self.pool1(self.elu2(self.conv2(self.elu1(self.conv1(x)))))
         x = self.block3(self.block2(self.block1(x)))
         x = self.elu_fc(self.fc1(self.flatten(self.avgpool(x))))
-        x = self.fc2(x)
-        return self.softmax(x) if self.softmax_head else x
+        return self.fc2(x)
 
 
 class _WideBlock(nn.Module):
-    """ELU after each conv and after the addition; identity or 1x1 projection shortcut."""
+    """ELU after each conv and after the addition, each its own module; identity or 1x1
+    projection shortcut."""
 
     def __init__(self, layers: list[nn.Module], shortcut: nn.Module | None):
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        # acts[i] follows layers[i]: an ELU after a conv, nothing (Identity) after a pool.
+        self.acts = nn.ModuleList(
+            [nn.ELU() if isinstance(m, nn.Conv2d) else nn.Identity() for m in layers]
+        )
         self.shortcut = shortcut if shortcut is not None else nn.Identity()
         self.elu = nn.ELU()
 
     def forward(self, x):
         y = x
-        for layer in self.layers:
-            y = layer(y)
-            if isinstance(layer, nn.Conv2d):
-                y = self.elu(y)
+        for layer, act in zip(self.layers, self.acts, strict=True):
+            y = act(layer(y))
         return self.elu(y + self.shortcut(x))
 
 
 def build_model(name: str, softmax_head: bool = False, num_classes: int = 10) -> nn.Module:
     if name not in VARIANTS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(VARIANTS)}")
+        raise InputError(f"unknown model {name!r}; choose one of: {', '.join(VARIANTS)}")
     v = VARIANTS[name]
     if v.wide:
-        return WideNet(num_classes, softmax_head)
-    return SeedNet(v, num_classes, softmax_head)
+        if softmax_head:
+            raise InputError("--softmax-head: the course's wide network has no Softmax, so "
+                             "model 'wide' has no softmax head")  # fmt: skip
+        return WideNet(num_classes)
+    return CourseNet(v, num_classes, softmax_head)
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """Top-level child names in the order they run on x (each listed once, first call)."""
-    from dnnlab.probe.layers import describe_layers
-
-    return [i.name for i in describe_layers(model, x, [n for n, _ in model.named_children()])]

@@ -1,4 +1,4 @@
-"""Train one variant with the seed's recipe; write a complete, resumable run directory.
+"""Train one variant with the course's hyperparameters; write a complete, resumable run directory.
 
     dnnlab train --model bn --out runs/bn [--epochs 100 --batch-size 256 --lr 0.01 ...]
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import math
 import os
 import shutil
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dnnlab.cifar import recipe as R
 from dnnlab.cifar.augment import augment, to_input
 from dnnlab.cifar.data import load_cifar10, split_indices, stratified_subset
 from dnnlab.cifar.models import VARIANTS, build_model, count_params
@@ -80,14 +80,24 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile the model (GPU runs)")
     data_root: str | None = setting(None, "CIFAR-10 source; none: $DNNLAB_DATA")
     eval_batch_size: int = setting(1024, "batch size for validation and test", low=1)
+    recipe: str = setting("corrected", R.RECIPE_HELP, choices=R.RECIPES + tuple(R.ALIASES))
 
     def __post_init__(self):
+        self.recipe = R.recipe_name(self.recipe)
         validate(self)
         if self.model not in VARIANTS:
             raise ConfigError(
                 f"--model: {self.model!r} is not a model; choose one of: {', '.join(VARIANTS)}"
             )
+        if self.softmax_head and self.model == "wide":
+            raise ConfigError("--softmax-head: the course's wide network has no Softmax, so "
+                              "model 'wide' has no softmax head")  # fmt: skip
         check_device_name(self.device)
+
+    @property
+    def head_softmax(self) -> bool:
+        """Whether the network ends in a Softmax (asked for, or the course recipe's)."""
+        return R.softmax_head(self.recipe, self.model, self.softmax_head)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -120,8 +130,8 @@ def make_optimizer(model, cfg: TrainConfig):
 
 
 def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    # With --softmax-head the model's output is already a softmax, and cross-entropy softmaxes
-    # it again: that is the seed's behaviour, reproduced on purpose.
+    # With a softmax head the model's output is already a softmax, and cross-entropy softmaxes
+    # it again: that is the course's behaviour, reproduced on purpose.
     return F.cross_entropy(out.float(), y)
 
 
@@ -162,13 +172,15 @@ def train_one_epoch(model, opt, x_u8, y, cfg, gen, dev, rank=0, world=1, bar=Non
 
 
 @torch.no_grad()
-def evaluate(model, x_u8, y, dev, batch=1024):
-    """(mean loss, accuracy) without augmentation."""
+def evaluate(model, x_u8, y, dev, batch=1024, gen=None):
+    """(mean loss, accuracy); without augmentation unless `gen` (the course's validation)."""
     model.eval()
     total, correct = 0.0, 0
     amp = dev.type == "cuda"
     for s in range(0, x_u8.shape[0], batch):
-        xb = to_input(x_u8[s : s + batch]).contiguous(memory_format=torch.channels_last)
+        xb = x_u8[s : s + batch]
+        xb = to_input(xb) if gen is None else augment(xb, gen)
+        xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             out = model(xb)
         yb = y[s : s + batch]
@@ -190,7 +202,7 @@ def _checkpoint(model, opt, sched, epoch, gen, cfg, best_acc, best_epoch):
         "rng": _rng_state(gen),
         "config": asdict(cfg),
         "arch": cfg.model,
-        "softmax_head": cfg.softmax_head,
+        "softmax_head": cfg.head_softmax,
         "best_val_acc": best_acc,
         "best_epoch": best_epoch,
     }
@@ -450,7 +462,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = build_model(cfg.model, softmax_head=cfg.softmax_head).to(dev)
+    model = build_model(cfg.model, softmax_head=cfg.head_softmax).to(dev)
     model = model.to(memory_format=torch.channels_last)
     opt, sched = make_optimizer(model, cfg)
     start, best_acc, best_epoch, best_state = 0, -1.0, 0, None
@@ -478,18 +490,22 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
         tr_loss, tr_acc = train_one_epoch(net, opt, x_tr, y_tr, cfg, gen, dev, rank, world, bar)
         bar.close()
         sched.step()
-        val_loss, val_acc = evaluate(net, *split["val"], dev, cfg.eval_batch_size)
+        val_gen = R.val_generator(cfg.recipe, cfg.seed, epoch)
+        val_loss, val_acc = evaluate(net, *split["val"], dev, cfg.eval_batch_size, val_gen)
         secs = time.perf_counter() - t0
         row = dict(epoch=epoch + 1, lr=lr, train_loss=tr_loss, train_acc=tr_acc,
                    val_loss=val_loss, val_acc=val_acc, seconds=secs)  # fmt: skip
         rows.append(row)
-        if val_acc > best_acc:
+        improved = val_acc > best_acc
+        if improved:
             best_acc, best_epoch = val_acc, epoch + 1
-            # A copy: the live state dict would change under us (the course code's bug).
+        if improved or R.tests_last_weights(cfg.recipe):
+            # A copy: the live state dict would change under us (the course code's bug, which
+            # the course recipe reproduces by keeping the last epoch's weights instead).
             best_state = copy.deepcopy(model.state_dict())
         if rank == 0:
             ck = _checkpoint(model, opt, sched, epoch + 1, gen, cfg, best_acc, best_epoch)
-            if best_epoch == epoch + 1:
+            if improved or R.tests_last_weights(cfg.recipe):
                 atomic_torch_save({**ck, "model": best_state}, out / "best.pt")
             _write_metrics(out, rows)
             atomic_torch_save(ck, last)  # last: only now is the epoch complete
@@ -503,12 +519,14 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
     test_loss, test_acc = evaluate(model, *split["test"], dev, cfg.eval_batch_size)
     summary = {
         "model": cfg.model,
+        "recipe": cfg.recipe,
         "best_val_acc": best_acc,
         "best_epoch": best_epoch,
+        "weights_epoch": cfg.epochs if R.tests_last_weights(cfg.recipe) else best_epoch,
         "test_acc": test_acc,
         "test_loss": test_loss,
         "params": n_params,
-        "head": "softmax (course double softmax)" if cfg.softmax_head else "logits",
+        "head": "softmax (the course's double softmax)" if cfg.head_softmax else "logits",
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "epochs": cfg.epochs,
         "train_images": int(x_tr.shape[0]),
@@ -519,8 +537,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
     if rank == 0:
         plot_curves(rows, out / "curves.png", cfg.model)
         atomic_write_json(out / "summary.json", summary)
+        which = "the last epoch's weights (course recipe)" if R.tests_last_weights(cfg.recipe) \
+            else "the best weights"  # fmt: skip
         print(f"[{cfg.model}] best val {best_acc:.4f} (epoch {best_epoch}); "
-              f"test {test_acc:.4f} with the best weights", flush=True)  # fmt: skip
+              f"test {test_acc:.4f} with {which}", flush=True)  # fmt: skip
     return summary
 
 
@@ -537,8 +557,3 @@ def _restore(ck: dict, last: Path, model, opt, sched, gen) -> None:
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise RunError(f"{last}: damaged checkpoint ({type(e).__name__}: {e})") from None
 
-
-def projected_seconds(epoch_seconds: list[float], epochs: int) -> float:
-    """Projection for a full run from timed epochs (the first, warm-up, one excluded)."""
-    steady = epoch_seconds[1:] or epoch_seconds
-    return math.fsum(steady) / len(steady) * epochs

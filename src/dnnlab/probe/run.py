@@ -8,6 +8,7 @@ import torch
 
 from dnnlab.cifar.augment import to_input
 from dnnlab.cifar.data import load_cifar10, stratified_subset
+from dnnlab.cifar.recipe import train20_pool
 from dnnlab.cifar.rundir import read_json_dict
 from dnnlab.cifar.train import (
     RunError,
@@ -39,9 +40,11 @@ def run_splits(run: Path, cfg: TrainConfig, wanted, data_root=None, max_per_spli
     out = {}
     for name in wanted:
         if name == "train20":
-            # A stratified, seeded 20% of the run's training images (9,000 of 45,000).
-            pos = stratified_subset(data.train_y[tr], round(0.2 * len(tr)), seed)
-            x, y = data.train_x[tr[pos]], data.train_y[tr[pos]]
+            # A stratified, seeded 20% of the run's training images (9,000 of 45,000); the
+            # course recipe draws it from all 50,000, validation images included, as the course.
+            pool = train20_pool(cfg.recipe, tr, data.train_y.numel())
+            pos = stratified_subset(data.train_y[pool], round(0.2 * len(pool)), seed)
+            x, y = data.train_x[pool[pos]], data.train_y[pool[pos]]
         elif name == "val":
             x, y = data.train_x[va], data.train_y[va]
         else:

@@ -1,8 +1,12 @@
 """The study report: report.md plus a self-contained report.html (images embedded).
 
-Tables follow the seed's layout, Model | Val ACC | Test ACC | SI Val | CSI Val | SI Test |
-CSI Test at the last feature layer (avgpool), with the seed's published test accuracy beside
-ours, marked as the seed's.
+Tables follow the course's layout, Model | Val ACC | Test ACC | SI Val | CSI Val | SI Test |
+CSI Test at the last feature layer (avgpool), with the course's published test accuracy
+beside ours, marked as the course's. Every figure comes from what the runs recorded
+(summary.json, split.json, probe.json), and a run whose records do not match the study is
+left out of the tables with the reason. With a published folder (`--published`), the report
+also shows the published full studies' tables, labelled with their recipe, card, date and
+commit.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import html
 import json
 from pathlib import Path
 
+from dnnlab.cifar.models import VARIANTS
 from dnnlab.utils.atomic import atomic_savefig, atomic_write_text
 
+VARIANT_ORDER = tuple(VARIANTS)
+
 FEATURE_LAYER = "avgpool"
-# The seed's reported test accuracies (%), quoted for reference; not measured by dnnlab.
-SEED_TEST_ACC = {"base": 73.29, "bn": 85.67, "gn": 84.86, "ln": 85.24, "noskip": 59.75,
+# The course's reported test accuracies (%), quoted for reference; not measured by dnnlab.
+COURSE_TEST_ACC = {"base": 73.29, "bn": 85.67, "gn": 84.86, "ln": 85.24, "noskip": 59.75,
                  "conv4-1x1": 72.18, "paths2-shared": 80.05, "paths4-shared": 82.82,
                  "wide": 85.37}  # fmt: skip
 COMPARISONS = [
@@ -50,23 +57,39 @@ def _num(v):
     return "–" if v is None else f"{v:.4f}"
 
 
-def table_rows(out: Path, models):
+def run_mismatch(run: Path, cfg) -> str | None:
+    """Why the run's records do not belong to the study `cfg`, or None when they do."""
+    try:
+        c = json.loads((run / "config.json").read_text())
+        s = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable records ({e})"
+    want = {"model": run.name, "recipe": cfg.recipe, "epochs": cfg.epochs, "n_val": cfg.n_val,
+            "train_subset": cfg.train_subset, "test_subset": cfg.test_subset}  # fmt: skip
+    got = {**c, "recipe": c.get("recipe", "corrected")}
+    bad = [f"{k}={got.get(k)!r} (study: {v!r})" for k, v in want.items() if got.get(k) != v]
+    if s.get("recipe", "corrected") != cfg.recipe or s.get("epochs") != cfg.epochs:
+        bad.append(f"summary.json: recipe={s.get('recipe')!r}, epochs={s.get('epochs')!r}")
+    return "; ".join(bad) or None
+
+
+def table_rows(out: Path, models, cfg=None):
     rows = []
     for m in models:
         s, p = _load(out / "runs" / m)
-        if s is None:
+        if s is None or (cfg is not None and run_mismatch(out / "runs" / m, cfg)):
             continue
         rows.append([m, _pct(s["best_val_acc"]), _pct(s["test_acc"]),
                      _num(_at(p, "val", FEATURE_LAYER, "si")),
                      _num(_at(p, "val", FEATURE_LAYER, "csi")),
                      _num(_at(p, "test", FEATURE_LAYER, "si")),
                      _num(_at(p, "test", FEATURE_LAYER, "csi")),
-                     f"{SEED_TEST_ACC[m]:.2f}" if m in SEED_TEST_ACC else "–"])  # fmt: skip
+                     f"{COURSE_TEST_ACC[m]:.2f}" if m in COURSE_TEST_ACC else "–"])  # fmt: skip
     return rows
 
 
 HEADER = ["Model", "Val ACC", "Test ACC", "SI Val", "CSI Val", "SI Test", "CSI Test",
-          "Seed's Test ACC (reference)"]  # fmt: skip
+          "Course's Test ACC (reference)"]  # fmt: skip
 
 
 def overlay_plot(out: Path, title: str, models, path: Path, split="val") -> bool:
@@ -164,29 +187,40 @@ def detector_section(det: Path) -> tuple[str, str, list[Path]]:
     return ("Cat detector (R-CNN style)", text, pics)
 
 
-def write_report(out: Path, cfg, extra_sections: list[tuple[str, str, list[Path]]] = ()) -> Path:
+def write_report(out: Path, cfg, extra_sections: list[tuple[str, str, list[Path]]] = (),
+                 published: list[dict] | None = None) -> Path:  # fmt: skip
     """Write out/report.md and out/report.html; returns the HTML path."""
     out = Path(out)
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
-    label = "QUICK run: reduced budget, not comparable with the seed's numbers" if cfg.quick \
-        else "full recipe"  # fmt: skip
-    budget = (f"{cfg.train_subset or 45000} training images, {cfg.epochs} epochs, "
-              f"{cfg.n_val} validation images, test on {cfg.test_subset or 10000} images, "
-              f"probe splits capped at {cfg.max_per_split or 'no cap'} samples")  # fmt: skip
+    label = "QUICK run: reduced budget, not comparable with the course's numbers" \
+        if cfg.quick else "full recipe"  # fmt: skip
+    budget, skipped = recorded_budget(out, cfg)
+    study = _read_json(out / "study.json") or {}
+    where = f"Recipe: {cfg.recipe}. Device: {study.get('device_name') or cfg.device}."
     md = [f"# dnnlab CIFAR-10 architecture study: {label}", "",
-          f"Budget: {budget}. Device: {cfg.device}.", "",
+          f"Budget, as the runs recorded it: {budget}. {where}", "",
           "Accuracies in %. SI/CSI at the last feature layer (`avgpool`). The last column is "
-          "the seed's published test accuracy, quoted for reference (not measured here).",
+          "the course's published test accuracy, quoted for reference (not measured here).",
           ""]  # fmt: skip
     body = [f"<h1>dnnlab CIFAR-10 architecture study: {html.escape(label)}</h1>",
-            f"<p>Budget: {html.escape(budget)}. Device: {html.escape(cfg.device)}.</p>",
+            f"<p>Budget, as the runs recorded it: {html.escape(budget)}. "
+            f"{html.escape(where)}</p>",
             "<p class=note>Accuracies in %. SI/CSI at the last feature layer (avgpool). The "
-            "last column is the seed's published test accuracy, quoted for reference (not "
+            "last column is the course's published test accuracy, quoted for reference (not "
             "measured here).</p>"]  # fmt: skip
+    for m, why in skipped:
+        md += [f"Left out of the tables: `{m}`: its records do not match the study ({why}).",
+               ""]  # fmt: skip
+        body.append(f"<p class=note>Left out of the tables: {html.escape(m)}: its records do "
+                    f"not match the study ({html.escape(why)}).</p>")  # fmt: skip
+    if published is not None:
+        pmd, phtml = published_section(published)
+        md += pmd
+        body += phtml
     for title, models in COMPARISONS:
         models = [m for m in models if m in cfg.models]
-        rows = table_rows(out, models)
+        rows = table_rows(out, models, cfg)
         if len(rows) < 2:  # a comparison needs two of its variants
             continue
         slug = title.lower().split()[0].replace("(", "")
@@ -222,3 +256,151 @@ def write_report(out: Path, cfg, extra_sections: list[tuple[str, str, list[Path]
             f"<style>{CSS}</style></head><body>{''.join(body)}{SELF_CHECK}</body></html>")
     atomic_write_text(out / "report.html", page)
     return out / "report.html"
+
+
+# The course's avgpool SI/CSI where its write-up states them ({model: (SI, CSI)} on test).
+# It states none that dnnlab could verify, so the column shows "–" until someone adds them.
+COURSE_AVGPOOL: dict[str, tuple[float, float]] = {}
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _values(vals) -> str:
+    vals = sorted({v for v in vals if v is not None}, key=str)
+    return "/".join(map(str, vals)) if vals else "?"
+
+
+def recorded_budget(out: Path, cfg) -> tuple[str, list[tuple[str, str]]]:
+    """The budget as the runs recorded it, and the runs left out (variant, reason)."""
+    train, val, test, epochs, probe = [], [], [], [], {}
+    skipped = []
+    for m in cfg.models:
+        run = out / "runs" / m
+        if not (run / "summary.json").exists():
+            continue
+        why = run_mismatch(run, cfg)
+        if why:
+            skipped.append((m, why))
+            continue
+        s = _read_json(run / "summary.json") or {}
+        split = _read_json(run / "split.json") or {}
+        train.append(s.get("train_images"))
+        test.append(s.get("test_images"))
+        epochs.append(s.get("epochs"))
+        val.append(len(split["val"]) if "val" in split else None)
+        for r in _load(run)[1]:
+            probe.setdefault(r["split"], []).append(r.get("n"))
+    if not train:
+        return "no finished runs yet", skipped
+    text = (f"{_values(train)} training images, {_values(epochs)} epochs, {_values(val)} "
+            f"validation images, test on {_values(test)} images")  # fmt: skip
+    if probe:
+        text += ", probed on " + ", ".join(f"{k} {_values(v)}" for k, v in probe.items())
+        text += " samples"
+    return text, skipped
+
+
+def read_published(root) -> dict:
+    """The published full studies under `root` (each a folder holding study.json and runs/).
+
+    A variant whose summary.json does not match its study.json (recipe, epochs) is left out.
+    """
+    from dnnlab.errors import InputError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"--published: {root} is not a folder")
+    studies = []
+    for d in sorted(p for p in root.iterdir() if (p / "study.json").is_file()):
+        st = _read_json(d / "study.json")
+        if not isinstance(st, dict):
+            raise InputError(f"--published: {d / 'study.json'} is not a JSON object")
+        recipe = st.get("recipe", "corrected")
+        rows, left_out = {}, []
+        for run in sorted((d / "runs").glob("*/summary.json")):
+            s = _read_json(run) or {}
+            m = run.parent.name
+            if s.get("recipe", "corrected") != recipe or s.get("epochs") != st.get("epochs"):
+                left_out.append(m)
+                continue
+            p = _read_probe_csv(run.parent / "probe.csv")
+            rows[m] = {"test_acc": s.get("test_acc"), "val_acc": s.get("best_val_acc"),
+                       **{f"{k}_{sp}": _at(p, sp, FEATURE_LAYER, k)
+                          for sp in ("val", "test") for k in ("si", "csi")}}  # fmt: skip
+        studies.append({"path": str(d), "recipe": recipe, "card": st.get("device_name"),
+                        "date": st.get("date"), "commit": st.get("commit"),
+                        "epochs": st.get("epochs"), "quick": st.get("quick"),
+                        "wall_seconds": st.get("wall_seconds"),
+                        "rows": rows, "left_out": left_out})  # fmt: skip
+    studies.sort(key=lambda s: (s["recipe"] != "course", s["path"]))
+    return {"root": str(root), "studies": studies}
+
+
+def _read_probe_csv(path: Path) -> list[dict]:
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        for k in ("si", "csi"):
+            r[k] = float(r[k]) if r.get(k) not in (None, "") else None
+    return rows
+
+
+def _published_label(s: dict) -> str:
+    card = s["card"] or "an unrecorded device"
+    budget = "QUICK budget, " if s["quick"] else ""
+    text = (f"{s['recipe']} recipe: {budget}{s['epochs']} epochs on {card}, "
+            f"{s['date'] or 'undated'}, commit {s['commit'] or 'unrecorded'}, "
+            f"{s['wall_seconds'] or '?'} s wall; from {s['path']}")  # fmt: skip
+    if s["left_out"]:
+        text += f"; left out (records do not match): {', '.join(s['left_out'])}"
+    return text
+
+
+def published_section(pub: dict) -> tuple[list[str], list[str]]:
+    """Markdown and HTML parts: the published full-study comparison, or a plain note."""
+    title = "Published full-study results"
+    studies = pub["studies"]
+    if not studies:
+        note = (f"No full-study results are published yet (nothing under {pub['root']}): "
+                "this report shows only this run's own numbers.")  # fmt: skip
+        return ([f"## {title}", "", note, ""],
+                [f"<h2>{title}</h2>", f"<p>{html.escape(note)}</p>"])  # fmt: skip
+    labels = [_published_label(s) for s in studies]
+    header = ["Model", "Course's Test ACC"]
+    for s in studies:
+        r = s["recipe"]
+        header += [f"Test ACC ({r})", f"SI Val ({r})", f"CSI Val ({r})", f"SI Test ({r})",
+                   f"CSI Test ({r})"]  # fmt: skip
+    header += ["Course's SI/CSI Test"]
+    models = [m for m in VARIANT_ORDER if any(m in s["rows"] for s in studies)]
+    rows = []
+    for m in models:
+        row = [m, f"{COURSE_TEST_ACC[m]:.2f}" if m in COURSE_TEST_ACC else "–"]
+        for s in studies:
+            v = s["rows"].get(m, {})
+            row += [_pct(v.get("test_acc")), _num(v.get("si_val")), _num(v.get("csi_val")),
+                    _num(v.get("si_test")), _num(v.get("csi_test"))]  # fmt: skip
+        c = COURSE_AVGPOOL.get(m)
+        row.append(f"{c[0]:.4f}/{c[1]:.4f}" if c else "–")
+        rows.append(row)
+    intro = ("Read from the published folders below (not measured by this run). Accuracies "
+             "in %, SI/CSI at avgpool.")  # fmt: skip
+    md = [f"## {title}", "", intro, ""] + [f"- {x}" for x in labels] + [""]
+    md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                   for r in rows)  # fmt: skip
+    page = [f"<h2>{title}</h2>", f"<p class=note>{html.escape(intro)}</p>",
+            "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in labels) + "</ul>",
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"]  # fmt: skip
+    return md, page

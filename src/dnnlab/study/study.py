@@ -2,95 +2,298 @@
 
 Everything is resumable: a variant whose run has summary.json is not trained again, an
 interrupted run continues from last.pt, and a probe keeps the (split, layer) rows it has.
+With `jobs` > 1 each variant is trained and probed by its own worker process
+(dnnlab.study.worker), up to `jobs` at a time; a worker's failure is reported with its
+variant and log, the others go on.
+
+study.json records the settings, the fingerprint of the study's inputs (settings that change
+results, and the data's identity), the device's name and the study's wall seconds. A rerun
+with other settings or other data in the same folder is refused before any work.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import platform
+import subprocess
+import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
 from pathlib import Path
 
 from dnnlab.cifar.models import VARIANTS
-from dnnlab.cifar.train import TrainConfig, train
-from dnnlab.probe.probe import ProbeConfig
-from dnnlab.probe.run import probe_run
+from dnnlab.cifar.recipe import RECIPE_HELP, RECIPES, recipe_name
+from dnnlab.errors import ConfigError, DnnlabError, InputError
+from dnnlab.settings import setting, validate
 from dnnlab.utils.atomic import atomic_write_json
+
+
+class StudyError(DnnlabError, RuntimeError):
+    """The study folder cannot be used as asked, or some of its variants failed."""
 
 
 @dataclass
 class StudyConfig:
-    models: tuple[str, ...] = tuple(VARIANTS)
-    quick: bool = False
-    device: str = "cpu"
-    data_root: str | None = None
-    # Full recipe by default; the quick budget (below) is for a 2-core CPU in < 20 minutes.
-    train_subset: int | None = None
-    epochs: int = 100
-    n_val: int = 5000
-    test_subset: int | None = None
-    max_per_split: int | None = None
-    probe_memory: str = "4GB"
-    compile: bool = False
+    models: tuple[str, ...] = setting(tuple(VARIANTS), "comma-separated variants (see `dnnlab "
+                                      "models`)")  # fmt: skip
+    quick: bool = setting(False, "a budget that finishes on a 2-core CPU in under 20 minutes")
+    device: str = setting("cpu", "cpu, cuda or cuda:N")
+    data_root: str | None = setting(None, "CIFAR-10 source (default $DNNLAB_DATA)")
+    recipe: str = setting("corrected", RECIPE_HELP, choices=RECIPES + ("seed",))
+    # Full budget by default; the quick budget (QUICK) is for a 2-core CPU in < 20 minutes.
+    train_subset: int | None = setting(None, "train on a stratified subset this large "
+                                       "(--quick: 1000)", low=1)  # fmt: skip
+    epochs: int = setting(100, "epochs per variant (--quick: 3)", low=1)
+    n_val: int = setting(5000, "validation images (--quick: 500)", low=1, high=49_999,
+                         flag="--val-size")  # fmt: skip
+    test_subset: int | None = setting(None, "test on a stratified subset this large (--quick: "
+                                      "1000)", low=1)  # fmt: skip
+    max_per_split: int | None = setting(None, "stratified cap on each probe split (--quick: "
+                                        "300)", low=2)  # fmt: skip
+    probe_memory: str = setting("4GB", "probe memory budget", cli=False)
+    compile: bool = setting(False, "torch.compile the models (GPU runs)")
+    jobs: int = setting(1, "variants trained and probed at once, one worker process each",
+                        low=1, high=64)  # fmt: skip
+
+    def __post_init__(self):
+        self.recipe = recipe_name(self.recipe)
+        self.models = tuple(self.models)
+        validate(self)
+        if not self.models:
+            raise ConfigError("--models: names no variant; give a comma-separated list of "
+                              f"{', '.join(VARIANTS)}")  # fmt: skip
+        unknown = [m for m in self.models if m not in VARIANTS]
+        if unknown:
+            raise ConfigError(f"--models: unknown model {', '.join(map(repr, unknown))}; "
+                              f"choose from: {', '.join(VARIANTS)}")  # fmt: skip
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"--models: a variant is named twice in {','.join(self.models)}")
 
 
 QUICK = dict(train_subset=1000, epochs=3, n_val=500, test_subset=1000, max_per_split=300)
+# The settings that change a study's numbers: two studies agree when these and the data do.
+RESULT_KEYS = ("quick", "recipe", "train_subset", "epochs", "n_val", "test_subset",
+               "max_per_split")  # fmt: skip
 
 
 def study_config(models=None, quick=False, **kw) -> StudyConfig:
-    cfg = StudyConfig(models=tuple(models) if models else tuple(VARIANTS), quick=quick, **kw)
     if quick:
-        cfg = replace(cfg, **QUICK)
-    unknown = [m for m in cfg.models if m not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown model {unknown}; choose from: {', '.join(VARIANTS)}")
-    return cfg
+        kw = {**QUICK, **kw}
+    return StudyConfig(models=tuple(VARIANTS) if models is None else tuple(models), quick=quick,
+                       **kw)  # fmt: skip
 
 
-def _check_same_study(out: Path, cfg: StudyConfig, overwrite: bool) -> None:
-    f = out / "study.json"
-    if not f.exists() or overwrite:
+def train_config(cfg: StudyConfig, name: str):
+    from dnnlab.cifar.train import TrainConfig
+
+    return TrainConfig(model=name, epochs=cfg.epochs, n_val=cfg.n_val,
+                       train_subset=cfg.train_subset, test_subset=cfg.test_subset,
+                       device=cfg.device, data_root=cfg.data_root, compile=cfg.compile,
+                       recipe=cfg.recipe)  # fmt: skip
+
+
+def data_identity(data) -> str:
+    """The identity of the loaded CIFAR-10 content (dnnlab.cifar.data's content hash)."""
+    return data.identity
+
+
+def fingerprint(cfg: StudyConfig, data_id: str) -> str:
+    """A short hash of everything that decides the study's numbers."""
+    d = {k: getattr(cfg, k) for k in RESULT_KEYS}
+    d["data"] = data_id
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def device_name(device: str) -> str:
+    """The card's name (e.g. 'NVIDIA H200') or the CPU's, for the records."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def read_study(out: Path) -> dict | None:
+    f = Path(out) / "study.json"
+    if not f.exists():
+        return None
+    try:
+        d = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StudyError(f"{f}: unreadable or not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise StudyError(f"{f}: expected a JSON object")
+    return d
+
+
+def _check_same_study(out: Path, cfg: StudyConfig, fp: str, data_id: str,
+                      overwrite: bool) -> None:  # fmt: skip
+    prev = read_study(out)
+    if prev is None or overwrite:
         return
-    prev = json.loads(f.read_text())
-    mine = asdict(cfg)
-    keys = ("quick", "train_subset", "epochs", "n_val", "test_subset", "max_per_split")
-    diff = [k for k in keys if prev.get(k) != mine.get(k)]
+    diff = [k for k in RESULT_KEYS if prev.get(k) != getattr(cfg, k)]
+    if "recipe" in diff and prev.get("recipe") is None and cfg.recipe == "corrected":
+        diff.remove("recipe")  # a study from before recipes were recorded: corrected
     if diff:
         was = ", ".join(f"{k}={prev.get(k)}" for k in diff)
-        raise RuntimeError(
-            f"{out} holds a study with other settings ({was}); use another --out, or "
-            "--overwrite to replace it"
-        )
+        raise StudyError(f"{out} holds a study with other settings ({was}); use another --out, "
+                         "or --overwrite to replace it")  # fmt: skip
+    if prev.get("fingerprint") not in (None, fp):
+        raise StudyError(f"{out} holds a study of other data (data identity "
+                         f"{prev.get('data_identity')}, but {cfg.data_root} has {data_id}); "
+                         "pass the study's data root, or use another --out")  # fmt: skip
+
+
+def check_runs_data(out: Path, cfg: StudyConfig, data) -> None:
+    """Refuse a run of this study that was trained on other data than `data`."""
+    from dnnlab.cifar.rundir import check_run_data
+
+    for name in cfg.models:
+        run = out / "runs" / name
+        if (run / "config.json").exists():
+            check_run_data(run, data)
+
+
+def check_detector(detector) -> Path | None:
+    if detector is None:
+        return None
+    det = Path(detector)
+    if not det.is_dir():
+        raise InputError(f"--detector: {det} is not a folder (a `dnnlab detect` directory)")
+    if not (det / "eval.md").exists() and not (det / "model.pt").exists():
+        raise InputError(f"--detector: {det} holds neither model.pt nor eval.md; is it a "
+                         "`dnnlab detect` directory?")  # fmt: skip
+    return det
+
+
+def _variant(cfg: StudyConfig, name: str, out: Path, overwrite: bool, progress: bool, log):
+    """Train (or resume, or skip) and probe one variant in this process."""
+    from dnnlab.cifar.train import train
+    from dnnlab.probe.probe import ProbeConfig
+    from dnnlab.probe.run import probe_run
+
+    run = out / "runs" / name
+    if (run / "summary.json").exists() and not overwrite:
+        log(f"[{name}] trained already: {run / 'summary.json'}")
+    else:
+        # An interrupted run (even one stopped before its first checkpoint) continues.
+        resume = run.exists() and not overwrite
+        log(f"[{name}] {'resuming' if (run / 'last.pt').exists() else 'training'} in {run}")
+        train(train_config(cfg, name), run, resume=resume, overwrite=overwrite,
+              progress=progress)  # fmt: skip
+    log(f"[{name}] probing")
+    probe_run(run, ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device), cfg.data_root,
+              cfg.max_per_split, overwrite=overwrite, progress=progress)  # fmt: skip
+
+
+def worker_env(cfg: StudyConfig, slot: int) -> dict:
+    """The environment of worker `slot`: its share of the CPU threads and, with several GPUs
+    visible, one of them (round-robin)."""
+    import dnnlab
+
+    env = dict(os.environ)
+    src = str(Path(dnnlab.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in [env.get("PYTHONPATH")] if p])
+    threads = max(1, (os.cpu_count() or 1) // min(cfg.jobs, len(cfg.models)))
+    env["OMP_NUM_THREADS"] = env["DNNLAB_THREADS"] = str(threads)
+    if cfg.device == "cuda":
+        import torch
+
+        n = torch.cuda.device_count()
+        if n > 1:
+            visible = env.get("CUDA_VISIBLE_DEVICES")
+            ids = visible.split(",") if visible else [str(i) for i in range(n)]
+            env["CUDA_VISIBLE_DEVICES"] = ids[slot % len(ids)]
+    return env
+
+
+def _run_workers(cfg: StudyConfig, out: Path, overwrite: bool, log) -> list[str]:
+    """Each variant in its own worker process, `cfg.jobs` at a time; returns the failures."""
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    failures = []
+
+    def one(item):
+        slot, name = item
+        path = logs / f"{name}.log"
+        cmd = [sys.executable, "-m", "dnnlab.study.worker", str(out), name]
+        if overwrite:
+            cmd.append("--overwrite")
+        log(f"[{name}] worker started; log: {path}")
+        with open(path, "a") as fh:
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                env=worker_env(cfg, slot)).returncode  # fmt: skip
+        if rc == 0:
+            log(f"[{name}] done")
+        else:
+            tail = path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+            msg = f"[{name}] FAILED (exit {rc}): {tail[0]}; log: {path}"
+            log(msg)
+            failures.append(msg)
+
+    with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
+        list(pool.map(one, enumerate(cfg.models)))
+    return failures
 
 
 def run_study(cfg: StudyConfig, out, overwrite: bool = False, progress: bool = False,
-              log=print, detector: str | None = None) -> dict:  # fmt: skip
-    """Train, probe and report every variant of cfg.models under `out`."""
-    from dnnlab.study.report import detector_section, write_report
+              log=print, detector: str | None = None, published=None,
+              plan: bool = True) -> dict:  # fmt: skip
+    """Train, probe and report every variant of cfg.models under `out`.
+
+    Every input (settings, data, detector folder, published folder, earlier records in
+    `out`) is checked before any training starts."""
+    from dnnlab.cifar.data import load_cifar10
+    from dnnlab.study.report import detector_section, read_published, write_report
 
     out = Path(out)
-    _check_same_study(out, cfg, overwrite)
+    det = check_detector(detector)
+    pub = read_published(published) if published is not None else None
+    data = load_cifar10(cfg.data_root)
+    data_id = data_identity(data)
+    fp = fingerprint(cfg, data_id)
+    _check_same_study(out, cfg, fp, data_id, overwrite)
+    if not overwrite:
+        check_runs_data(out, cfg, data)
+    if plan:
+        from dnnlab.study.plan import print_plan
+
+        print_plan(cfg, out, data, log)
+    del data
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "study.json", asdict(cfg))
+    prev = read_study(out) or {}
+    record = {**asdict(cfg), "models": list(cfg.models), "data_identity": data_id,
+              "fingerprint": fp, "device_name": device_name(cfg.device),
+              "wall_seconds": None}  # fmt: skip
+    atomic_write_json(out / "study.json", record)
     t_start = time.perf_counter()
-    for name in cfg.models:
-        run = out / "runs" / name
-        tcfg = TrainConfig(model=name, epochs=cfg.epochs, n_val=cfg.n_val,
-                           train_subset=cfg.train_subset, test_subset=cfg.test_subset,
-                           device=cfg.device, data_root=cfg.data_root,
-                           compile=cfg.compile)  # fmt: skip
-        if (run / "summary.json").exists() and not overwrite:
-            log(f"[{name}] trained already: {run / 'summary.json'}")
-        else:
-            # An interrupted run (even one stopped before its first checkpoint) continues.
-            resume = run.exists() and not overwrite
-            log(f"[{name}] {'resuming' if (run / 'last.pt').exists() else 'training'} in {run}")
-            train(tcfg, run, resume=resume, overwrite=overwrite, progress=progress)
-        pcfg = ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device)
-        log(f"[{name}] probing")
-        probe_run(run, pcfg, cfg.data_root, cfg.max_per_split, overwrite=overwrite,
-                  progress=progress)  # fmt: skip
-    extra = [detector_section(Path(detector))] if detector else []
-    report = write_report(out, cfg, extra)
-    log(f"study done in {time.perf_counter() - t_start:.0f} s; report: {report}")
-    return {"report": str(report)}
+    if cfg.jobs > 1 and len(cfg.models) > 1:
+        failures = _run_workers(cfg, out, overwrite, log)
+    else:
+        failures = []
+        for name in cfg.models:
+            _variant(cfg, name, out, overwrite, progress, log)
+    wall = time.perf_counter() - t_start
+    # Wall seconds add up over the commands that built the study (a cut-off study resumed).
+    record["wall_seconds"] = round(wall + (prev.get("wall_seconds") or 0), 1)
+    record["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    atomic_write_json(out / "study.json", record)
+    extra = [detector_section(det)] if det else []
+    report = write_report(out, cfg, extra, published=pub)
+    log(f"study done in {wall:.0f} s; report: {report}")
+    if failures:
+        raise StudyError(f"{len(failures)} of {len(cfg.models)} variants failed:\n  "
+                         + "\n  ".join(failures))  # fmt: skip
+    return {"report": str(report), "wall_seconds": wall}
+
+
+def config_from_record(d: dict) -> StudyConfig:
+    """The StudyConfig a study.json records."""
+    names = {f.name for f in fields(StudyConfig)}
+    return StudyConfig(**{k: (tuple(v) if k == "models" else v) for k, v in d.items()
+                          if k in names})  # fmt: skip
+

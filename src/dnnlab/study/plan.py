@@ -1,0 +1,78 @@
+"""The study's plan, printed before any work: variants, epochs and the expected minutes.
+
+The expectation comes from timing a few training steps of each variant still to train, on
+the study's device at its batch size, scaled to the recorded budget. It leaves out compile
+time, evaluation and the probe, so it is a lower bound for training.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from dnnlab.cifar.augment import augment
+from dnnlab.cifar.models import build_model
+
+TIMED_STEPS = 2  # after one warm-up step
+
+
+def step_seconds(model_name: str, recipe_softmax: bool, batch: int, dev: torch.device,
+                 x_u8: torch.Tensor, y: torch.Tensor) -> float:  # fmt: skip
+    """Mean seconds of one SGD step (augmentation included) over TIMED_STEPS steps."""
+    torch.manual_seed(0)
+    model = build_model(model_name, softmax_head=recipe_softmax).to(dev)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    xb, yb = x_u8[:batch].to(dev), y[:batch].to(dev)
+    amp = dev.type == "cuda"
+
+    def step():
+        x = augment(xb, gen).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    if amp:
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    for _ in range(TIMED_STEPS):
+        step()
+    if amp:
+        torch.cuda.synchronize(dev)
+    return (time.perf_counter() - t0) / TIMED_STEPS
+
+
+def print_plan(cfg, out, data, log=print) -> dict:
+    """Log the plan; returns {variant: expected training seconds} for the variants to train."""
+    from dnnlab.cifar.train import TrainConfig
+    from dnnlab.study.study import train_config
+
+    dev = torch.device(cfg.device)
+    available = data.train_y.numel() - cfg.n_val
+    n_train = min(cfg.train_subset or available, available)
+    batch = TrainConfig().batch_size
+    todo = [m for m in cfg.models if not (out / "runs" / m / "summary.json").exists()]
+    steps = math.ceil(n_train / batch) * cfg.epochs
+    expect = {}
+    for m in todo:
+        tc = train_config(cfg, m)
+        expect[m] = steps * step_seconds(m, tc.head_softmax, min(batch, n_train), dev,
+                                         data.train_x, data.train_y)  # fmt: skip
+    total = sum(expect.values())
+    jobs = min(cfg.jobs, max(1, len(todo)))
+    log(f"plan: {len(cfg.models)} variants ({', '.join(cfg.models)}), {cfg.epochs} epochs of "
+        f"{n_train} training images, recipe {cfg.recipe}, {cfg.jobs} worker(s) on "
+        f"{cfg.device}; {len(cfg.models) - len(todo)} trained already")
+    if todo:
+        log(f"plan: expected training time from {TIMED_STEPS} timed steps per variant: "
+            f"{total / 60:.1f} min one after another"
+            + (f", {total / jobs / 60:.1f} min if {jobs} workers share the device perfectly"
+               if jobs > 1 else "")
+            + " (compile, evaluation and probes not included)")  # fmt: skip
+    return expect

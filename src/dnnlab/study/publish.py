@@ -1,0 +1,76 @@
+"""Publish a study's results (no weights) into a folder of the repository.
+
+    dnnlab study ... --publish docs/results/full-study-corrected
+
+copies study.json (plus the commit it was published from), report.md, report.html,
+figures/*.png and, for each variant whose records match the study, runs/<v>/{config.json,
+metrics.csv, summary.json, probe.csv} and its PNG figures. The new folder is assembled beside
+the destination and swapped in only when complete, so an earlier publication is never lost
+to a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+RUN_FILES = ("config.json", "metrics.csv", "summary.json", "probe.csv")
+
+
+def git_commit(where: Path) -> str | None:
+    """The commit checked out at `where`; else $DNNLAB_COMMIT (a copied tree without .git,
+    as on a lent GPU machine), else None."""
+    try:
+        r = subprocess.run(["git", "-C", str(where), "rev-parse", "--short=12", "HEAD"],
+                           capture_output=True, text=True, timeout=10)  # fmt: skip
+        if r.returncode == 0 and r.stdout.strip():
+            return r.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("DNNLAB_COMMIT") or None
+
+
+def publish(out, dest, cfg, commit: str | None = None) -> list[str]:
+    """Copy the study in `out` to `dest`; returns the variants published."""
+    from dnnlab.study.report import run_mismatch
+    from dnnlab.utils.atomic import atomic_write_json
+
+    out, dest = Path(out), Path(dest)
+    study = json.loads((out / "study.json").read_text())
+    variants = [m for m in cfg.models if (out / "runs" / m / "summary.json").exists()
+                and (out / "runs" / m / "probe.csv").exists()
+                and run_mismatch(out / "runs" / m, cfg) is None]  # fmt: skip
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        commit = commit or git_commit(Path.cwd())
+        atomic_write_json(tmp / "study.json", {**study, "commit": commit,
+                                               "published_variants": variants})  # fmt: skip
+        for f in ("report.md", "report.html"):
+            shutil.copy2(out / f, tmp / f)
+        if (out / "figures").is_dir():
+            (tmp / "figures").mkdir()
+            for png in (out / "figures").glob("*.png"):
+                shutil.copy2(png, tmp / "figures" / png.name)
+        for m in variants:
+            (tmp / "runs" / m).mkdir(parents=True)
+            for f in RUN_FILES:
+                shutil.copy2(out / "runs" / m / f, tmp / "runs" / m / f)
+            for png in (out / "runs" / m).glob("*.png"):
+                shutil.copy2(png, tmp / "runs" / m / png.name)
+        old = None
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dest.rename(old)
+        tmp.rename(dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return variants

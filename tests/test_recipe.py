@@ -1,0 +1,114 @@
+"""The course recipe's behaviours, each against the corrected recipe on the same tiny data."""
+
+import json
+from dataclasses import asdict
+
+import pytest
+import torch
+
+import dnnlab.cifar.train as T
+from dnnlab.cifar.data import load_cifar10
+from dnnlab.cifar.recipe import val_generator
+from dnnlab.cifar.rundir import data_record
+from dnnlab.cli import main
+from dnnlab.errors import ConfigError
+from dnnlab.probe.run import run_splits
+
+
+def cfg(tree, **kw):
+    base = dict(model="base", epochs=3, batch_size=20, lr=0.2, n_val=20, data_root=str(tree))
+    return T.TrainConfig(**{**base, **kw})
+
+
+def test_recipe_names_and_refusals():
+    assert T.TrainConfig().recipe == "corrected"
+    assert T.TrainConfig(recipe="seed").recipe == "course"  # issue 12's name for it
+    with pytest.raises(ConfigError, match="--recipe: 'sead' is not one of corrected, course"):
+        T.TrainConfig(recipe="sead")
+    with pytest.raises(ConfigError, match="--softmax-head: the course's wide network"):
+        T.TrainConfig(model="wide", softmax_head=True)
+    # The course recipe's softmax head: every network but wide.
+    assert T.TrainConfig(recipe="course").head_softmax
+    assert not T.TrainConfig(model="wide", recipe="course").head_softmax
+    assert not T.TrainConfig(recipe="corrected").head_softmax
+
+
+def test_course_run_records_recipe_softmax_and_tests_last_weights(tree, tmp_path, monkeypatch):
+    seen_gens = []
+    real_eval = T.evaluate
+
+    def spy(model, x, y, dev, batch=1024, gen=None):
+        seen_gens.append(gen)
+        return real_eval(model, x, y, dev, batch, gen)
+
+    monkeypatch.setattr(T, "evaluate", spy)
+    run = tmp_path / "course"
+    s = T.train(cfg(tree, recipe="course"), run, progress=False)
+    assert s["recipe"] == "course" and s["weights_epoch"] == 3
+    assert s["head"].startswith("softmax")
+    assert json.loads((run / "config.json").read_text())["recipe"] == "course"
+    assert json.loads((run / "summary.json").read_text())["recipe"] == "course"
+    best = torch.load(run / "best.pt", weights_only=False)
+    last = torch.load(run / "last.pt", weights_only=False)
+    assert best["softmax_head"] is True
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    # Validation (3 epochs) is augmented with a per-epoch generator; the test (last) is not.
+    assert [g is not None for g in seen_gens] == [True, True, True, False]
+    model, _ = T.load_model_checkpoint(run / "best.pt", "base")
+    assert torch.allclose(model(torch.randn(2, 3, 32, 32)).sum(1), torch.ones(2))
+
+    seen_gens.clear()
+    s2 = T.train(cfg(tree), tmp_path / "corrected", progress=False)
+    assert s2["recipe"] == "corrected" and s2["head"] == "logits"
+    assert s2["weights_epoch"] == s2["best_epoch"]
+    assert all(g is None for g in seen_gens)
+
+
+def test_augmented_validation_is_the_training_augmentation(tree):
+    data = load_cifar10(str(tree))
+    x, y = data.train_x[:40], data.train_y[:40]
+    torch.manual_seed(0)
+    model = T.build_model("base").to(memory_format=torch.channels_last)
+    dev = torch.device("cpu")
+    plain = T.evaluate(model, x, y, dev)
+    aug = T.evaluate(model, x, y, dev, gen=val_generator("course", 0, 5))
+    again = T.evaluate(model, x, y, dev, gen=val_generator("course", 0, 5))
+    assert aug == again  # the same epoch augments the same way (resume is exact)
+    assert aug[0] != plain[0]  # and not as the plain evaluation does
+    assert val_generator("corrected", 0, 5) is None
+
+
+def test_course_train20_is_drawn_from_all_training_images(tree, tmp_path):
+    n_all = load_cifar10(str(tree)).train_y.numel()  # 140
+    for recipe, want in (("course", round(0.2 * n_all)), ("corrected", round(0.2 * 120))):
+        run = tmp_path / recipe
+        run.mkdir()
+        c = cfg(tree, recipe=recipe)
+        data = load_cifar10(str(tree))
+        tr, va = T.make_split(c, data)
+        (run / "split.json").write_text(json.dumps({"train": tr.tolist(), "val": va.tolist()}))
+        (run / "config.json").write_text(json.dumps({**asdict(c), **data_record(data)}))
+        assert len(tr) == 120 and len(va) == 20
+        x, _ = run_splits(run, c, ["train20"])["train20"]
+        assert x.shape[0] == want
+    # The course's train20 includes validation images; the corrected one never does.
+    data = load_cifar10(str(tree))
+    val_imgs = {data.train_x[i].numpy().tobytes() for i in va.tolist()}
+    for recipe, meets in (("course", True), ("corrected", False)):
+        c = cfg(tree, recipe=recipe)
+        x, _ = run_splits(tmp_path / recipe, c, ["train20"])["train20"]
+        hits = sum(img.numpy().tobytes() in val_imgs for img in x)
+        assert (hits > 0) is meets
+
+
+def test_cli_recipe_seed_alias_is_recorded_as_course(tree, tmp_path, capsys):
+    run = tmp_path / "r"
+    argv = ["train", "--model", "wide", "--epochs", "1", "--batch-size", "64", "--val-size",
+            "20", "--data-root", str(tree), "--out", str(run), "--recipe", "seed"]  # fmt: skip
+    assert main(argv) == 0
+    s = json.loads((run / "summary.json").read_text())
+    assert s["recipe"] == "course" and s["head"] == "logits"  # wide: no Softmax
+    assert main(["train", "--model", "wide", "--softmax-head", "--data-root", str(tree),
+                 "--out", str(tmp_path / "w")]) == 2  # fmt: skip
+    assert "wide network has no Softmax" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
