@@ -1,3 +1,4 @@
+import hashlib
 import json
 import re
 import shutil
@@ -281,3 +282,24 @@ def test_quick_fills_only_the_budget_flags_not_given(monkeypatch, tmp_path):
     assert seen["published"] == "docs/results"
     assert main(["study", "--out", out]) == 0
     assert (seen["cfg"].epochs, seen["cfg"].train_subset, seen["cfg"].quick) == (100, None, False)
+
+
+def test_report_has_the_measures_beyond_si_and_base_bn_cka(tree, tmp_path):
+    cfg = tiny(tree, ["base", "bn"])
+    out = tmp_path / "study"
+    run_study(cfg, out, log=lambda *_: None)
+    rows = json.loads((out / "runs" / "bn" / "probe.json").read_text())["rows"]
+    for key in ("si", "csi", "knn:5", "nc1", "linear"):
+        assert all(key in r for r in rows), key
+    # Two images a class per split here: linear is measured; NC1 is a number or, where a
+    # layer's class means coincide, NaN with the reason in the row's note.
+    assert all(0 <= r["linear"] <= 1 for r in rows)
+    assert all(r["nc1"] >= 0 or "nc1" in r["note"] for r in rows)
+    cka = json.loads((out / "runs" / "base" / "cka_with_bn_val.json").read_text())
+    for run, key in (("base", "a"), ("bn", "b")):
+        sha = hashlib.sha256((out / "runs" / run / "best.pt").read_bytes()).hexdigest()
+        assert cka["checkpoint_sha256"][key] == sha
+    md = (out / "report.md").read_text()
+    assert "## Representation similarity: base against bn" in md
+    assert "![Normalization: per layer](figures/compare_normalization.png)" in md
+    assert (out / "figures" / "compare_normalization.png").stat().st_size > 10_000

@@ -404,7 +404,7 @@ def probe_model(
         # own, so the core may normalize them in place.
         r = extras.measure(split, info.name, feats, y, budget=core_mem, core=separability,
                            normalize_method=cfg.normalize, device=dev, block=block,
-                           overwrite_input=True)
+                           overwrite_input=True, undefined="nan")
         secs = time.perf_counter() - t1
         res.core_seconds += secs
         if on_file:
@@ -412,7 +412,8 @@ def probe_model(
         del feats
         prov = expected[(split, info.name)]
         row = {"split": split, "layer": info.name, "dim": info.dim, "n": n,
-               **r.values, "seconds": round(secs + fwd, 3), "note": info.note,
+               **r.values, "seconds": round(secs + fwd, 3),
+               "note": "; ".join(x for x in (info.note, *r.notes) if x),
                "stored": f"file:{prov['features']}" if on_file else "memory",
                "fingerprint": fingerprint(prov), "provenance": prov}
         if cfg.per_class:

@@ -252,6 +252,7 @@ def separability(
     overwrite_input: bool = False,
     test=None,
     alpha: float | None = None,
+    undefined: str = "raise",
 ) -> SeparabilityResult:
     """Compute several separability measures from one exact neighbour search.
 
@@ -272,6 +273,8 @@ def separability(
         budget no longer has to hold an N x D copy.
     test: (features, labels) on which "linear" is scored; it is fitted on `features`.
     alpha: the ridge regularization of "linear" (default separability.linear.DEFAULT_ALPHA).
+    undefined: "raise" (default) refuses a measure with no value on these features (NC1 when
+        every class has the same mean); "nan" gives NaN and says why in `notes`.
     """
     t0 = time.perf_counter()
     wanted = parse_measures(measures)
@@ -298,8 +301,14 @@ def separability(
     wanted_kinds = {m.kind for m in wanted}
     if test is not None and "linear" not in wanted_kinds:
         raise InputError("a test set is only used by the measure linear; add it to measures")
+    nc1_undefined = None  # the reason NC1 has no value here, when undefined="nan"
     if any(m.kind == "nc1" for m in wanted):
-        check_nc1_classes(names, counts)
+        try:
+            check_nc1_classes(names, counts)
+        except UndefinedMeasure as e:
+            if undefined != "nan":
+                raise
+            nc1_undefined = str(e)
     lin = None
     if any(m.kind == "linear" for m in wanted):
         if test is None:
@@ -384,8 +393,18 @@ def separability(
             centers = class_centers(a, codes, len(classes))
             own_center = knn.nearest_center(a, centers, block, mem_elems, sq=sq) == codes
         nc1 = None
-        if any(m.kind == "nc1" for m in wanted):
-            nc1 = nc1_values(a, codes, len(classes), names, mem_elems)
+        if nc1_undefined is not None:
+            notes.append(nc1_undefined)
+            nc1 = (float("nan"), [float("nan")] * len(names))
+        elif any(m.kind == "nc1" for m in wanted):
+            try:
+                nc1 = nc1_values(a, codes, len(classes), names, mem_elems)
+            except UndefinedMeasure as e:
+                if undefined != "nan":
+                    raise
+                # Named, not measured: NaN with the reason (the probe goes on to other layers).
+                notes.append(str(e))
+                nc1 = (float("nan"), [float("nan")] * len(names))
 
     per_row: dict[str, torch.Tensor] = {}
     for m in wanted:
@@ -423,8 +442,8 @@ def separability(
         by_class.index_add_(0, codes, hits)
         for ci, c in enumerate(names):
             per_class[c][m.name] = int(by_class[ci]) / (int(counts[ci]) * denom)
-    for v in values.values():
-        assert not math.isnan(v)
+    for k, v in values.items():
+        assert k == "nc1" or not math.isnan(v)
     return SeparabilityResult(
         values, per_class, {c: int(counts[i]) for i, c in enumerate(names)}, n, d,
         normalize_method, str(dev), time.perf_counter() - t0, notes,
@@ -450,13 +469,19 @@ def knn_vote(lab: torch.Tensor, rows_per_step: int = 1 << 16) -> torch.Tensor:
     return out
 
 
+class UndefinedMeasure(InputError):
+    """A measure that has no value on these features (e.g. NC1 when all class means agree)."""
+
+
 def check_nc1_classes(names: list[str], counts: np.ndarray) -> None:
     """NC1 needs two classes, each with two samples (a lone sample has no within-class spread)."""
     if len(names) < 2:
-        raise InputError(f"nc1 needs at least 2 classes; all samples have label {names[0]!r}")
+        raise UndefinedMeasure(
+            f"nc1 needs at least 2 classes; all samples have label {names[0]!r}"
+        )
     lone = [c for c, k in zip(names, counts, strict=True) if k < 2]
     if lone:
-        raise InputError(
+        raise UndefinedMeasure(
             f"nc1: class {lone[0]!r} has one sample; NC1 needs at least 2 per class"
             + (f" ({len(lone)} such classes: {lone[:5]})" if len(lone) > 1 else "")
         )
@@ -480,7 +505,9 @@ def nc1_values(a: torch.Tensor, codes: torch.Tensor, n_classes: int, names, mem_
     u, s, _ = torch.linalg.svd((centers - mu_g).T, full_matrices=False)
     keep = s > s.max() * max(d, n_classes) * torch.finfo(torch.float64).eps
     if not bool(keep.any()):
-        raise InputError("nc1: every class has the same mean; Sigma_B is 0 and NC1 undefined")
+        raise UndefinedMeasure(
+            "nc1: every class has the same mean; Sigma_B is 0 and NC1 undefined"
+        )
     u, s = u[:, keep], s[keep]
     sums = torch.zeros((n_classes, u.shape[1]), dtype=torch.float64, device=a.device)
     step = max(1, mem_elems // max(d, 1))

@@ -92,7 +92,12 @@ HEADER = ["Model", "Val ACC", "Test ACC", "SI Val", "CSI Val", "SI Test", "CSI T
           "Course's Test ACC (reference)"]  # fmt: skip
 
 
+# The per-layer panels of each comparison, when the probe measured them.
+PANEL_MEASURES = (("si", "SI"), ("linear", "linear-probe accuracy"), ("nc1", "NC1 (log)"))
+
+
 def overlay_plot(out: Path, title: str, models, path: Path, split="val") -> bool:
+    """One panel per measure (SI, linear-probe accuracy, NC1) with every variant per layer."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,30 +111,37 @@ def overlay_plot(out: Path, title: str, models, path: Path, split="val") -> bool
             series[m] = pts
     if not series:
         return False
+    panels = [(k, label) for k, label in PANEL_MEASURES
+              if any(r.get(k) is not None for pts in series.values() for r in pts)]
+    if not panels:
+        return False
     common = [r["layer"] for r in next(iter(series.values()))]
     for pts in series.values():
         names = {r["layer"] for r in pts}
         common = [c for c in common if c in names]
-    fig, ax = plt.subplots(figsize=(10, 4))
     use_names = len(common) >= 5
-    for m, pts in series.items():
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        for m, pts in series.items():
+            keep = [r for r in pts if r["layer"] in common] if use_names else pts
+            xs = range(len(keep)) if use_names else \
+                [i / max(1, len(keep) - 1) for i in range(len(keep))]
+            ys = [float("nan") if r.get(key) is None else r[key] for r in keep]
+            ax.plot(list(xs), ys, marker="o", label=m)
         if use_names:
-            keep = [r for r in pts if r["layer"] in common]
-            ax.plot(range(len(keep)), [r["si"] for r in keep], marker="o", label=m)
+            ax.set_xticks(range(len(common)))
+            ax.set_xticklabels(common, rotation=45, ha="right")
+            ax.set_xlabel("layer (shared by all variants, execution order)")
         else:
-            xs = [i / max(1, len(pts) - 1) for i in range(len(pts))]
-            ax.plot(xs, [r["si"] for r in pts], marker="o", label=m)
-    if use_names:
-        ax.set_xticks(range(len(common)))
-        ax.set_xticklabels(common, rotation=45, ha="right")
-        ax.set_xlabel("layer (shared by all variants, execution order)")
-    else:
-        ax.set_xlabel("relative depth (layer index / last index)")
-    ax.set_ylabel(f"SI ({split})")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"{title}: SI per layer")
-    ax.grid(alpha=0.3)
-    ax.legend()
+            ax.set_xlabel("relative depth (layer index / last index)")
+        if key == "nc1":
+            ax.set_yscale("log")  # NC1 spans orders of magnitude; lower is more collapsed
+        else:
+            ax.set_ylim(0, 1.02)
+        ax.set_ylabel(f"{label} ({split})")
+        ax.set_title(f"{title}: {label} per layer")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=90)
     plt.close(fig)
@@ -229,8 +241,17 @@ def write_report(out: Path, cfg, extra_sections: list[tuple[str, str, list[Path]
         md += [f"## {title}", "", _md_table(rows), ""]
         body += [f"<h2>{html.escape(title)}</h2>", _html_table(rows)]
         if has_plot:
-            md += [f"![{title}: SI per layer](figures/{plot.name})", ""]
-            body.append(_img(plot, f"{title}: SI per layer"))
+            md += [f"![{title}: per layer](figures/{plot.name})", ""]
+            body.append(_img(plot, f"{title}: per layer"))
+    cka = out / "runs" / "base" / "cka_with_bn_val.png"
+    if cka.exists() and {"base", "bn"} <= set(cfg.models):
+        text = ("Linear and unbiased CKA between each layer of base (rows) and of bn "
+                "(columns) on validation images; 1 = the same representation up to rotation "
+                "and scale.")
+        md += ["## Representation similarity: base against bn", "", text, "",
+               f"![CKA base vs bn](runs/base/{cka.name})", ""]
+        body += ["<h2>Representation similarity: base against bn</h2>",
+                 f"<p class=note>{html.escape(text)}</p>", _img(cka, "CKA base vs bn")]
     md += ["## Per-variant figures", ""]
     body.append("<h2>Per-variant figures</h2>")
     for m in cfg.models:

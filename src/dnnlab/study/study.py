@@ -55,6 +55,10 @@ class StudyConfig:
     max_per_split: int | None = setting(None, "stratified cap on each probe split (--quick: "
                                         "300)", low=2)  # fmt: skip
     probe_memory: str = setting("4GB", "probe memory budget", cli=False)
+    measures: str = setting(
+        "si,csi,knn:5,nc1,linear", "probe measures per layer (see `dnnlab probe --help`)")
+    cka_samples: int = setting(
+        1000, "validation images (stratified) for the CKA of base against bn; 0: none", low=0)
     compile: bool = setting(False, "torch.compile the models (GPU runs)")
     jobs: int = setting(1, "variants trained and probed at once, one worker process each",
                         low=1, high=64)  # fmt: skip
@@ -70,6 +74,12 @@ class StudyConfig:
         if unknown:
             raise ConfigError(f"--models: unknown model {', '.join(map(repr, unknown))}; "
                               f"choose from: {', '.join(VARIANTS)}")  # fmt: skip
+        from dnnlab.separability import parse_measures
+
+        try:
+            parse_measures(self.measures)
+        except ValueError as e:
+            raise ConfigError(f"--measures: {e}") from None
         if len(set(self.models)) != len(self.models):
             raise ConfigError(f"--models: a variant is named twice in {','.join(self.models)}")
 
@@ -77,7 +87,7 @@ class StudyConfig:
 QUICK = dict(train_subset=1000, epochs=3, n_val=500, test_subset=1000, max_per_split=300)
 # The settings that change a study's numbers: two studies agree when these and the data do.
 RESULT_KEYS = ("quick", "recipe", "train_subset", "epochs", "n_val", "test_subset",
-               "max_per_split")  # fmt: skip
+               "max_per_split", "measures")  # fmt: skip
 
 
 def study_config(models=None, quick=False, **kw) -> StudyConfig:
@@ -186,8 +196,26 @@ def _variant(cfg: StudyConfig, name: str, out: Path, overwrite: bool, progress: 
         train(train_config(cfg, name), run, resume=resume, overwrite=overwrite,
               progress=progress)  # fmt: skip
     log(f"[{name}] probing")
-    probe_run(run, ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device), cfg.data_root,
-              cfg.max_per_split, overwrite=overwrite, progress=progress)  # fmt: skip
+    pcfg = ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device, measures=cfg.measures)
+    probe_run(run, pcfg, cfg.data_root, cfg.max_per_split, overwrite=overwrite,
+              progress=progress)
+
+
+def compare_base_bn(cfg: StudyConfig, out: Path, log) -> None:
+    """CKA between the layers of base and bn on `cka_samples` validation images, recomputed
+    on every run (cheap at that size), so it always matches the current checkpoints."""
+    if cfg.cka_samples == 0 or not {"base", "bn"} <= set(cfg.models):
+        return
+    from dnnlab.probe.extra import cka_between_runs
+    from dnnlab.probe.probe import ProbeConfig
+
+    runs = out / "runs"
+    if not all((runs / m / "best.pt").exists() for m in ("base", "bn")):
+        return
+    pcfg = ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device)
+    cap = min(cfg.cka_samples, cfg.max_per_split or cfg.cka_samples)
+    path = cka_between_runs(runs / "base", runs / "bn", pcfg, "val", cfg.data_root, cap)
+    log(f"CKA base vs bn on {cap} validation images: {path}")
 
 
 def worker_env(cfg: StudyConfig, slot: int) -> dict:
@@ -277,6 +305,8 @@ def run_study(cfg: StudyConfig, out, overwrite: bool = False, progress: bool = F
         failures = []
         for name in cfg.models:
             _variant(cfg, name, out, overwrite, progress, log)
+    if not failures:
+        compare_base_bn(cfg, out, log)
     wall = time.perf_counter() - t_start
     # Wall seconds add up over the commands that built the study (a cut-off study resumed).
     record["wall_seconds"] = round(wall + (prev.get("wall_seconds") or 0), 1)
