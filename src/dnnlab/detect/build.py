@@ -136,17 +136,24 @@ def read_index(out) -> list[dict]:
     if not f.is_file():
         raise InputError(f"{f}: no index; run `dnnlab detect build VOC_DIR --out {out}`")
     try:
-        with open(f, newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header != INDEX_COLS:
-                raise InputError(
-                    f"{f}: not a dnnlab detector index (header {header}); "
-                    "rebuild it with `dnnlab detect build`"
-                )
-            rows = [_index_row(r, f, n) for n, r in enumerate(reader, start=2)]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        text = f.read_text()
+    except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{f}: cannot be read ({e})") from None
+    if not text.endswith("\n"):  # every row the build writes ends with a line break
+        raise InputError(
+            f"{f}: truncated (its last line is incomplete); rebuild it with `dnnlab detect build`"
+        )
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        if header != INDEX_COLS:
+            raise InputError(
+                f"{f}: not a dnnlab detector index (header {header}); "
+                "rebuild it with `dnnlab detect build`"
+            )
+        rows = [_index_row(r, f, n) for n, r in enumerate(reader, start=2)]
+    except csv.Error as e:
+        raise InputError(f"{f}: cannot be read as CSV ({e})") from None
     if not rows:
         raise InputError(f"{f}: holds no boxes; rebuild it with `dnnlab detect build`")
     return rows

@@ -127,13 +127,13 @@ class Detector(nn.Module):
             )
         config = DetectorConfig.from_dict(ck["config"], str(path))
         state = ck["state"]
-        dim = config.features.dim
-        reg = nn.Linear(dim, 4) if "regressor.weight" in state else None
-        reg2 = nn.Linear(dim, 4) if "regressor2.weight" in state else None
-        model = cls(config, mobilenet_features(), ck["norm"], None, reg, reg2)
         try:
+            dim = config.features.dim
+            reg = nn.Linear(dim, 4) if "regressor.weight" in state else None
+            reg2 = nn.Linear(dim, 4) if "regressor2.weight" in state else None
+            model = cls(config, mobilenet_features(), ck["norm"], None, reg, reg2)
             model.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as e:
+        except (RuntimeError, TypeError, ValueError, AttributeError) as e:
             raise InputError(f"{path}: its weights do not fit its config ({e})") from None
         return model.to(device).eval()
 

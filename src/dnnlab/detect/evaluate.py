@@ -81,21 +81,7 @@ def evaluate(voc_dir, detector: Detector, progress=True, draw_dir: Path | None =
         secs.append(r.seconds)
         props_all.append(r.proposals)
         gts.append(gt)
-        metric.update(
-            [
-                {
-                    "boxes": torch.from_numpy(r.boxes).float().reshape(-1, 4),
-                    "scores": torch.from_numpy(r.scores).float(),
-                    "labels": torch.zeros(len(r.boxes), dtype=torch.long),
-                }
-            ],
-            [
-                {
-                    "boxes": torch.from_numpy(gt).float().reshape(-1, 4),
-                    "labels": torch.zeros(len(gt), dtype=torch.long),
-                }
-            ],
-        )
+        metric.update([_as_metric(r.boxes, r.scores)], [_as_metric(gt)])
         hit = match_detections(r.boxes, gt)
         tp, fp, n_gt = tp + int(hit.sum()), fp + int((~hit).sum()), n_gt + len(gt)
         if draw_dir is not None:
@@ -116,6 +102,17 @@ def evaluate(voc_dir, detector: Detector, progress=True, draw_dir: Path | None =
         "settings": detector.config.to_dict()["detection"],
         "problems": problems.to_dict(),
     }
+
+
+def _as_metric(boxes: np.ndarray, scores: np.ndarray | None = None) -> dict:
+    """One photo's boxes (k, 4) (and scores) in torchmetrics' form, one class."""
+    d = {
+        "boxes": torch.from_numpy(boxes).float().reshape(-1, 4),
+        "labels": torch.zeros(len(boxes), dtype=torch.long),
+    }
+    if scores is not None:
+        d["scores"] = torch.from_numpy(scores).float()
+    return d
 
 
 def fingerprint(voc_dir, model_dir, detector: Detector) -> dict:
