@@ -72,6 +72,17 @@ def voc(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def small(voc, tmp_path_factory):
+    """Three photos of the folder and one malformed XML, for the slower checks."""
+    d = tmp_path_factory.mktemp("small")
+    for stem in ("img0", "img1", "img2"):
+        for ext in (".jpg", ".xml"):
+            shutil.copy(voc / f"{stem}{ext}", d)
+    shutil.copy(voc / "broken.xml", d)
+    return d
+
+
+@pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     from torchvision.models import mobilenet_v2
 
@@ -637,11 +648,10 @@ def test_run_writes_results_and_reports_failures(voc, trained, tmp_path, capsys)
 
 
 # -- eval ------------------------------------------------------------------------------
-def test_eval_keeps_one_record_per_folder_and_reuses_only_a_match(voc, trained, tmp_path, capsys):
+def test_eval_keeps_one_record_per_folder_and_reuses_only_a_match(
+    voc, small, trained, tmp_path, capsys
+):
     det = copy_of(trained, tmp_path)
-    other = tmp_path / "voc2"
-    shutil.copytree(voc, other)
-    (other / "img1.xml").unlink()
     assert main(["detect", "eval", str(voc), "--model", str(det), "--json"]) == 0
     cap = capsys.readouterr()
     res = json.loads(cap.out)
@@ -650,27 +660,79 @@ def test_eval_keeps_one_record_per_folder_and_reuses_only_a_match(voc, trained, 
     for k in ("ap50", "map", "precision", "recall", "proposal_recall50"):
         assert 0 <= res[k] <= 1
     assert res["seconds_per_image"] > 0
-    assert main(["detect", "eval", str(other), "--model", str(det), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["images"] == 13
+    assert main(["detect", "eval", str(small), "--model", str(det), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 3
     recs = sorted((det / "evals").glob("*.json"))
     assert len(recs) == 2 and len(list((det / "evals").glob("*.md"))) == 2
     first = next(r for r in recs if r.name.startswith("voc"))
     fp = json.loads(first.read_text())["fingerprint"]
     assert fp["voc_dir"] == str(voc.resolve()) and len(fp["model_sha256"]) == 64
-    # Same model, files and settings: reused. Another setting, or a changed file: measured.
+    # Same model, files and settings: reused. Another setting, a changed file, another
+    # model: measured again.
     assert main(["detect", "eval", str(voc), "--model", str(det)]) == 0
     assert "reusing" in capsys.readouterr().err
-    assert main(["detect", "eval", str(voc), "--model", str(det), "--nms-iou", "0.5"]) == 0
+    nms = ["detect", "eval", str(small), "--model", str(det), "--nms-iou", "0.5"]
+    assert main(nms) == 0
     assert "reusing" not in capsys.readouterr().err
-    assert main(["detect", "eval", str(voc), "--model", str(det), "--nms-iou", "0.5"]) == 0
+    assert main(nms) == 0
     assert "reusing" in capsys.readouterr().err
-    os.utime(voc / "img2.jpg")
-    assert main(["detect", "eval", str(voc), "--model", str(det), "--nms-iou", "0.5"]) == 0
+    os.utime(small / "img2.jpg", ns=(1, 1))
+    assert main(nms) == 0
+    assert "reusing" not in capsys.readouterr().err
+    ck = torch.load(det / "model.pt", weights_only=True)
+    ck["state"]["head.4.bias"] += 1
+    torch.save(ck, det / "model.pt")
+    assert main(nms) == 0
     assert "reusing" not in capsys.readouterr().err
 
 
-def test_course_preset_and_end_to_end(built, weights, tmp_path, capsys):
-    det = copy_of(built, tmp_path)
+def test_course_preset_detection_settings(small, trained, tmp_path, capsys):
+    """Every proposal, every box above the threshold, no NMS; the preset wins over flags."""
+    det = copy_of(trained, tmp_path)
+    assert (
+        main(
+            [
+                "detect",
+                "eval",
+                str(small),
+                "--model",
+                str(det),
+                "--json",
+                "--preset",
+                "course",
+                "--max-proposals",
+                "50",
+            ]
+        )
+        == 0
+    )
+    res = json.loads(capsys.readouterr().out)
+    assert res["settings"]["nms_iou"] == 1.0 and res["settings"]["vote_iou"] == 0.0
+    assert res["settings"]["max_proposals"] == 10**9 and res["settings"]["refine_steps"] == 0
+
+
+def test_course_preset_and_end_to_end(small, weights, tmp_path):
+    det = tmp_path / "det"
+    assert (
+        main(
+            [
+                "detect",
+                "build",
+                str(small),
+                "--out",
+                str(det),
+                "--workers",
+                "1",
+                "--ss-max-side",
+                "0",
+                "--max-neg-per-image",
+                "4",
+                "--pos-iou",
+                "0.8",
+            ]
+        )
+        == 0
+    )
     # The course project's classifier: 224x224 crops, pooled 1280-d features, no regressor.
     assert (
         main(
@@ -691,21 +753,6 @@ def test_course_preset_and_end_to_end(built, weights, tmp_path, capsys):
     ck = torch.load(det / "model.pt", weights_only=True)
     assert ck["config"]["features"]["mode"] == "crops" and "regressor.weight" not in ck["state"]
     assert ck["state"]["head.1.weight"].shape == (256, 1280)
-    capsys.readouterr()
-    assert (
-        main(
-            [
-                "detect",
-                "eval",
-                str(det.parent.parent / "nothing"),
-                "--model",
-                str(det),
-                "--preset",
-                "course",
-            ]
-        )
-        == 2
-    )
     # End to end: the backbone's weights move too.
     assert (
         main(
@@ -730,29 +777,6 @@ def test_course_preset_and_end_to_end(built, weights, tmp_path, capsys):
     ck = torch.load(det / "model.pt", weights_only=True)
     orig = torch.load(weights, weights_only=True)
     assert not torch.equal(ck["state"]["features.18.0.weight"], orig["features.18.0.weight"])
-
-
-def test_course_preset_detection_settings(voc, trained, tmp_path, capsys):
-    det = copy_of(trained, tmp_path)
-    assert (
-        main(
-            [
-                "detect",
-                "eval",
-                str(voc),
-                "--model",
-                str(det),
-                "--json",
-                "--preset",
-                "course",
-                "--score-threshold",
-                "0.0",
-            ]
-        )
-        == 0
-    )
-    res = json.loads(capsys.readouterr().out)
-    assert res["settings"]["nms_iou"] == 1.0 and res["settings"]["vote_iou"] == 0.0
 
 
 # -- features --------------------------------------------------------------------------
