@@ -7,8 +7,11 @@
     regressors   the ridge box regressors on all of them
     detection    what happens to the scored boxes (threshold, NMS, rounds, voting)
 
+The stages' own settings, which a trained detector does not need, are here too: BuildConfig
+(labelling and sampling the index) and TrainConfig (the head's recipe, the backbone weights).
 Each setting is declared once, with its help text and valid range (dnnlab.settings); the
-command-line flags are generated from these declarations. No torch import: the CLI builds
+command-line flags are generated from these declarations; `--preset course` (PRESETS) sets
+the original course project's values over them. No torch import: the CLI builds
 its parser from this module without loading the detector.
 """
 

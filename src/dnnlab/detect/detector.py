@@ -11,6 +11,7 @@ normalization and the state dict; it loads with torch.load(weights_only=True).
 
 from __future__ import annotations
 
+import pickle
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -111,10 +112,15 @@ class Detector(nn.Module):
             raise InputError(f"{path}: no trained detector; run `dnnlab detect train {folder}`")
         try:
             ck = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise InputError(
+                f"{path}: refused: it holds objects other than plain data (tensors, numbers, "
+                "strings), which could run code when loaded"
+            ) from None
         except Exception as e:
             raise InputError(
-                f"{path}: not a dnnlab detector that loads as plain data "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                f"{path}: not a readable detector file (truncated or corrupt? "
+                f"{type(e).__name__}: {str(e).splitlines()[0][:200]})"
             ) from None
         if (
             not isinstance(ck, dict)
