@@ -16,10 +16,10 @@ held-out photos, for several detection settings side by side on the same models:
     default of `dnnlab detect train`; every other row's regressors see only the head's
     3x3 grid on the last map).
 
-It is a prototype harness, not `dnnlab detect train`: features come from one backbone pass
-per photo kept in memory, and each photo's negatives are sampled here (near misses first,
-as the build does, no other-class boxes), so absolute figures differ a little from the
-commands'; the comparison between settings is on identical models.
+It runs the commands' own stages (proposals, labelling and negative sampling, split by
+photo, the head's training loop, the ridge fits, detection's rounds and selection) on
+features kept in memory, one backbone pass per photo, instead of through model.pt files;
+the comparison between settings is on identical models.
 
     python benchmarks/cv_detect.py ../shared/data/cats-voc/train ../shared/data/cats-voc/valid \
         --backbone-weights ../shared/weights/mobilenet_v2_imagenet_1001.pth --cache /tmp/cvcache
@@ -29,61 +29,80 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from dnnlab.detect.boxreg import box_deltas, fit_ridge
-from dnnlab.detect.classifier import BoxClassifier, BoxFeatures, load_backbone, make_head
-from dnnlab.detect.detect import DetectConfig, _prefilter, refine_rounds, select
-from dnnlab.detect.labelling import label_proposals
-from dnnlab.detect.proposals import ProposalConfig, proposals_for
-from dnnlab.detect.train import DetTrainConfig, _train_head
+from dnnlab.detect.boxreg import fit_regressors
+from dnnlab.detect.build import split_images
+from dnnlab.detect.config import (
+    BuildConfig,
+    DetectConfig,
+    DetectorConfig,
+    RegressorConfig,
+    TrainConfig,
+)
+from dnnlab.detect.detector import Detector, make_head, refine_rounds
+from dnnlab.detect.features import load_backbone, pool_boxes
+from dnnlab.detect.labelling import label_proposals, sample_rows
+from dnnlab.detect.proposals import proposals_for
+from dnnlab.detect.selection import prefilter, select
+from dnnlab.detect.train import balanced, train_head
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 
 
 def load_photos(dirs, weights, cache):
-    features, norm = load_backbone(weights)
-    model = BoxClassifier(features, norm, BoxFeatures()).eval()
+    backbone, norm = load_backbone(weights)
+    model = Detector(DetectorConfig(), backbone, norm).eval()
     photos = []
     for d in dirs:
-        items = read_voc_dir(d, Problems(), "cat")
-        props = proposals_for([i.image for i in items], ProposalConfig("fast", 320, 2000),
-                              cache, 2, True)  # fmt: skip
+        items = read_voc_dir(d, Problems(), model.config.target)
+        props = proposals_for([i.image for i in items], model.config.proposals, cache, 2, True)
         with torch.no_grad():
             for it, p in zip(items, props, strict=True):
                 img = load_rgb(it.image)
-                gt = it.boxes("cat").reshape(-1, 4).astype(np.float32)
-                props = _prefilter(p, DetectConfig()).astype(np.float32)
-                photos.append({"fmap": model.feature_map(img), "hw": img.shape[:2], "gt": gt,
-                               "props": props})  # fmt: skip
+                photos.append(
+                    {
+                        "fmap": model.feature_map(img),
+                        "hw": img.shape[:2],
+                        "gt": it.boxes(model.config.target),
+                        "hard": it.other_boxes(model.config.target),
+                        "props": prefilter(p, model.config.detection),
+                    }
+                )
     return model, photos
 
 
 def pooled(model, ph, boxes):
     h, w = ph["hw"]
     # float16 round trip, as the training cache stores them
-    return model.pool_boxes(ph["fmap"], torch.as_tensor(boxes), h, w).half().float()
+    return pool_boxes(ph["fmap"], torch.as_tensor(boxes), h, w, model.spec).half().float()
 
 
-def samples(model, photos, ids, rng, max_neg=48):
-    X, Y, IOU, G, B = [], [], [], [], []
+def samples(model, photos, ids, rng, cfg: BuildConfig = BuildConfig()):  # noqa: B008
+    """(features, labels, index-like rows) of the boxes the build would index."""
+    xs, ys, rows = [], [], []
     for i in ids:
         ph = photos[i]
-        boxes, labels, ious, match = label_proposals(ph["props"], ph["gt"])
-        neg = rng.permutation(np.flatnonzero(labels == 0))
-        near = np.flatnonzero(ious[neg] >= 0.1)[: max_neg // 2]
-        rest = rng.permutation(np.setdiff1d(np.arange(len(neg)), near))
-        neg = np.concatenate([neg[near], neg[rest]])[:max_neg]
-        keep = np.concatenate([np.flatnonzero(labels == 1), np.sort(neg)])
-        X.append(pooled(model, ph, boxes[keep]))
-        Y.append(labels[keep])
-        IOU.append(ious[keep])
-        G.append(match[keep])
-        B.append(boxes[keep])
-    return (torch.cat(X), torch.from_numpy(np.concatenate(Y)).long(), np.concatenate(IOU),
-            np.concatenate(G), np.concatenate(B))  # fmt: skip
+        boxes, labels, ious, match = label_proposals(
+            ph["props"], ph["gt"], cfg.pos_iou, cfg.neg_iou, cfg.min_area
+        )
+        keep = sample_rows(
+            boxes, labels, ious, ph["hard"], rng, cfg.max_neg_per_image, cfg.near_iou, cfg.hard_iou
+        )
+        xs.append(pooled(model, ph, boxes[keep]))
+        ys.append(labels[keep])
+        rows += [
+            {
+                "box": boxes[k].tolist(),
+                "iou": float(ious[k]),
+                "gt": None if np.isnan(match[k]).any() else match[k].tolist(),
+            }
+            for k in keep
+        ]
+    return torch.cat(xs), torch.from_numpy(np.concatenate(ys)).long(), rows
 
 
 class FirstColumns(nn.Module):
@@ -97,51 +116,53 @@ class FirstColumns(nn.Module):
         return self.linear(x[:, : self.linear.in_features])
 
 
-def ridge(x, iou, g, b, min_iou, dim=None):
-    use = np.flatnonzero(iou >= min_iou)
-    x = x[use] if dim is None else x[use, :dim]
-    layer = fit_ridge(x, box_deltas(torch.from_numpy(b[use]), torch.from_numpy(g[use])), 1000.0)
-    return layer if dim is None else FirstColumns(layer)
+def regressors(x, rows, cfg: RegressorConfig, dim=None):
+    """fit_regressors on all of x, or (dim) on its first dim columns only."""
+    first, later = fit_regressors(x if dim is None else x[:, :dim], rows, range(len(rows)), cfg)
+    if dim is None:
+        return first, later
+    return FirstColumns(first), None if later is None else FirstColumns(later)
 
 
 def train_fold(model, photos, ids, seed):
-    """The seed's head recipe (70/30 split by photo, 1:1 negatives) and the ridge regressors:
-    {"one": (R-CNN's, IoU >= 0.5, both rounds), "two": (IoU >= 0.3 first, IoU >= 0.5 then),
-    "two-all": "two" fitted on the validation photos' rows too, "fine-grid": "two-all" also
-    reading the stride-16 grid}. All but "fine-grid" read only the head's part of x."""
+    """The head (70/30 split by photo, 1:1 negatives, `dnnlab detect train`'s loop) and the
+    ridge regressors: {"one": R-CNN's (IoU >= 0.5, both rounds), "two": IoU >= 0.3 first,
+    IoU >= 0.5 then, "two-all": "two" fitted on the validation photos' rows too,
+    "fine-grid": "two-all" also reading the stride-16 grid}. All but "fine-grid" read only
+    the head's part of x."""
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(ids))
-    n_val = round(0.3 * len(ids))
-    tr = [ids[k] for k in sorted(order[n_val:])]
-    va = [ids[k] for k in sorted(order[:n_val])]
-    x, y, iou, g, b = samples(model, photos, tr, rng)
-    xv, yv, iouv, gv, bv = samples(model, photos, va, rng)
+    split = split_images(len(ids), 0.3, seed)
+    tr = [i for i, s in zip(ids, split, strict=True) if s == "train"]
+    va = [i for i, s in zip(ids, split, strict=True) if s == "val"]
+    x, y, rows = samples(model, photos, tr, rng)
+    xv, yv, rows_v = samples(model, photos, va, rng)
+    cfg = replace(TrainConfig(), seed=seed)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    pos, neg = (y == 1).nonzero().squeeze(1), (y == 0).nonzero().squeeze(1)
-    neg = neg[torch.randperm(len(neg), generator=gen)[: len(pos)]]
-    pick = torch.cat([pos, neg]).sort().values
     d = model.spec.head_dim
-    head = make_head(d)
-    _, _, state = _train_head(head, x[pick, :d], y[pick], xv[:, :d], yv, torch.ones(2),
-                              DetTrainConfig(), gen)  # fmt: skip
-    head.load_state_dict(state)
-    fine = ridge(x, iou, g, b, 0.5, d)
-    xa = torch.cat([x, xv])
-    ioua, ga, ba = (np.concatenate(t) for t in ((iou, iouv), (g, gv), (b, bv)))
-    return head.eval(), {
-        "one": (fine, None), "two": (ridge(x, iou, g, b, 0.3, d), fine),
-        "two-all": (ridge(xa, ioua, ga, ba, 0.3, d), ridge(xa, ioua, ga, ba, 0.5, d)),
-        "fine-grid": (ridge(xa, ioua, ga, ba, 0.3), ridge(xa, ioua, ga, ba, 0.5))}  # fmt: skip
+    model.head = make_head(d, model.config.head)
+    pick, weights = balanced(y, cfg, gen)
+    _, _, state = train_head(model, x[pick, :d], y[pick], xv[:, :d], yv, weights, cfg, gen)
+    model.head.load_state_dict(state)
+    one = RegressorConfig(coarse_min_iou=None)
+    two = RegressorConfig()
+    xa, rows_a = torch.cat([x, xv]), rows + rows_v
+    return model.head.eval(), {
+        "one": regressors(x, rows, one, d),
+        "two": regressors(x, rows, two, d),
+        "two-all": regressors(xa, rows_a, two, d),
+        "fine-grid": regressors(xa, rows_a, two),
+    }
 
 
 @torch.no_grad()
 def detect(model, head, regs, ph, cfg: DetectConfig):
-    """detect_image()'s steps (rounds, threshold, NMS, top-K, voting) on cached features."""
+    """Detector.detect()'s steps (rounds, threshold, NMS, top-K, voting) on cached maps."""
     model.head, (model.regressor, model.regressor2) = head, regs
     b = torch.from_numpy(ph["props"])
-    s, b = refine_rounds(model, lambda boxes: pooled(model, ph, boxes), b, *ph["hw"],
-                         cfg.refine_steps)  # fmt: skip
+    s, b = refine_rounds(
+        model, lambda boxes: pooled(model, ph, boxes), b, *ph["hw"], cfg.refine_steps
+    )
     return select(b, s, cfg)
 
 
@@ -157,8 +178,11 @@ def main() -> int:
 
     t0 = time.perf_counter()
     model, photos = load_photos(args.voc_dirs, args.backbone_weights, args.cache)
-    print(f"{len(photos)} photos, {sum(len(p['gt']) for p in photos)} cats; features and "
-          f"proposals {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+    print(
+        f"{len(photos)} photos, {sum(len(p['gt']) for p in photos)} cats; features and "
+        f"proposals {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
     settings = {  # name: (detection settings, regressors)
         "probability, no voting": (DetectConfig(vote_iou=0), "one"),
         "voting, probability": (DetectConfig(support_scale=0), "one"),
@@ -186,8 +210,11 @@ def main() -> int:
             r = m.compute()
             ap50 = float(r["map_50"])
             base = base or ap50
-            print(f"seed {seed}  {name:<28} AP50 {ap50:.3f} ({ap50 / base:.2f}x)  "
-                  f"mAP {float(r['map']):.3f}", flush=True)  # fmt: skip
+            print(
+                f"seed {seed}  {name:<28} AP50 {ap50:.3f} ({ap50 / base:.2f}x)  "
+                f"mAP {float(r['map']):.3f}",
+                flush=True,
+            )
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 

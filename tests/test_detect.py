@@ -1,20 +1,31 @@
+"""The detector's stages, each against hand-made cases or an independent oracle, and the
+commands end to end on a tiny VOC folder (one build and one training shared by the tests)."""
+
 import json
+import os
+import pickle
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.ops import box_iou, nms
+from torchvision.ops import box_iou
 
 from dnnlab.cli import main
-from dnnlab.detect.labelling import label_proposals
-from dnnlab.detect.train import load_detector
+from dnnlab.detect.config import DetectConfig, DetectorConfig, FeatureSpec, RegressorConfig
+from dnnlab.detect.detector import Detector
+from dnnlab.detect.labelling import label_proposals, sample_rows
 from dnnlab.detect.voc import Problems, read_voc_dir
+from dnnlab.errors import InputError
 
 XML = """<annotation><filename>{fn}</filename><size><width>{w}</width><height>{h}</height>
 <depth>3</depth></size>{objs}</annotation>"""
-OBJ = ("<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin>"
-       "<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
+OBJ = (
+    "<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin>"
+    "<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+)
+NORM = ((0.5,) * 3, (0.5,) * 3)
 
 
 def write_item(folder, stem, boxes, size=(160, 120), ext="jpg", rng=None, mode="RGB"):
@@ -23,7 +34,7 @@ def write_item(folder, stem, boxes, size=(160, 120), ext="jpg", rng=None, mode="
     img = (rng.normal(90, 25, (h, w, 3))).clip(0, 255).astype(np.uint8)
     for name, (x1, y1, x2, y2) in boxes:
         color = (230, 120, 30) if name == "cat" else (40, 90, 220)
-        img[int(max(y1, 0)):int(y2), int(max(x1, 0)):int(x2)] = color
+        img[int(max(y1, 0)) : int(y2), int(max(x1, 0)) : int(x2)] = color
     Image.fromarray(img).convert(mode).save(folder / f"{stem}.{ext}")
     objs = "".join(OBJ.format(name=n, x1=b[0], y1=b[1], x2=b[2], y2=b[3]) for n, b in boxes)
     (folder / f"{stem}.xml").write_text(XML.format(fn=f"{stem}.{ext}", w=w, h=h, objs=objs))
@@ -39,15 +50,35 @@ def voc(tmp_path_factory):
         boxes = [("cat", (x1 + 0.5, y1 + 0.25, min(x1 + bw, 155) + 0.5, min(y1 + bh, 115)))]
         if i % 4 == 0:
             boxes.append(("dog", (2, 2, 30, 30)))
-        write_item(d, f"img{i}", boxes, ext="png" if i == 3 else "jpg", rng=rng,
-                   mode="L" if i == 5 else ("RGBA" if i == 3 else "RGB"))
-    write_item(d, "empty", [], rng=rng)                          # no target object
+        write_item(
+            d,
+            f"img{i}",
+            boxes,
+            ext="png" if i == 3 else "jpg",
+            rng=rng,
+            mode="L" if i == 5 else ("RGBA" if i == 3 else "RGB"),
+        )
+    write_item(d, "empty", [], rng=rng)  # no target object
     write_item(d, "outside", [("cat", (100, 60, 200, 140))], rng=rng)  # clipped
+    # One cat box of zero area: the photo is dropped (that cat would be a negative).
     write_item(d, "zero", [("cat", (50, 50, 50, 80)), ("cat", (10, 10, 60, 60))], rng=rng)
     (d / "broken.xml").write_text("<annotation><filename>x.jpg</filename")  # malformed
     (d / "orphan.xml").write_text(XML.format(fn="nothere.jpg", w=10, h=10, objs=""))
     (d / "corrupt.jpg").write_bytes(b"not an image")
     (d / "corrupt.xml").write_text(XML.format(fn="corrupt.jpg", w=10, h=10, objs=""))
+    # A <filename> longer than any file system allows: counted, never fatal.
+    (d / "longname.xml").write_text(XML.format(fn="x" * 400 + ".jpg", w=10, h=10, objs=""))
+    return d
+
+
+@pytest.fixture(scope="module")
+def small(voc, tmp_path_factory):
+    """Three photos of the folder and one malformed XML, for the slower checks."""
+    d = tmp_path_factory.mktemp("small")
+    for stem in ("img0", "img1", "img2"):
+        for ext in (".jpg", ".xml"):
+            shutil.copy(voc / f"{stem}{ext}", d)
+    shutil.copy(voc / "broken.xml", d)
     return d
 
 
@@ -61,33 +92,143 @@ def weights(tmp_path_factory):
     return p
 
 
-def test_iou_hand_cases():
-    a = torch.tensor([[0.0, 0, 10, 10]])
-    b = torch.tensor([[5.0, 0, 15, 10], [0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 5, 5]])
-    # overlap 50 / union 150; identical; disjoint; contained quarter
-    assert torch.allclose(box_iou(a, b), torch.tensor([[1 / 3, 1.0, 0.0, 0.25]]))
+@pytest.fixture(scope="module")
+def built(voc, tmp_path_factory):
+    """A build of the tiny folder (tests copy it before changing anything)."""
+    det = tmp_path_factory.mktemp("built") / "det"
+    assert (
+        main(
+            ["detect", "build", str(voc), "--out", str(det), "--workers", "1", "--ss-max-side", "0"]
+        )
+        == 0
+    )
+    return det
 
 
+@pytest.fixture(scope="module")
+def trained(built, weights, tmp_path_factory):
+    """The build, trained with the cascade (so every regressor kind is in model.pt)."""
+    det = tmp_path_factory.mktemp("trained") / "det"
+    shutil.copytree(built, det)
+    assert (
+        main(
+            [
+                "detect",
+                "train",
+                str(det),
+                "--epochs",
+                "1",
+                "--backbone-weights",
+                str(weights),
+                "--image-size",
+                "160",
+                "--cascade",
+            ]
+        )
+        == 0
+    )
+    return det
+
+
+def copy_of(det, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(det, out)
+    return out
+
+
+# -- labelling and sampling ------------------------------------------------------------
 def test_labelling_bands_and_gt_added():
     gt = np.array([[0, 0, 10, 10]], dtype=np.float32)
-    props = np.array([[0, 0, 10, 10], [0, 0, 10, 8], [0, 0, 10, 5], [0, 0, 10, 2],
-                      [50, 50, 60, 60], [0, 0, 1, 1]], dtype=np.float32)  # IoU 1, .8, .5, .2, 0
+    props = np.array(
+        [
+            [0, 0, 10, 10],
+            [0, 0, 10, 8],
+            [0, 0, 10, 5],
+            [0, 0, 10, 2],
+            [50, 50, 60, 60],
+            [0, 0, 1, 1],
+        ],
+        dtype=np.float32,
+    )  # IoU 1, .8, .5, .2, 0
     boxes, labels, ious, match = label_proposals(props, gt, pos_iou=0.7, neg_iou=0.3, min_area=2)
     # 1.0 and 0.8 positive; 0.5 in the band (dropped); 0.2 and 0 negative; tiny box dropped
     assert labels.tolist() == [1, 1, 0, 0, 1] and np.allclose(ious[:4], [1, 0.8, 0.2, 0])
     assert np.allclose(boxes[-1], gt[0])  # the ground-truth box itself, added
-    _, l2, _, _ = label_proposals(props, np.zeros((0, 4)), 0.5, 0.5)
-    assert (l2 == 0).all()
+    assert np.allclose(match[:2], gt) and np.allclose(match[-1], gt[0])
+    _, l2, _, m2 = label_proposals(props, np.zeros((0, 4)), 0.5, 0.5)
+    assert (l2 == 0).all() and np.isnan(m2).all()  # no target box: nothing to regress onto
 
 
-def test_nms_behaviour():
-    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30]])
-    keep = nms(boxes, torch.tensor([0.9, 0.95, 0.5]), iou_threshold=0.3)
-    assert keep.tolist() == [1, 2]  # the lower-scored overlapping box is suppressed
+def test_sample_rows_takes_hard_then_near_then_random():
+    # Ten negatives: 0-1 on another class's box, 2-5 near misses (IoU 0.2 with a target),
+    # 6-9 far away; two positives. Room for 5 negatives: both hard ones, 2 near misses
+    # (half of 5), then one of the rest.
+    boxes = np.array(
+        [[0, 0, 10, 10]] * 2 + [[100, 100, 110, 110]] * 8 + [[50, 50, 60, 60]] * 2, dtype=np.float32
+    )
+    labels = np.array([0] * 10 + [1] * 2)
+    ious = np.array([0.0, 0.0, 0.2, 0.2, 0.2, 0.2, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    hard = np.array([[0, 0, 10, 10]], np.float32)
+    for seed in range(5):
+        keep = sample_rows(boxes, labels, ious, hard, np.random.default_rng(seed), max_neg=5)
+        neg = [k for k in keep if labels[k] == 0]
+        assert keep[:2].tolist() == [10, 11] and len(neg) == 5
+        assert {0, 1} <= set(neg)
+        assert len([k for k in neg if 2 <= k <= 5]) == 2 and len([k for k in neg if k >= 6]) == 1
+    keep = sample_rows(boxes, labels, ious, np.zeros((0, 4)), np.random.default_rng(0), 0)
+    assert keep.tolist() == [10, 11]  # no negatives asked for
+
+
+# -- selection ---------------------------------------------------------------------------
+def test_prefilter_keeps_selective_search_order():
+    from dnnlab.detect.selection import prefilter
+
+    boxes = np.array(
+        [[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 9.5], [40, 40, 50, 50]], np.float32
+    )
+    # The third is a near-duplicate (IoU 0.95) of the first: dropped; the order stays.
+    out = prefilter(boxes, DetectConfig(prefilter_iou=0.8))
+    assert out.tolist() == boxes[[0, 1, 3]].tolist()
+    assert (
+        prefilter(boxes, DetectConfig(prefilter_iou=0.8, max_proposals=2)).tolist()
+        == boxes[[0, 1]].tolist()
+    )
+    assert len(prefilter(boxes, DetectConfig(prefilter_iou=1.0))) == 4  # off
+
+
+def test_select_threshold_nms_and_top_k():
+    from dnnlab.detect.selection import select
+
+    boxes = torch.tensor(
+        [[0.0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70]]
+    )
+    scores = torch.tensor([0.9, 0.95, 0.6, 0.4, 0.7])
+    plain = dict(vote_iou=0.0, max_detections=10)
+    # 0.4 under the threshold; box 0 overlaps box 1 (IoU 0.82) and scores lower: suppressed.
+    b, s = select(boxes, scores, DetectConfig(score_threshold=0.5, nms_iou=0.3, **plain))
+    assert s.tolist() == pytest.approx([0.95, 0.7, 0.6])
+    assert b.tolist() == boxes[[1, 4, 2]].tolist()
+    b, s = select(
+        boxes,
+        scores,
+        DetectConfig(score_threshold=0.5, nms_iou=0.3, vote_iou=0.0, max_detections=2),
+    )
+    assert s.tolist() == pytest.approx([0.95, 0.7])
+    # nms_iou 1: no suppression, every box above the threshold, best first.
+    b, s = select(boxes, scores, DetectConfig(score_threshold=0.5, nms_iou=1.0, **plain))
+    assert s.tolist() == pytest.approx([0.95, 0.9, 0.7, 0.6])
+    # Voting: box 1 becomes the mean of boxes 0 and 1 weighted by their scores.
+    b, s = select(
+        boxes,
+        scores,
+        DetectConfig(score_threshold=0.5, nms_iou=0.3, vote_iou=0.5, support_scale=0.0),
+    )
+    want = (0.9 * boxes[0] + 0.95 * boxes[1]) / 1.85
+    assert torch.allclose(b[0], want) and s[0].item() == pytest.approx(0.95)
 
 
 def test_box_voting_hand_case_and_loop_oracle():
-    from dnnlab.detect.detect import confidence, vote
+    from dnnlab.detect.selection import confidence, vote
 
     boxes = torch.tensor([[0.0, 0, 10, 10], [2, 0, 12, 10], [0, 0, 10, 40], [50, 50, 60, 60]])
     scores = torch.tensor([0.9, 0.6, 0.8, 0.99])
@@ -95,9 +236,8 @@ def test_box_voting_hand_case_and_loop_oracle():
     voted, support = vote(boxes[[0, 3]], boxes, scores, 0.5)
     assert torch.allclose(voted[0], torch.tensor([0.6 * 2 / 1.5, 0, 10 + 0.6 * 2 / 1.5, 10]))
     assert torch.allclose(voted[1], boxes[3]) and torch.allclose(support, torch.tensor([1.5, 0.99]))
-    # Five agreeing boxes outrank one lone box that the classifier likes more.
+    # More agreeing boxes outrank one lone box that the classifier likes more.
     assert confidence(support, 10.0)[0] > confidence(support, 10.0)[1]
-    # Against a float64 loop on random boxes.
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(60, 2, generator=g) * 50
     boxes = torch.cat([xy, xy + 10 + torch.rand(60, 2, generator=g) * 30], 1)
@@ -115,9 +255,33 @@ def test_box_voting_hand_case_and_loop_oracle():
         assert torch.allclose(voted[i].double(), num / den, atol=1e-4)
 
 
+# -- evaluation's matching ---------------------------------------------------------------
+def test_match_detections_hand_cases():
+    from dnnlab.detect.evaluate import match_detections
+
+    gt = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], np.float32)
+    dets = np.array(
+        [
+            [0, 0, 10, 10],  # matches gt 0
+            [0, 0, 10, 9],  # best is gt 0, already taken: false
+            [20, 0, 30, 4],  # IoU 0.4 with gt 1: false
+            [20, 0, 30, 10],  # matches gt 1
+            [50, 50, 60, 60],
+        ],  # nothing: false
+        np.float32,
+    )
+    assert match_detections(dets, gt).tolist() == [True, False, False, True, False]
+    # Order decides: the duplicate first takes gt 0, the exact box is then the false one.
+    assert match_detections(dets[[1, 0]], gt).tolist() == [True, False]
+    assert match_detections(dets, np.zeros((0, 4), np.float32)).tolist() == [False] * 5
+    assert match_detections(np.zeros((0, 4), np.float32), gt).tolist() == []
+    assert match_detections(dets[2:3], gt, iou=0.4).tolist() == [True]
+
+
+# -- box regressors ----------------------------------------------------------------------
 def test_coarse_and_fine_regressors_fit_their_rows():
-    from dnnlab.detect.boxreg import box_deltas, fit_ridge
-    from dnnlab.detect.train import DetTrainConfig, _fit_regressors
+    from dnnlab.detect.boxes import box_deltas
+    from dnnlab.detect.boxreg import fit_regressors, fit_ridge
 
     g = torch.Generator().manual_seed(0)
     n = 40
@@ -127,30 +291,34 @@ def test_coarse_and_fine_regressors_fit_their_rows():
     for k in range(n):
         x0, y0 = float(k), float(2 * k)
         gt = [x0 + 1, y0 - 2, x0 + 24 + 3 * float(feats[k, 0]) + k % 3, y0 + 27]
-        rows.append({"box": [x0, y0, x0 + 20, y0 + 30], "iou": float(ious[k]),
-                     "gt": None if k % 7 == 0 else gt})  # fmt: skip
-    idx = torch.arange(n - 5)  # rows outside idx must not enter either fit
+        rows.append(
+            {
+                "box": [x0, y0, x0 + 20, y0 + 30],
+                "iou": float(ious[k]),
+                "gt": None if k % 7 == 0 else gt,
+            }
+        )
+    idx = range(n - 5)  # rows outside idx must not enter either fit
 
     def oracle(lo):
-        use = [k for k in idx.tolist() if rows[k]["gt"] is not None and rows[k]["iou"] >= lo]
+        use = [k for k in idx if rows[k]["gt"] is not None and rows[k]["iou"] >= lo]
         props = torch.tensor([rows[k]["box"] for k in use])
         gt = torch.tensor([rows[k]["gt"] for k in use])
         return fit_ridge(feats[use], box_deltas(props, gt), 1.0)
 
-    first, later = _fit_regressors(feats, rows, idx, DetTrainConfig(reg_lambda=1.0))
+    first, later = fit_regressors(feats, rows, idx, RegressorConfig(reg_lambda=1.0))
     for got, lo in ((first, 0.3), (later, 0.5)):
         want = oracle(lo)
         assert torch.allclose(got.weight, want.weight) and torch.allclose(got.bias, want.bias)
     assert not torch.allclose(first.weight, later.weight)
-    cfg = DetTrainConfig(reg_lambda=1.0, coarse_min_iou=None)
-    one, none = _fit_regressors(feats, rows, idx, cfg)
+    one, none = fit_regressors(
+        feats, rows, idx, RegressorConfig(reg_lambda=1.0, coarse_min_iou=None)
+    )
     assert none is None and torch.allclose(one.weight, later.weight)
 
 
-def test_cascade_regressor_serves_later_rounds():
+def test_second_regressor_serves_later_rounds():
     from torch import nn
-
-    from dnnlab.detect.classifier import BoxClassifier, BoxFeatures
 
     def shift(dx):
         reg = nn.Linear(1280, 4)
@@ -159,8 +327,8 @@ def test_cascade_regressor_serves_later_rounds():
             reg.bias.copy_(torch.tensor([dx, 0.0, 0.0, 0.0]))
         return reg
 
-    m = BoxClassifier(nn.Identity(), ((0.5,) * 3, (0.5,) * 3), BoxFeatures(grid=1),
-                      regressor=shift(0.1), regressor2=shift(-0.1))  # fmt: skip
+    cfg = DetectorConfig(features=FeatureSpec(grid=1, fine_grid=0))
+    m = Detector(cfg, nn.Identity(), NORM, regressor=shift(0.1), regressor2=shift(-0.1))
     box, x = torch.tensor([[10.0, 10, 30, 30]]), torch.zeros(1, 1280)
     assert m.refine(x, box, 100, 100, 0)[0, 0].item() == pytest.approx(12.0)  # first regressor
     assert m.refine(x, box, 100, 100, 1)[0, 0].item() == pytest.approx(8.0)  # the second
@@ -168,131 +336,9 @@ def test_cascade_regressor_serves_later_rounds():
     assert m.refine(x, box, 100, 100, 1)[0, 0].item() == pytest.approx(12.0)
 
 
-def test_voc_problems_are_counted_not_fatal(voc):
-    probs = Problems()
-    items = read_voc_dir(voc, probs)
-    c = probs.counts
-    assert c["malformed XML"] == 1 and c["XML without its image"] == 1
-    assert c["unreadable image"] == 1 and c["box of zero area (dropped)"] == 1
-    assert c["box outside the image (clipped)"] == 1
-    assert c["image without a 'cat' object (all proposals negative)"] == 1
-    assert len(items) == 15
-    out = next(i for i in items if i.image.stem == "outside")
-    assert out.objects[0].box == (100.0, 60.0, 160.0, 120.0)
-    img0 = next(i for i in items if i.image.stem == "img0")
-    assert img0.objects[0].box[0] % 1 == 0.5  # float coordinates kept
-    assert [o.name for o in img0.objects] == ["cat", "dog"]
-    assert next(i for i in items if i.image.stem == "img3").image.suffix == ".png"
-
-
-def test_build_train_run_eval(voc, weights, tmp_path, capsys):
-    before = sorted(p.name for p in voc.iterdir())
-    det = tmp_path / "det"
-    assert main(["detect", "build", str(voc), "--out", str(det), "--workers", "1",
-                 "--ss-max-side", "0"]) == 0  # fmt: skip
-    assert "malformed XML" in capsys.readouterr().out
-    info = json.loads((det / "build.json").read_text())
-    assert info["images"] == 15 and info["proposal_recall"]["recall50"] > 0.5
-    lines = (det / "index.csv").read_text().splitlines()
-    assert lines[0] == "image,x1,y1,x2,y2,label,iou,split,gx1,gy1,gx2,gy2"
-    imgs = {}
-    for line in lines[1:]:
-        f = line.split(",")
-        imgs.setdefault(f[0], set()).add(f[7])
-    assert all(len(s) == 1 for s in imgs.values())  # split by image, never by crop
-    assert main(["detect", "train", str(det), "--epochs", "1", "--backbone-weights",
-                 str(weights), "--image-size", "160", "--cascade"]) == 0  # fmt: skip
-    assert (det / "model.pt").exists() and (det / "train.json").exists()
-    ck = torch.load(det / "model.pt", weights_only=False)
-    # The regressors read the RoI grid 3 and the stride-16 7x7 grid; the head only the first.
-    assert ck["model"]["regressor.weight"].shape == (4, 1280 * 9 + 96 * 49)
-    assert ck["model"]["regressor2.weight"].shape == (4, 1280 * 9 + 96 * 49)  # the cascade's
-    assert ck["model"]["head.1.weight"].shape == (256, 1280 * 9)
-    assert main(["detect", "show", str(det)]) == 0
-    assert (det / "samples_positives.png").exists()
-    out = tmp_path / "dets"
-    assert main(["detect", "run", str(voc / "img1.jpg"), str(voc / "corrupt.jpg"), "--model",
-                 str(det), "--out", str(out), "--score-threshold", "0.0"]) == 0  # fmt: skip
-    rec = json.loads((out / "img1.json").read_text())
-    assert rec["detections"] and (out / "img1.jpg").exists()
-    assert len(rec["detections"]) <= 10
-    conf = [d["score"] for d in rec["detections"]]
-    assert conf == sorted(conf, reverse=True) and all(0 <= c < 1 for c in conf)
-    # An earlier run's results are kept unless --overwrite; two inputs with one stem refused.
-    capsys.readouterr()
-    kept = (out / "img1.json").read_bytes(), (out / "img1.jpg").read_bytes()
-    again = ["detect", "run", str(voc / "img1.jpg"), "--model", str(det), "--out", str(out),
-             "--score-threshold", "0.5"]  # fmt: skip
-    inode = (out / "img1.json").stat().st_ino
-    assert main(again) == 2
-    assert "--overwrite" in capsys.readouterr().err
-    assert ((out / "img1.json").read_bytes(), (out / "img1.jpg").read_bytes()) == kept
-    assert (out / "img1.json").stat().st_ino == inode
-    assert main([*again, "--overwrite"]) == 0
-    assert (out / "img1.json").stat().st_ino != inode  # written anew (temporary, then rename)
-    assert main(["detect", "run", str(voc / "img1.jpg"), str(det / "img1.jpg"), "--model",
-                 str(det), "--out", str(tmp_path / "same")]) == 2  # fmt: skip
-    assert "different --out" in capsys.readouterr().err
-    capsys.readouterr()
-    assert main(["detect", "eval", str(voc), "--model", str(det), "--json"]) == 0
-    res = json.loads(capsys.readouterr().out)
-    for k in ("ap50", "map", "precision", "recall", "proposal_recall50", "seconds_per_image"):
-        assert k in res and res[k] == res[k]  # present, not NaN
-    assert (det / "eval.json").exists() and (det / "eval.md").exists()
-    # Without the fine grid, and a model.pt from before it existed (no fine_grid in its config).
-    assert main(["detect", "train", str(det), "--epochs", "1", "--backbone-weights",
-                 str(weights), "--image-size", "160", "--fine-grid", "0", "--overwrite"]) == 0
-    ck = torch.load(det / "model.pt", weights_only=False)
-    assert ck["model"]["regressor.weight"].shape == (4, 1280 * 9)
-    del ck["config"]["fine_grid"]
-    torch.save(ck, det / "model.pt")
-    model, _ = load_detector(det)
-    assert model.spec.fine_grid == 0 and model.spec.dim == 1280 * 9
-    assert main(["detect", "run", str(voc / "img1.jpg"), "--model", str(det), "--out",
-                 str(tmp_path / "dets0")]) == 0  # fmt: skip
-    assert sorted(p.name for p in voc.iterdir()) == before  # nothing written into the data
-
-
-def test_seed_settings_and_end_to_end(voc, weights, tmp_path, capsys):
-    det = tmp_path / "det"
-    assert main(["detect", "build", str(voc), "--out", str(det), "--workers", "1",
-                 "--ss-max-side", "0"]) == 0  # fmt: skip
-    # The seed's classifier: 224x224 crops, pooled 1280-d features, no box regressor.
-    assert main(["detect", "train", str(det), "--epochs", "1", "--backbone-weights",
-                 str(weights), "--seed-settings"]) == 0  # fmt: skip
-    ck = torch.load(det / "model.pt", weights_only=False)
-    assert ck["config"]["features"] == "crops" and "regressor.weight" not in ck["model"]
-    assert ck["model"]["head.1.weight"].shape == (256, 1280)
-    capsys.readouterr()
-    assert main(["detect", "eval", str(voc), "--model", str(det), "--json", "--seed-settings",
-                 "--score-threshold", "0.0"]) == 0  # fmt: skip
-    res = json.loads(capsys.readouterr().out)
-    assert res["settings"]["nms_iou"] == 1.0  # the seed drew every box: no NMS
-    # End to end: the backbone's weights move too. A trained model is never replaced
-    # without --overwrite.
-    again = ["detect", "train", str(det), "--epochs", "1", "--backbone-weights", str(weights),
-             "--image-size", "128", "--end-to-end", "--backbone-lr", "0.01"]  # fmt: skip
-    before = (det / "model.pt").read_bytes()
-    capsys.readouterr()
-    assert main(again) == 2
-    assert "--overwrite" in capsys.readouterr().err
-    assert (det / "model.pt").read_bytes() == before
-    assert main([*again, "--overwrite"]) == 0
-    ck = torch.load(det / "model.pt", weights_only=False)
-    orig = torch.load(weights, weights_only=True)
-    assert ck["config"]["end_to_end"]
-    assert not torch.equal(ck["model"]["features.18.0.weight"], orig["features.18.0.weight"])
-
-
-def test_missing_weights_message(tmp_path, voc, capsys):
-    assert main(["detect", "train", str(tmp_path), "--backbone-weights",
-                 str(tmp_path / "none.pth")]) == 2  # fmt: skip
-    err = capsys.readouterr().err
-    assert "build.json" in err or "no such weights file" in err
-
-
 def test_box_deltas_round_trip_and_ridge_against_lstsq():
-    from dnnlab.detect.boxreg import apply_deltas, box_deltas, fit_ridge
+    from dnnlab.detect.boxes import apply_deltas, box_deltas
+    from dnnlab.detect.boxreg import fit_ridge
 
     g = torch.Generator().manual_seed(0)
     p = torch.rand(50, 2, generator=g) * 100 + 20  # inside the image after the noise
@@ -300,7 +346,6 @@ def test_box_deltas_round_trip_and_ridge_against_lstsq():
     gt = p + torch.randn(50, 4, generator=g) * 3
     back = apply_deltas(p, box_deltas(p, gt), 1000, 1000)
     assert torch.allclose(back, gt, atol=1e-3)
-    # The dual-form ridge equals the textbook primal solution (float64 numpy, centred).
     x = torch.randn(30, 80, generator=g)
     t = torch.randn(30, 4, generator=g)
     lam = 2.5
@@ -311,33 +356,454 @@ def test_box_deltas_round_trip_and_ridge_against_lstsq():
     b = tn.mean(0) - xn.mean(0) @ w
     assert np.allclose(layer.weight.detach().numpy().T, w, atol=1e-4)
     assert np.allclose(layer(x).detach().numpy(), xn @ w + b, atol=1e-4)
-    with pytest.raises(ValueError, match="nothing to fit"):
+    with pytest.raises(InputError, match="nothing to fit"):
         fit_ridge(torch.zeros(0, 80), torch.zeros(0, 4), 1.0)
 
 
+# -- config ------------------------------------------------------------------------------
+def test_config_round_trip_and_strict_keys():
+    cfg = DetectorConfig(target="dog", features=FeatureSpec(grid=2))
+    assert DetectorConfig.from_dict(json.loads(json.dumps(cfg.to_dict())), "f") == cfg
+    d = cfg.to_dict()
+    d["features"]["colour"] = 1
+    with pytest.raises(InputError, match=r"m\.pt: config section 'features'.*colour"):
+        DetectorConfig.from_dict(d, "m.pt")
+    d = cfg.to_dict()
+    del d["regressors"]
+    with pytest.raises(InputError, match="missing.*regressors"):
+        DetectorConfig.from_dict(d, "m.pt")
+    d = cfg.to_dict()
+    d["detection"]["nms_iou"] = -1
+    with pytest.raises(InputError, match="--nms-iou"):
+        DetectorConfig.from_dict(d, "m.pt")
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["build", "VOC", "--out", "OUT", "--pos-iou", "1.5"], "--pos-iou"),
+        (["build", "VOC", "--out", "OUT", "--neg-iou", "0.6", "--pos-iou", "0.5"], "--neg-iou"),
+        (["build", "VOC", "--out", "OUT", "--workers", "0"], "--workers"),
+        (["train", "OUT", "--image-size", "0"], "--image-size"),
+        (["train", "OUT", "--lr", "nan"], "--lr"),
+        (["train", "OUT", "--grid", "0"], "--grid"),
+        (["train", "OUT", "--epochs", "0"], "--epochs"),
+        (
+            ["run", "IMG", "--model", "OUT", "--out", "RES", "--max-detections", "-1"],
+            "--max-detections",
+        ),
+        (
+            ["run", "IMG", "--model", "OUT", "--out", "RES", "--score-threshold", "2"],
+            "--score-threshold",
+        ),
+        (["eval", "VOC", "--model", "OUT", "--nms-iou", "-1"], "--nms-iou"),
+        (["eval", "VOC", "--model", "OUT", "--refine-steps", "-2"], "--refine-steps"),
+    ],
+)
+def test_flag_ranges_checked_before_work(argv, flag, voc, trained, tmp_path, capsys):
+    """Each numeric flag out of its range: exit 2 with the flag named, nothing written."""
+    work = copy_of(trained, tmp_path)
+    before = sorted(p.name for p in work.rglob("*"))
+    subst = {
+        "VOC": str(voc),
+        "OUT": str(work),
+        "IMG": str(voc / "img1.jpg"),
+        "RES": str(tmp_path / "res"),
+    }
+    assert main(["detect", *[subst.get(a, a) for a in argv]]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and "error" in err
+    assert sorted(p.name for p in work.rglob("*")) == before
+    assert not (tmp_path / "res").exists()
+
+
+# -- VOC reading -------------------------------------------------------------------------
+def test_voc_problems_are_counted_not_fatal(voc):
+    probs = Problems()
+    items = read_voc_dir(voc, probs)
+    c = probs.counts
+    assert c["malformed XML"] == 1 and c["XML without its image"] == 1
+    assert c["unreadable image"] == 1 and c["box of zero area (dropped)"] == 1
+    assert c["box outside the image (clipped)"] == 1 and c["unusable <filename>"] == 1
+    assert c["image without a 'cat' object (all proposals negative)"] == 1
+    assert c["photo with an unusable 'cat' box (photo dropped)"] == 1
+    assert len(items) == 14 and "zero" not in {i.image.stem for i in items}
+    out = next(i for i in items if i.image.stem == "outside")
+    assert out.objects[0].box == (100.0, 60.0, 160.0, 120.0)
+    img0 = next(i for i in items if i.image.stem == "img0")
+    assert img0.objects[0].box[0] % 1 == 0.5  # float coordinates kept
+    assert [o.name for o in img0.objects] == ["cat", "dog"]
+    assert next(i for i in items if i.image.stem == "img3").image.suffix == ".png"
+    # Another target: the photo whose cat box was dropped stays (its dog-less boxes are fine).
+    dogs = read_voc_dir(voc, Problems(), target="dog")
+    assert "zero" in {i.image.stem for i in dogs}
+
+
+# -- build -------------------------------------------------------------------------------
+def test_build_writes_index_split_by_photo(voc, built):
+    info = json.loads((built / "build.json").read_text())
+    assert info["images"] == 14 and info["target"] == "cat"
+    assert info["proposal_recall"]["recall50"] > 0.5
+    assert info["problems"]["counts"]["unusable <filename>"] == 1
+    lines = (built / "index.csv").read_text().splitlines()
+    assert lines[0] == "image,x1,y1,x2,y2,label,iou,split,gx1,gy1,gx2,gy2"
+    imgs = {}
+    for line in lines[1:]:
+        f = line.split(",")
+        imgs.setdefault(f[0], set()).add(f[7])
+    assert all(len(s) == 1 for s in imgs.values())  # split by photo, never by box
+    assert not any("zero" in k for k in imgs)  # its cat box was unusable: not trained on
+    assert len(imgs) == 14
+    assert not list(voc.glob("*.npy")) and not (voc / "cache").exists()  # nothing in the data
+
+
+def test_build_refuses_to_replace_a_trained_detector(voc, trained, tmp_path, capsys):
+    det = copy_of(trained, tmp_path)
+    index = (det / "index.csv").read_bytes()
+    argv = [
+        "detect",
+        "build",
+        str(voc),
+        "--out",
+        str(det),
+        "--workers",
+        "1",
+        "--ss-max-side",
+        "0",
+        "--seed",
+        "1",
+    ]
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (det / "index.csv").read_bytes() == index and (det / "model.pt").exists()
+    # A bad input with --overwrite: still nothing replaced.
+    assert (
+        main(["detect", "build", str(tmp_path / "nothing"), "--out", str(det), "--overwrite"]) == 2
+    )
+    assert (det / "index.csv").read_bytes() == index and (det / "model.pt").exists()
+    assert main([*argv, "--overwrite"]) == 0
+    assert (det / "index.csv").read_bytes() != index  # another seed, another split
+    assert not (det / "model.pt").exists()  # trained on the old index: removed
+
+
+def test_build_refuses_a_target_without_boxes(voc, tmp_path, capsys):
+    out = tmp_path / "det"
+    assert main(["detect", "build", str(voc), "--out", str(out), "--target", "unicorn"]) == 2
+    assert "no 'unicorn' box" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_index_and_build_record_are_named(built, weights, tmp_path, capsys):
+    det = copy_of(built, tmp_path)
+    text = (det / "index.csv").read_text()
+    argv = ["detect", "train", str(det), "--epochs", "1", "--backbone-weights", str(weights)]
+    # Cut inside a row (the last row may still parse: its line break is what is missing).
+    for cut in (len(text) // 2 - 7, len(text) // 2 - 3, text.index("\n") + 9):
+        (det / "index.csv").write_text(text[:cut])
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "index.csv" in err and "truncated" in err
+    lines = text.splitlines(keepends=True)
+    (det / "index.csv").write_text("".join(lines[:3]) + "a,b,c\n" + "".join(lines[3:]))
+    assert main(argv) == 2
+    assert "index.csv line 4: malformed row" in capsys.readouterr().err
+    assert not (det / "model.pt").exists()
+    (det / "index.csv").write_text(text)
+    (det / "build.json").write_text('{"target": "cat", "proposals": {"mo')
+    assert main(argv) == 2
+    assert "build.json" in capsys.readouterr().err
+
+
+# -- train -------------------------------------------------------------------------------
+def test_trained_model_is_plain_data(trained):
+    ck = torch.load(trained / "model.pt", weights_only=True)
+    assert set(ck) == {"format", "config", "norm", "state"}
+    cfg = DetectorConfig.from_dict(ck["config"], "model.pt")
+    assert cfg.regressors.cascade and cfg.features.fine_grid == 7
+    s = ck["state"]
+    # The regressors read the RoI grid 3 and the stride-16 7x7 grid; the head only the first.
+    assert s["regressor.weight"].shape == (4, 1280 * 9 + 96 * 49)
+    assert s["regressor2.weight"].shape == (4, 1280 * 9 + 96 * 49)  # the cascade's
+    assert s["head.1.weight"].shape == (256, 1280 * 9)
+    model = Detector.load(trained)
+    assert model.config == cfg and model.regressor2 is not None
+    train = json.loads((trained / "train.json").read_text())
+    assert train["train_boxes"] > 0 and len(train["epochs"]) == 1
+
+
+def test_model_file_that_is_not_plain_data_is_refused(trained, tmp_path, capsys):
+    det = copy_of(trained, tmp_path)
+    marker = tmp_path / "code-ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(det / "model.pt", "wb") as fh:
+        pickle.dump({"format": Evil()}, fh)
+    res = tmp_path / "res"
+    argv = [
+        "detect",
+        "run",
+        str(det / "samples_positives.png"),
+        "--model",
+        str(det),
+        "--out",
+        str(res),
+    ]
+    assert main(argv) == 2
+    assert "model.pt" in capsys.readouterr().err and not marker.exists()
+    (det / "model.pt").write_bytes((trained / "model.pt").read_bytes()[:1000])  # truncated
+    assert main(argv) == 2
+    assert "model.pt" in capsys.readouterr().err
+    ck = torch.load(trained / "model.pt", weights_only=True)
+    ck["config"]["features"]["old_setting"] = 1
+    torch.save(ck, det / "model.pt")
+    with pytest.raises(InputError, match="model.pt.*old_setting"):
+        Detector.load(det)
+
+
+def test_show_writes_sample_grids(trained, tmp_path):
+    det = copy_of(trained, tmp_path)
+    assert main(["detect", "show", str(det)]) == 0
+    assert (det / "samples_positives.png").exists() and (det / "samples_negatives.png").exists()
+
+
+def test_missing_weights_are_named(built, tmp_path, capsys):
+    det = copy_of(built, tmp_path)
+    assert (
+        main(["detect", "train", str(det), "--backbone-weights", str(tmp_path / "none.pth")]) == 2
+    )
+    assert "none.pth: no such weights file" in capsys.readouterr().err
+
+
+def test_train_refuses_to_replace_without_overwrite(trained, weights, tmp_path, capsys):
+    det = copy_of(trained, tmp_path)
+    before = (det / "model.pt").read_bytes()
+    assert (
+        main(["detect", "train", str(det), "--epochs", "1", "--backbone-weights", str(weights)])
+        == 2
+    )
+    assert "--overwrite" in capsys.readouterr().err
+    assert (det / "model.pt").read_bytes() == before
+
+
+# -- run -------------------------------------------------------------------------------
+def test_run_writes_results_and_reports_failures(voc, trained, tmp_path, capsys):
+    out = tmp_path / "dets"
+    argv = [
+        "detect",
+        "run",
+        str(voc / "img1.jpg"),
+        str(voc / "corrupt.jpg"),
+        "--model",
+        str(trained),
+        "--out",
+        str(out),
+        "--score-threshold",
+        "0.0",
+    ]
+    assert main(argv) == 1  # one input failed
+    captured = capsys.readouterr()
+    assert "1 of 2 photos done, 1 failed" in captured.out and "corrupt.jpg" in captured.err
+    rec = json.loads((out / "img1.json").read_text())
+    assert rec["detections"] and (out / "img1.jpg").exists() and len(rec["detections"]) <= 10
+    conf = [d["score"] for d in rec["detections"]]
+    assert conf == sorted(conf, reverse=True) and all(0 <= c < 1 for c in conf)
+    # An earlier run's results are kept unless --overwrite; two inputs with one stem refused.
+    kept = (out / "img1.json").read_bytes(), (out / "img1.jpg").read_bytes()
+    again = [
+        "detect",
+        "run",
+        str(voc / "img1.jpg"),
+        "--model",
+        str(trained),
+        "--out",
+        str(out),
+        "--score-threshold",
+        "0.5",
+    ]
+    inode = (out / "img1.json").stat().st_ino
+    assert main(again) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert ((out / "img1.json").read_bytes(), (out / "img1.jpg").read_bytes()) == kept
+    assert main([*again, "--overwrite"]) == 0
+    assert (out / "img1.json").stat().st_ino != inode  # written anew (temporary, then rename)
+    assert (
+        main(
+            [
+                "detect",
+                "run",
+                str(voc / "img1.jpg"),
+                str(trained / "img1.jpg"),
+                "--model",
+                str(trained),
+                "--out",
+                str(tmp_path / "same"),
+            ]
+        )
+        == 2
+    )
+    assert "different --out" in capsys.readouterr().err
+
+
+# -- eval ------------------------------------------------------------------------------
+def test_eval_keeps_one_record_per_folder_and_reuses_only_a_match(
+    voc, small, trained, tmp_path, capsys
+):
+    det = copy_of(trained, tmp_path)
+    assert main(["detect", "eval", str(voc), "--model", str(det), "--json"]) == 0
+    cap = capsys.readouterr()
+    res = json.loads(cap.out)
+    assert "malformed XML" in cap.err  # the input problems are printed
+    assert res["images"] == 14 and res["gt_boxes"] == 13
+    for k in ("ap50", "map", "precision", "recall", "proposal_recall50"):
+        assert 0 <= res[k] <= 1
+    assert res["seconds_per_image"] > 0
+    assert main(["detect", "eval", str(small), "--model", str(det), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 3
+    recs = sorted((det / "evals").glob("*.json"))
+    assert len(recs) == 2 and len(list((det / "evals").glob("*.md"))) == 2
+    first = next(r for r in recs if r.name.startswith("voc"))
+    fp = json.loads(first.read_text())["fingerprint"]
+    assert fp["voc_dir"] == str(voc.resolve()) and len(fp["model_sha256"]) == 64
+    # Same model, files and settings: reused. Another setting, a changed file, another
+    # model: measured again.
+    assert main(["detect", "eval", str(voc), "--model", str(det)]) == 0
+    assert "reusing" in capsys.readouterr().err
+    nms = ["detect", "eval", str(small), "--model", str(det), "--nms-iou", "0.5"]
+    assert main(nms) == 0
+    assert "reusing" not in capsys.readouterr().err
+    assert main(nms) == 0
+    assert "reusing" in capsys.readouterr().err
+    os.utime(small / "img2.jpg", ns=(1, 1))
+    assert main(nms) == 0
+    assert "reusing" not in capsys.readouterr().err
+    ck = torch.load(det / "model.pt", weights_only=True)
+    ck["state"]["head.4.bias"] += 1
+    torch.save(ck, det / "model.pt")
+    assert main(nms) == 0
+    assert "reusing" not in capsys.readouterr().err
+
+
+def test_course_preset_detection_settings(small, trained, tmp_path, capsys):
+    """Every proposal, every box above the threshold, no NMS; the preset wins over flags."""
+    det = copy_of(trained, tmp_path)
+    assert (
+        main(
+            [
+                "detect",
+                "eval",
+                str(small),
+                "--model",
+                str(det),
+                "--json",
+                "--preset",
+                "course",
+                "--max-proposals",
+                "50",
+            ]
+        )
+        == 0
+    )
+    res = json.loads(capsys.readouterr().out)
+    assert res["settings"]["nms_iou"] == 1.0 and res["settings"]["vote_iou"] == 0.0
+    assert res["settings"]["max_proposals"] == 10**9 and res["settings"]["refine_steps"] == 0
+
+
+def test_course_preset_and_end_to_end(small, weights, tmp_path):
+    det = tmp_path / "det"
+    assert (
+        main(
+            [
+                "detect",
+                "build",
+                str(small),
+                "--out",
+                str(det),
+                "--workers",
+                "1",
+                "--ss-max-side",
+                "0",
+                "--max-neg-per-image",
+                "4",
+                "--pos-iou",
+                "0.8",
+            ]
+        )
+        == 0
+    )
+    # The course project's classifier: 224x224 crops, pooled 1280-d features, no regressor.
+    assert (
+        main(
+            [
+                "detect",
+                "train",
+                str(det),
+                "--epochs",
+                "1",
+                "--backbone-weights",
+                str(weights),
+                "--preset",
+                "course",
+            ]
+        )
+        == 0
+    )
+    ck = torch.load(det / "model.pt", weights_only=True)
+    assert ck["config"]["features"]["mode"] == "crops" and "regressor.weight" not in ck["state"]
+    assert ck["state"]["head.1.weight"].shape == (256, 1280)
+    # End to end: the backbone's weights move too.
+    assert (
+        main(
+            [
+                "detect",
+                "train",
+                str(det),
+                "--epochs",
+                "1",
+                "--backbone-weights",
+                str(weights),
+                "--image-size",
+                "128",
+                "--end-to-end",
+                "--backbone-lr",
+                "0.01",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
+    ck = torch.load(det / "model.pt", weights_only=True)
+    orig = torch.load(weights, weights_only=True)
+    assert not torch.equal(ck["state"]["features.18.0.weight"], orig["features.18.0.weight"])
+
+
+# -- features --------------------------------------------------------------------------
 def test_crop_features_match_one_crop_at_a_time(weights):
-    """Batched crop features (mode "crops") equal the seed's crop-by-crop loop; RoI features
-    of a box do not depend on which other boxes share the call."""
+    """Batched crop features (mode "crops") equal a crop-by-crop loop; RoI features of a box
+    do not depend on which other boxes share the call."""
     from torchvision.models import mobilenet_v2
 
-    from dnnlab.detect.classifier import BoxClassifier, BoxFeatures, CropSpec, crop_batch
+    from dnnlab.detect.features import crop_batch
 
     m = mobilenet_v2(num_classes=1001)
     m.load_state_dict(torch.load(weights, weights_only=True))
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
     boxes = np.array([[0, 0, 60, 50], [30, 20, 119, 89], [10, 40, 50, 80]], np.float32)
-    model = BoxClassifier(m.features, ((0.5,) * 3, (0.5,) * 3),
-                          BoxFeatures("crops", 1, 0.1, crop_size=64)).eval()  # fmt: skip
+    crops = DetectorConfig(
+        features=FeatureSpec("crops", 1, 0.1, crop_size=64), detection=DetectConfig(batch=2)
+    )
+    model = Detector(crops, m.features, NORM).eval()
     with torch.no_grad():
-        batched = model.embed(img, boxes, batch=2)
+        batched = model.embed(img, boxes)
         for i, b in enumerate(boxes):
-            crop = crop_batch(img, b[None], CropSpec(64, 0.1))
+            crop = crop_batch(img, b[None], 64, 0.1)
             one = m.features((crop - 0.5) / 0.5).mean((2, 3))
             assert torch.allclose(batched[i], one[0], atol=1e-4)
-        roi = BoxClassifier(m.features, ((0.5,) * 3, (0.5,) * 3), BoxFeatures(image_size=96))
-        roi.eval()
-        all3 = roi.embed(img, boxes)
+        roi = Detector(DetectorConfig(features=FeatureSpec(image_size=96)), m.features, NORM)
+        all3 = roi.eval().embed(img, boxes)
         assert all3.shape == (3, 1280 * 9 + 96 * 49)
         assert torch.allclose(roi.embed(img, boxes[1:2])[0], all3[1], atol=1e-5)
 
@@ -348,38 +814,42 @@ def test_fine_grid_features_against_direct_roi_align(weights):
     from torchvision.models import mobilenet_v2
     from torchvision.ops import roi_align
 
-    from dnnlab.detect.classifier import FINE_SCALE, BoxClassifier, BoxFeatures
+    from dnnlab.detect.features import FINE_SCALE
 
     m = mobilenet_v2(num_classes=1001)
     m.load_state_dict(torch.load(weights, weights_only=True))
     rng = np.random.default_rng(1)
     img = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
     boxes = np.array([[8, 8, 72, 100], [40, 30, 127, 90]], np.float32)
-    norm = ((0.5,) * 3, (0.5,) * 3)
+
+    def detector(fine):
+        cfg = DetectorConfig(features=FeatureSpec(image_size=128, fine_grid=fine))
+        return Detector(cfg, m.features, NORM).eval()
+
     with torch.no_grad():
-        x = BoxClassifier(m.features, norm, BoxFeatures(image_size=128, fine_grid=5)).eval()
-        x = x.embed(img, boxes)
-        plain = BoxClassifier(m.features, norm, BoxFeatures(image_size=128, fine_grid=0)).eval()
+        x = detector(5).embed(img, boxes)
         assert x.shape == (2, 1280 * 9 + 96 * 25)
-        assert torch.allclose(x[:, : 1280 * 9], plain.embed(img, boxes), atol=1e-5)
+        assert torch.allclose(x[:, : 1280 * 9], detector(0).embed(img, boxes), atol=1e-5)
         t = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.5
         mid = m.features[:14](t)  # 8 x 8 at 128 px: stride 16
         b = torch.from_numpy(boxes)
         w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-        pad = torch.stack([b[:, 0] - 0.2 * w, b[:, 1] - 0.2 * h, b[:, 2] + 0.2 * w,
-                           b[:, 3] + 0.2 * h], 1).clamp(0, 128)  # fmt: skip
+        pad = torch.stack(
+            [b[:, 0] - 0.2 * w, b[:, 1] - 0.2 * h, b[:, 2] + 0.2 * w, b[:, 3] + 0.2 * h], 1
+        ).clamp(0, 128)
         want = roi_align(mid, [pad], 5, 1 / 16, 2, True).flatten(1) * FINE_SCALE
         assert torch.allclose(x[:, 1280 * 9 :], want, atol=1e-4)
 
 
 def test_selective_search_is_reproducible():
     """OpenCV ranks regions with std::rand(): the same photo must give the same list."""
-    from dnnlab.detect.proposals import ProposalConfig, propose
+    from dnnlab.detect.config import ProposalConfig
+    from dnnlab.detect.proposals import propose
 
     rng = np.random.default_rng(3)
     img = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
     img[20:70, 30:90] = (200, 120, 40)
-    a = propose(img, ProposalConfig(max_side=None))
+    a = propose(img, ProposalConfig(max_side=0))
     rng.random(5)  # other random work in between must not matter
-    b = propose(img, ProposalConfig(max_side=None))
+    b = propose(img, ProposalConfig(max_side=0))
     assert len(a) > 10 and np.array_equal(a, b)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 
 
 def _add_si(sub) -> None:
@@ -313,7 +312,8 @@ def _add_study(sub) -> None:
     p.add_argument("--out", default="study", help="study directory (default: study/)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier study")
     p.add_argument("--detector", default=None,
-                   help="a `dnnlab detect` directory whose eval.md and photos/ join the report")
+                   help="a `dnnlab detect` directory whose evaluations and photos/ join the "
+                        "report")
     p.add_argument("--published", default=None,
                    help="a folder of published full studies (each with study.json and runs/) "
                         "whose tables the report shows beside this study's")  # fmt: skip
@@ -341,76 +341,38 @@ def cmd_study(args) -> int:
 
 
 def _add_detect(sub) -> None:
-    from dnnlab.detect.build import BuildConfig
-    from dnnlab.detect.detect import DetectConfig
-    from dnnlab.detect.train import DetTrainConfig
+    from dnnlab.detect import config as c
+    from dnnlab.settings import add_flags
 
-    b, t, d = BuildConfig(), DetTrainConfig(), DetectConfig()
     det = sub.add_parser("detect", help="R-CNN-style detector (build, train, show, run, eval)")
     dsub = det.add_subparsers(dest="detect_command", required=True)
+    preset = dict(choices=sorted(c.PRESETS), default=None,
+                  help="a named set of settings that overrides those flags (course: the "
+                       "original course project's)")
 
-    p = dsub.add_parser("build", help="proposals, IoU labels and the crop index")
+    p = dsub.add_parser("build", help="proposals, IoU labels and the box index")
     p.add_argument("voc_dir", help="folder of VOC .xml files and their images")
     p.add_argument("--out", required=True, help="detector directory")
-    p.add_argument("--target", default=b.target)
-    p.add_argument("--pos-iou", type=float, default=b.pos_iou)
-    p.add_argument("--neg-iou", type=float, default=b.neg_iou)
-    p.add_argument("--min-area", type=float, default=b.min_area)
-    p.add_argument("--max-neg-per-image", type=int, default=b.max_neg_per_image)
-    p.add_argument("--ss-mode", default=b.ss_mode, choices=["fast", "quality", "single"])
-    p.add_argument("--ss-max-side", type=int, default=b.ss_max_side,
-                   help="run selective search on a copy this large (0: full size)")
-    p.add_argument("--workers", type=int, default=b.workers)
-    p.add_argument("--seed", type=int, default=b.seed)
+    p.add_argument("--target", default="cat", help="the class to detect (a VOC <name>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rebuild a folder that holds a trained detector (which is removed)")
+    add_flags(p, c.ProposalConfig)
+    add_flags(p, c.BuildConfig)
     p.set_defaults(func=cmd_detect_build)
 
-    p = dsub.add_parser("train", help="train the head on cached backbone features")
+    p = dsub.add_parser("train", help="the box features, the head and the box regressors")
     p.add_argument("dir", help="detector directory made by `detect build`")
-    p.add_argument("--backbone-weights", default=None,
-                   help="MobileNetV2 state dict (1000 or 1001 classes); default: torchvision's "
-                        "ImageNet weights if cached")  # fmt: skip
-    p.add_argument("--epochs", type=int, default=t.epochs)
-    p.add_argument("--batch-size", type=int, default=t.batch_size)
-    p.add_argument("--lr", type=float, default=t.lr)
-    p.add_argument("--balance", default=t.balance, choices=["ratio", "weights"])
-    p.add_argument("--neg-ratio", type=float, default=t.neg_ratio)
-    p.add_argument("--features", default=t.features, choices=["roi", "crops"],
-                   help="roi: one backbone pass per photo, boxes RoIAligned on its feature map; "
-                        "crops: each box cut, resized and run on its own (the seed's)")  # fmt: skip
-    p.add_argument("--grid", type=int, default=t.grid,
-                   help="grid x grid cells of 1280 features per box (1: pooled, the seed's)")
-    p.add_argument("--context", type=float, default=t.context,
-                   help="pad each box by this fraction of its size per side")
-    p.add_argument("--image-size", type=int, default=t.image_size,
-                   help="roi: the photo's longer side is resized to this")
-    p.add_argument("--crop-size", type=int, default=t.crop_size, help="crops: crop side")
-    p.add_argument("--fine-grid", type=int, default=t.fine_grid,
-                   help="roi: the box regressors also read the box on the stride-16 map in "
-                        "this many x this many cells (0: off)")  # fmt: skip
-    p.add_argument("--no-box-regression", dest="box_regression", action="store_false",
-                   help="do not fit R-CNN's box regressor")
     p.add_argument("--overwrite", action="store_true", help="replace a trained model.pt")
-    p.add_argument("--coarse-min-iou", type=float, default=t.coarse_min_iou,
-                   help="fit the first refinement round's own regressor on boxes down to this "
-                        "IoU with a cat; 0.5 or more: one regressor for every round (R-CNN's)")
-    p.add_argument("--cascade", action="store_true",
-                   help="fit the later rounds' regressor on boxes the first one has moved")
-    p.add_argument("--reg-lambda", type=float, default=t.reg_lambda)
-    p.add_argument("--end-to-end", action="store_true",
-                   help="train the backbone with the head (slow on a CPU)")
-    p.add_argument("--backbone-lr", type=float, default=t.backbone_lr)
-    p.add_argument("--seed-settings", action="store_true",
-                   help="the seed's classifier: 224x224 crops, pooled features, no context, "
-                        "no box regression (overrides those flags)")  # fmt: skip
-    p.add_argument("--device", default=t.device)
+    p.add_argument("--preset", **preset)
+    for cls in (c.FeatureSpec, c.HeadConfig, c.RegressorConfig, c.TrainConfig):
+        add_flags(p, cls)
     p.set_defaults(func=cmd_detect_train)
 
     p = dsub.add_parser("show", help="grids of positive and negative samples")
     p.add_argument("dir")
     p.set_defaults(func=cmd_detect_show)
 
-    for name, helptext in (("run", "detect cats in photos"),
-                           ("eval", "AP50 / mAP on a VOC folder")):
+    for name, helptext in (("run", "detect in photos"), ("eval", "AP50 / mAP on a VOC folder")):
         p = dsub.add_parser(name, help=helptext)
         if name == "run":
             p.add_argument("images", nargs="+")
@@ -422,70 +384,51 @@ def _add_detect(sub) -> None:
             p.add_argument("--json", action="store_true")
             p.add_argument("--draw", default=None, help="also write annotated images here")
         p.add_argument("--model", required=True, help="detector directory with model.pt")
-        p.add_argument("--score-threshold", type=float, default=d.score_threshold)
-        p.add_argument("--nms-iou", type=float, default=d.nms_iou)
-        p.add_argument("--max-detections", type=int, default=d.max_detections)
-        p.add_argument("--max-proposals", type=int, default=d.max_proposals)
-        p.add_argument("--refine-steps", type=int, default=d.refine_steps,
-                       help="box-regression rounds (0: none, 1: R-CNN's)")
-        p.add_argument("--vote-iou", type=float, default=d.vote_iou,
-                       help="box voting and support confidence over the boxes that overlap "
-                            "a detection at this IoU (0: off)")  # fmt: skip
-        p.add_argument("--seed-settings", action="store_true",
-                       help="the seed's detection: every proposal, every box above the "
-                            "threshold, no NMS (overrides those flags)")  # fmt: skip
-        p.add_argument("--device", default="cpu")
+        p.add_argument("--preset", **preset)
+        add_flags(p, c.DetectConfig)
+        p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
         p.set_defaults(func=cmd_detect_run if name == "run" else cmd_detect_eval)
 
 
-def _det_cfg(args):
-    from dnnlab.detect.detect import SEED_DETECT, DetectConfig
+def _load_detector(args):
+    """The detector in --model with the detection flags (and --preset) applied."""
+    from dnnlab.detect.config import DetectConfig, with_preset
+    from dnnlab.detect.detector import Detector
+    from dnnlab.settings import from_args
 
-    cfg = DetectConfig(score_threshold=args.score_threshold, nms_iou=args.nms_iou,
-                       max_detections=args.max_detections, max_proposals=args.max_proposals,
-                       refine_steps=args.refine_steps, vote_iou=args.vote_iou)  # fmt: skip
-    if args.seed_settings:
-        cfg = DetectConfig(**{**asdict(cfg), **SEED_DETECT})
-    return cfg
+    detection = with_preset(from_args(DetectConfig, args), args.preset)
+    return Detector.load(args.model, args.device).with_detection(detection)
 
 
 def cmd_detect_build(args) -> int:
-    from dnnlab.detect.build import BuildConfig, build
+    from dnnlab.detect.build import build
+    from dnnlab.detect.config import BuildConfig, ProposalConfig
+    from dnnlab.detect.voc import Problems
+    from dnnlab.settings import from_args
 
-    cfg = BuildConfig(target=args.target, pos_iou=args.pos_iou, neg_iou=args.neg_iou,
-                      min_area=args.min_area, max_neg_per_image=args.max_neg_per_image,
-                      ss_mode=args.ss_mode, ss_max_side=args.ss_max_side or None,
-                      workers=args.workers, seed=args.seed)  # fmt: skip
-    info = build(args.voc_dir, args.out, cfg, progress=sys.stderr.isatty())
+    info = build(args.voc_dir, args.out, args.target, from_args(ProposalConfig, args),
+                 from_args(BuildConfig, args), progress=sys.stderr.isatty(),
+                 overwrite=args.overwrite)
     pr = info["proposal_recall"]
-    print(f"{info['images']} images ({info['images_by_split']}), crops {info['crops']}, "
+    print(f"{info['images']} images ({info['images_by_split']}), boxes {info['boxes']}, "
           f"{info['proposals_per_image']:.0f} proposals/image, proposal recall "
           f"{pr['recall50']:.3f} @0.5, {pr['recall70']:.3f} @0.7; {info['seconds']} s")
-    from dnnlab.detect.voc import Problems
-
-    probs = Problems()
-    probs.counts.update(info["problems"]["counts"])
-    probs.examples = info["problems"]["examples"]
-    print(probs.summary())
+    print(Problems.from_dict(info["problems"]).summary())
     return 0
 
 
 def cmd_detect_train(args) -> int:
-    from dnnlab.detect.train import SEED_TRAIN, DetTrainConfig, train_detector
+    from dnnlab.detect.config import FeatureSpec, HeadConfig, RegressorConfig, TrainConfig
+    from dnnlab.detect.config import with_preset as preset
+    from dnnlab.detect.train import train_detector
+    from dnnlab.settings import from_args
 
-    cfg = DetTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         balance=args.balance, neg_ratio=args.neg_ratio, features=args.features,
-                         grid=args.grid, context=args.context, image_size=args.image_size,
-                         crop_size=args.crop_size, fine_grid=args.fine_grid,
-                         box_regression=args.box_regression,
-                         coarse_min_iou=args.coarse_min_iou, cascade=args.cascade,
-                         reg_lambda=args.reg_lambda, end_to_end=args.end_to_end,
-                         backbone_lr=args.backbone_lr, backbone_weights=args.backbone_weights,
-                         device=args.device)  # fmt: skip
-    if args.seed_settings:
-        cfg = DetTrainConfig(**{**asdict(cfg), **SEED_TRAIN})
-    s = train_detector(args.dir, cfg, progress=sys.stderr.isatty(), overwrite=args.overwrite)
-    print(f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_crops']} boxes; "
+    s = train_detector(args.dir, preset(from_args(FeatureSpec, args), args.preset),
+                       preset(from_args(HeadConfig, args), args.preset),
+                       preset(from_args(RegressorConfig, args), args.preset),
+                       from_args(TrainConfig, args), progress=sys.stderr.isatty(),
+                       overwrite=args.overwrite)
+    print(f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_boxes']} boxes; "
           f"features {s['feature_seconds']} s, head {s['head_seconds']} s, box regressor "
           f"{s['regressor_seconds']} s")
     return 0
@@ -500,29 +443,48 @@ def cmd_detect_show(args) -> int:
 
 
 def cmd_detect_run(args) -> int:
-    from dnnlab.detect.detect import run_detector
+    from dnnlab.detect.output import run_detector
 
-    for r in run_detector(args.images, args.model, args.out, _det_cfg(args), args.device,
-                          progress=sys.stderr.isatty(), overwrite=args.overwrite):  # fmt: skip
+    detector = _load_detector(args)
+    results = run_detector(args.images, detector, args.out, progress=sys.stderr.isatty(),
+                           overwrite=args.overwrite)
+    for r in results:
         if "error" in r:
             print(f"{r['image']}: {r['error']}", file=sys.stderr)
         else:
-            print(f"{r['image']}: {len(r['detections'])} cats, {r['seconds']:.2f} s")
-    print(f"annotated images and JSON in {args.out}/")
-    return 0
+            print(f"{r['image']}: {len(r['detections'])} detections, {r['seconds']:.2f} s")
+    failed = sum("error" in r for r in results)
+    print(f"{len(results) - failed} of {len(results)} photos done, {failed} failed; "
+          f"annotated images and JSON in {args.out}/")
+    return 1 if failed else 0
 
 
 def cmd_detect_eval(args) -> int:
-    from dnnlab.detect.detect import evaluate, write_eval
+    from dnnlab.detect.evaluate import (
+        SHOWN,
+        evaluate,
+        fingerprint,
+        record_path,
+        stored_result,
+        write_record,
+    )
+    from dnnlab.detect.voc import Problems
 
-    res = evaluate(args.voc_dir, args.model, _det_cfg(args), args.device,
-                   progress=sys.stderr.isatty(), draw_dir=args.draw)  # fmt: skip
-    write_eval(args.model, args.voc_dir, res)
+    detector = _load_detector(args)
+    fp = fingerprint(args.voc_dir, args.model, detector)
+    res = None if args.draw else stored_result(args.model, args.voc_dir, fp)
+    if res is not None:
+        print(f"reusing {record_path(args.model, args.voc_dir)}: same model, files and "
+              "settings", file=sys.stderr)
+    else:
+        res = evaluate(args.voc_dir, detector, progress=sys.stderr.isatty(),
+                       draw_dir=args.draw)
+        write_record(args.model, args.voc_dir, fp, res)
+    print(Problems.from_dict(res["problems"]).summary(), file=sys.stderr)
     if args.json:
         print(json.dumps(res))
     else:
-        for k in ("ap50", "map", "precision", "recall", "proposal_recall50",
-                  "seconds_per_image"):  # fmt: skip
+        for k in SHOWN:
             print(f"{k:<20}{res[k]:.4f}")
     return 0
 

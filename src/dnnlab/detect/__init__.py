@@ -1,1 +1,3 @@
-"""R-CNN-style detector: selective search, IoU labels, frozen MobileNetV2 + head, NMS, mAP."""
+"""R-CNN-style detector, in stages: build (voc, proposals, labelling, build) -> train
+(features, train, boxreg) -> detect (detector, selection) -> evaluate / output.
+The trained detector is `detector.Detector`; its settings are `config.DetectorConfig`."""

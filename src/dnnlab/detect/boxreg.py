@@ -1,49 +1,38 @@
-"""R-CNN's bounding-box regression: a ridge regression from a proposal's features to the
-offsets (dx, dy, dw, dh) that move it onto its ground-truth box.
+"""Fitting R-CNN's box regressors: ridge regressions from a box's features to the offsets
+(dx, dy, dw, dh) that move it onto its target box (training only; detection applies them
+with boxes.apply_deltas).
 
 Selective search's boxes are loose; the classifier alone can only pick among them, so the
 best-scoring box is often a cat's head or a cat plus a sofa. Girshick et al. (R-CNN, 2014,
-appendix C) fit this regressor on the frozen features and gained 3-4 mAP points; on
-cats-voc it moves the top box over the IoU 0.5 line on many photos (docs/RESULTS.md).
+appendix C) fit this regressor on the frozen features and gained 3-4 mAP points.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+from torchvision.ops import box_iou
 
-
-def box_deltas(props: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """R-CNN's targets: centre shift in units of the proposal's size, log size ratio."""
-    pw, ph = props[:, 2] - props[:, 0], props[:, 3] - props[:, 1]
-    gw, gh = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
-    dx = (gt[:, 0] + gw / 2 - props[:, 0] - pw / 2) / pw
-    dy = (gt[:, 1] + gh / 2 - props[:, 1] - ph / 2) / ph
-    return torch.stack([dx, dy, torch.log(gw / pw), torch.log(gh / ph)], 1)
-
-
-def apply_deltas(props: torch.Tensor, d: torch.Tensor, width: float, height: float) -> torch.Tensor:
-    pw, ph = props[:, 2] - props[:, 0], props[:, 3] - props[:, 1]
-    cx = props[:, 0] + pw / 2 + d[:, 0] * pw
-    cy = props[:, 1] + ph / 2 + d[:, 1] * ph
-    # A size change beyond e^±2 is never a real correction; clamp as Fast R-CNN does.
-    w = pw * torch.exp(d[:, 2].clamp(-2, 2))
-    h = ph * torch.exp(d[:, 3].clamp(-2, 2))
-    out = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
-    out[:, [0, 2]] = out[:, [0, 2]].clamp(0, width)
-    out[:, [1, 3]] = out[:, [1, 3]].clamp(0, height)
-    return out
+from dnnlab.detect.boxes import box_deltas
+from dnnlab.detect.build import group_by_image
+from dnnlab.detect.config import RegressorConfig
+from dnnlab.detect.voc import load_rgb
+from dnnlab.errors import InputError
 
 
 def fit_ridge(x: torch.Tensor, targets: torch.Tensor, lam: float) -> nn.Linear:
-    """The ridge solution as a Linear layer, in float64.
+    """The ridge solution of x (n, d) -> targets (n, 4) as a Linear layer, in float64.
 
     Solved in the dual (n x n) form: the features are wider (1280 x grid^2) than there are
     training boxes (a few thousand), so this is the cheaper and better-conditioned system.
     """
     if len(x) == 0:
-        raise ValueError("no proposal overlaps a ground-truth box at IoU >= 0.5: nothing to "
-                         "fit the box regressor on")  # fmt: skip
+        raise InputError(
+            "no indexed box overlaps a target box enough to fit the box "
+            "regressor on: nothing to fit"
+        )
     x = x.double()
     t = targets.double()
     mu, tmu = x.mean(0), t.mean(0)
@@ -56,3 +45,53 @@ def fit_ridge(x: torch.Tensor, targets: torch.Tensor, lam: float) -> nn.Linear:
         layer.weight.copy_(w.T.float())
         layer.bias.copy_((tmu - mu @ w).float())
     return layer
+
+
+def fit_regressor(
+    feats: torch.Tensor, rows: list[dict], idx, lam: float, min_iou: float
+) -> nn.Linear:
+    """Ridge on the rows of idx that have a target box at IoU >= min_iou."""
+    use = [i for i in idx if rows[i]["gt"] is not None and rows[i]["iou"] >= min_iou]
+    props = torch.tensor([rows[i]["box"] for i in use], dtype=torch.float32).reshape(-1, 4)
+    gt = torch.tensor([rows[i]["gt"] for i in use], dtype=torch.float32).reshape(-1, 4)
+    return fit_ridge(feats[use], box_deltas(props, gt), lam)
+
+
+def fit_regressors(feats: torch.Tensor, rows: list[dict], idx, cfg: RegressorConfig):
+    """(first round's regressor, later rounds' or None): coarse then fine, or R-CNN's one."""
+    fine = fit_regressor(feats, rows, idx, cfg.reg_lambda, cfg.reg_min_iou)
+    if not cfg.two:
+        return fine, None
+    return fit_regressor(feats, rows, idx, cfg.reg_lambda, cfg.coarse_min_iou), fine
+
+
+@torch.no_grad()
+def fit_cascade(detector, rows: list[dict], idx, cfg: RegressorConfig, progress=True):
+    """The later rounds' regressor: every row of idx within cascade_min_iou of a target box
+    is moved by the detector's first regressor, re-read, and regressed onto its target box
+    from where it now stands (rows that end below reg_min_iou are left out)."""
+    from tqdm.auto import tqdm
+
+    near = [i for i in idx if rows[i]["gt"] is not None and rows[i]["iou"] >= cfg.cascade_min_iou]
+    dev = detector.mean.device
+    xs, bs, gs = [], [], []
+    for image, ids in tqdm(
+        group_by_image(rows, near).items(),
+        desc="cascade regressor",
+        unit="img",
+        disable=not progress,
+    ):
+        img = load_rgb(Path(image))
+        h, w = img.shape[:2]
+        features = detector.box_features(img)
+        b0 = torch.tensor([rows[i]["box"] for i in ids], dtype=torch.float32, device=dev)
+        gt = torch.tensor([rows[i]["gt"] for i in ids], dtype=torch.float32, device=dev)
+        # float16 round trip: the first regressor was fitted on the cache's rounded values
+        b1 = detector.refine(features(b0).half().float(), b0, h, w)
+        ok = torch.diag(box_iou(b1, gt)) >= cfg.reg_min_iou
+        xs.append(features(b1[ok]).half().float().cpu())
+        bs.append(b1[ok].cpu())
+        gs.append(gt[ok].cpu())
+    if not xs:
+        return None
+    return fit_ridge(torch.cat(xs), box_deltas(torch.cat(bs), torch.cat(gs)), cfg.reg_lambda)

@@ -1,5 +1,7 @@
 """`dnnlab detect build`: proposals, IoU labels and one index file of (image, box, label).
 
+OUT/index.csv holds one row per labelled box; OUT/build.json the settings (the detector's
+target and proposal settings, the labelling settings) and the input problems found.
 Nothing is written into the VOC folder: proposals are cached under OUT/cache/proposals.
 """
 
@@ -9,42 +11,26 @@ import csv
 import io
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchvision.ops import box_iou
 
-from dnnlab.detect.labelling import label_proposals
-from dnnlab.detect.proposals import ProposalConfig, proposal_recall, proposals_for
+from dnnlab.detect.config import BuildConfig, ProposalConfig
+from dnnlab.detect.labelling import label_proposals, sample_rows
+from dnnlab.detect.proposals import proposal_recall, proposals_for
 from dnnlab.detect.voc import Problems, read_voc_dir
+from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 
-
-@dataclass
-class BuildConfig:
-    target: str = "cat"
-    pos_iou: float = 0.5  # the seed's; R-CNN used 0.5 too, stricter (0.7) localizes better
-    neg_iou: float = 0.5  # the seed's; 0.3 as in R-CNN leaves a band ignored
-    min_area: float = 0.0
-    # A seeded sample per image: proposals on other-class boxes first, then up to half of it
-    # near misses (IoU 0.1 to neg_iou with a cat, as Fast R-CNN's negatives: parts of the cat,
-    # the cat plus surroundings), then the rest at random.
-    max_neg_per_image: int = 48
-    val_frac: float = 0.3
-    seed: int = 0
-    ss_mode: str = "fast"
-    ss_max_side: int | None = 320  # 0.8 s a 640x640 photo here; 500 takes 3 s
-    max_proposals: int = 2000
-    workers: int = 2
-
-
+SPLITS = ("train", "val")
 INDEX_COLS = ["image", "x1", "y1", "x2", "y2", "label", "iou", "split", "gx1", "gy1", "gx2", "gy2"]
+# What a trained detector adds to a build folder: stale once the index is rebuilt.
+TRAINED_FILES = ("model.pt", "train.json", "head_curves.png")
 
 
 def split_images(n: int, val_frac: float, seed: int) -> np.ndarray:
-    """'train'/'val' per image (by image, never by crop), seeded."""
+    """'train'/'val' per image (by image, never by box), seeded."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     n_val = int(round(n * val_frac)) if n > 1 else 0
@@ -53,81 +39,167 @@ def split_images(n: int, val_frac: float, seed: int) -> np.ndarray:
     return out
 
 
-def build(voc_dir, out, cfg: BuildConfig = BuildConfig(), progress=True) -> dict:  # noqa: B008
+def check_build_target(out: Path, overwrite: bool) -> None:
+    """Refuse to replace a build that a trained detector came from, unless overwrite."""
+    trained = out / "model.pt"
+    if trained.exists() and not overwrite:
+        raise InputError(
+            f"{trained} holds a detector trained on this folder's index; pass "
+            "--overwrite to rebuild (the trained detector is then removed), or "
+            "build into another folder"
+        )
+
+
+def build(
+    voc_dir,
+    out,
+    target: str = "cat",
+    proposals: ProposalConfig | None = None,
+    cfg: BuildConfig | None = None,
+    progress=True,
+    overwrite=False,
+) -> dict:
+    """Write OUT/index.csv and OUT/build.json; returns build.json's content."""
+    proposals, cfg = proposals or ProposalConfig(), cfg or BuildConfig()
     t0 = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_build_target(out, overwrite)
     problems = Problems()
-    items = read_voc_dir(voc_dir, problems, cfg.target)
-    if not items:
-        raise ValueError(f"{voc_dir}: no usable annotated image ({problems.summary()})")
-    pcfg = ProposalConfig(cfg.ss_mode, cfg.ss_max_side, cfg.max_proposals)
-    props = proposals_for([i.image for i in items], pcfg, out / "cache" / "proposals",
-                          cfg.workers, progress)  # fmt: skip
-    recall = proposal_recall(props, [i.boxes(cfg.target) for i in items])
+    items = read_voc_dir(voc_dir, problems, target)  # every input checked before any write
+    if not any(len(i.boxes(target)) for i in items):
+        raise InputError(
+            f"{voc_dir}: no {target!r} box in any usable annotation; nothing to "
+            f"train on (--target {target}; {problems.summary()})"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    props = proposals_for(
+        [i.image for i in items], proposals, out / "cache" / "proposals", cfg.workers, progress
+    )
     splits = split_images(len(items), cfg.val_frac, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     rows = []
-    counts = {"train": [0, 0], "val": [0, 0]}
     for item, p, split in zip(items, props, splits, strict=True):
-        boxes, labels, ious, match = label_proposals(p, item.boxes(cfg.target), cfg.pos_iou,
-                                              cfg.neg_iou, cfg.min_area)  # fmt: skip
-        neg = rng.permutation(np.flatnonzero(labels == 0))
-        hard = item.other_boxes(cfg.target)
-        first = np.zeros(len(neg), bool)
-        if len(hard) and len(neg):
-            on_other = box_iou(torch.from_numpy(boxes[neg]), torch.from_numpy(hard)).max(1)
-            first = on_other.values.numpy() >= 0.5
-        near = ~first & (ious[neg] >= 0.1)
-        near_idx = np.flatnonzero(near)[: cfg.max_neg_per_image // 2]
-        rest = np.setdiff1d(np.flatnonzero(~first), near_idx, assume_unique=True)
-        neg = np.concatenate([neg[first], neg[near_idx], neg[rest]])
-        keep = np.concatenate([np.flatnonzero(labels == 1), np.sort(neg[: cfg.max_neg_per_image])])
-        for k in keep:
-            x1, y1, x2, y2 = (float(v) for v in boxes[k])
-            gt = ["" if np.isnan(v) else f"{float(v):.2f}" for v in match[k]]
-            rows.append([str(item.image.resolve()), f"{x1:.2f}", f"{y1:.2f}", f"{x2:.2f}",
-                         f"{y2:.2f}", int(labels[k]), f"{float(ious[k]):.4f}", split,
-                         *gt])  # fmt: skip
-            counts[split][int(labels[k])] += 1
+        rows += photo_rows(item, p, split, target, cfg, rng)
+    counts = {s: [sum(r[5] == k for r in rows if r[7] == s) for k in (0, 1)] for s in SPLITS}
+    if counts["train"][1] == 0:
+        raise InputError(f"{voc_dir}: no {target!r} box among the training photos")
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(INDEX_COLS)
-    w.writerows(rows)
-    atomic_write_text(out / "index.csv", buf.getvalue())
+    csv.writer(buf).writerows([INDEX_COLS, *rows])
     info = {
+        "target": target,
+        "proposals": asdict(proposals),
         "config": asdict(cfg),
         "voc_dir": str(Path(voc_dir).resolve()),
         "images": len(items),
-        "images_by_split": {s: int((splits == s).sum()) for s in ("train", "val")},
-        "crops": {s: {"negative": c[0], "positive": c[1]} for s, c in counts.items()},
+        "images_by_split": {s: int((splits == s).sum()) for s in SPLITS},
+        "boxes": {s: {"negative": c[0], "positive": c[1]} for s, c in counts.items()},
         "proposals_per_image": float(np.mean([len(p) for p in props])),
-        "proposal_recall": recall,
+        "proposal_recall": proposal_recall(props, [i.boxes(target) for i in items]),
         "problems": problems.to_dict(),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    atomic_write_text(out / "index.csv", buf.getvalue())
     atomic_write_json(out / "build.json", info)
+    # The new index is in place: a detector trained on the old one no longer describes it.
+    for name in TRAINED_FILES:
+        (out / name).unlink(missing_ok=True)
     return info
 
 
+def photo_rows(item, props, split: str, target: str, cfg: BuildConfig, rng) -> list[list]:
+    """One photo's index rows (INDEX_COLS): its proposals labelled, then sampled."""
+    boxes, labels, ious, match = label_proposals(
+        props, item.boxes(target), cfg.pos_iou, cfg.neg_iou, cfg.min_area
+    )
+    hard = item.other_boxes(target)
+    keep = sample_rows(
+        boxes, labels, ious, hard, rng, cfg.max_neg_per_image, cfg.near_iou, cfg.hard_iou
+    )
+    image = str(item.image.resolve())
+    return [
+        [
+            image,
+            *(f"{float(v):.2f}" for v in boxes[k]),
+            int(labels[k]),
+            f"{float(ious[k]):.4f}",
+            split,
+            *("" if np.isnan(v) else f"{float(v):.2f}" for v in match[k]),
+        ]
+        for k in keep
+    ]
+
+
 def read_index(out) -> list[dict]:
+    """The rows of OUT/index.csv, with box, label, iou and gt (the matched target box or
+    None) parsed; a missing, truncated or malformed file is an InputError naming it."""
     f = Path(out) / "index.csv"
-    if not f.exists():
-        raise FileNotFoundError(f"{f}: no index; run `dnnlab detect build VOC_DIR --out {out}`")
-    with open(f, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    missing = [c for c in INDEX_COLS if rows and c not in rows[0]]
-    if missing:
-        raise ValueError(f"{f}: made by an older dnnlab (no column {', '.join(missing)}); "
-                         "rebuild it with `dnnlab detect build`")  # fmt: skip
-    for r in rows:
-        r["box"] = [float(r[k]) for k in ("x1", "y1", "x2", "y2")]
-        r["label"] = int(r["label"])
-        r["iou"] = float(r["iou"])
-        g = [r[k] for k in ("gx1", "gy1", "gx2", "gy2")]
-        r["gt"] = [float(v) for v in g] if all(g) else None
+    if not f.is_file():
+        raise InputError(f"{f}: no index; run `dnnlab detect build VOC_DIR --out {out}`")
+    try:
+        text = f.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{f}: cannot be read ({e})") from None
+    if not text.endswith("\n"):  # every row the build writes ends with a line break
+        raise InputError(
+            f"{f}: truncated (its last line is incomplete); rebuild it with `dnnlab detect build`"
+        )
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        if header != INDEX_COLS:
+            raise InputError(
+                f"{f}: not a dnnlab detector index (header {header}); "
+                "rebuild it with `dnnlab detect build`"
+            )
+        rows = [_index_row(r, f, n) for n, r in enumerate(reader, start=2)]
+    except csv.Error as e:
+        raise InputError(f"{f}: cannot be read as CSV ({e})") from None
+    if not rows:
+        raise InputError(f"{f}: holds no boxes; rebuild it with `dnnlab detect build`")
     return rows
 
 
-def build_info(out) -> dict:
-    return json.loads((Path(out) / "build.json").read_text())
+def _index_row(r: list[str], f: Path, line: int) -> dict:
+    try:
+        if len(r) != len(INDEX_COLS):
+            raise ValueError(f"{len(r)} fields, not {len(INDEX_COLS)}")
+        d = dict(zip(INDEX_COLS, r, strict=True))
+        d["box"] = [float(d[k]) for k in ("x1", "y1", "x2", "y2")]
+        d["label"] = int(d["label"])
+        d["iou"] = float(d["iou"])
+        g = [d[k] for k in ("gx1", "gy1", "gx2", "gy2")]
+        d["gt"] = [float(v) for v in g] if all(g) else None
+        if d["label"] not in (0, 1) or d["split"] not in ("train", "val"):
+            raise ValueError(f"label {d['label']}, split {d['split']!r}")
+    except ValueError as e:
+        raise InputError(
+            f"{f} line {line}: malformed row ({e}); the file is truncated or "
+            "edited: rebuild it with `dnnlab detect build`"
+        ) from None
+    return d
+
+
+def read_build(out) -> dict:
+    """OUT/build.json; a missing or malformed file is an InputError naming it."""
+    f = Path(out) / "build.json"
+    if not f.is_file():
+        raise InputError(f"{f}: no build record; run `dnnlab detect build VOC_DIR --out {out}`")
+    try:
+        info = json.loads(f.read_text())
+        info["proposals"] = ProposalConfig(**info["proposals"])
+        if not isinstance(info["target"], str):
+            raise TypeError("target is not a string")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(
+            f"{f}: not a dnnlab build record ({type(e).__name__}: {e}); rebuild "
+            "with `dnnlab detect build`"
+        ) from None
+    return info
+
+
+def group_by_image(rows: list[dict], idx=None) -> dict[str, list[int]]:
+    """{image path: its row numbers}, in first-seen order, over idx (default: every row)."""
+    by_image: dict[str, list[int]] = {}
+    for i in range(len(rows)) if idx is None else idx:
+        by_image.setdefault(rows[i]["image"], []).append(i)
+    return by_image

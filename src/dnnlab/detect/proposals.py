@@ -5,22 +5,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from dnnlab.detect.config import ProposalConfig
 from dnnlab.detect.voc import load_rgb
-
-
-@dataclass(frozen=True)
-class ProposalConfig:
-    mode: str = "fast"  # fast | quality | single
-    max_side: int | None = 320  # run on a copy whose longer side is at most this
-    max_proposals: int = 2000
-    min_size: float = 10.0  # pixels, in the original image
 
 
 @functools.cache
@@ -67,7 +60,7 @@ def _selective_search(img_rgb: np.ndarray, mode: str) -> np.ndarray:
 
 
 def propose(img_rgb: np.ndarray, cfg: ProposalConfig) -> np.ndarray:
-    """Boxes (x1, y1, x2, y2) in the image's own pixel coordinates, float32."""
+    """Boxes (n, 4) as (x1, y1, x2, y2) in the image's own pixel coordinates, float32."""
     import cv2
 
     h, w = img_rgb.shape[:2]
@@ -75,8 +68,11 @@ def propose(img_rgb: np.ndarray, cfg: ProposalConfig) -> np.ndarray:
     small = img_rgb
     if cfg.max_side and max(h, w) > cfg.max_side:
         scale = cfg.max_side / max(h, w)
-        small = cv2.resize(img_rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
-                           interpolation=cv2.INTER_AREA)  # fmt: skip
+        small = cv2.resize(
+            img_rgb,
+            (max(1, round(w * scale)), max(1, round(h * scale))),
+            interpolation=cv2.INTER_AREA,
+        )
     r = _selective_search(small, cfg.mode)
     boxes = np.stack([r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]], 1) / scale
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
@@ -85,7 +81,7 @@ def propose(img_rgb: np.ndarray, cfg: ProposalConfig) -> np.ndarray:
     keep = (bw >= cfg.min_size) & (bh >= cfg.min_size)
     boxes = boxes[keep]
     # Selective search lists its regions roughly from most to least likely; keep that order.
-    return boxes[: cfg.max_proposals].astype(np.float32)
+    return boxes[: cfg.max_boxes].astype(np.float32)
 
 
 def cache_key(image: Path, cfg: ProposalConfig) -> str:
@@ -107,8 +103,9 @@ def _work(args):
     return boxes
 
 
-def proposals_for(images: list[Path], cfg: ProposalConfig, cache_dir, workers: int = 2,
-                  progress: bool = True) -> list[np.ndarray]:  # fmt: skip
+def proposals_for(
+    images: list[Path], cfg: ProposalConfig, cache_dir, workers: int = 2, progress: bool = True
+) -> list[np.ndarray]:
     """Proposals for every image, from the cache when there; computed ones are cached."""
     from tqdm.auto import tqdm
 
@@ -136,5 +133,8 @@ def proposal_recall(props: list[np.ndarray], gts: list[np.ndarray]) -> dict[str,
         best = box_iou(torch.from_numpy(g), torch.from_numpy(p)).max(1).values
         hit50 += int((best >= 0.5).sum())
         hit70 += int((best >= 0.7).sum())
-    return {"recall50": hit50 / total if total else float("nan"),
-            "recall70": hit70 / total if total else float("nan"), "gt_boxes": total}
+    return {
+        "recall50": hit50 / total if total else float("nan"),
+        "recall70": hit70 / total if total else float("nan"),
+        "gt_boxes": total,
+    }

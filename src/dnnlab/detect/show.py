@@ -1,4 +1,4 @@
-"""`dnnlab detect show`: grids of positive and negative training crops, like the seed's."""
+"""`dnnlab detect show`: grids of positive and negative indexed boxes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from dnnlab.detect.build import read_index
-from dnnlab.detect.classifier import CropSpec, crop_batch
+from dnnlab.detect.features import crop_batch
 from dnnlab.detect.voc import load_rgb
 from dnnlab.utils.atomic import atomic_savefig
 
@@ -28,12 +28,16 @@ def show_samples(out, n: int = 16, seed: int = 0) -> list[Path]:
             continue
         pick = [pick[i] for i in rng.permutation(len(pick))[:n]]
         cols = 4
-        fig, axes = plt.subplots((len(pick) + cols - 1) // cols, cols, figsize=(8, 2.1 * (
-            (len(pick) + cols - 1) // cols)), squeeze=False)  # fmt: skip
+        fig, axes = plt.subplots(
+            (len(pick) + cols - 1) // cols,
+            cols,
+            figsize=(8, 2.1 * ((len(pick) + cols - 1) // cols)),
+            squeeze=False,
+        )
         for ax in axes.flat:
             ax.axis("off")
         for ax, r in zip(axes.flat, pick, strict=False):
-            crop = crop_batch(load_rgb(Path(r["image"])), np.array([r["box"]]), CropSpec(112))
+            crop = crop_batch(load_rgb(Path(r["image"])), np.array([r["box"]]), 112, 0.0)
             ax.imshow(crop[0].permute(1, 2, 0).numpy())
             ax.set_title(f"IoU {float(r['iou']):.2f}", fontsize=8)
         fig.suptitle(f"{name} (label {label})")

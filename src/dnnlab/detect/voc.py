@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dnnlab.errors import InputError
+
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -30,15 +32,22 @@ class VocImage:
     width: int
     height: int
     objects: list[VocObject]
+    dropped: list[str] = field(default_factory=list)  # class names of unusable boxes
 
     def boxes(self, target: str, include_difficult: bool = True) -> np.ndarray:
-        return np.array([o.box for o in self.objects if o.name == target
-                         and (include_difficult or not o.difficult)],
-                        dtype=np.float32).reshape(-1, 4)  # fmt: skip
+        return np.array(
+            [
+                o.box
+                for o in self.objects
+                if o.name == target and (include_difficult or not o.difficult)
+            ],
+            dtype=np.float32,
+        ).reshape(-1, 4)
 
     def other_boxes(self, target: str) -> np.ndarray:
-        return np.array([o.box for o in self.objects if o.name != target],
-                        dtype=np.float32).reshape(-1, 4)  # fmt: skip
+        return np.array(
+            [o.box for o in self.objects if o.name != target], dtype=np.float32
+        ).reshape(-1, 4)
 
 
 @dataclass
@@ -57,12 +66,18 @@ class Problems:
     def summary(self) -> str:
         if not self.counts:
             return "no problems found in the input"
-        lines = [f"{n} x {k}" + (f" (e.g. {self.examples[k][0]})" if self.examples.get(k) else "")
-                 for k, n in sorted(self.counts.items())]  # fmt: skip
+        lines = [
+            f"{n} x {k}" + (f" (e.g. {self.examples[k][0]})" if self.examples.get(k) else "")
+            for k, n in sorted(self.counts.items())
+        ]
         return "input problems: " + "; ".join(lines)
 
     def to_dict(self) -> dict:
         return {"counts": dict(self.counts), "examples": self.examples}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Problems:
+        return cls(Counter(d.get("counts", {})), dict(d.get("examples", {})))
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -109,7 +124,11 @@ def parse_voc(xml_path: Path, problems: Problems) -> VocImage | None:
     except (ET.ParseError, OSError) as e:
         problems.add("malformed XML", where, str(e))
         return None
-    img = _find_image(xml_path, root.findtext("filename"))
+    try:
+        img = _find_image(xml_path, root.findtext("filename"))
+    except (OSError, ValueError) as e:  # e.g. a <filename> longer than the system allows
+        problems.add("unusable <filename>", where, str(e)[:200])
+        return None
     if img is None:
         problems.add("XML without its image", where, f"no image {root.findtext('filename')!r}")
         return None
@@ -118,7 +137,7 @@ def parse_voc(xml_path: Path, problems: Problems) -> VocImage | None:
     except Exception as e:
         problems.add("unreadable image", str(img), str(e))
         return None
-    objects = []
+    objects, dropped = [], []
     for k, obj in enumerate(root.iter("object")):
         name = (obj.findtext("name") or "").strip()
         bb = obj.find("bndbox")
@@ -129,36 +148,50 @@ def parse_voc(xml_path: Path, problems: Problems) -> VocImage | None:
             x2, y2 = _num(bb, "xmax", where), _num(bb, "ymax", where)
         except ValueError as e:
             problems.add("bad box", f"{where} object {k}", str(e))
+            dropped.append(name)
             continue
         cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
         cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
         if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-            problems.add("box outside the image (clipped)", f"{where} object {k}",
-                         f"({x1}, {y1}, {x2}, {y2}) in {width}x{height}")  # fmt: skip
+            problems.add(
+                "box outside the image (clipped)",
+                f"{where} object {k}",
+                f"({x1}, {y1}, {x2}, {y2}) in {width}x{height}",
+            )
         if cx2 <= cx1 or cy2 <= cy1:
-            problems.add("box of zero area (dropped)", f"{where} object {k}",
-                         f"({x1}, {y1}, {x2}, {y2})")  # fmt: skip
+            problems.add(
+                "box of zero area (dropped)", f"{where} object {k}", f"({x1}, {y1}, {x2}, {y2})"
+            )
+            dropped.append(name)
             continue
         difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true")
         objects.append(VocObject(name, (cx1, cy1, cx2, cy2), difficult))
-    return VocImage(xml_path, img, width, height, objects)
+    return VocImage(xml_path, img, width, height, objects, dropped)
 
 
 def read_voc_dir(folder, problems: Problems, target: str = "cat") -> list[VocImage]:
-    """Every annotated image of a folder; images without XML are skipped, and counted."""
+    """Every usable annotated image of a folder; each problem is counted in `problems`.
+
+    A photo whose `target` box was unusable is dropped (its target would be unlabelled:
+    every box on it would count as a negative, and every detection as false).
+    """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a directory of VOC XML files and images")
+        raise InputError(f"{folder}: not a directory of VOC XML files and images")
     xmls = sorted(folder.glob("*.xml"))
     if not xmls:
-        raise FileNotFoundError(f"{folder}: no .xml annotations found")
+        raise InputError(f"{folder}: no .xml annotations found")
     out = []
     for x in xmls:
         item = parse_voc(x, problems)
         if item is None:
             continue
+        if target in item.dropped:
+            problems.add(f"photo with an unusable {target!r} box (photo dropped)", str(x))
+            continue
         if not any(o.name == target for o in item.objects):
-            problems.add(f"image without a {target!r} object (all proposals negative)",
-                         str(item.image))  # fmt: skip
+            problems.add(
+                f"image without a {target!r} object (all proposals negative)", str(item.image)
+            )
         out.append(item)
     return out

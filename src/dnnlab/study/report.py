@@ -192,9 +192,11 @@ img{max-width:100%;display:block;margin:0.5em 0}.note{color:#666;font-size:0.9em
 
 
 def detector_section(det: Path) -> tuple[str, str, list[Path]]:
-    """The detector's eval.md and its annotated photos, for the report."""
+    """The detector's evaluation records (one per evaluated folder) and its annotated
+    photos, for the report."""
     det = Path(det)
-    text = (det / "eval.md").read_text() if (det / "eval.md").exists() else "(not evaluated)"
+    evals = sorted((det / "evals").glob("*.md"))
+    text = "\n".join(e.read_text() for e in evals) if evals else "(not evaluated)"
     pics = sorted((det / "photos").glob("*.jpg"))[:6] if (det / "photos").is_dir() else []
     return ("Cat detector (R-CNN style)", text, pics)
 

@@ -1,0 +1,361 @@
+"""What a trained detector is: one `DetectorConfig` made of one section per stage.
+
+    target       the class it finds (a VOC <name>)
+    proposals    selective search (used by `detect build` and again at detection)
+    features     how a box becomes numbers (the backbone's maps, RoI grids or crops)
+    head         the classifier on the first `features.head_dim` numbers
+    regressors   the ridge box regressors on all of them
+    detection    what happens to the scored boxes (threshold, NMS, rounds, voting)
+
+The stages' own settings, which a trained detector does not need, are here too: BuildConfig
+(labelling and sampling the index) and TrainConfig (the head's recipe, the backbone weights).
+Each setting is declared once, with its help text and valid range (dnnlab.settings); the
+command-line flags are generated from these declarations; `--preset course` (PRESETS) sets
+the original course project's values over them. No torch import: the CLI builds
+its parser from this module without loading the detector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from dnnlab.errors import InputError
+from dnnlab.settings import setting, validate
+
+
+@dataclass(frozen=True)
+class ProposalConfig:
+    mode: str = setting(
+        "fast", "selective-search strategy", choices=("fast", "quality", "single"), flag="--ss-mode"
+    )
+    max_side: int = setting(
+        320,
+        "run selective search on a copy whose longer side is at most "
+        "this many pixels (0: full size)",
+        low=0,
+        flag="--ss-max-side",
+    )
+    max_boxes: int = setting(
+        2000, "selective search's first boxes kept per photo", low=1, flag="--ss-max-boxes"
+    )
+    min_size: float = setting(
+        10.0, "drop proposals narrower or lower than this (pixels)", low=0, flag="--ss-min-size"
+    )
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How a box becomes a feature vector.
+
+    mode "roi": the backbone runs once on the whole photo (longer side resized to
+    image_size) and each box is RoIAligned on its last map into grid x grid cells of 1280
+    channels (SPP-net / Fast R-CNN). mode "crops": each box is cut, resized to crop_size
+    and run through the backbone on its own; grid 1 is a globally pooled 1280-d vector.
+    fine_grid (roi only; 0: off) appends the box read on the stride-16 map as fine_grid x
+    fine_grid cells of 96 channels: only the box regressors read that part.
+    """
+
+    mode: str = setting(
+        "roi",
+        "roi: one backbone pass per photo, boxes RoIAligned on its "
+        "maps; crops: each box cut, resized and run on its own",
+        choices=("roi", "crops"),
+        flag="--features",
+    )
+    grid: int = setting(3, "grid x grid cells of 1280 features per box (1: pooled)", low=1, high=16)
+    context: float = setting(
+        0.2, "pad each box by this fraction of its size per side", low=0, high=2
+    )
+    image_size: int = setting(
+        640, "roi: the photo's longer side is resized to this", low=32, high=4096
+    )
+    crop_size: int = setting(224, "crops: the side each box is resized to", low=32, high=1024)
+    fine_grid: int = setting(
+        7,
+        "roi: the box regressors also read the box on the stride-16 "
+        "map in this many x this many cells (0: off)",
+        low=0,
+        high=16,
+    )
+
+    def __post_init__(self):
+        validate(self)
+
+    @property
+    def head_dim(self) -> int:
+        """The head's part of the features: the last map's grid."""
+        return BACKBONE_CHANNELS * self.grid * self.grid
+
+    @property
+    def fine(self) -> int:
+        """Cells per side of the fine grid in use (crops have no photo-wide map)."""
+        return self.fine_grid if self.mode == "roi" else 0
+
+    @property
+    def dim(self) -> int:
+        return self.head_dim + FINE_CHANNELS * self.fine * self.fine
+
+
+# MobileNetV2: the last map has 1280 channels; features[13] ends the stride-16 stage (96).
+BACKBONE_CHANNELS, FINE_LAYER, FINE_CHANNELS = 1280, 13, 96
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Dropout, Linear(head_dim -> hidden), ReLU, Dropout, Linear(hidden -> 2)."""
+
+    hidden: int = setting(256, "the head's hidden units", low=1, flag="--head-hidden")
+    dropout: float = setting(
+        0.2, "the head's dropout probability", low=0, high=1, high_open=True, flag="--head-dropout"
+    )
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass(frozen=True)
+class RegressorConfig:
+    """R-CNN's ridge box regressors: the first round's fitted on rows down to
+    coarse_min_iou, the later rounds' on rows from reg_min_iou (or, with cascade, on boxes
+    the first one has moved)."""
+
+    box_regression: bool = setting(True, "fit R-CNN's ridge box regressors")
+    reg_lambda: float = setting(1000.0, "ridge penalty", low=0, low_open=True)
+    reg_min_iou: float = setting(
+        0.5,
+        "the later rounds' regressor is fitted on rows at least this close (IoU) to a target box",
+        low=0,
+        high=1,
+        low_open=True,
+    )
+    coarse_min_iou: float | None = setting(
+        0.3,
+        "the first round's own regressor is fitted on "
+        "rows down to this IoU; reg-min-iou or more: one "
+        "regressor for every round",
+        low=0,
+        high=1,
+        low_open=True,
+    )
+    cascade: bool = setting(
+        False,
+        "fit the later rounds' regressor on boxes the first one has "
+        "moved (rows from --cascade-min-iou)",
+    )
+    cascade_min_iou: float = setting(
+        0.3,
+        "rows the cascade moves and refits (IoU with a target box)",
+        low=0,
+        high=1,
+        low_open=True,
+    )
+
+    def __post_init__(self):
+        validate(self)
+
+    @property
+    def two(self) -> bool:
+        """Whether the first round has its own (coarse) regressor."""
+        return self.coarse_min_iou is not None and self.coarse_min_iou < self.reg_min_iou
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """From scored proposals to detections (see selection.select)."""
+
+    score_threshold: float = setting(
+        0.5, "keep boxes whose probability exceeds this", low=0, high=1
+    )
+    nms_iou: float = setting(0.3, "non-maximum suppression IoU (1: none)", low=0, high=1)
+    max_detections: int = setting(10, "detections kept per photo", low=1)
+    max_proposals: int = setting(
+        2000, "proposals scored per photo, after dropping near-duplicates", low=1
+    )
+    prefilter_iou: float = setting(
+        0.8,
+        "near-duplicate proposals above this IoU are dropped (1: none)",
+        low=0,
+        high=1,
+        low_open=True,
+    )
+    batch: int = setting(16, "crops per backbone batch (features crops)", low=1)
+    refine_steps: int = setting(2, "box-regression rounds (0: none, 1: R-CNN's)", low=0, high=10)
+    vote_iou: float = setting(
+        0.5,
+        "box voting and support confidence over the boxes that "
+        "overlap a detection at this IoU (0: off)",
+        low=0,
+        high=1,
+    )
+    support_scale: float = setting(
+        10.0, "confidence 1 - exp(-support / this) (0: the classifier's probability)", low=0
+    )
+
+    def __post_init__(self):
+        validate(self)
+
+
+# -- the stages' own settings (not part of a trained detector) ----------------------------
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How proposals are labelled and sampled into the index."""
+
+    pos_iou: float = setting(
+        0.5,
+        "positive when the best IoU with a target box is at least this",
+        low=0,
+        high=1,
+        low_open=True,
+    )
+    neg_iou: float = setting(
+        0.5,
+        "negative when the best IoU with a target box is below this (the band between is ignored)",
+        low=0,
+        high=1,
+    )
+    min_area: float = setting(0.0, "drop proposals smaller than this many pixels", low=0)
+    max_neg_per_image: int = setting(48, "negatives indexed per photo", low=0)
+    near_iou: float = setting(
+        0.1,
+        "negatives at least this close to a target box are sampled "
+        "first, up to half of --max-neg-per-image",
+        low=0,
+        high=1,
+    )
+    hard_iou: float = setting(
+        0.5,
+        "negatives this close to another class's box are sampled before all others",
+        low=0,
+        high=1,
+    )
+    val_frac: float = setting(
+        0.3, "fraction of the photos held out for validation", low=0, high=1, high_open=True
+    )
+    seed: int = setting(0, "random seed of the split and the negative sample")
+    workers: int = setting(2, "selective-search processes", low=1, high=64)
+
+    def __post_init__(self):
+        validate(self)
+        if self.neg_iou > self.pos_iou:
+            raise InputError(f"--neg-iou {self.neg_iou} must not exceed --pos-iou {self.pos_iou}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The head's recipe: Adam, StepLR, negatives subsampled to neg_ratio x positives."""
+
+    epochs: int = setting(10, "epochs", low=1, high=10000)
+    batch_size: int = setting(32, "boxes per step (head on cached features)", low=1)
+    lr: float = setting(0.005, "the head's learning rate (Adam)", low=0, low_open=True)
+    step_size: int = setting(3, "StepLR: epochs between learning-rate drops", low=1)
+    gamma: float = setting(0.3, "StepLR: the factor of each drop", low=0, high=1, low_open=True)
+    balance: str = setting(
+        "ratio",
+        "ratio: subsample negatives to --neg-ratio x positives; "
+        "weights: keep all with class weights",
+        choices=("ratio", "weights"),
+    )
+    neg_ratio: float = setting(
+        1.0, "negatives per positive (--balance ratio)", low=0, low_open=True
+    )
+    end_to_end: bool = setting(False, "train the backbone with the head (slow on a CPU)")
+    backbone_lr: float = setting(
+        1e-4, "the backbone's learning rate (--end-to-end)", low=0, low_open=True
+    )
+    backbone_weights: str | None = setting(
+        None,
+        "MobileNetV2 state dict (1000 or 1001 classes); "
+        "default: torchvision's ImageNet weights if cached",
+    )
+    seed: int = setting(0, "random seed of the head's initialisation, sampling and batches")
+    device: str = setting("cpu", "cpu, cuda or cuda:N")
+
+    def __post_init__(self):
+        validate(self)
+
+
+SECTIONS = {
+    "proposals": ProposalConfig,
+    "features": FeatureSpec,
+    "head": HeadConfig,
+    "regressors": RegressorConfig,
+    "detection": DetectConfig,
+}
+
+# The original course project's detector: 224 x 224 crops, pooled features, no context, no
+# box regression; at detection every proposal, every box above the threshold, no NMS.
+PRESETS = {
+    "course": {
+        "features": dict(mode="crops", grid=1, context=0.0, fine_grid=0),
+        "regressors": dict(box_regression=False, cascade=False),
+        "detection": dict(
+            nms_iou=1.0,
+            max_detections=10**9,
+            max_proposals=10**9,
+            prefilter_iou=1.0,
+            refine_steps=0,
+            vote_iou=0.0,
+        ),
+    }
+}
+
+
+def with_preset(section_cfg, name: str | None):
+    """A section's config with a preset's values for that section (None: unchanged)."""
+    if name is None:
+        return section_cfg
+    if name not in PRESETS:
+        raise InputError(f"--preset: unknown preset {name!r}; one of {', '.join(PRESETS)}")
+    key = next(k for k, c in SECTIONS.items() if isinstance(section_cfg, c))
+    return replace(section_cfg, **PRESETS[name].get(key, {}))
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    target: str = "cat"
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    regressors: RegressorConfig = field(default_factory=RegressorConfig)
+    detection: DetectConfig = field(default_factory=DetectConfig)
+
+    def __post_init__(self):
+        if not isinstance(self.target, str) or not self.target.strip():
+            raise InputError(f"--target: {self.target!r} is not a class name")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d, where: str) -> DetectorConfig:
+        """The config stored in `where` (a file name, for errors): exactly the known keys."""
+        if not isinstance(d, dict):
+            raise InputError(f"{where}: the detector's config is not a mapping")
+        _same_keys(d, ["target", *SECTIONS], where, "config")
+        parts = {}
+        for name, c in SECTIONS.items():
+            sec = d[name]
+            if not isinstance(sec, dict):
+                raise InputError(f"{where}: config section {name!r} is not a mapping")
+            _same_keys(sec, [f.name for f in fields(c)], where, f"config section {name!r}")
+            try:
+                parts[name] = c(**sec)
+            except InputError as e:
+                raise InputError(f"{where}: config section {name!r}: {e}") from None
+        return cls(target=d["target"], **parts)
+
+
+def _same_keys(d: dict, want: list[str], where: str, what: str) -> None:
+    unknown = sorted(set(d) - set(want))
+    missing = [k for k in want if k not in d]
+    if unknown or missing:
+        raise InputError(
+            f"{where}: {what} does not match this dnnlab (unknown keys: "
+            f"{unknown or 'none'}; missing: {missing or 'none'}); "
+            "retrain the detector"
+        )

@@ -1,0 +1,180 @@
+"""`dnnlab detect eval`: AP50 and COCO mAP of a detector on a VOC folder, kept as one record
+per evaluated folder (MODEL_DIR/evals/NAME.json and .md) with a fingerprint of its inputs:
+the model file's content hash, the folder's file list (names, sizes, modification times) and
+the settings. A stored record is reused only when all of it matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from dnnlab.detect.detector import MODEL_FILE, Detector
+from dnnlab.detect.output import draw
+from dnnlab.detect.proposals import proposal_recall
+from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
+from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
+
+MATCH_IOU = 0.5  # a detection is true when it covers an unmatched target box this well
+EVALS = "evals"
+SHOWN = (
+    "ap50",
+    "map",
+    "precision",
+    "recall",
+    "proposal_recall50",
+    "proposal_recall70",
+    "seconds_per_image",
+)
+
+
+def match_detections(boxes: np.ndarray, gt: np.ndarray, iou: float = MATCH_IOU) -> np.ndarray:
+    """Greedy matching, detections (k, 4) taken in the given order (best first) against
+    target boxes (g, 4): detection d is true (True in the (k,) result) when the target box
+    it overlaps most is not yet taken and overlaps it at IoU >= iou; it then takes it."""
+    hit = np.zeros(len(boxes), bool)
+    if len(boxes) == 0 or len(gt) == 0:
+        return hit
+    ious = box_iou(
+        torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        torch.as_tensor(gt, dtype=torch.float32).reshape(-1, 4),
+    )
+    taken = set()
+    for d in range(len(boxes)):
+        j = int(ious[d].argmax())
+        if ious[d, j] >= iou and j not in taken:
+            taken.add(j)
+            hit[d] = True
+    return hit
+
+
+def evaluate(voc_dir, detector: Detector, progress=True, draw_dir: Path | None = None) -> dict:
+    """AP50 and COCO mAP (torchmetrics) of the detections as configured (threshold, NMS,
+    top-K), precision/recall at the threshold, proposal recall, seconds per photo, and the
+    input problems found."""
+    from torchmetrics.detection import MeanAveragePrecision
+    from tqdm.auto import tqdm
+
+    target = detector.config.target
+    problems = Problems()
+    items = read_voc_dir(voc_dir, problems, target)
+    # COCO's rule: at most 100 detections per photo count (only the course preset, without
+    # NMS, reaches it); said once in the record rather than warned per photo.
+    metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy")
+    metric.warn_on_many_detections = False
+    tp = fp = n_gt = 0
+    secs, props_all, gts = [], [], []
+    for item in tqdm(items, desc="evaluate", unit="img", disable=not progress):
+        try:
+            img = load_rgb(item.image)
+        except Exception as e:
+            problems.add("unreadable image", str(item.image), str(e))
+            continue
+        r = detector.detect(img)
+        gt = item.boxes(target)
+        secs.append(r.seconds)
+        props_all.append(r.proposals)
+        gts.append(gt)
+        metric.update([_as_metric(r.boxes, r.scores)], [_as_metric(gt)])
+        hit = match_detections(r.boxes, gt)
+        tp, fp, n_gt = tp + int(hit.sum()), fp + int((~hit).sum()), n_gt + len(gt)
+        if draw_dir is not None:
+            draw(img, r.boxes, r.scores, Path(draw_dir) / f"{item.image.stem}.jpg", target, gt)
+    m = metric.compute()
+    rec = proposal_recall(props_all, gts)
+    return {
+        "ap50": float(m["map_50"]),
+        "map": float(m["map"]),
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / n_gt if n_gt else float("nan"),
+        "proposal_recall50": rec["recall50"],
+        "proposal_recall70": rec["recall70"],
+        "seconds_per_image": statistics.median(secs) if secs else float("nan"),
+        "mean_seconds_per_image": statistics.fmean(secs) if secs else float("nan"),
+        "images": len(secs),
+        "gt_boxes": n_gt,
+        "settings": detector.config.to_dict()["detection"],
+        "problems": problems.to_dict(),
+    }
+
+
+def _as_metric(boxes: np.ndarray, scores: np.ndarray | None = None) -> dict:
+    """One photo's boxes (k, 4) (and scores) in torchmetrics' form, one class."""
+    d = {
+        "boxes": torch.from_numpy(boxes).float().reshape(-1, 4),
+        "labels": torch.zeros(len(boxes), dtype=torch.long),
+    }
+    if scores is not None:
+        d["scores"] = torch.from_numpy(scores).float()
+    return d
+
+
+def fingerprint(voc_dir, model_dir, detector: Detector) -> dict:
+    """What an evaluation's figures depend on: the model file's bytes, every file of the
+    folder (name, size, modification time) and the detector's whole config."""
+    folder = Path(voc_dir).resolve()
+    h = hashlib.sha256()
+    with open(Path(model_dir) / MODEL_FILE, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    listing = []
+    for p in sorted(folder.iterdir()):
+        st = p.stat()
+        listing.append([p.name, st.st_size, st.st_mtime_ns])
+    files = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+    return {
+        "model_sha256": h.hexdigest(),
+        "voc_dir": str(folder),
+        "files": len(listing),
+        "files_sha256": files,
+        "config": detector.config.to_dict(),
+    }
+
+
+def record_path(model_dir, voc_dir) -> Path:
+    """MODEL_DIR/evals/NAME-HASH.json: one record per evaluated folder."""
+    folder = Path(voc_dir).resolve()
+    tag = hashlib.sha256(str(folder).encode()).hexdigest()[:8]
+    return Path(model_dir) / EVALS / f"{folder.name}-{tag}.json"
+
+
+def stored_result(model_dir, voc_dir, fp: dict) -> dict | None:
+    """The stored result for this folder when its fingerprint equals fp, else None."""
+    path = record_path(model_dir, voc_dir)
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("fingerprint") != fp:
+        return None
+    return rec.get("result")
+
+
+def write_record(model_dir, voc_dir, fp: dict, result: dict) -> Path:
+    """The folder's record as JSON and as markdown (what the study report shows)."""
+    path = record_path(model_dir, voc_dir)
+    atomic_write_json(path, {"fingerprint": fp, "result": result})
+    md = [
+        "# Detector evaluation",
+        "",
+        f"Data: `{fp['voc_dir']}` ({result['images']} images, {result['gt_boxes']} boxes); "
+        f"model.pt sha256 `{fp['model_sha256'][:16]}`",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    md += [f"| {k} | {result[k]:.4f} |" for k in SHOWN]
+    md += [
+        "",
+        f"Settings: `{json.dumps(result['settings'])}`",
+        "",
+        f"Input: {Problems.from_dict(result['problems']).summary()}",
+    ]
+    atomic_write_text(path.with_suffix(".md"), "\n".join(md) + "\n")
+    return path

@@ -1,0 +1,93 @@
+"""`dnnlab detect run`'s outputs: an annotated image and a JSON record per photo, written
+only where they replace nothing (unless overwrite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dnnlab.detect.detector import Detector
+from dnnlab.detect.voc import load_rgb
+from dnnlab.errors import InputError
+from dnnlab.utils.atomic import atomic_write_json
+
+
+def draw(img: np.ndarray, boxes, scores, path: Path, label: str, gt=None) -> None:
+    """The photo with detections (red, "label score") and target boxes (green), as JPEG."""
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(img)
+    d = ImageDraw.Draw(im)
+    for g in gt if gt is not None else []:
+        d.rectangle([float(v) for v in g], outline=(0, 200, 0), width=2)
+    for box, sc in zip(boxes, scores, strict=True):
+        d.rectangle([float(v) for v in box], outline=(255, 40, 40), width=3)
+        d.text((float(box[0]) + 3, float(box[1]) + 2), f"{label} {sc:.2f}", fill=(255, 255, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.jpg")
+    im.save(tmp, quality=90)
+    tmp.replace(path)
+
+
+def check_outputs(images: list[Path], out_dir: Path, overwrite: bool) -> None:
+    """Each photo writes STEM.json and STEM.jpg: refuse two inputs with one stem, and (unless
+    overwrite) outputs an earlier run left in out_dir, before any work is done."""
+    seen: dict[str, Path] = {}
+    for p in images:
+        if p.stem in seen:
+            raise InputError(
+                f"{seen[p.stem]} and {p} would both be written as "
+                f"{out_dir / p.stem}.json/.jpg; run them into different --out "
+                "folders"
+            )
+        seen[p.stem] = p
+    if overwrite:
+        return
+    old = [
+        out_dir / f"{p.stem}{ext}"
+        for p in images
+        for ext in (".json", ".jpg")
+        if (out_dir / f"{p.stem}{ext}").exists()
+    ]
+    if old:
+        more = f" and {len(old) - 3} more" if len(old) > 3 else ""
+        raise InputError(
+            f"{', '.join(map(str, old[:3]))}{more}: an earlier run's results; "
+            "pass --overwrite to replace them, or another --out"
+        )
+
+
+def run_detector(
+    images, detector: Detector, out_dir, progress=True, overwrite: bool = False
+) -> list[dict]:
+    """Detect on each photo; one record per input: {"image", "detections", "seconds"}, or
+    {"image", "error"} for a photo that could not be read (the others go on)."""
+    from tqdm.auto import tqdm
+
+    images = [Path(i) for i in images]
+    out_dir = Path(out_dir)
+    check_outputs(images, out_dir, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for p in tqdm(images, desc="detect", unit="img", disable=not progress):
+        try:
+            img = load_rgb(p)
+        except Exception as e:
+            results.append({"image": str(p), "error": f"unreadable image: {e}"})
+            continue
+        r = detector.detect(img)
+        dets = [
+            {"box": [round(float(v), 1) for v in b], "score": round(float(s), 4)}
+            for b, s in zip(r.boxes, r.scores, strict=True)
+        ]
+        rec = {
+            "image": str(p),
+            "target": detector.config.target,
+            "detections": dets,
+            "seconds": round(r.seconds, 3),
+        }
+        atomic_write_json(out_dir / f"{p.stem}.json", rec)
+        draw(img, r.boxes, r.scores, out_dir / f"{p.stem}.jpg", detector.config.target)
+        results.append(rec)
+    return results
