@@ -53,15 +53,19 @@ def main() -> None:
         t_old = timed(lambda: old_key(root), args.repeats)
         t_new = timed(lambda: _source_key(root), args.repeats)
         data = load_cifar10(root)  # converts once (into $DNNLAB_CACHE)
-        t_id = timed(lambda: tensor_identity(data.train_x, data.train_y, data.test_x,
-                                             data.test_y), args.repeats)
+        t_id = timed(
+            lambda: tensor_identity(data.train_x, data.train_y, data.test_x, data.test_y),
+            args.repeats,
+        )
         t_load = timed(lambda: load_cifar10(root), args.repeats)
     print(f"tree of {n_files} files; median of {args.repeats} runs each, same process")
     print(f"{'what':<42}{'seconds':>10}{'x old key':>11}")
-    for name, t in (("old key (top-level mtimes)", t_old),
-                    ("new key (every member's path/size/mtime)", t_new),
-                    ("identity hash (once per conversion)", t_id),
-                    ("cached load_cifar10 (new key + read)", t_load)):
+    for name, t in (
+        ("old key (top-level mtimes)", t_old),
+        ("new key (every member's path/size/mtime)", t_new),
+        ("identity hash (once per conversion)", t_id),
+        ("cached load_cifar10 (new key + read)", t_load),
+    ):
         print(f"{name:<42}{t:>10.3f}{t / t_old:>11.1f}")
 
 

@@ -26,11 +26,25 @@ import numpy as np
 import torch
 
 # The 17 probed layers of `base` (dnnlab.cifar.models) and their widths.
-BASE_LAYERS = [("conv1", 32768), ("elu1", 32768), ("conv2", 65536), ("elu2", 65536),
-               ("maxpool1", 16384), ("resblock1", 16384), ("conv3", 32768), ("elu3", 32768),
-               ("maxpool2", 8192), ("conv4", 16384), ("elu4", 16384), ("maxpool3", 4096),
-               ("resblock2", 4096), ("avgpool", 256), ("flatten", 256), ("fc1", 256),
-               ("fc2", 10)]  # fmt: skip
+BASE_LAYERS = [
+    ("conv1", 32768),
+    ("elu1", 32768),
+    ("conv2", 65536),
+    ("elu2", 65536),
+    ("maxpool1", 16384),
+    ("resblock1", 16384),
+    ("conv3", 32768),
+    ("elu3", 32768),
+    ("maxpool2", 8192),
+    ("conv4", 16384),
+    ("elu4", 16384),
+    ("maxpool3", 4096),
+    ("resblock2", 4096),
+    ("avgpool", 256),
+    ("flatten", 256),
+    ("fc1", 256),
+    ("fc2", 10),
+]
 
 
 def make_data(n: int, d: int, seed: int, out=None):
@@ -91,8 +105,12 @@ def child(which: str, args) -> dict:
 
         p = fit_linear(x, y, max_memory=args.max_memory)
         out["values"] = {"train_accuracy": p.train_accuracy}
-        out.update(form=p.form, refine_steps=p.refine_steps, fallback=p.fallback,
-                   stages={k: round(v, 2) for k, v in p.timings.items()})
+        out.update(
+            form=p.form,
+            refine_steps=p.refine_steps,
+            fallback=p.fallback,
+            stages={k: round(v, 2) for k, v in p.timings.items()},
+        )
     else:  # cka: one layer's features at a time, as the probe gives them
         from dnnlab.separability.cka import CkaMatrix
 
@@ -113,8 +131,21 @@ def child(which: str, args) -> dict:
 
 
 def spawn(which: str, args, **extra) -> dict:
-    cmd = [sys.executable, __file__, args.what, "--child", which, "--n", str(args.n), "--d",
-           str(args.d), "--seed", str(args.seed), "--max-memory", args.max_memory]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        args.what,
+        "--child",
+        which,
+        "--n",
+        str(args.n),
+        "--d",
+        str(args.d),
+        "--seed",
+        str(args.seed),
+        "--max-memory",
+        args.max_memory,
+    ]
     for k, v in extra.items():
         cmd += [f"--{k}", str(v)]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -139,52 +170,83 @@ def main() -> int:
     ap.add_argument("--spill", default=None, help="directory for CKA's spilled Grams")
     ap.add_argument("--repeat", type=int, default=1, help="linear: rounds of SI, linear")
     args = ap.parse_args()
-    defaults = {"linear": (9000, 16384, "2GB"), "wide": (9000, 65536, "2GB"),
-                "cka": (5000, 0, "4GB")}  # fmt: skip
+    defaults = {
+        "linear": (9000, 16384, "2GB"),
+        "wide": (9000, 65536, "2GB"),
+        "cka": (5000, 0, "4GB"),
+    }
     n, d, mem = defaults[args.what]
     args.n, args.d = args.n or n, args.d or d
     args.max_memory = args.max_memory or mem
     if args.child:
         print(json.dumps(child(args.child, args)))
         return 0
-    print(f"# threads={torch.get_num_threads()} cpus={os.cpu_count()} torch={torch.__version__}"
-          f" max_memory={args.max_memory}")  # fmt: skip
+    print(
+        f"# threads={torch.get_num_threads()} cpus={os.cpu_count()} torch={torch.__version__}"
+        f" max_memory={args.max_memory}"
+    )
     if args.what == "linear":
         print(f"N={args.n} D={args.d}")
         for rep in range(args.repeat):  # alternate, so both see the same contention
             si = spawn("si", args)
             lin = spawn("linear", args)
             for name, r in (("SI core", si), ("linear", lin)):
-                print(f"  {name:<8} " + (r["error"] if "error" in r else
-                      f"{r['seconds']:8.2f} s  +{gib(r['peak_added'])}  {r['values']}"
-                      + (f" {r['form']} form, {r['refine_steps']} refinement steps, fallback="
-                         f"{r['fallback']}, stages (s) {r['stages']}" if name == "linear"
-                         else "")))  # fmt: skip
+                print(
+                    f"  {name:<8} "
+                    + (
+                        r["error"]
+                        if "error" in r
+                        else f"{r['seconds']:8.2f} s  +{gib(r['peak_added'])}  {r['values']}"
+                        + (
+                            f" {r['form']} form, {r['refine_steps']} refinement steps, fallback="
+                            f"{r['fallback']}, stages (s) {r['stages']}"
+                            if name == "linear"
+                            else ""
+                        )
+                    )
+                )
             if "error" not in si and "error" not in lin:
-                print(f"  round {rep + 1}: linear / SI core: time "
-                      f"x{lin['seconds'] / si['seconds']:.2f}, "
-                      f"memory x{lin['peak_added'] / si['peak_added']:.2f}", flush=True)
+                print(
+                    f"  round {rep + 1}: linear / SI core: time "
+                    f"x{lin['seconds'] / si['seconds']:.2f}, "
+                    f"memory x{lin['peak_added'] / si['peak_added']:.2f}",
+                    flush=True,
+                )
     elif args.what == "wide":
         with tempfile.TemporaryDirectory(dir=args.spill) as tmp:
             path = str(Path(tmp) / "wide.npy")
-            mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
-                                           shape=(args.n, args.d))  # fmt: skip
+            mm = np.lib.format.open_memmap(
+                path, mode="w+", dtype=np.float32, shape=(args.n, args.d)
+            )
             _, y = make_data(args.n, args.d, args.seed, out=mm)
             mm.flush()
             del mm
             np.save(path + ".y.npy", y.numpy())
             r = spawn("wide", args, file=path)
         print(f"N={args.n} D={args.d} (features memory-mapped, {gib(args.n * args.d * 4)})")
-        print("  linear   " + (r["error"] if "error" in r else
-              f"{r['seconds']:8.2f} s  +{gib(r['peak_added'])}  {r['values']} {r['form']} form"
-              f", {r['refine_steps']} refinement steps, stages (s) {r['stages']}"))  # fmt: skip
+        print(
+            "  linear   "
+            + (
+                r["error"]
+                if "error" in r
+                else f"{r['seconds']:8.2f} s  +{gib(r['peak_added'])}  {r['values']} "
+                f"{r['form']} form"
+                f", {r['refine_steps']} refinement steps, stages (s) {r['stages']}"
+            )
+        )
     else:
         r = spawn("cka", args, **({"spill": args.spill} if args.spill else {}))
         dims = sum(d for _, d in BASE_LAYERS)
         print(f"CKA: {len(BASE_LAYERS)} layers of base (sum D = {dims}), N={args.n}")
-        print("  " + (r["error"] if "error" in r else
-              f"{r['seconds']:8.2f} s (+{r['generate_seconds']:.1f} s generating features)  "
-              f"+{gib(r['peak_added'])}  {r['values']}"))  # fmt: skip
+        print(
+            "  "
+            + (
+                r["error"]
+                if "error" in r
+                else f"{r['seconds']:8.2f} s (+{r['generate_seconds']:.1f} s generating features)  "
+                f"+{gib(r['peak_added'])}  {r['values']}"
+            )
+        )
     return 0
 
 

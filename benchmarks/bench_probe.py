@@ -48,31 +48,48 @@ def main() -> int:
     data = load_cifar10(args.data_root)
     tr, va = split_indices(data.train_y, 5000, 0)
     t20 = tr[stratified_subset(data.train_y[tr], 9000, 0)]
-    all_splits = {"train20": (data.train_x[t20], data.train_y[t20]),
-                  "val": (data.train_x[va], data.train_y[va]),
-                  "test": (data.test_x, data.test_y)}  # fmt: skip
+    all_splits = {
+        "train20": (data.train_x[t20], data.train_y[t20]),
+        "val": (data.train_x[va], data.train_y[va]),
+        "test": (data.test_x, data.test_y),
+    }
     splits = {k: all_splits[k] for k in args.splits.split(",")}
     model = load_model_checkpoint(args.weights, "base")[0] if args.weights else build_model("base")
     base_rss = current_rss()
     t0 = time.perf_counter()
-    res = probe_model(model, splits, ProbeConfig(splits=tuple(splits), max_memory=args.max_memory),
-                      input_fn=to_input, progress=True)  # fmt: skip
+    res = probe_model(
+        model,
+        splits,
+        ProbeConfig(splits=tuple(splits), max_memory=args.max_memory),
+        input_fn=to_input,
+        progress=True,
+    )
     total = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     seed_way = max(layer_memory_estimate(res.layers, x.shape[0]) for x, _ in splits.values())
-    print(f"layers: {len(res.layers)}; rows: {len(res.rows)}; forward groups per split: "
-          f"{res.groups}; threads {torch.get_num_threads()}")
-    print(f"all layers' features of the largest split at once (the seed's way): "
-          f"{seed_way / 2**30:.1f} GiB")
-    print(f"process before probing {base_rss / 2**30:.2f} GiB (data and model loaded); peak "
-          f"{peak / 2**30:.2f} GiB; the probe added at most {(peak - base_rss) / 2**30:.2f} GiB;"
-          f" budget {args.max_memory}; forward batch {res.batch_size}; chain {res.chain}")
+    print(
+        f"layers: {len(res.layers)}; rows: {len(res.rows)}; forward groups per split: "
+        f"{res.groups}; threads {torch.get_num_threads()}"
+    )
+    print(
+        f"all layers' features of the largest split at once (the seed's way): "
+        f"{seed_way / 2**30:.1f} GiB"
+    )
+    print(
+        f"process before probing {base_rss / 2**30:.2f} GiB (data and model loaded); peak "
+        f"{peak / 2**30:.2f} GiB; the probe added at most {(peak - base_rss) / 2**30:.2f} GiB;"
+        f" budget {args.max_memory}; forward batch {res.batch_size}; chain {res.chain}"
+    )
     for sp in res.spilled:
-        print(f"  spilled {sp['split']}/{sp['layer']}: {sp['bytes'] / 2**30:.2f} GiB "
-              f"({sp['dtype']}) to {sp['folder']}")
-    print(f"probe total {total:.1f} s = forward {res.forward_seconds:.1f} s + core "
-          f"{res.core_seconds:.1f} s + other; total / core = {total / res.core_seconds:.3f} "
-          "(target <= 1.25)")
+        print(
+            f"  spilled {sp['split']}/{sp['layer']}: {sp['bytes'] / 2**30:.2f} GiB "
+            f"({sp['dtype']}) to {sp['folder']}"
+        )
+    print(
+        f"probe total {total:.1f} s = forward {res.forward_seconds:.1f} s + core "
+        f"{res.core_seconds:.1f} s + other; total / core = {total / res.core_seconds:.3f} "
+        "(target <= 1.25)"
+    )
     for r in res.rows:
         if r["layer"] == "avgpool":
             print(f"  {r['split']:<8} avgpool SI {r['si']:.4f} CSI {r['csi']:.4f}")

@@ -101,8 +101,22 @@ def child(which: str, n: int, d: int, seed: int, device: str, max_memory: str) -
 
 
 def spawn(which, n, d, seed, device, max_memory, timeout) -> dict:
-    cmd = [sys.executable, __file__, "--child", which, "--n", str(n), "--d", str(d),
-           "--seed", str(seed), "--device", device, "--max-memory", max_memory]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        which,
+        "--n",
+        str(n),
+        "--d",
+        str(d),
+        "--seed",
+        str(seed),
+        "--device",
+        device,
+        "--max-memory",
+        max_memory,
+    ]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -131,25 +145,40 @@ def main() -> int:
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.n[0], args.d[0], args.seed, args.device,
-                               args.max_memory)))  # fmt: skip
+        print(
+            json.dumps(
+                child(args.child, args.n[0], args.d[0], args.seed, args.device, args.max_memory)
+            )
+        )
         return 0
     if args.large:
         args.n, args.d, args.only = [50000], [4096], "dnnlab"
-    print(f"# device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}"
-          f" cpus={os.cpu_count()} max_memory={args.max_memory}")  # fmt: skip
-    print("# GB = peak memory of the process (CPU: ru_maxrss, including the interpreter and the"
-          " input data; CUDA: peak allocated)\n# +GB = peak above the process with its data"
-          " loaded, i.e. what the method itself needs")
-    print("     N      D | ref s  ref GB ref +GB | dnn s  dnn GB dnn +GB | time x  mem x +mem x"
-          " | block refined | mm GF/s gemm GF/s ratio | SI     CSI    agree")  # fmt: skip
+    print(
+        f"# device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}"
+        f" cpus={os.cpu_count()} max_memory={args.max_memory}"
+    )
+    print(
+        "# GB = peak memory of the process (CPU: ru_maxrss, including the interpreter and the"
+        " input data; CUDA: peak allocated)\n# +GB = peak above the process with its data"
+        " loaded, i.e. what the method itself needs"
+    )
+    print(
+        "     N      D | ref s  ref GB ref +GB | dnn s  dnn GB dnn +GB | time x  mem x +mem x"
+        " | block refined | mm GF/s gemm GF/s ratio | SI     CSI    agree"
+    )
     rows = []
     for n in args.n:
         for d in args.d:
-            ref = {} if args.only == "dnnlab" else spawn("ref", n, d, args.seed, args.device,
-                                                         args.max_memory, args.timeout)
-            ours = {} if args.only == "ref" else spawn("dnnlab", n, d, args.seed, args.device,
-                                                       args.max_memory, args.timeout)
+            ref = (
+                {}
+                if args.only == "dnnlab"
+                else spawn("ref", n, d, args.seed, args.device, args.max_memory, args.timeout)
+            )
+            ours = (
+                {}
+                if args.only == "ref"
+                else spawn("dnnlab", n, d, args.seed, args.device, args.max_memory, args.timeout)
+            )
             rows.append({"n": n, "d": d, "ref": ref, "dnnlab": ours})
             print(fmt_row(n, d, ref, ours), flush=True)
     if args.json:
@@ -174,8 +203,10 @@ def fmt_row(n, d, ref, ours) -> str:
     s = f"{n:>6} {d:>6} | {part(ref)} | {part(ours)} |"
     if ref and ours and "error" not in ref and "error" not in ours:
         key = "gpu_peak" if "gpu_peak" in ref else "peak_rss"
-        s += (f" {ours['seconds'] / ref['seconds']:5.2f}  {ours[key] / ref[key]:5.2f}"
-              f" {added(ours) / added(ref):5.2f} |")  # fmt: skip
+        s += (
+            f" {ours['seconds'] / ref['seconds']:5.2f}  {ours[key] / ref[key]:5.2f}"
+            f" {added(ours) / added(ref):5.2f} |"
+        )
     else:
         s += "     -      -     - |"
     if ours and "error" not in ours:

@@ -31,8 +31,14 @@ class SeedStyleCifar(Dataset):
 
         self.x = x_u8.permute(0, 2, 3, 1).contiguous().numpy()
         self.y = y.tolist()
-        self.tf = T.Compose([T.RandomHorizontalFlip(), T.RandomRotation(10), T.ToTensor(),
-                             T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])  # fmt: skip
+        self.tf = T.Compose(
+            [
+                T.RandomHorizontalFlip(),
+                T.RandomRotation(10),
+                T.ToTensor(),
+                T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+            ]
+        )
 
     def __len__(self):
         return len(self.y)
@@ -100,10 +106,14 @@ def main() -> int:
         results.setdefault(name.strip(), []).append(r)
         print(f"{name.strip():<7} {r:8.1f} images/s", flush=True)
     a, b = max(results["dnnlab"]), max(results["seed"])
-    print(f"model {args.model}, batch {args.batch_size}, {args.batches} timed batches each, "
-          f"threads {torch.get_num_threads()}")  # fmt: skip
-    print(f"(a) dnnlab {a:.1f} img/s   (b) seed-style DataLoader ({args.workers} workers) "
-          f"{b:.1f} img/s   ratio a/b = {a / b:.2f} (target >= 1.5)")  # fmt: skip
+    print(
+        f"model {args.model}, batch {args.batch_size}, {args.batches} timed batches each, "
+        f"threads {torch.get_num_threads()}"
+    )
+    print(
+        f"(a) dnnlab {a:.1f} img/s   (b) seed-style DataLoader ({args.workers} workers) "
+        f"{b:.1f} img/s   ratio a/b = {a / b:.2f} (target >= 1.5)"
+    )
     return 0
 
 

@@ -32,8 +32,13 @@ def main() -> int:
     args = ap.parse_args()
     torch.backends.cudnn.benchmark = True
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(model=args.model, epochs=args.epochs, device=args.device,
-                          data_root=args.data_root, compile=args.compile)  # fmt: skip
+        cfg = TrainConfig(
+            model=args.model,
+            epochs=args.epochs,
+            device=args.device,
+            data_root=args.data_root,
+            compile=args.compile,
+        )
         summary = train(cfg, tmp, progress=False)
         rows = json.load(open(f"{tmp}/metrics.json"))
     secs = [r["seconds"] for r in rows]
@@ -43,10 +48,14 @@ def main() -> int:
     print(f"device: {name}; model {args.model}; compile={args.compile}; torch {torch.__version__}")
     print("epoch seconds (train + validation):", ", ".join(f"{s:.2f}" for s in secs))
     steady = secs[1:] or secs
-    print(f"steady epoch {sum(steady) / len(steady):.2f} s = "
-          f"{n / (sum(steady) / len(steady)):,.0f} train images/s (validation included)")
-    print(f"projected 100-epoch time: {proj:.1f} s (target <= 60 s); "
-          f"val acc after {args.epochs} epochs {rows[-1]['val_acc']:.4f}")  # fmt: skip
+    print(
+        f"steady epoch {sum(steady) / len(steady):.2f} s = "
+        f"{n / (sum(steady) / len(steady)):,.0f} train images/s (validation included)"
+    )
+    print(
+        f"projected 100-epoch time: {proj:.1f} s (target <= 60 s); "
+        f"val acc after {args.epochs} epochs {rows[-1]['val_acc']:.4f}"
+    )
     return 0
 
 

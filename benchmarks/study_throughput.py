@@ -21,9 +21,11 @@ def steady(run: Path) -> tuple[int, float]:
     """(training images in epochs 2.., their seconds) of one run directory."""
     with open(run / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    n = json.loads((run / "summary.json").read_text())["train_images"] if (
-        run / "summary.json").exists() else len(json.loads((run / "split.json").read_text())[
-            "train"])  # fmt: skip
+    n = (
+        json.loads((run / "summary.json").read_text())["train_images"]
+        if (run / "summary.json").exists()
+        else len(json.loads((run / "split.json").read_text())["train"])
+    )
     rows = rows[1:] or rows
     return n * len(rows), sum(float(r["seconds"]) for r in rows)
 
@@ -43,10 +45,14 @@ def main() -> int:
     agg = images / span
     n1, s1 = steady(Path(args.alone))
     alone = n1 / s1
-    print(f"concurrent study: {len(runs)} variants, {images:,} steady training images in "
-          f"{span:.1f} s (longest variant) = {agg:,.0f} images/s aggregate")
-    print(f"one variant alone ({Path(args.alone).name}): {n1:,} images in {s1:.1f} s = "
-          f"{alone:,.0f} images/s")
+    print(
+        f"concurrent study: {len(runs)} variants, {images:,} steady training images in "
+        f"{span:.1f} s (longest variant) = {agg:,.0f} images/s aggregate"
+    )
+    print(
+        f"one variant alone ({Path(args.alone).name}): {n1:,} images in {s1:.1f} s = "
+        f"{alone:,.0f} images/s"
+    )
     print(f"ratio concurrent / alone: {agg / alone:.2f}x (same machine, same command)")
     return 0
 

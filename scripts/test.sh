@@ -12,4 +12,5 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
     >/dev/null 2>&1 || echo "dnnlab: chromium could not be installed; that test will skip" >&2
 fi
 ruff check src tests benchmarks
+ruff format --check src tests benchmarks
 python -m pytest -q "$@"

@@ -44,8 +44,7 @@ def make_batches(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
     folder.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         labels = rng.integers(0, 10, per_batch)
-        data = np.stack([class_image(int(c), rng).transpose(2, 0, 1).reshape(-1)
-                         for c in labels])  # fmt: skip
+        data = np.stack([class_image(int(c), rng).transpose(2, 0, 1).reshape(-1) for c in labels])
         with open(folder / name, "wb") as fh:
             pickle.dump({"data": data, "labels": labels.tolist()}, fh)
     return root

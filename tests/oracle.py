@@ -128,8 +128,11 @@ def unbiased_cka(x, y):
         np.fill_diagonal(k, 0)
         np.fill_diagonal(l, 0)
         one = np.ones(n)
-        return (np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
-                - 2 / (n - 2) * (one @ k @ l @ one)) / (n * (n - 3))  # fmt: skip
+        return (
+            np.trace(k @ l)
+            + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * (one @ k @ l @ one)
+        ) / (n * (n - 3))
 
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)

@@ -11,13 +11,30 @@ def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
     """Top-level child names in the order they run on x (each listed once, first call)."""
     return [i.name for i in describe_layers(model, x, [n for n, _ in model.named_children()])]
 
+
 # conv1 896 + conv2 18,496 + resblock1 2 x 36,928 + conv3 73,856 + conv4 295,168
 # + resblock2 2 x 590,080 + fc1 65,792 + fc2 2,570
 BASE_PARAMS = 896 + 18_496 + 2 * 36_928 + 73_856 + 295_168 + 2 * 590_080 + 65_792 + 2_570
 
-COURSE_ORDER = ["conv1", "elu1", "conv2", "elu2", "maxpool1", "resblock1", "conv3", "elu3",
-              "maxpool2", "conv4", "elu4", "maxpool3", "resblock2", "avgpool", "flatten",
-              "fc1", "fc2"]  # fmt: skip
+COURSE_ORDER = [
+    "conv1",
+    "elu1",
+    "conv2",
+    "elu2",
+    "maxpool1",
+    "resblock1",
+    "conv3",
+    "elu3",
+    "maxpool2",
+    "conv4",
+    "elu4",
+    "maxpool3",
+    "resblock2",
+    "avgpool",
+    "flatten",
+    "fc1",
+    "fc2",
+]
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
@@ -58,17 +75,23 @@ def test_norm_variants_order():
     m = build_model("bn")
     order = forward_order(m, torch.randn(2, 3, 32, 32))
     assert order[:4] == ["conv1", "norm1", "elu1", "conv2"]
-    assert isinstance(m.norm4, nn.BatchNorm2d) and isinstance(m.resblock1.paths[0].norm_b,
-                                                              nn.BatchNorm2d)  # fmt: skip
+    assert isinstance(m.norm4, nn.BatchNorm2d) and isinstance(
+        m.resblock1.paths[0].norm_b, nn.BatchNorm2d
+    )
     assert isinstance(build_model("gn").norm3, nn.GroupNorm)
 
 
 def test_layernorm_shapes():
     m = build_model("ln")
-    shapes = {n: tuple(getattr(m, n).normalized_shape) for n in ("norm1", "norm2", "norm3",
-                                                                  "norm4")}  # fmt: skip
-    assert shapes == {"norm1": (32, 32, 32), "norm2": (64, 32, 32), "norm3": (128, 16, 16),
-                      "norm4": (256, 8, 8)}  # fmt: skip
+    shapes = {
+        n: tuple(getattr(m, n).normalized_shape) for n in ("norm1", "norm2", "norm3", "norm4")
+    }
+    assert shapes == {
+        "norm1": (32, 32, 32),
+        "norm2": (64, 32, 32),
+        "norm3": (128, 16, 16),
+        "norm4": (256, 8, 8),
+    }
     assert tuple(m.resblock1.paths[0].norm_a.normalized_shape) == (64, 16, 16)
     assert tuple(m.resblock2.paths[0].norm_b.normalized_shape) == (256, 4, 4)
     assert tuple(m.norm_fc.normalized_shape) == (256,)
@@ -119,8 +142,9 @@ def test_wide_has_one_module_per_activation_and_no_softmax_head():
     calls = {}
     for name, mod in m.named_modules():
         if isinstance(mod, nn.ELU):
-            mod.register_forward_hook(lambda mod, i, o, name=name: calls.__setitem__(
-                name, calls.get(name, 0) + 1))  # fmt: skip
+            mod.register_forward_hook(
+                lambda mod, i, o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1)
+            )
     m(torch.randn(2, 3, 32, 32))
     assert len(calls) == len(elus) == 2 + 3 + 2 + 3 + 1 and set(calls.values()) == {1}
     ran = forward_order(m, torch.randn(2, 3, 32, 32))

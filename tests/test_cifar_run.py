@@ -72,8 +72,13 @@ def test_help_documents_ranges(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for part in ("--lr LR SGD learning rate (> 0; default 0.01)", "(>= 1; default 100)",
-                 "--val-size N_VAL", "in [1, 49999]", "--momentum MOMENTUM"):
+    for part in (
+        "--lr LR SGD learning rate (> 0; default 0.01)",
+        "(>= 1; default 100)",
+        "--val-size N_VAL",
+        "in [1, 49999]",
+        "--momentum MOMENTUM",
+    ):
         assert part in text, part
 
 
@@ -130,8 +135,10 @@ def test_resume_without_flags_keeps_a_finished_run(run, tree):
 
 def test_resume_with_more_epochs_extends_the_run(run, tree, tmp_path, capsys):
     same = make_tar(tree, tmp_path / "same.tar.gz")  # the same images in another form
-    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--data-root",
-                 str(same)]) == 0
+    assert (
+        main(["train", "--out", str(run), "--resume", "--epochs", "2", "--data-root", str(same)])
+        == 0
+    )
     assert json.loads((run / "config.json").read_text())["data_root"] == str(tree)
     assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2]
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
@@ -143,8 +150,10 @@ def test_resume_with_more_epochs_extends_the_run(run, tree, tmp_path, capsys):
 def test_resume_on_other_data_is_refused(run, tree, tmp_path, capsys):
     other = make_image_tree(tmp_path / "other", n_train=14, n_test=5, seed=1)
     before = snapshot(run)
-    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--data-root",
-                 str(other)]) == 2
+    assert (
+        main(["train", "--out", str(run), "--resume", "--epochs", "2", "--data-root", str(other)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "trained on other data" in err and str(tree.resolve()) in err
     assert str(other.resolve()) in err
@@ -170,8 +179,10 @@ def test_crafted_checkpoint_cannot_run_code(run, tree, tmp_path, capsys):
     torch.save({"model": Evil(marker), "epoch": 1}, run / "last.pt")
     with pytest.raises(RunError, match="best.pt: not a loadable dnnlab checkpoint"):
         load_model_checkpoint(run / "best.pt", "base")
-    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--data-root",
-                 str(tree)]) == 2
+    assert (
+        main(["train", "--out", str(run), "--resume", "--epochs", "2", "--data-root", str(tree)])
+        == 2
+    )
     assert "last.pt: not a loadable dnnlab checkpoint" in capsys.readouterr().err
     assert not marker.exists()
 
@@ -180,8 +191,10 @@ def test_crafted_checkpoint_cannot_run_code(run, tree, tmp_path, capsys):
 def test_damaged_run_files_are_named(run, tree, capsys, name):
     (run / name).write_bytes(b"\x00garbage{")
     before = snapshot(run)
-    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--data-root",
-                 str(tree)]) == 2
+    assert (
+        main(["train", "--out", str(run), "--resume", "--epochs", "2", "--data-root", str(tree)])
+        == 2
+    )
     assert f"{run / name}:" in capsys.readouterr().err
     assert snapshot(run) == before
 

@@ -6,8 +6,16 @@ import torch
 import dnnlab.cifar.train as T
 from dnnlab.cli import main
 
-ARTEFACTS = ["config.json", "split.json", "metrics.csv", "metrics.json", "best.pt", "last.pt",
-             "curves.png", "summary.json"]  # fmt: skip
+ARTEFACTS = [
+    "config.json",
+    "split.json",
+    "metrics.csv",
+    "metrics.json",
+    "best.pt",
+    "last.pt",
+    "curves.png",
+    "summary.json",
+]
 
 
 def cfg(tree, **kw):
@@ -68,8 +76,21 @@ def test_best_weights_are_a_copy(tree, tmp_path):
 
 def test_finished_run_is_not_overwritten(tree, tmp_path, capsys):
     run = tmp_path / "r"
-    argv = ["train", "--model", "base", "--epochs", "1", "--batch-size", "64", "--val-size",
-            "20", "--data-root", str(tree), "--out", str(run)]  # fmt: skip
+    argv = [
+        "train",
+        "--model",
+        "base",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--val-size",
+        "20",
+        "--data-root",
+        str(tree),
+        "--out",
+        str(run),
+    ]
     assert main(argv) == 0
     before = (run / "summary.json").read_text()
     assert main(argv) == 2

@@ -31,11 +31,12 @@ def test_formats_agree(tmp_path, capsys, data):
     np.savetxt(tmp_path / "x.csv", x, delimiter=",", header="a,b,c,d", comments="")
     (tmp_path / "y.csv").write_text("\n".join(str(v) for v in y) + "\n")
     for f, l in [
-        ("x.npy", "y.npy"), ("d.npz:feats", "d.npz:labels"), ("d.pt:f", "d.pt:l"),
+        ("x.npy", "y.npy"),
+        ("d.npz:feats", "d.npz:labels"),
+        ("d.pt:f", "d.pt:l"),
         ("x.csv", "y.csv"),
-    ]:  # fmt: skip
-        got = run_json(capsys, str(tmp_path / f), str(tmp_path / l), "--measures",
-                       "si,csi,hsi:3")  # fmt: skip
+    ]:
+        got = run_json(capsys, str(tmp_path / f), str(tmp_path / l), "--measures", "si,csi,hsi:3")
         for k in want:
             assert got[k] == pytest.approx(want[k]), (f, k)
         assert "per_class" in got
@@ -138,8 +139,13 @@ def test_continuous_labels_csv_is_refused(tmp_path, capsys, data):
     "x, argv, match",
     [
         (np.array([["a", "b"]] * 60), [], "features must be real numbers"),
-        (np.where(np.arange(240).reshape(60, 4) == 9, np.nan, 1.0 * np.arange(240).reshape(60, 4)),
-         [], "1 samples hold NaN or Inf (first at position 2)"),
+        (
+            np.where(
+                np.arange(240).reshape(60, 4) == 9, np.nan, 1.0 * np.arange(240).reshape(60, 4)
+            ),
+            [],
+            "1 samples hold NaN or Inf (first at position 2)",
+        ),
         (np.arange(240.0).reshape(60, 4), ["--measures", "hsi:60"], "--measures: hsi:60 needs"),
         (np.arange(240.0).reshape(60, 4), ["--measures", "bogus"], "--measures: unknown"),
         (np.arange(240.0).reshape(60, 4), ["--max-memory", "lots"], "cannot read 'lots'"),

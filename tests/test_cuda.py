@@ -44,7 +44,8 @@ def test_cuda_training_step(tmp_path, monkeypatch):
 
     monkeypatch.setenv("DNNLAB_CACHE", str(tmp_path / "cache"))
     tree = make_image_tree(tmp_path / "t", n_train=6, n_test=2)
-    cfg = TrainConfig(model="bn", epochs=1, batch_size=16, n_val=10, data_root=str(tree),
-                      device="cuda")  # fmt: skip
+    cfg = TrainConfig(
+        model="bn", epochs=1, batch_size=16, n_val=10, data_root=str(tree), device="cuda"
+    )
     s = train(cfg, tmp_path / "run", progress=False)
     assert 0 <= s["test_acc"] <= 1

@@ -60,21 +60,56 @@ def test_torchrun_two_gloo_processes_train_as_one(tree, tmp_path):
     from dnnlab.cifar.models import build_model
     from dnnlab.cifar.train import TrainConfig, train
 
-    args = ["--model", "base", "--epochs", "1", "--batch-size", "20", "--lr", "0.05",
-            "--val-size", "20", "--data-root", str(tree)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(dnnlab.__file__).parents[1]),
-                                          os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    args = [
+        "--model",
+        "base",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--lr",
+        "0.05",
+        "--val-size",
+        "20",
+        "--data-root",
+        str(tree),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(dnnlab.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     two = tmp_path / "two"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc_per_node", "2", "-m", "dnnlab", "train", *args, "--out",
-                        str(two)], env=env, capture_output=True, text=True,
-                       timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "dnnlab",
+            "train",
+            *args,
+            "--out",
+            str(two),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     one = tmp_path / "one"
     torch.set_num_threads(1)
-    train(TrainConfig(model="base", epochs=1, batch_size=20, lr=0.05, n_val=20,
-                      data_root=str(tree)), one, progress=False)  # fmt: skip
+    train(
+        TrainConfig(model="base", epochs=1, batch_size=20, lr=0.05, n_val=20, data_root=str(tree)),
+        one,
+        progress=False,
+    )
     assert len(json.loads((two / "split.json").read_text())["train"]) == 120
     a = torch.load(one / "last.pt", weights_only=False)["model"]
     b = torch.load(two / "last.pt", weights_only=False)["model"]

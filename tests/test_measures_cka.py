@@ -45,8 +45,10 @@ def test_invariant_to_orthogonal_transform_scaling_and_shift():
 def test_matrix_with_spill_and_blocks_equals_pairs(tmp_path):
     rng = np.random.default_rng(4)
     n = 60
-    layers = {f"l{i}": rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + i
-              for i, d in enumerate([3, 50, 8, 200, 1])}  # fmt: skip
+    layers = {
+        f"l{i}": rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + i
+        for i, d in enumerate([3, 50, 8, 200, 1])
+    }
     layers["copy"] = layers["l1"] * -2.0
     # Budget: two Grams in memory (half the budget), the rest spilled; row blocks of 4 rows.
     budget = 2 * n * n * 8 * 2 + 8

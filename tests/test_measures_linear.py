@@ -32,8 +32,9 @@ def test_matches_scikit_learn_ridge_classifier(n_classes, d, alpha):
         probe = fit_linear(x, y, alpha=alpha, normalize_method="none", compute_dtype=dtype)
         assert probe.form == ("dual" if d > 100 else "primal")
         assert np.array_equal(probe.predict_codes(xt).numpy(), sk.predict(xt))
-        np.testing.assert_allclose(probe.coef.numpy(), want, rtol=tol,
-                                   atol=tol * np.abs(want).max())  # fmt: skip
+        np.testing.assert_allclose(
+            probe.coef.numpy(), want, rtol=tol, atol=tol * np.abs(want).max()
+        )
         acc, per, counts = probe.score(xt, yt)
         assert acc == pytest.approx(sk.score(xt, yt), abs=1e-12)
         assert sum(counts.values()) == 80
@@ -58,19 +59,21 @@ def test_refinement_reaches_float64_solution(monkeypatch):
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=(60, 8))
-    x = (base @ rng.normal(size=(8, 2000)) + 0.05 * rng.normal(size=(60, 2000)) + 30)
+    x = base @ rng.normal(size=(8, 2000)) + 0.05 * rng.normal(size=(60, 2000)) + 30
     y = rng.integers(0, 3, 60)
     probe = fit_linear(x, y, alpha=1.0)
     assert probe.form == "dual" and probe.refine_steps >= 1 and not probe.fallback
     # The same float32 features, float64 Gram and factor (the fallback tier): equal to 1e-9.
     real_factor = linear._factor
-    monkeypatch.setattr(linear, "_factor",
-                        lambda g: None if g.dtype == torch.float32 else real_factor(g))
+    monkeypatch.setattr(
+        linear, "_factor", lambda g: None if g.dtype == torch.float32 else real_factor(g)
+    )
     exact = fit_linear(x, y, alpha=1.0)
     assert exact.fallback
     scale = np.abs(exact.coef.numpy()).max()
-    np.testing.assert_allclose(probe.coef.numpy(), exact.coef.numpy(), rtol=1e-9,
-                               atol=1e-11 * scale)  # fmt: skip
+    np.testing.assert_allclose(
+        probe.coef.numpy(), exact.coef.numpy(), rtol=1e-9, atol=1e-11 * scale
+    )
     # Without refinement the float32 Gram's answer is visibly off.
     monkeypatch.setattr(linear, "_factor", real_factor)
     monkeypatch.setattr(linear, "_refine", lambda system, solve, rhs: (solve(rhs), 0, True))

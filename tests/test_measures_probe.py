@@ -62,11 +62,13 @@ def test_probe_rows_and_cka_match_direct_measures(tmp_path):
         for j, b in enumerate(layers):
             fa, fb = feats["val"][a].double().numpy(), feats["val"][b].double().numpy()
             assert val["linear"][i][j] == pytest.approx(oracle.linear_cka(fa, fb), rel=1e-6)
-            assert val["unbiased"][i][j] == pytest.approx(oracle.unbiased_cka(fa, fb),
-                                                          rel=1e-5, abs=1e-9)  # fmt: skip
+            assert val["unbiased"][i][j] == pytest.approx(
+                oracle.unbiased_cka(fa, fb), rel=1e-5, abs=1e-9
+            )
     assert (tmp_path / "cka_val.png").exists() and (tmp_path / "cka_test.png").exists()
     assert sorted(p.name for p in (tmp_path / "linear_probe").iterdir()) == [
-        f"{n}.pt" for n in layers]  # fmt: skip
+        f"{n}.pt" for n in layers
+    ]
     written = {p.name for p in plot_probe(res.rows, tmp_path)}
     assert {"knn3_per_layer.png", "nc1_per_layer.png", "linear_per_layer.png"} <= written
     assert "linear" in (tmp_path / "probe.csv").read_text().splitlines()[0]
@@ -106,8 +108,9 @@ def test_linear_only(tmp_path):
 def test_linear_needs_train20_first(splits, match):
     m, data = model_and_splits()
     with pytest.raises(InputError, match=match):
-        probe_model(m, {s: data[s] for s in splits}, ProbeConfig(splits=splits,
-                                                                 measures="si,linear"))
+        probe_model(
+            m, {s: data[s] for s in splits}, ProbeConfig(splits=splits, measures="si,linear")
+        )
 
 
 def test_cka_with_another_run(tree, tmp_path, capsys):
@@ -117,12 +120,22 @@ def test_cka_with_another_run(tree, tmp_path, capsys):
     from dnnlab.cli import main
 
     a = tmp_path / "a"
-    cfg = TrainConfig(model="base", epochs=1, batch_size=32, n_val=20, train_subset=50,
-                      data_root=str(tree))  # fmt: skip
+    cfg = TrainConfig(
+        model="base", epochs=1, batch_size=32, n_val=20, train_subset=50, data_root=str(tree)
+    )
     train(cfg, a, progress=False)
     shutil.copytree(a, tmp_path / "b")
-    argv = ["probe", str(a), "--splits", "val", "--cka-splits", "val", "--layers",
-            "conv1,elu4,avgpool", "--cka-with"]
+    argv = [
+        "probe",
+        str(a),
+        "--splits",
+        "val",
+        "--cka-splits",
+        "val",
+        "--layers",
+        "conv1,elu4,avgpool",
+        "--cka-with",
+    ]
     assert main([*argv, str(tmp_path / "b")]) == 0
     doc = json.loads((a / "cka_with_b_val.json").read_text())
     assert doc["layers"] == ["conv1", "elu4", "avgpool"] and doc["n"] == 20

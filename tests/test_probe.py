@@ -46,7 +46,8 @@ def data(n=120, seed=0):
 def by_hand(model, x, y, name):
     feats = []
     h = dict(model.named_modules())[name].register_forward_hook(
-        lambda _m, _i, o: feats.append((o[0] if isinstance(o, tuple) else o).reshape(len(x), -1)))
+        lambda _m, _i, o: feats.append((o[0] if isinstance(o, tuple) else o).reshape(len(x), -1))
+    )
     with torch.no_grad():
         model(x)
     h.remove()
@@ -82,14 +83,17 @@ def test_small_budget_groups_give_same_numbers(tmp_path):
     assert len(plan_groups(infos, 300, room)) > 1
     calls = {"n": 0}
     m[0].register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
-    small = probe_model(m, {"a": (x, y)}, ProbeConfig(splits=("a",), max_memory=budget,
-                                                      batch_size=100))
+    small = probe_model(
+        m, {"a": (x, y)}, ProbeConfig(splits=("a",), max_memory=budget, batch_size=100)
+    )
     assert small.groups["a"] > 1 and small.chain
     # A chain restarts each group's pass from the previous group's last output: the first
     # layer runs in the first pass only, not once per group (+ 2 passes that trace layers).
     assert calls["n"] == 2 + -(-300 // small.batch_size)
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "stored")}  # noqa: E731
-                          for r in rows]
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "stored")} for r in rows]
+
     assert strip(small.rows) == strip(one.rows)
     mm = probe_model(m, {"a": (x, y)}, ProbeConfig(splits=("a",), memmap="float32"), out=tmp_path)
     assert strip(mm.rows) == strip(one.rows)
@@ -126,8 +130,11 @@ def test_resume_keeps_finished_rows(tmp_path, monkeypatch):
 
 
 def test_plots_written(tmp_path):
-    rows = [{"split": s, "layer": f"l{i}", "si": 0.1 * i, "csi": 0.2} for s in
-            ("train20", "val", "test") for i in range(3)]  # fmt: skip
+    rows = [
+        {"split": s, "layer": f"l{i}", "si": 0.1 * i, "csi": 0.2}
+        for s in ("train20", "val", "test")
+        for i in range(3)
+    ]
     names = sorted(p.name for p in plot_probe(rows, tmp_path, "m"))
     assert names == ["csi_train20.png", "csi_val_test.png", "si_train20.png", "si_val_test.png"]
 

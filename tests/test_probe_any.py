@@ -70,12 +70,29 @@ def user_file(tmp_path):
 def test_torchvision_model_on_an_image_folder(tmp_path, capsys):
     data = image_folder(tmp_path / "imgs")
     out = tmp_path / "out"
-    rc = main(["probe", "--model", "torchvision:resnet18:num_classes=3", "--data", str(data),
-               "--image-size", "32", "--layers", "layer1,avgpool", "--out", str(out)])
+    rc = main(
+        [
+            "probe",
+            "--model",
+            "torchvision:resnet18:num_classes=3",
+            "--data",
+            str(data),
+            "--image-size",
+            "32",
+            "--layers",
+            "layer1,avgpool",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     rows = json.loads((out / "probe.json").read_text())["rows"]
     assert [(r["split"], r["layer"]) for r in rows] == [
-        ("train20", "layer1"), ("train20", "avgpool"), ("test", "layer1"), ("test", "avgpool")]
+        ("train20", "layer1"),
+        ("train20", "avgpool"),
+        ("test", "layer1"),
+        ("test", "avgpool"),
+    ]
     assert all(r["provenance"]["model"] == "torchvision:resnet18:num_classes=3" for r in rows)
     assert rows[2]["n"] == 18 and rows[0]["n"] == 4  # test/: 3 x 6; train20: 20% of 18
     assert (out / "si_val_test.png").exists()
@@ -91,9 +108,19 @@ def test_user_factory_from_a_file_matches_the_oracle(tmp_path, user_file):
     assert not any(p.name.startswith(".") for p in data.rglob("*"))  # nothing written there
     # The oracle: the same images through the same model, by hand, measured in float64.
     model = build_model(f"{user_file}:make").eval()
-    x = torch.stack([
-        (torch.from_numpy(np.array(Image.open(data / k).convert("RGB"))).permute(2, 0, 1)
-         .float() / 255 - 0.5) / 0.5 for k in split["val"]])
+    x = torch.stack(
+        [
+            (
+                torch.from_numpy(np.array(Image.open(data / k).convert("RGB")))
+                .permute(2, 0, 1)
+                .float()
+                / 255
+                - 0.5
+            )
+            / 0.5
+            for k in split["val"]
+        ]
+    )
     feats = {}
     model.early.register_forward_hook(lambda m, i, o: feats.__setitem__("early", o))
     model.late.register_forward_hook(lambda m, i, o: feats.__setitem__("late", o))
@@ -106,8 +133,10 @@ def test_user_factory_from_a_file_matches_the_oracle(tmp_path, user_file):
 
 
 def test_layers_list_in_execution_order(tmp_path, user_file, capsys):
-    assert main(["probe", "--model", f"{user_file}:make", "--layers", "list",
-                 "--image-size", "8"]) == 0
+    assert (
+        main(["probe", "--model", f"{user_file}:make", "--layers", "list", "--image-size", "8"])
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     names = [ln.split()[0] for ln in lines[1:]]
     assert names == ["early", "pool", "late"]  # registered late, early, pool
@@ -130,11 +159,19 @@ def test_memmap_equals_memory_with_ties_and_duplicates(tmp_path):
     nn.init.eye_(m[1].weight)
     split = {"v": (x, y)}
     mem = probe_model(m, split, ProbeConfig(splits=("v",), measures="si,csi,hsi:3,soft:3"))
-    mm = probe_model(m, split, ProbeConfig(splits=("v",), measures="si,csi,hsi:3,soft:3",
-                                           memmap="float32"), out=tmp_path)
+    mm = probe_model(
+        m,
+        split,
+        ProbeConfig(splits=("v",), measures="si,csi,hsi:3,soft:3", memmap="float32"),
+        out=tmp_path,
+    )
     # Small integers are exact in float16 too, so the float16 files give the same values.
-    half = probe_model(m, split, ProbeConfig(splits=("v",), measures="si,csi,hsi:3,soft:3",
-                                             memmap="float16"), out=tmp_path)
+    half = probe_model(
+        m,
+        split,
+        ProbeConfig(splits=("v",), measures="si,csi,hsi:3,soft:3", memmap="float16"),
+        out=tmp_path,
+    )
     want = oracle.measures(x.numpy(), y.numpy(), orders=(1, 3))
     for a, b, h in zip(mem.rows, mm.rows, half.rows, strict=True):
         assert b["stored"] == "file:float32" and a["stored"] == "memory"
@@ -160,8 +197,7 @@ def test_a_layer_bigger_than_the_budget_finishes(tmp_path):
     x, y = dup_data(200)
     m = Wide()
     budget = 8 * 2**20  # the `up` features take 200 x 20,000 x 4 = 15 MiB
-    res = probe_model(m, {"v": (x, y)}, ProbeConfig(splits=("v",), max_memory=budget),
-                      out=tmp_path)
+    res = probe_model(m, {"v": (x, y)}, ProbeConfig(splits=("v",), max_memory=budget), out=tmp_path)
     assert [r["stored"] for r in res.rows] == ["file:float32", "memory"]
     assert res.spilled[0]["layer"] == "up" and res.spilled[0]["bytes"] == 200 * 20_000 * 4
     assert any("streamed through" in n for n in res.notes)
@@ -172,8 +208,9 @@ def test_a_layer_bigger_than_the_budget_finishes(tmp_path):
     # Only a budget too small for one block is refused, naming the smallest that works.
     with pytest.raises(BudgetError, match="smallest budget that works is") as e:
         probe_model(m, {"v": (x, y)}, ProbeConfig(splits=("v",), max_memory=2 * 2**20))
-    assert probe_model(m, {"v": (x, y)}, ProbeConfig(splits=("v",), layers="up",
-                                                     max_memory=e.value.least)).rows
+    assert probe_model(
+        m, {"v": (x, y)}, ProbeConfig(splits=("v",), layers="up", max_memory=e.value.least)
+    ).rows
 
 
 def test_budget_plan_bounds_the_forward_pass():
@@ -202,24 +239,34 @@ def test_retrained_weights_do_not_reuse_rows(tmp_path):
 def test_image_split_reads_in_batches(tmp_path):
     data = image_folder(tmp_path / "imgs", n=2, size=10)
     keys = sorted(str(p) for p in data.rglob("*.png"))
-    s = ImageSplit(keys, [0] * len(keys), 16, (0.5,) * 3, (0.5,) * 3,
-                   lambda k: Image.open(k).convert("RGB"), "t")
+    s = ImageSplit(
+        keys,
+        [0] * len(keys),
+        16,
+        (0.5,) * 3,
+        (0.5,) * 3,
+        lambda k: Image.open(k).convert("RGB"),
+        "t",
+    )
     assert s[1:4].shape == (3, 3, 16, 16) and len(s) == 12
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--model", "torchvision:resnet_18"], "no model 'resnet_18'; close matches: resnet18"),
-    (["--model", "no_such_pkg.models:make"], "cannot import no_such_pkg.models"),
-    (["--model", "{file}:not_a_module"], "returned a int, not a torch.nn.Module"),
-    (["--model", "{file}:missing"], "has no function 'missing'"),
-    (["--model", "{file}:needs_big_images", "--image-size", "4"], "--image-size 4: too small"),
-    (["--model", "{file}:make", "--weights", "{weights}"], "lacks 'late.weight' \\(5, 64\\)"),
-    (["--model", "{file}:make", "--weights", "{file}"], "cannot be read as plain weights"),
-    (["--model", "{file}:make", "--data", "{one}"], "one class only"),
-    (["--model", "{file}:make", "--data", "{bad}"], r"broken\.png: unreadable image"),
-    (["run", "--splits", ","], None),
-    (["run", "--layers", "re:["], "not a valid regular expression"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--model", "torchvision:resnet_18"], "no model 'resnet_18'; close matches: resnet18"),
+        (["--model", "no_such_pkg.models:make"], "cannot import no_such_pkg.models"),
+        (["--model", "{file}:not_a_module"], "returned a int, not a torch.nn.Module"),
+        (["--model", "{file}:missing"], "has no function 'missing'"),
+        (["--model", "{file}:needs_big_images", "--image-size", "4"], "--image-size 4: too small"),
+        (["--model", "{file}:make", "--weights", "{weights}"], "lacks 'late.weight' \\(5, 64\\)"),
+        (["--model", "{file}:make", "--weights", "{file}"], "cannot be read as plain weights"),
+        (["--model", "{file}:make", "--data", "{one}"], "one class only"),
+        (["--model", "{file}:make", "--data", "{bad}"], r"broken\.png: unreadable image"),
+        (["run", "--splits", ","], None),
+        (["run", "--layers", "re:["], "not a valid regular expression"),
+    ],
+)
 def test_bad_inputs_are_named(tmp_path, user_file, capsys, argv, match):
     torch.save({"conv.weight": torch.zeros(2)}, tmp_path / "w.pt")
     one = image_folder(tmp_path / "one", classes=("only",), splits=("",))
@@ -246,17 +293,38 @@ def test_bad_inputs_are_named(tmp_path, user_file, capsys, argv, match):
 
 
 def test_config_checks_every_setting():
-    for kw, flag in ((dict(splits=()), "--splits"), (dict(batch_size=0), "--batch-size"),
-                     (dict(max_memory="lots"), "--max-memory"), (dict(measures="xx"),
-                     "--measures"), (dict(memmap="float8"), "--memmap")):
+    for kw, flag in (
+        (dict(splits=()), "--splits"),
+        (dict(batch_size=0), "--batch-size"),
+        (dict(max_memory="lots"), "--max-memory"),
+        (dict(measures="xx"), "--measures"),
+        (dict(memmap="float8"), "--memmap"),
+    ):
         with pytest.raises(InputError, match=flag):
             ProbeConfig(**kw)
 
 
 def _train(tree, run, seed, *extra):
-    argv = ["train", "--model", "base", "--out", str(run), "--epochs", "1", "--batch-size", "32",
-            "--val-size", "20", "--train-subset", "40", "--seed", str(seed),
-            "--data-root", str(tree), *extra]
+    argv = [
+        "train",
+        "--model",
+        "base",
+        "--out",
+        str(run),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--val-size",
+        "20",
+        "--train-subset",
+        "40",
+        "--seed",
+        str(seed),
+        "--data-root",
+        str(tree),
+        *extra,
+    ]
     assert main(argv) == 0
 
 
@@ -288,16 +356,17 @@ def test_probe_refuses_another_data_root(tree, tmp_path, capsys):
     run = tmp_path / "run"
     _train(tree, run, 0)
     other = make_image_tree(tmp_path / "other", n_train=14, n_test=5, seed=7)
-    rc = main(["probe", str(run), "--splits", "val", "--layers", "fc1", "--data-root",
-               str(other)])
+    rc = main(["probe", str(run), "--splits", "val", "--layers", "fc1", "--data-root", str(other)])
     err = capsys.readouterr().err
     assert rc == 2 and str(other) in err, err
     assert not (run / "probe.json").exists()
     import shutil
 
     same = shutil.copytree(tree, tmp_path / "copy")  # the same images elsewhere: accepted
-    assert main(["probe", str(run), "--splits", "val", "--layers", "fc1", "--data-root",
-                 str(same)]) == 0
+    assert (
+        main(["probe", str(run), "--splits", "val", "--layers", "fc1", "--data-root", str(same)])
+        == 0
+    )
 
 
 def test_a_tar_gz_of_class_folders(tmp_path, user_file):
@@ -307,12 +376,14 @@ def test_a_tar_gz_of_class_folders(tmp_path, user_file):
     with tarfile.open(tmp_path / "imgs.tar.gz", "w:gz") as tf:
         tf.add(data, arcname="imgs")
     kw = dict(model=f"{user_file}:make", out=str(tmp_path / "out"))
-    from_tar, _, _ = probe_any(AnyConfig(data=str(tmp_path / "imgs.tar.gz"), **kw),
-                               ProbeConfig(layers="late"))
+    from_tar, _, _ = probe_any(
+        AnyConfig(data=str(tmp_path / "imgs.tar.gz"), **kw), ProbeConfig(layers="late")
+    )
     kw["out"] = str(tmp_path / "out2")
     from_tree, _, _ = probe_any(AnyConfig(data=str(data), **kw), ProbeConfig(layers="late"))
     assert [(r["split"], r["n"], r["si"], r["csi"]) for r in from_tar.rows] == [
-        (r["split"], r["n"], r["si"], r["csi"]) for r in from_tree.rows]
+        (r["split"], r["n"], r["si"], r["csi"]) for r in from_tree.rows
+    ]
 
 
 def test_damaged_run_files_are_named(tmp_path, capsys):
@@ -325,8 +396,12 @@ def test_damaged_run_files_are_named(tmp_path, capsys):
     (tmp_path / "out" / "probe.json").write_text('{"rows": 3}')
     x, y = dup_data()
     with pytest.raises(InputError, match=r"probe.json: not a probe.json"):
-        probe_model(nn.Sequential(nn.Linear(12, 3)), {"v": (x, y)},
-                    ProbeConfig(splits=("v",)), out=tmp_path / "out")
+        probe_model(
+            nn.Sequential(nn.Linear(12, 3)),
+            {"v": (x, y)},
+            ProbeConfig(splits=("v",)),
+            out=tmp_path / "out",
+        )
 
 
 def test_pages_dropped_while_the_core_reads_them_change_nothing(tmp_path, monkeypatch):
@@ -349,7 +424,8 @@ def test_pages_dropped_while_the_core_reads_them_change_nothing(tmp_path, monkey
     mm = probe_model(m, {"v": (x, y)}, ProbeConfig(memmap="float32", **cfg), out=tmp_path)
     assert released["n"] > 10
     assert [(r["si"], r["csi"], r["hsi:3"]) for r in mm.rows] == [
-        (r["si"], r["csi"], r["hsi:3"]) for r in mem.rows]
+        (r["si"], r["csi"], r["hsi:3"]) for r in mem.rows
+    ]
 
 
 def test_a_killed_probes_feature_files_are_removed_next_time(tmp_path):

@@ -103,12 +103,40 @@ def test_course_train20_is_drawn_from_all_training_images(tree, tmp_path):
 
 def test_cli_recipe_seed_alias_is_recorded_as_course(tree, tmp_path, capsys):
     run = tmp_path / "r"
-    argv = ["train", "--model", "wide", "--epochs", "1", "--batch-size", "64", "--val-size",
-            "20", "--data-root", str(tree), "--out", str(run), "--recipe", "seed"]  # fmt: skip
+    argv = [
+        "train",
+        "--model",
+        "wide",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--val-size",
+        "20",
+        "--data-root",
+        str(tree),
+        "--out",
+        str(run),
+        "--recipe",
+        "seed",
+    ]
     assert main(argv) == 0
     s = json.loads((run / "summary.json").read_text())
     assert s["recipe"] == "course" and s["head"] == "logits"  # wide: no Softmax
-    assert main(["train", "--model", "wide", "--softmax-head", "--data-root", str(tree),
-                 "--out", str(tmp_path / "w")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "wide",
+                "--softmax-head",
+                "--data-root",
+                str(tree),
+                "--out",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 2
+    )
     assert "wide network has no Softmax" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()

@@ -7,8 +7,19 @@ import torch
 from dnnlab.separability import separability
 from tests import oracle
 
-ALL = ["si", "csi", "hsi:1", "soft:1", "anti:1", "hsi:2", "soft:2", "anti:2", "hsi:3",
-       "soft:3", "anti:3"]  # fmt: skip
+ALL = [
+    "si",
+    "csi",
+    "hsi:1",
+    "soft:1",
+    "anti:1",
+    "hsi:2",
+    "soft:2",
+    "anti:2",
+    "hsi:3",
+    "soft:3",
+    "anti:3",
+]
 
 
 def make_data(seed, n, d, n_classes, dup_frac=0.2):

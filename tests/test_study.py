@@ -22,8 +22,9 @@ from tests.fakes import make_image_tree
 
 def tiny(tree, models, **kw):
     cfg = study_config(models, quick=True, data_root=str(tree))
-    return replace(cfg, **{**dict(train_subset=60, epochs=1, n_val=20, test_subset=30,
-                                  max_per_split=40), **kw})  # fmt: skip
+    return replace(
+        cfg, **{**dict(train_subset=60, epochs=1, n_val=20, test_subset=30, max_per_split=40), **kw}
+    )
 
 
 def quiet(*_):
@@ -32,14 +33,20 @@ def quiet(*_):
 
 def test_probe_run_and_checkpoint_mismatch(tree, tmp_path, capsys):
     run = tmp_path / "run"
-    train(TrainConfig(model="base", epochs=1, batch_size=32, n_val=20, train_subset=50,
-                      data_root=str(tree)), run, progress=False)  # fmt: skip
+    train(
+        TrainConfig(
+            model="base", epochs=1, batch_size=32, n_val=20, train_subset=50, data_root=str(tree)
+        ),
+        run,
+        progress=False,
+    )
     assert main(["probe", str(run), "--max-per-split", "40", "--layers", "conv1,elu4,avgpool"]) == 0
     out = capsys.readouterr().out
     assert "avgpool" in out and "train20" in out
     rows = json.loads((run / "probe.json").read_text())["rows"]
     assert {(r["split"], r["layer"]) for r in rows} == {
-        (s, l) for s in ("train20", "val", "test") for l in ("conv1", "elu4", "avgpool")}
+        (s, l) for s in ("train20", "val", "test") for l in ("conv1", "elu4", "avgpool")
+    }
     assert [r["n"] for r in rows if r["layer"] == "conv1"] == [10, 20, 40]  # 20% of 50 = 10
     for f in ("si_train20.png", "si_val_test.png", "csi_train20.png", "csi_val_test.png"):
         assert (run / f).exists()
@@ -85,20 +92,35 @@ def chromium():
 def check_in_chromium(page, tmp_path):
     exe = chromium()
     if not exe:
-        pytest.skip("Debian's chromium is not installed and scripts/test.sh could not install "
-                    "it here, so the rendered report was not checked in a browser")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=5000"]
-    dom = subprocess.run([exe, *flags, "--dump-dom", page.as_uri()], capture_output=True,
-                         text=True, timeout=120).stdout  # fmt: skip
+        pytest.skip(
+            "Debian's chromium is not installed and scripts/test.sh could not install "
+            "it here, so the rendered report was not checked in a browser"
+        )
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+        "--virtual-time-budget=5000",
+    ]
+    dom = subprocess.run(
+        [exe, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
     m = re.search(r'data-check="([^"]*)"', dom)
     assert m, "the report's self-check did not run in the browser"
     n_img = page.read_text().count("<img ")
     assert m.group(1) == f"ok {n_img} images 1 tables"
     shot = tmp_path / "report.png"
-    subprocess.run([exe, *flags, f"--screenshot={shot}", "--window-size=1200,2000",
-                    page.as_uri()], capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [exe, *flags, f"--screenshot={shot}", "--window-size=1200,2000", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.exists() and shot.stat().st_size > 10_000
 
 
@@ -120,14 +142,56 @@ def test_study_inputs_are_checked_before_any_work(tree, tmp_path, capsys):
         study_config([])
     with pytest.raises(ConfigError, match="unknown model 'vgg'; choose from: base, bn"):
         study_config(["base", "vgg"])
-    assert main(["study", "--models", "base", "--out", str(out), "--data-root", str(tree),
-                 "--detector", "/nonexistent"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "study",
+                "--models",
+                "base",
+                "--out",
+                str(out),
+                "--data-root",
+                str(tree),
+                "--detector",
+                "/nonexistent",
+            ]
+        )
+        == 2
+    )
     assert "--detector: /nonexistent is not a folder" in capsys.readouterr().err
-    assert main(["study", "--models", "base", "--out", str(out), "--data-root", str(tree),
-                 "--epochs", "0"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "study",
+                "--models",
+                "base",
+                "--out",
+                str(out),
+                "--data-root",
+                str(tree),
+                "--epochs",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "--epochs: 0 is out of range" in capsys.readouterr().err
-    assert main(["study", "--models", "base", "--out", str(out), "--data-root", str(tree),
-                 "--jobs", "0"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "study",
+                "--models",
+                "base",
+                "--out",
+                str(out),
+                "--data-root",
+                str(tree),
+                "--jobs",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "--jobs: 0 is out of range" in capsys.readouterr().err
     assert not out.exists()
 
@@ -165,12 +229,14 @@ def _runs_equal(a, b):
             assert sa[k] == pytest.approx(sb[k], abs=1e-4), (m, k)
         ra = json.loads((a / "runs" / m / "probe.json").read_text())["rows"]
         rb = json.loads((b / "runs" / m / "probe.json").read_text())["rows"]
-        assert [(r["split"], r["layer"], r["n"]) for r in ra] == \
-            [(r["split"], r["layer"], r["n"]) for r in rb]  # fmt: skip
+        assert [(r["split"], r["layer"], r["n"]) for r in ra] == [
+            (r["split"], r["layer"], r["n"]) for r in rb
+        ]
         for x, y in zip(ra, rb, strict=True):
             assert x["si"] == pytest.approx(y["si"], abs=0.05), (m, x["layer"])
-        assert (a / "runs" / m / "split.json").read_text() == \
-            (b / "runs" / m / "split.json").read_text()  # fmt: skip
+        assert (a / "runs" / m / "split.json").read_text() == (
+            b / "runs" / m / "split.json"
+        ).read_text()
 
 
 def test_two_concurrent_workers_give_the_sequential_results(tree, tmp_path):
@@ -214,7 +280,11 @@ def test_published_tables_and_publish(tree, tmp_path):
     assert done == ["base", "noskip"]
     pub = empty / "full-study-corrected"
     assert sorted(p.name for p in (pub / "runs" / "base").iterdir() if p.suffix != ".png") == [
-        "config.json", "metrics.csv", "probe.csv", "summary.json"]
+        "config.json",
+        "metrics.csv",
+        "probe.csv",
+        "summary.json",
+    ]
     assert not list(pub.rglob("*.pt"))
     assert (pub / "report.html").exists() and (pub / "report.md").exists()
     rec = json.loads((pub / "study.json").read_text())
@@ -247,22 +317,45 @@ def test_full_study_gpu_script_logic_on_the_cpu(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     tree = make_image_tree(tmp_path / "tree", n_train=8, n_test=3)
     data = make_tar(tree, tmp_path / "fake.tar.gz")
-    env = {**os.environ, "DEVICE": "cpu", "COMPILE": "0", "EPOCHS": "1",
-           "STUDY_ARGS": "--val-size 20 --test-subset 30 --max-per-split 40",
-           "TRAIN_ARGS": "--val-size 20",
-           "MODELS": "base,noskip", "JOBS": "2", "ALONE_EPOCHS": "2", "DATA": str(data),
-           "OUT": str(tmp_path / "o"), "WORK": str(tmp_path / "w"), "PYTHON": sys.executable,
-           "DNNLAB_CACHE": str(tmp_path / "cache")}  # fmt: skip
-    r = subprocess.run(["bash", str(repo / "benchmarks" / "full_study_gpu.sh")], cwd=repo,
-                       env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    env = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "COMPILE": "0",
+        "EPOCHS": "1",
+        "STUDY_ARGS": "--val-size 20 --test-subset 30 --max-per-split 40",
+        "TRAIN_ARGS": "--val-size 20",
+        "MODELS": "base,noskip",
+        "JOBS": "2",
+        "ALONE_EPOCHS": "2",
+        "DATA": str(data),
+        "OUT": str(tmp_path / "o"),
+        "WORK": str(tmp_path / "w"),
+        "PYTHON": sys.executable,
+        "DNNLAB_CACHE": str(tmp_path / "cache"),
+    }
+    r = subprocess.run(
+        ["bash", str(repo / "benchmarks" / "full_study_gpu.sh")],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert "ratio concurrent / alone:" in r.stdout
     with tarfile.open(tmp_path / "o" / "full-study.tar.gz") as tf:
         names = tf.getnames()
     assert not [n for n in names if n.endswith(".pt")]
     for recipe in ("corrected", "course"):
-        for f in ("study.json", "report.md", "report.html", "runs/base/summary.json",
-                  "runs/noskip/probe.csv", "runs/base/metrics.csv", "runs/base/config.json"):
+        for f in (
+            "study.json",
+            "report.md",
+            "report.html",
+            "runs/base/summary.json",
+            "runs/noskip/probe.csv",
+            "runs/base/metrics.csv",
+            "runs/base/config.json",
+        ):
             assert f"published/full-study-{recipe}/{f}" in names, (recipe, f)
     assert "throughput.txt" in names and "info.txt" in names
 
@@ -273,11 +366,33 @@ def test_quick_fills_only_the_budget_flags_not_given(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(S, "run_study", lambda cfg, out, **kw: seen.update(cfg=cfg, **kw))
     out = str(tmp_path / "s")
-    assert main(["study", "--quick", "--val-size", "20", "--models", "base,wide", "--recipe",
-                 "seed", "--out", out, "--published", "docs/results"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "study",
+                "--quick",
+                "--val-size",
+                "20",
+                "--models",
+                "base,wide",
+                "--recipe",
+                "seed",
+                "--out",
+                out,
+                "--published",
+                "docs/results",
+            ]
+        )
+        == 0
+    )
     cfg = seen["cfg"]
     assert (cfg.n_val, cfg.train_subset, cfg.epochs, cfg.test_subset, cfg.max_per_split) == (
-        20, 1000, 3, 1000, 300)
+        20,
+        1000,
+        3,
+        1000,
+        300,
+    )
     assert cfg.models == ("base", "wide") and cfg.recipe == "course" and cfg.quick
     assert seen["published"] == "docs/results"
     assert main(["study", "--out", out]) == 0

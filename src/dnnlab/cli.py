@@ -10,17 +10,26 @@ import sys
 def _add_si(sub) -> None:
     p = sub.add_parser(
         "si",
-        help="separability measures of a feature file",
+        help=HELP["si"],
         description="Separation Index family of FEATURES (N x ...) with LABELS (N values).",
     )
     p.add_argument("features", nargs="?", help="features file: .npy, .npz[:NAME], .pt, .csv")
     p.add_argument("labels", nargs="?", help="labels file: .npy, .npz[:NAME], .pt, .csv")
-    p.add_argument("--measures", default="si,csi",
-                   help="e.g. si,csi,hsi:3,soft:3,anti:3,knn:5,nc1,linear")  # fmt: skip
-    p.add_argument("--test", nargs=2, metavar=("FEATURES", "LABELS"),
-                   help="test set on which `linear` (fitted on FEATURES LABELS) is scored")
-    p.add_argument("--alpha", type=float, default=None,
-                   help="ridge regularization of `linear` (default 1.0; must be > 0)")
+    p.add_argument(
+        "--measures", default="si,csi", help="e.g. si,csi,hsi:3,soft:3,anti:3,knn:5,nc1,linear"
+    )
+    p.add_argument(
+        "--test",
+        nargs=2,
+        metavar=("FEATURES", "LABELS"),
+        help="test set on which `linear` (fitted on FEATURES LABELS) is scored",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="ridge regularization of `linear` (default 1.0; must be > 0)",
+    )
     p.add_argument("--normalize", default="zscore", choices=["zscore", "minmax", "none"])
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--max-memory", default="2GB", help="memory budget, e.g. 2GB")
@@ -60,14 +69,15 @@ def cmd_si(args) -> int:
         raise ConfigError(f"--measures: {e}") from None
     for m in wanted:
         if m.order >= len(y):
-            raise ConfigError(f"--measures: {m.name} needs fewer than the N={len(y)} samples "
-                              "(a sample has only N-1 neighbours)")
+            raise ConfigError(
+                f"--measures: {m.name} needs fewer than the N={len(y)} samples "
+                "(a sample has only N-1 neighbours)"
+            )
     if args.alpha is not None and not args.alpha > 0:
         raise ConfigError(f"--alpha must be a number > 0; got {args.alpha}")
     test = None
     if any(m.kind == "linear" for m in wanted) and not args.test:
-        raise ConfigError("--measures: linear needs a test set to score on: --test FEATURES "
-                          "LABELS")  # fmt: skip
+        raise ConfigError("--measures: linear needs a test set to score on: --test FEATURES LABELS")
     if args.test:
         tx, ty = load_array(args.test[0]), load_array(args.test[1], numeric=False)
         check_inputs(tx, ty, args.test[0], args.test[1])
@@ -77,10 +87,16 @@ def cmd_si(args) -> int:
         check_device(args.device)
     rank, _ = init_distributed(args.device)
     res = separability(
-        x, y, args.measures, normalize_method=args.normalize, device=args.device,
-        max_memory=args.max_memory, progress=not args.no_progress and sys.stderr.isatty(),
-        test=test, alpha=args.alpha,
-    )  # fmt: skip
+        x,
+        y,
+        args.measures,
+        normalize_method=args.normalize,
+        device=args.device,
+        max_memory=args.max_memory,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        test=test,
+        alpha=args.alpha,
+    )
     if rank != 0:
         return 0
     if args.json:
@@ -92,7 +108,7 @@ def cmd_si(args) -> int:
 
 
 def _add_models(sub) -> None:
-    p = sub.add_parser("models", help="list the CIFAR-10 model variants")
+    p = sub.add_parser("models", help=HELP["models"])
     p.set_defaults(func=cmd_models)
 
 
@@ -123,7 +139,7 @@ def _add_train(sub) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train one CIFAR-10 variant with the course project's recipe",
+        help=HELP["train"],
         description="Train one variant; defaults are the course project's recipe (SGD 0.01, "
         "momentum 0.9, StepLR 40/0.1, 100 epochs, batch 256). Every setting is checked "
         "before any work; --resume keeps the run's saved settings.",
@@ -182,45 +198,85 @@ def _add_probe(sub) -> None:
     from dnnlab.settings import add_flags
 
     p = sub.add_parser(
-        "probe", help="SI/CSI of every layer of a trained run, or of any network on any images",
+        "probe",
+        help=HELP["probe"],
         description="Probe a run directory's best weights: SI and CSI of each layer's output "
         "on train20 (a stratified 20% of the training split), val and test. Or probe any "
         "network (--model) on an image folder or CIFAR-10 (--data).",
     )
     p.add_argument("run", nargs="?", help="a `dnnlab train` run directory (or --model/--data)")
     add_flags(p, ProbeConfig)
-    p.add_argument("--max-per-split", type=int, default=None,
-                   help="stratified cap per split (>= 2; default: all)")
+    p.add_argument(
+        "--max-per-split",
+        type=int,
+        default=None,
+        help="stratified cap per split (>= 2; default: all)",
+    )
     p.add_argument("--data-root", default=None, help="a run's CIFAR-10 source, if moved")
     p.add_argument("--overwrite", action="store_true", help="replace earlier probe results")
     g = p.add_argument_group("any network on any images")
-    g.add_argument("--model", default=None,
-                   help="torchvision:NAME[:k=v,...] or module.path:function (returns a module)")
-    g.add_argument("--data", default=None,
-                   help="image folders (train/<class>/, test/<class>/, or only <class>/), "
-                        "CIFAR-10 in any form `dnnlab train` reads, or a .tar.gz of a tree")
+    g.add_argument(
+        "--model",
+        default=None,
+        help="torchvision:NAME[:k=v,...] or module.path:function (returns a module)",
+    )
+    g.add_argument(
+        "--data",
+        default=None,
+        help="image folders (train/<class>/, test/<class>/, or only <class>/), "
+        "CIFAR-10 in any form `dnnlab train` reads, or a .tar.gz of a tree",
+    )
     g.add_argument("--weights", default=None, help="state dict file (torch.load, weights only)")
     g.add_argument("--weights-key", default=None, help="key of the state dict in that file")
-    g.add_argument("--image-size", type=int, default=None,
-                   help="images resized to this square side (>= 1; default: 224 for "
-                        "torchvision models, else the images' own size)")
-    g.add_argument("--mean", default=None, help="per-channel mean, e.g. 0.485,0.456,0.406 "
-                   "(default: ImageNet's for torchvision models, else 0.5)")
+    g.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="images resized to this square side (>= 1; default: 224 for "
+        "torchvision models, else the images' own size)",
+    )
+    g.add_argument(
+        "--mean",
+        default=None,
+        help="per-channel mean, e.g. 0.485,0.456,0.406 "
+        "(default: ImageNet's for torchvision models, else 0.5)",
+    )
     g.add_argument("--std", default=None, help="per-channel std (default as --mean)")
-    g.add_argument("--val-fraction", type=float, default=0.2,
-                   help="images held out as 'val' when the data has only class folders (0, 1)")
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="images held out as 'val' when the data has only class folders (0, 1)",
+    )
     g.add_argument("--seed", type=int, default=0, help="random seed of that split")
     g.add_argument("--out", default=None, help="output folder (--model; default: probe-out)")
-    p.add_argument("--cka-with", metavar="RUN_B", default=None,
-                   help="also CKA between the same layers of RUN and RUN_B on val")
-    p.add_argument("--compare", default=None,
-                   help="another probe's output folder: overlay its SI/CSI per layer")
+    p.add_argument(
+        "--cka-with",
+        metavar="RUN_B",
+        default=None,
+        help="also CKA between the same layers of RUN and RUN_B on val",
+    )
+    p.add_argument(
+        "--compare",
+        default=None,
+        help="another probe's output folder: overlay its SI/CSI per layer",
+    )
     p.set_defaults(func=cmd_probe)
 
 
 def _print_rows(rows) -> None:
-    skip = ("split", "layer", "dim", "n", "seconds", "note", "per_class", "stored",
-            "fingerprint", "provenance")
+    skip = (
+        "split",
+        "layer",
+        "dim",
+        "n",
+        "seconds",
+        "note",
+        "per_class",
+        "stored",
+        "fingerprint",
+        "provenance",
+    )
     names = [k for k in rows[0] if k not in skip]
     w = max(12, *(len(r["layer"]) + 2 for r in rows))
     print(f"{'split':<8}{'layer':<{w}}{'dim':>8}" + "".join(f"{k:>9}" for k in names))
@@ -242,8 +298,7 @@ def cmd_probe(args) -> int:
     if not any_model and not args.run:
         raise InputError("give a run directory, or --model SPEC --data ROOT")
     if args.max_per_split is not None and args.max_per_split < 2:
-        raise InputError(f"--max-per-split: {args.max_per_split} is out of range; it must be "
-                         ">= 2")
+        raise InputError(f"--max-per-split: {args.max_per_split} is out of range; it must be >= 2")
     listing = args.layers is not None and args.layers.strip() == "list"
     cfg = from_args(ProbeConfig, args, layers=None if listing else args.layers)
     if any_model:
@@ -251,11 +306,19 @@ def cmd_probe(args) -> int:
 
         if args.model is None or (args.data is None and not listing):
             raise InputError("--model and --data go together")
-        acfg = AnyConfig(model=args.model, data=args.data or "", weights=args.weights,
-                         weights_key=args.weights_key, image_size=args.image_size,
-                         mean=args.mean, std=args.std, val_fraction=args.val_fraction,
-                         seed=args.seed, max_per_split=args.max_per_split,
-                         out=args.out or "probe-out")
+        acfg = AnyConfig(
+            model=args.model,
+            data=args.data or "",
+            weights=args.weights,
+            weights_key=args.weights_key,
+            image_size=args.image_size,
+            mean=args.mean,
+            std=args.std,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            max_per_split=args.max_per_split,
+            out=args.out or "probe-out",
+        )
         if listing:
             return _print_layers(list_any(acfg))
         res, out, _ = probe_any(acfg, cfg, args.overwrite, sys.stderr.isatty())
@@ -264,8 +327,14 @@ def cmd_probe(args) -> int:
 
         if listing:
             return _print_layers(list_run(args.run))
-        res = probe_run(args.run, cfg, args.data_root, args.max_per_split, args.overwrite,
-                        progress=sys.stderr.isatty())
+        res = probe_run(
+            args.run,
+            cfg,
+            args.data_root,
+            args.max_per_split,
+            args.overwrite,
+            progress=sys.stderr.isatty(),
+        )
         out = Path(args.run)
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -276,8 +345,9 @@ def cmd_probe(args) -> int:
 
         if any_model:
             raise InputError("--cka-with compares two run directories; not with --model")
-        path = cka_between_runs(args.run, args.cka_with, cfg, "val", args.data_root,
-                                args.max_per_split)
+        path = cka_between_runs(
+            args.run, args.cka_with, cfg, "val", args.data_root, args.max_per_split
+        )
         print(f"wrote {path} and {path.with_suffix('.png').name}")
     if args.compare:
         from dnnlab.probe.compare import compare_probes
@@ -303,22 +373,29 @@ def _add_study(sub) -> None:
     from dnnlab.study.study import StudyConfig
 
     p = sub.add_parser(
-        "study", help="train + probe the variants and write the comparison report",
+        "study",
+        help=HELP["study"],
         description="Train and probe a list of variants (skipping finished work), then write "
         "report.md and a self-contained report.html. Prints its plan (variants, epochs, "
         "expected minutes) before any work. --quick sets the budget's flags not given.",
-    )  # fmt: skip
+    )
     add_flags(p, StudyConfig)
     p.add_argument("--out", default="study", help="study directory (default: study/)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier study")
-    p.add_argument("--detector", default=None,
-                   help="a `dnnlab detect` directory whose evaluations and photos/ join the "
-                        "report")
-    p.add_argument("--published", default=None,
-                   help="a folder of published full studies (each with study.json and runs/) "
-                        "whose tables the report shows beside this study's")  # fmt: skip
-    p.add_argument("--publish", default=None,
-                   help="afterwards, copy the results (no weights) into this folder")
+    p.add_argument(
+        "--detector",
+        default=None,
+        help="a `dnnlab detect` directory whose evaluations and photos/ join the report",
+    )
+    p.add_argument(
+        "--published",
+        default=None,
+        help="a folder of published full studies (each with study.json and runs/) "
+        "whose tables the report shows beside this study's",
+    )
+    p.add_argument(
+        "--publish", default=None, help="afterwards, copy the results (no weights) into this folder"
+    )
     p.set_defaults(func=cmd_study, **{f.name: UNSET for f in fields(StudyConfig)})
 
 
@@ -327,11 +404,20 @@ def cmd_study(args) -> int:
 
     from dnnlab.study.study import QUICK, StudyConfig, run_study
 
-    given = {f.name: getattr(args, f.name) for f in fields(StudyConfig)
-             if getattr(args, f.name, UNSET) is not UNSET}  # fmt: skip
+    given = {
+        f.name: getattr(args, f.name)
+        for f in fields(StudyConfig)
+        if getattr(args, f.name, UNSET) is not UNSET
+    }
     cfg = StudyConfig(**{**(QUICK if given.get("quick") else {}), **given})
-    run_study(cfg, args.out, overwrite=args.overwrite, progress=sys.stderr.isatty(),
-              detector=args.detector, published=args.published)  # fmt: skip
+    run_study(
+        cfg,
+        args.out,
+        overwrite=args.overwrite,
+        progress=sys.stderr.isatty(),
+        detector=args.detector,
+        published=args.published,
+    )
     if args.publish:
         from dnnlab.study.publish import publish
 
@@ -344,18 +430,24 @@ def _add_detect(sub) -> None:
     from dnnlab.detect import config as c
     from dnnlab.settings import add_flags
 
-    det = sub.add_parser("detect", help="R-CNN-style detector (build, train, show, run, eval)")
+    det = sub.add_parser("detect", help=HELP["detect"])
     dsub = det.add_subparsers(dest="detect_command", required=True)
-    preset = dict(choices=sorted(c.PRESETS), default=None,
-                  help="a named set of settings that overrides those flags (course: the "
-                       "original course project's)")
+    preset = dict(
+        choices=sorted(c.PRESETS),
+        default=None,
+        help="a named set of settings that overrides those flags (course: the "
+        "original course project's)",
+    )
 
     p = dsub.add_parser("build", help="proposals, IoU labels and the box index")
     p.add_argument("voc_dir", help="folder of VOC .xml files and their images")
     p.add_argument("--out", required=True, help="detector directory")
     p.add_argument("--target", default="cat", help="the class to detect (a VOC <name>)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="rebuild a folder that holds a trained detector (which is removed)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rebuild a folder that holds a trained detector (which is removed)",
+    )
     add_flags(p, c.ProposalConfig)
     add_flags(p, c.BuildConfig)
     p.set_defaults(func=cmd_detect_build)
@@ -377,8 +469,11 @@ def _add_detect(sub) -> None:
         if name == "run":
             p.add_argument("images", nargs="+")
             p.add_argument("--out", default="detections")
-            p.add_argument("--overwrite", action="store_true",
-                           help="replace the results of photos already in --out")
+            p.add_argument(
+                "--overwrite",
+                action="store_true",
+                help="replace the results of photos already in --out",
+            )
         else:
             p.add_argument("voc_dir")
             p.add_argument("--json", action="store_true")
@@ -406,13 +501,21 @@ def cmd_detect_build(args) -> int:
     from dnnlab.detect.voc import Problems
     from dnnlab.settings import from_args
 
-    info = build(args.voc_dir, args.out, args.target, from_args(ProposalConfig, args),
-                 from_args(BuildConfig, args), progress=sys.stderr.isatty(),
-                 overwrite=args.overwrite)
+    info = build(
+        args.voc_dir,
+        args.out,
+        args.target,
+        from_args(ProposalConfig, args),
+        from_args(BuildConfig, args),
+        progress=sys.stderr.isatty(),
+        overwrite=args.overwrite,
+    )
     pr = info["proposal_recall"]
-    print(f"{info['images']} images ({info['images_by_split']}), boxes {info['boxes']}, "
-          f"{info['proposals_per_image']:.0f} proposals/image, proposal recall "
-          f"{pr['recall50']:.3f} @0.5, {pr['recall70']:.3f} @0.7; {info['seconds']} s")
+    print(
+        f"{info['images']} images ({info['images_by_split']}), boxes {info['boxes']}, "
+        f"{info['proposals_per_image']:.0f} proposals/image, proposal recall "
+        f"{pr['recall50']:.3f} @0.5, {pr['recall70']:.3f} @0.7; {info['seconds']} s"
+    )
     print(Problems.from_dict(info["problems"]).summary())
     return 0
 
@@ -423,14 +526,20 @@ def cmd_detect_train(args) -> int:
     from dnnlab.detect.train import train_detector
     from dnnlab.settings import from_args
 
-    s = train_detector(args.dir, preset(from_args(FeatureSpec, args), args.preset),
-                       preset(from_args(HeadConfig, args), args.preset),
-                       preset(from_args(RegressorConfig, args), args.preset),
-                       from_args(TrainConfig, args), progress=sys.stderr.isatty(),
-                       overwrite=args.overwrite)
-    print(f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_boxes']} boxes; "
-          f"features {s['feature_seconds']} s, head {s['head_seconds']} s, box regressor "
-          f"{s['regressor_seconds']} s")
+    s = train_detector(
+        args.dir,
+        preset(from_args(FeatureSpec, args), args.preset),
+        preset(from_args(HeadConfig, args), args.preset),
+        preset(from_args(RegressorConfig, args), args.preset),
+        from_args(TrainConfig, args),
+        progress=sys.stderr.isatty(),
+        overwrite=args.overwrite,
+    )
+    print(
+        f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_boxes']} boxes; "
+        f"features {s['feature_seconds']} s, head {s['head_seconds']} s, box regressor "
+        f"{s['regressor_seconds']} s"
+    )
     return 0
 
 
@@ -446,16 +555,19 @@ def cmd_detect_run(args) -> int:
     from dnnlab.detect.output import run_detector
 
     detector = _load_detector(args)
-    results = run_detector(args.images, detector, args.out, progress=sys.stderr.isatty(),
-                           overwrite=args.overwrite)
+    results = run_detector(
+        args.images, detector, args.out, progress=sys.stderr.isatty(), overwrite=args.overwrite
+    )
     for r in results:
         if "error" in r:
             print(f"{r['image']}: {r['error']}", file=sys.stderr)
         else:
             print(f"{r['image']}: {len(r['detections'])} detections, {r['seconds']:.2f} s")
     failed = sum("error" in r for r in results)
-    print(f"{len(results) - failed} of {len(results)} photos done, {failed} failed; "
-          f"annotated images and JSON in {args.out}/")
+    print(
+        f"{len(results) - failed} of {len(results)} photos done, {failed} failed; "
+        f"annotated images and JSON in {args.out}/"
+    )
     return 1 if failed else 0
 
 
@@ -474,11 +586,12 @@ def cmd_detect_eval(args) -> int:
     fp = fingerprint(args.voc_dir, args.model, detector)
     res = None if args.draw else stored_result(args.model, args.voc_dir, fp)
     if res is not None:
-        print(f"reusing {record_path(args.model, args.voc_dir)}: same model, files and "
-              "settings", file=sys.stderr)
+        print(
+            f"reusing {record_path(args.model, args.voc_dir)}: same model, files and settings",
+            file=sys.stderr,
+        )
     else:
-        res = evaluate(args.voc_dir, detector, progress=sys.stderr.isatty(),
-                       draw_dir=args.draw)
+        res = evaluate(args.voc_dir, detector, progress=sys.stderr.isatty(), draw_dir=args.draw)
         write_record(args.model, args.voc_dir, fp, res)
     print(Problems.from_dict(res["problems"]).summary(), file=sys.stderr)
     if args.json:
@@ -489,25 +602,47 @@ def cmd_detect_eval(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# One line per command for `dnnlab --help`. Only the command being run gets its flags (and
+# imports its config classes), so `dnnlab --help` imports neither torch nor torchvision.
+HELP = {
+    "si": "separability measures of a feature file",
+    "models": "list the CIFAR-10 model variants",
+    "train": "train one CIFAR-10 variant with the course project's recipe",
+    "probe": "SI/CSI and more of every layer of a trained run, or of any network on any images",
+    "study": "train + probe the variants and write the comparison report",
+    "detect": "R-CNN-style detector (build, train, show, run, eval)",
+}
+ADDERS = {
+    "si": _add_si,
+    "models": _add_models,
+    "train": _add_train,
+    "probe": _add_probe,
+    "study": _add_study,
+    "detect": _add_detect,
+}
+
+
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """The parser; with `argv`, only its command's flags are built (None: every command's)."""
     parser = argparse.ArgumentParser(
         prog="dnnlab", description="A lab for analysing and designing deep networks."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_si(sub)
-    _add_models(sub)
-    _add_train(sub)
-    _add_probe(sub)
-    _add_study(sub)
-    _add_detect(sub)
+    words = [a for a in (argv or []) if not a.startswith("-")]
+    wanted = None if argv is None else (words[0] if words else "")
+    for name, add in ADDERS.items():
+        if wanted is None or wanted == name:
+            add(sub)
+        else:
+            sub.add_parser(name, help=HELP[name])
     return parser
 
 
 def main(argv=None) -> int:
     """Run a command. dnnlab's own errors (DnnlabError) print one "dnnlab CMD: error: ..."
     line and exit 2; anything else is a bug and keeps its traceback."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     from dnnlab.errors import DnnlabError
 
     cmd = args.command + (f" {args.detect_command}" if args.command == "detect" else "")

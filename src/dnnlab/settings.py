@@ -53,8 +53,16 @@ def _num(v: float) -> str:
 
 
 def setting(
-    default, help: str, *, low=None, high=None, low_open=False, high_open=False,
-    choices=None, flag=None, cli=True,
+    default,
+    help: str,
+    *,
+    low=None,
+    high=None,
+    low_open=False,
+    high_open=False,
+    choices=None,
+    flag=None,
+    cli=True,
 ):
     """A dataclass field with its help text and valid range (see the module docstring)."""
     choices = tuple(choices) if choices is not None else None
@@ -150,7 +158,9 @@ def add_flags(parser: argparse.ArgumentParser, cls, names=None, exclude=()) -> N
         if kind is bool:
             if default:
                 parser.add_argument(
-                    "--no-" + flag[2:], dest=f.name, action="store_false",
+                    "--no-" + flag[2:],
+                    dest=f.name,
+                    action="store_false",
                     help=f"turn off: {spec.help}".replace("%", "%%"),
                 )
             else:

@@ -33,8 +33,7 @@ import torch
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_torch_save, remove_stale_temporaries
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-           "truck")  # fmt: skip
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 HOW_TO_GET = (
     "Accepted: a directory with cifar-10-batches-py/ (torchvision's CIFAR10; add --download "
@@ -200,12 +199,16 @@ def _from_tar(path: Path):
         except DataError:
             raise
         except _TAR_ERRORS as e:
-            raise DataError(f"{path}: truncated or damaged archive ({e or type(e).__name__}) "
-                            f"after {len(members)} files") from None
+            raise DataError(
+                f"{path}: truncated or damaged archive ({e or type(e).__name__}) "
+                f"after {len(members)} files"
+            ) from None
         if len(end) < tarfile.BLOCKSIZE or end.count(0) != tarfile.BLOCKSIZE:
             last = members[-1][0] if members else "the start"
-            raise DataError(f"{path}: the archive ends without its end-of-archive marker, "
-                            f"after {last!r}: it was cut short and images are missing")
+            raise DataError(
+                f"{path}: the archive ends without its end-of-archive marker, "
+                f"after {last!r}: it was cut short and images are missing"
+            )
     out = _collect(((rel, (lambda b=b: b)) for rel, b in members), str(path))
     _check_counts(out, str(path))
     return out
@@ -217,8 +220,10 @@ def _check_counts(splits: dict, where: str) -> None:
         counts = torch.bincount(y, minlength=len(CLASSES)).tolist()
         if len(set(counts)) > 1:
             short = [f"{CLASSES[c]} {n}" for c, n in enumerate(counts) if n < max(counts)]
-            raise DataError(f"{where}: {split}/ has {max(counts)} images in some classes but "
-                            f"only {', '.join(short)}: images are missing")
+            raise DataError(
+                f"{where}: {split}/ has {max(counts)} images in some classes but "
+                f"only {', '.join(short)}: images are missing"
+            )
 
 
 def _from_tree(path: Path):
@@ -242,8 +247,10 @@ class _PlainUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in _NUMPY_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing {module}.{name}: a CIFAR-10 batch holds only "
-                                     "arrays, lists, numbers and strings")
+        raise pickle.UnpicklingError(
+            f"refusing {module}.{name}: a CIFAR-10 batch holds only "
+            "arrays, lists, numbers and strings"
+        )
 
 
 def _from_batches(path: Path, download: bool):
@@ -365,8 +372,9 @@ def split_indices(labels: torch.Tensor, n_val: int, seed: int) -> tuple[torch.Te
         raise DataError(f"validation size {n_val} must be between 1 and {labels.numel() - 1}")
     g = torch.Generator().manual_seed(seed)
     classes = torch.unique(labels)
-    per = [n_val // len(classes) + (1 if i < n_val % len(classes) else 0)
-           for i in range(len(classes))]  # fmt: skip
+    per = [
+        n_val // len(classes) + (1 if i < n_val % len(classes) else 0) for i in range(len(classes))
+    ]
     val = []
     for c, k in zip(classes.tolist(), per, strict=True):
         idx = (labels == c).nonzero().squeeze(1)

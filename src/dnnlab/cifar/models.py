@@ -29,8 +29,14 @@ from torch import nn
 from dnnlab.errors import InputError
 
 # Shapes (C, H, W) after each stem conv, and inside each residual block, for LayerNorm.
-LN_SHAPES = {"norm1": (32, 32, 32), "norm2": (64, 32, 32), "resblock1": (64, 16, 16),
-             "norm3": (128, 16, 16), "norm4": (256, 8, 8), "resblock2": (256, 4, 4)}  # fmt: skip
+LN_SHAPES = {
+    "norm1": (32, 32, 32),
+    "norm2": (64, 32, 32),
+    "resblock1": (64, 16, 16),
+    "norm3": (128, 16, 16),
+    "norm4": (256, 8, 8),
+    "resblock2": (256, 4, 4),
+}
 
 
 def make_norm(kind: str | None, channels: int, shape: tuple[int, int, int]) -> nn.Module:
@@ -70,9 +76,7 @@ class ResBlock(nn.Module):
     def __init__(self, ch, norm=None, shape=None, paths=1, shared=False, skip=True):
         super().__init__()
         self.n_paths, self.shared, self.skip = paths, shared, skip
-        self.paths = nn.ModuleList(
-            [Path2(ch, norm, shape) for _ in range(1 if shared else paths)]
-        )
+        self.paths = nn.ModuleList([Path2(ch, norm, shape) for _ in range(1 if shared else paths)])
         self.elu = nn.ELU()
 
     def forward(self, x):
@@ -114,10 +118,30 @@ VARIANTS: dict[str, Variant] = {
     ),
 }
 
-EXECUTION_ORDER = ("conv1", "norm1", "elu1", "conv2", "norm2", "elu2", "maxpool1",
-                   "resblock1", "conv3", "norm3", "elu3", "maxpool2", "conv4", "norm4",
-                   "elu4", "maxpool3", "resblock2", "avgpool", "flatten", "fc1", "norm_fc",
-                   "fc2")  # fmt: skip
+EXECUTION_ORDER = (
+    "conv1",
+    "norm1",
+    "elu1",
+    "conv2",
+    "norm2",
+    "elu2",
+    "maxpool1",
+    "resblock1",
+    "conv3",
+    "norm3",
+    "elu3",
+    "maxpool2",
+    "conv4",
+    "norm4",
+    "elu4",
+    "maxpool3",
+    "resblock2",
+    "avgpool",
+    "flatten",
+    "fc1",
+    "norm_fc",
+    "fc2",
+)
 
 
 class CourseNet(nn.Module):
@@ -181,10 +205,12 @@ class WideNet(nn.Module):
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
         self.elu2 = nn.ELU()
         self.pool1 = nn.MaxPool2d(2)
-        self.block1 = _WideBlock([nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1)],
-                                 None)  # fmt: skip
-        self.block2 = _WideBlock([nn.Conv2d(64, 128, 3, padding=1), nn.MaxPool2d(2)],
-                                 nn.Conv2d(64, 128, 1, stride=2))  # fmt: skip
+        self.block1 = _WideBlock(
+            [nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1)], None
+        )
+        self.block2 = _WideBlock(
+            [nn.Conv2d(64, 128, 3, padding=1), nn.MaxPool2d(2)], nn.Conv2d(64, 128, 1, stride=2)
+        )
         self.block3 = _WideBlock(
             [nn.Conv2d(128, 256, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(256, 256, 3, padding=1)],
             nn.Conv2d(128, 256, 1, stride=2),
@@ -229,8 +255,10 @@ def build_model(name: str, softmax_head: bool = False, num_classes: int = 10) ->
     v = VARIANTS[name]
     if v.wide:
         if softmax_head:
-            raise InputError("--softmax-head: the course's wide network has no Softmax, so "
-                             "model 'wide' has no softmax head")  # fmt: skip
+            raise InputError(
+                "--softmax-head: the course's wide network has no Softmax, so "
+                "model 'wide' has no softmax head"
+            )
         return WideNet(num_classes)
     return CourseNet(v, num_classes, softmax_head)
 

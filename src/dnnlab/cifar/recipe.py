@@ -25,17 +25,21 @@ from dnnlab.errors import ConfigError
 RECIPES = ("corrected", "course")
 # issue 12 named the course's recipe "seed"; "seed" now means the random seed only.
 ALIASES = {"seed": "course"}
-RECIPE_HELP = ("training protocol: corrected (dnnlab's) or course (the course's double "
-               "softmax, last-epoch weights, augmented validation, train20 from all 50,000 "
-               "training images); seed is accepted as another name for course")  # fmt: skip
+RECIPE_HELP = (
+    "training protocol: corrected (dnnlab's) or course (the course's double "
+    "softmax, last-epoch weights, augmented validation, train20 from all 50,000 "
+    "training images); seed is accepted as another name for course"
+)
 
 
 def recipe_name(text: str) -> str:
     """The canonical recipe name for `text` (an alias maps to its recipe)."""
     name = ALIASES.get(text, text)
     if name not in RECIPES:
-        raise ConfigError(f"--recipe: {text!r} is not one of {', '.join(RECIPES)} "
-                          f"(or {', '.join(ALIASES)}, another name for course)")  # fmt: skip
+        raise ConfigError(
+            f"--recipe: {text!r} is not one of {', '.join(RECIPES)} "
+            f"(or {', '.join(ALIASES)}, another name for course)"
+        )
     return name
 
 

@@ -53,8 +53,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise RunError(f"{path}: missing") from None
     except Exception as e:  # UnpicklingError (not plain data), EOF, zip errors: say which file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(f"{path}: not a loadable dnnlab checkpoint of plain data ({first})"
-                       ) from None
+        raise RunError(
+            f"{path}: not a loadable dnnlab checkpoint of plain data ({first})"
+        ) from None
     if not isinstance(ck, dict) or "model" not in ck:
         raise RunError(f"{path}: not a dnnlab checkpoint (no 'model' entry)")
     return ck
@@ -74,8 +75,10 @@ def check_run_data(run_dir, data) -> None:
     cfg = read_json_dict(run_dir / "config.json")
     want = cfg.get("data_identity")
     if not want:
-        raise RunError(f"{run_dir}/config.json records no data_identity, so the data it was "
-                       "trained on cannot be checked; train the run again")
+        raise RunError(
+            f"{run_dir}/config.json records no data_identity, so the data it was "
+            "trained on cannot be checked; train the run again"
+        )
     if want != data.identity:
         raise RunError(
             f"{run_dir} was trained on other data: {cfg.get('data_source')} (identity {want}), "

@@ -44,8 +44,15 @@ from dnnlab.utils.atomic import (
 from dnnlab.utils.device import check_device, check_device_name
 from dnnlab.utils.distributed import init_distributed
 
-__all__ = ["RunError", "TrainConfig", "check_run_data", "load_model_checkpoint",
-           "read_run_config", "read_split", "train"]
+__all__ = [
+    "RunError",
+    "TrainConfig",
+    "check_run_data",
+    "load_model_checkpoint",
+    "read_run_config",
+    "read_split",
+    "train",
+]
 
 
 @dataclass
@@ -63,8 +70,11 @@ class TrainConfig:
         0.1, "StepLR: learning-rate factor at each drop", low=0, high=1, low_open=True
     )
     n_val: int = setting(
-        5000, "validation images held out of the training set (stratified)",
-        low=1, high=49_999, flag="--val-size",
+        5000,
+        "validation images held out of the training set (stratified)",
+        low=1,
+        high=49_999,
+        flag="--val-size",
     )
     train_subset: int | None = setting(None, "train on a stratified subset this large", low=1)
     test_subset: int | None = setting(
@@ -90,8 +100,10 @@ class TrainConfig:
                 f"--model: {self.model!r} is not a model; choose one of: {', '.join(VARIANTS)}"
             )
         if self.softmax_head and self.model == "wide":
-            raise ConfigError("--softmax-head: the course's wide network has no Softmax, so "
-                              "model 'wide' has no softmax head")  # fmt: skip
+            raise ConfigError(
+                "--softmax-head: the course's wide network has no Softmax, so "
+                "model 'wide' has no softmax head"
+            )
         check_device_name(self.device)
 
     @property
@@ -123,8 +135,9 @@ RESUMABLE_CHANGES = ("device", "compile", "eval_batch_size", "data_root", "epoch
 
 
 def make_optimizer(model, cfg: TrainConfig):
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)  # fmt: skip
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
     return opt, sched
 
@@ -228,15 +241,21 @@ def load_weights(model, state: dict, where: str) -> None:
         raise RunError(f"{where}: the checkpoint's model entry is not a state dict")
     for k, v in own.items():
         if k not in state:
-            raise RunError(f"{where}: the checkpoint lacks {k!r} {tuple(v.shape)}; it was "
-                           "saved from another architecture")  # fmt: skip
+            raise RunError(
+                f"{where}: the checkpoint lacks {k!r} {tuple(v.shape)}; it was "
+                "saved from another architecture"
+            )
         if tuple(state[k].shape) != tuple(v.shape):
-            raise RunError(f"{where}: {k!r} is {tuple(state[k].shape)} in the checkpoint but "
-                           f"{tuple(v.shape)} in the model: another architecture")  # fmt: skip
+            raise RunError(
+                f"{where}: {k!r} is {tuple(state[k].shape)} in the checkpoint but "
+                f"{tuple(v.shape)} in the model: another architecture"
+            )
     extra = [k for k in state if k not in own]
     if extra:
-        raise RunError(f"{where}: the checkpoint has {extra[0]!r}, which the model lacks; it "
-                       "was saved from another architecture")  # fmt: skip
+        raise RunError(
+            f"{where}: the checkpoint has {extra[0]!r}, which the model lacks; it "
+            "was saved from another architecture"
+        )
     model.load_state_dict(state)
 
 
@@ -365,8 +384,7 @@ def _plan(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) -> _P
                 "another --out"
             )
         raise RunError(
-            f"{out} is not empty: pass --resume to continue that run, or --overwrite to "
-            "start again"
+            f"{out} is not empty: pass --resume to continue that run, or --overwrite to start again"
         )
     if saved.model != cfg.model:
         raise RunError(f"{out} is a run of {saved.model!r}, not {cfg.model!r}")
@@ -396,8 +414,13 @@ def _plan(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) -> _P
     return plan
 
 
-def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
-          overwrite: bool = False, progress: bool = True) -> dict:  # fmt: skip
+def train(
+    cfg: TrainConfig,
+    out: str | os.PathLike,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Train (or resume) one run; returns the summary dict.
 
     Every input (settings, run directory, checkpoint, data, split) is checked before
@@ -439,8 +462,11 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
     if rank == 0:
         if plan.replace:
             out.rename(old)
-            print(f"[{cfg.model}] the run being replaced is kept in {old} until the new run's "
-                  "first epoch is saved", flush=True)
+            print(
+                f"[{cfg.model}] the run being replaced is kept in {old} until the new run's "
+                "first epoch is saved",
+                flush=True,
+            )
         if plan.extend:
             (out / "summary.json").unlink()
         out.mkdir(parents=True, exist_ok=True)
@@ -485,16 +511,28 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
-        bar = tqdm(total=x_tr.shape[0], desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
-                   leave=False, disable=not progress or rank != 0)  # fmt: skip
+        bar = tqdm(
+            total=x_tr.shape[0],
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="img",
+            leave=False,
+            disable=not progress or rank != 0,
+        )
         tr_loss, tr_acc = train_one_epoch(net, opt, x_tr, y_tr, cfg, gen, dev, rank, world, bar)
         bar.close()
         sched.step()
         val_gen = R.val_generator(cfg.recipe, cfg.seed, epoch)
         val_loss, val_acc = evaluate(net, *split["val"], dev, cfg.eval_batch_size, val_gen)
         secs = time.perf_counter() - t0
-        row = dict(epoch=epoch + 1, lr=lr, train_loss=tr_loss, train_acc=tr_acc,
-                   val_loss=val_loss, val_acc=val_acc, seconds=secs)  # fmt: skip
+        row = dict(
+            epoch=epoch + 1,
+            lr=lr,
+            train_loss=tr_loss,
+            train_acc=tr_acc,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            seconds=secs,
+        )
         rows.append(row)
         improved = val_acc > best_acc
         if improved:
@@ -511,9 +549,12 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
             atomic_torch_save(ck, last)  # last: only now is the epoch complete
             if plan.replace and old.exists():
                 shutil.rmtree(old)  # the new run has its first checkpoint
-            print(f"[{cfg.model}] epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4g}  "
-                  f"train {tr_loss:.4f}/{tr_acc:.4f}  val {val_loss:.4f}/{val_acc:.4f}  "
-                  f"{secs:.1f}s", flush=True)  # fmt: skip
+            print(
+                f"[{cfg.model}] epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4g}  "
+                f"train {tr_loss:.4f}/{tr_acc:.4f}  val {val_loss:.4f}/{val_acc:.4f}  "
+                f"{secs:.1f}s",
+                flush=True,
+            )
 
     model.load_state_dict(best_state)
     test_loss, test_acc = evaluate(model, *split["test"], dev, cfg.eval_batch_size)
@@ -537,10 +578,16 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False,
     if rank == 0:
         plot_curves(rows, out / "curves.png", cfg.model)
         atomic_write_json(out / "summary.json", summary)
-        which = "the last epoch's weights (course recipe)" if R.tests_last_weights(cfg.recipe) \
-            else "the best weights"  # fmt: skip
-        print(f"[{cfg.model}] best val {best_acc:.4f} (epoch {best_epoch}); "
-              f"test {test_acc:.4f} with {which}", flush=True)  # fmt: skip
+        which = (
+            "the last epoch's weights (course recipe)"
+            if R.tests_last_weights(cfg.recipe)
+            else "the best weights"
+        )
+        print(
+            f"[{cfg.model}] best val {best_acc:.4f} (epoch {best_epoch}); "
+            f"test {test_acc:.4f} with {which}",
+            flush=True,
+        )
     return summary
 
 
@@ -556,4 +603,3 @@ def _restore(ck: dict, last: Path, model, opt, sched, gen) -> None:
         int(ck["epoch"]), float(ck["best_val_acc"]), int(ck["best_epoch"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise RunError(f"{last}: damaged checkpoint ({type(e).__name__}: {e})") from None
-

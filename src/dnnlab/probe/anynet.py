@@ -43,8 +43,9 @@ class AnyConfig:
     image_size: int | None = setting(None, "square side images are resized to", low=1)
     mean: str | None = setting(None, "per-channel mean, comma-separated")
     std: str | None = setting(None, "per-channel std, comma-separated")
-    val_fraction: float = setting(0.2, "held-out fraction for class-folder data", low=0,
-                                  high=1, low_open=True, high_open=True)
+    val_fraction: float = setting(
+        0.2, "held-out fraction for class-folder data", low=0, high=1, low_open=True, high_open=True
+    )
     seed: int = setting(0, "random seed of the train/val split and the subsets")
     max_per_split: int | None = setting(None, "stratified cap per split", low=2)
     out: str = setting("probe-out", "output folder")
@@ -68,7 +69,7 @@ def build_model(spec: str) -> nn.Module:
     if spec.startswith("torchvision:"):
         import torchvision
 
-        name, *args = spec[len("torchvision:"):].split(":")
+        name, *args = spec[len("torchvision:") :].split(":")
         kwargs = {}
         for a in ",".join(args).split(","):
             if not a.strip():
@@ -102,15 +103,17 @@ def build_model(spec: str) -> nn.Module:
     except InputError:
         raise
     except Exception as e:  # the user's code may fail in any way while importing
-        raise InputError(f"--model {spec!r}: cannot import {where} "
-                         f"({type(e).__name__}: {e})") from None
+        raise InputError(
+            f"--model {spec!r}: cannot import {where} ({type(e).__name__}: {e})"
+        ) from None
     factory = getattr(module, func, None)
     if not callable(factory):
         raise InputError(f"--model {spec!r}: {where} has no function {func!r}")
     model = factory()
     if not isinstance(model, nn.Module):
-        raise InputError(f"--model {spec!r}: {func}() returned a {type(model).__name__}, not "
-                         "a torch.nn.Module")
+        raise InputError(
+            f"--model {spec!r}: {func}() returned a {type(model).__name__}, not a torch.nn.Module"
+        )
     return model
 
 
@@ -123,8 +126,10 @@ def load_state(path: str, key: str | None) -> dict:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors: the file is not plain weights
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise InputError(f"--weights {path}: cannot be read as plain weights "
-                         f"(torch.load weights_only=True: {type(e).__name__}: {msg})") from None
+        raise InputError(
+            f"--weights {path}: cannot be read as plain weights "
+            f"(torch.load weights_only=True: {type(e).__name__}: {msg})"
+        ) from None
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
             keys = sorted(map(str, obj)) if isinstance(obj, dict) else []
@@ -142,15 +147,21 @@ def fit_weights(model: nn.Module, state: dict, where: str) -> None:
     own = model.state_dict()
     for k, v in own.items():
         if k not in state:
-            raise InputError(f"{where}: lacks {k!r} {tuple(v.shape)}, which the model has; "
-                             "these weights do not fit this model")
+            raise InputError(
+                f"{where}: lacks {k!r} {tuple(v.shape)}, which the model has; "
+                "these weights do not fit this model"
+            )
         if tuple(state[k].shape) != tuple(v.shape):
-            raise InputError(f"{where}: {k!r} is {tuple(state[k].shape)} in the file but "
-                             f"{tuple(v.shape)} in the model; these weights do not fit it")
+            raise InputError(
+                f"{where}: {k!r} is {tuple(state[k].shape)} in the file but "
+                f"{tuple(v.shape)} in the model; these weights do not fit it"
+            )
     extra = [k for k in state if k not in own]
     if extra:
-        raise InputError(f"{where}: holds {extra[0]!r}, which the model lacks; these weights "
-                         "do not fit this model")
+        raise InputError(
+            f"{where}: holds {extra[0]!r}, which the model lacks; these weights "
+            "do not fit this model"
+        )
     model.load_state_dict(state)
 
 
@@ -175,8 +186,15 @@ class ImageSplit:
 
     def subset(self, pos) -> ImageSplit:
         pos = [int(p) for p in pos]
-        return ImageSplit([self.items[p] for p in pos], self.labels[pos], self.size, self.mean,
-                          self.std, self.read, [self.identity, pos])
+        return ImageSplit(
+            [self.items[p] for p in pos],
+            self.labels[pos],
+            self.size,
+            self.mean,
+            self.std,
+            self.read,
+            [self.identity, pos],
+        )
 
     def __getitem__(self, sl: slice) -> torch.Tensor:
         import torch.nn.functional as F
@@ -184,12 +202,20 @@ class ImageSplit:
         out = []
         for key in self.items[sl]:
             img = self.read(key)
-            t = img if isinstance(img, torch.Tensor) else torch.from_numpy(
-                np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+            t = (
+                img
+                if isinstance(img, torch.Tensor)
+                else torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+            )
             t = t.float().div_(255)[None]
             if t.shape[-2:] != (self.size, self.size):
-                t = F.interpolate(t, size=(self.size, self.size), mode="bilinear",
-                                  antialias=True, align_corners=False)
+                t = F.interpolate(
+                    t,
+                    size=(self.size, self.size),
+                    mode="bilinear",
+                    antialias=True,
+                    align_corners=False,
+                )
             out.append(t[0])
         x = torch.stack(out)
         m = torch.tensor(self.mean).view(1, -1, 1, 1)
@@ -230,8 +256,11 @@ class _Tree:
                 raise InputError(f"--data {root}: not a readable archive ({e})") from None
             self.stat = {r: len(self.blobs[r]) for r in rels}
         else:
-            rels = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                          if p.is_file() and p.name.lower().endswith(IMAGE_EXT))
+            rels = sorted(
+                p.relative_to(root).as_posix()
+                for p in root.rglob("*")
+                if p.is_file() and p.name.lower().endswith(IMAGE_EXT)
+            )
             self.stat = {}
             for r in rels:
                 st = (root / r).stat()
@@ -300,23 +329,31 @@ def image_splits(cfg: AnyConfig, size: int | None, mean, std, out: Path):
         tr, va = split_indices(c10.train_y, 5000, cfg.seed)
         t20 = tr[_stratified(c10.train_y[tr], round(0.2 * len(tr)), cfg.seed)]
         src = f"cifar10:{c10.identity}"
+
         def mk(x, y, tag):  # noqa: E306
-            return ImageSplit(range(len(y)), y, size, mean, std, lambda i, x=x: x[i],
-                              [src, tag])
-        splits = {"train20": mk(c10.train_x[t20], c10.train_y[t20], "train20"),
-                  "val": mk(c10.train_x[va], c10.train_y[va], "val"),
-                  "test": mk(c10.test_x, c10.test_y, "test")}
-        how = (f"CIFAR-10: val = a stratified 5,000 of the training images (seed {cfg.seed}), "
-               "train20 = a stratified 20% of the rest, test = the test images")
+            return ImageSplit(range(len(y)), y, size, mean, std, lambda i, x=x: x[i], [src, tag])
+
+        splits = {
+            "train20": mk(c10.train_x[t20], c10.train_y[t20], "train20"),
+            "val": mk(c10.train_x[va], c10.train_y[va], "val"),
+            "test": mk(c10.test_x, c10.test_y, "test"),
+        }
+        how = (
+            f"CIFAR-10: val = a stratified 5,000 of the training images (seed {cfg.seed}), "
+            "train20 = a stratified 20% of the rest, test = the test images"
+        )
         return splits, list(c10.classes), how
     tree = _Tree(root)
     if not tree.tree:
-        raise InputError(f"--data {root}: no images found in <class>/ or train|val|test/<class>/ "
-                         "folders")
+        raise InputError(
+            f"--data {root}: no images found in <class>/ or train|val|test/<class>/ folders"
+        )
     classes = sorted({c for t in tree.tree.values() for c in t})
     if len(classes) < 2:
-        raise InputError(f"--data {root}: images of one class only ({classes}); separability "
-                         "needs at least two class folders")
+        raise InputError(
+            f"--data {root}: images of one class only ({classes}); separability "
+            "needs at least two class folders"
+        )
     cls_index = {c: i for i, c in enumerate(classes)}
 
     def listing(folder: dict) -> tuple[list[str], list[int]]:
@@ -343,14 +380,20 @@ def image_splits(cfg: AnyConfig, size: int | None, mean, std, out: Path):
         y = torch.tensor(labels)
         n_val = round(cfg.val_fraction * len(keys))
         if not 0 < n_val < len(keys):
-            raise InputError(f"--val-fraction {cfg.val_fraction}: leaves no images for one of "
-                             f"train and val ({len(keys)} images)")
+            raise InputError(
+                f"--val-fraction {cfg.val_fraction}: leaves no images for one of "
+                f"train and val ({len(keys)} images)"
+            )
         tr, va = split_indices(y, n_val, cfg.seed)
         t20 = tr[_stratified(y[tr], max(2, round(0.2 * len(tr))), cfg.seed)]
-        lists = {"train20": ([keys[p] for p in t20.tolist()], y[t20].tolist()),
-                 "val": ([keys[p] for p in va.tolist()], y[va].tolist())}
-        how = (f"class folders only: val = a stratified {cfg.val_fraction:g} of the images "
-               f"(seed {cfg.seed}), train20 = a stratified 20% of the rest; see split.json")
+        lists = {
+            "train20": ([keys[p] for p in t20.tolist()], y[t20].tolist()),
+            "val": ([keys[p] for p in va.tolist()], y[va].tolist()),
+        }
+        how = (
+            f"class folders only: val = a stratified {cfg.val_fraction:g} of the images "
+            f"(seed {cfg.seed}), train20 = a stratified 20% of the rest; see split.json"
+        )
         record = {k: v[0] for k, v in lists.items()}
     if size is None:
         first = next(iter(lists.values()))[0][0]
@@ -364,8 +407,10 @@ def image_splits(cfg: AnyConfig, size: int | None, mean, std, out: Path):
         out.mkdir(parents=True, exist_ok=True)
         from dnnlab.utils.atomic import atomic_write_json
 
-        atomic_write_json(out / "split.json", {"seed": cfg.seed, "val_fraction":
-                                               cfg.val_fraction, "classes": classes, **record})
+        atomic_write_json(
+            out / "split.json",
+            {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "classes": classes, **record},
+        )
     splits["_tree"] = tree
     return splits, classes, how
 
@@ -404,8 +449,9 @@ def check_size(model: nn.Module, size: int, spec: str) -> None:
             model(torch.zeros(1, 3, size, size))
     except RuntimeError as e:
         msg = str(e).splitlines()[0]
-        raise InputError(f"--image-size {size}: too small (or wrong) for {spec}: a forward "
-                         f"pass fails ({msg})") from None
+        raise InputError(
+            f"--image-size {size}: too small (or wrong) for {spec}: a forward pass fails ({msg})"
+        ) from None
 
 
 def list_any(cfg: AnyConfig):
@@ -433,8 +479,10 @@ def probe_any(cfg: AnyConfig, pcfg, overwrite=False, progress=False):
     wanted = [s for s in pcfg.splits if s in splits] if default else list(pcfg.splits)
     missing = [s for s in wanted if s not in splits]
     if missing or not wanted:
-        raise InputError(f"--splits: {cfg.data} has no split {missing or list(pcfg.splits)}; "
-                         f"it has {sorted(splits)}")
+        raise InputError(
+            f"--splits: {cfg.data} has no split {missing or list(pcfg.splits)}; "
+            f"it has {sorted(splits)}"
+        )
     chosen = {}
     for name in wanted:
         s = splits[name]
@@ -447,8 +495,16 @@ def probe_any(cfg: AnyConfig, pcfg, overwrite=False, progress=False):
         for s, _ in chosen.values():
             tree.check_headers(s.items)
     pcfg = replace(pcfg, splits=tuple(wanted))
-    res = probe_model(model, chosen, pcfg, out=out, input_fn=lambda b: b, overwrite=overwrite,
-                      progress=progress, source={"model": cfg.model})
+    res = probe_model(
+        model,
+        chosen,
+        pcfg,
+        out=out,
+        input_fn=lambda b: b,
+        overwrite=overwrite,
+        progress=progress,
+        source={"model": cfg.model},
+    )
     res.notes.insert(0, f"splits: {how}; classes: {len(classes)}; image size {size}")
     plot_probe(res.rows, out, title=cfg.model)
     return res, out, cfg.model

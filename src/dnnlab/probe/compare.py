@@ -41,8 +41,7 @@ def compare_probes(a: Path, b: Path) -> list[Path]:
                 if not pts:
                     continue
                 xs = [i / max(1, len(pts) - 1) for i in range(len(pts))]
-                ax.plot(xs, [r[measure] for r in pts], style, marker="o",
-                        label=f"{label} {split}")
+                ax.plot(xs, [r[measure] for r in pts], style, marker="o", label=f"{label} {split}")
                 drawn += 1
         if not drawn:
             plt.close(fig)

@@ -30,8 +30,14 @@ FIT_SPLIT = "train20"
 class ProbeExtras:
     """Per-layer hooks for probe_model: `measure` replaces its separability() call."""
 
-    def __init__(self, cfg, split_names: list[str], out: Path | None, resumed: bool = False,
-                 weights: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        cfg,
+        split_names: list[str],
+        out: Path | None,
+        resumed: bool = False,
+        weights: str | None = None,
+    ):
         wanted = parse_measures(cfg.measures)
         self.linear = any(m.kind == "linear" for m in wanted)
         core = [m.name for m in wanted if m.kind != "linear"]
@@ -45,8 +51,10 @@ class ProbeExtras:
                 f"splits {split_names}; add it to --splits"
             )
         if self.linear and split_names[0] != FIT_SPLIT:
-            raise InputError(f"measure linear: put {FIT_SPLIT} first in --splits (it is fitted "
-                             "there before the other splits are scored)")  # fmt: skip
+            raise InputError(
+                f"measure linear: put {FIT_SPLIT} first in --splits (it is fitted "
+                "there before the other splits are scored)"
+            )
         self.probes: dict[str, LinearProbe] = {}
         self.cka_splits = [s.strip() for s in cfg.cka_splits.split(",") if s.strip()]
         self.cka: dict[str, dict] = {}
@@ -71,8 +79,10 @@ class ProbeExtras:
         on = split in self.cka_splits
         self._complete = on and len(todo) == len(all_layers) and len(all_layers) > 1
         if on and not self._complete and todo and split not in self.cka:
-            self.cka[split] = {"note": "not computed: the split was resumed part-way; rerun "
-                                       "with --overwrite for its CKA matrix"}  # fmt: skip
+            self.cka[split] = {
+                "note": "not computed: the split was resumed part-way; rerun "
+                "with --overwrite for its CKA matrix"
+            }
         if self._complete:
             budget = _size(self.cfg.max_memory) // 4  # Grams past budget/8 are spilled
             self._matrix = CkaMatrix(max_memory=budget, spill_dir=self.out)
@@ -88,8 +98,9 @@ class ProbeExtras:
             plot_cka(res.to_dict(), self.out / f"cka_{split}.png", title=f"CKA on {split}")
 
     # ------------------------------------------------------------------ per layer
-    def measure(self, split: str, layer: str, feats, y, *, budget: int, core=separability,
-                **core_kw):  # fmt: skip
+    def measure(
+        self, split: str, layer: str, feats, y, *, budget: int, core=separability, **core_kw
+    ):
         """Linear probe and CKA of this layer's features, then the core's measures (by
         `core`, the separability function), as one SeparabilityResult.
 
@@ -102,8 +113,13 @@ class ProbeExtras:
             self._matrix.add(layer, x)
         if self.linear:
             if split == FIT_SPLIT:
-                probe = fit_linear(x, y, normalize_method=self.cfg.normalize,
-                                   device=self.cfg.device, max_memory=budget)  # fmt: skip
+                probe = fit_linear(
+                    x,
+                    y,
+                    normalize_method=self.cfg.normalize,
+                    device=self.cfg.device,
+                    max_memory=budget,
+                )
                 self.probes[layer] = probe
                 self._save_probe(layer, probe)
                 extra["linear"] = probe.train_accuracy
@@ -117,8 +133,16 @@ class ProbeExtras:
             from dnnlab.separability.measures import encode_labels
 
             _, classes = encode_labels(y, x.shape[0])
-            r = SeparabilityResult({}, {str(c): {} for c in classes}, {}, x.shape[0],
-                                   x.shape[1], self.cfg.normalize, self.cfg.device, 0.0)
+            r = SeparabilityResult(
+                {},
+                {str(c): {} for c in classes},
+                {},
+                x.shape[0],
+                x.shape[1],
+                self.cfg.normalize,
+                self.cfg.device,
+                0.0,
+            )
         for name in (m.name for m in parse_measures(self.cfg.measures)):
             if name in extra:
                 r.values[name] = extra[name]
@@ -132,21 +156,36 @@ class ProbeExtras:
         return None if self.out is None else self.out / "linear_probe" / f"{layer}.pt"
 
     def _settings(self) -> dict:
-        return {"normalize": self.cfg.normalize, "alpha": DEFAULT_ALPHA, "split": FIT_SPLIT,
-                "weights": self.weights}
+        return {
+            "normalize": self.cfg.normalize,
+            "alpha": DEFAULT_ALPHA,
+            "split": FIT_SPLIT,
+            "weights": self.weights,
+        }
 
     def _save_probe(self, layer: str, p: LinearProbe) -> None:
         path = self._probe_path(layer)
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({
-            "layer": layer, "settings": self._settings(), "classes": [str(c) for c in p.classes],
-            "class_values": torch.as_tensor(np.asarray(p.classes)) if _numeric(p.classes)
-            else torch.empty(0), "mean": p.mean.cpu(), "scale": p.scale.cpu(),
-            "coef": p.coef.cpu(), "intercept": p.intercept.cpu(), "form": p.form,
-            "n_train": p.n_train, "train_accuracy": p.train_accuracy,
-        }, path)  # fmt: skip
+        atomic_torch_save(
+            {
+                "layer": layer,
+                "settings": self._settings(),
+                "classes": [str(c) for c in p.classes],
+                "class_values": torch.as_tensor(np.asarray(p.classes))
+                if _numeric(p.classes)
+                else torch.empty(0),
+                "mean": p.mean.cpu(),
+                "scale": p.scale.cpu(),
+                "coef": p.coef.cpu(),
+                "intercept": p.intercept.cpu(),
+                "form": p.form,
+                "n_train": p.n_train,
+                "train_accuracy": p.train_accuracy,
+            },
+            path,
+        )
 
     def _load_probe(self, layer: str) -> LinearProbe:
         if layer in self.probes:
@@ -164,9 +203,18 @@ class ProbeExtras:
                 "--overwrite"
             )
         classes = d["class_values"].tolist() if d["class_values"].numel() else d["classes"]
-        p = LinearProbe(classes, d["mean"], d["scale"], d["coef"], d["intercept"],
-                        DEFAULT_ALPHA, self.cfg.normalize, d["form"], d["n_train"],
-                        d["train_accuracy"])  # fmt: skip
+        p = LinearProbe(
+            classes,
+            d["mean"],
+            d["scale"],
+            d["coef"],
+            d["intercept"],
+            DEFAULT_ALPHA,
+            self.cfg.normalize,
+            d["form"],
+            d["n_train"],
+            d["train_accuracy"],
+        )
         self.probes[layer] = p
         return p
 
@@ -192,8 +240,9 @@ def plot_cka(cka: dict, path: Path, title: str = "CKA") -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(4 + 0.9 * len(layers), 2 + 0.45 * len(layers)))
     for ax, kind in zip(axes, ("linear", "unbiased"), strict=True):
         m = np.array([[np.nan if v is None else v for v in row] for row in cka[kind]])
-        im = ax.imshow(m, vmin=0 if kind == "linear" else min(0.0, np.nanmin(m)), vmax=1,
-                       cmap="viridis")  # fmt: skip
+        im = ax.imshow(
+            m, vmin=0 if kind == "linear" else min(0.0, np.nanmin(m)), vmax=1, cmap="viridis"
+        )
         ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(len(layers)), layers, fontsize=7)
         ax.set_title(f"{title} ({kind})")
@@ -248,12 +297,19 @@ def sample_ids(x: torch.Tensor) -> np.ndarray:
     import hashlib
 
     flat = x.reshape(x.shape[0], -1).contiguous().cpu().numpy()
-    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(),
-                                    "little", signed=True) for r in flat])  # fmt: skip
+    return np.array(
+        [
+            int.from_bytes(
+                hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little", signed=True
+            )
+            for r in flat
+        ]
+    )
 
 
-def cka_between_runs(run_a, run_b, cfg, split: str = "val", data_root=None,
-                     max_per_split=None) -> Path:  # fmt: skip
+def cka_between_runs(
+    run_a, run_b, cfg, split: str = "val", data_root=None, max_per_split=None
+) -> Path:
     """Linear and unbiased CKA between the same layers of two trained runs on one split.
 
     Each layer's features (one layer in memory at a time) go into one CkaMatrix; the split's
@@ -297,8 +353,9 @@ def cka_between_runs(run_a, run_b, cfg, split: str = "val", data_root=None,
             for name in names_a:
                 info = by_name[name]
                 store = {name: np.empty((x.shape[0], info.dim), dtype=np.float32)}
-                extract_group(model, x, [info], cfg.batch_size, dev, to_input, cfg.output_key,
-                              store)  # fmt: skip
+                extract_group(
+                    model, x, [info], cfg.batch_size, dev, to_input, cfg.output_key, store
+                )
                 try:
                     m.add(f"{tag}:{name}", store.pop(name), ids=ids)
                 except InputError as e:
@@ -307,9 +364,16 @@ def cka_between_runs(run_a, run_b, cfg, split: str = "val", data_root=None,
         res = m.result()
     k = len(names_a)
     cross = {kind: [row[k:] for row in getattr(res, kind)[:k]] for kind in ("linear", "unbiased")}
-    doc = {"run_a": str(runs[0]), "run_b": str(runs[1]), "split": split, "n": res.n,
-           "checkpoint_sha256": {"a": loaded[0][4], "b": loaded[1][4]},
-           "layers": names_a, **cross, "full": res.to_dict()}  # fmt: skip
+    doc = {
+        "run_a": str(runs[0]),
+        "run_b": str(runs[1]),
+        "split": split,
+        "n": res.n,
+        "checkpoint_sha256": {"a": loaded[0][4], "b": loaded[1][4]},
+        "layers": names_a,
+        **cross,
+        "full": res.to_dict(),
+    }
     path = runs[0] / f"cka_with_{runs[1].name}_{split}.json"
     atomic_write_json(path, doc)
     plot_cka_cross(doc, path.with_suffix(".png"))

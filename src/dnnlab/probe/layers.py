@@ -82,6 +82,7 @@ def describe_layers(model, x, names, output_key=None) -> list[LayerInfo]:
     errors: list[str] = []
     hooks = []
     for n in names:
+
         def hook(_m, _i, out, n=n):
             if n in infos:
                 return
@@ -140,8 +141,12 @@ def trace(model: nn.Module, x: torch.Tensor, names, output_key=None) -> Trace:
             if t is not None:
                 total["bytes"] += t[0].numel() * t.element_size()
             if name not in seen:
-                seen[name] = LayerInfo(name, int(t[0].numel()) if t is not None else 0,
-                                       tuple(t.shape[1:]) if t is not None else (), note)
+                seen[name] = LayerInfo(
+                    name,
+                    int(t[0].numel()) if t is not None else 0,
+                    tuple(t.shape[1:]) if t is not None else (),
+                    note,
+                )
             if id(m) in children and children[id(m)] == name:
                 calls.append((name, inp[0] if len(inp) == 1 else None, out))
 

@@ -57,31 +57,43 @@ def _check_regex(layers) -> None:
 
 @dataclass
 class ProbeConfig:
-    splits: tuple[str, ...] = setting(("train20", "val", "test"),
-                                      "splits to probe, comma-separated")
+    splits: tuple[str, ...] = setting(
+        ("train20", "val", "test"), "splits to probe, comma-separated"
+    )
     layers: list[str] | str | None = setting(
-        None, "comma-separated module names (dotted), re:REGEX, or 'list' to print the layers "
-        "with their output shapes and stop; default: the top-level children in execution order")
+        None,
+        "comma-separated module names (dotted), re:REGEX, or 'list' to print the layers "
+        "with their output shapes and stop; default: the top-level children in execution order",
+    )
     measures: str = setting("si,csi", "measures, e.g. si,csi,hsi:3")
     normalize: str = setting("zscore", "per-feature normalization", choices=NORMALIZATIONS)
     max_memory: str = setting(
-        "4GB", "what the probe may add to the process's memory (features, the core, forward "
-        "passes); a layer that does not fit streams through a file")
+        "4GB",
+        "what the probe may add to the process's memory (features, the core, forward "
+        "passes); a layer that does not fit streams through a file",
+    )
     device: str = setting("cpu", "cpu, cuda or cuda:N")
-    batch_size: int = setting(500, "images per forward pass, at most (fewer if the budget "
-                              "needs it)", low=1)
+    batch_size: int = setting(
+        500, "images per forward pass, at most (fewer if the budget needs it)", low=1
+    )
     output_key: str | None = setting(None, "tuple index or dict key to probe in an output")
     memmap: str | None = setting(
-        None, "write every layer's features to a memory-mapped file of this type (default: "
+        None,
+        "write every layer's features to a memory-mapped file of this type (default: "
         "only layers that do not fit, as float32; float16 halves the disk and rounds values)",
-        choices=("float16", "float32"))
+        choices=("float16", "float32"),
+    )
     spill_dir: str | None = setting(
-        None, "folder for the feature files of layers that do not fit (default: the output "
-        "folder, else the system's temporary folder)")
+        None,
+        "folder for the feature files of layers that do not fit (default: the output "
+        "folder, else the system's temporary folder)",
+    )
     per_class: bool = setting(False, "also per-class values (in probe.json)")
     cka_splits: str = setting(
-        "", "CKA between all probed layers on these splits, e.g. val (17 layers on 5,000 "
-        "samples take about 10 minutes on 2 CPU cores)")
+        "",
+        "CKA between all probed layers on these splits, e.g. val (17 layers on 5,000 "
+        "samples take about 10 minutes on 2 CPU cores)",
+    )
 
     def __post_init__(self):
         if isinstance(self.splits, str):
@@ -129,8 +141,9 @@ def core_minimum(n: int, kk: int) -> int:
     return n * kk * (FLOAT32 + 8) * 3 + n * 64 + 128 * 2**10
 
 
-def plan_budget(budget: int, forward_per_sample: int, batch_size: int,
-                core_min: int = 0) -> tuple[int, int, int]:
+def plan_budget(
+    budget: int, forward_per_sample: int, batch_size: int, core_min: int = 0
+) -> tuple[int, int, int]:
     """(batch, reserve, room): a forward pass takes at most an eighth of the budget; the
     reserve covers the larger of a pass and the core's working memory; room holds features."""
     batch = max(1, min(batch_size, (budget // 8) // max(1, forward_per_sample)))
@@ -140,7 +153,8 @@ def plan_budget(budget: int, forward_per_sample: int, batch_size: int,
             f"--max-memory {format_size(budget)} does not hold one forward pass of one sample "
             f"({format_size(forward_per_sample)}) and the core's working memory "
             f"({format_size(core_min)}); allow at least "
-            f"{format_size(forward_per_sample + core_min + 2**20)}")
+            f"{format_size(forward_per_sample + core_min + 2**20)}"
+        )
     return batch, reserve, budget - reserve
 
 
@@ -181,15 +195,20 @@ def spill_block(n: int, dim: int, kk: int, avail: int) -> tuple[int, int]:
     bytes: the rows resident at once (about three blocks), the core's N x k state and its
     B x B buffers. Raises BudgetError naming the smallest budget that works."""
     fixed = n * kk * (FLOAT32 + 8) * 3 + n * 64
+
     def need(b):  # noqa: E306
         core = fixed + (4 * b * b * FLOAT32) * 4 // 3 + 2**20
         return 3 * b * dim * FLOAT32 + core, core
+
     for b in [*range(SPILL_MAX_BLOCK, 63, -64), 32, 16, 8]:
         total, core = need(b)
         if total <= avail:
             return min(b, n), core
-    raise BudgetError(f"{format_size(avail)} holds no block of {dim} features; allow at least "
-                      f"{format_size(need(8)[0])}", need(8)[0])
+    raise BudgetError(
+        f"{format_size(avail)} holds no block of {dim} features; allow at least "
+        f"{format_size(need(8)[0])}",
+        need(8)[0],
+    )
 
 
 class _StopForward(Exception):
@@ -197,8 +216,9 @@ class _StopForward(Exception):
 
 
 @torch.no_grad()
-def extract_group(model, x, group, batch_size, device, input_fn, output_key, store,
-                  start=None, progress=None):
+def extract_group(
+    model, x, group, batch_size, device, input_fn, output_key, store, start=None, progress=None
+):
     """Forward passes over x, cut short after the group's last layer (in execution order);
     fill store[name] (N x dim) for each layer of the group.
 
@@ -210,6 +230,7 @@ def extract_group(model, x, group, batch_size, device, input_fn, output_key, sto
     hooks = []
     last = group[-1].name
     for info in group:
+
         def hook(_m, _i, out, name=info.name):
             if name in pos["seen"]:
                 return  # a module called twice in one pass is probed at its first call
@@ -244,8 +265,14 @@ def extract_group(model, x, group, batch_size, device, input_fn, output_key, sto
             h.remove()
 
 
-def _load_existing(out: Path | None, cfg: ProbeConfig, overwrite: bool, expected: dict,
-                   weights: str, notes: list[str]) -> list[dict]:
+def _load_existing(
+    out: Path | None,
+    cfg: ProbeConfig,
+    overwrite: bool,
+    expected: dict,
+    weights: str,
+    notes: list[str],
+) -> list[dict]:
     """Earlier rows whose fingerprint matches what this probe would compute; the others are
     dropped (recomputed) with a note saying which input changed."""
     if out is None or not (out / "probe.json").exists():
@@ -256,11 +283,13 @@ def _load_existing(out: Path | None, cfg: ProbeConfig, overwrite: bool, expected
         old_cfg, old_rows = prev["config"], list(prev["rows"])
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         if not overwrite:
-            raise InputError(f"{path}: not a probe.json dnnlab can read ({e}); pass "
-                             "--overwrite to replace it") from None
+            raise InputError(
+                f"{path}: not a probe.json dnnlab can read ({e}); pass --overwrite to replace it"
+            ) from None
         return []
-    same = all(old_cfg.get(k) == v for k, v in
-               (("measures", cfg.measures), ("normalize", cfg.normalize)))  # fmt: skip
+    same = all(
+        old_cfg.get(k) == v for k, v in (("measures", cfg.measures), ("normalize", cfg.normalize))
+    )
     if not same and not overwrite:
         raise InputError(
             f"{path} holds results for measures={old_cfg.get('measures')}"
@@ -277,14 +306,18 @@ def _load_existing(out: Path | None, cfg: ProbeConfig, overwrite: bool, expected
                 continue
             stale += 1
             if stale <= 3:
-                notes.append(f"recomputing {key[0]}/{key[1]}: the stored row was made from "
-                             f"{stale_reason(r.get('provenance') or {}, expected[key])}")
+                notes.append(
+                    f"recomputing {key[0]}/{key[1]}: the stored row was made from "
+                    f"{stale_reason(r.get('provenance') or {}, expected[key])}"
+                )
         elif (r.get("provenance") or {}).get("weights") == weights:
             keep.append(r)  # another split or layer of these same weights: still valid
         else:
             stale += 1
-            notes.append(f"dropped {key[0]}/{key[1]}: made from other weights or by an older "
-                         "dnnlab, and not recomputed in this probe")
+            notes.append(
+                f"dropped {key[0]}/{key[1]}: made from other weights or by an older "
+                "dnnlab, and not recomputed in this probe"
+            )
     if stale > 3:
         notes.append(f"... {stale} stale rows in all")
     return keep
@@ -312,16 +345,17 @@ def probe_model(
     input_fn = input_fn or (lambda b: b.float())
     model = model.to(dev).eval()
     parse_measures(cfg.measures)
-    order_max = max((m.order for m in parse_measures(cfg.measures) if m.kind != "csi"),
-                    default=1)
+    order_max = max((m.order for m in parse_measures(cfg.measures) if m.kind != "csi"), default=1)
     for name, (x, y) in splits.items():
         if len(x) == 0:
             raise InputError(f"split {name!r} is empty")
         if len(x) != len(y):
             raise InputError(f"split {name!r}: {len(x)} inputs but {len(y)} labels")
         if len(x) <= order_max:
-            raise InputError(f"split {name!r} has {len(x)} samples; measures of order "
-                             f"{order_max} need more than {order_max}")
+            raise InputError(
+                f"split {name!r} has {len(x)} samples; measures of order "
+                f"{order_max} need more than {order_max}"
+            )
     names = resolve_layers(model, cfg.layers)
     first = next(iter(splits.values()))[0]
     tr = trace(model, input_fn(first[:2].to(dev)), names, cfg.output_key)
@@ -333,11 +367,18 @@ def probe_model(
         data = split_identity(x, y)
         for info in infos:
             expected[(split, info.name)] = {
-                "weights": weights, "data": data, "split": split, "n": len(x),
-                "layer": info.name, "measures": measures, "normalize": cfg.normalize,
-                "output_key": cfg.output_key, "per_class": cfg.per_class,
+                "weights": weights,
+                "data": data,
+                "split": split,
+                "n": len(x),
+                "layer": info.name,
+                "measures": measures,
+                "normalize": cfg.normalize,
+                "output_key": cfg.output_key,
+                "per_class": cfg.per_class,
                 "features": "float16" if cfg.memmap == "float16" else "float32",
-                **(source or {})}
+                **(source or {}),
+            }
     res = ProbeResult([], infos, chain=tr.chain is not None)
     rows = _load_existing(out, cfg, overwrite, expected, weights, res.notes)
     res.rows = rows
@@ -345,11 +386,15 @@ def probe_model(
     done = {(r["split"], r["layer"]) for r in rows}
     budget = parse_size(cfg.max_memory)
     order = {i.name: k for k, i in enumerate(infos)}
-    kk_max = 1 + knn.EXTRA_CANDIDATES + max(
-        (m.order for m in parse_measures(cfg.measures) if m.kind != "csi"), default=1)
+    kk_max = (
+        1
+        + knn.EXTRA_CANDIDATES
+        + max((m.order for m in parse_measures(cfg.measures) if m.kind != "csi"), default=1)
+    )
     core_min = core_minimum(max(len(x) for x, _ in splits.values()), kk_max)
-    batch, reserve, room = plan_budget(budget, tr.forward_bytes_per_sample, cfg.batch_size,
-                                       core_min)
+    batch, reserve, room = plan_budget(
+        budget, tr.forward_bytes_per_sample, cfg.batch_size, core_min
+    )
     res.batch_size = batch
 
     # Every split's plan is checked before any work: a too-small budget is refused up front.
@@ -357,8 +402,9 @@ def probe_model(
     for split, (x, _) in splits.items():
         todo = [i for i in infos if (split, i.name) not in done]
         # The linear probe's and CKA's memory comes off the features' room.
-        groups = plan_groups(todo, len(x), room - extras.reserve(split, len(x)),
-                             to_file=cfg.memmap is not None)
+        groups = plan_groups(
+            todo, len(x), room - extras.reserve(split, len(x)), to_file=cfg.memmap is not None
+        )
         for g in groups:
             if g.to_file:
                 try:
@@ -369,12 +415,18 @@ def probe_model(
                         f"--max-memory {format_size(budget)} is too small for one block of the "
                         f"core's work on layer {g.layers[0].name!r} ({len(x)} samples x "
                         f"{g.layers[0].dim} features, split {split!r}); the smallest budget "
-                        f"that works is {format_size(least)}", least) from None
+                        f"that works is {format_size(least)}",
+                        least,
+                    ) from None
         plans[split] = groups
 
     def save():
-        rows.sort(key=lambda r: (list(splits).index(r["split"]) if r["split"] in splits else 99,
-                                 order.get(r["layer"], 99)))  # fmt: skip
+        rows.sort(
+            key=lambda r: (
+                list(splits).index(r["split"]) if r["split"] in splits else 99,
+                order.get(r["layer"], 99),
+            )
+        )
         if out is not None:
             write_tables(out, rows, cfg, extras.cka)
 
@@ -402,20 +454,37 @@ def probe_model(
             block, core_mem = None, reserve if dev.type == "cpu" else budget
         # Linear probe and CKA first, then the core's measures; the features are the probe's
         # own, so the core may normalize them in place.
-        r = extras.measure(split, info.name, feats, y, budget=core_mem, core=separability,
-                           normalize_method=cfg.normalize, device=dev, block=block,
-                           overwrite_input=True, undefined="nan")
+        r = extras.measure(
+            split,
+            info.name,
+            feats,
+            y,
+            budget=core_mem,
+            core=separability,
+            normalize_method=cfg.normalize,
+            device=dev,
+            block=block,
+            overwrite_input=True,
+            undefined="nan",
+        )
         secs = time.perf_counter() - t1
         res.core_seconds += secs
         if on_file:
             folder.free(feats)
         del feats
         prov = expected[(split, info.name)]
-        row = {"split": split, "layer": info.name, "dim": info.dim, "n": n,
-               **r.values, "seconds": round(secs + fwd, 3),
-               "note": "; ".join(x for x in (info.note, *r.notes) if x),
-               "stored": f"file:{prov['features']}" if on_file else "memory",
-               "fingerprint": fingerprint(prov), "provenance": prov}
+        row = {
+            "split": split,
+            "layer": info.name,
+            "dim": info.dim,
+            "n": n,
+            **r.values,
+            "seconds": round(secs + fwd, 3),
+            "note": "; ".join(x for x in (info.note, *r.notes) if x),
+            "stored": f"file:{prov['features']}" if on_file else "memory",
+            "fingerprint": fingerprint(prov),
+            "provenance": prov,
+        }
         if cfg.per_class:
             row["per_class"] = r.per_class
         rows.append(row)
@@ -427,8 +496,9 @@ def probe_model(
             groups = plans[split]
             if not groups:
                 continue
-            extras.start_split(split, [i.name for i in infos],
-                               [i.name for g in groups for i in g.layers])
+            extras.start_split(
+                split, [i.name for i in infos], [i.name for g in groups for i in g.layers]
+            )
             n = len(x)
             res.groups[split] = len(groups)
             held: dict[str, np.ndarray] = {}  # features in memory, by layer
@@ -438,8 +508,12 @@ def probe_model(
                 start = None
                 if prev is not None:
                     b = held[prev[0].name]
-                    usable = (g.from_boundary and tr.chain is not None
-                              and prev[0].name in tr.chain and b.dtype == np.float32)
+                    usable = (
+                        g.from_boundary
+                        and tr.chain is not None
+                        and prev[0].name in tr.chain
+                        and b.dtype == np.float32
+                    )
                     if usable and isinstance(b, np.memmap) and not g.to_file:
                         # Its core runs after this group's pass, beside this group's features.
                         size = sum(n * i.dim * FLOAT32 for i in g.layers)
@@ -460,24 +534,46 @@ def probe_model(
                             parent = cfg.spill_dir or out
                             spill["folder"] = SpillFolder(Path(parent) if parent else None)
                         folder = spill["folder"]
-                        held[info.name] = folder.array(info.name, (n, info.dim),
-                                                       cfg.memmap or "float32")
-                        res.spilled.append({"split": split, "layer": info.name,
-                                            "bytes": held[info.name].nbytes,
-                                            "dtype": cfg.memmap or "float32",
-                                            "folder": str(folder.path)})
+                        held[info.name] = folder.array(
+                            info.name, (n, info.dim), cfg.memmap or "float32"
+                        )
+                        res.spilled.append(
+                            {
+                                "split": split,
+                                "layer": info.name,
+                                "bytes": held[info.name].nbytes,
+                                "dtype": cfg.memmap or "float32",
+                                "folder": str(folder.path),
+                            }
+                        )
                         res.notes.append(
                             f"{split}/{info.name}: {format_size(held[info.name].nbytes)} of "
                             f"features streamed through {folder.path} "
-                            f"({cfg.memmap or 'float32'})")
+                            f"({cfg.memmap or 'float32'})"
+                        )
                     else:
                         held[info.name] = np.empty((n, info.dim), dtype=np.float32)
                 store = {i.name: held[i.name] for i in g.layers}
                 t0 = time.perf_counter()
-                pbar = tqdm(total=n, desc=f"{split}: forward to {g.layers[-1].name}",
-                            unit="img", leave=False, disable=not progress)
-                extract_group(model, x, g.layers, batch, dev, input_fn, cfg.output_key, store,
-                              start, pbar.update)
+                pbar = tqdm(
+                    total=n,
+                    desc=f"{split}: forward to {g.layers[-1].name}",
+                    unit="img",
+                    leave=False,
+                    disable=not progress,
+                )
+                extract_group(
+                    model,
+                    x,
+                    g.layers,
+                    batch,
+                    dev,
+                    input_fn,
+                    cfg.output_key,
+                    store,
+                    start,
+                    pbar.update,
+                )
                 pbar.close()
                 del store, start
                 spent = time.perf_counter() - t0
@@ -528,16 +624,17 @@ def plot_probe(rows: list[dict], out: Path, title: str = "") -> list[Path]:
 
     written = []
     for measure in ("si", "csi"):
-        for fname, split_set in ((f"{measure}_train20.png", ("train20",)),
-                                 (f"{measure}_val_test.png", ("val", "test"))):  # fmt: skip
+        for fname, split_set in (
+            (f"{measure}_train20.png", ("train20",)),
+            (f"{measure}_val_test.png", ("val", "test")),
+        ):
             present = [s for s in split_set if any(r["split"] == s and measure in r for r in rows)]
             if not present:
                 continue
             fig, ax = plt.subplots(figsize=(10, 4))
             for s in present:
                 pts = [r for r in rows if r["split"] == s]
-                ax.plot([r["layer"] for r in pts], [r[measure] for r in pts], marker="o",
-                        label=s)  # fmt: skip
+                ax.plot([r["layer"] for r in pts], [r[measure] for r in pts], marker="o", label=s)
             ax.set_ylabel(measure.upper())
             ax.set_xlabel("layer (execution order)")
             ax.set_ylim(0, 1.02)
@@ -557,5 +654,12 @@ def layer_memory_estimate(infos: list[LayerInfo], n: int) -> int:
     return int(math.fsum(n * i.dim * 4 for i in infos))
 
 
-__all__ = ["BudgetError", "LayerError", "ProbeConfig", "ProbeResult", "plan_groups", "plot_probe",
-           "probe_model"]
+__all__ = [
+    "BudgetError",
+    "LayerError",
+    "ProbeConfig",
+    "ProbeResult",
+    "plan_groups",
+    "plot_probe",
+    "probe_model",
+]

@@ -23,8 +23,9 @@ from dnnlab.probe.probe import ProbeConfig, ProbeResult, plot_probe, probe_model
 SPLITS = ("train20", "val", "test")
 
 
-def run_splits(run: Path, cfg: TrainConfig, wanted, data_root=None, max_per_split=None,
-               seed: int = 0):  # fmt: skip
+def run_splits(
+    run: Path, cfg: TrainConfig, wanted, data_root=None, max_per_split=None, seed: int = 0
+):
     """{split: (uint8 images, labels)} for a run, from its recorded split indices."""
     unknown = [s for s in wanted if s not in SPLITS]
     if unknown:
@@ -56,8 +57,9 @@ def run_splits(run: Path, cfg: TrainConfig, wanted, data_root=None, max_per_spli
     return out
 
 
-def probe_run(run, pcfg: ProbeConfig, data_root=None, max_per_split=None, overwrite=False,
-              progress=False) -> ProbeResult:  # fmt: skip
+def probe_run(
+    run, pcfg: ProbeConfig, data_root=None, max_per_split=None, overwrite=False, progress=False
+) -> ProbeResult:
     run = Path(run)
     if not (run / "config.json").exists():
         raise RunError(f"{run}: no config.json; is this a `dnnlab train` run directory?")
@@ -67,8 +69,9 @@ def probe_run(run, pcfg: ProbeConfig, data_root=None, max_per_split=None, overwr
         raise RunError(f"{run}: no best.pt yet; train the run first")
     model, _ = load_model_checkpoint(best, cfg.model)
     splits = run_splits(run, cfg, pcfg.splits, data_root, max_per_split, seed=cfg.seed)
-    res = probe_model(model, splits, pcfg, out=run, input_fn=to_input, overwrite=overwrite,
-                      progress=progress)  # fmt: skip
+    res = probe_model(
+        model, splits, pcfg, out=run, input_fn=to_input, overwrite=overwrite, progress=progress
+    )
     plot_probe(res.rows, run, title=cfg.model)
     return res
 

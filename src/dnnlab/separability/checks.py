@@ -60,8 +60,10 @@ def check_features(features, where: str = "features") -> None:
         finite = torch.isfinite(x).all(1)
         if not bool(finite.all()):
             rows = (~finite).nonzero().squeeze(1)
-            raise InputError(f"{where}: {rows.numel()} samples hold NaN or Inf (first at "
-                             f"position {int(rows[0])}); remove or impute them first")
+            raise InputError(
+                f"{where}: {rows.numel()} samples hold NaN or Inf (first at "
+                f"position {int(rows[0])}); remove or impute them first"
+            )
     if bool((x == x[:1]).all()):
         raise InputError(
             f"{where}: every feature column is constant, so all {x.shape[0]} samples are "
@@ -74,13 +76,16 @@ def check_pair(features, labels, x_name: str = "features", y_name: str = "labels
     n = features.shape[0] if getattr(features, "ndim", 0) else 0
     y_shape = tuple(labels.shape) if hasattr(labels, "shape") else (len(labels),)
     if n < 2:
-        raise InputError(f"{x_name}: need at least 2 samples in shape (N, ...); got "
-                         f"{tuple(getattr(features, 'shape', ()))}")
+        raise InputError(
+            f"{x_name}: need at least 2 samples in shape (N, ...); got "
+            f"{tuple(getattr(features, 'shape', ()))}"
+        )
     if len(y_shape) not in (1, 2) or (len(y_shape) == 2 and y_shape[1] != 1):
         raise InputError(f"{y_name}: labels must have shape (N,) or (N, 1); got {y_shape}")
     if y_shape[0] != n:
-        raise InputError(f"{x_name} has N={n} samples but labels have {y_shape[0]} "
-                         f"({y_name}); they must match")
+        raise InputError(
+            f"{x_name} has N={n} samples but labels have {y_shape[0]} ({y_name}); they must match"
+        )
 
 
 def check_inputs(features, labels, x_name: str = "features", y_name: str = "labels") -> None:

@@ -89,8 +89,13 @@ class CkaResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"layers": self.layers, "linear": self.linear, "unbiased": self.unbiased,
-                "n": self.n, "notes": self.notes}  # fmt: skip
+        return {
+            "layers": self.layers,
+            "linear": self.linear,
+            "unbiased": self.unbiased,
+            "n": self.n,
+            "notes": self.notes,
+        }
 
     def value(self, a: str, b: str, kind: str = "linear"):
         m = self.linear if kind == "linear" else self.unbiased
@@ -149,8 +154,9 @@ class CkaMatrix:
             self.in_memory += size
         else:
             if self._tmp is None:
-                self._tmp = tempfile.TemporaryDirectory(prefix="dnnlab-cka-",
-                                                        dir=self._spill_parent)  # fmt: skip
+                self._tmp = tempfile.TemporaryDirectory(
+                    prefix="dnnlab-cka-", dir=self._spill_parent
+                )
             path = Path(self._tmp.name) / f"gram{len(self.names)}.npy"
             mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n, n))
             mm[:] = g.numpy()
@@ -204,8 +210,12 @@ class CkaMatrix:
                 u[i, j] = u[j, i] = _hsic_terms(s[i, j], self.diags[i], self.diags[j], n)
         lin = [[_ratio(s, i, j) for j in range(k)] for i in range(k)]
         unb = [[_ratio(u, i, j) for j in range(k)] for i in range(k)]
-        notes = [f"layer {self.names[i]!r}: its features are constant over the samples; "
-                 "its CKA is undefined (null)" for i in range(k) if not s[i, i] > 0]  # fmt: skip
+        notes = [
+            f"layer {self.names[i]!r}: its features are constant over the samples; "
+            "its CKA is undefined (null)"
+            for i in range(k)
+            if not s[i, i] > 0
+        ]
         return CkaResult(list(self.names), lin, unb, n, notes)
 
     def close(self) -> None:

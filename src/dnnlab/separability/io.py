@@ -35,9 +35,7 @@ def _pick(named: dict, name: str | None, path: Path):
         return named[name]
     if len(named) == 1:
         return next(iter(named.values()))
-    raise InputError(
-        f"{path} holds several arrays {sorted(named)}; choose one as {path}:NAME"
-    )
+    raise InputError(f"{path} holds several arrays {sorted(named)}; choose one as {path}:NAME")
 
 
 def _read_csv(path: Path, column: str | None, numeric: bool) -> np.ndarray:
@@ -61,9 +59,7 @@ def _read_csv(path: Path, column: str | None, numeric: bool) -> np.ndarray:
     offset = 2 if header else 1
     for i, r in enumerate(rows):
         if len(r) != width:
-            raise InputError(
-                f"{path}: row {i + offset} has {len(r)} fields, expected {width}"
-            )
+            raise InputError(f"{path}: row {i + offset} has {len(r)} fields, expected {width}")
     if column is not None:
         if column not in header:
             raise InputError(f"{path}: no column {column!r}; the header has {header}")

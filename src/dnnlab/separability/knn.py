@@ -301,10 +301,6 @@ def nearest_center(
             step = max(1, mem_elems // max(c * dim, 1))
             for r0 in range(0, rows.numel(), step):
                 rr = rows[r0 : r0 + step]
-                ex = (
-                    (centers[None] - a[rr].to(torch.float64)[:, None])
-                    .square_()
-                    .sum(2)
-                )
+                ex = (centers[None] - a[rr].to(torch.float64)[:, None]).square_().sum(2)
                 out[rr] = ex.argmin(1)  # argmin returns the first (lowest) index among ties
     return out

@@ -76,8 +76,7 @@ class LinearProbe:
         x = as_feature_tensor(features)
         if x.shape[1] != self.dim:
             raise InputError(
-                f"features have D={x.shape[1]} per sample but the probe was fitted on "
-                f"D={self.dim}"
+                f"features have D={x.shape[1]} per sample but the probe was fitted on D={self.dim}"
             )
         dev = self.coef.device
         out = torch.empty((x.shape[0], len(self.classes)), dtype=torch.float64, device=dev)
@@ -111,8 +110,9 @@ class LinearProbe:
         arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
         arr = arr[:, 0] if arr.ndim == 2 and arr.shape[1] == 1 else arr
         if arr.shape != (n,):
-            raise InputError(f"labels must have shape ({n},) to match the features; got "
-                             f"{tuple(arr.shape)}")  # fmt: skip
+            raise InputError(
+                f"labels must have shape ({n},) to match the features; got {tuple(arr.shape)}"
+            )
         known = np.asarray(self.classes)
         pos = np.searchsorted(known, arr)
         pos_ok = np.minimum(pos, len(known) - 1)
@@ -336,8 +336,12 @@ def fit_linear(
         ok = False
         if solve is not None:
             sol, steps, ok = _refine(system, solve, rhs)
-        timings = {"stats": t1 - t0, "gram": t2 - t1, "factor": t3 - t2,
-                   "refine": time.perf_counter() - t3}  # fmt: skip
+        timings = {
+            "stats": t1 - t0,
+            "gram": t2 - t1,
+            "factor": t3 - t2,
+            "refine": time.perf_counter() - t3,
+        }
         # 2. A float64 Gram of the same Zc (too ill-conditioned for float32 products).
         if not ok:
             fallback = compute_dtype != torch.float64
@@ -355,10 +359,20 @@ def fit_linear(
         coef = system.zt(sol) if dual else sol
         timings["coef"] = time.perf_counter() - t4
     probe = LinearProbe(
-        classes, mean, scale, coef, y_mean, float(alpha), normalize_method,
-        "dual" if dual else "primal", n, refine_steps=steps, fallback=fallback,
-        timings=timings, compute_dtype=compute_dtype,
-    )  # fmt: skip
+        classes,
+        mean,
+        scale,
+        coef,
+        y_mean,
+        float(alpha),
+        normalize_method,
+        "dual" if dual else "primal",
+        n,
+        refine_steps=steps,
+        fallback=fallback,
+        timings=timings,
+        compute_dtype=compute_dtype,
+    )
     if dual:  # training scores Zc W + mean(Y) = K A + mean(Y) = Y - alpha A: no pass needed
         pred = (y - alpha * sol).argmax(1).cpu().numpy()
     else:

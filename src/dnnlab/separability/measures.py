@@ -319,9 +319,13 @@ def separability(
         from dnnlab.separability.linear import DEFAULT_ALPHA, fit_linear
 
         probe = fit_linear(
-            x, labels, alpha=DEFAULT_ALPHA if alpha is None else alpha,
-            normalize_method=normalize_method, device=device, max_memory=max_memory,
-        )  # fmt: skip
+            x,
+            labels,
+            alpha=DEFAULT_ALPHA if alpha is None else alpha,
+            normalize_method=normalize_method,
+            device=device,
+            max_memory=max_memory,
+        )
         try:
             lin = probe.score(*test)
         except (ValueError, TypeError) as e:
@@ -334,23 +338,41 @@ def separability(
         if wanted_kinds == {"linear"}:  # nothing else needs the normalized copy
             per = {c: {"linear": lin[1].get(c, float("nan"))} for c in names}
             return SeparabilityResult(
-                {"linear": lin[0]}, per, {c: int(counts[i]) for i, c in enumerate(names)}, n,
-                d, normalize_method, str(dev), time.perf_counter() - t0, notes,
-            )  # fmt: skip
+                {"linear": lin[0]},
+                per,
+                {c: int(counts[i]) for i, c in enumerate(names)},
+                n,
+                d,
+                normalize_method,
+                str(dev),
+                time.perf_counter() - t0,
+                notes,
+            )
     if len(classes) == 1:
         msg = f"all {n} samples have one label ({names[0]!r}); every measure is trivial"
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
         vals = {m.name: (0.0 if m.kind == "anti" else 1.0) for m in wanted}
         return SeparabilityResult(
-            vals, {names[0]: dict(vals)}, {names[0]: n}, n, d, normalize_method, str(dev),
-            time.perf_counter() - t0, notes,
-        )  # fmt: skip
+            vals,
+            {names[0]: dict(vals)},
+            {names[0]: n},
+            n,
+            d,
+            normalize_method,
+            str(dev),
+            time.perf_counter() - t0,
+            notes,
+        )
 
     itemsize = torch.finfo(compute_dtype).bits // 8
     kk = min(n - 1, k + knn.EXTRA_CANDIDATES) if k else 1
-    in_place = overwrite_input and x.dtype == compute_dtype and x.is_contiguous() and (
-        device in (None, "auto") or x.device == torch.device(device))
+    in_place = (
+        overwrite_input
+        and x.dtype == compute_dtype
+        and x.is_contiguous()
+        and (device in (None, "auto") or x.device == torch.device(device))
+    )
     copy_d = 0 if in_place else d
     workspace, mem_elems = plan_memory(n, copy_d, d, kk, itemsize, parse_size(max_memory))
     if block is None:
@@ -377,17 +399,26 @@ def separability(
         if k:
             bar = _progress_bar(n, block, group, progress)
             nbr = knn.k_nearest(
-                a, k, block, sq=sq, mem_elems=mem_elems, progress=bar.update if bar else None,
-                group=group, stats=stats,
-            )  # fmt: skip
+                a,
+                k,
+                block,
+                sq=sq,
+                mem_elems=mem_elems,
+                progress=bar.update if bar else None,
+                group=group,
+                stats=stats,
+            )
             if bar:
                 bar.close()
             eq = codes[nbr] == codes[:, None]
             cum = eq.to(torch.int64).cumsum(1)  # cum[:, r-1] = neighbours among the r nearest
             for r in sorted({m.order for m in wanted if m.kind not in NO_SEARCH}):
                 same[r] = cum[:, r - 1]
-            votes = {m.order: knn_vote(codes[nbr[:, : m.order]]) == codes
-                     for m in wanted if m.kind == "knn"}  # fmt: skip
+            votes = {
+                m.order: knn_vote(codes[nbr[:, : m.order]]) == codes
+                for m in wanted
+                if m.kind == "knn"
+            }
         own_center = None
         if any(m.kind == "csi" for m in wanted):
             centers = class_centers(a, codes, len(classes))
@@ -445,9 +476,16 @@ def separability(
     for k, v in values.items():
         assert k == "nc1" or not math.isnan(v)
     return SeparabilityResult(
-        values, per_class, {c: int(counts[i]) for i, c in enumerate(names)}, n, d,
-        normalize_method, str(dev), time.perf_counter() - t0, notes,
-    )  # fmt: skip
+        values,
+        per_class,
+        {c: int(counts[i]) for i, c in enumerate(names)},
+        n,
+        d,
+        normalize_method,
+        str(dev),
+        time.perf_counter() - t0,
+        notes,
+    )
 
 
 def knn_vote(lab: torch.Tensor, rows_per_step: int = 1 << 16) -> torch.Tensor:
@@ -476,9 +514,7 @@ class UndefinedMeasure(InputError):
 def check_nc1_classes(names: list[str], counts: np.ndarray) -> None:
     """NC1 needs two classes, each with two samples (a lone sample has no within-class spread)."""
     if len(names) < 2:
-        raise UndefinedMeasure(
-            f"nc1 needs at least 2 classes; all samples have label {names[0]!r}"
-        )
+        raise UndefinedMeasure(f"nc1 needs at least 2 classes; all samples have label {names[0]!r}")
     lone = [c for c, k in zip(names, counts, strict=True) if k < 2]
     if lone:
         raise UndefinedMeasure(
@@ -505,9 +541,7 @@ def nc1_values(a: torch.Tensor, codes: torch.Tensor, n_classes: int, names, mem_
     u, s, _ = torch.linalg.svd((centers - mu_g).T, full_matrices=False)
     keep = s > s.max() * max(d, n_classes) * torch.finfo(torch.float64).eps
     if not bool(keep.any()):
-        raise UndefinedMeasure(
-            "nc1: every class has the same mean; Sigma_B is 0 and NC1 undefined"
-        )
+        raise UndefinedMeasure("nc1: every class has the same mean; Sigma_B is 0 and NC1 undefined")
     u, s = u[:, keep], s[keep]
     sums = torch.zeros((n_classes, u.shape[1]), dtype=torch.float64, device=a.device)
     step = max(1, mem_elems // max(d, 1))

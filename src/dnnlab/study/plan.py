@@ -18,8 +18,14 @@ from dnnlab.cifar.models import build_model
 TIMED_STEPS = 2  # after one warm-up step
 
 
-def step_seconds(model_name: str, recipe_softmax: bool, batch: int, dev: torch.device,
-                 x_u8: torch.Tensor, y: torch.Tensor) -> float:  # fmt: skip
+def step_seconds(
+    model_name: str,
+    recipe_softmax: bool,
+    batch: int,
+    dev: torch.device,
+    x_u8: torch.Tensor,
+    y: torch.Tensor,
+) -> float:
     """Mean seconds of one SGD step (augmentation included) over TIMED_STEPS steps."""
     torch.manual_seed(0)
     model = build_model(model_name, softmax_head=recipe_softmax).to(dev)
@@ -62,17 +68,25 @@ def print_plan(cfg, out, data, log=print) -> dict:
     expect = {}
     for m in todo:
         tc = train_config(cfg, m)
-        expect[m] = steps * step_seconds(m, tc.head_softmax, min(batch, n_train), dev,
-                                         data.train_x, data.train_y)  # fmt: skip
+        expect[m] = steps * step_seconds(
+            m, tc.head_softmax, min(batch, n_train), dev, data.train_x, data.train_y
+        )
     total = sum(expect.values())
     jobs = min(cfg.jobs, max(1, len(todo)))
-    log(f"plan: {len(cfg.models)} variants ({', '.join(cfg.models)}), {cfg.epochs} epochs of "
+    log(
+        f"plan: {len(cfg.models)} variants ({', '.join(cfg.models)}), {cfg.epochs} epochs of "
         f"{n_train} training images, recipe {cfg.recipe}, {cfg.jobs} worker(s) on "
-        f"{cfg.device}; {len(cfg.models) - len(todo)} trained already")
+        f"{cfg.device}; {len(cfg.models) - len(todo)} trained already"
+    )
     if todo:
-        log(f"plan: expected training time from {TIMED_STEPS} timed steps per variant: "
+        log(
+            f"plan: expected training time from {TIMED_STEPS} timed steps per variant: "
             f"{total / 60:.1f} min one after another"
-            + (f", {total / jobs / 60:.1f} min if {jobs} workers share the device perfectly"
-               if jobs > 1 else "")
-            + " (compile, evaluation and probes not included)")  # fmt: skip
+            + (
+                f", {total / jobs / 60:.1f} min if {jobs} workers share the device perfectly"
+                if jobs > 1
+                else ""
+            )
+            + " (compile, evaluation and probes not included)"
+        )
     return expect

@@ -25,8 +25,12 @@ def git_commit(where: Path) -> str | None:
     """The commit checked out at `where`; else $DNNLAB_COMMIT (a copied tree without .git,
     as on a lent GPU machine), else None."""
     try:
-        r = subprocess.run(["git", "-C", str(where), "rev-parse", "--short=12", "HEAD"],
-                           capture_output=True, text=True, timeout=10)  # fmt: skip
+        r = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if r.returncode == 0 and r.stdout.strip():
             return r.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -41,15 +45,20 @@ def publish(out, dest, cfg, commit: str | None = None) -> list[str]:
 
     out, dest = Path(out), Path(dest)
     study = json.loads((out / "study.json").read_text())
-    variants = [m for m in cfg.models if (out / "runs" / m / "summary.json").exists()
-                and (out / "runs" / m / "probe.csv").exists()
-                and run_mismatch(out / "runs" / m, cfg) is None]  # fmt: skip
+    variants = [
+        m
+        for m in cfg.models
+        if (out / "runs" / m / "summary.json").exists()
+        and (out / "runs" / m / "probe.csv").exists()
+        and run_mismatch(out / "runs" / m, cfg) is None
+    ]
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         commit = commit or git_commit(Path.cwd())
-        atomic_write_json(tmp / "study.json", {**study, "commit": commit,
-                                               "published_variants": variants})  # fmt: skip
+        atomic_write_json(
+            tmp / "study.json", {**study, "commit": commit, "published_variants": variants}
+        )
         for f in ("report.md", "report.html"):
             shutil.copy2(out / f, tmp / f)
         if (out / "figures").is_dir():

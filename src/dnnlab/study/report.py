@@ -23,9 +23,17 @@ VARIANT_ORDER = tuple(VARIANTS)
 
 FEATURE_LAYER = "avgpool"
 # The course's reported test accuracies (%), quoted for reference; not measured by dnnlab.
-COURSE_TEST_ACC = {"base": 73.29, "bn": 85.67, "gn": 84.86, "ln": 85.24, "noskip": 59.75,
-                 "conv4-1x1": 72.18, "paths2-shared": 80.05, "paths4-shared": 82.82,
-                 "wide": 85.37}  # fmt: skip
+COURSE_TEST_ACC = {
+    "base": 73.29,
+    "bn": 85.67,
+    "gn": 84.86,
+    "ln": 85.24,
+    "noskip": 59.75,
+    "conv4-1x1": 72.18,
+    "paths2-shared": 80.05,
+    "paths4-shared": 82.82,
+    "wide": 85.37,
+}
 COMPARISONS = [
     ("Normalization", ["base", "bn", "gn", "ln"]),
     ("Skip connection", ["base", "noskip"]),
@@ -37,8 +45,11 @@ COMPARISONS = [
 
 def _load(run: Path):
     s = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else None
-    p = json.loads((run / "probe.json").read_text())["rows"] if (run / "probe.json").exists() \
-        else []  # fmt: skip
+    p = (
+        json.loads((run / "probe.json").read_text())["rows"]
+        if (run / "probe.json").exists()
+        else []
+    )
     return s, p
 
 
@@ -64,8 +75,14 @@ def run_mismatch(run: Path, cfg) -> str | None:
         s = json.loads((run / "summary.json").read_text())
     except (OSError, ValueError) as e:
         return f"unreadable records ({e})"
-    want = {"model": run.name, "recipe": cfg.recipe, "epochs": cfg.epochs, "n_val": cfg.n_val,
-            "train_subset": cfg.train_subset, "test_subset": cfg.test_subset}  # fmt: skip
+    want = {
+        "model": run.name,
+        "recipe": cfg.recipe,
+        "epochs": cfg.epochs,
+        "n_val": cfg.n_val,
+        "train_subset": cfg.train_subset,
+        "test_subset": cfg.test_subset,
+    }
     got = {**c, "recipe": c.get("recipe", "corrected")}
     bad = [f"{k}={got.get(k)!r} (study: {v!r})" for k, v in want.items() if got.get(k) != v]
     if s.get("recipe", "corrected") != cfg.recipe or s.get("epochs") != cfg.epochs:
@@ -79,17 +96,31 @@ def table_rows(out: Path, models, cfg=None):
         s, p = _load(out / "runs" / m)
         if s is None or (cfg is not None and run_mismatch(out / "runs" / m, cfg)):
             continue
-        rows.append([m, _pct(s["best_val_acc"]), _pct(s["test_acc"]),
-                     _num(_at(p, "val", FEATURE_LAYER, "si")),
-                     _num(_at(p, "val", FEATURE_LAYER, "csi")),
-                     _num(_at(p, "test", FEATURE_LAYER, "si")),
-                     _num(_at(p, "test", FEATURE_LAYER, "csi")),
-                     f"{COURSE_TEST_ACC[m]:.2f}" if m in COURSE_TEST_ACC else "–"])  # fmt: skip
+        rows.append(
+            [
+                m,
+                _pct(s["best_val_acc"]),
+                _pct(s["test_acc"]),
+                _num(_at(p, "val", FEATURE_LAYER, "si")),
+                _num(_at(p, "val", FEATURE_LAYER, "csi")),
+                _num(_at(p, "test", FEATURE_LAYER, "si")),
+                _num(_at(p, "test", FEATURE_LAYER, "csi")),
+                f"{COURSE_TEST_ACC[m]:.2f}" if m in COURSE_TEST_ACC else "–",
+            ]
+        )
     return rows
 
 
-HEADER = ["Model", "Val ACC", "Test ACC", "SI Val", "CSI Val", "SI Test", "CSI Test",
-          "Course's Test ACC (reference)"]  # fmt: skip
+HEADER = [
+    "Model",
+    "Val ACC",
+    "Test ACC",
+    "SI Val",
+    "CSI Val",
+    "SI Test",
+    "CSI Test",
+    "Course's Test ACC (reference)",
+]
 
 
 # The per-layer panels of each comparison, when the probe measured them.
@@ -111,8 +142,11 @@ def overlay_plot(out: Path, title: str, models, path: Path, split="val") -> bool
             series[m] = pts
     if not series:
         return False
-    panels = [(k, label) for k, label in PANEL_MEASURES
-              if any(r.get(k) is not None for pts in series.values() for r in pts)]
+    panels = [
+        (k, label)
+        for k, label in PANEL_MEASURES
+        if any(r.get(k) is not None for pts in series.values() for r in pts)
+    ]
     if not panels:
         return False
     common = [r["layer"] for r in next(iter(series.values()))]
@@ -124,8 +158,11 @@ def overlay_plot(out: Path, title: str, models, path: Path, split="val") -> bool
     for ax, (key, label) in zip(axes[0], panels, strict=True):
         for m, pts in series.items():
             keep = [r for r in pts if r["layer"] in common] if use_names else pts
-            xs = range(len(keep)) if use_names else \
-                [i / max(1, len(keep) - 1) for i in range(len(keep))]
+            xs = (
+                range(len(keep))
+                if use_names
+                else [i / max(1, len(keep) - 1) for i in range(len(keep))]
+            )
             ys = [float("nan") if r.get(key) is None else r[key] for r in keep]
             ax.plot(list(xs), ys, marker="o", label=m)
         if use_names:
@@ -156,8 +193,9 @@ def _md_table(rows) -> str:
 
 def _html_table(rows) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-                   for r in rows)  # fmt: skip
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -201,33 +239,46 @@ def detector_section(det: Path) -> tuple[str, str, list[Path]]:
     return ("Cat detector (R-CNN style)", text, pics)
 
 
-def write_report(out: Path, cfg, extra_sections: list[tuple[str, str, list[Path]]] = (),
-                 published: list[dict] | None = None) -> Path:  # fmt: skip
+def write_report(
+    out: Path,
+    cfg,
+    extra_sections: list[tuple[str, str, list[Path]]] = (),
+    published: list[dict] | None = None,
+) -> Path:
     """Write out/report.md and out/report.html; returns the HTML path."""
     out = Path(out)
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
-    label = "QUICK run: reduced budget, not comparable with the course's numbers" \
-        if cfg.quick else "full recipe"  # fmt: skip
+    label = (
+        "QUICK run: reduced budget, not comparable with the course's numbers"
+        if cfg.quick
+        else "full recipe"
+    )
     budget, skipped = recorded_budget(out, cfg)
     study = _read_json(out / "study.json") or {}
     where = f"Recipe: {cfg.recipe}. Device: {study.get('device_name') or cfg.device}."
-    md = [f"# dnnlab CIFAR-10 architecture study: {label}", "",
-          f"Budget, as the runs recorded it: {budget}. {where}", "",
-          "Accuracies in %. SI/CSI at the last feature layer (`avgpool`). The last column is "
-          "the course's published test accuracy, quoted for reference (not measured here).",
-          ""]  # fmt: skip
-    body = [f"<h1>dnnlab CIFAR-10 architecture study: {html.escape(label)}</h1>",
-            f"<p>Budget, as the runs recorded it: {html.escape(budget)}. "
-            f"{html.escape(where)}</p>",
-            "<p class=note>Accuracies in %. SI/CSI at the last feature layer (avgpool). The "
-            "last column is the course's published test accuracy, quoted for reference (not "
-            "measured here).</p>"]  # fmt: skip
+    md = [
+        f"# dnnlab CIFAR-10 architecture study: {label}",
+        "",
+        f"Budget, as the runs recorded it: {budget}. {where}",
+        "",
+        "Accuracies in %. SI/CSI at the last feature layer (`avgpool`). The last column is "
+        "the course's published test accuracy, quoted for reference (not measured here).",
+        "",
+    ]
+    body = [
+        f"<h1>dnnlab CIFAR-10 architecture study: {html.escape(label)}</h1>",
+        f"<p>Budget, as the runs recorded it: {html.escape(budget)}. {html.escape(where)}</p>",
+        "<p class=note>Accuracies in %. SI/CSI at the last feature layer (avgpool). The "
+        "last column is the course's published test accuracy, quoted for reference (not "
+        "measured here).</p>",
+    ]
     for m, why in skipped:
-        md += [f"Left out of the tables: `{m}`: its records do not match the study ({why}).",
-               ""]  # fmt: skip
-        body.append(f"<p class=note>Left out of the tables: {html.escape(m)}: its records do "
-                    f"not match the study ({html.escape(why)}).</p>")  # fmt: skip
+        md += [f"Left out of the tables: `{m}`: its records do not match the study ({why}).", ""]
+        body.append(
+            f"<p class=note>Left out of the tables: {html.escape(m)}: its records do "
+            f"not match the study ({html.escape(why)}).</p>"
+        )
     if published is not None:
         pmd, phtml = published_section(published)
         md += pmd
@@ -247,19 +298,38 @@ def write_report(out: Path, cfg, extra_sections: list[tuple[str, str, list[Path]
             body.append(_img(plot, f"{title}: per layer"))
     cka = out / "runs" / "base" / "cka_with_bn_val.png"
     if cka.exists() and {"base", "bn"} <= set(cfg.models):
-        text = ("Linear and unbiased CKA between each layer of base (rows) and of bn "
-                "(columns) on validation images; 1 = the same representation up to rotation "
-                "and scale.")
-        md += ["## Representation similarity: base against bn", "", text, "",
-               f"![CKA base vs bn](runs/base/{cka.name})", ""]
-        body += ["<h2>Representation similarity: base against bn</h2>",
-                 f"<p class=note>{html.escape(text)}</p>", _img(cka, "CKA base vs bn")]
+        text = (
+            "Linear and unbiased CKA between each layer of base (rows) and of bn "
+            "(columns) on validation images; 1 = the same representation up to rotation "
+            "and scale."
+        )
+        md += [
+            "## Representation similarity: base against bn",
+            "",
+            text,
+            "",
+            f"![CKA base vs bn](runs/base/{cka.name})",
+            "",
+        ]
+        body += [
+            "<h2>Representation similarity: base against bn</h2>",
+            f"<p class=note>{html.escape(text)}</p>",
+            _img(cka, "CKA base vs bn"),
+        ]
     md += ["## Per-variant figures", ""]
     body.append("<h2>Per-variant figures</h2>")
     for m in cfg.models:
         run = out / "runs" / m
-        pics = [run / f for f in ("curves.png", "si_train20.png", "si_val_test.png",
-                                  "csi_train20.png", "csi_val_test.png")]  # fmt: skip
+        pics = [
+            run / f
+            for f in (
+                "curves.png",
+                "si_train20.png",
+                "si_val_test.png",
+                "csi_train20.png",
+                "csi_val_test.png",
+            )
+        ]
         # The measures beyond SI, when the probe asked for them (dnnlab.probe.extra).
         pics += sorted(run.glob("*_per_layer.png")) + sorted(run.glob("cka_*.png"))
         pics = [p for p in pics if p.exists()]
@@ -269,14 +339,19 @@ def write_report(out: Path, cfg, extra_sections: list[tuple[str, str, list[Path]
         body += [f"<h3>{html.escape(m)}</h3>"] + [_img(p, f"{m} {p.stem}") for p in pics]
     for title, text, pics in extra_sections:
         md += [f"## {title}", "", text, ""]
-        md += [f"![{p.stem}]({p.resolve().relative_to(out.resolve())})"
-               if p.resolve().is_relative_to(out.resolve()) else f"![{p.stem}]({p})"
-               for p in pics]  # fmt: skip
+        md += [
+            f"![{p.stem}]({p.resolve().relative_to(out.resolve())})"
+            if p.resolve().is_relative_to(out.resolve())
+            else f"![{p.stem}]({p})"
+            for p in pics
+        ]
         body += [f"<h2>{html.escape(title)}</h2>", f"<pre>{html.escape(text)}</pre>"]
         body += [_img(p, p.stem) for p in pics]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-    page = (f"<!doctype html><html><head><meta charset=utf-8><title>dnnlab study</title>"
-            f"<style>{CSS}</style></head><body>{''.join(body)}{SELF_CHECK}</body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset=utf-8><title>dnnlab study</title>"
+        f"<style>{CSS}</style></head><body>{''.join(body)}{SELF_CHECK}</body></html>"
+    )
     atomic_write_text(out / "report.html", page)
     return out / "report.html"
 
@@ -320,8 +395,10 @@ def recorded_budget(out: Path, cfg) -> tuple[str, list[tuple[str, str]]]:
             probe.setdefault(r["split"], []).append(r.get("n"))
     if not train:
         return "no finished runs yet", skipped
-    text = (f"{_values(train)} training images, {_values(epochs)} epochs, {_values(val)} "
-            f"validation images, test on {_values(test)} images")  # fmt: skip
+    text = (
+        f"{_values(train)} training images, {_values(epochs)} epochs, {_values(val)} "
+        f"validation images, test on {_values(test)} images"
+    )
     if probe:
         text += ", probed on " + ", ".join(f"{k} {_values(v)}" for k, v in probe.items())
         text += " samples"
@@ -352,14 +429,29 @@ def read_published(root) -> dict:
                 left_out.append(m)
                 continue
             p = _read_probe_csv(run.parent / "probe.csv")
-            rows[m] = {"test_acc": s.get("test_acc"), "val_acc": s.get("best_val_acc"),
-                       **{f"{k}_{sp}": _at(p, sp, FEATURE_LAYER, k)
-                          for sp in ("val", "test") for k in ("si", "csi")}}  # fmt: skip
-        studies.append({"path": str(d), "recipe": recipe, "card": st.get("device_name"),
-                        "date": st.get("date"), "commit": st.get("commit"),
-                        "epochs": st.get("epochs"), "quick": st.get("quick"),
-                        "wall_seconds": st.get("wall_seconds"),
-                        "rows": rows, "left_out": left_out})  # fmt: skip
+            rows[m] = {
+                "test_acc": s.get("test_acc"),
+                "val_acc": s.get("best_val_acc"),
+                **{
+                    f"{k}_{sp}": _at(p, sp, FEATURE_LAYER, k)
+                    for sp in ("val", "test")
+                    for k in ("si", "csi")
+                },
+            }
+        studies.append(
+            {
+                "path": str(d),
+                "recipe": recipe,
+                "card": st.get("device_name"),
+                "date": st.get("date"),
+                "commit": st.get("commit"),
+                "epochs": st.get("epochs"),
+                "quick": st.get("quick"),
+                "wall_seconds": st.get("wall_seconds"),
+                "rows": rows,
+                "left_out": left_out,
+            }
+        )
     studies.sort(key=lambda s: (s["recipe"] != "course", s["path"]))
     return {"root": str(root), "studies": studies}
 
@@ -380,9 +472,11 @@ def _read_probe_csv(path: Path) -> list[dict]:
 def _published_label(s: dict) -> str:
     card = s["card"] or "an unrecorded device"
     budget = "QUICK budget, " if s["quick"] else ""
-    text = (f"{s['recipe']} recipe: {budget}{s['epochs']} epochs on {card}, "
-            f"{s['date'] or 'undated'}, commit {s['commit'] or 'unrecorded'}, "
-            f"{s['wall_seconds'] or '?'} s wall; from {s['path']}")  # fmt: skip
+    text = (
+        f"{s['recipe']} recipe: {budget}{s['epochs']} epochs on {card}, "
+        f"{s['date'] or 'undated'}, commit {s['commit'] or 'unrecorded'}, "
+        f"{s['wall_seconds'] or '?'} s wall; from {s['path']}"
+    )
     if s["left_out"]:
         text += f"; left out (records do not match): {', '.join(s['left_out'])}"
     return text
@@ -393,16 +487,22 @@ def published_section(pub: dict) -> tuple[list[str], list[str]]:
     title = "Published full-study results"
     studies = pub["studies"]
     if not studies:
-        note = (f"No full-study results are published yet (nothing under {pub['root']}): "
-                "this report shows only this run's own numbers.")  # fmt: skip
-        return ([f"## {title}", "", note, ""],
-                [f"<h2>{title}</h2>", f"<p>{html.escape(note)}</p>"])  # fmt: skip
+        note = (
+            f"No full-study results are published yet (nothing under {pub['root']}): "
+            "this report shows only this run's own numbers."
+        )
+        return ([f"## {title}", "", note, ""], [f"<h2>{title}</h2>", f"<p>{html.escape(note)}</p>"])
     labels = [_published_label(s) for s in studies]
     header = ["Model", "Course's Test ACC"]
     for s in studies:
         r = s["recipe"]
-        header += [f"Test ACC ({r})", f"SI Val ({r})", f"CSI Val ({r})", f"SI Test ({r})",
-                   f"CSI Test ({r})"]  # fmt: skip
+        header += [
+            f"Test ACC ({r})",
+            f"SI Val ({r})",
+            f"CSI Val ({r})",
+            f"SI Test ({r})",
+            f"CSI Test ({r})",
+        ]
     header += ["Course's SI/CSI Test"]
     models = [m for m in VARIANT_ORDER if any(m in s["rows"] for s in studies)]
     rows = []
@@ -410,20 +510,31 @@ def published_section(pub: dict) -> tuple[list[str], list[str]]:
         row = [m, f"{COURSE_TEST_ACC[m]:.2f}" if m in COURSE_TEST_ACC else "–"]
         for s in studies:
             v = s["rows"].get(m, {})
-            row += [_pct(v.get("test_acc")), _num(v.get("si_val")), _num(v.get("csi_val")),
-                    _num(v.get("si_test")), _num(v.get("csi_test"))]  # fmt: skip
+            row += [
+                _pct(v.get("test_acc")),
+                _num(v.get("si_val")),
+                _num(v.get("csi_val")),
+                _num(v.get("si_test")),
+                _num(v.get("csi_test")),
+            ]
         c = COURSE_AVGPOOL.get(m)
         row.append(f"{c[0]:.4f}/{c[1]:.4f}" if c else "–")
         rows.append(row)
-    intro = ("Read from the published folders below (not measured by this run). Accuracies "
-             "in %, SI/CSI at avgpool.")  # fmt: skip
+    intro = (
+        "Read from the published folders below (not measured by this run). Accuracies "
+        "in %, SI/CSI at avgpool."
+    )
     md = [f"## {title}", "", intro, ""] + [f"- {x}" for x in labels] + [""]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-                   for r in rows)  # fmt: skip
-    page = [f"<h2>{title}</h2>", f"<p class=note>{html.escape(intro)}</p>",
-            "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in labels) + "</ul>",
-            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"]  # fmt: skip
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    page = [
+        f"<h2>{title}</h2>",
+        f"<p class=note>{html.escape(intro)}</p>",
+        "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in labels) + "</ul>",
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+    ]
     return md, page

@@ -38,42 +38,53 @@ class StudyError(DnnlabError, RuntimeError):
 
 @dataclass
 class StudyConfig:
-    models: tuple[str, ...] = setting(tuple(VARIANTS), "comma-separated variants (see `dnnlab "
-                                      "models`)")  # fmt: skip
+    models: tuple[str, ...] = setting(
+        tuple(VARIANTS), "comma-separated variants (see `dnnlab models`)"
+    )
     quick: bool = setting(False, "a budget that finishes on a 2-core CPU in under 20 minutes")
     device: str = setting("cpu", "cpu, cuda or cuda:N")
     data_root: str | None = setting(None, "CIFAR-10 source (default $DNNLAB_DATA)")
     recipe: str = setting("corrected", RECIPE_HELP, choices=RECIPES + ("seed",))
     # Full budget by default; the quick budget (QUICK) is for a 2-core CPU in < 20 minutes.
-    train_subset: int | None = setting(None, "train on a stratified subset this large "
-                                       "(--quick: 1000)", low=1)  # fmt: skip
+    train_subset: int | None = setting(
+        None, "train on a stratified subset this large (--quick: 1000)", low=1
+    )
     epochs: int = setting(100, "epochs per variant (--quick: 3)", low=1)
-    n_val: int = setting(5000, "validation images (--quick: 500)", low=1, high=49_999,
-                         flag="--val-size")  # fmt: skip
-    test_subset: int | None = setting(None, "test on a stratified subset this large (--quick: "
-                                      "1000)", low=1)  # fmt: skip
-    max_per_split: int | None = setting(None, "stratified cap on each probe split (--quick: "
-                                        "300)", low=2)  # fmt: skip
+    n_val: int = setting(
+        5000, "validation images (--quick: 500)", low=1, high=49_999, flag="--val-size"
+    )
+    test_subset: int | None = setting(
+        None, "test on a stratified subset this large (--quick: 1000)", low=1
+    )
+    max_per_split: int | None = setting(
+        None, "stratified cap on each probe split (--quick: 300)", low=2
+    )
     probe_memory: str = setting("4GB", "probe memory budget", cli=False)
     measures: str = setting(
-        "si,csi,knn:5,nc1,linear", "probe measures per layer (see `dnnlab probe --help`)")
+        "si,csi,knn:5,nc1,linear", "probe measures per layer (see `dnnlab probe --help`)"
+    )
     cka_samples: int = setting(
-        1000, "validation images (stratified) for the CKA of base against bn; 0: none", low=0)
+        1000, "validation images (stratified) for the CKA of base against bn; 0: none", low=0
+    )
     compile: bool = setting(False, "torch.compile the models (GPU runs)")
-    jobs: int = setting(1, "variants trained and probed at once, one worker process each",
-                        low=1, high=64)  # fmt: skip
+    jobs: int = setting(
+        1, "variants trained and probed at once, one worker process each", low=1, high=64
+    )
 
     def __post_init__(self):
         self.recipe = recipe_name(self.recipe)
         self.models = tuple(self.models)
         validate(self)
         if not self.models:
-            raise ConfigError("--models: names no variant; give a comma-separated list of "
-                              f"{', '.join(VARIANTS)}")  # fmt: skip
+            raise ConfigError(
+                f"--models: names no variant; give a comma-separated list of {', '.join(VARIANTS)}"
+            )
         unknown = [m for m in self.models if m not in VARIANTS]
         if unknown:
-            raise ConfigError(f"--models: unknown model {', '.join(map(repr, unknown))}; "
-                              f"choose from: {', '.join(VARIANTS)}")  # fmt: skip
+            raise ConfigError(
+                f"--models: unknown model {', '.join(map(repr, unknown))}; "
+                f"choose from: {', '.join(VARIANTS)}"
+            )
         from dnnlab.separability import parse_measures
 
         try:
@@ -86,24 +97,40 @@ class StudyConfig:
 
 QUICK = dict(train_subset=1000, epochs=3, n_val=500, test_subset=1000, max_per_split=300)
 # The settings that change a study's numbers: two studies agree when these and the data do.
-RESULT_KEYS = ("quick", "recipe", "train_subset", "epochs", "n_val", "test_subset",
-               "max_per_split", "measures")  # fmt: skip
+RESULT_KEYS = (
+    "quick",
+    "recipe",
+    "train_subset",
+    "epochs",
+    "n_val",
+    "test_subset",
+    "max_per_split",
+    "measures",
+)
 
 
 def study_config(models=None, quick=False, **kw) -> StudyConfig:
     if quick:
         kw = {**QUICK, **kw}
-    return StudyConfig(models=tuple(VARIANTS) if models is None else tuple(models), quick=quick,
-                       **kw)  # fmt: skip
+    return StudyConfig(
+        models=tuple(VARIANTS) if models is None else tuple(models), quick=quick, **kw
+    )
 
 
 def train_config(cfg: StudyConfig, name: str):
     from dnnlab.cifar.train import TrainConfig
 
-    return TrainConfig(model=name, epochs=cfg.epochs, n_val=cfg.n_val,
-                       train_subset=cfg.train_subset, test_subset=cfg.test_subset,
-                       device=cfg.device, data_root=cfg.data_root, compile=cfg.compile,
-                       recipe=cfg.recipe)  # fmt: skip
+    return TrainConfig(
+        model=name,
+        epochs=cfg.epochs,
+        n_val=cfg.n_val,
+        train_subset=cfg.train_subset,
+        test_subset=cfg.test_subset,
+        device=cfg.device,
+        data_root=cfg.data_root,
+        compile=cfg.compile,
+        recipe=cfg.recipe,
+    )
 
 
 def data_identity(data) -> str:
@@ -140,8 +167,7 @@ def read_study(out: Path) -> dict | None:
     return d
 
 
-def _check_same_study(out: Path, cfg: StudyConfig, fp: str, data_id: str,
-                      overwrite: bool) -> None:  # fmt: skip
+def _check_same_study(out: Path, cfg: StudyConfig, fp: str, data_id: str, overwrite: bool) -> None:
     prev = read_study(out)
     if prev is None or overwrite:
         return
@@ -150,12 +176,16 @@ def _check_same_study(out: Path, cfg: StudyConfig, fp: str, data_id: str,
         diff.remove("recipe")  # a study from before recipes were recorded: corrected
     if diff:
         was = ", ".join(f"{k}={prev.get(k)}" for k in diff)
-        raise StudyError(f"{out} holds a study with other settings ({was}); use another --out, "
-                         "or --overwrite to replace it")  # fmt: skip
+        raise StudyError(
+            f"{out} holds a study with other settings ({was}); use another --out, "
+            "or --overwrite to replace it"
+        )
     if prev.get("fingerprint") not in (None, fp):
-        raise StudyError(f"{out} holds a study of other data (data identity "
-                         f"{prev.get('data_identity')}, but {cfg.data_root} has {data_id}); "
-                         "pass the study's data root, or use another --out")  # fmt: skip
+        raise StudyError(
+            f"{out} holds a study of other data (data identity "
+            f"{prev.get('data_identity')}, but {cfg.data_root} has {data_id}); "
+            "pass the study's data root, or use another --out"
+        )
 
 
 def check_runs_data(out: Path, cfg: StudyConfig, data) -> None:
@@ -175,8 +205,10 @@ def check_detector(detector) -> Path | None:
     if not det.is_dir():
         raise InputError(f"--detector: {det} is not a folder (a `dnnlab detect` directory)")
     if not (det / "eval.md").exists() and not (det / "model.pt").exists():
-        raise InputError(f"--detector: {det} holds neither model.pt nor eval.md; is it a "
-                         "`dnnlab detect` directory?")  # fmt: skip
+        raise InputError(
+            f"--detector: {det} holds neither model.pt nor eval.md; is it a "
+            "`dnnlab detect` directory?"
+        )
     return det
 
 
@@ -193,12 +225,10 @@ def _variant(cfg: StudyConfig, name: str, out: Path, overwrite: bool, progress: 
         # An interrupted run (even one stopped before its first checkpoint) continues.
         resume = run.exists() and not overwrite
         log(f"[{name}] {'resuming' if (run / 'last.pt').exists() else 'training'} in {run}")
-        train(train_config(cfg, name), run, resume=resume, overwrite=overwrite,
-              progress=progress)  # fmt: skip
+        train(train_config(cfg, name), run, resume=resume, overwrite=overwrite, progress=progress)
     log(f"[{name}] probing")
     pcfg = ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device, measures=cfg.measures)
-    probe_run(run, pcfg, cfg.data_root, cfg.max_per_split, overwrite=overwrite,
-              progress=progress)
+    probe_run(run, pcfg, cfg.data_root, cfg.max_per_split, overwrite=overwrite, progress=progress)
 
 
 def compare_base_bn(cfg: StudyConfig, out: Path, log) -> None:
@@ -253,8 +283,9 @@ def _run_workers(cfg: StudyConfig, out: Path, overwrite: bool, log) -> list[str]
             cmd.append("--overwrite")
         log(f"[{name}] worker started; log: {path}")
         with open(path, "a") as fh:
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                env=worker_env(cfg, slot)).returncode  # fmt: skip
+            rc = subprocess.run(
+                cmd, stdout=fh, stderr=subprocess.STDOUT, env=worker_env(cfg, slot)
+            ).returncode
         if rc == 0:
             log(f"[{name}] done")
         else:
@@ -268,9 +299,16 @@ def _run_workers(cfg: StudyConfig, out: Path, overwrite: bool, log) -> list[str]
     return failures
 
 
-def run_study(cfg: StudyConfig, out, overwrite: bool = False, progress: bool = False,
-              log=print, detector: str | None = None, published=None,
-              plan: bool = True) -> dict:  # fmt: skip
+def run_study(
+    cfg: StudyConfig,
+    out,
+    overwrite: bool = False,
+    progress: bool = False,
+    log=print,
+    detector: str | None = None,
+    published=None,
+    plan: bool = True,
+) -> dict:
     """Train, probe and report every variant of cfg.models under `out`.
 
     Every input (settings, data, detector folder, published folder, earlier records in
@@ -294,9 +332,14 @@ def run_study(cfg: StudyConfig, out, overwrite: bool = False, progress: bool = F
     del data
     out.mkdir(parents=True, exist_ok=True)
     prev = read_study(out) or {}
-    record = {**asdict(cfg), "models": list(cfg.models), "data_identity": data_id,
-              "fingerprint": fp, "device_name": device_name(cfg.device),
-              "wall_seconds": None}  # fmt: skip
+    record = {
+        **asdict(cfg),
+        "models": list(cfg.models),
+        "data_identity": data_id,
+        "fingerprint": fp,
+        "device_name": device_name(cfg.device),
+        "wall_seconds": None,
+    }
     atomic_write_json(out / "study.json", record)
     t_start = time.perf_counter()
     if cfg.jobs > 1 and len(cfg.models) > 1:
@@ -316,14 +359,15 @@ def run_study(cfg: StudyConfig, out, overwrite: bool = False, progress: bool = F
     report = write_report(out, cfg, extra, published=pub)
     log(f"study done in {wall:.0f} s; report: {report}")
     if failures:
-        raise StudyError(f"{len(failures)} of {len(cfg.models)} variants failed:\n  "
-                         + "\n  ".join(failures))  # fmt: skip
+        raise StudyError(
+            f"{len(failures)} of {len(cfg.models)} variants failed:\n  " + "\n  ".join(failures)
+        )
     return {"report": str(report), "wall_seconds": wall}
 
 
 def config_from_record(d: dict) -> StudyConfig:
     """The StudyConfig a study.json records."""
     names = {f.name for f in fields(StudyConfig)}
-    return StudyConfig(**{k: (tuple(v) if k == "models" else v) for k, v in d.items()
-                          if k in names})  # fmt: skip
-
+    return StudyConfig(
+        **{k: (tuple(v) if k == "models" else v) for k, v in d.items() if k in names}
+    )

@@ -34,8 +34,9 @@ def main(argv=None) -> int:
     if args.variant not in cfg.models:
         print(f"{args.variant!r} is not a variant of the study in {out}", file=sys.stderr)
         return 2
-    _variant(cfg, args.variant, out, args.overwrite, progress=False,
-             log=lambda m: print(m, flush=True))  # fmt: skip
+    _variant(
+        cfg, args.variant, out, args.overwrite, progress=False, log=lambda m: print(m, flush=True)
+    )
     return 0
 
 

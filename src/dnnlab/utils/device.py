@@ -25,6 +25,7 @@ def check_device(name: str, flag: str = "--device"):
         if not torch.cuda.is_available():
             raise ConfigError(f"{flag} {name}: CUDA is not available here")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"{flag} {name}: this machine has {torch.cuda.device_count()} "
-                              "CUDA devices")
+            raise ConfigError(
+                f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA devices"
+            )
     return dev
