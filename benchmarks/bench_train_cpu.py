@@ -1,7 +1,7 @@
-"""Training images per second on this CPU: dnnlab's loop against a loop written as the seed's.
+"""Training images per second on this CPU: dnnlab's loop against a loop written as the course's.
 
 (a) dnnlab: uint8 tensors in memory, batched flip + rotation, the model step.
-(b) the seed's way: a torchvision-style dataset that makes a PIL image per sample and runs
+(b) the course's way: a torchvision-style dataset that makes a PIL image per sample and runs
     RandomHorizontalFlip, RandomRotation(10), ToTensor, Normalize, through a DataLoader
     (batch 256, shuffle, 2 workers).
 Same model (`bn` by default), same optimizer, same batch size, same run.

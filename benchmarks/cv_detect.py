@@ -2,7 +2,7 @@
 
 cats-voc/valid has 19 cats, so one cat moves AP50 by about 0.05 and two heads trained from
 different seeds differ by more than most changes gain. This script trains the detector's
-parts (the seed's head on 3x3 RoI-grid features, the ridge box regressors) on k-1 folds and
+parts (the course's head on 3x3 RoI-grid features, the ridge box regressors) on k-1 folds and
 detects on the held-out fold, for every fold, then computes AP50 and mAP once over all
 held-out photos, for several detection settings side by side on the same models:
 

@@ -162,7 +162,7 @@ def test_regex_layers_inside_submodules():
 
 
 class SharedAct(nn.Module):
-    """One ELU module called twice on tensors of different sizes, as the seed's wide network."""
+    """One ELU module called twice on tensors of different sizes, as the course's wide network."""
 
     def __init__(self):
         super().__init__()

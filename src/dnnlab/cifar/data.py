@@ -32,9 +32,9 @@ import torch
 
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_torch_save, remove_stale_temporaries
+from dnnlab.utils.images import IMAGE_EXT
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 HOW_TO_GET = (
     "Accepted: a directory with cifar-10-batches-py/ (torchvision's CIFAR10; add --download "
     "to fetch it where the network allows), an image-folder tree train/<class>/*.jpg and "

@@ -36,13 +36,13 @@ from dnnlab.cifar.rundir import (
 from dnnlab.errors import ConfigError
 from dnnlab.settings import flag_name, setting, validate
 from dnnlab.utils.atomic import (
-    atomic_savefig,
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
 )
 from dnnlab.utils.device import check_device, check_device_name
 from dnnlab.utils.distributed import init_distributed
+from dnnlab.utils.plots import plot_train_curves
 
 __all__ = [
     "RunError",
@@ -269,27 +269,6 @@ def _write_metrics(out: Path, rows: list[dict]) -> None:
     w.writerows(rows)
     atomic_write_text(out / "metrics.csv", buf.getvalue())
     atomic_write_json(out / "metrics.json", rows)
-
-
-def plot_curves(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, label in ((axes[0], "loss", "Loss"), (axes[1], "acc", "Accuracy")):
-        ax.plot(ep, [r[f"train_{key}"] for r in rows], label="train")
-        ax.plot(ep, [r[f"val_{key}"] for r in rows], label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.set_title(f"{title}: {label.lower()}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=100)
-    plt.close(fig)
 
 
 def make_split(cfg: TrainConfig, data) -> tuple[torch.Tensor, torch.Tensor]:
@@ -576,7 +555,7 @@ def train(
         "data_identity": data.identity,
     }
     if rank == 0:
-        plot_curves(rows, out / "curves.png", cfg.model)
+        plot_train_curves(rows, out / "curves.png", cfg.model)
         atomic_write_json(out / "summary.json", summary)
         which = (
             "the last epoch's weights (course recipe)"

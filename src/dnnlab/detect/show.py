@@ -13,10 +13,9 @@ from dnnlab.utils.atomic import atomic_savefig
 
 
 def show_samples(out, n: int = 16, seed: int = 0) -> list[Path]:
-    import matplotlib
+    from dnnlab.utils.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out = Path(out)
     rows = read_index(out)

@@ -33,7 +33,8 @@ from dnnlab.detect.detector import Detector
 from dnnlab.detect.features import load_backbone
 from dnnlab.detect.voc import load_rgb
 from dnnlab.errors import InputError
-from dnnlab.utils.atomic import atomic_savefig, atomic_write_json
+from dnnlab.utils.atomic import atomic_write_json
+from dnnlab.utils.plots import plot_train_curves
 
 
 def _feature_key(spec: FeatureSpec, weights: str | None) -> str:
@@ -252,7 +253,7 @@ def train_detector(
         fit_box_regressors(model, feats, rows, progress)
     seconds["regressor_seconds"] = round(time.perf_counter() - t_reg, 2)
     model.eval().save(out)
-    _plot(hist, out / "head_curves.png")
+    plot_train_curves(hist, out / "head_curves.png", "head", dpi=90)
     summary = {
         "best_val_acc": best,
         "epochs": hist,
@@ -352,23 +353,3 @@ def fit_box_regressors(model: Detector, feats: torch.Tensor, rows, progress=True
     if cfg.cascade:
         model.eval()
         model.regressor2 = fit_cascade(model, rows, every, cfg, progress)
-
-
-def _plot(hist, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    ep = [h["epoch"] for h in hist]
-    for a, k in zip(ax, ("loss", "acc"), strict=True):
-        a.plot(ep, [h[f"train_{k}"] for h in hist], label="train")
-        a.plot(ep, [h[f"val_{k}"] for h in hist], label="validation")
-        a.set_xlabel("epoch")
-        a.set_title(f"head {k}")
-        a.legend()
-        a.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=90)
-    plt.close(fig)

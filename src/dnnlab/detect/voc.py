@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dnnlab.errors import InputError
-
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+from dnnlab.utils.images import IMAGE_EXT
 
 
 @dataclass

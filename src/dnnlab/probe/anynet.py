@@ -28,8 +28,8 @@ from torch import nn
 
 from dnnlab.errors import InputError
 from dnnlab.settings import setting, validate
+from dnnlab.utils.images import IMAGE_EXT
 
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

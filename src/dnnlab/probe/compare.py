@@ -23,10 +23,9 @@ def compare_probes(a: Path, b: Path) -> list[Path]:
 
     Layers are placed by their position in each probe's own execution order, so two models
     with different layer names still share the x axis (as depth, 0 to 1)."""
-    import matplotlib
+    from dnnlab.utils.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from dnnlab.utils.atomic import atomic_savefig
 

@@ -231,10 +231,9 @@ def _size(spec) -> int:
 
 def plot_cka(cka: dict, path: Path, title: str = "CKA") -> Path:
     """Heatmaps of linear and unbiased CKA between layers (undefined pairs left blank)."""
-    import matplotlib
+    from dnnlab.utils.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     layers = cka["layers"]
     fig, axes = plt.subplots(1, 2, figsize=(4 + 0.9 * len(layers), 2 + 0.45 * len(layers)))
@@ -255,10 +254,9 @@ def plot_cka(cka: dict, path: Path, title: str = "CKA") -> Path:
 
 def plot_extra(rows: list[dict], out: Path, title: str = "") -> list[Path]:
     """One figure per measure beyond SI/CSI present in the rows: value per layer, per split."""
-    import matplotlib
+    from dnnlab.utils.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = []
     for r in rows:
@@ -382,10 +380,9 @@ def cka_between_runs(
 
 def plot_cka_cross(doc: dict, path: Path) -> Path:
     """Heatmaps of CKA between layer i of run A (rows) and layer j of run B (columns)."""
-    import matplotlib
+    from dnnlab.utils.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     layers = doc["layers"]
     fig, axes = plt.subplots(1, 2, figsize=(4 + 0.9 * len(layers), 2 + 0.45 * len(layers)))

@@ -9,7 +9,6 @@ split (forward passes are cheap next to the distance work). Results are written 
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from collections.abc import Callable
@@ -614,11 +613,10 @@ def _csv_cell(v) -> str:
 
 
 def plot_probe(rows: list[dict], out: Path, title: str = "") -> list[Path]:
-    """The seed's four figures: SI and CSI vs layer, for train20 and for val + test."""
-    import matplotlib
+    """The course's four figures: SI and CSI vs layer, for train20 and for val + test."""
+    from dnnlab.utils.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from dnnlab.utils.atomic import atomic_savefig
 
@@ -647,11 +645,6 @@ def plot_probe(rows: list[dict], out: Path, title: str = "") -> list[Path]:
             plt.close(fig)
             written.append(out / fname)
     return written + plot_extra(rows, out, title)
-
-
-def layer_memory_estimate(infos: list[LayerInfo], n: int) -> int:
-    """Bytes the seed's way needs: every layer's features for the whole split at once."""
-    return int(math.fsum(n * i.dim * 4 for i in infos))
 
 
 __all__ = [

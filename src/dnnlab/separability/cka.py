@@ -34,6 +34,7 @@ import torch
 
 from dnnlab.errors import InputError
 from dnnlab.separability.measures import BudgetError, as_feature_tensor, check_finite
+from dnnlab.utils.chunks import chunk_rows
 from dnnlab.utils.sizes import parse_size
 
 PANEL_ELEMS = 1 << 23  # float64 elements of one column panel (64 MiB)
@@ -48,7 +49,7 @@ def centered_gram(features, dtype: torch.dtype = torch.float64, panel_elems: int
     x = as_feature_tensor(features)
     n, d = x.shape
     g = torch.zeros((n, n), dtype=torch.float64)
-    cols = max(1, panel_elems // max(n, 1))
+    cols = chunk_rows(n, panel_elems)
     b = max(1, math.ceil(n / max(1, math.ceil(n / 1536))))  # row blocks of <= 1536
     for c0 in range(0, d, cols):
         p = x[:, c0 : c0 + cols].to(torch.float64)
@@ -191,7 +192,7 @@ class CkaMatrix:
         """
         k, n = len(self.grams), self.n
         s = torch.zeros((k, k), dtype=torch.float64)
-        rows = max(1, min(n, (self.budget // 4) // max((k + 1) * n * 8, 1)))
+        rows = min(n, chunk_rows((k + 1) * n * 8, self.budget // 4))
         for r0 in range(0, n, rows):
             v = [torch.as_tensor(np.asarray(g[r0 : r0 + rows])) for g in self.grams]
             for i in range(k):

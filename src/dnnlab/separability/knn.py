@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dnnlab.utils.chunks import chunk_rows
+
 # Bound on the rounding error of one expanded-form distance, as a multiple of
 # u*sqrt(D)*(|a|^2+|b|^2). The measured worst case is about 1x that scale (1.1 at D=16, 0.03
 # at D=16384; tests/test_knn.py checks it), so 8x leaves a wide margin.
@@ -47,7 +49,7 @@ def _unit_roundoff(dtype: torch.dtype) -> float:
 def sq_norms(a: torch.Tensor) -> torch.Tensor:
     """Squared row norms (torch's norm kernel sums in cascades: accurate in float32)."""
     out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
-    step = max(1, (1 << 22) // max(a.shape[1], 1))
+    step = chunk_rows(a.shape[1], 1 << 22)
     for s in range(0, a.shape[0], step):
         out[s : s + step] = torch.linalg.vector_norm(a[s : s + step], dim=1).square_()
     return out
@@ -76,7 +78,7 @@ def exact_sqdist(a: torch.Tensor, rows: torch.Tensor, cand: torch.Tensor, mem_el
     """
     r, c = cand.shape
     out = torch.empty((r, c), dtype=torch.float64, device=a.device)
-    step = max(1, mem_elems // max(c * a.shape[1], 1))
+    step = chunk_rows(c * a.shape[1], mem_elems)
     for s in range(0, r, step):
         cs = cand[s : s + step]
         x = a.index_select(0, cs.reshape(-1)).view(cs.shape[0], c, -1)
@@ -298,7 +300,7 @@ def nearest_center(
         if amb.numel():
             # Re-measure every center exactly for the ambiguous rows.
             rows = amb + s
-            step = max(1, mem_elems // max(c * dim, 1))
+            step = chunk_rows(c * dim, mem_elems)
             for r0 in range(0, rows.numel(), step):
                 rr = rows[r0 : r0 + step]
                 ex = (centers[None] - a[rr].to(torch.float64)[:, None]).square_().sum(2)

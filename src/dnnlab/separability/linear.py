@@ -38,6 +38,7 @@ from dnnlab.separability.measures import (
     resolve_device,
 )
 from dnnlab.separability.normalize import NORMALIZATIONS, feature_stats
+from dnnlab.utils.chunks import chunk_rows
 from dnnlab.utils.sizes import parse_size
 
 DEFAULT_ALPHA = 1.0
@@ -80,7 +81,7 @@ class LinearProbe:
             )
         dev = self.coef.device
         out = torch.empty((x.shape[0], len(self.classes)), dtype=torch.float64, device=dev)
-        step = max(1, CHUNK_ELEMS // max(self.dim, 1))
+        step = chunk_rows(self.dim, CHUNK_ELEMS)
         for s in range(0, x.shape[0], step):
             z = _normalized(x, s, s + step, self.mean, self.scale, self.compute_dtype, dev)
             z = z.to(torch.float64)
@@ -135,7 +136,7 @@ def _normalized(x, r0, r1, mean, scale, dtype, dev) -> torch.Tensor:
 
 def _mean(x: torch.Tensor, dev) -> torch.Tensor:
     total = torch.zeros(x.shape[1], dtype=torch.float64, device=dev)
-    step = max(1, CHUNK_ELEMS // max(x.shape[1], 1))
+    step = chunk_rows(x.shape[1], CHUNK_ELEMS)
     for s in range(0, x.shape[0], step):
         total += x[s : s + step].to(dev).to(torch.float64).sum(0)
     return total / x.shape[0]
@@ -162,7 +163,7 @@ class _System:
     def __init__(self, rows: _Rows, alpha, dual, chunk_elems):
         self.src, self.alpha, self.dual, self.dev = rows, alpha, dual, rows.dev
         self.x = rows.x
-        self.step = max(1, chunk_elems // max(self.x.shape[1], 1))
+        self.step = chunk_rows(self.x.shape[1], chunk_elems)
 
     def rows(self):
         n = self.x.shape[0]
@@ -206,7 +207,7 @@ def _gram(rows: _Rows, dual: bool, dtype, workspace: int, chunk_elems: int):
         return rows.block(r0, r1).to(dtype)
 
     if not dual:
-        step = max(1, min(n, chunk_elems // max(d, 1)))
+        step = min(n, chunk_rows(d, chunk_elems))
         for s in range(0, n, step):
             z = block(s, s + step)
             g.addmm_(z.T, z)

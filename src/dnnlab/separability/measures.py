@@ -28,6 +28,8 @@ import torch
 from dnnlab.errors import InputError
 from dnnlab.separability import knn
 from dnnlab.separability.normalize import NORMALIZATIONS, normalize_with_norms
+from dnnlab.utils.chunks import chunk_rows
+from dnnlab.utils.device import check_device
 from dnnlab.utils.sizes import parse_size
 
 
@@ -179,7 +181,7 @@ def encode_labels(labels, n: int) -> tuple[np.ndarray, list]:
 
 
 def check_finite(x: torch.Tensor) -> None:
-    step = max(1, (1 << 24) // max(x.shape[1], 1))
+    step = chunk_rows(x.shape[1], 1 << 24)
     bad_rows: list[int] = []
     count = 0
     for s in range(0, x.shape[0], step):
@@ -196,12 +198,12 @@ def check_finite(x: torch.Tensor) -> None:
 
 
 def resolve_device(x: torch.Tensor, device) -> torch.device:
+    """The features' own device when none is asked for; else the one asked for, checked."""
     if device in (None, "auto"):
         return x.device
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but CUDA is not available here")
-    return dev
+    if isinstance(device, torch.device):
+        device = str(device)
+    return check_device(device, "device")
 
 
 # ---------------------------------------------------------------------------- compute
@@ -211,7 +213,7 @@ def class_centers(a: torch.Tensor, codes: torch.Tensor, n_classes: int) -> torch
     """float64 means of each class's rows of a (chunk sums in a's dtype, totals in float64)."""
     sums = torch.zeros((n_classes, a.shape[1]), dtype=torch.float64, device=a.device)
     part = torch.empty((n_classes, a.shape[1]), dtype=a.dtype, device=a.device)
-    step = max(1, (1 << 22) // max(a.shape[1], 1))
+    step = chunk_rows(a.shape[1], 1 << 22)
     for s in range(0, a.shape[0], step):
         part.zero_().index_add_(0, codes[s : s + step], a[s : s + step])
         sums += part
@@ -497,7 +499,7 @@ def knn_vote(lab: torch.Tensor, rows_per_step: int = 1 << 16) -> torch.Tensor:
     """
     n, k = lab.shape
     out = torch.empty(n, dtype=lab.dtype, device=lab.device)
-    step = max(1, rows_per_step // max(k * k, 1))
+    step = chunk_rows(k * k, rows_per_step)
     for s in range(0, n, step):
         c = lab[s : s + step]
         counts = (c[:, :, None] == c[:, None, :]).sum(2)  # counts[i, j]: votes for c[i, j]
@@ -544,7 +546,7 @@ def nc1_values(a: torch.Tensor, codes: torch.Tensor, n_classes: int, names, mem_
         raise UndefinedMeasure("nc1: every class has the same mean; Sigma_B is 0 and NC1 undefined")
     u, s = u[:, keep], s[keep]
     sums = torch.zeros((n_classes, u.shape[1]), dtype=torch.float64, device=a.device)
-    step = max(1, mem_elems // max(d, 1))
+    step = chunk_rows(d, mem_elems)
     for r0 in range(0, n, step):
         c = codes[r0 : r0 + step]
         proj = (a[r0 : r0 + step].to(torch.float64) - centers[c]) @ u

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from dnnlab.utils.chunks import chunk_rows
+
 NORMALIZATIONS = ("zscore", "minmax", "none")
 # The reference implementation divides by (unbiased std + 1e-10); we keep that constant so
 # values are comparable with it.
@@ -17,7 +19,7 @@ STD_EPS = 1e-10
 
 
 def _row_chunks(n: int, d: int, budget_elems: int = 1 << 23):
-    step = max(1, budget_elems // max(d, 1))
+    step = chunk_rows(d, budget_elems)
     for start in range(0, n, step):
         yield start, min(n, start + step)
 

@@ -129,10 +129,9 @@ PANEL_MEASURES = (("si", "SI"), ("linear", "linear-probe accuracy"), ("nc1", "NC
 
 def overlay_plot(out: Path, title: str, models, path: Path, split="val") -> bool:
     """One panel per measure (SI, linear-probe accuracy, NC1) with every variant per layer."""
-    import matplotlib
+    from dnnlab.utils.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     series = {}
     for m in models:
