@@ -111,8 +111,8 @@ def test_torchrun_two_gloo_processes_train_as_one(tree, tmp_path):
         progress=False,
     )
     assert len(json.loads((two / "split.json").read_text())["train"]) == 120
-    a = torch.load(one / "last.pt", weights_only=False)["model"]
-    b = torch.load(two / "last.pt", weights_only=False)["model"]
+    a = torch.load(one / "last.pt", weights_only=True)["model"]
+    b = torch.load(two / "last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k

@@ -48,8 +48,8 @@ def test_course_run_records_recipe_softmax_and_tests_last_weights(tree, tmp_path
     assert s["head"].startswith("softmax")
     assert json.loads((run / "config.json").read_text())["recipe"] == "course"
     assert json.loads((run / "summary.json").read_text())["recipe"] == "course"
-    best = torch.load(run / "best.pt", weights_only=False)
-    last = torch.load(run / "last.pt", weights_only=False)
+    best = torch.load(run / "best.pt", weights_only=True)
+    last = torch.load(run / "last.pt", weights_only=True)
     assert best["softmax_head"] is True
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
     # Validation (3 epochs) is augmented with a per-epoch generator; the test (last) is not.

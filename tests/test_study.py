@@ -53,7 +53,7 @@ def test_probe_run_and_checkpoint_mismatch(tree, tmp_path, capsys):
     assert main(["probe", str(run), "--layers", "conv9"]) == 2
     assert "valid layers" in capsys.readouterr().err
     # A checkpoint whose weights belong to another architecture: name the first bad key.
-    ck = torch.load(run / "best.pt", weights_only=False)
+    ck = torch.load(run / "best.pt", weights_only=True)
     ck["model"]["conv4.weight"] = torch.zeros(256, 128, 1, 1)
     torch.save(ck, run / "best.pt")
     with pytest.raises(RunError, match=r"'conv4.weight' is \(256, 128, 1, 1\) in the checkpoint"):
