@@ -40,6 +40,8 @@ class BudgetError(InputError, MemoryError):
 KINDS = ("si", "csi", "hsi", "soft", "anti", "knn", "nc1", "linear")
 # Measures that need no neighbour search.
 NO_SEARCH = ("csi", "nc1", "linear")
+# Measures with a per-sample tally (the others are computed whole).
+ROW_KINDS = ("si", "csi", "hsi", "soft", "anti", "knn")
 ORDERLESS = ("si", "csi", "nc1", "linear")
 DEFAULT_MEASURES = ("si", "csi")
 DEFAULT_MAX_MEMORY = "2GB"
@@ -280,6 +282,109 @@ def separability(
     """
     t0 = time.perf_counter()
     wanted = parse_measures(measures)
+    s = _check_samples(features, labels, wanted, normalize_method)
+    dev = resolve_device(s.x, device)
+    nc1_undefined = _check_measure_inputs(wanted, s, test, undefined)
+    run = _Run(s, normalize_method, dev, t0, notes=[])
+    lin = None
+    if any(m.kind == "linear" for m in wanted):
+        lin = _linear_probe(s.x, labels, test, alpha, normalize_method, device, max_memory)
+        run.notes.append(_linear_note(lin, s.n))
+        if all(m.kind == "linear" for m in wanted):  # nothing else needs the normalized copy
+            return run.result({"linear": lin.accuracy}, _linear_per_class(lin, s.names))
+    if len(s.names) == 1:
+        return _one_class_result(wanted, run)
+
+    k = _search_order(wanted)
+    in_place, block, mem_elems = _plan_search(
+        s.x, k, compute_dtype, overwrite_input, device, max_memory, block, dev
+    )
+    search = _Search(k, block, mem_elems, group, progress, stats)
+    with _highest_precision():
+        a, sq = _normalize_on_device(s.x, dev, normalize_method, compute_dtype, in_place)
+        codes = torch.as_tensor(s.codes, device=dev)
+        hits = _row_tallies(a, sq, codes, wanted, search, len(s.names))
+        nc1, nc1_notes = _nc1_step(a, codes, wanted, s.names, search, undefined, nc1_undefined)
+    run.notes += nc1_notes
+    return run.result(*_assemble(wanted, hits, codes, s, nc1, lin))
+
+
+# ------------------------------------------------------------------ separability's steps
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """Checked inputs: features x (N, D), label codes (N,) int64 in 0..C-1, the C class names
+    (str, in sorted label order) and the C class sizes."""
+
+    x: torch.Tensor
+    codes: np.ndarray
+    names: list[str]
+    counts: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.x.shape[1]
+
+
+@dataclass
+class _Run:
+    """What every SeparabilityResult of one call shares; notes grow as the work goes."""
+
+    samples: _Samples
+    normalize_method: str
+    dev: torch.device
+    t0: float
+    notes: list[str]
+
+    def result(self, values: dict, per_class: dict) -> SeparabilityResult:
+        s = self.samples
+        return SeparabilityResult(
+            values,
+            per_class,
+            {c: int(s.counts[i]) for i, c in enumerate(s.names)},
+            s.n,
+            s.d,
+            self.normalize_method,
+            str(self.dev),
+            time.perf_counter() - self.t0,
+            self.notes,
+        )
+
+
+@dataclass(frozen=True)
+class _Search:
+    """Settings of the neighbour search: order k, rows per block, refinement memory (elements)."""
+
+    k: int
+    block: int
+    mem_elems: int
+    group: object
+    progress: bool
+    stats: knn.SearchStats | None
+
+
+@dataclass(frozen=True)
+class _LinearScore:
+    """The fitted ridge probe and its score on the test set."""
+
+    probe: object  # separability.linear.LinearProbe
+    accuracy: float
+    per_class: dict[str, float]  # classes absent from the test set are missing
+    test_counts: dict[str, int]
+
+
+def _search_order(wanted: list[Measure]) -> int:
+    """The number of nearest neighbours the measures need (0: no neighbour search)."""
+    return max((m.order for m in wanted if m.kind not in NO_SEARCH), default=0)
+
+
+def _check_samples(features, labels, wanted: list[Measure], normalize_method: str) -> _Samples:
+    """Validate features (N, ...) and labels (N,) before any work; errors name the problem."""
     if normalize_method not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalize_method!r}; choose {NORMALIZATIONS}")
     x = as_feature_tensor(features)
@@ -288,85 +393,87 @@ def separability(
         raise ValueError(f"need at least 2 samples; got N={n}")
     if d == 0:
         raise ValueError("features have 0 dimensions per sample")
-    codes_np, classes = encode_labels(labels, n)
-    k = max((m.order for m in wanted if m.kind not in NO_SEARCH), default=0)
+    codes, classes = encode_labels(labels, n)
+    k = _search_order(wanted)
     if k >= n:
         worst = max((m for m in wanted if m.kind not in NO_SEARCH), key=lambda m: m.order)
         raise InputError(
             f"measure {worst.name}: order r={k} needs r < N = {n} (a sample has only N-1 "
             "neighbours)"
         )
-    dev = resolve_device(x, device)
-    names = [str(c) for c in classes]
-    counts = np.bincount(codes_np, minlength=len(classes))
-    notes: list[str] = []
-    wanted_kinds = {m.kind for m in wanted}
-    if test is not None and "linear" not in wanted_kinds:
+    counts = np.bincount(codes, minlength=len(classes))
+    return _Samples(x, codes, [str(c) for c in classes], counts)
+
+
+def _check_measure_inputs(wanted: list[Measure], s: _Samples, test, undefined: str):
+    """Refuse a test set nothing uses and NC1 on classes it cannot measure.
+
+    Returns the reason NC1 has no value on these classes when undefined="nan", else None.
+    """
+    kinds = {m.kind for m in wanted}
+    if test is not None and "linear" not in kinds:
         raise InputError("a test set is only used by the measure linear; add it to measures")
-    nc1_undefined = None  # the reason NC1 has no value here, when undefined="nan"
-    if any(m.kind == "nc1" for m in wanted):
+    if "nc1" in kinds:
         try:
-            check_nc1_classes(names, counts)
+            check_nc1_classes(s.names, s.counts)
         except UndefinedMeasure as e:
             if undefined != "nan":
                 raise
-            nc1_undefined = str(e)
-    lin = None
-    if any(m.kind == "linear" for m in wanted):
-        if test is None:
-            raise InputError(
-                "measure linear needs a test set to score on: pass test=(features, labels) "
-                "(dnnlab si: --test FEATURES LABELS)"
-            )
-        from dnnlab.separability.linear import DEFAULT_ALPHA, fit_linear
+            return str(e)
+    return None
 
-        probe = fit_linear(
-            x,
-            labels,
-            alpha=DEFAULT_ALPHA if alpha is None else alpha,
-            normalize_method=normalize_method,
-            device=device,
-            max_memory=max_memory,
-        )
-        try:
-            lin = probe.score(*test)
-        except (ValueError, TypeError) as e:
-            raise type(e)(f"linear: the test set: {e}") from None
-        notes.append(
-            f"linear: ridge classifier, alpha={probe.alpha:g}, {probe.form} form, fitted on "
-            f"these {n} samples (train accuracy {probe.train_accuracy:.4f}), scored on "
-            f"{sum(lin[2].values())} test samples"
-        )
-        if wanted_kinds == {"linear"}:  # nothing else needs the normalized copy
-            per = {c: {"linear": lin[1].get(c, float("nan"))} for c in names}
-            return SeparabilityResult(
-                {"linear": lin[0]},
-                per,
-                {c: int(counts[i]) for i, c in enumerate(names)},
-                n,
-                d,
-                normalize_method,
-                str(dev),
-                time.perf_counter() - t0,
-                notes,
-            )
-    if len(classes) == 1:
-        msg = f"all {n} samples have one label ({names[0]!r}); every measure is trivial"
-        warnings.warn(msg, stacklevel=2)
-        notes.append(msg)
-        vals = {m.name: (0.0 if m.kind == "anti" else 1.0) for m in wanted}
-        return SeparabilityResult(
-            vals,
-            {names[0]: dict(vals)},
-            {names[0]: n},
-            n,
-            d,
-            normalize_method,
-            str(dev),
-            time.perf_counter() - t0,
-            notes,
-        )
 
+def _linear_probe(x, labels, test, alpha, normalize_method, device, max_memory) -> _LinearScore:
+    """Fit the ridge probe on (x, labels) and score it on test = (features, labels)."""
+    if test is None:
+        raise InputError(
+            "measure linear needs a test set to score on: pass test=(features, labels) "
+            "(dnnlab si: --test FEATURES LABELS)"
+        )
+    from dnnlab.separability.linear import DEFAULT_ALPHA, fit_linear
+
+    probe = fit_linear(
+        x,
+        labels,
+        alpha=DEFAULT_ALPHA if alpha is None else alpha,
+        normalize_method=normalize_method,
+        device=device,
+        max_memory=max_memory,
+    )
+    try:
+        accuracy, per_class, test_counts = probe.score(*test)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"linear: the test set: {e}") from None
+    return _LinearScore(probe, accuracy, per_class, test_counts)
+
+
+def _linear_note(lin: _LinearScore, n: int) -> str:
+    p = lin.probe
+    return (
+        f"linear: ridge classifier, alpha={p.alpha:g}, {p.form} form, fitted on "
+        f"these {n} samples (train accuracy {p.train_accuracy:.4f}), scored on "
+        f"{sum(lin.test_counts.values())} test samples"
+    )
+
+
+def _linear_per_class(lin: _LinearScore, names: list[str]) -> dict[str, dict[str, float]]:
+    """{class: {"linear": accuracy}}; NaN for a class absent from the test set."""
+    return {c: {"linear": lin.per_class.get(c, float("nan"))} for c in names}
+
+
+def _one_class_result(wanted: list[Measure], run: _Run) -> SeparabilityResult:
+    """All samples share one label: every measure is trivial (anti 0, the others 1)."""
+    s = run.samples
+    msg = f"all {s.n} samples have one label ({s.names[0]!r}); every measure is trivial"
+    warnings.warn(msg, stacklevel=3)  # points at separability()'s caller
+    run.notes.append(msg)
+    vals = {m.name: (0.0 if m.kind == "anti" else 1.0) for m in wanted}
+    return run.result(vals, {s.names[0]: dict(vals)})
+
+
+def _plan_search(x, k, compute_dtype, overwrite_input, device, max_memory, block, dev):
+    """Memory plan of the search: (normalize in place?, rows per block, refinement elements)."""
+    n, d = x.shape
     itemsize = torch.finfo(compute_dtype).bits // 8
     kk = min(n - 1, k + knn.EXTRA_CANDIDATES) if k else 1
     in_place = (
@@ -381,113 +488,119 @@ def separability(
         block = knn.choose_block(n, d, workspace, itemsize, dev)
     elif block < 1:
         raise ValueError(f"block must be >= 1; got {block}")
-    stats = stats if stats is not None else knn.SearchStats()
+    return in_place, block, mem_elems
 
-    with _highest_precision():
-        xd = x.to(dev, non_blocking=True) if x.device != dev else x
-        if normalize_method == "none" and xd.dtype == compute_dtype and xd.is_contiguous():
-            a, sq = xd, knn.sq_norms(xd)  # a is only read below, so no copy is needed
-        else:
-            a, sq = normalize_with_norms(xd, normalize_method, compute_dtype, inplace=in_place)
-        if not bool(torch.isfinite(sq).all()):
-            check_finite(x)  # names the offending rows
-            raise ValueError(
-                "features overflow float32 once normalized (values near 1e19 or larger); "
-                "rescale them or use normalize='zscore'"
-            )
-        del xd
-        codes = torch.as_tensor(codes_np, device=dev)
-        same: dict[int, torch.Tensor] = {}
-        if k:
-            bar = _progress_bar(n, block, group, progress)
-            nbr = knn.k_nearest(
-                a,
-                k,
-                block,
-                sq=sq,
-                mem_elems=mem_elems,
-                progress=bar.update if bar else None,
-                group=group,
-                stats=stats,
-            )
-            if bar:
-                bar.close()
-            eq = codes[nbr] == codes[:, None]
-            cum = eq.to(torch.int64).cumsum(1)  # cum[:, r-1] = neighbours among the r nearest
-            for r in sorted({m.order for m in wanted if m.kind not in NO_SEARCH}):
-                same[r] = cum[:, r - 1]
-            votes = {
-                m.order: knn_vote(codes[nbr[:, : m.order]]) == codes
-                for m in wanted
-                if m.kind == "knn"
-            }
-        own_center = None
-        if any(m.kind == "csi" for m in wanted):
-            centers = class_centers(a, codes, len(classes))
-            own_center = knn.nearest_center(a, centers, block, mem_elems, sq=sq) == codes
-        nc1 = None
-        if nc1_undefined is not None:
-            notes.append(nc1_undefined)
-            nc1 = (float("nan"), [float("nan")] * len(names))
-        elif any(m.kind == "nc1" for m in wanted):
-            try:
-                nc1 = nc1_values(a, codes, len(classes), names, mem_elems)
-            except UndefinedMeasure as e:
-                if undefined != "nan":
-                    raise
-                # Named, not measured: NaN with the reason (the probe goes on to other layers).
-                notes.append(str(e))
-                nc1 = (float("nan"), [float("nan")] * len(names))
 
-    per_row: dict[str, torch.Tensor] = {}
-    for m in wanted:
-        if m.kind == "csi":
-            hit = own_center.to(torch.int64)
-            per_row[m.name] = hit
-        elif m.kind == "soft":
-            per_row[m.name] = same[m.order]  # numerator; denominator r below
-        elif m.kind == "anti":
-            per_row[m.name] = (same[m.order] == 0).to(torch.int64)
-        elif m.kind == "knn":
-            per_row[m.name] = votes[m.order].to(torch.int64)
-        elif m.kind in ("nc1", "linear"):
-            continue
-        else:  # si, hsi
-            per_row[m.name] = (same[m.order] == m.order).to(torch.int64)
+def _normalize_on_device(x, dev, normalize_method, compute_dtype, in_place):
+    """x (N, D) -> (a (N, D) normalized in compute_dtype on dev, squared row norms sq (N,))."""
+    xd = x.to(dev, non_blocking=True) if x.device != dev else x
+    if normalize_method == "none" and xd.dtype == compute_dtype and xd.is_contiguous():
+        a, sq = xd, knn.sq_norms(xd)  # a is only read afterwards, so no copy is needed
+    else:
+        a, sq = normalize_with_norms(xd, normalize_method, compute_dtype, inplace=in_place)
+    if not bool(torch.isfinite(sq).all()):
+        check_finite(x)  # names the offending rows
+        raise ValueError(
+            "features overflow float32 once normalized (values near 1e19 or larger); "
+            "rescale them or use normalize='zscore'"
+        )
+    return a, sq
 
+
+def _neighbour_tallies(a, sq, codes, wanted: list[Measure], search: _Search):
+    """One k-nearest search over a (N, D) -> (same, votes).
+
+    same[r] (N,) int64: how many of each sample's r nearest share its label, for each order
+    r a measure needs; votes[k] (N,) bool: the k nearest's majority label is the sample's own.
+    """
+    stats = search.stats if search.stats is not None else knn.SearchStats()
+    bar = _progress_bar(a.shape[0], search.block, search.group, search.progress)
+    nbr = knn.k_nearest(
+        a,
+        search.k,
+        search.block,
+        sq=sq,
+        mem_elems=search.mem_elems,
+        progress=bar.update if bar else None,
+        group=search.group,
+        stats=stats,
+    )
+    if bar:
+        bar.close()
+    eq = codes[nbr] == codes[:, None]
+    cum = eq.to(torch.int64).cumsum(1)  # cum[:, r-1] = neighbours among the r nearest
+    same = {r: cum[:, r - 1] for r in sorted({m.order for m in wanted if m.kind not in NO_SEARCH})}
+    votes = {
+        m.order: knn_vote(codes[nbr[:, : m.order]]) == codes for m in wanted if m.kind == "knn"
+    }
+    return same, votes
+
+
+def _nc1_step(a, codes, wanted, names, search: _Search, undefined: str, reason: str | None):
+    """(None, []) when nc1 is not asked for; else ((nc1, [per class]), []), or NaNs and
+    [the reason NC1 is undefined] when undefined="nan"."""
+    if not any(m.kind == "nc1" for m in wanted):
+        return None, []
+    if reason is None:
+        try:
+            return nc1_values(a, codes, len(names), names, search.mem_elems), []
+        except UndefinedMeasure as e:
+            if undefined != "nan":
+                raise
+            # Named, not measured: NaN with the reason (the probe goes on to other layers).
+            reason = str(e)
+    return (float("nan"), [float("nan")] * len(names)), [reason]
+
+
+def _row_tallies(a, sq, codes, wanted, search: _Search, n_classes: int) -> dict[str, torch.Tensor]:
+    """{measure name: (N,) int64 per-sample tally} for the measures that have one."""
+    same, votes, own_center = {}, {}, None
+    if search.k:
+        same, votes = _neighbour_tallies(a, sq, codes, wanted, search)
+    if any(m.kind == "csi" for m in wanted):
+        centers = class_centers(a, codes, n_classes)
+        own_center = knn.nearest_center(a, centers, search.block, search.mem_elems, sq=sq) == codes
+    return {m.name: _row_hits(m, same, votes, own_center) for m in wanted if m.kind in ROW_KINDS}
+
+
+def _row_hits(m: Measure, same: dict, votes: dict, own_center) -> torch.Tensor:
+    """(N,) int64 tally of measure m per sample: 1/0 hits; for soft, same-label neighbours."""
+    if m.kind == "csi":
+        return own_center.to(torch.int64)
+    if m.kind == "soft":
+        return same[m.order]  # numerator; denominator r in _assemble
+    if m.kind == "anti":
+        return (same[m.order] == 0).to(torch.int64)
+    if m.kind == "knn":
+        return votes[m.order].to(torch.int64)
+    return (same[m.order] == m.order).to(torch.int64)  # si, hsi
+
+
+def _assemble(wanted, hits, codes, s: _Samples, nc1, lin: _LinearScore | None):
+    """Per-sample tallies and whole values -> ({measure: value}, {class: {measure: value}})."""
     values: dict[str, float] = {}
-    per_class: dict[str, dict[str, float]] = {c: {} for c in names}
+    per_class: dict[str, dict[str, float]] = {c: {} for c in s.names}
     for m in wanted:
         if m.kind == "nc1":
-            values[m.name] = nc1[0]
-            for ci, c in enumerate(names):
-                per_class[c][m.name] = nc1[1][ci]
-            continue
-        if m.kind == "linear":
-            values[m.name] = lin[0]
-            for c in names:  # NaN for a class absent from the test set
-                per_class[c][m.name] = lin[1].get(c, float("nan"))
-            continue
-        denom = m.order if m.kind == "soft" else 1
-        hits = per_row[m.name]
-        values[m.name] = int(hits.sum()) / (n * denom)
-        by_class = torch.zeros(len(classes), dtype=torch.int64, device=hits.device)
-        by_class.index_add_(0, codes, hits)
-        for ci, c in enumerate(names):
-            per_class[c][m.name] = int(by_class[ci]) / (int(counts[ci]) * denom)
-    for k, v in values.items():
-        assert k == "nc1" or not math.isnan(v)
-    return SeparabilityResult(
-        values,
-        per_class,
-        {c: int(counts[i]) for i, c in enumerate(names)},
-        n,
-        d,
-        normalize_method,
-        str(dev),
-        time.perf_counter() - t0,
-        notes,
-    )
+            total, by_class = nc1
+        elif m.kind == "linear":  # NaN for a class absent from the test set
+            total, by_class = lin.accuracy, [lin.per_class.get(c, float("nan")) for c in s.names]
+        else:
+            total, by_class = _rates(hits[m.name], codes, s, m.order if m.kind == "soft" else 1)
+        values[m.name] = total
+        for c, v in zip(s.names, by_class, strict=True):
+            per_class[c][m.name] = v
+    for name, v in values.items():
+        assert name == "nc1" or not math.isnan(v)
+    return values, per_class
+
+
+def _rates(hits: torch.Tensor, codes: torch.Tensor, s: _Samples, denom: int):
+    """hits (N,) int64 -> (sum / (N * denom), [class c's sum / (n_c * denom) for each c])."""
+    total = int(hits.sum()) / (s.n * denom)
+    by_class = torch.zeros(len(s.names), dtype=torch.int64, device=hits.device)
+    by_class.index_add_(0, codes, hits)
+    return total, [int(by_class[ci]) / (int(s.counts[ci]) * denom) for ci in range(len(s.names))]
 
 
 def knn_vote(lab: torch.Tensor, rows_per_step: int = 1 << 16) -> torch.Tensor:
