@@ -1,4 +1,6 @@
-"""The `dnnlab` command: one subcommand per capability."""
+"""The `dnnlab` command: one subcommand per capability. This module only parses flags
+(generated from the config dataclasses where they exist) and hands them to the modules
+that do the work and print its results."""
 
 from __future__ import annotations
 
@@ -39,14 +41,11 @@ def _add_si(sub) -> None:
     p.set_defaults(func=cmd_si)
 
 
-def cmd_si(args) -> int:
-    from dnnlab.errors import ConfigError, InputError
-    from dnnlab.separability import parse_measures, separability
+def _si_data(args):
+    """(features, labels) of --demo digits or of the FEATURES and LABELS files, checked."""
+    from dnnlab.errors import InputError
     from dnnlab.separability.checks import check_inputs
     from dnnlab.separability.io import load_array
-    from dnnlab.utils.device import check_device
-    from dnnlab.utils.distributed import init_distributed
-    from dnnlab.utils.sizes import parse_size
 
     if args.demo:
         if args.features or args.labels:
@@ -57,31 +56,52 @@ def cmd_si(args) -> int:
         x, y = digits.data, digits.target
         if not args.json:
             print(f"demo: scikit-learn digits, {x.shape[0]} images of 8x8 pixels, 10 classes")
-    else:
-        if not (args.features and args.labels):
-            raise InputError("need FEATURES and LABELS files (or --demo digits)")
-        x = load_array(args.features)
-        y = load_array(args.labels, numeric=False)
-        check_inputs(x, y, args.features, args.labels)
+        return x, y
+    if not (args.features and args.labels):
+        raise InputError("need FEATURES and LABELS files (or --demo digits)")
+    x = load_array(args.features)
+    y = load_array(args.labels, numeric=False)
+    check_inputs(x, y, args.features, args.labels)
+    return x, y
+
+
+def _si_checks(args, n: int):
+    """Check --measures (each one's order below the n samples), --alpha, and that `linear`
+    has --test; returns the (features, labels) of --test, checked, or None."""
+    from dnnlab.errors import ConfigError
+    from dnnlab.separability import parse_measures
+    from dnnlab.separability.checks import check_inputs
+    from dnnlab.separability.io import load_array
+
     try:
         wanted = parse_measures(args.measures)
     except ValueError as e:  # parse_measures says what is wrong with the list
         raise ConfigError(f"--measures: {e}") from None
     for m in wanted:
-        if m.order >= len(y):
+        if m.order >= n:
             raise ConfigError(
-                f"--measures: {m.name} needs fewer than the N={len(y)} samples "
+                f"--measures: {m.name} needs fewer than the N={n} samples "
                 "(a sample has only N-1 neighbours)"
             )
     if args.alpha is not None and not args.alpha > 0:
         raise ConfigError(f"--alpha must be a number > 0; got {args.alpha}")
-    test = None
     if any(m.kind == "linear" for m in wanted) and not args.test:
         raise ConfigError("--measures: linear needs a test set to score on: --test FEATURES LABELS")
-    if args.test:
-        tx, ty = load_array(args.test[0]), load_array(args.test[1], numeric=False)
-        check_inputs(tx, ty, args.test[0], args.test[1])
-        test = (tx, ty)
+    if not args.test:
+        return None
+    tx, ty = load_array(args.test[0]), load_array(args.test[1], numeric=False)
+    check_inputs(tx, ty, args.test[0], args.test[1])
+    return tx, ty
+
+
+def cmd_si(args) -> int:
+    from dnnlab.separability import separability
+    from dnnlab.utils.device import check_device
+    from dnnlab.utils.distributed import init_distributed
+    from dnnlab.utils.sizes import parse_size
+
+    x, y = _si_data(args)
+    test = _si_checks(args, len(y))
     parse_size(args.max_memory)
     if args.device is not None:
         check_device(args.device)
@@ -97,13 +117,8 @@ def cmd_si(args) -> int:
         test=test,
         alpha=args.alpha,
     )
-    if rank != 0:
-        return 0
-    if args.json:
-        d = res.to_dict()
-        print(json.dumps(d))
-    else:
-        print(res)
+    if rank == 0:
+        print(json.dumps(res.to_dict()) if args.json else res)
     return 0
 
 
@@ -122,7 +137,8 @@ def cmd_models(args) -> int:
 
 
 class _Unset:
-    """Marks a train flag that was not given, so --resume can keep the run's own value."""
+    """Marks a train or study flag that was not given, so --resume can keep the run's own
+    value and --quick can fill in its budget."""
 
     def __repr__(self) -> str:
         return "unset"
@@ -161,39 +177,34 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train, **{f.name: UNSET for f in fields(TrainConfig)})
 
 
-def train_config(args, out):
-    """The TrainConfig a `dnnlab train` command line asks for: the given flags over the
-    defaults, or, with --resume on an existing run, over the run's saved settings."""
+def _given(args, cls) -> dict:
+    """The settings of config class `cls` given on the command line (the rest are UNSET)."""
     from dataclasses import fields
-    from pathlib import Path
 
-    from dnnlab.cifar.train import TrainConfig, read_run_config
-
-    names = [f.name for f in fields(TrainConfig)]
-    given = {k: getattr(args, k) for k in names if getattr(args, k, UNSET) is not UNSET}
-    cfg = TrainConfig(**given)  # every given flag checked, before anything else
-    if not (args.resume and (Path(out) / "config.json").exists()):
-        return cfg
-    base = read_run_config(out)
-    return TrainConfig(**{**{k: getattr(base, k) for k in names}, **given})
+    return {
+        f.name: getattr(args, f.name)
+        for f in fields(cls)
+        if getattr(args, f.name, UNSET) is not UNSET
+    }
 
 
 def cmd_train(args) -> int:
-    from dnnlab.cifar.data import load_cifar10
-    from dnnlab.cifar.train import train
-    from dnnlab.errors import ConfigError
+    from dnnlab.cifar.command import train_command
+    from dnnlab.cifar.train import TrainConfig
 
-    if args.resume and args.overwrite:
-        raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
-    cfg = train_config(args, args.out)
-    if args.download:
-        load_cifar10(cfg.data_root, download=True)
-    progress = sys.stderr.isatty()
-    train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress)
+    train_command(
+        _given(args, TrainConfig),
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        download=args.download,
+        progress=sys.stderr.isatty(),
+    )
     return 0
 
 
 def _add_probe(sub) -> None:
+    from dnnlab.probe.anynet import AnyConfig
     from dnnlab.probe.probe import ProbeConfig
     from dnnlab.settings import add_flags
 
@@ -226,30 +237,7 @@ def _add_probe(sub) -> None:
         help="image folders (train/<class>/, test/<class>/, or only <class>/), "
         "CIFAR-10 in any form `dnnlab train` reads, or a .tar.gz of a tree",
     )
-    g.add_argument("--weights", default=None, help="state dict file (torch.load, weights only)")
-    g.add_argument("--weights-key", default=None, help="key of the state dict in that file")
-    g.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="images resized to this square side (>= 1; default: 224 for "
-        "torchvision models, else the images' own size)",
-    )
-    g.add_argument(
-        "--mean",
-        default=None,
-        help="per-channel mean, e.g. 0.485,0.456,0.406 "
-        "(default: ImageNet's for torchvision models, else 0.5)",
-    )
-    g.add_argument("--std", default=None, help="per-channel std (default as --mean)")
-    g.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.2,
-        help="images held out as 'val' when the data has only class folders (0, 1)",
-    )
-    g.add_argument("--seed", type=int, default=0, help="random seed of that split")
-    g.add_argument("--out", default=None, help="output folder (--model; default: probe-out)")
+    add_flags(g, AnyConfig, exclude=("model", "data", "max_per_split"))
     p.add_argument(
         "--cka-with",
         metavar="RUN_B",
@@ -264,105 +252,23 @@ def _add_probe(sub) -> None:
     p.set_defaults(func=cmd_probe)
 
 
-def _print_rows(rows) -> None:
-    skip = (
-        "split",
-        "layer",
-        "dim",
-        "n",
-        "seconds",
-        "note",
-        "per_class",
-        "stored",
-        "fingerprint",
-        "provenance",
-    )
-    names = [k for k in rows[0] if k not in skip]
-    w = max(12, *(len(r["layer"]) + 2 for r in rows))
-    print(f"{'split':<8}{'layer':<{w}}{'dim':>8}" + "".join(f"{k:>9}" for k in names))
-    for r in rows:
-        vals = "".join(f"{r[k]:>9.4f}" for k in names)
-        print(f"{r['split']:<8}{r['layer']:<{w}}{r['dim']:>8}" + vals)
-
-
 def cmd_probe(args) -> int:
-    from pathlib import Path
-
-    from dnnlab.errors import InputError
+    from dnnlab.probe import command
     from dnnlab.probe.probe import ProbeConfig
+    from dnnlab.probe.report import layers_table, print_result
     from dnnlab.settings import from_args
 
-    any_model = args.model is not None or args.data is not None
-    if any_model and args.run:
-        raise InputError("give either a run directory or --model with --data, not both")
-    if not any_model and not args.run:
-        raise InputError("give a run directory, or --model SPEC --data ROOT")
-    if args.max_per_split is not None and args.max_per_split < 2:
-        raise InputError(f"--max-per-split: {args.max_per_split} is out of range; it must be >= 2")
-    listing = args.layers is not None and args.layers.strip() == "list"
+    any_model = command.any_network(args)
+    listing = command.is_listing(args.layers)
     cfg = from_args(ProbeConfig, args, layers=None if listing else args.layers)
-    if any_model:
-        from dnnlab.probe.anynet import AnyConfig, list_any, probe_any
-
-        if args.model is None or (args.data is None and not listing):
-            raise InputError("--model and --data go together")
-        acfg = AnyConfig(
-            model=args.model,
-            data=args.data or "",
-            weights=args.weights,
-            weights_key=args.weights_key,
-            image_size=args.image_size,
-            mean=args.mean,
-            std=args.std,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            max_per_split=args.max_per_split,
-            out=args.out or "probe-out",
-        )
-        if listing:
-            return _print_layers(list_any(acfg))
-        res, out, _ = probe_any(acfg, cfg, args.overwrite, sys.stderr.isatty())
-    else:
-        from dnnlab.probe.run import list_run, probe_run
-
-        if listing:
-            return _print_layers(list_run(args.run))
-        res = probe_run(
-            args.run,
-            cfg,
-            args.data_root,
-            args.max_per_split,
-            args.overwrite,
-            progress=sys.stderr.isatty(),
-        )
-        out = Path(args.run)
-    for note in res.notes:
-        print(f"note: {note}", file=sys.stderr)
-    _print_rows(res.rows)
-    print(f"wrote {out}/probe.csv, probe.json and the SI/CSI plots")
-    if args.cka_with:
-        from dnnlab.probe.extra import cka_between_runs
-
-        if any_model:
-            raise InputError("--cka-with compares two run directories; not with --model")
-        path = cka_between_runs(
-            args.run, args.cka_with, cfg, "val", args.data_root, args.max_per_split
-        )
-        print(f"wrote {path} and {path.with_suffix('.png').name}")
-    if args.compare:
-        from dnnlab.probe.compare import compare_probes
-
-        for path in compare_probes(out, Path(args.compare)):
-            print(f"wrote {path}")
-    return 0
-
-
-def _print_layers(layers) -> int:
-    w = max(8, *(len(i.name) + 2 for i in layers))
-    print(f"{'layer':<{w}}{'output shape':<22}{'features':>10}")
-    for i in layers:
-        shape = "x".join(map(str, i.shape)) if i.shape else (i.note or "-")
-        print(f"{i.name:<{w}}{shape:<22}{i.dim:>10,}")
+    acfg = command.any_config(args, listing) if any_model else None
+    if listing:
+        print(layers_table(command.list_layers(args.run, acfg)))
+        return 0
+    res, out = command.probe(args, cfg, acfg, progress=sys.stderr.isatty())
+    print_result(res, out)
+    for line in command.follow_ups(args, cfg, out, any_model):
+        print(line)
     return 0
 
 
@@ -400,16 +306,9 @@ def _add_study(sub) -> None:
 
 
 def cmd_study(args) -> int:
-    from dataclasses import fields
+    from dnnlab.study.study import StudyConfig, config_from_flags, run_study
 
-    from dnnlab.study.study import QUICK, StudyConfig, run_study
-
-    given = {
-        f.name: getattr(args, f.name)
-        for f in fields(StudyConfig)
-        if getattr(args, f.name, UNSET) is not UNSET
-    }
-    cfg = StudyConfig(**{**(QUICK if given.get("quick") else {}), **given})
+    cfg = config_from_flags(_given(args, StudyConfig))
     run_study(
         cfg,
         args.out,
@@ -419,10 +318,9 @@ def cmd_study(args) -> int:
         published=args.published,
     )
     if args.publish:
-        from dnnlab.study.publish import publish
+        from dnnlab.study.publish import publish, published_summary
 
-        done = publish(args.out, args.publish, cfg)
-        print(f"published {len(done)} variants ({', '.join(done)}) to {args.publish}")
+        print(published_summary(publish(args.out, args.publish, cfg), args.publish))
     return 0
 
 
@@ -498,7 +396,7 @@ def _load_detector(args):
 def cmd_detect_build(args) -> int:
     from dnnlab.detect.build import build
     from dnnlab.detect.config import BuildConfig, ProposalConfig
-    from dnnlab.detect.voc import Problems
+    from dnnlab.detect.output import build_summary
     from dnnlab.settings import from_args
 
     info = build(
@@ -510,19 +408,14 @@ def cmd_detect_build(args) -> int:
         progress=sys.stderr.isatty(),
         overwrite=args.overwrite,
     )
-    pr = info["proposal_recall"]
-    print(
-        f"{info['images']} images ({info['images_by_split']}), boxes {info['boxes']}, "
-        f"{info['proposals_per_image']:.0f} proposals/image, proposal recall "
-        f"{pr['recall50']:.3f} @0.5, {pr['recall70']:.3f} @0.7; {info['seconds']} s"
-    )
-    print(Problems.from_dict(info["problems"]).summary())
+    print(build_summary(info))
     return 0
 
 
 def cmd_detect_train(args) -> int:
     from dnnlab.detect.config import FeatureSpec, HeadConfig, RegressorConfig, TrainConfig
     from dnnlab.detect.config import with_preset as preset
+    from dnnlab.detect.output import train_summary
     from dnnlab.detect.train import train_detector
     from dnnlab.settings import from_args
 
@@ -535,11 +428,7 @@ def cmd_detect_train(args) -> int:
         progress=sys.stderr.isatty(),
         overwrite=args.overwrite,
     )
-    print(
-        f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_boxes']} boxes; "
-        f"features {s['feature_seconds']} s, head {s['head_seconds']} s, box regressor "
-        f"{s['regressor_seconds']} s"
-    )
+    print(train_summary(s))
     return 0
 
 
@@ -552,53 +441,23 @@ def cmd_detect_show(args) -> int:
 
 
 def cmd_detect_run(args) -> int:
-    from dnnlab.detect.output import run_detector
+    from dnnlab.detect.output import print_run, run_detector
 
     detector = _load_detector(args)
     results = run_detector(
         args.images, detector, args.out, progress=sys.stderr.isatty(), overwrite=args.overwrite
     )
-    for r in results:
-        if "error" in r:
-            print(f"{r['image']}: {r['error']}", file=sys.stderr)
-        else:
-            print(f"{r['image']}: {len(r['detections'])} detections, {r['seconds']:.2f} s")
-    failed = sum("error" in r for r in results)
-    print(
-        f"{len(results) - failed} of {len(results)} photos done, {failed} failed; "
-        f"annotated images and JSON in {args.out}/"
-    )
-    return 1 if failed else 0
+    return 1 if print_run(results, args.out) else 0
 
 
 def cmd_detect_eval(args) -> int:
-    from dnnlab.detect.evaluate import (
-        SHOWN,
-        evaluate,
-        fingerprint,
-        record_path,
-        stored_result,
-        write_record,
-    )
-    from dnnlab.detect.voc import Problems
+    from dnnlab.detect.evaluate import evaluate_once, print_result
 
     detector = _load_detector(args)
-    fp = fingerprint(args.voc_dir, args.model, detector)
-    res = None if args.draw else stored_result(args.model, args.voc_dir, fp)
-    if res is not None:
-        print(
-            f"reusing {record_path(args.model, args.voc_dir)}: same model, files and settings",
-            file=sys.stderr,
-        )
-    else:
-        res = evaluate(args.voc_dir, detector, progress=sys.stderr.isatty(), draw_dir=args.draw)
-        write_record(args.model, args.voc_dir, fp, res)
-    print(Problems.from_dict(res["problems"]).summary(), file=sys.stderr)
-    if args.json:
-        print(json.dumps(res))
-    else:
-        for k in SHOWN:
-            print(f"{k:<20}{res[k]:.4f}")
+    res = evaluate_once(
+        args.voc_dir, args.model, detector, draw_dir=args.draw, progress=sys.stderr.isatty()
+    )
+    print_result(res, as_json=args.json)
     return 0
 
 

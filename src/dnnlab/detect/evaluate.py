@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,29 @@ def write_record(model_dir, voc_dir, fp: dict, result: dict) -> Path:
     ]
     atomic_write_text(path.with_suffix(".md"), "\n".join(md) + "\n")
     return path
+
+
+def evaluate_once(voc_dir, model_dir, detector: Detector, draw_dir=None, progress=False) -> dict:
+    """The evaluation of the detector in model_dir on voc_dir: the stored record when its
+    fingerprint matches (never when drawing), else a fresh evaluation, then recorded."""
+    fp = fingerprint(voc_dir, model_dir, detector)
+    res = None if draw_dir else stored_result(model_dir, voc_dir, fp)
+    if res is not None:
+        print(
+            f"reusing {record_path(model_dir, voc_dir)}: same model, files and settings",
+            file=sys.stderr,
+        )
+        return res
+    res = evaluate(voc_dir, detector, progress=progress, draw_dir=draw_dir)
+    write_record(model_dir, voc_dir, fp, res)
+    return res
+
+
+def print_result(res: dict, as_json: bool = False) -> None:
+    """The data's problems on stderr, then the result: one JSON object, or SHOWN's metrics."""
+    print(Problems.from_dict(res["problems"]).summary(), file=sys.stderr)
+    if as_json:
+        print(json.dumps(res))
+    else:
+        for k in SHOWN:
+            print(f"{k:<20}{res[k]:.4f}")

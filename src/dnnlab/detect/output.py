@@ -1,14 +1,16 @@
 """`dnnlab detect run`'s outputs: an annotated image and a JSON record per photo, written
-only where they replace nothing (unless overwrite)."""
+only where they replace nothing (unless overwrite); and the summaries the `dnnlab detect`
+commands print."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from dnnlab.detect.detector import Detector
-from dnnlab.detect.voc import load_rgb
+from dnnlab.detect.voc import Problems, load_rgb
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_write_json
 
@@ -91,3 +93,40 @@ def run_detector(
         draw(img, r.boxes, r.scores, out_dir / f"{p.stem}.jpg", detector.config.target)
         results.append(rec)
     return results
+
+
+def print_run(results: list[dict], out_dir) -> int:
+    """`detect run`'s report: a line per photo (failures on stderr), then the totals.
+    Returns the number of photos that failed."""
+    for r in results:
+        if "error" in r:
+            print(f"{r['image']}: {r['error']}", file=sys.stderr)
+        else:
+            print(f"{r['image']}: {len(r['detections'])} detections, {r['seconds']:.2f} s")
+    failed = sum("error" in r for r in results)
+    print(
+        f"{len(results) - failed} of {len(results)} photos done, {failed} failed; "
+        f"annotated images and JSON in {out_dir}/"
+    )
+    return failed
+
+
+def build_summary(info: dict) -> str:
+    """`detect build`'s report of the info dict build() returns: sizes, proposal recall and
+    the problems found in the VOC files."""
+    pr = info["proposal_recall"]
+    return (
+        f"{info['images']} images ({info['images_by_split']}), boxes {info['boxes']}, "
+        f"{info['proposals_per_image']:.0f} proposals/image, proposal recall "
+        f"{pr['recall50']:.3f} @0.5, {pr['recall70']:.3f} @0.7; {info['seconds']} s\n"
+        + Problems.from_dict(info["problems"]).summary()
+    )
+
+
+def train_summary(s: dict) -> str:
+    """`detect train`'s one line from train_detector's summary dict."""
+    return (
+        f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_boxes']} boxes; "
+        f"features {s['feature_seconds']} s, head {s['head_seconds']} s, box regressor "
+        f"{s['regressor_seconds']} s"
+    )

@@ -38,17 +38,31 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class AnyConfig:
     model: str = setting("", "torchvision:NAME[:k=v,...] or module.path:function")
     data: str = setting("", "image folders, CIFAR-10 or a .tar/.tar.gz of a tree")
-    weights: str | None = setting(None, "state dict file")
-    weights_key: str | None = setting(None, "key of the state dict in the weights file")
-    image_size: int | None = setting(None, "square side images are resized to", low=1)
-    mean: str | None = setting(None, "per-channel mean, comma-separated")
-    std: str | None = setting(None, "per-channel std, comma-separated")
+    weights: str | None = setting(None, "state dict file, loaded as weights only")
+    weights_key: str | None = setting(None, "key of the state dict in that file")
+    image_size: int | None = setting(
+        None,
+        "images resized to this square side; none: 224 for torchvision models, else the "
+        "images' own size",
+        low=1,
+    )
+    mean: str | None = setting(
+        None,
+        "per-channel mean, e.g. 0.485,0.456,0.406; none: ImageNet's for torchvision "
+        "models, else 0.5",
+    )
+    std: str | None = setting(None, "per-channel std; none: as --mean")
     val_fraction: float = setting(
-        0.2, "held-out fraction for class-folder data", low=0, high=1, low_open=True, high_open=True
+        0.2,
+        "images held out as 'val' when the data has only class folders",
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
     )
     seed: int = setting(0, "random seed of the train/val split and the subsets")
     max_per_split: int | None = setting(None, "stratified cap per split", low=2)
-    out: str = setting("probe-out", "output folder")
+    out: str = setting("probe-out", "output folder of --model")
 
     def __post_init__(self):
         validate(self)

@@ -83,3 +83,8 @@ def publish(out, dest, cfg, commit: str | None = None) -> list[str]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return variants
+
+
+def published_summary(variants: list[str], dest) -> str:
+    """The line `dnnlab study --publish` prints: how many variants went where."""
+    return f"published {len(variants)} variants ({', '.join(variants)}) to {dest}"

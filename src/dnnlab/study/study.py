@@ -117,6 +117,12 @@ def study_config(models=None, quick=False, **kw) -> StudyConfig:
     )
 
 
+def config_from_flags(given: dict) -> StudyConfig:
+    """The StudyConfig of the flags given on the command line: with --quick, QUICK's budget
+    fills in the flags not given."""
+    return StudyConfig(**{**(QUICK if given.get("quick") else {}), **given})
+
+
 def train_config(cfg: StudyConfig, name: str):
     from dnnlab.cifar.train import TrainConfig
 

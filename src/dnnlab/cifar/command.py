@@ -1,0 +1,40 @@
+"""What `dnnlab train` does with its flags: the TrainConfig they ask for (over the defaults,
+or over a resumed run's saved settings) and the run itself. The flags are parsed by
+dnnlab.cli, which passes only those given on the command line."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+from dnnlab.cifar.train import TrainConfig, read_run_config
+from dnnlab.errors import ConfigError
+
+
+def train_config(given: dict, out, resume: bool) -> TrainConfig:
+    """The given settings over the defaults, or, with resume on an existing run in `out`,
+    over the run's saved settings. Every given setting is checked before anything else."""
+    cfg = TrainConfig(**given)
+    if not (resume and (Path(out) / "config.json").exists()):
+        return cfg
+    base = read_run_config(out)
+    names = [f.name for f in fields(TrainConfig)]
+    return TrainConfig(**{**{k: getattr(base, k) for k in names}, **given})
+
+
+def train_command(
+    given: dict, out, resume: bool, overwrite: bool, download: bool, progress: bool
+) -> None:
+    """Check the flags, fetch CIFAR-10 if asked (download), then train (or resume) in out."""
+    from dnnlab.cifar.data import load_cifar10
+    from dnnlab.cifar.train import train
+
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
+    cfg = train_config(given, out, resume)
+    if download:
+        load_cifar10(cfg.data_root, download=True)
+    train(cfg, out, resume=resume, overwrite=overwrite, progress=progress)
+
+
+__all__ = ["train_command", "train_config"]

@@ -1,0 +1,86 @@
+"""What `dnnlab probe` does with its flags: probe a run directory or any network (--model
+with --data), list their layers (--layers list), and the follow-ups --cka-with and
+--compare. The flags are parsed by dnnlab.cli; the tables are in dnnlab.probe.report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from dnnlab.errors import InputError
+
+
+def any_network(args) -> bool:
+    """Whether the flags ask for any network (--model/--data) rather than a run directory;
+    checks that exactly one of the two was given and that --max-per-split is >= 2."""
+    any_model = args.model is not None or args.data is not None
+    if any_model and args.run:
+        raise InputError("give either a run directory or --model with --data, not both")
+    if not any_model and not args.run:
+        raise InputError("give a run directory, or --model SPEC --data ROOT")
+    if args.max_per_split is not None and args.max_per_split < 2:
+        raise InputError(f"--max-per-split: {args.max_per_split} is out of range; it must be >= 2")
+    return any_model
+
+
+def is_listing(layers: str | None) -> bool:
+    """--layers list: print the model's layers instead of probing them."""
+    return layers is not None and layers.strip() == "list"
+
+
+def any_config(args, listing: bool):
+    """The AnyConfig of --model, --data and the flags generated from its fields (a listing
+    needs no --data)."""
+    from dnnlab.probe.anynet import AnyConfig
+    from dnnlab.settings import from_args
+
+    if args.model is None or (args.data is None and not listing):
+        raise InputError("--model and --data go together")
+    return from_args(AnyConfig, args, model=args.model, data=args.data or "")
+
+
+def list_layers(run, acfg) -> list:
+    """Every layer of the run's model, or of acfg's model when acfg is given."""
+    if acfg is not None:
+        from dnnlab.probe.anynet import list_any
+
+        return list_any(acfg)
+    from dnnlab.probe.run import list_run
+
+    return list_run(run)
+
+
+def probe(args, cfg, acfg, progress: bool):
+    """(ProbeResult, output folder) of probing acfg's network, or else the run in args.run."""
+    if acfg is not None:
+        from dnnlab.probe.anynet import probe_any
+
+        res, out, _ = probe_any(acfg, cfg, args.overwrite, progress)
+        return res, out
+    from dnnlab.probe.run import probe_run
+
+    res = probe_run(
+        args.run, cfg, args.data_root, args.max_per_split, args.overwrite, progress=progress
+    )
+    return res, Path(args.run)
+
+
+def follow_ups(args, cfg, out: Path, any_model: bool) -> Iterator[str]:
+    """Run --cka-with and --compare after the probe, yielding a "wrote ..." line per file."""
+    if args.cka_with:
+        from dnnlab.probe.extra import cka_between_runs
+
+        if any_model:
+            raise InputError("--cka-with compares two run directories; not with --model")
+        path = cka_between_runs(
+            args.run, args.cka_with, cfg, "val", args.data_root, args.max_per_split
+        )
+        yield f"wrote {path} and {path.with_suffix('.png').name}"
+    if args.compare:
+        from dnnlab.probe.compare import compare_probes
+
+        for path in compare_probes(out, Path(args.compare)):
+            yield f"wrote {path}"
+
+
+__all__ = ["any_config", "any_network", "follow_ups", "is_listing", "list_layers", "probe"]
