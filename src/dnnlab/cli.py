@@ -5,7 +5,6 @@ that do the work and print its results."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -41,85 +40,10 @@ def _add_si(sub) -> None:
     p.set_defaults(func=cmd_si)
 
 
-def _si_data(args):
-    """(features, labels) of --demo digits or of the FEATURES and LABELS files, checked."""
-    from dnnlab.errors import InputError
-    from dnnlab.separability.checks import check_inputs
-    from dnnlab.separability.io import load_array
-
-    if args.demo:
-        if args.features or args.labels:
-            raise InputError("give either --demo or FEATURES LABELS, not both")
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        x, y = digits.data, digits.target
-        if not args.json:
-            print(f"demo: scikit-learn digits, {x.shape[0]} images of 8x8 pixels, 10 classes")
-        return x, y
-    if not (args.features and args.labels):
-        raise InputError("need FEATURES and LABELS files (or --demo digits)")
-    x = load_array(args.features)
-    y = load_array(args.labels, numeric=False)
-    check_inputs(x, y, args.features, args.labels)
-    return x, y
-
-
-def _si_checks(args, n: int):
-    """Check --measures (each one's order below the n samples), --alpha, and that `linear`
-    has --test; returns the (features, labels) of --test, checked, or None."""
-    from dnnlab.errors import ConfigError
-    from dnnlab.separability import parse_measures
-    from dnnlab.separability.checks import check_inputs
-    from dnnlab.separability.io import load_array
-
-    try:
-        wanted = parse_measures(args.measures)
-    except ValueError as e:  # parse_measures says what is wrong with the list
-        raise ConfigError(f"--measures: {e}") from None
-    for m in wanted:
-        if m.order >= n:
-            raise ConfigError(
-                f"--measures: {m.name} needs fewer than the N={n} samples "
-                "(a sample has only N-1 neighbours)"
-            )
-    if args.alpha is not None and not args.alpha > 0:
-        raise ConfigError(f"--alpha must be a number > 0; got {args.alpha}")
-    if any(m.kind == "linear" for m in wanted) and not args.test:
-        raise ConfigError("--measures: linear needs a test set to score on: --test FEATURES LABELS")
-    if not args.test:
-        return None
-    tx, ty = load_array(args.test[0]), load_array(args.test[1], numeric=False)
-    check_inputs(tx, ty, args.test[0], args.test[1])
-    return tx, ty
-
-
 def cmd_si(args) -> int:
-    from dnnlab.separability import separability
-    from dnnlab.utils.device import check_device
-    from dnnlab.utils.distributed import init_distributed
-    from dnnlab.utils.sizes import parse_size
+    from dnnlab.separability.command import si_command
 
-    x, y = _si_data(args)
-    test = _si_checks(args, len(y))
-    parse_size(args.max_memory)
-    if args.device is not None:
-        check_device(args.device)
-    rank, _ = init_distributed(args.device)
-    res = separability(
-        x,
-        y,
-        args.measures,
-        normalize_method=args.normalize,
-        device=args.device,
-        max_memory=args.max_memory,
-        progress=not args.no_progress and sys.stderr.isatty(),
-        test=test,
-        alpha=args.alpha,
-    )
-    if rank == 0:
-        print(json.dumps(res.to_dict()) if args.json else res)
-    return 0
+    return si_command(args)
 
 
 def _add_models(sub) -> None:
@@ -128,11 +52,9 @@ def _add_models(sub) -> None:
 
 
 def cmd_models(args) -> int:
-    from dnnlab.cifar.models import VARIANTS, build_model, count_params
+    from dnnlab.cifar.models import models_table
 
-    print(f"{'model':<15}{'parameters':>12}  description")
-    for name, v in VARIANTS.items():
-        print(f"{name:<15}{count_params(build_model(name)):>12,}  {v.about}")
+    print(models_table())
     return 0
 
 

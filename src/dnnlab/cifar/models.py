@@ -265,3 +265,11 @@ def build_model(name: str, softmax_head: bool = False, num_classes: int = 10) ->
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def models_table() -> str:
+    """`dnnlab models`: every variant with its parameter count and description."""
+    lines = [f"{'model':<15}{'parameters':>12}  description"]
+    for name, v in VARIANTS.items():
+        lines.append(f"{name:<15}{count_params(build_model(name)):>12,}  {v.about}")
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""`dnnlab si`: the separability of a feature file with its labels, every input checked
+before the neighbour search."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _si_data(args):
+    """(features, labels) of --demo digits or of the FEATURES and LABELS files, checked."""
+    from dnnlab.errors import InputError
+    from dnnlab.separability.checks import check_inputs
+    from dnnlab.separability.io import load_array
+
+    if args.demo:
+        if args.features or args.labels:
+            raise InputError("give either --demo or FEATURES LABELS, not both")
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x, y = digits.data, digits.target
+        if not args.json:
+            print(f"demo: scikit-learn digits, {x.shape[0]} images of 8x8 pixels, 10 classes")
+        return x, y
+    if not (args.features and args.labels):
+        raise InputError("need FEATURES and LABELS files (or --demo digits)")
+    x = load_array(args.features)
+    y = load_array(args.labels, numeric=False)
+    check_inputs(x, y, args.features, args.labels)
+    return x, y
+
+
+def _si_checks(args, n: int):
+    """Check --measures (each one's order below the n samples), --alpha, and that `linear`
+    has --test; returns the (features, labels) of --test, checked, or None."""
+    from dnnlab.errors import ConfigError
+    from dnnlab.separability import parse_measures
+    from dnnlab.separability.checks import check_inputs
+    from dnnlab.separability.io import load_array
+
+    try:
+        wanted = parse_measures(args.measures)
+    except ValueError as e:  # parse_measures says what is wrong with the list
+        raise ConfigError(f"--measures: {e}") from None
+    for m in wanted:
+        if m.order >= n:
+            raise ConfigError(
+                f"--measures: {m.name} needs fewer than the N={n} samples "
+                "(a sample has only N-1 neighbours)"
+            )
+    if args.alpha is not None and not args.alpha > 0:
+        raise ConfigError(f"--alpha must be a number > 0; got {args.alpha}")
+    if any(m.kind == "linear" for m in wanted) and not args.test:
+        raise ConfigError("--measures: linear needs a test set to score on: --test FEATURES LABELS")
+    if not args.test:
+        return None
+    tx, ty = load_array(args.test[0]), load_array(args.test[1], numeric=False)
+    check_inputs(tx, ty, args.test[0], args.test[1])
+    return tx, ty
+
+
+def si_command(args) -> int:
+    """`dnnlab si`: check every input, then measure and print (rank 0 only)."""
+    from dnnlab.separability import separability
+    from dnnlab.utils.device import check_device
+    from dnnlab.utils.distributed import init_distributed
+    from dnnlab.utils.sizes import parse_size
+
+    x, y = _si_data(args)
+    test = _si_checks(args, len(y))
+    parse_size(args.max_memory)
+    if args.device is not None:
+        check_device(args.device)
+    rank, _ = init_distributed(args.device)
+    res = separability(
+        x,
+        y,
+        args.measures,
+        normalize_method=args.normalize,
+        device=args.device,
+        max_memory=args.max_memory,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        test=test,
+        alpha=args.alpha,
+    )
+    if rank == 0:
+        print(json.dumps(res.to_dict()) if args.json else res)
+    return 0
