@@ -405,8 +405,6 @@ def train(
     Every input (settings, run directory, checkpoint, data, split) is checked before
     anything is written or replaced. With --overwrite the old run is moved to a hidden
     sibling `.OUT.PID.old` and deleted once the new run's first epoch is saved."""
-    from tqdm.auto import tqdm
-
     out = Path(out)
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
@@ -418,44 +416,13 @@ def train(
     if isinstance(plan, dict):
         return plan  # finished, nothing asked beyond it
     data = load_cifar10(cfg.data_root)
-    if plan.saved is not None:
-        check_run_data(out, data)
-    if plan.saved is not None and (out / "split.json").exists():
-        tr_idx, val_idx = read_split(out, data.train_y.numel())
-    else:
-        tr_idx, val_idx = make_split(cfg, data)
-    te = test_positions(cfg, data)
-    rows: list[dict] = []
-    ck = plan.resume_from
-    if ck is not None:
-        rows = read_json(out / "metrics.json")
-        if not isinstance(rows, list) or len(rows) < ck["epoch"]:
-            raise RunError(
-                f"{out / 'metrics.json'}: holds fewer epochs than last.pt's {ck['epoch']}; "
-                "the run is damaged"
-            )
-        rows = rows[: ck["epoch"]]
+    tr_idx, val_idx, te = _check_data(cfg, out, plan, data)
+    rows = _resumed_rows(out, plan.resume_from)
 
     # Every input is good: only now change the run directory.
     old = out.with_name(f".{out.name}.{os.getpid()}.old")
     if rank == 0:
-        if plan.replace:
-            out.rename(old)
-            print(
-                f"[{cfg.model}] the run being replaced is kept in {old} until the new run's "
-                "first epoch is saved",
-                flush=True,
-            )
-        if plan.extend:
-            (out / "summary.json").unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        record = asdict(cfg)
-        if plan.saved is not None:  # the run keeps the data root it was trained from
-            record["data_root"] = plan.saved.get("data_root")
-        atomic_write_json(out / "config.json", {**record, **data_record(data)})
-        if not (out / "split.json").exists():
-            split_record = {"train": tr_idx.tolist(), "val": val_idx.tolist()}
-            atomic_write_json(out / "split.json", split_record)
+        _prepare_run_dir(cfg, out, plan, data, {"train": tr_idx, "val": val_idx}, old)
     if world > 1:
         torch.distributed.barrier()
     split = {
@@ -463,22 +430,104 @@ def train(
         "val": (data.train_x[val_idx].to(dev), data.train_y[val_idx].to(dev)),
         "test": (data.test_x[te].to(dev), data.test_y[te].to(dev)),
     }
-    x_tr, y_tr = split["train"]
+    st = _start_training(cfg, out, dev, plan.resume_from)
+    net = _wrap_model(st.model, cfg, dev, world)
+    for epoch in range(st.start, cfg.epochs):
+        row = _train_epoch(st, net, cfg, split, dev, epoch, rank, world, progress)
+        rows.append(row)
+        keep = _track_best(st, cfg, row)
+        if rank == 0:
+            _save_epoch(st, cfg, out, rows, keep, old if plan.replace else None)
+            _print_epoch(cfg, row)
 
+    st.model.load_state_dict(st.best_state)
+    summary = _summary(st, cfg, split, dev, rows, data)
+    if rank == 0:
+        _finish_run(cfg, out, rows, summary)
+    return summary
+
+
+def _check_data(cfg: TrainConfig, out: Path, plan: _Plan, data):
+    """(train, val, test) positions: a resumed run's data identity and split.json are
+    checked against `data`; a new run draws its split."""
+    if plan.saved is not None:
+        check_run_data(out, data)
+    if plan.saved is not None and (out / "split.json").exists():
+        tr_idx, val_idx = read_split(out, data.train_y.numel())
+    else:
+        tr_idx, val_idx = make_split(cfg, data)
+    return tr_idx, val_idx, test_positions(cfg, data)
+
+
+def _resumed_rows(out: Path, ck: dict | None) -> list[dict]:
+    """The metrics rows of the epochs last.pt completed (none for a new run)."""
+    if ck is None:
+        return []
+    rows = read_json(out / "metrics.json")
+    if not isinstance(rows, list) or len(rows) < ck["epoch"]:
+        raise RunError(
+            f"{out / 'metrics.json'}: holds fewer epochs than last.pt's {ck['epoch']}; "
+            "the run is damaged"
+        )
+    return rows[: ck["epoch"]]
+
+
+def _prepare_run_dir(cfg: TrainConfig, out: Path, plan: _Plan, data, idx: dict, old: Path):
+    """Move a replaced run aside to `old`, reopen a finished one, and write config.json and
+    (for a new run) split.json {train, val: indices}."""
+    if plan.replace:
+        out.rename(old)
+        print(
+            f"[{cfg.model}] the run being replaced is kept in {old} until the new run's "
+            "first epoch is saved",
+            flush=True,
+        )
+    if plan.extend:
+        (out / "summary.json").unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    record = asdict(cfg)
+    if plan.saved is not None:  # the run keeps the data root it was trained from
+        record["data_root"] = plan.saved.get("data_root")
+    atomic_write_json(out / "config.json", {**record, **data_record(data)})
+    if not (out / "split.json").exists():
+        split_record = {"train": idx["train"].tolist(), "val": idx["val"].tolist()}
+        atomic_write_json(out / "split.json", split_record)
+
+
+@dataclass
+class _Training:
+    """What changes from epoch to epoch, and what a resumed run restores."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    gen: torch.Generator
+    start: int = 0  # epochs completed
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    best_state: dict | None = None  # the weights the test uses
+
+
+def _start_training(cfg: TrainConfig, out: Path, dev, ck: dict | None) -> _Training:
+    """A seeded model, optimizer and scheduler; with `ck` (last.pt), their saved states,
+    the RNG states and best.pt's weights."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_model(cfg.model, softmax_head=cfg.head_softmax).to(dev)
     model = model.to(memory_format=torch.channels_last)
     opt, sched = make_optimizer(model, cfg)
-    start, best_acc, best_epoch, best_state = 0, -1.0, 0, None
-    last = out / "last.pt"
+    st = _Training(model, opt, sched, gen)
     if ck is not None:
-        _restore(ck, last, model, opt, sched, gen)
-        start, best_acc, best_epoch = ck["epoch"], ck["best_val_acc"], ck["best_epoch"]
+        _restore(ck, out / "last.pt", model, opt, sched, gen)
+        st.start, st.best_acc, st.best_epoch = ck["epoch"], ck["best_val_acc"], ck["best_epoch"]
         best_path = out / "best.pt"
         if best_path.exists():
-            best_state = load_checkpoint(best_path, dev)["model"]
+            st.best_state = load_checkpoint(best_path, dev)["model"]
+    return st
 
+
+def _wrap_model(model, cfg: TrainConfig, dev, world: int):
+    """The module the epochs run: DDP across processes, compiled if asked."""
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
@@ -486,88 +535,111 @@ def train(
         # CUDA graphs ("reduce-overhead") remove the per-kernel launch cost that dominates a
         # network this small; on the CPU plain compilation is what helps.
         net = torch.compile(net, mode="reduce-overhead" if dev.type == "cuda" else None)
-    n_params = count_params(model)
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        lr = opt.param_groups[0]["lr"]
-        bar = tqdm(
-            total=x_tr.shape[0],
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="img",
-            leave=False,
-            disable=not progress or rank != 0,
-        )
-        tr_loss, tr_acc = train_one_epoch(net, opt, x_tr, y_tr, cfg, gen, dev, rank, world, bar)
-        bar.close()
-        sched.step()
-        val_gen = R.val_generator(cfg.recipe, cfg.seed, epoch)
-        val_loss, val_acc = evaluate(net, *split["val"], dev, cfg.eval_batch_size, val_gen)
-        secs = time.perf_counter() - t0
-        row = dict(
-            epoch=epoch + 1,
-            lr=lr,
-            train_loss=tr_loss,
-            train_acc=tr_acc,
-            val_loss=val_loss,
-            val_acc=val_acc,
-            seconds=secs,
-        )
-        rows.append(row)
-        improved = val_acc > best_acc
-        if improved:
-            best_acc, best_epoch = val_acc, epoch + 1
-        if improved or R.tests_last_weights(cfg.recipe):
-            # A copy: the live state dict would change under us (the course code's bug, which
-            # the course recipe reproduces by keeping the last epoch's weights instead).
-            best_state = copy.deepcopy(model.state_dict())
-        if rank == 0:
-            ck = _checkpoint(model, opt, sched, epoch + 1, gen, cfg, best_acc, best_epoch)
-            if improved or R.tests_last_weights(cfg.recipe):
-                atomic_torch_save({**ck, "model": best_state}, out / "best.pt")
-            _write_metrics(out, rows)
-            atomic_torch_save(ck, last)  # last: only now is the epoch complete
-            if plan.replace and old.exists():
-                shutil.rmtree(old)  # the new run has its first checkpoint
-            print(
-                f"[{cfg.model}] epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4g}  "
-                f"train {tr_loss:.4f}/{tr_acc:.4f}  val {val_loss:.4f}/{val_acc:.4f}  "
-                f"{secs:.1f}s",
-                flush=True,
-            )
+    return net
 
-    model.load_state_dict(best_state)
-    test_loss, test_acc = evaluate(model, *split["test"], dev, cfg.eval_batch_size)
-    summary = {
+
+def _train_epoch(st: _Training, net, cfg: TrainConfig, split, dev, epoch, rank, world, progress):
+    """Train one epoch, step the schedule and validate; returns its metrics row."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    lr = st.opt.param_groups[0]["lr"]
+    x_tr, y_tr = split["train"]
+    bar = tqdm(
+        total=x_tr.shape[0],
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="img",
+        leave=False,
+        disable=not progress or rank != 0,
+    )
+    tr_loss, tr_acc = train_one_epoch(net, st.opt, x_tr, y_tr, cfg, st.gen, dev, rank, world, bar)
+    bar.close()
+    st.sched.step()
+    val_gen = R.val_generator(cfg.recipe, cfg.seed, epoch)
+    val_loss, val_acc = evaluate(net, *split["val"], dev, cfg.eval_batch_size, val_gen)
+    secs = time.perf_counter() - t0
+    return dict(
+        epoch=epoch + 1,
+        lr=lr,
+        train_loss=tr_loss,
+        train_acc=tr_acc,
+        val_loss=val_loss,
+        val_acc=val_acc,
+        seconds=secs,
+    )
+
+
+def _track_best(st: _Training, cfg: TrainConfig, row: dict) -> bool:
+    """Update the best validation accuracy; returns whether best.pt gets this epoch's weights."""
+    improved = row["val_acc"] > st.best_acc
+    if improved:
+        st.best_acc, st.best_epoch = row["val_acc"], row["epoch"]
+    keep = improved or R.tests_last_weights(cfg.recipe)
+    if keep:
+        # A copy: the live state dict would change under us (the course code's bug, which
+        # the course recipe reproduces by keeping the last epoch's weights instead).
+        st.best_state = copy.deepcopy(st.model.state_dict())
+    return keep
+
+
+def _save_epoch(st: _Training, cfg, out: Path, rows: list[dict], keep: bool, old: Path | None):
+    """best.pt (if `keep`), metrics and last.pt; then the replaced run `old` is deleted."""
+    epoch = rows[-1]["epoch"]
+    ck = _checkpoint(st.model, st.opt, st.sched, epoch, st.gen, cfg, st.best_acc, st.best_epoch)
+    if keep:
+        atomic_torch_save({**ck, "model": st.best_state}, out / "best.pt")
+    _write_metrics(out, rows)
+    atomic_torch_save(ck, out / "last.pt")  # last: only now is the epoch complete
+    if old is not None and old.exists():
+        shutil.rmtree(old)  # the new run has its first checkpoint
+
+
+def _print_epoch(cfg: TrainConfig, row: dict) -> None:
+    print(
+        f"[{cfg.model}] epoch {row['epoch']:>3}/{cfg.epochs}  lr {row['lr']:.4g}  "
+        f"train {row['train_loss']:.4f}/{row['train_acc']:.4f}  "
+        f"val {row['val_loss']:.4f}/{row['val_acc']:.4f}  "
+        f"{row['seconds']:.1f}s",
+        flush=True,
+    )
+
+
+def _summary(st: _Training, cfg: TrainConfig, split, dev, rows: list[dict], data) -> dict:
+    """Test the weights in `st.model` and describe the run (summary.json's content)."""
+    test_loss, test_acc = evaluate(st.model, *split["test"], dev, cfg.eval_batch_size)
+    return {
         "model": cfg.model,
         "recipe": cfg.recipe,
-        "best_val_acc": best_acc,
-        "best_epoch": best_epoch,
-        "weights_epoch": cfg.epochs if R.tests_last_weights(cfg.recipe) else best_epoch,
+        "best_val_acc": st.best_acc,
+        "best_epoch": st.best_epoch,
+        "weights_epoch": cfg.epochs if R.tests_last_weights(cfg.recipe) else st.best_epoch,
         "test_acc": test_acc,
         "test_loss": test_loss,
-        "params": n_params,
+        "params": count_params(st.model),
         "head": "softmax (the course's double softmax)" if cfg.head_softmax else "logits",
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "epochs": cfg.epochs,
-        "train_images": int(x_tr.shape[0]),
+        "train_images": int(split["train"][0].shape[0]),
         "test_images": int(split["test"][1].numel()),
         "seconds": sum(r["seconds"] for r in rows),
         "data_identity": data.identity,
     }
-    if rank == 0:
-        plot_train_curves(rows, out / "curves.png", cfg.model)
-        atomic_write_json(out / "summary.json", summary)
-        which = (
-            "the last epoch's weights (course recipe)"
-            if R.tests_last_weights(cfg.recipe)
-            else "the best weights"
-        )
-        print(
-            f"[{cfg.model}] best val {best_acc:.4f} (epoch {best_epoch}); "
-            f"test {test_acc:.4f} with {which}",
-            flush=True,
-        )
-    return summary
+
+
+def _finish_run(cfg: TrainConfig, out: Path, rows: list[dict], summary: dict) -> None:
+    """curves.png and summary.json (written last: it marks the run finished)."""
+    plot_train_curves(rows, out / "curves.png", cfg.model)
+    atomic_write_json(out / "summary.json", summary)
+    which = (
+        "the last epoch's weights (course recipe)"
+        if R.tests_last_weights(cfg.recipe)
+        else "the best weights"
+    )
+    print(
+        f"[{cfg.model}] best val {summary['best_val_acc']:.4f} (epoch {summary['best_epoch']}); "
+        f"test {summary['test_acc']:.4f} with {which}",
+        flush=True,
+    )
 
 
 def _restore(ck: dict, last: Path, model, opt, sched, gen) -> None:

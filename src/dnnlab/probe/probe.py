@@ -322,6 +322,319 @@ def _load_existing(
     return keep
 
 
+def _max_order(measures: str) -> int:
+    """The highest neighbour order among the measures (CSI's excluded); 1 if none."""
+    return max((m.order for m in parse_measures(measures) if m.kind != "csi"), default=1)
+
+
+def _check_splits(splits: dict, order_max: int) -> None:
+    """Every split non-empty, with one label per input and more samples than `order_max`."""
+    for name, (x, y) in splits.items():
+        if len(x) == 0:
+            raise InputError(f"split {name!r} is empty")
+        if len(x) != len(y):
+            raise InputError(f"split {name!r}: {len(x)} inputs but {len(y)} labels")
+        if len(x) <= order_max:
+            raise InputError(
+                f"split {name!r} has {len(x)} samples; measures of order "
+                f"{order_max} need more than {order_max}"
+            )
+
+
+def expected_provenance(
+    splits: dict, infos: list[LayerInfo], cfg: ProbeConfig, weights: str, source: dict | None
+) -> dict[tuple[str, str], dict]:
+    """{(split, layer): provenance}: what each row of this probe is computed from."""
+    measures = ",".join(m.name for m in parse_measures(cfg.measures))
+    expected = {}
+    for split, (x, y) in splits.items():
+        data = split_identity(x, y)
+        for info in infos:
+            expected[(split, info.name)] = {
+                "weights": weights,
+                "data": data,
+                "split": split,
+                "n": len(x),
+                "layer": info.name,
+                "measures": measures,
+                "normalize": cfg.normalize,
+                "output_key": cfg.output_key,
+                "per_class": cfg.per_class,
+                "features": "float16" if cfg.memmap == "float16" else "float32",
+                **(source or {}),
+            }
+    return expected
+
+
+def _check_spill_budget(split: str, n: int, info: LayerInfo, kk_max: int, budget: int) -> None:
+    """A layer streamed through a file needs one block of the core's work within `budget`."""
+    try:
+        spill_block(n, info.dim, kk_max, budget)
+    except BudgetError as e:
+        least = e.least
+        raise BudgetError(
+            f"--max-memory {format_size(budget)} is too small for one block of the "
+            f"core's work on layer {info.name!r} ({n} samples x "
+            f"{info.dim} features, split {split!r}); the smallest budget "
+            f"that works is {format_size(least)}",
+            least,
+        ) from None
+
+
+def plan_splits(
+    splits: dict,
+    infos: list[LayerInfo],
+    done: set,
+    cfg: ProbeConfig,
+    extras: ProbeExtras,
+    room: int,
+    kk_max: int,
+    budget: int,
+) -> dict[str, list[Group]]:
+    """{split: groups of its layers still to do}; every plan is checked before any work, so
+    a too-small budget is refused up front."""
+    plans = {}
+    for split, (x, _) in splits.items():
+        todo = [i for i in infos if (split, i.name) not in done]
+        # The linear probe's and CKA's memory comes off the features' room.
+        groups = plan_groups(
+            todo, len(x), room - extras.reserve(split, len(x)), to_file=cfg.memmap is not None
+        )
+        for g in groups:
+            if g.to_file:
+                _check_spill_budget(split, len(x), g.layers[0], kk_max, budget)
+        plans[split] = groups
+    return plans
+
+
+class _ProbeRun:
+    """The work of one probe: forward passes per group, then one row per (split, layer),
+    written as soon as it is measured. `held` maps layer -> its features (N x dim), in
+    memory or in a file, until its row is written."""
+
+    def __init__(self, model, splits, cfg, out, dev, input_fn, tr, expected, res, extras):
+        self.model, self.splits, self.cfg, self.out = model, splits, cfg, out
+        self.dev, self.input_fn, self.tr, self.expected = dev, input_fn, tr, expected
+        self.res, self.extras, self.rows = res, extras, res.rows
+        self.order = {i.name: k for k, i in enumerate(tr.layers)}
+        self.modules = dict(model.named_modules())
+        self.kk_max = 1 + knn.EXTRA_CANDIDATES + _max_order(cfg.measures)
+        self.folder: SpillFolder | None = None  # made when the first layer goes to a file
+        self.bar = None
+
+    def plan(self) -> dict[str, list[Group]]:
+        """Batch size, memory reserve and each split's groups, all checked before any work."""
+        self.budget = parse_size(self.cfg.max_memory)
+        core_min = core_minimum(max(len(x) for x, _ in self.splits.values()), self.kk_max)
+        self.batch, self.reserve, room = plan_budget(
+            self.budget, self.tr.forward_bytes_per_sample, self.cfg.batch_size, core_min
+        )
+        self.res.batch_size = self.batch
+        done = {(r["split"], r["layer"]) for r in self.rows}
+        return plan_splits(
+            self.splits, self.tr.layers, done, self.cfg, self.extras, room, self.kk_max, self.budget
+        )
+
+    def run(self, plans: dict[str, list[Group]], progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.progress = progress
+        total = sum(len(g.layers) for groups in plans.values() for g in groups)
+        self.bar = tqdm(total=total, desc="probe", unit="layer", disable=not progress)
+        try:
+            for split, (x, y) in self.splits.items():
+                if plans[split]:
+                    self.probe_split(split, x, y, plans[split])
+        finally:
+            self.bar.close()
+            if self.folder is not None:
+                self.folder.close()
+        self.save()
+
+    def save(self) -> None:
+        """Rows in split and execution order, written to probe.csv/json."""
+        names = list(self.splits)
+        self.rows.sort(
+            key=lambda r: (
+                names.index(r["split"]) if r["split"] in self.splits else 99,
+                self.order.get(r["layer"], 99),
+            )
+        )
+        if self.out is not None:
+            write_tables(self.out, self.rows, self.cfg, self.extras.cka)
+
+    def probe_split(self, split: str, x, y, groups: list[Group]) -> None:
+        """One forward pass per group; a group's last layer is measured after the next
+        group's pass, which may start from its output (a chain model)."""
+        infos = self.tr.layers
+        self.extras.start_split(
+            split, [i.name for i in infos], [i.name for g in groups for i in g.layers]
+        )
+        n = len(x)
+        self.res.groups[split] = len(groups)
+        held: dict[str, np.ndarray] = {}
+        prev = None  # (info, forward seconds): the last layer of the previous group
+        for g in groups:
+            start = None
+            if prev is not None:
+                start = self.chain_start(g, prev[0], held[prev[0].name], n)
+                if start is None:
+                    self.core(split, y, held, *prev)
+                    prev = None
+            self.allocate(split, n, g, held)
+            fwd = self.forward(split, x, g, held, start)
+            del start  # core() frees the features: hold no other reference to them
+            if prev is not None:
+                self.core(split, y, held, *prev)
+            for info in g.layers[:-1]:
+                self.core(split, y, held, info, fwd)
+            prev = (g.layers[-1], fwd)
+        if prev is not None:
+            self.core(split, y, held, *prev)
+        self.extras.end_split(split)
+
+    def chain_start(self, g: Group, info: LayerInfo, b: np.ndarray, n: int):
+        """(modules, boundary, shape) to start group g's pass from the stored output `b` of
+        the previous group's last layer `info`, or None when the pass runs the whole model."""
+        chain = self.tr.chain
+        usable = (
+            g.from_boundary and chain is not None and info.name in chain and b.dtype == np.float32
+        )
+        if usable and isinstance(b, np.memmap) and not g.to_file:
+            # Its core runs after this group's pass, beside this group's features.
+            size = sum(n * i.dim * FLOAT32 for i in g.layers)
+            try:
+                spill_block(n, info.dim, self.kk_max, self.budget - size)
+            except BudgetError:
+                usable = False
+        if not usable:
+            return None
+        k = chain.index(info.name)
+        return [self.modules[m] for m in chain[k + 1 :]], b, info.shape
+
+    def allocate(self, split: str, n: int, g: Group, held: dict) -> None:
+        """held[layer] = an empty N x dim float32 array, or a file for a group `to_file`."""
+        for info in g.layers:
+            if g.to_file:
+                held[info.name] = self.spill_array(split, n, info)
+            else:
+                held[info.name] = np.empty((n, info.dim), dtype=np.float32)
+
+    def spill_array(self, split: str, n: int, info: LayerInfo) -> np.memmap:
+        """A memory-mapped N x dim file for the layer's features, recorded and noted."""
+        cfg = self.cfg
+        if self.folder is None:
+            parent = cfg.spill_dir or self.out
+            self.folder = SpillFolder(Path(parent) if parent else None)
+        folder = self.folder
+        arr = folder.array(info.name, (n, info.dim), cfg.memmap or "float32")
+        self.res.spilled.append(
+            {
+                "split": split,
+                "layer": info.name,
+                "bytes": arr.nbytes,
+                "dtype": cfg.memmap or "float32",
+                "folder": str(folder.path),
+            }
+        )
+        self.res.notes.append(
+            f"{split}/{info.name}: {format_size(arr.nbytes)} of "
+            f"features streamed through {folder.path} "
+            f"({cfg.memmap or 'float32'})"
+        )
+        return arr
+
+    def forward(self, split: str, x, g: Group, held: dict, start) -> float:
+        """Fill the group's features by one forward pass; returns seconds per layer."""
+        from tqdm.auto import tqdm
+
+        store = {i.name: held[i.name] for i in g.layers}
+        t0 = time.perf_counter()
+        pbar = tqdm(
+            total=len(x),
+            desc=f"{split}: forward to {g.layers[-1].name}",
+            unit="img",
+            leave=False,
+            disable=not self.progress,
+        )
+        extract_group(
+            self.model,
+            x,
+            g.layers,
+            self.batch,
+            self.dev,
+            self.input_fn,
+            self.cfg.output_key,
+            store,
+            start,
+            pbar.update,
+        )
+        pbar.close()
+        del store, start
+        spent = time.perf_counter() - t0
+        self.res.forward_seconds += spent
+        return spent / len(g.layers)
+
+    def core(self, split: str, y, held: dict, info: LayerInfo, fwd: float) -> None:
+        """Measure one layer's features (freeing them) and write its row."""
+        folder, budget = self.folder, self.budget
+        n = len(y)
+        feats = held.pop(info.name)
+        t1 = time.perf_counter()
+        on_file = isinstance(feats, np.memmap)
+        if on_file:
+            if feats.dtype == np.float16:
+                f32 = to_float32(feats, folder, info.name)
+                folder.free(feats)
+                feats = f32
+            in_mem = sum(v.nbytes for v in held.values() if not isinstance(v, np.memmap))
+            block, core_mem = spill_block(n, info.dim, self.kk_max, budget - in_mem)
+        else:
+            block, core_mem = None, self.reserve if self.dev.type == "cpu" else budget
+        # Linear probe and CKA first, then the core's measures; the features are the probe's
+        # own, so the core may normalize them in place.
+        r = self.extras.measure(
+            split,
+            info.name,
+            feats,
+            y,
+            budget=core_mem,
+            core=separability,
+            normalize_method=self.cfg.normalize,
+            device=self.dev,
+            block=block,
+            overwrite_input=True,
+            undefined="nan",
+        )
+        secs = time.perf_counter() - t1
+        self.res.core_seconds += secs
+        if on_file:
+            folder.free(feats)
+        del feats
+        self.rows.append(self.row(split, info, n, r, secs + fwd, on_file))
+        self.save()
+        self.bar.update(1)
+
+    def row(self, split: str, info: LayerInfo, n: int, r, secs: float, on_file: bool) -> dict:
+        """One (split, layer)'s row: its measures, timing, storage and provenance."""
+        prov = self.expected[(split, info.name)]
+        row = {
+            "split": split,
+            "layer": info.name,
+            "dim": info.dim,
+            "n": n,
+            **r.values,
+            "seconds": round(secs, 3),
+            "note": "; ".join(x for x in (info.note, *r.notes) if x),
+            "stored": f"file:{prov['features']}" if on_file else "memory",
+            "fingerprint": fingerprint(prov),
+            "provenance": prov,
+        }
+        if self.cfg.per_class:
+            row["per_class"] = r.per_class
+        return row
+
+
 def probe_model(
     model: nn.Module,
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -343,254 +656,18 @@ def probe_model(
         out.mkdir(parents=True, exist_ok=True)
     input_fn = input_fn or (lambda b: b.float())
     model = model.to(dev).eval()
-    parse_measures(cfg.measures)
-    order_max = max((m.order for m in parse_measures(cfg.measures) if m.kind != "csi"), default=1)
-    for name, (x, y) in splits.items():
-        if len(x) == 0:
-            raise InputError(f"split {name!r} is empty")
-        if len(x) != len(y):
-            raise InputError(f"split {name!r}: {len(x)} inputs but {len(y)} labels")
-        if len(x) <= order_max:
-            raise InputError(
-                f"split {name!r} has {len(x)} samples; measures of order "
-                f"{order_max} need more than {order_max}"
-            )
+    _check_splits(splits, _max_order(cfg.measures))
     names = resolve_layers(model, cfg.layers)
     first = next(iter(splits.values()))[0]
     tr = trace(model, input_fn(first[:2].to(dev)), names, cfg.output_key)
-    infos = tr.layers
     weights = model_hash(model)
-    measures = ",".join(m.name for m in parse_measures(cfg.measures))
-    expected = {}
-    for split, (x, y) in splits.items():
-        data = split_identity(x, y)
-        for info in infos:
-            expected[(split, info.name)] = {
-                "weights": weights,
-                "data": data,
-                "split": split,
-                "n": len(x),
-                "layer": info.name,
-                "measures": measures,
-                "normalize": cfg.normalize,
-                "output_key": cfg.output_key,
-                "per_class": cfg.per_class,
-                "features": "float16" if cfg.memmap == "float16" else "float32",
-                **(source or {}),
-            }
-    res = ProbeResult([], infos, chain=tr.chain is not None)
-    rows = _load_existing(out, cfg, overwrite, expected, weights, res.notes)
-    res.rows = rows
-    extras = ProbeExtras(cfg, list(splits), out, resumed=bool(rows), weights=weights)
-    done = {(r["split"], r["layer"]) for r in rows}
-    budget = parse_size(cfg.max_memory)
-    order = {i.name: k for k, i in enumerate(infos)}
-    kk_max = (
-        1
-        + knn.EXTRA_CANDIDATES
-        + max((m.order for m in parse_measures(cfg.measures) if m.kind != "csi"), default=1)
-    )
-    core_min = core_minimum(max(len(x) for x, _ in splits.values()), kk_max)
-    batch, reserve, room = plan_budget(
-        budget, tr.forward_bytes_per_sample, cfg.batch_size, core_min
-    )
-    res.batch_size = batch
-
-    # Every split's plan is checked before any work: a too-small budget is refused up front.
-    plans = {}
-    for split, (x, _) in splits.items():
-        todo = [i for i in infos if (split, i.name) not in done]
-        # The linear probe's and CKA's memory comes off the features' room.
-        groups = plan_groups(
-            todo, len(x), room - extras.reserve(split, len(x)), to_file=cfg.memmap is not None
-        )
-        for g in groups:
-            if g.to_file:
-                try:
-                    spill_block(len(x), g.layers[0].dim, kk_max, budget)
-                except BudgetError as e:
-                    least = e.least
-                    raise BudgetError(
-                        f"--max-memory {format_size(budget)} is too small for one block of the "
-                        f"core's work on layer {g.layers[0].name!r} ({len(x)} samples x "
-                        f"{g.layers[0].dim} features, split {split!r}); the smallest budget "
-                        f"that works is {format_size(least)}",
-                        least,
-                    ) from None
-        plans[split] = groups
-
-    def save():
-        rows.sort(
-            key=lambda r: (
-                list(splits).index(r["split"]) if r["split"] in splits else 99,
-                order.get(r["layer"], 99),
-            )
-        )
-        if out is not None:
-            write_tables(out, rows, cfg, extras.cka)
-
-    from tqdm.auto import tqdm
-
-    total = sum(1 for s in splits for i in infos if (s, i.name) not in done)
-    bar = tqdm(total=total, desc="probe", unit="layer", disable=not progress)
-    spill: dict = {"folder": None}  # made when the first layer goes to a file
-    modules = dict(model.named_modules())
-
-    def core(split, y, held, info, fwd):
-        folder = spill["folder"]
-        n = len(y)
-        feats = held.pop(info.name)
-        t1 = time.perf_counter()
-        on_file = isinstance(feats, np.memmap)
-        if on_file:
-            if feats.dtype == np.float16:
-                f32 = to_float32(feats, folder, info.name)
-                folder.free(feats)
-                feats = f32
-            in_mem = sum(v.nbytes for v in held.values() if not isinstance(v, np.memmap))
-            block, core_mem = spill_block(n, info.dim, kk_max, budget - in_mem)
-        else:
-            block, core_mem = None, reserve if dev.type == "cpu" else budget
-        # Linear probe and CKA first, then the core's measures; the features are the probe's
-        # own, so the core may normalize them in place.
-        r = extras.measure(
-            split,
-            info.name,
-            feats,
-            y,
-            budget=core_mem,
-            core=separability,
-            normalize_method=cfg.normalize,
-            device=dev,
-            block=block,
-            overwrite_input=True,
-            undefined="nan",
-        )
-        secs = time.perf_counter() - t1
-        res.core_seconds += secs
-        if on_file:
-            folder.free(feats)
-        del feats
-        prov = expected[(split, info.name)]
-        row = {
-            "split": split,
-            "layer": info.name,
-            "dim": info.dim,
-            "n": n,
-            **r.values,
-            "seconds": round(secs + fwd, 3),
-            "note": "; ".join(x for x in (info.note, *r.notes) if x),
-            "stored": f"file:{prov['features']}" if on_file else "memory",
-            "fingerprint": fingerprint(prov),
-            "provenance": prov,
-        }
-        if cfg.per_class:
-            row["per_class"] = r.per_class
-        rows.append(row)
-        save()
-        bar.update(1)
-
-    try:
-        for split, (x, y) in splits.items():
-            groups = plans[split]
-            if not groups:
-                continue
-            extras.start_split(
-                split, [i.name for i in infos], [i.name for g in groups for i in g.layers]
-            )
-            n = len(x)
-            res.groups[split] = len(groups)
-            held: dict[str, np.ndarray] = {}  # features in memory, by layer
-
-            prev = None  # (info, forward seconds): the last layer of the previous group
-            for g in groups:
-                start = None
-                if prev is not None:
-                    b = held[prev[0].name]
-                    usable = (
-                        g.from_boundary
-                        and tr.chain is not None
-                        and prev[0].name in tr.chain
-                        and b.dtype == np.float32
-                    )
-                    if usable and isinstance(b, np.memmap) and not g.to_file:
-                        # Its core runs after this group's pass, beside this group's features.
-                        size = sum(n * i.dim * FLOAT32 for i in g.layers)
-                        try:
-                            spill_block(n, prev[0].dim, kk_max, budget - size)
-                        except BudgetError:
-                            usable = False
-                    if usable:
-                        k = tr.chain.index(prev[0].name)
-                        start = ([modules[m] for m in tr.chain[k + 1 :]], b, prev[0].shape)
-                    del b  # core() frees the features: hold no other reference to them
-                    if not usable:
-                        core(split, y, held, *prev)
-                        prev = None
-                for info in g.layers:
-                    if g.to_file:
-                        if spill["folder"] is None:
-                            parent = cfg.spill_dir or out
-                            spill["folder"] = SpillFolder(Path(parent) if parent else None)
-                        folder = spill["folder"]
-                        held[info.name] = folder.array(
-                            info.name, (n, info.dim), cfg.memmap or "float32"
-                        )
-                        res.spilled.append(
-                            {
-                                "split": split,
-                                "layer": info.name,
-                                "bytes": held[info.name].nbytes,
-                                "dtype": cfg.memmap or "float32",
-                                "folder": str(folder.path),
-                            }
-                        )
-                        res.notes.append(
-                            f"{split}/{info.name}: {format_size(held[info.name].nbytes)} of "
-                            f"features streamed through {folder.path} "
-                            f"({cfg.memmap or 'float32'})"
-                        )
-                    else:
-                        held[info.name] = np.empty((n, info.dim), dtype=np.float32)
-                store = {i.name: held[i.name] for i in g.layers}
-                t0 = time.perf_counter()
-                pbar = tqdm(
-                    total=n,
-                    desc=f"{split}: forward to {g.layers[-1].name}",
-                    unit="img",
-                    leave=False,
-                    disable=not progress,
-                )
-                extract_group(
-                    model,
-                    x,
-                    g.layers,
-                    batch,
-                    dev,
-                    input_fn,
-                    cfg.output_key,
-                    store,
-                    start,
-                    pbar.update,
-                )
-                pbar.close()
-                del store, start
-                spent = time.perf_counter() - t0
-                res.forward_seconds += spent
-                fwd = spent / len(g.layers)
-                if prev is not None:
-                    core(split, y, held, *prev)
-                for info in g.layers[:-1]:
-                    core(split, y, held, info, fwd)
-                prev = (g.layers[-1], fwd)
-            if prev is not None:
-                core(split, y, held, *prev)
-            extras.end_split(split)
-    finally:
-        bar.close()
-        if spill["folder"] is not None:
-            spill["folder"].close()
-    save()
+    expected = expected_provenance(splits, tr.layers, cfg, weights, source)
+    res = ProbeResult([], tr.layers, chain=tr.chain is not None)
+    res.rows = _load_existing(out, cfg, overwrite, expected, weights, res.notes)
+    extras = ProbeExtras(cfg, list(splits), out, resumed=bool(res.rows), weights=weights)
+    work = _ProbeRun(model, splits, cfg, out, dev, input_fn, tr, expected, res, extras)
+    plans = work.plan()  # raises BudgetError before any work
+    work.run(plans, progress)
     return res
 
 
