@@ -29,11 +29,13 @@ def _add_si(sub) -> None:
         "--alpha",
         type=float,
         default=None,
-        help="ridge regularization of `linear` (default 1.0; must be > 0)",
+        help="ridge regularization of `linear` (a finite number > 0; default 1.0)",
     )
     p.add_argument("--normalize", default="zscore", choices=["zscore", "minmax", "none"])
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--max-memory", default="2GB", help="memory budget, e.g. 2GB")
+    p.add_argument(
+        "--max-memory", default="2GB", help="memory budget, a size > 0 such as 2GB or 512MiB"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--demo", choices=["digits"], help="run on scikit-learn's bundled digits")

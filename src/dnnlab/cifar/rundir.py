@@ -52,9 +52,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     except FileNotFoundError:
         raise RunError(f"{path}: missing") from None
     except Exception as e:  # UnpicklingError (not plain data), EOF, zip errors: say which file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        from dnnlab.utils.safe_load import load_error_reason
+
         raise RunError(
-            f"{path}: not a loadable dnnlab checkpoint of plain data ({first})"
+            f"{path}: not a loadable dnnlab checkpoint of plain data ({load_error_reason(e)})"
         ) from None
     if not isinstance(ck, dict) or "model" not in ck:
         raise RunError(f"{path}: not a dnnlab checkpoint (no 'model' entry)")

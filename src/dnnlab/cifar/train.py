@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import math
 import os
 import shutil
 import time
@@ -60,12 +61,12 @@ class TrainConfig:
     """One training run's settings; every default is the course project's recipe."""
 
     model: str = setting("base", "a variant from `dnnlab models`")
-    epochs: int = setting(100, "training epochs", low=1)
-    batch_size: int = setting(256, "training batch size", low=1)
-    lr: float = setting(0.01, "SGD learning rate", low=0, low_open=True)
+    epochs: int = setting(100, "training epochs", low=1, high=100_000)
+    batch_size: int = setting(256, "training batch size", low=1, high=65_536)
+    lr: float = setting(0.01, "SGD learning rate", low=0, high=10, low_open=True)
     momentum: float = setting(0.9, "SGD momentum", low=0, high=1, high_open=True)
-    weight_decay: float = setting(0.0, "SGD weight decay", low=0)
-    step_size: int = setting(40, "StepLR: epochs between learning-rate drops", low=1)
+    weight_decay: float = setting(0.0, "SGD weight decay", low=0, high=1)
+    step_size: int = setting(40, "StepLR: epochs between learning-rate drops", low=1, high=100_000)
     gamma: float = setting(
         0.1, "StepLR: learning-rate factor at each drop", low=0, high=1, low_open=True
     )
@@ -89,7 +90,7 @@ class TrainConfig:
     device: str = setting("cpu", "cpu, cuda or cuda:N")
     compile: bool = setting(False, "torch.compile the model (GPU runs)")
     data_root: str | None = setting(None, "CIFAR-10 source; none: $DNNLAB_DATA")
-    eval_batch_size: int = setting(1024, "batch size for validation and test", low=1)
+    eval_batch_size: int = setting(1024, "batch size for validation and test", low=1, high=65_536)
     recipe: str = setting("corrected", R.RECIPE_HELP, choices=R.RECIPES + tuple(R.ALIASES))
 
     def __post_init__(self):
@@ -554,6 +555,13 @@ def _train_epoch(st: _Training, net, cfg: TrainConfig, split, dev, epoch, rank, 
     )
     tr_loss, tr_acc = train_one_epoch(net, st.opt, x_tr, y_tr, cfg, st.gen, dev, rank, world, bar)
     bar.close()
+    if not math.isfinite(tr_loss):
+        # A diverged run has nothing worth keeping: stop before this epoch is saved.
+        raise RunError(
+            f"epoch {epoch + 1}: the training loss is {tr_loss} (the run diverged); the "
+            f"checkpoints stop at epoch {epoch}. Lower --lr ({cfg.lr}) or --weight-decay "
+            f"({cfg.weight_decay}) and start again with --overwrite"
+        )
     st.sched.step()
     val_gen = R.val_generator(cfg.recipe, cfg.seed, epoch)
     val_loss, val_acc = evaluate(net, *split["val"], dev, cfg.eval_batch_size, val_gen)

@@ -118,9 +118,10 @@ class Detector(nn.Module):
                 "strings), which could run code when loaded"
             ) from None
         except Exception as e:
+            from dnnlab.utils.safe_load import load_error_reason
+
             raise InputError(
-                f"{path}: not a readable detector file (truncated or corrupt? "
-                f"{type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                f"{path}: not a readable detector file ({load_error_reason(e)})"
             ) from None
         if (
             not isinstance(ck, dict)

@@ -45,13 +45,14 @@ class AnyConfig:
         "images resized to this square side; none: 224 for torchvision models, else the "
         "images' own size",
         low=1,
+        high=4096,
     )
     mean: str | None = setting(
         None,
-        "per-channel mean, e.g. 0.485,0.456,0.406; none: ImageNet's for torchvision "
-        "models, else 0.5",
+        "per-channel mean, 1 or 3 finite numbers, e.g. 0.485,0.456,0.406; none: ImageNet's "
+        "for torchvision models, else 0.5",
     )
-    std: str | None = setting(None, "per-channel std; none: as --mean")
+    std: str | None = setting(None, "per-channel std, 1 or 3 numbers > 0; none: as --mean")
     val_fraction: float = setting(
         0.2,
         "images held out as 'val' when the data has only class folders",
@@ -60,7 +61,9 @@ class AnyConfig:
         low_open=True,
         high_open=True,
     )
-    seed: int = setting(0, "random seed of the train/val split and the subsets")
+    seed: int = setting(
+        0, "random seed of the train/val split and the subsets", low=0, high=2**32 - 1
+    )
     max_per_split: int | None = setting(None, "stratified cap per split", low=2)
     out: str = setting("probe-out", "output folder of --model")
 
@@ -139,10 +142,10 @@ def load_state(path: str, key: str | None) -> dict:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors: the file is not plain weights
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        from dnnlab.utils.safe_load import load_error_reason
+
         raise InputError(
-            f"--weights {path}: cannot be read as plain weights "
-            f"(torch.load weights_only=True: {type(e).__name__}: {msg})"
+            f"--weights {path}: cannot be read as plain weights ({load_error_reason(e)})"
         ) from None
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
@@ -340,7 +343,11 @@ def image_splits(cfg: AnyConfig, size: int | None, mean, std, out: Path):
         c10 = None
     if c10 is not None:
         size = size or 32
-        tr, va = split_indices(c10.train_y, 5000, cfg.seed)
+        # As dnnlab runs split CIFAR-10: a tenth of the training images (5,000 of 50,000).
+        n_train = c10.train_y.numel()
+        if n_train < 20:
+            raise InputError(f"--data {root}: {n_train} training images; at least 20 needed")
+        tr, va = split_indices(c10.train_y, round(n_train / 10), cfg.seed)
         t20 = tr[_stratified(c10.train_y[tr], round(0.2 * len(tr)), cfg.seed)]
         src = f"cifar10:{c10.identity}"
 
@@ -353,7 +360,8 @@ def image_splits(cfg: AnyConfig, size: int | None, mean, std, out: Path):
             "test": mk(c10.test_x, c10.test_y, "test"),
         }
         how = (
-            f"CIFAR-10: val = a stratified 5,000 of the training images (seed {cfg.seed}), "
+            f"CIFAR-10: val = a stratified tenth of the training images (5,000 of 50,000; "
+            f"seed {cfg.seed}), "
             "train20 = a stratified 20% of the rest, test = the test images"
         )
         return splits, list(c10.classes), how

@@ -20,7 +20,20 @@ def any_network(args) -> bool:
         raise InputError("give a run directory, or --model SPEC --data ROOT")
     if args.max_per_split is not None and args.max_per_split < 2:
         raise InputError(f"--max-per-split: {args.max_per_split} is out of range; it must be >= 2")
+    check_follow_ups(args, any_model)
     return any_model
+
+
+def check_follow_ups(args, any_model: bool) -> None:
+    """--cka-with and --compare name folders that must exist before the probe starts."""
+    if args.cka_with:
+        if any_model:
+            raise InputError("--cka-with compares two run directories; not with --model")
+        for f in ("config.json", "best.pt"):
+            if not (Path(args.cka_with) / f).is_file():
+                raise InputError(f"--cka-with: {args.cka_with} has no {f}; is it a trained run?")
+    if args.compare and not (Path(args.compare) / "probe.json").is_file():
+        raise InputError(f"--compare {args.compare}: no probe.json there")
 
 
 def is_listing(layers: str | None) -> bool:

@@ -105,6 +105,11 @@ def describe_layers(model, x, names, output_key=None) -> list[LayerInfo]:
     missing = [n for n in names if n not in infos]
     if missing:
         raise LayerError(f"layers never ran in a forward pass: {missing}")
+    if output_key is not None and not any(i.note for i in infos.values()):
+        raise LayerError(
+            f"--output-key {output_key!r}: every probed layer returns a plain tensor, so the "
+            "key picks nothing; it is for layers that return a tuple or a dict"
+        )
     return list(infos.values())  # insertion order = order of first execution
 
 

@@ -69,11 +69,12 @@ class ProbeConfig:
     max_memory: str = setting(
         "4GB",
         "what the probe may add to the process's memory (features, the core, forward "
-        "passes); a layer that does not fit streams through a file",
+        "passes), a size > 0 such as 4GB or 512MiB; a layer that does not fit streams "
+        "through a file",
     )
     device: str = setting("cpu", "cpu, cuda or cuda:N")
     batch_size: int = setting(
-        500, "images per forward pass, at most (fewer if the budget needs it)", low=1
+        500, "images per forward pass, at most (fewer if the budget needs it)", low=1, high=65_536
     )
     output_key: str | None = setting(None, "tuple index or dict key to probe in an output")
     memmap: str | None = setting(
@@ -111,6 +112,14 @@ class ProbeConfig:
             parse_size(self.max_memory)
         except ValueError as e:
             raise ConfigError(f"--max-memory: {e}") from None
+        unknown = [
+            c for c in (x.strip() for x in self.cka_splits.split(",")) if c and c not in self.splits
+        ]
+        if unknown:
+            raise ConfigError(
+                f"--cka-splits: {', '.join(unknown)} is not among the probed splits "
+                f"({','.join(self.splits)})"
+            )
         _check_regex(self.layers)
 
 
@@ -449,6 +458,11 @@ class _ProbeRun:
             self.bar.close()
             if self.folder is not None:
                 self.folder.close()
+        for split in self.extras.cka_splits:
+            if split not in self.extras.cka:  # every row of the split came from earlier runs
+                why = "not computed: the split's rows were reused; rerun with --overwrite"
+                self.extras.cka[split] = {"note": why}
+                self.res.notes.append(f"CKA on {split}: {why}")
         self.save()
 
     def save(self) -> None:

@@ -4,6 +4,7 @@ before the neighbour search."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 
@@ -62,14 +63,20 @@ def _si_checks(args, n: int):
 
 def si_command(args) -> int:
     """`dnnlab si`: check every input, then measure and print (rank 0 only)."""
+    from dnnlab.errors import ConfigError
     from dnnlab.separability import separability
     from dnnlab.utils.device import check_device
     from dnnlab.utils.distributed import init_distributed
     from dnnlab.utils.sizes import parse_size
 
+    try:
+        parse_size(args.max_memory)
+    except ValueError as e:
+        raise ConfigError(f"--max-memory: {e}") from None
+    if args.alpha is not None and not (math.isfinite(args.alpha) and args.alpha > 0):
+        raise ConfigError(f"--alpha must be a finite number > 0; got {args.alpha}")
     x, y = _si_data(args)
     test = _si_checks(args, len(y))
-    parse_size(args.max_memory)
     if args.device is not None:
         check_device(args.device)
     rank, _ = init_distributed(args.device)

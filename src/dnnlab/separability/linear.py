@@ -39,7 +39,7 @@ from dnnlab.separability.measures import (
 )
 from dnnlab.separability.normalize import NORMALIZATIONS, feature_stats
 from dnnlab.utils.chunks import chunk_rows
-from dnnlab.utils.sizes import parse_size
+from dnnlab.utils.sizes import format_size, parse_size
 
 DEFAULT_ALPHA = 1.0
 # Refinement stops when a correction is below this fraction of the solution.
@@ -305,9 +305,9 @@ def fit_linear(
     workspace = budget - size * size * 8 - 4 * chunk_elems * 8
     if workspace < 64 * 3 * d * 4:
         raise BudgetError(
-            f"max_memory {budget / 2**30:.2f} GiB is too small for the linear probe: its "
+            f"max_memory {format_size(budget)} is too small for the linear probe: its "
             f"{'N x N' if dual else 'D x D'} Gram matrix alone takes "
-            f"{size * size * 8 / 2**30:.2f} GiB (N={n}, D={d})"
+            f"{format_size(size * size * 8)} (N={n}, D={d})"
         )
     shift, scale = feature_stats(x, normalize_method)
     scale = scale.to(dev)

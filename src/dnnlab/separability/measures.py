@@ -30,7 +30,7 @@ from dnnlab.separability import knn
 from dnnlab.separability.normalize import NORMALIZATIONS, normalize_with_norms
 from dnnlab.utils.chunks import chunk_rows
 from dnnlab.utils.device import check_device
-from dnnlab.utils.sizes import parse_size
+from dnnlab.utils.sizes import format_size, parse_size
 
 
 class BudgetError(InputError, MemoryError):
@@ -68,8 +68,8 @@ def parse_measures(spec) -> list[Measure]:
         m = re.fullmatch(r"([a-z][a-z0-9]*?)(?::(\d+))?", text)
         if not m or m.group(1) not in KINDS:
             raise ValueError(
-                f"unknown measure {raw!r}; known: si, csi, hsi:R, soft:R, anti:R, knn:K, nc1 "
-                "(R, K >= 1)"
+                f"unknown measure {raw!r}; known: si, csi, hsi:R, soft:R, anti:R, knn:K, nc1, "
+                "linear (R, K >= 1)"
             )
         kind, order = m.group(1), int(m.group(2) or 1)
         if kind in ORDERLESS and m.group(2) and order != 1:
@@ -193,7 +193,7 @@ def check_finite(x: torch.Tensor) -> None:
             count += rows.numel()
             bad_rows += rows[: 5 - len(bad_rows)].tolist() if len(bad_rows) < 5 else []
     if count:
-        raise ValueError(
+        raise InputError(
             f"features contain NaN or Inf in {count} rows (first rows: {bad_rows}); "
             "remove or impute them first"
         )
@@ -231,9 +231,9 @@ def plan_memory(n: int, copy_d: int, d: int, kk: int, itemsize: int, budget: int
     if workspace <= 4 * 64 * 64 * itemsize:
         need = fixed + 4 * 64 * 64 * itemsize
         raise BudgetError(
-            f"max_memory {budget / 2**30:.2f} GiB is too small: the normalized features "
-            f"alone take {n * copy_d * itemsize / 2**30:.2f} GiB (N={n}, D={d}); "
-            f"allow at least {need / 2**30:.2f} GiB"
+            f"max_memory {format_size(budget)} is too small: the normalized features "
+            f"alone take {format_size(n * copy_d * itemsize)} (N={n}, D={d}); "
+            f"allow at least {format_size(need)}"
         )
     # Refinement gathers (rows x candidates x D) float64 tiles: give it a quarter.
     mem_elems = max(d * (kk + 1), workspace // 4 // 8)

@@ -49,7 +49,7 @@ class StudyConfig:
     train_subset: int | None = setting(
         None, "train on a stratified subset this large (--quick: 1000)", low=1
     )
-    epochs: int = setting(100, "epochs per variant (--quick: 3)", low=1)
+    epochs: int = setting(100, "epochs per variant (--quick: 3)", low=1, high=100_000)
     n_val: int = setting(
         5000, "validation images (--quick: 500)", low=1, high=49_999, flag="--val-size"
     )
@@ -204,6 +204,16 @@ def check_runs_data(out: Path, cfg: StudyConfig, data) -> None:
             check_run_data(run, data)
 
 
+def check_budget(cfg: StudyConfig, data) -> None:
+    """The budget's sizes against the data (validation, training and test subsets), before
+    anything in the study folder is written."""
+    from dnnlab.cifar.train import make_split, test_positions
+
+    tcfg = train_config(cfg, cfg.models[0])
+    make_split(tcfg, data)
+    test_positions(tcfg, data)
+
+
 def check_detector(detector) -> Path | None:
     if detector is None:
         return None
@@ -331,6 +341,9 @@ def run_study(
     _check_same_study(out, cfg, fp, data_id, overwrite)
     if not overwrite:
         check_runs_data(out, cfg, data)
+    check_budget(cfg, data)
+    if cfg.cka_samples and not {"base", "bn"} <= set(cfg.models):
+        log("note: no CKA of base against bn (--cka-samples): the study lacks base or bn")
     if plan:
         from dnnlab.study.plan import print_plan
 
