@@ -65,7 +65,7 @@ def test_tiny_run_learns_writes_everything_and_resumes_exactly(tree, tmp_path, m
 
 def test_best_weights_are_a_copy(tree, tmp_path):
     run = tmp_path / "r"
-    T.train(cfg(tree, model="base", epochs=3, lr=0.2), run, progress=False)
+    T.train(cfg(tree, model="base", epochs=3, lr=0.05), run, progress=False)
     best = torch.load(run / "best.pt", weights_only=True)
     last = torch.load(run / "last.pt", weights_only=True)
     rows = json.loads((run / "metrics.json").read_text())

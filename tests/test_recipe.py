@@ -16,7 +16,7 @@ from dnnlab.probe.run import run_splits
 
 
 def cfg(tree, **kw):
-    base = dict(model="base", epochs=3, batch_size=20, lr=0.2, n_val=20, data_root=str(tree))
+    base = dict(model="base", epochs=3, batch_size=20, lr=0.05, n_val=20, data_root=str(tree))
     return T.TrainConfig(**{**base, **kw})
 
 
