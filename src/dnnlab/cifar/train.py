@@ -44,6 +44,7 @@ from dnnlab.utils.atomic import (
 from dnnlab.utils.device import check_device, check_device_name
 from dnnlab.utils.distributed import init_distributed
 from dnnlab.utils.plots import plot_train_curves
+from dnnlab.utils.weights import load_fitting
 
 __all__ = [
     "RunError",
@@ -237,27 +238,11 @@ def load_model_checkpoint(path, model_name: str | None = None, map_location="cpu
 
 def load_weights(model, state: dict, where: str) -> None:
     """load_state_dict, but a mismatch names the first offending key and both shapes."""
-    own = model.state_dict()
     if not isinstance(state, dict):
         raise RunError(f"{where}: the checkpoint's model entry is not a state dict")
-    for k, v in own.items():
-        if k not in state:
-            raise RunError(
-                f"{where}: the checkpoint lacks {k!r} {tuple(v.shape)}; it was "
-                "saved from another architecture"
-            )
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise RunError(
-                f"{where}: {k!r} is {tuple(state[k].shape)} in the checkpoint but "
-                f"{tuple(v.shape)} in the model: another architecture"
-            )
-    extra = [k for k in state if k not in own]
-    if extra:
-        raise RunError(
-            f"{where}: the checkpoint has {extra[0]!r}, which the model lacks; it "
-            "was saved from another architecture"
-        )
-    model.load_state_dict(state)
+    load_fitting(
+        model, state, where, RunError, "the checkpoint", "it was saved from another architecture"
+    )
 
 
 METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")

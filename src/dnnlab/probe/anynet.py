@@ -161,25 +161,9 @@ def load_state(path: str, key: str | None) -> dict:
 
 def fit_weights(model: nn.Module, state: dict, where: str) -> None:
     """load_state_dict, but a mismatch names the first offending key and both shapes."""
-    own = model.state_dict()
-    for k, v in own.items():
-        if k not in state:
-            raise InputError(
-                f"{where}: lacks {k!r} {tuple(v.shape)}, which the model has; "
-                "these weights do not fit this model"
-            )
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise InputError(
-                f"{where}: {k!r} is {tuple(state[k].shape)} in the file but "
-                f"{tuple(v.shape)} in the model; these weights do not fit it"
-            )
-    extra = [k for k in state if k not in own]
-    if extra:
-        raise InputError(
-            f"{where}: holds {extra[0]!r}, which the model lacks; these weights "
-            "do not fit this model"
-        )
-    model.load_state_dict(state)
+    from dnnlab.utils.weights import load_fitting
+
+    load_fitting(model, state, where, InputError)
 
 
 # ---------------------------------------------------------------------------- images
