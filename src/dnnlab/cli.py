@@ -191,7 +191,7 @@ def cmd_probe(args) -> int:
         return 0
     res, out = command.probe(args, cfg, acfg, progress=sys.stderr.isatty())
     print_result(res, out)
-    for line in command.follow_ups(args, cfg, out, any_model):
+    for line in command.follow_ups(args, cfg, out):
         print(line)
     return 0
 

@@ -78,13 +78,11 @@ def probe(args, cfg, acfg, progress: bool):
     return res, Path(args.run)
 
 
-def follow_ups(args, cfg, out: Path, any_model: bool) -> Iterator[str]:
+def follow_ups(args, cfg, out: Path) -> Iterator[str]:
     """Run --cka-with and --compare after the probe, yielding a "wrote ..." line per file."""
     if args.cka_with:
         from dnnlab.probe.extra import cka_between_runs
 
-        if any_model:
-            raise InputError("--cka-with compares two run directories; not with --model")
         path = cka_between_runs(
             args.run, args.cka_with, cfg, "val", args.data_root, args.max_per_split
         )
