@@ -6,6 +6,11 @@ float32). Memory: the peak of the process's anonymous resident memory (RssAnon, 
 memory-mapped feature pages are file-backed and not counted there.
 
     python benchmarks/bench_measures.py linear          # linear vs SI core, 9,000 x 16,384
+
+`linear` times three children on the same features: the SI core alone, `linear` fitted on its
+own (fit_linear), and SI with linear (separability(x, y, "si,linear", test=...), where the
+probe takes the search's normalized copy and Gram): linear's added time is the third minus
+the first. The test set (1,000 more samples of the same classes) is scored in the third.
     python benchmarks/bench_measures.py wide            # linear on 9,000 x 65,536 (memmap)
     python benchmarks/bench_measures.py cka             # CKA, 17 layers of `base`, N=5,000
 """
@@ -24,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+N_TEST = 1000  # linear's test samples, drawn beside the N training samples
 
 # The 17 probed layers of `base` (dnnlab.cifar.models) and their widths.
 BASE_LAYERS = [
@@ -88,8 +95,10 @@ class AnonPeak:
 def child(which: str, args) -> dict:
     torch.set_float32_matmul_precision("highest")
     out: dict = {}
-    if which in ("si", "linear"):
-        x, y = make_data(args.n, args.d, args.seed)
+    if which in ("si", "linear", "si+linear"):
+        x, y = make_data(args.n + N_TEST, args.d, args.seed)
+        xt, yt = x[args.n :].clone(), y[args.n :].clone()
+        x, y = x[: args.n].clone(), y[: args.n].clone()
     elif which == "wide":
         x = np.load(args.file, mmap_mode="r")
         y = torch.from_numpy(np.load(args.file + ".y.npy"))
@@ -100,6 +109,13 @@ def child(which: str, args) -> dict:
         from dnnlab.separability import separability
 
         out["values"] = separability(x, y, "si", max_memory=args.max_memory).values
+    elif which == "si+linear":  # separability(x, y, "si,linear", test=...), with its probe
+        from dnnlab.separability.measures import _separability
+
+        r, p = _separability(x, y, "si,linear", test=(xt, yt), max_memory=args.max_memory)
+        out["values"] = r.values
+        out["notes"] = [n for n in r.notes if n.startswith("linear")]
+        out["notes"].append(f"fit stages (s) { {k: round(v, 2) for k, v in p.timings.items()} }")
     elif which in ("linear", "wide"):
         from dnnlab.separability.linear import fit_linear
 
@@ -158,10 +174,22 @@ def gib(b) -> str:
     return f"{b / 2**30:.2f} GiB"
 
 
+def _describe(r: dict, name: str) -> str:
+    if "error" in r:
+        return r["error"]
+    text = f"{r['seconds']:8.2f} s  +{gib(r['peak_added'])}  {r['values']}"
+    if name == "linear":
+        text += (
+            f" {r['form']} form, {r['refine_steps']} refinement steps, fallback="
+            f"{r['fallback']}, stages (s) {r['stages']}"
+        )
+    return text + "".join(f"\n{'':12}{n}" for n in r.get("notes", []))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("what", choices=["linear", "wide", "cka"])
-    ap.add_argument("--child", choices=["si", "linear", "wide", "cka"])
+    ap.add_argument("--child", choices=["si", "linear", "si+linear", "wide", "cka"])
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--d", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -187,29 +215,20 @@ def main() -> int:
     )
     if args.what == "linear":
         print(f"N={args.n} D={args.d}")
-        for rep in range(args.repeat):  # alternate, so both see the same contention
+        for rep in range(args.repeat):  # alternate, so all see the same contention
             si = spawn("si", args)
             lin = spawn("linear", args)
-            for name, r in (("SI core", si), ("linear", lin)):
+            both = spawn("si+linear", args)
+            for name, r in (("SI core", si), ("linear", lin), ("SI+linear", both)):
+                print(f"  {name:<10}" + _describe(r, name))
+            if not any("error" in r for r in (si, lin, both)):
+                added = both["seconds"] - si["seconds"]
                 print(
-                    f"  {name:<8} "
-                    + (
-                        r["error"]
-                        if "error" in r
-                        else f"{r['seconds']:8.2f} s  +{gib(r['peak_added'])}  {r['values']}"
-                        + (
-                            f" {r['form']} form, {r['refine_steps']} refinement steps, fallback="
-                            f"{r['fallback']}, stages (s) {r['stages']}"
-                            if name == "linear"
-                            else ""
-                        )
-                    )
-                )
-            if "error" not in si and "error" not in lin:
-                print(
-                    f"  round {rep + 1}: linear / SI core: time "
-                    f"x{lin['seconds'] / si['seconds']:.2f}, "
-                    f"memory x{lin['peak_added'] / si['peak_added']:.2f}",
+                    f"  round {rep + 1}: linear on its own / SI core: time "
+                    f"x{lin['seconds'] / si['seconds']:.2f}, memory "
+                    f"x{lin['peak_added'] / si['peak_added']:.2f}; linear beside the SI core "
+                    f"(SI+linear - SI = {added:.2f} s) / SI core: time "
+                    f"x{added / si['seconds']:.2f}; SI+linear memory +{gib(both['peak_added'])}",
                     flush=True,
                 )
     elif args.what == "wide":

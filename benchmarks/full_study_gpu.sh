@@ -10,7 +10,9 @@
 #      its probes and report, published (no weights) to WORK/published/full-study-corrected;
 #   3. one variant (bn) trained alone for a few epochs: aggregate training images/s of the
 #      concurrent study against it, as a ratio (benchmarks/study_throughput.py);
-#   4. if time remains, the same study with --recipe course, published to full-study-course.
+#   4. the CUDA tests (tests/test_cuda.py: the measures on the GPU against the CPU), where
+#      pytest and scikit-learn are installed there (CUDA=0 skips them);
+#   5. if time remains, the same study with --recipe course, published to full-study-course.
 # Whatever is finished is packed (no weights) into ONE archive, $OUT/full-study.tar.gz, even
 # when a step is cut off: a trap packs on exit. WORK lives in the tree (gpu-work/, ignored), so
 # a second command on the same warm machine resumes every run where the first stopped.
@@ -37,6 +39,7 @@ STUDY_ARGS=${STUDY_ARGS:-}  # extra `dnnlab study` flags (a smaller budget for t
 TRAIN_ARGS=${TRAIN_ARGS:-}  # extra `dnnlab train` flags for the variant alone
 COMPILE=${COMPILE:-1}
 ALONE_EPOCHS=${ALONE_EPOCHS:-4}
+CUDA=${CUDA:-1}
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export DNNLAB_CACHE=${DNNLAB_CACHE:-$WORK/cache} DNNLAB_COMMIT=${COMMIT:-}
@@ -49,7 +52,7 @@ pack() {
   cp "$log" "$OUT/full_study.log" 2>/dev/null
   tar -czf "$OUT/full-study.tar.gz" -C "$WORK" --exclude='*.pt' --exclude='*.tmp' \
     --exclude=cache --ignore-failed-read \
-    $(cd "$WORK" && ls -d published study-* alone info.txt throughput.txt full_study.log 2>/dev/null)
+    $(cd "$WORK" && ls -d published study-* alone info.txt throughput.txt cuda-tests.txt full_study.log 2>/dev/null)
   ls -l "$OUT"
 }
 trap pack EXIT
@@ -95,6 +98,13 @@ step "one variant alone (bn, $ALONE_EPOCHS epochs)" 45 "$PY" -m dnnlab train "${
   --out "$WORK/alone" 2>&1 | tee -a "$log"
 "$PY" benchmarks/study_throughput.py "$WORK/study-corrected" "$WORK/alone" 2>&1 \
   | tee "$WORK/throughput.txt" | tee -a "$log"
+
+if [ "$CUDA" = 1 ] && "$PY" -c "import pytest, sklearn" 2>/dev/null; then
+  step "CUDA tests" 30 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 \
+    | tee "$WORK/cuda-tests.txt" | tee -a "$log"
+else
+  echo "== CUDA tests: skipped (CUDA=$CUDA, or no pytest/scikit-learn there)" | tee -a "$log"
+fi
 
 step "study, course recipe" 90 "$PY" -m dnnlab study "${common[@]}" --recipe course \
   --out "$WORK/study-course" --published "$WORK/published" \

@@ -49,3 +49,36 @@ def test_cuda_training_step(tmp_path, monkeypatch):
     )
     s = train(cfg, tmp_path / "run", progress=False)
     assert 0 <= s["test_acc"] <= 1
+
+
+def test_cuda_measures_beyond_si_match_cpu():
+    # knn, nc1 and the linear probe (with the Gram shared from the search, D > N) on CUDA
+    # against the CPU: neighbour measures equal, nc1 and the probe's coefficients to
+    # rounding (the two devices' feature statistics differ in the last bits, so their
+    # float32 normalized features do too), the predictions equal; CKA to rounding.
+    from dnnlab.separability import linear_cka, unbiased_cka
+    from dnnlab.separability.measures import separability_fitting
+
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(4, 500))
+    y = rng.integers(0, 4, 200)
+    x = (centers[y] + 1.5 * rng.normal(size=(200, 500)) + 5).astype(np.float32)
+    m = "si,knn:5,nc1,linear"
+    cpu, p_cpu = separability_fitting(x, y, m)
+    gpu, p_gpu = separability_fitting(torch.tensor(x, device="cuda"), y, m)
+    assert p_gpu.shared_gram and p_cpu.shared_gram
+    assert gpu["si"] == cpu["si"] and gpu["knn:5"] == cpu["knn:5"]
+    assert gpu["linear"] == cpu["linear"]
+    assert gpu["nc1"] == pytest.approx(cpu["nc1"], rel=1e-5)
+    scale = p_cpu.coef.abs().max().item()
+    np.testing.assert_allclose(
+        p_gpu.coef.cpu().numpy(), p_cpu.coef.numpy(), rtol=1e-4, atol=1e-4 * scale
+    )
+    xt = torch.tensor(x[:50])
+    assert torch.equal(p_gpu.predict_codes(xt.cuda()).cpu(), p_cpu.predict_codes(xt))
+    x2 = x[:, :100] ** 2
+    for f in (linear_cka, unbiased_cka):
+        want = f(x, x2)
+        assert f(torch.tensor(x, device="cuda"), torch.tensor(x2, device="cuda")) == (
+            pytest.approx(want, rel=1e-6)
+        )

@@ -21,10 +21,17 @@ import torch
 from dnnlab.errors import InputError
 from dnnlab.separability import SeparabilityResult, parse_measures, separability
 from dnnlab.separability.cka import CkaMatrix
-from dnnlab.separability.linear import DEFAULT_ALPHA, LinearProbe, fit_linear
+from dnnlab.separability.linear import DEFAULT_ALPHA, LinearProbe
+from dnnlab.separability.measures import separability_fitting
 from dnnlab.utils.atomic import atomic_savefig, atomic_torch_save
 
 FIT_SPLIT = "train20"
+
+
+def linear_reserve(n: int) -> int:
+    """Bytes a linear fit on n samples needs beside the core's budget: its Gram (at most
+    n x n, counted in float64) and float64 row chunks (separability.linear.linear_budget)."""
+    return n * n * 8 + 5 * (32 << 20)
 
 
 class ProbeExtras:
@@ -69,7 +76,7 @@ class ProbeExtras:
         being formed, its column panel and the Grams kept in memory (the rest spill)."""
         need = 0
         if self.linear and split == FIT_SPLIT:
-            need = n * n * 8 + 5 * (32 << 20)
+            need = linear_reserve(n)
         if split in self.cka_splits:
             need = max(need, n * n * 8 + (64 << 20) + _size(self.cfg.max_memory) // 8)
         return need
@@ -99,35 +106,43 @@ class ProbeExtras:
 
     # ------------------------------------------------------------------ per layer
     def measure(
-        self, split: str, layer: str, feats, y, *, budget: int, core=separability, **core_kw
+        self,
+        split: str,
+        layer: str,
+        feats,
+        y,
+        *,
+        budget: int,
+        core=separability,
+        fitting=separability_fitting,
+        **core_kw,
     ):
-        """Linear probe and CKA of this layer's features, then the core's measures (by
-        `core`, the separability function), as one SeparabilityResult.
-
-        The linear probe and CKA run first: the core may normalize `feats` in place.
+        """This layer's measures as one SeparabilityResult: CKA, then the core's measures (by
+        `core`, the separability function) with the linear probe fitted (on train20, by
+        `fitting`, which shares the core's work with the fit and gets the fit's share of
+        the budget besides `budget`) or scored (elsewhere, first: the core may normalize
+        `feats` in place).
         """
         extra: dict[str, float] = {}
         per_class_extra: dict[str, dict[str, float]] = {}
         x = torch.from_numpy(np.asarray(feats))
         if self._matrix is not None:
             self._matrix.add(layer, x)
-        if self.linear:
-            if split == FIT_SPLIT:
-                probe = fit_linear(
-                    x,
-                    y,
-                    normalize_method=self.cfg.normalize,
-                    device=self.cfg.device,
-                    max_memory=budget,
-                )
-                self.probes[layer] = probe
-                self._save_probe(layer, probe)
-                extra["linear"] = probe.train_accuracy
-            else:
-                probe = self._load_probe(layer)
-                extra["linear"], per, _ = probe.score(x, y)
-                per_class_extra = {c: {"linear": v} for c, v in per.items()}
-        if self.core_measures:
+        fit_here = self.linear and split == FIT_SPLIT
+        if self.linear and not fit_here:
+            probe = self._load_probe(layer)
+            extra["linear"], per, _ = probe.score(x, y)
+            per_class_extra = {c: {"linear": v} for c, v in per.items()}
+        if fit_here:
+            measures = ",".join(m for m in (self.core_measures, "linear") if m)
+            r, probe = fitting(
+                x, y, measures, max_memory=budget + linear_reserve(len(y)), **core_kw
+            )
+            self.probes[layer] = probe
+            self._save_probe(layer, probe)
+            for vals in r.per_class.values():  # the training accuracy is kept whole only
+                vals.pop("linear", None)
+        elif self.core_measures:
             r = core(x, y, self.core_measures, max_memory=budget, **core_kw)
         else:
             from dnnlab.separability.measures import encode_labels

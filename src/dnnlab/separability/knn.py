@@ -108,8 +108,12 @@ def approximate_candidates(
     pairs: list[tuple[int, int]],
     stats: SearchStats,
     progress: Callable | None = None,
+    gram: torch.Tensor | None = None,
 ):
-    """Running top-kk (unordered) of every row over the given block pairs."""
+    """Running top-kk (unordered) of every row over the given block pairs.
+
+    gram: an (N, N) tensor to receive the products a a^T as they are formed (both triangles
+    of the pairs given), for the linear probe on the same features (linear.SharedWork)."""
     import time
 
     n = a.shape[0]
@@ -125,6 +129,10 @@ def approximate_candidates(
         if timed:
             stats.gemm_seconds += time.perf_counter() - t0
         stats.gemm_flops += 2.0 * (i1 - i0) * (j1 - j0) * a.shape[1]
+        if gram is not None:
+            gram[i0:i1, j0:j1] = g
+            if bi != bj:
+                gram[j0:j1, i0:i1] = g.T
         # d = |a|^2 + |b|^2 - 2 a.b, in place to keep one B x B buffer.
         d = g.mul_(-2).add_(sq[i0:i1, None]).add_(sq[None, j0:j1])
         if bi == bj:
@@ -244,11 +252,13 @@ def k_nearest(
     progress: Callable | None = None,
     group=None,
     stats: SearchStats | None = None,
+    gram: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Indices (N, k) of each row's k nearest other rows, ordered by (distance, index).
 
     With torch.distributed initialized, block pairs are shared round-robin across the
     processes and the candidates merged, so every process returns the same exact answer.
+    gram: (N, N), filled with a a^T on the way (one process only; see approximate_candidates).
     """
     stats = stats if stats is not None else SearchStats()
     n = a.shape[0]
@@ -260,7 +270,9 @@ def k_nearest(
     rank, world = _dist_info(group)
     stats.block = block
     pairs = pair_schedule(n_blocks, rank, world)
-    best_d, best_i = approximate_candidates(a, sq, kk, block, pairs, stats, progress)
+    if gram is not None and world > 1:
+        raise ValueError("k_nearest: gram is formed by one process only (each has some pairs)")
+    best_d, best_i = approximate_candidates(a, sq, kk, block, pairs, stats, progress, gram)
     if world > 1:
         all_d = _all_gather_cat(best_d, group, world)
         all_i = _all_gather_cat(best_i, group, world)

@@ -37,7 +37,7 @@ from dnnlab.separability.measures import (
     encode_labels,
     resolve_device,
 )
-from dnnlab.separability.normalize import NORMALIZATIONS, feature_stats
+from dnnlab.separability.normalize import NORMALIZATIONS, feature_stats, normalize_rows
 from dnnlab.utils.chunks import chunk_rows
 from dnnlab.utils.sizes import format_size, parse_size
 
@@ -67,6 +67,7 @@ class LinearProbe:
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     compute_dtype: torch.dtype = torch.float32  # Zc's dtype: the features the fit is exact for
+    shared_gram: bool = False  # the Gram came from the separability core's neighbour search
 
     @property
     def dim(self) -> int:
@@ -127,11 +128,9 @@ class LinearProbe:
 
 
 def _normalized(x, r0, r1, mean, scale, dtype, dev) -> torch.Tensor:
-    """Rows r0:r1 of x, centered on the training mean and scaled, in dtype on dev."""
-    c = x[r0:r1].to(dev, non_blocking=True).to(dtype)  # may be x itself: never write it
-    if dtype == torch.float64:  # x * scale - mean * scale in one pass (float64: no harm)
-        return torch.addcmul(-mean * scale, c, scale)
-    return torch.sub(c, mean.to(dtype)).mul_(scale.to(dtype))  # float32: no cancellation
+    """Rows r0:r1 of x, centered on the training mean and scaled, in dtype on dev (the
+    separability core's formula: bit-identical to its normalized copy under zscore)."""
+    return normalize_rows(x[r0:r1].to(dev, non_blocking=True), mean, scale, dtype)
 
 
 def _mean(x: torch.Tensor, dev) -> torch.Tensor:
@@ -146,10 +145,12 @@ class _Rows:
     """Row blocks of the normalized, centered features Zc in the compute dtype: the values
     that define the system (computed once into `cache` when it fits, else on the fly)."""
 
-    def __init__(self, x, mean, scale, dtype, dev, cache_ok: bool):
+    def __init__(self, x, mean, scale, dtype, dev, cache_ok: bool, cache=None):
         self.x, self.mean, self.scale, self.dtype, self.dev = x, mean, scale, dtype, dev
         n = x.shape[0]
-        self.cache = _normalized(x, 0, n, mean, scale, dtype, dev) if cache_ok else None
+        if cache is None and cache_ok:
+            cache = _normalized(x, 0, n, mean, scale, dtype, dev)
+        self.cache = cache
 
     def block(self, r0: int, r1: int) -> torch.Tensor:
         if self.cache is not None:
@@ -263,6 +264,29 @@ def _refine(system: _System, solve, rhs: torch.Tensor):
     return sol, MAX_REFINE, False
 
 
+@dataclass
+class SharedWork:
+    """What the separability core hands the linear probe when both measure the same features
+    under zscore in the dual form: its normalized copy `rows` (N, D), bit-identical to the
+    probe's Zc (one formula, normalize.normalize_rows; zscore's shift is the mean), and the
+    Gram rows rows^T (N, N) in rows' dtype, which its neighbour search forms block by block
+    anyway (knn.approximate_candidates). The fit takes the Gram over (and frees it)."""
+
+    rows: torch.Tensor
+    shift: torch.Tensor  # (D,) float64: feature_stats' zscore shift, the training mean
+    scale: torch.Tensor  # (D,) float64
+    gram: torch.Tensor | None
+
+
+def linear_budget(n: int, d: int, max_memory) -> tuple[int, int]:
+    """(chunk_elems, bytes the fit needs beside its features): its Gram (N^2 or D^2, counted
+    in float64 for the fallback) and its streamed float64 row chunks (1/32 of the budget,
+    32 MiB at most; a few live at once)."""
+    budget = parse_size(max_memory)
+    chunk_elems = int(min(CHUNK_ELEMS, max(d, budget // 32 // 8)))
+    return chunk_elems, min(n, d) ** 2 * 8 + 4 * chunk_elems * 8
+
+
 def fit_linear(
     features,
     labels,
@@ -279,11 +303,63 @@ def fit_linear(
     the Gram matrix (N^2 or D^2 float64) and the blocks, not the features themselves.
     """
     t0 = time.perf_counter()
+    _check_fit_settings(alpha, normalize_method)
+    x = as_feature_tensor(features)
+    n, d = x.shape
+    codes, classes = _check_fit_samples(x, labels)
+    dev = resolve_device(x, device)
+    dual = d > n
+    chunk_elems, need = linear_budget(n, d, max_memory)
+    workspace = parse_size(max_memory) - need
+    if workspace < 64 * 3 * d * 4:
+        raise BudgetError(
+            f"max_memory {format_size(parse_size(max_memory))} is too small for the linear "
+            f"probe: its {'N x N' if dual else 'D x D'} Gram matrix alone takes "
+            f"{format_size(need)} (N={n}, D={d})"
+        )
+    shift, scale = feature_stats(x, normalize_method)
+    scale = scale.to(dev)
+    # The intercept centers the features; the zscore shift is already the mean (or, for a
+    # constant feature, its value, which scale 0 cancels).
+    mean = shift.to(dev) if normalize_method == "zscore" else _mean(x, dev)
+    item = torch.finfo(compute_dtype).bits // 8
+    rows = _Rows(x, mean, scale, compute_dtype, dev, n * d * item <= workspace // 2)
+    if rows.cache is not None:
+        workspace -= n * d * item
+    return _fit(rows, codes, classes, float(alpha), normalize_method, workspace, chunk_elems, t0)
+
+
+def fit_linear_shared(
+    work: SharedWork, labels, *, alpha: float = DEFAULT_ALPHA, max_memory="2GB"
+) -> LinearProbe:
+    """fit_linear(features, labels, normalize_method="zscore") from the separability core's
+    SharedWork on those features (dual form, D > N): the same system, the same solution,
+    without a second normalization pass or Gram. max_memory: what the fit may use beside
+    work.rows (at least linear_budget's figure; the rest sizes the fallback's blocks). The
+    features were checked by the core (finite, labels)."""
+    t0 = time.perf_counter()
+    _check_fit_settings(alpha, "zscore")
+    a = work.rows
+    n, d = a.shape
+    if not d > n or work.gram is None or work.gram.shape != (n, n):
+        raise ValueError("fit_linear_shared: needs the dual form's N x N Gram (D > N)")
+    codes, classes = _check_fit_samples(a, labels, finite=False)
+    chunk_elems, need = linear_budget(n, d, max_memory)
+    workspace = max(0, parse_size(max_memory) - need)
+    rows = _Rows(a, work.shift.to(a.device), work.scale.to(a.device), a.dtype, a.device, False, a)
+    gram, work.gram = work.gram, None  # taken over: the fallback frees it before its own
+    return _fit(rows, codes, classes, float(alpha), "zscore", workspace, chunk_elems, t0, gram=gram)
+
+
+def _check_fit_settings(alpha, normalize_method: str) -> None:
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
         raise InputError(f"alpha must be a finite number > 0; got {alpha!r}")
     if normalize_method not in NORMALIZATIONS:
         raise InputError(f"unknown normalization {normalize_method!r}; choose {NORMALIZATIONS}")
-    x = as_feature_tensor(features)
+
+
+def _check_fit_samples(x: torch.Tensor, labels, finite: bool = True) -> tuple[np.ndarray, list]:
+    """(codes, classes) of the training labels; refuses what no classifier can be fitted on."""
     n, d = x.shape
     if n < 2:
         raise InputError(f"linear: need at least 2 training samples; got N={n}")
@@ -295,41 +371,33 @@ def fit_linear(
             f"linear: all {n} training samples have one label ({classes[0]!r}); a classifier "
             "needs at least 2 classes"
         )
-    check_finite(x)
-    dev = resolve_device(x, device)
+    if finite:
+        check_finite(x)
+    return codes, classes
+
+
+def _fit(
+    rows: _Rows, codes, classes, alpha, normalize_method, workspace, chunk_elems, t0, gram=None
+):
+    """Solve the ridge system on rows' Zc; gram: a ready Gram (the dual's, float32) to take
+    over instead of forming one. Returns the LinearProbe."""
+    x, dev, compute_dtype = rows.x, rows.dev, rows.dtype
+    gram_given = gram is not None
+    n, d = x.shape
     dual = d > n
-    size = n if dual else d
-    budget = parse_size(max_memory)
-    # Streamed float64 row chunks (a few live at once): 1/32 of the budget, 32 MiB at most.
-    chunk_elems = int(min(CHUNK_ELEMS, max(d, budget // 32 // 8)))
-    workspace = budget - size * size * 8 - 4 * chunk_elems * 8
-    if workspace < 64 * 3 * d * 4:
-        raise BudgetError(
-            f"max_memory {format_size(budget)} is too small for the linear probe: its "
-            f"{'N x N' if dual else 'D x D'} Gram matrix alone takes "
-            f"{format_size(size * size * 8)} (N={n}, D={d})"
-        )
-    shift, scale = feature_stats(x, normalize_method)
-    scale = scale.to(dev)
-    # The intercept centers the features; the zscore shift is already the mean (or, for a
-    # constant feature, its value, which scale 0 cancels).
-    mean = shift.to(dev) if normalize_method == "zscore" else _mean(x, dev)
-    item = torch.finfo(compute_dtype).bits // 8
-    rows = _Rows(x, mean, scale, compute_dtype, dev, n * d * item <= workspace // 2)
-    if rows.cache is not None:
-        workspace -= n * d * item
     k = len(classes)
     y = torch.full((n, k), -1.0, dtype=torch.float64, device=dev)
     y[torch.arange(n, device=dev), torch.as_tensor(codes, device=dev)] = 1.0
     y_mean = y.mean(0)
     yc = y - y_mean
-    system = _System(rows, float(alpha), dual, chunk_elems)
+    system = _System(rows, alpha, dual, chunk_elems)
     rhs = yc if dual else system.zt(yc)
     fallback = False
     with _highest_precision():
         # 1. The Gram in the compute dtype, factored in that dtype, refined in float64.
         t1 = time.perf_counter()
-        g = _gram(rows, dual, compute_dtype, workspace, chunk_elems)
+        g = gram if gram is not None else _gram(rows, dual, compute_dtype, workspace, chunk_elems)
+        del gram
         g.diagonal().add_(alpha)
         t2 = time.perf_counter()
         solve = _factor(g) if compute_dtype != torch.float64 else None
@@ -355,17 +423,17 @@ def fit_linear(
             sol, steps, ok = _refine(system, solve, rhs)
             if not ok:
                 raise RuntimeError("linear: the ridge system did not converge in float64")
-        del solve
+        del solve, g
         t4 = time.perf_counter()
         coef = system.zt(sol) if dual else sol
         timings["coef"] = time.perf_counter() - t4
     probe = LinearProbe(
         classes,
-        mean,
-        scale,
+        rows.mean,
+        rows.scale,
         coef,
         y_mean,
-        float(alpha),
+        alpha,
         normalize_method,
         "dual" if dual else "primal",
         n,
@@ -373,6 +441,7 @@ def fit_linear(
         fallback=fallback,
         timings=timings,
         compute_dtype=compute_dtype,
+        shared_gram=gram_given,
     )
     if dual:  # training scores Zc W + mean(Y) = K A + mean(Y) = Y - alpha A: no pass needed
         pred = (y - alpha * sol).argmax(1).cpu().numpy()

@@ -27,7 +27,7 @@ import torch
 
 from dnnlab.errors import InputError
 from dnnlab.separability import knn
-from dnnlab.separability.normalize import NORMALIZATIONS, normalize_with_norms
+from dnnlab.separability.normalize import NORMALIZATIONS, feature_stats, normalize_with_norms
 from dnnlab.utils.chunks import chunk_rows
 from dnnlab.utils.device import check_device
 from dnnlab.utils.sizes import format_size, parse_size
@@ -280,33 +280,133 @@ def separability(
     undefined: "raise" (default) refuses a measure with no value on these features (NC1 when
         every class has the same mean); "nan" gives NaN and says why in `notes`.
     """
+    if test is None and any(m.kind == "linear" for m in parse_measures(measures)):
+        raise InputError(
+            "measure linear needs a test set to score on: pass test=(features, labels) "
+            "(dnnlab si: --test FEATURES LABELS)"
+        )
+    return _separability(
+        features,
+        labels,
+        measures,
+        normalize_method=normalize_method,
+        device=device,
+        max_memory=max_memory,
+        progress=progress,
+        group=group,
+        compute_dtype=compute_dtype,
+        stats=stats,
+        block=block,
+        overwrite_input=overwrite_input,
+        test=test,
+        alpha=alpha,
+        undefined=undefined,
+    )[0]
+
+
+def separability_fitting(features, labels, measures=DEFAULT_MEASURES, **kw):
+    """separability() on a linear probe's training split: `linear` is fitted on these
+    features and its value is the training accuracy (no test set). Returns (result, the
+    fitted LinearProbe or None), the probe for scoring other splits later."""
+    return _separability(features, labels, measures, test=None, **kw)
+
+
+def _separability(
+    features,
+    labels,
+    measures,
+    *,
+    normalize_method: str = "zscore",
+    device=None,
+    max_memory=DEFAULT_MAX_MEMORY,
+    progress: bool = False,
+    group=None,
+    compute_dtype: torch.dtype = torch.float32,
+    stats: knn.SearchStats | None = None,
+    block: int | None = None,
+    overwrite_input: bool = False,
+    test=None,
+    alpha: float | None = None,
+    undefined: str = "raise",
+):
+    """separability()'s work; test=None scores `linear` on its training samples. Returns
+    (SeparabilityResult, the fitted LinearProbe or None)."""
+    from dnnlab.separability.linear import DEFAULT_ALPHA, fit_linear_shared
+
     t0 = time.perf_counter()
     wanted = parse_measures(measures)
     s = _check_samples(features, labels, wanted, normalize_method)
     dev = resolve_device(s.x, device)
     nc1_undefined = _check_measure_inputs(wanted, s, test, undefined)
     run = _Run(s, normalize_method, dev, t0, notes=[])
-    lin = None
-    if any(m.kind == "linear" for m in wanted):
-        lin = _linear_probe(s.x, labels, test, alpha, normalize_method, device, max_memory)
-        run.notes.append(_linear_note(lin, s.n))
-        if all(m.kind == "linear" for m in wanted):  # nothing else needs the normalized copy
-            return run.result({"linear": lin.accuracy}, _linear_per_class(lin, s.names))
-    if len(s.names) == 1:
-        return _one_class_result(wanted, run)
-
     k = _search_order(wanted)
-    in_place, block, mem_elems = _plan_search(
-        s.x, k, compute_dtype, overwrite_input, device, max_memory, block, dev
-    )
+    budget = parse_size(max_memory)
+    linear = any(m.kind == "linear" for m in wanted)
+    fit = dict(alpha=DEFAULT_ALPHA if alpha is None else alpha)
+    lin = None
+    if linear and all(m.kind == "linear" for m in wanted):  # no normalized copy needed
+        lin = _linear_probe(s.x, labels, test, normalize_method, device, budget, **fit)
+        run.notes.append(_linear_note(lin, s.n, test))
+        return run.result({"linear": lin.accuracy}, _linear_per_class(lin, s.names)), lin.probe
+    # The linear probe shares the search's normalized copy and block products when it can
+    # (linear.SharedWork); the search then plans without the fit's share of the budget.
+    plan, share = None, linear and _can_share(s, k, normalize_method, compute_dtype, group)
+    if share:
+        try:
+            plan = _plan_search(
+                s.x,
+                k,
+                compute_dtype,
+                overwrite_input,
+                device,
+                budget - _linear_need(s, budget),
+                block,
+                dev,
+            )
+        except BudgetError:
+            share = False
+    if plan is None and len(s.names) > 1:
+        plan = _plan_search(s.x, k, compute_dtype, overwrite_input, device, budget, block, dev)
+    if linear and not share:
+        lin = _linear_probe(s.x, labels, test, normalize_method, device, budget, **fit)
+        run.notes.append(_linear_note(lin, s.n, test))
+    if len(s.names) == 1:
+        return _one_class_result(wanted, run), None
+
+    in_place, block, mem_elems = plan
     search = _Search(k, block, mem_elems, group, progress, stats)
     with _highest_precision():
-        a, sq = _normalize_on_device(s.x, dev, normalize_method, compute_dtype, in_place)
+        a, sq, work = _normalize_on_device(
+            s.x, dev, normalize_method, compute_dtype, in_place, share
+        )
         codes = torch.as_tensor(s.codes, device=dev)
-        hits = _row_tallies(a, sq, codes, wanted, search, len(s.names))
+        hits = _row_tallies(a, sq, codes, wanted, search, len(s.names), work)
+        if work is not None:  # the fit may use the budget but for the normalized copy
+            fit_memory = budget - (0 if in_place else s.n * s.d * 4)
+            lin = _score(fit_linear_shared(work, labels, max_memory=fit_memory, **fit), test)
+            run.notes.append(_linear_note(lin, s.n, test))
+            del work
         nc1, nc1_notes = _nc1_step(a, codes, wanted, s.names, search, undefined, nc1_undefined)
     run.notes += nc1_notes
-    return run.result(*_assemble(wanted, hits, codes, s, nc1, lin))
+    return run.result(*_assemble(wanted, hits, codes, s, nc1, lin)), lin and lin.probe
+
+
+def _can_share(s: _Samples, k: int, normalize_method: str, compute_dtype, group) -> bool:
+    """Whether the linear probe can take the search's normalized copy and Gram: a search
+    runs, zscore (its shift is the probe's centering), the dual form (D > N), float32 (the
+    probe's compute dtype), one process (each forms only some block products) and two
+    classes at least (else the fit refuses before any work)."""
+    if not (k and normalize_method == "zscore" and s.d > s.n and len(s.names) >= 2):
+        return False
+    return compute_dtype == torch.float32 and knn._dist_info(group)[1] == 1
+
+
+def _linear_need(s: _Samples, budget: int) -> int:
+    """Bytes the dual fit needs beside the normalized copy: its N x N Gram (counted in
+    float64 for the fallback) and its float64 row chunks (linear.linear_budget)."""
+    from dnnlab.separability.linear import linear_budget
+
+    return linear_budget(s.n, s.d, budget)[1]
 
 
 # ------------------------------------------------------------------ separability's steps
@@ -423,23 +523,26 @@ def _check_measure_inputs(wanted: list[Measure], s: _Samples, test, undefined: s
     return None
 
 
-def _linear_probe(x, labels, test, alpha, normalize_method, device, max_memory) -> _LinearScore:
-    """Fit the ridge probe on (x, labels) and score it on test = (features, labels)."""
-    if test is None:
-        raise InputError(
-            "measure linear needs a test set to score on: pass test=(features, labels) "
-            "(dnnlab si: --test FEATURES LABELS)"
-        )
-    from dnnlab.separability.linear import DEFAULT_ALPHA, fit_linear
+def _linear_probe(x, labels, test, normalize_method, device, max_memory, alpha) -> _LinearScore:
+    """Fit the ridge probe on (x, labels) on its own and score it (_score)."""
+    from dnnlab.separability.linear import fit_linear
 
     probe = fit_linear(
         x,
         labels,
-        alpha=DEFAULT_ALPHA if alpha is None else alpha,
+        alpha=alpha,
         normalize_method=normalize_method,
         device=device,
         max_memory=max_memory,
     )
+    return _score(probe, test)
+
+
+def _score(probe, test) -> _LinearScore:
+    """The fitted probe's accuracy on test = (features, labels); test=None: on its training
+    samples (per class unknown)."""
+    if test is None:
+        return _LinearScore(probe, probe.train_accuracy, {}, {})
     try:
         accuracy, per_class, test_counts = probe.score(*test)
     except (ValueError, TypeError) as e:
@@ -447,12 +550,13 @@ def _linear_probe(x, labels, test, alpha, normalize_method, device, max_memory) 
     return _LinearScore(probe, accuracy, per_class, test_counts)
 
 
-def _linear_note(lin: _LinearScore, n: int) -> str:
+def _linear_note(lin: _LinearScore, n: int, test) -> str:
     p = lin.probe
+    scored = "" if test is None else f", scored on {sum(lin.test_counts.values())} test samples"
+    shared = ", its Gram from the neighbour search" if p.shared_gram else ""
     return (
-        f"linear: ridge classifier, alpha={p.alpha:g}, {p.form} form, fitted on "
-        f"these {n} samples (train accuracy {p.train_accuracy:.4f}), scored on "
-        f"{sum(lin.test_counts.values())} test samples"
+        f"linear: ridge classifier, alpha={p.alpha:g}, {p.form} form{shared}, fitted on "
+        f"these {n} samples (train accuracy {p.train_accuracy:.4f}){scored}"
     )
 
 
@@ -491,23 +595,33 @@ def _plan_search(x, k, compute_dtype, overwrite_input, device, max_memory, block
     return in_place, block, mem_elems
 
 
-def _normalize_on_device(x, dev, normalize_method, compute_dtype, in_place):
-    """x (N, D) -> (a (N, D) normalized in compute_dtype on dev, squared row norms sq (N,))."""
+def _normalize_on_device(x, dev, normalize_method, compute_dtype, in_place, share=False):
+    """x (N, D) -> (a (N, D) normalized in compute_dtype on dev, squared row norms sq (N,),
+    and with share a linear.SharedWork holding a, its statistics and an empty N x N Gram for
+    the search to fill; else None)."""
     xd = x.to(dev, non_blocking=True) if x.device != dev else x
+    stats = feature_stats(xd, normalize_method) if share else None
     if normalize_method == "none" and xd.dtype == compute_dtype and xd.is_contiguous():
         a, sq = xd, knn.sq_norms(xd)  # a is only read afterwards, so no copy is needed
     else:
-        a, sq = normalize_with_norms(xd, normalize_method, compute_dtype, inplace=in_place)
+        a, sq = normalize_with_norms(
+            xd, normalize_method, compute_dtype, inplace=in_place, stats=stats
+        )
     if not bool(torch.isfinite(sq).all()):
         check_finite(x)  # names the offending rows
         raise ValueError(
             "features overflow float32 once normalized (values near 1e19 or larger); "
             "rescale them or use normalize='zscore'"
         )
-    return a, sq
+    if not share:
+        return a, sq, None
+    from dnnlab.separability.linear import SharedWork
+
+    n = a.shape[0]
+    return a, sq, SharedWork(a, *stats, torch.empty((n, n), dtype=a.dtype, device=dev))
 
 
-def _neighbour_tallies(a, sq, codes, wanted: list[Measure], search: _Search):
+def _neighbour_tallies(a, sq, codes, wanted: list[Measure], search: _Search, work=None):
     """One k-nearest search over a (N, D) -> (same, votes).
 
     same[r] (N,) int64: how many of each sample's r nearest share its label, for each order
@@ -524,6 +638,7 @@ def _neighbour_tallies(a, sq, codes, wanted: list[Measure], search: _Search):
         progress=bar.update if bar else None,
         group=search.group,
         stats=stats,
+        gram=None if work is None else work.gram,
     )
     if bar:
         bar.close()
@@ -552,11 +667,14 @@ def _nc1_step(a, codes, wanted, names, search: _Search, undefined: str, reason: 
     return (float("nan"), [float("nan")] * len(names)), [reason]
 
 
-def _row_tallies(a, sq, codes, wanted, search: _Search, n_classes: int) -> dict[str, torch.Tensor]:
-    """{measure name: (N,) int64 per-sample tally} for the measures that have one."""
+def _row_tallies(
+    a, sq, codes, wanted, search: _Search, n_classes: int, work=None
+) -> dict[str, torch.Tensor]:
+    """{measure name: (N,) int64 per-sample tally} for the measures that have one; the
+    search fills work.gram (linear.SharedWork) on the way when given."""
     same, votes, own_center = {}, {}, None
     if search.k:
-        same, votes = _neighbour_tallies(a, sq, codes, wanted, search)
+        same, votes = _neighbour_tallies(a, sq, codes, wanted, search, work)
     if any(m.kind == "csi" for m in wanted):
         centers = class_centers(a, codes, n_classes)
         own_center = knn.nearest_center(a, centers, search.block, search.mem_elems, sq=sq) == codes

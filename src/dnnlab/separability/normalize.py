@@ -24,8 +24,31 @@ def _row_chunks(n: int, d: int, budget_elems: int = 1 << 23):
         yield start, min(n, start + step)
 
 
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def _work_dtype(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.dtype:
+    """The precision normalization is computed in: float64 when the input or the output is
+    float64, else float32."""
+    return torch.float64 if torch.float64 in (x.dtype, dtype) else torch.float32
+
+
+def normalize_rows(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, dtype, out=None
+) -> torch.Tensor:
+    """(x - shift) * scale for a row chunk x (rows, D), in `dtype`.
+
+    shift and scale are float64 (D,) from feature_stats. Computed in the working precision
+    (_work_dtype) and rounded once to dtype when that is narrower; subtracting first needs no
+    fused multiply-add to avoid cancelling when a feature's mean is large against its spread.
+    The one formula for every normalization and every caller (the separability core, the
+    linear probe), so the same features give bit-identical normalized values.
+    `out` may be x itself (x's contents are then lost).
+    """
+    work = _work_dtype(x, dtype)
+    c = x.to(work)
+    sh, sc = shift.to(device=x.device, dtype=work), scale.to(device=x.device, dtype=work)
+    if out is not None and out.dtype == work:
+        return torch.sub(c, sh, out=out).mul_(sc)
+    z = torch.sub(c, sh).mul_(sc).to(dtype)
+    return z if out is None else out.copy_(z)
 
 
 def feature_stats(x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,35 +88,28 @@ def feature_stats(x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Ten
 
 
 def normalize_with_norms(
-    x: torch.Tensor, method: str = "zscore", dtype=torch.float32, inplace: bool = False
+    x: torch.Tensor, method: str = "zscore", dtype=torch.float32, inplace: bool = False, stats=None
 ):
     """Return (normalized x in `dtype`, its squared row norms).
 
+    stats: feature_stats(x, method) when the caller has them already.
     x is left untouched unless inplace=True, which reuses x's memory when it already has the
     right dtype and layout (the caller gives up its contents; saves one N x D copy).
     Identical input rows give bit-identical output rows, which exact-duplicate handling needs.
     """
     if method not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {method!r}; choose one of {NORMALIZATIONS}")
-    shift, scale = feature_stats(x, method)
+    shift, scale = feature_stats(x, method) if stats is None else stats
     n, d = x.shape
     reuse = inplace and x.dtype == dtype and x.is_contiguous()
     out = x if reuse else torch.empty((n, d), dtype=dtype, device=x.device)
     sq = torch.empty(n, dtype=dtype, device=x.device)
-    work = _work_dtype(x)
-    bias = (-shift * scale).to(work)
-    scale_w = scale.to(work)
     for a, b in _row_chunks(n, d):
-        c = x[a:b].to(work)
         o = out[a:b]
         if method == "none":
-            o.copy_(c)
-        elif method == "minmax":
-            o.copy_((c - shift.to(work)).mul_(scale_w))
-        elif work == dtype:
-            torch.addcmul(bias, c, scale_w, out=o)  # x * scale - shift * scale, one pass
+            o.copy_(x[a:b])
         else:
-            o.copy_(torch.addcmul(bias, c, scale_w))
+            normalize_rows(x[a:b], shift, scale, dtype, out=o)
         sq[a:b] = torch.linalg.vector_norm(o, dim=1).square_()
     return out, sq
 

@@ -1,0 +1,109 @@
+"""The linear probe sharing the separability core's work: the search's Gram, the one
+normalization formula, and the same answers as a fit of its own."""
+
+import numpy as np
+import pytest
+import torch
+
+from dnnlab.separability import knn, linear, separability
+from dnnlab.separability.linear import fit_linear
+from dnnlab.separability.measures import separability_fitting
+from dnnlab.separability.normalize import feature_stats, normalize_with_norms
+from tests import oracle
+
+
+def make_split(seed, n, d, n_classes):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_classes, d))
+    y = rng.integers(0, n_classes, n)
+    x = centers[y] + 1.5 * rng.normal(size=(n, d)) * rng.uniform(0.2, 3, d) + 5
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("block", [7, 64, 500])  # blocks that do not divide N, and one block
+def test_search_fills_the_gram(block):
+    a = torch.from_numpy(make_split(0, 130, 40, 3)[0])
+    g = torch.full((130, 130), float("nan"))
+    knn.k_nearest(a, 3, block, gram=g)
+    assert not g.isnan().any()  # every entry written
+    want = (a.double() @ a.double().T).numpy()
+    np.testing.assert_allclose(g.double().numpy(), want, rtol=1e-5, atol=1e-4)
+
+
+def test_one_normalization_formula():
+    # The core's normalized copy and the linear probe's rows are the same numbers, so the
+    # probe may take the core's copy as its Zc.
+    x, _ = make_split(1, 90, 300, 3)
+    for xin in (torch.from_numpy(x), torch.from_numpy(x).double()):
+        shift, scale = feature_stats(xin, "zscore")
+        core = normalize_with_norms(xin, "zscore", torch.float32)[0]
+        rows = linear._normalized(xin, 0, 90, shift, scale, torch.float32, xin.device)
+        assert torch.equal(core, rows)
+
+
+def test_shared_fit_equals_own_fit():
+    x, y = make_split(3, 150, 400, 4)
+    xt, yt = make_split(4, 70, 400, 4)
+    res, probe = separability_fitting(x, y, "si,knn:3,nc1,linear")
+    assert probe.shared_gram and probe.form == "dual"
+    assert "Gram from the neighbour search" in " ".join(res.notes)
+    own = fit_linear(x, y)
+    assert not own.shared_gram
+    scale = np.abs(own.coef.numpy()).max()
+    np.testing.assert_allclose(probe.coef.numpy(), own.coef.numpy(), rtol=1e-9, atol=1e-11 * scale)
+    assert torch.equal(probe.predict_codes(xt), own.predict_codes(xt))
+    assert res["linear"] == own.train_accuracy
+    # The other measures are those of a run without linear.
+    alone = separability(x, y, "si,knn:3,nc1")
+    assert all(res[m] == alone[m] for m in ("si", "knn:3", "nc1"))
+    # Through separability() with a test set, in place on a float32 copy: the same answer.
+    xc = torch.from_numpy(x.copy())
+    scored = separability(xc, y, "si,linear", test=(xt, yt), overwrite_input=True)
+    assert scored["linear"] == own.score(xt, yt)[0]
+    assert "Gram from the neighbour search" in " ".join(scored.notes)
+
+
+def test_shared_fit_against_oracle_and_its_fallback(monkeypatch):
+    # Wide, correlated, offset features; then with the float32 factor refused, the float64
+    # fallback from the shared rows: both equal the float64 closed form's predictions and
+    # agree with each other to refinement precision.
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(60, 8))
+    x = base @ rng.normal(size=(8, 900)) + 0.05 * rng.normal(size=(60, 900)) + 30
+    y = rng.integers(0, 3, 60)
+    xt = base[:20] @ rng.normal(size=(8, 900)) + 30
+    want, w = oracle.ridge_classifier(x, y, xt, alpha=1.0, method="zscore")
+    _, probe = separability_fitting(x, y, "si,linear")
+    assert probe.shared_gram and not probe.fallback
+    assert np.array_equal(probe.predict_codes(xt).numpy(), want)
+    real_factor = linear._factor
+    monkeypatch.setattr(
+        linear, "_factor", lambda g: None if g.dtype == torch.float32 else real_factor(g)
+    )
+    _, exact = separability_fitting(x, y, "si,linear")
+    assert exact.shared_gram and exact.fallback
+    assert np.array_equal(exact.predict_codes(xt).numpy(), want)
+    s = np.abs(exact.coef.numpy()).max()
+    np.testing.assert_allclose(probe.coef.numpy(), exact.coef.numpy(), rtol=1e-9, atol=1e-11 * s)
+
+
+@pytest.mark.parametrize(
+    "kw,measures",
+    [
+        ({"normalize_method": "minmax"}, "si,linear"),  # the shift is not the mean
+        ({}, "csi,linear"),  # no neighbour search forms a Gram
+        ({"compute_dtype": torch.float64}, "si,linear"),  # the probe fits in float32
+    ],
+)
+def test_fits_its_own_where_it_cannot_share(kw, measures):
+    x, y = make_split(6, 80, 200, 3)
+    res, probe = separability_fitting(x, y, measures, **kw)
+    assert not probe.shared_gram
+    norm = kw.get("normalize_method", "zscore")
+    assert res["linear"] == fit_linear(x, y, normalize_method=norm).train_accuracy
+
+
+def test_primal_form_does_not_share():
+    x, y = make_split(7, 200, 30, 3)  # D < N: the primal D x D system
+    _, probe = separability_fitting(x, y, "si,linear")
+    assert probe.form == "primal" and not probe.shared_gram
