@@ -335,7 +335,7 @@ def cka_between_runs(
     from dnnlab.cifar.augment import to_input
     from dnnlab.cifar.train import load_model_checkpoint, read_run_config
     from dnnlab.probe.layers import describe_layers, resolve_layers
-    from dnnlab.probe.probe import extract_group
+    from dnnlab.probe.probe import extract_group, forward_batch
     from dnnlab.probe.run import run_splits
     from dnnlab.utils.atomic import atomic_write_json
 
@@ -367,7 +367,7 @@ def cka_between_runs(
                 info = by_name[name]
                 store = {name: np.empty((x.shape[0], info.dim), dtype=np.float32)}
                 extract_group(
-                    model, x, [info], cfg.batch_size, dev, to_input, cfg.output_key, store
+                    model, x, [info], forward_batch(cfg, dev), dev, to_input, cfg.output_key, store
                 )
                 try:
                     m.add(f"{tag}:{name}", store.pop(name), ids=ids)

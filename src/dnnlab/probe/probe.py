@@ -35,6 +35,9 @@ CORE_WORKSPACE = 256 * 2**20
 # Largest block (rows) the core reads from a feature file at once (its own CPU cap).
 SPILL_MAX_BLOCK = 768
 FLOAT32 = 4
+# Default images per forward pass: on this 2-core CPU a `base` pass with every layer hooked
+# ran 15-25 % faster at 64 than at 500 (docs/RESULTS.md, section 7); a GPU wants large passes.
+CPU_BATCH, GPU_BATCH = 64, 500
 
 
 class BudgetError(InputError, MemoryError):
@@ -73,8 +76,12 @@ class ProbeConfig:
         "through a file",
     )
     device: str = setting("cpu", "cpu, cuda or cuda:N")
-    batch_size: int = setting(
-        500, "images per forward pass, at most (fewer if the budget needs it)", low=1, high=65_536
+    batch_size: int | None = setting(
+        None,
+        f"images per forward pass, at most (default {CPU_BATCH} on a CPU, whose caches "
+        f"hold a small pass's activations, {GPU_BATCH} on a GPU; fewer if the budget needs it)",
+        low=1,
+        high=65_536,
     )
     output_key: str | None = setting(None, "tuple index or dict key to probe in an output")
     memmap: str | None = setting(
@@ -147,6 +154,11 @@ def core_minimum(n: int, kk: int) -> int:
     """The core's least working memory on in-memory features it normalizes in place: its
     N x k' search state and a few 64 x 64 blocks (see separability.measures.plan_memory)."""
     return n * kk * (FLOAT32 + 8) * 3 + n * 64 + 128 * 2**10
+
+
+def forward_batch(cfg: ProbeConfig, dev: torch.device) -> int:
+    """Images per forward pass: cfg.batch_size, else the device's default."""
+    return cfg.batch_size or (CPU_BATCH if dev.type == "cpu" else GPU_BATCH)
 
 
 def plan_budget(
@@ -245,8 +257,8 @@ def extract_group(
             pos["seen"].add(name)
             t, _ = pick_tensor(out, output_key)
             s = pos["start"]
-            chunk = t.detach().reshape(t.shape[0], -1).float().cpu().numpy()
-            store[name][s : s + chunk.shape[0]] = chunk
+            dst = torch.from_numpy(store[name][s : s + t.shape[0]])  # torch copies in threads
+            dst.copy_(t.detach().reshape(t.shape[0], -1))
             if name == last:
                 raise _StopForward
 
@@ -436,7 +448,10 @@ class _ProbeRun:
         self.budget = parse_size(self.cfg.max_memory)
         core_min = core_minimum(max(len(x) for x, _ in self.splits.values()), self.kk_max)
         self.batch, self.reserve, room = plan_budget(
-            self.budget, self.tr.forward_bytes_per_sample, self.cfg.batch_size, core_min
+            self.budget,
+            self.tr.forward_bytes_per_sample,
+            forward_batch(self.cfg, self.dev),
+            core_min,
         )
         self.res.batch_size = self.batch
         done = {(r["split"], r["layer"]) for r in self.rows}
