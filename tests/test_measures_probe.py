@@ -150,3 +150,29 @@ def test_cka_with_another_run(tree, tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv, str(c)]) == 2
     assert "not those of 'A:conv1' in the same order" in capsys.readouterr().err
+
+
+def test_linear_fit_gets_its_share_beside_the_core_budget():
+    # train20's N x N Gram (4,500^2 x 8 bytes = 155 MiB) is larger than the core's part of a
+    # 600 MB budget (150 MB): the fit runs in the core's call with its own share on top, and
+    # takes the search's Gram; its accuracy is that of a fit of its own on the same features.
+    from dnnlab.separability.linear import fit_linear
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(20, 5000), nn.Tanh())
+    g = torch.Generator().manual_seed(3)
+
+    def split(n):
+        y = torch.randint(0, 4, (n,), generator=g)
+        return torch.randn(n, 20, generator=g) + y[:, None].float(), y
+
+    splits = {"train20": split(4500), "val": split(300)}
+    cfg = ProbeConfig(
+        splits=("train20", "val"), measures="si,linear", layers="1", max_memory="600MB"
+    )
+    res = probe_model(m, splits, cfg)
+    f = {s: layer_outputs(m, x)["1"] for s, (x, _) in splits.items()}
+    own = fit_linear(f["train20"], splits["train20"][1])
+    rows = {r["split"]: r for r in res.rows}
+    assert rows["train20"]["linear"] == own.train_accuracy
+    assert rows["val"]["linear"] == own.score(f["val"], splits["val"][1])[0]
