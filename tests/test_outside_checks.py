@@ -58,6 +58,17 @@ def test_non_finite_features_are_a_dnnlab_error():
         separability(x, [0, 0, 0, 1, 1, 1])
 
 
+def test_probe_names_the_layer_whose_output_is_not_finite():
+    from dnnlab.probe.probe import probe_model
+
+    m = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 5))
+    with torch.no_grad():
+        m[2].weight[0, 0] = float("nan")  # NaN weights: layers 0 and 1 are fine, 2 is not
+    x, y = torch.randn(40, 6), torch.arange(40) % 3
+    with pytest.raises(DnnlabError, match="layer '2' gives NaN or Inf for 40 of the 40 samples"):
+        probe_model(m, {"val": (x, y)}, ProbeConfig(splits=("val",)))
+
+
 def test_probe_settings_ranges():
     with pytest.raises(ConfigError, match="--seed"):
         AnyConfig(model="torchvision:resnet18", data="x", seed=-1)

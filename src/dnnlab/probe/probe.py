@@ -25,6 +25,7 @@ from dnnlab.probe.layers import LayerError, LayerInfo, pick_tensor, resolve_laye
 from dnnlab.probe.provenance import fingerprint, model_hash, split_identity, stale_reason
 from dnnlab.probe.spill import SpillFolder, to_float32
 from dnnlab.separability import knn, parse_measures, separability
+from dnnlab.separability.measures import NonFiniteError
 from dnnlab.separability.normalize import NORMALIZATIONS
 from dnnlab.settings import setting, validate
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
@@ -620,21 +621,29 @@ class _ProbeRun:
             block, core_mem = spill_block(n, info.dim, self.kk_max, budget - in_mem)
         else:
             block, core_mem = None, self.reserve if self.dev.type == "cpu" else budget
-        # Linear probe and CKA first, then the core's measures; the features are the probe's
-        # own, so the core may normalize them in place.
-        r = self.extras.measure(
-            split,
-            info.name,
-            feats,
-            y,
-            budget=core_mem,
-            core=separability,
-            normalize_method=self.cfg.normalize,
-            device=self.dev,
-            block=block,
-            overwrite_input=True,
-            undefined="nan",
-        )
+        # The features are the probe's own, so the core may normalize them in place.
+        try:
+            r = self.extras.measure(
+                split,
+                info.name,
+                feats,
+                y,
+                budget=core_mem,
+                core=separability,
+                normalize_method=self.cfg.normalize,
+                device=self.dev,
+                block=block,
+                overwrite_input=True,
+                undefined="nan",
+            )
+        except NonFiniteError as e:
+            raise InputError(
+                f"layer {info.name!r} gives NaN or Inf for {e.rows} of the {n} samples of "
+                f"split {split!r}: check the model's weights and inputs"
+            ) from None
+        except InputError as e:  # say where: the core's message names no layer
+            e.args = (f"layer {info.name!r}, split {split!r}: {e}", *e.args[1:])
+            raise
         secs = time.perf_counter() - t1
         self.res.core_seconds += secs
         if on_file:

@@ -182,6 +182,15 @@ def encode_labels(labels, n: int) -> tuple[np.ndarray, list]:
     return codes.astype(np.int64), classes.tolist()
 
 
+class NonFiniteError(InputError):
+    """Features with NaN or Inf; `rows` counts them (callers that made the features, such as
+    the probe, say where they came from)."""
+
+    def __init__(self, msg: str, rows: int = 0):
+        super().__init__(msg)
+        self.rows = rows
+
+
 def check_finite(x: torch.Tensor) -> None:
     step = chunk_rows(x.shape[1], 1 << 24)
     bad_rows: list[int] = []
@@ -193,9 +202,10 @@ def check_finite(x: torch.Tensor) -> None:
             count += rows.numel()
             bad_rows += rows[: 5 - len(bad_rows)].tolist() if len(bad_rows) < 5 else []
     if count:
-        raise InputError(
+        raise NonFiniteError(
             f"features contain NaN or Inf in {count} rows (first rows: {bad_rows}); "
-            "remove or impute them first"
+            "remove or impute them first",
+            count,
         )
 
 
