@@ -63,7 +63,7 @@ class ProbeExtras:
                 "there before the other splits are scored)"
             )
         self.probes: dict[str, LinearProbe] = {}
-        self.cka_splits = [s.strip() for s in cfg.cka_splits.split(",") if s.strip()]
+        self.cka_splits = cfg.cka_split_names
         self.cka: dict[str, dict] = {}
         if resumed and out is not None and (out / "probe.json").exists():
             self.cka = dict(json.loads((out / "probe.json").read_text()).get("cka", {}))

@@ -120,15 +120,18 @@ class ProbeConfig:
             parse_size(self.max_memory)
         except ValueError as e:
             raise ConfigError(f"--max-memory: {e}") from None
-        unknown = [
-            c for c in (x.strip() for x in self.cka_splits.split(",")) if c and c not in self.splits
-        ]
+        unknown = [c for c in self.cka_split_names if c not in self.splits]
         if unknown:
             raise ConfigError(
                 f"--cka-splits: {', '.join(unknown)} is not among the probed splits "
                 f"({','.join(self.splits)})"
             )
         _check_regex(self.layers)
+
+    @property
+    def cka_split_names(self) -> list[str]:
+        """The splits named in cka_splits, in order."""
+        return [c for c in (x.strip() for x in self.cka_splits.split(",")) if c]
 
 
 @dataclass
