@@ -244,10 +244,33 @@ def write_report(
     extra_sections: list[tuple[str, str, list[Path]]] = (),
     published: list[dict] | None = None,
 ) -> Path:
-    """Write out/report.md and out/report.html; returns the HTML path."""
+    """Write out/report.md and out/report.html; returns the HTML path.
+
+    Each section below gives (Markdown lines, HTML parts) from the same content."""
     out = Path(out)
-    figs = out / "figures"
-    figs.mkdir(exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+    sections = [_header(out, cfg)]
+    if published is not None:
+        sections.append(published_section(published))
+    sections += [
+        _comparisons(out, cfg),
+        _cka_section(out, cfg),
+        _variant_figures(out, cfg),
+        _extra_sections(out, extra_sections),
+    ]
+    md = [line for lines, _ in sections for line in lines]
+    body = [part for _, parts in sections for part in parts]
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+    page = (
+        f"<!doctype html><html><head><meta charset=utf-8><title>dnnlab study</title>"
+        f"<style>{CSS}</style></head><body>{''.join(body)}{SELF_CHECK}</body></html>"
+    )
+    atomic_write_text(out / "report.html", page)
+    return out / "report.html"
+
+
+def _header(out: Path, cfg) -> tuple[list[str], list[str]]:
+    """Title, the budget the runs recorded, recipe and device; variants left out, and why."""
     label = (
         "QUICK run: reduced budget, not comparable with the course's numbers"
         if cfg.quick
@@ -278,57 +301,65 @@ def write_report(
             f"<p class=note>Left out of the tables: {html.escape(m)}: its records do "
             f"not match the study ({html.escape(why)}).</p>"
         )
-    if published is not None:
-        pmd, phtml = published_section(published)
-        md += pmd
-        body += phtml
+    return md, body
+
+
+def _comparisons(out: Path, cfg) -> tuple[list[str], list[str]]:
+    """One table (and per-layer panel) per comparison with at least two of its variants."""
+    md: list[str] = []
+    body: list[str] = []
     for title, models in COMPARISONS:
         models = [m for m in models if m in cfg.models]
         rows = table_rows(out, models, cfg)
         if len(rows) < 2:  # a comparison needs two of its variants
             continue
         slug = title.lower().split()[0].replace("(", "")
-        plot = figs / f"compare_{slug}.png"
+        plot = out / "figures" / f"compare_{slug}.png"
         has_plot = overlay_plot(out, title, models, plot)
         md += [f"## {title}", "", _md_table(rows), ""]
         body += [f"<h2>{html.escape(title)}</h2>", _html_table(rows)]
         if has_plot:
             md += [f"![{title}: per layer](figures/{plot.name})", ""]
             body.append(_img(plot, f"{title}: per layer"))
+    return md, body
+
+
+def _cka_section(out: Path, cfg) -> tuple[list[str], list[str]]:
+    """The CKA heatmap of base against bn, when the study computed it."""
     cka = out / "runs" / "base" / "cka_with_bn_val.png"
-    if cka.exists() and {"base", "bn"} <= set(cfg.models):
-        text = (
-            "Linear and unbiased CKA between each layer of base (rows) and of bn "
-            "(columns) on validation images; 1 = the same representation up to rotation "
-            "and scale."
-        )
-        md += [
-            "## Representation similarity: base against bn",
-            "",
-            text,
-            "",
-            f"![CKA base vs bn](runs/base/{cka.name})",
-            "",
-        ]
-        body += [
-            "<h2>Representation similarity: base against bn</h2>",
-            f"<p class=note>{html.escape(text)}</p>",
-            _img(cka, "CKA base vs bn"),
-        ]
-    md += ["## Per-variant figures", ""]
-    body.append("<h2>Per-variant figures</h2>")
+    if not (cka.exists() and {"base", "bn"} <= set(cfg.models)):
+        return [], []
+    title = "Representation similarity: base against bn"
+    text = (
+        "Linear and unbiased CKA between each layer of base (rows) and of bn "
+        "(columns) on validation images; 1 = the same representation up to rotation "
+        "and scale."
+    )
+    md = [f"## {title}", "", text, "", f"![CKA base vs bn](runs/base/{cka.name})", ""]
+    body = [
+        f"<h2>{title}</h2>",
+        f"<p class=note>{html.escape(text)}</p>",
+        _img(cka, "CKA base vs bn"),
+    ]
+    return md, body
+
+
+VARIANT_FIGURES = (
+    "curves.png",
+    "si_train20.png",
+    "si_val_test.png",
+    "csi_train20.png",
+    "csi_val_test.png",
+)
+
+
+def _variant_figures(out: Path, cfg) -> tuple[list[str], list[str]]:
+    """Each variant's training curves and probe figures."""
+    md = ["## Per-variant figures", ""]
+    body = ["<h2>Per-variant figures</h2>"]
     for m in cfg.models:
         run = out / "runs" / m
-        pics = [
-            run / f
-            for f in (
-                "curves.png",
-                "si_train20.png",
-                "si_val_test.png",
-                "csi_train20.png",
-                "csi_val_test.png",
-            )
-        ]
+        pics = [run / f for f in VARIANT_FIGURES]
         # The measures beyond SI, when the probe asked for them (dnnlab.probe.extra).
         pics += sorted(run.glob("*_per_layer.png")) + sorted(run.glob("cka_*.png"))
         pics = [p for p in pics if p.exists()]
@@ -336,7 +367,14 @@ def write_report(
             continue
         md += [f"### {m}", ""] + [f"![{m} {p.stem}](runs/{m}/{p.name})" for p in pics] + [""]
         body += [f"<h3>{html.escape(m)}</h3>"] + [_img(p, f"{m} {p.stem}") for p in pics]
-    for title, text, pics in extra_sections:
+    return md, body
+
+
+def _extra_sections(out: Path, sections) -> tuple[list[str], list[str]]:
+    """The caller's (title, text, figures) sections, e.g. the detector's evaluation."""
+    md: list[str] = []
+    body: list[str] = []
+    for title, text, pics in sections:
         md += [f"## {title}", "", text, ""]
         md += [
             f"![{p.stem}]({p.resolve().relative_to(out.resolve())})"
@@ -346,13 +384,7 @@ def write_report(
         ]
         body += [f"<h2>{html.escape(title)}</h2>", f"<pre>{html.escape(text)}</pre>"]
         body += [_img(p, p.stem) for p in pics]
-    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-    page = (
-        f"<!doctype html><html><head><meta charset=utf-8><title>dnnlab study</title>"
-        f"<style>{CSS}</style></head><body>{''.join(body)}{SELF_CHECK}</body></html>"
-    )
-    atomic_write_text(out / "report.html", page)
-    return out / "report.html"
+    return md, body
 
 
 # The course's avgpool SI/CSI where its write-up states them ({model: (SI, CSI)} on test).
