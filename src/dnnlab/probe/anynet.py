@@ -316,39 +316,50 @@ def _stratified(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 def image_splits(cfg: AnyConfig, size: int | None, mean, std, out: Path):
     """{split: ImageSplit} with the names runs use (train20, val, test) where the data has
     them, the classes, and a note on how the splits were made."""
-    from dnnlab.cifar.data import DataError, load_cifar10, split_indices
+    from dnnlab.cifar.data import DataError, load_cifar10
 
     root = Path(cfg.data).expanduser()
     if not root.exists():
         raise InputError(f"--data {root}: does not exist")
     try:
         c10 = load_cifar10(root)
-    except DataError:
+    except DataError:  # not CIFAR-10: an image-folder tree
         c10 = None
-    if c10 is not None:
-        size = size or 32
-        # As dnnlab runs split CIFAR-10: a tenth of the training images (5,000 of 50,000).
-        n_train = c10.train_y.numel()
-        if n_train < 20:
-            raise InputError(f"--data {root}: {n_train} training images; at least 20 needed")
-        tr, va = split_indices(c10.train_y, round(n_train / 10), cfg.seed)
-        t20 = tr[_stratified(c10.train_y[tr], round(0.2 * len(tr)), cfg.seed)]
-        src = f"cifar10:{c10.identity}"
+    if c10 is None:
+        return _folder_splits(root, cfg, size, mean, std, out)
+    return _cifar_splits(c10, root, cfg, size or 32, mean, std)
 
-        def mk(x, y, tag):  # noqa: E306
-            return ImageSplit(range(len(y)), y, size, mean, std, lambda i, x=x: x[i], [src, tag])
 
-        splits = {
-            "train20": mk(c10.train_x[t20], c10.train_y[t20], "train20"),
-            "val": mk(c10.train_x[va], c10.train_y[va], "val"),
-            "test": mk(c10.test_x, c10.test_y, "test"),
-        }
-        how = (
-            f"CIFAR-10: val = a stratified tenth of the training images (5,000 of 50,000; "
-            f"seed {cfg.seed}), "
-            "train20 = a stratified 20% of the rest, test = the test images"
-        )
-        return splits, list(c10.classes), how
+def _cifar_splits(c10, root: Path, cfg: AnyConfig, size: int, mean, std):
+    """CIFAR-10 split as dnnlab runs split it: val a tenth of the training images."""
+    from dnnlab.cifar.data import split_indices
+
+    n_train = c10.train_y.numel()
+    if n_train < 20:
+        raise InputError(f"--data {root}: {n_train} training images; at least 20 needed")
+    tr, va = split_indices(c10.train_y, round(n_train / 10), cfg.seed)
+    t20 = tr[_stratified(c10.train_y[tr], round(0.2 * len(tr)), cfg.seed)]
+    src = f"cifar10:{c10.identity}"
+
+    def mk(x, y, tag):
+        return ImageSplit(range(len(y)), y, size, mean, std, lambda i, x=x: x[i], [src, tag])
+
+    splits = {
+        "train20": mk(c10.train_x[t20], c10.train_y[t20], "train20"),
+        "val": mk(c10.train_x[va], c10.train_y[va], "val"),
+        "test": mk(c10.test_x, c10.test_y, "test"),
+    }
+    how = (
+        f"CIFAR-10: val = a stratified tenth of the training images (5,000 of 50,000; "
+        f"seed {cfg.seed}), "
+        "train20 = a stratified 20% of the rest, test = the test images"
+    )
+    return splits, list(c10.classes), how
+
+
+def _folder_splits(root: Path, cfg: AnyConfig, size: int | None, mean, std, out: Path):
+    """An image-folder tree: its own train/val/test folders, or class folders only (then
+    split here, and the split recorded in out/split.json)."""
     tree = _Tree(root)
     if not tree.tree:
         raise InputError(
@@ -361,45 +372,12 @@ def image_splits(cfg: AnyConfig, size: int | None, mean, std, out: Path):
             "needs at least two class folders"
         )
     cls_index = {c: i for i, c in enumerate(classes)}
-
-    def listing(folder: dict) -> tuple[list[str], list[int]]:
-        keys, labels = [], []
-        for c in sorted(folder):
-            for k in sorted(folder[c]):
-                keys.append(k)
-                labels.append(cls_index[c])
-        return keys, labels
-
     named = {k: v for k, v in tree.tree.items() if k in ("train", "val", "test")}
-    record = {}
     if named:
-        lists = {k: listing(v) for k, v in named.items()}
-        how = "the data's own " + ", ".join(sorted(named)) + " folders"
-        if "train" in lists:
-            keys, labels = lists.pop("train")
-            y = torch.tensor(labels)
-            pos = _stratified(y, max(2, round(0.2 * len(keys))), cfg.seed)
-            lists["train20"] = ([keys[p] for p in pos.tolist()], y[pos].tolist())
-            how += f"; train20 = a stratified 20% of train/ (seed {cfg.seed})"
+        lists, how = _named_lists(named, cls_index, cfg.seed)
+        record = {}
     else:
-        keys, labels = listing(tree.tree[""])
-        y = torch.tensor(labels)
-        n_val = round(cfg.val_fraction * len(keys))
-        if not 0 < n_val < len(keys):
-            raise InputError(
-                f"--val-fraction {cfg.val_fraction}: leaves no images for one of "
-                f"train and val ({len(keys)} images)"
-            )
-        tr, va = split_indices(y, n_val, cfg.seed)
-        t20 = tr[_stratified(y[tr], max(2, round(0.2 * len(tr))), cfg.seed)]
-        lists = {
-            "train20": ([keys[p] for p in t20.tolist()], y[t20].tolist()),
-            "val": ([keys[p] for p in va.tolist()], y[va].tolist()),
-        }
-        how = (
-            f"class folders only: val = a stratified {cfg.val_fraction:g} of the images "
-            f"(seed {cfg.seed}), train20 = a stratified 20% of the rest; see split.json"
-        )
+        lists, how = _class_folder_lists(tree.tree[""], cls_index, cfg)
         record = {k: v[0] for k, v in lists.items()}
     if size is None:
         first = next(iter(lists.values()))[0][0]
@@ -419,6 +397,54 @@ def image_splits(cfg: AnyConfig, size: int | None, mean, std, out: Path):
         )
     splits["_tree"] = tree
     return splits, classes, how
+
+
+def _listing(folder: dict, cls_index: dict) -> tuple[list[str], list[int]]:
+    """(image keys, class indices) of {class: keys}, in class then key order."""
+    keys, labels = [], []
+    for c in sorted(folder):
+        for k in sorted(folder[c]):
+            keys.append(k)
+            labels.append(cls_index[c])
+    return keys, labels
+
+
+def _named_lists(named: dict, cls_index: dict, seed: int):
+    """The data's own train/val/test folders; train20 = a stratified 20% of train/."""
+    lists = {k: _listing(v, cls_index) for k, v in named.items()}
+    how = "the data's own " + ", ".join(sorted(named)) + " folders"
+    if "train" in lists:
+        keys, labels = lists.pop("train")
+        y = torch.tensor(labels)
+        pos = _stratified(y, max(2, round(0.2 * len(keys))), seed)
+        lists["train20"] = ([keys[p] for p in pos.tolist()], y[pos].tolist())
+        how += f"; train20 = a stratified 20% of train/ (seed {seed})"
+    return lists, how
+
+
+def _class_folder_lists(folder: dict, cls_index: dict, cfg: AnyConfig):
+    """Class folders only: val = a stratified --val-fraction, train20 = 20% of the rest."""
+    from dnnlab.cifar.data import split_indices
+
+    keys, labels = _listing(folder, cls_index)
+    y = torch.tensor(labels)
+    n_val = round(cfg.val_fraction * len(keys))
+    if not 0 < n_val < len(keys):
+        raise InputError(
+            f"--val-fraction {cfg.val_fraction}: leaves no images for one of "
+            f"train and val ({len(keys)} images)"
+        )
+    tr, va = split_indices(y, n_val, cfg.seed)
+    t20 = tr[_stratified(y[tr], max(2, round(0.2 * len(tr))), cfg.seed)]
+    lists = {
+        "train20": ([keys[p] for p in t20.tolist()], y[t20].tolist()),
+        "val": ([keys[p] for p in va.tolist()], y[va].tolist()),
+    }
+    how = (
+        f"class folders only: val = a stratified {cfg.val_fraction:g} of the images "
+        f"(seed {cfg.seed}), train20 = a stratified 20% of the rest; see split.json"
+    )
+    return lists, how
 
 
 def _channels(text: str | None, default, flag: str) -> tuple[float, ...]:
