@@ -56,11 +56,24 @@ def test_shared_fit_equals_own_fit():
     # The other measures are those of a run without linear.
     alone = separability(x, y, "si,knn:3,nc1")
     assert all(res[m] == alone[m] for m in ("si", "knn:3", "nc1"))
-    # Through separability() with a test set, in place on a float32 copy: the same answer.
-    xc = torch.from_numpy(x.copy())
-    scored = separability(xc, y, "si,linear", test=(xt, yt), overwrite_input=True)
+    # Through separability() with a test set: the same answer.
+    scored = separability(x, y, "si,linear", test=(xt, yt))
     assert scored["linear"] == own.score(xt, yt)[0]
     assert "Gram from the neighbour search" in " ".join(scored.notes)
+
+
+def test_in_place_with_a_test_set_fits_before_the_search():
+    # The test set is scored after the search; normalized in place, the caller's features
+    # are gone by then, and a test set that is a view of them with them (an outside tester's
+    # case: 0.3 instead of 1.0). So overwrite_input with a test set fits first, on its own.
+    x, y = make_split(8, 80, 200, 3)
+    want = separability(x, y, "si,linear", test=(x[:40], y[:40]), alpha=300.0)
+    xc = torch.from_numpy(x.copy())
+    got = separability(
+        xc, y, "si,linear", test=(xc[:40], y[:40]), alpha=300.0, overwrite_input=True
+    )
+    assert got.values == want.values
+    assert "Gram from the neighbour search" not in " ".join(got.notes)
 
 
 def test_shared_fit_against_oracle_and_its_fallback(monkeypatch):
@@ -107,3 +120,63 @@ def test_primal_form_does_not_share():
     x, y = make_split(7, 200, 30, 3)  # D < N: the primal D x D system
     _, probe = separability_fitting(x, y, "si,linear")
     assert probe.form == "primal" and not probe.shared_gram
+
+
+def test_features_with_a_large_offset_match_scikit_learn():
+    # float32 features 1e6 + noise: the rounded shift leaves the normalized rows off centre
+    # by some hundredths of a standard deviation; the fit centres them exactly (an outside
+    # tester's case: 0.325 against scikit-learn's 0.35 before).
+    from sklearn.linear_model import RidgeClassifier
+
+    x, y = make_split(0, 80, 200, 3)
+    xt, yt = make_split(1, 40, 200, 3)
+    x, xt = ((a.astype(np.float64) + 1e6).astype(np.float32) for a in (x, xt))
+    x64, xt64 = x.astype(np.float64), xt.astype(np.float64)
+    mu, sd = x64.mean(0), x64.std(0, ddof=1) + 1e-10
+    sk = RidgeClassifier(alpha=1.0).fit((x64 - mu) / sd, y)
+    want = sk.decision_function((xt64 - mu) / sd)
+    for measures in ("si,linear", "linear"):  # shared Gram, and a fit of its own
+        _, probe = separability_fitting(x, y, measures)
+        got = probe.decision_function(xt).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+        assert np.array_equal(got.argmax(1), want.argmax(1))
+    assert separability(x, y, "si,linear", test=(xt, yt))["linear"] == sk.score(
+        (xt64 - mu) / sd, yt
+    )
+
+
+def test_bad_inputs_beside_the_search(tmp_path):
+    from dnnlab.errors import InputError
+
+    x, y = make_split(9, 60, 200, 3)
+    xt, yt = make_split(10, 30, 200, 3)
+    with pytest.raises(InputError, match="alpha=1e-20 is too small"):
+        separability(x, y, "si,linear", test=(xt, yt), alpha=1e-20)
+    with pytest.raises(InputError, match="test set has no samples"):
+        separability(x, y, "si,linear", test=(xt[:0], yt[:0]))
+    with pytest.raises(InputError, match="test must be a pair"):
+        separability(x, y, "si,linear", test=xt)
+    with pytest.raises(InputError, match="alpha must be"):
+        separability(x, y, "si,linear", test=(xt, yt), alpha=True)
+    r = separability(x, y, "si,linear", test=(xt, yt), alpha=np.float32(2))
+    assert r["linear"] == fit_linear(x, y, alpha=2.0).score(xt, yt)[0]
+    # A budget below the fit's share: the search's own plan says what it needs.
+    with pytest.raises(InputError, match="too small"):
+        separability(x, y, "si,linear", test=(xt, yt), max_memory="1KB")
+    # A read-only memory-mapped file is read, never normalized in place (it crashed).
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    got = separability(mm, y, "si,linear", test=(xt, yt), overwrite_input=True)
+    assert got.values == separability(x, y, "si,linear", test=(xt, yt)).values
+    assert np.array_equal(np.load(tmp_path / "x.npy"), x)
+
+
+def test_linear_least_budget_is_the_smallest_that_works():
+    from dnnlab.errors import InputError
+    from dnnlab.separability.linear import linear_least
+
+    x, y = make_split(11, 60, 200, 3)
+    least = linear_least(60, 200)
+    with pytest.raises(InputError, match="need at least"):
+        fit_linear(x, y, max_memory=least - 1)
+    assert fit_linear(x, y, max_memory=least).train_accuracy == fit_linear(x, y).train_accuracy

@@ -208,9 +208,8 @@ def test_a_layer_bigger_than_the_budget_finishes(tmp_path):
     # Only a budget too small for one block is refused, naming the smallest that works.
     with pytest.raises(BudgetError, match="smallest budget that works is") as e:
         probe_model(m, {"v": (x, y)}, ProbeConfig(splits=("v",), max_memory=2 * 2**20))
-    assert probe_model(
-        m, {"v": (x, y)}, ProbeConfig(splits=("v",), layers="up", max_memory=e.value.least)
-    ).rows
+    # That figure works for every layer (an outside tester found one that held only the first).
+    assert probe_model(m, {"v": (x, y)}, ProbeConfig(splits=("v",), max_memory=e.value.least)).rows
 
 
 def test_budget_plan_bounds_the_forward_pass():

@@ -176,8 +176,8 @@ def plan_budget(
         raise BudgetError(
             f"--max-memory {format_size(budget)} does not hold one forward pass of one sample "
             f"({format_size(forward_per_sample)}) and the core's working memory "
-            f"({format_size(core_min)}); allow at least "
-            f"{format_size(forward_per_sample + core_min + 2**20)}"
+            f"({format_size(core_min)})",
+            forward_per_sample + core_min + 2**20,
         )
     return batch, reserve, budget - reserve
 
@@ -396,13 +396,11 @@ def _check_spill_budget(split: str, n: int, info: LayerInfo, kk_max: int, budget
     try:
         spill_block(n, info.dim, kk_max, budget)
     except BudgetError as e:
-        least = e.least
         raise BudgetError(
             f"--max-memory {format_size(budget)} is too small for one block of the "
             f"core's work on layer {info.name!r} ({n} samples x "
-            f"{info.dim} features, split {split!r}); the smallest budget "
-            f"that works is {format_size(least)}",
-            least,
+            f"{info.dim} features, split {split!r})",
+            e.least,
         ) from None
 
 
@@ -448,20 +446,42 @@ class _ProbeRun:
         self.bar = None
 
     def plan(self) -> dict[str, list[Group]]:
-        """Batch size, memory reserve and each split's groups, all checked before any work."""
+        """Batch size, memory reserve and each split's groups, all checked before any work.
+
+        A budget too small is refused naming the smallest that plans: raising the budget
+        moves layers between memory and files, so that figure is found by planning again
+        at each figure the refusals name, until one plans."""
         self.budget = parse_size(self.cfg.max_memory)
-        core_min = core_minimum(max(len(x) for x, _ in self.splits.values()), self.kk_max)
-        self.batch, self.reserve, room = plan_budget(
-            self.budget,
-            self.tr.forward_bytes_per_sample,
-            forward_batch(self.cfg, self.dev),
-            core_min,
-        )
+        try:
+            self.batch, self.reserve, plans = self._plan_at(self.budget)
+        except BudgetError as e:
+            least = e.least
+            if not least:
+                raise
+            for _ in range(16):
+                try:
+                    self._plan_at(least)
+                    works = "the smallest budget that works is"
+                    break
+                except BudgetError as again:
+                    least = max(again.least, least + 2**20)
+            else:
+                works = "it needs more than"
+            raise BudgetError(f"{e}; {works} {format_size(least)}", least) from None
         self.res.batch_size = self.batch
-        done = {(r["split"], r["layer"]) for r in self.rows}
-        return plan_splits(
-            self.splits, self.tr.layers, done, self.cfg, self.extras, room, self.kk_max, self.budget
+        return plans
+
+    def _plan_at(self, budget: int):
+        """(batch, reserve, {split: groups}) within `budget`; BudgetError (with .least) if none."""
+        core_min = core_minimum(max(len(x) for x, _ in self.splits.values()), self.kk_max)
+        batch, reserve, room = plan_budget(
+            budget, self.tr.forward_bytes_per_sample, forward_batch(self.cfg, self.dev), core_min
         )
+        done = {(r["split"], r["layer"]) for r in self.rows}
+        plans = plan_splits(
+            self.splits, self.tr.layers, done, self.cfg, self.extras, room, self.kk_max, budget
+        )
+        return batch, reserve, plans
 
     def run(self, plans: dict[str, list[Group]], progress: bool) -> None:
         from tqdm.auto import tqdm

@@ -22,6 +22,7 @@ blocks and normalized on the fly; an N x D copy is kept only when the budget has
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -159,39 +160,63 @@ class _Rows:
 
 
 class _System:
-    """The exact float64 system (G + alpha I) S = R of either form, applied by streaming."""
+    """The exact float64 system (G + alpha I) S = R of either form, applied by streaming.
+
+    Zc is the normalized rows minus their float64 column mean m: the rows are centered on a
+    float32-rounded shift and rounded themselves, so they are a little off centre (a feature
+    with a large offset, by some hundredths of its spread), and the intercept needs them
+    exactly centered. m enters as a rank-one correction everywhere; rows are never copied."""
 
     def __init__(self, rows: _Rows, alpha, dual, chunk_elems):
         self.src, self.alpha, self.dual, self.dev = rows, alpha, dual, rows.dev
         self.x = rows.x
         self.step = chunk_rows(self.x.shape[1], chunk_elems)
+        total = torch.zeros(self.x.shape[1], dtype=torch.float64, device=self.dev)
+        for _, _, z in self.rows():
+            total += z.sum(0)
+        self.m = total / self.x.shape[0]  # (D,) float64
 
     def rows(self):
+        """(start, end, normalized rows in float64), uncentered: the methods correct for m."""
         n = self.x.shape[0]
         for s in range(0, n, self.step):
             e = min(n, s + self.step)
             yield s, e, self.src.block(s, e).to(torch.float64)
 
     def zt(self, p: torch.Tensor) -> torch.Tensor:
-        """Zc^T p for p (N, C), accumulated as (p^T Zc) (C x D)."""
+        """Zc^T p for p (N, C), accumulated as (p^T Z) (C x D) less (1^T p) m^T."""
         out = torch.zeros((p.shape[1], self.x.shape[1]), dtype=torch.float64, device=self.dev)
         for s, e, z in self.rows():
             out.addmm_(p[s:e].T, z)
+        out -= p.sum(0)[:, None] * self.m[None, :]
         return out.T.contiguous()
 
     def apply(self, p: torch.Tensor) -> torch.Tensor:
         """(G + alpha I) p, G = Zc Zc^T (dual) or Zc^T Zc (primal), in float64."""
         if self.dual:
-            t = self.zt(p)
+            t = self.zt(p)  # Zc^T p (D, C)
             out = torch.empty_like(p)
             for s, e, z in self.rows():
                 out[s:e] = z @ t
-        else:
+            out -= (self.m @ t)[None, :]  # Zc t = Z t - 1 (m^T t)
+        else:  # Zc^T Zc = Z^T Z - N m m^T
             out = torch.zeros((p.shape[1], p.shape[0]), dtype=torch.float64, device=self.dev)
             for _, _, z in self.rows():
                 out.addmm_((z @ p).T, z)
             out = out.T.contiguous()
+            out -= self.x.shape[0] * self.m[:, None] * (self.m @ p)[None, :]
         return out.add_(p, alpha=self.alpha)
+
+    def center_gram(self, g: torch.Tensor) -> None:
+        """Turn the rows' Gram (Z Z^T or Z^T Z, any dtype) into Zc's, in place."""
+        m = self.m
+        if self.dual:  # Zc Zc^T = Z Z^T - u 1^T - 1 u^T + (m.m) 1 1^T, u = Z m
+            u = torch.empty(self.x.shape[0], dtype=torch.float64, device=self.dev)
+            for s, e, z in self.rows():
+                u[s:e] = z @ m
+            g.sub_(u[:, None].to(g.dtype)).sub_(u[None, :].to(g.dtype)).add_(float(m @ m))
+        else:
+            g.sub_((self.x.shape[0] * torch.outer(m, m)).to(g.dtype))
 
 
 def _gram(rows: _Rows, dual: bool, dtype, workspace: int, chunk_elems: int):
@@ -287,6 +312,17 @@ def linear_budget(n: int, d: int, max_memory) -> tuple[int, int]:
     return chunk_elems, min(n, d) ** 2 * 8 + 4 * chunk_elems * 8
 
 
+def linear_least(n: int, d: int) -> int:
+    """The smallest max_memory fit_linear accepts for N x D features: its share
+    (linear_budget, which grows with the budget) and 64-row blocks."""
+    least = 0
+    while True:  # a fixed point: the share grows by at most 1/8 of the budget
+        need = linear_budget(n, d, max(least, 1))[1] + 64 * 3 * d * 4
+        if need <= least:
+            return least
+        least = need
+
+
 def fit_linear(
     features,
     labels,
@@ -314,8 +350,8 @@ def fit_linear(
     if workspace < 64 * 3 * d * 4:
         raise BudgetError(
             f"max_memory {format_size(parse_size(max_memory))} is too small for the linear "
-            f"probe: its {'N x N' if dual else 'D x D'} Gram matrix alone takes "
-            f"{format_size(need)} (N={n}, D={d})"
+            f"probe: its {'N x N' if dual else 'D x D'} Gram matrix and row blocks (N={n}, "
+            f"D={d}) need at least {format_size(linear_least(n, d))}"
         )
     shift, scale = feature_stats(x, normalize_method)
     scale = scale.to(dev)
@@ -352,7 +388,8 @@ def fit_linear_shared(
 
 
 def _check_fit_settings(alpha, normalize_method: str) -> None:
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+    real = isinstance(alpha, numbers.Real) and not isinstance(alpha, (bool, np.bool_))
+    if not (real and math.isfinite(alpha) and alpha > 0):
         raise InputError(f"alpha must be a finite number > 0; got {alpha!r}")
     if normalize_method not in NORMALIZATIONS:
         raise InputError(f"unknown normalization {normalize_method!r}; choose {NORMALIZATIONS}")
@@ -398,6 +435,7 @@ def _fit(
         t1 = time.perf_counter()
         g = gram if gram is not None else _gram(rows, dual, compute_dtype, workspace, chunk_elems)
         del gram
+        system.center_gram(g)
         g.diagonal().add_(alpha)
         t2 = time.perf_counter()
         solve = _factor(g) if compute_dtype != torch.float64 else None
@@ -416,13 +454,17 @@ def _fit(
             fallback = compute_dtype != torch.float64
             del g, solve
             g = _gram(rows, dual, torch.float64, workspace, chunk_elems)
+            system.center_gram(g)
             g.diagonal().add_(alpha)
             solve = _factor(g)
-            if solve is None:
-                raise RuntimeError("linear: the ridge system is not definite in float64")
-            sol, steps, ok = _refine(system, solve, rhs)
-            if not ok:
-                raise RuntimeError("linear: the ridge system did not converge in float64")
+            if solve is not None:
+                sol, steps, ok = _refine(system, solve, rhs)
+            if solve is None or not ok:
+                raise InputError(
+                    f"linear: alpha={alpha:g} is too small for these features: the ridge "
+                    f"system ({'N x N' if dual else 'D x D'}, N={n}, D={d}) is too "
+                    "ill-conditioned to solve exactly in float64; use a larger alpha"
+                )
         del solve, g
         t4 = time.perf_counter()
         coef = system.zt(sol) if dual else sol
@@ -432,7 +474,7 @@ def _fit(
         rows.mean,
         rows.scale,
         coef,
-        y_mean,
+        y_mean - system.m @ coef,  # scores (z - m) W + mean(Y) for normalized rows z
         alpha,
         normalize_method,
         "dual" if dual else "primal",

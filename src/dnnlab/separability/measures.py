@@ -147,7 +147,9 @@ def as_feature_tensor(features) -> torch.Tensor:
             np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
         ):
             raise TypeError(f"features must be numeric; got dtype {arr.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(arr) if not arr.flags.c_contiguous else arr)
+        with warnings.catch_warnings():  # a read-only array: read only (see _writable)
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            x = torch.from_numpy(np.ascontiguousarray(arr) if not arr.flags.c_contiguous else arr)
     else:
         try:
             x = torch.as_tensor(np.asarray(features, dtype=np.float64))
@@ -238,8 +240,10 @@ def plan_memory(n: int, copy_d: int, d: int, kk: int, itemsize: int, budget: int
     and the search state first, the rest for blocks."""
     fixed = n * copy_d * itemsize + n * kk * (itemsize + 8) * 3 + n * 64
     workspace = budget - fixed
-    if workspace <= 4 * 64 * 64 * itemsize:
-        need = fixed + 4 * 64 * 64 * itemsize
+    # The blocks get 3/4 of the workspace and need four 64 x 64 buffers (knn.choose_block).
+    least_workspace = -(-4 * 64 * 64 * itemsize * 4 // 3) + 4
+    if workspace < least_workspace:
+        need = fixed + least_workspace
         raise BudgetError(
             f"max_memory {format_size(budget)} is too small: the normalized features "
             f"alone take {format_size(n * copy_d * itemsize)} (N={n}, D={d}); "
@@ -348,6 +352,7 @@ def _separability(
     s = _check_samples(features, labels, wanted, normalize_method)
     dev = resolve_device(s.x, device)
     nc1_undefined = _check_measure_inputs(wanted, s, test, undefined)
+    overwrite_input = overwrite_input and s.writable
     run = _Run(s, normalize_method, dev, t0, notes=[])
     k = _search_order(wanted)
     budget = parse_size(max_memory)
@@ -360,21 +365,18 @@ def _separability(
         return run.result({"linear": lin.accuracy}, _linear_per_class(lin, s.names)), lin.probe
     # The linear probe shares the search's normalized copy and block products when it can
     # (linear.SharedWork); the search then plans without the fit's share of the budget.
-    plan, share = None, linear and _can_share(s, k, normalize_method, compute_dtype, group)
-    if share:
+    # A test set scored after the search must not be what it normalized in place.
+    share = linear and _can_share(s, k, normalize_method, compute_dtype, group)
+    share = share and not (overwrite_input and test is not None)
+    plan, search_budget = None, budget - (_linear_need(s, budget) if share else 0)
+    if share and search_budget > 0:
         try:
             plan = _plan_search(
-                s.x,
-                k,
-                compute_dtype,
-                overwrite_input,
-                device,
-                budget - _linear_need(s, budget),
-                block,
-                dev,
+                s.x, k, compute_dtype, overwrite_input, device, search_budget, block, dev
             )
         except BudgetError:
-            share = False
+            pass
+    share = plan is not None
     if plan is None and len(s.names) > 1:
         plan = _plan_search(s.x, k, compute_dtype, overwrite_input, device, budget, block, dev)
     if linear and not share:
@@ -425,12 +427,14 @@ def _linear_need(s: _Samples, budget: int) -> int:
 @dataclass(frozen=True)
 class _Samples:
     """Checked inputs: features x (N, D), label codes (N,) int64 in 0..C-1, the C class names
-    (str, in sorted label order) and the C class sizes."""
+    (str, in sorted label order), the C class sizes, and whether the caller's features may be
+    written (overwrite_input)."""
 
     x: torch.Tensor
     codes: np.ndarray
     names: list[str]
     counts: np.ndarray
+    writable: bool = True
 
     @property
     def n(self) -> int:
@@ -512,7 +516,13 @@ def _check_samples(features, labels, wanted: list[Measure], normalize_method: st
             "neighbours)"
         )
     counts = np.bincount(codes, minlength=len(classes))
-    return _Samples(x, codes, [str(c) for c in classes], counts)
+    return _Samples(x, codes, [str(c) for c in classes], counts, _writable(features))
+
+
+def _writable(features) -> bool:
+    """Whether normalizing in place may write into the caller's memory: not a read-only
+    numpy array (a memory-mapped file opened "r" would crash the process)."""
+    return not (isinstance(features, np.ndarray) and not features.flags.writeable)
 
 
 def _check_measure_inputs(wanted: list[Measure], s: _Samples, test, undefined: str):
@@ -523,6 +533,14 @@ def _check_measure_inputs(wanted: list[Measure], s: _Samples, test, undefined: s
     kinds = {m.kind for m in wanted}
     if test is not None and "linear" not in kinds:
         raise InputError("a test set is only used by the measure linear; add it to measures")
+    if test is not None:
+        if not (isinstance(test, (tuple, list)) and len(test) == 2):
+            raise InputError(
+                f"test must be a pair (features, labels); got {type(test).__name__}"
+                + (f" of length {len(test)}" if isinstance(test, (tuple, list)) else "")
+            )
+        if hasattr(test[0], "__len__") and len(test[0]) == 0:
+            raise InputError("linear: the test set has no samples")
     if "nc1" in kinds:
         try:
             check_nc1_classes(s.names, s.counts)

@@ -70,10 +70,16 @@ def feature_stats(x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Ten
         lo = torch.minimum(lo, c.amin(0).double())
         hi = torch.maximum(hi, c.amax(0).double())
         if method == "zscore":
+            # Corrected two-pass (Chan, Golub and LeVeque): the deviations from the chunk's
+            # rounded mean carry its error, which their own mean then removes, so a feature
+            # whose mean is large against its spread keeps its precision.
             cm = c.mean(0)
-            cm2 = (c - cm).square_().sum(0).double()
+            dev = c - cm
+            corr = dev.mean(0)
             nb = b - a
-            delta = cm.double() - mean
+            cm2 = (dev.square_().sum(0).double() - nb * corr.double().square()).clamp_(min=0)
+            cm = cm.double() + corr.double()
+            delta = cm - mean
             tot = count + nb
             mean += delta * (nb / tot)
             m2 += cm2 + delta.square() * (count * nb / tot)
