@@ -637,9 +637,14 @@ def _normalize_on_device(x, dev, normalize_method, compute_dtype, in_place, shar
         )
     if not bool(torch.isfinite(sq).all()):
         check_finite(x)  # names the offending rows
-        raise ValueError(
-            "features overflow float32 once normalized (values near 1e19 or larger); "
-            "rescale them or use normalize='zscore'"
+        if normalize_method == "zscore":  # a spread beyond float64 (|x| near 1e154 or more)
+            raise InputError(
+                "features overflow once normalized: a feature's spread is too large for "
+                "float64 (values near 1e154 or larger); rescale them"
+            )
+        raise InputError(
+            f"features overflow {str(compute_dtype).removeprefix('torch.')} once normalized "
+            "(squared row norms beyond its range); rescale them or use normalize='zscore'"
         )
     if not share:
         return a, sq, None
