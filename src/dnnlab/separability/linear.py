@@ -170,18 +170,25 @@ class _System:
     def __init__(self, rows: _Rows, alpha, dual, chunk_elems):
         self.src, self.alpha, self.dual, self.dev = rows, alpha, dual, rows.dev
         self.x = rows.x
-        self.step = chunk_rows(self.x.shape[1], chunk_elems)
-        total = torch.zeros(self.x.shape[1], dtype=torch.float64, device=self.dev)
-        for _, _, z in self.rows():
-            total += z.sum(0)
-        self.m = total / self.x.shape[0]  # (D,) float64
+        n, d = self.x.shape
+        self.step = chunk_rows(d, chunk_elems)
+        # One float64 chunk reused by every pass: a fresh 32 MiB buffer per chunk costs a page
+        # fault per 4 KiB each time.
+        self.buf = torch.empty((min(n, self.step), d), dtype=torch.float64, device=self.dev)
+        total = torch.zeros(d, dtype=torch.float64, device=self.dev)
+        for s in range(0, n, self.step):  # summed in float64 straight from the rows
+            total += self.src.block(s, min(n, s + self.step)).sum(0, dtype=torch.float64)
+        self.m = total / n  # (D,) float64
 
     def rows(self):
-        """(start, end, normalized rows in float64), uncentered: the methods correct for m."""
+        """(start, end, normalized rows in float64), uncentered (the methods correct for m);
+        the rows are valid until the next one is drawn."""
         n = self.x.shape[0]
         for s in range(0, n, self.step):
             e = min(n, s + self.step)
-            yield s, e, self.src.block(s, e).to(torch.float64)
+            z = self.buf[: e - s]
+            z.copy_(self.src.block(s, e))
+            yield s, e, z
 
     def zt(self, p: torch.Tensor) -> torch.Tensor:
         """Zc^T p for p (N, C), accumulated as (p^T Z) (C x D) less (1^T p) m^T."""
@@ -211,10 +218,13 @@ class _System:
         """Turn the rows' Gram (Z Z^T or Z^T Z, any dtype) into Zc's, in place."""
         m = self.m
         if self.dual:  # Zc Zc^T = Z Z^T - u 1^T - 1 u^T + (m.m) 1 1^T, u = Z m
-            u = torch.empty(self.x.shape[0], dtype=torch.float64, device=self.dev)
-            for s, e, z in self.rows():
-                u[s:e] = z @ m
-            g.sub_(u[:, None].to(g.dtype)).sub_(u[None, :].to(g.dtype)).add_(float(m @ m))
+            # In g's dtype: the refinement makes up for the Gram's rounding either way.
+            n = self.x.shape[0]
+            u = torch.empty(n, dtype=g.dtype, device=self.dev)
+            for s in range(0, n, self.step):
+                e = min(n, s + self.step)
+                u[s:e] = self.src.block(s, e).to(g.dtype) @ m.to(g.dtype)
+            g.sub_(u[:, None]).sub_(u[None, :]).add_(float(m @ m))
         else:
             g.sub_((self.x.shape[0] * torch.outer(m, m)).to(g.dtype))
 
