@@ -5,10 +5,11 @@ import socket
 
 import numpy as np
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dnnlab.separability import separability
+from dnnlab.separability import knn, separability
 from tests import oracle
 from tests.test_separability import ALL, make_data
 
@@ -123,3 +124,35 @@ def test_torchrun_two_gloo_processes_train_as_one(tree, tmp_path):
     torch.manual_seed(init.seed)
     fresh = build_model("base").state_dict()
     assert max(float((a[k] - fresh[k]).abs().max()) for k in a) > 1e-3
+
+
+def _linear_worker(rank, world, port, x, y, xt, yt, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        res = separability(x, y, "si,knn:3,linear", test=(xt, yt), block=16)
+        g = torch.full((len(x), len(x)), float("nan"))
+        knn.k_nearest(torch.from_numpy(x), 3, 16, gram=g)
+        out[rank] = (res.values, res.notes, g)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_share_the_linear_probes_gram():
+    # D > N: each process forms its block pairs' products, their sum is the whole Gram, and
+    # both fit the one-process probe from it.
+    rng = np.random.default_rng(4)
+    centers = rng.normal(size=(3, 120))
+    y, yt = rng.integers(0, 3, 90), rng.integers(0, 3, 40)
+    x = (centers[y] + 2 * rng.normal(size=(90, 120))).astype(np.float32)
+    xt = (centers[yt] + 2 * rng.normal(size=(40, 120))).astype(np.float32)
+    with mp.Manager() as m:
+        out = m.dict()
+        mp.spawn(_linear_worker, args=(2, _free_port(), x, y, xt, yt, out), nprocs=2, join=True)
+        got = dict(out)
+    single = separability(x, y, "si,knn:3,linear", test=(xt, yt), block=16)
+    assert got[0][0] == got[1][0] == single.values
+    assert all("Gram from the neighbour search" in " ".join(r[1]) for r in got.values())
+    g = torch.full((90, 90), float("nan"))
+    knn.k_nearest(torch.from_numpy(x), 3, 16, gram=g)  # one process: every pair here
+    assert torch.equal(got[0][2], g) and torch.equal(got[1][2], g)

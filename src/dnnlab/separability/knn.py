@@ -258,7 +258,8 @@ def k_nearest(
 
     With torch.distributed initialized, block pairs are shared round-robin across the
     processes and the candidates merged, so every process returns the same exact answer.
-    gram: (N, N), filled with a a^T on the way (one process only; see approximate_candidates).
+    gram: (N, N), filled with a a^T on the way (see approximate_candidates); with several
+    processes each forms its pairs' blocks and the sum is shared, so every process has it.
     """
     stats = stats if stats is not None else SearchStats()
     n = a.shape[0]
@@ -271,9 +272,13 @@ def k_nearest(
     stats.block = block
     pairs = pair_schedule(n_blocks, rank, world)
     if gram is not None and world > 1:
-        raise ValueError("k_nearest: gram is formed by one process only (each has some pairs)")
+        gram.zero_()  # each process forms its pairs' blocks; the sum is the whole Gram
     best_d, best_i = approximate_candidates(a, sq, kk, block, pairs, stats, progress, gram)
     if world > 1:
+        if gram is not None:
+            import torch.distributed as dist
+
+            dist.all_reduce(gram, group=group)  # every element from one process: exact
         all_d = _all_gather_cat(best_d, group, world)
         all_i = _all_gather_cat(best_i, group, world)
         best_d, pos = torch.topk(all_d, kk, dim=1, largest=False, sorted=False)

@@ -366,7 +366,7 @@ def _separability(
     # The linear probe shares the search's normalized copy and block products when it can
     # (linear.SharedWork); the search then plans without the fit's share of the budget.
     # A test set scored after the search must not be what it normalized in place.
-    share = linear and _can_share(s, k, normalize_method, compute_dtype, group)
+    share = linear and _can_share(s, k, normalize_method, compute_dtype)
     share = share and not (overwrite_input and test is not None)
     plan, search_budget = None, budget - (_linear_need(s, budget) if share else 0)
     if share and search_budget > 0:
@@ -403,14 +403,14 @@ def _separability(
     return run.result(*_assemble(wanted, hits, codes, s, nc1, lin)), lin and lin.probe
 
 
-def _can_share(s: _Samples, k: int, normalize_method: str, compute_dtype, group) -> bool:
+def _can_share(s: _Samples, k: int, normalize_method: str, compute_dtype) -> bool:
     """Whether the linear probe can take the search's normalized copy and Gram: a search
     runs, zscore (its shift is the probe's centering), the dual form (D > N), float32 (the
-    probe's compute dtype), one process (each forms only some block products) and two
-    classes at least (else the fit refuses before any work)."""
+    probe's compute dtype) and two classes at least (else the fit refuses before any work).
+    Under torch.distributed the processes sum their blocks (knn.k_nearest)."""
     if not (k and normalize_method == "zscore" and s.d > s.n and len(s.names) >= 2):
         return False
-    return compute_dtype == torch.float32 and knn._dist_info(group)[1] == 1
+    return compute_dtype == torch.float32
 
 
 def _linear_need(s: _Samples, budget: int) -> int:
