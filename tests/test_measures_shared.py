@@ -180,3 +180,45 @@ def test_linear_least_budget_is_the_smallest_that_works():
     with pytest.raises(InputError, match="need at least"):
         fit_linear(x, y, max_memory=least - 1)
     assert fit_linear(x, y, max_memory=least).train_accuracy == fit_linear(x, y).train_accuracy
+
+
+def test_second_outside_check_findings(tmp_path):
+    from sklearn.linear_model import RidgeClassifier
+
+    from dnnlab.errors import InputError
+    from dnnlab.utils.sizes import format_size, parse_size
+
+    rng = np.random.default_rng(12)
+    # A float32 spread near 1e19 squared overflows float32: it was taken for constant.
+    base = rng.normal(size=(60, 8))
+    y = np.arange(60) % 3
+    base[:, 0] += 3 * y
+    want = separability(base.astype(np.float32), y, "si,csi").values
+    assert separability((base * 1e25).astype(np.float32), y, "si,csi").values == want
+    # In place, a NaN is counted before normalization spreads it over every row.
+    x = rng.normal(size=(50, 8)).astype(np.float32)
+    x[7, 2] = np.nan
+    with pytest.raises(InputError, match=r"in 1 rows \(first rows: \[7\]\)"):
+        separability(x, np.arange(50) % 2, "si", overwrite_input=True)
+    # A small alpha in the dual form: the ones vector (null space of the centred Gram) no
+    # longer stalls the refinement; the scores match scikit-learn.
+    x, y = make_split(13, 40, 300, 4)
+    xt, _ = make_split(14, 20, 300, 4)
+    for alpha in (1e-6, 1e-9):
+        p = fit_linear(x, y, alpha=alpha)
+        mu, sd = x.astype(np.float64).mean(0), x.astype(np.float64).std(0, ddof=1) + 1e-10
+        sk = RidgeClassifier(alpha=alpha).fit((x - mu) / sd, y)
+        want = sk.decision_function((xt - mu) / sd)
+        np.testing.assert_allclose(
+            p.decision_function(xt).numpy(), want, atol=1e-3 * np.abs(want).max()
+        )
+    # A huge alpha: the training accuracy is that of the scores, not of Y - alpha A.
+    p = fit_linear(x, y, alpha=1e300)  # reported 1.0 against scores at 0.35 before
+    scores = p.decision_function(x).numpy()
+    assert p.train_accuracy == float((scores.argmax(1) == y).mean())
+    # Least figures are rounded up, so giving one back works.
+    least = 1_763_648
+    assert parse_size(format_size(least, up=True)) >= least
+    # One test sample as a 1-D vector is named.
+    with pytest.raises(InputError, match=r"features\[None\]"):
+        separability(x, y, "si,linear", test=(xt[0], y[:1]))

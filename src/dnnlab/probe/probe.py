@@ -230,7 +230,7 @@ def spill_block(n: int, dim: int, kk: int, avail: int) -> tuple[int, int]:
             return min(b, n), core
     raise BudgetError(
         f"{format_size(avail)} holds no block of {dim} features; allow at least "
-        f"{format_size(need(8)[0])}",
+        f"{format_size(need(8)[0], up=True)}",
         need(8)[0],
     )
 
@@ -455,21 +455,35 @@ class _ProbeRun:
         try:
             self.batch, self.reserve, plans = self._plan_at(self.budget)
         except BudgetError as e:
-            least = e.least
-            if not least:
+            if not e.least:
                 raise
-            for _ in range(16):
-                try:
-                    self._plan_at(least)
-                    works = "the smallest budget that works is"
-                    break
-                except BudgetError as again:
-                    least = max(again.least, least + 2**20)
-            else:
-                works = "it needs more than"
-            raise BudgetError(f"{e}; {works} {format_size(least)}", least) from None
+            least, works = self._least_budget(self.budget, e.least)
+            works = "the smallest budget that works is" if works else "it needs more than"
+            raise BudgetError(f"{e}; {works} {format_size(least, up=True)}", least) from None
         self.res.batch_size = self.batch
         return plans
+
+    def _least_budget(self, failed: int, named: int) -> tuple[int, bool]:
+        """(a budget that plans, True), searched from the figure a refusal named: up until
+        one plans, then down by halving the gap to the last that did not (to 64 KiB);
+        (the last figure tried, False) if none plans within 16 tries."""
+        lo, hi = failed, named
+        for _ in range(16):
+            try:
+                self._plan_at(hi)
+                break
+            except BudgetError as again:
+                lo, hi = hi, max(again.least, hi + 2**20)
+        else:
+            return hi, False
+        while hi - lo > 2**16:
+            mid = (lo + hi) // 2
+            try:
+                self._plan_at(mid)
+                hi = mid
+            except BudgetError:
+                lo = mid
+        return hi, True
 
     def _plan_at(self, budget: int):
         """(batch, reserve, {split: groups}) within `budget`; BudgetError (with .least) if none."""
@@ -635,8 +649,9 @@ class _ProbeRun:
         feats = held.pop(info.name)
         t1 = time.perf_counter()
         on_file = isinstance(feats, np.memmap)
+        half = on_file and feats.dtype == np.float16
         if on_file:
-            if feats.dtype == np.float16:
+            if half:
                 f32 = to_float32(feats, folder, info.name)
                 folder.free(feats)
                 feats = f32
@@ -660,9 +675,15 @@ class _ProbeRun:
                 undefined="nan",
             )
         except NonFiniteError as e:
+            why = (
+                "stored as float16, whose largest value is 65504: use --memmap float32, or "
+                "check the model's weights and inputs"
+                if half
+                else "check the model's weights and inputs"
+            )
             raise InputError(
                 f"layer {info.name!r} gives NaN or Inf for {e.rows} of the {n} samples of "
-                f"split {split!r}: check the model's weights and inputs"
+                f"split {split!r} ({why})"
             ) from None
         except InputError as e:  # say where: the core's message names no layer
             e.args = (f"layer {info.name!r}, split {split!r}: {e}", *e.args[1:])

@@ -46,6 +46,8 @@ DEFAULT_ALPHA = 1.0
 # Refinement stops when a correction is below this fraction of the solution.
 REFINE_RTOL = 1e-11
 MAX_REFINE = 40
+# Stagnated refinement is accepted when the residual is this small against the right-hand side.
+RESIDUAL_RTOL = 1e-12
 CHUNK_ELEMS = 1 << 22  # float64 elements per streamed row chunk (32 MiB)
 
 
@@ -279,17 +281,26 @@ def _refine(system: _System, solve, rhs: torch.Tensor):
     """Iterative refinement of solve(rhs) against the exact system; (solution, steps, ok).
 
     Stops when a correction is below REFINE_RTOL of the solution, or when the observed rate
-    of convergence puts the remaining error a further 10x below it."""
-    sol = solve(rhs)
+    of convergence puts the remaining error a further 10x below it. In the dual form the
+    solution has no component along the ones vector (1^T a = 0: Zc is centered, so its Gram
+    has 1 in its null space, where (G + alpha I) has eigenvalue alpha): each correction is
+    projected off it, else a tiny alpha would let the factor's rounding grow there without
+    end though it changes no score. Stagnation is accepted as converged when the residual is
+    at float64's rounding level (RESIDUAL_RTOL of the right-hand side): the rest of the
+    correction then lies where the system cannot resolve it."""
+    project = (lambda v: v - v.mean(0)) if system.dual else (lambda v: v)
+    sol = project(solve(rhs))
+    rhs_norm = max(float(rhs.norm()), 1e-300)
     prev = math.inf
     for step in range(1, MAX_REFINE + 1):
-        corr = solve(rhs - system.apply(sol))
+        res = rhs - system.apply(sol)
+        corr = project(solve(res))
         size = float(corr.norm()) / max(float(sol.norm()), 1e-300)
         sol += corr
         if size <= REFINE_RTOL:
             return sol, step, True
         if size > 0.5 * prev:  # stagnation: the float64 rounding floor (or divergence)
-            return sol, step, size <= 1e-8
+            return sol, step, size <= 1e-8 or float(res.norm()) <= RESIDUAL_RTOL * rhs_norm
         # Geometric convergence at rate r leaves an error of about size * r / (1 - r): when
         # that is already below the tolerance, the next step would only confirm it.
         rate = size / prev  # no rate known after the first step (prev = inf gives 0)
@@ -361,7 +372,7 @@ def fit_linear(
         raise BudgetError(
             f"max_memory {format_size(parse_size(max_memory))} is too small for the linear "
             f"probe: its {'N x N' if dual else 'D x D'} Gram matrix and row blocks (N={n}, "
-            f"D={d}) need at least {format_size(linear_least(n, d))}"
+            f"D={d}) need at least {format_size(linear_least(n, d), up=True)}"
         )
     shift, scale = feature_stats(x, normalize_method)
     scale = scale.to(dev)
@@ -495,11 +506,11 @@ def _fit(
         compute_dtype=compute_dtype,
         shared_gram=gram_given,
     )
-    if dual:  # training scores Zc W + mean(Y) = K A + mean(Y) = Y - alpha A: no pass needed
-        pred = (y - alpha * sol).argmax(1).cpu().numpy()
-    else:
-        pred = probe.predict_codes(x).cpu().numpy()
-    probe.train_accuracy = float((pred == codes).mean())
+    # Training scores from the rows (not Y - alpha A, which cancels for a large alpha).
+    pred = torch.empty(n, dtype=torch.long, device=dev)
+    for s, e, z in system.rows():
+        pred[s:e] = torch.addmm(probe.intercept, z, coef).argmax(1)
+    probe.train_accuracy = float((pred.cpu().numpy() == codes).mean())
     probe.seconds = time.perf_counter() - t0
     return probe
 

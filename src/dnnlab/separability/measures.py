@@ -247,7 +247,7 @@ def plan_memory(n: int, copy_d: int, d: int, kk: int, itemsize: int, budget: int
         raise BudgetError(
             f"max_memory {format_size(budget)} is too small: the normalized features "
             f"alone take {format_size(n * copy_d * itemsize)} (N={n}, D={d}); "
-            f"allow at least {format_size(need)}"
+            f"allow at least {format_size(need, up=True)}"
         )
     # Refinement gathers (rows x candidates x D) float64 tiles: give it a quarter.
     mem_elems = max(d * (kk + 1), workspace // 4 // 8)
@@ -541,6 +541,12 @@ def _check_measure_inputs(wanted: list[Measure], s: _Samples, test, undefined: s
             )
         if hasattr(test[0], "__len__") and len(test[0]) == 0:
             raise InputError("linear: the test set has no samples")
+        shape = tuple(test[0].shape) if hasattr(test[0], "shape") else np.shape(test[0])
+        if len(shape) == 1 and s.d > 1:
+            raise InputError(
+                f"test features have shape {shape}: give them as (samples, features); one "
+                f"sample of D={s.d} is features[None]"
+            )
     if "nc1" in kinds:
         try:
             check_nc1_classes(s.names, s.counts)
@@ -628,7 +634,9 @@ def _normalize_on_device(x, dev, normalize_method, compute_dtype, in_place, shar
     and with share a linear.SharedWork holding a, its statistics and an empty N x N Gram for
     the search to fill; else None)."""
     xd = x.to(dev, non_blocking=True) if x.device != dev else x
-    stats = feature_stats(xd, normalize_method) if share else None
+    stats = feature_stats(xd, normalize_method) if share or in_place else None
+    if stats is not None and not all(bool(torch.isfinite(t).all()) for t in stats):
+        check_finite(x)  # before normalizing in place spreads a NaN over every row
     if normalize_method == "none" and xd.dtype == compute_dtype and xd.is_contiguous():
         a, sq = xd, knn.sq_norms(xd)  # a is only read afterwards, so no copy is needed
     else:

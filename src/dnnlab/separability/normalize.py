@@ -77,7 +77,10 @@ def feature_stats(x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Ten
             dev = c - cm
             corr = dev.mean(0)
             nb = b - a
-            cm2 = (dev.square_().sum(0).double() - nb * corr.double().square()).clamp_(min=0)
+            ss = dev.square_().sum(0)
+            if not bool(torch.isfinite(ss).all()):  # squares beyond float32 (spread ~1e19)
+                ss = (c.double() - cm.double()).square_().sum(0)
+            cm2 = (ss.double() - nb * corr.double().square()).clamp_(min=0)
             cm = cm.double() + corr.double()
             delta = cm - mean
             tot = count + nb

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from dnnlab.errors import InputError
@@ -33,9 +34,13 @@ def parse_size(value) -> int:
     return int(size)
 
 
-def format_size(n: float) -> str:
+def format_size(n: float, up: bool = False) -> str:
+    """n bytes as B/KiB/MiB/GiB with two decimals; up=True rounds up, for a least figure
+    that must still suffice when given back."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+            if unit == "B":
+                return f"{math.ceil(n) if up else round(n)} B"
+            return f"{math.ceil(n * 100) / 100 if up else n:.2f} {unit}"
         n /= 1024
     return f"{n:.2f} GiB"
