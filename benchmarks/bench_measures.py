@@ -110,9 +110,10 @@ def child(which: str, args) -> dict:
 
         out["values"] = separability(x, y, "si", max_memory=args.max_memory).values
     elif which == "si+linear":  # separability(x, y, "si,linear", test=...), with its probe
-        from dnnlab.separability.measures import _separability
+        from dnnlab.separability import separability
 
-        r, p = _separability(x, y, "si,linear", test=(xt, yt), max_memory=args.max_memory)
+        r = separability(x, y, "si,linear", test=(xt, yt), max_memory=args.max_memory)
+        p = r.linear_probe
         out["values"] = r.values
         out["notes"] = [n for n in r.notes if n.startswith("linear")]
         out["notes"].append(f"fit stages (s) { {k: round(v, 2) for k, v in p.timings.items()} }")

@@ -97,6 +97,8 @@ class SeparabilityResult:
     device: str
     seconds: float
     notes: list[str] = field(default_factory=list)
+    # The fitted separability.linear.LinearProbe when "linear" was measured (not saved).
+    linear_probe: object = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, name: str) -> float:
         return self.values[name]
@@ -271,6 +273,7 @@ def separability(
     test=None,
     alpha: float | None = None,
     undefined: str = "raise",
+    _training_scores: bool = False,
 ) -> SeparabilityResult:
     """Compute several separability measures from one exact neighbour search.
 
@@ -293,62 +296,20 @@ def separability(
     alpha: the ridge regularization of "linear" (default separability.linear.DEFAULT_ALPHA).
     undefined: "raise" (default) refuses a measure with no value on these features (NC1 when
         every class has the same mean); "nan" gives NaN and says why in `notes`.
+    _training_scores: score "linear" on these samples, without a test set (see
+        separability_fitting).
+    The fitted linear probe, when "linear" is measured, is the result's `linear_probe`.
     """
-    if test is None and any(m.kind == "linear" for m in parse_measures(measures)):
-        raise InputError(
-            "measure linear needs a test set to score on: pass test=(features, labels) "
-            "(dnnlab si: --test FEATURES LABELS)"
-        )
-    return _separability(
-        features,
-        labels,
-        measures,
-        normalize_method=normalize_method,
-        device=device,
-        max_memory=max_memory,
-        progress=progress,
-        group=group,
-        compute_dtype=compute_dtype,
-        stats=stats,
-        block=block,
-        overwrite_input=overwrite_input,
-        test=test,
-        alpha=alpha,
-        undefined=undefined,
-    )[0]
-
-
-def separability_fitting(features, labels, measures=DEFAULT_MEASURES, **kw):
-    """separability() on a linear probe's training split: `linear` is fitted on these
-    features and its value is the training accuracy (no test set). Returns (result, the
-    fitted LinearProbe or None), the probe for scoring other splits later."""
-    return _separability(features, labels, measures, test=None, **kw)
-
-
-def _separability(
-    features,
-    labels,
-    measures,
-    *,
-    normalize_method: str = "zscore",
-    device=None,
-    max_memory=DEFAULT_MAX_MEMORY,
-    progress: bool = False,
-    group=None,
-    compute_dtype: torch.dtype = torch.float32,
-    stats: knn.SearchStats | None = None,
-    block: int | None = None,
-    overwrite_input: bool = False,
-    test=None,
-    alpha: float | None = None,
-    undefined: str = "raise",
-):
-    """separability()'s work; test=None scores `linear` on its training samples. Returns
-    (SeparabilityResult, the fitted LinearProbe or None)."""
     from dnnlab.separability.linear import DEFAULT_ALPHA, fit_linear_shared
 
     t0 = time.perf_counter()
     wanted = parse_measures(measures)
+    linear = any(m.kind == "linear" for m in wanted)
+    if linear and test is None and not _training_scores:
+        raise InputError(
+            "measure linear needs a test set to score on: pass test=(features, labels) "
+            "(dnnlab si: --test FEATURES LABELS)"
+        )
     s = _check_samples(features, labels, wanted, normalize_method)
     dev = resolve_device(s.x, device)
     nc1_undefined = _check_measure_inputs(wanted, s, test, undefined)
@@ -356,13 +317,12 @@ def _separability(
     run = _Run(s, normalize_method, dev, t0, notes=[])
     k = _search_order(wanted)
     budget = parse_size(max_memory)
-    linear = any(m.kind == "linear" for m in wanted)
     fit = dict(alpha=DEFAULT_ALPHA if alpha is None else alpha)
     lin = None
     if linear and all(m.kind == "linear" for m in wanted):  # no normalized copy needed
         lin = _linear_probe(s.x, labels, test, normalize_method, device, budget, **fit)
         run.notes.append(_linear_note(lin, s.n, test))
-        return run.result({"linear": lin.accuracy}, _linear_per_class(lin, s.names)), lin.probe
+        return run.result({"linear": lin.accuracy}, _linear_per_class(lin, s.names), lin.probe)
     # The linear probe shares the search's normalized copy and block products when it can
     # (linear.SharedWork); the search then plans without the fit's share of the budget.
     # A test set scored after the search must not be what it normalized in place.
@@ -383,7 +343,7 @@ def _separability(
         lin = _linear_probe(s.x, labels, test, normalize_method, device, budget, **fit)
         run.notes.append(_linear_note(lin, s.n, test))
     if len(s.names) == 1:
-        return _one_class_result(wanted, run), None
+        return _one_class_result(wanted, run)
 
     in_place, block, mem_elems = plan
     search = _Search(k, block, mem_elems, group, progress, stats)
@@ -400,7 +360,15 @@ def _separability(
             del work
         nc1, nc1_notes = _nc1_step(a, codes, wanted, s.names, search, undefined, nc1_undefined)
     run.notes += nc1_notes
-    return run.result(*_assemble(wanted, hits, codes, s, nc1, lin)), lin and lin.probe
+    return run.result(*_assemble(wanted, hits, codes, s, nc1, lin), lin and lin.probe)
+
+
+def separability_fitting(features, labels, measures=DEFAULT_MEASURES, **kw):
+    """separability() on a linear probe's training split: `linear` is fitted on these
+    features and its value is the training accuracy (no test set). Returns (result, the
+    fitted LinearProbe or None), the probe for scoring other splits later."""
+    r = separability(features, labels, measures, _training_scores=True, **kw)
+    return r, r.linear_probe
 
 
 def _can_share(s: _Samples, k: int, normalize_method: str, compute_dtype) -> bool:
@@ -455,7 +423,7 @@ class _Run:
     t0: float
     notes: list[str]
 
-    def result(self, values: dict, per_class: dict) -> SeparabilityResult:
+    def result(self, values: dict, per_class: dict, probe=None) -> SeparabilityResult:
         s = self.samples
         return SeparabilityResult(
             values,
@@ -467,6 +435,7 @@ class _Run:
             str(self.dev),
             time.perf_counter() - self.t0,
             self.notes,
+            probe,
         )
 
 
