@@ -246,20 +246,29 @@ def _size(spec) -> int:
 
 def plot_cka(cka: dict, path: Path, title: str = "CKA") -> Path:
     """Heatmaps of linear and unbiased CKA between layers (undefined pairs left blank)."""
+    return _cka_heatmaps(cka, path, {k: f"{title} ({k})" for k in ("linear", "unbiased")})
+
+
+def _cka_heatmaps(doc: dict, path: Path, titles: dict, xlabel=None, ylabel=None) -> Path:
+    """doc's "linear" and "unbiased" matrices over doc["layers"] side by side, titled by
+    titles[kind]; None (undefined) entries left blank."""
     from dnnlab.utils.plots import pyplot
 
     plt = pyplot()
 
-    layers = cka["layers"]
+    layers = doc["layers"]
     fig, axes = plt.subplots(1, 2, figsize=(4 + 0.9 * len(layers), 2 + 0.45 * len(layers)))
     for ax, kind in zip(axes, ("linear", "unbiased"), strict=True):
-        m = np.array([[np.nan if v is None else v for v in row] for row in cka[kind]])
+        m = np.array([[np.nan if v is None else v for v in row] for row in doc[kind]])
         im = ax.imshow(
             m, vmin=0 if kind == "linear" else min(0.0, np.nanmin(m)), vmax=1, cmap="viridis"
         )
         ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(len(layers)), layers, fontsize=7)
-        ax.set_title(f"{title} ({kind})")
+        if xlabel is not None:
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+        ax.set_title(titles[kind])
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=90)
@@ -395,22 +404,5 @@ def cka_between_runs(
 
 def plot_cka_cross(doc: dict, path: Path) -> Path:
     """Heatmaps of CKA between layer i of run A (rows) and layer j of run B (columns)."""
-    from dnnlab.utils.plots import pyplot
-
-    plt = pyplot()
-
-    layers = doc["layers"]
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.9 * len(layers), 2 + 0.45 * len(layers)))
-    for ax, kind in zip(axes, ("linear", "unbiased"), strict=True):
-        m = np.array([[np.nan if v is None else v for v in row] for row in doc[kind]])
-        im = ax.imshow(m, vmin=0 if kind == "linear" else min(0.0, np.nanmin(m)), vmax=1)
-        ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(range(len(layers)), layers, fontsize=7)
-        ax.set_xlabel(Path(doc["run_b"]).name)
-        ax.set_ylabel(Path(doc["run_a"]).name)
-        ax.set_title(f"CKA ({kind}) on {doc['split']}")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=90)
-    plt.close(fig)
-    return path
+    titles = {k: f"CKA ({k}) on {doc['split']}" for k in ("linear", "unbiased")}
+    return _cka_heatmaps(doc, path, titles, Path(doc["run_b"]).name, Path(doc["run_a"]).name)
