@@ -73,8 +73,8 @@ def test_help_documents_ranges(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for part in (
-        "--lr LR SGD learning rate (in (0, 10]; default 0.01)",
-        "training epochs (in [1, 100000]; default 100)",
+        "--lr LR peak SGD learning rate (in (0, 10]; default 0.01; budget recipe 0.1)",
+        "training epochs (in [1, 100000]; default 100; budget recipe 3)",
         "--val-size N_VAL",
         "in [1, 49999]",
         "--momentum MOMENTUM",

@@ -37,9 +37,9 @@ def test_course_run_records_recipe_softmax_and_tests_last_weights(tree, tmp_path
     seen_gens = []
     real_eval = T.evaluate
 
-    def spy(model, x, y, dev, batch=1024, gen=None):
+    def spy(model, x, y, dev, batch=1024, gen=None, precision="fp32"):
         seen_gens.append(gen)
-        return real_eval(model, x, y, dev, batch, gen)
+        return real_eval(model, x, y, dev, batch, gen, precision)
 
     monkeypatch.setattr(T, "evaluate", spy)
     run = tmp_path / "course"

@@ -283,6 +283,7 @@ def test_published_tables_and_publish(tree, tmp_path):
         "config.json",
         "metrics.csv",
         "probe.csv",
+        "stages.json",
         "summary.json",
     ]
     assert not list(pub.rglob("*.pt"))

@@ -35,6 +35,7 @@ class Spec:
     choices: tuple | None = None
     flag: str | None = None  # the command-line name when it is not --field-name
     cli: bool = True  # False: not a command-line flag (set by code)
+    default_text: str | None = None  # what --help says of the default, when not the value
 
     def describe(self) -> str:
         if self.choices is not None:
@@ -63,10 +64,11 @@ def setting(
     choices=None,
     flag=None,
     cli=True,
+    default_text=None,
 ):
     """A dataclass field with its help text and valid range (see the module docstring)."""
     choices = tuple(choices) if choices is not None else None
-    spec = Spec(help, low, high, low_open, high_open, choices, flag, cli)
+    spec = Spec(help, low, high, low_open, high_open, choices, flag, cli, default_text)
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata={"spec": spec})
     return field(default=default, metadata={"spec": spec})
@@ -153,7 +155,8 @@ def add_flags(parser: argparse.ArgumentParser, cls, names=None, exclude=()) -> N
         kind, optional = _base_type(cls, f.name)
         flag = flag_name(f)
         rng = spec.describe()
-        extra = "; ".join(x for x in (rng, f"default {_show(default)}") if x)
+        shown = spec.default_text or f"default {_show(default)}"
+        extra = "; ".join(x for x in (rng, shown) if x)
         text = f"{spec.help} ({extra})"
         if kind is bool:
             if default:

@@ -1,7 +1,10 @@
-"""The two training recipes: `corrected` (dnnlab's default) and `course` (the course's protocol).
+"""The three training recipes: `corrected` (dnnlab's default), `course` (the course's protocol)
+and `budget` (a short CPU budget for the whole study).
 
-Both use the same hyperparameters (SGD 0.01, momentum 0.9, StepLR 40/0.1, 100 epochs, batch
-256). `course` reproduces the course's protocol wherever it changes the numbers:
+`corrected` and `course` use the course's hyperparameters (COURSE: SGD 0.01, momentum 0.9,
+StepLR 40/0.1, 100 epochs, batch 256, the course's flip + rotation augmentation); any of them
+may be changed with its flag. `course` reproduces the course's protocol wherever it changes
+the numbers:
 
 - the head: Softmax inside the model, then CrossEntropyLoss (a double softmax), for every
   network but `wide`, whose course network has no Softmax;
@@ -14,6 +17,11 @@ Both use the same hyperparameters (SGD 0.01, momentum 0.9, StepLR 40/0.1, 100 ep
 
 The course's split was unseeded, so its exact images cannot be reproduced; `course` uses
 dnnlab's seeded split. docs/cifar.md says what each difference does to the numbers.
+
+`budget` is `corrected`'s protocol under BUDGET's hyperparameters, one set for every variant,
+chosen on the validation split (docs/RESULTS.md, "budget recipe"). Its settings are fixed:
+a flag that contradicts one is refused, except --epochs (another budget; the schedule
+follows it, so a run cannot be resumed with another count).
 """
 
 from __future__ import annotations
@@ -22,14 +30,87 @@ import torch
 
 from dnnlab.errors import ConfigError
 
-RECIPES = ("corrected", "course")
+RECIPES = ("corrected", "course", "budget")
 # issue 12 named the course's recipe "seed"; "seed" now means the random seed only.
 ALIASES = {"seed": "course"}
 RECIPE_HELP = (
-    "training protocol: corrected (dnnlab's) or course (the course's double "
+    "training protocol: corrected (dnnlab's), course (the course's double "
     "softmax, last-epoch weights, augmented validation, train20 from all 50,000 "
-    "training images); seed is accepted as another name for course"
+    "training images; seed is another name for it) or budget (a few epochs of "
+    "bf16 training that fit the whole study on a small CPU, see docs/cifar.md)"
 )
+
+SCHEDULES = ("step", "linear")
+AUGMENTATIONS = ("flip-rotate", "flip-translate")
+
+# The hyperparameters each recipe starts from. A TrainConfig setting left unset (None) takes
+# its recipe's value; COURSE's are the course project's.
+COURSE = dict(
+    epochs=100,
+    batch_size=256,
+    lr=0.01,
+    momentum=0.9,
+    nesterov=False,
+    weight_decay=0.0,
+    label_smoothing=0.0,
+    schedule="step",
+    step_size=40,
+    gamma=0.1,
+    warmup_epochs=0.0,
+    augmentation="flip-rotate",
+)
+# The budget recipe, chosen on the validation split (docs/RESULTS.md, "budget recipe"):
+# a linear warmup then linear decay to zero per step (Li, Yumer and Ramanan, "Budgeted
+# Training", ICLR 2020), light augmentation, label smoothing; EPOCHS fit the eleven
+# variants' training and probing into the time stated there on a 2-core CPU.
+BUDGET = dict(
+    epochs=3,
+    batch_size=128,
+    lr=0.1,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    label_smoothing=0.1,
+    schedule="linear",
+    step_size=None,
+    gamma=None,
+    warmup_epochs=0.3,
+    augmentation="flip-translate",
+)
+SETTINGS = {"corrected": COURSE, "course": COURSE, "budget": BUDGET}
+# The budget recipe's settings a run may change (another budget).
+BUDGET_FREE = ("epochs",)
+
+
+def default_text(name: str) -> str:
+    """What --help says of a recipe setting's default: 'default 0.01; budget recipe 0.1'."""
+    course, budget = COURSE[name], BUDGET[name]
+    if budget is None:
+        return f"default {course}; the budget recipe has none"
+    return f"default {course}" + ("" if budget == course else f"; budget recipe {budget}")
+
+
+def recipe_settings(recipe: str, given: dict[str, object]) -> dict[str, object]:
+    """The recipe's hyperparameters with the `given` ones (not None) over them.
+
+    The budget recipe's are fixed: a given value that differs is a ConfigError naming its
+    flag. Keys are TrainConfig field names; `flag(name)` is the flag's spelling."""
+    table = SETTINGS[recipe]
+    out = {}
+    for name, default in table.items():
+        value = given.get(name)
+        if value is None:
+            out[name] = default
+            continue
+        if recipe == "budget" and name not in BUDGET_FREE and value != default:
+            flag = "--" + name.replace("_", "-")
+            fixed = "no such setting" if default is None else f"{default}"
+            raise ConfigError(
+                f"{flag} {value}: contradicts --recipe budget, which fixes it ({fixed}); "
+                "use --recipe corrected to set it yourself"
+            )
+        out[name] = value
+    return out
 
 
 def recipe_name(text: str) -> str:
@@ -41,6 +122,15 @@ def recipe_name(text: str) -> str:
             f"(or {', '.join(ALIASES)}, another name for course)"
         )
     return name
+
+
+def linear_lr_factor(step: int, total: int, warmup: int) -> float:
+    """The linear schedule's multiplier of the peak learning rate at optimizer step `step`
+    (0-based) of `total`: rising linearly over the first `warmup` steps, then falling
+    linearly to zero at the last step (Budgeted Training's linear decay when warmup is 0)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 def softmax_head(recipe: str, model: str, requested: bool) -> bool:

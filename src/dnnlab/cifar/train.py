@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dnnlab.cifar import recipe as R
-from dnnlab.cifar.augment import augment, to_input
+from dnnlab.cifar.augment import AUGMENTERS, augment, to_input
 from dnnlab.cifar.data import load_cifar10, split_indices, stratified_subset
 from dnnlab.cifar.models import VARIANTS, build_model, count_params
 from dnnlab.cifar.rundir import (
@@ -44,6 +44,7 @@ from dnnlab.utils.atomic import (
 from dnnlab.utils.device import check_device, check_device_name
 from dnnlab.utils.distributed import init_distributed
 from dnnlab.utils.plots import plot_train_curves
+from dnnlab.utils.precision import training_precision
 from dnnlab.utils.weights import load_fitting
 
 __all__ = [
@@ -62,14 +63,74 @@ class TrainConfig:
     """One training run's settings; every default is the course project's recipe."""
 
     model: str = setting("base", "a variant from `dnnlab models`")
-    epochs: int = setting(100, "training epochs", low=1, high=100_000)
-    batch_size: int = setting(256, "training batch size", low=1, high=65_536)
-    lr: float = setting(0.01, "SGD learning rate", low=0, high=10, low_open=True)
-    momentum: float = setting(0.9, "SGD momentum", low=0, high=1, high_open=True)
-    weight_decay: float = setting(0.0, "SGD weight decay", low=0, high=1)
-    step_size: int = setting(40, "StepLR: epochs between learning-rate drops", low=1, high=100_000)
-    gamma: float = setting(
-        0.1, "StepLR: learning-rate factor at each drop", low=0, high=1, low_open=True
+    # The recipe's hyperparameters: unset (None) takes the recipe's value (recipe.COURSE for
+    # corrected and course, recipe.BUDGET for budget), which config.json then records.
+    epochs: int | None = setting(
+        None, "training epochs", low=1, high=100_000, default_text=R.default_text("epochs")
+    )
+    batch_size: int | None = setting(
+        None, "training batch size", low=1, high=65_536, default_text=R.default_text("batch_size")
+    )
+    lr: float | None = setting(
+        None,
+        "peak SGD learning rate",
+        low=0,
+        high=10,
+        low_open=True,
+        default_text=R.default_text("lr"),
+    )
+    momentum: float | None = setting(
+        None, "SGD momentum", low=0, high=1, high_open=True, default_text=R.default_text("momentum")
+    )
+    nesterov: bool | None = setting(
+        None, "Nesterov momentum", default_text=R.default_text("nesterov")
+    )
+    weight_decay: float | None = setting(
+        None, "SGD weight decay", low=0, high=1, default_text=R.default_text("weight_decay")
+    )
+    label_smoothing: float | None = setting(
+        None,
+        "cross-entropy label smoothing",
+        low=0,
+        high=1,
+        high_open=True,
+        default_text=R.default_text("label_smoothing"),
+    )
+    schedule: str | None = setting(
+        None,
+        "learning-rate schedule: step (StepLR, per epoch) or linear (linear warmup, then "
+        "linear decay to zero at the last step)",
+        choices=R.SCHEDULES,
+        default_text=R.default_text("schedule"),
+    )
+    step_size: int | None = setting(
+        None,
+        "StepLR: epochs between learning-rate drops",
+        low=1,
+        high=100_000,
+        default_text=R.default_text("step_size"),
+    )
+    gamma: float | None = setting(
+        None,
+        "StepLR: learning-rate factor at each drop",
+        low=0,
+        high=1,
+        low_open=True,
+        default_text=R.default_text("gamma"),
+    )
+    warmup_epochs: float | None = setting(
+        None,
+        "linear schedule: epochs of linear warmup from zero",
+        low=0,
+        high=100_000,
+        default_text=R.default_text("warmup_epochs"),
+    )
+    augmentation: str | None = setting(
+        None,
+        "training augmentation: flip-rotate (the course's: flip, rotation within 10 degrees) "
+        "or flip-translate (flip, shift by up to 2 pixels)",
+        choices=R.AUGMENTATIONS,
+        default_text=R.default_text("augmentation"),
     )
     n_val: int = setting(
         5000,
@@ -90,13 +151,26 @@ class TrainConfig:
     )
     device: str = setting("cpu", "cpu, cuda or cuda:N")
     compile: bool = setting(False, "torch.compile the model (GPU runs)")
+    bf16: bool = setting(
+        True,
+        "bf16 autocast in training and evaluation where the device computes bf16 natively "
+        "(CUDA; a CPU with avx512_bf16 or AMX); fp32 elsewhere, said once and recorded",
+    )
     data_root: str | None = setting(None, "CIFAR-10 source; none: $DNNLAB_DATA")
     eval_batch_size: int = setting(1024, "batch size for validation and test", low=1, high=65_536)
     recipe: str = setting("corrected", R.RECIPE_HELP, choices=R.RECIPES + tuple(R.ALIASES))
 
     def __post_init__(self):
         self.recipe = R.recipe_name(self.recipe)
+        validate(self)  # the given values first: a bad one is named before any recipe check
+        given = {k: getattr(self, k) for k in R.COURSE}
+        for k, v in R.recipe_settings(self.recipe, given).items():
+            setattr(self, k, v)
         validate(self)
+        if self.schedule == "step" and (self.step_size is None or self.gamma is None):
+            raise ConfigError("--schedule step: needs --step-size and --gamma")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("--nesterov: Nesterov momentum needs --momentum above 0")
         if self.model not in VARIANTS:
             raise ConfigError(
                 f"--model: {self.model!r} is not a model; choose one of: {', '.join(VARIANTS)}"
@@ -136,48 +210,75 @@ def read_run_config(run_dir) -> TrainConfig:
 RESUMABLE_CHANGES = ("device", "compile", "eval_batch_size", "data_root", "epochs")
 
 
-def make_optimizer(model, cfg: TrainConfig):
+def make_optimizer(model, cfg: TrainConfig, steps_per_epoch: int):
+    """SGD and its schedule: StepLR steps once an epoch, the linear schedule once a batch."""
     opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
     )
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.schedule == "step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    else:
+        total = cfg.epochs * steps_per_epoch
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: R.linear_lr_factor(step, total, warmup)
+        )
     return opt, sched
 
 
-def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def steps_per_epoch(n_train: int, cfg: TrainConfig) -> int:
+    return math.ceil(n_train / cfg.batch_size)
+
+
+def loss_fn(out: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     # With a softmax head the model's output is already a softmax, and cross-entropy softmaxes
     # it again: that is the course's behaviour, reproduced on purpose.
-    return F.cross_entropy(out.float(), y)
+    return F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+
+
+def autocast(dev, precision: str):
+    """bf16 autocast on `dev` when the run's precision is bf16; a no-op context otherwise."""
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 AUG_CHUNK = 16  # batches augmented together: fewer, larger kernel launches
 
 
-def train_one_epoch(model, opt, x_u8, y, cfg, gen, dev, rank=0, world=1, bar=None):
-    """One pass over the training tensors in a seeded random order; returns (loss, acc)."""
+def train_one_epoch(
+    model, opt, x_u8, y, cfg, gen, dev, rank=0, world=1, bar=None, precision="fp32", sched=None
+):
+    """One pass over the training tensors in a seeded random order; returns (loss, acc).
+
+    `sched`, when given, steps after every batch (the linear schedule)."""
     model.train()
     n = x_u8.shape[0]
     perm = torch.randperm(n, generator=gen).to(dev)
     total_loss = torch.zeros((), device=dev)
     correct = torch.zeros((), dtype=torch.long, device=dev)
     seen = 0
-    amp = dev.type == "cuda"
     bs = cfg.batch_size
     span = bs * AUG_CHUNK
+    augmenter = AUGMENTERS[cfg.augmentation]
     for c0 in range(0, n, span):
         # Each process takes its share of every batch; the effective batch stays bs.
         chunk_idx = perm[c0 : c0 + span]
         # channels_last suits oneDNN on the CPU as well as cuDNN: about 15% faster here.
-        xa = augment(x_u8[chunk_idx], gen).contiguous(memory_format=torch.channels_last)
+        xa = augmenter(x_u8[chunk_idx], gen).contiguous(memory_format=torch.channels_last)
         ya = y[chunk_idx]
         for s in range(0, chunk_idx.numel(), bs):
             xb, yb = xa[s : s + bs][rank::world], ya[s : s + bs][rank::world]
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            with autocast(dev, precision):
                 out = model(xb)
-            loss = loss_fn(out, yb)
+            loss = loss_fn(out, yb, cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             total_loss += loss.detach() * yb.numel()
             correct += (out.argmax(1) == yb).sum()
             seen += yb.numel()
@@ -187,16 +288,15 @@ def train_one_epoch(model, opt, x_u8, y, cfg, gen, dev, rank=0, world=1, bar=Non
 
 
 @torch.no_grad()
-def evaluate(model, x_u8, y, dev, batch=1024, gen=None):
+def evaluate(model, x_u8, y, dev, batch=1024, gen=None, precision="fp32"):
     """(mean loss, accuracy); without augmentation unless `gen` (the course's validation)."""
     model.eval()
     total, correct = 0.0, 0
-    amp = dev.type == "cuda"
     for s in range(0, x_u8.shape[0], batch):
         xb = x_u8[s : s + batch]
         xb = to_input(xb) if gen is None else augment(xb, gen)
         xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with autocast(dev, precision):
             out = model(xb)
         yb = y[s : s + batch]
         total += float(loss_fn(out, yb)) * yb.numel()
@@ -365,6 +465,13 @@ def _plan(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) -> _P
         completed = int(ck["epoch"]) if ck else 0
     except (KeyError, TypeError, ValueError):
         raise RunError(f"{last}: damaged checkpoint (no epoch number)") from None
+    if cfg.schedule != "step" and cfg.epochs != saved.epochs:
+        raise RunError(
+            f"--epochs {cfg.epochs}: {out} was started for {saved.epochs} epochs, and its "
+            f"{cfg.schedule} schedule decays the learning rate to zero over exactly those; "
+            "resuming with another count would change the run. Use --overwrite (or another "
+            "--out) for a new run"
+        )
     if cfg.epochs < completed:
         raise RunError(
             f"--epochs {cfg.epochs}: {out} has already completed {completed} epochs; a run "
@@ -404,11 +511,15 @@ def train(
     data = load_cifar10(cfg.data_root)
     tr_idx, val_idx, te = _check_data(cfg, out, plan, data)
     rows = _resumed_rows(out, plan.resume_from)
+    precision, why = training_precision(cfg.bf16, dev)
+    if rank == 0:
+        print(f"[{cfg.model}] training in {precision}: {why}", flush=True)
 
     # Every input is good: only now change the run directory.
     old = out.with_name(f".{out.name}.{os.getpid()}.old")
     if rank == 0:
-        _prepare_run_dir(cfg, out, plan, data, {"train": tr_idx, "val": val_idx}, old)
+        idx = {"train": tr_idx, "val": val_idx}
+        _prepare_run_dir(cfg, out, plan, data, idx, old, (precision, why))
     if world > 1:
         torch.distributed.barrier()
     split = {
@@ -416,7 +527,7 @@ def train(
         "val": (data.train_x[val_idx].to(dev), data.train_y[val_idx].to(dev)),
         "test": (data.test_x[te].to(dev), data.test_y[te].to(dev)),
     }
-    st = _start_training(cfg, out, dev, plan.resume_from)
+    st = _start_training(cfg, out, dev, plan.resume_from, split["train"][1].numel())
     net = _wrap_model(st.model, cfg, dev, world)
     for epoch in range(st.start, cfg.epochs):
         row = _train_epoch(st, net, cfg, split, dev, epoch, rank, world, progress)
@@ -458,7 +569,9 @@ def _resumed_rows(out: Path, ck: dict | None) -> list[dict]:
     return rows[: ck["epoch"]]
 
 
-def _prepare_run_dir(cfg: TrainConfig, out: Path, plan: _Plan, data, idx: dict, old: Path):
+def _prepare_run_dir(
+    cfg: TrainConfig, out: Path, plan: _Plan, data, idx: dict, old: Path, precision: tuple
+):
     """Move a replaced run aside to `old`, reopen a finished one, and write config.json and
     (for a new run) split.json {train, val: indices}."""
     if plan.replace:
@@ -471,7 +584,7 @@ def _prepare_run_dir(cfg: TrainConfig, out: Path, plan: _Plan, data, idx: dict, 
     if plan.extend:
         (out / "summary.json").unlink()
     out.mkdir(parents=True, exist_ok=True)
-    record = asdict(cfg)
+    record = {**asdict(cfg), "precision": precision[0], "precision_reason": precision[1]}
     if plan.saved is not None:  # the run keeps the data root it was trained from
         record["data_root"] = plan.saved.get("data_root")
     atomic_write_json(out / "config.json", {**record, **data_record(data)})
@@ -488,21 +601,23 @@ class _Training:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     gen: torch.Generator
+    precision: str  # "bf16" or "fp32": what training and evaluation compute in
     start: int = 0  # epochs completed
     best_acc: float = -1.0
     best_epoch: int = 0
     best_state: dict | None = None  # the weights the test uses
 
 
-def _start_training(cfg: TrainConfig, out: Path, dev, ck: dict | None) -> _Training:
+def _start_training(cfg: TrainConfig, out: Path, dev, ck: dict | None, n_train: int):
     """A seeded model, optimizer and scheduler; with `ck` (last.pt), their saved states,
     the RNG states and best.pt's weights."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_model(cfg.model, softmax_head=cfg.head_softmax).to(dev)
     model = model.to(memory_format=torch.channels_last)
-    opt, sched = make_optimizer(model, cfg)
-    st = _Training(model, opt, sched, gen)
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch(n_train, cfg))
+    precision, _ = training_precision(cfg.bf16, dev)
+    st = _Training(model, opt, sched, gen, precision)
     if ck is not None:
         _restore(ck, out / "last.pt", model, opt, sched, gen)
         st.start, st.best_acc, st.best_epoch = ck["epoch"], ck["best_val_acc"], ck["best_epoch"]
@@ -538,7 +653,21 @@ def _train_epoch(st: _Training, net, cfg: TrainConfig, split, dev, epoch, rank, 
         leave=False,
         disable=not progress or rank != 0,
     )
-    tr_loss, tr_acc = train_one_epoch(net, st.opt, x_tr, y_tr, cfg, st.gen, dev, rank, world, bar)
+    per_step = cfg.schedule == "linear"
+    tr_loss, tr_acc = train_one_epoch(
+        net,
+        st.opt,
+        x_tr,
+        y_tr,
+        cfg,
+        st.gen,
+        dev,
+        rank,
+        world,
+        bar,
+        st.precision,
+        st.sched if per_step else None,
+    )
     bar.close()
     if not math.isfinite(tr_loss):
         # A diverged run has nothing worth keeping: stop before this epoch is saved.
@@ -547,9 +676,12 @@ def _train_epoch(st: _Training, net, cfg: TrainConfig, split, dev, epoch, rank, 
             f"checkpoints stop at epoch {epoch}. Lower --lr ({cfg.lr}) or --weight-decay "
             f"({cfg.weight_decay}) and start again with --overwrite"
         )
-    st.sched.step()
+    if not per_step:
+        st.sched.step()
     val_gen = R.val_generator(cfg.recipe, cfg.seed, epoch)
-    val_loss, val_acc = evaluate(net, *split["val"], dev, cfg.eval_batch_size, val_gen)
+    val_loss, val_acc = evaluate(
+        net, *split["val"], dev, cfg.eval_batch_size, val_gen, st.precision
+    )
     secs = time.perf_counter() - t0
     return dict(
         epoch=epoch + 1,
@@ -599,7 +731,9 @@ def _print_epoch(cfg: TrainConfig, row: dict) -> None:
 
 def _summary(st: _Training, cfg: TrainConfig, split, dev, rows: list[dict], data) -> dict:
     """Test the weights in `st.model` and describe the run (summary.json's content)."""
-    test_loss, test_acc = evaluate(st.model, *split["test"], dev, cfg.eval_batch_size)
+    test_loss, test_acc = evaluate(
+        st.model, *split["test"], dev, cfg.eval_batch_size, precision=st.precision
+    )
     return {
         "model": cfg.model,
         "recipe": cfg.recipe,
@@ -610,6 +744,7 @@ def _summary(st: _Training, cfg: TrainConfig, split, dev, rows: list[dict], data
         "test_loss": test_loss,
         "params": count_params(st.model),
         "head": "softmax (the course's double softmax)" if cfg.head_softmax else "logits",
+        "precision": st.precision,
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "epochs": cfg.epochs,
         "train_images": int(split["train"][0].shape[0]),

@@ -12,32 +12,31 @@ import time
 
 import torch
 
-from dnnlab.cifar.augment import augment
+from dnnlab.cifar.augment import AUGMENTERS
 from dnnlab.cifar.models import build_model
+from dnnlab.utils.precision import training_precision
 
 TIMED_STEPS = 2  # after one warm-up step
 
 
-def step_seconds(
-    model_name: str,
-    recipe_softmax: bool,
-    batch: int,
-    dev: torch.device,
-    x_u8: torch.Tensor,
-    y: torch.Tensor,
-) -> float:
-    """Mean seconds of one SGD step (augmentation included) over TIMED_STEPS steps."""
+def step_seconds(tc, batch: int, dev: torch.device, x_u8: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean seconds of one SGD step of the run `tc` (a TrainConfig: its model, augmentation
+    and precision) over TIMED_STEPS steps, augmentation included."""
+    from dnnlab.cifar.train import autocast
+
     torch.manual_seed(0)
-    model = build_model(model_name, softmax_head=recipe_softmax).to(dev)
+    model = build_model(tc.model, softmax_head=tc.head_softmax).to(dev)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
     xb, yb = x_u8[:batch].to(dev), y[:batch].to(dev)
     amp = dev.type == "cuda"
+    precision, _ = training_precision(tc.bf16, dev)
+    augmenter = AUGMENTERS[tc.augmentation]
 
     def step():
-        x = augment(xb, gen).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        x = augmenter(xb, gen).contiguous(memory_format=torch.channels_last)
+        with autocast(dev, precision):
             loss = torch.nn.functional.cross_entropy(model(x).float(), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -56,21 +55,18 @@ def step_seconds(
 
 def print_plan(cfg, out, data, log=print) -> dict:
     """Log the plan; returns {variant: expected training seconds} for the variants to train."""
-    from dnnlab.cifar.train import TrainConfig
     from dnnlab.study.study import train_config
 
     dev = torch.device(cfg.device)
     available = data.train_y.numel() - cfg.n_val
     n_train = min(cfg.train_subset or available, available)
-    batch = TrainConfig().batch_size
+    batch = train_config(cfg, cfg.models[0]).batch_size
     todo = [m for m in cfg.models if not (out / "runs" / m / "summary.json").exists()]
     steps = math.ceil(n_train / batch) * cfg.epochs
     expect = {}
     for m in todo:
         tc = train_config(cfg, m)
-        expect[m] = steps * step_seconds(
-            m, tc.head_softmax, min(batch, n_train), dev, data.train_x, data.train_y
-        )
+        expect[m] = steps * step_seconds(tc, min(batch, n_train), dev, data.train_x, data.train_y)
     total = sum(expect.values())
     jobs = min(cfg.jobs, max(1, len(todo)))
     log(

@@ -4,9 +4,9 @@
 
 copies study.json (plus the commit it was published from), report.md, report.html,
 figures/*.png and, for each variant whose records match the study, runs/<v>/{config.json,
-metrics.csv, summary.json, probe.csv} and its PNG figures. The new folder is assembled beside
-the destination and swapped in only when complete, so an earlier publication is never lost
-to a half-written one.
+metrics.csv, summary.json, probe.csv, stages.json} and its PNG figures. The new folder is
+assembled beside the destination and swapped in only when complete, so an earlier
+publication is never lost to a half-written one.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import tempfile
 from pathlib import Path
 
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "probe.csv")
+OPTIONAL_RUN_FILES = ("stages.json",)  # wall seconds per stage, from studies that record them
 
 
-def git_commit(where: Path) -> str | None:
-    """The commit checked out at `where`; else $DNNLAB_COMMIT (a copied tree without .git,
-    as on a lent GPU machine), else None."""
+def git_commit(where: Path, fallback: bool = True) -> str | None:
+    """The commit checked out at `where` ("-dirty" when tracked files differ from it); else
+    (with `fallback`) $DNNLAB_COMMIT (a copied
+    tree without .git, as on a lent GPU machine), else None."""
     try:
         r = subprocess.run(
             ["git", "-C", str(where), "rev-parse", "--short=12", "HEAD"],
@@ -32,10 +34,16 @@ def git_commit(where: Path) -> str | None:
             timeout=10,
         )
         if r.returncode == 0 and r.stdout.strip():
-            return r.stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            return r.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return os.environ.get("DNNLAB_COMMIT") or None
+    return (os.environ.get("DNNLAB_COMMIT") if fallback else None) or None
 
 
 def publish(out, dest, cfg, commit: str | None = None) -> list[str]:
@@ -69,6 +77,9 @@ def publish(out, dest, cfg, commit: str | None = None) -> list[str]:
             (tmp / "runs" / m).mkdir(parents=True)
             for f in RUN_FILES:
                 shutil.copy2(out / "runs" / m / f, tmp / "runs" / m / f)
+            for f in OPTIONAL_RUN_FILES:
+                if (out / "runs" / m / f).exists():
+                    shutil.copy2(out / "runs" / m / f, tmp / "runs" / m / f)
             for png in (out / "runs" / m).glob("*.png"):
                 shutil.copy2(png, tmp / "runs" / m / png.name)
         old = None

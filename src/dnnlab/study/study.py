@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dnnlab.cifar.models import VARIANTS
-from dnnlab.cifar.recipe import RECIPE_HELP, RECIPES, recipe_name
+from dnnlab.cifar.recipe import RECIPE_HELP, RECIPES, SETTINGS, recipe_name
 from dnnlab.errors import ConfigError, DnnlabError, InputError
 from dnnlab.settings import setting, validate
 from dnnlab.utils.atomic import atomic_write_json
@@ -49,7 +48,9 @@ class StudyConfig:
     train_subset: int | None = setting(
         None, "train on a stratified subset this large (--quick: 1000)", low=1
     )
-    epochs: int = setting(100, "epochs per variant (--quick: 3)", low=1, high=100_000)
+    epochs: int | None = setting(
+        None, "epochs per variant (the recipe's: 100, budget 3; --quick: 3)", low=1, high=100_000
+    )
     n_val: int = setting(
         5000, "validation images (--quick: 500)", low=1, high=49_999, flag="--val-size"
     )
@@ -67,12 +68,17 @@ class StudyConfig:
         1000, "validation images (stratified) for the CKA of base against bn; 0: none", low=0
     )
     compile: bool = setting(False, "torch.compile the models (GPU runs)")
+    bf16: bool = setting(
+        True, "bf16 autocast in training where the device computes bf16 natively (see train)"
+    )
     jobs: int = setting(
         1, "variants trained and probed at once, one worker process each", low=1, high=64
     )
 
     def __post_init__(self):
         self.recipe = recipe_name(self.recipe)
+        if self.epochs is None:
+            self.epochs = SETTINGS[self.recipe]["epochs"]
         self.models = tuple(self.models)
         validate(self)
         if not self.models:
@@ -106,6 +112,7 @@ RESULT_KEYS = (
     "test_subset",
     "max_per_split",
     "measures",
+    "bf16",
 )
 
 
@@ -136,6 +143,7 @@ def train_config(cfg: StudyConfig, name: str):
         data_root=cfg.data_root,
         compile=cfg.compile,
         recipe=cfg.recipe,
+        bf16=cfg.bf16,
     )
 
 
@@ -157,7 +165,9 @@ def device_name(device: str) -> str:
         import torch
 
         return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    from dnnlab.utils.machine import cpu_description
+
+    return cpu_description()
 
 
 def read_study(out: Path) -> dict | None:
@@ -180,6 +190,8 @@ def _check_same_study(out: Path, cfg: StudyConfig, fp: str, data_id: str, overwr
     diff = [k for k in RESULT_KEYS if prev.get(k) != getattr(cfg, k)]
     if "recipe" in diff and prev.get("recipe") is None and cfg.recipe == "corrected":
         diff.remove("recipe")  # a study from before recipes were recorded: corrected
+    if "bf16" in diff and prev.get("bf16") is None:
+        diff.remove("bf16")  # a study from before precision was a setting
     if diff:
         was = ", ".join(f"{k}={prev.get(k)}" for k in diff)
         raise StudyError(
@@ -235,6 +247,7 @@ def _variant(cfg: StudyConfig, name: str, out: Path, overwrite: bool, progress: 
     from dnnlab.probe.run import probe_run
 
     run = out / "runs" / name
+    t0 = time.perf_counter()
     if (run / "summary.json").exists() and not overwrite:
         log(f"[{name}] trained already: {run / 'summary.json'}")
     else:
@@ -242,9 +255,39 @@ def _variant(cfg: StudyConfig, name: str, out: Path, overwrite: bool, progress: 
         resume = run.exists() and not overwrite
         log(f"[{name}] {'resuming' if (run / 'last.pt').exists() else 'training'} in {run}")
         train(train_config(cfg, name), run, resume=resume, overwrite=overwrite, progress=progress)
+    add_stage_seconds(run, "train", time.perf_counter() - t0, overwrite)
     log(f"[{name}] probing")
+    t0 = time.perf_counter()
     pcfg = ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device, measures=cfg.measures)
     probe_run(run, pcfg, cfg.data_root, cfg.max_per_split, overwrite=overwrite, progress=progress)
+    add_stage_seconds(run, "probe", time.perf_counter() - t0)
+
+
+STAGES_FILE = "stages.json"
+
+
+def add_stage_seconds(run: Path, stage: str, seconds: float, restart: bool = False) -> None:
+    """Add `seconds` of wall time to `stage` in the run's stages.json: the wall seconds each
+    stage took, summed over the commands that built it (a cut-off study resumed)."""
+    f = run / STAGES_FILE
+    try:
+        d = {} if restart else json.loads(f.read_text())
+    except (OSError, ValueError):
+        d = {}
+    d = d if isinstance(d, dict) else {}
+    d[stage] = round(float(d.get(stage) or 0) + seconds, 1)
+    atomic_write_json(f, d)
+
+
+def stage_seconds(out: Path, models) -> dict:
+    """{variant: {train, probe}} from each run's stages.json (what exists)."""
+    got = {}
+    for m in models:
+        try:
+            got[m] = json.loads((out / "runs" / m / STAGES_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+    return got
 
 
 def compare_base_bn(cfg: StudyConfig, out: Path, log) -> None:
@@ -358,6 +401,7 @@ def run_study(
         "fingerprint": fp,
         "device_name": device_name(cfg.device),
         "wall_seconds": None,
+        "commits": code_commits(prev),
     }
     atomic_write_json(out / "study.json", record)
     t_start = time.perf_counter()
@@ -367,21 +411,38 @@ def run_study(
         failures = []
         for name in cfg.models:
             _variant(cfg, name, out, overwrite, progress, log)
+    t_cka = time.perf_counter()
     if not failures:
         compare_base_bn(cfg, out, log)
-    wall = time.perf_counter() - t_start
+    t_report = time.perf_counter()
+    wall = t_report - t_start
     # Wall seconds add up over the commands that built the study (a cut-off study resumed).
     record["wall_seconds"] = round(wall + (prev.get("wall_seconds") or 0), 1)
     record["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stages = {"variants": stage_seconds(out, cfg.models), "cka": round(t_report - t_cka, 1)}
+    record["stage_seconds"] = stages
     atomic_write_json(out / "study.json", record)
     extra = [detector_section(det)] if det else []
     report = write_report(out, cfg, extra, published=pub)
+    stages["report"] = round(time.perf_counter() - t_report, 1)
+    atomic_write_json(out / "study.json", record)
     log(f"study done in {wall:.0f} s; report: {report}")
     if failures:
         raise StudyError(
             f"{len(failures)} of {len(cfg.models)} variants failed:\n  " + "\n  ".join(failures)
         )
     return {"report": str(report), "wall_seconds": wall}
+
+
+def code_commits(prev: dict) -> list[str]:
+    """The commits of dnnlab's code that built the study: the earlier commands' (from the
+    previous study.json) and this one's, when it runs from a git checkout."""
+    import dnnlab
+    from dnnlab.study.publish import git_commit
+
+    commits = [c for c in prev.get("commits") or [] if isinstance(c, str)]
+    here = git_commit(Path(dnnlab.__file__).resolve().parent, fallback=False)
+    return commits + ([here] if here and here not in commits else [])
 
 
 def config_from_record(d: dict) -> StudyConfig:
