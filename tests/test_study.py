@@ -274,7 +274,7 @@ def test_published_tables_and_publish(tree, tmp_path):
     empty = tmp_path / "results"
     empty.mkdir()
     run_study(cfg, out, log=quiet, plan=False, published=empty)
-    assert "No full-study results are published yet" in (out / "report.md").read_text()
+    assert "No study results are published yet" in (out / "report.md").read_text()
     # Publish this study as if it were a full one; then a quick report shows its table.
     done = publish(out, empty / "full-study-corrected", cfg, commit="abc123")
     assert done == ["base", "noskip"]
@@ -299,8 +299,8 @@ def test_published_tables_and_publish(tree, tmp_path):
     base_summary = json.loads((out / "runs" / "base" / "summary.json").read_text())
     write_report(out, cfg, published=p)
     md = (out / "report.md").read_text()
-    assert "## Published full-study results" in md
-    assert "corrected recipe: QUICK budget, 1 epochs on CPU" in md and "commit abc123" in md
+    assert "## Published studies (measured results, read from the repository)" in md
+    assert "corrected recipe: QUICK budget, 1 epochs of" in md and "commit abc123" in md
     assert f"| base | 73.29 | {100 * base_summary['test_acc']:.2f} |" in md
     assert "left out (records do not match): noskip" in md
 

@@ -241,6 +241,12 @@ def cmd_study(args) -> int:
         detector=args.detector,
         published=args.published,
     )
+    if args.published:
+        # The published studies are the real results: shown on the terminal, not only in
+        # the report (the quick run beside them checks the pipeline).
+        from dnnlab.study.report import published_section, read_published
+
+        print("\n".join(published_section(read_published(args.published))[0]))
     if args.publish:
         from dnnlab.study.publish import publish, published_summary
 

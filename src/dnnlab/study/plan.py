@@ -78,11 +78,15 @@ def print_plan(cfg, out, data, log=print) -> dict:
         log(
             f"plan: expected training time from {TIMED_STEPS} timed steps per variant: "
             f"{total / 60:.1f} min one after another"
-            + (
-                f", {total / jobs / 60:.1f} min if {jobs} workers share the device perfectly"
-                if jobs > 1
-                else ""
-            )
+            + (_parallel_note(total, jobs, dev) if jobs > 1 else "")
             + " (compile, evaluation and probes not included)"
         )
     return expect
+
+
+def _parallel_note(total: float, jobs: int, dev: torch.device) -> str:
+    """What `jobs` workers do to the expected time. The steps were timed with every CPU core,
+    so on a CPU the workers split the same cores: the total stays about the same."""
+    if dev.type == "cpu":
+        return f"; {jobs} workers share the CPU's cores, so expect about the same in all"
+    return f", {total / jobs / 60:.1f} min if {jobs} workers share the device perfectly"

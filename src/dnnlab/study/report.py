@@ -17,23 +17,12 @@ import json
 from pathlib import Path
 
 from dnnlab.cifar.models import VARIANTS
+from dnnlab.study.course import COURSE_TEST_ACC, conclusions, rank_agreement
 from dnnlab.utils.atomic import atomic_savefig, atomic_write_text
 
 VARIANT_ORDER = tuple(VARIANTS)
 
 FEATURE_LAYER = "avgpool"
-# The course's reported test accuracies (%), quoted for reference; not measured by dnnlab.
-COURSE_TEST_ACC = {
-    "base": 73.29,
-    "bn": 85.67,
-    "gn": 84.86,
-    "ln": 85.24,
-    "noskip": 59.75,
-    "conv4-1x1": 72.18,
-    "paths2-shared": 80.05,
-    "paths4-shared": 82.82,
-    "wide": 85.37,
-}
 COMPARISONS = [
     ("Normalization", ["base", "bn", "gn", "ln"]),
     ("Skip connection", ["base", "noskip"]),
@@ -127,8 +116,11 @@ HEADER = [
 PANEL_MEASURES = (("si", "SI"), ("linear", "linear-probe accuracy"), ("nc1", "NC1 (log)"))
 
 
-def overlay_plot(out: Path, title: str, models, path: Path, split="val") -> bool:
-    """One panel per measure (SI, linear-probe accuracy, NC1) with every variant per layer."""
+def overlay_plot(
+    out: Path, title: str, models, path: Path, split="val", measures=PANEL_MEASURES
+) -> bool:
+    """One panel per measure of `measures` ((key, label) pairs; default SI, linear-probe
+    accuracy, NC1) that the probe measured, with every variant's curve per layer."""
     from dnnlab.utils.plots import pyplot
 
     plt = pyplot()
@@ -143,7 +135,7 @@ def overlay_plot(out: Path, title: str, models, path: Path, split="val") -> bool
         return False
     panels = [
         (k, label)
-        for k, label in PANEL_MEASURES
+        for k, label in measures
         if any(r.get(k) is not None for pts in series.values() for r in pts)
     ]
     if not panels:
@@ -185,17 +177,11 @@ def overlay_plot(out: Path, title: str, models, path: Path, split="val") -> bool
 
 
 def _md_table(rows) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return _md_grid(HEADER, rows)
 
 
 def _html_table(rows) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return _html_grid(HEADER, rows)
 
 
 def _img(path: Path, alt: str) -> str:
@@ -249,10 +235,11 @@ def write_report(
     Each section below gives (Markdown lines, HTML parts) from the same content."""
     out = Path(out)
     (out / "figures").mkdir(exist_ok=True)
-    sections = [_header(out, cfg)]
-    if published is not None:
-        sections.append(published_section(published))
+    # The published studies come first: they are the real results, this run may be a check.
+    sections = [] if published is None else [published_section(published)]
     sections += [
+        _header(out, cfg),
+        _course_section(out, cfg),
         _comparisons(out, cfg),
         _cka_section(out, cfg),
         _variant_figures(out, cfg),
@@ -271,11 +258,7 @@ def write_report(
 
 def _header(out: Path, cfg) -> tuple[list[str], list[str]]:
     """Title, the budget the runs recorded, recipe and device; variants left out, and why."""
-    label = (
-        "QUICK run: reduced budget, not comparable with the course's numbers"
-        if cfg.quick
-        else "full recipe"
-    )
+    label = study_label(cfg)
     budget, skipped = recorded_budget(out, cfg)
     study = _read_json(out / "study.json") or {}
     where = f"Recipe: {cfg.recipe}. Device: {study.get('device_name') or cfg.device}."
@@ -302,6 +285,94 @@ def _header(out: Path, cfg) -> tuple[list[str], list[str]]:
             f"not match the study ({html.escape(why)}).</p>"
         )
     return md, body
+
+
+def study_label(cfg) -> str:
+    """What kind of study this is, for its title."""
+    if cfg.quick:
+        return "QUICK run: reduced budget, not comparable with the course's numbers"
+    if cfg.recipe == "budget":
+        return (
+            f"budget recipe, {cfg.epochs} epochs (a CPU budget, not the course's 100-epoch recipe)"
+        )
+    return "full recipe"
+
+
+def _course_section(out: Path, cfg) -> tuple[list[str], list[str]]:
+    """This study's test accuracies beside the course's 100-epoch numbers: both rankings,
+    Spearman's rho, and the direction of each of the course's conclusions."""
+    acc = {}
+    for m in cfg.models:
+        s, _ = _load(out / "runs" / m)
+        if s is not None and run_mismatch(out / "runs" / m, cfg) is None:
+            acc[m] = 100 * s["test_acc"]
+    rho, both = rank_agreement(acc)
+    if cfg.quick or len(both) < 3:
+        return [], []
+    title = "Against the course's 100-epoch results"
+    ours = sorted(both, key=lambda m: -acc[m])
+    theirs = sorted(both, key=lambda m: -COURSE_TEST_ACC[m])
+    head = ["Model", "Test ACC (this study)", "rank", "Course's Test ACC (100 epochs)", "rank"]
+    rows = [
+        [m, f"{acc[m]:.2f}", str(ours.index(m) + 1), f"{COURSE_TEST_ACC[m]:.2f}"]
+        + [str(theirs.index(m) + 1)]
+        for m in sorted(both, key=VARIANT_ORDER.index)
+    ]
+    rho_text = (
+        f"Spearman's rank correlation between the two orderings over these {len(both)} "
+        f"variants: rho = {rho:.3f}"
+        if rho is not None
+        else "Spearman's rho: undefined"
+    ) + " (1: the same order; the course's numbers are quoted, not measured here)."
+    found = conclusions(acc)
+    c_head = ["Course's conclusion", "pair", "this study (points)", "course (points)", "agrees"]
+    c_rows = [
+        [
+            c["question"],
+            f"{c['variant']} − {c['against']}",
+            f"{c['study']:+.2f}",
+            f"{c['course']:+.2f}",
+            "yes" if c["same_direction"] else "NO",
+        ]
+        for c in found
+    ]
+    md = [f"## {title}", "", rho_text, "", _md_grid(head, rows), ""]
+    md += [
+        "Each of the course's conclusions as a difference of test accuracy; it agrees when "
+        "the difference has the same sign. A difference within about one point is within "
+        "the seed-to-seed spread of a single run (docs/RESULTS.md) and decides nothing.",
+        "",
+        _md_grid(c_head, c_rows),
+        "",
+    ]
+    body = [
+        f"<h2>{html.escape(title)}</h2>",
+        f"<p>{html.escape(rho_text)}</p>",
+        _html_grid(head, rows),
+        "<p class=note>Each of the course's conclusions as a difference of test accuracy; it "
+        "agrees when the difference has the same sign. A difference within about one point "
+        "is within the seed-to-seed spread of a single run and decides nothing.</p>",
+        _html_grid(c_head, c_rows),
+    ]
+    plot = out / "figures" / "all_variants_si_csi.png"
+    measures = (("si", "SI"), ("csi", "CSI"))
+    if overlay_plot(out, "All variants", cfg.models, plot, "test", measures):
+        md += ["![All variants: SI and CSI per layer](figures/all_variants_si_csi.png)", ""]
+        body.append(_img(plot, "All variants: SI and CSI per layer"))
+    return md, body
+
+
+def _md_grid(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _html_grid(head: list[str], rows: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _comparisons(out: Path, cfg) -> tuple[list[str], list[str]]:
@@ -479,6 +550,12 @@ def read_published(root) -> dict:
                 "epochs": st.get("epochs"),
                 "quick": st.get("quick"),
                 "wall_seconds": st.get("wall_seconds"),
+                "train_subset": st.get("train_subset"),
+                "max_per_split": st.get("max_per_split"),
+                "precision": _values(
+                    (_read_json(r.parent / "config.json") or {}).get("precision")
+                    for r in (d / "runs").glob("*/summary.json")
+                ),
                 "rows": rows,
                 "left_out": left_out,
             }
@@ -503,11 +580,24 @@ def _read_probe_csv(path: Path) -> list[dict]:
 def _published_label(s: dict) -> str:
     card = s["card"] or "an unrecorded device"
     budget = "QUICK budget, " if s["quick"] else ""
-    text = (
-        f"{s['recipe']} recipe: {budget}{s['epochs']} epochs on {card}, "
-        f"{s['date'] or 'undated'}, commit {s['commit'] or 'unrecorded'}, "
-        f"{s['wall_seconds'] or '?'} s wall; from {s['path']}"
+    images = (
+        f"{s['train_subset']} training images" if s["train_subset"] else "45,000 training images"
     )
+    probe = f", probe capped at {s['max_per_split']} per split" if s["max_per_split"] else ""
+    wall = f"{s['wall_seconds'] / 60:.0f} min wall" if s["wall_seconds"] else "? min wall"
+    text = (
+        f"{s['recipe']} recipe: {budget}{s['epochs']} epochs of {images} in "
+        f"{s['precision']}{probe}, on {card}, {wall}, {s['date'] or 'undated'}, commit "
+        f"{s['commit'] or 'unrecorded'}; from {s['path']}"
+    )
+    rho, both = rank_agreement(
+        {m: v["test_acc"] for m, v in s["rows"].items() if v.get("test_acc") is not None}
+    )
+    if rho is not None:
+        text += (
+            f". Spearman's rho of its test accuracies against the course's 100-epoch "
+            f"numbers: {rho:.3f} over {len(both)} variants"
+        )
     if s["left_out"]:
         text += f"; left out (records do not match): {', '.join(s['left_out'])}"
     return text
@@ -515,11 +605,11 @@ def _published_label(s: dict) -> str:
 
 def published_section(pub: dict) -> tuple[list[str], list[str]]:
     """Markdown and HTML parts: the published full-study comparison, or a plain note."""
-    title = "Published full-study results"
+    title = "Published studies (measured results, read from the repository)"
     studies = pub["studies"]
     if not studies:
         note = (
-            f"No full-study results are published yet (nothing under {pub['root']}): "
+            f"No study results are published yet (nothing under {pub['root']}): "
             "this report shows only this run's own numbers."
         )
         return ([f"## {title}", "", note, ""], [f"<h2>{title}</h2>", f"<p>{html.escape(note)}</p>"])
