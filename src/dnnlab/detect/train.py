@@ -62,8 +62,9 @@ def embed_index(model: Detector, rows, cache: Path | None, progress=True) -> tor
         if cache is not None:
             key = hashlib.sha256((image + boxes.tobytes().hex()).encode()).hexdigest()[:20]
             f = cache / f"{key}.pt"
-            if f.exists():
-                feats[idx] = torch.load(f, weights_only=True).float()
+            cached = read_cached_features(f)
+            if cached is not None:
+                feats[idx] = cached
                 continue
         out = model.embed(load_rgb(Path(image)), boxes).cpu()
         if f is not None:
@@ -73,6 +74,20 @@ def embed_index(model: Detector, rows, cache: Path | None, progress=True) -> tor
             atomic_torch_save(out, f)
         feats[idx] = out.float()
     return feats
+
+
+def read_cached_features(f: Path) -> torch.Tensor | None:
+    """A photo's cached box features as float, or None when absent or unreadable (a damaged
+    cache file is recomputed)."""
+    from dnnlab.utils.safe_load import load_plain
+
+    if not f.exists():
+        return None
+    try:
+        t = load_plain(f)
+    except Exception:
+        return None
+    return t.float() if isinstance(t, torch.Tensor) else None
 
 
 def balanced(labels: torch.Tensor, cfg: TrainConfig, gen) -> tuple[torch.Tensor, torch.Tensor]:
