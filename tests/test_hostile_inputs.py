@@ -123,3 +123,63 @@ def test_torch_load_only_in_safe_load():
         and "loads with torch.load(" not in f.read_text()
     ]
     assert calls == []
+
+
+def write_voc(folder, stem, boxes, size=(160, 120)):
+    """A grey photo and its VOC annotation; coordinates written as given (text or number)."""
+    from PIL import Image
+
+    from tests.test_detect import OBJ, XML
+
+    Image.new("RGB", size, (90, 90, 90)).save(folder / f"{stem}.jpg")
+    objs = "".join(OBJ.format(name=n, x1=b[0], y1=b[1], x2=b[2], y2=b[3]) for n, b in boxes)
+    xml = XML.format(fn=f"{stem}.jpg", w=size[0], h=size[1], objs=objs)
+    (folder / f"{stem}.xml").write_text(xml)
+
+
+# -- 3: a box with NaN, inf or non-numeric coordinates is an input problem, dropped -------
+BAD_COORDS = ["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "abc", "", "0x10"]
+
+
+@pytest.mark.parametrize("bad", BAD_COORDS)
+def test_voc_box_with_a_bad_coordinate_is_counted_named_and_dropped(tmp_path, bad):
+    from dnnlab.detect.voc import Problems, read_voc_dir
+
+    write_voc(tmp_path, "a", [("cat", (10, 10, 60, 50)), ("dog", (bad, 5, 30, 30))])
+    write_voc(tmp_path, "b", [("cat", (5, bad, 70, 60))])
+    write_voc(tmp_path, "c", [("cat", (20, 20, 80, 90))])
+    problems = Problems()
+    items = {i.image.stem: i for i in read_voc_dir(tmp_path, problems, "cat")}
+    assert sorted(items) == ["a", "c"]  # b's only cat is unusable: the photo is dropped
+    assert len(items["a"].other_boxes("cat")) == 0  # the dog box is gone, the cat kept
+    assert items["a"].boxes("cat").tolist() == [[10, 10, 60, 50]]
+    for item in items.values():
+        assert np.isfinite(item.boxes("cat")).all()
+    assert problems.counts["bad box (dropped)"] == 2
+    named = " ".join(problems.examples["bad box (dropped)"])
+    assert "a.xml object 1" in named and "b.xml object 0" in named
+
+
+def test_build_with_only_non_finite_target_boxes_is_refused_before_writing(tmp_path, capsys):
+
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    write_voc(voc, "a", [("cat", ("nan", 10, 60, 50))])
+    write_voc(voc, "b", [("cat", (5, 5, "inf", 60))])
+    out = tmp_path / "det"
+    assert main(["detect", "build", str(voc), "--out", str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no 'cat' box" in err and "not a finite number" in err and "a.xml" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_index_row_with_a_non_finite_number_is_refused(tmp_path, bad):
+    from dnnlab.detect.build import read_index
+    from dnnlab.errors import InputError
+
+    det = fake_build(tmp_path / "det", tmp_path / "a.jpg")
+    text = (det / "index.csv").read_text().replace(",20,20,1,0.9", f",20,{bad},1,0.9", 1)
+    (det / "index.csv").write_text(text)
+    with pytest.raises(InputError, match="index.csv line 2.*not a finite number"):
+        read_index(det)

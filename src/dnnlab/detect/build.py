@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -171,6 +172,9 @@ def _index_row(r: list[str], f: Path, line: int) -> dict:
         d["gt"] = [float(v) for v in g] if all(g) else None
         if d["label"] not in (0, 1) or d["split"] not in ("train", "val"):
             raise ValueError(f"label {d['label']}, split {d['split']!r}")
+        numbers = d["box"] + [d["iou"]] + (d["gt"] or [])
+        if not all(math.isfinite(v) for v in numbers):
+            raise ValueError(f"a coordinate or IoU that is not a finite number ({numbers})")
     except ValueError as e:
         raise InputError(
             f"{f} line {line}: malformed row ({e}); the file is truncated or "
