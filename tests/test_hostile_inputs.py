@@ -3,6 +3,8 @@ inputs, one writer per folder, non-finite VOC coordinates dropped as input probl
 every refused .pt file explained in dnnlab's words (never torch's weights_only advice)."""
 
 import json
+import os
+import shutil
 from dataclasses import asdict
 
 import numpy as np
@@ -183,3 +185,235 @@ def test_index_row_with_a_non_finite_number_is_refused(tmp_path, bad):
     (det / "index.csv").write_text(text)
     with pytest.raises(InputError, match="index.csv line 2.*not a finite number"):
         read_index(det)
+
+
+# -- 1: no command writes over one of its inputs, with or without --overwrite -------------
+def test_output_clash_rules(tmp_path):
+    from dnnlab.utils.spare_inputs import output_clash
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.jpg").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(d)
+    assert "is the input" in output_clash([d], tmp_path / "link")
+    assert "is the folder of the input" in output_clash([d / "a.jpg"], d)
+    assert "would replace the input" in output_clash([d / "a.jpg"], files=[tmp_path / "link/a.jpg"])
+    assert "replaced as a whole" in output_clash([d / "a.jpg"], tmp_path, owned=True)
+    assert output_clash([d / "a.jpg"], tmp_path) is None  # writes beside, never over
+    assert output_clash([d], d / "sub") is None  # a new folder inside an input folder
+    assert output_clash([d / "a.jpg"], tmp_path / "out", [tmp_path / "out/a.jpg"]) is None
+
+
+def photo(folder, name="cat.jpg"):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 30), (200, 100, 50)).save(folder / name)
+    return folder / name
+
+
+def refused(argv, capsys, *named):
+    """The command exits 2 with one error line naming each of `named`, no traceback."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "never writes over its inputs" in err and "Traceback" not in err, err
+    for n in named:
+        assert str(n) in err, (n, err)
+
+
+@pytest.mark.parametrize("name", ["cat.jpg", "cat.png"])
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_detect_run_never_writes_into_the_photos_folder(tmp_path, capsys, name, overwrite):
+    p = photo(tmp_path / "photos", name)
+    before = p.read_bytes()
+    model = tmp_path / "model"
+    model.mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "photos")
+    for out in (tmp_path / "photos", tmp_path / "alias"):
+        refused(["detect", "run", p, "--out", out, "--model", model, *overwrite], capsys, out, p)
+    assert p.read_bytes() == before and sorted(os.listdir(p.parent)) == [name]
+
+
+def test_detect_run_never_writes_into_the_model_folder(tmp_path, capsys):
+    p = photo(tmp_path / "photos", "train.jpg")  # its JSON would be the model's train.json
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "train.json").write_text("{}")
+    argv = ["detect", "run", p, "--out", model, "--model", model, "--overwrite"]
+    refused(argv, capsys, model)
+    assert (model / "train.json").read_text() == "{}"
+
+
+def test_detect_eval_never_draws_over_the_evaluated_photos(tmp_path, capsys):
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    write_voc(voc, "a", [("cat", (10, 10, 60, 50))])
+    before = {p.name: p.read_bytes() for p in voc.iterdir()}
+    model = tmp_path / "model"
+    model.mkdir()
+    (tmp_path / "alias").symlink_to(voc)
+    for draw in (voc, tmp_path / "alias", model):
+        refused(["detect", "eval", voc, "--model", model, "--draw", draw], capsys, draw)
+    # A draw folder whose a.jpg is a link to the evaluated photo: drawing would replace it.
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    (trap / "a.jpg").symlink_to(voc / "a.jpg")
+    refused(["detect", "eval", voc, "--model", model, "--draw", trap], capsys, trap / "a.jpg")
+    assert {p.name: p.read_bytes() for p in voc.iterdir()} == before
+
+
+def test_detect_build_never_writes_into_the_voc_folder(tmp_path, capsys):
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    write_voc(voc, "a", [("cat", (10, 10, 60, 50))])
+    names = sorted(os.listdir(voc))
+    (tmp_path / "alias").symlink_to(voc)
+    for out in (voc, tmp_path / "alias"):
+        refused(["detect", "build", voc, "--out", out, "--overwrite"], capsys, out, voc)
+    assert sorted(os.listdir(voc)) == names
+
+
+def test_detect_train_never_replaces_its_backbone_weights(tmp_path, capsys):
+    det = fake_build(tmp_path / "det", photo(tmp_path / "photos"))
+    w = det / "model.pt"
+    torch.save({"w": torch.zeros(1)}, w)
+    before = w.read_bytes()
+    argv = ["detect", "train", det, "--backbone-weights", w, "--overwrite", "--epochs", "1"]
+    refused(argv, capsys, w)
+    assert w.read_bytes() == before
+
+
+def test_train_never_writes_over_its_data(tree, tmp_path, capsys):
+    data = shutil.copytree(tree, tmp_path / "run" / "data")
+    names = sorted(p.name for p in data.rglob("*"))
+    base = ["train", "--model", "base", "--epochs", "1"]
+    refused([*base, "--data-root", data, "--out", data], capsys, data)
+    refused([*base, "--data-root", data, "--out", tmp_path / "run", "--overwrite"], capsys, data)
+    assert sorted(p.name for p in data.rglob("*")) == names
+
+
+def test_probe_never_writes_over_its_data_or_weights(tree, tmp_path, capsys):
+    data = shutil.copytree(tree, tmp_path / "data")
+    w = tmp_path / "w" / "weights.pt"
+    w.parent.mkdir()
+    torch.save({}, w)
+    base = ["probe", "--model", "torchvision:resnet18", "--data", data]
+    refused([*base, "--out", data], capsys, data)
+    refused([*base, "--weights", w, "--out", w.parent, "--overwrite"], capsys, w)
+    assert sorted(os.listdir(w.parent)) == ["weights.pt"]
+
+
+def test_study_never_writes_over_its_inputs(tree, tmp_path, capsys):
+    det = tmp_path / "det"
+    det.mkdir()
+    (det / "model.pt").write_bytes(b"x")
+    pub = tmp_path / "published"
+    pub.mkdir()
+    base = ["study", "--models", "base", "--data-root", tree, "--quick"]
+    refused([*base, "--out", det, "--detector", det], capsys, det)
+    refused([*base, "--out", tmp_path / "s", "--published", pub, "--publish", pub], capsys, pub)
+    refused([*base, "--out", tmp_path / "s", "--publish", tmp_path / "s"], capsys, "--publish")
+    refused([*base, "--out", tmp_path / "s", "--publish", tmp_path, "--overwrite"], capsys)
+    assert not (tmp_path / "s").exists() and sorted(os.listdir(det)) == ["model.pt"]
+
+
+# -- 2: one writer per folder; a killed writer never leaves it locked ---------------------
+HOLD = """
+import sys, time
+from dnnlab.utils.lock import folder_lock
+with folder_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Start a process holding the lock of a folder; yields (folder, process); killed after."""
+    import subprocess
+    import sys
+
+    procs = []
+
+    def start(folder):
+        p = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(folder)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        procs.append(p)
+        assert p.stdout.readline().strip() == "held"
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_a_held_folder_is_refused_at_once_naming_it_and_its_holder(tmp_path, holder):
+    from dnnlab.utils.lock import FolderBusy, folder_lock
+
+    out = tmp_path / "run"
+    p = holder(out)
+    with pytest.raises(FolderBusy) as e:
+        with folder_lock(tmp_path / "." / "run"):
+            pass
+    assert str(out) in str(e.value) and f"pid {p.pid}" in str(e.value)
+    p.kill()
+    p.wait()
+    with folder_lock(out):  # a killed holder leaves nothing locked
+        with folder_lock(out):  # re-entrant within one process
+            pass
+    assert not any(n.endswith(".lock") for n in os.listdir(tmp_path))
+
+
+def test_a_lock_file_left_behind_holds_nothing(tmp_path):
+    from dnnlab.utils.lock import folder_lock, lock_path
+
+    lock_path(tmp_path / "run").write_text("999999\n")  # a killed process's leftover
+    with folder_lock(tmp_path / "run"):
+        pass
+    assert not lock_path(tmp_path / "run").exists()
+
+
+def test_lock_removes_only_the_folders_it_made(tmp_path):
+    from dnnlab.utils.lock import folder_lock
+
+    with folder_lock(tmp_path / "a" / "b" / "run"):
+        assert (tmp_path / "a" / "b").is_dir()
+    assert not (tmp_path / "a").exists()
+
+
+def busy(argv, capsys, folder, pid):
+    """The command exits 2 at once, naming the folder and the holder's pid."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert str(folder) in err and f"pid {pid}" in err and "Traceback" not in err, err
+
+
+def test_train_refuses_a_run_another_process_writes(tree, tmp_path, capsys, holder):
+    run = tmp_path / "run"
+    p = holder(run)
+    base = ["train", "--model", "base", "--epochs", "1", "--data-root", tree, "--out", run]
+    busy(base, capsys, run, p.pid)
+    busy([*base, "--resume"], capsys, run, p.pid)
+    assert not run.exists()
+
+
+def test_probe_study_and_detect_build_refuse_a_held_folder(tree, tmp_path, capsys, holder):
+    out = tmp_path / "out"
+    p = holder(out)
+    probe = ["probe", "--model", "torchvision:resnet18", "--data", tree, "--out", out]
+    busy(probe, capsys, out, p.pid)
+    busy(["study", "--models", "base", "--data-root", tree, "--out", out], capsys, out, p.pid)
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    write_voc(voc, "a", [("cat", (10, 10, 60, 50))])
+    busy(["detect", "build", voc, "--out", out], capsys, out, p.pid)
+    run = tmp_path / "r"
+    q = holder(run)
+    (run / "config.json").parent.mkdir()
+    busy(["probe", run], capsys, run, q.pid)
+    assert not out.exists()
