@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _add_si(sub) -> None:
@@ -233,6 +234,10 @@ def cmd_study(args) -> int:
     from dnnlab.study.study import StudyConfig, config_from_flags, run_study
 
     cfg = config_from_flags(_given(args, StudyConfig))
+    if args.publish:
+        from dnnlab.study.publish import check_publish_dest
+
+        check_publish_dest(args.out, args.publish, [args.detector, args.published])
     run_study(
         cfg,
         args.out,
@@ -371,18 +376,26 @@ def cmd_detect_show(args) -> int:
 
 
 def cmd_detect_run(args) -> int:
-    from dnnlab.detect.output import print_run, run_detector
+    from dnnlab.detect.output import check_outputs, print_run, run_detector
 
+    check_outputs([Path(i) for i in args.images], Path(args.out), args.overwrite, args.model)
     detector = _load_detector(args)
     results = run_detector(
-        args.images, detector, args.out, progress=sys.stderr.isatty(), overwrite=args.overwrite
+        args.images,
+        detector,
+        args.out,
+        progress=sys.stderr.isatty(),
+        overwrite=args.overwrite,
+        model_dir=args.model,
     )
     return 1 if print_run(results, args.out) else 0
 
 
 def cmd_detect_eval(args) -> int:
-    from dnnlab.detect.evaluate import evaluate_once, print_result
+    from dnnlab.detect.evaluate import check_draw_dir, evaluate_once, print_result
 
+    if args.draw is not None:
+        check_draw_dir(args.draw, args.voc_dir, args.model)
     detector = _load_detector(args)
     res = evaluate_once(
         args.voc_dir, args.model, detector, draw_dir=args.draw, progress=sys.stderr.isatty()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dnnlab.cifar.train import TrainConfig, read_run_config
 from dnnlab.errors import ConfigError
+from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
 def train_config(given: dict, out, resume: bool) -> TrainConfig:
@@ -26,12 +27,13 @@ def train_command(
     given: dict, out, resume: bool, overwrite: bool, download: bool, progress: bool
 ) -> None:
     """Check the flags, fetch CIFAR-10 if asked (download), then train (or resume) in out."""
-    from dnnlab.cifar.data import load_cifar10
+    from dnnlab.cifar.data import default_root, load_cifar10
     from dnnlab.cifar.train import train
 
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
     cfg = train_config(given, out, resume)
+    check_outputs_spare_inputs([cfg.data_root or default_root()], out, owned=True)
     if download:
         load_cifar10(cfg.data_root, download=True)
     train(cfg, out, resume=resume, overwrite=overwrite, progress=progress)

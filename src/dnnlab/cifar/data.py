@@ -33,6 +33,7 @@ import torch
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_torch_save, remove_stale_temporaries
 from dnnlab.utils.images import IMAGE_EXT
+from dnnlab.utils.safe_load import load_plain
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 HOW_TO_GET = (
@@ -358,7 +359,7 @@ def _read_cache(cache: Path) -> dict | None:
     if not cache.exists():
         return None
     try:
-        d = torch.load(cache, weights_only=True)
+        d = load_plain(cache)
         if isinstance(d, dict) and CACHE_KEYS <= d.keys():
             return d
     except Exception:

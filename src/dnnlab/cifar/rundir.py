@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from dnnlab.errors import DnnlabError
 
 
@@ -47,13 +45,13 @@ def read_json_dict(path, keys=()) -> dict:
 def load_checkpoint(path, map_location="cpu") -> dict:
     """best.pt / last.pt as plain data, never unpickling arbitrary objects."""
     path = Path(path)
+    from dnnlab.utils.safe_load import load_error_reason, load_plain
+
     try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
+        ck = load_plain(path, map_location=map_location)
     except FileNotFoundError:
         raise RunError(f"{path}: missing") from None
     except Exception as e:  # UnpicklingError (not plain data), EOF, zip errors: say which file
-        from dnnlab.utils.safe_load import load_error_reason
-
         raise RunError(
             f"{path}: not a loadable dnnlab checkpoint of plain data ({load_error_reason(e)})"
         ) from None

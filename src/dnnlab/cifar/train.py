@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from dnnlab.cifar import recipe as R
 from dnnlab.cifar.augment import AUGMENTERS, augment, to_input
-from dnnlab.cifar.data import load_cifar10, split_indices, stratified_subset
+from dnnlab.cifar.data import default_root, load_cifar10, split_indices, stratified_subset
 from dnnlab.cifar.models import VARIANTS, build_model, count_params
 from dnnlab.cifar.rundir import (
     RunError,
@@ -43,8 +44,10 @@ from dnnlab.utils.atomic import (
 )
 from dnnlab.utils.device import check_device, check_device_name
 from dnnlab.utils.distributed import init_distributed
+from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.plots import plot_train_curves
 from dnnlab.utils.precision import training_precision
+from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 from dnnlab.utils.weights import load_fitting
 
 __all__ = [
@@ -497,11 +500,22 @@ def train(
 
     Every input (settings, run directory, checkpoint, data, split) is checked before
     anything is written or replaced. With --overwrite the old run is moved to a hidden
-    sibling `.OUT.PID.old` and deleted once the new run's first epoch is saved."""
+    sibling `.OUT.PID.old` and deleted once the new run's first epoch is saved. The run
+    directory is never one holding the data, and one process at a time writes it (its
+    lock, held by rank 0)."""
     out = Path(out)
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
+    check_outputs_spare_inputs([cfg.data_root or default_root()], out, owned=True)
     rank, world = init_distributed(cfg.device)
+    with folder_lock(out) if rank == 0 else nullcontext():
+        return _train_locked(cfg, out, resume, overwrite, progress, rank, world)
+
+
+def _train_locked(
+    cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress: bool, rank, world
+) -> dict:
+    """train() once the run directory's lock is held."""
     dev = check_device(cfg.device)
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", torch.cuda.current_device())

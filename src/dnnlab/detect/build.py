@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +23,8 @@ from dnnlab.detect.proposals import proposal_recall, proposals_for
 from dnnlab.detect.voc import Problems, read_voc_dir
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
+from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 SPLITS = ("train", "val")
 INDEX_COLS = ["image", "x1", "y1", "x2", "y2", "label", "iou", "split", "gx1", "gy1", "gx2", "gy2"]
@@ -59,13 +62,26 @@ def build(
     progress=True,
     overwrite=False,
 ) -> dict:
-    """Write OUT/index.csv and OUT/build.json; returns build.json's content."""
+    """Write OUT/index.csv and OUT/build.json; returns build.json's content. OUT is never
+    the VOC folder, and one process at a time writes it (its lock)."""
+    out = Path(out)
+    check_outputs_spare_inputs([voc_dir], out)
+    with folder_lock(out):
+        return _build_locked(voc_dir, out, target, proposals, cfg, progress, overwrite)
+
+
+def _build_locked(voc_dir, out: Path, target, proposals, cfg, progress, overwrite) -> dict:
+    """build() once the lock of OUT is held."""
     proposals, cfg = proposals or ProposalConfig(), cfg or BuildConfig()
     t0 = time.perf_counter()
-    out = Path(out)
     check_build_target(out, overwrite)
     problems = Problems()
     items = read_voc_dir(voc_dir, problems, target)  # every input checked before any write
+    check_outputs_spare_inputs(
+        [p for i in items for p in (i.xml, i.image)],
+        out,
+        [out / f for f in ("index.csv", "build.json", *TRAINED_FILES)],
+    )
     if not any(len(i.boxes(target)) for i in items):
         raise InputError(
             f"{voc_dir}: no {target!r} box in any usable annotation; nothing to "
@@ -171,6 +187,9 @@ def _index_row(r: list[str], f: Path, line: int) -> dict:
         d["gt"] = [float(v) for v in g] if all(g) else None
         if d["label"] not in (0, 1) or d["split"] not in ("train", "val"):
             raise ValueError(f"label {d['label']}, split {d['split']!r}")
+        numbers = d["box"] + [d["iou"]] + (d["gt"] or [])
+        if not all(math.isfinite(v) for v in numbers):
+            raise ValueError(f"a coordinate or IoU that is not a finite number ({numbers})")
     except ValueError as e:
         raise InputError(
             f"{f} line {line}: malformed row ({e}); the file is truncated or "

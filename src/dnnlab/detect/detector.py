@@ -110,16 +110,13 @@ class Detector(nn.Module):
         path = Path(folder) / MODEL_FILE
         if not path.is_file():
             raise InputError(f"{path}: no trained detector; run `dnnlab detect train {folder}`")
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise InputError(
-                f"{path}: refused: it holds objects other than plain data (tensors, numbers, "
-                "strings), which could run code when loaded"
-            ) from None
-        except Exception as e:
-            from dnnlab.utils.safe_load import load_error_reason
+        from dnnlab.utils.safe_load import load_error_reason, load_plain
 
+        try:
+            ck = load_plain(path)
+        except pickle.UnpicklingError as e:
+            raise InputError(f"{path}: refused: {load_error_reason(e)}") from None
+        except Exception as e:
             raise InputError(
                 f"{path}: not a readable detector file ({load_error_reason(e)})"
             ) from None

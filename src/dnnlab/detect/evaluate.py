@@ -21,6 +21,7 @@ from dnnlab.detect.output import draw
 from dnnlab.detect.proposals import proposal_recall
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
+from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 MATCH_IOU = 0.5  # a detection is true when it covers an unmatched target box this well
 EVALS = "evals"
@@ -181,9 +182,20 @@ def write_record(model_dir, voc_dir, fp: dict, result: dict) -> Path:
     return path
 
 
+def check_draw_dir(draw_dir, voc_dir, model_dir) -> None:
+    """Refuse a --draw folder that is the evaluated folder, the model's, or one that would
+    replace any file of the evaluated folder (also through symlinks)."""
+    folder = Path(voc_dir)
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    drawn = [Path(draw_dir) / f"{p.stem}.jpg" for p in files]
+    check_outputs_spare_inputs([voc_dir, model_dir, *files], draw_dir, drawn, flag="--draw")
+
+
 def evaluate_once(voc_dir, model_dir, detector: Detector, draw_dir=None, progress=False) -> dict:
     """The evaluation of the detector in model_dir on voc_dir: the stored record when its
     fingerprint matches (never when drawing), else a fresh evaluation, then recorded."""
+    if draw_dir is not None:
+        check_draw_dir(draw_dir, voc_dir, model_dir)
     fp = fingerprint(voc_dir, model_dir, detector)
     res = None if draw_dir else stored_result(model_dir, voc_dir, fp)
     if res is not None:

@@ -45,10 +45,14 @@ def load_backbone(weights: str | None):
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(f"{path}: no such weights file")
+        from dnnlab.utils.safe_load import load_error_reason, load_plain
+
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise WeightsError(f"{path}: cannot read as a state dict ({e})") from None
+            state = load_plain(path)
+        except Exception as e:  # never torch's own message: it advises weights_only=False
+            raise WeightsError(
+                f"{path}: cannot read as a state dict ({load_error_reason(e)})"
+            ) from None
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         if not isinstance(state, dict):

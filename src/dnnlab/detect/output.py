@@ -13,6 +13,8 @@ from dnnlab.detect.detector import Detector
 from dnnlab.detect.voc import Problems, load_rgb
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_write_json
+from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
 def draw(img: np.ndarray, boxes, scores, path: Path, label: str, gt=None) -> None:
@@ -32,9 +34,21 @@ def draw(img: np.ndarray, boxes, scores, path: Path, label: str, gt=None) -> Non
     tmp.replace(path)
 
 
-def check_outputs(images: list[Path], out_dir: Path, overwrite: bool) -> None:
-    """Each photo writes STEM.json and STEM.jpg: refuse two inputs with one stem, and (unless
-    overwrite) outputs an earlier run left in out_dir, before any work is done."""
+def output_files(images: list[Path], out_dir: Path) -> list[Path]:
+    """What `detect run` writes: STEM.json and STEM.jpg in out_dir for each photo."""
+    return [out_dir / f"{p.stem}{ext}" for p in images for ext in (".json", ".jpg")]
+
+
+def check_outputs(
+    images: list[Path], out_dir: Path, overwrite: bool, model_dir: Path | None = None
+) -> None:
+    """Each photo writes STEM.json and STEM.jpg: refuse an out_dir that is a photo's own
+    folder or the model's (never, even with overwrite: they are inputs), two inputs with
+    one stem, and (unless overwrite) outputs an earlier run left in out_dir, before any
+    work is done."""
+    check_outputs_spare_inputs(
+        [*images, model_dir], out_dir, output_files(images, out_dir), flag="--out"
+    )
     seen: dict[str, Path] = {}
     for p in images:
         if p.stem in seen:
@@ -46,12 +60,7 @@ def check_outputs(images: list[Path], out_dir: Path, overwrite: bool) -> None:
         seen[p.stem] = p
     if overwrite:
         return
-    old = [
-        out_dir / f"{p.stem}{ext}"
-        for p in images
-        for ext in (".json", ".jpg")
-        if (out_dir / f"{p.stem}{ext}").exists()
-    ]
+    old = [f for f in output_files(images, out_dir) if f.exists()]
     if old:
         more = f" and {len(old) - 3} more" if len(old) > 3 else ""
         raise InputError(
@@ -61,7 +70,7 @@ def check_outputs(images: list[Path], out_dir: Path, overwrite: bool) -> None:
 
 
 def run_detector(
-    images, detector: Detector, out_dir, progress=True, overwrite: bool = False
+    images, detector: Detector, out_dir, progress=True, overwrite: bool = False, model_dir=None
 ) -> list[dict]:
     """Detect on each photo; one record per input: {"image", "detections", "seconds"}, or
     {"image", "error"} for a photo that could not be read (the others go on)."""
@@ -69,30 +78,34 @@ def run_detector(
 
     images = [Path(i) for i in images]
     out_dir = Path(out_dir)
-    check_outputs(images, out_dir, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for p in tqdm(images, desc="detect", unit="img", disable=not progress):
-        try:
-            img = load_rgb(p)
-        except Exception as e:
-            results.append({"image": str(p), "error": f"unreadable image: {e}"})
-            continue
-        r = detector.detect(img)
-        dets = [
-            {"box": [round(float(v), 1) for v in b], "score": round(float(s), 4)}
-            for b, s in zip(r.boxes, r.scores, strict=True)
-        ]
-        rec = {
-            "image": str(p),
-            "target": detector.config.target,
-            "detections": dets,
-            "seconds": round(r.seconds, 3),
-        }
-        atomic_write_json(out_dir / f"{p.stem}.json", rec)
-        draw(img, r.boxes, r.scores, out_dir / f"{p.stem}.jpg", detector.config.target)
-        results.append(rec)
-    return results
+    check_outputs(images, out_dir, overwrite, model_dir)
+    bar = dict(desc="detect", unit="img", disable=not progress)
+    with folder_lock(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return [detect_one(p, detector, out_dir) for p in tqdm(images, **bar)]
+
+
+def detect_one(p: Path, detector: Detector, out_dir: Path) -> dict:
+    """One photo's record, with its JSON and annotated image written to out_dir; a photo
+    that cannot be read gives {"image", "error"} and writes nothing."""
+    try:
+        img = load_rgb(p)
+    except Exception as e:
+        return {"image": str(p), "error": f"unreadable image: {e}"}
+    r = detector.detect(img)
+    dets = [
+        {"box": [round(float(v), 1) for v in b], "score": round(float(s), 4)}
+        for b, s in zip(r.boxes, r.scores, strict=True)
+    ]
+    rec = {
+        "image": str(p),
+        "target": detector.config.target,
+        "detections": dets,
+        "seconds": round(r.seconds, 3),
+    }
+    atomic_write_json(out_dir / f"{p.stem}.json", rec)
+    draw(img, r.boxes, r.scores, out_dir / f"{p.stem}.jpg", detector.config.target)
+    return rec
 
 
 def print_run(results: list[dict], out_dir) -> int:

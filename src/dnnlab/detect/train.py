@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from dnnlab.detect.boxreg import fit_cascade, fit_regressors
-from dnnlab.detect.build import group_by_image, read_build, read_index
+from dnnlab.detect.build import TRAINED_FILES, group_by_image, read_build, read_index
 from dnnlab.detect.config import (
     DetectorConfig,
     FeatureSpec,
@@ -34,7 +34,9 @@ from dnnlab.detect.features import load_backbone
 from dnnlab.detect.voc import load_rgb
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_write_json
+from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.plots import plot_train_curves
+from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
 def _feature_key(spec: FeatureSpec, weights: str | None) -> str:
@@ -62,8 +64,9 @@ def embed_index(model: Detector, rows, cache: Path | None, progress=True) -> tor
         if cache is not None:
             key = hashlib.sha256((image + boxes.tobytes().hex()).encode()).hexdigest()[:20]
             f = cache / f"{key}.pt"
-            if f.exists():
-                feats[idx] = torch.load(f, weights_only=True).float()
+            cached = read_cached_features(f)
+            if cached is not None:
+                feats[idx] = cached
                 continue
         out = model.embed(load_rgb(Path(image)), boxes).cpu()
         if f is not None:
@@ -73,6 +76,20 @@ def embed_index(model: Detector, rows, cache: Path | None, progress=True) -> tor
             atomic_torch_save(out, f)
         feats[idx] = out.float()
     return feats
+
+
+def read_cached_features(f: Path) -> torch.Tensor | None:
+    """A photo's cached box features as float, or None when absent or unreadable (a damaged
+    cache file is recomputed)."""
+    from dnnlab.utils.safe_load import load_plain
+
+    if not f.exists():
+        return None
+    try:
+        t = load_plain(f)
+    except Exception:
+        return None
+    return t.float() if isinstance(t, torch.Tensor) else None
 
 
 def balanced(labels: torch.Tensor, cfg: TrainConfig, gen) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,6 +240,15 @@ def train_detector(
     features, head = features or FeatureSpec(), head or HeadConfig()
     regressors, cfg = regressors or RegressorConfig(), cfg or TrainConfig()
     out = Path(out)
+    check_outputs_spare_inputs(
+        [cfg.backbone_weights], files=[out / f for f in TRAINED_FILES], flag="DIR"
+    )
+    with folder_lock(out, "DIR"):
+        return _train_locked(out, features, head, regressors, cfg, progress, overwrite)
+
+
+def _train_locked(out: Path, features, head, regressors, cfg, progress, overwrite) -> dict:
+    """train_detector() once the lock of its folder is held."""
     t0 = time.perf_counter()
     info, rows, labels, tr, va = read_training_set(out, overwrite)
     config = DetectorConfig(

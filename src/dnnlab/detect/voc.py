@@ -6,6 +6,7 @@ the file named) and the rest carries on.
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -106,13 +107,17 @@ def _find_image(xml_path: Path, filename: str | None) -> Path | None:
 
 
 def _num(node, tag, where):
+    """A box coordinate: a finite number, else ValueError (NaN and inf are no pixel)."""
     text = node.findtext(tag)
     if text is None:
         raise ValueError(f"<{tag}> missing")
     try:
-        return float(text)
+        v = float(text)
     except ValueError:
         raise ValueError(f"<{tag}> is {text!r}, not a number") from None
+    if not math.isfinite(v):
+        raise ValueError(f"<{tag}> is {text.strip()!r}, not a finite number")
+    return v
 
 
 def parse_voc(xml_path: Path, problems: Problems) -> VocImage | None:
@@ -146,7 +151,7 @@ def parse_voc(xml_path: Path, problems: Problems) -> VocImage | None:
             x1, y1 = _num(bb, "xmin", where), _num(bb, "ymin", where)
             x2, y2 = _num(bb, "xmax", where), _num(bb, "ymax", where)
         except ValueError as e:
-            problems.add("bad box", f"{where} object {k}", str(e))
+            problems.add("bad box (dropped)", f"{where} object {k}", str(e))
             dropped.append(name)
             continue
         cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)

@@ -29,6 +29,7 @@ from torch import nn
 from dnnlab.errors import InputError
 from dnnlab.settings import setting, validate
 from dnnlab.utils.images import IMAGE_EXT
+from dnnlab.utils.safe_load import load_plain
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -140,7 +141,7 @@ def load_state(path: str, key: str | None) -> dict:
     if not p.is_file():
         raise InputError(f"--weights {path}: no such file")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = load_plain(p)
     except Exception as e:  # pickle, zip and torch errors: the file is not plain weights
         from dnnlab.utils.safe_load import load_error_reason
 

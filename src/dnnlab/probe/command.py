@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dnnlab.errors import InputError
+from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
 def any_network(args) -> bool:
@@ -63,19 +65,37 @@ def list_layers(run, acfg) -> list:
     return list_run(run)
 
 
+def output_folder(args, acfg) -> tuple[Path, str]:
+    """(the folder the probe writes, the flag that names it): --out of any network, else
+    the run directory itself."""
+    return (Path(acfg.out), "--out") if acfg is not None else (Path(args.run), "RUN")
+
+
+def check_outputs(args, acfg) -> None:
+    """Refuse an output folder that would write over an input: --data, --weights, or the
+    probe that --compare reads (the run directory is the probe's own folder by design)."""
+    out, flag = output_folder(args, acfg)
+    inputs = [args.compare] + ([acfg.data, acfg.weights] if acfg is not None else [])
+    check_outputs_spare_inputs(inputs, out, flag=flag)
+
+
 def probe(args, cfg, acfg, progress: bool):
-    """(ProbeResult, output folder) of probing acfg's network, or else the run in args.run."""
-    if acfg is not None:
-        from dnnlab.probe.anynet import probe_any
+    """(ProbeResult, output folder) of probing acfg's network, or else the run in args.run;
+    its output folder checked against the inputs and locked while the probe writes it."""
+    check_outputs(args, acfg)
+    out, flag = output_folder(args, acfg)
+    with folder_lock(out, flag):
+        if acfg is not None:
+            from dnnlab.probe.anynet import probe_any
 
-        res, out, _ = probe_any(acfg, cfg, args.overwrite, progress)
+            res, out, _ = probe_any(acfg, cfg, args.overwrite, progress)
+            return res, out
+        from dnnlab.probe.run import probe_run
+
+        res = probe_run(
+            args.run, cfg, args.data_root, args.max_per_split, args.overwrite, progress=progress
+        )
         return res, out
-    from dnnlab.probe.run import probe_run
-
-    res = probe_run(
-        args.run, cfg, args.data_root, args.max_per_split, args.overwrite, progress=progress
-    )
-    return res, Path(args.run)
 
 
 def follow_ups(args, cfg, out: Path) -> Iterator[str]:

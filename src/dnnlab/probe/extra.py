@@ -24,6 +24,7 @@ from dnnlab.separability.cka import CkaMatrix
 from dnnlab.separability.linear import DEFAULT_ALPHA, LinearProbe
 from dnnlab.separability.measures import separability_fitting
 from dnnlab.utils.atomic import atomic_savefig, atomic_torch_save
+from dnnlab.utils.safe_load import load_error_reason, load_plain
 
 FIT_SPLIT = "train20"
 
@@ -211,7 +212,13 @@ class ProbeExtras:
                 f"measure linear: layer {layer!r} has no probe fitted on {FIT_SPLIT} in this "
                 "run" + (f" ({path} is missing)" if path else "") + "; rerun with --overwrite"
             )
-        d = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            d = load_plain(path)
+        except Exception as e:
+            raise InputError(
+                f"{path}: not a readable probe file ({load_error_reason(e)}); rerun with "
+                "--overwrite"
+            ) from None
         if d.get("settings") != self._settings() or d.get("layer") != layer:
             raise InputError(
                 f"{path}: fitted with {d.get('settings')}, not {self._settings()}; rerun with "

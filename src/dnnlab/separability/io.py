@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from dnnlab.errors import InputError
+from dnnlab.utils.safe_load import load_error_reason, load_plain
 
 __all__ = ["InputError", "load_array", "split_spec"]
 
@@ -127,6 +128,8 @@ def load_array(spec: str, *, numeric: bool = True):
     path, name = split_spec(str(spec))
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: cannot read it: the file is empty (0 bytes)")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -137,7 +140,7 @@ def load_array(spec: str, *, numeric: bool = True):
             with np.load(path, allow_pickle=False) as z:
                 return np.asarray(_pick({k: z[k] for k in z.files}, name, path))
         if suffix in (".pt", ".pth"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = load_plain(path)
             if isinstance(obj, dict):
                 obj = _pick(obj, name, path)
             if not isinstance(obj, (torch.Tensor, np.ndarray, list)):
@@ -148,5 +151,6 @@ def load_array(spec: str, *, numeric: bool = True):
     except InputError:
         raise
     except Exception as e:  # a truncated or foreign file: say which file and why
-        raise InputError(f"{path}: cannot read as {suffix or 'an array file'}: {e}") from None
+        why = load_error_reason(e)
+        raise InputError(f"{path}: cannot read as {suffix or 'an array file'} ({why})") from None
     raise InputError(f"{path}: unsupported file type {suffix!r}; use .npy, .npz, .pt or .csv")

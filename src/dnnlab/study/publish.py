@@ -46,12 +46,29 @@ def git_commit(where: Path, fallback: bool = True) -> str | None:
     return (os.environ.get("DNNLAB_COMMIT") if fallback else None) or None
 
 
+def check_publish_dest(out, dest, inputs=()) -> None:
+    """Refuse a --publish folder that is, or would replace (it is swapped in whole), the
+    study folder or another input (the --detector, --published folders)."""
+    from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
+
+    check_outputs_spare_inputs([out, *inputs], dest, owned=True, flag="--publish")
+
+
 def publish(out, dest, cfg, commit: str | None = None) -> list[str]:
-    """Copy the study in `out` to `dest`; returns the variants published."""
+    """Copy the study in `out` to `dest`; returns the variants published. `dest` is never
+    the study or inside it, and one process at a time writes it."""
+    from dnnlab.utils.lock import folder_lock
+
+    check_publish_dest(out, dest)
+    with folder_lock(dest, "--publish"):
+        return _publish_locked(Path(out), Path(dest), cfg, commit)
+
+
+def _publish_locked(out: Path, dest: Path, cfg, commit: str | None) -> list[str]:
+    """publish() once the destination's lock is held."""
     from dnnlab.study.report import run_mismatch
     from dnnlab.utils.atomic import atomic_write_json
 
-    out, dest = Path(out), Path(dest)
     study = json.loads((out / "study.json").read_text())
     variants = [
         m

@@ -29,6 +29,8 @@ from dnnlab.cifar.recipe import RECIPE_HELP, RECIPES, SETTINGS, recipe_name
 from dnnlab.errors import ConfigError, DnnlabError, InputError
 from dnnlab.settings import setting, validate
 from dnnlab.utils.atomic import atomic_write_json
+from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
 class StudyError(DnnlabError, RuntimeError):
@@ -241,12 +243,19 @@ def check_detector(detector) -> Path | None:
 
 
 def _variant(cfg: StudyConfig, name: str, out: Path, overwrite: bool, progress: bool, log):
-    """Train (or resume, or skip) and probe one variant in this process."""
+    """Train (or resume, or skip) and probe one variant in this process, holding the lock
+    of its run directory (a worker process locks its own run, never the study)."""
+    run = out / "runs" / name
+    with folder_lock(run, "variant"):
+        _variant_locked(cfg, name, run, overwrite, progress, log)
+
+
+def _variant_locked(cfg: StudyConfig, name: str, run: Path, overwrite, progress, log):
+    """_variant once its run directory's lock is held."""
     from dnnlab.cifar.train import train
     from dnnlab.probe.probe import ProbeConfig
     from dnnlab.probe.run import probe_run
 
-    run = out / "runs" / name
     t0 = time.perf_counter()
     if (run / "summary.json").exists() and not overwrite:
         log(f"[{name}] trained already: {run / 'summary.json'}")
@@ -371,11 +380,25 @@ def run_study(
     """Train, probe and report every variant of cfg.models under `out`.
 
     Every input (settings, data, detector folder, published folder, earlier records in
-    `out`) is checked before any training starts."""
+    `out`) is checked before any training starts; `out` is never one of them, and one
+    process at a time writes it (its lock, held here; workers lock their own runs)."""
+    from dnnlab.cifar.data import default_root
+
+    out = Path(out)
+    check_outputs_spare_inputs(
+        [detector, published, cfg.data_root or default_root()], out, owned=True
+    )
+    with folder_lock(out):
+        return _run_study_locked(cfg, out, overwrite, progress, log, detector, published, plan)
+
+
+def _run_study_locked(
+    cfg: StudyConfig, out: Path, overwrite, progress, log, detector, published, plan
+) -> dict:
+    """run_study once the study folder's lock is held."""
     from dnnlab.cifar.data import load_cifar10
     from dnnlab.study.report import detector_section, read_published, write_report
 
-    out = Path(out)
     det = check_detector(detector)
     pub = read_published(published) if published is not None else None
     data = load_cifar10(cfg.data_root)

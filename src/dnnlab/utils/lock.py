@@ -1,0 +1,127 @@
+"""One writer per folder: a command that writes a folder holds its lock while it runs.
+
+The lock is an flock on `.NAME.lock` beside the folder NAME (beside, so that it survives
+the folder being moved aside or replaced by --overwrite). The kernel releases an flock when
+its process ends, however it ends, so a killed command never leaves a folder locked: the
+same command re-run takes the lock at once (and resumes). A second process asking for a
+held lock is refused at once with `FolderBusy`, naming the folder and the holder's pid.
+
+The lock file exists only while a lock is held: it is removed on release (a file a killed
+process left behind holds no lock and is reused). Within one process the lock is
+re-entrant, so a command that calls another on the same folder does not lock itself out.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dnnlab.errors import DnnlabError
+
+_HELD: dict[Path, int] = {}  # the folders this process holds, with the nesting depth
+
+
+class FolderBusy(DnnlabError):
+    """Another process is writing the folder."""
+
+
+def lock_path(folder) -> Path:
+    """`.NAME.lock` beside the folder NAME, symlinks resolved (one lock per real folder)."""
+    f = Path(folder).expanduser().resolve()
+    return f.parent / f".{f.name}.lock"
+
+
+@contextmanager
+def folder_lock(folder, flag: str = "--out") -> Iterator[None]:
+    """Hold the folder's writer lock for the duration of the block; raise FolderBusy at
+    once when another process holds it. `flag` names the folder in the message."""
+    key = Path(folder).expanduser().resolve()
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    path = lock_path(folder)
+    made = make_parents(path.parent)
+    try:
+        fd = acquire(path, folder, flag)
+    except BaseException:
+        remove_empty(made)
+        raise
+    _HELD[key] = 1
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        release(fd, path)
+        remove_empty(made)
+
+
+def acquire(path: Path, folder, flag: str) -> int:
+    """The open, locked lock file at `path` (its content: this process's pid)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = read_pid(fd)
+            os.close(fd)
+            who = f" (pid {holder})" if holder else ""
+            raise FolderBusy(
+                f"{flag} {folder}: another dnnlab process{who} is writing this folder; "
+                "wait for it to finish, or choose another folder"
+            ) from None
+        if same_file(fd, path):
+            break
+        os.close(fd)  # removed by its last holder between our open and flock: try again
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def release(fd: int, path: Path) -> None:
+    """Remove the lock file while still holding it, then let go."""
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Whether the open file is still the one at `path`."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def read_pid(fd: int) -> int | None:
+    """The pid recorded in a lock file, or None."""
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def make_parents(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; returns those created, deepest last."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return list(reversed(missing))
+
+
+def remove_empty(made: list[Path]) -> None:
+    """Remove the folders make_parents created, deepest first, while they are empty."""
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            return

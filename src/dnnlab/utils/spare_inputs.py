@@ -1,0 +1,70 @@
+"""No command writes over one of its inputs, with or without --overwrite.
+
+Every command that writes files calls `check_outputs_spare_inputs` before it writes or
+removes anything, with the folder it writes into, the exact files it will write there (where
+it knows them) and the paths it reads. Paths are compared with symlinks resolved, so a
+folder or file reached through a link is the same as the one it points to. Refused:
+
+- an output folder that is an input folder, or an input file itself;
+- an output folder that holds an input file (its outputs would land beside or over it);
+- an output file that is an input;
+- with `owned` (the command may clear or replace the whole folder: --overwrite), an input
+  anywhere inside the output folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from dnnlab.errors import InputError
+
+PathLike = str | os.PathLike
+
+
+def real(path: PathLike) -> Path:
+    """The path with ~ expanded and every symlink resolved (it need not exist)."""
+    return Path(path).expanduser().resolve()
+
+
+def output_clash(
+    inputs: Iterable[PathLike],
+    out_dir: PathLike | None = None,
+    files: Iterable[PathLike] = (),
+    owned: bool = False,
+) -> str | None:
+    """Why writing out_dir or files would write over one of the inputs, or None."""
+    out = real(out_dir) if out_dir is not None else None
+    written = [(f, real(f)) for f in files]
+    for given in inputs:
+        i = real(given)
+        if out is not None and out == i:
+            return f"{out_dir} is the input {given}"
+        if out is not None and not i.is_dir() and i.parent == out:
+            return f"{out_dir} is the folder of the input {given}, which its outputs could replace"
+        if out is not None and owned and out in i.parents:
+            return f"{out_dir} holds the input {given}, and may be replaced as a whole"
+        for f, r in written:
+            if r == i:
+                return f"{f} would replace the input {given}"
+    return None
+
+
+def check_outputs_spare_inputs(
+    inputs: Iterable[PathLike],
+    out_dir: PathLike | None = None,
+    files: Iterable[PathLike] = (),
+    owned: bool = False,
+    flag: str = "--out",
+) -> None:
+    """Raise InputError, naming the output (given by `flag`) and the input, when writing
+    `out_dir` or `files` would write over one of `inputs` (see the module's rules); inputs
+    that are None or empty (a flag not given) are skipped."""
+    why = output_clash([i for i in inputs if i], out_dir, files, owned)
+    if why is None:
+        return
+    raise InputError(
+        f"{flag}: {why}; dnnlab never writes over its inputs, with or without --overwrite: "
+        f"choose another {flag}"
+    )
