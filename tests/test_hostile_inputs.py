@@ -417,3 +417,20 @@ def test_probe_study_and_detect_build_refuse_a_held_folder(tree, tmp_path, capsy
     (run / "config.json").parent.mkdir()
     busy(["probe", run], capsys, run, q.pid)
     assert not out.exists()
+
+
+# -- class 9: files read wrong in silence ---------------------------------------------------
+@pytest.mark.parametrize("header", [False, True])
+def test_csv_with_a_byte_order_mark_reads_like_one_without(tmp_path, header):
+    from dnnlab.separability.io import load_array
+
+    rows = ["1.5,2", "3,4", "5,6.25"]
+    text = "\n".join((["a,b"] if header else []) + rows) + "\n"
+    plain, marked = tmp_path / "plain.csv", tmp_path / "marked.csv"
+    plain.write_text(text, encoding="utf-8")
+    marked.write_text(text, encoding="utf-8-sig")  # Excel's "CSV UTF-8"
+    a, b = load_array(str(plain)), load_array(str(marked))
+    assert np.asarray(b).shape == (3, 2) and np.array_equal(np.asarray(a), np.asarray(b))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("cat\ndog\ncat\n", encoding="utf-8-sig")
+    assert list(np.asarray(load_array(str(labels), numeric=False))) == ["cat", "dog", "cat"]

@@ -40,7 +40,8 @@ def _pick(named: dict, name: str | None, path: Path):
 
 
 def _read_csv(path: Path, column: str | None, numeric: bool) -> np.ndarray:
-    with open(path, newline="") as fh:
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first cell.
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
     if not rows:
         raise InputError(f"{path}: the file is empty")
