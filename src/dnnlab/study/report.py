@@ -117,10 +117,18 @@ PANEL_MEASURES = (("si", "SI"), ("linear", "linear-probe accuracy"), ("nc1", "NC
 
 
 def overlay_plot(
-    out: Path, title: str, models, path: Path, split="val", measures=PANEL_MEASURES
+    out: Path,
+    title: str,
+    models,
+    path: Path,
+    split="val",
+    measures=PANEL_MEASURES,
+    first_layers: bool = False,
 ) -> bool:
     """One panel per measure of `measures` ((key, label) pairs; default SI, linear-probe
-    accuracy, NC1) that the probe measured, with every variant's curve per layer."""
+    accuracy, NC1) that the probe measured, with every variant's curve per layer. The x axis
+    is the layers all variants share, or with `first_layers` the first variant's layers,
+    each other variant drawn on those it has."""
     from dnnlab.utils.plots import pyplot
 
     plt = pyplot()
@@ -141,16 +149,21 @@ def overlay_plot(
     if not panels:
         return False
     common = [r["layer"] for r in next(iter(series.values()))]
-    for pts in series.values():
-        names = {r["layer"] for r in pts}
-        common = [c for c in common if c in names]
+    if not first_layers:  # else: the first variant's layers, each variant where it has them
+        for pts in series.values():
+            names = {r["layer"] for r in pts}
+            common = [c for c in common if c in names]
     use_names = len(common) >= 5
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False)
+    # Past the default cycle's ten colours two variants would share one: use tab20's.
+    colours = plt.get_cmap("tab20").colors if len(series) > 10 else None
     for ax, (key, label) in zip(axes[0], panels, strict=True):
+        if colours is not None:
+            ax.set_prop_cycle(color=colours[: len(series)])
         for m, pts in series.items():
             keep = [r for r in pts if r["layer"] in common] if use_names else pts
             xs = (
-                range(len(keep))
+                [common.index(r["layer"]) for r in keep]
                 if use_names
                 else [i / max(1, len(keep) - 1) for i in range(len(keep))]
             )
@@ -159,7 +172,11 @@ def overlay_plot(
         if use_names:
             ax.set_xticks(range(len(common)))
             ax.set_xticklabels(common, rotation=45, ha="right")
-            ax.set_xlabel("layer (shared by all variants, execution order)")
+            ax.set_xlabel(
+                f"layer of {next(iter(series))} (execution order)"
+                if first_layers
+                else "layer (shared by all variants, execution order)"
+            )
         else:
             ax.set_xlabel("relative depth (layer index / last index)")
         if key == "nc1":
@@ -356,7 +373,7 @@ def _course_section(out: Path, cfg) -> tuple[list[str], list[str]]:
     ]
     plot = out / "figures" / "all_variants_si_csi.png"
     measures = (("si", "SI"), ("csi", "CSI"))
-    if overlay_plot(out, "All variants", cfg.models, plot, "test", measures):
+    if overlay_plot(out, "All variants", cfg.models, plot, "test", measures, first_layers=True):
         md += ["![All variants: SI and CSI per layer](figures/all_variants_si_csi.png)", ""]
         body.append(_img(plot, "All variants: SI and CSI per layer"))
     return md, body
