@@ -128,3 +128,31 @@ def test_no_bf16_trains_in_fp32(tree, tmp_path):
     c = json.loads((run / "config.json").read_text())
     assert s["precision"] == c["precision"] == "fp32" and c["bf16"] is False
     assert c["precision_reason"] == "bf16 turned off (--no-bf16)"
+
+
+def test_a_diverging_run_keeps_its_loss_curve_and_stops_early(tree, tmp_path):
+    run = tmp_path / "r"
+    cfg = T.TrainConfig(
+        model="base",
+        epochs=2,
+        batch_size=10,
+        lr=10.0,
+        momentum=0.99,
+        n_val=20,
+        data_root=str(tree),
+        schedule="linear",
+    )
+    with pytest.raises(T.RunError, match=r"epoch 1: the training loss is nan .*divergence\.png"):
+        T.train(cfg, run, progress=False)
+    d = json.loads((run / "divergence.json").read_text())
+    steps = d["steps"]
+    bad = d["first_non_finite_step"]
+    assert d["epoch"] == 1 and bad is not None and steps[bad]["loss"] in ("nan", "inf", "-inf")
+    assert all(isinstance(s["loss"], float) for s in steps[:bad])  # finite until then
+    # Stopped within one augmented chunk of the first bad step, not at the epoch's end.
+    assert len(steps) <= (bad // T.AUG_CHUNK + 1) * T.AUG_CHUNK
+    assert [s["lr"] for s in steps[:2]] == pytest.approx(
+        [10.0 * R.linear_lr_factor(i + 1, 2 * 12, 0) for i in range(2)]
+    )
+    assert (run / "divergence.png").stat().st_size > 0
+    assert not (run / "summary.json").exists() and not (run / "best.pt").exists()

@@ -252,11 +252,26 @@ AUG_CHUNK = 16  # batches augmented together: fewer, larger kernel launches
 
 
 def train_one_epoch(
-    model, opt, x_u8, y, cfg, gen, dev, rank=0, world=1, bar=None, precision="fp32", sched=None
+    model,
+    opt,
+    x_u8,
+    y,
+    cfg,
+    gen,
+    dev,
+    rank=0,
+    world=1,
+    bar=None,
+    precision="fp32",
+    sched=None,
+    trace=None,
 ):
     """One pass over the training tensors in a seeded random order; returns (loss, acc).
 
-    `sched`, when given, steps after every batch (the linear schedule)."""
+    `sched`, when given, steps after every batch (the linear schedule). `trace`, a dict of
+    lists, receives each step's "loss" and "lr" (read once per augmented chunk, so a GPU
+    syncs once per AUG_CHUNK steps); the epoch then stops after the first chunk whose loss
+    is not finite, and returns a non-finite loss."""
     model.train()
     n = x_u8.shape[0]
     perm = torch.randperm(n, generator=gen).to(dev)
@@ -267,11 +282,14 @@ def train_one_epoch(
     span = bs * AUG_CHUNK
     augmenter = AUGMENTERS[cfg.augmentation]
     for c0 in range(0, n, span):
+        if trace is not None and not all(map(math.isfinite, trace["loss"][-AUG_CHUNK:])):
+            return math.nan, int(correct) / max(1, seen)  # diverged: the rest is wasted
         # Each process takes its share of every batch; the effective batch stays bs.
         chunk_idx = perm[c0 : c0 + span]
         # channels_last suits oneDNN on the CPU as well as cuDNN: about 15% faster here.
         xa = augmenter(x_u8[chunk_idx], gen).contiguous(memory_format=torch.channels_last)
         ya = y[chunk_idx]
+        step_losses = []
         for s in range(0, chunk_idx.numel(), bs):
             xb, yb = xa[s : s + bs][rank::world], ya[s : s + bs][rank::world]
             with autocast(dev, precision):
@@ -282,11 +300,18 @@ def train_one_epoch(
             opt.step()
             if sched is not None:
                 sched.step()
+            if trace is not None:
+                step_losses.append(loss.detach())
+                trace["lr"].append(opt.param_groups[0]["lr"])
             total_loss += loss.detach() * yb.numel()
             correct += (out.argmax(1) == yb).sum()
             seen += yb.numel()
             if bar is not None:
                 bar.update(yb.numel() * world)
+        if trace is not None:
+            trace["loss"].extend(torch.stack(step_losses).tolist())
+    if trace is not None and not all(map(math.isfinite, trace["loss"][-AUG_CHUNK:])):
+        return math.nan, int(correct) / seen
     return float(total_loss) / seen, int(correct) / seen
 
 
@@ -544,7 +569,7 @@ def _train_locked(
     st = _start_training(cfg, out, dev, plan.resume_from, split["train"][1].numel())
     net = _wrap_model(st.model, cfg, dev, world)
     for epoch in range(st.start, cfg.epochs):
-        row = _train_epoch(st, net, cfg, split, dev, epoch, rank, world, progress)
+        row = _train_epoch(st, net, cfg, split, dev, epoch, rank, world, progress, out)
         rows.append(row)
         keep = _track_best(st, cfg, row)
         if rank == 0:
@@ -653,7 +678,35 @@ def _wrap_model(model, cfg: TrainConfig, dev, world: int):
     return net
 
 
-def _train_epoch(st: _Training, net, cfg: TrainConfig, split, dev, epoch, rank, world, progress):
+DIVERGENCE = "divergence.json"
+
+
+def write_divergence(out: Path, cfg: TrainConfig, epoch: int, trace: dict) -> Path:
+    """divergence.json (each step's loss and learning rate in the epoch that diverged, the
+    first non-finite step named) and divergence.png; returns the figure's path."""
+    from dnnlab.utils.plots import plot_divergence
+
+    losses = trace["loss"]
+    bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+    record = {
+        "model": cfg.model,
+        "recipe": cfg.recipe,
+        "epoch": epoch + 1,
+        "first_non_finite_step": bad,
+        "steps": [
+            {"step": i, "loss": v if math.isfinite(v) else str(v), "lr": lr}
+            for i, (v, lr) in enumerate(zip(losses, trace["lr"], strict=False))
+        ],
+    }
+    atomic_write_json(out / DIVERGENCE, record)
+    path = out / "divergence.png"
+    plot_divergence(losses, trace["lr"], bad, path, f"{cfg.model}, epoch {epoch + 1}")
+    return path
+
+
+def _train_epoch(
+    st: _Training, net, cfg: TrainConfig, split, dev, epoch, rank, world, progress, out
+):
     """Train one epoch, step the schedule and validate; returns its metrics row."""
     from tqdm.auto import tqdm
 
@@ -668,6 +721,9 @@ def _train_epoch(st: _Training, net, cfg: TrainConfig, split, dev, epoch, rank, 
         disable=not progress or rank != 0,
     )
     per_step = cfg.schedule == "linear"
+    # One process: each step's loss is traced and a divergence stops the epoch. Several:
+    # not traced (a rank stopping alone would leave the others waiting at an all-reduce).
+    trace = {"loss": [], "lr": []} if world == 1 else None
     tr_loss, tr_acc = train_one_epoch(
         net,
         st.opt,
@@ -681,14 +737,19 @@ def _train_epoch(st: _Training, net, cfg: TrainConfig, split, dev, epoch, rank, 
         bar,
         st.precision,
         st.sched if per_step else None,
+        trace,
     )
     bar.close()
     if not math.isfinite(tr_loss):
-        # A diverged run has nothing worth keeping: stop before this epoch is saved.
+        # A diverged run has nothing worth keeping: stop before this epoch is saved, but
+        # keep its loss curve (divergence.json/.png), the evidence of what happened.
+        where = ""
+        if trace is not None:
+            where = "; its loss curve: " + str(write_divergence(out, cfg, epoch, trace))
         raise RunError(
             f"epoch {epoch + 1}: the training loss is {tr_loss} (the run diverged); the "
-            f"checkpoints stop at epoch {epoch}. Lower --lr ({cfg.lr}) or --weight-decay "
-            f"({cfg.weight_decay}) and start again with --overwrite"
+            f"checkpoints stop at epoch {epoch}{where}. Lower --lr ({cfg.lr}) or "
+            f"--weight-decay ({cfg.weight_decay}) and start again with --overwrite"
         )
     if not per_step:
         st.sched.step()

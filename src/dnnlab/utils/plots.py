@@ -34,3 +34,28 @@ def plot_train_curves(rows: list[dict], path: Path, title: str, dpi: int = 100) 
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=dpi)
     plt.close(fig)
+
+
+def plot_divergence(losses: list[float], lrs: list[float], bad, path: Path, title: str) -> None:
+    """The training loss of each step (log scale) up to a divergence, with the learning rate
+    on a second axis and the first non-finite step marked."""
+    from dnnlab.utils.atomic import atomic_savefig
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    finite = [(i, v) for i, v in enumerate(losses) if v == v and abs(v) != float("inf")]
+    ax.plot([i for i, _ in finite], [v for _, v in finite], label="training loss")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step in the epoch")
+    ax.set_ylabel("training loss (log)")
+    if bad is not None:
+        ax.axvline(bad, color="red", linestyle="--", label=f"loss not finite (step {bad})")
+    lr_ax = ax.twinx()
+    lr_ax.plot(range(len(lrs)), lrs, color="gray", alpha=0.6, label="learning rate")
+    lr_ax.set_ylabel("learning rate")
+    ax.set_title(f"{title}: the run diverged")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=90)
+    plt.close(fig)
