@@ -102,3 +102,38 @@ def test_budget_study_report_has_the_course_comparison_and_all_variant_figure(tm
     assert label in md and "commit abc123" in md
     if rho is not None:
         assert f"numbers: {rho:.3f} over 3 variants" in md
+
+
+def test_a_diverged_variant_is_reported_with_its_curve_and_published(tmp_path):
+    import math
+
+    from dnnlab.cifar.train import TrainConfig, write_divergence
+
+    tree = make_image_tree(tmp_path / "tree", n_train=14, n_test=5)
+    cfg = study_config(["base", "bn", "noskip"], recipe="budget", data_root=str(tree))
+    cfg = replace(cfg, train_subset=60, epochs=1, n_val=20, test_subset=30, max_per_split=40)
+    out = tmp_path / "s"
+    run_study(cfg, out, log=lambda *_: None, plan=False)
+    run = out / "runs" / "paths2-shared"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    trace = {"loss": [2.3, 9.5, math.nan], "lr": [0.01, 0.05, 0.1]}
+    write_divergence(run, TrainConfig(model="paths2-shared", recipe="budget"), 0, trace)
+    cfg = replace(cfg, models=("base", "bn", "noskip", "paths2-shared"))
+    write_report(out, cfg)
+    md = (out / "report.md").read_text()
+    assert "## Variants that did not train under this recipe" in md
+    assert "paths2-shared: the loss became non-finite at step 2 of epoch 1" in md
+    assert "(learning rate 0.1), after 9.5 the step before" in md
+    assert "Not ranked, as they diverged under this recipe: paths2-shared." in md
+    assert "![paths2-shared: loss until it diverged](runs/paths2-shared/divergence.png)" in md
+    results = tmp_path / "results"
+    publish(out, results / "budget-cpu", cfg, commit="abc123")
+    rec = json.loads((results / "budget-cpu" / "study.json").read_text())
+    assert rec["diverged_variants"] == ["paths2-shared"]
+    got = sorted(p.name for p in (results / "budget-cpu" / "runs" / "paths2-shared").iterdir())
+    assert got == ["config.json", "divergence.json", "divergence.png"]
+    write_report(out, replace(cfg, quick=True), published=read_published(results))
+    assert (
+        "diverged under this recipe (no result): paths2-shared" in (out / "report.md").read_text()
+    )

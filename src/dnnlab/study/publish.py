@@ -66,7 +66,7 @@ def publish(out, dest, cfg, commit: str | None = None) -> list[str]:
 
 def _publish_locked(out: Path, dest: Path, cfg, commit: str | None) -> list[str]:
     """publish() once the destination's lock is held."""
-    from dnnlab.study.report import run_mismatch
+    from dnnlab.study.report import diverged_runs, run_mismatch
     from dnnlab.utils.atomic import atomic_write_json
 
     study = json.loads((out / "study.json").read_text())
@@ -77,12 +77,19 @@ def _publish_locked(out: Path, dest: Path, cfg, commit: str | None) -> list[str]
         and (out / "runs" / m / "probe.csv").exists()
         and run_mismatch(out / "runs" / m, cfg) is None
     ]
+    diverged = sorted(diverged_runs(out, cfg.models))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         commit = commit or git_commit(Path.cwd())
         atomic_write_json(
-            tmp / "study.json", {**study, "commit": commit, "published_variants": variants}
+            tmp / "study.json",
+            {
+                **study,
+                "commit": commit,
+                "published_variants": variants,
+                "diverged_variants": diverged,
+            },
         )
         for f in ("report.md", "report.html"):
             shutil.copy2(out / f, tmp / f)
@@ -99,6 +106,11 @@ def _publish_locked(out: Path, dest: Path, cfg, commit: str | None) -> list[str]
                     shutil.copy2(out / "runs" / m / f, tmp / "runs" / m / f)
             for png in (out / "runs" / m).glob("*.png"):
                 shutil.copy2(png, tmp / "runs" / m / png.name)
+        for m in diverged:  # what they have: settings and the loss curve until it diverged
+            (tmp / "runs" / m).mkdir(parents=True)
+            for f in ("config.json", "divergence.json", "divergence.png"):
+                if (out / "runs" / m / f).exists():
+                    shutil.copy2(out / "runs" / m / f, tmp / "runs" / m / f)
         old = None
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")

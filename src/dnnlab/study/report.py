@@ -257,6 +257,7 @@ def write_report(
     sections += [
         _header(out, cfg),
         _course_section(out, cfg),
+        _diverged_section(out, cfg),
         _comparisons(out, cfg),
         _cka_section(out, cfg),
         _variant_figures(out, cfg),
@@ -341,6 +342,9 @@ def _course_section(out: Path, cfg) -> tuple[list[str], list[str]]:
         if rho is not None
         else "Spearman's rho: undefined"
     ) + " (1: the same order; the course's numbers are quoted, not measured here)."
+    unranked = [m for m in diverged_runs(out, cfg.models) if m in COURSE_TEST_ACC]
+    if unranked:
+        rho_text += f" Not ranked, as they diverged under this recipe: {', '.join(unranked)}."
     found = conclusions(acc)
     c_head = ["Course's conclusion", "pair", "this study (points)", "course (points)", "agrees"]
     c_rows = [
@@ -376,6 +380,50 @@ def _course_section(out: Path, cfg) -> tuple[list[str], list[str]]:
     if overlay_plot(out, "All variants", cfg.models, plot, "test", measures, first_layers=True):
         md += ["![All variants: SI and CSI per layer](figures/all_variants_si_csi.png)", ""]
         body.append(_img(plot, "All variants: SI and CSI per layer"))
+    return md, body
+
+
+def diverged_runs(out: Path, models) -> dict[str, dict]:
+    """{variant: its divergence.json} for the runs that diverged and never finished."""
+    got = {}
+    for m in models:
+        run = out / "runs" / m
+        if (run / "divergence.json").exists() and not (run / "summary.json").exists():
+            got[m] = _read_json(run / "divergence.json") or {}
+    return got
+
+
+def _diverged_section(out: Path, cfg) -> tuple[list[str], list[str]]:
+    """The variants that could not train under the study's recipe, each with its loss curve:
+    reported as such, not hidden and not given other settings."""
+    runs = diverged_runs(out, cfg.models)
+    if not runs:
+        return [], []
+    title = "Variants that did not train under this recipe"
+    intro = (
+        f"With the {cfg.recipe} recipe's common settings these runs diverged: the training "
+        "loss stopped being finite, so they have no weights, accuracy or probe. They are "
+        "left out of every table above and of the rank correlation."
+    )
+    md = [f"## {title}", "", intro, ""]
+    body = [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(intro)}</p>"]
+    for m, d in runs.items():
+        steps = d.get("steps") or []
+        bad = d.get("first_non_finite_step")
+        lr = steps[bad]["lr"] if bad is not None and bad < len(steps) else None
+        last = [x["loss"] for x in steps[:bad] if isinstance(x.get("loss"), float)][-1:]
+        text = (
+            f"{m}: the loss became non-finite at step {bad} of epoch {d.get('epoch')}"
+            + (f" (learning rate {lr:.4g})" if lr is not None else "")
+            + (f", after {last[0]:.3g} the step before" if last else "")
+            + "."
+        )
+        md += [f"- {text}", ""]
+        body.append(f"<p>{html.escape(text)}</p>")
+        fig = out / "runs" / m / "divergence.png"
+        if fig.exists():
+            md += [f"![{m}: loss until it diverged](runs/{m}/{fig.name})", ""]
+            body.append(_img(fig, f"{m}: loss until it diverged"))
     return md, body
 
 
@@ -575,6 +623,7 @@ def read_published(root) -> dict:
                 ),
                 "rows": rows,
                 "left_out": left_out,
+                "diverged": sorted(diverged_runs(d, [r.name for r in (d / "runs").glob("*")])),
             }
         )
     studies.sort(key=lambda s: (s["recipe"] != "course", s["path"]))
@@ -615,6 +664,8 @@ def _published_label(s: dict) -> str:
             f". Spearman's rho of its test accuracies against the course's 100-epoch "
             f"numbers: {rho:.3f} over {len(both)} variants"
         )
+    if s["diverged"]:
+        text += f"; diverged under this recipe (no result): {', '.join(s['diverged'])}"
     if s["left_out"]:
         text += f"; left out (records do not match): {', '.join(s['left_out'])}"
     return text
