@@ -566,7 +566,7 @@ def _train_locked(
         "val": (data.train_x[val_idx].to(dev), data.train_y[val_idx].to(dev)),
         "test": (data.test_x[te].to(dev), data.test_y[te].to(dev)),
     }
-    st = _start_training(cfg, out, dev, plan.resume_from, split["train"][1].numel())
+    st = _start_training(cfg, out, dev, plan.resume_from, split["train"][1].numel(), precision)
     net = _wrap_model(st.model, cfg, dev, world)
     for epoch in range(st.start, cfg.epochs):
         row = _train_epoch(st, net, cfg, split, dev, epoch, rank, world, progress, out)
@@ -647,7 +647,9 @@ class _Training:
     best_state: dict | None = None  # the weights the test uses
 
 
-def _start_training(cfg: TrainConfig, out: Path, dev, ck: dict | None, n_train: int):
+def _start_training(
+    cfg: TrainConfig, out: Path, dev, ck: dict | None, n_train: int, precision: str
+):
     """A seeded model, optimizer and scheduler; with `ck` (last.pt), their saved states,
     the RNG states and best.pt's weights."""
     torch.manual_seed(cfg.seed)
@@ -655,7 +657,6 @@ def _start_training(cfg: TrainConfig, out: Path, dev, ck: dict | None, n_train: 
     model = build_model(cfg.model, softmax_head=cfg.head_softmax).to(dev)
     model = model.to(memory_format=torch.channels_last)
     opt, sched = make_optimizer(model, cfg, steps_per_epoch(n_train, cfg))
-    precision, _ = training_precision(cfg.bf16, dev)
     st = _Training(model, opt, sched, gen, precision)
     if ck is not None:
         _restore(ck, out / "last.pt", model, opt, sched, gen)
