@@ -4,6 +4,7 @@ the conclusions' directions, and the budget study's report sections."""
 import itertools
 import json
 import random
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -60,12 +61,31 @@ def test_rank_agreement_and_conclusions_against_the_course():
     assert not got["noskip", "base"]["same_direction"]  # the course found noskip worse
 
 
-def test_budget_study_report_has_the_course_comparison_and_all_variant_figure(tmp_path):
-    tree = make_image_tree(tmp_path / "tree", n_train=14, n_test=5)
-    cfg = study_config(["base", "bn", "noskip"], recipe="budget", data_root=str(tree))
-    cfg = replace(cfg, train_subset=60, epochs=1, n_val=20, test_subset=30, max_per_split=40)
+@pytest.fixture(scope="module")
+def budget_study(tmp_path_factory):
+    """A tiny budget study of base, bn and noskip, trained once for this module's tests;
+    (cfg, folder). Tests that change the folder work on a copy (`own_copy`)."""
+    root = tmp_path_factory.mktemp("budget")
+    with pytest.MonkeyPatch.context() as mp:  # never the user's cache
+        mp.setenv("DNNLAB_CACHE", str(root / "cache"))
+        tree = make_image_tree(root / "tree", n_train=14, n_test=5)
+        cfg = study_config(["base", "bn", "noskip"], recipe="budget", data_root=str(tree))
+        cfg = replace(cfg, train_subset=60, epochs=1, n_val=20, test_subset=30, max_per_split=40)
+        run_study(cfg, root / "s", log=lambda *_: None, plan=False)
+    return cfg, root / "s"
+
+
+def own_copy(budget_study, tmp_path):
+    cfg, study = budget_study
     out = tmp_path / "s"
-    run_study(cfg, out, log=lambda *_: None, plan=False)
+    shutil.copytree(study, out)
+    return cfg, out
+
+
+def test_budget_study_report_has_the_course_comparison_and_all_variant_figure(
+    budget_study, tmp_path
+):
+    cfg, out = own_copy(budget_study, tmp_path)
     md = (out / "report.md").read_text()
     assert "budget recipe, 1 epochs (a CPU budget, not the course's 100-epoch recipe)" in md
     assert "## Against the course's 100-epoch results" in md
@@ -104,16 +124,12 @@ def test_budget_study_report_has_the_course_comparison_and_all_variant_figure(tm
         assert f"numbers: {rho:.3f} over 3 variants" in md
 
 
-def test_a_diverged_variant_is_reported_with_its_curve_and_published(tmp_path):
+def test_a_diverged_variant_is_reported_with_its_curve_and_published(budget_study, tmp_path):
     import math
 
     from dnnlab.cifar.train import TrainConfig, write_divergence
 
-    tree = make_image_tree(tmp_path / "tree", n_train=14, n_test=5)
-    cfg = study_config(["base", "bn", "noskip"], recipe="budget", data_root=str(tree))
-    cfg = replace(cfg, train_subset=60, epochs=1, n_val=20, test_subset=30, max_per_split=40)
-    out = tmp_path / "s"
-    run_study(cfg, out, log=lambda *_: None, plan=False)
+    cfg, out = own_copy(budget_study, tmp_path)
     run = out / "runs" / "paths2-shared"
     run.mkdir()
     (run / "config.json").write_text("{}")
