@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 from dnnlab.errors import InputError
+from dnnlab.separability.featurefile import FeatureFile
+from dnnlab.utils.chunks import chunk_rows
 
 
 def _as_numpy(a) -> np.ndarray:
@@ -42,31 +44,46 @@ def check_labels(labels, where: str = "labels") -> None:
 
 def check_features(features, where: str = "features") -> None:
     """Refuse features that are not real numbers, hold NaN/Inf, or whose every column is
-    constant (no sample differs from another)."""
-    if not isinstance(features, torch.Tensor):
-        arr = _as_numpy(features)
-        if arr.dtype.kind not in "biuf":
-            raise InputError(f"{where}: features must be real numbers; got dtype {arr.dtype}")
-        features = torch.from_numpy(np.ascontiguousarray(arr))
-    x = features
-    if x.is_complex():
-        raise InputError(f"{where}: features must be real numbers; got dtype {x.dtype}")
-    if x.ndim == 0 or x.shape[0] < 2:
+    constant (no sample differs from another). Read by row chunks: a FeatureFile is never
+    loaded whole, and an array gets no N x D temporaries."""
+    if isinstance(features, FeatureFile):
+        x = features
+    else:
+        if not isinstance(features, torch.Tensor):
+            arr = _as_numpy(features)
+            if arr.dtype.kind not in "biuf":
+                raise InputError(f"{where}: features must be real numbers; got dtype {arr.dtype}")
+            features = torch.from_numpy(np.ascontiguousarray(arr))
+        x = features
+        if x.is_complex():
+            raise InputError(f"{where}: features must be real numbers; got dtype {x.dtype}")
+        if x.ndim == 0 or x.shape[0] < 2:
+            return
+        x = x.reshape(x.shape[0], -1)
+    n, d = x.shape
+    if n < 2:
         return
-    x = x.reshape(x.shape[0], -1)
-    if x.shape[1] == 0:
+    if d == 0:
         raise InputError(f"{where}: features have 0 values per sample")
-    if x.is_floating_point():
-        finite = torch.isfinite(x).all(1)
-        if not bool(finite.all()):
-            rows = (~finite).nonzero().squeeze(1)
-            raise InputError(
-                f"{where}: {rows.numel()} samples hold NaN or Inf (first at "
-                f"position {int(rows[0])}); remove or impute them first"
-            )
-    if bool((x == x[:1]).all()):
+    first, bad, first_bad, varies = x[0:1], 0, None, False
+    step = chunk_rows(d, 1 << 22)
+    for s in range(0, n, step):
+        c = x[s : s + step]
+        if c.is_floating_point():
+            finite = torch.isfinite(c).all(1)
+            if not bool(finite.all()):
+                rows = (~finite).nonzero().squeeze(1)
+                bad += rows.numel()
+                first_bad = int(rows[0]) + s if first_bad is None else first_bad
+        varies = varies or not bool((c == first).all())
+    if bad:
         raise InputError(
-            f"{where}: every feature column is constant, so all {x.shape[0]} samples are "
+            f"{where}: {bad} samples hold NaN or Inf (first at position {first_bad}); "
+            "remove or impute them first"
+        )
+    if not varies:
+        raise InputError(
+            f"{where}: every feature column is constant, so all {n} samples are "
             "identical and a separability value would mean nothing"
         )
 

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import csv
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dnnlab.errors import InputError
+from dnnlab.separability.featurefile import FeatureFile, check_feature_dtype, npy_header
 from dnnlab.utils.safe_load import load_error_reason, load_plain
+from dnnlab.utils.sizes import format_size
 
-__all__ = ["InputError", "load_array", "split_spec"]
+__all__ = ["InputError", "load_array", "open_features", "split_spec"]
 
 
 def split_spec(spec: str) -> tuple[Path, str | None]:
@@ -155,3 +158,71 @@ def load_array(spec: str, *, numeric: bool = True):
         why = load_error_reason(e)
         raise InputError(f"{path}: cannot read as {suffix or 'an array file'} ({why})") from None
     raise InputError(f"{path}: unsupported file type {suffix!r}; use .npy, .npz, .pt or .csv")
+
+
+def open_features(spec: str, budget: int):
+    """Features for the separability core: a .npy file or an uncompressed .npz member as a
+    FeatureFile (read by row blocks, its header and size checked, nothing loaded); a
+    compressed .npz member inflated only when its header says it fits in `budget` bytes;
+    any other file through load_array, refused first when the file alone is larger than
+    the budget (loading it would hold at least that much)."""
+    path, name = split_spec(str(spec))
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: cannot read it: the file is empty (0 bytes)")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        if name:
+            raise InputError(f"{path}: a .npy file holds one array; drop ':{name}'")
+        return FeatureFile.open_npy(path)
+    if suffix == ".npz":
+        name = name if name is not None else _only_member(path)
+        stored = FeatureFile.open_npz_member(path, name)
+        if stored is not None:
+            return stored
+        _check_inflated_size(path, name, budget)
+        return load_array(f"{path}:{name}")
+    if path.stat().st_size > budget:
+        raise InputError(
+            f"{path}: the file is {format_size(path.stat().st_size)}, more than the memory "
+            f"budget {format_size(budget)}, and a {suffix} file is read whole: save the "
+            "features as .npy (numpy.save) to have them read by blocks, or raise --max-memory"
+        )
+    return load_array(spec)
+
+
+def _only_member(path: Path) -> str:
+    """The one array of a .npz file (else the error asks for a name)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = list(z.files)
+    except Exception as e:
+        raise InputError(f"{path}: not a readable .npz file ({load_error_reason(e)})") from None
+    if len(names) != 1:
+        raise InputError(f"{path} holds several arrays {sorted(names)}; choose one as {path}:NAME")
+    return names[0]
+
+
+def _check_inflated_size(path: Path, name: str, budget: int) -> None:
+    """Refuse a compressed .npz member whose array (from its header, read without inflating
+    the rest) is larger than the budget, or that is not numbers."""
+    where = f"{path}:{name}"
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(name + ".npy") as fh:
+            shape, _, dtype, _ = npy_header(fh, where)
+    except KeyError:
+        raise InputError(f"{path}: no array named {name!r}") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise InputError(f"{where}: cannot read it ({e})") from None
+    check_feature_dtype(dtype, shape, where)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size > budget:
+        raise InputError(
+            f"{where}: a compressed member of {format_size(size)} once inflated (shape "
+            f"{shape}, {dtype}), more than the memory budget {format_size(budget)}: save it "
+            "with numpy.save or numpy.savez (not savez_compressed) to have it read by blocks, "
+            "or raise --max-memory"
+        )

@@ -191,7 +191,12 @@ def finalize(
 
 
 def _full_row(a, sq, row: int, k: int, tol: float, mem_elems: int) -> torch.Tensor:
-    d = (sq - 2 * torch.mv(a, a[row])).add_(sq[row]).to(torch.float64)
+    v = a[row : row + 1][0].clone()
+    dots = torch.empty_like(sq)
+    step = chunk_rows(a.shape[1], mem_elems)
+    for s in range(0, a.shape[0], step):  # by row chunks: a may be read from a file
+        dots[s : s + step] = torch.mv(a[s : s + step], v)
+    d = (sq - 2 * dots).add_(sq[row]).to(torch.float64)
     d[row] = float("inf")
     kth = torch.kthvalue(d, k).values  # within tol of the true k-th: keep all within 2 tol
     cand = (d <= kth + 2 * tol).nonzero().squeeze(1)
@@ -201,9 +206,10 @@ def _full_row(a, sq, row: int, k: int, tol: float, mem_elems: int) -> torch.Tens
 
 
 def choose_block(
-    n: int, dim: int, workspace_bytes: int, itemsize: int, device: torch.device
+    n: int, dim: int, workspace_bytes: int, itemsize: int, device: torch.device, row_bytes: int = 0
 ) -> int:
-    """Block rows: as large as the workspace (about four B x B buffers) allows, up to a cap.
+    """Block rows: as large as the workspace (about four B x B buffers, and row_bytes for
+    each block row the caller holds beside them) allows, up to a cap.
 
     Smaller blocks waste less on the diagonal pairs, which are computed whole: the matrix
     work is (1 + 1/blocks) / 2 of the full N x N. On a CPU, MKL runs B x D x B products
@@ -214,7 +220,9 @@ def choose_block(
         cap = 768 if dim >= 2048 else 2048
     else:
         cap = 4096
-    b = int(math.sqrt(max(workspace_bytes, 0) / (4 * itemsize)))
+    # 4 * itemsize * b^2 + row_bytes * b <= workspace
+    w, q = max(workspace_bytes, 0), 4 * itemsize
+    b = int((math.sqrt(row_bytes * row_bytes + 4 * q * w) - row_bytes) / (2 * q))
     b = min(cap, b - b % 64)
     if b < 64:
         from dnnlab.separability.measures import BudgetError

@@ -33,7 +33,7 @@ from dnnlab.errors import InputError
 from dnnlab.separability.measures import (
     BudgetError,
     _highest_precision,
-    as_feature_tensor,
+    as_feature_source,
     check_finite,
     encode_labels,
     resolve_device,
@@ -78,7 +78,7 @@ class LinearProbe:
 
     def decision_function(self, features) -> torch.Tensor:
         """(N, C) float64 scores of each class."""
-        x = as_feature_tensor(features)
+        x = as_feature_source(features)
         if x.shape[1] != self.dim:
             raise InputError(
                 f"features have D={x.shape[1]} per sample but the probe was fitted on D={self.dim}"
@@ -97,7 +97,7 @@ class LinearProbe:
 
     def score(self, features, labels) -> tuple[float, dict[str, float], dict[str, int]]:
         """(accuracy, {class: accuracy}, {class: count}) on labelled features."""
-        x = as_feature_tensor(features)
+        x = as_feature_source(features)
         check_finite(x)
         codes = self.encode(labels, x.shape[0])
         pred = self.predict_codes(x).cpu().numpy()
@@ -356,12 +356,12 @@ def fit_linear(
 ) -> LinearProbe:
     """Fit the ridge classifier (see the module docstring) on features (N, ...) and labels.
 
-    features are never modified and may be a memory-mapped numpy array; max_memory bounds
-    the Gram matrix (N^2 or D^2 float64) and the blocks, not the features themselves.
+    features are never modified and may be on disk (a FeatureFile or a numpy memmap, read by
+    row blocks); max_memory bounds the Gram matrix (N^2 or D^2 float64) and the blocks.
     """
     t0 = time.perf_counter()
     _check_fit_settings(alpha, normalize_method)
-    x = as_feature_tensor(features)
+    x = as_feature_source(features)
     n, d = x.shape
     codes, classes = _check_fit_samples(x, labels)
     dev = resolve_device(x, device)

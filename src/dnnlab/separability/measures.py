@@ -27,7 +27,13 @@ import torch
 
 from dnnlab.errors import InputError
 from dnnlab.separability import knn
-from dnnlab.separability.normalize import NORMALIZATIONS, feature_stats, normalize_with_norms
+from dnnlab.separability.featurefile import FeatureFile
+from dnnlab.separability.normalize import (
+    NORMALIZATIONS,
+    NormalizedRows,
+    feature_stats,
+    normalize_with_norms,
+)
 from dnnlab.utils.chunks import chunk_rows
 from dnnlab.utils.device import check_device
 from dnnlab.utils.sizes import format_size, parse_size
@@ -45,6 +51,9 @@ ROW_KINDS = ("si", "csi", "hsi", "soft", "anti", "knn")
 ORDERLESS = ("si", "csi", "nc1", "linear")
 DEFAULT_MEASURES = ("si", "csi")
 DEFAULT_MAX_MEMORY = "2GB"
+# Elements per tile of the passes that stream rows after the search (refinement, NC1's
+# float64 projections): 64 MiB of float64.
+STREAM_ELEMS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,22 @@ def as_feature_tensor(features) -> torch.Tensor:
     return x.reshape(x.shape[0], -1) if x.dim() != 2 else x
 
 
+def as_feature_source(features, in_place: bool = False):
+    """as_feature_tensor, except that features on disk stay there: a FeatureFile, or a
+    numpy memmap (unless in_place may normalize a writable one where it lies), comes back
+    as a FeatureFile read by row blocks."""
+    if isinstance(features, FeatureFile):
+        return features
+    if isinstance(features, np.memmap) and not (in_place and features.flags.writeable):
+        try:
+            on_disk = FeatureFile.from_memmap(features)
+        except InputError as e:
+            raise TypeError(str(e)) from None
+        if on_disk is not None:
+            return on_disk
+    return as_feature_tensor(features)
+
+
 def encode_labels(labels, n: int) -> tuple[np.ndarray, list]:
     """Labels of any type -> (codes 0..C-1 in sorted label order, the sorted class values)."""
     if isinstance(labels, torch.Tensor):
@@ -251,8 +276,9 @@ def plan_memory(n: int, copy_d: int, d: int, kk: int, itemsize: int, budget: int
             f"alone take {format_size(n * copy_d * itemsize)} (N={n}, D={d}); "
             f"allow at least {format_size(need, up=True)}"
         )
-    # Refinement gathers (rows x candidates x D) float64 tiles: give it a quarter.
-    mem_elems = max(d * (kk + 1), workspace // 4 // 8)
+    # Refinement gathers (rows x candidates x D) tiles: give it a quarter, up to
+    # STREAM_ELEMS (larger tiles are no faster, only more memory).
+    mem_elems = max(d * (kk + 1), min(STREAM_ELEMS, workspace // 4 // 8))
     return workspace * 3 // 4, int(mem_elems)
 
 
@@ -310,7 +336,7 @@ def separability(
             "measure linear needs a test set to score on: pass test=(features, labels) "
             "(dnnlab si: --test FEATURES LABELS)"
         )
-    s = _check_samples(features, labels, wanted, normalize_method)
+    s = _check_samples(features, labels, wanted, normalize_method, overwrite_input)
     dev = resolve_device(s.x, device)
     nc1_undefined = _check_measure_inputs(wanted, s, test, undefined)
     overwrite_input = overwrite_input and s.writable
@@ -377,6 +403,8 @@ def _can_share(s: _Samples, k: int, normalize_method: str, compute_dtype) -> boo
     probe's compute dtype) and two classes at least (else the fit refuses before any work).
     Under torch.distributed the processes sum their blocks (knn.k_nearest)."""
     if not (k and normalize_method == "zscore" and s.d > s.n and len(s.names) >= 2):
+        return False
+    if isinstance(s.x, FeatureFile):  # the fit needs the rows in memory: it reads on its own
         return False
     return compute_dtype == torch.float32
 
@@ -466,11 +494,14 @@ def _search_order(wanted: list[Measure]) -> int:
     return max((m.order for m in wanted if m.kind not in NO_SEARCH), default=0)
 
 
-def _check_samples(features, labels, wanted: list[Measure], normalize_method: str) -> _Samples:
-    """Validate features (N, ...) and labels (N,) before any work; errors name the problem."""
+def _check_samples(
+    features, labels, wanted: list[Measure], normalize_method: str, in_place: bool = False
+) -> _Samples:
+    """Validate features (N, ...) and labels (N,) before any work; errors name the problem.
+    in_place: the caller allows normalizing its features where they lie (overwrite_input)."""
     if normalize_method not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalize_method!r}; choose {NORMALIZATIONS}")
-    x = as_feature_tensor(features)
+    x = as_feature_source(features, in_place)
     n, d = x.shape
     if n < 2:
         raise ValueError(f"need at least 2 samples; got N={n}")
@@ -490,7 +521,9 @@ def _check_samples(features, labels, wanted: list[Measure], normalize_method: st
 
 def _writable(features) -> bool:
     """Whether normalizing in place may write into the caller's memory: not a read-only
-    numpy array (a memory-mapped file opened "r" would crash the process)."""
+    numpy array (a memory-mapped file opened "r" would crash the process), nor a file."""
+    if isinstance(features, FeatureFile):
+        return False
     return not (isinstance(features, np.ndarray) and not features.flags.writeable)
 
 
@@ -583,30 +616,47 @@ def _plan_search(x, k, compute_dtype, overwrite_input, device, max_memory, block
     n, d = x.shape
     itemsize = torch.finfo(compute_dtype).bits // 8
     kk = min(n - 1, k + knn.EXTRA_CANDIDATES) if k else 1
+    streamed = isinstance(x, FeatureFile)
     in_place = (
-        overwrite_input
+        not streamed
+        and overwrite_input
         and x.dtype == compute_dtype
         and x.is_contiguous()
         and (device in (None, "auto") or x.device == torch.device(device))
     )
-    copy_d = 0 if in_place else d
+    copy_d = 0 if in_place or streamed else d
     workspace, mem_elems = plan_memory(n, copy_d, d, kk, itemsize, parse_size(max_memory))
     if block is None:
-        block = knn.choose_block(n, d, workspace, itemsize, dev)
+        block = knn.choose_block(n, d, workspace, itemsize, dev, _streamed_row_bytes(x, itemsize))
     elif block < 1:
         raise ValueError(f"block must be >= 1; got {block}")
     return in_place, block, mem_elems
 
 
+def _streamed_row_bytes(x, itemsize: int) -> int:
+    """Bytes a block row of a FeatureFile takes while the search reads it (0 in memory):
+    the two kept normalized blocks (NormalizedRows), the raw rows as read, their
+    conversion and the normalization's temporary."""
+    if not isinstance(x, FeatureFile):
+        return 0
+    raw = max(x.file_dtype.itemsize, 4)
+    return x.shape[1] * (2 * itemsize + 2 * raw + max(raw, itemsize))
+
+
 def _normalize_on_device(x, dev, normalize_method, compute_dtype, in_place, share=False):
     """x (N, D) -> (a (N, D) normalized in compute_dtype on dev, squared row norms sq (N,),
     and with share a linear.SharedWork holding a, its statistics and an empty N x N Gram for
-    the search to fill; else None)."""
-    xd = x.to(dev, non_blocking=True) if x.device != dev else x
-    stats = feature_stats(xd, normalize_method) if share or in_place else None
+    the search to fill; else None). A FeatureFile gives a NormalizedRows view: its rows
+    are read and normalized block by block, never all at once."""
+    streamed = isinstance(x, FeatureFile)
+    xd = x.to(dev, non_blocking=True) if not streamed and x.device != dev else x
+    stats = feature_stats(xd, normalize_method) if share or in_place or streamed else None
     if stats is not None and not all(bool(torch.isfinite(t).all()) for t in stats):
         check_finite(x)  # before normalizing in place spreads a NaN over every row
-    if normalize_method == "none" and xd.dtype == compute_dtype and xd.is_contiguous():
+    if streamed:
+        a = NormalizedRows(x, *stats, compute_dtype, dev)
+        sq = knn.sq_norms(a)
+    elif normalize_method == "none" and xd.dtype == compute_dtype and xd.is_contiguous():
         a, sq = xd, knn.sq_norms(xd)  # a is only read afterwards, so no copy is needed
     else:
         a, sq = normalize_with_norms(

@@ -126,3 +126,49 @@ def normalize_with_norms(
 def normalize(x: torch.Tensor, method: str = "zscore", dtype=torch.float32) -> torch.Tensor:
     """A normalized copy of the (N, D) tensor x in `dtype`."""
     return normalize_with_norms(x, method, dtype)[0]
+
+
+class NormalizedRows:
+    """The normalized features of a row source (a FeatureFile) without an N x D copy: rows
+    are read and normalized (normalize_rows, so bit-identical to normalize_with_norms's copy)
+    when asked for, `a[i0:i1]` or `a.index_select(0, rows)`, in `dtype` on `device`.
+
+    The last `keep` distinct row ranges are kept: the neighbour search asks for block I
+    against each block J >= I in turn, so I is read once per row of blocks.
+    """
+
+    def __init__(self, x, shift, scale, dtype, device, keep: int = 2):
+        self.x, self.shift, self.scale = x, shift, scale
+        self.dtype, self.device = dtype, torch.device(device)
+        self.shape = x.shape
+        self.ndim = 2
+        self.keep = keep
+        self._kept: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _normalized(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows (fresh from the file, so ours to overwrite) normalized, in place when their
+        dtype is the working one."""
+        rows = rows.to(self.device)
+        same = rows.dtype == self.dtype == _work_dtype(rows, self.dtype) and rows.is_contiguous()
+        return normalize_rows(rows, self.shift, self.scale, self.dtype, out=rows if same else None)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if not isinstance(key, slice):
+            return self.index_select(0, torch.as_tensor(key))
+        i0, i1, step = key.indices(self.shape[0])
+        if step != 1:
+            return self.index_select(0, torch.arange(i0, i1, step))
+        got = self._kept.pop((i0, i1), None)
+        if got is None:
+            got = self._normalized(self.x[i0:i1])
+        self._kept[(i0, i1)] = got  # most recent last
+        while len(self._kept) > self.keep:
+            self._kept.pop(next(iter(self._kept)))
+        return got
+
+    def index_select(self, dim: int, index: torch.Tensor) -> torch.Tensor:
+        return self._normalized(self.x.index_select(dim, index.cpu()))
+
+    def forget(self) -> None:
+        """Drop the kept blocks (their memory goes back)."""
+        self._kept.clear()
