@@ -1,7 +1,9 @@
 """Probe any network on any images: a model spec, optional weights and an image source.
 
-SPEC: `torchvision:NAME[:k=v,...]` (torchvision.models.get_model, no downloaded weights) or
-`module.path:function` / `path/to/file.py:function` (a function returning an nn.Module).
+SPEC: `torchvision:NAME[:k=v,...]` (torchvision.models.get_model), `timm:NAME[:k=v,...]`
+(timm.create_model, with timm's data config for the input; the optional extra
+`dnnlab[timm]`), both with random weights (nothing is downloaded; --weights loads a file),
+or `module.path:function` / `path/to/file.py:function` (a function returning an nn.Module).
 ROOT: CIFAR-10 in any form `dnnlab train` reads (decoded once, through its cache), or image
 folders `train/<class>/`, `test/<class>/` (and `val/<class>/`), or only `<class>/` folders
 (then a seeded, stratified train/val split is made and recorded in split.json), or a .tar /
@@ -29,7 +31,7 @@ from torch import nn
 from dnnlab.errors import InputError
 from dnnlab.settings import setting, validate
 from dnnlab.utils.images import IMAGE_EXT
-from dnnlab.utils.safe_load import load_plain
+from dnnlab.utils.safe_load import load_error_reason, load_plain
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,21 +39,23 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class AnyConfig:
-    model: str = setting("", "torchvision:NAME[:k=v,...] or module.path:function")
+    model: str = setting(
+        "", "torchvision:NAME[:k=v,...], timm:NAME[:k=v,...] or module.path:function"
+    )
     data: str = setting("", "image folders, CIFAR-10 or a .tar/.tar.gz of a tree")
     weights: str | None = setting(None, "state dict file, loaded as weights only")
     weights_key: str | None = setting(None, "key of the state dict in that file")
     image_size: int | None = setting(
         None,
-        "images resized to this square side; none: 224 for torchvision models, else the "
-        "images' own size",
+        "images resized to this square side; none: 224 for torchvision models, the data "
+        "config's for timm models, else the images' own size",
         low=1,
         high=4096,
     )
     mean: str | None = setting(
         None,
         "per-channel mean, 1 or 3 finite numbers, e.g. 0.485,0.456,0.406; none: ImageNet's "
-        "for torchvision models, else 0.5",
+        "for torchvision models, the data config's for timm models, else 0.5",
     )
     std: str | None = setting(None, "per-channel std, 1 or 3 numbers > 0; none: as --mean")
     val_fraction: float = setting(
@@ -82,31 +86,81 @@ def _value(text: str):
         return text
 
 
+def _constructor_args(spec: str, args: list[str]) -> dict:
+    """'k=v,k2=v2' parts after NAME -> {k: literal v}; errors name the spec."""
+    kwargs = {}
+    for a in ",".join(args).split(","):
+        if not a.strip():
+            continue
+        if "=" not in a:
+            raise InputError(f"--model {spec!r}: constructor argument {a!r} is not k=v")
+        k, v = a.split("=", 1)
+        kwargs[k.strip()] = _value(v.strip())
+    return kwargs
+
+
+def _unknown_name(spec: str, library: str, name: str, known: list[str]) -> InputError:
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    return InputError(f"--model {spec!r}: {library} has no model {name!r}{hint}")
+
+
+def _torchvision_model(spec: str) -> nn.Module:
+    import torchvision
+
+    name, *args = spec[len("torchvision:") :].split(":")
+    kwargs = _constructor_args(spec, args)
+    known = torchvision.models.list_models()
+    if name not in known:
+        raise _unknown_name(spec, "torchvision", name, known)
+    try:
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    except TypeError as e:
+        raise InputError(f"--model {spec!r}: {e}") from None
+
+
+def _timm():
+    """The timm module, or an error naming the extra that installs it."""
+    try:
+        import timm
+    except ImportError:
+        raise InputError(
+            "--model timm:...: timm is not installed; install it with "
+            "pip install 'dnnlab[timm]' (or pip install timm)"
+        ) from None
+    return timm
+
+
+def _timm_model(spec: str) -> nn.Module:
+    """timm:NAME[.TAG][:k=v,...] with random weights (pretrained=False: nothing is
+    downloaded; --weights loads a file)."""
+    timm = _timm()
+    name, *args = spec[len("timm:") :].split(":")
+    kwargs = _constructor_args(spec, args)
+    if "pretrained" in kwargs:
+        raise InputError(
+            f"--model {spec!r}: nothing is downloaded here; drop pretrained= and pass the "
+            "weights file with --weights"
+        )
+    known = timm.list_models()
+    if name.split(".")[0] not in known:
+        raise _unknown_name(spec, "timm", name, known)
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except (TypeError, RuntimeError, ValueError) as e:
+        raise InputError(f"--model {spec!r}: {e}") from None
+
+
 def build_model(spec: str) -> nn.Module:
     """An nn.Module from SPEC (see the module docstring); errors name the spec."""
     if spec.startswith("torchvision:"):
-        import torchvision
-
-        name, *args = spec[len("torchvision:") :].split(":")
-        kwargs = {}
-        for a in ",".join(args).split(","):
-            if not a.strip():
-                continue
-            if "=" not in a:
-                raise InputError(f"--model {spec!r}: constructor argument {a!r} is not k=v")
-            k, v = a.split("=", 1)
-            kwargs[k.strip()] = _value(v.strip())
-        known = torchvision.models.list_models()
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-            hint = f"; close matches: {', '.join(close)}" if close else ""
-            raise InputError(f"--model {spec!r}: torchvision has no model {name!r}{hint}")
-        try:
-            return torchvision.models.get_model(name, weights=None, **kwargs)
-        except TypeError as e:
-            raise InputError(f"--model {spec!r}: {e}") from None
+        return _torchvision_model(spec)
+    if spec.startswith("timm:"):
+        return _timm_model(spec)
     if ":" not in spec:
-        raise InputError(f"--model {spec!r}: expected torchvision:NAME or module.path:function")
+        raise InputError(
+            f"--model {spec!r}: expected torchvision:NAME, timm:NAME or module.path:function"
+        )
     where, func = spec.rsplit(":", 1)
     try:
         if where.endswith(".py") or Path(where).is_file():
@@ -136,28 +190,39 @@ def build_model(spec: str) -> nn.Module:
 
 
 def load_state(path: str, key: str | None) -> dict:
-    """The state dict in a weights file (torch.load with weights_only=True)."""
+    """The state dict in a weights file: a .safetensors or torch file, told apart by content
+    and read as plain data (utils.safe_load.load_plain). key: the entry holding the state
+    dict (torch files: {"model": {...}}), or the prefix of its names in a flat file
+    ("model" takes "model.conv1.weight" as "conv1.weight")."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"--weights {path}: no such file")
     try:
         obj = load_plain(p)
-    except Exception as e:  # pickle, zip and torch errors: the file is not plain weights
-        from dnnlab.utils.safe_load import load_error_reason
-
+    except Exception as e:  # pickle, zip, safetensors and torch errors: not plain weights
         raise InputError(
             f"--weights {path}: cannot be read as plain weights ({load_error_reason(e)})"
         ) from None
     if key is not None:
-        if not isinstance(obj, dict) or key not in obj:
-            keys = sorted(map(str, obj)) if isinstance(obj, dict) else []
-            raise InputError(f"--weights-key {key!r}: not in {path} (keys: {keys[:20]})")
-        obj = obj[key]
+        obj = _select(obj, key, path)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         cands = [k for k, v in obj.items() if isinstance(v, dict)] if isinstance(obj, dict) else []
         hint = f"; name one with --weights-key ({', '.join(map(str, cands))})" if cands else ""
         raise InputError(f"--weights {path}: does not hold a state dict (name -> tensor){hint}")
     return obj
+
+
+def _select(obj, key: str, path: str) -> dict:
+    """obj[key], or the entries named KEY.rest as rest; errors list what the file holds."""
+    if isinstance(obj, dict) and key in obj:
+        return obj[key]
+    prefix = key + "."
+    if isinstance(obj, dict):
+        sub = {k[len(prefix) :]: v for k, v in obj.items() if str(k).startswith(prefix)}
+        if sub:
+            return sub
+    keys = sorted({str(k).split(".")[0] for k in obj}) if isinstance(obj, dict) else []
+    raise InputError(f"--weights-key {key!r}: not in {path} (keys or prefixes: {keys[:20]})")
 
 
 def fit_weights(model: nn.Module, state: dict, where: str) -> None:
@@ -462,6 +527,18 @@ def _channels(text: str | None, default, flag: str) -> tuple[float, ...]:
     return vals * 3 if len(vals) == 1 else vals
 
 
+def input_defaults(spec: str, model: nn.Module):
+    """(image size or None, mean, std) a model expects when the flags do not say: ImageNet's
+    at 224 for torchvision models, timm's data config (input size, mean, std) for timm
+    models, else 0.5 and the images' own size."""
+    if spec.startswith("torchvision:"):
+        return 224, IMAGENET_MEAN, IMAGENET_STD
+    if spec.startswith("timm:"):
+        conf = _timm().data.resolve_data_config(model=model)
+        return int(conf["input_size"][-1]), tuple(conf["mean"]), tuple(conf["std"])
+    return None, (0.5,) * 3, (0.5,) * 3
+
+
 def prepare(cfg: AnyConfig):
     """The model (weights loaded, eval mode) and the input settings, all checked."""
     model = build_model(cfg.model)
@@ -469,10 +546,10 @@ def prepare(cfg: AnyConfig):
         fit_weights(model, load_state(cfg.weights, cfg.weights_key), f"--weights {cfg.weights}")
     elif cfg.weights_key:
         raise InputError("--weights-key needs --weights")
-    tv = cfg.model.startswith("torchvision:")
-    mean = _channels(cfg.mean, IMAGENET_MEAN if tv else (0.5,) * 3, "--mean")
-    std = _channels(cfg.std, IMAGENET_STD if tv else (0.5,) * 3, "--std")
-    return model.eval(), mean, std, (cfg.image_size or (224 if tv else None))
+    size, mean, std = input_defaults(cfg.model, model)
+    mean = _channels(cfg.mean, mean, "--mean")
+    std = _channels(cfg.std, std, "--std")
+    return model.eval(), mean, std, (cfg.image_size or size)
 
 
 def check_size(model: nn.Module, size: int, spec: str) -> None:

@@ -1,28 +1,81 @@
-"""Reading .pt files as plain data, and why a file could not be read, in dnnlab's words.
+"""Reading weight and checkpoint files as plain data, and why a file could not be read, in
+dnnlab's words.
 
-torch.load(weights_only=True) refuses pickled objects other than tensors, numbers, strings,
-lists and dicts (they could run code). Its message ends by suggesting weights_only=False,
-which is the unsafe thing to do, so dnnlab states the reason itself. Every .pt file dnnlab
-reads goes through `load_plain`, and every refusal is worded by `load_error_reason`.
+Two formats, told apart by their content, not their name:
+- .safetensors (a JSON header, then raw tensor bytes): read with safetensors, which only
+  ever builds tensors;
+- PyTorch's torch.save files, read with torch.load(weights_only=True), which refuses pickled
+  objects other than tensors, numbers, strings, lists and dicts (they could run code). Its
+  message ends by suggesting weights_only=False, the unsafe thing to do, so dnnlab states the
+  reason itself.
+Every such file dnnlab reads goes through `load_plain`, and every refusal is worded by
+`load_error_reason`.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
 
 
 class EmptyFileError(ValueError):
     """A file of zero bytes (torch's own message for it names no reason)."""
 
 
-def load_plain(path, map_location="cpu"):
-    """The content of a .pt file as plain data (torch.load with weights_only=True); an empty
-    file raises EmptyFileError before torch sees it."""
-    import torch
+class SafetensorsFileError(ValueError):
+    """A file that is (or says by its name it is) .safetensors but cannot be read as one."""
 
+
+def is_safetensors(path) -> bool:
+    """Whether the file's content is a safetensors file: 8 bytes giving the length of a JSON
+    header that starts with '{' and fits in the file. A .safetensors file whose header does
+    not fit raises SafetensorsFileError (truncated)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    n = int.from_bytes(head[:8], "little")
+    if 8 + n <= size:
+        return True
+    if path.suffix.lower() == ".safetensors":
+        raise SafetensorsFileError(
+            f"its header says {n} bytes of metadata but the file has {size - 8} after the "
+            "length: it is truncated"
+        )
+    return False
+
+
+def load_plain(path, map_location="cpu"):
+    """The content of a weights or checkpoint file as plain data: a .safetensors file (by
+    content) as a {name: tensor} dict, else torch.load with weights_only=True. An empty file
+    raises EmptyFileError before either library sees it."""
     if Path(path).stat().st_size == 0:
         raise EmptyFileError("the file is empty (0 bytes)")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if is_safetensors(path):
+        return _load_safetensors(path, map_location)
+    # An open file, not its name: torch.load hands any name ending in .safetensors to
+    # safetensors, whatever the content.
+    with open(path, "rb") as fh:
+        return torch.load(fh, map_location=map_location, weights_only=True)
+
+
+def _load_safetensors(path, map_location) -> dict:
+    device = str(torch.device(map_location)) if map_location is not None else "cpu"
+    try:
+        return safetensors.torch.load_file(path, device=device)
+    except (safetensors.SafetensorError, json.JSONDecodeError, ValueError) as e:
+        raise SafetensorsFileError(_first_line(e)) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
 
 
 def load_error_reason(e: BaseException) -> str:
@@ -31,6 +84,8 @@ def load_error_reason(e: BaseException) -> str:
     text = str(e).strip()
     if isinstance(e, EmptyFileError):
         return "the file is empty (0 bytes)"
+    if isinstance(e, SafetensorsFileError):
+        return f"it is not a readable safetensors file ({text})"
     if any(w in text for w in CODE_CARRYING):
         return (
             "it holds objects other than plain data (tensors, numbers, strings, lists, "
