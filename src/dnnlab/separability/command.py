@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 
 import numpy as np
 import torch
@@ -13,7 +14,12 @@ import torch
 from dnnlab.errors import ConfigError, InputError
 from dnnlab.separability.checks import check_inputs
 from dnnlab.separability.io import load_array, open_features
-from dnnlab.separability.measures import BudgetError, parse_measures, separability
+from dnnlab.separability.measures import (
+    BudgetError,
+    TrivialMeasure,
+    parse_measures,
+    separability,
+)
 from dnnlab.utils.device import check_device
 from dnnlab.utils.distributed import init_distributed
 from dnnlab.utils.sizes import format_size, parse_size
@@ -97,7 +103,9 @@ def si_command(args) -> int:
         check_device(args.device)
     rank, _ = init_distributed(args.device)
     try:
-        res = _measure(args, x, y, test, core_budget)
+        with warnings.catch_warnings():  # the result's notes say it, in dnnlab's words
+            warnings.simplefilter("ignore", TrivialMeasure)
+            res = _measure(args, x, y, test, core_budget)
     except BudgetError as e:
         if core_budget == budget:
             raise

@@ -339,12 +339,17 @@ def separability(
     s = _check_samples(features, labels, wanted, normalize_method, overwrite_input)
     dev = resolve_device(s.x, device)
     nc1_undefined = _check_measure_inputs(wanted, s, test, undefined)
+    lone = _lone_samples(s)
     overwrite_input = overwrite_input and s.writable
     run = _Run(s, normalize_method, dev, t0, notes=[])
     k = _search_order(wanted)
     budget = parse_size(max_memory)
     fit = dict(alpha=DEFAULT_ALPHA if alpha is None else alpha)
     lin = None
+    if lone is not None and len(s.names) > 1 and all(c == 1 for c in s.counts):
+        return _all_alone_result(wanted, run, lone, undefined)
+    if lone is not None:
+        run.notes.append(lone)
     if linear and all(m.kind == "linear" for m in wanted):  # no normalized copy needed
         lin = _linear_probe(s.x, labels, test, normalize_method, device, budget, **fit)
         run.notes.append(_linear_note(lin, s.n, test))
@@ -601,11 +606,42 @@ def _linear_per_class(lin: _LinearScore, names: list[str]) -> dict[str, dict[str
     return {c: {"linear": lin.per_class.get(c, float("nan"))} for c in names}
 
 
+def _lone_samples(s: _Samples) -> str | None:
+    """What classes of a single sample do to the measures, or None when there are none."""
+    lone = [c for c, k in zip(s.names, s.counts, strict=True) if k == 1]
+    if not lone or len(s.names) < 2:
+        return None
+    if len(lone) == len(s.names):
+        return (
+            f"every one of the {len(lone)} classes has a single sample: no sample has a "
+            "neighbour of its own class (SI, hsi, soft and knn would be 0, anti 1) and each is "
+            "its own class's mean (CSI would be 1), whatever the features; these numbers would "
+            "mean nothing"
+        )
+    return (
+        f"{len(lone)} of the {len(s.names)} classes "
+        f"{'has' if len(lone) == 1 else 'have'} a single sample (first: {lone[0]!r}): "
+        "such a sample never has a neighbour of its own class (it counts against SI, hsi, "
+        "soft and knn) and is its own class's mean (it counts for CSI)"
+    )
+
+
+def _all_alone_result(wanted, run: _Run, reason: str, undefined: str) -> SeparabilityResult:
+    """Every class has one sample: refused (undefined="raise"), or NaN for every measure
+    with the reason in the notes (undefined="nan"); linear is refused too (one sample per
+    class is no training set)."""
+    if undefined != "nan":
+        raise UndefinedMeasure(reason)
+    run.notes.append(reason)
+    vals = {m.name: float("nan") for m in wanted}
+    return run.result(vals, {c: dict(vals) for c in run.samples.names})
+
+
 def _one_class_result(wanted: list[Measure], run: _Run) -> SeparabilityResult:
     """All samples share one label: every measure is trivial (anti 0, the others 1)."""
     s = run.samples
     msg = f"all {s.n} samples have one label ({s.names[0]!r}); every measure is trivial"
-    warnings.warn(msg, stacklevel=3)  # points at separability()'s caller
+    warnings.warn(msg, TrivialMeasure, stacklevel=3)  # points at separability()'s caller
     run.notes.append(msg)
     vals = {m.name: (0.0 if m.kind == "anti" else 1.0) for m in wanted}
     return run.result(vals, {s.names[0]: dict(vals)})
@@ -798,6 +834,10 @@ def knn_vote(lab: torch.Tensor, rows_per_step: int = 1 << 16) -> torch.Tensor:
         first = top.to(torch.int8).argmax(1)  # argmax returns the first of equal maxima
         out[s : s + step] = c.gather(1, first[:, None])[:, 0]
     return out
+
+
+class TrivialMeasure(UserWarning):
+    """Measures whose value the input alone decides (all samples share one label)."""
 
 
 class UndefinedMeasure(InputError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from dnnlab.errors import InputError
 from dnnlab.utils.chunks import chunk_rows
 
 NORMALIZATIONS = ("zscore", "minmax", "none")
@@ -52,14 +53,51 @@ def normalize_rows(
 
 
 def feature_stats(x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return float64 (shift, scale) so that normalized = (x - shift) * scale."""
+    """Return float64 (shift, scale) so that normalized = (x - shift) * scale.
+
+    Scale-invariant: features multiplied by any c > 0 (that stays finite) give the same
+    normalized values up to rounding. zscore divides by (std + eps) with the reference's
+    eps = 1e-10, made relative when every spread is below 1: eps = 1e-10 * min(1, the
+    largest std), so tiny features are not flattened by the constant (for spreads of 1e-2
+    and more the two differ by less than float32's rounding). When a spread's squares
+    underflow or overflow float64 (values beyond about 1e+-150), the moments are taken again
+    on the features scaled by a power of two per feature (exact). A spread too small or too
+    large to invert in float64 is refused with that reason.
+    """
     n, d = x.shape
     f64 = dict(dtype=torch.float64, device=x.device)
     if method == "none":
         return torch.zeros(d, **f64), torch.ones(d, **f64)
     if method not in ("zscore", "minmax"):
         raise ValueError(f"unknown normalization {method!r}; choose one of {NORMALIZATIONS}")
-    work = _work_dtype(x)
+    lo, hi, mean, std = _moments(x, method == "zscore", None)
+    constant = hi == lo
+    finite = bool(torch.isfinite(lo).all() and torch.isfinite(hi).all())
+    if not finite:  # NaN or Inf in x: the callers name the rows (measures.check_finite)
+        return (lo if method == "minmax" else mean), torch.full_like(lo, float("nan"))
+    if method == "minmax":
+        span = torch.where(constant, 1.0, hi - lo)
+        return lo, _checked_scale(torch.where(constant, 0.0, 1.0 / span), "span (max - min)")
+    if bool((~torch.isfinite(std) | ((std == 0) & ~constant)).any()):
+        lo, hi, mean, std = _moments(x, True, _power_of_two_scale(x))
+    eps = STD_EPS * min(1.0, float(std.max()))
+    scale = torch.where(constant, 0.0, 1.0 / (std + eps))
+    # A constant feature's shift is its value, so x - shift is exactly 0 in any precision.
+    return torch.where(constant, lo, mean), _checked_scale(scale, "standard deviation")
+
+
+def _moments(x: torch.Tensor, zscore: bool, mult: torch.Tensor | None):
+    """float64 per-feature (min, max, mean, unbiased std) of x (N, D), streamed by chunks.
+
+    mult: (D,) powers of two to multiply the rows by before the mean and spread are taken
+    (then divided out again), for features whose squares leave float64's range.
+    Corrected two-pass per chunk (Chan, Golub and LeVeque): the deviations from the chunk's
+    rounded mean carry its error, which their own mean then removes, so a feature whose mean
+    is large against its spread keeps its precision. Chunks combine with Chan's formula.
+    """
+    n, d = x.shape
+    f64 = dict(dtype=torch.float64, device=x.device)
+    work = torch.float64 if mult is not None else _work_dtype(x)
     lo = torch.full((d,), float("inf"), **f64)
     hi = torch.full((d,), float("-inf"), **f64)
     mean = torch.zeros(d, **f64)
@@ -67,33 +105,55 @@ def feature_stats(x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Ten
     count = 0
     for a, b in _row_chunks(n, d):
         c = x[a:b].to(work)
-        lo = torch.minimum(lo, c.amin(0).double())
-        hi = torch.maximum(hi, c.amax(0).double())
-        if method == "zscore":
-            # Corrected two-pass (Chan, Golub and LeVeque): the deviations from the chunk's
-            # rounded mean carry its error, which their own mean then removes, so a feature
-            # whose mean is large against its spread keeps its precision.
-            cm = c.mean(0)
-            dev = c - cm
-            corr = dev.mean(0)
-            nb = b - a
-            ss = dev.square_().sum(0)
-            if not bool(torch.isfinite(ss).all()):  # squares beyond float32 (spread ~1e19)
-                ss = (c.double() - cm.double()).square_().sum(0)
-            cm2 = (ss.double() - nb * corr.double().square()).clamp_(min=0)
-            cm = cm.double() + corr.double()
-            delta = cm - mean
-            tot = count + nb
-            mean += delta * (nb / tot)
-            m2 += cm2 + delta.square() * (count * nb / tot)
-            count = tot
-    constant = hi == lo
-    if method == "minmax":
-        span = torch.where(constant, 1.0, hi - lo)
-        return lo, torch.where(constant, 0.0, 1.0 / span)
-    std = (m2 / max(n - 1, 1)).sqrt() + STD_EPS
-    # A constant feature's shift is its value, so x - shift is exactly 0 in any precision.
-    return torch.where(constant, lo, mean), torch.where(constant, 0.0, 1.0 / std)
+        c_lo, c_hi = c.amin(0).double(), c.amax(0).double()
+        lo, hi = torch.minimum(lo, c_lo), torch.maximum(hi, c_hi)
+        if not zscore:
+            continue
+        if mult is not None:
+            c = c * mult
+        cm = c.mean(0)
+        dev = c - cm
+        corr = dev.mean(0)
+        nb = b - a
+        ss = dev.square_().sum(0)
+        # Squares beyond float32's range (spread ~1e19) or below it (~1e-19): in float64.
+        if not bool(torch.isfinite(ss).all()) or bool(((ss == 0) & (c_hi != c_lo)).any()):
+            ss = (c.double() - cm.double()).square_().sum(0)
+        cm2 = (ss.double() - nb * corr.double().square()).clamp_(min=0)
+        cm = cm.double() + corr.double()
+        delta = cm - mean
+        tot = count + nb
+        mean += delta * (nb / tot)
+        m2 += cm2 + delta.square() * (count * nb / tot)
+        count = tot
+    std = (m2 / max(n - 1, 1)).sqrt()
+    if mult is not None:
+        mean, std = mean / mult, std / mult
+    return lo, hi, mean, std
+
+
+def _power_of_two_scale(x: torch.Tensor) -> torch.Tensor:
+    """(D,) float64 2^-e with 2^e near each feature's largest |value| (1 for a zero
+    feature): multiplying by it is exact and brings every feature near 1."""
+    n, d = x.shape
+    top = torch.zeros(d, dtype=torch.float64, device=x.device)
+    for a, b in _row_chunks(n, d):
+        top = torch.maximum(top, x[a:b].abs().amax(0).double())
+    _, e = torch.frexp(top)
+    return torch.where(top > 0, torch.ldexp(torch.ones_like(top), -e), 1.0)
+
+
+def _checked_scale(scale: torch.Tensor, what: str) -> torch.Tensor:
+    """scale, unless some feature's is not finite: its spread cannot be inverted in
+    float64 (below about 1e-308, or beyond about 1e308): refused with that reason."""
+    bad = ~torch.isfinite(scale)
+    if bool(bad.any()):
+        j = int(bad.nonzero()[0])
+        raise InputError(
+            f"feature {j} (and {int(bad.sum()) - 1} more) has a {what} too small or too large "
+            "for float64 to invert (beyond about 1e-308 or 1e308); rescale the features"
+        )
+    return scale
 
 
 def normalize_with_norms(
