@@ -8,7 +8,9 @@ ru_maxrss). Three processes per size, side by side in one run:
   baseline      the same command from another source tree (--baseline-src: e.g. a
                 `git worktree` of the commit before), which loads the file whole.
 
-Their values must agree exactly; the table gives each peak above the interpreter's.
+Their values must agree exactly; the table gives each peak above the interpreter's. The
+features are written by a separate process: Linux counts the parent's resident memory at
+fork time in a child's ru_maxrss, so this process keeps none.
 
     python benchmarks/bench_si_file.py --n 9000 --d 16384 --baseline-src /tmp/before/src
     python benchmarks/bench_si_file.py --n 60000 --d 16384 --max-memory 1GB
@@ -56,6 +58,18 @@ def write_features(folder: Path, n: int, d: int, classes: int, seed: int) -> tup
     return x_path, y_path
 
 
+def write_elsewhere(folder: Path, n: int, d: int, classes: int, seed: int):
+    """write_features in a child process (see the module docstring)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from bench_si_file import write_features;"
+        "from pathlib import Path; write_features(Path(sys.argv[2]), *map(int, sys.argv[3:]))"
+    )
+    here = str(Path(__file__).resolve().parent)
+    args = [str(folder), str(n), str(d), str(classes), str(seed)]
+    subprocess.run([sys.executable, "-c", code, here, *args], check=True)
+    return folder / "X.npy", folder / "y.npy"
+
+
 def run_si(src: Path, x: Path, y: Path, measures: str, max_memory: str) -> dict:
     """One `dnnlab si` process: its values, seconds and peak RSS (bytes)."""
     env = {**os.environ, "PYTHONPATH": str(src)}
@@ -83,22 +97,30 @@ def main() -> None:
     ap.add_argument("--measures", default="si,csi")
     ap.add_argument("--max-memory", default="2GB")
     ap.add_argument("--baseline-src", type=Path, help="another tree's src/ to compare with")
+    ap.add_argument(
+        "--baseline-max-memory",
+        help="the baseline's budget (default: --max-memory), e.g. "
+        "room for its in-memory copy where this code runs within less",
+    )
     ap.add_argument("--dir", type=Path, help="where the feature files live (default: a temp)")
     args = ap.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="si-file-"))
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    x, y = write_features(folder, args.n, args.d, args.classes, args.seed)
+    x, y = write_elsewhere(folder, args.n, args.d, args.classes, args.seed)
     print(f"features: {x} ({x.stat().st_size / 2**30:.2f} GiB), {time.perf_counter() - t0:.0f} s")
     tiny = Path(tempfile.mkdtemp(prefix="si-tiny-"))
-    tx, ty = write_features(tiny, 20, 4, 2, 0)
+    tx, ty = write_elsewhere(tiny, 20, 4, 2, 0)
     base = run_si(SRC, tx, ty, "si", args.max_memory)
     rows = [("this code", run_si(SRC, x, y, args.measures, args.max_memory))]
     if args.baseline_src:
-        rows.append(("baseline", run_si(args.baseline_src, x, y, args.measures, args.max_memory)))
+        budget = args.baseline_max_memory or args.max_memory
+        rows.append(("baseline", run_si(args.baseline_src, x, y, args.measures, budget)))
     gib = 2**30
     print(f"interpreter: peak {base['peak'] / gib:.3f} GiB")
     print(f"N={args.n} D={args.d} measures={args.measures} --max-memory {args.max_memory}")
+    if args.baseline_src and args.baseline_max_memory:
+        print(f"baseline: --max-memory {args.baseline_max_memory}")
     print(f"{'':<11}{'seconds':>9}{'peak GiB':>10}{'above interp. GiB':>19}  values")
     for name, r in rows:
         vals = {k: r["values"][k] for k in args.measures.split(",")}
