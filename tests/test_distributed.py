@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dnnlab.separability import knn, separability
+from dnnlab.separability.featurefile import FeatureFile
 from tests import oracle
 from tests.test_separability import ALL, make_data
 
@@ -43,6 +44,27 @@ def test_two_gloo_processes_match_oracle(seed, block):
     for k, v in single.items():
         assert v == pytest.approx(want[k], abs=1e-12)
     assert np.isfinite(list(single.values())).all()
+
+
+def _file_worker(rank, world, port, path, y, block, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        out[rank] = separability(FeatureFile.open_npy(path), y, ALL, block=block).values
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_on_a_feature_file(tmp_path):
+    """Each process reads its block pairs from the file: the in-memory, one-process answer."""
+    x, y = make_data(7, 150, d=9, n_classes=3, dup_frac=0.3)
+    np.save(tmp_path / "x.npy", x)
+    with mp.Manager() as m:
+        out = m.dict()
+        args = (2, _free_port(), str(tmp_path / "x.npy"), y, 32, out)
+        mp.spawn(_file_worker, args=args, nprocs=2, join=True)
+        got = dict(out)
+    assert got[0] == got[1] == separability(x, y, ALL, block=32).values
 
 
 def test_torchrun_two_gloo_processes_train_as_one(tree, tmp_path):

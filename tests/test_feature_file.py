@@ -6,6 +6,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from dnnlab.cli import main
@@ -205,3 +206,13 @@ def test_whole_file_formats_bounded_by_the_budget(tmp_path, capsys):
     assert main([*argv, "--json"]) == 0  # the same budget is enough for the file read by blocks
     got = json.loads(capsys.readouterr().out)
     assert got["si"] == separability(x, np.arange(2000) % 3)["si"]
+
+
+def test_safetensors_feature_file(tmp_path, capsys):
+    x, y = lattice()
+    safetensors.torch.save_file(
+        {"x": torch.from_numpy(x), "y": torch.from_numpy(y)}, tmp_path / "d.safetensors"
+    )
+    d = tmp_path / "d.safetensors"
+    assert main(["si", f"{d}:x", f"{d}:y", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["si"] == separability(x, y)["si"]

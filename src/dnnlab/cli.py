@@ -15,8 +15,15 @@ def _add_si(sub) -> None:
         help=HELP["si"],
         description="Separation Index family of FEATURES (N x ...) with LABELS (N values).",
     )
-    p.add_argument("features", nargs="?", help="features file: .npy, .npz[:NAME], .pt, .csv")
-    p.add_argument("labels", nargs="?", help="labels file: .npy, .npz[:NAME], .pt, .csv")
+    p.add_argument(
+        "features",
+        nargs="?",
+        help="features file: .npy or .npz[:NAME] (read by row blocks), .pt[:NAME], "
+        ".safetensors[:NAME], .csv",
+    )
+    p.add_argument(
+        "labels", nargs="?", help="labels file: .npy, .npz[:NAME], .pt, .safetensors, .csv"
+    )
     p.add_argument(
         "--measures", default="si,csi", help="e.g. si,csi,hsi:3,soft:3,anti:3,knn:5,nc1,linear"
     )

@@ -143,7 +143,7 @@ def load_array(spec: str, *, numeric: bool = True):
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return np.asarray(_pick({k: z[k] for k in z.files}, name, path))
-        if suffix in (".pt", ".pth"):
+        if suffix in (".pt", ".pth", ".safetensors"):  # read by content (safe_load)
             obj = load_plain(path)
             if isinstance(obj, dict):
                 obj = _pick(obj, name, path)
@@ -157,7 +157,9 @@ def load_array(spec: str, *, numeric: bool = True):
     except Exception as e:  # a truncated or foreign file: say which file and why
         why = load_error_reason(e)
         raise InputError(f"{path}: cannot read as {suffix or 'an array file'} ({why})") from None
-    raise InputError(f"{path}: unsupported file type {suffix!r}; use .npy, .npz, .pt or .csv")
+    raise InputError(
+        f"{path}: unsupported file type {suffix!r}; use .npy, .npz, .pt, .safetensors or .csv"
+    )
 
 
 def open_features(spec: str, budget: int):
