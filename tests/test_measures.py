@@ -85,7 +85,7 @@ def test_nc1_matches_pinv_oracle(seed):
 
 
 def test_nc1_streamed_over_row_chunks():
-    from dnnlab.separability.measures import nc1_values
+    from dnnlab.separability.nc1 import nc1_values
 
     x, y = make_data(8, 150, d=12, n_classes=4, dup_frac=0.0)
     a = torch.tensor(x, dtype=torch.float64)

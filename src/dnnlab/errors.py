@@ -17,3 +17,12 @@ class InputError(DnnlabError, ValueError):
 
 class ConfigError(InputError):
     """A setting outside its documented valid range."""
+
+
+class BudgetError(InputError, MemoryError):
+    """A memory budget (--max-memory) too small for the work: a bad setting, reported briefly."""
+
+
+class UndefinedMeasure(InputError):
+    """A measure that has no value on these inputs (e.g. NC1 when all class means agree, or
+    any measure when every class has a single sample)."""

@@ -21,6 +21,7 @@ import torch
 from dnnlab.errors import InputError
 from dnnlab.separability import SeparabilityResult, parse_measures, separability
 from dnnlab.separability.cka import CkaMatrix
+from dnnlab.separability.inputs import encode_labels
 from dnnlab.separability.linear import DEFAULT_ALPHA, LinearProbe
 from dnnlab.separability.measures import separability_fitting
 from dnnlab.utils.atomic import atomic_savefig, atomic_torch_save
@@ -146,8 +147,6 @@ class ProbeExtras:
         elif self.core_measures:
             r = core(x, y, self.core_measures, max_memory=budget, **core_kw)
         else:
-            from dnnlab.separability.measures import encode_labels
-
             _, classes = encode_labels(y, x.shape[0])
             r = SeparabilityResult(
                 {},

@@ -25,7 +25,7 @@ from dnnlab.probe.layers import LayerError, LayerInfo, pick_tensor, resolve_laye
 from dnnlab.probe.provenance import fingerprint, model_hash, split_identity, stale_reason
 from dnnlab.probe.spill import SpillFolder, to_float32
 from dnnlab.separability import knn, parse_measures, separability
-from dnnlab.separability.measures import NonFiniteError
+from dnnlab.separability.inputs import NonFiniteError
 from dnnlab.separability.normalize import NORMALIZATIONS
 from dnnlab.settings import setting, validate
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dnnlab.errors import InputError
-from dnnlab.separability.measures import BudgetError, as_feature_tensor, check_finite
+from dnnlab.errors import BudgetError, InputError
+from dnnlab.separability.inputs import as_feature_tensor, check_finite
 from dnnlab.utils.chunks import chunk_rows
 from dnnlab.utils.sizes import parse_size
 

@@ -8,7 +8,7 @@ rows asked for; the operating system's page cache keeps the file warm between pa
 The separability core (measures.separability) and the linear probe take it wherever they
 take an in-memory tensor: every pass over the features is by row blocks.
 
-Values are returned as the in-memory path would hold them (measures.as_feature_tensor):
+Values are returned as the in-memory path would hold them (inputs.as_feature_tensor):
 float16/32/64 as they are, integers and booleans as float32, in native byte order.
 """
 

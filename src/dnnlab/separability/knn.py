@@ -17,11 +17,14 @@ Design (see docs/separability.md):
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 
+from dnnlab.errors import BudgetError
 from dnnlab.utils.chunks import chunk_rows
 
 # Bound on the rounding error of one expanded-form distance, as a multiple of
@@ -114,8 +117,6 @@ def approximate_candidates(
 
     gram: an (N, N) tensor to receive the products a a^T as they are formed (both triangles
     of the pairs given), for the linear probe on the same features (linear.SharedWork)."""
-    import time
-
     n = a.shape[0]
     dev = a.device
     best_d = torch.full((n, kk), float("inf"), dtype=a.dtype, device=dev)
@@ -225,8 +226,6 @@ def choose_block(
     b = int((math.sqrt(row_bytes * row_bytes + 4 * q * w) - row_bytes) / (2 * q))
     b = min(cap, b - b % 64)
     if b < 64:
-        from dnnlab.separability.measures import BudgetError
-
         raise BudgetError(
             f"the memory budget leaves {workspace_bytes / 2**20:.0f} MiB of workspace, "
             "less than one 64 x 64 block needs; raise max_memory"
@@ -235,16 +234,12 @@ def choose_block(
 
 
 def _dist_info(group):
-    import torch.distributed as dist
-
     if group is None and not (dist.is_available() and dist.is_initialized()):
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
 
 
 def _all_gather_cat(t: torch.Tensor, group, world: int) -> torch.Tensor:
-    import torch.distributed as dist
-
     parts = [torch.empty_like(t) for _ in range(world)]
     dist.all_gather(parts, t.contiguous(), group=group)
     return torch.cat(parts, dim=1)
@@ -284,8 +279,6 @@ def k_nearest(
     best_d, best_i = approximate_candidates(a, sq, kk, block, pairs, stats, progress, gram)
     if world > 1:
         if gram is not None:
-            import torch.distributed as dist
-
             dist.all_reduce(gram, group=group)  # every element from one process: exact
         all_d = _all_gather_cat(best_d, group, world)
         all_i = _all_gather_cat(best_i, group, world)
@@ -293,6 +286,18 @@ def k_nearest(
         best_i = torch.gather(all_i, 1, pos)
     rows = torch.arange(n, device=a.device)
     return finalize(a, sq, best_d, best_i, k, rows, stats, mem_elems)
+
+
+def class_centers(a: torch.Tensor, codes: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """float64 means of each class's rows of a (chunk sums in a's dtype, totals in float64)."""
+    sums = torch.zeros((n_classes, a.shape[1]), dtype=torch.float64, device=a.device)
+    part = torch.empty((n_classes, a.shape[1]), dtype=a.dtype, device=a.device)
+    step = chunk_rows(a.shape[1], 1 << 22)
+    for s in range(0, a.shape[0], step):
+        part.zero_().index_add_(0, codes[s : s + step], a[s : s + step])
+        sums += part
+    counts = torch.bincount(codes, minlength=n_classes).to(torch.float64)
+    return sums / counts[:, None]
 
 
 def nearest_center(

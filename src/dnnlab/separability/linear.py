@@ -29,10 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dnnlab.errors import InputError
-from dnnlab.separability.measures import (
-    BudgetError,
-    _highest_precision,
+from dnnlab.errors import BudgetError, InputError
+from dnnlab.separability.inputs import (
     as_feature_source,
     check_finite,
     encode_labels,
@@ -40,6 +38,7 @@ from dnnlab.separability.measures import (
 )
 from dnnlab.separability.normalize import NORMALIZATIONS, feature_stats, normalize_rows
 from dnnlab.utils.chunks import chunk_rows
+from dnnlab.utils.precision import highest_matmul_precision
 from dnnlab.utils.sizes import format_size, parse_size
 
 DEFAULT_ALPHA = 1.0
@@ -451,7 +450,7 @@ def _fit(
     system = _System(rows, alpha, dual, chunk_elems)
     rhs = yc if dual else system.zt(yc)
     fallback = False
-    with _highest_precision():
+    with highest_matmul_precision():
         # 1. The Gram in the compute dtype, factored in that dtype, refined in float64.
         t1 = time.perf_counter()
         g = gram if gram is not None else _gram(rows, dual, compute_dtype, workspace, chunk_elems)

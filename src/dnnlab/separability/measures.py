@@ -24,10 +24,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from dnnlab.errors import InputError
+from dnnlab.errors import BudgetError, InputError, UndefinedMeasure
 from dnnlab.separability import knn
 from dnnlab.separability.featurefile import FeatureFile
+from dnnlab.separability.inputs import (
+    as_feature_source,
+    check_finite,
+    encode_labels,
+    resolve_device,
+)
+from dnnlab.separability.knn import class_centers
+from dnnlab.separability.linear import (
+    DEFAULT_ALPHA,
+    SharedWork,
+    fit_linear,
+    fit_linear_shared,
+    linear_budget,
+)
+from dnnlab.separability.nc1 import check_nc1_classes, nc1_values
 from dnnlab.separability.normalize import (
     NORMALIZATIONS,
     NormalizedRows,
@@ -35,13 +51,8 @@ from dnnlab.separability.normalize import (
     normalize_with_norms,
 )
 from dnnlab.utils.chunks import chunk_rows
-from dnnlab.utils.device import check_device
+from dnnlab.utils.precision import highest_matmul_precision
 from dnnlab.utils.sizes import format_size, parse_size
-
-
-class BudgetError(InputError, MemoryError):
-    """--max-memory (max_memory) too small for the work: a bad setting, reported briefly."""
-
 
 KINDS = ("si", "csi", "hsi", "soft", "anti", "knn", "nc1", "linear")
 # Measures that need no neighbour search.
@@ -145,121 +156,7 @@ class SeparabilityResult:
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------- inputs
-
-
-def as_feature_tensor(features) -> torch.Tensor:
-    """Any (N, ...) array or tensor -> (N, D) tensor view, without copying when possible."""
-    if isinstance(features, torch.Tensor):
-        x = features.detach()
-    elif isinstance(features, np.ndarray):
-        arr = features
-        if arr.dtype == object or not (
-            np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
-        ):
-            raise TypeError(f"features must be numeric; got dtype {arr.dtype}")
-        with warnings.catch_warnings():  # a read-only array: read only (see _writable)
-            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-            x = torch.from_numpy(np.ascontiguousarray(arr) if not arr.flags.c_contiguous else arr)
-    else:
-        try:
-            x = torch.as_tensor(np.asarray(features, dtype=np.float64))
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"features must be a numeric array or tensor: {e}") from None
-    if x.dim() == 0:
-        raise ValueError("features must have a sample axis: shape (N, ...); got a scalar")
-    if x.is_complex():
-        raise TypeError("complex features are not supported")
-    if not x.is_floating_point():
-        x = x.to(torch.float32)
-    return x.reshape(x.shape[0], -1) if x.dim() != 2 else x
-
-
-def as_feature_source(features, in_place: bool = False):
-    """as_feature_tensor, except that features on disk stay there: a FeatureFile, or a
-    numpy memmap (unless in_place may normalize a writable one where it lies), comes back
-    as a FeatureFile read by row blocks."""
-    if isinstance(features, FeatureFile):
-        return features
-    if isinstance(features, np.memmap) and not (in_place and features.flags.writeable):
-        try:
-            on_disk = FeatureFile.from_memmap(features)
-        except InputError as e:
-            raise TypeError(str(e)) from None
-        if on_disk is not None:
-            return on_disk
-    return as_feature_tensor(features)
-
-
-def encode_labels(labels, n: int) -> tuple[np.ndarray, list]:
-    """Labels of any type -> (codes 0..C-1 in sorted label order, the sorted class values)."""
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    arr = np.asarray(labels)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1:
-        raise ValueError(f"labels must have shape (N,) or (N, 1); got shape {tuple(arr.shape)}")
-    if arr.shape[0] != n:
-        raise ValueError(
-            f"features have N={n} samples but labels have {arr.shape[0]}; they must match"
-        )
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = np.flatnonzero(~np.isfinite(arr))
-        raise ValueError(f"labels contain {bad.size} NaN/Inf values, first at rows {bad[:5]}")
-    classes, codes = np.unique(arr, return_inverse=True)
-    return codes.astype(np.int64), classes.tolist()
-
-
-class NonFiniteError(InputError):
-    """Features with NaN or Inf; `rows` counts them (callers that made the features, such as
-    the probe, say where they came from)."""
-
-    def __init__(self, msg: str, rows: int = 0):
-        super().__init__(msg)
-        self.rows = rows
-
-
-def check_finite(x: torch.Tensor) -> None:
-    step = chunk_rows(x.shape[1], 1 << 24)
-    bad_rows: list[int] = []
-    count = 0
-    for s in range(0, x.shape[0], step):
-        ok = torch.isfinite(x[s : s + step]).all(1)
-        if not bool(ok.all()):
-            rows = (~ok).nonzero().squeeze(1) + s
-            count += rows.numel()
-            bad_rows += rows[: 5 - len(bad_rows)].tolist() if len(bad_rows) < 5 else []
-    if count:
-        raise NonFiniteError(
-            f"features contain NaN or Inf in {count} rows (first rows: {bad_rows}); "
-            "remove or impute them first",
-            count,
-        )
-
-
-def resolve_device(x: torch.Tensor, device) -> torch.device:
-    """The features' own device when none is asked for; else the one asked for, checked."""
-    if device in (None, "auto"):
-        return x.device
-    if isinstance(device, torch.device):
-        device = str(device)
-    return check_device(device, "device")
-
-
 # ---------------------------------------------------------------------------- compute
-
-
-def class_centers(a: torch.Tensor, codes: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """float64 means of each class's rows of a (chunk sums in a's dtype, totals in float64)."""
-    sums = torch.zeros((n_classes, a.shape[1]), dtype=torch.float64, device=a.device)
-    part = torch.empty((n_classes, a.shape[1]), dtype=a.dtype, device=a.device)
-    step = chunk_rows(a.shape[1], 1 << 22)
-    for s in range(0, a.shape[0], step):
-        part.zero_().index_add_(0, codes[s : s + step], a[s : s + step])
-        sums += part
-    counts = torch.bincount(codes, minlength=n_classes).to(torch.float64)
-    return sums / counts[:, None]
 
 
 def plan_memory(n: int, copy_d: int, d: int, kk: int, itemsize: int, budget: int):
@@ -326,8 +223,6 @@ def separability(
         separability_fitting).
     The fitted linear probe, when "linear" is measured, is the result's `linear_probe`.
     """
-    from dnnlab.separability.linear import DEFAULT_ALPHA, fit_linear_shared
-
     t0 = time.perf_counter()
     wanted = parse_measures(measures)
     linear = any(m.kind == "linear" for m in wanted)
@@ -378,7 +273,7 @@ def separability(
 
     in_place, block, mem_elems = plan
     search = _Search(k, block, mem_elems, group, progress, stats)
-    with _highest_precision():
+    with highest_matmul_precision():
         a, sq, work = _normalize_on_device(
             s.x, dev, normalize_method, compute_dtype, in_place, share
         )
@@ -417,8 +312,6 @@ def _can_share(s: _Samples, k: int, normalize_method: str, compute_dtype) -> boo
 def _linear_need(s: _Samples, budget: int) -> int:
     """Bytes the dual fit needs beside the normalized copy: its N x N Gram (counted in
     float64 for the fallback) and its float64 row chunks (linear.linear_budget)."""
-    from dnnlab.separability.linear import linear_budget
-
     return linear_budget(s.n, s.d, budget)[1]
 
 
@@ -566,8 +459,6 @@ def _check_measure_inputs(wanted: list[Measure], s: _Samples, test, undefined: s
 
 def _linear_probe(x, labels, test, normalize_method, device, max_memory, alpha) -> _LinearScore:
     """Fit the ridge probe on (x, labels) on its own and score it (_score)."""
-    from dnnlab.separability.linear import fit_linear
-
     probe = fit_linear(
         x,
         labels,
@@ -711,8 +602,6 @@ def _normalize_on_device(x, dev, normalize_method, compute_dtype, in_place, shar
         )
     if not share:
         return a, sq, None
-    from dnnlab.separability.linear import SharedWork
-
     n = a.shape[0]
     return a, sq, SharedWork(a, *stats, torch.empty((n, n), dtype=a.dtype, device=dev))
 
@@ -840,72 +729,9 @@ class TrivialMeasure(UserWarning):
     """Measures whose value the input alone decides (all samples share one label)."""
 
 
-class UndefinedMeasure(InputError):
-    """A measure that has no value on these features (e.g. NC1 when all class means agree)."""
-
-
-def check_nc1_classes(names: list[str], counts: np.ndarray) -> None:
-    """NC1 needs two classes, each with two samples (a lone sample has no within-class spread)."""
-    if len(names) < 2:
-        raise UndefinedMeasure(f"nc1 needs at least 2 classes; all samples have label {names[0]!r}")
-    lone = [c for c, k in zip(names, counts, strict=True) if k < 2]
-    if lone:
-        raise UndefinedMeasure(
-            f"nc1: class {lone[0]!r} has one sample; NC1 needs at least 2 per class"
-            + (f" ({len(lone)} such classes: {lone[:5]})" if len(lone) > 1 else "")
-        )
-
-
-def nc1_values(a: torch.Tensor, codes: torch.Tensor, n_classes: int, names, mem_elems: int):
-    """NC1 = trace(Sigma_W Sigma_B^+) / C and its per-class terms, without a D x D matrix.
-
-    With M = [mu_c - mu_G] (D x C) = U S V^T (thin SVD), Sigma_B = M M^T / C has
-    pseudo-inverse C U S^-2 U^T, so NC1 = sum_j (u_j^T Sigma_W u_j) / s_j^2: only the
-    within-class residuals projected on the <= C directions u_j are needed, streamed over
-    rows in float64. Directions with s_j <= s_max * max(D, C) * eps span the null space
-    (numpy's matrix_rank rule). Per class c, Sigma_W is replaced by class c's own covariance
-    (1/n_c) sum_{y_i = c} ...; NC1 is their average weighted by n_c / N.
-    Returns (nc1, [per-class value]).
-    """
-    n, d = a.shape
-    centers = class_centers(a, codes, n_classes)  # float64
-    counts = torch.bincount(codes, minlength=n_classes).to(torch.float64)
-    mu_g = (centers * counts[:, None]).sum(0) / n
-    u, s, _ = torch.linalg.svd((centers - mu_g).T, full_matrices=False)
-    keep = s > s.max() * max(d, n_classes) * torch.finfo(torch.float64).eps
-    if not bool(keep.any()):
-        raise UndefinedMeasure("nc1: every class has the same mean; Sigma_B is 0 and NC1 undefined")
-    u, s = u[:, keep], s[keep]
-    sums = torch.zeros((n_classes, u.shape[1]), dtype=torch.float64, device=a.device)
-    step = chunk_rows(d, mem_elems)
-    for r0 in range(0, n, step):
-        c = codes[r0 : r0 + step]
-        proj = (a[r0 : r0 + step].to(torch.float64) - centers[c]) @ u
-        sums.index_add_(0, c, proj.square())
-    per_class = (sums / s.square()).sum(1) / counts  # u^T Sigma_W,c u / s^2, summed over j
-    total = float((per_class * counts).sum() / n)
-    return total, [float(v) for v in per_class]
-
-
-class _highest_precision:
-    """Force full-precision float32 matrix multiplies (no TF32) and restore the setting."""
-
-    def __enter__(self):
-        self.prev = torch.get_float32_matmul_precision()
-        self.prev_cuda = torch.backends.cuda.matmul.allow_tf32
-        torch.set_float32_matmul_precision("highest")
-        torch.backends.cuda.matmul.allow_tf32 = False
-
-    def __exit__(self, *exc):
-        torch.set_float32_matmul_precision(self.prev)
-        torch.backends.cuda.matmul.allow_tf32 = self.prev_cuda
-
-
 def _progress_bar(n: int, block: int, group, progress: bool):
     if not progress:
         return None
-    from tqdm.auto import tqdm
-
     rank, world = knn._dist_info(group)
     nb = math.ceil(n / block)
     total = len(knn.pair_schedule(nb, rank, world))

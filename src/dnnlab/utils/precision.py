@@ -41,3 +41,17 @@ def training_precision(want_bf16: bool, dev: torch.device, flags=None) -> tuple[
     if ok:
         return "bf16", why
     return "fp32", f"bf16 asked for, but {why}: training in fp32 instead"
+
+
+class highest_matmul_precision:
+    """Force full-precision float32 matrix multiplies (no TF32) and restore the setting."""
+
+    def __enter__(self):
+        self.prev = torch.get_float32_matmul_precision()
+        self.prev_cuda = torch.backends.cuda.matmul.allow_tf32
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.set_float32_matmul_precision(self.prev)
+        torch.backends.cuda.matmul.allow_tf32 = self.prev_cuda
