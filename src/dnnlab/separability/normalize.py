@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from dnnlab.errors import InputError
-from dnnlab.utils.chunks import chunk_rows
+from dnnlab.utils.chunks import chunk_rows, row_chunks
 
 NORMALIZATIONS = ("zscore", "minmax", "none")
 # The reference implementation divides by (unbiased std + 1e-10); we keep that constant so
@@ -19,10 +19,8 @@ NORMALIZATIONS = ("zscore", "minmax", "none")
 STD_EPS = 1e-10
 
 
-def _row_chunks(n: int, d: int, budget_elems: int = 1 << 23):
-    step = chunk_rows(d, budget_elems)
-    for start in range(0, n, step):
-        yield start, min(n, start + step)
+# Elements per row chunk of the streamed passes (32 MiB of float32).
+CHUNK_ELEMS = 1 << 23
 
 
 def _work_dtype(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.dtype:
@@ -103,7 +101,7 @@ def _moments(x: torch.Tensor, zscore: bool, mult: torch.Tensor | None):
     mean = torch.zeros(d, **f64)
     m2 = torch.zeros(d, **f64)
     count = 0
-    for a, b in _row_chunks(n, d):
+    for a, b in row_chunks(n, chunk_rows(d, CHUNK_ELEMS)):
         c = x[a:b].to(work)
         c_lo, c_hi = c.amin(0).double(), c.amax(0).double()
         lo, hi = torch.minimum(lo, c_lo), torch.maximum(hi, c_hi)
@@ -137,7 +135,7 @@ def _power_of_two_scale(x: torch.Tensor) -> torch.Tensor:
     feature): multiplying by it is exact and brings every feature near 1."""
     n, d = x.shape
     top = torch.zeros(d, dtype=torch.float64, device=x.device)
-    for a, b in _row_chunks(n, d):
+    for a, b in row_chunks(n, chunk_rows(d, CHUNK_ELEMS)):
         top = torch.maximum(top, x[a:b].abs().amax(0).double())
     _, e = torch.frexp(top)
     return torch.where(top > 0, torch.ldexp(torch.ones_like(top), -e), 1.0)
@@ -173,7 +171,7 @@ def normalize_with_norms(
     reuse = inplace and x.dtype == dtype and x.is_contiguous()
     out = x if reuse else torch.empty((n, d), dtype=dtype, device=x.device)
     sq = torch.empty(n, dtype=dtype, device=x.device)
-    for a, b in _row_chunks(n, d):
+    for a, b in row_chunks(n, chunk_rows(d, CHUNK_ELEMS)):
         o = out[a:b]
         if method == "none":
             o.copy_(x[a:b])
