@@ -216,3 +216,25 @@ def test_safetensors_feature_file(tmp_path, capsys):
     d = tmp_path / "d.safetensors"
     assert main(["si", f"{d}:x", f"{d}:y", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["si"] == separability(x, y)["si"]
+
+
+def test_sparse_tensors_and_lists_in_pt_files(tmp_path, capsys):
+    x, y = lattice(n=60, d=5)
+    np.save(tmp_path / "y.npy", y)
+    want = separability(x, y)["si"]
+    torch.save(torch.from_numpy(x).to_sparse(), tmp_path / "coo.pt")
+    torch.save(torch.from_numpy(x).to_sparse_csr(), tmp_path / "csr.pt")
+    torch.save(x.tolist(), tmp_path / "list.pt")
+    for name in ("coo.pt", "csr.pt", "list.pt"):
+        assert main(["si", str(tmp_path / name), str(tmp_path / "y.npy"), "--json"]) == 0, name
+        assert json.loads(capsys.readouterr().out)["si"] == want
+    big = torch.sparse_coo_tensor(torch.tensor([[0, 59999], [0, 59999]]), [1.0, 2.0], (60000,) * 2)
+    torch.save(big, tmp_path / "big.pt")  # 14.4 GB dense, a few bytes sparse
+    assert main(["si", str(tmp_path / "big.pt"), str(tmp_path / "y.npy")]) == 2
+    assert "sparse tensor of shape (60000, 60000)" in capsys.readouterr().err
+    torch.save([[1.0, 2.0], [3.0]], tmp_path / "ragged.pt")
+    torch.save(["a", "b"], tmp_path / "words.pt")
+    for name, words in (("ragged.pt", "not a rectangular"), ("words.pt", "not of numbers")):
+        assert main(["si", str(tmp_path / name), str(tmp_path / "y.npy")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err

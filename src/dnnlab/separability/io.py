@@ -96,6 +96,43 @@ def _read_csv(path: Path, column: str | None, numeric: bool) -> np.ndarray:
     return out
 
 
+def _plain_array(obj, path: Path, numeric: bool, max_bytes: int):
+    """A .pt/.safetensors entry as an array: a dense tensor as it is; a sparse one made dense
+    (its dense size counts in the command's budget like any input read whole); a list of
+    numbers (or of strings, for labels) as a numpy array; anything else named."""
+    if isinstance(obj, torch.Tensor):
+        if obj.layout != torch.strided:
+            dense = obj.numel() * obj.element_size()
+            if dense > max_bytes:
+                raise InputError(
+                    f"{path}: a sparse tensor of shape {tuple(obj.shape)} would take "
+                    f"{format_size(dense)} dense, more than {format_size(max_bytes)}; save "
+                    "the features densely as .npy to have them read by blocks"
+                )
+            obj = obj.to_dense()
+        return obj
+    if isinstance(obj, np.ndarray):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        try:
+            arr = np.asarray(obj)
+        except ValueError as e:  # ragged nesting
+            raise InputError(
+                f"{path}: holds a list that is not a rectangular array ({e})"
+            ) from None
+        if arr.dtype.kind not in ("biuf" if numeric else "biufU"):
+            raise InputError(
+                f"{path}: holds a list of {type(obj[0]).__name__ if len(obj) else 'nothing'}, "
+                "not of numbers"
+            )
+        return arr
+    raise InputError(f"{path}: expected a tensor, found {type(obj).__name__}")
+
+
+# A sparse tensor is made dense only up to this size (the command's budget then counts it).
+MAX_DENSE_BYTES = 1 << 34
+
+
 HEADER_WORDS = {"label", "labels", "class", "classes", "target", "targets", "y", "category"}
 
 
@@ -127,8 +164,9 @@ def _is_int(cell: str) -> bool:
         return False
 
 
-def load_array(spec: str, *, numeric: bool = True):
-    """Load one array (numpy or torch) from a file spec; numeric=False allows string labels."""
+def load_array(spec: str, *, numeric: bool = True, max_bytes: int = MAX_DENSE_BYTES):
+    """Load one array (numpy or torch) from a file spec; numeric=False allows string labels;
+    max_bytes: the largest a sparse tensor may take once made dense."""
     path, name = split_spec(str(spec))
     if not path.exists():
         raise InputError(f"{path}: no such file")
@@ -147,9 +185,7 @@ def load_array(spec: str, *, numeric: bool = True):
             obj = load_plain(path)
             if isinstance(obj, dict):
                 obj = _pick(obj, name, path)
-            if not isinstance(obj, (torch.Tensor, np.ndarray, list)):
-                raise InputError(f"{path}: expected a tensor, found {type(obj).__name__}")
-            return obj
+            return _plain_array(obj, path, numeric, max_bytes)
         if suffix in (".csv", ".txt"):
             return _read_csv(path, name, numeric)
     except InputError:
@@ -186,14 +222,14 @@ def open_features(spec: str, budget: int):
         if stored is not None:
             return stored
         _check_inflated_size(path, name, budget)
-        return load_array(f"{path}:{name}")
+        return load_array(f"{path}:{name}", max_bytes=budget)
     if path.stat().st_size > budget:
         raise InputError(
             f"{path}: the file is {format_size(path.stat().st_size)}, more than the memory "
             f"budget {format_size(budget)}, and a {suffix} file is read whole: save the "
             "features as .npy (numpy.save) to have them read by blocks, or raise --max-memory"
         )
-    return load_array(spec)
+    return load_array(spec, max_bytes=budget)
 
 
 def _only_member(path: Path) -> str:
