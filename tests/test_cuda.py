@@ -31,11 +31,12 @@ def test_cuda_lattice_ties_same_as_cpu():
     assert gpu == cpu
 
 
-def test_tf32_setting_restored():
-    torch.backends.cuda.matmul.allow_tf32 = True
-    separability(torch.randn(50, 4, device="cuda"), np.arange(50) % 2)
-    assert torch.backends.cuda.matmul.allow_tf32 is True
-    torch.backends.cuda.matmul.allow_tf32 = False
+def test_tf32_setting_restored(monkeypatch):
+    # monkeypatch puts the global setting back whatever happens here
+    for before in (True, False):
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", before)
+        separability(torch.randn(50, 4, device="cuda"), np.arange(50) % 2)
+        assert torch.backends.cuda.matmul.allow_tf32 is before
 
 
 def test_cuda_training_step(tmp_path, monkeypatch):
