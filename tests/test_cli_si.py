@@ -157,3 +157,18 @@ def test_meaningless_or_bad_si_inputs_are_named(tmp_path, capsys, data, x, argv,
     np.save(tmp_path / "y.npy", data[1])
     assert main(["si", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), *argv]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_demo_without_scikit_learn_names_the_extra(monkeypatch, capsys):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_sklearn(name, *a, **kw):
+        if name == "sklearn" or name.startswith("sklearn."):
+            raise ImportError("No module named 'sklearn'")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    assert main(["si", "--demo", "digits"]) == 2
+    assert "pip install 'dnnlab[demo]'" in capsys.readouterr().err

@@ -31,9 +31,7 @@ def _si_data(args, budget: int):
     if args.demo:
         if args.features or args.labels:
             raise InputError("give either --demo or FEATURES LABELS, not both")
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
+        digits = _load_digits()
         x, y = digits.data, digits.target
         if not args.json:
             print(f"demo: scikit-learn digits, {x.shape[0]} images of 8x8 pixels, 10 classes")
@@ -44,6 +42,18 @@ def _si_data(args, budget: int):
     y = load_array(args.labels, numeric=False)
     check_inputs(x, y, args.features, args.labels)
     return x, y
+
+
+def _load_digits():
+    """scikit-learn's bundled digits; scikit-learn is an optional extra (dnnlab[demo]), so it
+    is imported only here."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise InputError(
+            "--demo digits needs scikit-learn: pip install 'dnnlab[demo]' (or scikit-learn)"
+        ) from None
+    return load_digits()
 
 
 def _si_checks(args, n: int, budget: int):
