@@ -21,6 +21,7 @@ from dnnlab.detect.output import draw
 from dnnlab.detect.proposals import proposal_recall
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
+from dnnlab.utils.images import UnreadableImage
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 MATCH_IOU = 0.5  # a detection is true when it covers an unmatched target box this well
@@ -75,8 +76,8 @@ def evaluate(voc_dir, detector: Detector, progress=True, draw_dir: Path | None =
     for item in tqdm(items, desc="evaluate", unit="img", disable=not progress):
         try:
             img = load_rgb(item.image)
-        except Exception as e:
-            problems.add("unreadable image", str(item.image), str(e))
+        except UnreadableImage as e:  # changed since it was listed: counted, the rest go on
+            problems.add("unreadable image", str(item.image), e.reason)
             continue
         r = detector.detect(img)
         gt = item.boxes(target)

@@ -13,6 +13,7 @@ from dnnlab.detect.detector import Detector
 from dnnlab.detect.voc import Problems, load_rgb
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_write_json
+from dnnlab.utils.images import UnreadableImage
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
@@ -90,8 +91,8 @@ def detect_one(p: Path, detector: Detector, out_dir: Path) -> dict:
     that cannot be read gives {"image", "error"} and writes nothing."""
     try:
         img = load_rgb(p)
-    except Exception as e:
-        return {"image": str(p), "error": f"unreadable image: {e}"}
+    except UnreadableImage as e:
+        return {"image": str(p), "error": f"unreadable image ({e.reason})"}
     r = detector.detect(img)
     dets = [
         {"box": [round(float(v), 1) for v in b], "score": round(float(s), 4)}

@@ -18,7 +18,6 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
-import io
 import json
 import tarfile
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from torch import nn
 
 from dnnlab.errors import InputError
 from dnnlab.settings import setting, validate
-from dnnlab.utils.images import IMAGE_EXT
+from dnnlab.utils.images import IMAGE_EXT, open_rgb
 from dnnlab.utils.safe_load import load_error_reason, load_plain
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -291,13 +290,8 @@ class ImageSplit:
 
 
 def _open_image(data: bytes, name: str):
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
-    except Exception as e:
-        raise InputError(f"{name}: unreadable image ({type(e).__name__}: {e})") from None
+    """The image in `data` decoded whole, as RGB; an UnreadableImage naming `name`."""
+    return open_rgb(data, name)
 
 
 class _Tree:
@@ -358,19 +352,33 @@ class _Tree:
             raise InputError(f"{path}: cannot be read ({e})") from None
         return _open_image(data, str(path))
 
-    def check_headers(self, keys) -> None:
-        """Every image's header is readable (a cheap check before any work)."""
-        from PIL import Image
-
+    def readable(self, keys) -> tuple[list[str], list[str]]:
+        """(the keys whose image decodes whole, "FILE (reason)" for each that does not): a
+        truncated or corrupt image is found before any work and left out, never met in
+        the middle of a forward pass."""
+        good, bad = [], []
         for k in keys:
-            full = self.prefix + k
-            src = io.BytesIO(self.blobs[full]) if self.blobs else self.root / full
             try:
-                with Image.open(src) as im:
-                    im.size  # noqa: B018 (reads the header)
-            except Exception as e:
-                where = f"{self.root}:{full}" if self.blobs else str(self.root / full)
-                raise InputError(f"{where}: unreadable image ({type(e).__name__}: {e})") from None
+                self.read(k)
+                good.append(k)
+            except InputError as e:
+                bad.append(str(e))
+        return good, bad
+
+
+def readable_split(s: ImageSplit, tree: _Tree) -> tuple[ImageSplit, list[str]]:
+    """The split without its images that cannot be decoded, and those images named."""
+    good, bad = tree.readable(s.items)
+    if not bad:
+        return s, bad
+    keep = set(good)
+    return s.subset([i for i, k in enumerate(s.items) if k in keep]), bad
+
+
+def left_out_note(bad: list[str]) -> str:
+    """The probe's note on the images it left out (a bad file never stops a data set)."""
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return f"{len(bad)} unreadable image(s) left out: {'; '.join(bad[:3])}{more}"
 
 
 def _stratified(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -446,8 +454,7 @@ def _folder_splits(root: Path, cfg: AnyConfig, size: int | None, mean, std, out:
         lists, how = _class_folder_lists(tree.tree[""], cls_index, cfg)
         record = {k: v[0] for k, v in lists.items()}
     if size is None:
-        first = next(iter(lists.values()))[0][0]
-        size = min(tree.read(first).size)
+        size = first_size(tree, next(iter(lists.values()))[0])
     splits = {}
     for name, (keys, labels) in lists.items():
         ids = [[k, tree.stat[tree.prefix + k]] for k in keys]
@@ -463,6 +470,17 @@ def _folder_splits(root: Path, cfg: AnyConfig, size: int | None, mean, std, out:
         )
     splits["_tree"] = tree
     return splits, classes, how
+
+
+def first_size(tree: _Tree, keys: list[str]) -> int:
+    """The shorter side of the first image of `keys` that can be read (the default image
+    size when the model names none)."""
+    for k in keys:
+        try:
+            return min(tree.read(k).size)
+        except InputError:
+            continue
+    raise InputError(f"--data {tree.root}: none of its images can be read")
 
 
 def _listing(folder: dict, cls_index: dict) -> tuple[list[str], list[int]]:
@@ -593,17 +611,20 @@ def probe_any(cfg: AnyConfig, pcfg, overwrite=False, progress=False):
             f"--splits: {cfg.data} has no split {missing or list(pcfg.splits)}; "
             f"it has {sorted(splits)}"
         )
-    chosen = {}
+    chosen, left_out = {}, []
     for name in wanted:
         s = splits[name]
         if cfg.max_per_split and len(s) > cfg.max_per_split:
             s = s.subset(_stratified(s.labels, cfg.max_per_split, cfg.seed).tolist())
+        if tree is not None:
+            s, bad = readable_split(s, tree)
+            left_out += bad
         if len(s) < 2:
-            raise InputError(f"split {name!r} of {cfg.data} has {len(s)} image(s); need >= 2")
+            why = f" ({len(bad)} unreadable: {bad[0]})" if tree is not None and bad else ""
+            raise InputError(
+                f"split {name!r} of {cfg.data} has {len(s)} readable image(s){why}; need >= 2"
+            )
         chosen[name] = (s, s.labels)
-    if tree is not None:
-        for s, _ in chosen.values():
-            tree.check_headers(s.items)
     pcfg = replace(pcfg, splits=tuple(wanted))
     res = probe_model(
         model,
@@ -616,6 +637,8 @@ def probe_any(cfg: AnyConfig, pcfg, overwrite=False, progress=False):
         source={"model": cfg.model},
     )
     res.notes.insert(0, f"splits: {how}; classes: {len(classes)}; image size {size}")
+    if left_out:
+        res.notes.insert(1, left_out_note(left_out))
     plot_probe(res.rows, out, title=cfg.model)
     return res, out, cfg.model
 
