@@ -399,10 +399,9 @@ def cmd_detect_run(args) -> int:
 
 
 def cmd_detect_eval(args) -> int:
-    from dnnlab.detect.evaluate import check_draw_dir, evaluate_once, print_result
+    from dnnlab.detect.evaluate import check_eval_inputs, evaluate_once, print_result
 
-    if args.draw is not None:
-        check_draw_dir(args.draw, args.voc_dir, args.model)
+    check_eval_inputs(args.voc_dir, args.model, args.draw)
     detector = _load_detector(args)
     res = evaluate_once(
         args.voc_dir, args.model, detector, draw_dir=args.draw, progress=sys.stderr.isatty()

@@ -22,6 +22,7 @@ from dnnlab.detect.proposals import proposal_recall
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.images import UnreadableImage
+from dnnlab.utils.paths import check_in_folder
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 MATCH_IOU = 0.5  # a detection is true when it covers an unmatched target box this well
@@ -192,11 +193,19 @@ def check_draw_dir(draw_dir, voc_dir, model_dir) -> None:
     check_outputs_spare_inputs([voc_dir, model_dir, *files], draw_dir, drawn, flag="--draw")
 
 
+def check_eval_inputs(voc_dir, model_dir, draw_dir=None) -> None:
+    """Before any work: the evaluated folder and the model's are folders, and a --draw
+    folder writes over neither (nor any of their files) and is no file itself."""
+    check_in_folder(voc_dir, "VOC_DIR")
+    check_in_folder(model_dir, "--model")
+    if draw_dir is not None:
+        check_draw_dir(draw_dir, voc_dir, model_dir)
+
+
 def evaluate_once(voc_dir, model_dir, detector: Detector, draw_dir=None, progress=False) -> dict:
     """The evaluation of the detector in model_dir on voc_dir: the stored record when its
     fingerprint matches (never when drawing), else a fresh evaluation, then recorded."""
-    if draw_dir is not None:
-        check_draw_dir(draw_dir, voc_dir, model_dir)
+    check_eval_inputs(voc_dir, model_dir, draw_dir)
     fp = fingerprint(voc_dir, model_dir, detector)
     res = None if draw_dir else stored_result(model_dir, voc_dir, fp)
     if res is not None:

@@ -30,6 +30,7 @@ from torch import nn
 from dnnlab.errors import InputError
 from dnnlab.settings import setting, validate
 from dnnlab.utils.images import IMAGE_EXT, open_rgb
+from dnnlab.utils.paths import check_in_file, missing_reason
 from dnnlab.utils.safe_load import load_error_reason, load_plain
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -193,9 +194,7 @@ def load_state(path: str, key: str | None) -> dict:
     and read as plain data (utils.safe_load.load_plain). key: the entry holding the state
     dict (torch files: {"model": {...}}), or the prefix of its names in a flat file
     ("model" takes "model.conv1.weight" as "conv1.weight")."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"--weights {path}: no such file")
+    p = check_in_file(path, "--weights")
     try:
         obj = load_plain(p)
     except Exception as e:  # pickle, zip, safetensors and torch errors: not plain weights
@@ -394,7 +393,7 @@ def image_splits(cfg: AnyConfig, size: int | None, mean, std, out: Path):
 
     root = Path(cfg.data).expanduser()
     if not root.exists():
-        raise InputError(f"--data {root}: does not exist")
+        raise InputError(f"--data {root}: {missing_reason(root)}")
     try:
         c10 = load_cifar10(root)
     except DataError:  # not CIFAR-10: an image-folder tree

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dnnlab.errors import DnnlabError
+from dnnlab.utils.paths import check_out_folder, real
 
 _HELD: dict[Path, int] = {}  # the folders this process holds, with the nesting depth
 
@@ -30,15 +31,16 @@ class FolderBusy(DnnlabError):
 
 def lock_path(folder) -> Path:
     """`.NAME.lock` beside the folder NAME, symlinks resolved (one lock per real folder)."""
-    f = Path(folder).expanduser().resolve()
+    f = real(folder)
     return f.parent / f".{f.name}.lock"
 
 
 @contextmanager
 def folder_lock(folder, flag: str = "--out") -> Iterator[None]:
     """Hold the folder's writer lock for the duration of the block; raise FolderBusy at
-    once when another process holds it. `flag` names the folder in the message."""
-    key = Path(folder).expanduser().resolve()
+    once when another process holds it. `flag` names the folder in the message; a folder
+    that is an existing file is refused (InputError) before anything is made."""
+    key = real(folder)
     if key in _HELD:
         _HELD[key] += 1
         try:
@@ -46,6 +48,7 @@ def folder_lock(folder, flag: str = "--out") -> Iterator[None]:
         finally:
             _HELD[key] -= 1
         return
+    check_out_folder(folder, flag)
     path = lock_path(folder)
     made = make_parents(path.parent)
     try:
