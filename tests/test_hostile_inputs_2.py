@@ -29,7 +29,8 @@ def refused(argv, capsys, *named) -> str:
     """The command exits 2 with one `dnnlab CMD: error:` line naming each of `named`."""
     assert main([str(a) for a in argv]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1 and ": error: " in err, err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("dnnlab ") and ": error: " in last, err
     for n in named:
         assert str(n) in err, (n, err)
     return err
@@ -113,3 +114,129 @@ def test_probe_leaves_out_a_truncated_image_and_names_it(tmp_path, capsys, user_
     assert "unreadable image(s) left out" in captured.err and "3.png" in captured.err
     probe = json.loads((out / "probe.json").read_text())
     assert {r["split"]: r["n"] for r in probe["rows"]}["test"] == 17  # 18 less the bad one
+
+
+# -- 5: a bad path is a named refusal before any work, never a traceback --------------------
+def out_is_file_cases(tmp_path, tree, user_file):
+    """(argv, the path the refusal names) for every output folder given as a file."""
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    write_voc(voc, "a", [("cat", (10, 10, 60, 50))])
+    f = tmp_path / "afile.txt"
+    f.write_text("mine")
+    under = f / "sub"
+    probe = ["probe", "--model", f"{user_file}:make", "--data", tree]
+    return f, [
+        (["train", "--model", "base", "--epochs", "1", "--data-root", tree, "--out", f], f),
+        (["train", "--model", "base", "--data-root", tree, "--out", under], under),
+        ([*probe, "--out", f], f),
+        ([*probe, "--out", tmp_path / "p", "--spill-dir", f], f),
+        ([*probe, "--out", tmp_path / "p", "--spill-dir", under], under),
+        (["study", "--models", "base", "--data-root", tree, "--out", f], f),
+        (["study", "--models", "base", "--data-root", tree, "--publish", f], f),
+        (["detect", "build", voc, "--out", f], f),
+        (["detect", "build", voc, "--out", under], under),
+        (["detect", "run", voc / "a.jpg", "--out", f, "--model", voc], f),
+        (["detect", "eval", f, "--model", voc], f),
+        (["detect", "eval", voc, "--model", f], f),
+        (["detect", "eval", voc, "--model", voc, "--draw", f], f),
+        (["detect", "train", f], f),
+    ]
+
+
+def test_an_output_folder_that_is_a_file_is_refused_naming_it(tree, tmp_path, capsys, user_file):
+    f, cases = out_is_file_cases(tmp_path, tree, user_file)
+    before = sorted(os.listdir(tmp_path))
+    for argv, named in cases:
+        refused(argv, capsys, named)
+        assert f.read_text() == "mine" and sorted(os.listdir(tmp_path)) == before, argv
+
+
+def test_a_loop_of_links_is_named_as_one(tmp_path, capsys, user_file, tree):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "gone").symlink_to(tmp_path / "nothing")
+    probe = ["probe", "--model", f"{user_file}:make"]
+    for argv, why in (
+        ([*probe, "--data", tmp_path / "a", "--out", tmp_path / "o"], "loop of symbolic links"),
+        ([*probe, "--data", tree, "--weights", tmp_path / "b", "--out", tmp_path / "o"], "loop"),
+        ([*probe, "--data", tmp_path / "gone", "--out", tmp_path / "o"], "broken symbolic link"),
+        (["detect", "build", tree, "--out", tmp_path / "a"], "loop of symbolic links"),
+        (["detect", "eval", tmp_path / "a", "--model", tree], "loop of symbolic links"),
+    ):
+        err = refused(argv, capsys)
+        assert why in err and "no such file" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_a_sparse_tensor_is_refused_by_name(tmp_path, capsys, user_file, tree, layout):
+    dense = torch.zeros(60, 3)
+    dense[::7, 1] = 1.0
+    sparse = dense.to_sparse() if layout == "coo" else dense.to_sparse_csr()
+    feats = tmp_path / "x.pt"
+    torch.save(sparse, feats)
+    np.save(tmp_path / "y.npy", np.arange(60) % 2)
+    err = refused(["si", feats, tmp_path / "y.npy", "--no-progress"], capsys, feats)
+    assert "sparse" in err and "to_dense" in err
+    w = tmp_path / "w.pt"
+    torch.save({"early.weight": sparse}, w)
+    argv = ["probe", "--model", f"{user_file}:make", "--data", tree, "--weights", w]
+    err = refused([*argv, "--out", tmp_path / "o"], capsys, w, "['early.weight']")
+    assert "sparse" in err and "UserWarning" not in err
+    assert not (tmp_path / "o").exists()
+
+
+# -- a trained run, for the records of classes 5 and 11 ---------------------------------------
+TRAIN = ["--model", "base", "--epochs", "1", "--batch-size", "64", "--val-size", "20"]
+
+
+@pytest.fixture(scope="module")
+def finished(tree, tmp_path_factory):
+    """A finished one-epoch run of `base` on the fake tree."""
+    run = tmp_path_factory.mktemp("runs") / "r"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DNNLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+        assert main(["train", *TRAIN, "--data-root", str(tree), "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+    return shutil.copytree(finished, tmp_path / "r")
+
+
+def snapshot(run):
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir())}
+
+
+def edit_json(path, **changes):
+    d = json.loads(path.read_text())
+    path.write_text(json.dumps({**d, **changes}))
+
+
+def probe_run(run):
+    return ["probe", run, "--splits", "val", "--layers", "conv1", "--max-per-split", "10"]
+
+
+def resume(run, tree):
+    return ["train", "--out", run, "--resume", "--epochs", "2", "--data-root", tree]
+
+
+@pytest.mark.parametrize(
+    "train, val, why",
+    [
+        ([0, 1, 2, 10_000], [3, 4], "not positions among 140 images"),
+        ([0, 1, -1], [3, 4], "not positions among 140 images"),
+        ([0, 1, 2], [], "not positions among 140 images"),
+        ([0, 1, 2, 2], [3, 4], "repeat an image"),
+        ([0, 1, 2, 3], [3, 4], "in both train and val"),
+    ],
+)
+def test_a_bad_split_record_is_named_by_probe_and_resume(run, tree, capsys, train, val, why):
+    (run / "split.json").write_text(json.dumps({"train": train, "val": val}))
+    before = snapshot(run)
+    for argv in (probe_run(run), resume(run, tree)):
+        err = refused(argv, capsys, run / "split.json")
+        assert why in err, err
+    assert snapshot(run) == before

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import math
 import os
 import shutil
@@ -351,9 +352,12 @@ def _checkpoint(model, opt, sched, epoch, gen, cfg, best_acc, best_epoch):
     }
 
 
-def load_model_checkpoint(path, model_name: str | None = None, map_location="cpu"):
-    """Load best.pt/last.pt into a fresh model; a checkpoint of another model is an error."""
+def load_model_checkpoint(path, model_name: str | None = None, map_location="cpu", run=None):
+    """Load best.pt/last.pt into a fresh model; a checkpoint of another model is an error,
+    and so (with `run`, its run directory) one that run's config.json does not record."""
     ckpt = load_checkpoint(path, map_location)
+    if run is not None:
+        check_checkpoint_record(ckpt, Path(run), Path(path))
     arch = ckpt.get("arch")
     if arch not in VARIANTS:
         raise RunError(f"{path}: checkpoint of unknown model {arch!r}")
@@ -416,7 +420,60 @@ def read_split(out: Path, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
     for name, idx in (("train", tr), ("val", va)):
         if idx.ndim != 1 or idx.numel() == 0 or idx.min() < 0 or idx.max() >= n_train:
             raise RunError(f"{f}: the {name} indices are not positions among {n_train} images")
+        if idx.unique().numel() != idx.numel():
+            raise RunError(f"{f}: the {name} indices repeat an image; the file was edited")
+    both = tr[torch.isin(tr, va)]
+    if both.numel():
+        raise RunError(
+            f"{f}: {both.numel()} image(s) are in both train and val (e.g. index "
+            f"{int(both[0])}), so val would measure images the weights were trained on; "
+            "the file was edited: restore it, or train the run again"
+        )
     return tr, va
+
+
+def check_nothing_lost(out: Path) -> None:
+    """A run resumed without last.pt starts from epoch 1: refused when the run has done
+    more (best.pt, or epochs in metrics.json), which starting over would overwrite."""
+    rows = read_json(out / "metrics.json") if (out / "metrics.json").exists() else []
+    done = len(rows) if isinstance(rows, list) else 0
+    if (out / "best.pt").exists() or done:
+        raise RunError(
+            f"{out / 'last.pt'}: missing, but the run has "
+            f"{f'{done} epoch(s) in metrics.json' if done else 'a best.pt'}; resuming would "
+            "start again from epoch 1 and replace them. Restore last.pt, or use --overwrite "
+            "(or another --out) for a new run"
+        )
+
+
+def _comparable(v):
+    """A setting's value as JSON has it (tuples as lists), so that records compare."""
+    return json.loads(json.dumps(v))
+
+
+def check_checkpoint_record(ck: dict, out: Path, path: Path) -> None:
+    """Raise RunError unless the checkpoint at `path` was saved by the run that out's
+    config.json records: every setting its own config holds (those a resume may change
+    aside) equal to config.json's. A checkpoint of another run (another seed: another
+    split) or a hand-edited config.json is named, never trained on or measured."""
+    saved = ck.get("config")
+    if not isinstance(saved, dict):
+        raise RunError(f"{path}: records no config, so its run cannot be checked")
+    record = read_json_dict(out / "config.json")
+    diffs = [
+        f"{f.name} {_comparable(record.get(f.name))!r} in config.json, "
+        f"{_comparable(saved[f.name])!r} in {path.name}"
+        for f in fields(TrainConfig)
+        if f.name not in RESUMABLE_CHANGES
+        and f.name in saved
+        and _comparable(record.get(f.name)) != _comparable(saved[f.name])
+    ]
+    if diffs:
+        raise RunError(
+            f"{path} was not saved by the run {out / 'config.json'} records: "
+            f"{'; '.join(diffs[:3])}. Either file was edited or copied from another run: "
+            "restore config.json (or the checkpoint), or train the run again"
+        )
 
 
 def test_positions(cfg: TrainConfig, data) -> torch.Tensor:
@@ -489,6 +546,10 @@ def _plan(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) -> _P
         )
     last = out / "last.pt"
     ck = load_checkpoint(last, dev) if last.exists() else None
+    if ck is not None:
+        check_checkpoint_record(ck, out, last)
+    else:
+        check_nothing_lost(out)
     try:
         completed = int(ck["epoch"]) if ck else 0
     except (KeyError, TypeError, ValueError):
@@ -663,7 +724,9 @@ def _start_training(
         st.start, st.best_acc, st.best_epoch = ck["epoch"], ck["best_val_acc"], ck["best_epoch"]
         best_path = out / "best.pt"
         if best_path.exists():
-            st.best_state = load_checkpoint(best_path, dev)["model"]
+            best = load_checkpoint(best_path, dev)
+            check_checkpoint_record(best, out, best_path)
+            st.best_state = best["model"]
     return st
 
 
