@@ -240,3 +240,46 @@ def test_a_bad_split_record_is_named_by_probe_and_resume(run, tree, capsys, trai
         err = refused(argv, capsys, run / "split.json")
         assert why in err, err
     assert snapshot(run) == before
+
+
+# -- 11: a run's files must match its records ----------------------------------------------
+def edit_checkpoint(path, **changes):
+    ck = torch.load(path, weights_only=True)
+    ck["config"] = {**ck["config"], **changes}
+    torch.save(ck, path)
+
+
+@pytest.mark.parametrize("change", [{"seed": 1}, {"lr": 0.5}, {"model": "bn"}])
+def test_probe_refuses_weights_of_another_run(run, tree, capsys, change):
+    edit_checkpoint(run / "best.pt", **change)  # e.g. best.pt of a run with another split
+    before = snapshot(run)
+    err = refused(probe_run(run), capsys, run / "best.pt", next(iter(change)))
+    assert "config.json" in err
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("change", [{"lr": 0.5}, {"model": "bn"}, {"seed": 3}, {"momentum": 0.5}])
+def test_resume_refuses_an_edited_config(run, tree, capsys, change):
+    edit_json(run / "config.json", **change)
+    before = snapshot(run)
+    err = refused(resume(run, tree), capsys, run / "config.json", next(iter(change)))
+    assert "edited" in err and "not a loadable" not in err
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("keep", [["best.pt", "metrics.json"], ["best.pt"], ["metrics.json"]])
+def test_resume_without_last_pt_never_starts_over(run, tree, capsys, keep):
+    for name in ("last.pt", "summary.json", "best.pt", "metrics.json"):
+        if name not in keep:
+            (run / name).unlink()
+    before = snapshot(run)
+    err = refused(resume(run, tree), capsys, run / "last.pt")
+    assert "epoch 1" in err
+    assert snapshot(run) == before
+
+
+def test_resume_of_a_run_killed_before_its_first_epoch_starts_it(run, tree):
+    for name in ("last.pt", "summary.json", "best.pt", "metrics.json", "metrics.csv"):
+        (run / name).unlink()
+    assert main([str(a) for a in resume(run, tree)]) == 0
+    assert len(json.loads((run / "metrics.json").read_text())) == 2
