@@ -283,3 +283,76 @@ def test_resume_of_a_run_killed_before_its_first_epoch_starts_it(run, tree):
         (run / name).unlink()
     assert main([str(a) for a in resume(run, tree)]) == 0
     assert len(json.loads((run / "metrics.json").read_text())) == 2
+
+
+# -- 12: no leftovers, no small lies ------------------------------------------------------
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, "error"])
+def test_an_overwrite_stopped_in_its_first_epoch_puts_the_old_run_back(
+    run, tree, capsys, monkeypatch, stop
+):
+    import dnnlab.cifar.train as T
+    from dnnlab.cifar.rundir import RunError
+
+    def stopped(*a, **k):
+        raise stop() if stop is KeyboardInterrupt else RunError("a failure in epoch 1")
+
+    monkeypatch.setattr(T, "_train_epoch", stopped)
+    before = snapshot(run)
+    argv = ["train", *TRAIN, "--seed", "5", "--data-root", tree, "--out", run, "--overwrite"]
+    assert main([str(a) for a in argv]) == (130 if stop is KeyboardInterrupt else 2)
+    err = capsys.readouterr().err
+    assert f"back in {run}" in err and "Traceback" not in err, err
+    assert snapshot(run) == before
+    assert not [n for n in os.listdir(run.parent) if n.endswith(".old")]  # none left behind
+
+
+def test_a_replaced_run_a_killed_overwrite_left_is_put_back(run, tree, capsys):
+    before = snapshot(run)
+    hidden = run.with_name(".r.999999999.old")  # a pid no process has
+    run.rename(hidden)
+    run.mkdir()  # the killed replacement had written only its config
+    (run / "config.json").write_text(json.dumps({"model": "base"}))
+    argv = ["train", "--out", run, "--resume", "--data-root", tree]
+    assert main([str(a) for a in argv]) == 0  # the put-back run is finished: nothing to do
+    assert f"back in {run}" in capsys.readouterr().err
+    assert snapshot(run) == before and not hidden.exists()
+
+
+def test_a_failed_probe_leaves_no_output_folder(tmp_path, capsys, user_file):
+    data = image_folder(tmp_path / "imgs", splits=("",), n=10)  # its split is drawn here
+    out = tmp_path / "out"
+    argv = ["probe", "--model", f"{user_file}:make", "--data", data, "--out", out]
+    refused([*argv, "--layers", "nosuchlayer"], capsys, "nosuchlayer")
+    assert not out.exists()
+    out.mkdir()
+    refused([*argv, "--layers", "nosuchlayer"], capsys, "nosuchlayer")
+    assert os.listdir(out) == []  # a folder the user made is kept, and holds nothing new
+
+
+def test_detect_run_that_writes_nothing_says_so_and_makes_no_folder(tmp_path, capsys):
+    from dnnlab.detect.output import print_run, run_detector
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "o"
+    results = run_detector([bad], FakeDetector(), out)
+    assert print_run(results, out) == 1
+    printed = capsys.readouterr()
+    assert "nothing written" in printed.out and "annotated images" not in printed.out
+    assert "bad.jpg: unreadable image" in printed.err
+    assert not out.exists()
+
+
+def test_a_python_warning_is_one_line_without_a_source_path(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    import dnnlab.cli as cli
+
+    def warns(args):
+        warnings.warn("a library's remark\nwith a second line", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_models", warns)
+    assert main(["models"]) == 0
+    err = capsys.readouterr().err
+    assert err == "dnnlab models: warning: a library's remark\n", err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -454,6 +455,8 @@ def main(argv=None) -> int:
     from dnnlab.errors import DnnlabError
 
     cmd = args.command + (f" {args.detect_command}" if args.command == "detect" else "")
+    shown = warnings.showwarning
+    warnings.showwarning = one_line_warning(cmd)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -463,3 +466,18 @@ def main(argv=None) -> int:
     except DnnlabError as e:
         print(f"dnnlab {cmd}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
+
+
+def one_line_warning(cmd: str):
+    """How a Python warning raised under command `cmd` is shown: one line, `dnnlab CMD:
+    warning: ...`, its first line only, without the source file and line that Python's
+    own display adds (a user's concern is the input, not dnnlab's code)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        lines = str(message).strip().splitlines()
+        text = lines[0] if lines else category.__name__
+        print(f"dnnlab {cmd}: warning: {text}", file=sys.stderr)
+
+    return show

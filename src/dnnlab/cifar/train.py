@@ -16,8 +16,10 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -42,10 +44,11 @@ from dnnlab.utils.atomic import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
+    pid_alive,
 )
 from dnnlab.utils.device import check_device, check_device_name
 from dnnlab.utils.distributed import init_distributed
-from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.lock import job_lock
 from dnnlab.utils.plots import plot_train_curves
 from dnnlab.utils.precision import training_precision
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
@@ -588,13 +591,15 @@ def train(
     anything is written or replaced. With --overwrite the old run is moved to a hidden
     sibling `.OUT.PID.old` and deleted once the new run's first epoch is saved. The run
     directory is never one holding the data, and one process at a time writes it (its
-    lock, held by rank 0)."""
+    lock, held by rank 0; a refusal ends every rank). A replacement stopped before its
+    first epoch is saved (an error, Ctrl-C, or a kill noticed by the next run) puts the
+    replaced run back."""
     out = Path(out)
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
     check_outputs_spare_inputs([cfg.data_root or default_root()], out, owned=True)
     rank, world = init_distributed(cfg.device)
-    with folder_lock(out) if rank == 0 else nullcontext():
+    with job_lock(out, rank, world):
         return _train_locked(cfg, out, resume, overwrite, progress, rank, world)
 
 
@@ -605,6 +610,10 @@ def _train_locked(
     dev = check_device(cfg.device)
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", torch.cuda.current_device())
+    if rank == 0:
+        recover_replaced(out)
+    if world > 1:
+        torch.distributed.barrier()
     plan = _plan(cfg, out, resume, overwrite, dev)
     if isinstance(plan, dict):
         return plan  # finished, nothing asked beyond it
@@ -617,31 +626,75 @@ def _train_locked(
 
     # Every input is good: only now change the run directory.
     old = out.with_name(f".{out.name}.{os.getpid()}.old")
-    if rank == 0:
-        idx = {"train": tr_idx, "val": val_idx}
-        _prepare_run_dir(cfg, out, plan, data, idx, old, (precision, why))
-    if world > 1:
-        torch.distributed.barrier()
-    split = {
-        "train": (data.train_x[tr_idx].to(dev), data.train_y[tr_idx].to(dev)),
-        "val": (data.train_x[val_idx].to(dev), data.train_y[val_idx].to(dev)),
-        "test": (data.test_x[te].to(dev), data.test_y[te].to(dev)),
-    }
-    st = _start_training(cfg, out, dev, plan.resume_from, split["train"][1].numel(), precision)
-    net = _wrap_model(st.model, cfg, dev, world)
-    for epoch in range(st.start, cfg.epochs):
-        row = _train_epoch(st, net, cfg, split, dev, epoch, rank, world, progress, out)
-        rows.append(row)
-        keep = _track_best(st, cfg, row)
+    with put_back_on_failure(old, out, rank == 0 and plan.replace):
         if rank == 0:
-            _save_epoch(st, cfg, out, rows, keep, old if plan.replace else None)
-            _print_epoch(cfg, row)
+            idx = {"train": tr_idx, "val": val_idx}
+            _prepare_run_dir(cfg, out, plan, data, idx, old, (precision, why))
+        if world > 1:
+            torch.distributed.barrier()
+        split = {
+            "train": (data.train_x[tr_idx].to(dev), data.train_y[tr_idx].to(dev)),
+            "val": (data.train_x[val_idx].to(dev), data.train_y[val_idx].to(dev)),
+            "test": (data.test_x[te].to(dev), data.test_y[te].to(dev)),
+        }
+        n_train = split["train"][1].numel()
+        st = _start_training(cfg, out, dev, plan.resume_from, n_train, precision)
+        net = _wrap_model(st.model, cfg, dev, world)
+        for epoch in range(st.start, cfg.epochs):
+            row = _train_epoch(st, net, cfg, split, dev, epoch, rank, world, progress, out)
+            rows.append(row)
+            keep = _track_best(st, cfg, row)
+            if rank == 0:
+                _save_epoch(st, cfg, out, rows, keep, old if plan.replace else None)
+                _print_epoch(cfg, row)
 
     st.model.load_state_dict(st.best_state)
     summary = _summary(st, cfg, split, dev, rows, data)
     if rank == 0:
         _finish_run(cfg, out, rows, summary)
     return summary
+
+
+@contextmanager
+def put_back_on_failure(old: Path, out: Path, replacing: bool) -> Iterator[None]:
+    """While `replacing` (an --overwrite, on rank 0): whatever stops the block (an error,
+    Ctrl-C) before the new run's first epoch is saved puts the replaced run back."""
+    try:
+        yield
+    except BaseException:
+        if replacing:
+            put_back(old, out)
+        raise
+
+
+def put_back(old: Path, out: Path) -> None:
+    """An --overwrite stopped before its new run saved an epoch: the replaced run, kept in
+    `old`, goes back into `out` (the new run has no epoch to lose), and the user is told."""
+    if not old.is_dir():
+        return  # already deleted: the new run has its first epoch
+    if (out / "last.pt").exists():  # the new run has an epoch: old's deletion was cut short
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if out.exists():
+        shutil.rmtree(out)
+    old.rename(out)
+    print(
+        f"dnnlab train: an --overwrite stopped before its new run's first epoch was saved: "
+        f"the run it was replacing is back in {out}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def recover_replaced(out) -> None:
+    """Put back a replaced run that a killed `train --overwrite` left in `.OUT.PID.old`
+    (its process gone: nothing else will ever delete or restore it). Called under the
+    run's lock, so no live process is replacing it."""
+    out = Path(out)
+    for old in sorted(out.parent.glob(f".{out.name}.*.old")):
+        pid = old.name[len(out.name) + 2 : -len(".old")]
+        if old.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            put_back(old, out)
 
 
 def _check_data(cfg: TrainConfig, out: Path, plan: _Plan, data):

@@ -118,10 +118,10 @@ def print_run(results: list[dict], out_dir) -> int:
         else:
             print(f"{r['image']}: {len(r['detections'])} detections, {r['seconds']:.2f} s")
     failed = sum("error" in r for r in results)
-    print(
-        f"{len(results) - failed} of {len(results)} photos done, {failed} failed; "
-        f"annotated images and JSON in {out_dir}/"
+    where = (
+        f"annotated images and JSON in {out_dir}/" if failed < len(results) else "nothing written"
     )
+    print(f"{len(results) - failed} of {len(results)} photos done, {failed} failed; {where}")
     return failed
 
 

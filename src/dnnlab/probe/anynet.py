@@ -29,6 +29,7 @@ from torch import nn
 
 from dnnlab.errors import InputError
 from dnnlab.settings import setting, validate
+from dnnlab.utils.atomic import atomic_write_json
 from dnnlab.utils.images import IMAGE_EXT, open_rgb
 from dnnlab.utils.paths import check_in_file, missing_reason
 from dnnlab.utils.safe_load import load_error_reason, load_plain
@@ -432,7 +433,7 @@ def _cifar_splits(c10, root: Path, cfg: AnyConfig, size: int, mean, std):
 
 def _folder_splits(root: Path, cfg: AnyConfig, size: int | None, mean, std, out: Path):
     """An image-folder tree: its own train/val/test folders, or class folders only (then
-    split here, and the split recorded in out/split.json)."""
+    split here, and the split recorded in out/split.json by probe_any once it succeeds)."""
     tree = _Tree(root)
     if not tree.tree:
         raise InputError(
@@ -459,14 +460,13 @@ def _folder_splits(root: Path, cfg: AnyConfig, size: int | None, mean, std, out:
         ids = [[k, tree.stat[tree.prefix + k]] for k in keys]
         src = hashlib.sha256(json.dumps([str(root.resolve()), ids]).encode()).hexdigest()[:16]
         splits[name] = ImageSplit(keys, labels, size, mean, std, tree.read, [src, name])
-    if record:
-        out.mkdir(parents=True, exist_ok=True)
-        from dnnlab.utils.atomic import atomic_write_json
-
-        atomic_write_json(
-            out / "split.json",
-            {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "classes": classes, **record},
-        )
+    if record:  # written by probe_any once the probe has succeeded, never before
+        splits["_split"] = {
+            "seed": cfg.seed,
+            "val_fraction": cfg.val_fraction,
+            "classes": classes,
+            **record,
+        }
     splits["_tree"] = tree
     return splits, classes, how
 
@@ -600,6 +600,7 @@ def probe_any(cfg: AnyConfig, pcfg, overwrite=False, progress=False):
     model, mean, std, size = prepare(cfg)
     splits, classes, how = image_splits(cfg, size, mean, std, out)
     tree = splits.pop("_tree", None)
+    split_record = splits.pop("_split", None)
     size = next(iter(splits.values())).size
     check_size(model, size, cfg.model)
     default = pcfg.splits == ("train20", "val", "test")
@@ -635,6 +636,8 @@ def probe_any(cfg: AnyConfig, pcfg, overwrite=False, progress=False):
         progress=progress,
         source={"model": cfg.model},
     )
+    if split_record is not None:  # the split drawn here, recorded beside the rows it made
+        atomic_write_json(out / "split.json", split_record)
     res.notes.insert(0, f"splits: {how}; classes: {len(classes)}; image size {size}")
     if left_out:
         res.notes.insert(1, left_out_note(left_out))
