@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from dnnlab.cli import main
-from tests.test_hostile_inputs import write_voc
+from tests.test_hostile_inputs import holder, write_voc  # noqa: F401 (a fixture)
 from tests.test_probe_any import USER_MODEL, image_folder
 
 
@@ -356,3 +356,64 @@ def test_a_python_warning_is_one_line_without_a_source_path(tmp_path, capsys, mo
     assert main(["models"]) == 0
     err = capsys.readouterr().err
     assert err == "dnnlab models: warning: a library's remark\n", err
+
+
+# -- torchrun: a folder lock refused to rank 0 ends every rank ------------------------------
+def _lock_worker(rank, world, port, folder, out):
+    import torch.distributed as dist
+
+    from dnnlab.utils.lock import job_lock
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        with job_lock(folder, rank, world):
+            dist.barrier()  # where the other ranks waited for ever before
+            out[rank] = "granted"
+    except Exception as e:
+        out[rank] = f"{type(e).__name__}: {e}"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_lock_refused_to_rank_0_reaches_every_rank(tmp_path):
+    import subprocess
+    import sys
+
+    import torch.multiprocessing as mp
+
+    from tests.test_distributed import _free_port
+    from tests.test_hostile_inputs import HOLD
+
+    folder = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-c", HOLD, str(folder)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        with mp.Manager() as m:
+            out = m.dict()
+            mp.spawn(_lock_worker, args=(2, _free_port(), str(folder), out), nprocs=2)
+            got = dict(out)
+    finally:
+        p.kill()
+        p.wait()
+    assert got[0] == got[1] and got[1].startswith("FolderBusy") and f"pid {p.pid}" in got[1]
+
+
+# -- detect eval: one writer of MODEL/evals (and of --draw) ----------------------------------
+def test_detect_eval_refuses_records_another_process_writes(tmp_path, holder):  # noqa: F811
+    from dnnlab.detect.evaluate import evaluate_once
+    from dnnlab.utils.lock import FolderBusy
+
+    voc, model = tmp_path / "voc", tmp_path / "model"
+    voc.mkdir()
+    model.mkdir()
+    write_voc(voc, "a", [("cat", (10, 10, 60, 50))])
+    for held, draw in ((model / "evals", None), (tmp_path / "drawn", tmp_path / "drawn")):
+        p = holder(held)
+        with pytest.raises(FolderBusy, match=f"pid {p.pid}"):
+            evaluate_once(voc, model, FakeDetector(), draw_dir=draw)
+        p.kill()
+        p.wait()
+    assert os.listdir(model) == [] and not (tmp_path / "drawn").exists()

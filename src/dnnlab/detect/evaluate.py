@@ -10,6 +10,7 @@ import hashlib
 import json
 import statistics
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from dnnlab.detect.proposals import proposal_recall
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.images import UnreadableImage
+from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.paths import check_in_folder
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
@@ -206,6 +208,15 @@ def evaluate_once(voc_dir, model_dir, detector: Detector, draw_dir=None, progres
     """The evaluation of the detector in model_dir on voc_dir: the stored record when its
     fingerprint matches (never when drawing), else a fresh evaluation, then recorded."""
     check_eval_inputs(voc_dir, model_dir, draw_dir)
+    with ExitStack() as locks:  # one writer of MODEL_DIR/evals (and of --draw) at a time
+        locks.enter_context(folder_lock(Path(model_dir) / EVALS, "--model"))
+        if draw_dir is not None:
+            locks.enter_context(folder_lock(draw_dir, "--draw"))
+        return _evaluate_locked(voc_dir, model_dir, detector, draw_dir, progress)
+
+
+def _evaluate_locked(voc_dir, model_dir, detector: Detector, draw_dir, progress) -> dict:
+    """evaluate_once while its folders' locks are held."""
     fp = fingerprint(voc_dir, model_dir, detector)
     res = None if draw_dir else stored_result(model_dir, voc_dir, fp)
     if res is not None:
