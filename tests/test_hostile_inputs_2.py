@@ -417,3 +417,45 @@ def test_detect_eval_refuses_records_another_process_writes(tmp_path, holder):  
         p.kill()
         p.wait()
     assert os.listdir(model) == [] and not (tmp_path / "drawn").exists()
+
+
+# -- 9: a byte-order mark on one file only is read, not blamed as a count mismatch ----------
+def write_csv(path, rows, bom: bool) -> None:
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8-sig" if bom else "utf-8")
+
+
+@pytest.mark.parametrize("header", [False, True])
+@pytest.mark.parametrize("marked", ["features", "labels", "both"])
+def test_si_reads_a_byte_order_mark_on_either_file_alone(tmp_path, capsys, header, marked):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 3)).round(3)
+    y = ["cat", "dog", "bird"] * 4
+    feats = [",".join(map(str, r)) for r in x]
+    labs = list(y)
+    if header:
+        feats, labs = ["a,b,c", *feats], ["label", *labs]
+    runs = {}
+    for bom in (False, True):
+        d = tmp_path / str(bom)
+        d.mkdir()
+        write_csv(d / "x.csv", feats, bom and marked in ("features", "both"))
+        write_csv(d / "y.csv", labs, bom and marked in ("labels", "both"))
+        argv = ["si", d / "x.csv", d / "y.csv", "--json", "--no-progress"]
+        assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+        runs[bom] = json.loads(capsys.readouterr().out)
+        runs[bom].pop("seconds")
+    assert runs[True] == runs[False] and runs[True]["n"] == 12
+
+
+def test_records_a_user_saved_with_a_byte_order_mark_read_the_same(tmp_path):
+    from dnnlab.cifar.rundir import read_json
+    from dnnlab.detect.build import read_index
+    from tests.test_hostile_inputs import fake_build
+
+    det = fake_build(tmp_path / "det", tmp_path / "a.jpg")
+    plain = read_index(det)
+    text = (det / "index.csv").read_text()
+    (det / "index.csv").write_text(text, encoding="utf-8-sig")  # re-saved by a spreadsheet
+    assert read_index(det) == plain
+    (tmp_path / "c.json").write_text('{"lr": 0.1}', encoding="utf-8-sig")
+    assert read_json(tmp_path / "c.json") == {"lr": 0.1}
