@@ -459,3 +459,13 @@ def test_records_a_user_saved_with_a_byte_order_mark_read_the_same(tmp_path):
     assert read_index(det) == plain
     (tmp_path / "c.json").write_text('{"lr": 0.1}', encoding="utf-8-sig")
     assert read_json(tmp_path / "c.json") == {"lr": 0.1}
+
+
+def test_probe_with_too_few_readable_images_says_so(tmp_path, capsys, user_file):
+    data = image_folder(tmp_path / "imgs", n=2)
+    for f in sorted((data / "test").rglob("*.png"))[1:]:
+        f.write_bytes(b"not an image")  # one readable test image of six
+    out = tmp_path / "out"
+    argv = ["probe", "--model", f"{user_file}:make", "--data", data, "--out", out]
+    refused(argv, capsys, "'test'", "1 readable image(s)", "5 unreadable", "a/1.png")
+    assert not out.exists()

@@ -454,7 +454,7 @@ def _folder_splits(root: Path, cfg: AnyConfig, size: int | None, mean, std, out:
         lists, how = _class_folder_lists(tree.tree[""], cls_index, cfg)
         record = {k: v[0] for k, v in lists.items()}
     if size is None:
-        size = first_size(tree, next(iter(lists.values()))[0])
+        size = first_size(tree, [k for keys, _ in lists.values() for k in keys])
     splits = {}
     for name, (keys, labels) in lists.items():
         ids = [[k, tree.stat[tree.prefix + k]] for k in keys]
