@@ -169,6 +169,7 @@ def test_a_loop_of_links_is_named_as_one(tmp_path, capsys, user_file, tree):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 @pytest.mark.parametrize("layout", ["coo", "csr"])
 def test_a_sparse_tensor_is_refused_by_name(tmp_path, capsys, user_file, tree, layout):
     dense = torch.zeros(60, 3)

@@ -150,9 +150,12 @@ def make_parents(folder: Path) -> list[Path]:
 
 
 def remove_empty(made: list[Path]) -> None:
-    """Remove the folders make_parents created, deepest first, while they are empty."""
+    """Remove the folders in `made` (make_parents's, and an output folder the lock's holder
+    was to create), deepest first, while they are empty."""
     for d in reversed(made):
         try:
             d.rmdir()
+        except FileNotFoundError:
+            continue  # never made (the output folder, when the command wrote nothing)
         except OSError:
             return
