@@ -331,7 +331,9 @@ def _load_detector(args):
     from dnnlab.detect.config import DetectConfig, with_preset
     from dnnlab.detect.detector import Detector
     from dnnlab.settings import from_args
+    from dnnlab.utils.paths import check_in_folder
 
+    check_in_folder(args.model, "--model")
     detection = with_preset(from_args(DetectConfig, args), args.preset)
     return Detector.load(args.model, args.device).with_detection(detection)
 
@@ -361,7 +363,9 @@ def cmd_detect_train(args) -> int:
     from dnnlab.detect.output import train_summary
     from dnnlab.detect.train import train_detector
     from dnnlab.settings import from_args
+    from dnnlab.utils.paths import check_in_folder
 
+    check_in_folder(args.dir, "DIR")
     s = train_detector(
         args.dir,
         preset(from_args(FeatureSpec, args), args.preset),
@@ -377,7 +381,9 @@ def cmd_detect_train(args) -> int:
 
 def cmd_detect_show(args) -> int:
     from dnnlab.detect.show import show_samples
+    from dnnlab.utils.paths import check_in_folder
 
+    check_in_folder(args.dir, "DIR")
     for p in show_samples(args.dir):
         print(f"wrote {p}")
     return 0

@@ -22,7 +22,7 @@ def real(path) -> Path:
 
 
 def missing_reason(path) -> str:
-    """Why `path` cannot be opened: "no such file or folder", "a broken symbolic link to
+    """Why `path` cannot be opened: "does not exist", "a broken symbolic link to
     TARGET", "a loop of symbolic links", or the system's reason."""
     p = Path(path).expanduser()
     try:
@@ -33,7 +33,7 @@ def missing_reason(path) -> str:
         if e.errno == errno.ENOENT and os.path.islink(p):
             return f"a broken symbolic link (to {os.readlink(p)}, which does not exist)"
         if e.errno == errno.ENOENT:
-            return "no such file or folder"
+            return "does not exist"
         return e.strerror or type(e).__name__
     return "it exists"
 
