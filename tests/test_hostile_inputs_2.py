@@ -163,6 +163,11 @@ def test_a_loop_of_links_is_named_as_one(tmp_path, capsys, user_file, tree):
         ([*probe, "--data", tmp_path / "gone", "--out", tmp_path / "o"], "broken symbolic link"),
         (["detect", "build", tree, "--out", tmp_path / "a"], "loop of symbolic links"),
         (["detect", "eval", tmp_path / "a", "--model", tree], "loop of symbolic links"),
+        (["detect", "eval", tree, "--model", tmp_path / "a"], "loop of symbolic links"),
+        (["detect", "run", tree, "--model", tmp_path / "b", "--out", tmp_path / "o"], "loop"),
+        (["detect", "train", tmp_path / "a"], "loop of symbolic links"),
+        (["detect", "show", tmp_path / "gone"], "broken symbolic link"),
+        (["train", "--data-root", tmp_path / "a", "--out", tmp_path / "o"], "loop"),
     ):
         err = refused(argv, capsys)
         assert why in err and "no such file" not in err, err
