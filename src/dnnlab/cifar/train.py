@@ -686,15 +686,23 @@ def put_back(old: Path, out: Path) -> None:
     )
 
 
-def recover_replaced(out) -> None:
-    """Put back a replaced run that a killed `train --overwrite` left in `.OUT.PID.old`
-    (its process gone: nothing else will ever delete or restore it). Called under the
-    run's lock, so no live process is replacing it."""
+def left_replaced(out) -> list[Path]:
+    """The `.OUT.PID.old` folders that a killed `train --overwrite` of `out` left (their
+    process gone: nothing else will ever delete or restore them)."""
     out = Path(out)
+    found = []
     for old in sorted(out.parent.glob(f".{out.name}.*.old")):
         pid = old.name[len(out.name) + 2 : -len(".old")]
         if old.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
-            put_back(old, out)
+            found.append(old)
+    return found
+
+
+def recover_replaced(out) -> None:
+    """Put back each replaced run a killed `train --overwrite` left. Called under the run's
+    lock, so no live process is replacing it."""
+    for old in left_replaced(out):
+        put_back(old, Path(out))
 
 
 def _check_data(cfg: TrainConfig, out: Path, plan: _Plan, data):
