@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -330,7 +331,9 @@ def _load_detector(args):
     from dnnlab.detect.config import DetectConfig, with_preset
     from dnnlab.detect.detector import Detector
     from dnnlab.settings import from_args
+    from dnnlab.utils.paths import check_in_folder
 
+    check_in_folder(args.model, "--model")
     detection = with_preset(from_args(DetectConfig, args), args.preset)
     return Detector.load(args.model, args.device).with_detection(detection)
 
@@ -360,7 +363,9 @@ def cmd_detect_train(args) -> int:
     from dnnlab.detect.output import train_summary
     from dnnlab.detect.train import train_detector
     from dnnlab.settings import from_args
+    from dnnlab.utils.paths import check_in_folder
 
+    check_in_folder(args.dir, "DIR")
     s = train_detector(
         args.dir,
         preset(from_args(FeatureSpec, args), args.preset),
@@ -376,7 +381,9 @@ def cmd_detect_train(args) -> int:
 
 def cmd_detect_show(args) -> int:
     from dnnlab.detect.show import show_samples
+    from dnnlab.utils.paths import check_in_folder
 
+    check_in_folder(args.dir, "DIR")
     for p in show_samples(args.dir):
         print(f"wrote {p}")
     return 0
@@ -399,10 +406,9 @@ def cmd_detect_run(args) -> int:
 
 
 def cmd_detect_eval(args) -> int:
-    from dnnlab.detect.evaluate import check_draw_dir, evaluate_once, print_result
+    from dnnlab.detect.evaluate import check_eval_inputs, evaluate_once, print_result
 
-    if args.draw is not None:
-        check_draw_dir(args.draw, args.voc_dir, args.model)
+    check_eval_inputs(args.voc_dir, args.model, args.draw)
     detector = _load_detector(args)
     res = evaluate_once(
         args.voc_dir, args.model, detector, draw_dir=args.draw, progress=sys.stderr.isatty()
@@ -455,6 +461,8 @@ def main(argv=None) -> int:
     from dnnlab.errors import DnnlabError
 
     cmd = args.command + (f" {args.detect_command}" if args.command == "detect" else "")
+    shown = warnings.showwarning
+    warnings.showwarning = one_line_warning(cmd)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -464,3 +472,18 @@ def main(argv=None) -> int:
     except DnnlabError as e:
         print(f"dnnlab {cmd}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
+
+
+def one_line_warning(cmd: str):
+    """How a Python warning raised under command `cmd` is shown: one line, `dnnlab CMD:
+    warning: ...`, its first line only, without the source file and line that Python's
+    own display adds (a user's concern is the input, not dnnlab's code)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        lines = str(message).strip().splitlines()
+        text = lines[0] if lines else category.__name__
+        print(f"dnnlab {cmd}: warning: {text}", file=sys.stderr)
+
+    return show

@@ -4,11 +4,13 @@ dnnlab.cli, which passes only those given on the command line."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from pathlib import Path
 
-from dnnlab.cifar.train import TrainConfig, read_run_config
+from dnnlab.cifar.train import TrainConfig, left_replaced, read_run_config, recover_replaced
 from dnnlab.errors import ConfigError
+from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
@@ -32,6 +34,11 @@ def train_command(
 
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
+    # Before the run's settings are read (they must be its own): a replaced run a killed
+    # --overwrite left is put back, under the lock, by one process (rank 0 of a torchrun job).
+    if os.environ.get("RANK", "0") == "0" and left_replaced(out):
+        with folder_lock(out):
+            recover_replaced(out)
     cfg = train_config(given, out, resume)
     check_outputs_spare_inputs([cfg.data_root or default_root()], out, owned=True)
     if download:

@@ -33,6 +33,7 @@ import torch
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_torch_save, remove_stale_temporaries
 from dnnlab.utils.images import IMAGE_EXT
+from dnnlab.utils.paths import missing_reason
 from dnnlab.utils.safe_load import load_plain
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -318,7 +319,7 @@ def _load(path: Path, download: bool) -> Cifar10:
         if download:
             path.mkdir(parents=True, exist_ok=True)
         else:
-            raise DataError(f"{path}: does not exist. {HOW_TO_GET}")
+            raise DataError(f"{path}: {missing_reason(path)}. {HOW_TO_GET}")
     kind = _detect(path)
     if kind == "none":
         if download:

@@ -24,7 +24,7 @@ def read_json(path) -> object:
     """A run's JSON record; a missing, unreadable or malformed file is a RunError naming it."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # an editor's byte-order mark
     except FileNotFoundError:
         raise RunError(f"{path}: missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

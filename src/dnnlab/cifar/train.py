@@ -12,11 +12,14 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import math
 import os
 import shutil
+import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -41,10 +44,11 @@ from dnnlab.utils.atomic import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
+    pid_alive,
 )
 from dnnlab.utils.device import check_device, check_device_name
 from dnnlab.utils.distributed import init_distributed
-from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.lock import job_lock
 from dnnlab.utils.plots import plot_train_curves
 from dnnlab.utils.precision import training_precision
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
@@ -351,9 +355,12 @@ def _checkpoint(model, opt, sched, epoch, gen, cfg, best_acc, best_epoch):
     }
 
 
-def load_model_checkpoint(path, model_name: str | None = None, map_location="cpu"):
-    """Load best.pt/last.pt into a fresh model; a checkpoint of another model is an error."""
+def load_model_checkpoint(path, model_name: str | None = None, map_location="cpu", run=None):
+    """Load best.pt/last.pt into a fresh model; a checkpoint of another model is an error,
+    and so (with `run`, its run directory) one that run's config.json does not record."""
     ckpt = load_checkpoint(path, map_location)
+    if run is not None:
+        check_checkpoint_record(ckpt, Path(run), Path(path))
     arch = ckpt.get("arch")
     if arch not in VARIANTS:
         raise RunError(f"{path}: checkpoint of unknown model {arch!r}")
@@ -416,7 +423,60 @@ def read_split(out: Path, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
     for name, idx in (("train", tr), ("val", va)):
         if idx.ndim != 1 or idx.numel() == 0 or idx.min() < 0 or idx.max() >= n_train:
             raise RunError(f"{f}: the {name} indices are not positions among {n_train} images")
+        if idx.unique().numel() != idx.numel():
+            raise RunError(f"{f}: the {name} indices repeat an image; the file was edited")
+    both = tr[torch.isin(tr, va)]
+    if both.numel():
+        raise RunError(
+            f"{f}: {both.numel()} image(s) are in both train and val (e.g. index "
+            f"{int(both[0])}), so val would measure images the weights were trained on; "
+            "the file was edited: restore it, or train the run again"
+        )
     return tr, va
+
+
+def check_nothing_lost(out: Path) -> None:
+    """A run resumed without last.pt starts from epoch 1: refused when the run has done
+    more (best.pt, or epochs in metrics.json), which starting over would overwrite."""
+    rows = read_json(out / "metrics.json") if (out / "metrics.json").exists() else []
+    done = len(rows) if isinstance(rows, list) else 0
+    if (out / "best.pt").exists() or done:
+        raise RunError(
+            f"{out / 'last.pt'}: missing, but the run has "
+            f"{f'{done} epoch(s) in metrics.json' if done else 'a best.pt'}; resuming would "
+            "start again from epoch 1 and replace them. Restore last.pt, or use --overwrite "
+            "(or another --out) for a new run"
+        )
+
+
+def _comparable(v):
+    """A setting's value as JSON has it (tuples as lists), so that records compare."""
+    return json.loads(json.dumps(v))
+
+
+def check_checkpoint_record(ck: dict, out: Path, path: Path) -> None:
+    """Raise RunError unless the checkpoint at `path` was saved by the run that out's
+    config.json records: every setting its own config holds (those a resume may change
+    aside) equal to config.json's. A checkpoint of another run (another seed: another
+    split) or a hand-edited config.json is named, never trained on or measured."""
+    saved = ck.get("config")
+    if not isinstance(saved, dict):
+        raise RunError(f"{path}: records no config, so its run cannot be checked")
+    record = read_json_dict(out / "config.json")
+    diffs = [
+        f"{f.name} {_comparable(record.get(f.name))!r} in config.json, "
+        f"{_comparable(saved[f.name])!r} in {path.name}"
+        for f in fields(TrainConfig)
+        if f.name not in RESUMABLE_CHANGES
+        and f.name in saved
+        and _comparable(record.get(f.name)) != _comparable(saved[f.name])
+    ]
+    if diffs:
+        raise RunError(
+            f"{path} was not saved by the run {out / 'config.json'} records: "
+            f"{'; '.join(diffs[:3])}. Either file was edited or copied from another run: "
+            "restore config.json (or the checkpoint), or train the run again"
+        )
 
 
 def test_positions(cfg: TrainConfig, data) -> torch.Tensor:
@@ -489,6 +549,10 @@ def _plan(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) -> _P
         )
     last = out / "last.pt"
     ck = load_checkpoint(last, dev) if last.exists() else None
+    if ck is not None:
+        check_checkpoint_record(ck, out, last)
+    else:
+        check_nothing_lost(out)
     try:
         completed = int(ck["epoch"]) if ck else 0
     except (KeyError, TypeError, ValueError):
@@ -527,13 +591,15 @@ def train(
     anything is written or replaced. With --overwrite the old run is moved to a hidden
     sibling `.OUT.PID.old` and deleted once the new run's first epoch is saved. The run
     directory is never one holding the data, and one process at a time writes it (its
-    lock, held by rank 0)."""
+    lock, held by rank 0; a refusal ends every rank). A replacement stopped before its
+    first epoch is saved (an error, Ctrl-C, or a kill noticed by the next run) puts the
+    replaced run back."""
     out = Path(out)
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
     check_outputs_spare_inputs([cfg.data_root or default_root()], out, owned=True)
     rank, world = init_distributed(cfg.device)
-    with folder_lock(out) if rank == 0 else nullcontext():
+    with job_lock(out, rank, world):
         return _train_locked(cfg, out, resume, overwrite, progress, rank, world)
 
 
@@ -544,6 +610,10 @@ def _train_locked(
     dev = check_device(cfg.device)
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", torch.cuda.current_device())
+    if rank == 0:
+        recover_replaced(out)
+    if world > 1:
+        torch.distributed.barrier()
     plan = _plan(cfg, out, resume, overwrite, dev)
     if isinstance(plan, dict):
         return plan  # finished, nothing asked beyond it
@@ -556,31 +626,83 @@ def _train_locked(
 
     # Every input is good: only now change the run directory.
     old = out.with_name(f".{out.name}.{os.getpid()}.old")
-    if rank == 0:
-        idx = {"train": tr_idx, "val": val_idx}
-        _prepare_run_dir(cfg, out, plan, data, idx, old, (precision, why))
-    if world > 1:
-        torch.distributed.barrier()
-    split = {
-        "train": (data.train_x[tr_idx].to(dev), data.train_y[tr_idx].to(dev)),
-        "val": (data.train_x[val_idx].to(dev), data.train_y[val_idx].to(dev)),
-        "test": (data.test_x[te].to(dev), data.test_y[te].to(dev)),
-    }
-    st = _start_training(cfg, out, dev, plan.resume_from, split["train"][1].numel(), precision)
-    net = _wrap_model(st.model, cfg, dev, world)
-    for epoch in range(st.start, cfg.epochs):
-        row = _train_epoch(st, net, cfg, split, dev, epoch, rank, world, progress, out)
-        rows.append(row)
-        keep = _track_best(st, cfg, row)
+    with put_back_on_failure(old, out, rank == 0 and plan.replace):
         if rank == 0:
-            _save_epoch(st, cfg, out, rows, keep, old if plan.replace else None)
-            _print_epoch(cfg, row)
+            idx = {"train": tr_idx, "val": val_idx}
+            _prepare_run_dir(cfg, out, plan, data, idx, old, (precision, why))
+        if world > 1:
+            torch.distributed.barrier()
+        split = {
+            "train": (data.train_x[tr_idx].to(dev), data.train_y[tr_idx].to(dev)),
+            "val": (data.train_x[val_idx].to(dev), data.train_y[val_idx].to(dev)),
+            "test": (data.test_x[te].to(dev), data.test_y[te].to(dev)),
+        }
+        n_train = split["train"][1].numel()
+        st = _start_training(cfg, out, dev, plan.resume_from, n_train, precision)
+        net = _wrap_model(st.model, cfg, dev, world)
+        for epoch in range(st.start, cfg.epochs):
+            row = _train_epoch(st, net, cfg, split, dev, epoch, rank, world, progress, out)
+            rows.append(row)
+            keep = _track_best(st, cfg, row)
+            if rank == 0:
+                _save_epoch(st, cfg, out, rows, keep, old if plan.replace else None)
+                _print_epoch(cfg, row)
 
     st.model.load_state_dict(st.best_state)
     summary = _summary(st, cfg, split, dev, rows, data)
     if rank == 0:
         _finish_run(cfg, out, rows, summary)
     return summary
+
+
+@contextmanager
+def put_back_on_failure(old: Path, out: Path, replacing: bool) -> Iterator[None]:
+    """While `replacing` (an --overwrite, on rank 0): whatever stops the block (an error,
+    Ctrl-C) before the new run's first epoch is saved puts the replaced run back."""
+    try:
+        yield
+    except BaseException:
+        if replacing:
+            put_back(old, out)
+        raise
+
+
+def put_back(old: Path, out: Path) -> None:
+    """An --overwrite stopped before its new run saved an epoch: the replaced run, kept in
+    `old`, goes back into `out` (the new run has no epoch to lose), and the user is told."""
+    if not old.is_dir():
+        return  # already deleted: the new run has its first epoch
+    if (out / "last.pt").exists():  # the new run has an epoch: old's deletion was cut short
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if out.exists():
+        shutil.rmtree(out)
+    old.rename(out)
+    print(
+        f"dnnlab train: an --overwrite stopped before its new run's first epoch was saved: "
+        f"the run it was replacing is back in {out}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def left_replaced(out) -> list[Path]:
+    """The `.OUT.PID.old` folders that a killed `train --overwrite` of `out` left (their
+    process gone: nothing else will ever delete or restore them)."""
+    out = Path(out)
+    found = []
+    for old in sorted(out.parent.glob(f".{out.name}.*.old")):
+        pid = old.name[len(out.name) + 2 : -len(".old")]
+        if old.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            found.append(old)
+    return found
+
+
+def recover_replaced(out) -> None:
+    """Put back each replaced run a killed `train --overwrite` left. Called under the run's
+    lock, so no live process is replacing it."""
+    for old in left_replaced(out):
+        put_back(old, Path(out))
 
 
 def _check_data(cfg: TrainConfig, out: Path, plan: _Plan, data):
@@ -663,7 +785,9 @@ def _start_training(
         st.start, st.best_acc, st.best_epoch = ck["epoch"], ck["best_val_acc"], ck["best_epoch"]
         best_path = out / "best.pt"
         if best_path.exists():
-            st.best_state = load_checkpoint(best_path, dev)["model"]
+            best = load_checkpoint(best_path, dev)
+            check_checkpoint_record(best, out, best_path)
+            st.best_state = best["model"]
     return st
 
 

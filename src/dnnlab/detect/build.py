@@ -152,7 +152,7 @@ def read_index(out) -> list[dict]:
     if not f.is_file():
         raise InputError(f"{f}: no index; run `dnnlab detect build VOC_DIR --out {out}`")
     try:
-        text = f.read_text()
+        text = f.read_text(encoding="utf-8-sig")  # a re-saved file's byte-order mark is no cell
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{f}: cannot be read ({e})") from None
     if not text.endswith("\n"):  # every row the build writes ends with a line break

@@ -10,6 +10,7 @@ import hashlib
 import json
 import statistics
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,9 @@ from dnnlab.detect.output import draw
 from dnnlab.detect.proposals import proposal_recall
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
+from dnnlab.utils.images import UnreadableImage
+from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.paths import check_in_folder
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 MATCH_IOU = 0.5  # a detection is true when it covers an unmatched target box this well
@@ -75,8 +79,8 @@ def evaluate(voc_dir, detector: Detector, progress=True, draw_dir: Path | None =
     for item in tqdm(items, desc="evaluate", unit="img", disable=not progress):
         try:
             img = load_rgb(item.image)
-        except Exception as e:
-            problems.add("unreadable image", str(item.image), str(e))
+        except UnreadableImage as e:  # changed since it was listed: counted, the rest go on
+            problems.add("unreadable image", str(item.image), e.reason)
             continue
         r = detector.detect(img)
         gt = item.boxes(target)
@@ -191,11 +195,28 @@ def check_draw_dir(draw_dir, voc_dir, model_dir) -> None:
     check_outputs_spare_inputs([voc_dir, model_dir, *files], draw_dir, drawn, flag="--draw")
 
 
+def check_eval_inputs(voc_dir, model_dir, draw_dir=None) -> None:
+    """Before any work: the evaluated folder and the model's are folders, and a --draw
+    folder writes over neither (nor any of their files) and is no file itself."""
+    check_in_folder(voc_dir, "VOC_DIR")
+    check_in_folder(model_dir, "--model")
+    if draw_dir is not None:
+        check_draw_dir(draw_dir, voc_dir, model_dir)
+
+
 def evaluate_once(voc_dir, model_dir, detector: Detector, draw_dir=None, progress=False) -> dict:
     """The evaluation of the detector in model_dir on voc_dir: the stored record when its
     fingerprint matches (never when drawing), else a fresh evaluation, then recorded."""
-    if draw_dir is not None:
-        check_draw_dir(draw_dir, voc_dir, model_dir)
+    check_eval_inputs(voc_dir, model_dir, draw_dir)
+    with ExitStack() as locks:  # one writer of MODEL_DIR/evals (and of --draw) at a time
+        locks.enter_context(folder_lock(Path(model_dir) / EVALS, "--model"))
+        if draw_dir is not None:
+            locks.enter_context(folder_lock(draw_dir, "--draw"))
+        return _evaluate_locked(voc_dir, model_dir, detector, draw_dir, progress)
+
+
+def _evaluate_locked(voc_dir, model_dir, detector: Detector, draw_dir, progress) -> dict:
+    """evaluate_once while its folders' locks are held."""
     fp = fingerprint(voc_dir, model_dir, detector)
     res = None if draw_dir else stored_result(model_dir, voc_dir, fp)
     if res is not None:

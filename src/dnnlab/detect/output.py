@@ -13,6 +13,7 @@ from dnnlab.detect.detector import Detector
 from dnnlab.detect.voc import Problems, load_rgb
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_write_json
+from dnnlab.utils.images import UnreadableImage
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
@@ -90,8 +91,8 @@ def detect_one(p: Path, detector: Detector, out_dir: Path) -> dict:
     that cannot be read gives {"image", "error"} and writes nothing."""
     try:
         img = load_rgb(p)
-    except Exception as e:
-        return {"image": str(p), "error": f"unreadable image: {e}"}
+    except UnreadableImage as e:
+        return {"image": str(p), "error": f"unreadable image ({e.reason})"}
     r = detector.detect(img)
     dets = [
         {"box": [round(float(v), 1) for v in b], "score": round(float(s), 4)}
@@ -117,10 +118,10 @@ def print_run(results: list[dict], out_dir) -> int:
         else:
             print(f"{r['image']}: {len(r['detections'])} detections, {r['seconds']:.2f} s")
     failed = sum("error" in r for r in results)
-    print(
-        f"{len(results) - failed} of {len(results)} photos done, {failed} failed; "
-        f"annotated images and JSON in {out_dir}/"
+    where = (
+        f"annotated images and JSON in {out_dir}/" if failed < len(results) else "nothing written"
     )
+    print(f"{len(results) - failed} of {len(results)} photos done, {failed} failed; {where}")
     return failed
 
 

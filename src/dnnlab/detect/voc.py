@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dnnlab.errors import InputError
-from dnnlab.utils.images import IMAGE_EXT
+from dnnlab.utils.images import IMAGE_EXT, UnreadableImage, open_rgb
 
 
 @dataclass
@@ -81,20 +81,15 @@ class Problems:
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    """H x W x 3 uint8 RGB (grayscale, palette and RGBA converted); raises on a bad file."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """H x W x 3 uint8 RGB (grayscale, palette and RGBA converted); a file that cannot be
+    decoded whole is an UnreadableImage naming it."""
+    return np.asarray(open_rgb(path))
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.verify()
-    with Image.open(path) as im:
-        return im.size
+    """(width, height) of an image decoded whole: a truncated file is found here, as an
+    input problem, not later in the middle of the work."""
+    return open_rgb(path).size
 
 
 def _find_image(xml_path: Path, filename: str | None) -> Path | None:
@@ -138,8 +133,8 @@ def parse_voc(xml_path: Path, problems: Problems) -> VocImage | None:
         return None
     try:
         width, height = _image_size(img)
-    except Exception as e:
-        problems.add("unreadable image", str(img), str(e))
+    except UnreadableImage as e:
+        problems.add("unreadable image", str(img), e.reason)
         return None
     objects, dropped = [], []
     for k, obj in enumerate(root.iter("object")):

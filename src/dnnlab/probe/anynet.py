@@ -18,7 +18,6 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
-import io
 import json
 import tarfile
 from dataclasses import dataclass
@@ -30,7 +29,9 @@ from torch import nn
 
 from dnnlab.errors import InputError
 from dnnlab.settings import setting, validate
-from dnnlab.utils.images import IMAGE_EXT
+from dnnlab.utils.atomic import atomic_write_json
+from dnnlab.utils.images import IMAGE_EXT, open_rgb
+from dnnlab.utils.paths import check_in_file, missing_reason
 from dnnlab.utils.safe_load import load_error_reason, load_plain
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -194,9 +195,7 @@ def load_state(path: str, key: str | None) -> dict:
     and read as plain data (utils.safe_load.load_plain). key: the entry holding the state
     dict (torch files: {"model": {...}}), or the prefix of its names in a flat file
     ("model" takes "model.conv1.weight" as "conv1.weight")."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"--weights {path}: no such file")
+    p = check_in_file(path, "--weights")
     try:
         obj = load_plain(p)
     except Exception as e:  # pickle, zip, safetensors and torch errors: not plain weights
@@ -291,13 +290,8 @@ class ImageSplit:
 
 
 def _open_image(data: bytes, name: str):
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
-    except Exception as e:
-        raise InputError(f"{name}: unreadable image ({type(e).__name__}: {e})") from None
+    """The image in `data` decoded whole, as RGB; an UnreadableImage naming `name`."""
+    return open_rgb(data, name)
 
 
 class _Tree:
@@ -358,19 +352,33 @@ class _Tree:
             raise InputError(f"{path}: cannot be read ({e})") from None
         return _open_image(data, str(path))
 
-    def check_headers(self, keys) -> None:
-        """Every image's header is readable (a cheap check before any work)."""
-        from PIL import Image
-
+    def readable(self, keys) -> tuple[list[str], list[str]]:
+        """(the keys whose image decodes whole, "FILE (reason)" for each that does not): a
+        truncated or corrupt image is found before any work and left out, never met in
+        the middle of a forward pass."""
+        good, bad = [], []
         for k in keys:
-            full = self.prefix + k
-            src = io.BytesIO(self.blobs[full]) if self.blobs else self.root / full
             try:
-                with Image.open(src) as im:
-                    im.size  # noqa: B018 (reads the header)
-            except Exception as e:
-                where = f"{self.root}:{full}" if self.blobs else str(self.root / full)
-                raise InputError(f"{where}: unreadable image ({type(e).__name__}: {e})") from None
+                self.read(k)
+                good.append(k)
+            except InputError as e:
+                bad.append(str(e))
+        return good, bad
+
+
+def readable_split(s: ImageSplit, tree: _Tree) -> tuple[ImageSplit, list[str]]:
+    """The split without its images that cannot be decoded, and those images named."""
+    good, bad = tree.readable(s.items)
+    if not bad:
+        return s, bad
+    keep = set(good)
+    return s.subset([i for i, k in enumerate(s.items) if k in keep]), bad
+
+
+def left_out_note(bad: list[str]) -> str:
+    """The probe's note on the images it left out (a bad file never stops a data set)."""
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return f"{len(bad)} unreadable image(s) left out: {'; '.join(bad[:3])}{more}"
 
 
 def _stratified(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -386,7 +394,7 @@ def image_splits(cfg: AnyConfig, size: int | None, mean, std, out: Path):
 
     root = Path(cfg.data).expanduser()
     if not root.exists():
-        raise InputError(f"--data {root}: does not exist")
+        raise InputError(f"--data {root}: {missing_reason(root)}")
     try:
         c10 = load_cifar10(root)
     except DataError:  # not CIFAR-10: an image-folder tree
@@ -425,7 +433,7 @@ def _cifar_splits(c10, root: Path, cfg: AnyConfig, size: int, mean, std):
 
 def _folder_splits(root: Path, cfg: AnyConfig, size: int | None, mean, std, out: Path):
     """An image-folder tree: its own train/val/test folders, or class folders only (then
-    split here, and the split recorded in out/split.json)."""
+    split here, and the split recorded in out/split.json by probe_any once it succeeds)."""
     tree = _Tree(root)
     if not tree.tree:
         raise InputError(
@@ -446,23 +454,32 @@ def _folder_splits(root: Path, cfg: AnyConfig, size: int | None, mean, std, out:
         lists, how = _class_folder_lists(tree.tree[""], cls_index, cfg)
         record = {k: v[0] for k, v in lists.items()}
     if size is None:
-        first = next(iter(lists.values()))[0][0]
-        size = min(tree.read(first).size)
+        size = first_size(tree, [k for keys, _ in lists.values() for k in keys])
     splits = {}
     for name, (keys, labels) in lists.items():
         ids = [[k, tree.stat[tree.prefix + k]] for k in keys]
         src = hashlib.sha256(json.dumps([str(root.resolve()), ids]).encode()).hexdigest()[:16]
         splits[name] = ImageSplit(keys, labels, size, mean, std, tree.read, [src, name])
-    if record:
-        out.mkdir(parents=True, exist_ok=True)
-        from dnnlab.utils.atomic import atomic_write_json
-
-        atomic_write_json(
-            out / "split.json",
-            {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "classes": classes, **record},
-        )
+    if record:  # written by probe_any once the probe has succeeded, never before
+        splits["_split"] = {
+            "seed": cfg.seed,
+            "val_fraction": cfg.val_fraction,
+            "classes": classes,
+            **record,
+        }
     splits["_tree"] = tree
     return splits, classes, how
+
+
+def first_size(tree: _Tree, keys: list[str]) -> int:
+    """The shorter side of the first image of `keys` that can be read (the default image
+    size when the model names none)."""
+    for k in keys:
+        try:
+            return min(tree.read(k).size)
+        except InputError:
+            continue
+    raise InputError(f"--data {tree.root}: none of its images can be read")
 
 
 def _listing(folder: dict, cls_index: dict) -> tuple[list[str], list[int]]:
@@ -583,6 +600,7 @@ def probe_any(cfg: AnyConfig, pcfg, overwrite=False, progress=False):
     model, mean, std, size = prepare(cfg)
     splits, classes, how = image_splits(cfg, size, mean, std, out)
     tree = splits.pop("_tree", None)
+    split_record = splits.pop("_split", None)
     size = next(iter(splits.values())).size
     check_size(model, size, cfg.model)
     default = pcfg.splits == ("train20", "val", "test")
@@ -593,17 +611,20 @@ def probe_any(cfg: AnyConfig, pcfg, overwrite=False, progress=False):
             f"--splits: {cfg.data} has no split {missing or list(pcfg.splits)}; "
             f"it has {sorted(splits)}"
         )
-    chosen = {}
+    chosen, left_out = {}, []
     for name in wanted:
         s = splits[name]
         if cfg.max_per_split and len(s) > cfg.max_per_split:
             s = s.subset(_stratified(s.labels, cfg.max_per_split, cfg.seed).tolist())
+        if tree is not None:
+            s, bad = readable_split(s, tree)
+            left_out += bad
         if len(s) < 2:
-            raise InputError(f"split {name!r} of {cfg.data} has {len(s)} image(s); need >= 2")
+            why = f" ({len(bad)} unreadable: {bad[0]})" if tree is not None and bad else ""
+            raise InputError(
+                f"split {name!r} of {cfg.data} has {len(s)} readable image(s){why}; need >= 2"
+            )
         chosen[name] = (s, s.labels)
-    if tree is not None:
-        for s, _ in chosen.values():
-            tree.check_headers(s.items)
     pcfg = replace(pcfg, splits=tuple(wanted))
     res = probe_model(
         model,
@@ -615,7 +636,11 @@ def probe_any(cfg: AnyConfig, pcfg, overwrite=False, progress=False):
         progress=progress,
         source={"model": cfg.model},
     )
+    if split_record is not None:  # the split drawn here, recorded beside the rows it made
+        atomic_write_json(out / "split.json", split_record)
     res.notes.insert(0, f"splits: {how}; classes: {len(classes)}; image size {size}")
+    if left_out:
+        res.notes.insert(1, left_out_note(left_out))
     plot_probe(res.rows, out, title=cfg.model)
     return res, out, cfg.model
 

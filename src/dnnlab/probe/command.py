@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dnnlab.errors import InputError
 from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.paths import check_out_folder
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
@@ -71,18 +72,20 @@ def output_folder(args, acfg) -> tuple[Path, str]:
     return (Path(acfg.out), "--out") if acfg is not None else (Path(args.run), "RUN")
 
 
-def check_outputs(args, acfg) -> None:
+def check_outputs(args, acfg, spill_dir=None) -> None:
     """Refuse an output folder that would write over an input: --data, --weights, or the
-    probe that --compare reads (the run directory is the probe's own folder by design)."""
+    probe that --compare reads (the run directory is the probe's own folder by design);
+    and a --spill-dir that cannot be a folder."""
     out, flag = output_folder(args, acfg)
     inputs = [args.compare] + ([acfg.data, acfg.weights] if acfg is not None else [])
     check_outputs_spare_inputs(inputs, out, flag=flag)
+    check_out_folder(spill_dir, "--spill-dir")
 
 
 def probe(args, cfg, acfg, progress: bool):
     """(ProbeResult, output folder) of probing acfg's network, or else the run in args.run;
     its output folder checked against the inputs and locked while the probe writes it."""
-    check_outputs(args, acfg)
+    check_outputs(args, acfg, cfg.spill_dir)
     out, flag = output_folder(args, acfg)
     with folder_lock(out, flag):
         if acfg is not None:

@@ -362,7 +362,7 @@ def cka_between_runs(
             if not (run / f).exists():
                 raise InputError(f"--cka-with: {run} has no {f}; is it a trained run?")
         tcfg = read_run_config(run)
-        model, _ = load_model_checkpoint(run / "best.pt", tcfg.model)
+        model, _ = load_model_checkpoint(run / "best.pt", tcfg.model, run=run)
         model = model.to(dev).eval()
         x, y = run_splits(run, tcfg, (split,), data_root, max_per_split, seed=tcfg.seed)[split]
         names = resolve_layers(model, cfg.layers)

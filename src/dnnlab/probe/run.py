@@ -9,13 +9,13 @@ import torch
 from dnnlab.cifar.augment import to_input
 from dnnlab.cifar.data import load_cifar10, stratified_subset
 from dnnlab.cifar.recipe import train20_pool
-from dnnlab.cifar.rundir import read_json_dict
 from dnnlab.cifar.train import (
     RunError,
     TrainConfig,
     check_run_data,
     load_model_checkpoint,
     read_run_config,
+    read_split,
 )
 from dnnlab.errors import InputError
 from dnnlab.probe.probe import ProbeConfig, ProbeResult, plot_probe, probe_model
@@ -33,11 +33,11 @@ def run_splits(
     split_file = run / "split.json"
     if not split_file.exists():
         raise RunError(f"{run}: no split.json; is this a `dnnlab train` run directory?")
-    s = read_json_dict(split_file, ("train", "val"))
     data = load_cifar10(data_root or cfg.data_root)
-    # The run's split indices must meet the images it was trained on (content identity).
+    # The run's split indices must meet the images it was trained on (content identity),
+    # and be positions among them, train and val apart.
     check_run_data(run, data)
-    tr, va = torch.tensor(s["train"]), torch.tensor(s["val"])
+    tr, va = read_split(run, data.train_y.numel())
     out = {}
     for name in wanted:
         if name == "train20":
@@ -67,7 +67,7 @@ def probe_run(
     best = run / "best.pt"
     if not best.exists():
         raise RunError(f"{run}: no best.pt yet; train the run first")
-    model, _ = load_model_checkpoint(best, cfg.model)
+    model, _ = load_model_checkpoint(best, cfg.model, run=run)
     splits = run_splits(run, cfg, pcfg.splits, data_root, max_per_split, seed=cfg.seed)
     res = probe_model(
         model, splits, pcfg, out=run, input_fn=to_input, overwrite=overwrite, progress=progress

@@ -635,7 +635,7 @@ def _read_probe_csv(path: Path) -> list[dict]:
 
     if not path.exists():
         return []
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # a byte-order mark is no cell
         rows = list(csv.DictReader(fh))
     for r in rows:
         for k in ("si", "csi"):

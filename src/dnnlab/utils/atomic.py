@@ -36,7 +36,8 @@ def umask() -> int:
     return old
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -63,7 +64,7 @@ def remove_stale_temporaries(folder) -> list[Path]:
         except OSError:
             continue
         pid = m.group("pid")
-        dead = pid is not None and int(pid) != os.getpid() and not _pid_alive(int(pid))
+        dead = pid is not None and int(pid) != os.getpid() and not pid_alive(int(pid))
         if dead or age > STALE_SECONDS:
             try:
                 os.unlink(e.path)

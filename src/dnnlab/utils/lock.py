@@ -7,7 +7,8 @@ same command re-run takes the lock at once (and resumes). A second process askin
 held lock is refused at once with `FolderBusy`, naming the folder and the holder's pid.
 
 The lock file exists only while a lock is held: it is removed on release (a file a killed
-process left behind holds no lock and is reused). Within one process the lock is
+process left behind holds no lock and is reused). A folder the lock's holder created and left
+empty is removed with the lock. Within one process the lock is
 re-entrant, so a command that calls another on the same folder does not lock itself out.
 """
 
@@ -16,10 +17,12 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from dnnlab.errors import DnnlabError
+from dnnlab.errors import DnnlabError, InputError
+from dnnlab.utils.distributed import share_from_rank0
+from dnnlab.utils.paths import check_out_folder, real
 
 _HELD: dict[Path, int] = {}  # the folders this process holds, with the nesting depth
 
@@ -30,15 +33,16 @@ class FolderBusy(DnnlabError):
 
 def lock_path(folder) -> Path:
     """`.NAME.lock` beside the folder NAME, symlinks resolved (one lock per real folder)."""
-    f = Path(folder).expanduser().resolve()
+    f = real(folder)
     return f.parent / f".{f.name}.lock"
 
 
 @contextmanager
 def folder_lock(folder, flag: str = "--out") -> Iterator[None]:
     """Hold the folder's writer lock for the duration of the block; raise FolderBusy at
-    once when another process holds it. `flag` names the folder in the message."""
-    key = Path(folder).expanduser().resolve()
+    once when another process holds it. `flag` names the folder in the message; a folder
+    that is an existing file is refused (InputError) before anything is made."""
+    key = real(folder)
     if key in _HELD:
         _HELD[key] += 1
         try:
@@ -46,8 +50,13 @@ def folder_lock(folder, flag: str = "--out") -> Iterator[None]:
         finally:
             _HELD[key] -= 1
         return
+    check_out_folder(folder, flag)
     path = lock_path(folder)
     made = make_parents(path.parent)
+    # A folder the command creates and leaves empty (it failed, or had nothing to write)
+    # is removed with the lock: no empty output folder is left behind.
+    if not os.path.lexists(key):
+        made.append(key)
     try:
         fd = acquire(path, folder, flag)
     except BaseException:
@@ -60,6 +69,28 @@ def folder_lock(folder, flag: str = "--out") -> Iterator[None]:
         del _HELD[key]
         release(fd, path)
         remove_empty(made)
+
+
+@contextmanager
+def job_lock(folder, rank: int, world: int, flag: str = "--out") -> Iterator[None]:
+    """folder_lock for a torchrun job of `world` processes: rank 0 holds the lock, and
+    every rank learns whether it was granted, so a refused job ends on every rank at once
+    with rank 0's message (none is left waiting at a barrier)."""
+    with ExitStack() as stack:
+        refused = None
+        if rank == 0:
+            try:
+                stack.enter_context(folder_lock(folder, flag))
+            except DnnlabError as e:
+                refused = e
+        why = share_from_rank0(
+            None if refused is None else (isinstance(refused, FolderBusy), str(refused)), world
+        )
+        if refused is not None:
+            raise refused
+        if why is not None:
+            raise (FolderBusy if why[0] else InputError)(why[1])
+        yield
 
 
 def acquire(path: Path, folder, flag: str) -> int:
@@ -119,9 +150,12 @@ def make_parents(folder: Path) -> list[Path]:
 
 
 def remove_empty(made: list[Path]) -> None:
-    """Remove the folders make_parents created, deepest first, while they are empty."""
+    """Remove the folders in `made` (make_parents's, and an output folder the lock's holder
+    was to create), deepest first, while they are empty."""
     for d in reversed(made):
         try:
             d.rmdir()
+        except FileNotFoundError:
+            continue  # never made (the output folder, when the command wrote nothing)
         except OSError:
             return

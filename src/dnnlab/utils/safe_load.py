@@ -15,6 +15,7 @@ Every such file dnnlab reads goes through `load_plain`, and every refusal is wor
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import safetensors
@@ -24,6 +25,11 @@ import torch
 
 class EmptyFileError(ValueError):
     """A file of zero bytes (torch's own message for it names no reason)."""
+
+
+class SparseTensorError(ValueError):
+    """A file holding a sparse (or other not dense) tensor, which no reader of dnnlab's
+    takes: refused by name rather than met as a traceback later."""
 
 
 class SafetensorsFileError(ValueError):
@@ -60,9 +66,31 @@ def load_plain(path, map_location="cpu"):
     if is_safetensors(path):
         return _load_safetensors(path, map_location)
     # An open file, not its name: torch.load hands any name ending in .safetensors to
-    # safetensors, whatever the content.
-    with open(path, "rb") as fh:
-        return torch.load(fh, map_location=map_location, weights_only=True)
+    # safetensors, whatever the content. torch's warning on checking a sparse tensor is not
+    # repeated: such a file is refused just below, in dnnlab's words.
+    with open(path, "rb") as fh, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+        obj = torch.load(fh, map_location=map_location, weights_only=True)
+    check_dense(obj)
+    return obj
+
+
+def check_dense(obj, where: str = "") -> None:
+    """Raise SparseTensorError when `obj` (a tensor, or dicts and lists of them) holds a
+    tensor that is not dense, naming where it is ("['model']['w']")."""
+    if isinstance(obj, torch.Tensor):
+        if obj.layout != torch.strided:
+            at = f" at {where}" if where else ""
+            raise SparseTensorError(
+                f"it holds a {obj.layout} tensor{at}, not a dense one; dnnlab reads dense "
+                "tensors only: save it with .to_dense()"
+            )
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            check_dense(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_dense(v, f"{where}[{i}]")
 
 
 def _load_safetensors(path, map_location) -> dict:
@@ -84,6 +112,8 @@ def load_error_reason(e: BaseException) -> str:
     text = str(e).strip()
     if isinstance(e, EmptyFileError):
         return "the file is empty (0 bytes)"
+    if isinstance(e, SparseTensorError):
+        return text
     if isinstance(e, SafetensorsFileError):
         return f"it is not a readable safetensors file ({text})"
     if any(w in text for w in CODE_CARRYING):

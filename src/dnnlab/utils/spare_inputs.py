@@ -16,16 +16,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 
 from dnnlab.errors import InputError
+from dnnlab.utils.paths import check_out_folder, real
 
 PathLike = str | os.PathLike
-
-
-def real(path: PathLike) -> Path:
-    """The path with ~ expanded and every symlink resolved (it need not exist)."""
-    return Path(path).expanduser().resolve()
 
 
 def output_clash(
@@ -59,8 +54,10 @@ def check_outputs_spare_inputs(
     flag: str = "--out",
 ) -> None:
     """Raise InputError, naming the output (given by `flag`) and the input, when writing
-    `out_dir` or `files` would write over one of `inputs` (see the module's rules); inputs
-    that are None or empty (a flag not given) are skipped."""
+    `out_dir` or `files` would write over one of `inputs` (see the module's rules), or when
+    `out_dir` cannot be a folder (an existing file); inputs that are None or empty (a flag
+    not given) are skipped."""
+    check_out_folder(out_dir, flag)
     why = output_clash([i for i in inputs if i], out_dir, files, owned)
     if why is None:
         return
