@@ -238,3 +238,12 @@ def test_sparse_tensors_and_lists_in_pt_files(tmp_path, capsys):
         assert main(["si", str(tmp_path / name), str(tmp_path / "y.npy")]) == 2
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err
+
+
+def test_a_loop_of_links_is_named(tmp_path, capsys):
+    (tmp_path / "a.npy").symlink_to(tmp_path / "b.npy")
+    (tmp_path / "b.npy").symlink_to(tmp_path / "a.npy")
+    np.save(tmp_path / "y.npy", np.arange(4) % 2)
+    for argv in (["a.npy", "y.npy"], ["y.npy", "a.npy"]):
+        assert main(["si", *(str(tmp_path / a) for a in argv)]) == 2
+        assert "loop of symbolic links" in capsys.readouterr().err

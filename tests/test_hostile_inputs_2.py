@@ -183,8 +183,14 @@ def test_a_sparse_tensor_is_refused_by_name(tmp_path, capsys, user_file, tree, l
     feats = tmp_path / "x.pt"
     torch.save(sparse, feats)
     np.save(tmp_path / "y.npy", np.arange(60) % 2)
-    err = refused(["si", feats, tmp_path / "y.npy", "--no-progress"], capsys, feats)
-    assert "sparse" in err and "to_dense" in err
+    # Features: made dense (within the budget) and measured like the dense file.
+    torch.save(dense, tmp_path / "dense.pt")
+    got = [
+        main(["si", str(f), str(tmp_path / "y.npy"), "--json"])
+        for f in (feats, tmp_path / "dense.pt")
+    ]
+    outs = capsys.readouterr().out.splitlines()
+    assert got == [0, 0] and json.loads(outs[0])["si"] == json.loads(outs[1])["si"]
     w = tmp_path / "w.pt"
     torch.save({"early.weight": sparse}, w)
     argv = ["probe", "--model", f"{user_file}:make", "--data", tree, "--weights", w]

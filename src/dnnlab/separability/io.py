@@ -16,10 +16,17 @@ import torch
 
 from dnnlab.errors import InputError
 from dnnlab.separability.featurefile import FeatureFile, check_feature_dtype, npy_header
+from dnnlab.utils.paths import missing_reason
 from dnnlab.utils.safe_load import load_error_reason, load_plain
 from dnnlab.utils.sizes import format_size
 
 __all__ = ["InputError", "load_array", "open_features", "split_spec"]
+
+
+def _missing(path: Path) -> InputError:
+    """The error for a path that cannot be opened: no such file, a broken link, a loop."""
+    why = missing_reason(path)
+    return InputError(f"{path}: {'no such file' if why == 'does not exist' else why}")
 
 
 def split_spec(spec: str) -> tuple[Path, str | None]:
@@ -169,7 +176,7 @@ def load_array(spec: str, *, numeric: bool = True, max_bytes: int = MAX_DENSE_BY
     max_bytes: the largest a sparse tensor may take once made dense."""
     path, name = split_spec(str(spec))
     if not path.exists():
-        raise InputError(f"{path}: no such file")
+        raise _missing(path)
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(f"{path}: cannot read it: the file is empty (0 bytes)")
     suffix = path.suffix.lower()
@@ -182,7 +189,7 @@ def load_array(spec: str, *, numeric: bool = True, max_bytes: int = MAX_DENSE_BY
             with np.load(path, allow_pickle=False) as z:
                 return np.asarray(_pick({k: z[k] for k in z.files}, name, path))
         if suffix in (".pt", ".pth", ".safetensors"):  # read by content (safe_load)
-            obj = load_plain(path)
+            obj = load_plain(path, dense_only=False)  # sparse features: made dense below
             if isinstance(obj, dict):
                 obj = _pick(obj, name, path)
             return _plain_array(obj, path, numeric, max_bytes)
@@ -206,7 +213,7 @@ def open_features(spec: str, budget: int):
     the budget (loading it would hold at least that much)."""
     path, name = split_spec(str(spec))
     if not path.exists():
-        raise InputError(f"{path}: no such file")
+        raise _missing(path)
     if not path.is_file():
         raise InputError(f"{path}: not a file")
     if path.stat().st_size == 0:

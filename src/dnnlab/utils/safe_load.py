@@ -57,7 +57,7 @@ def is_safetensors(path) -> bool:
     return False
 
 
-def load_plain(path, map_location="cpu"):
+def load_plain(path, map_location="cpu", dense_only: bool = True):
     """The content of a weights or checkpoint file as plain data: a .safetensors file (by
     content) as a {name: tensor} dict, else torch.load with weights_only=True. An empty file
     raises EmptyFileError before either library sees it."""
@@ -71,7 +71,8 @@ def load_plain(path, map_location="cpu"):
     with open(path, "rb") as fh, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
         obj = torch.load(fh, map_location=map_location, weights_only=True)
-    check_dense(obj)
+    if dense_only:  # weights and records: a sparse tensor is refused (SparseTensorError)
+        check_dense(obj)
     return obj
 
 
