@@ -22,7 +22,7 @@ def cfg(tree, **kw):
 
 def test_recipe_names_and_refusals():
     assert T.TrainConfig().recipe == "corrected"
-    assert T.TrainConfig(recipe="seed").recipe == "course"  # issue 12's name for it
+    assert T.TrainConfig(recipe="seed").recipe == "course"  # issue 12's name, in old records
     with pytest.raises(ConfigError, match="--recipe: 'sead' is not one of corrected, course"):
         T.TrainConfig(recipe="sead")
     with pytest.raises(ConfigError, match="--softmax-head: the course's wide network"):
@@ -101,26 +101,18 @@ def test_course_train20_is_drawn_from_all_training_images(tree, tmp_path):
         assert (hits > 0) is meets
 
 
-def test_cli_recipe_seed_alias_is_recorded_as_course(tree, tmp_path, capsys):
+def test_cli_recipe_seed_is_refused_but_old_records_read_as_course(tree, tmp_path, capsys):
+    """'seed' is the random seed only: --recipe seed is refused; a config.json written when
+    the course's recipe was called 'seed' still reads as course (recipe.ALIASES)."""
     run = tmp_path / "r"
-    argv = [
-        "train",
-        "--model",
-        "wide",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "64",
-        "--val-size",
-        "20",
-        "--data-root",
-        str(tree),
-        "--out",
-        str(run),
-        "--recipe",
-        "seed",
-    ]
-    assert main(argv) == 0
+    base = ["train", "--model", "wide", "--epochs", "1", "--batch-size", "64"]
+    base += ["--val-size", "20", "--data-root", str(tree)]
+    assert main([*base, "--out", str(run), "--recipe", "seed"]) == 2
+    assert "--recipe seed: that recipe is now called course" in capsys.readouterr().err
+    assert not run.exists()
+    assert main(["study", "--recipe", "seed", "--out", str(tmp_path / "s")]) == 2
+    assert "now called course" in capsys.readouterr().err
+    assert main([*base, "--out", str(run), "--recipe", "course"]) == 0
     s = json.loads((run / "summary.json").read_text())
     assert s["recipe"] == "course" and s["head"] == "logits"  # wide: no Softmax
     assert (

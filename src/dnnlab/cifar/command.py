@@ -8,6 +8,7 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
+from dnnlab.cifar.recipe import check_recipe_flag
 from dnnlab.cifar.train import TrainConfig, left_replaced, read_run_config, recover_replaced
 from dnnlab.errors import ConfigError
 from dnnlab.utils.lock import folder_lock
@@ -17,6 +18,7 @@ from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 def train_config(given: dict, out, resume: bool) -> TrainConfig:
     """The given settings over the defaults, or, with resume on an existing run in `out`,
     over the run's saved settings. Every given setting is checked before anything else."""
+    check_recipe_flag(given)
     cfg = TrainConfig(**given)
     if not (resume and (Path(out) / "config.json").exists()):
         return cfg

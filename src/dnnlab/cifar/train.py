@@ -165,7 +165,7 @@ class TrainConfig:
     )
     data_root: str | None = setting(None, "CIFAR-10 source; none: $DNNLAB_DATA")
     eval_batch_size: int = setting(1024, "batch size for validation and test", low=1, high=65_536)
-    recipe: str = setting("corrected", R.RECIPE_HELP, choices=R.RECIPES + tuple(R.ALIASES))
+    recipe: str = setting("corrected", R.RECIPE_HELP, choices=R.RECIPES)
 
     def __post_init__(self):
         self.recipe = R.recipe_name(self.recipe)

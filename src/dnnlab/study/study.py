@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dnnlab.cifar.models import VARIANTS
-from dnnlab.cifar.recipe import RECIPE_HELP, RECIPES, SETTINGS, recipe_name
+from dnnlab.cifar.recipe import RECIPE_HELP, RECIPES, SETTINGS, check_recipe_flag, recipe_name
 from dnnlab.errors import ConfigError, DnnlabError, InputError
 from dnnlab.settings import setting, validate
 from dnnlab.utils.atomic import atomic_write_json
@@ -45,7 +45,7 @@ class StudyConfig:
     quick: bool = setting(False, "a budget that finishes on a 2-core CPU in under 20 minutes")
     device: str = setting("cpu", "cpu, cuda or cuda:N")
     data_root: str | None = setting(None, "CIFAR-10 source (default $DNNLAB_DATA)")
-    recipe: str = setting("corrected", RECIPE_HELP, choices=RECIPES + ("seed",))
+    recipe: str = setting("corrected", RECIPE_HELP, choices=RECIPES)
     # Full budget by default; the quick budget (QUICK) is for a 2-core CPU in < 20 minutes.
     train_subset: int | None = setting(
         None, "train on a stratified subset this large (--quick: 1000)", low=1
@@ -129,6 +129,7 @@ def study_config(models=None, quick=False, **kw) -> StudyConfig:
 def config_from_flags(given: dict) -> StudyConfig:
     """The StudyConfig of the flags given on the command line: with --quick, QUICK's budget
     fills in the flags not given."""
+    check_recipe_flag(given)
     return StudyConfig(**{**(QUICK if given.get("quick") else {}), **given})
 
 
