@@ -20,7 +20,12 @@ class ConfigError(InputError):
 
 
 class BudgetError(InputError, MemoryError):
-    """A memory budget (--max-memory) too small for the work: a bad setting, reported briefly."""
+    """A memory budget (--max-memory) too small for the work: a bad setting, reported briefly.
+    `least`: a budget that works, when the raiser knows one (0 otherwise)."""
+
+    def __init__(self, msg: str, least: int = 0):
+        super().__init__(msg)
+        self.least = least
 
 
 class UndefinedMeasure(InputError):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dnnlab.errors import ConfigError, InputError
+from dnnlab.errors import BudgetError, ConfigError, InputError
 from dnnlab.probe.extra import ProbeExtras, plot_extra
 from dnnlab.probe.layers import LayerError, LayerInfo, pick_tensor, resolve_layers, trace
 from dnnlab.probe.provenance import fingerprint, model_hash, split_identity, stale_reason
@@ -39,14 +39,6 @@ FLOAT32 = 4
 # Default images per forward pass: on this 2-core CPU a `base` pass with every layer hooked
 # ran 15-25 % faster at 64 than at 500 (docs/RESULTS.md, section 7); a GPU wants large passes.
 CPU_BATCH, GPU_BATCH = 64, 500
-
-
-class BudgetError(InputError, MemoryError):
-    """A memory budget too small for even one block of the work; `least` works."""
-
-    def __init__(self, msg: str, least: int = 0):
-        super().__init__(msg)
-        self.least = least
 
 
 def _check_regex(layers) -> None:
