@@ -104,7 +104,7 @@ def probe(args, cfg, acfg, progress: bool):
 def follow_ups(args, cfg, out: Path) -> Iterator[str]:
     """Run --cka-with and --compare after the probe, yielding a "wrote ..." line per file."""
     if args.cka_with:
-        from dnnlab.probe.extra import cka_between_runs
+        from dnnlab.probe.cka_runs import cka_between_runs
 
         path = cka_between_runs(
             args.run, args.cka_with, cfg, "val", args.data_root, args.max_per_split

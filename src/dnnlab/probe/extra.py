@@ -25,7 +25,9 @@ from dnnlab.separability.inputs import encode_labels
 from dnnlab.separability.linear import DEFAULT_ALPHA, LinearProbe
 from dnnlab.separability.measures import separability_fitting
 from dnnlab.utils.atomic import atomic_savefig, atomic_torch_save
+from dnnlab.utils.plots import pyplot
 from dnnlab.utils.safe_load import load_error_reason, load_plain
+from dnnlab.utils.sizes import parse_size
 
 FIT_SPLIT = "train20"
 
@@ -80,7 +82,7 @@ class ProbeExtras:
         if self.linear and split == FIT_SPLIT:
             need = linear_reserve(n)
         if split in self.cka_splits:
-            need = max(need, n * n * 8 + (64 << 20) + _size(self.cfg.max_memory) // 8)
+            need = max(need, n * n * 8 + (64 << 20) + parse_size(self.cfg.max_memory) // 8)
         return need
 
     # ------------------------------------------------------------------ per split
@@ -93,7 +95,7 @@ class ProbeExtras:
                 "with --overwrite for its CKA matrix"
             }
         if self._complete:
-            budget = _size(self.cfg.max_memory) // 4  # Grams past budget/8 are spilled
+            budget = parse_size(self.cfg.max_memory) // 4  # Grams past budget/8 are spilled
             self._matrix = CkaMatrix(max_memory=budget, spill_dir=self.out)
 
     def end_split(self, split: str) -> None:
@@ -244,22 +246,14 @@ def _numeric(values) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def _size(spec) -> int:
-    from dnnlab.utils.sizes import parse_size
-
-    return parse_size(spec)
-
-
 def plot_cka(cka: dict, path: Path, title: str = "CKA") -> Path:
     """Heatmaps of linear and unbiased CKA between layers (undefined pairs left blank)."""
-    return _cka_heatmaps(cka, path, {k: f"{title} ({k})" for k in ("linear", "unbiased")})
+    return cka_heatmaps(cka, path, {k: f"{title} ({k})" for k in ("linear", "unbiased")})
 
 
-def _cka_heatmaps(doc: dict, path: Path, titles: dict, xlabel=None, ylabel=None) -> Path:
+def cka_heatmaps(doc: dict, path: Path, titles: dict, xlabel=None, ylabel=None) -> Path:
     """doc's "linear" and "unbiased" matrices over doc["layers"] side by side, titled by
     titles[kind]; None (undefined) entries left blank."""
-    from dnnlab.utils.plots import pyplot
-
     plt = pyplot()
 
     layers = doc["layers"]
@@ -284,8 +278,6 @@ def _cka_heatmaps(doc: dict, path: Path, titles: dict, xlabel=None, ylabel=None)
 
 def plot_extra(rows: list[dict], out: Path, title: str = "") -> list[Path]:
     """One figure per measure beyond SI/CSI present in the rows: value per layer, per split."""
-    from dnnlab.utils.plots import pyplot
-
     plt = pyplot()
 
     names = []
@@ -318,97 +310,3 @@ def plot_extra(rows: list[dict], out: Path, title: str = "") -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
-
-
-def sample_ids(x: torch.Tensor) -> np.ndarray:
-    """One id per sample: the first 8 bytes of a BLAKE2 hash of its input, as int64."""
-    import hashlib
-
-    flat = x.reshape(x.shape[0], -1).contiguous().cpu().numpy()
-    return np.array(
-        [
-            int.from_bytes(
-                hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little", signed=True
-            )
-            for r in flat
-        ]
-    )
-
-
-def cka_between_runs(
-    run_a, run_b, cfg, split: str = "val", data_root=None, max_per_split=None
-) -> Path:
-    """Linear and unbiased CKA between the same layers of two trained runs on one split.
-
-    Each layer's features (one layer in memory at a time) go into one CkaMatrix; the split's
-    samples must be the same images in the same order in both runs (checked by their ids,
-    hashes of the inputs). Writes RUN_A/cka_with_<B>_<split>.json (with both checkpoints'
-    SHA-256) and a heatmap PNG; returns the JSON's path.
-    """
-    import hashlib
-
-    from dnnlab.cifar.augment import to_input
-    from dnnlab.cifar.train import load_model_checkpoint, read_run_config
-    from dnnlab.probe.layers import describe_layers, resolve_layers
-    from dnnlab.probe.probe import extract_group, forward_batch
-    from dnnlab.probe.run import run_splits
-    from dnnlab.utils.atomic import atomic_write_json
-
-    dev = torch.device(cfg.device)
-    runs = [Path(run_a), Path(run_b)]
-    loaded = []
-    for run in runs:
-        for f in ("config.json", "best.pt"):
-            if not (run / f).exists():
-                raise InputError(f"--cka-with: {run} has no {f}; is it a trained run?")
-        tcfg = read_run_config(run)
-        model, _ = load_model_checkpoint(run / "best.pt", tcfg.model, run=run)
-        model = model.to(dev).eval()
-        x, y = run_splits(run, tcfg, (split,), data_root, max_per_split, seed=tcfg.seed)[split]
-        names = resolve_layers(model, cfg.layers)
-        infos = describe_layers(model, to_input(x[:2].to(dev)), names, cfg.output_key)
-        sha = hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
-        loaded.append((run, model, x, infos, sha))
-    names_a = [i.name for i in loaded[0][3]]
-    missing = [n for n in names_a if n not in {i.name for i in loaded[1][3]}]
-    if missing:
-        raise InputError(f"--cka-with: {runs[1]} has no layer {missing[0]!r} of {runs[0]}")
-    labels = []
-    with CkaMatrix(max_memory=_size(cfg.max_memory) // 2, spill_dir=runs[0]) as m:
-        for tag, (run, model, x, infos, _) in zip("AB", loaded, strict=True):
-            ids = sample_ids(x)
-            by_name = {i.name: i for i in infos}
-            for name in names_a:
-                info = by_name[name]
-                store = {name: np.empty((x.shape[0], info.dim), dtype=np.float32)}
-                extract_group(
-                    model, x, [info], forward_batch(cfg, dev), dev, to_input, cfg.output_key, store
-                )
-                try:
-                    m.add(f"{tag}:{name}", store.pop(name), ids=ids)
-                except InputError as e:
-                    raise InputError(f"--cka-with: {run} on {split}: {e}") from None
-                labels.append(f"{tag}:{name}")
-        res = m.result()
-    k = len(names_a)
-    cross = {kind: [row[k:] for row in getattr(res, kind)[:k]] for kind in ("linear", "unbiased")}
-    doc = {
-        "run_a": str(runs[0]),
-        "run_b": str(runs[1]),
-        "split": split,
-        "n": res.n,
-        "checkpoint_sha256": {"a": loaded[0][4], "b": loaded[1][4]},
-        "layers": names_a,
-        **cross,
-        "full": res.to_dict(),
-    }
-    path = runs[0] / f"cka_with_{runs[1].name}_{split}.json"
-    atomic_write_json(path, doc)
-    plot_cka_cross(doc, path.with_suffix(".png"))
-    return path
-
-
-def plot_cka_cross(doc: dict, path: Path) -> Path:
-    """Heatmaps of CKA between layer i of run A (rows) and layer j of run B (columns)."""
-    titles = {k: f"CKA ({k}) on {doc['split']}" for k in ("linear", "unbiased")}
-    return _cka_heatmaps(doc, path, titles, Path(doc["run_b"]).name, Path(doc["run_a"]).name)

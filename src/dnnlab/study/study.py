@@ -305,7 +305,7 @@ def compare_base_bn(cfg: StudyConfig, out: Path, log) -> None:
     on every run (cheap at that size), so it always matches the current checkpoints."""
     if cfg.cka_samples == 0 or not {"base", "bn"} <= set(cfg.models):
         return
-    from dnnlab.probe.extra import cka_between_runs
+    from dnnlab.probe.cka_runs import cka_between_runs
     from dnnlab.probe.probe import ProbeConfig
 
     runs = out / "runs"
