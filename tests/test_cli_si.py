@@ -6,6 +6,7 @@ import torch
 
 from dnnlab.cli import main
 from dnnlab.separability import separability
+from tests import oracle
 
 
 @pytest.fixture
@@ -48,6 +49,10 @@ def test_string_labels_csv(tmp_path, capsys, data):
     (tmp_path / "y.csv").write_text("\n".join(["cat", "dog", "eel"][v] for v in y))
     got = run_json(capsys, str(tmp_path / "x.npy"), str(tmp_path / "y.csv"))
     assert set(got["per_class"]) == {"cat", "dog", "eel"}
+    want = oracle.measures(x, y, orders=(1,))  # the same classes under other names
+    assert (got["si"], got["csi"]) == (pytest.approx(want["si"]), pytest.approx(want["csi"]))
+    for name, code in (("cat", 0), ("dog", 1), ("eel", 2)):
+        assert got["class_counts"][name] == int((y == code).sum())
 
 
 def test_demo_prints_table(capsys):

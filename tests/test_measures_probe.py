@@ -99,6 +99,16 @@ def test_linear_only(tmp_path):
     m, splits = model_and_splits()
     res = probe_model(m, splits, ProbeConfig(measures="linear"), out=tmp_path)
     assert all(set(r) >= {"linear"} and "si" not in r for r in res.rows)
+    # Each layer's value: the float64 ridge oracle fitted on train20, scored on the split
+    # (train20's own row is the training accuracy).
+    x_fit, y_fit = splits["train20"]
+    fit_outs = layer_outputs(m, x_fit)
+    for r in res.rows:
+        x, y = splits[r["split"]]
+        pred, _ = oracle.ridge_classifier(
+            fit_outs[r["layer"]].numpy(), y_fit.numpy(), layer_outputs(m, x)[r["layer"]].numpy()
+        )
+        assert r["linear"] == pytest.approx(float((pred == y.numpy()).mean()), abs=1e-12)
 
 
 @pytest.mark.parametrize(

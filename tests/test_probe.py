@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+import dnnlab.probe.probe as probe_module
 from dnnlab.errors import InputError
 from dnnlab.probe.layers import LayerError
 from dnnlab.probe.probe import ProbeConfig, plan_groups, plot_probe, probe_model
@@ -75,7 +76,7 @@ def test_small_budget_groups_give_same_numbers(tmp_path):
     x, y = data(300)
     cfg = ProbeConfig(splits=("a",))
     one = probe_model(m, {"a": (x, y)}, cfg)
-    from dnnlab.probe import probe as P
+    P = probe_module
 
     infos = one.layers
     budget = 760_000  # room for the two 200-wide layers, then for the last of them and two more
@@ -106,7 +107,7 @@ def test_resume_keeps_finished_rows(tmp_path, monkeypatch):
     m = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 4))
     x, y = data()
     splits = {"val": (x, y), "test": (x[:60], y[:60])}
-    import dnnlab.probe.probe as P
+    P = probe_module
 
     real = P.separability
     calls = {"n": 0}
@@ -129,14 +130,29 @@ def test_resume_keeps_finished_rows(tmp_path, monkeypatch):
         probe_model(m, splits, ProbeConfig(measures="si"), out=tmp_path)
 
 
-def test_plots_written(tmp_path):
+def test_plots_written(tmp_path, monkeypatch):
     rows = [
         {"split": s, "layer": f"l{i}", "si": 0.1 * i, "csi": 0.2}
         for s in ("train20", "val", "test")
         for i in range(3)
     ]
+    drawn = {}
+
+    def keep(fig, path, **kw):  # what each figure plots, line by line
+        drawn[path.name] = {
+            ln.get_label(): (list(ln.get_xdata()), [float(v) for v in ln.get_ydata()])
+            for ln in fig.axes[0].get_lines()
+        }
+        path.write_bytes(b"png")
+
+    monkeypatch.setattr(probe_module, "atomic_savefig", keep)
     names = sorted(p.name for p in plot_probe(rows, tmp_path, "m"))
     assert names == ["csi_train20.png", "csi_val_test.png", "si_train20.png", "si_val_test.png"]
+    layers = ["l0", "l1", "l2"]
+    assert drawn["si_train20.png"] == {"train20": (layers, [0.0, 0.1, 0.2])}
+    assert drawn["si_val_test.png"]["test"] == (layers, [0.0, 0.1, 0.2])
+    assert set(drawn["csi_val_test.png"]) == {"val", "test"}
+    assert drawn["csi_val_test.png"]["val"] == (layers, [0.2, 0.2, 0.2])
 
 
 def test_bad_layers_and_splits():

@@ -28,7 +28,8 @@ from dnnlab.separability import knn, parse_measures, separability
 from dnnlab.separability.inputs import NonFiniteError
 from dnnlab.separability.normalize import NORMALIZATIONS
 from dnnlab.settings import setting, validate
-from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
+from dnnlab.utils.atomic import atomic_savefig, atomic_write_json, atomic_write_text
+from dnnlab.utils.plots import pyplot
 from dnnlab.utils.sizes import format_size, parse_size
 
 # The core's share of the budget (its blocks and bookkeeping), at most; the rest holds features.
@@ -765,12 +766,7 @@ def _csv_cell(v) -> str:
 
 def plot_probe(rows: list[dict], out: Path, title: str = "") -> list[Path]:
     """The course's four figures: SI and CSI vs layer, for train20 and for val + test."""
-    from dnnlab.utils.plots import pyplot
-
     plt = pyplot()
-
-    from dnnlab.utils.atomic import atomic_savefig
-
     written = []
     for measure in ("si", "csi"):
         for fname, split_set in (
