@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from dnnlab.cifar.data import CLASSES
+from dnnlab.cifar.train import TrainConfig
 
 
 def class_image(c: int, rng) -> np.ndarray:
@@ -48,3 +49,10 @@ def make_batches(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
         with open(folder / name, "wb") as fh:
             pickle.dump({"data": data, "labels": labels.tolist()}, fh)
     return root
+
+
+def tiny_train_config(tree, **kw):
+    """A TrainConfig for a few seconds of training on a fake tree (make_image_tree):
+    batches of 20, 20 validation images; kw overrides any setting (model, epochs, ...)."""
+    base = dict(model="bn", epochs=2, batch_size=20, lr=0.05, n_val=20, data_root=str(tree))
+    return TrainConfig(**{**base, **kw})

@@ -5,6 +5,7 @@ import torch
 
 import dnnlab.cifar.train as T
 from dnnlab.cli import main
+from tests.fakes import tiny_train_config
 
 ARTEFACTS = [
     "config.json",
@@ -18,9 +19,7 @@ ARTEFACTS = [
 ]
 
 
-def cfg(tree, **kw):
-    base = dict(model="bn", epochs=2, batch_size=20, lr=0.05, n_val=20, data_root=str(tree))
-    return T.TrainConfig(**{**base, **kw})
+cfg = tiny_train_config
 
 
 def metrics(run):

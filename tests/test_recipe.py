@@ -13,11 +13,11 @@ from dnnlab.cifar.rundir import data_record
 from dnnlab.cli import main
 from dnnlab.errors import ConfigError
 from dnnlab.probe.run import run_splits
+from tests.fakes import tiny_train_config
 
 
 def cfg(tree, **kw):
-    base = dict(model="base", epochs=3, batch_size=20, lr=0.05, n_val=20, data_root=str(tree))
-    return T.TrainConfig(**{**base, **kw})
+    return tiny_train_config(tree, **{"model": "base", "epochs": 3, **kw})
 
 
 def test_recipe_names_and_refusals():
