@@ -378,7 +378,7 @@ def test_quick_fills_only_the_budget_flags_not_given(monkeypatch, tmp_path):
                 "--models",
                 "base,wide",
                 "--recipe",
-                "seed",
+                "course",
                 "--out",
                 out,
                 "--published",

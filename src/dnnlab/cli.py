@@ -9,6 +9,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from dnnlab.utils.sizes import MEASURE_MEMORY
+
 
 def _add_si(sub) -> None:
     p = sub.add_parser(
@@ -43,7 +45,9 @@ def _add_si(sub) -> None:
     p.add_argument("--normalize", default="zscore", choices=["zscore", "minmax", "none"])
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument(
-        "--max-memory", default="2GB", help="memory budget, a size > 0 such as 2GB or 512MiB"
+        "--max-memory",
+        default=MEASURE_MEMORY,
+        help=f"memory budget for the whole command, a size > 0 (default {MEASURE_MEMORY})",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -39,7 +39,7 @@ from dnnlab.separability.inputs import (
 from dnnlab.separability.normalize import NORMALIZATIONS, feature_stats, normalize_rows
 from dnnlab.utils.chunks import chunk_rows
 from dnnlab.utils.precision import highest_matmul_precision
-from dnnlab.utils.sizes import format_size, parse_size
+from dnnlab.utils.sizes import MEASURE_MEMORY, format_size, parse_size
 
 DEFAULT_ALPHA = 1.0
 # Refinement stops when a correction is below this fraction of the solution.
@@ -350,7 +350,7 @@ def fit_linear(
     alpha: float = DEFAULT_ALPHA,
     normalize_method: str = "zscore",
     device=None,
-    max_memory="2GB",
+    max_memory=MEASURE_MEMORY,
     compute_dtype: torch.dtype = torch.float32,
 ) -> LinearProbe:
     """Fit the ridge classifier (see the module docstring) on features (N, ...) and labels.
@@ -386,7 +386,7 @@ def fit_linear(
 
 
 def fit_linear_shared(
-    work: SharedWork, labels, *, alpha: float = DEFAULT_ALPHA, max_memory="2GB"
+    work: SharedWork, labels, *, alpha: float = DEFAULT_ALPHA, max_memory=MEASURE_MEMORY
 ) -> LinearProbe:
     """fit_linear(features, labels, normalize_method="zscore") from the separability core's
     SharedWork on those features (dual form, D > N): the same system, the same solution,

@@ -52,7 +52,7 @@ from dnnlab.separability.normalize import (
 )
 from dnnlab.utils.chunks import chunk_rows
 from dnnlab.utils.precision import highest_matmul_precision
-from dnnlab.utils.sizes import format_size, parse_size
+from dnnlab.utils.sizes import MEASURE_MEMORY, format_size, parse_size
 
 KINDS = ("si", "csi", "hsi", "soft", "anti", "knn", "nc1", "linear")
 # Measures that need no neighbour search.
@@ -61,7 +61,6 @@ NO_SEARCH = ("csi", "nc1", "linear")
 ROW_KINDS = ("si", "csi", "hsi", "soft", "anti", "knn")
 ORDERLESS = ("si", "csi", "nc1", "linear")
 DEFAULT_MEASURES = ("si", "csi")
-DEFAULT_MAX_MEMORY = "2GB"
 # Elements per tile of the passes that stream rows after the search (refinement, NC1's
 # float64 projections): 64 MiB of float64.
 STREAM_ELEMS = 1 << 23
@@ -186,7 +185,7 @@ def separability(
     *,
     normalize_method: str = "zscore",
     device=None,
-    max_memory=DEFAULT_MAX_MEMORY,
+    max_memory=MEASURE_MEMORY,
     progress: bool = False,
     group=None,
     compute_dtype: torch.dtype = torch.float32,

@@ -27,6 +27,7 @@ from pathlib import Path
 from dnnlab.cifar.models import VARIANTS
 from dnnlab.cifar.recipe import RECIPE_HELP, RECIPES, SETTINGS, check_recipe_flag, recipe_name
 from dnnlab.errors import ConfigError, DnnlabError, InputError
+from dnnlab.probe.probe import ProbeConfig
 from dnnlab.settings import setting, validate
 from dnnlab.utils.atomic import atomic_write_json
 from dnnlab.utils.lock import folder_lock
@@ -62,7 +63,9 @@ class StudyConfig:
     max_per_split: int | None = setting(
         None, "stratified cap on each probe split (--quick: 300)", low=2
     )
-    probe_memory: str = setting("4GB", "probe memory budget", cli=False)
+    probe_memory: str = setting(
+        ProbeConfig.max_memory, "probe memory budget (the probe's default)", cli=False
+    )
     measures: str = setting(
         "si,csi,knn:5,nc1,linear", "probe measures per layer (see `dnnlab probe --help`)"
     )
@@ -254,7 +257,6 @@ def _variant(cfg: StudyConfig, name: str, out: Path, overwrite: bool, progress: 
 def _variant_locked(cfg: StudyConfig, name: str, run: Path, overwrite, progress, log):
     """_variant once its run directory's lock is held."""
     from dnnlab.cifar.train import train
-    from dnnlab.probe.probe import ProbeConfig
     from dnnlab.probe.run import probe_run
 
     t0 = time.perf_counter()
@@ -306,7 +308,6 @@ def compare_base_bn(cfg: StudyConfig, out: Path, log) -> None:
     if cfg.cka_samples == 0 or not {"base", "bn"} <= set(cfg.models):
         return
     from dnnlab.probe.cka_runs import cka_between_runs
-    from dnnlab.probe.probe import ProbeConfig
 
     runs = out / "runs"
     if not all((runs / m / "best.pt").exists() for m in ("base", "bn")):
