@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from dnnlab.utils.device import DEVICE_HELP
 from dnnlab.utils.sizes import MEASURE_MEMORY
 
 
@@ -43,7 +44,7 @@ def _add_si(sub) -> None:
         help="ridge regularization of `linear` (a finite number > 0; default 1.0)",
     )
     p.add_argument("--normalize", default="zscore", choices=["zscore", "minmax", "none"])
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--device", default=None, help=f"{DEVICE_HELP} (default: cpu)")
     p.add_argument(
         "--max-memory",
         default=MEASURE_MEMORY,
@@ -326,7 +327,7 @@ def _add_detect(sub) -> None:
         p.add_argument("--model", required=True, help="detector directory with model.pt")
         p.add_argument("--preset", **preset)
         add_flags(p, c.DetectConfig)
-        p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+        p.add_argument("--device", default="cpu", help=DEVICE_HELP)
         p.set_defaults(func=cmd_detect_run if name == "run" else cmd_detect_eval)
 
 

@@ -46,7 +46,7 @@ from dnnlab.utils.atomic import (
     atomic_write_text,
     pid_alive,
 )
-from dnnlab.utils.device import check_device, check_device_name
+from dnnlab.utils.device import DEVICE_HELP, check_device, check_device_name
 from dnnlab.utils.distributed import init_distributed
 from dnnlab.utils.lock import job_lock
 from dnnlab.utils.plots import plot_train_curves
@@ -156,7 +156,7 @@ class TrainConfig:
     softmax_head: bool = setting(
         False, "the course project's double softmax (softmax in the model, then cross-entropy)"
     )
-    device: str = setting("cpu", "cpu, cuda or cuda:N")
+    device: str = setting("cpu", DEVICE_HELP)
     compile: bool = setting(False, "torch.compile the model (GPU runs)")
     bf16: bool = setting(
         True,

@@ -29,6 +29,7 @@ from dnnlab.separability.inputs import NonFiniteError
 from dnnlab.separability.normalize import NORMALIZATIONS
 from dnnlab.settings import setting, validate
 from dnnlab.utils.atomic import atomic_savefig, atomic_write_json, atomic_write_text
+from dnnlab.utils.device import DEVICE_HELP
 from dnnlab.utils.plots import pyplot
 from dnnlab.utils.sizes import format_size, parse_size
 
@@ -69,7 +70,7 @@ class ProbeConfig:
         "passes), a size > 0 such as 4GB or 512MiB; a layer that does not fit streams "
         "through a file",
     )
-    device: str = setting("cpu", "cpu, cuda or cuda:N")
+    device: str = setting("cpu", DEVICE_HELP)
     batch_size: int | None = setting(
         None,
         f"images per forward pass, at most (default {CPU_BATCH} on a CPU, whose caches "

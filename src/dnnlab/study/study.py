@@ -30,6 +30,7 @@ from dnnlab.errors import ConfigError, DnnlabError, InputError
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.settings import setting, validate
 from dnnlab.utils.atomic import atomic_write_json
+from dnnlab.utils.device import DEVICE_HELP
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
@@ -44,7 +45,7 @@ class StudyConfig:
         tuple(VARIANTS), "comma-separated variants (see `dnnlab models`)"
     )
     quick: bool = setting(False, "a budget that finishes on a 2-core CPU in under 20 minutes")
-    device: str = setting("cpu", "cpu, cuda or cuda:N")
+    device: str = setting("cpu", DEVICE_HELP)
     data_root: str | None = setting(None, "CIFAR-10 source (default $DNNLAB_DATA)")
     recipe: str = setting("corrected", RECIPE_HELP, choices=RECIPES)
     # Full budget by default; the quick budget (QUICK) is for a 2-core CPU in < 20 minutes.

@@ -7,6 +7,8 @@ import re
 from dnnlab.errors import ConfigError
 
 DEVICE_FORM = re.compile(r"^(cpu|cuda(:\d+)?)$")
+# The help text of every --device flag.
+DEVICE_HELP = "cpu, cuda or cuda:N"
 
 
 def check_device_name(name: str, flag: str = "--device") -> None:
