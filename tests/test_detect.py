@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,10 +14,14 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 from dnnlab.cli import main
+from dnnlab.detect.boxes import flip_boxes
+from dnnlab.detect.build import read_index
 from dnnlab.detect.config import DetectConfig, DetectorConfig, FeatureSpec, RegressorConfig
 from dnnlab.detect.detector import Detector
+from dnnlab.detect.features import load_backbone
 from dnnlab.detect.labelling import label_proposals, sample_rows
-from dnnlab.detect.voc import Problems, read_voc_dir
+from dnnlab.detect.train import embed_mirrored
+from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.errors import InputError
 
 XML = """<annotation><filename>{fn}</filename><size><width>{w}</width><height>{h}</height>
@@ -460,6 +465,53 @@ def test_config_round_trip_and_strict_keys():
     d["detection"]["nms_iou"] = -1
     with pytest.raises(InputError, match="--nms-iou"):
         DetectorConfig.from_dict(d, "m.pt")
+    # A file written before --mirror-regressors existed loads as trained (without it); a
+    # key that was always there is still required.
+    d = replace(cfg, regressors=RegressorConfig(mirror=True)).to_dict()
+    del d["regressors"]["mirror"]
+    assert DetectorConfig.from_dict(d, "m.pt") == cfg
+    del d["regressors"]["cascade"]
+    with pytest.raises(InputError, match="missing.*cascade.*retrain"):
+        DetectorConfig.from_dict(d, "m.pt")
+
+
+def test_mirrored_rows_are_the_mirrored_photos_boxes(voc, built, weights):
+    """flip_boxes by hand; embed_mirrored's features are those of the hand-mirrored boxes on
+    the hand-mirrored photo, its rows' boxes and target boxes mirrored, the rest kept."""
+    b = torch.tensor([[10.0, 5, 30, 25], [0, 0, 100, 50]])
+    assert flip_boxes(b, 100).tolist() == [[70, 5, 90, 25], [0, 0, 100, 50]]
+    assert torch.equal(flip_boxes(flip_boxes(b, 100), 100), b)
+    rows = [r for r in read_index(built) if r["image"] == read_index(built)[0]["image"]]
+    rows += [r for r in read_index(built) if r["gt"] is not None][:3]
+    backbone, norm = load_backbone(str(weights))
+    model = Detector(DetectorConfig(features=FeatureSpec(image_size=160)), backbone, norm)
+    x, mirrored = embed_mirrored(model.eval(), rows, progress=False)
+    for i, (r, m) in enumerate(zip(rows, mirrored, strict=True)):
+        img = load_rgb(r["image"])
+        w = img.shape[1]
+        x1, y1, x2, y2 = r["box"]
+        assert m["box"] == pytest.approx([w - x2, y1, w - x1, y2])
+        if r["gt"] is None:
+            assert m["gt"] is None
+        else:
+            assert m["gt"] == pytest.approx(
+                [w - r["gt"][2], r["gt"][1], w - r["gt"][0], r["gt"][3]]
+            )
+        assert (m["label"], m["iou"], m["image"]) == (r["label"], r["iou"], r["image"])
+        want = model.embed(img[:, ::-1].copy(), np.array([[w - x2, y1, w - x1, y2]], np.float32))
+        assert torch.allclose(x[i], want[0].half().float())
+
+
+def test_train_with_mirrored_regressors_records_it(trained, weights, tmp_path):
+    det = copy_of(trained, tmp_path)
+    argv = ["detect", "train", str(det), "--epochs", "1", "--backbone-weights", str(weights)]
+    argv += ["--image-size", "160", "--mirror-regressors", "--overwrite"]
+    assert main(argv) == 0
+    ck = torch.load(det / "model.pt", weights_only=True)
+    assert ck["config"]["regressors"]["mirror"] is True
+    assert Detector.load(det).config.regressors.mirror
+    before = torch.load(trained / "model.pt", weights_only=True)["state"]["regressor.weight"]
+    assert not torch.allclose(ck["state"]["regressor.weight"], before)
 
 
 @pytest.mark.parametrize(
