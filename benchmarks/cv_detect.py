@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -293,7 +294,8 @@ def select_iou(b, s, q_of, cfg: DetectConfig, guided: bool):
         b, s = b[keep], s[keep]
         q = q_of(b)
         k = nms(b, q, cfg.nms_iou)[: cfg.max_detections]
-        out_b, support = vote(b[k], b, s * q, cfg.vote_iou)
+        # floored: a kept box whose voters all have predicted IoU 0 would divide 0 by 0
+        out_b, support = vote(b[k], b, s * q.clamp(min=1e-3), cfg.vote_iou)
         out_s = confidence(support, cfg.support_scale)
     out_s = out_s * q_of(out_b)
     order = out_s.argsort(descending=True, stable=True)
@@ -305,6 +307,9 @@ def main() -> int:
     ap.add_argument("voc_dirs", nargs="+")
     ap.add_argument("--backbone-weights", required=True)
     ap.add_argument("--cache", required=True, help="proposal cache folder (reused)")
+    ap.add_argument(
+        "--maps", help="file of the photos' maps and boxes: loaded if present, else written"
+    )
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument(
@@ -322,7 +327,14 @@ def main() -> int:
     want += sorted({q for _, _, _, q, _ in settings.values() if q} - set(want))
     flip = any(r == "flip" or q == "iou-flip" or t for _, r, t, q, _ in settings.values())
     t0 = time.perf_counter()
-    model, photos = load_photos(args.voc_dirs, args.backbone_weights, args.cache, flip)
+    if args.maps and Path(args.maps).exists():
+        model = Detector(DetectorConfig(), *load_backbone(args.backbone_weights)).eval()
+        photos = torch.load(args.maps, weights_only=False)
+        flip = flip and all("flip" in p for p in photos)
+    else:
+        model, photos = load_photos(args.voc_dirs, args.backbone_weights, args.cache, flip)
+        if args.maps:
+            torch.save(photos, args.maps)
     print(
         f"{len(photos)} photos, {sum(len(p['gt']) for p in photos)} cats; features and "
         f"proposals {time.perf_counter() - t0:.0f} s (mirrored too: {flip})",
