@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,10 +14,14 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 from dnnlab.cli import main
+from dnnlab.detect.boxes import flip_boxes
+from dnnlab.detect.build import read_index
 from dnnlab.detect.config import DetectConfig, DetectorConfig, FeatureSpec, RegressorConfig
 from dnnlab.detect.detector import Detector
+from dnnlab.detect.features import load_backbone
 from dnnlab.detect.labelling import label_proposals, sample_rows
-from dnnlab.detect.voc import Problems, read_voc_dir
+from dnnlab.detect.train import embed_mirrored
+from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.errors import InputError
 
 XML = """<annotation><filename>{fn}</filename><size><width>{w}</width><height>{h}</height>
@@ -278,6 +283,90 @@ def test_match_detections_hand_cases():
     assert match_detections(dets[2:3], gt, iou=0.4).tolist() == [True]
 
 
+def coco_ap_oracle(boxes, scores, gts, t):
+    """COCO's one-class AP at IoU t, written out: detections of every photo in descending
+    confidence, each takes the unmatched target box of its photo it overlaps most at IoU >= t
+    (float64), precision made non-increasing from the right, read at recall 0, 0.01, ..., 1
+    (0 where that recall is never reached), averaged. The recall and IoU thresholds are
+    torchmetrics' own (torch.linspace in float32: 0.6 is 0.6000000238418579)."""
+
+    def iou(a, b):
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])
+        return w * h / (area - w * h)
+
+    dets = sorted(
+        (
+            (float(s), p, np.float64(b))
+            for p in range(len(boxes))
+            for b, s in zip(boxes[p], scores[p], strict=True)
+        ),
+        key=lambda d: -d[0],
+    )
+    taken = [set() for _ in gts]
+    tp = []
+    for _, p, b in dets:
+        best, m = t, None
+        for j, g in enumerate(np.float64(gts[p])):
+            v = iou(b, g)
+            if j not in taken[p] and v >= best:
+                best, m = v, j
+        if m is not None:
+            taken[p].add(m)
+        tp.append(m is not None)
+    n_gt = sum(len(g) for g in gts)
+    cum = np.cumsum(tp)
+    recall = cum / n_gt
+    precision = cum / np.arange(1, len(tp) + 1)
+    for i in range(len(precision) - 2, -1, -1):
+        precision[i] = max(precision[i], precision[i + 1])
+    total = 0.0
+    for r in torch.linspace(0, 1, 101).tolist():
+        reached = np.flatnonzero(recall >= r)
+        total += precision[reached[0]] if len(reached) else 0.0
+    return total / 101
+
+
+def test_average_precisions_match_a_written_out_coco_ap():
+    """AP50, AP75 and mAP (0.5:0.95) against coco_ap_oracle: a hand case where the tight and
+    the loose box differ at 0.75 (no IoU on a threshold: torchmetrics' thresholds are
+    float32), and seeded random photos (jittered and false boxes)."""
+    from dnnlab.detect.evaluate import average_precisions
+
+    f = np.float32
+    gts = [np.array([[0, 0, 100, 100]], f), np.array([[0, 0, 50, 50], [100, 0, 150, 50]], f)]
+    boxes = [
+        np.array([[0, 0, 100, 72], [200, 200, 250, 250]], f),  # IoU 0.72: true at 0.5 only
+        np.array([[0, 0, 50, 48], [100, 0, 150, 31], [300, 0, 350, 50]], f),  # 0.96, 0.62
+    ]
+    scores = [np.array([0.9, 0.8], f), np.array([0.7, 0.95, 0.6], f)]
+    cases = [(boxes, scores, gts)]
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        gs, bs, ss = [], [], []
+        for _ in range(5):
+            g = rng.uniform(0, 200, (rng.integers(0, 3), 2))
+            g = np.concatenate([g, g + rng.uniform(20, 80, g.shape)], 1).astype(f)
+            b = np.concatenate([g + rng.normal(0, 8, g.shape), rng.uniform(0, 250, (2, 4))])
+            b = np.concatenate(
+                [np.minimum(b[:, :2], b[:, 2:]), np.maximum(b[:, :2], b[:, 2:]) + 1], 1
+            )
+            gs.append(g)
+            bs.append(b.astype(f))
+            ss.append(rng.permutation(len(b)).astype(f) / 10 + rng.uniform(0, 0.05))
+        cases.append((bs, ss, gs))
+    for bs, ss, gs in cases:
+        got = average_precisions(bs, ss, gs)
+        assert got["ap50"] == pytest.approx(coco_ap_oracle(bs, ss, gs, 0.5), abs=1e-6)
+        assert got["ap75"] == pytest.approx(coco_ap_oracle(bs, ss, gs, 0.75), abs=1e-6)
+        ts = torch.linspace(0.5, 0.95, 10).tolist()
+        want = np.mean([coco_ap_oracle(bs, ss, gs, t) for t in ts])
+        assert got["map"] == pytest.approx(want, abs=1e-6)
+    hand = average_precisions(*cases[0])
+    assert hand["ap75"] < hand["ap50"]
+
+
 # -- box regressors ----------------------------------------------------------------------
 def test_coarse_and_fine_regressors_fit_their_rows():
     from dnnlab.detect.boxes import box_deltas
@@ -376,6 +465,53 @@ def test_config_round_trip_and_strict_keys():
     d["detection"]["nms_iou"] = -1
     with pytest.raises(InputError, match="--nms-iou"):
         DetectorConfig.from_dict(d, "m.pt")
+    # A file written before --mirror-regressors existed loads as trained (without it); a
+    # key that was always there is still required.
+    d = replace(cfg, regressors=RegressorConfig(mirror=True)).to_dict()
+    del d["regressors"]["mirror"]
+    assert DetectorConfig.from_dict(d, "m.pt") == cfg
+    del d["regressors"]["cascade"]
+    with pytest.raises(InputError, match="missing.*cascade.*retrain"):
+        DetectorConfig.from_dict(d, "m.pt")
+
+
+def test_mirrored_rows_are_the_mirrored_photos_boxes(voc, built, weights):
+    """flip_boxes by hand; embed_mirrored's features are those of the hand-mirrored boxes on
+    the hand-mirrored photo, its rows' boxes and target boxes mirrored, the rest kept."""
+    b = torch.tensor([[10.0, 5, 30, 25], [0, 0, 100, 50]])
+    assert flip_boxes(b, 100).tolist() == [[70, 5, 90, 25], [0, 0, 100, 50]]
+    assert torch.equal(flip_boxes(flip_boxes(b, 100), 100), b)
+    rows = [r for r in read_index(built) if r["image"] == read_index(built)[0]["image"]]
+    rows += [r for r in read_index(built) if r["gt"] is not None][:3]
+    backbone, norm = load_backbone(str(weights))
+    model = Detector(DetectorConfig(features=FeatureSpec(image_size=160)), backbone, norm)
+    x, mirrored = embed_mirrored(model.eval(), rows, progress=False)
+    for i, (r, m) in enumerate(zip(rows, mirrored, strict=True)):
+        img = load_rgb(r["image"])
+        w = img.shape[1]
+        x1, y1, x2, y2 = r["box"]
+        assert m["box"] == pytest.approx([w - x2, y1, w - x1, y2])
+        if r["gt"] is None:
+            assert m["gt"] is None
+        else:
+            assert m["gt"] == pytest.approx(
+                [w - r["gt"][2], r["gt"][1], w - r["gt"][0], r["gt"][3]]
+            )
+        assert (m["label"], m["iou"], m["image"]) == (r["label"], r["iou"], r["image"])
+        want = model.embed(img[:, ::-1].copy(), np.array([[w - x2, y1, w - x1, y2]], np.float32))
+        assert torch.allclose(x[i], want[0].half().float())
+
+
+def test_train_with_mirrored_regressors_records_it(trained, weights, tmp_path):
+    det = copy_of(trained, tmp_path)
+    argv = ["detect", "train", str(det), "--epochs", "1", "--backbone-weights", str(weights)]
+    argv += ["--image-size", "160", "--mirror-regressors", "--overwrite"]
+    assert main(argv) == 0
+    ck = torch.load(det / "model.pt", weights_only=True)
+    assert ck["config"]["regressors"]["mirror"] is True
+    assert Detector.load(det).config.regressors.mirror
+    before = torch.load(trained / "model.pt", weights_only=True)["state"]["regressor.weight"]
+    assert not torch.allclose(ck["state"]["regressor.weight"], before)
 
 
 @pytest.mark.parametrize(
@@ -659,7 +795,7 @@ def test_eval_keeps_one_record_per_folder_and_reuses_only_a_match(
     res = json.loads(cap.out)
     assert "malformed XML" in cap.err  # the input problems are printed
     assert res["images"] == 14 and res["gt_boxes"] == 13
-    for k in ("ap50", "map", "precision", "recall", "proposal_recall50"):
+    for k in ("ap50", "ap75", "map", "precision", "recall", "proposal_recall50"):
         assert 0 <= res[k] <= 1
     assert res["seconds_per_image"] > 0
     assert main(["detect", "eval", str(small), "--model", str(det), "--json"]) == 0

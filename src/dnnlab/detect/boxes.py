@@ -42,3 +42,8 @@ def apply_deltas(props: torch.Tensor, d: torch.Tensor, width: float, height: flo
     out[:, [0, 2]] = out[:, [0, 2]].clamp(0, width)
     out[:, [1, 3]] = out[:, [1, 3]].clamp(0, height)
     return out
+
+
+def flip_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
+    """Boxes (n, 4) mirrored left-right in an image `width` pixels wide: (n, 4)."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)

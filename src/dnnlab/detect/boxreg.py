@@ -23,7 +23,7 @@ from dnnlab.errors import InputError
 
 
 def fit_ridge(x: torch.Tensor, targets: torch.Tensor, lam: float) -> nn.Linear:
-    """The ridge solution of x (n, d) -> targets (n, 4) as a Linear layer, in float64.
+    """The ridge solution of x (n, d) -> targets (n, k) as a Linear layer d -> k, in float64.
 
     Solved in the dual (n x n) form: the features are wider (1280 x grid^2) than there are
     training boxes (a few thousand), so this is the cheaper and better-conditioned system.
@@ -40,7 +40,7 @@ def fit_ridge(x: torch.Tensor, targets: torch.Tensor, lam: float) -> nn.Linear:
     gram = xc @ xc.T
     gram.diagonal().add_(lam)
     w = xc.T @ torch.linalg.solve(gram, t - tmu)  # (D, 4)
-    layer = nn.Linear(x.shape[1], 4)
+    layer = nn.Linear(x.shape[1], t.shape[1])
     with torch.no_grad():
         layer.weight.copy_(w.T.float())
         layer.bias.copy_((tmu - mu @ w).float())

@@ -152,6 +152,12 @@ class RegressorConfig:
         high=1,
         low_open=True,
     )
+    mirror: bool = setting(
+        False,
+        "also fit the box regressors on every indexed row mirrored left-right, read on the "
+        "mirrored photo (one more backbone pass per photo at training)",
+        flag="--mirror-regressors",
+    )
 
     def __post_init__(self):
         validate(self)
@@ -342,12 +348,18 @@ class DetectorConfig:
             sec = d[name]
             if not isinstance(sec, dict):
                 raise InputError(f"{where}: config section {name!r} is not a mapping")
+            sec = {**ADDED.get(name, {}), **sec}
             _same_keys(sec, [f.name for f in fields(c)], where, f"config section {name!r}")
             try:
                 parts[name] = c(**sec)
             except InputError as e:
                 raise InputError(f"{where}: config section {name!r}: {e}") from None
         return cls(target=d["target"], **parts)
+
+
+# Settings added after "dnnlab detector 1" files were first written, with the value that
+# reproduces what a file without them was trained as: such a file loads as before.
+ADDED = {"regressors": {"mirror": False}}
 
 
 def _same_keys(d: dict, want: list[str], where: str, what: str) -> None:

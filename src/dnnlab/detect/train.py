@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dnnlab.detect.boxes import flip_boxes
 from dnnlab.detect.boxreg import fit_cascade, fit_regressors
 from dnnlab.detect.build import TRAINED_FILES, group_by_image, read_build, read_index
 from dnnlab.detect.config import (
@@ -366,13 +367,51 @@ def _end_to_end_then_features(
     return hist, best, feats
 
 
+def mirror_rows(rows: list[dict], widths: dict[str, int]) -> list[dict]:
+    """Index rows mirrored left-right: box and target box flipped in their photo's width
+    (widths: {image: pixels}); IoU and label unchanged."""
+    out = []
+    for r in rows:
+        w = widths[r["image"]]
+        b = torch.tensor([r["box"], r["gt"] or r["box"]], dtype=torch.float64)
+        box, gt = flip_boxes(b, w).tolist()
+        out.append({**r, "box": box, "gt": None if r["gt"] is None else gt})
+    return out
+
+
+@torch.no_grad()
+def embed_mirrored(model: Detector, rows, progress=True) -> tuple[torch.Tensor, list[dict]]:
+    """(features (len(rows), spec.dim), mirror_rows(rows)): each row's box mirrored and read
+    on the mirrored photo, one backbone pass per photo, rounded to float16 as the cache."""
+    from tqdm.auto import tqdm
+
+    feats = torch.empty(len(rows), model.spec.dim)
+    widths = {}
+    model.eval()
+    by_image = group_by_image(rows)
+    for image, idx in tqdm(
+        by_image.items(), desc="mirrored features", unit="img", disable=not progress
+    ):
+        img = np.ascontiguousarray(load_rgb(Path(image))[:, ::-1])
+        widths[image] = img.shape[1]
+        boxes = flip_boxes(torch.tensor([rows[i]["box"] for i in idx]), img.shape[1])
+        feats[idx] = model.embed(img, boxes.numpy()).cpu().half().float()
+    return feats, mirror_rows(rows, widths)
+
+
 def fit_box_regressors(model: Detector, feats: torch.Tensor, rows, progress=True) -> None:
     """Set the detector's box regressors, fitted on every indexed row: the validation
     photos' too, since ridge has no epochs to choose there and more photos raised
-    cross-validated mAP (docs/RESULTS.md)."""
+    cross-validated mAP (docs/RESULTS.md); with `mirror`, on every row mirrored too."""
     cfg = model.config.regressors
     every = range(len(rows))
-    first, later = fit_regressors(feats, rows, every, cfg)
+    if cfg.mirror:
+        xf, rows_f = embed_mirrored(model, rows, progress)
+        first, later = fit_regressors(
+            torch.cat([feats, xf]), rows + rows_f, range(2 * len(rows)), cfg
+        )
+    else:
+        first, later = fit_regressors(feats, rows, every, cfg)
     dev = model.mean.device
     model.regressor = first.to(dev)
     model.regressor2 = later.to(dev) if later is not None else None
