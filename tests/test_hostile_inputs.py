@@ -95,7 +95,7 @@ def test_every_plain_load_names_its_reason(tmp_path, kind):
     from dnnlab.cifar.rundir import RunError, load_checkpoint
     from dnnlab.detect.detector import Detector
     from dnnlab.errors import InputError
-    from dnnlab.probe.anynet import load_state
+    from dnnlab.probe.anymodel import load_state
 
     p = bad_pt(tmp_path, kind)
     (tmp_path / "model.pt").write_bytes(p.read_bytes())

@@ -10,7 +10,9 @@ from torch import nn
 
 from dnnlab.cli import main
 from dnnlab.errors import InputError
-from dnnlab.probe.anynet import AnyConfig, ImageSplit, build_model, list_any, probe_any
+from dnnlab.probe.anymodel import build_model
+from dnnlab.probe.anynet import AnyConfig, list_any, probe_any
+from dnnlab.probe.images import ImageSplit
 from dnnlab.probe.probe import BudgetError, ProbeConfig, plan_budget, probe_model
 from tests import oracle
 

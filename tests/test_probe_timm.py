@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from dnnlab.cli import main
-from dnnlab.probe.anynet import AnyConfig, build_model, prepare
+from dnnlab.probe.anymodel import build_model
+from dnnlab.probe.anynet import AnyConfig, prepare
 from tests import oracle
 
 timm = pytest.importorskip("timm")
