@@ -1,6 +1,9 @@
+import shutil
+
 import pytest
 
-from tests.fakes import make_image_tree
+from dnnlab.cli import main
+from tests.fakes import TINY_TRAIN_ARGS, USER_MODEL, make_image_tree
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +16,28 @@ def tree(tmp_path_factory):
 def private_cache(tmp_path, monkeypatch):
     """Every test converts data into its own cache, never the user's ~/.cache/dnnlab."""
     monkeypatch.setenv("DNNLAB_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def finished(tree, tmp_path_factory):
+    """A finished one-epoch run of `base` on the fake tree (once per test module)."""
+    run = tmp_path_factory.mktemp("runs") / "r"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DNNLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+        argv = ["train", *TINY_TRAIN_ARGS, "--data-root", str(tree), "--out", str(run)]
+        assert main(argv) == 0
+    return run
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+    """A private copy of the finished run."""
+    return shutil.copytree(finished, tmp_path / "r")
+
+
+@pytest.fixture
+def user_file(tmp_path):
+    """usermodels.py with USER_MODEL's factories (make, needs_big_images, not_a_module)."""
+    p = tmp_path / "usermodels.py"
+    p.write_text(USER_MODEL)
+    return p

@@ -56,3 +56,46 @@ def tiny_train_config(tree, **kw):
     batches of 20, 20 validation images; kw overrides any setting (model, epochs, ...)."""
     base = dict(model="bn", epochs=2, batch_size=20, lr=0.05, n_val=20, data_root=str(tree))
     return TrainConfig(**{**base, **kw})
+
+
+# A user's model file for `dnnlab probe --model FILE:function` (the user_file fixture).
+USER_MODEL = '''
+import torch
+from torch import nn
+
+
+class OutOfOrder(nn.Module):
+    """`late` is registered before `early` but runs after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.late = nn.Linear(4 * 4 * 4, 5)
+        self.early = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+
+    def forward(self, x):
+        return self.late(self.pool(self.early(x)).flatten(1))
+
+
+def make():
+    torch.manual_seed(0)
+    return OutOfOrder()
+
+
+def needs_big_images():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 7), nn.Flatten())
+
+
+def not_a_module():
+    return 42
+'''
+
+
+def snapshot(run) -> dict:
+    """Every file of a run folder by name: its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir())}
+
+
+# `dnnlab train` flags of a one-epoch run of base on the fake tree (the finished fixture).
+TINY_TRAIN_ARGS = ["--model", "base", "--epochs", "1", "--batch-size", "64", "--val-size", "20"]

@@ -1,7 +1,6 @@
 """A training run is tied to its settings and data, and nothing is lost or run by accident."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -10,34 +9,11 @@ from dnnlab.cifar.data import load_cifar10
 from dnnlab.cifar.rundir import RunError, check_run_data
 from dnnlab.cifar.train import load_model_checkpoint
 from dnnlab.cli import main
-from tests.fakes import make_image_tree, make_tar
-
-
-@pytest.fixture(scope="module")
-def finished(tree, tmp_path_factory):
-    """A finished one-epoch run of `base` on the fake tree."""
-    run = tmp_path_factory.mktemp("runs") / "r"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DNNLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-        assert main(["train", *ARGS, "--data-root", str(tree), "--out", str(run)]) == 0
-    return run
-
-
-ARGS = ["--model", "base", "--epochs", "1", "--batch-size", "64", "--val-size", "20"]
-
-
-@pytest.fixture
-def run(finished, tmp_path):
-    """A private copy of the finished run."""
-    return shutil.copytree(finished, tmp_path / "r")
-
-
-def snapshot(run):
-    return {p.name: p.read_bytes() for p in sorted(run.iterdir())}
+from tests.fakes import TINY_TRAIN_ARGS, make_image_tree, make_tar, snapshot
 
 
 def train(tree, run, *extra):
-    return main(["train", *ARGS, "--data-root", str(tree), "--out", str(run), *extra])
+    return main(["train", *TINY_TRAIN_ARGS, "--data-root", str(tree), "--out", str(run), *extra])
 
 
 @pytest.mark.parametrize(

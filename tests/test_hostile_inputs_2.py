@@ -5,7 +5,6 @@ records (11), and no leftovers or small lies (12)."""
 
 import json
 import os
-import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,8 +13,9 @@ import torch
 from PIL import Image
 
 from dnnlab.cli import main
+from tests.fakes import TINY_TRAIN_ARGS, snapshot
 from tests.test_hostile_inputs import holder, write_voc  # noqa: F401 (a fixture)
-from tests.test_probe_any import USER_MODEL, image_folder
+from tests.test_probe_any import image_folder
 
 
 def truncate(path, keep: float = 0.8) -> None:
@@ -34,13 +34,6 @@ def refused(argv, capsys, *named) -> str:
     for n in named:
         assert str(n) in err, (n, err)
     return err
-
-
-@pytest.fixture
-def user_file(tmp_path):
-    p = tmp_path / "usermodels.py"
-    p.write_text(USER_MODEL)
-    return p
 
 
 class FakeDetector:
@@ -199,27 +192,7 @@ def test_a_sparse_tensor_is_refused_by_name(tmp_path, capsys, user_file, tree, l
     assert not (tmp_path / "o").exists()
 
 
-# -- a trained run, for the records of classes 5 and 11 ---------------------------------------
-TRAIN = ["--model", "base", "--epochs", "1", "--batch-size", "64", "--val-size", "20"]
-
-
-@pytest.fixture(scope="module")
-def finished(tree, tmp_path_factory):
-    """A finished one-epoch run of `base` on the fake tree."""
-    run = tmp_path_factory.mktemp("runs") / "r"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DNNLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-        assert main(["train", *TRAIN, "--data-root", str(tree), "--out", str(run)]) == 0
-    return run
-
-
-@pytest.fixture
-def run(finished, tmp_path):
-    return shutil.copytree(finished, tmp_path / "r")
-
-
-def snapshot(run):
-    return {p.name: p.read_bytes() for p in sorted(run.iterdir())}
+# -- a trained run (conftest.finished), for the records of classes 5 and 11 ------------------
 
 
 def edit_json(path, **changes):
@@ -310,7 +283,17 @@ def test_an_overwrite_stopped_in_its_first_epoch_puts_the_old_run_back(
 
     monkeypatch.setattr(T, "_train_epoch", stopped)
     before = snapshot(run)
-    argv = ["train", *TRAIN, "--seed", "5", "--data-root", tree, "--out", run, "--overwrite"]
+    argv = [
+        "train",
+        *TINY_TRAIN_ARGS,
+        "--seed",
+        "5",
+        "--data-root",
+        tree,
+        "--out",
+        run,
+        "--overwrite",
+    ]
     assert main([str(a) for a in argv]) == (130 if stop is KeyboardInterrupt else 2)
     err = capsys.readouterr().err
     assert f"back in {run}" in err and "Traceback" not in err, err

@@ -16,38 +16,6 @@ from dnnlab.probe.images import ImageSplit
 from dnnlab.probe.probe import BudgetError, ProbeConfig, plan_budget, probe_model
 from tests import oracle
 
-USER_MODEL = '''
-import torch
-from torch import nn
-
-
-class OutOfOrder(nn.Module):
-    """`late` is registered before `early` but runs after it."""
-
-    def __init__(self):
-        super().__init__()
-        self.late = nn.Linear(4 * 4 * 4, 5)
-        self.early = nn.Conv2d(3, 4, 3, padding=1)
-        self.pool = nn.AdaptiveAvgPool2d(4)
-
-    def forward(self, x):
-        return self.late(self.pool(self.early(x)).flatten(1))
-
-
-def make():
-    torch.manual_seed(0)
-    return OutOfOrder()
-
-
-def needs_big_images():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 7), nn.Flatten())
-
-
-def not_a_module():
-    return 42
-'''
-
 
 def image_folder(root, classes=("a", "b", "c"), n=6, splits=("train", "test"), size=20):
     rng = np.random.default_rng(0)
@@ -60,13 +28,6 @@ def image_folder(root, classes=("a", "b", "c"), n=6, splits=("train", "test"), s
                 img[..., c % 3] += 150
                 Image.fromarray(img).save(d / f"{i}.png")
     return root
-
-
-@pytest.fixture
-def user_file(tmp_path):
-    p = tmp_path / "usermodels.py"
-    p.write_text(USER_MODEL)
-    return p
 
 
 def test_torchvision_model_on_an_image_folder(tmp_path, capsys):
