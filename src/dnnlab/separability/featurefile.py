@@ -42,6 +42,11 @@ def npy_header(fh, where: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     return tuple(shape), bool(fortran), np.dtype(dtype), fh.tell() - start
 
 
+def npy_data_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Bytes of the data an .npy header describes."""
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
 def check_feature_dtype(dtype: np.dtype, shape: tuple[int, ...], where: str) -> None:
     """Refuse arrays that are not (N, ...) real numbers: object (pickled) and structured
     arrays, strings, complex numbers, a scalar."""
@@ -83,7 +88,7 @@ class FeatureFile:
         with open(path, "rb") as fh:
             shape, fortran, dtype, header = npy_header(fh, str(path))
         check_feature_dtype(dtype, shape, str(path))
-        data = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        data = npy_data_bytes(shape, dtype)
         size = path.stat().st_size
         if size != header + data:
             raise InputError(
@@ -111,7 +116,7 @@ class FeatureFile:
             shape, fortran, dtype, header = npy_header(fh, f"{path}:{name}")
         where = f"{path}:{name}"
         check_feature_dtype(dtype, shape, where)
-        data = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        data = npy_data_bytes(shape, dtype)
         if info.file_size != header + data or start + info.file_size > path.stat().st_size:
             raise InputError(
                 f"{where}: the member holds {info.file_size} bytes but its header describes "
@@ -133,11 +138,6 @@ class FeatureFile:
         return cls(mm.filename, start, mm.dtype, mm.shape, fortran)
 
     # ------------------------------------------------------------------ reading
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the matrix in the dtype rows come back in."""
-        return self.shape[0] * self.shape[1] * self.out_dtype.itemsize
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -221,7 +221,7 @@ def _base_address(mm: np.memmap) -> int:
 def _npz_info(path: Path, name: str) -> zipfile.ZipInfo:
     try:
         with zipfile.ZipFile(path) as zf:
-            return zf.getinfo(name if name.endswith(".npy") else name + ".npy")
+            return zf.getinfo(name + ".npy")
     except KeyError:
         raise InputError(f"{path}: no array named {name!r}") from None
     except zipfile.BadZipFile as e:

@@ -15,7 +15,12 @@ import numpy as np
 import torch
 
 from dnnlab.errors import InputError
-from dnnlab.separability.featurefile import FeatureFile, check_feature_dtype, npy_header
+from dnnlab.separability.featurefile import (
+    FeatureFile,
+    check_feature_dtype,
+    npy_data_bytes,
+    npy_header,
+)
 from dnnlab.utils.paths import missing_reason
 from dnnlab.utils.safe_load import load_error_reason, load_plain
 from dnnlab.utils.sizes import format_size
@@ -23,10 +28,16 @@ from dnnlab.utils.sizes import format_size
 __all__ = ["InputError", "load_array", "open_features", "split_spec"]
 
 
-def _missing(path: Path) -> InputError:
-    """The error for a path that cannot be opened: no such file, a broken link, a loop."""
-    why = missing_reason(path)
-    return InputError(f"{path}: {'no such file' if why == 'does not exist' else why}")
+def _split_existing(spec) -> tuple[Path, str | None]:
+    """split_spec, refusing a path that cannot be opened (no such file, a broken link, a
+    loop of links) or an empty file."""
+    path, name = split_spec(str(spec))
+    if not path.exists():
+        why = missing_reason(path)
+        raise InputError(f"{path}: {'no such file' if why == 'does not exist' else why}")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: cannot read it: the file is empty (0 bytes)")
+    return path, name
 
 
 def split_spec(spec: str) -> tuple[Path, str | None]:
@@ -174,11 +185,7 @@ def _is_int(cell: str) -> bool:
 def load_array(spec: str, *, numeric: bool = True, max_bytes: int = MAX_DENSE_BYTES):
     """Load one array (numpy or torch) from a file spec; numeric=False allows string labels;
     max_bytes: the largest a sparse tensor may take once made dense."""
-    path, name = split_spec(str(spec))
-    if not path.exists():
-        raise _missing(path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise InputError(f"{path}: cannot read it: the file is empty (0 bytes)")
+    path, name = _split_existing(spec)
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -211,13 +218,9 @@ def open_features(spec: str, budget: int):
     compressed .npz member inflated only when its header says it fits in `budget` bytes;
     any other file through load_array, refused first when the file alone is larger than
     the budget (loading it would hold at least that much)."""
-    path, name = split_spec(str(spec))
-    if not path.exists():
-        raise _missing(path)
+    path, name = _split_existing(spec)
     if not path.is_file():
         raise InputError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: cannot read it: the file is empty (0 bytes)")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         if name:
@@ -246,24 +249,21 @@ def _only_member(path: Path) -> str:
             names = list(z.files)
     except Exception as e:
         raise InputError(f"{path}: not a readable .npz file ({load_error_reason(e)})") from None
-    if len(names) != 1:
-        raise InputError(f"{path} holds several arrays {sorted(names)}; choose one as {path}:NAME")
-    return names[0]
+    return _pick({n: n for n in names}, None, path)
 
 
 def _check_inflated_size(path: Path, name: str, budget: int) -> None:
     """Refuse a compressed .npz member whose array (from its header, read without inflating
-    the rest) is larger than the budget, or that is not numbers."""
+    the rest) is larger than the budget, or that is not numbers. The member exists
+    (FeatureFile.open_npz_member looked it up)."""
     where = f"{path}:{name}"
     try:
         with zipfile.ZipFile(path) as zf, zf.open(name + ".npy") as fh:
             shape, _, dtype, _ = npy_header(fh, where)
-    except KeyError:
-        raise InputError(f"{path}: no array named {name!r}") from None
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise InputError(f"{where}: cannot read it ({e})") from None
     check_feature_dtype(dtype, shape, where)
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = npy_data_bytes(shape, dtype)
     if size > budget:
         raise InputError(
             f"{where}: a compressed member of {format_size(size)} once inflated (shape "

@@ -543,9 +543,8 @@ def _plan_search(x, k, compute_dtype, overwrite_input, device, max_memory, block
     itemsize = torch.finfo(compute_dtype).bits // 8
     kk = min(n - 1, k + knn.EXTRA_CANDIDATES) if k else 1
     streamed = isinstance(x, FeatureFile)
-    in_place = (
-        not streamed
-        and overwrite_input
+    in_place = (  # never for a FeatureFile: separability() made overwrite_input False
+        overwrite_input
         and x.dtype == compute_dtype
         and x.is_contiguous()
         and (device in (None, "auto") or x.device == torch.device(device))

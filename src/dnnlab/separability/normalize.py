@@ -226,7 +226,3 @@ class NormalizedRows:
 
     def index_select(self, dim: int, index: torch.Tensor) -> torch.Tensor:
         return self._normalized(self.x.index_select(dim, index.cpu()))
-
-    def forget(self) -> None:
-        """Drop the kept blocks (their memory goes back)."""
-        self._kept.clear()
