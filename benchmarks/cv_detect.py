@@ -412,6 +412,7 @@ SETTINGS = {
     "flip+iou": (D, "flip", False, "iou-flip", False),
     "flip+iou-nms": (D, "flip", False, "iou-flip", True),
     "flip+iou+tta": (D, "flip", True, "iou-flip", False),
+    "flip+iou-nms+tta": (D, "flip", True, "iou-flip", True),
     "flip+tta": (D, "flip", True, None, False),
 }
 
