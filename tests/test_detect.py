@@ -20,6 +20,15 @@ from dnnlab.detect.config import DetectConfig, DetectorConfig, FeatureSpec, Regr
 from dnnlab.detect.detector import Detector
 from dnnlab.detect.features import load_backbone
 from dnnlab.detect.labelling import label_proposals, sample_rows
+from dnnlab.detect.localization import (
+    FAR_PER_PHOTO,
+    JITTER_PER_TARGET,
+    jitter_boxes,
+    jittered_samples,
+    photo_targets,
+    pick_rows,
+)
+from dnnlab.detect.selection import select
 from dnnlab.detect.train import embed_mirrored
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.errors import InputError
@@ -112,7 +121,8 @@ def built(voc, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(built, weights, tmp_path_factory):
-    """The build, trained with the cascade (so every regressor kind is in model.pt)."""
+    """The build, trained with the cascade and the IoU predictor (so every regressor kind is
+    in model.pt)."""
     det = tmp_path_factory.mktemp("trained") / "det"
     shutil.copytree(built, det)
     assert (
@@ -128,6 +138,7 @@ def trained(built, weights, tmp_path_factory):
                 "--image-size",
                 "160",
                 "--cascade",
+                "--iou-predictor",
             ]
         )
         == 0
@@ -514,6 +525,159 @@ def test_train_with_mirrored_regressors_records_it(trained, weights, tmp_path):
     assert not torch.allclose(ck["state"]["regressor.weight"], before)
 
 
+# -- localization confidence (IoU predictor) and test-time flip ---------------------------
+def test_jitter_boxes_stay_in_the_photo_and_loosen_with_sigma():
+    rng = np.random.default_rng(0)
+    gt = np.array([[20.0, 10, 80, 70], [0, 0, 30, 30]], np.float32)
+    b = jitter_boxes(gt, rng, 300, width=100, height=90)
+    assert b.shape[1] == 4 and 0 < len(b) <= 600
+    assert (b[:, 0] >= 0).all() and (b[:, 2] <= 100).all() and (b[:, 3] <= 90).all()
+    assert ((b[:, 2] - b[:, 0] >= 2) & (b[:, 3] - b[:, 1] >= 2)).all()
+    # The copies of the first box, taken in turn at sigma 0.03, 0.08, 0.15 of its size.
+    first = jitter_boxes(gt[:1], np.random.default_rng(1), 300, 1000, 1000)
+    iou = box_iou(torch.from_numpy(first), torch.from_numpy(gt[:1]))[:, 0].numpy()
+    by_sigma = [iou[k::3].mean() for k in range(3)]
+    assert by_sigma[0] > by_sigma[1] > by_sigma[2] > 0.3 and by_sigma[0] > 0.85
+    assert jitter_boxes(np.zeros((0, 4)), rng, 5, 10, 10).shape == (0, 4)
+
+
+def test_select_ranks_and_weighs_by_predicted_iou_hand_case():
+    """Two overlapping boxes: the classifier prefers the loose one (A), the IoU predictor
+    the tight one (B); far box C alone. Written-out NMS, votes and confidences."""
+    boxes = torch.tensor([[0.0, 0, 100, 100], [10, 10, 90, 90], [200, 200, 240, 240]])
+    scores = torch.tensor([0.99, 0.90, 0.80])
+    q = {0: 0.5, 1: 0.9, 2: 0.6}
+
+    def quality(b):
+        return torch.tensor([q[int((boxes == x).all(1).nonzero())] for x in b])
+
+    cfg = DetectConfig(nms_iou=0.3, vote_iou=0.5, support_scale=10.0)
+    # off: NMS by probability keeps A and C; A's vote: A and B (IoU 0.64), weights 0.99, 0.9.
+    b, c = select(boxes, scores, replace(cfg, iou_confidence="off"), quality)
+    va = (0.99 * boxes[0] + 0.90 * boxes[1]) / 1.89
+    assert torch.allclose(b, torch.stack([va, boxes[2]]))
+    assert torch.allclose(c, 1 - torch.exp(-torch.tensor([1.89, 0.80]) / 10))
+    assert torch.equal(select(boxes, scores, cfg)[0], b)  # no predictor: as "off"
+    # score: the same boxes, each confidence times its (voted) box's predicted IoU.
+    qa = 0.5  # the voted box is neither A nor B: give it A's value through a lookup
+    b2, c2 = select(
+        boxes, scores, replace(cfg, iou_confidence="score"), lambda x: torch.tensor([qa, 0.6])
+    )
+    want = (1 - torch.exp(-torch.tensor([1.89, 0.80]) / 10)) * torch.tensor([qa, 0.6])
+    order = want.argsort(descending=True)
+    assert torch.allclose(c2, want[order]) and torch.allclose(b2, b[order])
+    # rank: NMS by predicted IoU keeps B and C; B's vote weighs 0.99 x 0.5 and 0.90 x 0.9.
+    calls = []
+
+    def ranked(x):
+        calls.append(len(x))
+        return quality(x) if len(calls) == 1 else torch.tensor([0.7, 0.6])
+
+    b3, c3 = select(boxes, scores, replace(cfg, iou_confidence="rank"), ranked)
+    w = torch.tensor([0.99 * 0.5, 0.90 * 0.9])
+    vb = (w[0] * boxes[0] + w[1] * boxes[1]) / w.sum()
+    conf = (1 - torch.exp(-torch.tensor([w.sum(), 0.80 * 0.6]) / 10)) * torch.tensor([0.7, 0.6])
+    order = conf.argsort(descending=True)
+    assert torch.allclose(b3, torch.stack([vb, boxes[2]])[order])
+    assert torch.allclose(c3, conf[order])
+    assert calls == [3, 2]
+
+
+def test_iou_predictor_rows_and_jittered_targets(voc, built, weights):
+    """pick_rows takes every near row and FAR_PER_PHOTO x photos far ones; the jittered
+    samples are the embed() features of jittered target boxes with their IoU by box_iou, on
+    the mirrored photo for mirrored rows."""
+    ious = np.array([0.0, 0.1, 0.29, 0.3, 0.5, 1.0, 0.05, 0.2] * 3)
+    pick = pick_rows(ious, photos=1, rng=np.random.default_rng(0))
+    assert set(np.flatnonzero(ious >= 0.3)) <= set(pick)
+    assert (ious[pick] < 0.3).sum() == FAR_PER_PHOTO and (np.diff(pick) > 0).all()
+    index = read_index(built)
+    photo = next(r["image"] for r in index if r["gt"] is not None)
+    rows = [r for r in index if r["image"] == photo]
+    backbone, norm = load_backbone(str(weights))
+    model = Detector(DetectorConfig(features=FeatureSpec(image_size=160)), backbone, norm).eval()
+    _, mirrored = embed_mirrored(model, rows, progress=False)
+    targets = photo_targets(rows + mirrored)
+    img = load_rgb(rows[0]["image"])
+    h, w = img.shape[:2]
+    gt = np.array(sorted({tuple(r["gt"]) for r in rows if r["gt"] is not None}), np.float32)
+    assert np.array_equal(targets[rows[0]["image"], False], gt)
+    assert np.allclose(targets[rows[0]["image"], True], flip_boxes(torch.from_numpy(gt), w))
+    x, t = jittered_samples(model, rows + mirrored, np.random.default_rng(3), progress=False)
+    rng = np.random.default_rng(3)
+    b0 = jitter_boxes(gt, rng, JITTER_PER_TARGET, w, h)
+    fgt = flip_boxes(torch.from_numpy(gt), w).numpy()
+    b1 = jitter_boxes(fgt, rng, JITTER_PER_TARGET, w, h)
+    want_x = (
+        torch.cat([model.embed(img, b0), model.embed(np.ascontiguousarray(img[:, ::-1]), b1)])
+        .half()
+        .float()
+    )
+    assert torch.allclose(x, want_x)
+    want_t = [
+        box_iou(torch.from_numpy(b), torch.from_numpy(g)).max(1).values
+        for b, g in ((b0, gt), (b1, fgt))
+    ]
+    assert torch.allclose(t, torch.cat(want_t))
+
+
+def test_detection_with_the_iou_predictor_and_flip(voc, trained):
+    """off: the detector as before the predictor; score: those boxes, each confidence times
+    the predictor on the box's embed() features; rank: other confidences; flip_test: the
+    same result for a photo and its mirror image, mirrored back."""
+    model = Detector.load(trained)
+    img = load_rgb(voc / "img1.jpg")
+    w = img.shape[1]
+    props = model.propose(img)
+    d0 = model.with_detection(DetectConfig(iou_confidence="off")).detect(img)
+    s, b = model.score_boxes(img, props)
+    want_b, want_s = select(torch.from_numpy(b), torch.from_numpy(s), model.config.detection)
+    assert np.allclose(d0.boxes, want_b.numpy()) and np.allclose(d0.scores, want_s.numpy())
+    d1 = model.with_detection(DetectConfig(iou_confidence="score")).detect(img)
+    q = model.iou_predictor(model.embed(img, d0.boxes))[:, 0].clamp(0, 1).detach().numpy()
+    order = np.argsort(-(d0.scores * q), kind="stable")
+    assert np.allclose(d1.boxes, d0.boxes[order], atol=1e-4)
+    assert np.allclose(d1.scores, (d0.scores * q)[order], atol=1e-5)
+    assert model.with_detection(DetectConfig()).config.detection.iou_confidence == "rank"
+    # test-time flip: symmetric under mirroring, and not the unflipped answer
+    model.with_detection(DetectConfig(flip_test=True, iou_confidence="off"))
+    mirror = np.ascontiguousarray(img[:, ::-1])
+    s2, b2 = model.score_boxes(img, props)
+    sm, bm = model.score_boxes(mirror, flip_boxes(torch.from_numpy(props), w).numpy())
+    assert np.allclose(s2, sm, atol=1e-5)
+    assert np.allclose(b2, flip_boxes(torch.from_numpy(bm), w).numpy(), atol=1e-3)
+    assert not np.allclose(b2, b, atol=1e-2)  # the mirrored look moved the boxes
+
+
+def test_detector_without_iou_predictor_loads_as_before(voc, trained, tmp_path, capsys):
+    """A model.pt written before the IoU predictor and test-time flip existed (no keys for
+    them) loads with both off and detects as the same weights do with them off;
+    --iou-confidence score or rank on it is refused, naming the flag, before any work."""
+    det = copy_of(trained, tmp_path)
+    ck = torch.load(det / "model.pt", weights_only=True)
+    del ck["config"]["regressors"]["iou_predictor"], ck["config"]["detection"]["iou_confidence"]
+    del ck["config"]["detection"]["flip_test"], ck["state"]["iou_predictor.weight"]
+    del ck["state"]["iou_predictor.bias"]
+    torch.save(ck, det / "model.pt")
+    old = Detector.load(det)
+    assert old.iou_predictor is None and old.config.detection.iou_confidence == "off"
+    img = load_rgb(voc / "img1.jpg")
+    new = Detector.load(trained).with_detection(DetectConfig(iou_confidence="off"))
+    a, b = old.detect(img), new.detect(img)
+    assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+    with pytest.raises(InputError, match="--iou-confidence rank.*no IoU predictor.*retrain"):
+        old.with_detection(DetectConfig(iou_confidence="rank"))
+    out = tmp_path / "res"
+    argv = ["detect", "run", str(voc / "img1.jpg"), "--model", str(det), "--out", str(out)]
+    assert main([*argv, "--iou-confidence", "score"]) == 2
+    assert "--iou-confidence score" in capsys.readouterr().err and not out.exists()
+    # config and weights that disagree are named
+    ck["config"]["regressors"]["iou_predictor"] = True
+    torch.save(ck, det / "model.pt")
+    with pytest.raises(InputError, match="do not fit its config.*IoU predictor"):
+        Detector.load(det)
+
+
 @pytest.mark.parametrize(
     "argv, flag",
     [
@@ -534,6 +698,7 @@ def test_train_with_mirrored_regressors_records_it(trained, weights, tmp_path):
         ),
         (["eval", "VOC", "--model", "OUT", "--nms-iou", "-1"], "--nms-iou"),
         (["eval", "VOC", "--model", "OUT", "--refine-steps", "-2"], "--refine-steps"),
+        (["eval", "VOC", "--model", "OUT", "--iou-confidence", "best"], "--iou-confidence"),
     ],
 )
 def test_flag_ranges_checked_before_work(argv, flag, voc, trained, tmp_path, capsys):
@@ -663,8 +828,12 @@ def test_trained_model_is_plain_data(trained):
     assert s["regressor.weight"].shape == (4, 1280 * 9 + 96 * 49)
     assert s["regressor2.weight"].shape == (4, 1280 * 9 + 96 * 49)  # the cascade's
     assert s["head.1.weight"].shape == (256, 1280 * 9)
+    assert s["iou_predictor.weight"].shape == (1, 1280 * 9 + 96 * 49)
     model = Detector.load(trained)
-    assert model.config == cfg and model.regressor2 is not None
+    assert model.regressor2 is not None and model.iou_predictor is not None
+    # "auto" is made concrete on loading: rank, since this detector has an IoU predictor
+    assert cfg.detection.iou_confidence == "auto"
+    assert model.config == replace(cfg, detection=replace(cfg.detection, iou_confidence="rank"))
     train = json.loads((trained / "train.json").read_text())
     assert train["train_boxes"] > 0 and len(train["epochs"]) == 1
 

@@ -158,6 +158,12 @@ class RegressorConfig:
         "mirrored photo (one more backbone pass per photo at training)",
         flag="--mirror-regressors",
     )
+    iou_predictor: bool = setting(
+        False,
+        "also fit a ridge predictor of each box's IoU with its target box (IoU-Net's "
+        "localization confidence), on the indexed rows and jittered copies of the target "
+        "boxes (one more backbone pass per photo at training)",
+    )
 
     def __post_init__(self):
         validate(self)
@@ -198,6 +204,18 @@ class DetectConfig:
     )
     support_scale: float = setting(
         10.0, "confidence 1 - exp(-support / this) (0: the classifier's probability)", low=0
+    )
+    iou_confidence: str = setting(
+        "auto",
+        "the IoU predictor's part: score: each confidence times the detection's predicted "
+        "IoU; rank: also NMS ranks by predicted IoU and votes weigh probability times it; "
+        "off: unused; auto: rank when the detector has an IoU predictor, else off",
+        choices=("auto", "off", "score", "rank"),
+    )
+    flip_test: bool = setting(
+        False,
+        "also score and refine the proposals on the mirrored photo and average (test-time "
+        "flip: a second backbone pass and set of rounds per photo)",
     )
 
     def __post_init__(self):
@@ -359,7 +377,10 @@ class DetectorConfig:
 
 # Settings added after "dnnlab detector 1" files were first written, with the value that
 # reproduces what a file without them was trained as: such a file loads as before.
-ADDED = {"regressors": {"mirror": False}}
+ADDED = {
+    "regressors": {"mirror": False, "iou_predictor": False},
+    "detection": {"iou_confidence": "auto", "flip_test": False},
+}
 
 
 def _same_keys(d: dict, want: list[str], where: str, what: str) -> None:

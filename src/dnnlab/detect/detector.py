@@ -3,7 +3,8 @@ imports the training code.
 
 A photo goes through: selective-search proposals -> near-duplicates dropped -> the
 backbone's maps -> each box's features -> the head's probability and the box regressors'
-rounds -> threshold, NMS, top-K, box voting (selection.select).
+rounds (with flip_test, on the mirrored photo too, averaged) -> threshold, NMS, top-K, box
+voting, and the IoU predictor's localization confidence (selection.select).
 
 model.pt holds plain data only (tensors, numbers, strings): the config as a dict, the input
 normalization and the state dict; it loads with torch.load(weights_only=True).
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnnlab.detect.boxes import apply_deltas
+from dnnlab.detect.boxes import apply_deltas, flip_boxes
 from dnnlab.detect.config import DetectConfig, DetectorConfig, HeadConfig
 from dnnlab.detect.features import (
     crop_batch,
@@ -75,6 +76,7 @@ class Detector(nn.Module):
         head: nn.Module | None = None,
         regressor: nn.Module | None = None,
         regressor2: nn.Module | None = None,
+        iou_predictor: nn.Module | None = None,
     ):
         super().__init__()
         self.config = config
@@ -83,6 +85,7 @@ class Detector(nn.Module):
         self.head = head if head is not None else make_head(spec.head_dim, config.head)
         self.regressor = regressor
         self.regressor2 = regressor2  # rounds after the first (None: reuse the first)
+        self.iou_predictor = iou_predictor  # features -> IoU with the target (None: none)
         self.register_buffer("mean", torch.tensor(norm[0]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(norm[1]).view(1, 3, 1, 1))
 
@@ -91,8 +94,17 @@ class Detector(nn.Module):
         return self.config.features
 
     def with_detection(self, detection: DetectConfig) -> Detector:
-        """This detector with other detection settings (same weights)."""
-        self.config = replace(self.config, detection=detection)
+        """This detector with other detection settings (same weights); iou_confidence "auto"
+        becomes "rank" with an IoU predictor and "off" without one."""
+        mode = detection.iou_confidence
+        if mode == "auto":
+            mode = "rank" if self.iou_predictor is not None else "off"
+        elif mode != "off" and self.iou_predictor is None:
+            raise InputError(
+                f"--iou-confidence {mode}: this detector has no IoU predictor; retrain it "
+                "with --iou-predictor, or pass --iou-confidence off"
+            )
+        self.config = replace(self.config, detection=replace(detection, iou_confidence=mode))
         return self
 
     # -- saving and loading -------------------------------------------------------------
@@ -135,8 +147,12 @@ class Detector(nn.Module):
             dim = config.features.dim
             reg = nn.Linear(dim, 4) if "regressor.weight" in state else None
             reg2 = nn.Linear(dim, 4) if "regressor2.weight" in state else None
-            model = cls(config, mobilenet_features(), ck["norm"], None, reg, reg2)
+            iou = nn.Linear(dim, 1) if "iou_predictor.weight" in state else None
+            if (iou is not None) != config.regressors.iou_predictor:
+                raise ValueError("the IoU predictor's weights and iou_predictor disagree")
+            model = cls(config, mobilenet_features(), ck["norm"], None, reg, reg2, iou)
             model.load_state_dict(state)
+            model.with_detection(config.detection)
         except (RuntimeError, TypeError, ValueError, AttributeError) as e:
             raise InputError(f"{path}: its weights do not fit its config ({e})") from None
         return model.to(device).eval()
@@ -196,32 +212,69 @@ class Detector(nn.Module):
         return apply_deltas(boxes, reg(x).to(boxes.dtype), width, height)
 
     # -- detection ----------------------------------------------------------------------
+    def looks(self, img: np.ndarray) -> list:
+        """The box-features functions detection reads (box_features): of the photo, and with
+        flip_test also of the mirrored photo (boxes given in its mirrored coordinates)."""
+        out = [self.box_features(img)]
+        if self.config.detection.flip_test:
+            out.append(self.box_features(np.ascontiguousarray(img[:, ::-1])))
+        return out
+
+    def rounds(self, looks: list, boxes: torch.Tensor, height: int, width: int):
+        """(probability (n,), refined box (n, 4)) of boxes (n, 4) after the regression
+        rounds; with a mirrored look, the mean of both, the mirrored one mirrored back."""
+        steps = self.config.detection.refine_steps
+        s, b = refine_rounds(self, looks[0], boxes, height, width, steps)
+        if len(looks) > 1:
+            s2, b2 = refine_rounds(self, looks[1], flip_boxes(boxes, width), height, width, steps)
+            s, b = (s + s2) / 2, (b + flip_boxes(b2, width)) / 2
+        return s, b
+
+    def predicted_iou(self, looks: list, boxes: torch.Tensor, width: int) -> torch.Tensor:
+        """The IoU predictor's value of boxes (n, 4), clipped to [0, 1] (n,); with a
+        mirrored look, the mean with the mirrored boxes' on the mirrored photo."""
+        if len(boxes) == 0:
+            return boxes.new_zeros(0)
+        q = self.iou_predictor(looks[0](boxes))[:, 0]
+        if len(looks) > 1:
+            q = (q + self.iou_predictor(looks[1](flip_boxes(boxes, width)))[:, 0]) / 2
+        return q.clamp(0, 1).to(boxes.dtype)
+
     @torch.inference_mode()
     def score_boxes(self, img: np.ndarray, boxes: np.ndarray):
         """(probability (n,), refined box (n, 4)) of every proposal of one photo."""
         if len(boxes) == 0:
             return np.zeros(0, np.float32), np.zeros((0, 4), np.float32)
         b = torch.from_numpy(np.asarray(boxes, np.float32)).to(self.mean.device)
-        s, b = refine_rounds(
-            self, self.box_features(img), b, *img.shape[:2], self.config.detection.refine_steps
-        )
+        s, b = self.rounds(self.looks(img), b, *img.shape[:2])
         return s.cpu().numpy(), b.cpu().numpy().astype(np.float32)
 
     def propose(self, img: np.ndarray) -> np.ndarray:
         """The proposals scored on this photo: (n, 4)."""
         return prefilter(propose(img, self.config.proposals), self.config.detection)
 
+    @torch.inference_mode()
     def detect(self, img: np.ndarray) -> Detections:
         """Detections of one photo (uint8 H x W x 3 RGB)."""
         t0 = time.perf_counter()
         props = self.propose(img)
         t1 = time.perf_counter()
-        scores, refined = self.score_boxes(img, props)
-        out_b, out_s = select(
-            torch.from_numpy(refined), torch.from_numpy(scores), self.config.detection
-        )
+        h, w = img.shape[:2]
+        dev = self.mean.device
+        b = torch.from_numpy(np.asarray(props, np.float32).reshape(-1, 4)).to(dev)
+        looks = self.looks(img) if len(b) else []
+        s, b = self.rounds(looks, b, h, w) if len(b) else (b.new_zeros(0), b)
+        quality = None
+        if self.config.detection.iou_confidence != "off" and len(b):
+            quality = lambda boxes: self.predicted_iou(looks, boxes, w)  # noqa: E731
+        out_b, out_s = select(b, s, self.config.detection, quality)
         return Detections(
-            out_b.numpy(), out_s.numpy(), props, scores, time.perf_counter() - t0, t1 - t0
+            out_b.cpu().numpy(),
+            out_s.cpu().numpy(),
+            props,
+            s.cpu().numpy(),
+            time.perf_counter() - t0,
+            t1 - t0,
         )
 
 

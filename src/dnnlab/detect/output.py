@@ -143,4 +143,9 @@ def train_summary(s: dict) -> str:
         f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_boxes']} boxes; "
         f"features {s['feature_seconds']} s, head {s['head_seconds']} s, box regressor "
         f"{s['regressor_seconds']} s"
+        + (
+            f", IoU predictor {s['iou_predictor_seconds']} s"
+            if "iou_predictor_seconds" in s
+            else ""
+        )
     )

@@ -42,19 +42,32 @@ def confidence(support: torch.Tensor, scale: float) -> torch.Tensor:
     return 1 - torch.exp(-support / scale)
 
 
-def select(boxes: torch.Tensor, scores: torch.Tensor, cfg: DetectConfig):
+def select(boxes: torch.Tensor, scores: torch.Tensor, cfg: DetectConfig, quality=None):
     """Score threshold, NMS, top-K, then box voting: (boxes (k, 4), confidences (k,)), best
     first. The classifier gives 0.99+ to most boxes on a cat, so with support_scale > 0 the
-    confidence is how many refined boxes agree, not the probability."""
+    confidence is how many refined boxes agree, not the probability.
+
+    quality: None, or a function from boxes (m, 4) to their predicted IoU with the target
+    (m,) in [0, 1], used as cfg.iou_confidence says: "score": each confidence is multiplied
+    by its box's predicted IoU; "rank": also NMS ranks the boxes above the threshold by it,
+    and each vote weighs probability times predicted IoU (floored at 1e-3, so that a kept
+    box always has support).
+    """
+    mode = cfg.iou_confidence if quality is not None else "off"
     keep = scores > cfg.score_threshold
     b, s = boxes[keep], scores[keep]
-    k = nms(b, s, cfg.nms_iou) if cfg.nms_iou < 1 else s.argsort(descending=True)
+    rank = quality(b) if mode == "rank" else s
+    k = nms(b, rank, cfg.nms_iou) if cfg.nms_iou < 1 else rank.argsort(descending=True)
     k = k[: cfg.max_detections]
     out_b, out_s = b[k], s[k]
     if cfg.vote_iou > 0:
-        out_b, support = vote(out_b, b, s, cfg.vote_iou)
+        weight = s * rank.clamp(min=1e-3) if mode == "rank" else s
+        out_b, support = vote(out_b, b, weight, cfg.vote_iou)
         if cfg.support_scale > 0:
             out_s = confidence(support, cfg.support_scale)
+    if mode in ("score", "rank"):
+        out_s = out_s * quality(out_b)
+    if cfg.vote_iou > 0 or mode in ("score", "rank"):
         order = out_s.argsort(descending=True, stable=True)
         out_b, out_s = out_b[order], out_s[order]
     return out_b, out_s

@@ -32,6 +32,7 @@ from dnnlab.detect.config import (
 )
 from dnnlab.detect.detector import Detector
 from dnnlab.detect.features import load_backbone
+from dnnlab.detect.localization import fit_iou_predictor
 from dnnlab.detect.voc import load_rgb
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_write_json
@@ -276,9 +277,22 @@ def _train_locked(out: Path, features, head, regressors, cfg, progress, overwrit
             model, rows, cache, tr[pick], va, labels, weights, cfg, gen, progress, seconds
         )
     t_reg = time.perf_counter()
+    fit_rows = (feats, rows)  # what the ridge fits read: every indexed row (mirrored too)
+    if regressors.mirror and (regressors.box_regression or regressors.iou_predictor):
+        xf, rows_f = embed_mirrored(model, rows, progress)
+        fit_rows = (torch.cat([feats, xf]), rows + rows_f)
     if regressors.box_regression:
-        fit_box_regressors(model, feats, rows, progress)
+        fit_box_regressors(model, *fit_rows)
+        if regressors.cascade:
+            model.eval()
+            model.regressor2 = fit_cascade(model, rows, range(len(rows)), regressors, progress)
     seconds["regressor_seconds"] = round(time.perf_counter() - t_reg, 2)
+    if regressors.iou_predictor:
+        t_iou = time.perf_counter()
+        model.iou_predictor = fit_iou_predictor(
+            model, *fit_rows, cfg.seed, regressors.reg_lambda, progress
+        ).to(model.mean.device)
+        seconds["iou_predictor_seconds"] = round(time.perf_counter() - t_iou, 2)
     model.eval().save(out)
     plot_train_curves(hist, out / "head_curves.png", "head", dpi=90)
     summary = {
@@ -369,13 +383,13 @@ def _end_to_end_then_features(
 
 def mirror_rows(rows: list[dict], widths: dict[str, int]) -> list[dict]:
     """Index rows mirrored left-right: box and target box flipped in their photo's width
-    (widths: {image: pixels}); IoU and label unchanged."""
+    (widths: {image: pixels}) and "mirrored" set; IoU and label unchanged."""
     out = []
     for r in rows:
         w = widths[r["image"]]
         b = torch.tensor([r["box"], r["gt"] or r["box"]], dtype=torch.float64)
         box, gt = flip_boxes(b, w).tolist()
-        out.append({**r, "box": box, "gt": None if r["gt"] is None else gt})
+        out.append({**r, "box": box, "gt": None if r["gt"] is None else gt, "mirrored": True})
     return out
 
 
@@ -399,22 +413,11 @@ def embed_mirrored(model: Detector, rows, progress=True) -> tuple[torch.Tensor, 
     return feats, mirror_rows(rows, widths)
 
 
-def fit_box_regressors(model: Detector, feats: torch.Tensor, rows, progress=True) -> None:
-    """Set the detector's box regressors, fitted on every indexed row: the validation
-    photos' too, since ridge has no epochs to choose there and more photos raised
-    cross-validated mAP (docs/RESULTS.md); with `mirror`, on every row mirrored too."""
-    cfg = model.config.regressors
-    every = range(len(rows))
-    if cfg.mirror:
-        xf, rows_f = embed_mirrored(model, rows, progress)
-        first, later = fit_regressors(
-            torch.cat([feats, xf]), rows + rows_f, range(2 * len(rows)), cfg
-        )
-    else:
-        first, later = fit_regressors(feats, rows, every, cfg)
+def fit_box_regressors(model: Detector, feats: torch.Tensor, rows) -> None:
+    """Set the detector's box regressors, fitted on every row given: the validation photos'
+    too, since ridge has no epochs to choose there and more photos raised cross-validated
+    mAP (docs/RESULTS.md); with `mirror`, the caller adds the mirrored rows."""
+    first, later = fit_regressors(feats, rows, range(len(rows)), model.config.regressors)
     dev = model.mean.device
     model.regressor = first.to(dev)
     model.regressor2 = later.to(dev) if later is not None else None
-    if cfg.cascade:
-        model.eval()
-        model.regressor2 = fit_cascade(model, rows, every, cfg, progress)
