@@ -4,9 +4,13 @@
   * batched crops: the same crops and the same numbers, 16 to a backbone call;
   * the model's own features (default "roi": one backbone pass per photo, RoIAlign per box);
 
-and the per-photo detection time with the model's defaults, proposals included.
+and the per-photo detection time, proposals included, with the detection settings the
+model loads with beside those before issue 22 (no IoU predictor, no test-time flip) and with
+test-time flip, on the same photos in the same run (--square 640 resizes every photo to
+640 x 640 first, the size of the issue's target).
 
-    python benchmarks/bench_detect.py --model det/ --images ../shared/data/cats-voc/valid
+    python benchmarks/bench_detect.py --model det/ --images ../shared/data/cats-voc/valid \
+        --square 640
 """
 
 from __future__ import annotations
@@ -17,12 +21,31 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from dnnlab.detect.config import FeatureSpec
 from dnnlab.detect.detector import Detector
 from dnnlab.detect.features import crop_batch, run_backbone
 from dnnlab.detect.voc import load_rgb
+
+
+def square(img: np.ndarray, side: int) -> np.ndarray:
+    """The photo resized to side x side (bilinear); unchanged for side 0."""
+    if not side:
+        return img
+    return np.asarray(Image.fromarray(img).resize((side, side), Image.BILINEAR))
+
+
+def time_detection(model: Detector, photos) -> tuple[float, float, float]:
+    """(median seconds a photo, median of its proposals' part, the slowest) of detect()."""
+    times, prop_times = [], []
+    for img in photos:
+        r = model.detect(img)
+        times.append(r.seconds)
+        prop_times.append(r.proposal_seconds)
+    return statistics.median(times), statistics.median(prop_times), max(times)
 
 
 @torch.no_grad()
@@ -49,22 +72,35 @@ def main() -> int:
     ap.add_argument("--images", required=True, help="a folder of photos")
     ap.add_argument("--n", type=int, default=20, help="photos to time")
     ap.add_argument("--compare", type=int, default=2, help="photos for the one-at-a-time loop")
+    ap.add_argument("--square", type=int, default=0, help="resize photos to N x N (0: as is)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model = Detector.load(args.model)
-    photos = sorted(
+    loaded = model.config.detection
+    paths = sorted(
         p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")
     )[: args.n]
-    times, prop_times = [], []
-    for p in photos:
-        r = model.detect(load_rgb(p))
-        times.append(r.seconds)
-        prop_times.append(r.proposal_seconds)
-    print(
-        f"{len(photos)} photos, features {model.spec.mode!r}: detection median "
-        f"{statistics.median(times):.2f} s/photo (proposals {statistics.median(prop_times):.2f}"
-        f" s), max {max(times):.2f} s (target: median <= 2.5 s)"
-    )
+    photos = [square(load_rgb(p), args.square) for p in paths]
+    rows = {
+        "before issue 22 (no IoU predictor, no flip)": replace(
+            loaded, iou_confidence="off", flip_test=False
+        ),
+        f"as loaded (iou-confidence {loaded.iou_confidence}, flip-test {loaded.flip_test})": (
+            loaded
+        ),
+        "as loaded, with --flip-test": replace(loaded, flip_test=True),
+    }
+    base = None
+    for name, detection in rows.items():
+        med, props, worst = time_detection(model.with_detection(detection), photos)
+        base = base or med
+        print(
+            f"{len(photos)} photos{f' at {args.square} x {args.square}' if args.square else ''}"
+            f", {name}: median {med:.2f} s/photo ({med / base:.2f}x; proposals {props:.2f} s), "
+            f"max {worst:.2f} s",
+            flush=True,
+        )
+    model.with_detection(loaded)
     norm = (model.mean.flatten().tolist(), model.std.flatten().tolist())
     crops_cfg = replace(model.config, features=FeatureSpec("crops", 1, model.spec.context))
     crops = Detector(crops_cfg, model.features, norm).eval()
@@ -80,8 +116,7 @@ def main() -> int:
     ).eval()
     t_seed = t_batch = t_own = 0.0
     n = 0
-    for p in photos[: args.compare]:
-        img = load_rgb(p)
+    for img in photos[: args.compare]:
         boxes = model.propose(img)
         t0 = time.perf_counter()
         a = crops.embed(img, boxes)

@@ -121,8 +121,7 @@ def built(voc, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(built, weights, tmp_path_factory):
-    """The build, trained with the cascade and the IoU predictor (so every regressor kind is
-    in model.pt)."""
+    """The build, trained with the IoU predictor (so every regressor kind is in model.pt)."""
     det = tmp_path_factory.mktemp("trained") / "det"
     shutil.copytree(built, det)
     assert (
@@ -137,7 +136,6 @@ def trained(built, weights, tmp_path_factory):
                 str(weights),
                 "--image-size",
                 "160",
-                "--cascade",
                 "--iou-predictor",
             ]
         )
@@ -481,9 +479,13 @@ def test_config_round_trip_and_strict_keys():
     d = replace(cfg, regressors=RegressorConfig(mirror=True)).to_dict()
     del d["regressors"]["mirror"]
     assert DetectorConfig.from_dict(d, "m.pt") == cfg
-    del d["regressors"]["cascade"]
-    with pytest.raises(InputError, match="missing.*cascade.*retrain"):
+    del d["regressors"]["reg_lambda"]
+    with pytest.raises(InputError, match="missing.*reg_lambda.*retrain"):
         DetectorConfig.from_dict(d, "m.pt")
+    # The removed cascade settings are read and dropped: the fitted weights detect the same.
+    d = cfg.to_dict()
+    d["regressors"].update(cascade=True, cascade_min_iou=0.3)
+    assert DetectorConfig.from_dict(d, "m.pt") == cfg
 
 
 def test_mirrored_rows_are_the_mirrored_photos_boxes(voc, built, weights):
@@ -822,11 +824,11 @@ def test_trained_model_is_plain_data(trained):
     ck = torch.load(trained / "model.pt", weights_only=True)
     assert set(ck) == {"format", "config", "norm", "state"}
     cfg = DetectorConfig.from_dict(ck["config"], "model.pt")
-    assert cfg.regressors.cascade and cfg.features.fine_grid == 7
+    assert cfg.regressors.iou_predictor and cfg.features.fine_grid == 7
     s = ck["state"]
     # The regressors read the RoI grid 3 and the stride-16 7x7 grid; the head only the first.
     assert s["regressor.weight"].shape == (4, 1280 * 9 + 96 * 49)
-    assert s["regressor2.weight"].shape == (4, 1280 * 9 + 96 * 49)  # the cascade's
+    assert s["regressor2.weight"].shape == (4, 1280 * 9 + 96 * 49)  # later rounds' (IoU >= 0.5)
     assert s["head.1.weight"].shape == (256, 1280 * 9)
     assert s["iou_predictor.weight"].shape == (1, 1280 * 9 + 96 * 49)
     model = Detector.load(trained)

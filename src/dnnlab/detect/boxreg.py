@@ -9,16 +9,11 @@ appendix C) fit this regressor on the frozen features and gained 3-4 mAP points.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
-from torchvision.ops import box_iou
 
 from dnnlab.detect.boxes import box_deltas
-from dnnlab.detect.build import group_by_image
 from dnnlab.detect.config import RegressorConfig
-from dnnlab.detect.voc import load_rgb
 from dnnlab.errors import InputError
 
 
@@ -63,35 +58,3 @@ def fit_regressors(feats: torch.Tensor, rows: list[dict], idx, cfg: RegressorCon
     if not cfg.two:
         return fine, None
     return fit_regressor(feats, rows, idx, cfg.reg_lambda, cfg.coarse_min_iou), fine
-
-
-@torch.no_grad()
-def fit_cascade(detector, rows: list[dict], idx, cfg: RegressorConfig, progress=True):
-    """The later rounds' regressor: every row of idx within cascade_min_iou of a target box
-    is moved by the detector's first regressor, re-read, and regressed onto its target box
-    from where it now stands (rows that end below reg_min_iou are left out)."""
-    from tqdm.auto import tqdm
-
-    near = [i for i in idx if rows[i]["gt"] is not None and rows[i]["iou"] >= cfg.cascade_min_iou]
-    dev = detector.mean.device
-    xs, bs, gs = [], [], []
-    for image, ids in tqdm(
-        group_by_image(rows, near).items(),
-        desc="cascade regressor",
-        unit="img",
-        disable=not progress,
-    ):
-        img = load_rgb(Path(image))
-        h, w = img.shape[:2]
-        features = detector.box_features(img)
-        b0 = torch.tensor([rows[i]["box"] for i in ids], dtype=torch.float32, device=dev)
-        gt = torch.tensor([rows[i]["gt"] for i in ids], dtype=torch.float32, device=dev)
-        # float16 round trip: the first regressor was fitted on the cache's rounded values
-        b1 = detector.refine(features(b0).half().float(), b0, h, w)
-        ok = torch.diag(box_iou(b1, gt)) >= cfg.reg_min_iou
-        xs.append(features(b1[ok]).half().float().cpu())
-        bs.append(b1[ok].cpu())
-        gs.append(gt[ok].cpu())
-    if not xs:
-        return None
-    return fit_ridge(torch.cat(xs), box_deltas(torch.cat(bs), torch.cat(gs)), cfg.reg_lambda)

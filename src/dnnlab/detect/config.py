@@ -119,8 +119,7 @@ class HeadConfig:
 @dataclass(frozen=True)
 class RegressorConfig:
     """R-CNN's ridge box regressors: the first round's fitted on rows down to
-    coarse_min_iou, the later rounds' on rows from reg_min_iou (or, with cascade, on boxes
-    the first one has moved)."""
+    coarse_min_iou, the later rounds' on rows from reg_min_iou; and the IoU predictor."""
 
     box_regression: bool = setting(True, "fit R-CNN's ridge box regressors")
     reg_lambda: float = setting(1000.0, "ridge penalty", low=0, low_open=True)
@@ -136,18 +135,6 @@ class RegressorConfig:
         "the first round's own regressor is fitted on "
         "rows down to this IoU; reg-min-iou or more: one "
         "regressor for every round",
-        low=0,
-        high=1,
-        low_open=True,
-    )
-    cascade: bool = setting(
-        False,
-        "fit the later rounds' regressor on boxes the first one has "
-        "moved (rows from --cascade-min-iou)",
-    )
-    cascade_min_iou: float = setting(
-        0.3,
-        "rows the cascade moves and refits (IoU with a target box)",
         low=0,
         high=1,
         low_open=True,
@@ -316,7 +303,7 @@ SECTIONS = {
 PRESETS = {
     "course": {
         "features": dict(mode="crops", grid=1, context=0.0, fine_grid=0),
-        "regressors": dict(box_regression=False, cascade=False),
+        "regressors": dict(box_regression=False),
         "detection": dict(
             nms_iou=1.0,
             max_detections=10**9,
@@ -367,6 +354,7 @@ class DetectorConfig:
             if not isinstance(sec, dict):
                 raise InputError(f"{where}: config section {name!r} is not a mapping")
             sec = {**ADDED.get(name, {}), **sec}
+            sec = {k: v for k, v in sec.items() if k not in REMOVED.get(name, ())}
             _same_keys(sec, [f.name for f in fields(c)], where, f"config section {name!r}")
             try:
                 parts[name] = c(**sec)
@@ -381,6 +369,10 @@ ADDED = {
     "regressors": {"mirror": False, "iou_predictor": False},
     "detection": {"iou_confidence": "auto", "flip_test": False},
 }
+# Settings removed since, read and dropped: they chose how a regressor was fitted, and the
+# fitted weights detect the same without them ("cascade": the later rounds' regressor fitted
+# on once-refined boxes; removed for want of evidence, docs/RESULTS.md).
+REMOVED = {"regressors": ("cascade", "cascade_min_iou")}
 
 
 def _same_keys(d: dict, want: list[str], where: str, what: str) -> None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from dnnlab.detect.boxes import flip_boxes
-from dnnlab.detect.boxreg import fit_cascade, fit_regressors
+from dnnlab.detect.boxreg import fit_regressors
 from dnnlab.detect.build import TRAINED_FILES, group_by_image, read_build, read_index
 from dnnlab.detect.config import (
     DetectorConfig,
@@ -283,9 +283,6 @@ def _train_locked(out: Path, features, head, regressors, cfg, progress, overwrit
         fit_rows = (torch.cat([feats, xf]), rows + rows_f)
     if regressors.box_regression:
         fit_box_regressors(model, *fit_rows)
-        if regressors.cascade:
-            model.eval()
-            model.regressor2 = fit_cascade(model, rows, range(len(rows)), regressors, progress)
     seconds["regressor_seconds"] = round(time.perf_counter() - t_reg, 2)
     if regressors.iou_predictor:
         t_iou = time.perf_counter()
