@@ -92,7 +92,8 @@ def main() -> int:
     }
     base = None
     for name, detection in rows.items():
-        med, props, worst = time_detection(model.with_detection(detection), photos)
+        model.set_detection(detection)
+        med, props, worst = time_detection(model, photos)
         base = base or med
         print(
             f"{len(photos)} photos{f' at {args.square} x {args.square}' if args.square else ''}"
@@ -100,7 +101,7 @@ def main() -> int:
             f"max {worst:.2f} s",
             flush=True,
         )
-    model.with_detection(loaded)
+    model.set_detection(loaded)
     norm = (model.mean.flatten().tolist(), model.std.flatten().tolist())
     crops_cfg = replace(model.config, features=FeatureSpec("crops", 1, model.spec.context))
     crops = Detector(crops_cfg, model.features, norm).eval()

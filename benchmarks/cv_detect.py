@@ -57,10 +57,10 @@ from dnnlab.detect.boxreg import fit_regressors, fit_ridge
 from dnnlab.detect.build import split_images
 from dnnlab.detect.config import (
     BuildConfig,
-    DetectConfig,
+    DetectionConfig,
     DetectorConfig,
+    DetectTrainConfig,
     RegressorConfig,
-    TrainConfig,
 )
 from dnnlab.detect.detector import Detector, make_head, refine_rounds
 from dnnlab.detect.features import load_backbone, pool_boxes
@@ -208,7 +208,7 @@ def train_fold(model, photos, ids, seed, want=("one", "two", "two-all", "fine-gr
     va = [i for i, s in zip(ids, split, strict=True) if s == "val"]
     x, y, rows = samples(model, photos, tr, rng)
     xv, yv, rows_v = samples(model, photos, va, rng)
-    cfg = replace(TrainConfig(), seed=seed)
+    cfg = replace(DetectTrainConfig(), seed=seed)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     d = model.spec.head_dim
@@ -246,7 +246,7 @@ def train_fold(model, photos, ids, seed, want=("one", "two", "two-all", "fine-gr
 
 
 @torch.no_grad()
-def refined(model, head, regs, ph, cfg: DetectConfig, tta=False):
+def refined(model, head, regs, ph, cfg: DetectionConfig, tta=False):
     """Detector.detect()'s rounds on cached maps: (probability (n,), refined box (n, 4)) of
     every proposal; with tta, averaged with the rounds on the mirrored photo."""
     model.head, (model.regressor, model.regressor2) = head, regs
@@ -283,7 +283,7 @@ def predicted_iou(model, iou_reg, ph, boxes, tta=False) -> torch.Tensor:
     return q.clamp(0, 1)
 
 
-def select_iou(b, s, q_of, cfg: DetectConfig, guided: bool):
+def select_iou(b, s, q_of, cfg: DetectionConfig, guided: bool):
     """select(), then each detection's confidence times its predicted IoU q_of(boxes);
     guided: NMS ranks the boxes above the threshold by predicted IoU and each vote weighs
     probability times predicted IoU. (boxes (k, 4), confidences (k,)), best first."""
@@ -396,11 +396,11 @@ def main() -> int:
     return 0
 
 
-D = DetectConfig()
+D = DetectionConfig()
 # name: (detection settings, regressors, test-time flip, IoU predictor or None, IoU-guided NMS)
 SETTINGS = {
-    "probability, no voting": (DetectConfig(vote_iou=0), "one", False, None, False),
-    "voting, probability": (DetectConfig(support_scale=0), "one", False, None, False),
+    "probability, no voting": (DetectionConfig(vote_iou=0), "one", False, None, False),
+    "voting, probability": (DetectionConfig(support_scale=0), "one", False, None, False),
     "voting + support": (D, "one", False, None, False),
     "+ coarse-then-fine regressors": (D, "two", False, None, False),
     "+ same, on val photos too": (D, "two-all", False, None, False),

@@ -99,3 +99,14 @@ def snapshot(run) -> dict:
 
 # `dnnlab train` flags of a one-epoch run of base on the fake tree (the finished fixture).
 TINY_TRAIN_ARGS = ["--model", "base", "--epochs", "1", "--batch-size", "64", "--val-size", "20"]
+
+
+def cli(*words, **flags) -> list[str]:
+    """A command line for dnnlab.cli.main: the words, then `--name value` for each keyword
+    (underscores as dashes; True: the bare flag); every value str()'d."""
+    out = [str(w) for w in words]
+    for name, value in flags.items():
+        out.append("--" + name.replace("_", "-"))
+        if value is not True:
+            out.append(str(value))
+    return out

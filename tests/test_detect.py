@@ -16,7 +16,7 @@ from torchvision.ops import box_iou
 from dnnlab.cli import main
 from dnnlab.detect.boxes import flip_boxes
 from dnnlab.detect.build import read_index
-from dnnlab.detect.config import DetectConfig, DetectorConfig, FeatureSpec, RegressorConfig
+from dnnlab.detect.config import DetectionConfig, DetectorConfig, FeatureSpec, RegressorConfig
 from dnnlab.detect.detector import Detector
 from dnnlab.detect.features import load_backbone
 from dnnlab.detect.labelling import label_proposals, sample_rows
@@ -32,6 +32,7 @@ from dnnlab.detect.selection import select
 from dnnlab.detect.train import embed_mirrored
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.errors import InputError
+from tests.fakes import cli
 
 XML = """<annotation><filename>{fn}</filename><size><width>{w}</width><height>{h}</height>
 <depth>3</depth></size>{objs}</annotation>"""
@@ -110,12 +111,7 @@ def weights(tmp_path_factory):
 def built(voc, tmp_path_factory):
     """A build of the tiny folder (tests copy it before changing anything)."""
     det = tmp_path_factory.mktemp("built") / "det"
-    assert (
-        main(
-            ["detect", "build", str(voc), "--out", str(det), "--workers", "1", "--ss-max-side", "0"]
-        )
-        == 0
-    )
+    assert main(cli("detect", "build", voc, out=det, workers=1, ss_max_side=0)) == 0
     return det
 
 
@@ -126,18 +122,15 @@ def trained(built, weights, tmp_path_factory):
     shutil.copytree(built, det)
     assert (
         main(
-            [
+            cli(
                 "detect",
                 "train",
-                str(det),
-                "--epochs",
-                "1",
-                "--backbone-weights",
-                str(weights),
-                "--image-size",
-                "160",
-                "--iou-predictor",
-            ]
+                det,
+                epochs=1,
+                backbone_weights=weights,
+                image_size=160,
+                iou_predictor=True,
+            )
         )
         == 0
     )
@@ -201,13 +194,13 @@ def test_prefilter_keeps_selective_search_order():
         [[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 9.5], [40, 40, 50, 50]], np.float32
     )
     # The third is a near-duplicate (IoU 0.95) of the first: dropped; the order stays.
-    out = prefilter(boxes, DetectConfig(prefilter_iou=0.8))
+    out = prefilter(boxes, DetectionConfig(prefilter_iou=0.8))
     assert out.tolist() == boxes[[0, 1, 3]].tolist()
     assert (
-        prefilter(boxes, DetectConfig(prefilter_iou=0.8, max_proposals=2)).tolist()
+        prefilter(boxes, DetectionConfig(prefilter_iou=0.8, max_proposals=2)).tolist()
         == boxes[[0, 1]].tolist()
     )
-    assert len(prefilter(boxes, DetectConfig(prefilter_iou=1.0))) == 4  # off
+    assert len(prefilter(boxes, DetectionConfig(prefilter_iou=1.0))) == 4  # off
 
 
 def test_select_threshold_nms_and_top_k():
@@ -219,23 +212,23 @@ def test_select_threshold_nms_and_top_k():
     scores = torch.tensor([0.9, 0.95, 0.6, 0.4, 0.7])
     plain = dict(vote_iou=0.0, max_detections=10)
     # 0.4 under the threshold; box 0 overlaps box 1 (IoU 0.82) and scores lower: suppressed.
-    b, s = select(boxes, scores, DetectConfig(score_threshold=0.5, nms_iou=0.3, **plain))
+    b, s = select(boxes, scores, DetectionConfig(score_threshold=0.5, nms_iou=0.3, **plain))
     assert s.tolist() == pytest.approx([0.95, 0.7, 0.6])
     assert b.tolist() == boxes[[1, 4, 2]].tolist()
     b, s = select(
         boxes,
         scores,
-        DetectConfig(score_threshold=0.5, nms_iou=0.3, vote_iou=0.0, max_detections=2),
+        DetectionConfig(score_threshold=0.5, nms_iou=0.3, vote_iou=0.0, max_detections=2),
     )
     assert s.tolist() == pytest.approx([0.95, 0.7])
     # nms_iou 1: no suppression, every box above the threshold, best first.
-    b, s = select(boxes, scores, DetectConfig(score_threshold=0.5, nms_iou=1.0, **plain))
+    b, s = select(boxes, scores, DetectionConfig(score_threshold=0.5, nms_iou=1.0, **plain))
     assert s.tolist() == pytest.approx([0.95, 0.9, 0.7, 0.6])
     # Voting: box 1 becomes the mean of boxes 0 and 1 weighted by their scores.
     b, s = select(
         boxes,
         scores,
-        DetectConfig(score_threshold=0.5, nms_iou=0.3, vote_iou=0.5, support_scale=0.0),
+        DetectionConfig(score_threshold=0.5, nms_iou=0.3, vote_iou=0.5, support_scale=0.0),
     )
     want = (0.9 * boxes[0] + 0.95 * boxes[1]) / 1.85
     assert torch.allclose(b[0], want) and s[0].item() == pytest.approx(0.95)
@@ -553,7 +546,7 @@ def test_select_ranks_and_weighs_by_predicted_iou_hand_case():
     def quality(b):
         return torch.tensor([q[int((boxes == x).all(1).nonzero())] for x in b])
 
-    cfg = DetectConfig(nms_iou=0.3, vote_iou=0.5, support_scale=10.0)
+    cfg = DetectionConfig(nms_iou=0.3, vote_iou=0.5, support_scale=10.0)
     # off: NMS by probability keeps A and C; A's vote: A and B (IoU 0.64), weights 0.99, 0.9.
     b, c = select(boxes, scores, replace(cfg, iou_confidence="off"), quality)
     va = (0.99 * boxes[0] + 0.90 * boxes[1]) / 1.89
@@ -631,18 +624,21 @@ def test_detection_with_the_iou_predictor_and_flip(voc, trained):
     img = load_rgb(voc / "img1.jpg")
     w = img.shape[1]
     props = model.propose(img)
-    d0 = model.with_detection(DetectConfig(iou_confidence="off")).detect(img)
+    model.set_detection(DetectionConfig(iou_confidence="off"))
+    d0 = model.detect(img)
     s, b = model.score_boxes(img, props)
     want_b, want_s = select(torch.from_numpy(b), torch.from_numpy(s), model.config.detection)
     assert np.allclose(d0.boxes, want_b.numpy()) and np.allclose(d0.scores, want_s.numpy())
-    d1 = model.with_detection(DetectConfig(iou_confidence="score")).detect(img)
+    model.set_detection(DetectionConfig(iou_confidence="score"))
+    d1 = model.detect(img)
     q = model.iou_predictor(model.embed(img, d0.boxes))[:, 0].clamp(0, 1).detach().numpy()
     order = np.argsort(-(d0.scores * q), kind="stable")
     assert np.allclose(d1.boxes, d0.boxes[order], atol=1e-4)
     assert np.allclose(d1.scores, (d0.scores * q)[order], atol=1e-5)
-    assert model.with_detection(DetectConfig()).config.detection.iou_confidence == "rank"
+    model.set_detection(DetectionConfig())
+    assert model.config.detection.iou_confidence == "rank"
     # test-time flip: symmetric under mirroring, and not the unflipped answer
-    model.with_detection(DetectConfig(flip_test=True, iou_confidence="off"))
+    model.set_detection(DetectionConfig(flip_test=True, iou_confidence="off"))
     mirror = np.ascontiguousarray(img[:, ::-1])
     s2, b2 = model.score_boxes(img, props)
     sm, bm = model.score_boxes(mirror, flip_boxes(torch.from_numpy(props), w).numpy())
@@ -664,11 +660,11 @@ def test_detector_without_iou_predictor_loads_as_before(voc, trained, tmp_path, 
     old = Detector.load(det)
     assert old.iou_predictor is None and old.config.detection.iou_confidence == "off"
     img = load_rgb(voc / "img1.jpg")
-    new = Detector.load(trained).with_detection(DetectConfig(iou_confidence="off"))
+    new = Detector.load(trained, detection=DetectionConfig(iou_confidence="off"))
     a, b = old.detect(img), new.detect(img)
     assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
     with pytest.raises(InputError, match="--iou-confidence rank.*no IoU predictor.*retrain"):
-        old.with_detection(DetectConfig(iou_confidence="rank"))
+        old.set_detection(DetectionConfig(iou_confidence="rank"))
     out = tmp_path / "res"
     argv = ["detect", "run", str(voc / "img1.jpg"), "--model", str(det), "--out", str(out)]
     assert main([*argv, "--iou-confidence", "score"]) == 2
@@ -780,9 +776,7 @@ def test_build_refuses_to_replace_a_trained_detector(voc, trained, tmp_path, cap
     assert "--overwrite" in capsys.readouterr().err
     assert (det / "index.csv").read_bytes() == index and (det / "model.pt").exists()
     # A bad input with --overwrite: still nothing replaced.
-    assert (
-        main(["detect", "build", str(tmp_path / "nothing"), "--out", str(det), "--overwrite"]) == 2
-    )
+    assert main(cli("detect", "build", tmp_path / "nothing", out=det, overwrite=True)) == 2
     assert (det / "index.csv").read_bytes() == index and (det / "model.pt").exists()
     assert main([*argv, "--overwrite"]) == 0
     assert (det / "index.csv").read_bytes() != index  # another seed, another split
@@ -791,7 +785,7 @@ def test_build_refuses_to_replace_a_trained_detector(voc, trained, tmp_path, cap
 
 def test_build_refuses_a_target_without_boxes(voc, tmp_path, capsys):
     out = tmp_path / "det"
-    assert main(["detect", "build", str(voc), "--out", str(out), "--target", "unicorn"]) == 2
+    assert main(cli("detect", "build", voc, out=out, target="unicorn")) == 2
     assert "no 'unicorn' box" in capsys.readouterr().err
     assert not out.exists()
 
@@ -874,25 +868,20 @@ def test_model_file_that_is_not_plain_data_is_refused(trained, tmp_path, capsys)
 
 def test_show_writes_sample_grids(trained, tmp_path):
     det = copy_of(trained, tmp_path)
-    assert main(["detect", "show", str(det)]) == 0
+    assert main(cli("detect", "show", det)) == 0
     assert (det / "samples_positives.png").exists() and (det / "samples_negatives.png").exists()
 
 
 def test_missing_weights_are_named(built, tmp_path, capsys):
     det = copy_of(built, tmp_path)
-    assert (
-        main(["detect", "train", str(det), "--backbone-weights", str(tmp_path / "none.pth")]) == 2
-    )
+    assert main(cli("detect", "train", det, backbone_weights=tmp_path / "none.pth")) == 2
     assert "none.pth: no such weights file" in capsys.readouterr().err
 
 
 def test_train_refuses_to_replace_without_overwrite(trained, weights, tmp_path, capsys):
     det = copy_of(trained, tmp_path)
     before = (det / "model.pt").read_bytes()
-    assert (
-        main(["detect", "train", str(det), "--epochs", "1", "--backbone-weights", str(weights)])
-        == 2
-    )
+    assert main(cli("detect", "train", det, epochs=1, backbone_weights=weights)) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (det / "model.pt").read_bytes() == before
 
@@ -940,16 +929,14 @@ def test_run_writes_results_and_reports_failures(voc, trained, tmp_path, capsys)
     assert (out / "img1.json").stat().st_ino != inode  # written anew (temporary, then rename)
     assert (
         main(
-            [
+            cli(
                 "detect",
                 "run",
-                str(voc / "img1.jpg"),
-                str(trained / "img1.jpg"),
-                "--model",
-                str(trained),
-                "--out",
-                str(tmp_path / "same"),
-            ]
+                voc / "img1.jpg",
+                trained / "img1.jpg",
+                model=trained,
+                out=tmp_path / "same",
+            )
         )
         == 2
     )
@@ -961,7 +948,7 @@ def test_eval_keeps_one_record_per_folder_and_reuses_only_a_match(
     voc, small, trained, tmp_path, capsys
 ):
     det = copy_of(trained, tmp_path)
-    assert main(["detect", "eval", str(voc), "--model", str(det), "--json"]) == 0
+    assert main(cli("detect", "eval", voc, model=det, json=True)) == 0
     cap = capsys.readouterr()
     res = json.loads(cap.out)
     assert "malformed XML" in cap.err  # the input problems are printed
@@ -969,7 +956,7 @@ def test_eval_keeps_one_record_per_folder_and_reuses_only_a_match(
     for k in ("ap50", "ap75", "map", "precision", "recall", "proposal_recall50"):
         assert 0 <= res[k] <= 1
     assert res["seconds_per_image"] > 0
-    assert main(["detect", "eval", str(small), "--model", str(det), "--json"]) == 0
+    assert main(cli("detect", "eval", small, model=det, json=True)) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 3
     recs = sorted((det / "evals").glob("*.json"))
     assert len(recs) == 2 and len(list((det / "evals").glob("*.md"))) == 2
@@ -978,7 +965,7 @@ def test_eval_keeps_one_record_per_folder_and_reuses_only_a_match(
     assert fp["voc_dir"] == str(voc.resolve()) and len(fp["model_sha256"]) == 64
     # Same model, files and settings: reused. Another setting, a changed file, another
     # model: measured again.
-    assert main(["detect", "eval", str(voc), "--model", str(det)]) == 0
+    assert main(cli("detect", "eval", voc, model=det)) == 0
     assert "reusing" in capsys.readouterr().err
     nms = ["detect", "eval", str(small), "--model", str(det), "--nms-iou", "0.5"]
     assert main(nms) == 0
@@ -999,20 +986,7 @@ def test_course_preset_detection_settings(small, trained, tmp_path, capsys):
     """Every proposal, every box above the threshold, no NMS; the preset wins over flags."""
     det = copy_of(trained, tmp_path)
     assert (
-        main(
-            [
-                "detect",
-                "eval",
-                str(small),
-                "--model",
-                str(det),
-                "--json",
-                "--preset",
-                "course",
-                "--max-proposals",
-                "50",
-            ]
-        )
+        main(cli("detect", "eval", small, model=det, json=True, preset="course", max_proposals=50))
         == 0
     )
     res = json.loads(capsys.readouterr().out)
@@ -1024,40 +998,22 @@ def test_course_preset_and_end_to_end(small, weights, tmp_path):
     det = tmp_path / "det"
     assert (
         main(
-            [
+            cli(
                 "detect",
                 "build",
-                str(small),
-                "--out",
-                str(det),
-                "--workers",
-                "1",
-                "--ss-max-side",
-                "0",
-                "--max-neg-per-image",
-                "4",
-                "--pos-iou",
-                "0.8",
-            ]
+                small,
+                out=det,
+                workers=1,
+                ss_max_side=0,
+                max_neg_per_image=4,
+                pos_iou=0.8,
+            )
         )
         == 0
     )
     # The course project's classifier: 224x224 crops, pooled 1280-d features, no regressor.
     assert (
-        main(
-            [
-                "detect",
-                "train",
-                str(det),
-                "--epochs",
-                "1",
-                "--backbone-weights",
-                str(weights),
-                "--preset",
-                "course",
-            ]
-        )
-        == 0
+        main(cli("detect", "train", det, epochs=1, backbone_weights=weights, preset="course")) == 0
     )
     ck = torch.load(det / "model.pt", weights_only=True)
     assert ck["config"]["features"]["mode"] == "crops" and "regressor.weight" not in ck["state"]
@@ -1065,21 +1021,17 @@ def test_course_preset_and_end_to_end(small, weights, tmp_path):
     # End to end: the backbone's weights move too.
     assert (
         main(
-            [
+            cli(
                 "detect",
                 "train",
-                str(det),
-                "--epochs",
-                "1",
-                "--backbone-weights",
-                str(weights),
-                "--image-size",
-                "128",
-                "--end-to-end",
-                "--backbone-lr",
-                "0.01",
-                "--overwrite",
-            ]
+                det,
+                epochs=1,
+                backbone_weights=weights,
+                image_size=128,
+                end_to_end=True,
+                backbone_lr=0.01,
+                overwrite=True,
+            )
         )
         == 0
     )
@@ -1102,7 +1054,7 @@ def test_crop_features_match_one_crop_at_a_time(weights):
     img = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
     boxes = np.array([[0, 0, 60, 50], [30, 20, 119, 89], [10, 40, 50, 80]], np.float32)
     crops = DetectorConfig(
-        features=FeatureSpec("crops", 1, 0.1, crop_size=64), detection=DetectConfig(batch=2)
+        features=FeatureSpec("crops", 1, 0.1, crop_size=64), detection=DetectionConfig(batch=2)
     )
     model = Detector(crops, m.features, NORM).eval()
     with torch.no_grad():

@@ -302,7 +302,7 @@ def _add_detect(sub) -> None:
     p.add_argument("dir", help="detector directory made by `detect build`")
     p.add_argument("--overwrite", action="store_true", help="replace a trained model.pt")
     p.add_argument("--preset", **preset)
-    for cls in (c.FeatureSpec, c.HeadConfig, c.RegressorConfig, c.TrainConfig):
+    for cls in (c.FeatureSpec, c.HeadConfig, c.RegressorConfig, c.DetectTrainConfig):
         add_flags(p, cls)
     p.set_defaults(func=cmd_detect_train)
 
@@ -326,21 +326,21 @@ def _add_detect(sub) -> None:
             p.add_argument("--draw", default=None, help="also write annotated images here")
         p.add_argument("--model", required=True, help="detector directory with model.pt")
         p.add_argument("--preset", **preset)
-        add_flags(p, c.DetectConfig)
+        add_flags(p, c.DetectionConfig)
         p.add_argument("--device", default="cpu", help=DEVICE_HELP)
         p.set_defaults(func=cmd_detect_run if name == "run" else cmd_detect_eval)
 
 
 def _load_detector(args):
     """The detector in --model with the detection flags (and --preset) applied."""
-    from dnnlab.detect.config import DetectConfig, with_preset
+    from dnnlab.detect.config import DetectionConfig, with_preset
     from dnnlab.detect.detector import Detector
     from dnnlab.settings import from_args
     from dnnlab.utils.paths import check_in_folder
 
     check_in_folder(args.model, "--model")
-    detection = with_preset(from_args(DetectConfig, args), args.preset)
-    return Detector.load(args.model, args.device).with_detection(detection)
+    detection = with_preset(from_args(DetectionConfig, args), args.preset)
+    return Detector.load(args.model, args.device, detection)
 
 
 def cmd_detect_build(args) -> int:
@@ -363,7 +363,12 @@ def cmd_detect_build(args) -> int:
 
 
 def cmd_detect_train(args) -> int:
-    from dnnlab.detect.config import FeatureSpec, HeadConfig, RegressorConfig, TrainConfig
+    from dnnlab.detect.config import (
+        DetectTrainConfig,
+        FeatureSpec,
+        HeadConfig,
+        RegressorConfig,
+    )
     from dnnlab.detect.config import with_preset as preset
     from dnnlab.detect.output import train_summary
     from dnnlab.detect.train import train_detector
@@ -376,7 +381,7 @@ def cmd_detect_train(args) -> int:
         preset(from_args(FeatureSpec, args), args.preset),
         preset(from_args(HeadConfig, args), args.preset),
         preset(from_args(RegressorConfig, args), args.preset),
-        from_args(TrainConfig, args),
+        from_args(DetectTrainConfig, args),
         progress=sys.stderr.isatty(),
         overwrite=args.overwrite,
     )
@@ -411,14 +416,14 @@ def cmd_detect_run(args) -> int:
 
 
 def cmd_detect_eval(args) -> int:
-    from dnnlab.detect.evaluate import check_eval_inputs, evaluate_once, print_result
+    from dnnlab.detect.evaluate import check_eval_inputs, evaluate_once, print_eval
 
     check_eval_inputs(args.voc_dir, args.model, args.draw)
     detector = _load_detector(args)
     res = evaluate_once(
         args.voc_dir, args.model, detector, draw_dir=args.draw, progress=sys.stderr.isatty()
     )
-    print_result(res, as_json=args.json)
+    print_eval(res, as_json=args.json)
     return 0
 
 

@@ -8,7 +8,7 @@
     detection    what happens to the scored boxes (threshold, NMS, rounds, voting)
 
 The stages' own settings, which a trained detector does not need, are here too: BuildConfig
-(labelling and sampling the index) and TrainConfig (the head's recipe, the backbone weights).
+(labelling and sampling the index) and DetectTrainConfig (the head's recipe, the backbone weights).
 Each setting is declared once, with its help text and valid range (dnnlab.settings); the
 command-line flags are generated from these declarations; `--preset course` (PRESETS) sets
 the original course project's values over them. No torch import: the CLI builds
@@ -162,7 +162,7 @@ class RegressorConfig:
 
 
 @dataclass(frozen=True)
-class DetectConfig:
+class DetectionConfig:
     """From scored proposals to detections (see selection.select)."""
 
     score_threshold: float = setting(
@@ -257,7 +257,7 @@ class BuildConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class DetectTrainConfig:
     """The head's recipe: Adam, StepLR, negatives subsampled to neg_ratio x positives."""
 
     epochs: int = setting(10, "epochs", low=1, high=10000)
@@ -295,7 +295,7 @@ SECTIONS = {
     "features": FeatureSpec,
     "head": HeadConfig,
     "regressors": RegressorConfig,
-    "detection": DetectConfig,
+    "detection": DetectionConfig,
 }
 
 # The original course project's detector: 224 x 224 crops, pooled features, no context, no
@@ -333,7 +333,7 @@ class DetectorConfig:
     features: FeatureSpec = field(default_factory=FeatureSpec)
     head: HeadConfig = field(default_factory=HeadConfig)
     regressors: RegressorConfig = field(default_factory=RegressorConfig)
-    detection: DetectConfig = field(default_factory=DetectConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def __post_init__(self):
         if not isinstance(self.target, str) or not self.target.strip():

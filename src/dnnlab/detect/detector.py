@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnnlab.detect.boxes import apply_deltas, flip_boxes
-from dnnlab.detect.config import DetectConfig, DetectorConfig, HeadConfig
+from dnnlab.detect.config import DetectionConfig, DetectorConfig, HeadConfig
 from dnnlab.detect.features import (
     crop_batch,
     mobilenet_features,
@@ -93,8 +93,8 @@ class Detector(nn.Module):
     def spec(self):
         return self.config.features
 
-    def with_detection(self, detection: DetectConfig) -> Detector:
-        """This detector with other detection settings (same weights); iou_confidence "auto"
+    def set_detection(self, detection: DetectionConfig) -> None:
+        """Detect with these settings from now on (same weights); iou_confidence "auto"
         becomes "rank" with an IoU predictor and "off" without one."""
         mode = detection.iou_confidence
         if mode == "auto":
@@ -105,7 +105,6 @@ class Detector(nn.Module):
                 "with --iou-predictor, or pass --iou-confidence off"
             )
         self.config = replace(self.config, detection=replace(detection, iou_confidence=mode))
-        return self
 
     # -- saving and loading -------------------------------------------------------------
     def save(self, folder) -> Path:
@@ -118,7 +117,8 @@ class Detector(nn.Module):
         return path
 
     @classmethod
-    def load(cls, folder, device="cpu") -> Detector:
+    def load(cls, folder, device="cpu", detection: DetectionConfig | None = None) -> Detector:
+        """The detector in folder/model.pt, with other detection settings when given."""
         path = Path(folder) / MODEL_FILE
         if not path.is_file():
             raise InputError(f"{path}: no trained detector; run `dnnlab detect train {folder}`")
@@ -152,7 +152,7 @@ class Detector(nn.Module):
                 raise ValueError("the IoU predictor's weights and iou_predictor disagree")
             model = cls(config, mobilenet_features(), ck["norm"], None, reg, reg2, iou)
             model.load_state_dict(state)
-            model.with_detection(config.detection)
+            model.set_detection(detection or config.detection)
         except (RuntimeError, TypeError, ValueError, AttributeError) as e:
             raise InputError(f"{path}: its weights do not fit its config ({e})") from None
         return model.to(device).eval()

@@ -79,7 +79,9 @@ def average_precisions(
     return {"ap50": float(m["map_50"]), "ap75": float(m["map_75"]), "map": float(m["map"])}
 
 
-def evaluate(voc_dir, detector: Detector, progress=True, draw_dir: Path | None = None) -> dict:
+def evaluate_detector(
+    voc_dir, detector: Detector, progress=True, draw_dir: Path | None = None
+) -> dict:
     """AP50, AP75 and COCO mAP (average_precisions) of the detections as configured
     (threshold, NMS, top-K), precision/recall at the threshold, proposal recall, seconds per
     photo, and the input problems found."""
@@ -135,7 +137,7 @@ def _as_metric(boxes: np.ndarray, scores: np.ndarray | None = None) -> dict:
     return d
 
 
-def fingerprint(voc_dir, model_dir, detector: Detector) -> dict:
+def eval_inputs(voc_dir, model_dir, detector: Detector) -> dict:
     """What an evaluation's figures depend on: the model file's bytes, every file of the
     folder (name, size, modification time) and the detector's whole config."""
     folder = Path(voc_dir).resolve()
@@ -235,7 +237,7 @@ def evaluate_once(voc_dir, model_dir, detector: Detector, draw_dir=None, progres
 
 def _evaluate_locked(voc_dir, model_dir, detector: Detector, draw_dir, progress) -> dict:
     """evaluate_once while its folders' locks are held."""
-    fp = fingerprint(voc_dir, model_dir, detector)
+    fp = eval_inputs(voc_dir, model_dir, detector)
     res = None if draw_dir else stored_result(model_dir, voc_dir, fp)
     if res is not None:
         print(
@@ -243,12 +245,12 @@ def _evaluate_locked(voc_dir, model_dir, detector: Detector, draw_dir, progress)
             file=sys.stderr,
         )
         return res
-    res = evaluate(voc_dir, detector, progress=progress, draw_dir=draw_dir)
+    res = evaluate_detector(voc_dir, detector, progress=progress, draw_dir=draw_dir)
     write_record(model_dir, voc_dir, fp, res)
     return res
 
 
-def print_result(res: dict, as_json: bool = False) -> None:
+def print_eval(res: dict, as_json: bool = False) -> None:
     """The data's problems on stderr, then the result: one JSON object, or SHOWN's metrics."""
     print(Problems.from_dict(res["problems"]).summary(), file=sys.stderr)
     if as_json:

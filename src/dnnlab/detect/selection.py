@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou, nms
 
-from dnnlab.detect.config import DetectConfig
+from dnnlab.detect.config import DetectionConfig
 
 
-def prefilter(boxes: np.ndarray, cfg: DetectConfig) -> np.ndarray:
+def prefilter(boxes: np.ndarray, cfg: DetectionConfig) -> np.ndarray:
     """Drop near-duplicate proposals (IoU > prefilter_iou) keeping selective search's order,
     then take the first max_proposals: (k, 4)."""
     if len(boxes) == 0:
@@ -42,7 +42,7 @@ def confidence(support: torch.Tensor, scale: float) -> torch.Tensor:
     return 1 - torch.exp(-support / scale)
 
 
-def select(boxes: torch.Tensor, scores: torch.Tensor, cfg: DetectConfig, quality=None):
+def select(boxes: torch.Tensor, scores: torch.Tensor, cfg: DetectionConfig, quality=None):
     """Score threshold, NMS, top-K, then box voting: (boxes (k, 4), confidences (k,)), best
     first. The classifier gives 0.99+ to most boxes on a cat, so with support_scale > 0 the
     confidence is how many refined boxes agree, not the probability.

@@ -25,10 +25,10 @@ from dnnlab.detect.boxreg import fit_regressors
 from dnnlab.detect.build import TRAINED_FILES, group_by_image, read_build, read_index
 from dnnlab.detect.config import (
     DetectorConfig,
+    DetectTrainConfig,
     FeatureSpec,
     HeadConfig,
     RegressorConfig,
-    TrainConfig,
 )
 from dnnlab.detect.detector import Detector
 from dnnlab.detect.features import load_backbone
@@ -94,7 +94,9 @@ def read_cached_features(f: Path) -> torch.Tensor | None:
     return t.float() if isinstance(t, torch.Tensor) else None
 
 
-def balanced(labels: torch.Tensor, cfg: TrainConfig, gen) -> tuple[torch.Tensor, torch.Tensor]:
+def balanced(
+    labels: torch.Tensor, cfg: DetectTrainConfig, gen
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions to train on, class weights)."""
     pos = (labels == 1).nonzero().squeeze(1)
     neg = (labels == 0).nonzero().squeeze(1)
@@ -112,7 +114,7 @@ def _loss_acc(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
 
 
 def fit_classifier(
-    tracked, param_groups, batches, train_mode, validate_fn, weights, cfg: TrainConfig
+    tracked, param_groups, batches, train_mode, validate_fn, weights, cfg: DetectTrainConfig
 ):
     """The one training loop: Adam over param_groups, StepLR, cross-entropy with class
     weights; after each epoch `validate_fn()` gives (loss, accuracy) or None; the state of
@@ -152,7 +154,7 @@ def fit_classifier(
     return hist, best, best_state
 
 
-def train_head(model: Detector, x, y, xva, yva, weights, cfg: TrainConfig, gen):
+def train_head(model: Detector, x, y, xva, yva, weights, cfg: DetectTrainConfig, gen):
     """The head alone on cached features (x: (n, head_dim), y: (n,))."""
     head = model.head
 
@@ -181,7 +183,15 @@ def train_head(model: Detector, x, y, xva, yva, weights, cfg: TrainConfig, gen):
 
 
 def train_end_to_end(
-    model: Detector, rows, train_idx, val_idx, labels, weights, cfg: TrainConfig, gen, progress
+    model: Detector,
+    rows,
+    train_idx,
+    val_idx,
+    labels,
+    weights,
+    cfg: DetectTrainConfig,
+    gen,
+    progress,
 ):
     """Backbone and head together, one photo's boxes at a time (one backbone pass per photo
     in "roi" mode; crops in batches of batch_size). BatchNorm keeps ImageNet's statistics:
@@ -233,14 +243,14 @@ def train_detector(
     features: FeatureSpec | None = None,
     head: HeadConfig | None = None,
     regressors: RegressorConfig | None = None,
-    cfg: TrainConfig | None = None,
+    cfg: DetectTrainConfig | None = None,
     progress=True,
     overwrite: bool = False,
 ) -> dict:
     """Train the detector of the build in `out`; writes model.pt, train.json and the head's
     curves. The target and proposal settings come from the build; None: the defaults."""
     features, head = features or FeatureSpec(), head or HeadConfig()
-    regressors, cfg = regressors or RegressorConfig(), cfg or TrainConfig()
+    regressors, cfg = regressors or RegressorConfig(), cfg or DetectTrainConfig()
     out = Path(out)
     check_outputs_spare_inputs(
         [cfg.backbone_weights], files=[out / f for f in TRAINED_FILES], flag="DIR"
@@ -334,7 +344,7 @@ def _features_then_head(
     val_idx,
     labels,
     weights,
-    cfg: TrainConfig,
+    cfg: DetectTrainConfig,
     gen,
     progress,
     seconds,
@@ -362,7 +372,7 @@ def _features_then_head(
 
 
 def _end_to_end_then_features(
-    model, rows, train_idx, val_idx, labels, weights, cfg: TrainConfig, gen, progress, seconds
+    model, rows, train_idx, val_idx, labels, weights, cfg: DetectTrainConfig, gen, progress, seconds
 ):
     """Backbone and head together, then every row's features on the tuned backbone (for
     the ridge fits; not cached: they belong to this run's backbone only)."""
