@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import dnnlab.separability.knn as knn
 from dnnlab.errors import BudgetError, InputError, UndefinedMeasure
-from dnnlab.separability import knn
 from dnnlab.separability.featurefile import FeatureFile
 from dnnlab.separability.inputs import (
     as_feature_source,
