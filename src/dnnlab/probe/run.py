@@ -18,7 +18,8 @@ from dnnlab.cifar.train import (
     read_split,
 )
 from dnnlab.errors import InputError
-from dnnlab.probe.probe import ProbeConfig, ProbeResult, plot_probe, probe_model
+from dnnlab.probe.config import ProbeConfig
+from dnnlab.probe.probe import ProbeResult, plot_probe, probe_model
 
 SPLITS = ("train20", "val", "test")
 
