@@ -9,6 +9,7 @@ from dnnlab.separability import knn, linear, separability
 from dnnlab.separability.linear import fit_linear
 from dnnlab.separability.measures import separability_fitting
 from dnnlab.separability.normalize import feature_stats, normalize_with_norms
+from dnnlab.separability.ridge import normalized_block
 from tests import oracle
 
 
@@ -37,7 +38,7 @@ def test_one_normalization_formula():
     for xin in (torch.from_numpy(x), torch.from_numpy(x).double()):
         shift, scale = feature_stats(xin, "zscore")
         core = normalize_with_norms(xin, "zscore", torch.float32)[0]
-        rows = linear._normalized(xin, 0, 90, shift, scale, torch.float32, xin.device)
+        rows = normalized_block(xin, 0, 90, shift, scale, torch.float32, xin.device)
         assert torch.equal(core, rows)
 
 

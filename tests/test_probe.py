@@ -8,7 +8,8 @@ from torch import nn
 import dnnlab.probe.probe as probe_module
 from dnnlab.errors import InputError
 from dnnlab.probe.layers import LayerError
-from dnnlab.probe.probe import ProbeConfig, plan_groups, plot_probe, probe_model
+from dnnlab.probe.plan import core_minimum, plan_budget, plan_groups
+from dnnlab.probe.probe import ProbeConfig, plot_probe, probe_model
 from dnnlab.separability import separability
 
 
@@ -76,11 +77,10 @@ def test_small_budget_groups_give_same_numbers(tmp_path):
     x, y = data(300)
     cfg = ProbeConfig(splits=("a",))
     one = probe_model(m, {"a": (x, y)}, cfg)
-    P = probe_module
 
     infos = one.layers
     budget = 760_000  # room for the two 200-wide layers, then for the last of them and two more
-    _, _, room = P.plan_budget(budget, 4000, 500, P.core_minimum(300, 10))
+    _, _, room = plan_budget(budget, 4000, 500, core_minimum(300, 10))
     assert len(plan_groups(infos, 300, room)) > 1
     calls = {"n": 0}
     m[0].register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))

@@ -13,7 +13,8 @@ from dnnlab.errors import InputError
 from dnnlab.probe.anymodel import build_model
 from dnnlab.probe.anynet import AnyConfig, list_any, probe_any
 from dnnlab.probe.images import ImageSplit
-from dnnlab.probe.probe import BudgetError, ProbeConfig, plan_budget, probe_model
+from dnnlab.probe.plan import plan_budget
+from dnnlab.probe.probe import BudgetError, ProbeConfig, probe_model
 from tests import oracle
 
 

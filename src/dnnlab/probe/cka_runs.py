@@ -13,9 +13,10 @@ import torch
 from dnnlab.cifar.augment import to_input
 from dnnlab.cifar.train import load_model_checkpoint, read_run_config
 from dnnlab.errors import InputError
+from dnnlab.probe.config import forward_batch
 from dnnlab.probe.extra import cka_heatmaps
+from dnnlab.probe.extract import extract_group
 from dnnlab.probe.layers import describe_layers, resolve_layers
-from dnnlab.probe.probe import extract_group, forward_batch
 from dnnlab.probe.run import run_splits
 from dnnlab.separability.cka import CkaMatrix
 from dnnlab.utils.atomic import atomic_write_json
@@ -47,19 +48,7 @@ def cka_between_runs(
     """
     dev = torch.device(cfg.device)
     runs = [Path(run_a), Path(run_b)]
-    loaded = []
-    for run in runs:
-        for f in ("config.json", "best.pt"):
-            if not (run / f).exists():
-                raise InputError(f"--cka-with: {run} has no {f}; is it a trained run?")
-        tcfg = read_run_config(run)
-        model, _ = load_model_checkpoint(run / "best.pt", tcfg.model, run=run)
-        model = model.to(dev).eval()
-        x, y = run_splits(run, tcfg, (split,), data_root, max_per_split, seed=tcfg.seed)[split]
-        names = resolve_layers(model, cfg.layers)
-        infos = describe_layers(model, to_input(x[:2].to(dev)), names, cfg.output_key)
-        sha = hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
-        loaded.append((run, model, x, infos, sha))
+    loaded = [_load_run(run, cfg, split, data_root, max_per_split, dev) for run in runs]
     names_a = [i.name for i in loaded[0][3]]
     missing = [n for n in names_a if n not in {i.name for i in loaded[1][3]}]
     if missing:
@@ -97,6 +86,21 @@ def cka_between_runs(
     atomic_write_json(path, doc)
     plot_cka_cross(doc, path.with_suffix(".png"))
     return path
+
+
+def _load_run(run: Path, cfg, split: str, data_root, max_per_split, dev: torch.device):
+    """(run, its best model on dev, the split's inputs, its layers, best.pt's SHA-256)."""
+    for f in ("config.json", "best.pt"):
+        if not (run / f).exists():
+            raise InputError(f"--cka-with: {run} has no {f}; is it a trained run?")
+    tcfg = read_run_config(run)
+    model, _ = load_model_checkpoint(run / "best.pt", tcfg.model, run=run)
+    model = model.to(dev).eval()
+    x, y = run_splits(run, tcfg, (split,), data_root, max_per_split, seed=tcfg.seed)[split]
+    names = resolve_layers(model, cfg.layers)
+    infos = describe_layers(model, to_input(x[:2].to(dev)), names, cfg.output_key)
+    sha = hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
+    return run, model, x, infos, sha
 
 
 def plot_cka_cross(doc: dict, path: Path) -> Path:

@@ -8,6 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dnnlab.errors import InputError
+from dnnlab.probe.anynet import AnyConfig, list_any, probe_any
+from dnnlab.probe.cka_runs import cka_between_runs
+from dnnlab.probe.compare import compare_probes
+from dnnlab.probe.run import list_run, probe_run
+from dnnlab.settings import from_args
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.paths import check_out_folder
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
@@ -47,9 +52,6 @@ def is_listing(layers: str | None) -> bool:
 def any_config(args, listing: bool):
     """The AnyConfig of --model, --data and the flags generated from its fields (a listing
     needs no --data)."""
-    from dnnlab.probe.anynet import AnyConfig
-    from dnnlab.settings import from_args
-
     if args.model is None or (args.data is None and not listing):
         raise InputError("--model and --data go together")
     return from_args(AnyConfig, args, model=args.model, data=args.data or "")
@@ -58,11 +60,7 @@ def any_config(args, listing: bool):
 def list_layers(run, acfg) -> list:
     """Every layer of the run's model, or of acfg's model when acfg is given."""
     if acfg is not None:
-        from dnnlab.probe.anynet import list_any
-
         return list_any(acfg)
-    from dnnlab.probe.run import list_run
-
     return list_run(run)
 
 
@@ -89,12 +87,8 @@ def probe(args, cfg, acfg, progress: bool):
     out, flag = output_folder(args, acfg)
     with folder_lock(out, flag):
         if acfg is not None:
-            from dnnlab.probe.anynet import probe_any
-
             res, out, _ = probe_any(acfg, cfg, args.overwrite, progress)
             return res, out
-        from dnnlab.probe.run import probe_run
-
         res = probe_run(
             args.run, cfg, args.data_root, args.max_per_split, args.overwrite, progress=progress
         )
@@ -104,15 +98,11 @@ def probe(args, cfg, acfg, progress: bool):
 def follow_ups(args, cfg, out: Path) -> Iterator[str]:
     """Run --cka-with and --compare after the probe, yielding a "wrote ..." line per file."""
     if args.cka_with:
-        from dnnlab.probe.cka_runs import cka_between_runs
-
         path = cka_between_runs(
             args.run, args.cka_with, cfg, "val", args.data_root, args.max_per_split
         )
         yield f"wrote {path} and {path.with_suffix('.png').name}"
     if args.compare:
-        from dnnlab.probe.compare import compare_probes
-
         for path in compare_probes(out, Path(args.compare)):
             yield f"wrote {path}"
 

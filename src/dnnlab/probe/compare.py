@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from dnnlab.errors import InputError
+from dnnlab.utils.atomic import atomic_savefig
+from dnnlab.utils.plots import pyplot
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -23,11 +25,7 @@ def compare_probes(a: Path, b: Path) -> list[Path]:
 
     Layers are placed by their position in each probe's own execution order, so two models
     with different layer names still share the x axis (as depth, 0 to 1)."""
-    from dnnlab.utils.plots import pyplot
-
     plt = pyplot()
-
-    from dnnlab.utils.atomic import atomic_savefig
 
     rows_a, rows_b = read_rows(a), read_rows(b)
     written = []

@@ -1,15 +1,14 @@
 """SI/CSI of every probed layer's output, per data split, within a memory budget.
 
 Layers are grouped so that one group's features for a whole split fit in the budget next
-to the separability core's own working memory; each group costs one forward pass over the
-split (forward passes are cheap next to the distance work). Results are written after each
-(split, layer), so an interrupted probe resumes where it stopped.
+to the separability core's own working memory (plan.py); each group costs one forward pass
+over the split (extract.py; forward passes are cheap next to the distance work). Results
+are written after each (split, layer), so an interrupted probe resumes where it stopped
+(resume.py).
 """
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,114 +17,30 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from dnnlab.errors import BudgetError, ConfigError, InputError
+from dnnlab.errors import BudgetError, InputError
+from dnnlab.probe.config import ProbeConfig, forward_batch
 from dnnlab.probe.extra import ProbeExtras, plot_extra
-from dnnlab.probe.layers import LayerError, LayerInfo, pick_tensor, resolve_layers, trace
-from dnnlab.probe.provenance import fingerprint, model_hash, split_identity, stale_reason
+from dnnlab.probe.extract import extract_group
+from dnnlab.probe.layers import LayerError, LayerInfo, resolve_layers, trace
+from dnnlab.probe.plan import (
+    FLOAT32,
+    Group,
+    core_minimum,
+    plan_budget,
+    plan_splits,
+    plan_within,
+    spill_block,
+)
+from dnnlab.probe.provenance import fingerprint, model_hash
+from dnnlab.probe.resume import expected_provenance, load_existing
 from dnnlab.probe.spill import SpillFolder, to_float32
 from dnnlab.separability import knn, parse_measures, separability
 from dnnlab.separability.inputs import NonFiniteError
-from dnnlab.separability.normalize import NORMALIZATIONS
-from dnnlab.settings import setting, validate
 from dnnlab.utils.atomic import atomic_savefig, atomic_write_json, atomic_write_text
-from dnnlab.utils.device import DEVICE_HELP
 from dnnlab.utils.plots import pyplot
 from dnnlab.utils.sizes import format_size, parse_size
-
-# The core's share of the budget (its blocks and bookkeeping), at most; the rest holds features.
-CORE_WORKSPACE = 256 * 2**20
-# Largest block (rows) the core reads from a feature file at once (its own CPU cap).
-SPILL_MAX_BLOCK = 768
-FLOAT32 = 4
-# Default images per forward pass: on this 2-core CPU a `base` pass with every layer hooked
-# ran 15-25 % faster at 64 than at 500 (docs/RESULTS.md, section 7); a GPU wants large passes.
-CPU_BATCH, GPU_BATCH = 64, 500
-
-
-def _check_regex(layers) -> None:
-    if isinstance(layers, str) and layers.startswith("re:"):
-        try:
-            re.compile(layers[3:])
-        except re.error as e:
-            msg = f"--layers {layers!r}: not a valid regular expression ({e})"
-            raise ConfigError(msg) from None
-
-
-@dataclass
-class ProbeConfig:
-    splits: tuple[str, ...] = setting(
-        ("train20", "val", "test"), "splits to probe, comma-separated"
-    )
-    layers: list[str] | str | None = setting(
-        None,
-        "comma-separated module names (dotted), re:REGEX, or 'list' to print the layers "
-        "with their output shapes and stop; default: the top-level children in execution order",
-    )
-    measures: str = setting("si,csi", "measures, e.g. si,csi,hsi:3")
-    normalize: str = setting("zscore", "per-feature normalization", choices=NORMALIZATIONS)
-    max_memory: str = setting(
-        "4GB",
-        "what the probe may add to the process's memory (features, the core, forward "
-        "passes), a size > 0 such as 4GB or 512MiB; a layer that does not fit streams "
-        "through a file",
-    )
-    device: str = setting("cpu", DEVICE_HELP)
-    batch_size: int | None = setting(
-        None,
-        f"images per forward pass, at most (default {CPU_BATCH} on a CPU, whose caches "
-        f"hold a small pass's activations, {GPU_BATCH} on a GPU; fewer if the budget needs it)",
-        low=1,
-        high=65_536,
-    )
-    output_key: str | None = setting(None, "tuple index or dict key to probe in an output")
-    memmap: str | None = setting(
-        None,
-        "write every layer's features to a memory-mapped file of this type (default: "
-        "only layers that do not fit, as float32; float16 halves the disk and rounds values)",
-        choices=("float16", "float32"),
-    )
-    spill_dir: str | None = setting(
-        None,
-        "folder for the feature files of layers that do not fit (default: the output "
-        "folder, else the system's temporary folder)",
-    )
-    per_class: bool = setting(False, "also per-class values (in probe.json)")
-    cka_splits: str = setting(
-        "",
-        "CKA between all probed layers on these splits, e.g. val (17 layers on 5,000 "
-        "samples take about 10 minutes on 2 CPU cores)",
-    )
-
-    def __post_init__(self):
-        if isinstance(self.splits, str):
-            self.splits = tuple(s.strip() for s in self.splits.split(",") if s.strip())
-        self.splits = tuple(self.splits)
-        if not self.splits:
-            raise ConfigError("--splits: names no split; give e.g. train20,val,test")
-        if len(set(self.splits)) != len(self.splits):
-            raise ConfigError(f"--splits: {','.join(self.splits)} names a split twice")
-        validate(self)
-        try:
-            parse_measures(self.measures)
-        except ValueError as e:
-            raise ConfigError(f"--measures: {e}") from None
-        try:
-            parse_size(self.max_memory)
-        except ValueError as e:
-            raise ConfigError(f"--max-memory: {e}") from None
-        unknown = [c for c in self.cka_split_names if c not in self.splits]
-        if unknown:
-            raise ConfigError(
-                f"--cka-splits: {', '.join(unknown)} is not among the probed splits "
-                f"({','.join(self.splits)})"
-            )
-        _check_regex(self.layers)
-
-    @property
-    def cka_split_names(self) -> list[str]:
-        """The splits named in cka_splits, in order."""
-        return [c for c in (x.strip() for x in self.cka_splits.split(",")) if c]
 
 
 @dataclass
@@ -139,206 +54,6 @@ class ProbeResult:
     spilled: list[dict] = field(default_factory=list)  # {split, layer, bytes, dtype, folder}
     batch_size: int = 0
     chain: bool = False
-
-
-@dataclass
-class Group:
-    layers: list[LayerInfo]
-    to_file: bool = False  # the features go to a memory-mapped file
-    from_boundary: bool = True  # may start its pass from the previous group's last output
-
-
-def core_minimum(n: int, kk: int) -> int:
-    """The core's least working memory on in-memory features it normalizes in place: its
-    N x k' search state and a few 64 x 64 blocks (see separability.measures.plan_memory)."""
-    return n * kk * (FLOAT32 + 8) * 3 + n * 64 + 128 * 2**10
-
-
-def forward_batch(cfg: ProbeConfig, dev: torch.device) -> int:
-    """Images per forward pass: cfg.batch_size, else the device's default."""
-    return cfg.batch_size or (CPU_BATCH if dev.type == "cpu" else GPU_BATCH)
-
-
-def plan_budget(
-    budget: int, forward_per_sample: int, batch_size: int, core_min: int = 0
-) -> tuple[int, int, int]:
-    """(batch, reserve, room): a forward pass takes at most an eighth of the budget; the
-    reserve covers the larger of a pass and the core's working memory; room holds features."""
-    batch = max(1, min(batch_size, (budget // 8) // max(1, forward_per_sample)))
-    reserve = max(batch * forward_per_sample, min(CORE_WORKSPACE, budget // 4), core_min)
-    if reserve >= budget:
-        raise BudgetError(
-            f"--max-memory {format_size(budget)} does not hold one forward pass of one sample "
-            f"({format_size(forward_per_sample)}) and the core's working memory "
-            f"({format_size(core_min)})",
-            forward_per_sample + core_min + 2**20,
-        )
-    return batch, reserve, budget - reserve
-
-
-def plan_groups(infos: list[LayerInfo], n: int, room: int, to_file: bool = False) -> list[Group]:
-    """Consecutive layers whose float32 features fit in `room` together, in execution order.
-
-    The last layer of a group is kept while the next group's pass runs (a chain model starts
-    from it), so it counts against the next group too. A layer too big for the room alone,
-    or every layer when `to_file`, gets a group of its own written to a file.
-    """
-    groups: list[Group] = []
-    cur: list[LayerInfo] = []
-    used = carry = 0
-    from_boundary = True
-    for info in infos:
-        size = n * info.dim * FLOAT32
-        if to_file or size > room:
-            if cur:
-                groups.append(Group(cur, False, from_boundary))
-            groups.append(Group([info], True, True))
-            cur, used, carry, from_boundary = [], 0, 0, True
-            continue
-        if cur and used + size + carry > room:
-            groups.append(Group(cur, False, from_boundary))
-            carry = n * cur[-1].dim * FLOAT32
-            cur, used, from_boundary = [], 0, True
-            if size + carry > room:
-                carry, from_boundary = 0, False  # finish the previous layer first
-        cur.append(info)
-        used += size
-    if cur:
-        groups.append(Group(cur, False, from_boundary))
-    return groups
-
-
-def spill_block(n: int, dim: int, kk: int, avail: int) -> tuple[int, int]:
-    """(block rows, the core's max_memory) for features read from a file within `avail`
-    bytes: the rows resident at once (about three blocks), the core's N x k state and its
-    B x B buffers. Raises BudgetError naming the smallest budget that works."""
-    fixed = n * kk * (FLOAT32 + 8) * 3 + n * 64
-
-    def need(b):  # noqa: E306
-        core = fixed + (4 * b * b * FLOAT32) * 4 // 3 + 2**20
-        return 3 * b * dim * FLOAT32 + core, core
-
-    for b in [*range(SPILL_MAX_BLOCK, 63, -64), 32, 16, 8]:
-        total, core = need(b)
-        if total <= avail:
-            return min(b, n), core
-    raise BudgetError(
-        f"{format_size(avail)} holds no block of {dim} features; allow at least "
-        f"{format_size(need(8)[0], up=True)}",
-        need(8)[0],
-    )
-
-
-class _StopForward(Exception):
-    """Raised by the hook of a group's last layer: nothing after it is needed."""
-
-
-@torch.no_grad()
-def extract_group(
-    model, x, group, batch_size, device, input_fn, output_key, store, start=None, progress=None
-):
-    """Forward passes over x, cut short after the group's last layer (in execution order);
-    fill store[name] (N x dim) for each layer of the group.
-
-    start: (modules, boundary, shape): run only `modules` in turn on the stored output
-    `boundary` (N x prod(shape)) of the module before them, instead of the whole model.
-    """
-    modules = dict(model.named_modules())
-    pos = {"start": 0}
-    hooks = []
-    last = group[-1].name
-    for info in group:
-
-        def hook(_m, _i, out, name=info.name):
-            if name in pos["seen"]:
-                return  # a module called twice in one pass is probed at its first call
-            pos["seen"].add(name)
-            t, _ = pick_tensor(out, output_key)
-            s = pos["start"]
-            dst = torch.from_numpy(store[name][s : s + t.shape[0]])  # torch copies in threads
-            dst.copy_(t.detach().reshape(t.shape[0], -1))
-            if name == last:
-                raise _StopForward
-
-        hooks.append(modules[info.name].register_forward_hook(hook))
-    n = len(x)
-    try:
-        for s in range(0, n, batch_size):
-            pos["start"], pos["seen"] = s, set()
-            try:
-                if start is None:
-                    model(input_fn(x[s : s + batch_size].to(device)))
-                else:
-                    mods, boundary, shape = start
-                    h = torch.from_numpy(np.asarray(boundary[s : s + batch_size]))
-                    h = h.reshape(-1, *shape).to(device)
-                    for m in mods:
-                        h = m(h)
-            except _StopForward:
-                pass
-            if progress is not None:
-                progress(min(batch_size, n - s))
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-def _load_existing(
-    out: Path | None,
-    cfg: ProbeConfig,
-    overwrite: bool,
-    expected: dict,
-    weights: str,
-    notes: list[str],
-) -> list[dict]:
-    """Earlier rows whose fingerprint matches what this probe would compute; the others are
-    dropped (recomputed) with a note saying which input changed."""
-    if out is None or not (out / "probe.json").exists():
-        return []
-    path = out / "probe.json"
-    try:
-        prev = json.loads(path.read_text())
-        old_cfg, old_rows = prev["config"], list(prev["rows"])
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-        if not overwrite:
-            raise InputError(
-                f"{path}: not a probe.json dnnlab can read ({e}); pass --overwrite to replace it"
-            ) from None
-        return []
-    same = all(
-        old_cfg.get(k) == v for k, v in (("measures", cfg.measures), ("normalize", cfg.normalize))
-    )
-    if not same and not overwrite:
-        raise InputError(
-            f"{path} holds results for measures={old_cfg.get('measures')}"
-            f", normalize={old_cfg.get('normalize')}; pass --overwrite to replace them"
-        )
-    if not same:
-        return []
-    keep, stale = [], 0
-    for r in old_rows:
-        key = (r.get("split"), r.get("layer"))
-        if key in expected:
-            if r.get("fingerprint") == fingerprint(expected[key]):
-                keep.append(r)
-                continue
-            stale += 1
-            if stale <= 3:
-                notes.append(
-                    f"recomputing {key[0]}/{key[1]}: the stored row was made from "
-                    f"{stale_reason(r.get('provenance') or {}, expected[key])}"
-                )
-        elif (r.get("provenance") or {}).get("weights") == weights:
-            keep.append(r)  # another split or layer of these same weights: still valid
-        else:
-            stale += 1
-            notes.append(
-                f"dropped {key[0]}/{key[1]}: made from other weights or by an older "
-                "dnnlab, and not recomputed in this probe"
-            )
-    if stale > 3:
-        notes.append(f"... {stale} stale rows in all")
-    return keep
 
 
 def _max_order(measures: str) -> int:
@@ -360,70 +75,6 @@ def _check_splits(splits: dict, order_max: int) -> None:
             )
 
 
-def expected_provenance(
-    splits: dict, infos: list[LayerInfo], cfg: ProbeConfig, weights: str, source: dict | None
-) -> dict[tuple[str, str], dict]:
-    """{(split, layer): provenance}: what each row of this probe is computed from."""
-    measures = ",".join(m.name for m in parse_measures(cfg.measures))
-    expected = {}
-    for split, (x, y) in splits.items():
-        data = split_identity(x, y)
-        for info in infos:
-            expected[(split, info.name)] = {
-                "weights": weights,
-                "data": data,
-                "split": split,
-                "n": len(x),
-                "layer": info.name,
-                "measures": measures,
-                "normalize": cfg.normalize,
-                "output_key": cfg.output_key,
-                "per_class": cfg.per_class,
-                "features": "float16" if cfg.memmap == "float16" else "float32",
-                **(source or {}),
-            }
-    return expected
-
-
-def _check_spill_budget(split: str, n: int, info: LayerInfo, kk_max: int, budget: int) -> None:
-    """A layer streamed through a file needs one block of the core's work within `budget`."""
-    try:
-        spill_block(n, info.dim, kk_max, budget)
-    except BudgetError as e:
-        raise BudgetError(
-            f"--max-memory {format_size(budget)} is too small for one block of the "
-            f"core's work on layer {info.name!r} ({n} samples x "
-            f"{info.dim} features, split {split!r})",
-            e.least,
-        ) from None
-
-
-def plan_splits(
-    splits: dict,
-    infos: list[LayerInfo],
-    done: set,
-    cfg: ProbeConfig,
-    extras: ProbeExtras,
-    room: int,
-    kk_max: int,
-    budget: int,
-) -> dict[str, list[Group]]:
-    """{split: groups of its layers still to do}; every plan is checked before any work, so
-    a too-small budget is refused up front."""
-    plans = {}
-    for split, (x, _) in splits.items():
-        todo = [i for i in infos if (split, i.name) not in done]
-        # The linear probe's and CKA's memory comes off the features' room.
-        groups = plan_groups(
-            todo, len(x), room - extras.reserve(split, len(x)), to_file=cfg.memmap is not None
-        )
-        for g in groups:
-            if g.to_file:
-                _check_spill_budget(split, len(x), g.layers[0], kk_max, budget)
-        plans[split] = groups
-    return plans
-
-
 class _ProbeRun:
     """The work of one probe: forward passes per group, then one row per (split, layer),
     written as soon as it is measured. `held` maps layer -> its features (N x dim), in
@@ -440,44 +91,12 @@ class _ProbeRun:
         self.bar = None
 
     def plan(self) -> dict[str, list[Group]]:
-        """Batch size, memory reserve and each split's groups, all checked before any work.
-
-        A budget too small is refused naming the smallest that plans: raising the budget
-        moves layers between memory and files, so that figure is found by planning again
-        at each figure the refusals name, until one plans."""
+        """Batch size, memory reserve and each split's groups, all checked before any work;
+        a budget too small is refused naming the smallest that plans (plan.plan_within)."""
         self.budget = parse_size(self.cfg.max_memory)
-        try:
-            self.batch, self.reserve, plans = self._plan_at(self.budget)
-        except BudgetError as e:
-            if not e.least:
-                raise
-            least, works = self._least_budget(self.budget, e.least)
-            works = "the smallest budget that works is" if works else "it needs more than"
-            raise BudgetError(f"{e}; {works} {format_size(least, up=True)}", least) from None
+        self.batch, self.reserve, plans = plan_within(self.budget, self._plan_at)
         self.res.batch_size = self.batch
         return plans
-
-    def _least_budget(self, failed: int, named: int) -> tuple[int, bool]:
-        """(a budget that plans, True), searched from the figure a refusal named: up until
-        one plans, then down by halving the gap to the last that did not (to 64 KiB);
-        (the last figure tried, False) if none plans within 16 tries."""
-        lo, hi = failed, named
-        for _ in range(16):
-            try:
-                self._plan_at(hi)
-                break
-            except BudgetError as again:
-                lo, hi = hi, max(again.least, hi + 2**20)
-        else:
-            return hi, False
-        while hi - lo > 2**16:
-            mid = (lo + hi) // 2
-            try:
-                self._plan_at(mid)
-                hi = mid
-            except BudgetError:
-                lo = mid
-        return hi, True
 
     def _plan_at(self, budget: int):
         """(batch, reserve, {split: groups}) within `budget`; BudgetError (with .least) if none."""
@@ -492,8 +111,6 @@ class _ProbeRun:
         return batch, reserve, plans
 
     def run(self, plans: dict[str, list[Group]], progress: bool) -> None:
-        from tqdm.auto import tqdm
-
         self.progress = progress
         total = sum(len(g.layers) for groups in plans.values() for g in groups)
         self.bar = tqdm(total=total, desc="probe", unit="layer", disable=not progress)
@@ -607,8 +224,6 @@ class _ProbeRun:
 
     def forward(self, split: str, x, g: Group, held: dict, start) -> float:
         """Fill the group's features by one forward pass; returns seconds per layer."""
-        from tqdm.auto import tqdm
-
         store = {i.name: held[i.name] for i in g.layers}
         t0 = time.perf_counter()
         pbar = tqdm(
@@ -739,7 +354,7 @@ def probe_model(
     weights = model_hash(model)
     expected = expected_provenance(splits, tr.layers, cfg, weights, source)
     res = ProbeResult([], tr.layers, chain=tr.chain is not None)
-    res.rows = _load_existing(out, cfg, overwrite, expected, weights, res.notes)
+    res.rows = load_existing(out, cfg, overwrite, expected, weights, res.notes)
     extras = ProbeExtras(cfg, list(splits), out, resumed=bool(res.rows), weights=weights)
     work = _ProbeRun(model, splits, cfg, out, dev, input_fn, tr, expected, res, extras)
     plans = work.plan()  # raises BudgetError before any work
@@ -800,7 +415,6 @@ __all__ = [
     "LayerError",
     "ProbeConfig",
     "ProbeResult",
-    "plan_groups",
     "plot_probe",
     "probe_model",
 ]

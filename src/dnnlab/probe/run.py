@@ -8,6 +8,7 @@ import torch
 
 from dnnlab.cifar.augment import to_input
 from dnnlab.cifar.data import load_cifar10, stratified_subset
+from dnnlab.cifar.models import build_model
 from dnnlab.cifar.recipe import train20_pool
 from dnnlab.cifar.train import (
     RunError,
@@ -18,7 +19,9 @@ from dnnlab.cifar.train import (
     read_split,
 )
 from dnnlab.errors import InputError
-from dnnlab.probe.probe import ProbeConfig, ProbeResult, plot_probe, probe_model
+from dnnlab.probe.config import ProbeConfig
+from dnnlab.probe.layers import trace
+from dnnlab.probe.probe import ProbeResult, plot_probe, probe_model
 
 SPLITS = ("train20", "val", "test")
 
@@ -78,13 +81,9 @@ def probe_run(
 
 def list_run(run) -> list:
     """Every module of a run's model in execution order, with its output on one image."""
-    from dnnlab.probe.layers import trace
-
     run = Path(run)
     if not (run / "config.json").exists():
         raise RunError(f"{run}: no config.json; is this a `dnnlab train` run directory?")
     cfg = read_run_config(run)
-    from dnnlab.cifar.models import build_model
-
     model = build_model(cfg.model, softmax_head=cfg.softmax_head).eval()
     return trace(model, torch.zeros(2, 3, 32, 32), [], None).all_layers

@@ -2,14 +2,10 @@
 
 from dnnlab.separability.cka import CkaMatrix, CkaResult, linear_cka, unbiased_cka
 from dnnlab.separability.linear import LinearProbe, fit_linear, linear_probe
-from dnnlab.separability.measures import (
-    DEFAULT_MEASURES,
-    Measure,
-    SeparabilityResult,
-    parse_measures,
-    separability,
-)
+from dnnlab.separability.measures import separability
 from dnnlab.separability.normalize import NORMALIZATIONS, normalize
+from dnnlab.separability.result import SeparabilityResult
+from dnnlab.separability.vocabulary import DEFAULT_MEASURES, Measure, parse_measures
 
 __all__ = [
     "CkaMatrix",

@@ -11,15 +11,11 @@ import warnings
 import numpy as np
 import torch
 
-from dnnlab.errors import ConfigError, InputError
+from dnnlab.errors import BudgetError, ConfigError, InputError
 from dnnlab.separability.checks import check_inputs
 from dnnlab.separability.io import load_array, open_features
-from dnnlab.separability.measures import (
-    BudgetError,
-    TrivialMeasure,
-    parse_measures,
-    separability,
-)
+from dnnlab.separability.measures import TrivialMeasure, separability
+from dnnlab.separability.vocabulary import parse_measures
 from dnnlab.utils.device import check_device
 from dnnlab.utils.distributed import init_distributed
 from dnnlab.utils.sizes import format_size, parse_size

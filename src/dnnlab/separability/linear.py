@@ -36,7 +36,8 @@ from dnnlab.separability.inputs import (
     encode_labels,
     resolve_device,
 )
-from dnnlab.separability.normalize import NORMALIZATIONS, feature_stats, normalize_rows
+from dnnlab.separability.normalize import NORMALIZATIONS, feature_stats
+from dnnlab.separability.ridge import RidgeSystem, Rows, form_gram, normalized_block
 from dnnlab.utils.chunks import chunk_rows
 from dnnlab.utils.precision import highest_matmul_precision
 from dnnlab.utils.sizes import MEASURE_MEMORY, format_size, parse_size
@@ -86,7 +87,7 @@ class LinearProbe:
         out = torch.empty((x.shape[0], len(self.classes)), dtype=torch.float64, device=dev)
         step = chunk_rows(self.dim, CHUNK_ELEMS)
         for s in range(0, x.shape[0], step):
-            z = _normalized(x, s, s + step, self.mean, self.scale, self.compute_dtype, dev)
+            z = normalized_block(x, s, s + step, self.mean, self.scale, self.compute_dtype, dev)
             z = z.to(torch.float64)
             out[s : s + step] = torch.addmm(self.intercept, z, self.coef)
         return out
@@ -129,139 +130,12 @@ class LinearProbe:
         return pos
 
 
-def _normalized(x, r0, r1, mean, scale, dtype, dev) -> torch.Tensor:
-    """Rows r0:r1 of x, centered on the training mean and scaled, in dtype on dev (the
-    separability core's formula: bit-identical to its normalized copy under zscore)."""
-    return normalize_rows(x[r0:r1].to(dev, non_blocking=True), mean, scale, dtype)
-
-
 def _mean(x: torch.Tensor, dev) -> torch.Tensor:
     total = torch.zeros(x.shape[1], dtype=torch.float64, device=dev)
     step = chunk_rows(x.shape[1], CHUNK_ELEMS)
     for s in range(0, x.shape[0], step):
         total += x[s : s + step].to(dev).to(torch.float64).sum(0)
     return total / x.shape[0]
-
-
-class _Rows:
-    """Row blocks of the normalized, centered features Zc in the compute dtype: the values
-    that define the system (computed once into `cache` when it fits, else on the fly)."""
-
-    def __init__(self, x, mean, scale, dtype, dev, cache_ok: bool, cache=None):
-        self.x, self.mean, self.scale, self.dtype, self.dev = x, mean, scale, dtype, dev
-        n = x.shape[0]
-        if cache is None and cache_ok:
-            cache = _normalized(x, 0, n, mean, scale, dtype, dev)
-        self.cache = cache
-
-    def block(self, r0: int, r1: int) -> torch.Tensor:
-        if self.cache is not None:
-            return self.cache[r0:r1]
-        return _normalized(self.x, r0, r1, self.mean, self.scale, self.dtype, self.dev)
-
-
-class _System:
-    """The exact float64 system (G + alpha I) S = R of either form, applied by streaming.
-
-    Zc is the normalized rows minus their float64 column mean m: the rows are centered on a
-    float32-rounded shift and rounded themselves, so they are a little off centre (a feature
-    with a large offset, by some hundredths of its spread), and the intercept needs them
-    exactly centered. m enters as a rank-one correction everywhere; rows are never copied."""
-
-    def __init__(self, rows: _Rows, alpha, dual, chunk_elems):
-        self.src, self.alpha, self.dual, self.dev = rows, alpha, dual, rows.dev
-        self.x = rows.x
-        n, d = self.x.shape
-        self.step = chunk_rows(d, chunk_elems)
-        # One float64 chunk reused by every pass: a fresh 32 MiB buffer per chunk costs a page
-        # fault per 4 KiB each time.
-        self.buf = torch.empty((min(n, self.step), d), dtype=torch.float64, device=self.dev)
-        total = torch.zeros(d, dtype=torch.float64, device=self.dev)
-        for s in range(0, n, self.step):  # summed in float64 straight from the rows
-            total += self.src.block(s, min(n, s + self.step)).sum(0, dtype=torch.float64)
-        self.m = total / n  # (D,) float64
-
-    def rows(self):
-        """(start, end, normalized rows in float64), uncentered (the methods correct for m);
-        the rows are valid until the next one is drawn."""
-        n = self.x.shape[0]
-        for s in range(0, n, self.step):
-            e = min(n, s + self.step)
-            z = self.buf[: e - s]
-            z.copy_(self.src.block(s, e))
-            yield s, e, z
-
-    def zt(self, p: torch.Tensor) -> torch.Tensor:
-        """Zc^T p for p (N, C), accumulated as (p^T Z) (C x D) less (1^T p) m^T."""
-        out = torch.zeros((p.shape[1], self.x.shape[1]), dtype=torch.float64, device=self.dev)
-        for s, e, z in self.rows():
-            out.addmm_(p[s:e].T, z)
-        out -= p.sum(0)[:, None] * self.m[None, :]
-        return out.T.contiguous()
-
-    def apply(self, p: torch.Tensor) -> torch.Tensor:
-        """(G + alpha I) p, G = Zc Zc^T (dual) or Zc^T Zc (primal), in float64."""
-        if self.dual:
-            t = self.zt(p)  # Zc^T p (D, C)
-            out = torch.empty_like(p)
-            for s, e, z in self.rows():
-                out[s:e] = z @ t
-            out -= (self.m @ t)[None, :]  # Zc t = Z t - 1 (m^T t)
-        else:  # Zc^T Zc = Z^T Z - N m m^T
-            out = torch.zeros((p.shape[1], p.shape[0]), dtype=torch.float64, device=self.dev)
-            for _, _, z in self.rows():
-                out.addmm_((z @ p).T, z)
-            out = out.T.contiguous()
-            out -= self.x.shape[0] * self.m[:, None] * (self.m @ p)[None, :]
-        return out.add_(p, alpha=self.alpha)
-
-    def center_gram(self, g: torch.Tensor) -> None:
-        """Turn the rows' Gram (Z Z^T or Z^T Z, any dtype) into Zc's, in place."""
-        m = self.m
-        if self.dual:  # Zc Zc^T = Z Z^T - u 1^T - 1 u^T + (m.m) 1 1^T, u = Z m
-            # In g's dtype: the refinement makes up for the Gram's rounding either way.
-            n = self.x.shape[0]
-            u = torch.empty(n, dtype=g.dtype, device=self.dev)
-            for s in range(0, n, self.step):
-                e = min(n, s + self.step)
-                u[s:e] = self.src.block(s, e).to(g.dtype) @ m.to(g.dtype)
-            g.sub_(u[:, None]).sub_(u[None, :]).add_(float(m @ m))
-        else:
-            g.sub_((self.x.shape[0] * torch.outer(m, m)).to(g.dtype))
-
-
-def _gram(rows: _Rows, dual: bool, dtype, workspace: int, chunk_elems: int):
-    """G = Zc Zc^T (N x N, dual) or Zc^T Zc (D x D, primal) in `dtype`.
-
-    Dual: row blocks, each pair (I, J >= I) once. Primal: row chunks, G += Z_c^T Z_c.
-    """
-    n, d = rows.x.shape
-    item = torch.finfo(dtype).bits // 8
-    size = n if dual else d
-    g = torch.zeros((size, size), dtype=dtype, device=rows.dev)
-
-    def block(r0, r1):
-        return rows.block(r0, r1).to(dtype)
-
-    if not dual:
-        step = min(n, chunk_rows(d, chunk_elems))
-        for s in range(0, n, step):
-            z = block(s, s + step)
-            g.addmm_(z.T, z)
-        return g
-    # As the SI core (knn.choose_block): on a CPU, 768-row blocks run at full GEMM rate when D
-    # is large and waste less on the diagonal pairs.
-    cap = 768 if rows.dev.type == "cpu" and d >= 2048 else 2048
-    b = int(max(64, min(n, cap, workspace // max(3 * d * item, 1))))
-    for i0 in range(0, n, b):
-        zi = block(i0, i0 + b)
-        for j0 in range(i0, n, b):
-            zj = zi if j0 == i0 else block(j0, j0 + b)
-            prod = zi @ zj.T
-            g[i0 : i0 + b, j0 : j0 + b] = prod
-            if j0 != i0:
-                g[j0 : j0 + b, i0 : i0 + b] = prod.T
-    return g
 
 
 def _factor(g: torch.Tensor):
@@ -276,7 +150,7 @@ def _factor(g: torch.Tensor):
     return lambda r: torch.cholesky_solve(r.to(lf.dtype), lf).to(torch.float64)
 
 
-def _refine(system: _System, solve, rhs: torch.Tensor):
+def _refine(system: RidgeSystem, solve, rhs: torch.Tensor):
     """Iterative refinement of solve(rhs) against the exact system; (solution, steps, ok).
 
     Stops when a correction is below REFINE_RTOL of the solution, or when the observed rate
@@ -379,7 +253,7 @@ def fit_linear(
     # constant feature, its value, which scale 0 cancels).
     mean = shift.to(dev) if normalize_method == "zscore" else _mean(x, dev)
     item = torch.finfo(compute_dtype).bits // 8
-    rows = _Rows(x, mean, scale, compute_dtype, dev, n * d * item <= workspace // 2)
+    rows = Rows(x, mean, scale, compute_dtype, dev, n * d * item <= workspace // 2)
     if rows.cache is not None:
         workspace -= n * d * item
     return _fit(rows, codes, classes, float(alpha), normalize_method, workspace, chunk_elems, t0)
@@ -402,7 +276,7 @@ def fit_linear_shared(
     codes, classes = _check_fit_samples(a, labels, finite=False)
     chunk_elems, need = linear_budget(n, d, max_memory)
     workspace = max(0, parse_size(max_memory) - need)
-    rows = _Rows(a, work.shift.to(a.device), work.scale.to(a.device), a.dtype, a.device, False, a)
+    rows = Rows(a, work.shift.to(a.device), work.scale.to(a.device), a.dtype, a.device, False, a)
     gram, work.gram = work.gram, None  # taken over: the fallback frees it before its own
     return _fit(rows, codes, classes, float(alpha), "zscore", workspace, chunk_elems, t0, gram=gram)
 
@@ -434,7 +308,7 @@ def _check_fit_samples(x: torch.Tensor, labels, finite: bool = True) -> tuple[np
 
 
 def _fit(
-    rows: _Rows, codes, classes, alpha, normalize_method, workspace, chunk_elems, t0, gram=None
+    rows: Rows, codes, classes, alpha, normalize_method, workspace, chunk_elems, t0, gram=None
 ):
     """Solve the ridge system on rows' Zc; gram: a ready Gram (the dual's, float32) to take
     over instead of forming one. Returns the LinearProbe."""
@@ -447,45 +321,10 @@ def _fit(
     y[torch.arange(n, device=dev), torch.as_tensor(codes, device=dev)] = 1.0
     y_mean = y.mean(0)
     yc = y - y_mean
-    system = _System(rows, alpha, dual, chunk_elems)
+    system = RidgeSystem(rows, alpha, dual, chunk_elems)
     rhs = yc if dual else system.zt(yc)
-    fallback = False
     with highest_matmul_precision():
-        # 1. The Gram in the compute dtype, factored in that dtype, refined in float64.
-        t1 = time.perf_counter()
-        g = gram if gram is not None else _gram(rows, dual, compute_dtype, workspace, chunk_elems)
-        del gram
-        system.center_gram(g)
-        g.diagonal().add_(alpha)
-        t2 = time.perf_counter()
-        solve = _factor(g) if compute_dtype != torch.float64 else None
-        t3 = time.perf_counter()
-        ok = False
-        if solve is not None:
-            sol, steps, ok = _refine(system, solve, rhs)
-        timings = {
-            "stats": t1 - t0,
-            "gram": t2 - t1,
-            "factor": t3 - t2,
-            "refine": time.perf_counter() - t3,
-        }
-        # 2. A float64 Gram of the same Zc (too ill-conditioned for float32 products).
-        if not ok:
-            fallback = compute_dtype != torch.float64
-            del g, solve
-            g = _gram(rows, dual, torch.float64, workspace, chunk_elems)
-            system.center_gram(g)
-            g.diagonal().add_(alpha)
-            solve = _factor(g)
-            if solve is not None:
-                sol, steps, ok = _refine(system, solve, rhs)
-            if solve is None or not ok:
-                raise InputError(
-                    f"linear: alpha={alpha:g} is too small for these features: the ridge "
-                    f"system ({'N x N' if dual else 'D x D'}, N={n}, D={d}) is too "
-                    "ill-conditioned to solve exactly in float64; use a larger alpha"
-                )
-        del solve, g
+        sol, steps, fallback, timings = _solve(system, rhs, gram, workspace, chunk_elems, t0)
         t4 = time.perf_counter()
         coef = system.zt(sol) if dual else sol
         timings["coef"] = time.perf_counter() - t4
@@ -512,6 +351,57 @@ def _fit(
     probe.train_accuracy = float((pred.cpu().numpy() == codes).mean())
     probe.seconds = time.perf_counter() - t0
     return probe
+
+
+def _solve(system: RidgeSystem, rhs, gram, workspace: int, chunk_elems: int, t0: float):
+    """(solution, refinement steps, whether it fell back to float64, seconds per stage) of
+    the system; gram: a ready Gram in the compute dtype to take over, or None."""
+    rows, alpha, dual = system.src, system.alpha, system.dual
+    compute_dtype = rows.dtype
+    fallback = False
+    # 1. The Gram in the compute dtype, factored in that dtype, refined in float64.
+    t1 = time.perf_counter()
+    g = gram if gram is not None else form_gram(rows, dual, compute_dtype, workspace, chunk_elems)
+    del gram
+    system.center_gram(g)
+    g.diagonal().add_(alpha)
+    t2 = time.perf_counter()
+    solve = _factor(g) if compute_dtype != torch.float64 else None
+    t3 = time.perf_counter()
+    ok = False
+    if solve is not None:
+        sol, steps, ok = _refine(system, solve, rhs)
+    timings = {
+        "stats": t1 - t0,
+        "gram": t2 - t1,
+        "factor": t3 - t2,
+        "refine": time.perf_counter() - t3,
+    }
+    # 2. A float64 Gram of the same Zc (too ill-conditioned for float32 products).
+    if not ok:
+        fallback = compute_dtype != torch.float64
+        del g, solve
+        sol, steps = _solve_float64(system, rhs, workspace, chunk_elems)
+    return sol, steps, fallback, timings
+
+
+def _solve_float64(system: RidgeSystem, rhs, workspace: int, chunk_elems: int):
+    """(solution, refinement steps) from a float64 Gram; refuses an alpha too small for it."""
+    rows, alpha, dual = system.src, system.alpha, system.dual
+    g = form_gram(rows, dual, torch.float64, workspace, chunk_elems)
+    system.center_gram(g)
+    g.diagonal().add_(alpha)
+    solve = _factor(g)
+    if solve is not None:
+        sol, steps, ok = _refine(system, solve, rhs)
+    if solve is None or not ok:
+        n, d = rows.x.shape
+        raise InputError(
+            f"linear: alpha={alpha:g} is too small for these features: the ridge "
+            f"system ({'N x N' if dual else 'D x D'}, N={n}, D={d}) is too "
+            "ill-conditioned to solve exactly in float64; use a larger alpha"
+        )
+    return sol, steps
 
 
 def linear_probe(train, evals: dict, **kw) -> tuple[LinearProbe, dict[str, dict]]:

@@ -71,7 +71,7 @@ def feature_stats(x: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Ten
     lo, hi, mean, std = _moments(x, method == "zscore", None)
     constant = hi == lo
     finite = bool(torch.isfinite(lo).all() and torch.isfinite(hi).all())
-    if not finite:  # NaN or Inf in x: the callers name the rows (measures.check_finite)
+    if not finite:  # NaN or Inf in x: the callers name the rows (inputs.check_finite)
         return (lo if method == "minmax" else mean), torch.full_like(lo, float("nan"))
     if method == "minmax":
         span = torch.where(constant, 1.0, hi - lo)
