@@ -183,15 +183,7 @@ def train_head(model: Detector, x, y, xva, yva, weights, cfg: DetectTrainConfig,
 
 
 def train_end_to_end(
-    model: Detector,
-    rows,
-    train_idx,
-    val_idx,
-    labels,
-    weights,
-    cfg: DetectTrainConfig,
-    gen,
-    progress,
+    model, rows, train_idx, val_idx, labels, weights, cfg: DetectTrainConfig, gen, progress
 ):
     """Backbone and head together, one photo's boxes at a time (one backbone pass per photo
     in "roi" mode; crops in batches of batch_size). BatchNorm keeps ImageNet's statistics:
@@ -337,17 +329,7 @@ def read_training_set(out: Path, overwrite: bool):
 
 
 def _features_then_head(
-    model,
-    rows,
-    cache,
-    train_idx,
-    val_idx,
-    labels,
-    weights,
-    cfg: DetectTrainConfig,
-    gen,
-    progress,
-    seconds,
+    model, rows, cache, train_idx, val_idx, labels, weights, cfg, gen, progress, seconds
 ):
     """Frozen backbone: every row's features (cached), then the head on them."""
     t = time.perf_counter()

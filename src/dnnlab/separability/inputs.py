@@ -57,6 +57,17 @@ def as_feature_source(features, in_place: bool = False):
     return as_feature_tensor(features)
 
 
+def check_rows(x, what: str = "samples", prefix: str = "") -> tuple[int, int]:
+    """(N, D) of features x (N, D), refused with fewer than 2 rows or no column; the message
+    names the rows as `what`, after `prefix` (the caller, e.g. "linear: ")."""
+    n, d = x.shape
+    if n < 2:
+        raise InputError(f"{prefix}need at least 2 {what}; got N={n}")
+    if d == 0:
+        raise InputError("features have 0 dimensions per sample")
+    return n, d
+
+
 def encode_labels(labels, n: int) -> tuple[np.ndarray, list]:
     """Labels of any type -> (codes 0..C-1 in sorted label order, the sorted class values)."""
     if isinstance(labels, torch.Tensor):

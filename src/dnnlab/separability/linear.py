@@ -33,6 +33,7 @@ from dnnlab.errors import BudgetError, InputError
 from dnnlab.separability.inputs import (
     as_feature_source,
     check_finite,
+    check_rows,
     encode_labels,
     resolve_device,
 )
@@ -291,11 +292,7 @@ def _check_fit_settings(alpha, normalize_method: str) -> None:
 
 def _check_fit_samples(x: torch.Tensor, labels, finite: bool = True) -> tuple[np.ndarray, list]:
     """(codes, classes) of the training labels; refuses what no classifier can be fitted on."""
-    n, d = x.shape
-    if n < 2:
-        raise InputError(f"linear: need at least 2 training samples; got N={n}")
-    if d == 0:
-        raise InputError("features have 0 dimensions per sample")
+    n, d = check_rows(x, "training samples", "linear: ")
     codes, classes = encode_labels(labels, n)
     if len(classes) < 2:
         raise InputError(

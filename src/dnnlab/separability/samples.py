@@ -10,7 +10,7 @@ import torch
 
 from dnnlab.errors import InputError, UndefinedMeasure
 from dnnlab.separability.featurefile import FeatureFile
-from dnnlab.separability.inputs import as_feature_source, encode_labels
+from dnnlab.separability.inputs import as_feature_source, check_rows, encode_labels
 from dnnlab.separability.nc1 import check_nc1_classes
 from dnnlab.separability.normalize import NORMALIZATIONS
 from dnnlab.separability.vocabulary import NO_SEARCH, Measure, search_order
@@ -45,11 +45,7 @@ def check_samples(
     if normalize_method not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalize_method!r}; choose {NORMALIZATIONS}")
     x = as_feature_source(features, in_place)
-    n, d = x.shape
-    if n < 2:
-        raise ValueError(f"need at least 2 samples; got N={n}")
-    if d == 0:
-        raise ValueError("features have 0 dimensions per sample")
+    n, d = check_rows(x)
     codes, classes = encode_labels(labels, n)
     k = search_order(wanted)
     if k >= n:
