@@ -127,7 +127,8 @@ def test_budget_study_report_has_the_course_comparison_and_all_variant_figure(
 def test_a_diverged_variant_is_reported_with_its_curve_and_published(budget_study, tmp_path):
     import math
 
-    from dnnlab.cifar.train import TrainConfig, write_divergence
+    from dnnlab.cifar.config import TrainConfig
+    from dnnlab.cifar.epoch import write_divergence
 
     cfg, out = own_copy(budget_study, tmp_path)
     run = out / "runs" / "paths2-shared"

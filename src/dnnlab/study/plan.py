@@ -22,7 +22,7 @@ TIMED_STEPS = 2  # after one warm-up step
 def step_seconds(tc, batch: int, dev: torch.device, x_u8: torch.Tensor, y: torch.Tensor) -> float:
     """Mean seconds of one SGD step of the run `tc` (a TrainConfig: its model, augmentation
     and precision) over TIMED_STEPS steps, augmentation included."""
-    from dnnlab.cifar.train import autocast
+    from dnnlab.cifar.epoch import autocast
 
     torch.manual_seed(0)
     model = build_model(tc.model, softmax_head=tc.head_softmax).to(dev)

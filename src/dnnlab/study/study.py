@@ -226,7 +226,7 @@ def check_runs_data(out: Path, cfg: StudyConfig, data) -> None:
 def check_budget(cfg: StudyConfig, data) -> None:
     """The budget's sizes against the data (validation, training and test subsets), before
     anything in the study folder is written."""
-    from dnnlab.cifar.train import make_split, test_positions
+    from dnnlab.cifar.plan import make_split, test_positions
 
     tcfg = train_config(cfg, cfg.models[0])
     make_split(tcfg, data)
