@@ -18,7 +18,8 @@ from dnnlab.probe.anynet import AnyConfig
 from dnnlab.probe.layers import LayerError, describe_layers
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.separability import separability
-from dnnlab.study.study import run_study, study_config
+from dnnlab.study.config import study_config
+from dnnlab.study.study import run_study
 
 
 def test_study_checks_the_budget_against_the_data_before_writing(tree, tmp_path):

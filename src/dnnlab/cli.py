@@ -214,7 +214,7 @@ def _add_study(sub) -> None:
     from dataclasses import fields
 
     from dnnlab.settings import add_flags
-    from dnnlab.study.study import StudyConfig
+    from dnnlab.study.config import StudyConfig
 
     p = sub.add_parser(
         "study",
@@ -244,7 +244,8 @@ def _add_study(sub) -> None:
 
 
 def cmd_study(args) -> int:
-    from dnnlab.study.study import StudyConfig, config_from_flags, run_study
+    from dnnlab.study.config import StudyConfig, config_from_flags
+    from dnnlab.study.study import run_study
 
     cfg = config_from_flags(_given(args, StudyConfig))
     if args.publish:
