@@ -1,17 +1,35 @@
-"""The study's settings (StudyConfig), its --quick budget, and each variant's TrainConfig."""
+"""The study's settings (StudyConfig), its --quick budget, and each variant's TrainConfig.
+
+The training settings a study passes on to every variant (epochs, n_val, the subsets, the
+recipe, the device...) are TrainConfig's: their defaults, ranges and flags are taken from
+its declarations, and `train_config` hands each one over by name. Only the help text is the
+study's own, where it says what --quick sets.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 
 from dnnlab.cifar.config import TrainConfig
 from dnnlab.cifar.models import VARIANTS
-from dnnlab.cifar.recipe import RECIPE_HELP, RECIPES, SETTINGS, check_recipe_flag, recipe_name
+from dnnlab.cifar.recipe import SETTINGS, check_recipe_flag, recipe_name
 from dnnlab.errors import ConfigError
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.separability import parse_measures
 from dnnlab.settings import setting, validate
-from dnnlab.utils.device import DEVICE_HELP
+
+# The --quick budget: a 2-core CPU in under 20 minutes.
+QUICK = dict(train_subset=1000, epochs=3, n_val=500, test_subset=1000, max_per_split=300)
+
+
+def _train_setting(name: str, help: str | None = None):
+    """TrainConfig's setting `name` (its default, range and flag) as a StudyConfig field;
+    `help`, when given, is what the study's --help says of it instead."""
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    spec = f.metadata["spec"]
+    if help is not None:
+        spec = replace(spec, help=help, default_text=None)
+    return field(default=f.default, metadata={"spec": spec})
 
 
 @dataclass
@@ -20,24 +38,25 @@ class StudyConfig:
         tuple(VARIANTS), "comma-separated variants (see `dnnlab models`)"
     )
     quick: bool = setting(False, "a budget that finishes on a 2-core CPU in under 20 minutes")
-    device: str = setting("cpu", DEVICE_HELP)
-    data_root: str | None = setting(None, "CIFAR-10 source (default $DNNLAB_DATA)")
-    recipe: str = setting("corrected", RECIPE_HELP, choices=RECIPES)
+    device: str = _train_setting("device")
+    data_root: str | None = _train_setting("data_root", "CIFAR-10 source (default $DNNLAB_DATA)")
+    recipe: str = _train_setting("recipe")
     # Full budget by default; the quick budget (QUICK) is for a 2-core CPU in < 20 minutes.
-    train_subset: int | None = setting(
-        None, "train on a stratified subset this large (--quick: 1000)", low=1
+    train_subset: int | None = _train_setting(
+        "train_subset",
+        f"train on a stratified subset this large (--quick: {QUICK['train_subset']})",
     )
-    epochs: int | None = setting(
-        None, "epochs per variant (the recipe's: 100, budget 3; --quick: 3)", low=1, high=100_000
+    epochs: int | None = _train_setting(
+        "epochs",
+        f"epochs per variant (the recipe's: {SETTINGS['corrected']['epochs']}, budget "
+        f"{SETTINGS['budget']['epochs']}; --quick: {QUICK['epochs']})",
     )
-    n_val: int = setting(
-        5000, "validation images (--quick: 500)", low=1, high=49_999, flag="--val-size"
-    )
-    test_subset: int | None = setting(
-        None, "test on a stratified subset this large (--quick: 1000)", low=1
+    n_val: int = _train_setting("n_val", f"validation images (--quick: {QUICK['n_val']})")
+    test_subset: int | None = _train_setting(
+        "test_subset", f"test on a stratified subset this large (--quick: {QUICK['test_subset']})"
     )
     max_per_split: int | None = setting(
-        None, "stratified cap on each probe split (--quick: 300)", low=2
+        None, f"stratified cap on each probe split (--quick: {QUICK['max_per_split']})", low=2
     )
     probe_memory: str = setting(
         ProbeConfig.max_memory, "probe memory budget (the probe's default)", cli=False
@@ -48,9 +67,9 @@ class StudyConfig:
     cka_samples: int = setting(
         1000, "validation images (stratified) for the CKA of base against bn; 0: none", low=0
     )
-    compile: bool = setting(False, "torch.compile the models (GPU runs)")
-    bf16: bool = setting(
-        True, "bf16 autocast in training where the device computes bf16 natively (see train)"
+    compile: bool = _train_setting("compile", "torch.compile the models (GPU runs)")
+    bf16: bool = _train_setting(
+        "bf16", "bf16 autocast in training where the device computes bf16 natively (see train)"
     )
     jobs: int = setting(
         1, "variants trained and probed at once, one worker process each", low=1, high=64
@@ -80,8 +99,10 @@ class StudyConfig:
             raise ConfigError(f"--models: a variant is named twice in {','.join(self.models)}")
 
 
-QUICK = dict(train_subset=1000, epochs=3, n_val=500, test_subset=1000, max_per_split=300)
-
+# The settings each variant's TrainConfig takes from the study: those both declare.
+TRAIN_SETTINGS = tuple(
+    f.name for f in fields(StudyConfig) if f.name in {t.name for t in fields(TrainConfig)}
+)
 
 # The settings that change a study's numbers: two studies agree when these and the data do.
 RESULT_KEYS = (
@@ -121,15 +142,6 @@ def config_from_record(d: dict) -> StudyConfig:
 
 
 def train_config(cfg: StudyConfig, name: str) -> TrainConfig:
-    return TrainConfig(
-        model=name,
-        epochs=cfg.epochs,
-        n_val=cfg.n_val,
-        train_subset=cfg.train_subset,
-        test_subset=cfg.test_subset,
-        device=cfg.device,
-        data_root=cfg.data_root,
-        compile=cfg.compile,
-        recipe=cfg.recipe,
-        bf16=cfg.bf16,
-    )
+    """Variant `name`'s TrainConfig: the study's TRAIN_SETTINGS, the rest TrainConfig's
+    defaults (its recipe's values)."""
+    return TrainConfig(model=name, **{k: getattr(cfg, k) for k in TRAIN_SETTINGS})
