@@ -11,8 +11,8 @@ import pytest
 
 from dnnlab.study.config import study_config
 from dnnlab.study.course import COURSE_TEST_ACC, conclusions, rank_agreement, spearman
-from dnnlab.study.publish import publish
-from dnnlab.study.report import read_published, write_report
+from dnnlab.study.publish import publish, read_published
+from dnnlab.study.report import write_report
 from dnnlab.study.study import run_study
 from tests.fakes import make_image_tree
 

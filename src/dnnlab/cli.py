@@ -263,7 +263,7 @@ def cmd_study(args) -> int:
     if args.published:
         # The published studies are the real results: shown on the terminal, not only in
         # the report (the quick run beside them checks the pipeline).
-        from dnnlab.study.report import published_section, read_published
+        from dnnlab.study.publish import published_section, read_published
 
         print("\n".join(published_section(read_published(args.published))[0]))
     if args.publish:

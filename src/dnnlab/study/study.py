@@ -37,8 +37,8 @@ from dnnlab.probe.probe import ProbeConfig
 from dnnlab.probe.run import probe_run
 from dnnlab.study.config import RESULT_KEYS, StudyConfig, train_config
 from dnnlab.study.plan import print_plan
-from dnnlab.study.publish import git_commit
-from dnnlab.study.report import detector_section, read_published, write_report
+from dnnlab.study.publish import git_commit, read_published
+from dnnlab.study.report import detector_section, write_report
 from dnnlab.utils.atomic import atomic_write_json
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.machine import cpu_description
