@@ -22,12 +22,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from dnnlab.cifar.models import VARIANTS
 from dnnlab.errors import InputError
 from dnnlab.study.course import COURSE_TEST_ACC, rank_agreement
 from dnnlab.study.markup import num, pct
 from dnnlab.study.records import (
     FEATURE_LAYER,
-    VARIANT_ORDER,
     diverged_runs,
     joined_values,
     read_probe_csv,
@@ -255,7 +255,7 @@ def published_section(pub: dict) -> tuple[list[str], list[str]]:
             f"CSI Test ({r})",
         ]
     header += ["Course's SI/CSI Test"]
-    models = [m for m in VARIANT_ORDER if any(m in s["rows"] for s in studies)]
+    models = [m for m in VARIANTS if any(m in s["rows"] for s in studies)]
     rows = []
     for m in models:
         row = [m, f"{COURSE_TEST_ACC[m]:.2f}" if m in COURSE_TEST_ACC else "–"]

@@ -11,9 +11,6 @@ import csv
 import json
 from pathlib import Path
 
-from dnnlab.cifar.models import VARIANTS
-
-VARIANT_ORDER = tuple(VARIANTS)
 FEATURE_LAYER = "avgpool"
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from dnnlab.cifar.models import VARIANTS
 from dnnlab.study.course import COURSE_TEST_ACC, conclusions, rank_agreement
 from dnnlab.study.markup import html_grid, img_tag, md_grid, num, pct
 from dnnlab.study.overlay import overlay_plot
 from dnnlab.study.publish import published_section
 from dnnlab.study.records import (
     FEATURE_LAYER,
-    VARIANT_ORDER,
     diverged_runs,
     load_run,
     read_record,
@@ -208,7 +208,7 @@ def _course_section(out: Path, cfg) -> tuple[list[str], list[str]]:
     rows = [
         [m, f"{acc[m]:.2f}", str(ours.index(m) + 1), f"{COURSE_TEST_ACC[m]:.2f}"]
         + [str(theirs.index(m) + 1)]
-        for m in sorted(both, key=VARIANT_ORDER.index)
+        for m in sorted(both, key=list(VARIANTS).index)
     ]
     rho_text = (
         f"Spearman's rank correlation between the two orderings over these {len(both)} "
