@@ -9,10 +9,11 @@ from dataclasses import replace
 
 import pytest
 
+from dnnlab.study.config import study_config
 from dnnlab.study.course import COURSE_TEST_ACC, conclusions, rank_agreement, spearman
-from dnnlab.study.publish import publish
-from dnnlab.study.report import read_published, write_report
-from dnnlab.study.study import run_study, study_config
+from dnnlab.study.publish import publish, read_published
+from dnnlab.study.report import write_report
+from dnnlab.study.study import run_study
 from tests.fakes import make_image_tree
 
 
@@ -127,7 +128,8 @@ def test_budget_study_report_has_the_course_comparison_and_all_variant_figure(
 def test_a_diverged_variant_is_reported_with_its_curve_and_published(budget_study, tmp_path):
     import math
 
-    from dnnlab.cifar.train import TrainConfig, write_divergence
+    from dnnlab.cifar.config import TrainConfig
+    from dnnlab.cifar.epoch import write_divergence
 
     cfg, out = own_copy(budget_study, tmp_path)
     run = out / "runs" / "paths2-shared"

@@ -281,7 +281,7 @@ def test_an_overwrite_stopped_in_its_first_epoch_puts_the_old_run_back(
     def stopped(*a, **k):
         raise stop() if stop is KeyboardInterrupt else RunError("a failure in epoch 1")
 
-    monkeypatch.setattr(T, "_train_epoch", stopped)
+    monkeypatch.setattr(T, "run_epoch", stopped)
     before = snapshot(run)
     argv = [
         "train",

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from dnnlab.cifar import epoch as E
 from dnnlab.cifar import train as T
 from dnnlab.cifar.rundir import RunError, load_checkpoint
 from dnnlab.cli import main
@@ -17,7 +18,8 @@ from dnnlab.probe.anynet import AnyConfig
 from dnnlab.probe.layers import LayerError, describe_layers
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.separability import separability
-from dnnlab.study.study import run_study, study_config
+from dnnlab.study.config import study_config
+from dnnlab.study.study import run_study
 
 
 def test_study_checks_the_budget_against_the_data_before_writing(tree, tmp_path):
@@ -28,7 +30,7 @@ def test_study_checks_the_budget_against_the_data_before_writing(tree, tmp_path)
 
 
 def test_a_diverged_run_stops_before_its_epoch_is_saved(tree, tmp_path, monkeypatch):
-    monkeypatch.setattr(T, "train_one_epoch", lambda *a, **k: (math.nan, 0.1))
+    monkeypatch.setattr(E, "train_one_epoch", lambda *a, **k: (math.nan, 0.1))
     cfg = T.TrainConfig(epochs=2, train_subset=40, n_val=20, test_subset=20, data_root=str(tree))
     with pytest.raises(RunError, match="epoch 1: the training loss is nan"):
         T.train(cfg, tmp_path / "r", progress=False)

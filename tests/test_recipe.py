@@ -6,8 +6,11 @@ from dataclasses import asdict
 import pytest
 import torch
 
+import dnnlab.cifar.epoch as E
 import dnnlab.cifar.train as T
 from dnnlab.cifar.data import load_cifar10
+from dnnlab.cifar.models import build_model
+from dnnlab.cifar.plan import make_split
 from dnnlab.cifar.recipe import val_generator
 from dnnlab.cifar.rundir import data_record
 from dnnlab.cli import main
@@ -35,13 +38,13 @@ def test_recipe_names_and_refusals():
 
 def test_course_run_records_recipe_softmax_and_tests_last_weights(tree, tmp_path, monkeypatch):
     seen_gens = []
-    real_eval = T.evaluate
+    real_eval = E.evaluate
 
     def spy(model, x, y, dev, batch=1024, gen=None, precision="fp32"):
         seen_gens.append(gen)
         return real_eval(model, x, y, dev, batch, gen, precision)
 
-    monkeypatch.setattr(T, "evaluate", spy)
+    monkeypatch.setattr(E, "evaluate", spy)
     run = tmp_path / "course"
     s = T.train(cfg(tree, recipe="course"), run, progress=False)
     assert s["recipe"] == "course" and s["weights_epoch"] == 3
@@ -68,11 +71,11 @@ def test_augmented_validation_is_the_training_augmentation(tree):
     data = load_cifar10(str(tree))
     x, y = data.train_x[:40], data.train_y[:40]
     torch.manual_seed(0)
-    model = T.build_model("base").to(memory_format=torch.channels_last)
+    model = build_model("base").to(memory_format=torch.channels_last)
     dev = torch.device("cpu")
-    plain = T.evaluate(model, x, y, dev)
-    aug = T.evaluate(model, x, y, dev, gen=val_generator("course", 0, 5))
-    again = T.evaluate(model, x, y, dev, gen=val_generator("course", 0, 5))
+    plain = E.evaluate(model, x, y, dev)
+    aug = E.evaluate(model, x, y, dev, gen=val_generator("course", 0, 5))
+    again = E.evaluate(model, x, y, dev, gen=val_generator("course", 0, 5))
     assert aug == again  # the same epoch augments the same way (resume is exact)
     assert aug[0] != plain[0]  # and not as the plain evaluation does
     assert val_generator("corrected", 0, 5) is None
@@ -85,7 +88,7 @@ def test_course_train20_is_drawn_from_all_training_images(tree, tmp_path):
         run.mkdir()
         c = cfg(tree, recipe=recipe)
         data = load_cifar10(str(tree))
-        tr, va = T.make_split(c, data)
+        tr, va = make_split(c, data)
         (run / "split.json").write_text(json.dumps({"train": tr.tolist(), "val": va.tolist()}))
         (run / "config.json").write_text(json.dumps({**asdict(c), **data_record(data)}))
         assert len(tr) == 120 and len(va) == 20

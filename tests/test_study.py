@@ -14,9 +14,10 @@ from dnnlab.cli import main
 from dnnlab.errors import ConfigError
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.probe.run import probe_run
-from dnnlab.study.publish import publish
-from dnnlab.study.report import read_published, write_report
-from dnnlab.study.study import StudyError, run_study, study_config
+from dnnlab.study.config import study_config
+from dnnlab.study.publish import publish, read_published
+from dnnlab.study.report import write_report
+from dnnlab.study.study import StudyError, run_study
 from tests.fakes import make_image_tree
 
 

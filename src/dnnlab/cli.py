@@ -214,7 +214,7 @@ def _add_study(sub) -> None:
     from dataclasses import fields
 
     from dnnlab.settings import add_flags
-    from dnnlab.study.study import StudyConfig
+    from dnnlab.study.config import StudyConfig
 
     p = sub.add_parser(
         "study",
@@ -244,7 +244,8 @@ def _add_study(sub) -> None:
 
 
 def cmd_study(args) -> int:
-    from dnnlab.study.study import StudyConfig, config_from_flags, run_study
+    from dnnlab.study.config import StudyConfig, config_from_flags
+    from dnnlab.study.study import run_study
 
     cfg = config_from_flags(_given(args, StudyConfig))
     if args.publish:
@@ -262,7 +263,7 @@ def cmd_study(args) -> int:
     if args.published:
         # The published studies are the real results: shown on the terminal, not only in
         # the report (the quick run beside them checks the pipeline).
-        from dnnlab.study.report import published_section, read_published
+        from dnnlab.study.publish import published_section, read_published
 
         print("\n".join(published_section(read_published(args.published))[0]))
     if args.publish:

@@ -8,8 +8,11 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
+from dnnlab.cifar.config import TrainConfig
+from dnnlab.cifar.data import default_root, load_cifar10
 from dnnlab.cifar.recipe import check_recipe_flag
-from dnnlab.cifar.train import TrainConfig, left_replaced, read_run_config, recover_replaced
+from dnnlab.cifar.rundir import left_replaced, read_run_config, recover_replaced
+from dnnlab.cifar.train import train
 from dnnlab.errors import ConfigError
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
@@ -31,9 +34,6 @@ def train_command(
     given: dict, out, resume: bool, overwrite: bool, download: bool, progress: bool
 ) -> None:
     """Check the flags, fetch CIFAR-10 if asked (download), then train (or resume) in out."""
-    from dnnlab.cifar.data import default_root, load_cifar10
-    from dnnlab.cifar.train import train
-
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
     # Before the run's settings are read (they must be its own): a replaced run a killed

@@ -1,18 +1,38 @@
-"""A training run directory's records: reading them safely and tying a run to its data.
+"""A training run directory: its records, and its lifecycle around the epochs.
 
 What a run records (config.json): every TrainConfig setting, plus `data_identity` (the
 content hash of the CIFAR-10 tensors it was trained on, see data.py) and `data_source` (the
 resolved path they were read from, for people). Checkpoints (best.pt, last.pt) hold plain
 data only and are read with `torch.load(weights_only=True)`: a file that needs more is
-refused, so opening a checkpoint cannot run code.
+refused, so opening a checkpoint cannot run code. A checkpoint is checked against the
+config.json of the run it sits in, and split.json and metrics.json as they are read.
+
+The lifecycle: config.json and split.json written once every input is checked
+(prepare_run_dir), a resumed run's completed rows kept (resumed_rows), and a run that
+--overwrite replaces moved aside to `.OUT.PID.old` and put back if the new run stops before
+its first epoch is saved (put_back_on_failure, put_back, recover_replaced).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from dnnlab.errors import DnnlabError
+import torch
+
+from dnnlab.cifar.config import RESUMABLE_CHANGES, TrainConfig
+from dnnlab.cifar.models import VARIANTS, build_model
+from dnnlab.errors import ConfigError, DnnlabError
+from dnnlab.utils.atomic import atomic_write_json, atomic_write_text, pid_alive
+from dnnlab.utils.safe_load import load_error_reason, load_plain
+from dnnlab.utils.weights import load_fitting
 
 
 class RunError(DnnlabError, RuntimeError):
@@ -42,11 +62,19 @@ def read_json_dict(path, keys=()) -> dict:
     return d
 
 
+def read_run_config(run_dir) -> TrainConfig:
+    """A run's config.json as a TrainConfig; a damaged or invalid one is a RunError naming it."""
+    f = Path(run_dir) / "config.json"
+    d = read_json_dict(f, ("model",))
+    try:
+        return TrainConfig.from_dict(d)
+    except (ConfigError, TypeError) as e:
+        raise RunError(f"{f}: not a valid run configuration ({e})") from None
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     """best.pt / last.pt as plain data, never unpickling arbitrary objects."""
     path = Path(path)
-    from dnnlab.utils.safe_load import load_error_reason, load_plain
-
     try:
         ck = load_plain(path, map_location=map_location)
     except FileNotFoundError:
@@ -58,6 +86,61 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(ck, dict) or "model" not in ck:
         raise RunError(f"{path}: not a dnnlab checkpoint (no 'model' entry)")
     return ck
+
+
+def load_weights(model, state: dict, where: str) -> None:
+    """load_state_dict, but a mismatch names the first offending key and both shapes."""
+    if not isinstance(state, dict):
+        raise RunError(f"{where}: the checkpoint's model entry is not a state dict")
+    load_fitting(
+        model, state, where, RunError, "the checkpoint", "it was saved from another architecture"
+    )
+
+
+def load_model_checkpoint(path, model_name: str | None = None, map_location="cpu", run=None):
+    """Load best.pt/last.pt into a fresh model; a checkpoint of another model is an error,
+    and so (with `run`, its run directory) one that run's config.json does not record."""
+    ckpt = load_checkpoint(path, map_location)
+    if run is not None:
+        check_checkpoint_record(ckpt, Path(run), Path(path))
+    arch = ckpt.get("arch")
+    if arch not in VARIANTS:
+        raise RunError(f"{path}: checkpoint of unknown model {arch!r}")
+    if model_name is not None and arch != model_name:
+        raise RunError(f"{path}: checkpoint is of model {arch!r}, not {model_name!r}")
+    model = build_model(arch, softmax_head=ckpt.get("softmax_head", False))
+    load_weights(model, ckpt["model"], f"{path} (model {arch!r})")
+    return model, ckpt
+
+
+def _comparable(v):
+    """A setting's value as JSON has it (tuples as lists), so that records compare."""
+    return json.loads(json.dumps(v))
+
+
+def check_checkpoint_record(ck: dict, out: Path, path: Path) -> None:
+    """Raise RunError unless the checkpoint at `path` was saved by the run that out's
+    config.json records: every setting its own config holds (those a resume may change
+    aside) equal to config.json's. A checkpoint of another run (another seed: another
+    split) or a hand-edited config.json is named, never trained on or measured."""
+    saved = ck.get("config")
+    if not isinstance(saved, dict):
+        raise RunError(f"{path}: records no config, so its run cannot be checked")
+    record = read_json_dict(out / "config.json")
+    diffs = [
+        f"{f.name} {_comparable(record.get(f.name))!r} in config.json, "
+        f"{_comparable(saved[f.name])!r} in {path.name}"
+        for f in fields(TrainConfig)
+        if f.name not in RESUMABLE_CHANGES
+        and f.name in saved
+        and _comparable(record.get(f.name)) != _comparable(saved[f.name])
+    ]
+    if diffs:
+        raise RunError(
+            f"{path} was not saved by the run {out / 'config.json'} records: "
+            f"{'; '.join(diffs[:3])}. Either file was edited or copied from another run: "
+            "restore config.json (or the checkpoint), or train the run again"
+        )
 
 
 def data_record(data) -> dict:
@@ -83,3 +166,151 @@ def check_run_data(run_dir, data) -> None:
             f"{run_dir} was trained on other data: {cfg.get('data_source')} (identity {want}), "
             f"but {data.source} has identity {data.identity}; pass the run's data root"
         )
+
+
+def read_split(out: Path, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A run's split.json, checked: lists of indices into the n_train training images."""
+    f = out / "split.json"
+    s = read_json_dict(f, ("train", "val"))
+    try:
+        tr = torch.tensor(s["train"], dtype=torch.long)
+        va = torch.tensor(s["val"], dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise RunError(f"{f}: the indices are not lists of integers ({e})") from None
+    for name, idx in (("train", tr), ("val", va)):
+        if idx.ndim != 1 or idx.numel() == 0 or idx.min() < 0 or idx.max() >= n_train:
+            raise RunError(f"{f}: the {name} indices are not positions among {n_train} images")
+        if idx.unique().numel() != idx.numel():
+            raise RunError(f"{f}: the {name} indices repeat an image; the file was edited")
+    both = tr[torch.isin(tr, va)]
+    if both.numel():
+        raise RunError(
+            f"{f}: {both.numel()} image(s) are in both train and val (e.g. index "
+            f"{int(both[0])}), so val would measure images the weights were trained on; "
+            "the file was edited: restore it, or train the run again"
+        )
+    return tr, va
+
+
+def check_nothing_lost(out: Path) -> None:
+    """A run resumed without last.pt starts from epoch 1: refused when the run has done
+    more (best.pt, or epochs in metrics.json), which starting over would overwrite."""
+    rows = read_json(out / "metrics.json") if (out / "metrics.json").exists() else []
+    done = len(rows) if isinstance(rows, list) else 0
+    if (out / "best.pt").exists() or done:
+        raise RunError(
+            f"{out / 'last.pt'}: missing, but the run has "
+            f"{f'{done} epoch(s) in metrics.json' if done else 'a best.pt'}; resuming would "
+            "start again from epoch 1 and replace them. Restore last.pt, or use --overwrite "
+            "(or another --out) for a new run"
+        )
+
+
+METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
+
+
+def write_metrics(out: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_KEYS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "metrics.csv", buf.getvalue())
+    atomic_write_json(out / "metrics.json", rows)
+
+
+def resumed_rows(out: Path, ck: dict | None) -> list[dict]:
+    """The metrics rows of the epochs last.pt completed (none for a new run)."""
+    if ck is None:
+        return []
+    rows = read_json(out / "metrics.json")
+    if not isinstance(rows, list) or len(rows) < ck["epoch"]:
+        raise RunError(
+            f"{out / 'metrics.json'}: holds fewer epochs than last.pt's {ck['epoch']}; "
+            "the run is damaged"
+        )
+    return rows[: ck["epoch"]]
+
+
+@dataclass
+class RunPlan:
+    """What train() will do with the run directory, decided before any file is touched."""
+
+    cfg: TrainConfig
+    resume_from: dict | None = None  # last.pt's content
+    saved: dict | None = None  # the run's config.json
+    replace: bool = False  # move the old run aside (--overwrite)
+    extend: bool = False  # a finished run continued to more epochs
+
+
+def prepare_run_dir(
+    cfg: TrainConfig, out: Path, plan: RunPlan, data, idx: dict, old: Path, precision: tuple
+):
+    """Move a replaced run aside to `old`, reopen a finished one, and write config.json and
+    (for a new run) split.json {train, val: indices}."""
+    if plan.replace:
+        out.rename(old)
+        print(
+            f"[{cfg.model}] the run being replaced is kept in {old} until the new run's "
+            "first epoch is saved",
+            flush=True,
+        )
+    if plan.extend:
+        (out / "summary.json").unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    record = {**asdict(cfg), "precision": precision[0], "precision_reason": precision[1]}
+    if plan.saved is not None:  # the run keeps the data root it was trained from
+        record["data_root"] = plan.saved.get("data_root")
+    atomic_write_json(out / "config.json", {**record, **data_record(data)})
+    if not (out / "split.json").exists():
+        split_record = {"train": idx["train"].tolist(), "val": idx["val"].tolist()}
+        atomic_write_json(out / "split.json", split_record)
+
+
+@contextmanager
+def put_back_on_failure(old: Path, out: Path, replacing: bool) -> Iterator[None]:
+    """While `replacing` (an --overwrite, on rank 0): whatever stops the block (an error,
+    Ctrl-C) before the new run's first epoch is saved puts the replaced run back."""
+    try:
+        yield
+    except BaseException:
+        if replacing:
+            put_back(old, out)
+        raise
+
+
+def put_back(old: Path, out: Path) -> None:
+    """An --overwrite stopped before its new run saved an epoch: the replaced run, kept in
+    `old`, goes back into `out` (the new run has no epoch to lose), and the user is told."""
+    if not old.is_dir():
+        return  # already deleted: the new run has its first epoch
+    if (out / "last.pt").exists():  # the new run has an epoch: old's deletion was cut short
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if out.exists():
+        shutil.rmtree(out)
+    old.rename(out)
+    print(
+        f"dnnlab train: an --overwrite stopped before its new run's first epoch was saved: "
+        f"the run it was replacing is back in {out}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def left_replaced(out) -> list[Path]:
+    """The `.OUT.PID.old` folders that a killed `train --overwrite` of `out` left (their
+    process gone: nothing else will ever delete or restore them)."""
+    out = Path(out)
+    found = []
+    for old in sorted(out.parent.glob(f".{out.name}.*.old")):
+        pid = old.name[len(out.name) + 2 : -len(".old")]
+        if old.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            found.append(old)
+    return found
+
+
+def recover_replaced(out) -> None:
+    """Put back each replaced run a killed `train --overwrite` left. Called under the run's
+    lock, so no live process is replacing it."""
+    for old in left_replaced(out):
+        put_back(old, Path(out))

@@ -13,7 +13,9 @@ import time
 import torch
 
 from dnnlab.cifar.augment import AUGMENTERS
+from dnnlab.cifar.epoch import autocast
 from dnnlab.cifar.models import build_model
+from dnnlab.study.config import train_config
 from dnnlab.utils.precision import training_precision
 
 TIMED_STEPS = 2  # after one warm-up step
@@ -22,8 +24,6 @@ TIMED_STEPS = 2  # after one warm-up step
 def step_seconds(tc, batch: int, dev: torch.device, x_u8: torch.Tensor, y: torch.Tensor) -> float:
     """Mean seconds of one SGD step of the run `tc` (a TrainConfig: its model, augmentation
     and precision) over TIMED_STEPS steps, augmentation included."""
-    from dnnlab.cifar.train import autocast
-
     torch.manual_seed(0)
     model = build_model(tc.model, softmax_head=tc.head_softmax).to(dev)
     model = model.to(memory_format=torch.channels_last)
@@ -55,8 +55,6 @@ def step_seconds(tc, batch: int, dev: torch.device, x_u8: torch.Tensor, y: torch
 
 def print_plan(cfg, out, data, log=print) -> dict:
     """Log the plan; returns {variant: expected training seconds} for the variants to train."""
-    from dnnlab.study.study import train_config
-
     dev = torch.device(cfg.device)
     available = data.train_y.numel() - cfg.n_val
     n_train = min(cfg.train_subset or available, available)

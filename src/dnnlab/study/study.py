@@ -20,138 +20,33 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dnnlab.cifar.models import VARIANTS
-from dnnlab.cifar.recipe import RECIPE_HELP, RECIPES, SETTINGS, check_recipe_flag, recipe_name
-from dnnlab.errors import ConfigError, DnnlabError, InputError
+import torch
+
+import dnnlab
+from dnnlab.cifar.data import default_root, load_cifar10
+from dnnlab.cifar.plan import make_split, test_positions
+from dnnlab.cifar.rundir import check_run_data
+from dnnlab.cifar.train import train
+from dnnlab.errors import DnnlabError, InputError
+from dnnlab.probe.cka_runs import cka_between_runs
 from dnnlab.probe.probe import ProbeConfig
-from dnnlab.settings import setting, validate
+from dnnlab.probe.run import probe_run
+from dnnlab.study.config import RESULT_KEYS, StudyConfig, train_config
+from dnnlab.study.plan import print_plan
+from dnnlab.study.publish import git_commit, read_published
+from dnnlab.study.report import detector_section, write_report
 from dnnlab.utils.atomic import atomic_write_json
-from dnnlab.utils.device import DEVICE_HELP
 from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.machine import cpu_description
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
 class StudyError(DnnlabError, RuntimeError):
     """The study folder cannot be used as asked, or some of its variants failed."""
-
-
-@dataclass
-class StudyConfig:
-    models: tuple[str, ...] = setting(
-        tuple(VARIANTS), "comma-separated variants (see `dnnlab models`)"
-    )
-    quick: bool = setting(False, "a budget that finishes on a 2-core CPU in under 20 minutes")
-    device: str = setting("cpu", DEVICE_HELP)
-    data_root: str | None = setting(None, "CIFAR-10 source (default $DNNLAB_DATA)")
-    recipe: str = setting("corrected", RECIPE_HELP, choices=RECIPES)
-    # Full budget by default; the quick budget (QUICK) is for a 2-core CPU in < 20 minutes.
-    train_subset: int | None = setting(
-        None, "train on a stratified subset this large (--quick: 1000)", low=1
-    )
-    epochs: int | None = setting(
-        None, "epochs per variant (the recipe's: 100, budget 3; --quick: 3)", low=1, high=100_000
-    )
-    n_val: int = setting(
-        5000, "validation images (--quick: 500)", low=1, high=49_999, flag="--val-size"
-    )
-    test_subset: int | None = setting(
-        None, "test on a stratified subset this large (--quick: 1000)", low=1
-    )
-    max_per_split: int | None = setting(
-        None, "stratified cap on each probe split (--quick: 300)", low=2
-    )
-    probe_memory: str = setting(
-        ProbeConfig.max_memory, "probe memory budget (the probe's default)", cli=False
-    )
-    measures: str = setting(
-        "si,csi,knn:5,nc1,linear", "probe measures per layer (see `dnnlab probe --help`)"
-    )
-    cka_samples: int = setting(
-        1000, "validation images (stratified) for the CKA of base against bn; 0: none", low=0
-    )
-    compile: bool = setting(False, "torch.compile the models (GPU runs)")
-    bf16: bool = setting(
-        True, "bf16 autocast in training where the device computes bf16 natively (see train)"
-    )
-    jobs: int = setting(
-        1, "variants trained and probed at once, one worker process each", low=1, high=64
-    )
-
-    def __post_init__(self):
-        self.recipe = recipe_name(self.recipe)
-        if self.epochs is None:
-            self.epochs = SETTINGS[self.recipe]["epochs"]
-        self.models = tuple(self.models)
-        validate(self)
-        if not self.models:
-            raise ConfigError(
-                f"--models: names no variant; give a comma-separated list of {', '.join(VARIANTS)}"
-            )
-        unknown = [m for m in self.models if m not in VARIANTS]
-        if unknown:
-            raise ConfigError(
-                f"--models: unknown model {', '.join(map(repr, unknown))}; "
-                f"choose from: {', '.join(VARIANTS)}"
-            )
-        from dnnlab.separability import parse_measures
-
-        try:
-            parse_measures(self.measures)
-        except ValueError as e:
-            raise ConfigError(f"--measures: {e}") from None
-        if len(set(self.models)) != len(self.models):
-            raise ConfigError(f"--models: a variant is named twice in {','.join(self.models)}")
-
-
-QUICK = dict(train_subset=1000, epochs=3, n_val=500, test_subset=1000, max_per_split=300)
-# The settings that change a study's numbers: two studies agree when these and the data do.
-RESULT_KEYS = (
-    "quick",
-    "recipe",
-    "train_subset",
-    "epochs",
-    "n_val",
-    "test_subset",
-    "max_per_split",
-    "measures",
-    "bf16",
-)
-
-
-def study_config(models=None, quick=False, **kw) -> StudyConfig:
-    if quick:
-        kw = {**QUICK, **kw}
-    return StudyConfig(
-        models=tuple(VARIANTS) if models is None else tuple(models), quick=quick, **kw
-    )
-
-
-def config_from_flags(given: dict) -> StudyConfig:
-    """The StudyConfig of the flags given on the command line: with --quick, QUICK's budget
-    fills in the flags not given."""
-    check_recipe_flag(given)
-    return StudyConfig(**{**(QUICK if given.get("quick") else {}), **given})
-
-
-def train_config(cfg: StudyConfig, name: str):
-    from dnnlab.cifar.train import TrainConfig
-
-    return TrainConfig(
-        model=name,
-        epochs=cfg.epochs,
-        n_val=cfg.n_val,
-        train_subset=cfg.train_subset,
-        test_subset=cfg.test_subset,
-        device=cfg.device,
-        data_root=cfg.data_root,
-        compile=cfg.compile,
-        recipe=cfg.recipe,
-        bf16=cfg.bf16,
-    )
 
 
 def data_identity(data) -> str:
@@ -169,11 +64,7 @@ def fingerprint(cfg: StudyConfig, data_id: str) -> str:
 def device_name(device: str) -> str:
     """The card's name (e.g. 'NVIDIA H200') or the CPU's, for the records."""
     if device.startswith("cuda"):
-        import torch
-
         return torch.cuda.get_device_name(torch.device(device))
-    from dnnlab.utils.machine import cpu_description
-
     return cpu_description()
 
 
@@ -215,8 +106,6 @@ def _check_same_study(out: Path, cfg: StudyConfig, fp: str, data_id: str, overwr
 
 def check_runs_data(out: Path, cfg: StudyConfig, data) -> None:
     """Refuse a run of this study that was trained on other data than `data`."""
-    from dnnlab.cifar.rundir import check_run_data
-
     for name in cfg.models:
         run = out / "runs" / name
         if (run / "config.json").exists():
@@ -226,8 +115,6 @@ def check_runs_data(out: Path, cfg: StudyConfig, data) -> None:
 def check_budget(cfg: StudyConfig, data) -> None:
     """The budget's sizes against the data (validation, training and test subsets), before
     anything in the study folder is written."""
-    from dnnlab.cifar.train import make_split, test_positions
-
     tcfg = train_config(cfg, cfg.models[0])
     make_split(tcfg, data)
     test_positions(tcfg, data)
@@ -257,9 +144,6 @@ def _variant(cfg: StudyConfig, name: str, out: Path, overwrite: bool, progress: 
 
 def _variant_locked(cfg: StudyConfig, name: str, run: Path, overwrite, progress, log):
     """_variant once its run directory's lock is held."""
-    from dnnlab.cifar.train import train
-    from dnnlab.probe.run import probe_run
-
     t0 = time.perf_counter()
     if (run / "summary.json").exists() and not overwrite:
         log(f"[{name}] trained already: {run / 'summary.json'}")
@@ -308,8 +192,6 @@ def compare_base_bn(cfg: StudyConfig, out: Path, log) -> None:
     on every run (cheap at that size), so it always matches the current checkpoints."""
     if cfg.cka_samples == 0 or not {"base", "bn"} <= set(cfg.models):
         return
-    from dnnlab.probe.cka_runs import cka_between_runs
-
     runs = out / "runs"
     if not all((runs / m / "best.pt").exists() for m in ("base", "bn")):
         return
@@ -322,16 +204,12 @@ def compare_base_bn(cfg: StudyConfig, out: Path, log) -> None:
 def worker_env(cfg: StudyConfig, slot: int) -> dict:
     """The environment of worker `slot`: its share of the CPU threads and, with several GPUs
     visible, one of them (round-robin)."""
-    import dnnlab
-
     env = dict(os.environ)
     src = str(Path(dnnlab.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in [env.get("PYTHONPATH")] if p])
     threads = max(1, (os.cpu_count() or 1) // min(cfg.jobs, len(cfg.models)))
     env["OMP_NUM_THREADS"] = env["DNNLAB_THREADS"] = str(threads)
     if cfg.device == "cuda":
-        import torch
-
         n = torch.cuda.device_count()
         if n > 1:
             visible = env.get("CUDA_VISIBLE_DEVICES")
@@ -385,8 +263,6 @@ def run_study(
     Every input (settings, data, detector folder, published folder, earlier records in
     `out`) is checked before any training starts; `out` is never one of them, and one
     process at a time writes it (its lock, held here; workers lock their own runs)."""
-    from dnnlab.cifar.data import default_root
-
     out = Path(out)
     check_outputs_spare_inputs(
         [detector, published, cfg.data_root or default_root()], out, owned=True
@@ -399,9 +275,6 @@ def _run_study_locked(
     cfg: StudyConfig, out: Path, overwrite, progress, log, detector, published, plan
 ) -> dict:
     """run_study once the study folder's lock is held."""
-    from dnnlab.cifar.data import load_cifar10
-    from dnnlab.study.report import detector_section, read_published, write_report
-
     det = check_detector(detector)
     pub = read_published(published) if published is not None else None
     data = load_cifar10(cfg.data_root)
@@ -414,8 +287,6 @@ def _run_study_locked(
     if cfg.cka_samples and not {"base", "bn"} <= set(cfg.models):
         log("note: no CKA of base against bn (--cka-samples): the study lacks base or bn")
     if plan:
-        from dnnlab.study.plan import print_plan
-
         print_plan(cfg, out, data, log)
     del data
     out.mkdir(parents=True, exist_ok=True)
@@ -463,17 +334,6 @@ def _run_study_locked(
 def code_commits(prev: dict) -> list[str]:
     """The commits of dnnlab's code that built the study: the earlier commands' (from the
     previous study.json) and this one's, when it runs from a git checkout."""
-    import dnnlab
-    from dnnlab.study.publish import git_commit
-
     commits = [c for c in prev.get("commits") or [] if isinstance(c, str)]
     here = git_commit(Path(dnnlab.__file__).resolve().parent, fallback=False)
     return commits + ([here] if here and here not in commits else [])
-
-
-def config_from_record(d: dict) -> StudyConfig:
-    """The StudyConfig a study.json records."""
-    names = {f.name for f in fields(StudyConfig)}
-    return StudyConfig(
-        **{k: (tuple(v) if k == "models" else v) for k, v in d.items() if k in names}
-    )

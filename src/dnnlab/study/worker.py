@@ -21,7 +21,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from dnnlab.study.study import _variant, config_from_record, read_study
+    from dnnlab.study.config import config_from_record
+    from dnnlab.study.study import _variant, read_study
 
     if os.environ.get("DNNLAB_THREADS"):
         torch.set_num_threads(int(os.environ["DNNLAB_THREADS"]))

@@ -1,0 +1,156 @@
+"""One training run's settings (TrainConfig), each declared once with its help text and
+range; unset recipe settings take their recipe's value (recipe.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from dnnlab.cifar import recipe as R
+from dnnlab.cifar.models import VARIANTS
+from dnnlab.errors import ConfigError
+from dnnlab.settings import setting, validate
+from dnnlab.utils.device import DEVICE_HELP, check_device_name
+
+__all__ = ["RESUMABLE_CHANGES", "TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """One training run's settings; every default is the course project's recipe."""
+
+    model: str = setting("base", "a variant from `dnnlab models`")
+    # The recipe's hyperparameters: unset (None) takes the recipe's value (recipe.COURSE for
+    # corrected and course, recipe.BUDGET for budget), which config.json then records.
+    epochs: int | None = setting(
+        None, "training epochs", low=1, high=100_000, default_text=R.default_text("epochs")
+    )
+    batch_size: int | None = setting(
+        None, "training batch size", low=1, high=65_536, default_text=R.default_text("batch_size")
+    )
+    lr: float | None = setting(
+        None,
+        "peak SGD learning rate",
+        low=0,
+        high=10,
+        low_open=True,
+        default_text=R.default_text("lr"),
+    )
+    momentum: float | None = setting(
+        None, "SGD momentum", low=0, high=1, high_open=True, default_text=R.default_text("momentum")
+    )
+    nesterov: bool | None = setting(
+        None, "Nesterov momentum", default_text=R.default_text("nesterov")
+    )
+    weight_decay: float | None = setting(
+        None, "SGD weight decay", low=0, high=1, default_text=R.default_text("weight_decay")
+    )
+    label_smoothing: float | None = setting(
+        None,
+        "cross-entropy label smoothing",
+        low=0,
+        high=1,
+        high_open=True,
+        default_text=R.default_text("label_smoothing"),
+    )
+    schedule: str | None = setting(
+        None,
+        "learning-rate schedule: step (StepLR, per epoch) or linear (linear warmup, then "
+        "linear decay to zero at the last step)",
+        choices=R.SCHEDULES,
+        default_text=R.default_text("schedule"),
+    )
+    step_size: int | None = setting(
+        None,
+        "StepLR: epochs between learning-rate drops",
+        low=1,
+        high=100_000,
+        default_text=R.default_text("step_size"),
+    )
+    gamma: float | None = setting(
+        None,
+        "StepLR: learning-rate factor at each drop",
+        low=0,
+        high=1,
+        low_open=True,
+        default_text=R.default_text("gamma"),
+    )
+    warmup_epochs: float | None = setting(
+        None,
+        "linear schedule: epochs of linear warmup from zero",
+        low=0,
+        high=100_000,
+        default_text=R.default_text("warmup_epochs"),
+    )
+    augmentation: str | None = setting(
+        None,
+        "training augmentation: flip-rotate (the course's: flip, rotation within 10 degrees) "
+        "or flip-translate (flip, shift by up to 2 pixels)",
+        choices=R.AUGMENTATIONS,
+        default_text=R.default_text("augmentation"),
+    )
+    n_val: int = setting(
+        5000,
+        "validation images held out of the training set (stratified)",
+        low=1,
+        high=49_999,
+        flag="--val-size",
+    )
+    train_subset: int | None = setting(None, "train on a stratified subset this large", low=1)
+    test_subset: int | None = setting(
+        None, "test on a stratified part of the test set (quick runs only)", low=1
+    )
+    seed: int = setting(
+        0, "random seed (split, initialization, data order, augmentation)", low=0, high=2**32 - 1
+    )
+    softmax_head: bool = setting(
+        False, "the course project's double softmax (softmax in the model, then cross-entropy)"
+    )
+    device: str = setting("cpu", DEVICE_HELP)
+    compile: bool = setting(False, "torch.compile the model (GPU runs)")
+    bf16: bool = setting(
+        True,
+        "bf16 autocast in training and evaluation where the device computes bf16 natively "
+        "(CUDA; a CPU with avx512_bf16 or AMX); fp32 elsewhere, said once and recorded",
+    )
+    data_root: str | None = setting(None, "CIFAR-10 source; none: $DNNLAB_DATA")
+    eval_batch_size: int = setting(1024, "batch size for validation and test", low=1, high=65_536)
+    recipe: str = setting("corrected", R.RECIPE_HELP, choices=R.RECIPES)
+
+    def __post_init__(self):
+        self.recipe = R.recipe_name(self.recipe)
+        validate(self)  # the given values first: a bad one is named before any recipe check
+        given = {k: getattr(self, k) for k in R.COURSE}
+        for k, v in R.recipe_settings(self.recipe, given).items():
+            setattr(self, k, v)
+        validate(self)
+        if self.schedule == "step" and (self.step_size is None or self.gamma is None):
+            raise ConfigError("--schedule step: needs --step-size and --gamma")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("--nesterov: Nesterov momentum needs --momentum above 0")
+        if self.model not in VARIANTS:
+            raise ConfigError(
+                f"--model: {self.model!r} is not a model; choose one of: {', '.join(VARIANTS)}"
+            )
+        if self.softmax_head and self.model == "wide":
+            raise ConfigError(
+                "--softmax-head: the course's wide network has no Softmax, so "
+                "model 'wide' has no softmax head"
+            )
+        check_device_name(self.device)
+
+    @property
+    def head_softmax(self) -> bool:
+        """Whether the network ends in a Softmax (asked for, or the course recipe's)."""
+        return R.softmax_head(self.recipe, self.model, self.softmax_head)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """From a run's config.json (which also holds data_identity and data_source)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# Settings a resumed run may change: where it runs, and how long (more epochs continue it).
+# Any other difference from the saved run is refused. data_root may name another copy of
+# the same data (its content identity is checked); config.json keeps the original root.
+RESUMABLE_CHANGES = ("device", "compile", "eval_batch_size", "data_root", "epochs")

@@ -1,0 +1,152 @@
+"""What train() will do, decided before any file is touched: the run directory's state
+against the request (new, resumed, extended, replaced, or finished already), the settings a
+resumed run keeps, and the train/val/test positions of the data it trains on."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from dnnlab.cifar.config import RESUMABLE_CHANGES, TrainConfig
+from dnnlab.cifar.data import split_indices, stratified_subset
+from dnnlab.cifar.rundir import (
+    RunError,
+    RunPlan,
+    check_checkpoint_record,
+    check_nothing_lost,
+    check_run_data,
+    load_checkpoint,
+    read_json_dict,
+    read_run_config,
+    read_split,
+)
+from dnnlab.errors import ConfigError
+from dnnlab.settings import flag_name
+
+
+def _settings_changed(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """'--flag NEW (run: OLD)' for each setting a resumed run cannot take over."""
+    out = []
+    for f in fields(TrainConfig):
+        if f.name in RESUMABLE_CHANGES:
+            continue
+        a, b = getattr(saved, f.name), getattr(cfg, f.name)
+        if a != b:
+            out.append(f"{flag_name(f)} {b} (the run has {a})")
+    return out
+
+
+def plan_run(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) -> RunPlan | dict:
+    """Check the run directory against the request; returns a plan, or the finished
+    run's summary when there is nothing to do. Raises RunError before touching anything."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out}: exists and is not a directory")
+    has = out.is_dir() and any(out.iterdir())
+    cfg_file = out / "config.json"
+    if not has:
+        return RunPlan(cfg)
+    if not cfg_file.exists():
+        raise RunError(
+            f"{out} is not empty and holds no config.json, so it is not a dnnlab run "
+            "directory; choose another --out"
+        )
+    if overwrite and not resume:
+        return RunPlan(cfg, replace=True)  # a damaged run can be replaced too
+    saved = read_run_config(out)
+    saved_d = read_json_dict(cfg_file)
+    done = out / "summary.json"
+    if not resume:
+        if done.exists():
+            raise RunError(
+                f"{out} holds a finished run; pass --overwrite to replace it, or choose "
+                "another --out"
+            )
+        raise RunError(
+            f"{out} is not empty: pass --resume to continue that run, or --overwrite to start again"
+        )
+    if saved.model != cfg.model:
+        raise RunError(f"{out} is a run of {saved.model!r}, not {cfg.model!r}")
+    changed = _settings_changed(saved, cfg)
+    if changed:
+        raise RunError(
+            f"{out}: a resumed run keeps its settings, but {'; '.join(changed)}. Resume "
+            "without them, or use --overwrite or another --out"
+        )
+    ck, completed = _resume_point(cfg, out, saved, dev)
+    plan = RunPlan(cfg, resume_from=ck, saved=saved_d)
+    if done.exists():
+        summary = read_json_dict(done, ("epochs",))
+        if summary["epochs"] == cfg.epochs and completed == cfg.epochs:
+            return summary
+        plan.extend = True  # honoured: more epochs continue the finished run
+    return plan
+
+
+def _resume_point(cfg: TrainConfig, out: Path, saved: TrainConfig, dev) -> tuple[dict | None, int]:
+    """(last.pt's content or None, the epochs it completed) of a run to resume: the
+    checkpoint checked against the run's record, the epochs asked against the run's."""
+    last = out / "last.pt"
+    ck = load_checkpoint(last, dev) if last.exists() else None
+    if ck is not None:
+        check_checkpoint_record(ck, out, last)
+    else:
+        check_nothing_lost(out)
+    try:
+        completed = int(ck["epoch"]) if ck else 0
+    except (KeyError, TypeError, ValueError):
+        raise RunError(f"{last}: damaged checkpoint (no epoch number)") from None
+    if cfg.schedule != "step" and cfg.epochs != saved.epochs:
+        raise RunError(
+            f"--epochs {cfg.epochs}: {out} was started for {saved.epochs} epochs, and its "
+            f"{cfg.schedule} schedule decays the learning rate to zero over exactly those; "
+            "resuming with another count would change the run. Use --overwrite (or another "
+            "--out) for a new run"
+        )
+    if cfg.epochs < completed:
+        raise RunError(
+            f"--epochs {cfg.epochs}: {out} has already completed {completed} epochs; a run "
+            "cannot be shortened"
+        )
+    return ck, completed
+
+
+def make_split(cfg: TrainConfig, data) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices into data.train_*: stratified, seeded; sizes checked first."""
+    n = data.train_y.numel()
+    if cfg.n_val >= n:
+        raise ConfigError(
+            f"--val-size: {cfg.n_val} leaves no training images; {data.source} has {n}"
+        )
+    tr_idx, val_idx = split_indices(data.train_y, cfg.n_val, cfg.seed)
+    if cfg.train_subset:
+        if cfg.train_subset > tr_idx.numel():
+            raise ConfigError(
+                f"--train-subset: {cfg.train_subset} is more than the {tr_idx.numel()} "
+                "training images left after the validation split"
+            )
+        pos = stratified_subset(data.train_y[tr_idx], cfg.train_subset, cfg.seed + 1)
+        tr_idx = tr_idx[pos]
+    return tr_idx, val_idx
+
+
+def test_positions(cfg: TrainConfig, data) -> torch.Tensor:
+    n = data.test_y.numel()
+    if not cfg.test_subset:
+        return torch.arange(n)
+    if cfg.test_subset > n:
+        raise ConfigError(f"--test-subset: {cfg.test_subset} is more than the {n} test images")
+    return stratified_subset(data.test_y, cfg.test_subset, cfg.seed)
+
+
+def data_positions(cfg: TrainConfig, out: Path, plan: RunPlan, data):
+    """(train, val, test) positions: a resumed run's data identity and split.json are
+    checked against `data`; a new run draws its split."""
+    if plan.saved is not None:
+        check_run_data(out, data)
+    if plan.saved is not None and (out / "split.json").exists():
+        tr_idx, val_idx = read_split(out, data.train_y.numel())
+    else:
+        tr_idx, val_idx = make_split(cfg, data)
+    return tr_idx, val_idx, test_positions(cfg, data)

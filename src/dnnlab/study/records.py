@@ -1,0 +1,118 @@
+"""What a study's runs recorded, read back for the report and for publishing.
+
+summary.json, split.json, probe.json (or probe.csv) and divergence.json of each run; a run
+whose records do not match the study (run_mismatch) is left out of the tables, and a run that
+diverged (diverged_runs) is reported as such.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+FEATURE_LAYER = "avgpool"
+
+
+def load_run(run: Path):
+    s = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else None
+    p = (
+        json.loads((run / "probe.json").read_text())["rows"]
+        if (run / "probe.json").exists()
+        else []
+    )
+    return s, p
+
+
+def value_at(rows, split, layer, key):
+    for r in rows:
+        if r["split"] == split and r["layer"] == layer:
+            return r.get(key)
+    return None
+
+
+def read_record(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def joined_values(vals) -> str:
+    vals = sorted({v for v in vals if v is not None}, key=str)
+    return "/".join(map(str, vals)) if vals else "?"
+
+
+def run_mismatch(run: Path, cfg) -> str | None:
+    """Why the run's records do not belong to the study `cfg`, or None when they do."""
+    try:
+        c = json.loads((run / "config.json").read_text())
+        s = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable records ({e})"
+    want = {
+        "model": run.name,
+        "recipe": cfg.recipe,
+        "epochs": cfg.epochs,
+        "n_val": cfg.n_val,
+        "train_subset": cfg.train_subset,
+        "test_subset": cfg.test_subset,
+    }
+    got = {**c, "recipe": c.get("recipe", "corrected")}
+    bad = [f"{k}={got.get(k)!r} (study: {v!r})" for k, v in want.items() if got.get(k) != v]
+    if s.get("recipe", "corrected") != cfg.recipe or s.get("epochs") != cfg.epochs:
+        bad.append(f"summary.json: recipe={s.get('recipe')!r}, epochs={s.get('epochs')!r}")
+    return "; ".join(bad) or None
+
+
+def recorded_budget(out: Path, cfg) -> tuple[str, list[tuple[str, str]]]:
+    """The budget as the runs recorded it, and the runs left out (variant, reason)."""
+    train, val, test, epochs, probe = [], [], [], [], {}
+    skipped = []
+    for m in cfg.models:
+        run = out / "runs" / m
+        if not (run / "summary.json").exists():
+            continue
+        why = run_mismatch(run, cfg)
+        if why:
+            skipped.append((m, why))
+            continue
+        s = read_record(run / "summary.json") or {}
+        split = read_record(run / "split.json") or {}
+        train.append(s.get("train_images"))
+        test.append(s.get("test_images"))
+        epochs.append(s.get("epochs"))
+        val.append(len(split["val"]) if "val" in split else None)
+        for r in load_run(run)[1]:
+            probe.setdefault(r["split"], []).append(r.get("n"))
+    if not train:
+        return "no finished runs yet", skipped
+    text = (
+        f"{joined_values(train)} training images, {joined_values(epochs)} epochs, "
+        f"{joined_values(val)} validation images, test on {joined_values(test)} images"
+    )
+    if probe:
+        text += ", probed on " + ", ".join(f"{k} {joined_values(v)}" for k, v in probe.items())
+        text += " samples"
+    return text, skipped
+
+
+def diverged_runs(out: Path, models) -> dict[str, dict]:
+    """{variant: its divergence.json} for the runs that diverged and never finished."""
+    got = {}
+    for m in models:
+        run = out / "runs" / m
+        if (run / "divergence.json").exists() and not (run / "summary.json").exists():
+            got[m] = read_record(run / "divergence.json") or {}
+    return got
+
+
+def read_probe_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # a byte-order mark is no cell
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        for k in ("si", "csi"):
+            r[k] = float(r[k]) if r.get(k) not in (None, "") else None
+    return rows
