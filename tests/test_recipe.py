@@ -31,9 +31,9 @@ def test_recipe_names_and_refusals():
     with pytest.raises(ConfigError, match="--softmax-head: the course's wide network"):
         T.TrainConfig(model="wide", softmax_head=True)
     # The course recipe's softmax head: every network but wide.
-    assert T.TrainConfig(recipe="course").head_softmax
-    assert not T.TrainConfig(model="wide", recipe="course").head_softmax
-    assert not T.TrainConfig(recipe="corrected").head_softmax
+    assert T.TrainConfig(recipe="course").uses_softmax_head
+    assert not T.TrainConfig(model="wide", recipe="course").uses_softmax_head
+    assert not T.TrainConfig(recipe="corrected").uses_softmax_head
 
 
 def test_course_run_records_recipe_softmax_and_tests_last_weights(tree, tmp_path, monkeypatch):

@@ -139,7 +139,7 @@ class TrainConfig:
         check_device_name(self.device)
 
     @property
-    def head_softmax(self) -> bool:
+    def uses_softmax_head(self) -> bool:
         """Whether the network ends in a Softmax (asked for, or the course recipe's)."""
         return R.softmax_head(self.recipe, self.model, self.softmax_head)
 

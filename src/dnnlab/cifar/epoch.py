@@ -169,7 +169,7 @@ def _checkpoint(model, opt, sched, epoch, gen, cfg, best_acc, best_epoch):
         "rng": _rng_state(gen),
         "config": asdict(cfg),
         "arch": cfg.model,
-        "softmax_head": cfg.head_softmax,
+        "softmax_head": cfg.uses_softmax_head,
         "best_val_acc": best_acc,
         "best_epoch": best_epoch,
     }
@@ -195,7 +195,7 @@ def start_training(cfg: TrainConfig, out: Path, dev, ck: dict | None, n_train: i
     the RNG states and best.pt's weights."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = build_model(cfg.model, softmax_head=cfg.head_softmax).to(dev)
+    model = build_model(cfg.model, softmax_head=cfg.uses_softmax_head).to(dev)
     model = model.to(memory_format=torch.channels_last)
     opt, sched = make_optimizer(model, cfg, steps_per_epoch(n_train, cfg))
     st = Training(model, opt, sched, gen, precision)
@@ -370,7 +370,7 @@ def run_summary(st: Training, cfg: TrainConfig, split, dev, rows: list[dict], da
         "test_acc": test_acc,
         "test_loss": test_loss,
         "params": count_params(st.model),
-        "head": "softmax (the course's double softmax)" if cfg.head_softmax else "logits",
+        "head": "softmax (the course's double softmax)" if cfg.uses_softmax_head else "logits",
         "precision": st.precision,
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "epochs": cfg.epochs,

@@ -25,7 +25,7 @@ def step_seconds(tc, batch: int, dev: torch.device, x_u8: torch.Tensor, y: torch
     """Mean seconds of one SGD step of the run `tc` (a TrainConfig: its model, augmentation
     and precision) over TIMED_STEPS steps, augmentation included."""
     torch.manual_seed(0)
-    model = build_model(tc.model, softmax_head=tc.head_softmax).to(dev)
+    model = build_model(tc.model, softmax_head=tc.uses_softmax_head).to(dev)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(0)

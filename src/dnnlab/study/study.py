@@ -104,7 +104,7 @@ def _check_same_study(out: Path, cfg: StudyConfig, fp: str, data_id: str, overwr
         )
 
 
-def check_runs_data(out: Path, cfg: StudyConfig, data) -> None:
+def check_study_data(out: Path, cfg: StudyConfig, data) -> None:
     """Refuse a run of this study that was trained on other data than `data`."""
     for name in cfg.models:
         run = out / "runs" / name
@@ -282,7 +282,7 @@ def _run_study_locked(
     fp = fingerprint(cfg, data_id)
     _check_same_study(out, cfg, fp, data_id, overwrite)
     if not overwrite:
-        check_runs_data(out, cfg, data)
+        check_study_data(out, cfg, data)
     check_budget(cfg, data)
     if cfg.cka_samples and not {"base", "bn"} <= set(cfg.models):
         log("note: no CKA of base against bn (--cka-samples): the study lacks base or bn")
