@@ -117,7 +117,8 @@ def built(voc, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(built, weights, tmp_path_factory):
-    """The build, trained with the IoU predictor (so every regressor kind is in model.pt)."""
+    """The build, trained with the defaults: regressors fitted on mirrored rows too and the
+    IoU predictor (so every regressor kind is in model.pt)."""
     det = tmp_path_factory.mktemp("trained") / "det"
     shutil.copytree(built, det)
     assert (
@@ -129,7 +130,6 @@ def trained(built, weights, tmp_path_factory):
                 epochs=1,
                 backbone_weights=weights,
                 image_size=160,
-                iou_predictor=True,
             )
         )
         == 0
@@ -508,14 +508,17 @@ def test_mirrored_rows_are_the_mirrored_photos_boxes(voc, built, weights):
         assert torch.allclose(x[i], want[0].half().float())
 
 
-def test_train_with_mirrored_regressors_records_it(trained, weights, tmp_path):
+def test_train_without_mirrored_regressors_records_it(trained, weights, tmp_path):
+    """The default fits the regressors on mirrored rows too; --no-mirror-regressors does not,
+    and says so in model.pt."""
+    assert Detector.load(trained).config.regressors.mirror
     det = copy_of(trained, tmp_path)
     argv = ["detect", "train", str(det), "--epochs", "1", "--backbone-weights", str(weights)]
-    argv += ["--image-size", "160", "--mirror-regressors", "--overwrite"]
+    argv += ["--image-size", "160", "--no-mirror-regressors", "--overwrite"]
     assert main(argv) == 0
     ck = torch.load(det / "model.pt", weights_only=True)
-    assert ck["config"]["regressors"]["mirror"] is True
-    assert Detector.load(det).config.regressors.mirror
+    assert ck["config"]["regressors"]["mirror"] is False
+    assert not Detector.load(det).config.regressors.mirror
     before = torch.load(trained / "model.pt", weights_only=True)["state"]["regressor.weight"]
     assert not torch.allclose(ck["state"]["regressor.weight"], before)
 
@@ -624,12 +627,12 @@ def test_detection_with_the_iou_predictor_and_flip(voc, trained):
     img = load_rgb(voc / "img1.jpg")
     w = img.shape[1]
     props = model.propose(img)
-    model.set_detection(DetectionConfig(iou_confidence="off"))
+    model.set_detection(DetectionConfig(iou_confidence="off", flip_test=False))
     d0 = model.detect(img)
     s, b = model.score_boxes(img, props)
     want_b, want_s = select(torch.from_numpy(b), torch.from_numpy(s), model.config.detection)
     assert np.allclose(d0.boxes, want_b.numpy()) and np.allclose(d0.scores, want_s.numpy())
-    model.set_detection(DetectionConfig(iou_confidence="score"))
+    model.set_detection(DetectionConfig(iou_confidence="score", flip_test=False))
     d1 = model.detect(img)
     q = model.iou_predictor(model.embed(img, d0.boxes))[:, 0].clamp(0, 1).detach().numpy()
     order = np.argsort(-(d0.scores * q), kind="stable")
@@ -660,7 +663,7 @@ def test_detector_without_iou_predictor_loads_as_before(voc, trained, tmp_path, 
     old = Detector.load(det)
     assert old.iou_predictor is None and old.config.detection.iou_confidence == "off"
     img = load_rgb(voc / "img1.jpg")
-    new = Detector.load(trained, detection=DetectionConfig(iou_confidence="off"))
+    new = Detector.load(trained, detection=DetectionConfig(iou_confidence="off", flip_test=False))
     a, b = old.detect(img), new.detect(img)
     assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
     with pytest.raises(InputError, match="--iou-confidence rank.*no IoU predictor.*retrain"):

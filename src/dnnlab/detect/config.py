@@ -140,13 +140,13 @@ class RegressorConfig:
         low_open=True,
     )
     mirror: bool = setting(
-        False,
+        True,
         "also fit the box regressors on every indexed row mirrored left-right, read on the "
         "mirrored photo (one more backbone pass per photo at training)",
         flag="--mirror-regressors",
     )
     iou_predictor: bool = setting(
-        False,
+        True,
         "also fit a ridge predictor of each box's IoU with its target box (IoU-Net's "
         "localization confidence), on the indexed rows and jittered copies of the target "
         "boxes (one more backbone pass per photo at training)",
@@ -200,7 +200,7 @@ class DetectionConfig:
         choices=("auto", "off", "score", "rank"),
     )
     flip_test: bool = setting(
-        False,
+        True,
         "also score and refine the proposals on the mirrored photo and average (test-time "
         "flip: a second backbone pass and set of rounds per photo)",
     )
@@ -303,7 +303,7 @@ SECTIONS = {
 PRESETS = {
     "course": {
         "features": dict(mode="crops", grid=1, context=0.0, fine_grid=0),
-        "regressors": dict(box_regression=False),
+        "regressors": dict(box_regression=False, mirror=False, iou_predictor=False),
         "detection": dict(
             nms_iou=1.0,
             max_detections=10**9,
@@ -311,6 +311,8 @@ PRESETS = {
             prefilter_iou=1.0,
             refine_steps=0,
             vote_iou=0.0,
+            iou_confidence="off",
+            flip_test=False,
         ),
     }
 }
