@@ -437,16 +437,18 @@ def test_box_deltas_round_trip_and_ridge_against_lstsq():
     gt = p + torch.randn(50, 4, generator=g) * 3
     back = apply_deltas(p, box_deltas(p, gt), 1000, 1000)
     assert torch.allclose(back, gt, atol=1e-3)
-    x = torch.randn(30, 80, generator=g)
-    t = torch.randn(30, 4, generator=g)
-    lam = 2.5
-    layer = fit_ridge(x, t, lam)
-    xn, tn = x.double().numpy(), t.double().numpy()
-    xc = xn - xn.mean(0)
-    w = np.linalg.solve(xc.T @ xc + lam * np.eye(80), xc.T @ (tn - tn.mean(0)))
-    b = tn.mean(0) - xn.mean(0) @ w
-    assert np.allclose(layer.weight.detach().numpy().T, w, atol=1e-4)
-    assert np.allclose(layer(x).detach().numpy(), xn @ w + b, atol=1e-4)
+    # fewer rows than features (the dual form) and more (the primal), in one block or several
+    for n, block in ((30, 2048), (30, 7), (200, 2048), (200, 64)):
+        x = torch.randn(n, 80, generator=g) + 3
+        t = torch.randn(n, 4, generator=g)
+        lam = 2.5
+        layer = fit_ridge(x, t, lam, block)
+        xn, tn = x.double().numpy(), t.double().numpy()
+        xc = xn - xn.mean(0)
+        w = np.linalg.solve(xc.T @ xc + lam * np.eye(80), xc.T @ (tn - tn.mean(0)))
+        b = tn.mean(0) - xn.mean(0) @ w
+        assert np.allclose(layer.weight.detach().numpy().T, w, atol=1e-5)
+        assert np.allclose(layer(x).detach().numpy(), xn @ w + b, atol=1e-4)
     with pytest.raises(InputError, match="nothing to fit"):
         fit_ridge(torch.zeros(0, 80), torch.zeros(0, 4), 1.0)
 

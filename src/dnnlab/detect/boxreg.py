@@ -17,25 +17,51 @@ from dnnlab.detect.config import RegressorConfig
 from dnnlab.errors import InputError
 
 
-def fit_ridge(x: torch.Tensor, targets: torch.Tensor, lam: float) -> nn.Linear:
-    """The ridge solution of x (n, d) -> targets (n, k) as a Linear layer d -> k, in float64.
+def fit_ridge(x: torch.Tensor, targets: torch.Tensor, lam: float, block: int = 2048) -> nn.Linear:
+    """The ridge solution of x (n, d) -> targets (n, k) on centred data, as a Linear layer
+    d -> k, solved in float64.
 
-    Solved in the dual (n x n) form: the features are wider (1280 x grid^2) than there are
-    training boxes (a few thousand), so this is the cheaper and better-conditioned system.
+    Solved in the smaller of the two equal forms: the primal (d x d: X'X + lam I) when there
+    are more rows than features (the mirrored rows and the IoU predictor's), the dual (n x n:
+    XX' + lam I) otherwise. Either system is summed from `block` rows at a time made float64
+    and centred, so memory holds the system and a block, never a float64 copy of x.
     """
-    if len(x) == 0:
+    n, d = x.shape
+    if n == 0:
         raise InputError(
             "no indexed box overlaps a target box enough to fit the box "
             "regressor on: nothing to fit"
         )
-    x = x.double()
     t = targets.double()
-    mu, tmu = x.mean(0), t.mean(0)
-    xc = x - mu
-    gram = xc @ xc.T
-    gram.diagonal().add_(lam)
-    w = xc.T @ torch.linalg.solve(gram, t - tmu)  # (D, 4)
-    layer = nn.Linear(x.shape[1], t.shape[1])
+    tmu = t.mean(0)
+    tc = t - tmu
+    starts = range(0, n, block)
+    mu = sum(x[s : s + block].double().sum(0) for s in starts) / n
+
+    def rows(s: int) -> torch.Tensor:
+        return x[s : s + block].double() - mu
+
+    if n > d:
+        system, rhs = torch.zeros(d, d, dtype=torch.float64), torch.zeros(d, t.shape[1]).double()
+        for s in starts:
+            xs = rows(s)
+            system.addmm_(xs.T, xs)
+            rhs.addmm_(xs.T, tc[s : s + block])
+        system.diagonal().add_(lam)
+        w = torch.linalg.solve(system, rhs)  # (d, k)
+    else:
+        system = torch.empty(n, n, dtype=torch.float64)
+        for s in starts:
+            xs = rows(s)
+            for r in starts[s // block :]:
+                part = xs @ rows(r).T
+                system[s : s + block, r : r + block] = part
+                system[r : r + block, s : s + block] = part.T
+        system.diagonal().add_(lam)
+        alpha = torch.linalg.solve(system, tc)  # (n, k)
+        del system
+        w = sum(rows(s).T @ alpha[s : s + block] for s in starts)
+    layer = nn.Linear(d, t.shape[1])
     with torch.no_grad():
         layer.weight.copy_(w.T.float())
         layer.bias.copy_((tmu - mu @ w).float())
