@@ -9,12 +9,10 @@ import numpy as np
 from dnnlab.detect.build import read_index
 from dnnlab.detect.features import crop_batch
 from dnnlab.detect.voc import load_rgb
-from dnnlab.utils.atomic import atomic_savefig
+from dnnlab.utils.plots import pyplot, save_figure
 
 
 def show_samples(out, n: int = 16, seed: int = 0) -> list[Path]:
-    from dnnlab.utils.plots import pyplot
-
     plt = pyplot()
 
     out = Path(out)
@@ -42,7 +40,6 @@ def show_samples(out, n: int = 16, seed: int = 0) -> list[Path]:
         fig.suptitle(f"{name} (label {label})")
         fig.tight_layout()
         path = out / f"samples_{name}.png"
-        atomic_savefig(fig, path, dpi=80)
-        plt.close(fig)
+        save_figure(fig, path, 80)
         written.append(path)
     return written

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 from dnnlab.errors import InputError
-from dnnlab.utils.atomic import atomic_savefig
-from dnnlab.utils.plots import pyplot
+from dnnlab.utils.plots import pyplot, save_figure
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -51,7 +50,6 @@ def compare_probes(a: Path, b: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = Path(a) / f"compare_{measure}.png"
-        atomic_savefig(fig, path, dpi=90)
-        plt.close(fig)
+        save_figure(fig, path, 90)
         written.append(path)
     return written

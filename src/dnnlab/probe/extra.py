@@ -24,8 +24,8 @@ from dnnlab.separability.cka import CkaMatrix
 from dnnlab.separability.inputs import encode_labels
 from dnnlab.separability.linear import DEFAULT_ALPHA, LinearProbe
 from dnnlab.separability.measures import separability_fitting
-from dnnlab.utils.atomic import atomic_savefig, atomic_torch_save
-from dnnlab.utils.plots import pyplot
+from dnnlab.utils.atomic import atomic_torch_save
+from dnnlab.utils.plots import pyplot, save_figure
 from dnnlab.utils.safe_load import load_error_reason, load_plain
 from dnnlab.utils.sizes import parse_size
 
@@ -271,8 +271,7 @@ def cka_heatmaps(doc: dict, path: Path, titles: dict, xlabel=None, ylabel=None) 
         ax.set_title(titles[kind])
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    atomic_savefig(fig, path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, 90)
     return path
 
 
@@ -306,7 +305,6 @@ def plot_extra(rows: list[dict], out: Path, title: str = "") -> list[Path]:
         plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
         fig.tight_layout()
         path = out / f"{name.replace(':', '')}_per_layer.png"
-        atomic_savefig(fig, path, dpi=90)
-        plt.close(fig)
+        save_figure(fig, path, 90)
         written.append(path)
     return written

@@ -38,8 +38,8 @@ from dnnlab.probe.resume import expected_provenance, load_existing
 from dnnlab.probe.spill import SpillFolder, to_float32
 from dnnlab.separability import knn, parse_measures, separability
 from dnnlab.separability.inputs import NonFiniteError
-from dnnlab.utils.atomic import atomic_savefig, atomic_write_json, atomic_write_text
-from dnnlab.utils.plots import pyplot
+from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
+from dnnlab.utils.plots import pyplot, save_figure
 from dnnlab.utils.sizes import format_size, parse_size
 
 
@@ -404,8 +404,7 @@ def plot_probe(rows: list[dict], out: Path, title: str = "") -> list[Path]:
             ax.legend()
             plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
             fig.tight_layout()
-            atomic_savefig(fig, out / fname, dpi=90)
-            plt.close(fig)
+            save_figure(fig, out / fname, 90)
             written.append(out / fname)
     return written + plot_extra(rows, out, title)
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dnnlab.study.records import load_run
-from dnnlab.utils.atomic import atomic_savefig
-from dnnlab.utils.plots import pyplot
+from dnnlab.utils.plots import pyplot, save_figure
 
 # The per-layer panels of each comparison, when the probe measured them.
 PANEL_MEASURES = (("si", "SI"), ("linear", "linear-probe accuracy"), ("nc1", "NC1 (log)"))
@@ -54,8 +53,7 @@ def overlay_plot(
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    atomic_savefig(fig, path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, 90)
     return True
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dnnlab.utils.atomic import atomic_savefig
+
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
@@ -15,11 +17,15 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path, dpi: int) -> None:
+    """Write fig to path atomically (the format from the suffix), then close it."""
+    atomic_savefig(fig, path, dpi=dpi)
+    pyplot().close(fig)
+
+
 def plot_train_curves(rows: list[dict], path: Path, title: str, dpi: int = 100) -> None:
     """Loss and accuracy per epoch, training against validation, from rows holding epoch,
     train_loss, val_loss, train_acc and val_acc."""
-    from dnnlab.utils.atomic import atomic_savefig
-
     plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -32,15 +38,12 @@ def plot_train_curves(rows: list[dict], path: Path, title: str, dpi: int = 100) 
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    atomic_savefig(fig, path, dpi=dpi)
-    plt.close(fig)
+    save_figure(fig, path, dpi)
 
 
 def plot_divergence(losses: list[float], lrs: list[float], bad, path: Path, title: str) -> None:
     """The training loss of each step (log scale) up to a divergence, with the learning rate
     on a second axis and the first non-finite step marked."""
-    from dnnlab.utils.atomic import atomic_savefig
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     finite = [(i, v) for i, v in enumerate(losses) if v == v and abs(v) != float("inf")]
@@ -57,5 +60,4 @@ def plot_divergence(losses: list[float], lrs: list[float], bad, path: Path, titl
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    atomic_savefig(fig, path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, 90)
