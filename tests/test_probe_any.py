@@ -16,6 +16,7 @@ from dnnlab.probe.images import ImageSplit
 from dnnlab.probe.plan import plan_budget
 from dnnlab.probe.probe import BudgetError, ProbeConfig, probe_model
 from tests import oracle
+from tests.fakes import cli
 
 
 def image_folder(root, classes=("a", "b", "c"), n=6, splits=("train", "test"), size=20):
@@ -35,19 +36,14 @@ def test_torchvision_model_on_an_image_folder(tmp_path, capsys):
     data = image_folder(tmp_path / "imgs")
     out = tmp_path / "out"
     rc = main(
-        [
+        cli(
             "probe",
-            "--model",
-            "torchvision:resnet18:num_classes=3",
-            "--data",
-            str(data),
-            "--image-size",
-            "32",
-            "--layers",
-            "layer1,avgpool",
-            "--out",
-            str(out),
-        ]
+            model="torchvision:resnet18:num_classes=3",
+            data=data,
+            image_size="32",
+            layers="layer1,avgpool",
+            out=out,
+        )
     )
     assert rc == 0
     rows = json.loads((out / "probe.json").read_text())["rows"]

@@ -16,7 +16,7 @@ from dnnlab.cifar.rundir import data_record
 from dnnlab.cli import main
 from dnnlab.errors import ConfigError
 from dnnlab.probe.run import run_splits
-from tests.fakes import tiny_train_config
+from tests.fakes import cli, tiny_train_config
 
 
 def cfg(tree, **kw):
@@ -119,19 +119,7 @@ def test_cli_recipe_seed_is_refused_but_old_records_read_as_course(tree, tmp_pat
     s = json.loads((run / "summary.json").read_text())
     assert s["recipe"] == "course" and s["head"] == "logits"  # wide: no Softmax
     assert (
-        main(
-            [
-                "train",
-                "--model",
-                "wide",
-                "--softmax-head",
-                "--data-root",
-                str(tree),
-                "--out",
-                str(tmp_path / "w"),
-            ]
-        )
-        == 2
+        main(cli("train", model="wide", softmax_head=True, data_root=tree, out=tmp_path / "w")) == 2
     )
     assert "wide network has no Softmax" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()

@@ -18,7 +18,7 @@ from dnnlab.study.config import study_config
 from dnnlab.study.publish import publish, read_published
 from dnnlab.study.report import write_report
 from dnnlab.study.study import StudyError, run_study
-from tests.fakes import make_image_tree
+from tests.fakes import cli, make_image_tree
 
 
 def tiny(tree, models, **kw):
@@ -143,56 +143,11 @@ def test_study_inputs_are_checked_before_any_work(tree, tmp_path, capsys):
         study_config([])
     with pytest.raises(ConfigError, match="unknown model 'vgg'; choose from: base, bn"):
         study_config(["base", "vgg"])
-    assert (
-        main(
-            [
-                "study",
-                "--models",
-                "base",
-                "--out",
-                str(out),
-                "--data-root",
-                str(tree),
-                "--detector",
-                "/nonexistent",
-            ]
-        )
-        == 2
-    )
+    assert main(cli("study", models="base", out=out, data_root=tree, detector="/nonexistent")) == 2
     assert "--detector: /nonexistent is not a folder" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "study",
-                "--models",
-                "base",
-                "--out",
-                str(out),
-                "--data-root",
-                str(tree),
-                "--epochs",
-                "0",
-            ]
-        )
-        == 2
-    )
+    assert main(cli("study", models="base", out=out, data_root=tree, epochs="0")) == 2
     assert "--epochs: 0 is out of range" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "study",
-                "--models",
-                "base",
-                "--out",
-                str(out),
-                "--data-root",
-                str(tree),
-                "--jobs",
-                "0",
-            ]
-        )
-        == 2
-    )
+    assert main(cli("study", models="base", out=out, data_root=tree, jobs="0")) == 2
     assert "--jobs: 0 is out of range" in capsys.readouterr().err
     assert not out.exists()
 
@@ -371,20 +326,15 @@ def test_quick_fills_only_the_budget_flags_not_given(monkeypatch, tmp_path):
     out = str(tmp_path / "s")
     assert (
         main(
-            [
+            cli(
                 "study",
-                "--quick",
-                "--val-size",
-                "20",
-                "--models",
-                "base,wide",
-                "--recipe",
-                "course",
-                "--out",
-                out,
-                "--published",
-                "docs/results",
-            ]
+                quick=True,
+                val_size="20",
+                models="base,wide",
+                recipe="course",
+                out=out,
+                published="docs/results",
+            )
         )
         == 0
     )

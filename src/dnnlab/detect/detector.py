@@ -36,6 +36,7 @@ from dnnlab.detect.proposals import propose
 from dnnlab.detect.selection import prefilter, select
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_torch_save
+from dnnlab.utils.safe_load import load_error_reason, load_plain
 
 MODEL_FILE = "model.pt"
 FORMAT = "dnnlab detector 1"
@@ -122,8 +123,6 @@ class Detector(nn.Module):
         path = Path(folder) / MODEL_FILE
         if not path.is_file():
             raise InputError(f"{path}: no trained detector; run `dnnlab detect train {folder}`")
-        from dnnlab.utils.safe_load import load_error_reason, load_plain
-
         try:
             ck = load_plain(path)
         except pickle.UnpicklingError as e:
@@ -152,9 +151,9 @@ class Detector(nn.Module):
                 raise ValueError("the IoU predictor's weights and iou_predictor disagree")
             model = cls(config, mobilenet_features(), ck["norm"], None, reg, reg2, iou)
             model.load_state_dict(state)
-            model.set_detection(detection or config.detection)
         except (RuntimeError, TypeError, ValueError, AttributeError) as e:
             raise InputError(f"{path}: its weights do not fit its config ({e})") from None
+        model.set_detection(detection or config.detection)
         return model.to(device).eval()
 
     # -- box features -------------------------------------------------------------------

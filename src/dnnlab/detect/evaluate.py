@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.ops import box_iou
+from tqdm.auto import tqdm
 
 from dnnlab.detect.detector import MODEL_FILE, Detector
 from dnnlab.detect.output import draw
@@ -85,8 +86,6 @@ def evaluate_detector(
     """AP50, AP75 and COCO mAP (average_precisions) of the detections as configured
     (threshold, NMS, top-K), precision/recall at the threshold, proposal recall, seconds per
     photo, and the input problems found."""
-    from tqdm.auto import tqdm
-
     target = detector.config.target
     problems = Problems()
     items = read_voc_dir(voc_dir, problems, target)

@@ -13,6 +13,7 @@ from torchvision.ops import roi_align
 from dnnlab.detect.boxes import pad_boxes
 from dnnlab.detect.config import FINE_LAYER, FeatureSpec
 from dnnlab.errors import InputError
+from dnnlab.utils.safe_load import load_error_reason, load_plain
 
 # torchvision's ImageNet weights use these; the TFLite-derived 1001-class weights use 0.5/0.5.
 TORCHVISION_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -45,8 +46,6 @@ def load_backbone(weights: str | None):
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(f"{path}: no such weights file")
-        from dnnlab.utils.safe_load import load_error_reason, load_plain
-
         try:
             state = load_plain(path)
         except Exception as e:  # never torch's own message: it advises weights_only=False

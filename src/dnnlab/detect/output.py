@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from dnnlab.detect.detector import Detector
 from dnnlab.detect.voc import Problems, load_rgb
@@ -75,8 +76,6 @@ def run_detector(
 ) -> list[dict]:
     """Detect on each photo; one record per input: {"image", "detections", "seconds"}, or
     {"image", "error"} for a photo that could not be read (the others go on)."""
-    from tqdm.auto import tqdm
-
     images = [Path(i) for i in images]
     out_dir = Path(out_dir)
     check_outputs(images, out_dir, overwrite, model_dir)

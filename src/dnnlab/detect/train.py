@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from dnnlab.detect.boxes import flip_boxes
 from dnnlab.detect.boxreg import fit_regressors
@@ -35,9 +36,10 @@ from dnnlab.detect.features import load_backbone
 from dnnlab.detect.localization import fit_iou_predictor
 from dnnlab.detect.voc import load_rgb
 from dnnlab.errors import InputError
-from dnnlab.utils.atomic import atomic_write_json
+from dnnlab.utils.atomic import atomic_torch_save, atomic_write_json
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.plots import plot_train_curves
+from dnnlab.utils.safe_load import load_plain
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
@@ -52,8 +54,6 @@ def _feature_key(spec: FeatureSpec, weights: str | None) -> str:
 def embed_index(model: Detector, rows, cache: Path | None, progress=True) -> torch.Tensor:
     """Features of every index row (len(rows), spec.dim), computed per image; cached per
     image (float16) when cache is given, and rounded alike when not."""
-    from tqdm.auto import tqdm
-
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
     feats = torch.empty(len(rows), model.spec.dim)
@@ -72,8 +72,6 @@ def embed_index(model: Detector, rows, cache: Path | None, progress=True) -> tor
                 continue
         out = model.embed(load_rgb(Path(image)), boxes).cpu()
         if f is not None:
-            from dnnlab.utils.atomic import atomic_torch_save
-
             out = out.half()  # half: the grid features are wide
             atomic_torch_save(out, f)
         feats[idx] = out.float()
@@ -83,8 +81,6 @@ def embed_index(model: Detector, rows, cache: Path | None, progress=True) -> tor
 def read_cached_features(f: Path) -> torch.Tensor | None:
     """A photo's cached box features as float, or None when absent or unreadable (a damaged
     cache file is recomputed)."""
-    from dnnlab.utils.safe_load import load_plain
-
     if not f.exists():
         return None
     try:
@@ -188,8 +184,6 @@ def train_end_to_end(
     """Backbone and head together, one photo's boxes at a time (one backbone pass per photo
     in "roi" mode; crops in batches of batch_size). BatchNorm keeps ImageNet's statistics:
     batches of one photo's boxes are far too correlated to estimate them."""
-    from tqdm.auto import tqdm
-
     by_image = group_by_image(rows, train_idx.tolist())
     images = list(by_image)
     chunk = cfg.batch_size if model.spec.mode == "crops" else len(rows)
@@ -386,8 +380,6 @@ def mirror_rows(rows: list[dict], widths: dict[str, int]) -> list[dict]:
 def embed_mirrored(model: Detector, rows, progress=True) -> tuple[torch.Tensor, list[dict]]:
     """(features (len(rows), spec.dim), mirror_rows(rows)): each row's box mirrored and read
     on the mirrored photo, one backbone pass per photo, rounded to float16 as the cache."""
-    from tqdm.auto import tqdm
-
     feats = torch.empty(len(rows), model.spec.dim)
     widths = {}
     model.eval()
