@@ -681,13 +681,13 @@ def test_detector_without_iou_predictor_loads_as_before(voc, trained, tmp_path, 
     new = Detector.load(trained, detection=DetectionConfig(iou_confidence="off", flip_test=False))
     a, b = old.detect(img), new.detect(img)
     assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
-    with pytest.raises(InputError, match="--iou-confidence rank.*no IoU predictor.*retrain"):
+    with pytest.raises(InputError, match="--iou-confidence rank.*no IoU predictor.*off or auto"):
         old.set_detection(DetectionConfig(iou_confidence="rank"))
     out = tmp_path / "res"
     argv = ["detect", "run", str(voc / "img1.jpg"), "--model", str(det), "--out", str(out)]
     assert main([*argv, "--iou-confidence", "score"]) == 2
     err = capsys.readouterr().err
-    assert "--iou-confidence score: this detector has no IoU predictor" in err
+    assert f"{det / 'model.pt'}: --iou-confidence score: this detector has no IoU predictor" in err
     assert "do not fit" not in err and not out.exists()
     # config and weights that disagree are named
     ck["config"]["regressors"]["iou_predictor"] = True

@@ -138,14 +138,14 @@ def test_plots_written(tmp_path, monkeypatch):
     ]
     drawn = {}
 
-    def keep(fig, path, **kw):  # what each figure plots, line by line
+    def keep(fig, path, dpi):  # what each figure plots, line by line
         drawn[path.name] = {
             ln.get_label(): (list(ln.get_xdata()), [float(v) for v in ln.get_ydata()])
             for ln in fig.axes[0].get_lines()
         }
         path.write_bytes(b"png")
 
-    monkeypatch.setattr(probe_module, "atomic_savefig", keep)
+    monkeypatch.setattr(probe_module, "save_figure", keep)
     names = sorted(p.name for p in plot_probe(rows, tmp_path, "m"))
     assert names == ["csi_train20.png", "csi_val_test.png", "si_train20.png", "si_val_test.png"]
     layers = ["l0", "l1", "l2"]

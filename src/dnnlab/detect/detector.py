@@ -102,8 +102,9 @@ class Detector(nn.Module):
             mode = "rank" if self.iou_predictor is not None else "off"
         elif mode != "off" and self.iou_predictor is None:
             raise InputError(
-                f"--iou-confidence {mode}: this detector has no IoU predictor; retrain it "
-                "with --iou-predictor, or pass --iou-confidence off"
+                f"--iou-confidence {mode}: this detector has no IoU predictor (trained before "
+                "it existed, or with --no-iou-predictor); pass --iou-confidence off or auto, "
+                "or retrain it without --no-iou-predictor"
             )
         self.config = replace(self.config, detection=replace(detection, iou_confidence=mode))
 
@@ -153,7 +154,10 @@ class Detector(nn.Module):
             model.load_state_dict(state)
         except (RuntimeError, TypeError, ValueError, AttributeError) as e:
             raise InputError(f"{path}: its weights do not fit its config ({e})") from None
-        model.set_detection(detection or config.detection)
+        try:
+            model.set_detection(detection or config.detection)
+        except InputError as e:
+            raise InputError(f"{path}: {e}") from None
         return model.to(device).eval()
 
     # -- box features -------------------------------------------------------------------
