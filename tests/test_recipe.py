@@ -15,7 +15,7 @@ from dnnlab.cifar.recipe import val_generator
 from dnnlab.cifar.rundir import data_record
 from dnnlab.cli import main
 from dnnlab.errors import ConfigError
-from dnnlab.probe.run import run_splits
+from dnnlab.probe.trained_run import run_splits
 from tests.fakes import cli, tiny_train_config
 
 

@@ -13,7 +13,7 @@ from dnnlab.cifar.train import RunError, TrainConfig, train
 from dnnlab.cli import main
 from dnnlab.errors import ConfigError
 from dnnlab.probe.probe import ProbeConfig
-from dnnlab.probe.run import probe_run
+from dnnlab.probe.trained_run import probe_run
 from dnnlab.study.config import study_config
 from dnnlab.study.publish import publish, read_published
 from dnnlab.study.report import write_report

@@ -57,7 +57,7 @@ def _add_si(sub) -> None:
 
 
 def cmd_si(args) -> int:
-    from dnnlab.separability.command import si_command
+    from dnnlab.separability.si_command import si_command
 
     return si_command(args)
 
@@ -127,8 +127,8 @@ def _given(args, cls) -> dict:
 
 
 def cmd_train(args) -> int:
-    from dnnlab.cifar.command import train_command
     from dnnlab.cifar.train import TrainConfig
+    from dnnlab.cifar.train_command import train_command
 
     train_command(
         _given(args, TrainConfig),
@@ -191,7 +191,7 @@ def _add_probe(sub) -> None:
 
 
 def cmd_probe(args) -> int:
-    from dnnlab.probe import command
+    from dnnlab.probe import probe_command as command
     from dnnlab.probe.probe import ProbeConfig
     from dnnlab.probe.report import layers_table, print_result
     from dnnlab.settings import from_args

@@ -13,7 +13,7 @@ the numbers:
 - validation images: the course's validation subset came from the augmented training
   dataset, so they are flipped and rotated like training images, drawn anew every epoch;
 - the probe's train20: drawn stratified from all 50,000 training images, validation ones
-  included (`dnnlab.probe.run.run_splits` reads `train20_pool`).
+  included (`dnnlab.probe.trained_run.run_splits` reads `train20_pool`).
 
 The course's split was unseeded, so its exact images cannot be reproduced; `course` uses
 dnnlab's seeded split. docs/cifar.md says what each difference does to the numbers.

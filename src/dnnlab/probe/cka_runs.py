@@ -13,11 +13,11 @@ import torch
 from dnnlab.cifar.augment import to_input
 from dnnlab.cifar.train import load_model_checkpoint, read_run_config
 from dnnlab.errors import InputError
+from dnnlab.probe.beyond_si import cka_heatmaps
 from dnnlab.probe.config import forward_batch
-from dnnlab.probe.extra import cka_heatmaps
 from dnnlab.probe.extract import extract_group
 from dnnlab.probe.layers import describe_layers, resolve_layers
-from dnnlab.probe.run import run_splits
+from dnnlab.probe.trained_run import run_splits
 from dnnlab.separability.cka import CkaMatrix
 from dnnlab.utils.atomic import atomic_write_json
 from dnnlab.utils.sizes import parse_size

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dnnlab.errors import BudgetError
+from dnnlab.probe.beyond_si import ProbeExtras
 from dnnlab.probe.config import ProbeConfig
-from dnnlab.probe.extra import ProbeExtras
 from dnnlab.probe.layers import LayerInfo
 from dnnlab.utils.sizes import format_size
 

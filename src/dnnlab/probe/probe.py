@@ -20,8 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dnnlab.errors import BudgetError, InputError
+from dnnlab.probe.beyond_si import ProbeExtras, plot_extra
 from dnnlab.probe.config import ProbeConfig, forward_batch
-from dnnlab.probe.extra import ProbeExtras, plot_extra
 from dnnlab.probe.extract import extract_group
 from dnnlab.probe.layers import LayerError, LayerInfo, resolve_layers, trace
 from dnnlab.probe.plan import (

@@ -34,7 +34,7 @@ from dnnlab.cifar.train import train
 from dnnlab.errors import DnnlabError, InputError
 from dnnlab.probe.cka_runs import cka_between_runs
 from dnnlab.probe.probe import ProbeConfig
-from dnnlab.probe.run import probe_run
+from dnnlab.probe.trained_run import probe_run
 from dnnlab.study.config import RESULT_KEYS, StudyConfig, train_config
 from dnnlab.study.plan import print_plan
 from dnnlab.study.publish import git_commit, read_published

@@ -11,7 +11,7 @@ from dnnlab.errors import InputError
 from dnnlab.probe.anynet import AnyConfig, list_any, probe_any
 from dnnlab.probe.cka_runs import cka_between_runs
 from dnnlab.probe.compare import compare_probes
-from dnnlab.probe.run import list_run, probe_run
+from dnnlab.probe.trained_run import list_run, probe_run
 from dnnlab.settings import from_args
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.paths import check_out_folder
