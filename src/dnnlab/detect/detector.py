@@ -243,14 +243,20 @@ class Detector(nn.Module):
             q = (q + self.iou_predictor(looks[1](flip_boxes(boxes, width)))[:, 0]) / 2
         return q.clamp(0, 1).to(boxes.dtype)
 
+    def _scored(self, img: np.ndarray, boxes: np.ndarray):
+        """(looks, probability (n,), refined box (n, 4)) of boxes (n, 4) of one photo; no
+        look (no backbone pass) when there is no box."""
+        b = torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4)).to(self.mean.device)
+        if len(b) == 0:
+            return [], b.new_zeros(0), b
+        looks = self.looks(img)
+        return looks, *self.rounds(looks, b, *img.shape[:2])
+
     @torch.inference_mode()
     def score_boxes(self, img: np.ndarray, boxes: np.ndarray):
         """(probability (n,), refined box (n, 4)) of every proposal of one photo."""
-        if len(boxes) == 0:
-            return np.zeros(0, np.float32), np.zeros((0, 4), np.float32)
-        b = torch.from_numpy(np.asarray(boxes, np.float32)).to(self.mean.device)
-        s, b = self.rounds(self.looks(img), b, *img.shape[:2])
-        return s.cpu().numpy(), b.cpu().numpy().astype(np.float32)
+        _, s, b = self._scored(img, boxes)
+        return s.cpu().numpy(), b.cpu().numpy()
 
     def propose(self, img: np.ndarray) -> np.ndarray:
         """The proposals scored on this photo: (n, 4)."""
@@ -262,14 +268,10 @@ class Detector(nn.Module):
         t0 = time.perf_counter()
         props = self.propose(img)
         t1 = time.perf_counter()
-        h, w = img.shape[:2]
-        dev = self.mean.device
-        b = torch.from_numpy(np.asarray(props, np.float32).reshape(-1, 4)).to(dev)
-        looks = self.looks(img) if len(b) else []
-        s, b = self.rounds(looks, b, h, w) if len(b) else (b.new_zeros(0), b)
+        looks, s, b = self._scored(img, props)
         quality = None
-        if self.config.detection.iou_confidence != "off" and len(b):
-            quality = lambda boxes: self.predicted_iou(looks, boxes, w)  # noqa: E731
+        if self.config.detection.iou_confidence != "off" and looks:
+            quality = lambda boxes: self.predicted_iou(looks, boxes, img.shape[1])  # noqa: E731
         out_b, out_s = select(b, s, self.config.detection, quality)
         return Detections(
             out_b.cpu().numpy(),

@@ -65,14 +65,15 @@ def photo_targets(rows: list[dict]) -> dict[tuple[str, bool], np.ndarray]:
 
 
 @torch.no_grad()
-def jittered_samples(model, rows: list[dict], rng, progress=True):
+def jittered_samples(model, targets_of: dict, rng, progress=True):
     """(features (m, spec.dim), IoU with the nearest target box (m,)) of JITTER_PER_TARGET
-    jittered copies of each photo's target boxes, read on that photo (mirrored for mirrored
-    rows); one backbone pass per photo, rounded to float16 as the training cache."""
+    jittered copies of each photo's target boxes (targets_of: photo_targets), read on that
+    photo (mirrored when so keyed); one backbone pass per photo, rounded to float16 as the
+    training cache."""
     xs, ts = [], []
     model.eval()
     for (image, mirrored), targets in tqdm(
-        photo_targets(rows).items(), desc="IoU predictor", unit="img", disable=not progress
+        targets_of.items(), desc="IoU predictor", unit="img", disable=not progress
     ):
         if len(targets) == 0:
             continue
@@ -97,9 +98,9 @@ def fit_iou_predictor(
     pick_rows(rows) of feats (len(rows), spec.dim) and the jittered target boxes."""
     rng = np.random.default_rng(seed)
     ious = np.array([r["iou"] for r in rows], np.float32)
-    photos = len({(r["image"], bool(r.get("mirrored", False))) for r in rows})
-    pick = pick_rows(ious, photos, rng)
-    xj, tj = jittered_samples(model, rows, rng, progress)
+    targets_of = photo_targets(rows)  # one entry per photo (and per mirrored photo)
+    pick = pick_rows(ious, len(targets_of), rng)
+    xj, tj = jittered_samples(model, targets_of, rng, progress)
     x = torch.cat([feats[torch.from_numpy(pick)], xj])
     t = torch.cat([torch.from_numpy(ious[pick]), tj.float()])
     return fit_ridge(x, t[:, None], lam)
