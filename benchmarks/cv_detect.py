@@ -30,7 +30,8 @@ Candidates for localization (issue 22), on top of the last row, selected with --
     back, and box and probability averaged with the unmirrored ones.
 
 It runs the commands' own stages (proposals, labelling and negative sampling, split by
-photo, the head's training loop, the ridge fits, detection's rounds and selection) on
+photo, the head's training loop, the ridge fits, detection's rounds, predicted IoU and
+selection: Detector.rounds, Detector.predicted_iou, selection.select) on
 features kept in memory, one backbone pass per photo, instead of through model.pt files;
 the comparison between settings is on identical models.
 
@@ -50,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torchvision.ops import box_iou, nms
+from torchvision.ops import box_iou
 
 from dnnlab.detect.boxes import flip_boxes
 from dnnlab.detect.boxreg import fit_regressors, fit_ridge
@@ -62,11 +63,11 @@ from dnnlab.detect.config import (
     DetectTrainConfig,
     RegressorConfig,
 )
-from dnnlab.detect.detector import Detector, make_head, refine_rounds
+from dnnlab.detect.detector import Detector, make_head
 from dnnlab.detect.features import load_backbone, pool_boxes
 from dnnlab.detect.labelling import label_proposals, sample_rows
 from dnnlab.detect.proposals import proposals_for
-from dnnlab.detect.selection import confidence, prefilter, select, vote
+from dnnlab.detect.selection import prefilter, select
 from dnnlab.detect.train import balanced, train_head
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 
@@ -245,61 +246,21 @@ def train_fold(model, photos, ids, seed, want=("one", "two", "two-all", "fine-gr
     return model.head.eval(), out, secs
 
 
-@torch.no_grad()
-def refined(model, head, regs, ph, cfg: DetectionConfig, tta=False):
-    """Detector.detect()'s rounds on cached maps: (probability (n,), refined box (n, 4)) of
-    every proposal; with tta, averaged with the rounds on the mirrored photo."""
-    model.head, (model.regressor, model.regressor2) = head, regs
-    s, b = refine_rounds(
-        model,
-        lambda boxes: pooled(model, ph, boxes),
-        torch.from_numpy(ph["props"]),
-        *ph["hw"],
-        cfg.refine_steps,
-    )
-    if not tta:
-        return s, b
-    m = ph["flip"]
-    s2, b2 = refine_rounds(
-        model,
-        lambda boxes: pooled(model, m, boxes),
-        torch.from_numpy(m["props"]),
-        *m["hw"],
-        cfg.refine_steps,
-    )
-    return (s + s2) / 2, (b + flip_boxes(b2, ph["hw"][1])) / 2
-
-
-@torch.no_grad()
-def predicted_iou(model, iou_reg, ph, boxes, tta=False) -> torch.Tensor:
-    """The IoU predictor's value for boxes (n, 4) of one photo, clipped to [0, 1]: (n,);
-    with tta, averaged with the mirrored boxes' on the mirrored photo."""
-    if len(boxes) == 0:
-        return boxes.new_zeros(0)
-    q = iou_reg(pooled(model, ph, boxes))[:, 0]
+def cached_looks(model, ph, tta: bool) -> list:
+    """Detector.looks on the cached maps: the photo's box-features function (rounded to
+    float16 as the training cache), and with tta the mirrored photo's too."""
+    out = [lambda boxes: pooled(model, ph, boxes)]
     if tta:
-        m = ph["flip"]
-        q = (q + iou_reg(pooled(model, m, flip_boxes(boxes, ph["hw"][1])))[:, 0]) / 2
-    return q.clamp(0, 1)
+        out.append(lambda boxes: pooled(model, ph["flip"], boxes))
+    return out
 
 
-def select_iou(b, s, q_of, cfg: DetectionConfig, guided: bool):
-    """select(), then each detection's confidence times its predicted IoU q_of(boxes);
-    guided: NMS ranks the boxes above the threshold by predicted IoU and each vote weighs
-    probability times predicted IoU. (boxes (k, 4), confidences (k,)), best first."""
-    if not guided:
-        out_b, out_s = select(b, s, cfg)
-    else:
-        keep = s > cfg.score_threshold
-        b, s = b[keep], s[keep]
-        q = q_of(b)
-        k = nms(b, q, cfg.nms_iou)[: cfg.max_detections]
-        # floored: a kept box whose voters all have predicted IoU 0 would divide 0 by 0
-        out_b, support = vote(b[k], b, s * q.clamp(min=1e-3), cfg.vote_iou)
-        out_s = confidence(support, cfg.support_scale)
-    out_s = out_s * q_of(out_b)
-    order = out_s.argsort(descending=True, stable=True)
-    return out_b[order], out_s[order]
+def refined(model, head, regs, ph, looks, cfg: DetectionConfig):
+    """Detector.rounds on cached maps with this fold's head and regressors: (probability
+    (n,), refined box (n, 4)) of every proposal; with a mirrored look, the mean of both."""
+    model.head, (model.regressor, model.regressor2) = head, regs
+    model.config = replace(model.config, detection=cfg)
+    return model.rounds(looks, torch.from_numpy(ph["props"]), *ph["hw"])
 
 
 def main() -> int:
@@ -320,6 +281,7 @@ def main() -> int:
         help="which settings to evaluate (default: the first six)",
     )
     args = ap.parse_args()
+    torch.set_grad_enabled(False)
     from torchmetrics.detection import MeanAveragePrecision
 
     settings = {n: SETTINGS[n] for n in args.rows}
@@ -358,23 +320,25 @@ def main() -> int:
                 gt = torch.from_numpy(ph["gt"])
                 rounds = {}  # (regressors, tta): (probabilities, refined boxes), shared
                 for name, (cfg, reg, tta, qname, guided) in settings.items():
+                    looks = cached_looks(model, ph, tta)
                     if (reg, tta) not in rounds:
                         t1 = time.perf_counter()
-                        rounds[reg, tta] = refined(model, head, regs[reg], ph, cfg, tta)
+                        rounds[reg, tta] = refined(model, head, regs[reg], ph, looks, cfg)
                         round_secs[reg, tta] = round_secs.get((reg, tta), 0.0)
                         round_secs[reg, tta] += time.perf_counter() - t1
                     t1 = time.perf_counter()
                     s, b = rounds[reg, tta]
                     if qname is None:
                         b, s = select(b, s, cfg)
-                    else:
-                        q = regs[qname]
-                        b, s = select_iou(
+                    else:  # the commands' selection with this fold's IoU predictor
+                        model.iou_predictor = regs[qname]
+                        b, s = select(
                             b,
                             s,
-                            lambda bx, q=q, ph=ph, tta=tta: predicted_iou(model, q, ph, bx, tta),
-                            cfg,
-                            guided,
+                            replace(cfg, iou_confidence="rank" if guided else "score"),
+                            lambda bx, looks=looks, w=ph["hw"][1]: model.predicted_iou(
+                                looks, bx, w
+                            ),
                         )
                     det_secs[name] += time.perf_counter() - t1
                     pred = {"boxes": b, "scores": s, "labels": torch.zeros(len(b), dtype=int)}
