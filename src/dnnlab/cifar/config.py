@@ -14,79 +14,54 @@ from dnnlab.utils.device import DEVICE_HELP, check_device_name
 __all__ = ["RESUMABLE_CHANGES", "TrainConfig"]
 
 
+def _recipe_setting(name: str, help: str, **limits):
+    """A recipe hyperparameter: unset (None) by default, so it takes its recipe's value
+    (recipe.COURSE for corrected and course, recipe.BUDGET for budget), which config.json
+    then records; --help shows both recipes' values."""
+    return setting(None, help, default_text=R.default_text(name), **limits)
+
+
 @dataclass
 class TrainConfig:
     """One training run's settings; every default is the course project's recipe."""
 
     model: str = setting("base", "a variant from `dnnlab models`")
-    # The recipe's hyperparameters: unset (None) takes the recipe's value (recipe.COURSE for
-    # corrected and course, recipe.BUDGET for budget), which config.json then records.
-    epochs: int | None = setting(
-        None, "training epochs", low=1, high=100_000, default_text=R.default_text("epochs")
+    # The recipe's hyperparameters (see _recipe_setting).
+    epochs: int | None = _recipe_setting("epochs", "training epochs", low=1, high=100_000)
+    batch_size: int | None = _recipe_setting(
+        "batch_size", "training batch size", low=1, high=65_536
     )
-    batch_size: int | None = setting(
-        None, "training batch size", low=1, high=65_536, default_text=R.default_text("batch_size")
+    lr: float | None = _recipe_setting(
+        "lr", "peak SGD learning rate", low=0, high=10, low_open=True
     )
-    lr: float | None = setting(
-        None,
-        "peak SGD learning rate",
-        low=0,
-        high=10,
-        low_open=True,
-        default_text=R.default_text("lr"),
+    momentum: float | None = _recipe_setting(
+        "momentum", "SGD momentum", low=0, high=1, high_open=True
     )
-    momentum: float | None = setting(
-        None, "SGD momentum", low=0, high=1, high_open=True, default_text=R.default_text("momentum")
+    nesterov: bool | None = _recipe_setting("nesterov", "Nesterov momentum")
+    weight_decay: float | None = _recipe_setting("weight_decay", "SGD weight decay", low=0, high=1)
+    label_smoothing: float | None = _recipe_setting(
+        "label_smoothing", "cross-entropy label smoothing", low=0, high=1, high_open=True
     )
-    nesterov: bool | None = setting(
-        None, "Nesterov momentum", default_text=R.default_text("nesterov")
-    )
-    weight_decay: float | None = setting(
-        None, "SGD weight decay", low=0, high=1, default_text=R.default_text("weight_decay")
-    )
-    label_smoothing: float | None = setting(
-        None,
-        "cross-entropy label smoothing",
-        low=0,
-        high=1,
-        high_open=True,
-        default_text=R.default_text("label_smoothing"),
-    )
-    schedule: str | None = setting(
-        None,
+    schedule: str | None = _recipe_setting(
+        "schedule",
         "learning-rate schedule: step (StepLR, per epoch) or linear (linear warmup, then "
         "linear decay to zero at the last step)",
         choices=R.SCHEDULES,
-        default_text=R.default_text("schedule"),
     )
-    step_size: int | None = setting(
-        None,
-        "StepLR: epochs between learning-rate drops",
-        low=1,
-        high=100_000,
-        default_text=R.default_text("step_size"),
+    step_size: int | None = _recipe_setting(
+        "step_size", "StepLR: epochs between learning-rate drops", low=1, high=100_000
     )
-    gamma: float | None = setting(
-        None,
-        "StepLR: learning-rate factor at each drop",
-        low=0,
-        high=1,
-        low_open=True,
-        default_text=R.default_text("gamma"),
+    gamma: float | None = _recipe_setting(
+        "gamma", "StepLR: learning-rate factor at each drop", low=0, high=1, low_open=True
     )
-    warmup_epochs: float | None = setting(
-        None,
-        "linear schedule: epochs of linear warmup from zero",
-        low=0,
-        high=100_000,
-        default_text=R.default_text("warmup_epochs"),
+    warmup_epochs: float | None = _recipe_setting(
+        "warmup_epochs", "linear schedule: epochs of linear warmup from zero", low=0, high=100_000
     )
-    augmentation: str | None = setting(
-        None,
+    augmentation: str | None = _recipe_setting(
+        "augmentation",
         "training augmentation: flip-rotate (the course's: flip, rotation within 10 degrees) "
         "or flip-translate (flip, shift by up to 2 pixels)",
         choices=R.AUGMENTATIONS,
-        default_text=R.default_text("augmentation"),
     )
     n_val: int = setting(
         5000,

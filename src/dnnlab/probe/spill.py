@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dnnlab.utils.atomic import pid_alive
+
 RELEASE_INTERVAL = 0.02  # seconds between two releases
 
 
@@ -64,16 +66,6 @@ class PageReleaser:
 PREFIX = ".probe-spill-"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale(parent: Path) -> list[Path]:
     """Remove feature folders left by probes that were killed (their process is gone)."""
     removed = []
@@ -82,7 +74,7 @@ def sweep_stale(parent: Path) -> list[Path]:
             pid = int((d / "pid").read_text())
         except (OSError, ValueError):
             continue  # not ours, or still being created: leave it
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed

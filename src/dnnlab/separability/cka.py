@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -90,13 +90,7 @@ class CkaResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {
-            "layers": self.layers,
-            "linear": self.linear,
-            "unbiased": self.unbiased,
-            "n": self.n,
-            "notes": self.notes,
-        }
+        return asdict(self)
 
     def value(self, a: str, b: str, kind: str = "linear"):
         m = self.linear if kind == "linear" else self.unbiased

@@ -67,15 +67,8 @@ def _read_csv(path: Path, column: str | None, numeric: bool) -> np.ndarray:
     if not rows:
         raise InputError(f"{path}: the file is empty")
 
-    def is_number(cell: str) -> bool:
-        try:
-            float(cell)
-            return True
-        except ValueError:
-            return False
-
     header = None
-    first_numeric = all(is_number(c) for c in rows[0])
+    first_numeric = all(_parses_as(float, c) for c in rows[0])
     if column is not None or (numeric and not first_numeric and len(rows) > 1):
         header, rows = [c.strip() for c in rows[0]], rows[1:]
     width = len(header) if header else len(rows[0])
@@ -97,9 +90,9 @@ def _read_csv(path: Path, column: str | None, numeric: bool) -> np.ndarray:
         cells = [r[0].strip() for r in rows] if len(rows[0]) == 1 else None
         if cells is None:
             raise InputError(f"{path}: labels need one column; found {len(rows[0])}")
-        if all(_is_int(c) for c in cells):
+        if all(_parses_as(int, c) for c in cells):
             return np.asarray([int(c) for c in cells])
-        if all(_is_float(c) for c in cells):  # checked later: integral floats only
+        if all(_parses_as(float, c) for c in cells):  # checked later: integral floats only
             return np.asarray([float(c) for c in cells])
         return np.asarray(cells)
     out = np.empty((len(rows), len(rows[0])), dtype=np.float64)
@@ -161,25 +154,18 @@ def _first_row_is_header(cells: list[str]) -> bool:
     if not rest:
         return False
 
-    if not _is_float(first) and all(_is_float(c) for c in rest):
+    if not _parses_as(float, first) and all(_parses_as(float, c) for c in rest):
         return True
     return first.lower() in HEADER_WORDS and first not in rest
 
 
-def _is_float(cell: str) -> bool:
+def _parses_as(kind, cell: str) -> bool:
+    """Whether `kind(cell)` (float or int) reads the cell."""
     try:
-        float(cell)
-        return True
+        kind(cell)
     except ValueError:
         return False
-
-
-def _is_int(cell: str) -> bool:
-    try:
-        int(cell)
-        return True
-    except ValueError:
-        return False
+    return True
 
 
 def load_array(spec: str, *, numeric: bool = True, max_bytes: int = MAX_DENSE_BYTES):
