@@ -39,15 +39,15 @@ LOOPS = {
 
 
 def images_per_second(model_name, precision, augmentation, batch, x, y) -> float:
-    cfg = TrainConfig(model=model_name, augmentation=augmentation, batch_size=batch)
     torch.manual_seed(0)
     model = build_model(model_name).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
     dev = torch.device("cpu")
-    train_one_epoch(model, opt, x[: 2 * batch], y[: 2 * batch], cfg, gen, dev, precision=precision)
+    kw = dict(batch_size=batch, augmentation=augmentation, precision=precision)
+    train_one_epoch(model, opt, x[: 2 * batch], y[: 2 * batch], gen, dev, **kw)
     t0 = time.perf_counter()
-    train_one_epoch(model, opt, x, y, cfg, gen, dev, precision=precision)
+    train_one_epoch(model, opt, x, y, gen, dev, **kw)
     return x.shape[0] / (time.perf_counter() - t0)
 
 

@@ -113,7 +113,7 @@ def test_budget_run_records_precision_and_refuses_another_epoch_count(tree, tmp_
     # The lr column is each epoch's first step: rising in warmup or falling, never the peak
     # twice, and the saved scheduler has stepped once per batch.
     last = torch.load(run / "last.pt", weights_only=True)
-    steps = E.steps_per_epoch(s["train_images"], small(tree))
+    steps = E.steps_per_epoch(s["train_images"], small(tree).batch_size)
     assert last["scheduler"]["last_epoch"] == 2 * steps
     assert rows[0]["lr"] != rows[1]["lr"]
     with pytest.raises(T.RunError, match="--epochs 3: .* was started for 2 epochs"):

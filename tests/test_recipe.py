@@ -88,7 +88,7 @@ def test_course_train20_is_drawn_from_all_training_images(tree, tmp_path):
         run.mkdir()
         c = cfg(tree, recipe=recipe)
         data = load_cifar10(str(tree))
-        tr, va = make_split(c, data)
+        tr, va = make_split(data, c.n_val, c.train_subset, c.seed)
         (run / "split.json").write_text(json.dumps({"train": tr.tolist(), "val": va.tolist()}))
         (run / "config.json").write_text(json.dumps({**asdict(c), **data_record(data)}))
         assert len(tr) == 120 and len(va) == 20

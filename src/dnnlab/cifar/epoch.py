@@ -50,8 +50,8 @@ def make_optimizer(model, cfg: TrainConfig, steps_per_epoch: int):
     return opt, sched
 
 
-def steps_per_epoch(n_train: int, cfg: TrainConfig) -> int:
-    return math.ceil(n_train / cfg.batch_size)
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return math.ceil(n_train / batch_size)
 
 
 def loss_fn(out: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -68,12 +68,12 @@ def autocast(dev, precision: str):
 AUG_CHUNK = 16  # batches augmented together: fewer, larger kernel launches
 
 
-def _sgd_step(model, opt, sched, xb, yb, cfg, dev, precision):
+def _sgd_step(model, opt, sched, xb, yb, label_smoothing, dev, precision):
     """One SGD step on the batch (xb, yb); `sched`, when given, steps after it. Returns the
     model's output and the loss."""
     with autocast(dev, precision):
         out = model(xb)
-    loss = loss_fn(out, yb, cfg.label_smoothing)
+    loss = loss_fn(out, yb, label_smoothing)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -87,9 +87,12 @@ def train_one_epoch(
     opt,
     x_u8,
     y,
-    cfg,
     gen,
     dev,
+    *,
+    batch_size: int,
+    augmentation: str,
+    label_smoothing: float = 0.0,
     rank=0,
     world=1,
     bar=None,
@@ -97,7 +100,8 @@ def train_one_epoch(
     sched=None,
     trace=None,
 ):
-    """One pass over the training tensors in a seeded random order; returns (loss, acc).
+    """One pass over the training tensors in a seeded random order, `batch_size` images a
+    step, augmented by AUGMENTERS[augmentation]; returns (loss, acc).
 
     `sched`, when given, steps after every batch (the linear schedule). `trace`, a dict of
     lists, receives each step's "loss" and "lr" (read once per augmented chunk, so a GPU
@@ -109,9 +113,9 @@ def train_one_epoch(
     total_loss = torch.zeros((), device=dev)
     correct = torch.zeros((), dtype=torch.long, device=dev)
     seen = 0
-    bs = cfg.batch_size
+    bs = batch_size
     span = bs * AUG_CHUNK
-    augmenter = AUGMENTERS[cfg.augmentation]
+    augmenter = AUGMENTERS[augmentation]
     for c0 in range(0, n, span):
         if trace is not None and not all(map(math.isfinite, trace["loss"][-AUG_CHUNK:])):
             return math.nan, int(correct) / max(1, seen)  # diverged: the rest is wasted
@@ -123,7 +127,7 @@ def train_one_epoch(
         step_losses = []
         for s in range(0, chunk_idx.numel(), bs):
             xb, yb = xa[s : s + bs][rank::world], ya[s : s + bs][rank::world]
-            out, loss = _sgd_step(model, opt, sched, xb, yb, cfg, dev, precision)
+            out, loss = _sgd_step(model, opt, sched, xb, yb, label_smoothing, dev, precision)
             if trace is not None:
                 step_losses.append(loss.detach())
                 trace["lr"].append(opt.param_groups[0]["lr"])
@@ -160,21 +164,6 @@ def _rng_state(gen: torch.Generator) -> dict:
     return {"torch": torch.get_rng_state(), "gen": gen.get_state()}
 
 
-def _checkpoint(model, opt, sched, epoch, gen, cfg, best_acc, best_epoch):
-    return {
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "epoch": epoch,
-        "rng": _rng_state(gen),
-        "config": asdict(cfg),
-        "arch": cfg.model,
-        "softmax_head": cfg.uses_softmax_head,
-        "best_val_acc": best_acc,
-        "best_epoch": best_epoch,
-    }
-
-
 @dataclass
 class Training:
     """What changes from epoch to epoch, and what a resumed run restores."""
@@ -184,6 +173,7 @@ class Training:
     sched: torch.optim.lr_scheduler.LRScheduler
     gen: torch.Generator
     precision: str  # "bf16" or "fp32": what training and evaluation compute in
+    softmax_head: bool  # whether the model ends in a Softmax (TrainConfig.uses_softmax_head)
     start: int = 0  # epochs completed
     best_acc: float = -1.0
     best_epoch: int = 0
@@ -195,10 +185,11 @@ def start_training(cfg: TrainConfig, out: Path, dev, ck: dict | None, n_train: i
     the RNG states and best.pt's weights."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = build_model(cfg.model, softmax_head=cfg.uses_softmax_head).to(dev)
+    head = cfg.uses_softmax_head
+    model = build_model(cfg.model, softmax_head=head).to(dev)
     model = model.to(memory_format=torch.channels_last)
-    opt, sched = make_optimizer(model, cfg, steps_per_epoch(n_train, cfg))
-    st = Training(model, opt, sched, gen, precision)
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch(n_train, cfg.batch_size))
+    st = Training(model, opt, sched, gen, precision, head)
     if ck is not None:
         _restore(ck, out / "last.pt", model, opt, sched, gen)
         st.start, st.best_acc, st.best_epoch = ck["epoch"], ck["best_val_acc"], ck["best_epoch"]
@@ -224,12 +215,12 @@ def _restore(ck: dict, last: Path, model, opt, sched, gen) -> None:
         raise RunError(f"{last}: damaged checkpoint ({type(e).__name__}: {e})") from None
 
 
-def wrap_model(model, cfg: TrainConfig, dev, world: int):
-    """The module the epochs run: DDP across processes, compiled if asked."""
+def wrap_model(model, compile: bool, dev, world: int):
+    """The module the epochs run: DDP across processes, compiled if `compile`."""
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
-    if cfg.compile:
+    if compile:
         # CUDA graphs ("reduce-overhead") remove the per-kernel launch cost that dominates a
         # network this small; on the CPU plain compilation is what helps.
         net = torch.compile(net, mode="reduce-overhead" if dev.type == "cuda" else None)
@@ -260,6 +251,19 @@ def write_divergence(out: Path, cfg: TrainConfig, epoch: int, trace: dict) -> Pa
     return path
 
 
+def _stop_diverged(tr_loss: float, trace: dict | None, out: Path, cfg: TrainConfig, epoch: int):
+    """A diverged run has nothing worth keeping: stop before this epoch is saved, but keep
+    its loss curve (divergence.json/.png), the evidence of what happened."""
+    where = ""
+    if trace is not None:
+        where = "; its loss curve: " + str(write_divergence(out, cfg, epoch, trace))
+    raise RunError(
+        f"epoch {epoch + 1}: the training loss is {tr_loss} (the run diverged); the "
+        f"checkpoints stop at epoch {epoch}{where}. Lower --lr ({cfg.lr}) or "
+        f"--weight-decay ({cfg.weight_decay}) and start again with --overwrite"
+    )
+
+
 def run_epoch(st: Training, net, cfg: TrainConfig, split, dev, epoch, rank, world, progress, out):
     """Train one epoch, step the schedule and validate; returns its metrics row."""
     t0 = time.perf_counter()
@@ -281,28 +285,21 @@ def run_epoch(st: Training, net, cfg: TrainConfig, split, dev, epoch, rank, worl
         st.opt,
         x_tr,
         y_tr,
-        cfg,
         st.gen,
         dev,
-        rank,
-        world,
-        bar,
-        st.precision,
-        st.sched if per_step else None,
-        trace,
+        batch_size=cfg.batch_size,
+        augmentation=cfg.augmentation,
+        label_smoothing=cfg.label_smoothing,
+        rank=rank,
+        world=world,
+        bar=bar,
+        precision=st.precision,
+        sched=st.sched if per_step else None,
+        trace=trace,
     )
     bar.close()
     if not math.isfinite(tr_loss):
-        # A diverged run has nothing worth keeping: stop before this epoch is saved, but
-        # keep its loss curve (divergence.json/.png), the evidence of what happened.
-        where = ""
-        if trace is not None:
-            where = "; its loss curve: " + str(write_divergence(out, cfg, epoch, trace))
-        raise RunError(
-            f"epoch {epoch + 1}: the training loss is {tr_loss} (the run diverged); the "
-            f"checkpoints stop at epoch {epoch}{where}. Lower --lr ({cfg.lr}) or "
-            f"--weight-decay ({cfg.weight_decay}) and start again with --overwrite"
-        )
+        _stop_diverged(tr_loss, trace, out, cfg, epoch)
     if not per_step:
         st.sched.step()
     val_gen = R.val_generator(cfg.recipe, cfg.seed, epoch)
@@ -310,23 +307,24 @@ def run_epoch(st: Training, net, cfg: TrainConfig, split, dev, epoch, rank, worl
         net, *split["val"], dev, cfg.eval_batch_size, val_gen, st.precision
     )
     secs = time.perf_counter() - t0
-    return dict(
-        epoch=epoch + 1,
-        lr=lr,
-        train_loss=tr_loss,
-        train_acc=tr_acc,
-        val_loss=val_loss,
-        val_acc=val_acc,
-        seconds=secs,
-    )
+    return {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": tr_loss,
+        "train_acc": tr_acc,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "seconds": secs,
+    }
 
 
-def track_best(st: Training, cfg: TrainConfig, row: dict) -> bool:
-    """Update the best validation accuracy; returns whether best.pt gets this epoch's weights."""
+def track_best(st: Training, keep_last: bool, row: dict) -> bool:
+    """Update the best validation accuracy; returns whether best.pt gets this epoch's weights
+    (those of a better epoch, or every epoch's when the recipe tests the last weights)."""
     improved = row["val_acc"] > st.best_acc
     if improved:
         st.best_acc, st.best_epoch = row["val_acc"], row["epoch"]
-    keep = improved or R.tests_last_weights(cfg.recipe)
+    keep = improved or keep_last
     if keep:
         # A copy: the live state dict would change under us (the course code's bug, which
         # the course recipe reproduces by keeping the last epoch's weights instead).
@@ -336,8 +334,18 @@ def track_best(st: Training, cfg: TrainConfig, row: dict) -> bool:
 
 def save_epoch(st: Training, cfg, out: Path, rows: list[dict], keep: bool, old: Path | None):
     """best.pt (if `keep`), metrics and last.pt; then the replaced run `old` is deleted."""
-    epoch = rows[-1]["epoch"]
-    ck = _checkpoint(st.model, st.opt, st.sched, epoch, st.gen, cfg, st.best_acc, st.best_epoch)
+    ck = {
+        "model": st.model.state_dict(),
+        "optimizer": st.opt.state_dict(),
+        "scheduler": st.sched.state_dict(),
+        "epoch": rows[-1]["epoch"],
+        "rng": _rng_state(st.gen),
+        "config": asdict(cfg),
+        "arch": cfg.model,
+        "softmax_head": st.softmax_head,
+        "best_val_acc": st.best_acc,
+        "best_epoch": st.best_epoch,
+    }
     if keep:
         atomic_torch_save({**ck, "model": st.best_state}, out / "best.pt")
     write_metrics(out, rows)
@@ -370,7 +378,7 @@ def run_summary(st: Training, cfg: TrainConfig, split, dev, rows: list[dict], da
         "test_acc": test_acc,
         "test_loss": test_loss,
         "params": count_params(st.model),
-        "head": "softmax (the course's double softmax)" if cfg.uses_softmax_head else "logits",
+        "head": "softmax (the course's double softmax)" if st.softmax_head else "logits",
         "precision": st.precision,
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "epochs": cfg.epochs,

@@ -46,14 +46,14 @@ def plan_run(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) ->
     has = out.is_dir() and any(out.iterdir())
     cfg_file = out / "config.json"
     if not has:
-        return RunPlan(cfg)
+        return RunPlan()
     if not cfg_file.exists():
         raise RunError(
             f"{out} is not empty and holds no config.json, so it is not a dnnlab run "
             "directory; choose another --out"
         )
     if overwrite and not resume:
-        return RunPlan(cfg, replace=True)  # a damaged run can be replaced too
+        return RunPlan(replace=True)  # a damaged run can be replaced too
     saved = read_run_config(out)
     saved_d = read_json_dict(cfg_file)
     done = out / "summary.json"
@@ -75,7 +75,7 @@ def plan_run(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) ->
             "without them, or use --overwrite or another --out"
         )
     ck, completed = _resume_point(cfg, out, saved, dev)
-    plan = RunPlan(cfg, resume_from=ck, saved=saved_d)
+    plan = RunPlan(resume_from=ck, saved=saved_d)
     if done.exists():
         summary = read_json_dict(done, ("epochs",))
         if summary["epochs"] == cfg.epochs and completed == cfg.epochs:
@@ -112,41 +112,42 @@ def _resume_point(cfg: TrainConfig, out: Path, saved: TrainConfig, dev) -> tuple
     return ck, completed
 
 
-def make_split(cfg: TrainConfig, data) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, val) indices into data.train_*: stratified, seeded; sizes checked first."""
+def make_split(data, n_val: int, train_subset: int | None, seed: int):
+    """(train, val) indices into data.train_*: `n_val` validation images and the rest (or a
+    stratified `train_subset` of it) for training, stratified and seeded; sizes checked
+    first, naming the flag."""
     n = data.train_y.numel()
-    if cfg.n_val >= n:
-        raise ConfigError(
-            f"--val-size: {cfg.n_val} leaves no training images; {data.source} has {n}"
-        )
-    tr_idx, val_idx = split_indices(data.train_y, cfg.n_val, cfg.seed)
-    if cfg.train_subset:
-        if cfg.train_subset > tr_idx.numel():
+    if n_val >= n:
+        raise ConfigError(f"--val-size: {n_val} leaves no training images; {data.source} has {n}")
+    tr_idx, val_idx = split_indices(data.train_y, n_val, seed)
+    if train_subset:
+        if train_subset > tr_idx.numel():
             raise ConfigError(
-                f"--train-subset: {cfg.train_subset} is more than the {tr_idx.numel()} "
+                f"--train-subset: {train_subset} is more than the {tr_idx.numel()} "
                 "training images left after the validation split"
             )
-        pos = stratified_subset(data.train_y[tr_idx], cfg.train_subset, cfg.seed + 1)
+        pos = stratified_subset(data.train_y[tr_idx], train_subset, seed + 1)
         tr_idx = tr_idx[pos]
     return tr_idx, val_idx
 
 
-def test_positions(cfg: TrainConfig, data) -> torch.Tensor:
+def test_positions(data, test_subset: int | None, seed: int) -> torch.Tensor:
+    """The test images a run tests on: all, or a stratified, seeded `test_subset`."""
     n = data.test_y.numel()
-    if not cfg.test_subset:
+    if not test_subset:
         return torch.arange(n)
-    if cfg.test_subset > n:
-        raise ConfigError(f"--test-subset: {cfg.test_subset} is more than the {n} test images")
-    return stratified_subset(data.test_y, cfg.test_subset, cfg.seed)
+    if test_subset > n:
+        raise ConfigError(f"--test-subset: {test_subset} is more than the {n} test images")
+    return stratified_subset(data.test_y, test_subset, seed)
 
 
-def data_positions(cfg: TrainConfig, out: Path, plan: RunPlan, data):
+def data_positions(cfg: TrainConfig, out: Path, resumed: bool, data):
     """(train, val, test) positions: a resumed run's data identity and split.json are
     checked against `data`; a new run draws its split."""
-    if plan.saved is not None:
+    if resumed:
         check_run_data(out, data)
-    if plan.saved is not None and (out / "split.json").exists():
+    if resumed and (out / "split.json").exists():
         tr_idx, val_idx = read_split(out, data.train_y.numel())
     else:
-        tr_idx, val_idx = make_split(cfg, data)
-    return tr_idx, val_idx, test_positions(cfg, data)
+        tr_idx, val_idx = make_split(data, cfg.n_val, cfg.train_subset, cfg.seed)
+    return tr_idx, val_idx, test_positions(data, cfg.test_subset, cfg.seed)

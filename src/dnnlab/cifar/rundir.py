@@ -235,7 +235,6 @@ def resumed_rows(out: Path, ck: dict | None) -> list[dict]:
 class RunPlan:
     """What train() will do with the run directory, decided before any file is touched."""
 
-    cfg: TrainConfig
     resume_from: dict | None = None  # last.pt's content
     saved: dict | None = None  # the run's config.json
     replace: bool = False  # move the old run aside (--overwrite)

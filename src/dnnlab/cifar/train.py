@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from dnnlab.cifar import recipe as R
 from dnnlab.cifar.config import TrainConfig
 from dnnlab.cifar.data import default_root, load_cifar10
 from dnnlab.cifar.epoch import (
@@ -100,7 +101,7 @@ def _train_locked(
     if isinstance(plan, dict):
         return plan  # finished, nothing asked beyond it
     data = load_cifar10(cfg.data_root)
-    tr_idx, val_idx, te = data_positions(cfg, out, plan, data)
+    tr_idx, val_idx, te = data_positions(cfg, out, plan.saved is not None, data)
     rows = resumed_rows(out, plan.resume_from)
     precision, why = training_precision(cfg.bf16, dev)
     if rank == 0:
@@ -121,11 +122,12 @@ def _train_locked(
         }
         n_train = split["train"][1].numel()
         st = start_training(cfg, out, dev, plan.resume_from, n_train, precision)
-        net = wrap_model(st.model, cfg, dev, world)
+        net = wrap_model(st.model, cfg.compile, dev, world)
+        keep_last = R.tests_last_weights(cfg.recipe)
         for epoch in range(st.start, cfg.epochs):
             row = run_epoch(st, net, cfg, split, dev, epoch, rank, world, progress, out)
             rows.append(row)
-            keep = track_best(st, cfg, row)
+            keep = track_best(st, keep_last, row)
             if rank == 0:
                 save_epoch(st, cfg, out, rows, keep, old if plan.replace else None)
                 print_epoch(cfg, row)

@@ -145,3 +145,8 @@ def train_config(cfg: StudyConfig, name: str) -> TrainConfig:
     """Variant `name`'s TrainConfig: the study's TRAIN_SETTINGS, the rest TrainConfig's
     defaults (its recipe's values)."""
     return TrainConfig(model=name, **{k: getattr(cfg, k) for k in TRAIN_SETTINGS})
+
+
+def probe_config(cfg: StudyConfig) -> ProbeConfig:
+    """The ProbeConfig each variant's probe (and the CKA of base against bn) runs under."""
+    return ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device, measures=cfg.measures)

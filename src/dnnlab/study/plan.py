@@ -15,7 +15,6 @@ import torch
 from dnnlab.cifar.augment import AUGMENTERS
 from dnnlab.cifar.epoch import autocast
 from dnnlab.cifar.models import build_model
-from dnnlab.study.config import train_config
 from dnnlab.utils.precision import training_precision
 
 TIMED_STEPS = 2  # after one warm-up step
@@ -53,30 +52,32 @@ def step_seconds(tc, batch: int, dev: torch.device, x_u8: torch.Tensor, y: torch
     return (time.perf_counter() - t0) / TIMED_STEPS
 
 
-def print_plan(cfg, out, data, log=print) -> dict:
-    """Log the plan; returns {variant: expected training seconds} for the variants to train."""
-    dev = torch.device(cfg.device)
-    available = data.train_y.numel() - cfg.n_val
-    n_train = min(cfg.train_subset or available, available)
-    batch = train_config(cfg, cfg.models[0]).batch_size
-    todo = [m for m in cfg.models if not (out / "runs" / m / "summary.json").exists()]
-    steps = math.ceil(n_train / batch) * cfg.epochs
+def print_plan(runs: dict, jobs: int, out, data, log=print) -> dict:
+    """Log the plan of the study's runs {variant: TrainConfig} on `jobs` workers; returns
+    {variant: expected training seconds} for the variants to train."""
+    first = next(iter(runs.values()))  # the budget every run shares
+    dev = torch.device(first.device)
+    available = data.train_y.numel() - first.n_val
+    n_train = min(first.train_subset or available, available)
+    batch = first.batch_size
+    todo = [m for m in runs if not (out / "runs" / m / "summary.json").exists()]
+    steps = math.ceil(n_train / batch) * first.epochs
     expect = {}
     for m in todo:
-        tc = train_config(cfg, m)
-        expect[m] = steps * step_seconds(tc, min(batch, n_train), dev, data.train_x, data.train_y)
+        x, y = data.train_x, data.train_y
+        expect[m] = steps * step_seconds(runs[m], min(batch, n_train), dev, x, y)
     total = sum(expect.values())
-    jobs = min(cfg.jobs, max(1, len(todo)))
+    busy = min(jobs, max(1, len(todo)))  # workers with a variant to train
     log(
-        f"plan: {len(cfg.models)} variants ({', '.join(cfg.models)}), {cfg.epochs} epochs of "
-        f"{n_train} training images, recipe {cfg.recipe}, {cfg.jobs} worker(s) on "
-        f"{cfg.device}; {len(cfg.models) - len(todo)} trained already"
+        f"plan: {len(runs)} variants ({', '.join(runs)}), {first.epochs} epochs of "
+        f"{n_train} training images, recipe {first.recipe}, {jobs} worker(s) on "
+        f"{first.device}; {len(runs) - len(todo)} trained already"
     )
     if todo:
         log(
             f"plan: expected training time from {TIMED_STEPS} timed steps per variant: "
             f"{total / 60:.1f} min one after another"
-            + (_parallel_note(total, jobs, dev) if jobs > 1 else "")
+            + (_parallel_note(total, busy, dev) if busy > 1 else "")
             + " (compile, evaluation and probes not included)"
         )
     return expect

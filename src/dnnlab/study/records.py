@@ -65,10 +65,10 @@ def run_mismatch(run: Path, cfg) -> str | None:
     return "; ".join(bad) or None
 
 
-def recorded_budget(out: Path, cfg) -> tuple[str, list[tuple[str, str]]]:
-    """The budget as the runs recorded it, and the runs left out (variant, reason)."""
-    train, val, test, epochs, probe = [], [], [], [], {}
-    skipped = []
+def sort_runs(out: Path, cfg) -> tuple[list[str], list[tuple[str, str]]]:
+    """(the variants whose finished run matches the study `cfg`, [(variant, why not)] for the
+    finished runs that do not): the report's tables show only the first."""
+    kept, skipped = [], []
     for m in cfg.models:
         run = out / "runs" / m
         if not (run / "summary.json").exists():
@@ -76,7 +76,16 @@ def recorded_budget(out: Path, cfg) -> tuple[str, list[tuple[str, str]]]:
         why = run_mismatch(run, cfg)
         if why:
             skipped.append((m, why))
-            continue
+        else:
+            kept.append(m)
+    return kept, skipped
+
+
+def recorded_budget(out: Path, kept: list[str]) -> str:
+    """The budget as the runs `kept` (those that match the study) recorded it."""
+    train, val, test, epochs, probe = [], [], [], [], {}
+    for m in kept:
+        run = out / "runs" / m
         s = read_record(run / "summary.json") or {}
         split = read_record(run / "split.json") or {}
         train.append(s.get("train_images"))
@@ -86,7 +95,7 @@ def recorded_budget(out: Path, cfg) -> tuple[str, list[tuple[str, str]]]:
         for r in load_run(run)[1]:
             probe.setdefault(r["split"], []).append(r.get("n"))
     if not train:
-        return "no finished runs yet", skipped
+        return "no finished runs yet"
     text = (
         f"{joined_values(train)} training images, {joined_values(epochs)} epochs, "
         f"{joined_values(val)} validation images, test on {joined_values(test)} images"
@@ -94,7 +103,7 @@ def recorded_budget(out: Path, cfg) -> tuple[str, list[tuple[str, str]]]:
     if probe:
         text += ", probed on " + ", ".join(f"{k} {joined_values(v)}" for k, v in probe.items())
         text += " samples"
-    return text, skipped
+    return text
 
 
 def diverged_runs(out: Path, models) -> dict[str, dict]:

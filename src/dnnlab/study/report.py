@@ -25,7 +25,7 @@ from dnnlab.study.records import (
     load_run,
     read_record,
     recorded_budget,
-    run_mismatch,
+    sort_runs,
     value_at,
 )
 from dnnlab.utils.atomic import atomic_write_text
@@ -39,11 +39,12 @@ COMPARISONS = [
 ]
 
 
-def table_rows(out: Path, models, cfg=None):
+def table_rows(out: Path, models):
+    """The course's table row of each of `models` that has a finished run."""
     rows = []
     for m in models:
         s, p = load_run(out / "runs" / m)
-        if s is None or (cfg is not None and run_mismatch(out / "runs" / m, cfg)):
+        if s is None:
             continue
         rows.append(
             [
@@ -128,13 +129,14 @@ def write_report(
     (out / "figures").mkdir(exist_ok=True)
     # The published studies come first: they are the real results, this run may be a check.
     sections = [] if published is None else [published_section(published)]
+    kept, skipped = sort_runs(out, cfg)
     sections += [
-        _header(out, cfg),
-        _course_section(out, cfg),
-        _diverged_section(out, cfg),
-        _comparisons(out, cfg),
-        _cka_section(out, cfg),
-        _variant_figures(out, cfg),
+        _header(out, cfg, recorded_budget(out, kept), skipped),
+        _course_section(out, kept, cfg.models, cfg.quick),
+        _diverged_section(out, cfg.models, cfg.recipe),
+        _comparisons(out, kept),
+        _cka_section(out, cfg.models),
+        _variant_figures(out, cfg.models),
         _extra_sections(out, extra_sections),
     ]
     md = [line for lines, _ in sections for line in lines]
@@ -148,10 +150,9 @@ def write_report(
     return out / "report.html"
 
 
-def _header(out: Path, cfg) -> tuple[list[str], list[str]]:
+def _header(out: Path, cfg, budget: str, skipped) -> tuple[list[str], list[str]]:
     """Title, the budget the runs recorded, recipe and device; variants left out, and why."""
     label = study_label(cfg)
-    budget, skipped = recorded_budget(out, cfg)
     study = read_record(out / "study.json") or {}
     where = f"Recipe: {cfg.recipe}. Device: {study.get('device_name') or cfg.device}."
     md = [
@@ -190,16 +191,13 @@ def study_label(cfg) -> str:
     return "full recipe"
 
 
-def _course_section(out: Path, cfg) -> tuple[list[str], list[str]]:
-    """This study's test accuracies beside the course's 100-epoch numbers: both rankings,
-    Spearman's rho, and the direction of each of the course's conclusions."""
-    acc = {}
-    for m in cfg.models:
-        s, _ = load_run(out / "runs" / m)
-        if s is not None and run_mismatch(out / "runs" / m, cfg) is None:
-            acc[m] = 100 * s["test_acc"]
+def _course_section(out: Path, kept, models, quick: bool) -> tuple[list[str], list[str]]:
+    """The test accuracies of the runs `kept` (those matching the study) beside the course's
+    100-epoch numbers: both rankings, Spearman's rho, and the direction of each of the
+    course's conclusions. `models`: all the study's variants (for the overlay plot)."""
+    acc = {m: 100 * load_run(out / "runs" / m)[0]["test_acc"] for m in kept}
     rho, both = rank_agreement(acc)
-    if cfg.quick or len(both) < 3:
+    if quick or len(both) < 3:
         return [], []
     title = "Against the course's 100-epoch results"
     ours = sorted(both, key=lambda m: -acc[m])
@@ -216,7 +214,7 @@ def _course_section(out: Path, cfg) -> tuple[list[str], list[str]]:
         if rho is not None
         else "Spearman's rho: undefined"
     ) + " (1: the same order; the course's numbers are quoted, not measured here)."
-    unranked = [m for m in diverged_runs(out, cfg.models) if m in COURSE_TEST_ACC]
+    unranked = [m for m in diverged_runs(out, models) if m in COURSE_TEST_ACC]
     if unranked:
         rho_text += f" Not ranked, as they diverged under this recipe: {', '.join(unranked)}."
     c_head, c_rows = _conclusion_rows(acc)
@@ -240,7 +238,7 @@ def _course_section(out: Path, cfg) -> tuple[list[str], list[str]]:
     ]
     plot = out / "figures" / "all_variants_si_csi.png"
     measures = (("si", "SI"), ("csi", "CSI"))
-    if overlay_plot(out, "All variants", cfg.models, plot, "test", measures, first_layers=True):
+    if overlay_plot(out, "All variants", models, plot, "test", measures, first_layers=True):
         md += ["![All variants: SI and CSI per layer](figures/all_variants_si_csi.png)", ""]
         body.append(img_tag(plot, "All variants: SI and CSI per layer"))
     return md, body
@@ -262,15 +260,15 @@ def _conclusion_rows(acc: dict[str, float]) -> tuple[list[str], list[list[str]]]
     return c_head, c_rows
 
 
-def _diverged_section(out: Path, cfg) -> tuple[list[str], list[str]]:
+def _diverged_section(out: Path, models, recipe: str) -> tuple[list[str], list[str]]:
     """The variants that could not train under the study's recipe, each with its loss curve:
     reported as such, not hidden and not given other settings."""
-    runs = diverged_runs(out, cfg.models)
+    runs = diverged_runs(out, models)
     if not runs:
         return [], []
     title = "Variants that did not train under this recipe"
     intro = (
-        f"With the {cfg.recipe} recipe's common settings these runs diverged: the training "
+        f"With the {recipe} recipe's common settings these runs diverged: the training "
         "loss stopped being finite, so they have no weights, accuracy or probe. They are "
         "left out of every table above and of the rank correlation."
     )
@@ -296,13 +294,14 @@ def _diverged_section(out: Path, cfg) -> tuple[list[str], list[str]]:
     return md, body
 
 
-def _comparisons(out: Path, cfg) -> tuple[list[str], list[str]]:
-    """One table (and per-layer panel) per comparison with at least two of its variants."""
+def _comparisons(out: Path, kept) -> tuple[list[str], list[str]]:
+    """One table (and per-layer panel) per comparison with at least two of its variants
+    among the runs `kept` (those matching the study)."""
     md: list[str] = []
     body: list[str] = []
     for title, models in COMPARISONS:
-        models = [m for m in models if m in cfg.models]
-        rows = table_rows(out, models, cfg)
+        models = [m for m in models if m in kept]
+        rows = table_rows(out, models)
         if len(rows) < 2:  # a comparison needs two of its variants
             continue
         slug = title.lower().split()[0].replace("(", "")
@@ -316,10 +315,10 @@ def _comparisons(out: Path, cfg) -> tuple[list[str], list[str]]:
     return md, body
 
 
-def _cka_section(out: Path, cfg) -> tuple[list[str], list[str]]:
+def _cka_section(out: Path, models) -> tuple[list[str], list[str]]:
     """The CKA heatmap of base against bn, when the study computed it."""
     cka = out / "runs" / "base" / "cka_with_bn_val.png"
-    if not (cka.exists() and {"base", "bn"} <= set(cfg.models)):
+    if not (cka.exists() and {"base", "bn"} <= set(models)):
         return [], []
     title = "Representation similarity: base against bn"
     text = (
@@ -345,11 +344,11 @@ VARIANT_FIGURES = (
 )
 
 
-def _variant_figures(out: Path, cfg) -> tuple[list[str], list[str]]:
+def _variant_figures(out: Path, models) -> tuple[list[str], list[str]]:
     """Each variant's training curves and probe figures."""
     md = ["## Per-variant figures", ""]
     body = ["<h2>Per-variant figures</h2>"]
-    for m in cfg.models:
+    for m in models:
         run = out / "runs" / m
         pics = [run / f for f in VARIANT_FIGURES]
         # The measures beyond SI, when the probe asked for them (dnnlab.probe.beyond_si).

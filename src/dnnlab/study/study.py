@@ -30,12 +30,12 @@ import dnnlab
 from dnnlab.cifar.data import default_root, load_cifar10
 from dnnlab.cifar.plan import make_split, test_positions
 from dnnlab.cifar.rundir import check_run_data
-from dnnlab.cifar.train import train
+from dnnlab.cifar.train import TrainConfig, train
 from dnnlab.errors import DnnlabError, InputError
 from dnnlab.probe.cka_runs import cka_between_runs
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.probe.trained_run import probe_run
-from dnnlab.study.config import RESULT_KEYS, StudyConfig, train_config
+from dnnlab.study.config import RESULT_KEYS, StudyConfig, probe_config, train_config
 from dnnlab.study.plan import print_plan
 from dnnlab.study.publish import git_commit, read_published
 from dnnlab.study.report import detector_section, write_report
@@ -104,20 +104,19 @@ def _check_same_study(out: Path, cfg: StudyConfig, fp: str, data_id: str, overwr
         )
 
 
-def check_study_data(out: Path, cfg: StudyConfig, data) -> None:
-    """Refuse a run of this study that was trained on other data than `data`."""
-    for name in cfg.models:
+def check_study_data(out: Path, models, data) -> None:
+    """Refuse a run of the study's `models` that was trained on other data than `data`."""
+    for name in models:
         run = out / "runs" / name
         if (run / "config.json").exists():
             check_run_data(run, data)
 
 
-def check_budget(cfg: StudyConfig, data) -> None:
+def check_budget(tcfg: TrainConfig, data) -> None:
     """The budget's sizes against the data (validation, training and test subsets), before
     anything in the study folder is written."""
-    tcfg = train_config(cfg, cfg.models[0])
-    make_split(tcfg, data)
-    test_positions(tcfg, data)
+    make_split(data, tcfg.n_val, tcfg.train_subset, tcfg.seed)
+    test_positions(data, tcfg.test_subset, tcfg.seed)
 
 
 def check_detector(detector) -> Path | None:
@@ -134,30 +133,28 @@ def check_detector(detector) -> Path | None:
     return det
 
 
-def _variant(cfg: StudyConfig, name: str, out: Path, overwrite: bool, progress: bool, log):
-    """Train (or resume, or skip) and probe one variant in this process, holding the lock
-    of its run directory (a worker process locks its own run, never the study)."""
+def run_variant(
+    tcfg: TrainConfig, pcfg: ProbeConfig, max_per_split, out: Path, overwrite, progress, log
+):
+    """Train (or resume, or skip) the run `tcfg` and probe it under `pcfg` (at most
+    `max_per_split` samples a split) in this process, holding the lock of its run directory
+    (a worker process locks its own run, never the study)."""
+    name = tcfg.model
     run = out / "runs" / name
     with folder_lock(run, "variant"):
-        _variant_locked(cfg, name, run, overwrite, progress, log)
-
-
-def _variant_locked(cfg: StudyConfig, name: str, run: Path, overwrite, progress, log):
-    """_variant once its run directory's lock is held."""
-    t0 = time.perf_counter()
-    if (run / "summary.json").exists() and not overwrite:
-        log(f"[{name}] trained already: {run / 'summary.json'}")
-    else:
-        # An interrupted run (even one stopped before its first checkpoint) continues.
-        resume = run.exists() and not overwrite
-        log(f"[{name}] {'resuming' if (run / 'last.pt').exists() else 'training'} in {run}")
-        train(train_config(cfg, name), run, resume=resume, overwrite=overwrite, progress=progress)
-    add_stage_seconds(run, "train", time.perf_counter() - t0, overwrite)
-    log(f"[{name}] probing")
-    t0 = time.perf_counter()
-    pcfg = ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device, measures=cfg.measures)
-    probe_run(run, pcfg, cfg.data_root, cfg.max_per_split, overwrite=overwrite, progress=progress)
-    add_stage_seconds(run, "probe", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        if (run / "summary.json").exists() and not overwrite:
+            log(f"[{name}] trained already: {run / 'summary.json'}")
+        else:
+            # An interrupted run (even one stopped before its first checkpoint) continues.
+            resume = run.exists() and not overwrite
+            log(f"[{name}] {'resuming' if (run / 'last.pt').exists() else 'training'} in {run}")
+            train(tcfg, run, resume=resume, overwrite=overwrite, progress=progress)
+        add_stage_seconds(run, "train", time.perf_counter() - t0, overwrite)
+        log(f"[{name}] probing")
+        t0 = time.perf_counter()
+        probe_run(run, pcfg, tcfg.data_root, max_per_split, overwrite=overwrite, progress=progress)
+        add_stage_seconds(run, "probe", time.perf_counter() - t0)
 
 
 STAGES_FILE = "stages.json"
@@ -282,12 +279,13 @@ def _run_study_locked(
     fp = fingerprint(cfg, data_id)
     _check_same_study(out, cfg, fp, data_id, overwrite)
     if not overwrite:
-        check_study_data(out, cfg, data)
-    check_budget(cfg, data)
+        check_study_data(out, cfg.models, data)
+    runs = {m: train_config(cfg, m) for m in cfg.models}
+    check_budget(runs[cfg.models[0]], data)
     if cfg.cka_samples and not {"base", "bn"} <= set(cfg.models):
         log("note: no CKA of base against bn (--cka-samples): the study lacks base or bn")
     if plan:
-        print_plan(cfg, out, data, log)
+        print_plan(runs, cfg.jobs, out, data, log)
     del data
     out.mkdir(parents=True, exist_ok=True)
     prev = read_study(out) or {}
@@ -302,12 +300,13 @@ def _run_study_locked(
     }
     atomic_write_json(out / "study.json", record)
     t_start = time.perf_counter()
+    pcfg = probe_config(cfg)
     if cfg.jobs > 1 and len(cfg.models) > 1:
         failures = _run_workers(cfg, out, overwrite, log)
     else:
         failures = []
         for name in cfg.models:
-            _variant(cfg, name, out, overwrite, progress, log)
+            run_variant(runs[name], pcfg, cfg.max_per_split, out, overwrite, progress, log)
     t_cka = time.perf_counter()
     if not failures:
         compare_base_bn(cfg, out, log)

@@ -21,8 +21,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from dnnlab.study.config import config_from_record
-    from dnnlab.study.study import _variant, read_study
+    from dnnlab.study.config import config_from_record, probe_config, train_config
+    from dnnlab.study.study import read_study, run_variant
 
     if os.environ.get("DNNLAB_THREADS"):
         torch.set_num_threads(int(os.environ["DNNLAB_THREADS"]))
@@ -35,9 +35,9 @@ def main(argv=None) -> int:
     if args.variant not in cfg.models:
         print(f"{args.variant!r} is not a variant of the study in {out}", file=sys.stderr)
         return 2
-    _variant(
-        cfg, args.variant, out, args.overwrite, progress=False, log=lambda m: print(m, flush=True)
-    )
+    tcfg, pcfg = train_config(cfg, args.variant), probe_config(cfg)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    run_variant(tcfg, pcfg, cfg.max_per_split, out, args.overwrite, False, log)
     return 0
 
 

@@ -1,0 +1,136 @@
+"""Follow the study's epochs setting through every call that passes it on (issue 21).
+
+Runs a tiny study (fake CIFAR-10 tree, base and bn, one process) under a profiler and
+records each call into dnnlab whose arguments carry epochs: a parameter named `epochs`, an
+object with an `epochs` attribute (StudyConfig, TrainConfig, ...) or a dict with an
+"epochs" key. Prints:
+
+- hand-overs: distinct call sites (caller file:line -> callee) that pass it on;
+- returns: those hand-overs into a module that held it earlier in the same call chain,
+  from another module (A -> B -> A);
+- the modules it reaches.
+
+    python scripts/trace_setting.py [--list]
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import tempfile
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+
+from tests.fakes import make_image_tree  # noqa: E402
+
+from dnnlab.study.config import study_config  # noqa: E402
+from dnnlab.study.study import run_study  # noqa: E402
+
+PACKAGE = str(ROOT / "src" / "dnnlab")
+
+
+def carries_epochs(value, depth: int = 1) -> bool:
+    """Whether `value` holds epochs: a dict key or an attribute, or (to `depth` levels) an
+    attribute or dict value that holds it (a plan holding the run's config)."""
+    if isinstance(value, dict):
+        inner = list(value.values())
+        if "epochs" in value:
+            return True
+    elif isinstance(value, type) or not hasattr(value, "__dict__"):
+        return False
+    else:
+        inner = list(vars(value).values())
+        if "epochs" in vars(value):
+            return True
+    return depth > 0 and any(carries_epochs(v, depth - 1) for v in inner)
+
+
+def holds_setting(frame) -> bool:
+    """Whether the call's arguments, or the variables a closure captured, carry epochs."""
+    code = frame.f_code
+    n = code.co_argcount + code.co_kwonlyargcount
+    names = code.co_varnames[:n] + code.co_freevars
+    local = frame.f_locals
+    for name in names:
+        if name == "epochs" or (name in local and carries_epochs(local[name])):
+            return True
+    return False
+
+
+def is_inline(frame) -> bool:
+    """A comprehension or generator expression: part of its caller, not a hand-over."""
+    return frame.f_code.co_name in ("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>")
+
+
+def module_of(frame) -> str:
+    return frame.f_code.co_filename.removeprefix(PACKAGE + "/")
+
+
+def trace_study(workdir: Path):
+    """(hand-overs, returns): {(caller site, callee): chain of modules} for a tiny study."""
+    tree = make_image_tree(workdir / "cifar", n_train=14, n_test=5)
+    cfg = study_config(["base", "bn"], quick=True, data_root=str(tree))
+    cfg = replace(cfg, train_subset=60, epochs=1, n_val=20, test_subset=30, max_per_split=40)
+    handovers, returns = {}, {}
+    chains = {}  # frame id -> modules that held the setting on the way to this frame
+
+    def profile(frame, event, arg):
+        if event == "return":
+            chains.pop(id(frame), None)  # a frame's id may be reused once it is gone
+            return
+        if event != "call" or not frame.f_code.co_filename.startswith(PACKAGE):
+            return
+        caller = frame.f_back
+        if caller is None or id(caller) not in chains:
+            return
+        if is_inline(frame):
+            chains[id(frame)] = chains[id(caller)]
+            return
+        if not holds_setting(frame):
+            return
+        if caller is root:  # run_study itself: where the setting starts
+            chains[id(frame)] = ["study/study.py"]
+            return
+        held = chains[id(caller)]
+        site = f"{module_of(caller)}:{caller.f_lineno} {caller.f_code.co_name}"
+        key = (site, f"{module_of(frame)} {frame.f_code.co_qualname}")
+        here = module_of(frame)
+        handovers.setdefault(key, held + [here])
+        if here != held[-1] and here in held:
+            returns.setdefault(key, held + [here])
+        chains[id(frame)] = held + [here]
+
+    root = inspect.currentframe()
+    chains[id(root)] = []
+    threading.setprofile(profile)
+    sys.setprofile(profile)
+    try:
+        run_study(cfg, workdir / "study", log=lambda *_: None, plan=True)
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    return handovers, returns
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--list", action="store_true", help="list every hand-over and return")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        handovers, returns = trace_study(Path(tmp))
+    modules = sorted({k[1].split()[0] for k in handovers})
+    if args.list:
+        for (site, callee), chain in handovers.items():
+            mark = "RETURN " if (site, callee) in returns else ""
+            print(f"{mark}{site} -> {callee}   [{' > '.join(chain)}]")
+    print(f"{len(handovers)} hand-overs into {len(modules)} modules, {len(returns)} returns")
+    print("modules:", ", ".join(modules))
+
+
+if __name__ == "__main__":
+    main()
