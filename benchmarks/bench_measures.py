@@ -9,7 +9,7 @@ memory-mapped feature pages are file-backed and not counted there.
 
 `linear` times three children on the same features: the SI core alone, `linear` fitted on its
 own (fit_linear), and SI with linear (separability(x, y, "si,linear", test=...), where the
-probe takes the search's normalized copy and Gram): linear's added time is the third minus
+classifier takes the search's normalized copy and Gram): linear's added time is the third minus
 the first. The test set (1,000 more samples of the same classes) is scored in the third.
     python benchmarks/bench_measures.py wide            # linear on 9,000 x 65,536 (memmap)
     python benchmarks/bench_measures.py cka             # CKA, 17 layers of `base`, N=5,000
@@ -109,11 +109,11 @@ def child(which: str, args) -> dict:
         from dnnlab.separability import separability
 
         out["values"] = separability(x, y, "si", max_memory=args.max_memory).values
-    elif which == "si+linear":  # separability(x, y, "si,linear", test=...), with its probe
+    elif which == "si+linear":  # separability(x, y, "si,linear", test=...), with its classifier
         from dnnlab.separability import separability
 
         r = separability(x, y, "si,linear", test=(xt, yt), max_memory=args.max_memory)
-        p = r.linear_probe
+        p = r.linear_classifier
         out["values"] = r.values
         out["notes"] = [n for n in r.notes if n.startswith("linear")]
         out["notes"].append(f"fit stages (s) { {k: round(v, 2) for k, v in p.timings.items()} }")
@@ -128,7 +128,7 @@ def child(which: str, args) -> dict:
             fallback=p.fallback,
             stages={k: round(v, 2) for k, v in p.timings.items()},
         )
-    else:  # cka: one layer's features at a time, as the probe gives them
+    else:  # cka: one layer's features at a time, as the classifier gives them
         from dnnlab.separability.cka import CkaMatrix
 
         gen_s = 0.0

@@ -53,7 +53,7 @@ def test_cuda_training_step(tmp_path, monkeypatch):
 
 
 def test_cuda_measures_beyond_si_match_cpu():
-    # knn, nc1 and the linear probe (with the Gram shared from the search, D > N) on CUDA
+    # knn, nc1 and the linear classifier (with the Gram shared from the search, D > N) on CUDA
     # against the CPU: neighbour measures equal, nc1 and the probe's coefficients to
     # rounding (the two devices' feature statistics differ in the last bits, so their
     # float32 normalized features do too), the predictions equal; CKA to rounding.

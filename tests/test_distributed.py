@@ -171,7 +171,7 @@ def _linear_worker(rank, world, port, x, y, xt, yt, out):
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_share_the_linear_probes_gram():
+def test_two_gloo_processes_share_the_linear_classifiers_gram():
     # D > N: each process forms its block pairs' products, their sum is the whole Gram, and
     # both fit the one-process probe from it.
     rng = np.random.default_rng(4)

@@ -52,7 +52,7 @@ def test_si_with_new_measures(files, capsys):
         (["--measures", "knn:60"], "knn:60 needs fewer than the N=60 samples"),
         (
             ["--measures", "linear", "--test", "X", "Y", "--max-memory", "1KB"],
-            "too small for the linear probe",
+            "too small for the linear classifier",
         ),
         (["--measures", "linear", "--test", "X", "Y", "--alpha", "0"], "--alpha must be"),
     ],

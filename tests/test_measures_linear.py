@@ -1,4 +1,4 @@
-"""The linear probe (ridge classifier) against scikit-learn and a float64 closed form."""
+"""The linear (ridge) classifier against scikit-learn and a float64 closed form."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 from sklearn.linear_model import RidgeClassifier
 
 from dnnlab.separability import separability
-from dnnlab.separability.linear import fit_linear, linear_probe
+from dnnlab.separability.linear import fit_linear, linear_accuracy
 from tests import oracle
 
 
@@ -29,13 +29,13 @@ def test_matches_scikit_learn_ridge_classifier(n_classes, d, alpha):
     # float64: the same numbers; float32 (the default): exact for the float32-rounded
     # normalized features, so within their rounding of sklearn's float64 answer.
     for dtype, tol in ((torch.float64, 1e-7), (torch.float32, 1e-4)):
-        probe = fit_linear(x, y, alpha=alpha, normalize_method="none", compute_dtype=dtype)
-        assert probe.form == ("dual" if d > 100 else "primal")
-        assert np.array_equal(probe.predict_codes(xt).numpy(), sk.predict(xt))
+        classifier = fit_linear(x, y, alpha=alpha, normalize_method="none", compute_dtype=dtype)
+        assert classifier.form == ("dual" if d > 100 else "primal")
+        assert np.array_equal(classifier.predict_codes(xt).numpy(), sk.predict(xt))
         np.testing.assert_allclose(
-            probe.coef.numpy(), want, rtol=tol, atol=tol * np.abs(want).max()
+            classifier.coef.numpy(), want, rtol=tol, atol=tol * np.abs(want).max()
         )
-        acc, per, counts = probe.score(xt, yt)
+        acc, per, counts = classifier.score(xt, yt)
         assert acc == pytest.approx(sk.score(xt, yt), abs=1e-12)
         assert sum(counts.values()) == 80
 
@@ -48,9 +48,10 @@ def test_matches_closed_form_oracle(method, d):
     xt, _ = make_split(d + 1, 60, d, 4)
     want, w = oracle.ridge_classifier(x, y, xt, alpha=2.0, method=method)
     for dtype, tol in ((torch.float64, 1e-7), (torch.float32, 1e-4)):
-        probe = fit_linear(x, y, alpha=2.0, normalize_method=method, compute_dtype=dtype)
-        assert np.array_equal(np.asarray(probe.classes)[probe.predict_codes(xt).numpy()], want)
-        np.testing.assert_allclose(probe.coef.numpy(), w, rtol=tol, atol=tol * np.abs(w).max())
+        classifier = fit_linear(x, y, alpha=2.0, normalize_method=method, compute_dtype=dtype)
+        codes = classifier.predict_codes(xt).numpy()
+        assert np.array_equal(np.asarray(classifier.classes)[codes], want)
+        np.testing.assert_allclose(classifier.coef.numpy(), w, rtol=tol, atol=tol * np.abs(w).max())
 
 
 def test_refinement_reaches_float64_solution(monkeypatch):
@@ -61,8 +62,8 @@ def test_refinement_reaches_float64_solution(monkeypatch):
     base = rng.normal(size=(60, 8))
     x = base @ rng.normal(size=(8, 2000)) + 0.05 * rng.normal(size=(60, 2000)) + 30
     y = rng.integers(0, 3, 60)
-    probe = fit_linear(x, y, alpha=1.0)
-    assert probe.form == "dual" and probe.refine_steps >= 1 and not probe.fallback
+    classifier = fit_linear(x, y, alpha=1.0)
+    assert classifier.form == "dual" and classifier.refine_steps >= 1 and not classifier.fallback
     # The same float32 features, float64 Gram and factor (the fallback tier): equal to 1e-9.
     real_factor = linear._factor
     monkeypatch.setattr(
@@ -72,7 +73,7 @@ def test_refinement_reaches_float64_solution(monkeypatch):
     assert exact.fallback
     scale = np.abs(exact.coef.numpy()).max()
     np.testing.assert_allclose(
-        probe.coef.numpy(), exact.coef.numpy(), rtol=1e-9, atol=1e-11 * scale
+        classifier.coef.numpy(), exact.coef.numpy(), rtol=1e-9, atol=1e-11 * scale
     )
     # Without refinement the float32 Gram's answer is visibly off.
     monkeypatch.setattr(linear, "_factor", real_factor)
@@ -102,9 +103,10 @@ def test_linear_through_separability_and_probe_api():
     xt, yt = make_split(6, 40, 10, 3)
     names = np.array(["cat", "dog", "eel"])
     res = separability(x, names[y], "si,linear,nc1", test=(xt, names[yt]))
-    probe, scores = linear_probe((x, names[y]), {"test": (xt, names[yt]), "train": (x, names[y])})
+    evals = {"test": (xt, names[yt]), "train": (x, names[y])}
+    classifier, scores = linear_accuracy((x, names[y]), evals)
     assert res["linear"] == scores["test"]["accuracy"]
-    assert scores["train"]["accuracy"] == probe.train_accuracy
+    assert scores["train"]["accuracy"] == classifier.train_accuracy
     assert set(res.per_class) == {"cat", "dog", "eel"}
     assert res.per_class["dog"]["linear"] == scores["test"]["per_class"]["dog"]
     only = separability(x, names[y], "linear", test=(xt, names[yt]))
@@ -120,7 +122,7 @@ def test_linear_through_separability_and_probe_api():
         (lambda x, y: fit_linear(x, y, alpha=0), "alpha must be"),
         (lambda x, y: fit_linear(x, y).score(x[:, :3], y), "fitted on D=10"),
         (lambda x, y: fit_linear(x, y).score(x, y + 5), "absent from the training labels"),
-        (lambda x, y: fit_linear(x, y, max_memory="1KB"), "too small for the linear probe"),
+        (lambda x, y: fit_linear(x, y, max_memory="1KB"), "too small for the linear classifier"),
     ],
 )
 def test_bad_input(call, match):

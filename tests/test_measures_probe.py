@@ -1,5 +1,5 @@
 """The probe with knn, nc1, linear and CKA: values equal the measures on each layer's own
-features, fitted linear probes persist for a resumed run, and the figures are written."""
+features, fitted linear classifiers persist for a resumed run, and the figures are written."""
 
 import json
 
@@ -10,7 +10,7 @@ from torch import nn
 from dnnlab.errors import InputError
 from dnnlab.probe.probe import ProbeConfig, plot_probe, probe_model
 from dnnlab.separability import separability
-from dnnlab.separability.linear import linear_probe
+from dnnlab.separability.linear import linear_accuracy
 from tests import oracle
 
 
@@ -49,7 +49,7 @@ def test_probe_rows_and_cka_match_direct_measures(tmp_path):
         want = separability(f, y, "si,knn:3,nc1").values
         for k, v in want.items():
             assert r[k] == pytest.approx(v, rel=1e-12), (r["split"], r["layer"], k)
-        probe, scores = linear_probe((feats["train20"][r["layer"]], ytr), {"s": (f, y)})
+        probe, scores = linear_accuracy((feats["train20"][r["layer"]], ytr), {"s": (f, y)})
         want_lin = probe.train_accuracy if r["split"] == "train20" else scores["s"]["accuracy"]
         assert r["linear"] == want_lin
     saved = json.loads((tmp_path / "probe.json").read_text())
@@ -74,7 +74,7 @@ def test_probe_rows_and_cka_match_direct_measures(tmp_path):
     assert "linear" in (tmp_path / "probe.csv").read_text().splitlines()[0]
 
 
-def test_resumed_probe_scores_with_saved_linear_probes(tmp_path):
+def test_resumed_probe_scores_with_saved_linear_classifiers(tmp_path):
     m, splits = model_and_splits()
     fresh = probe_model(m, splits, ProbeConfig(measures=MEASURES), out=tmp_path / "a")
     part = {"train20": splits["train20"]}

@@ -1,4 +1,4 @@
-"""The linear probe sharing the separability core's work: the search's Gram, the one
+"""The linear classifier sharing the separability core's work: the search's Gram, the one
 normalization formula, and the same answers as a fit of its own."""
 
 import numpy as np
@@ -32,7 +32,7 @@ def test_search_fills_the_gram(block):
 
 
 def test_one_normalization_formula():
-    # The core's normalized copy and the linear probe's rows are the same numbers, so the
+    # The core's normalized copy and the linear classifier's rows are the same numbers, so the
     # probe may take the core's copy as its Zc.
     x, _ = make_split(1, 90, 300, 3)
     for xin in (torch.from_numpy(x), torch.from_numpy(x).double()):

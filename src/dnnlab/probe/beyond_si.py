@@ -1,7 +1,7 @@
-"""The probe's measures beyond the separability core: the linear probe and CKA.
+"""The probe's measures beyond the separability core: the linear classifier and CKA.
 
 `linear` is fitted on the train20 split's features of each layer (separability.linear) and
-scored on every later split; the train20 row gets the training accuracy. Each fitted probe
+scored on every later split; the train20 row gets the training accuracy. Each fitted classifier
 is saved as plain tensors in RUN/linear_probe/LAYER.pt (with the settings that produced it),
 so a resumed probe scores val and test without refitting. CKA (separability.cka) is
 computed between all probed layers of each probed split named in cfg.cka_splits (none by
@@ -22,7 +22,7 @@ from dnnlab.errors import InputError
 from dnnlab.separability import SeparabilityResult, parse_measures, separability
 from dnnlab.separability.cka import CkaMatrix
 from dnnlab.separability.inputs import encode_labels
-from dnnlab.separability.linear import DEFAULT_ALPHA, LinearProbe
+from dnnlab.separability.linear import DEFAULT_ALPHA, LinearClassifier
 from dnnlab.separability.measures import separability_fitting
 from dnnlab.utils.atomic import atomic_torch_save
 from dnnlab.utils.plots import pyplot, save_figure
@@ -30,6 +30,9 @@ from dnnlab.utils.safe_load import load_error_reason, load_plain
 from dnnlab.utils.sizes import parse_size
 
 FIT_SPLIT = "train20"
+# The folder of the fitted linear classifiers in a probe's output; its name is the one earlier
+# probes wrote, kept so that their outputs resume without refitting.
+CLASSIFIERS = "linear_probe"
 
 
 def linear_reserve(n: int) -> int:
@@ -55,7 +58,7 @@ class ProbeExtras:
         self.core_measures = ",".join(core)
         self.cfg = cfg
         self.out = out
-        self.weights = weights  # the model's content hash: a saved probe is of these weights
+        self.weights = weights  # the model's content hash: a saved classifier is of these weights
         if self.linear and FIT_SPLIT not in split_names:
             raise InputError(
                 f"measure linear is fitted on the {FIT_SPLIT} split, which is not among the "
@@ -66,7 +69,7 @@ class ProbeExtras:
                 f"measure linear: put {FIT_SPLIT} first in --splits (it is fitted "
                 "there before the other splits are scored)"
             )
-        self.probes: dict[str, LinearProbe] = {}
+        self.classifiers: dict[str, LinearClassifier] = {}
         self.cka_splits = cfg.cka_split_names
         self.cka: dict[str, dict] = {}
         if resumed and out is not None and (out / "probe.json").exists():
@@ -76,7 +79,7 @@ class ProbeExtras:
 
     def reserve(self, split: str, n: int) -> int:
         """Bytes of the budget this split's extra measures need beside the feature groups:
-        the linear probe's Gram and float64 row chunks on train20; on a CKA split, the Gram
+        the linear classifier's Gram and float64 row chunks on train20; on a CKA split, the Gram
         being formed, its column panel and the Grams kept in memory (the rest spill)."""
         need = 0
         if self.linear and split == FIT_SPLIT:
@@ -122,7 +125,7 @@ class ProbeExtras:
         **core_kw,
     ):
         """This layer's measures as one SeparabilityResult: CKA, then the core's measures (by
-        `core`, the separability function) with the linear probe fitted (on train20, by
+        `core`, the separability function) with the linear classifier fitted (on train20, by
         `fitting`, which shares the core's work with the fit and gets the fit's share of
         the budget besides `budget`) or scored (elsewhere, first: the core may normalize
         `feats` in place).
@@ -134,16 +137,16 @@ class ProbeExtras:
             self._matrix.add(layer, x)
         fit_here = self.linear and split == FIT_SPLIT
         if self.linear and not fit_here:
-            probe = self._load_probe(layer)
-            extra["linear"], per, _ = probe.score(x, y)
+            classifier = self._load_classifier(layer)
+            extra["linear"], per, _ = classifier.score(x, y)
             per_class_extra = {c: {"linear": v} for c, v in per.items()}
         if fit_here:
             measures = ",".join(m for m in (self.core_measures, "linear") if m)
-            r, probe = fitting(
+            r, classifier = fitting(
                 x, y, measures, max_memory=budget + linear_reserve(len(y)), **core_kw
             )
-            self.probes[layer] = probe
-            self._save_probe(layer, probe)
+            self.classifiers[layer] = classifier
+            self._save_classifier(layer, classifier)
             for vals in r.per_class.values():  # the training accuracy is kept whole only
                 vals.pop("linear", None)
         elif self.core_measures:
@@ -169,8 +172,8 @@ class ProbeExtras:
         return r
 
     # ------------------------------------------------------------------ storage
-    def _probe_path(self, layer: str) -> Path | None:
-        return None if self.out is None else self.out / "linear_probe" / f"{layer}.pt"
+    def _classifier_path(self, layer: str) -> Path | None:
+        return None if self.out is None else self.out / CLASSIFIERS / f"{layer}.pt"
 
     def _settings(self) -> dict:
         return {
@@ -180,8 +183,8 @@ class ProbeExtras:
             "weights": self.weights,
         }
 
-    def _save_probe(self, layer: str, p: LinearProbe) -> None:
-        path = self._probe_path(layer)
+    def _save_classifier(self, layer: str, p: LinearClassifier) -> None:
+        path = self._classifier_path(layer)
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,20 +207,20 @@ class ProbeExtras:
             path,
         )
 
-    def _load_probe(self, layer: str) -> LinearProbe:
-        if layer in self.probes:
-            return self.probes[layer]
-        path = self._probe_path(layer)
+    def _load_classifier(self, layer: str) -> LinearClassifier:
+        if layer in self.classifiers:
+            return self.classifiers[layer]
+        path = self._classifier_path(layer)
         if path is None or not path.exists():
             raise InputError(
-                f"measure linear: layer {layer!r} has no probe fitted on {FIT_SPLIT} in this "
+                f"measure linear: layer {layer!r} has no classifier fitted on {FIT_SPLIT} in this "
                 "run" + (f" ({path} is missing)" if path else "") + "; rerun with --overwrite"
             )
         try:
             d = load_plain(path)
         except Exception as e:
             raise InputError(
-                f"{path}: not a readable probe file ({load_error_reason(e)}); rerun with "
+                f"{path}: not a readable classifier file ({load_error_reason(e)}); rerun with "
                 "--overwrite"
             ) from None
         if d.get("settings") != self._settings() or d.get("layer") != layer:
@@ -226,7 +229,7 @@ class ProbeExtras:
                 "--overwrite"
             )
         classes = d["class_values"].tolist() if d["class_values"].numel() else d["classes"]
-        p = LinearProbe(
+        p = LinearClassifier(
             classes,
             d["mean"],
             d["scale"],
@@ -238,7 +241,7 @@ class ProbeExtras:
             d["n_train"],
             d["train_accuracy"],
         )
-        self.probes[layer] = p
+        self.classifiers[layer] = p
         return p
 
 

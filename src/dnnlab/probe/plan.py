@@ -132,7 +132,7 @@ def plan_splits(
     plans = {}
     for split, (x, _) in splits.items():
         todo = [i for i in infos if (split, i.name) not in done]
-        # The linear probe's and CKA's memory comes off the features' room.
+        # The linear classifier's and CKA's memory comes off the features' room.
         groups = plan_groups(
             todo, len(x), room - extras.reserve(split, len(x)), to_file=cfg.memmap is not None
         )

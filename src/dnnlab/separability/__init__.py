@@ -1,7 +1,7 @@
 """Separation Index family: exact, streamed, memory-bounded; CPU, CUDA and torch.distributed."""
 
 from dnnlab.separability.cka import CkaMatrix, CkaResult, linear_cka, unbiased_cka
-from dnnlab.separability.linear import LinearProbe, fit_linear, linear_probe
+from dnnlab.separability.linear import LinearClassifier, fit_linear, linear_accuracy
 from dnnlab.separability.measures import separability
 from dnnlab.separability.normalize import NORMALIZATIONS, normalize
 from dnnlab.separability.result import SeparabilityResult
@@ -11,10 +11,10 @@ __all__ = [
     "CkaMatrix",
     "CkaResult",
     "DEFAULT_MEASURES",
-    "LinearProbe",
+    "LinearClassifier",
     "fit_linear",
     "linear_cka",
-    "linear_probe",
+    "linear_accuracy",
     "unbiased_cka",
     "NORMALIZATIONS",
     "Measure",

@@ -5,7 +5,7 @@ member, or a read-only numpy memmap: it checks the header against the file's siz
 any work, then hands out rows as CPU tensors (`f[i0:i1]`, `f.index_select(0, rows)`), read
 with `os.preadv` into fresh buffers. Nothing is memory-mapped, so the process holds only the
 rows asked for; the operating system's page cache keeps the file warm between passes.
-The separability core (measures.separability) and the linear probe take it wherever they
+The separability core (measures.separability) and the linear classifier take it wherever they
 take an in-memory tensor: every pass over the features is by row blocks.
 
 Values are returned as the in-memory path would hold them (inputs.as_feature_tensor):

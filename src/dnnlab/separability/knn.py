@@ -116,7 +116,7 @@ def approximate_candidates(
     """Running top-kk (unordered) of every row over the given block pairs.
 
     gram: an (N, N) tensor to receive the products a a^T as they are formed (both triangles
-    of the pairs given), for the linear probe on the same features (linear.SharedWork)."""
+    of the pairs given), for the linear classifier on the same features (linear.SharedWork)."""
     n = a.shape[0]
     dev = a.device
     best_d = torch.full((n, kk), float("inf"), dtype=a.dtype, device=dev)

@@ -1,4 +1,4 @@
-"""Linear-probe accuracy: a ridge classifier solved exactly, within a memory budget.
+"""Linear-classifier accuracy: a ridge classifier solved exactly, within a memory budget.
 
 Estimator (scikit-learn's RidgeClassifier with fit_intercept=True): targets are +1 for the
 sample's class and -1 for the others (one column per class), features are normalized with
@@ -53,7 +53,7 @@ CHUNK_ELEMS = 1 << 22  # float64 elements per streamed row chunk (32 MiB)
 
 
 @dataclass
-class LinearProbe:
+class LinearClassifier:
     """A fitted ridge classifier; scores any features of the same width."""
 
     classes: list
@@ -82,7 +82,8 @@ class LinearProbe:
         x = as_feature_source(features)
         if x.shape[1] != self.dim:
             raise InputError(
-                f"features have D={x.shape[1]} per sample but the probe was fitted on D={self.dim}"
+                f"features have D={x.shape[1]} per sample but the classifier was fitted on "
+                f"D={self.dim}"
             )
         dev = self.coef.device
         out = torch.empty((x.shape[0], len(self.classes)), dtype=torch.float64, device=dev)
@@ -112,7 +113,7 @@ class LinearProbe:
         return float(hit.mean()), per_class, counts
 
     def encode(self, labels, n: int) -> np.ndarray:
-        """Labels -> class codes of this probe; a label unseen in training raises."""
+        """Labels -> class codes of this classifier; a label unseen in training raises."""
         arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
         arr = arr[:, 0] if arr.ndim == 2 and arr.shape[1] == 1 else arr
         if arr.shape != (n,):
@@ -186,9 +187,9 @@ def _refine(system: RidgeSystem, solve, rhs: torch.Tensor):
 
 @dataclass
 class SharedWork:
-    """What the separability core hands the linear probe when both measure the same features
+    """What the separability core hands the linear classifier when both measure the same features
     under zscore in the dual form: its normalized copy `rows` (N, D), bit-identical to the
-    probe's Zc (one formula, normalize.normalize_rows; zscore's shift is the mean), and the
+    classifier's Zc (one formula, normalize.normalize_rows; zscore's shift is the mean), and the
     Gram rows rows^T (N, N) in rows' dtype, which its neighbour search forms block by block
     anyway (knn.approximate_candidates). The fit takes the Gram over (and frees it)."""
 
@@ -227,7 +228,7 @@ def fit_linear(
     device=None,
     max_memory=MEASURE_MEMORY,
     compute_dtype: torch.dtype = torch.float32,
-) -> LinearProbe:
+) -> LinearClassifier:
     """Fit the ridge classifier (see the module docstring) on features (N, ...) and labels.
 
     features are never modified and may be on disk (a FeatureFile or a numpy memmap, read by
@@ -245,7 +246,7 @@ def fit_linear(
     if workspace < 64 * 3 * d * 4:
         raise BudgetError(
             f"max_memory {format_size(parse_size(max_memory))} is too small for the linear "
-            f"probe: its {'N x N' if dual else 'D x D'} Gram matrix and row blocks (N={n}, "
+            f"classifier: its {'N x N' if dual else 'D x D'} Gram matrix and row blocks (N={n}, "
             f"D={d}) need at least {format_size(linear_least(n, d), up=True)}"
         )
     shift, scale = feature_stats(x, normalize_method)
@@ -262,7 +263,7 @@ def fit_linear(
 
 def fit_linear_shared(
     work: SharedWork, labels, *, alpha: float = DEFAULT_ALPHA, max_memory=MEASURE_MEMORY
-) -> LinearProbe:
+) -> LinearClassifier:
     """fit_linear(features, labels, normalize_method="zscore") from the separability core's
     SharedWork on those features (dual form, D > N): the same system, the same solution,
     without a second normalization pass or Gram. max_memory: what the fit may use beside
@@ -308,7 +309,7 @@ def _fit(
     rows: Rows, codes, classes, alpha, normalize_method, workspace, chunk_elems, t0, gram=None
 ):
     """Solve the ridge system on rows' Zc; gram: a ready Gram (the dual's, float32) to take
-    over instead of forming one. Returns the LinearProbe."""
+    over instead of forming one. Returns the LinearClassifier."""
     x, dev, compute_dtype = rows.x, rows.dev, rows.dtype
     gram_given = gram is not None
     n, d = x.shape
@@ -325,7 +326,7 @@ def _fit(
         t4 = time.perf_counter()
         coef = system.zt(sol) if dual else sol
         timings["coef"] = time.perf_counter() - t4
-    probe = LinearProbe(
+    classifier = LinearClassifier(
         classes,
         rows.mean,
         rows.scale,
@@ -344,10 +345,10 @@ def _fit(
     # Training scores from the rows (not Y - alpha A, which cancels for a large alpha).
     pred = torch.empty(n, dtype=torch.long, device=dev)
     for s, e, z in system.rows():
-        pred[s:e] = torch.addmm(probe.intercept, z, coef).argmax(1)
-    probe.train_accuracy = float((pred.cpu().numpy() == codes).mean())
-    probe.seconds = time.perf_counter() - t0
-    return probe
+        pred[s:e] = torch.addmm(classifier.intercept, z, coef).argmax(1)
+    classifier.train_accuracy = float((pred.cpu().numpy() == codes).mean())
+    classifier.seconds = time.perf_counter() - t0
+    return classifier
 
 
 def _solve(system: RidgeSystem, rhs, gram, workspace: int, chunk_elems: int, t0: float):
@@ -401,17 +402,17 @@ def _solve_float64(system: RidgeSystem, rhs, workspace: int, chunk_elems: int):
     return sol, steps
 
 
-def linear_probe(train, evals: dict, **kw) -> tuple[LinearProbe, dict[str, dict]]:
+def linear_accuracy(train, evals: dict, **kw) -> tuple[LinearClassifier, dict[str, dict]]:
     """Fit on train = (features, labels); score on evals {name: (features, labels)}.
 
-    Returns the fitted probe and {name: {"accuracy", "per_class", "class_counts"}}.
+    Returns the fitted classifier and {name: {"accuracy", "per_class", "class_counts"}}.
     """
-    probe = fit_linear(*train, **kw)
+    classifier = fit_linear(*train, **kw)
     out = {}
     for name, (x, y) in evals.items():
         try:
-            acc, per, counts = probe.score(x, y)
+            acc, per, counts = classifier.score(x, y)
         except ValueError as e:
             raise InputError(f"linear: eval set {name!r}: {e}") from None
         out[name] = {"accuracy": acc, "per_class": per, "class_counts": counts}
-    return probe, out
+    return classifier, out

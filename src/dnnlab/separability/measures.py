@@ -1,6 +1,6 @@
 """separability(): the measures of the vocabulary (separability.vocabulary) from one exact
 neighbour search, in steps: the inputs checked (samples), the trivial cases answered, the
-memory planned (search_plan), the search and its tallies (tallies), the linear probe fitted
+memory planned (search_plan), the search and its tallies (tallies), the linear classifier fitted
 beside it or on its own, and the values assembled per class."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def separability(
         every class has the same mean); "nan" gives NaN and says why in `notes`.
     _training_scores: score "linear" on these samples, without a test set (see
         separability_fitting).
-    The fitted linear probe, when "linear" is measured, is the result's `linear_probe`.
+    The fitted linear classifier, when "linear" is measured, is the result's `linear_classifier`.
     """
     t0 = time.perf_counter()
     wanted = parse_measures(measures)
@@ -90,16 +90,16 @@ def separability(
 
 
 def separability_fitting(features, labels, measures=DEFAULT_MEASURES, **kw):
-    """separability() on a linear probe's training split: `linear` is fitted on these
+    """separability() on a linear classifier's training split: `linear` is fitted on these
     features and its value is the training accuracy (no test set). Returns (result, the
-    fitted LinearProbe or None), the probe for scoring other splits later."""
+    fitted LinearClassifier or None), the classifier for scoring other splits later."""
     r = separability(features, labels, measures, _training_scores=True, **kw)
-    return r, r.linear_probe
+    return r, r.linear_classifier
 
 
 @dataclass(frozen=True)
 class _Fit:
-    """What the linear probe is fitted and scored with."""
+    """What the linear classifier is fitted and scored with."""
 
     labels: object
     test: object  # (features, labels) that "linear" is scored on, or None
@@ -142,7 +142,7 @@ def _measure(wanted, run: _Run, fit: _Fit, how: _SearchSettings, undefined: str,
         run.notes.append(lone)
     if linear and all(m.kind == "linear" for m in wanted):  # no normalized copy needed
         lin = _fit_alone(run, fit)
-        return run.result({"linear": lin.accuracy}, _linear_per_class(lin, s.names), lin.probe)
+        return run.result({"linear": lin.accuracy}, _linear_per_class(lin, s.names), lin.classifier)
     k = search_order(wanted)
     plan, share = _plan(linear, k, run, fit, how)
     lin = _fit_alone(run, fit) if linear and not share else None
@@ -155,9 +155,9 @@ def _measure(wanted, run: _Run, fit: _Fit, how: _SearchSettings, undefined: str,
 
 
 def _plan(linear: bool, k: int, run: _Run, fit: _Fit, how: _SearchSettings):
-    """(the search's memory plan, whether the linear probe shares its work).
+    """(the search's memory plan, whether the linear classifier shares its work).
 
-    The linear probe shares the search's normalized copy and block products when it can
+    The linear classifier shares the search's normalized copy and block products when it can
     (linear.SharedWork); the search then plans without the fit's share of the budget.
     A test set scored after the search must not be what it normalized in place. The plan
     is None when all samples share one label (no search)."""
@@ -178,9 +178,9 @@ def _plan(linear: bool, k: int, run: _Run, fit: _Fit, how: _SearchSettings):
 
 
 def _fit_alone(run: _Run, fit: _Fit) -> _LinearScore:
-    """The linear probe fitted on its own (not sharing the search's work), scored, noted."""
+    """The linear classifier fitted on its own (not sharing the search's work), scored, noted."""
     s = run.samples
-    lin = _linear_probe(
+    lin = _fit_linear_alone(
         s.x, fit.labels, fit.test, run.normalize_method, fit.device, fit.budget, fit.alpha
     )
     run.notes.append(_linear_note(lin, s.n, fit.test))
@@ -206,7 +206,7 @@ def _search_and_assemble(wanted, run: _Run, fit: _Fit, how, search, in_place, sh
             del work
         nc1, nc1_notes = nc1_step(a, codes, wanted, s.names, search, undefined, nc1_undefined)
     run.notes += nc1_notes
-    return run.result(*_assemble(wanted, hits, codes, s, nc1, lin), lin and lin.probe)
+    return run.result(*_assemble(wanted, hits, codes, s, nc1, lin), lin and lin.classifier)
 
 
 @dataclass
@@ -219,7 +219,7 @@ class _Run:
     t0: float
     notes: list[str]
 
-    def result(self, values: dict, per_class: dict, probe=None) -> SeparabilityResult:
+    def result(self, values: dict, per_class: dict, classifier=None) -> SeparabilityResult:
         s = self.samples
         return SeparabilityResult(
             values,
@@ -231,23 +231,23 @@ class _Run:
             str(self.dev),
             time.perf_counter() - self.t0,
             self.notes,
-            probe,
+            classifier,
         )
 
 
 @dataclass(frozen=True)
 class _LinearScore:
-    """The fitted ridge probe and its score on the test set."""
+    """The fitted ridge classifier and its score on the test set."""
 
-    probe: object  # separability.linear.LinearProbe
+    classifier: object  # separability.linear.LinearClassifier
     accuracy: float
     per_class: dict[str, float]  # classes absent from the test set are missing
     test_counts: dict[str, int]
 
 
-def _linear_probe(x, labels, test, normalize_method, device, max_memory, alpha) -> _LinearScore:
-    """Fit the ridge probe on (x, labels) on its own and score it (_score)."""
-    probe = fit_linear(
+def _fit_linear_alone(x, labels, test, normalize_method, device, max_memory, alpha) -> _LinearScore:
+    """Fit the ridge classifier on (x, labels) on its own and score it (_score)."""
+    classifier = fit_linear(
         x,
         labels,
         alpha=alpha,
@@ -255,23 +255,23 @@ def _linear_probe(x, labels, test, normalize_method, device, max_memory, alpha) 
         device=device,
         max_memory=max_memory,
     )
-    return _score(probe, test)
+    return _score(classifier, test)
 
 
-def _score(probe, test) -> _LinearScore:
-    """The fitted probe's accuracy on test = (features, labels); test=None: on its training
+def _score(classifier, test) -> _LinearScore:
+    """The fitted classifier's accuracy on test = (features, labels); test=None: on its training
     samples (per class unknown)."""
     if test is None:
-        return _LinearScore(probe, probe.train_accuracy, {}, {})
+        return _LinearScore(classifier, classifier.train_accuracy, {}, {})
     try:
-        accuracy, per_class, test_counts = probe.score(*test)
+        accuracy, per_class, test_counts = classifier.score(*test)
     except (ValueError, TypeError) as e:
         raise type(e)(f"linear: the test set: {e}") from None
-    return _LinearScore(probe, accuracy, per_class, test_counts)
+    return _LinearScore(classifier, accuracy, per_class, test_counts)
 
 
 def _linear_note(lin: _LinearScore, n: int, test) -> str:
-    p = lin.probe
+    p = lin.classifier
     scored = "" if test is None else f", scored on {sum(lin.test_counts.values())} test samples"
     shared = ", its Gram from the neighbour search" if p.shared_gram else ""
     return (

@@ -38,7 +38,7 @@ def normalize_rows(
     (_work_dtype) and rounded once to dtype when that is narrower; subtracting first needs no
     fused multiply-add to avoid cancelling when a feature's mean is large against its spread.
     The one formula for every normalization and every caller (the separability core, the
-    linear probe), so the same features give bit-identical normalized values.
+    linear classifier), so the same features give bit-identical normalized values.
     `out` may be x itself (x's contents are then lost).
     """
     work = _work_dtype(x, dtype)

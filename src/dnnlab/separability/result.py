@@ -20,8 +20,8 @@ class SeparabilityResult:
     device: str
     seconds: float
     notes: list[str] = field(default_factory=list)
-    # The fitted separability.linear.LinearProbe when "linear" was measured (not saved).
-    linear_probe: object = field(default=None, repr=False, compare=False)
+    # The fitted separability.linear.LinearClassifier when "linear" was measured (not saved).
+    linear_classifier: object = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, name: str) -> float:
         return self.values[name]

@@ -1,4 +1,4 @@
-"""The linear probe's ridge system (separability.linear): the row blocks of the normalized,
+"""The linear classifier's ridge system (separability.linear): the row blocks of the normalized,
 centered features Zc, its Gram matrix in either form, and the exact float64 system
 (G + alpha I) S = R applied by streaming the rows."""
 

@@ -1,5 +1,5 @@
 """The memory plan of separability()'s neighbour search: the budget split between the
-normalized copy, the search state and the blocks, and whether the linear probe may share
+normalized copy, the search state and the blocks, and whether the linear classifier may share
 the search's normalized copy and Gram."""
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _streamed_row_bytes(x, itemsize: int) -> int:
 
 
 def can_share(s: Samples, k: int, normalize_method: str, compute_dtype) -> bool:
-    """Whether the linear probe can take the search's normalized copy and Gram: a search
+    """Whether the linear classifier can take the search's normalized copy and Gram: a search
     runs, zscore (its shift is the probe's centering), the dual form (D > N), float32 (the
     probe's compute dtype) and two classes at least (else the fit refuses before any work).
     Under torch.distributed the processes sum their blocks (knn.k_nearest)."""

@@ -1,5 +1,5 @@
 """separability()'s neighbour search and its per-sample tallies: the features normalized on
-the device, one k-nearest search (filling the linear probe's Gram on the way when shared),
+the device, one k-nearest search (filling the linear classifier's Gram on the way when shared),
 the tallies of each measure, k-NN votes and NC1."""
 
 from __future__ import annotations

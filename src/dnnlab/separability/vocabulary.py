@@ -8,7 +8,7 @@ anti:r  fraction whose r nearest neighbours include none with the label
 knn:k   leave-one-out k-nearest-neighbour accuracy: majority vote of the k nearest; a tie
         between labels goes to the tied label met first in distance order
 nc1     neural collapse NC1 (Papyan, Han and Donoho 2020): trace(Sigma_W Sigma_B^+) / C
-linear  linear-probe accuracy on a test set of a ridge classifier fitted on these samples
+linear  linear-classifier accuracy on a test set of a ridge classifier fitted on these samples
         (separability.linear)
 For r = 1: hsi = soft = knn = si and anti = 1 - si, exactly.
 """

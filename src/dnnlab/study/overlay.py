@@ -9,7 +9,7 @@ from dnnlab.study.records import load_run
 from dnnlab.utils.plots import pyplot, save_figure
 
 # The per-layer panels of each comparison, when the probe measured them.
-PANEL_MEASURES = (("si", "SI"), ("linear", "linear-probe accuracy"), ("nc1", "NC1 (log)"))
+PANEL_MEASURES = (("si", "SI"), ("linear", "linear-classifier accuracy"), ("nc1", "NC1 (log)"))
 
 
 def overlay_plot(
@@ -21,7 +21,7 @@ def overlay_plot(
     measures=PANEL_MEASURES,
     first_layers: bool = False,
 ) -> bool:
-    """One panel per measure of `measures` ((key, label) pairs; default SI, linear-probe
+    """One panel per measure of `measures` ((key, label) pairs; default SI, linear-classifier
     accuracy, NC1) that the probe measured, with every variant's curve per layer. The x axis
     is the layers all variants share, or with `first_layers` the first variant's layers,
     each other variant drawn on those it has."""
