@@ -10,7 +10,7 @@ from torch import nn
 
 from dnnlab.cli import main
 from dnnlab.errors import InputError
-from dnnlab.probe.anymodel import build_model
+from dnnlab.probe.anymodel import model_from_spec
 from dnnlab.probe.anynet import AnyConfig, list_any, probe_any
 from dnnlab.probe.images import ImageSplit
 from dnnlab.probe.plan import plan_budget
@@ -67,7 +67,7 @@ def test_user_factory_from_a_file_matches_the_oracle(tmp_path, user_file):
     assert len(split["val"]) == 6  # a stratified 20% of 30 images
     assert not any(p.name.startswith(".") for p in data.rglob("*"))  # nothing written there
     # The oracle: the same images through the same model, by hand, measured in float64.
-    model = build_model(f"{user_file}:make").eval()
+    model = model_from_spec(f"{user_file}:make").eval()
     x = torch.stack(
         [
             (

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from dnnlab.cli import main
-from dnnlab.probe.anymodel import build_model
+from dnnlab.probe.anymodel import model_from_spec
 from dnnlab.probe.anynet import AnyConfig, prepare
 from tests import oracle
 
@@ -110,7 +110,7 @@ def test_data_config_used_unless_flags_say_otherwise():
         AnyConfig(model="timm:resnet18", image_size=64, mean="0.5", std="0.25")
     )
     assert (size, mean, std) == (64, (0.5,) * 3, (0.25,) * 3)
-    assert build_model("timm:resnet18:num_classes=7").get_classifier().out_features == 7
+    assert model_from_spec("timm:resnet18:num_classes=7").get_classifier().out_features == 7
 
 
 def test_layers_list_in_execution_order(capsys):

@@ -18,7 +18,7 @@ from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
-def train_config(given: dict, out, resume: bool) -> TrainConfig:
+def requested_config(given: dict, out, resume: bool) -> TrainConfig:
     """The given settings over the defaults, or, with resume on an existing run in `out`,
     over the run's saved settings. Every given setting is checked before anything else."""
     check_recipe_flag(given)
@@ -41,11 +41,11 @@ def train_command(
     if os.environ.get("RANK", "0") == "0" and left_replaced(out):
         with folder_lock(out):
             recover_replaced(out)
-    cfg = train_config(given, out, resume)
+    cfg = requested_config(given, out, resume)
     check_outputs_spare_inputs([cfg.data_root or default_root()], out, owned=True)
     if download:
         load_cifar10(cfg.data_root, download=True)
     train(cfg, out, resume=resume, overwrite=overwrite, progress=progress)
 
 
-__all__ = ["train_command", "train_config"]
+__all__ = ["requested_config", "train_command"]

@@ -98,7 +98,7 @@ def _timm_model(spec: str) -> nn.Module:
         raise InputError(f"--model {spec!r}: {e}") from None
 
 
-def build_model(spec: str) -> nn.Module:
+def model_from_spec(spec: str) -> nn.Module:
     """An nn.Module from SPEC (see the module docstring); errors name the spec."""
     if spec.startswith("torchvision:"):
         return _torchvision_model(spec)

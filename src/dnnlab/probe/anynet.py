@@ -21,7 +21,13 @@ import numpy as np
 import torch
 
 from dnnlab.errors import InputError
-from dnnlab.probe.anymodel import build_model, check_size, fit_weights, input_defaults, load_state
+from dnnlab.probe.anymodel import (
+    check_size,
+    fit_weights,
+    input_defaults,
+    load_state,
+    model_from_spec,
+)
 from dnnlab.probe.images import (
     image_splits,
     left_out_note,
@@ -89,7 +95,7 @@ def _channels(text: str | None, default, flag: str) -> tuple[float, ...]:
 
 def prepare(cfg: AnyConfig):
     """The model (weights loaded, eval mode) and the input settings, all checked."""
-    model = build_model(cfg.model)
+    model = model_from_spec(cfg.model)
     if cfg.weights:
         fit_weights(model, load_state(cfg.weights, cfg.weights_key), f"--weights {cfg.weights}")
     elif cfg.weights_key:

@@ -33,7 +33,7 @@ from dnnlab.probe.plan import (
     plan_within,
     spill_block,
 )
-from dnnlab.probe.provenance import fingerprint, model_hash
+from dnnlab.probe.provenance import model_hash, row_fingerprint
 from dnnlab.probe.resume import expected_provenance, load_existing
 from dnnlab.probe.spill import SpillFolder, to_float32
 from dnnlab.separability import knn, parse_measures, separability
@@ -318,7 +318,7 @@ class _ProbeRun:
             "seconds": round(secs, 3),
             "note": "; ".join(x for x in (info.note, *r.notes) if x),
             "stored": f"file:{prov['features']}" if on_file else "memory",
-            "fingerprint": fingerprint(prov),
+            "fingerprint": row_fingerprint(prov),
             "provenance": prov,
         }
         if self.cfg.per_class:

@@ -44,7 +44,7 @@ def split_identity(x, y) -> str:
     return tensor_hash(torch.as_tensor(y)) + ":" + (ident or tensor_hash(x))
 
 
-def fingerprint(prov: dict) -> str:
+def row_fingerprint(prov: dict) -> str:
     return hashlib.sha256(json.dumps(prov, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from dnnlab.errors import InputError
 from dnnlab.probe.config import ProbeConfig
 from dnnlab.probe.layers import LayerInfo
-from dnnlab.probe.provenance import fingerprint, split_identity, stale_reason
+from dnnlab.probe.provenance import row_fingerprint, split_identity, stale_reason
 from dnnlab.separability import parse_measures
 
 
@@ -74,7 +74,7 @@ def load_existing(
     for r in old_rows:
         key = (r.get("split"), r.get("layer"))
         if key in expected:
-            if r.get("fingerprint") == fingerprint(expected[key]):
+            if r.get("fingerprint") == row_fingerprint(expected[key]):
                 keep.append(r)
                 continue
             stale += 1

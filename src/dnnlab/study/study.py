@@ -54,7 +54,7 @@ def data_identity(data) -> str:
     return data.identity
 
 
-def fingerprint(cfg: StudyConfig, data_id: str) -> str:
+def study_fingerprint(cfg: StudyConfig, data_id: str) -> str:
     """A short hash of everything that decides the study's numbers."""
     d = {k: getattr(cfg, k) for k in RESULT_KEYS}
     d["data"] = data_id
@@ -276,7 +276,7 @@ def _run_study_locked(
     pub = read_published(published) if published is not None else None
     data = load_cifar10(cfg.data_root)
     data_id = data_identity(data)
-    fp = fingerprint(cfg, data_id)
+    fp = study_fingerprint(cfg, data_id)
     _check_same_study(out, cfg, fp, data_id, overwrite)
     if not overwrite:
         check_study_data(out, cfg.models, data)
