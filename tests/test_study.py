@@ -58,7 +58,7 @@ def test_probe_run_and_checkpoint_mismatch(tree, tmp_path, capsys):
     ck["model"]["conv4.weight"] = torch.zeros(256, 128, 1, 1)
     torch.save(ck, run / "best.pt")
     with pytest.raises(RunError, match=r"'conv4.weight' is \(256, 128, 1, 1\) in the checkpoint"):
-        probe_run(run, ProbeConfig(splits=("val",)), max_per_split=20)
+        probe_run(run, ProbeConfig(splits=("val",), max_per_split=20))
 
 
 def test_study_trains_probes_reports_and_resumes(tree, tmp_path):

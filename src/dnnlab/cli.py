@@ -155,12 +155,6 @@ def _add_probe(sub) -> None:
     )
     p.add_argument("run", nargs="?", help="a `dnnlab train` run directory (or --model/--data)")
     add_flags(p, ProbeConfig)
-    p.add_argument(
-        "--max-per-split",
-        type=int,
-        default=None,
-        help="stratified cap per split (>= 2; default: all)",
-    )
     p.add_argument("--data-root", default=None, help="a run's CIFAR-10 source, if moved")
     p.add_argument("--overwrite", action="store_true", help="replace earlier probe results")
     g = p.add_argument_group("any network on any images")
@@ -175,7 +169,7 @@ def _add_probe(sub) -> None:
         help="image folders (train/<class>/, test/<class>/, or only <class>/), "
         "CIFAR-10 in any form `dnnlab train` reads, or a .tar.gz of a tree",
     )
-    add_flags(g, AnyConfig, exclude=("model", "data", "max_per_split"))
+    add_flags(g, AnyConfig, exclude=("model", "data"))
     p.add_argument(
         "--cka-with",
         metavar="RUN_B",

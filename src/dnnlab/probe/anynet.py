@@ -72,7 +72,6 @@ class AnyConfig:
     seed: int = setting(
         0, "random seed of the train/val split and the subsets", low=0, high=2**32 - 1
     )
-    max_per_split: int | None = setting(None, "stratified cap per split", low=2)
     out: str = setting("probe-out", "output folder of --model")
 
     def __post_init__(self):
@@ -133,8 +132,8 @@ def probe_any(cfg: AnyConfig, pcfg, overwrite=False, progress=False):
     chosen, left_out = {}, []
     for name in wanted:
         s = splits[name]
-        if cfg.max_per_split and len(s) > cfg.max_per_split:
-            s = s.subset(stratified_positions(s.labels, cfg.max_per_split, cfg.seed).tolist())
+        if pcfg.max_per_split and len(s) > pcfg.max_per_split:
+            s = s.subset(stratified_positions(s.labels, pcfg.max_per_split, cfg.seed).tolist())
         if tree is not None:
             s, bad = readable_split(s, tree)
             left_out += bad

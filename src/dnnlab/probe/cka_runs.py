@@ -36,9 +36,7 @@ def sample_ids(x: torch.Tensor) -> np.ndarray:
     )
 
 
-def cka_between_runs(
-    run_a, run_b, cfg, split: str = "val", data_root=None, max_per_split=None
-) -> Path:
+def cka_between_runs(run_a, run_b, cfg, split: str = "val", data_root=None) -> Path:
     """Linear and unbiased CKA between the same layers of two trained runs on one split.
 
     Each layer's features (one layer in memory at a time) go into one CkaMatrix; the split's
@@ -48,7 +46,7 @@ def cka_between_runs(
     """
     dev = torch.device(cfg.device)
     runs = [Path(run_a), Path(run_b)]
-    loaded = [_load_run(run, cfg, split, data_root, max_per_split, dev) for run in runs]
+    loaded = [_load_run(run, cfg, split, data_root, dev) for run in runs]
     names_a = [i.name for i in loaded[0][3]]
     missing = [n for n in names_a if n not in {i.name for i in loaded[1][3]}]
     if missing:
@@ -88,7 +86,7 @@ def cka_between_runs(
     return path
 
 
-def _load_run(run: Path, cfg, split: str, data_root, max_per_split, dev: torch.device):
+def _load_run(run: Path, cfg, split: str, data_root, dev: torch.device):
     """(run, its best model on dev, the split's inputs, its layers, best.pt's SHA-256)."""
     for f in ("config.json", "best.pt"):
         if not (run / f).exists():
@@ -96,7 +94,7 @@ def _load_run(run: Path, cfg, split: str, data_root, max_per_split, dev: torch.d
     tcfg = read_run_config(run)
     model, _ = load_model_checkpoint(run / "best.pt", tcfg.model, run=run)
     model = model.to(dev).eval()
-    x, y = run_splits(run, tcfg, (split,), data_root, max_per_split, seed=tcfg.seed)[split]
+    x, y = run_splits(run, tcfg, (split,), data_root, cfg.max_per_split, seed=tcfg.seed)[split]
     names = resolve_layers(model, cfg.layers)
     infos = describe_layers(model, to_input(x[:2].to(dev)), names, cfg.output_key)
     sha = hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()

@@ -34,6 +34,9 @@ class ProbeConfig:
     splits: tuple[str, ...] = setting(
         ("train20", "val", "test"), "splits to probe, comma-separated"
     )
+    max_per_split: int | None = setting(
+        None, "stratified cap on each split's samples", low=2, default_text="default: all"
+    )
     layers: list[str] | str | None = setting(
         None,
         "comma-separated module names (dotted), re:REGEX, or 'list' to print the layers "

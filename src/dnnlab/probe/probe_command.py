@@ -20,14 +20,12 @@ from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 def any_network(args) -> bool:
     """Whether the flags ask for any network (--model/--data) rather than a run directory;
-    checks that exactly one of the two was given and that --max-per-split is >= 2."""
+    checks that exactly one of the two was given."""
     any_model = args.model is not None or args.data is not None
     if any_model and args.run:
         raise InputError("give either a run directory or --model with --data, not both")
     if not any_model and not args.run:
         raise InputError("give a run directory, or --model SPEC --data ROOT")
-    if args.max_per_split is not None and args.max_per_split < 2:
-        raise InputError(f"--max-per-split: {args.max_per_split} is out of range; it must be >= 2")
     check_follow_ups(args, any_model)
     return any_model
 
@@ -89,18 +87,14 @@ def probe(args, cfg, acfg, progress: bool):
         if acfg is not None:
             res, out, _ = probe_any(acfg, cfg, args.overwrite, progress)
             return res, out
-        res = probe_run(
-            args.run, cfg, args.data_root, args.max_per_split, args.overwrite, progress=progress
-        )
+        res = probe_run(args.run, cfg, args.data_root, args.overwrite, progress=progress)
         return res, out
 
 
 def follow_ups(args, cfg, out: Path) -> Iterator[str]:
     """Run --cka-with and --compare after the probe, yielding a "wrote ..." line per file."""
     if args.cka_with:
-        path = cka_between_runs(
-            args.run, args.cka_with, cfg, "val", args.data_root, args.max_per_split
-        )
+        path = cka_between_runs(args.run, args.cka_with, cfg, "val", args.data_root)
         yield f"wrote {path} and {path.with_suffix('.png').name}"
     if args.compare:
         for path in compare_probes(out, Path(args.compare)):

@@ -61,7 +61,7 @@ def run_splits(
 
 
 def probe_run(
-    run, pcfg: ProbeConfig, data_root=None, max_per_split=None, overwrite=False, progress=False
+    run, pcfg: ProbeConfig, data_root=None, overwrite=False, progress=False
 ) -> ProbeResult:
     run = Path(run)
     if not (run / "config.json").exists():
@@ -71,7 +71,7 @@ def probe_run(
     if not best.exists():
         raise RunError(f"{run}: no best.pt yet; train the run first")
     model, _ = load_model_checkpoint(best, cfg.model, run=run)
-    splits = run_splits(run, cfg, pcfg.splits, data_root, max_per_split, seed=cfg.seed)
+    splits = run_splits(run, cfg, pcfg.splits, data_root, pcfg.max_per_split, seed=cfg.seed)
     res = probe_model(
         model, splits, pcfg, out=run, input_fn=to_input, overwrite=overwrite, progress=progress
     )

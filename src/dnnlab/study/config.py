@@ -1,9 +1,9 @@
 """The study's settings (StudyConfig), its --quick budget, and each variant's TrainConfig.
 
 The training settings a study passes on to every variant (epochs, n_val, the subsets, the
-recipe, the device...) are TrainConfig's: their defaults, ranges and flags are taken from
-its declarations, and `train_config` hands each one over by name. Only the help text is the
-study's own, where it says what --quick sets.
+recipe, the device...) are TrainConfig's, and its probe cap (max_per_split) is ProbeConfig's:
+their defaults, ranges, flags and help are taken from those declarations (--help adds what
+--quick sets), and `train_config` and `probe_config` hand each one over by name.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from dnnlab.settings import setting, validate
 QUICK = dict(train_subset=1000, epochs=3, n_val=500, test_subset=1000, max_per_split=300)
 
 
-def _train_setting(name: str, help: str | None = None):
-    """TrainConfig's setting `name` (its default, range and flag) as a StudyConfig field;
-    `help`, when given, is what the study's --help says of it instead."""
-    f = next(f for f in fields(TrainConfig) if f.name == name)
+def _shared_setting(owner, name: str):
+    """`owner`'s setting `name` (TrainConfig's or ProbeConfig's: its default, range, flag and
+    help) as a StudyConfig field; --help adds what --quick sets it to, if anything."""
+    f = next(f for f in fields(owner) if f.name == name)
     spec = f.metadata["spec"]
-    if help is not None:
-        spec = replace(spec, help=help, default_text=None)
+    if name in QUICK:
+        default = spec.default_text or f"default {'none' if f.default is None else f.default}"
+        spec = replace(spec, default_text=f"{default}; --quick: {QUICK[name]}")
     return field(default=f.default, metadata={"spec": spec})
 
 
@@ -38,26 +39,15 @@ class StudyConfig:
         tuple(VARIANTS), "comma-separated variants (see `dnnlab models`)"
     )
     quick: bool = setting(False, "a budget that finishes on a 2-core CPU in under 20 minutes")
-    device: str = _train_setting("device")
-    data_root: str | None = _train_setting("data_root", "CIFAR-10 source (default $DNNLAB_DATA)")
-    recipe: str = _train_setting("recipe")
+    device: str = _shared_setting(TrainConfig, "device")
+    data_root: str | None = _shared_setting(TrainConfig, "data_root")
+    recipe: str = _shared_setting(TrainConfig, "recipe")
     # Full budget by default; the quick budget (QUICK) is for a 2-core CPU in < 20 minutes.
-    train_subset: int | None = _train_setting(
-        "train_subset",
-        f"train on a stratified subset this large (--quick: {QUICK['train_subset']})",
-    )
-    epochs: int | None = _train_setting(
-        "epochs",
-        f"epochs per variant (the recipe's: {SETTINGS['corrected']['epochs']}, budget "
-        f"{SETTINGS['budget']['epochs']}; --quick: {QUICK['epochs']})",
-    )
-    n_val: int = _train_setting("n_val", f"validation images (--quick: {QUICK['n_val']})")
-    test_subset: int | None = _train_setting(
-        "test_subset", f"test on a stratified subset this large (--quick: {QUICK['test_subset']})"
-    )
-    max_per_split: int | None = setting(
-        None, f"stratified cap on each probe split (--quick: {QUICK['max_per_split']})", low=2
-    )
+    train_subset: int | None = _shared_setting(TrainConfig, "train_subset")
+    epochs: int | None = _shared_setting(TrainConfig, "epochs")
+    n_val: int = _shared_setting(TrainConfig, "n_val")
+    test_subset: int | None = _shared_setting(TrainConfig, "test_subset")
+    max_per_split: int | None = _shared_setting(ProbeConfig, "max_per_split")
     probe_memory: str = setting(
         ProbeConfig.max_memory, "probe memory budget (the probe's default)", cli=False
     )
@@ -67,10 +57,8 @@ class StudyConfig:
     cka_samples: int = setting(
         1000, "validation images (stratified) for the CKA of base against bn; 0: none", low=0
     )
-    compile: bool = _train_setting("compile", "torch.compile the models (GPU runs)")
-    bf16: bool = _train_setting(
-        "bf16", "bf16 autocast in training where the device computes bf16 natively (see train)"
-    )
+    compile: bool = _shared_setting(TrainConfig, "compile")
+    bf16: bool = _shared_setting(TrainConfig, "bf16")
     jobs: int = setting(
         1, "variants trained and probed at once, one worker process each", low=1, high=64
     )
@@ -149,4 +137,9 @@ def train_config(cfg: StudyConfig, name: str) -> TrainConfig:
 
 def probe_config(cfg: StudyConfig) -> ProbeConfig:
     """The ProbeConfig each variant's probe (and the CKA of base against bn) runs under."""
-    return ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device, measures=cfg.measures)
+    return ProbeConfig(
+        max_memory=cfg.probe_memory,
+        device=cfg.device,
+        measures=cfg.measures,
+        max_per_split=cfg.max_per_split,
+    )

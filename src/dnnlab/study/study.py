@@ -133,12 +133,10 @@ def check_detector(detector) -> Path | None:
     return det
 
 
-def run_variant(
-    tcfg: TrainConfig, pcfg: ProbeConfig, max_per_split, out: Path, overwrite, progress, log
-):
-    """Train (or resume, or skip) the run `tcfg` and probe it under `pcfg` (at most
-    `max_per_split` samples a split) in this process, holding the lock of its run directory
-    (a worker process locks its own run, never the study)."""
+def run_variant(tcfg: TrainConfig, pcfg: ProbeConfig, out: Path, overwrite, progress, log):
+    """Train (or resume, or skip) the run `tcfg` and probe it under `pcfg` in this process,
+    holding the lock of its run directory (a worker process locks its own run, never the
+    study)."""
     name = tcfg.model
     run = out / "runs" / name
     with folder_lock(run, "variant"):
@@ -153,7 +151,7 @@ def run_variant(
         add_stage_seconds(run, "train", time.perf_counter() - t0, overwrite)
         log(f"[{name}] probing")
         t0 = time.perf_counter()
-        probe_run(run, pcfg, tcfg.data_root, max_per_split, overwrite=overwrite, progress=progress)
+        probe_run(run, pcfg, tcfg.data_root, overwrite=overwrite, progress=progress)
         add_stage_seconds(run, "probe", time.perf_counter() - t0)
 
 
@@ -192,9 +190,9 @@ def compare_base_bn(cfg: StudyConfig, out: Path, log) -> None:
     runs = out / "runs"
     if not all((runs / m / "best.pt").exists() for m in ("base", "bn")):
         return
-    pcfg = ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device)
     cap = min(cfg.cka_samples, cfg.max_per_split or cfg.cka_samples)
-    path = cka_between_runs(runs / "base", runs / "bn", pcfg, "val", cfg.data_root, cap)
+    pcfg = ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device, max_per_split=cap)
+    path = cka_between_runs(runs / "base", runs / "bn", pcfg, "val", cfg.data_root)
     log(f"CKA base vs bn on {cap} validation images: {path}")
 
 
@@ -306,7 +304,7 @@ def _run_study_locked(
     else:
         failures = []
         for name in cfg.models:
-            run_variant(runs[name], pcfg, cfg.max_per_split, out, overwrite, progress, log)
+            run_variant(runs[name], pcfg, out, overwrite, progress, log)
     t_cka = time.perf_counter()
     if not failures:
         compare_base_bn(cfg, out, log)

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         return 2
     tcfg, pcfg = train_config(cfg, args.variant), probe_config(cfg)
     log = lambda m: print(m, flush=True)  # noqa: E731
-    run_variant(tcfg, pcfg, cfg.max_per_split, out, args.overwrite, False, log)
+    run_variant(tcfg, pcfg, out, args.overwrite, False, log)
     return 0
 
 
