@@ -1,13 +1,19 @@
 """Small fake data sets made by the tests themselves."""
 
+import json
 import pickle
 import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
-from dnnlab.cifar.data import CLASSES
+from dnnlab.cifar.data import CLASSES, load_cifar10
+from dnnlab.cifar.epoch import evaluate
+from dnnlab.cifar.plan import test_positions
+from dnnlab.cifar.rundir import load_model_checkpoint
 from dnnlab.cifar.train import TrainConfig
 
 
@@ -56,6 +62,48 @@ def tiny_train_config(tree, **kw):
     batches of 20, 20 validation images; kw overrides any setting (model, epochs, ...)."""
     base = dict(model="bn", epochs=2, batch_size=20, lr=0.05, n_val=20, data_root=str(tree))
     return TrainConfig(**{**base, **kw})
+
+
+def assert_summary_matches_best(run, cfg: TrainConfig, dev, exact: bool = True) -> dict:
+    """Check a finished run's summary.json against an independent re-evaluation: best.pt
+    reloaded (torch.load(weights_only=True), through the package's own loader) and tested on
+    the run's test positions (plan.test_positions of the config's data root, test_subset and
+    seed) in the precision config.json records. `exact` (CPU): test_acc and test_loss equal
+    the re-evaluation's; otherwise (CUDA, bf16/TF32 kernels may differ between two passes)
+    test_acc within one test image and test_loss within a small tolerance. Also checks the
+    summary's epochs, train_images, test_images, best epoch and best validation accuracy
+    against the config, split.json and best.pt. Returns the summary."""
+    run, dev = Path(run), torch.device(dev)
+    summary = json.loads((run / "summary.json").read_text())
+    record = json.loads((run / "config.json").read_text())
+    split = json.loads((run / "split.json").read_text())
+    data = load_cifar10(cfg.data_root)
+    te = test_positions(data, cfg.test_subset, cfg.seed)
+    n_test = int(te.numel())
+
+    model, ck = load_model_checkpoint(run / "best.pt", cfg.model, map_location=dev, run=run)
+    # As training leaves it: on the device, channels_last (the same kernels as the summary's test)
+    model = model.to(dev).to(memory_format=torch.channels_last)
+    x, y = data.test_x[te].to(dev), data.test_y[te].to(dev)
+    loss, acc = evaluate(model, x, y, dev, cfg.eval_batch_size, precision=record["precision"])
+
+    assert summary["precision"] == record["precision"]
+    if exact:
+        assert summary["test_acc"] == acc, (summary["test_acc"], acc)
+        assert summary["test_loss"] == loss, (summary["test_loss"], loss)
+    else:
+        assert abs(summary["test_acc"] - acc) <= 1 / n_test + 1e-12, (summary["test_acc"], acc)
+        assert summary["test_loss"] == pytest.approx(loss, rel=2e-2, abs=1e-3)
+
+    n_train = data.train_y.numel() - cfg.n_val
+    assert summary["epochs"] == cfg.epochs
+    assert summary["weights_epoch"] == ck["epoch"]  # the epoch whose weights best.pt holds
+    assert len(split["val"]) == cfg.n_val
+    assert summary["train_images"] == len(split["train"]) == (cfg.train_subset or n_train)
+    assert summary["test_images"] == n_test == (cfg.test_subset or data.test_y.numel())
+    assert summary["best_epoch"] == ck["best_epoch"]
+    assert summary["best_val_acc"] == ck["best_val_acc"]
+    return summary
 
 
 # A user's model file for `dnnlab probe --model FILE:function` (the user_file fixture).

@@ -47,6 +47,31 @@ def measures(x, y, orders=(1, 2, 3), method="zscore"):
     return res
 
 
+def measures_per_class(x, y, orders=(1,), method="zscore"):
+    """{class: {"si", "csi", "hsi:r" for r in orders other than 1}}: each measure over that
+    class's samples only (the fraction of them whose nearest neighbour / nearest class mean /
+    r nearest neighbours all have their class), by the same brute force as measures()."""
+    a = normalize(x, method)
+    y = np.asarray(y)
+    nb = neighbours(a)
+    classes = sorted(set(y.tolist()))
+    centers = np.array([a[y == c].mean(0) for c in classes])
+    out = {}
+    for c in classes:
+        members = [i for i in range(len(a)) if y[i] == c]
+        row = {}
+        for r in orders:
+            hits = [all(y[j] == c for j in nb[i][:r]) for i in members]
+            row["si" if r == 1 else f"hsi:{r}"] = sum(hits) / len(members)
+        near = [
+            classes[min(range(len(classes)), key=lambda k: (((centers[k] - a[i]) ** 2).sum(), k))]
+            for i in members
+        ]
+        row["csi"] = sum(n == c for n in near) / len(members)
+        out[c] = row
+    return out
+
+
 def knn_accuracy(x, y, k, method="zscore"):
     """Leave-one-out k-NN accuracy: majority vote, a label tie goes to the tied label met
     first in (distance, index) order. Returns (accuracy, {class: accuracy})."""

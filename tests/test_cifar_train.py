@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ import torch
 import dnnlab.cifar.epoch as E
 import dnnlab.cifar.train as T
 from dnnlab.cli import main
-from tests.fakes import tiny_train_config
+from tests.fakes import assert_summary_matches_best, tiny_train_config
 
 ARTEFACTS = [
     "config.json",
@@ -61,6 +62,31 @@ def test_tiny_run_learns_writes_everything_and_resumes_exactly(tree, tmp_path, m
     a = torch.load(full / "best.pt", weights_only=True)["model"]
     b = torch.load(part / "best.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_summary_equals_reevaluation_of_best_weights(tree, tmp_path):
+    # summary.json's test numbers are those of best.pt on the run's test positions (exactly,
+    # on the CPU), and its counts those of the config and split.json
+    c = cfg(tree, epochs=1, train_subset=40, test_subset=30)
+    run = tmp_path / "run"
+    summary = T.train(c, run, progress=False)
+    assert summary == json.loads((run / "summary.json").read_text())
+    assert_summary_matches_best(run, c, "cpu")
+    assert summary["test_images"] == 30 and summary["train_images"] == 40
+
+    # The check notices a summary that says other than the weights do.
+    n = summary["test_images"]
+    for key, wrong in (
+        ("test_acc", summary["test_acc"] + 1 / n if summary["test_acc"] < 1 else 1 - 1 / n),
+        ("test_loss", summary["test_loss"] * 1.001),
+        ("epochs", 2),
+        ("train_images", 41),
+        ("test_images", 29),
+    ):
+        bad = shutil.copytree(run, tmp_path / f"bad-{key}")
+        (bad / "summary.json").write_text(json.dumps({**summary, key: wrong}))
+        with pytest.raises(AssertionError):
+            assert_summary_matches_best(bad, c, "cpu")
 
 
 def test_best_weights_are_a_copy(tree, tmp_path):

@@ -25,6 +25,8 @@ def run_json(capsys, *argv):
 def test_formats_agree(tmp_path, capsys, data):
     x, y = data
     want = separability(x, y, "si,csi,hsi:3").values
+    per_class_want = oracle.measures_per_class(x, y, orders=(1, 3))  # float64 brute force
+    assert all(set(v) == {"si", "csi", "hsi:3"} for v in per_class_want.values())
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
     np.savez(tmp_path / "d.npz", feats=x, labels=y)
@@ -41,6 +43,9 @@ def test_formats_agree(tmp_path, capsys, data):
         for k in want:
             assert got[k] == pytest.approx(want[k]), (f, k)
         assert "per_class" in got
+        assert got["per_class"] == {
+            str(c): pytest.approx(v, abs=1e-12) for c, v in per_class_want.items()
+        }, f
 
 
 def test_string_labels_csv(tmp_path, capsys, data):
@@ -51,6 +56,9 @@ def test_string_labels_csv(tmp_path, capsys, data):
     assert set(got["per_class"]) == {"cat", "dog", "eel"}
     want = oracle.measures(x, y, orders=(1,))  # the same classes under other names
     assert (got["si"], got["csi"]) == (pytest.approx(want["si"]), pytest.approx(want["csi"]))
+    per_class = oracle.measures_per_class(x, y)
+    for name, code in (("cat", 0), ("dog", 1), ("eel", 2)):
+        assert got["per_class"][name] == pytest.approx(per_class[code], abs=1e-12), name
     for name, code in (("cat", 0), ("dog", 1), ("eel", 2)):
         assert got["class_counts"][name] == int((y == code).sum())
 

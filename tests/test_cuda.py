@@ -41,7 +41,7 @@ def test_tf32_setting_restored(monkeypatch):
 
 def test_cuda_training_step(tmp_path, monkeypatch):
     from dnnlab.cifar.train import TrainConfig, train
-    from tests.fakes import make_image_tree
+    from tests.fakes import assert_summary_matches_best, make_image_tree
 
     monkeypatch.setenv("DNNLAB_CACHE", str(tmp_path / "cache"))
     tree = make_image_tree(tmp_path / "t", n_train=6, n_test=2)
@@ -50,6 +50,9 @@ def test_cuda_training_step(tmp_path, monkeypatch):
     )
     s = train(cfg, tmp_path / "run", progress=False)
     assert 0 <= s["test_acc"] <= 1
+    # summary.json's test numbers are best.pt's re-evaluated on the run's test images (to one
+    # image and a small loss tolerance: bf16/TF32 kernels), its counts the config's and split's
+    assert assert_summary_matches_best(tmp_path / "run", cfg, "cuda", exact=False) == s
 
 
 def test_cuda_measures_beyond_si_match_cpu():

@@ -940,6 +940,32 @@ def test_run_writes_results_and_reports_failures(voc, trained, tmp_path, capsys)
     assert rec["detections"] and (out / "img1.jpg").exists() and len(rec["detections"]) <= 10
     conf = [d["score"] for d in rec["detections"]]
     assert conf == sorted(conf, reverse=True) and all(0 <= c < 1 for c in conf)
+    # The record holds what the trained detector finds on the photo, detected here in-process
+    # with the same settings (rounded as the record rounds them).
+    photo = load_rgb(voc / "img1.jpg")
+
+    def detected(threshold):
+        detector = Detector.load(trained)
+        detector.set_detection(replace(detector.config.detection, score_threshold=threshold))
+        r = detector.detect(photo)
+        return [
+            {"box": [round(float(v), 1) for v in b], "score": round(float(s), 4)}
+            for b, s in zip(r.boxes, r.scores, strict=True)
+        ]
+
+    assert rec["image"] == str(voc / "img1.jpg") and rec["target"] == "cat"
+    assert rec["detections"] == detected(0.0)
+    # The annotated photo: the same size, and red (the detections' colour) on the left edge
+    # of the best detection's box, where the photo itself has none.
+    drawn = np.asarray(Image.open(out / "img1.jpg").convert("RGB")).astype(int)
+    assert drawn.shape == photo.shape
+    x1, y1, x2, y2 = (int(round(v)) for v in rec["detections"][0]["box"])
+    edge = drawn[y1 + (y2 - y1) // 4 : y2 - (y2 - y1) // 4, min(x1 + 1, drawn.shape[1] - 1)]
+
+    def red(px):
+        return (px[:, 0] > 180) & (px[:, 1] < 110) & (px[:, 2] < 110)
+
+    assert red(edge).mean() > 0.5 and red(photo.astype(int)).mean() < 0.01
     # An earlier run's results are kept unless --overwrite; two inputs with one stem refused.
     kept = (out / "img1.json").read_bytes(), (out / "img1.jpg").read_bytes()
     again = [
@@ -959,6 +985,9 @@ def test_run_writes_results_and_reports_failures(voc, trained, tmp_path, capsys)
     assert ((out / "img1.json").read_bytes(), (out / "img1.jpg").read_bytes()) == kept
     assert main([*again, "--overwrite"]) == 0
     assert (out / "img1.json").stat().st_ino != inode  # written anew (temporary, then rename)
+    # ... with --score-threshold 0.5's detections (the confidences reported are not the
+    # thresholded probabilities: they come from box voting, so they are not compared to 0.5)
+    assert json.loads((out / "img1.json").read_text())["detections"] == detected(0.5)
     assert (
         main(
             cli(

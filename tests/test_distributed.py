@@ -130,20 +130,24 @@ def test_torchrun_two_gloo_processes_train_as_one(tree, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     one = tmp_path / "one"
-    torch.set_num_threads(1)
-    train(
-        TrainConfig(
-            model="base",
-            epochs=1,
-            batch_size=20,
-            lr=0.05,
-            n_val=20,
-            data_root=str(tree),
-            bf16=False,
-        ),
-        one,
-        progress=False,
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # put back below: later tests in this process get every thread
+    try:
+        train(
+            TrainConfig(
+                model="base",
+                epochs=1,
+                batch_size=20,
+                lr=0.05,
+                n_val=20,
+                data_root=str(tree),
+                bf16=False,
+            ),
+            one,
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
     assert len(json.loads((two / "split.json").read_text())["train"]) == 120
     a = torch.load(one / "last.pt", weights_only=True)["model"]
     b = torch.load(two / "last.pt", weights_only=True)["model"]

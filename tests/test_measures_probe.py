@@ -54,17 +54,18 @@ def test_probe_rows_and_cka_match_direct_measures(tmp_path):
         assert r["linear"] == want_lin
     saved = json.loads((tmp_path / "probe.json").read_text())
     assert set(saved["cka"]) == {"val", "test"}
-    val = saved["cka"]["val"]
     layers = ["0", "1", "2", "3"]
-    assert val["layers"] == layers
-    for i, a in enumerate(layers):
-        assert val["linear"][i][i] == 1.0
-        for j, b in enumerate(layers):
-            fa, fb = feats["val"][a].double().numpy(), feats["val"][b].double().numpy()
-            assert val["linear"][i][j] == pytest.approx(oracle.linear_cka(fa, fb), rel=1e-6)
-            assert val["unbiased"][i][j] == pytest.approx(
-                oracle.unbiased_cka(fa, fb), rel=1e-5, abs=1e-9
-            )
+    for split in ("val", "test"):  # each split's matrix against the float64 oracle
+        cka = saved["cka"][split]
+        assert cka["layers"] == layers
+        for i, a in enumerate(layers):
+            assert cka["linear"][i][i] == 1.0
+            for j, b in enumerate(layers):
+                fa, fb = feats[split][a].double().numpy(), feats[split][b].double().numpy()
+                assert cka["linear"][i][j] == pytest.approx(oracle.linear_cka(fa, fb), rel=1e-6)
+                assert cka["unbiased"][i][j] == pytest.approx(
+                    oracle.unbiased_cka(fa, fb), rel=1e-5, abs=1e-9
+                )
     assert (tmp_path / "cka_val.png").exists() and (tmp_path / "cka_test.png").exists()
     assert sorted(p.name for p in (tmp_path / "linear_probe").iterdir()) == [
         f"{n}.pt" for n in layers
