@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from dnnlab.errors import InputError
+from dnnlab.probe.config import budget_share
 from dnnlab.separability import SeparabilityResult, parse_measures, separability
 from dnnlab.separability.cka import CkaMatrix
 from dnnlab.separability.inputs import encode_labels
@@ -85,7 +86,8 @@ class ProbeExtras:
         if self.linear and split == FIT_SPLIT:
             need = linear_reserve(n)
         if split in self.cka_splits:
-            need = max(need, n * n * 8 + (64 << 20) + parse_size(self.cfg.max_memory) // 8)
+            in_memory = budget_share(parse_size(self.cfg.max_memory), "cka") // 2
+            need = max(need, n * n * 8 + (64 << 20) + in_memory)
         return need
 
     # ------------------------------------------------------------------ per split
@@ -98,7 +100,7 @@ class ProbeExtras:
                 "with --overwrite for its CKA matrix"
             }
         if self._complete:
-            budget = parse_size(self.cfg.max_memory) // 4  # Grams past budget/8 are spilled
+            budget = budget_share(parse_size(self.cfg.max_memory), "cka")
             self._matrix = CkaMatrix(max_memory=budget, spill_dir=self.out)
 
     def end_split(self, split: str) -> None:

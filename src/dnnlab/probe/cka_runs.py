@@ -14,7 +14,7 @@ from dnnlab.cifar.augment import to_input
 from dnnlab.cifar.train import load_model_checkpoint, read_run_config
 from dnnlab.errors import InputError
 from dnnlab.probe.beyond_si import cka_heatmaps
-from dnnlab.probe.config import forward_batch
+from dnnlab.probe.config import budget_share, forward_batch
 from dnnlab.probe.extract import extract_group
 from dnnlab.probe.layers import describe_layers, resolve_layers
 from dnnlab.probe.trained_run import run_splits
@@ -52,7 +52,8 @@ def cka_between_runs(run_a, run_b, cfg, split: str = "val", data_root=None) -> P
     if missing:
         raise InputError(f"--cka-with: {runs[1]} has no layer {missing[0]!r} of {runs[0]}")
     labels = []
-    with CkaMatrix(max_memory=parse_size(cfg.max_memory) // 2, spill_dir=runs[0]) as m:
+    budget = budget_share(parse_size(cfg.max_memory), "cka_runs")
+    with CkaMatrix(max_memory=budget, spill_dir=runs[0]) as m:
         for tag, (run, model, x, infos, _) in zip("AB", loaded, strict=True):
             ids = sample_ids(x)
             by_name = {i.name: i for i in infos}

@@ -19,6 +19,20 @@ from dnnlab.utils.sizes import parse_size
 # ran 15-25 % faster at 64 than at 500 (docs/RESULTS.md, section 7); a GPU wants large passes.
 CPU_BATCH, GPU_BATCH = 64, 500
 
+# The probe's memory budget (ProbeConfig.max_memory), split in this one place: the most of it
+# each part may take, as 1/N of the budget. The features held get what is left (plan.py).
+BUDGET_SHARES = {
+    "forward": 8,  # one forward pass's activations (plan.plan_budget)
+    "core": 4,  # the separability core's working memory, also at most plan.CORE_WORKSPACE
+    "cka": 4,  # a CKA split's Grams; CkaMatrix keeps half of its budget in memory
+    "cka_runs": 2,  # CKA between two runs, the only work of `--cka-with` once the probe is done
+}
+
+
+def budget_share(budget: int, part: str) -> int:
+    """Bytes of `budget` that `part` (a key of BUDGET_SHARES) may take."""
+    return budget // BUDGET_SHARES[part]
+
 
 def _check_regex(layers) -> None:
     if isinstance(layers, str) and layers.startswith("re:"):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from dnnlab.errors import BudgetError
 from dnnlab.probe.beyond_si import ProbeExtras
-from dnnlab.probe.config import ProbeConfig
+from dnnlab.probe.config import ProbeConfig, budget_share
 from dnnlab.probe.layers import LayerInfo
 from dnnlab.utils.sizes import format_size
 
@@ -37,10 +37,12 @@ def core_minimum(n: int, kk: int) -> int:
 def plan_budget(
     budget: int, forward_per_sample: int, batch_size: int, core_min: int = 0
 ) -> tuple[int, int, int]:
-    """(batch, reserve, room): a forward pass takes at most an eighth of the budget; the
+    """(batch, reserve, room): a forward pass takes at most its share of the budget; the
     reserve covers the larger of a pass and the core's working memory; room holds features."""
-    batch = max(1, min(batch_size, (budget // 8) // max(1, forward_per_sample)))
-    reserve = max(batch * forward_per_sample, min(CORE_WORKSPACE, budget // 4), core_min)
+    batch = budget_share(budget, "forward") // max(1, forward_per_sample)
+    batch = max(1, min(batch_size, batch))
+    core = min(CORE_WORKSPACE, budget_share(budget, "core"))
+    reserve = max(batch * forward_per_sample, core, core_min)
     if reserve >= budget:
         raise BudgetError(
             f"--max-memory {format_size(budget)} does not hold one forward pass of one sample "
