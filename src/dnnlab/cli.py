@@ -238,10 +238,10 @@ def _add_study(sub) -> None:
 
 
 def cmd_study(args) -> int:
-    from dnnlab.study.config import StudyConfig, config_from_flags
+    from dnnlab.study.config import StudyConfig, study_config
     from dnnlab.study.study import run_study
 
-    cfg = config_from_flags(_given(args, StudyConfig))
+    cfg = study_config(**_given(args, StudyConfig))
     if args.publish:
         from dnnlab.study.publish import check_publish_dest
 

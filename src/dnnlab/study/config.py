@@ -106,19 +106,14 @@ RESULT_KEYS = (
 )
 
 
-def study_config(models=None, quick=False, **kw) -> StudyConfig:
-    if quick:
-        kw = {**QUICK, **kw}
-    return StudyConfig(
-        models=tuple(VARIANTS) if models is None else tuple(models), quick=quick, **kw
-    )
-
-
-def config_from_flags(given: dict) -> StudyConfig:
-    """The StudyConfig of the flags given on the command line: with --quick, QUICK's budget
-    fills in the flags not given."""
+def study_config(models=None, quick: bool = False, **given) -> StudyConfig:
+    """The StudyConfig of the `given` settings (`dnnlab study` passes the flags given), of
+    `models` (default: every variant); with `quick`, QUICK's budget fills in the settings not
+    given. An old recipe name is refused, naming the flag."""
     check_recipe_flag(given)
-    return StudyConfig(**{**(QUICK if given.get("quick") else {}), **given})
+    if models is not None:
+        given["models"] = tuple(models)
+    return StudyConfig(quick=quick, **{**(QUICK if quick else {}), **given})
 
 
 def config_from_record(d: dict) -> StudyConfig:
