@@ -10,10 +10,12 @@ import warnings
 from pathlib import Path
 
 from dnnlab.utils.device import DEVICE_HELP
-from dnnlab.utils.sizes import MEASURE_MEMORY
 
 
 def _add_si(sub) -> None:
+    from dnnlab.separability.si_command import SiConfig
+    from dnnlab.settings import add_flags
+
     p = sub.add_parser(
         "si",
         help=HELP["si"],
@@ -29,37 +31,20 @@ def _add_si(sub) -> None:
         "labels", nargs="?", help="labels file: .npy, .npz[:NAME], .pt, .safetensors, .csv"
     )
     p.add_argument(
-        "--measures", default="si,csi", help="e.g. si,csi,hsi:3,soft:3,anti:3,knn:5,nc1,linear"
-    )
-    p.add_argument(
         "--test",
         nargs=2,
         metavar=("FEATURES", "LABELS"),
         help="test set on which `linear` (fitted on FEATURES LABELS) is scored",
     )
-    p.add_argument(
-        "--alpha",
-        type=float,
-        default=None,
-        help="ridge regularization of `linear` (a finite number > 0; default 1.0)",
-    )
-    p.add_argument("--normalize", default="zscore", choices=["zscore", "minmax", "none"])
-    p.add_argument("--device", default=None, help=f"{DEVICE_HELP} (default: cpu)")
-    p.add_argument(
-        "--max-memory",
-        default=MEASURE_MEMORY,
-        help=f"memory budget for the whole command, a size > 0 (default {MEASURE_MEMORY})",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--demo", choices=["digits"], help="run on scikit-learn's bundled digits")
+    add_flags(p, SiConfig)
     p.set_defaults(func=cmd_si)
 
 
 def cmd_si(args) -> int:
-    from dnnlab.separability.si_command import si_command
+    from dnnlab.separability.si_command import SiConfig, si_command
+    from dnnlab.settings import from_args
 
-    return si_command(args)
+    return si_command(from_args(SiConfig, args), args.features, args.labels, args.test)
 
 
 def _add_models(sub) -> None:

@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,29 +15,74 @@ import torch
 from dnnlab.errors import BudgetError, ConfigError, InputError
 from dnnlab.separability.checks import check_inputs
 from dnnlab.separability.io import load_array, open_features
+from dnnlab.separability.linear import DEFAULT_ALPHA
 from dnnlab.separability.measures import TrivialMeasure, separability
-from dnnlab.separability.vocabulary import parse_measures
-from dnnlab.utils.device import check_device
+from dnnlab.separability.normalize import NORMALIZATIONS
+from dnnlab.separability.vocabulary import DEFAULT_MEASURES, parse_measures
+from dnnlab.settings import setting, validate
+from dnnlab.utils.device import DEVICE_HELP, check_device, check_device_name
 from dnnlab.utils.distributed import init_distributed
-from dnnlab.utils.sizes import format_size, parse_size
+from dnnlab.utils.sizes import MEASURE_MEMORY, format_size, parse_size
 
 
-def _si_data(args, budget: int):
+@dataclass
+class SiConfig:
+    """`dnnlab si`'s settings; its flags and --help are generated from these declarations."""
+
+    measures: str = setting(
+        ",".join(DEFAULT_MEASURES), "e.g. si,csi,hsi:3,soft:3,anti:3,knn:5,nc1,linear"
+    )
+    alpha: float | None = setting(
+        None,
+        "ridge regularization of `linear`",
+        low=0,
+        low_open=True,
+        default_text=f"a finite number; default {DEFAULT_ALPHA}",
+    )
+    normalize: str = setting("zscore", "per-feature normalization", choices=NORMALIZATIONS)
+    device: str | None = setting(None, DEVICE_HELP, default_text="default: cpu")
+    max_memory: str = setting(
+        MEASURE_MEMORY, "memory budget for the whole command, a size > 0 such as 2GB"
+    )
+    json: bool = setting(False, "print one JSON object")
+    progress: bool = setting(True, "a progress bar on a terminal")
+    demo: str | None = setting(
+        None, "run on scikit-learn's bundled digits instead of FEATURES LABELS", choices=("digits",)
+    )
+
+    def __post_init__(self):
+        a = self.alpha
+        if a is not None and not (isinstance(a, (int, float)) and math.isfinite(a) and a > 0):
+            raise ConfigError(f"--alpha must be a finite number > 0; got {a}")
+        validate(self)
+        try:
+            parse_measures(self.measures)
+        except ValueError as e:  # parse_measures says what is wrong with the list
+            raise ConfigError(f"--measures: {e}") from None
+        try:
+            parse_size(self.max_memory)
+        except ValueError as e:
+            raise ConfigError(f"--max-memory: {e}") from None
+        if self.device is not None:
+            check_device_name(self.device)
+
+
+def _si_data(cfg: SiConfig, features: str | None, labels: str | None, budget: int):
     """(features, labels) of --demo digits or of the FEATURES and LABELS files, checked;
     features in a .npy (or uncompressed .npz member) stay on disk (io.open_features)."""
-    if args.demo:
-        if args.features or args.labels:
+    if cfg.demo:
+        if features or labels:
             raise InputError("give either --demo or FEATURES LABELS, not both")
         digits = _load_digits()
         x, y = digits.data, digits.target
-        if not args.json:
+        if not cfg.json:
             print(f"demo: scikit-learn digits, {x.shape[0]} images of 8x8 pixels, 10 classes")
         return x, y
-    if not (args.features and args.labels):
+    if not (features and labels):
         raise InputError("need FEATURES and LABELS files (or --demo digits)")
-    x = open_features(args.features, budget)
-    y = load_array(args.labels, numeric=False)
-    check_inputs(x, y, args.features, args.labels)
+    x = open_features(features, budget)
+    y = load_array(labels, numeric=False)
+    check_inputs(x, y, features, labels)
     return x, y
 
 
@@ -52,27 +98,22 @@ def _load_digits():
     return load_digits()
 
 
-def _si_checks(args, n: int, budget: int):
-    """Check --measures (each one's order below the n samples), --alpha, and that `linear`
-    has --test; returns the (features, labels) of --test, checked, or None."""
-    try:
-        wanted = parse_measures(args.measures)
-    except ValueError as e:  # parse_measures says what is wrong with the list
-        raise ConfigError(f"--measures: {e}") from None
+def _si_checks(cfg: SiConfig, test: list[str] | None, n: int, budget: int):
+    """Check each measure's order against the n samples and that `linear` has --test;
+    returns the (features, labels) of --test, checked, or None."""
+    wanted = parse_measures(cfg.measures)
     for m in wanted:
         if m.order >= n:
             raise ConfigError(
                 f"--measures: {m.name} needs fewer than the N={n} samples "
                 "(a sample has only N-1 neighbours)"
             )
-    if args.alpha is not None and not args.alpha > 0:
-        raise ConfigError(f"--alpha must be a number > 0; got {args.alpha}")
-    if any(m.kind == "linear" for m in wanted) and not args.test:
+    if any(m.kind == "linear" for m in wanted) and not test:
         raise ConfigError("--measures: linear needs a test set to score on: --test FEATURES LABELS")
-    if not args.test:
+    if not test:
         return None
-    tx, ty = open_features(args.test[0], budget), load_array(args.test[1], numeric=False)
-    check_inputs(tx, ty, args.test[0], args.test[1])
+    tx, ty = open_features(test[0], budget), load_array(test[1], numeric=False)
+    check_inputs(tx, ty, test[0], test[1])
     return tx, ty
 
 
@@ -94,46 +135,44 @@ def _left_for_core(flag: str, budget: int, held) -> int:
     return budget - inputs
 
 
-def si_command(args) -> int:
-    """`dnnlab si`: check every input, then measure and print (rank 0 only)."""
-    try:
-        budget = parse_size(args.max_memory)
-    except ValueError as e:
-        raise ConfigError(f"--max-memory: {e}") from None
-    if args.alpha is not None and not (math.isfinite(args.alpha) and args.alpha > 0):
-        raise ConfigError(f"--alpha must be a finite number > 0; got {args.alpha}")
-    x, y = _si_data(args, budget)
-    test = _si_checks(args, len(y), budget)
-    core_budget = _left_for_core(args.max_memory, budget, [x, *(test or ())])
-    if args.device is not None:
-        check_device(args.device)
-    rank, _ = init_distributed(args.device)
+def si_command(
+    cfg: SiConfig, features: str | None, labels: str | None, test: list[str] | None
+) -> int:
+    """`dnnlab si`: check every input (FEATURES, LABELS and --test's two files), then
+    measure and print (rank 0 only)."""
+    budget = parse_size(cfg.max_memory)
+    x, y = _si_data(cfg, features, labels, budget)
+    test_set = _si_checks(cfg, test, len(y), budget)
+    core_budget = _left_for_core(cfg.max_memory, budget, [x, *(test_set or ())])
+    if cfg.device is not None:
+        check_device(cfg.device)
+    rank, _ = init_distributed(cfg.device)
     try:
         with warnings.catch_warnings():  # the result's notes say it, in dnnlab's words
             warnings.simplefilter("ignore", TrivialMeasure)
-            res = _measure(args, x, y, test, core_budget)
+            res = _measure(cfg, x, y, test_set, core_budget)
     except BudgetError as e:
         if core_budget == budget:
             raise
         raise BudgetError(
-            f"--max-memory {args.max_memory} less the {format_size(budget - core_budget)} the "
+            f"--max-memory {cfg.max_memory} less the {format_size(budget - core_budget)} the "
             f"inputs read whole hold: {e}"
         ) from None
     if rank == 0:
-        print(json.dumps(res.to_dict()) if args.json else res)
+        print(json.dumps(res.to_dict()) if cfg.json else res)
     return 0
 
 
-def _measure(args, x, y, test, max_memory: int):
+def _measure(cfg: SiConfig, x, y, test, max_memory: int):
     """separability() with the command's settings."""
     return separability(
         x,
         y,
-        args.measures,
-        normalize_method=args.normalize,
-        device=args.device,
+        cfg.measures,
+        normalize_method=cfg.normalize,
+        device=cfg.device,
         max_memory=max_memory,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=cfg.progress and sys.stderr.isatty(),
         test=test,
-        alpha=args.alpha,
+        alpha=cfg.alpha,
     )
