@@ -12,14 +12,19 @@ from pathlib import Path
 from dnnlab.utils.device import DEVICE_HELP
 
 
+def _parser(sub, name: str, description: str | None = None):
+    """Command `name`'s parser, with its line of `dnnlab --help` (HELP)."""
+    return sub.add_parser(name, help=HELP[name], description=description)
+
+
 def _add_si(sub) -> None:
     from dnnlab.separability.si_command import SiConfig
     from dnnlab.settings import add_flags
 
-    p = sub.add_parser(
+    p = _parser(
+        sub,
         "si",
-        help=HELP["si"],
-        description="Separation Index family of FEATURES (N x ...) with LABELS (N values).",
+        "Separation Index family of FEATURES (N x ...) with LABELS (N values).",
     )
     p.add_argument(
         "features",
@@ -48,7 +53,7 @@ def cmd_si(args) -> int:
 
 
 def _add_models(sub) -> None:
-    p = sub.add_parser("models", help=HELP["models"])
+    p = _parser(sub, "models")
     p.set_defaults(func=cmd_models)
 
 
@@ -76,10 +81,10 @@ def _add_train(sub) -> None:
     from dnnlab.cifar.train import TrainConfig
     from dnnlab.settings import add_flags
 
-    p = sub.add_parser(
+    p = _parser(
+        sub,
         "train",
-        help=HELP["train"],
-        description="Train one variant; defaults are the course project's recipe (SGD 0.01, "
+        "Train one variant; defaults are the course project's recipe (SGD 0.01, "
         "momentum 0.9, StepLR 40/0.1, 100 epochs, batch 256). Every setting is checked "
         "before any work; --resume keeps the run's saved settings.",
     )
@@ -131,10 +136,10 @@ def _add_probe(sub) -> None:
     from dnnlab.probe.probe import ProbeConfig
     from dnnlab.settings import add_flags
 
-    p = sub.add_parser(
+    p = _parser(
+        sub,
         "probe",
-        help=HELP["probe"],
-        description="Probe a run directory's best weights: SI and CSI of each layer's output "
+        "Probe a run directory's best weights: SI and CSI of each layer's output "
         "on train20 (a stratified 20% of the training split), val and test. Or probe any "
         "network (--model) on an image folder or CIFAR-10 (--data).",
     )
@@ -195,10 +200,10 @@ def _add_study(sub) -> None:
     from dnnlab.settings import add_flags
     from dnnlab.study.config import StudyConfig
 
-    p = sub.add_parser(
+    p = _parser(
+        sub,
         "study",
-        help=HELP["study"],
-        description="Train and probe a list of variants (skipping finished work), then write "
+        "Train and probe a list of variants (skipping finished work), then write "
         "report.md and a self-contained report.html. Prints its plan (variants, epochs, "
         "expected minutes) before any work. --quick sets the budget's flags not given.",
     )
@@ -256,7 +261,7 @@ def _add_detect(sub) -> None:
     from dnnlab.detect import config as c
     from dnnlab.settings import add_flags
 
-    det = sub.add_parser("detect", help=HELP["detect"])
+    det = _parser(sub, "detect")
     dsub = det.add_subparsers(dest="detect_command", required=True)
     preset = dict(
         choices=sorted(c.PRESETS),
