@@ -129,6 +129,8 @@ def main() -> None:
             mark = "RETURN " if (site, callee) in returns else ""
             print(f"{mark}{site} -> {callee}   [{' > '.join(chain)}]")
     print(f"{len(handovers)} hand-overs into {len(modules)} modules, {len(returns)} returns")
+    writes = [k for k in handovers if k[1].startswith("utils/atomic.py")]
+    print(f"of which {len(writes)} write a record holding it to disk (utils/atomic.py)")
     print("modules:", ", ".join(modules))
 
 
