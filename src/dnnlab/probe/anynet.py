@@ -28,6 +28,7 @@ from dnnlab.probe.anymodel import (
     load_state,
     model_from_spec,
 )
+from dnnlab.probe.config import SPLITS
 from dnnlab.probe.images import (
     image_splits,
     left_out_note,
@@ -121,7 +122,7 @@ def probe_any(cfg: AnyConfig, pcfg, overwrite=False, progress=False):
     split_record = splits.pop("_split", None)
     size = next(iter(splits.values())).size
     check_size(model, size, cfg.model)
-    default = pcfg.splits == ("train20", "val", "test")
+    default = pcfg.splits == SPLITS
     wanted = [s for s in pcfg.splits if s in splits] if default else list(pcfg.splits)
     missing = [s for s in wanted if s not in splits]
     if missing or not wanted:

@@ -18,6 +18,9 @@ from dnnlab.utils.sizes import parse_size
 # Default images per forward pass: on this 2-core CPU a `base` pass with every layer hooked
 # ran 15-25 % faster at 64 than at 500 (docs/RESULTS.md, section 7); a GPU wants large passes.
 CPU_BATCH, GPU_BATCH = 64, 500
+# A trained run's splits: a stratified 20% of its training images, its validation images and
+# the test set; the probe's default, and the names any images' splits take (probe.images).
+SPLITS = ("train20", "val", "test")
 
 # The probe's memory budget (ProbeConfig.max_memory), split in this one place: the most of it
 # each part may take, as 1/N of the budget. The features held get what is left (plan.py).
@@ -45,9 +48,7 @@ def _check_regex(layers) -> None:
 
 @dataclass
 class ProbeConfig:
-    splits: tuple[str, ...] = setting(
-        ("train20", "val", "test"), "splits to probe, comma-separated"
-    )
+    splits: tuple[str, ...] = setting(SPLITS, "splits to probe, comma-separated")
     max_per_split: int | None = setting(
         None, "stratified cap on each split's samples", low=2, default_text="default: all"
     )

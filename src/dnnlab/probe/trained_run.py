@@ -19,11 +19,9 @@ from dnnlab.cifar.train import (
     read_split,
 )
 from dnnlab.errors import InputError
-from dnnlab.probe.config import ProbeConfig
+from dnnlab.probe.config import SPLITS, ProbeConfig
 from dnnlab.probe.layers import trace
 from dnnlab.probe.probe import ProbeResult, plot_probe, probe_model
-
-SPLITS = ("train20", "val", "test")
 
 
 def run_splits(
