@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from dnnlab.errors import InputError
 from dnnlab.settings import setting, validate
+from dnnlab.utils.device import DEVICE_HELP
 
 
 @dataclass(frozen=True)
@@ -284,7 +285,7 @@ class DetectTrainConfig:
         "default: torchvision's ImageNet weights if cached",
     )
     seed: int = setting(0, "random seed of the head's initialisation, sampling and batches")
-    device: str = setting("cpu", "cpu, cuda or cuda:N")
+    device: str = setting("cpu", DEVICE_HELP)
 
     def __post_init__(self):
         validate(self)
