@@ -150,6 +150,14 @@ def test_study_inputs_are_checked_before_any_work(tree, tmp_path, capsys):
     assert main(cli("study", models="base", out=out, data_root=tree, jobs="0")) == 2
     assert "--jobs: 0 is out of range" in capsys.readouterr().err
     assert not out.exists()
+    # CKA of base against bn needs 4 images: a cap below that is refused before any training,
+    # and is no concern when the study has no CKA.
+    for flags in (dict(cka_samples="3"), dict(max_per_split="2")):
+        assert main(cli("study", models="base,bn", out=out, data_root=tree, **flags)) == 2
+        assert "--cka-samples: the CKA of base against bn would use" in capsys.readouterr().err
+    assert not out.exists()
+    assert study_config(["base", "bn"], max_per_split=2, cka_samples=0).max_per_split == 2
+    assert study_config(["base", "noskip"], max_per_split=2).max_per_split == 2
 
 
 def test_rerun_with_other_data_is_refused(tree, tmp_path):

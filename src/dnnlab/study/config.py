@@ -18,6 +18,8 @@ from dnnlab.probe.probe import ProbeConfig
 from dnnlab.separability import parse_measures
 from dnnlab.settings import setting, validate
 
+# The fewest samples CKA is defined on (separability.cka.CkaMatrix refuses fewer).
+CKA_LEAST = 4
 # The --quick budget: a 2-core CPU in under 20 minutes.
 QUICK = dict(train_subset=1000, epochs=3, n_val=500, test_subset=1000, max_per_split=300)
 
@@ -85,6 +87,17 @@ class StudyConfig:
             raise ConfigError(f"--measures: {e}") from None
         if len(set(self.models)) != len(self.models):
             raise ConfigError(f"--models: a variant is named twice in {','.join(self.models)}")
+        cka = min(self.cka_samples, self.max_per_split or self.cka_samples)
+        if self.cka_samples and {"base", "bn"} <= set(self.models) and cka < CKA_LEAST:
+            capped = (
+                f" (--max-per-split {self.max_per_split} caps it)"
+                if cka != self.cka_samples
+                else ""
+            )
+            raise ConfigError(
+                f"--cka-samples: the CKA of base against bn would use {cka} images{capped}; "
+                f"it needs at least {CKA_LEAST}, or 0 for none"
+            )
 
 
 # The settings each variant's TrainConfig takes from the study: those both declare.
