@@ -71,8 +71,8 @@ def _streamed_row_bytes(x, itemsize: int) -> int:
 
 def can_share(s: Samples, k: int, normalize_method: str, compute_dtype) -> bool:
     """Whether the linear classifier can take the search's normalized copy and Gram: a search
-    runs, zscore (its shift is the probe's centering), the dual form (D > N), float32 (the
-    probe's compute dtype) and two classes at least (else the fit refuses before any work).
+    runs, zscore (its shift is the classifier's centering), the dual form (D > N), float32 (the
+    classifier's compute dtype) and two classes at least (else the fit refuses before any work).
     Under torch.distributed the processes sum their blocks (knn.k_nearest)."""
     if not (k and normalize_method == "zscore" and s.d > s.n and len(s.names) >= 2):
         return False
