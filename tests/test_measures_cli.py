@@ -1,6 +1,8 @@
 """`dnnlab si` with the measures beyond SI: knn, nc1 and linear with --test."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -48,7 +50,9 @@ def test_si_with_new_measures(files, capsys):
     "extra,match",
     [
         (["--measures", "linear"], "linear needs a test set"),
-        (["--measures", "si", "--test", "X", "Y"], "only used by the measure linear"),
+        (["--measures", "si", "--test", "X", "Y"], "--test: a test set is only used by"),
+        (["--measures", "linear", "--test", "X4", "Y"], "--test "),
+        (["--alpha", "abc"], "argument --alpha: invalid float value: 'abc'"),
         (["--measures", "knn:60"], "knn:60 needs fewer than the N=60 samples"),
         (
             ["--measures", "linear", "--test", "X", "Y", "--max-memory", "1KB"],
@@ -59,7 +63,36 @@ def test_si_with_new_measures(files, capsys):
 )
 def test_si_errors(files, capsys, extra, match):
     d, _, _ = files
-    extra = [str(d / "xt.npy") if a == "X" else str(d / "yt.npy") if a == "Y" else a for a in extra]
-    assert main(["si", str(d / "x.npy"), str(d / "y.npy"), *extra]) == 2
+    np.save(d / "x4.npy", np.load(d / "xt.npy")[:, :4])  # a test set one column short
+    names = {"X": "xt.npy", "Y": "yt.npy", "X4": "x4.npy"}
+    extra = [str(d / names[a]) if a in names else a for a in extra]
+    try:
+        rc = main(["si", str(d / "x.npy"), str(d / "y.npy"), *extra])
+    except SystemExit as e:  # a flag argparse cannot read
+        rc = e.code
+    assert rc == 2
     err = capsys.readouterr().err
-    assert err.startswith("dnnlab si: error:") and match in err
+    # One line, naming the flag, whoever found the fault (argparse or dnnlab).
+    assert err.startswith("dnnlab si: error:") and match in err and err.count("\n") == 1
+
+
+def test_si_too_small_budget_names_one_that_works(files, capsys):
+    # The refusal names --max-memory and a budget; that budget then works (a .npy file is
+    # read by blocks, whose rows the figure counts too).
+    d, _, _ = files
+    argv = ["si", str(d / "x.npy"), str(d / "y.npy"), "--measures", "si,knn:5"]
+    assert main([*argv, "--max-memory", "1KB"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dnnlab si: error: --max-memory 1KB: ")
+    least = err.split("allow at least ")[1].strip().replace(" ", "")
+    assert main([*argv, "--max-memory", least, "--json"]) == 0
+
+
+def test_si_stops_quietly_when_its_reader_does(files):
+    # `dnnlab si ... | head`: the reader goes away; no traceback, exit status 1.
+    d, _, _ = files
+    cmd = [sys.executable, "-m", "dnnlab", "si", str(d / "x.npy"), str(d / "y.npy"), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the process has written anything (it is importing torch)
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and "Traceback" not in err

@@ -378,4 +378,6 @@ def test_report_has_the_measures_beyond_si_and_base_bn_cka(tree, tmp_path):
     md = (out / "report.md").read_text()
     assert "## Representation similarity: base against bn" in md
     assert "![Normalization: per layer](figures/compare_normalization.png)" in md
+    # Wide network compares wide with base and bn: without wide there is nothing to show.
+    assert "## Normalization" in md and "## Wide network" not in md
     assert (out / "figures" / "compare_normalization.png").stat().st_size > 10_000

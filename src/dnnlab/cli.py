@@ -5,6 +5,7 @@ that do the work and print its results."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -432,9 +433,17 @@ ADDERS = {
 }
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse, but a flag it cannot read is reported as dnnlab's own errors are: one line,
+    `dnnlab CMD: error: ...`, exit status 2 (instead of the usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv=None) -> argparse.ArgumentParser:
     """The parser; with `argv`, only its command's flags are built (None: every command's)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="dnnlab", description="A lab for analysing and designing deep networks."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -467,6 +476,11 @@ def main(argv=None) -> int:
     except DnnlabError as e:
         print(f"dnnlab {cmd}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of stdout stopped (`dnnlab si ... | head`): say nothing more to it, and
+        # keep Python from reporting the pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     finally:
         warnings.showwarning = shown
 

@@ -18,19 +18,25 @@ from dnnlab.utils.sizes import format_size, parse_size
 STREAM_ELEMS = 1 << 23
 
 
-def plan_memory(n: int, copy_d: int, d: int, kk: int, itemsize: int, budget: int):
-    """Split the budget: the normalized copy (copy_d columns; 0 when normalizing in place)
-    and the search state first, the rest for blocks."""
+def plan_memory(
+    n: int, copy_d: int, d: int, kk: int, itemsize: int, budget: int, row_bytes: int = 0
+):
+    """Split the budget: the normalized copy (copy_d columns; 0 when normalizing in place or
+    reading a file by blocks) and the search state first, the rest for blocks (row_bytes:
+    what each block row of a file takes beside them, knn.choose_block)."""
     fixed = n * copy_d * itemsize + n * kk * (itemsize + 8) * 3 + n * 64
     workspace = budget - fixed
-    # The blocks get 3/4 of the workspace and need four 64 x 64 buffers (knn.choose_block).
-    least_workspace = -(-4 * 64 * 64 * itemsize * 4 // 3) + 4
+    # The blocks get 3/4 of the workspace and need four 64 x 64 buffers and 64 rows' reads.
+    least_workspace = -(-(4 * 64 * 64 * itemsize + 64 * row_bytes) * 4 // 3) + 4
     if workspace < least_workspace:
         need = fixed + least_workspace
+        held = (
+            f"the normalized features take {format_size(n * copy_d * itemsize)}, " if copy_d else ""
+        )
         raise BudgetError(
-            f"max_memory {format_size(budget)} is too small: the normalized features "
-            f"alone take {format_size(n * copy_d * itemsize)} (N={n}, D={d}); "
-            f"allow at least {format_size(need, up=True)}"
+            f"max_memory {format_size(budget)} is too small: {held}the search state and one "
+            f"64-row block need the rest (N={n}, D={d}); allow at least "
+            f"{format_size(need, up=True)}"
         )
     # Refinement gathers (rows x candidates x D) tiles: give it a quarter, up to
     # STREAM_ELEMS (larger tiles are no faster, only more memory).
@@ -51,9 +57,11 @@ def plan_search(x, k, compute_dtype, overwrite_input, device, max_memory, block,
         and (device in (None, "auto") or x.device == torch.device(device))
     )
     copy_d = 0 if in_place or streamed else d
-    workspace, mem_elems = plan_memory(n, copy_d, d, kk, itemsize, parse_size(max_memory))
+    row_bytes = _streamed_row_bytes(x, itemsize)
+    budget = parse_size(max_memory)
+    workspace, mem_elems = plan_memory(n, copy_d, d, kk, itemsize, budget, row_bytes)
     if block is None:
-        block = knn.choose_block(n, d, workspace, itemsize, dev, _streamed_row_bytes(x, itemsize))
+        block = knn.choose_block(n, d, workspace, itemsize, dev, row_bytes)
     elif block < 1:
         raise ValueError(f"block must be >= 1; got {block}")
     return in_place, block, mem_elems

@@ -37,7 +37,7 @@ class SiConfig:
         "ridge regularization of `linear`",
         low=0,
         low_open=True,
-        default_text=f"a finite number; default {DEFAULT_ALPHA}",
+        default_text=f"default {DEFAULT_ALPHA}",
     )
     normalize: str = setting("zscore", "per-feature normalization", choices=NORMALIZATIONS)
     device: str | None = setting(None, DEVICE_HELP, default_text="default: cpu")
@@ -45,7 +45,7 @@ class SiConfig:
         MEASURE_MEMORY, "memory budget for the whole command, a size > 0 such as 2GB"
     )
     json: bool = setting(False, "print one JSON object")
-    progress: bool = setting(True, "a progress bar on a terminal")
+    progress: bool = setting(True, "show a progress bar (on a terminal)")
     demo: str | None = setting(
         None, "run on scikit-learn's bundled digits instead of FEATURES LABELS", choices=("digits",)
     )
@@ -74,10 +74,7 @@ def _si_data(cfg: SiConfig, features: str | None, labels: str | None, budget: in
         if features or labels:
             raise InputError("give either --demo or FEATURES LABELS, not both")
         digits = _load_digits()
-        x, y = digits.data, digits.target
-        if not cfg.json:
-            print(f"demo: scikit-learn digits, {x.shape[0]} images of 8x8 pixels, 10 classes")
-        return x, y
+        return digits.data, digits.target
     if not (features and labels):
         raise InputError("need FEATURES and LABELS files (or --demo digits)")
     x = open_features(features, budget)
@@ -98,9 +95,11 @@ def _load_digits():
     return load_digits()
 
 
-def _si_checks(cfg: SiConfig, test: list[str] | None, n: int, budget: int):
-    """Check each measure's order against the n samples and that `linear` has --test;
-    returns the (features, labels) of --test, checked, or None."""
+def _si_checks(cfg: SiConfig, test: list[str] | None, x_shape, budget: int):
+    """Check each measure's order against the features' N samples, that `linear` has --test
+    and --test has `linear` and features shaped like FEATURES; returns the (features, labels)
+    of --test, checked, or None."""
+    n = x_shape[0]
     wanted = parse_measures(cfg.measures)
     for m in wanted:
         if m.order >= n:
@@ -108,12 +107,23 @@ def _si_checks(cfg: SiConfig, test: list[str] | None, n: int, budget: int):
                 f"--measures: {m.name} needs fewer than the N={n} samples "
                 "(a sample has only N-1 neighbours)"
             )
-    if any(m.kind == "linear" for m in wanted) and not test:
+    linear = any(m.kind == "linear" for m in wanted)
+    if linear and not test:
         raise ConfigError("--measures: linear needs a test set to score on: --test FEATURES LABELS")
     if not test:
         return None
+    if not linear:
+        raise ConfigError(
+            "--test: a test set is only used by the measure linear; add it to --measures"
+        )
     tx, ty = open_features(test[0], budget), load_array(test[1], numeric=False)
     check_inputs(tx, ty, test[0], test[1])
+    if tuple(tx.shape[1:]) != tuple(x_shape[1:]):
+        raise ConfigError(
+            f"--test {test[0]}: its samples have shape {tuple(tx.shape[1:])}, the features' "
+            f"{tuple(x_shape[1:])}; the classifier scores features shaped like those it was "
+            "fitted on"
+        )
     return tx, ty
 
 
@@ -142,7 +152,9 @@ def si_command(
     measure and print (rank 0 only)."""
     budget = parse_size(cfg.max_memory)
     x, y = _si_data(cfg, features, labels, budget)
-    test_set = _si_checks(cfg, test, len(y), budget)
+    test_set = _si_checks(cfg, test, tuple(x.shape), budget)
+    if cfg.demo and not cfg.json:
+        print(f"demo: scikit-learn digits, {x.shape[0]} images of 8x8 pixels, 10 classes")
     core_budget = _left_for_core(cfg.max_memory, budget, [x, *(test_set or ())])
     if cfg.device is not None:
         check_device(cfg.device)
@@ -152,12 +164,9 @@ def si_command(
             warnings.simplefilter("ignore", TrivialMeasure)
             res = _measure(cfg, x, y, test_set, core_budget)
     except BudgetError as e:
-        if core_budget == budget:
-            raise
-        raise BudgetError(
-            f"--max-memory {cfg.max_memory} less the {format_size(budget - core_budget)} the "
-            f"inputs read whole hold: {e}"
-        ) from None
+        held = budget - core_budget
+        less = f" less the {format_size(held)} the inputs read whole hold" if held else ""
+        raise BudgetError(f"--max-memory {cfg.max_memory}{less}: {e}", e.least) from None
     if rank == 0:
         print(json.dumps(res.to_dict()) if cfg.json else res)
     return 0

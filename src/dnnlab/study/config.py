@@ -57,7 +57,10 @@ class StudyConfig:
         "si,csi,knn:5,nc1,linear", "probe measures per layer (see `dnnlab probe --help`)"
     )
     cka_samples: int = setting(
-        1000, "validation images (stratified) for the CKA of base against bn; 0: none", low=0
+        1000,
+        "validation images (stratified, at most --max-per-split) for the CKA of base against "
+        "bn; 0: none",
+        low=0,
     )
     compile: bool = _shared_setting(TrainConfig, "compile")
     bf16: bool = _shared_setting(TrainConfig, "bf16")

@@ -30,12 +30,18 @@ from dnnlab.study.records import (
 )
 from dnnlab.utils.atomic import atomic_write_text
 
+# (title, variants in table order, the references they are compared with): a comparison is
+# shown when a variant other than its references has a run beside at least one other.
 COMPARISONS = [
-    ("Normalization", ["base", "bn", "gn", "ln"]),
-    ("Skip connection", ["base", "noskip"]),
-    ("1x1 convolution", ["base", "conv4-1x1"]),
-    ("Paths (ResNeXt-style)", ["base", "paths2", "paths4", "paths2-shared", "paths4-shared"]),
-    ("Wide network", ["wide", "base", "bn"]),
+    ("Normalization", ["base", "bn", "gn", "ln"], {"base"}),
+    ("Skip connection", ["base", "noskip"], {"base"}),
+    ("1x1 convolution", ["base", "conv4-1x1"], {"base"}),
+    (
+        "Paths (ResNeXt-style)",
+        ["base", "paths2", "paths4", "paths2-shared", "paths4-shared"],
+        {"base"},
+    ),
+    ("Wide network", ["wide", "base", "bn"], {"base", "bn"}),
 ]
 
 
@@ -299,10 +305,10 @@ def _comparisons(out: Path, kept) -> tuple[list[str], list[str]]:
     among the runs `kept` (those matching the study)."""
     md: list[str] = []
     body: list[str] = []
-    for title, models in COMPARISONS:
+    for title, models, references in COMPARISONS:
         models = [m for m in models if m in kept]
         rows = table_rows(out, models)
-        if len(rows) < 2:  # a comparison needs two of its variants
+        if len(rows) < 2 or set(models) <= references:  # nothing compared
             continue
         slug = title.lower().split()[0].replace("(", "")
         plot = out / "figures" / f"compare_{slug}.png"
