@@ -128,7 +128,7 @@ def child(which: str, args) -> dict:
             fallback=p.fallback,
             stages={k: round(v, 2) for k, v in p.timings.items()},
         )
-    else:  # cka: one layer's features at a time, as the classifier gives them
+    else:  # cka: one layer's features at a time, as the probe gives them
         from dnnlab.separability.cka import CkaMatrix
 
         gen_s = 0.0

@@ -1,9 +1,12 @@
 """Follow the study's epochs setting through every call that passes it on (issue 21).
 
-Runs a tiny study (fake CIFAR-10 tree, base and bn, one process) under a profiler and
-records each call into dnnlab whose arguments carry epochs: a parameter named `epochs`, an
-object with an `epochs` attribute (StudyConfig, TrainConfig, ...) or a dict with an
-"epochs" key. Prints:
+Runs a tiny study (fake CIFAR-10 tree, base and bn, one process, the plan printed) under a
+profiler. Starting from run_study's config, it follows each call into dnnlab (the
+dataclasses' generated __init__ included) whose arguments carry epochs: a parameter named
+`epochs`, an object with an `epochs` attribute (StudyConfig, TrainConfig, ...), a dict with
+an "epochs" key, an object or dict or closure holding one of those; or whose closure
+captured one. Calls reached only through a copy read back from disk (a run's config.json)
+start no chain. Prints:
 
 - hand-overs: distinct call sites (caller file:line -> callee) that pass it on;
 - returns: those hand-overs into a module that held it earlier in the same call chain,
@@ -41,6 +44,9 @@ def carries_epochs(value, depth: int = 1) -> bool:
         inner = list(value.values())
         if "epochs" in value:
             return True
+    elif callable(value) and getattr(value, "__closure__", None):  # a closure passed on:
+        cells = [c.cell_contents for c in value.__closure__ if _filled(c)]  # what it holds
+        return any(carries_epochs(v, depth) for v in cells)
     elif isinstance(value, type) or not hasattr(value, "__dict__"):
         return False
     else:
@@ -48,6 +54,14 @@ def carries_epochs(value, depth: int = 1) -> bool:
         if "epochs" in vars(value):
             return True
     return depth > 0 and any(carries_epochs(v, depth - 1) for v in inner)
+
+
+def _filled(cell) -> bool:
+    try:
+        _ = cell.cell_contents
+    except ValueError:  # an empty cell
+        return False
+    return True
 
 
 def holds_setting(frame) -> bool:
@@ -67,8 +81,24 @@ def is_inline(frame) -> bool:
     return frame.f_code.co_name in ("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>")
 
 
+def generated(frame) -> bool:
+    """A method dataclasses wrote (its __init__): code in "<string>", of a dnnlab class."""
+    me = frame.f_locals.get("self")
+    return frame.f_code.co_filename == "<string>" and type(me).__module__.startswith("dnnlab")
+
+
 def module_of(frame) -> str:
+    if generated(frame):
+        return sys.modules[type(frame.f_locals["self"]).__module__].__file__.removeprefix(
+            PACKAGE + "/"
+        )
     return frame.f_code.co_filename.removeprefix(PACKAGE + "/")
+
+
+def name_of(frame) -> str:
+    if generated(frame):
+        return f"{type(frame.f_locals['self']).__name__}.{frame.f_code.co_name}"
+    return frame.f_code.co_qualname
 
 
 def trace_study(workdir: Path):
@@ -83,7 +113,9 @@ def trace_study(workdir: Path):
         if event == "return":
             chains.pop(id(frame), None)  # a frame's id may be reused once it is gone
             return
-        if event != "call" or not frame.f_code.co_filename.startswith(PACKAGE):
+        if event != "call":
+            return
+        if not (frame.f_code.co_filename.startswith(PACKAGE) or generated(frame)):
             return
         caller = frame.f_back
         if caller is None or id(caller) not in chains:
@@ -97,8 +129,8 @@ def trace_study(workdir: Path):
             chains[id(frame)] = ["study/study.py"]
             return
         held = chains[id(caller)]
-        site = f"{module_of(caller)}:{caller.f_lineno} {caller.f_code.co_name}"
-        key = (site, f"{module_of(frame)} {frame.f_code.co_qualname}")
+        site = f"{module_of(caller)}:{caller.f_lineno} {name_of(caller)}"
+        key = (site, f"{module_of(frame)} {name_of(frame)}")
         here = module_of(frame)
         handovers.setdefault(key, held + [here])
         if here != held[-1] and here in held:

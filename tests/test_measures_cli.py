@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from dnnlab.cli import main
 from dnnlab.separability import separability
@@ -85,6 +86,19 @@ def test_si_too_small_budget_names_one_that_works(files, capsys):
     err = capsys.readouterr().err
     assert err.startswith("dnnlab si: error: --max-memory 1KB: ")
     least = err.split("allow at least ")[1].strip().replace(" ", "")
+    assert main([*argv, "--max-memory", least, "--json"]) == 0
+
+
+def test_si_too_small_budget_counts_the_inputs_read_whole(tmp_path, capsys):
+    # A .pt file is read whole: the figure to allow is the inputs plus the core's least.
+    rng = np.random.default_rng(1)
+    torch.save(torch.from_numpy(rng.normal(size=(600, 256)).astype(np.float32)), tmp_path / "x.pt")
+    np.save(tmp_path / "y.npy", np.arange(600) % 3)
+    argv = ["si", str(tmp_path / "x.pt"), str(tmp_path / "y.npy")]
+    assert main([*argv, "--max-memory", "700KB"]) == 2
+    err = capsys.readouterr().err
+    assert "the inputs read whole hold" in err and "in all" in err
+    least = err.split("so --max-memory ")[1].split(" in all")[0].replace(" ", "")
     assert main([*argv, "--max-memory", least, "--json"]) == 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import sys
 import warnings
 from pathlib import Path
@@ -229,10 +230,13 @@ def _add_study(sub) -> None:
 
 
 def cmd_study(args) -> int:
+    from dnnlab.cifar.recipe import check_recipe_flag
     from dnnlab.study.config import StudyConfig, study_config
     from dnnlab.study.study import run_study
 
-    cfg = study_config(**_given(args, StudyConfig))
+    given = _given(args, StudyConfig)
+    check_recipe_flag(given)  # an old recipe name, refused as a flag (records still read)
+    cfg = study_config(**given)
     if args.publish:
         from dnnlab.study.publish import check_publish_dest
 
@@ -459,7 +463,8 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run a command. dnnlab's own errors (DnnlabError) print one "dnnlab CMD: error: ..."
-    line and exit 2; anything else is a bug and keeps its traceback."""
+    line and exit 2; a reader of stdout that stops (`| head`) ends it quietly with exit 1;
+    anything else is a bug and keeps its traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     from dnnlab.errors import DnnlabError
@@ -477,12 +482,25 @@ def main(argv=None) -> int:
         print(f"dnnlab {cmd}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
+        if not _stdout_gone():
+            raise
         # The reader of stdout stopped (`dnnlab si ... | head`): say nothing more to it, and
         # keep Python from reporting the pipe again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     finally:
         warnings.showwarning = shown
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout's reader has gone (a pipe with no reader polls as an error), rather
+    than some other pipe the command wrote to."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured, closed)
+        return False
 
 
 def one_line_warning(cmd: str):

@@ -36,7 +36,8 @@ def plan_memory(
         raise BudgetError(
             f"max_memory {format_size(budget)} is too small: {held}the search state and one "
             f"64-row block need the rest (N={n}, D={d}); allow at least "
-            f"{format_size(need, up=True)}"
+            f"{format_size(need, up=True)}",
+            need,
         )
     # Refinement gathers (rows x candidates x D) tiles: give it a quarter, up to
     # STREAM_ELEMS (larger tiles are no faster, only more memory).

@@ -165,8 +165,16 @@ def si_command(
             res = _measure(cfg, x, y, test_set, core_budget)
     except BudgetError as e:
         held = budget - core_budget
-        less = f" less the {format_size(held)} the inputs read whole hold" if held else ""
-        raise BudgetError(f"--max-memory {cfg.max_memory}{less}: {e}", e.least) from None
+        if not held:
+            raise BudgetError(f"--max-memory {cfg.max_memory}: {e}", e.least) from None
+        # The core's figure is what it needs beside the inputs held whole: add them.
+        least = held + e.least if e.least else 0
+        whole = f"; so --max-memory {format_size(least, up=True)} in all" if least else ""
+        raise BudgetError(
+            f"--max-memory {cfg.max_memory} less the {format_size(held)} the inputs read whole "
+            f"hold: {e}{whole}",
+            least,
+        ) from None
     if rank == 0:
         print(json.dumps(res.to_dict()) if cfg.json else res)
     return 0

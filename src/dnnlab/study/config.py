@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from dnnlab.cifar.config import TrainConfig
 from dnnlab.cifar.models import VARIANTS
-from dnnlab.cifar.recipe import SETTINGS, check_recipe_flag, recipe_name
+from dnnlab.cifar.recipe import SETTINGS, recipe_name
 from dnnlab.errors import ConfigError
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.separability import parse_measures
@@ -125,8 +125,7 @@ RESULT_KEYS = (
 def study_config(models=None, quick: bool = False, **given) -> StudyConfig:
     """The StudyConfig of the `given` settings (`dnnlab study` passes the flags given), of
     `models` (default: every variant); with `quick`, QUICK's budget fills in the settings not
-    given. An old recipe name is refused, naming the flag."""
-    check_recipe_flag(given)
+    given."""
     if models is not None:
         given["models"] = tuple(models)
     return StudyConfig(quick=quick, **{**(QUICK if quick else {}), **given})
