@@ -28,6 +28,7 @@ from dnnlab.detect.localization import (
     photo_targets,
     pick_rows,
 )
+from dnnlab.detect.output import train_summary
 from dnnlab.detect.selection import select
 from dnnlab.detect.train import embed_mirrored
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
@@ -1175,3 +1176,15 @@ def test_selective_search_is_reproducible():
     rng.random(5)  # other random work in between must not matter
     b = propose(img, ProposalConfig(max_side=0))
     assert len(a) > 10 and np.array_equal(a, b)
+
+
+def test_train_line_names_only_the_stages_that_ran():
+    # `detect train`'s line: each stage's time under its own name; without box regression
+    # no "box regressors" time (it used to print the mirrored rows' embedding under it).
+    base = {"best_val_acc": 0.9, "val_boxes": 10, "feature_seconds": 1.0, "head_seconds": 2.0}
+    line = train_summary({**base, "mirror_seconds": 3.0, "iou_predictor_seconds": 4.0})
+    assert line == (
+        "trained: best val acc 0.9000 on 10 boxes; features 1.0 s, head 2.0 s, "
+        "mirrored rows 3.0 s, IoU predictor 4.0 s"
+    )
+    assert "box regressors 5.0 s" in train_summary({**base, "regressor_seconds": 5.0})

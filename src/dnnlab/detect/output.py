@@ -138,13 +138,12 @@ def build_summary(info: dict) -> str:
 
 def train_summary(s: dict) -> str:
     """`detect train`'s one line from train_detector's summary dict."""
-    return (
-        f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_boxes']} boxes; "
-        f"features {s['feature_seconds']} s, head {s['head_seconds']} s, box regressor "
-        f"{s['regressor_seconds']} s"
-        + (
-            f", IoU predictor {s['iou_predictor_seconds']} s"
-            if "iou_predictor_seconds" in s
-            else ""
-        )
-    )
+    stages = [
+        ("features", "feature_seconds"),
+        ("head", "head_seconds"),
+        ("mirrored rows", "mirror_seconds"),
+        ("box regressors", "regressor_seconds"),
+        ("IoU predictor", "iou_predictor_seconds"),
+    ]
+    times = ", ".join(f"{name} {s[key]} s" for name, key in stages if key in s)
+    return f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_boxes']} boxes; {times}"

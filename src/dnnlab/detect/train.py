@@ -272,14 +272,16 @@ def _train_locked(out: Path, features, head, regressors, cfg, progress, overwrit
         hist, best, feats = _features_then_head(
             model, rows, cache, tr[pick], va, labels, weights, cfg, gen, progress, seconds
         )
-    t_reg = time.perf_counter()
     fit_rows = (feats, rows)  # what the ridge fits read: every indexed row (mirrored too)
     if regressors.mirror and (regressors.box_regression or regressors.iou_predictor):
+        t_mirror = time.perf_counter()
         xf, rows_f = embed_mirrored(model, rows, progress)
         fit_rows = (torch.cat([feats, xf]), rows + rows_f)
+        seconds["mirror_seconds"] = round(time.perf_counter() - t_mirror, 2)
     if regressors.box_regression:
+        t_reg = time.perf_counter()
         fit_box_regressors(model, *fit_rows)
-    seconds["regressor_seconds"] = round(time.perf_counter() - t_reg, 2)
+        seconds["regressor_seconds"] = round(time.perf_counter() - t_reg, 2)
     if regressors.iou_predictor:
         t_iou = time.perf_counter()
         model.iou_predictor = fit_iou_predictor(
