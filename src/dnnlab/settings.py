@@ -151,12 +151,11 @@ def add_flags(parser: argparse.ArgumentParser, cls, names=None, exclude=()) -> N
             continue
         if wanted is not None and f.name not in wanted:
             continue
-        default = f.default if f.default is not MISSING else f.default_factory()
+        default = _default(f)
         kind, optional = _base_type(cls, f.name)
         flag = flag_name(f)
         rng = spec.describe()
-        shown = spec.default_text or f"default {_show(default)}"
-        extra = "; ".join(x for x in (rng, shown) if x)
+        extra = "; ".join(x for x in (rng, default_text(f)) if x)
         text = f"{spec.help} ({extra})"
         if kind is bool:
             if default:
@@ -175,6 +174,15 @@ def add_flags(parser: argparse.ArgumentParser, cls, names=None, exclude=()) -> N
         parser.add_argument(
             flag, dest=f.name, type=conv, default=default, help=text.replace("%", "%%")
         )
+
+
+def _default(f):
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
+def default_text(f) -> str:
+    """What --help says of a `setting` field's default: its default_text, else the value."""
+    return f.metadata["spec"].default_text or f"default {_show(_default(f))}"
 
 
 def _show(v) -> str:

@@ -38,6 +38,7 @@ from dnnlab.utils.chunks import chunk_rows
 from dnnlab.utils.sizes import parse_size
 
 PANEL_ELEMS = 1 << 23  # float64 elements of one column panel (64 MiB)
+CKA_LEAST = 4  # the fewest samples the unbiased estimator is defined on
 
 
 def centered_gram(features, dtype: torch.dtype = torch.float64, panel_elems: int = PANEL_ELEMS):
@@ -124,8 +125,10 @@ class CkaMatrix:
         x = as_feature_tensor(features)
         n = x.shape[0]
         if self.n is None:
-            if n < 4:
-                raise InputError(f"CKA: layer {name!r} has N={n} samples; CKA needs N >= 4")
+            if n < CKA_LEAST:
+                raise InputError(
+                    f"CKA: layer {name!r} has N={n} samples; CKA needs N >= {CKA_LEAST}"
+                )
             if n * n * 8 > self.budget // 2:
                 raise BudgetError(
                     f"CKA: one {n} x {n} Gram takes {n * n * 8 / 2**30:.2f} GiB, more than "

@@ -16,10 +16,9 @@ from dnnlab.cifar.recipe import SETTINGS, recipe_name
 from dnnlab.errors import ConfigError
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.separability import parse_measures
-from dnnlab.settings import setting, validate
+from dnnlab.separability.cka import CKA_LEAST
+from dnnlab.settings import default_text, setting, validate
 
-# The fewest samples CKA is defined on (separability.cka.CkaMatrix refuses fewer).
-CKA_LEAST = 4
 # The --quick budget: a 2-core CPU in under 20 minutes.
 QUICK = dict(train_subset=1000, epochs=3, n_val=500, test_subset=1000, max_per_split=300)
 
@@ -30,8 +29,7 @@ def _shared_setting(owner, name: str):
     f = next(f for f in fields(owner) if f.name == name)
     spec = f.metadata["spec"]
     if name in QUICK:
-        default = spec.default_text or f"default {'none' if f.default is None else f.default}"
-        spec = replace(spec, default_text=f"{default}; --quick: {QUICK[name]}")
+        spec = replace(spec, default_text=f"{default_text(f)}; --quick: {QUICK[name]}")
     return field(default=f.default, metadata={"spec": spec})
 
 
