@@ -32,7 +32,7 @@ from dnnlab.study.records import (
     joined_values,
     read_probe_csv,
     read_record,
-    run_mismatch,
+    sort_runs,
     value_at,
 )
 from dnnlab.utils.atomic import atomic_write_json
@@ -84,13 +84,8 @@ def publish(out, dest, cfg, commit: str | None = None) -> list[str]:
 def _publish_locked(out: Path, dest: Path, cfg, commit: str | None) -> list[str]:
     """publish() once the destination's lock is held."""
     study = json.loads((out / "study.json").read_text())
-    variants = [
-        m
-        for m in cfg.models
-        if (out / "runs" / m / "summary.json").exists()
-        and (out / "runs" / m / "probe.csv").exists()
-        and run_mismatch(out / "runs" / m, cfg) is None
-    ]
+    kept, _ = sort_runs(out, cfg)  # finished runs that match the study
+    variants = [m for m in kept if (out / "runs" / m / "probe.csv").exists()]
     diverged = sorted(diverged_runs(out, cfg.models))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
