@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from dnnlab.errors import ConfigError
-from dnnlab.separability import parse_measures
+from dnnlab.separability import DEFAULT_MEASURES, parse_measures
 from dnnlab.separability.normalize import NORMALIZATIONS
 from dnnlab.settings import setting, validate
 from dnnlab.utils.device import DEVICE_HELP
@@ -57,7 +57,7 @@ class ProbeConfig:
         "comma-separated module names (dotted), re:REGEX, or 'list' to print the layers "
         "with their output shapes and stop; default: the top-level children in execution order",
     )
-    measures: str = setting("si,csi", "measures, e.g. si,csi,hsi:3")
+    measures: str = setting(",".join(DEFAULT_MEASURES), "measures, e.g. si,csi,hsi:3")
     normalize: str = setting("zscore", "per-feature normalization", choices=NORMALIZATIONS)
     max_memory: str = setting(
         "4GB",
