@@ -1,5 +1,6 @@
 """The house rules that can be counted: import cycles among dnnlab's modules (imports inside
-functions included; a package's __init__ counts as a module) and functions over 60 lines.
+functions included; a package's __init__ counts as a module), files over 500 lines and
+functions over 60 lines.
 
     python scripts/check_structure.py        # from the repository root; exit 1 if any
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "src"
 MAX_FUNCTION_LINES = 60
+MAX_FILE_LINES = 500
 
 
 def modules() -> dict[str, Path]:
@@ -71,9 +73,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def main() -> int:
     mods = modules()
     graph: dict[str, set[str]] = defaultdict(set)
-    long = []
+    long, big = [], []
     for name, path in mods.items():
         graph[name]
+        lines = len(path.read_text().splitlines())
+        if lines > MAX_FILE_LINES:
+            big.append(f"{path.relative_to(ROOT)} ({lines} lines)")
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -84,13 +89,15 @@ def main() -> int:
     found = cycles(graph)
     for c in found:
         print("import cycle:", " <-> ".join(c))
+    for f in big:
+        print(f"file over {MAX_FILE_LINES} lines:", f)
     for f in long:
         print(f"function over {MAX_FUNCTION_LINES} lines:", f)
     print(
-        f"{len(mods)} modules: {len(found)} import cycles, {len(long)} functions over "
-        f"{MAX_FUNCTION_LINES} lines"
+        f"{len(mods)} modules: {len(found)} import cycles, {len(big)} files over "
+        f"{MAX_FILE_LINES} lines, {len(long)} functions over {MAX_FUNCTION_LINES} lines"
     )
-    return 1 if found or long else 0
+    return 1 if found or big or long else 0
 
 
 if __name__ == "__main__":

@@ -5,13 +5,12 @@ that do the work and print its results."""
 from __future__ import annotations
 
 import argparse
-import os
-import select
 import sys
 import warnings
 from pathlib import Path
 
 from dnnlab.utils.device import DEVICE_HELP
+from dnnlab.utils.terminal import OneLineErrors, one_line_warning, silence_stdout, stdout_gone
 
 
 def _parser(sub, name: str, description: str | None = None):
@@ -437,14 +436,6 @@ ADDERS = {
 }
 
 
-class OneLineErrors(argparse.ArgumentParser):
-    """argparse, but a flag it cannot read is reported as dnnlab's own errors are: one line,
-    `dnnlab CMD: error: ...`, exit status 2 (instead of the usage block first)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser(argv=None) -> argparse.ArgumentParser:
     """The parser; with `argv`, only its command's flags are built (None: every command's)."""
     parser = OneLineErrors(
@@ -482,35 +473,9 @@ def main(argv=None) -> int:
         print(f"dnnlab {cmd}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
-        if not _stdout_gone():
+        if not stdout_gone():
             raise
-        # The reader of stdout stopped (`dnnlab si ... | head`): say nothing more to it, and
-        # keep Python from reporting the pipe again when it flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        silence_stdout()  # the reader of stdout stopped (`dnnlab si ... | head`)
         return 1
     finally:
         warnings.showwarning = shown
-
-
-def _stdout_gone() -> bool:
-    """Whether stdout's reader has gone (a pipe with no reader polls as an error), rather
-    than some other pipe the command wrote to."""
-    try:
-        poll = select.poll()
-        poll.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poll.poll(0))
-    except (OSError, ValueError, AttributeError):  # no real stdout (captured, closed)
-        return False
-
-
-def one_line_warning(cmd: str):
-    """How a Python warning raised under command `cmd` is shown: one line, `dnnlab CMD:
-    warning: ...`, its first line only, without the source file and line that Python's
-    own display adds (a user's concern is the input, not dnnlab's code)."""
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        lines = str(message).strip().splitlines()
-        text = lines[0] if lines else category.__name__
-        print(f"dnnlab {cmd}: warning: {text}", file=sys.stderr)
-
-    return show
