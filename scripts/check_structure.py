@@ -1,6 +1,10 @@
 """The house rules that can be counted: import cycles among dnnlab's modules (imports inside
 functions included; a package's __init__ counts as a module), files over 500 lines and
-functions over 60 lines.
+functions over 60 lines, and imports inside a function whose reason is not given beside them.
+
+An import inside a function is for a measured start-up reason only, said in a comment (or
+the function's docstring) that names benchmarks/lazy_imports.py, which measures it; cli.py's
+are covered by its HELP comment and docs/RESULTS.md §9.
 
     python scripts/check_structure.py        # from the repository root; exit 1 if any
 """
@@ -15,6 +19,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "src"
 MAX_FUNCTION_LINES = 60
 MAX_FILE_LINES = 500
+# What a lazy import's comment names: the benchmark that measured what it saves.
+LAZY_EVIDENCE = "lazy_imports.py"
+LAZY_EXEMPT = {"cli.py"}
+
+
+def unexplained_imports(path: Path, tree: ast.Module) -> list[str]:
+    """Imports inside a function of `path` with no comment naming LAZY_EVIDENCE in the
+    five lines above them, nor in the function's docstring."""
+    if path.name in LAZY_EXEMPT:
+        return []
+    lines = path.read_text().splitlines()
+    found = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        doc = ast.get_docstring(fn) or ""
+        for node in ast.walk(fn):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                above = "\n".join(lines[max(0, node.lineno - 6) : node.lineno - 1])
+                if LAZY_EVIDENCE not in above and LAZY_EVIDENCE not in doc:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    return found
 
 
 def modules() -> dict[str, Path]:
@@ -73,14 +99,16 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def main() -> int:
     mods = modules()
     graph: dict[str, set[str]] = defaultdict(set)
-    long, big = [], []
+    long, big, lazy = [], [], []
     for name, path in mods.items():
         graph[name]
         lines = len(path.read_text().splitlines())
         if lines > MAX_FILE_LINES:
             big.append(f"{path.relative_to(ROOT)} ({lines} lines)")
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        lazy += unexplained_imports(path, tree)
+        for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
                 if n > MAX_FUNCTION_LINES:
@@ -93,11 +121,14 @@ def main() -> int:
         print(f"file over {MAX_FILE_LINES} lines:", f)
     for f in long:
         print(f"function over {MAX_FUNCTION_LINES} lines:", f)
+    for f in lazy:
+        print("import inside a function, its reason not given:", f)
     print(
         f"{len(mods)} modules: {len(found)} import cycles, {len(big)} files over "
-        f"{MAX_FILE_LINES} lines, {len(long)} functions over {MAX_FUNCTION_LINES} lines"
+        f"{MAX_FILE_LINES} lines, {len(long)} functions over {MAX_FUNCTION_LINES} lines, "
+        f"{len(lazy)} unexplained imports inside functions"
     )
-    return 1 if found or big or long else 0
+    return 1 if found or big or long or lazy else 0
 
 
 if __name__ == "__main__":

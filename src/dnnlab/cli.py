@@ -417,7 +417,9 @@ def cmd_detect_eval(args) -> int:
 
 
 # One line per command for `dnnlab --help`. Only the command being run gets its flags (and
-# imports its config classes), so `dnnlab --help` imports neither torch nor torchvision.
+# imports its config classes), so `dnnlab --help` imports neither torchvision nor
+# torch._dynamo (torch itself comes with the package: dnnlab/__init__.py). That is the
+# start-up reason for this module's imports inside functions: docs/RESULTS.md §9.
 HELP = {
     "si": "separability measures of a feature file",
     "models": "list the CIFAR-10 model variants",

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_torch_save, remove_stale_temporaries
@@ -111,8 +113,6 @@ def tensor_identity(train_x, train_y, test_x, test_y) -> str:
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             im = im.convert("RGB")
@@ -156,8 +156,6 @@ def _collect(items, where: str):
         files[parts[0]].append((parts[1], parts[2], rel, load))
     _check_classes(found, where)
     out = {}
-    from tqdm.auto import tqdm
-
     for split in ("train", "test"):
         entries = sorted(files[split], key=lambda e: (CLASSES.index(e[0]), e[1]))
         xs = np.empty((len(entries), 3, 32, 32), dtype=np.uint8)
@@ -260,6 +258,8 @@ def _from_batches(path: Path, download: bool):
     plain data and numpy arrays can come out: a crafted batch file cannot run code."""
     root = path.parent if path.name == "cifar-10-batches-py" else path
     if download:
+        # Here, not at the top: torchvision.datasets adds 1.2-1.4 s to this module's import
+        # (benchmarks/lazy_imports.py, docs/RESULTS.md §9), and only a download needs it.
         from torchvision.datasets import CIFAR10
 
         try:

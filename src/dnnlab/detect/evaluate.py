@@ -68,6 +68,8 @@ def average_precisions(
     """COCO's one-class AP (torchmetrics, 101 recall points) over photos: per photo the
     detections (k, 4), their confidences (k,) and the target boxes (g, 4).
     {"ap50": AP at IoU 0.5, "ap75": at IoU 0.75, "map": the mean over IoU 0.5:0.95}."""
+    # Here, not at the top: torchmetrics adds 1.1-1.3 s to this module's import, and a refused
+    # input never reaches it (benchmarks/lazy_imports.py, docs/RESULTS.md §9).
     from torchmetrics.detection import MeanAveragePrecision
 
     # COCO's rule: at most 100 detections per photo count (only the course preset, without

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 from torchvision.ops import roi_align
 
 from dnnlab.detect.boxes import pad_boxes
@@ -29,8 +30,6 @@ class WeightsError(InputError):
 
 def mobilenet_features() -> nn.Sequential:
     """An untrained MobileNetV2 `features` module, to load trained weights into."""
-    from torchvision.models import mobilenet_v2
-
     return mobilenet_v2().features
 
 
@@ -40,8 +39,6 @@ def load_backbone(weights: str | None):
     weights: a state-dict path (1000 or 1001 classes), or None for torchvision's
     IMAGENET1K_V1 weights when they are already in torch's cache (nothing is downloaded).
     """
-    from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
-
     if weights:
         path = Path(weights)
         if not path.is_file():

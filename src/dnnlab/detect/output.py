@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from dnnlab.detect.detector import Detector
@@ -21,8 +22,6 @@ from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 def draw(img: np.ndarray, boxes, scores, path: Path, label: str, gt=None) -> None:
     """The photo with detections (red, "label score") and target boxes (green), as JPEG."""
-    from PIL import Image, ImageDraw
-
     im = Image.fromarray(img)
     d = ImageDraw.Draw(im)
     for g in gt if gt is not None else []:

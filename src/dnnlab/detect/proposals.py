@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import json
+import multiprocessing as mp
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torchvision.ops import box_iou
+from tqdm.auto import tqdm
 
 from dnnlab.detect.config import ProposalConfig
 from dnnlab.detect.voc import load_rgb
@@ -19,9 +24,6 @@ from dnnlab.detect.voc import load_rgb
 @functools.cache
 def _c_srand():
     """The C library's srand, or None where libc cannot be reached (loaded once a process)."""
-    import ctypes
-    import sys
-
     try:
         return ctypes.CDLL("msvcrt" if sys.platform == "win32" else None).srand
     except (OSError, AttributeError):
@@ -33,16 +35,12 @@ def _seed_c_rand(seed: int = 0) -> None:
     order of the proposals (and with it the near-duplicate filter and the sampled negatives)
     changes from run to run unless the C library's generator is seeded. Where libc cannot be
     reached the proposals are the same set, in a run-dependent order."""
-    import ctypes
-
     srand = _c_srand()
     if srand is not None:
         srand(ctypes.c_uint(seed))
 
 
 def _selective_search(img_rgb: np.ndarray, mode: str) -> np.ndarray:
-    import cv2
-
     cv2.setNumThreads(1)  # parallelism is across images
     ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
     ss.setBaseImage(img_rgb[:, :, ::-1].copy())  # OpenCV wants BGR
@@ -61,8 +59,6 @@ def _selective_search(img_rgb: np.ndarray, mode: str) -> np.ndarray:
 
 def propose(img_rgb: np.ndarray, cfg: ProposalConfig) -> np.ndarray:
     """Boxes (n, 4) as (x1, y1, x2, y2) in the image's own pixel coordinates, float32."""
-    import cv2
-
     h, w = img_rgb.shape[:2]
     scale = 1.0
     small = img_rgb
@@ -107,16 +103,12 @@ def proposals_for(
     images: list[Path], cfg: ProposalConfig, cache_dir, workers: int = 2, progress: bool = True
 ) -> list[np.ndarray]:
     """Proposals for every image, from the cache when there; computed ones are cached."""
-    from tqdm.auto import tqdm
-
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(str(p), cfg, str(cache_dir)) for p in images]
     bar = dict(total=len(jobs), desc="selective search", unit="img", disable=not progress)
     if workers <= 1 or len(jobs) <= 1:
         return [_work(j) for j in tqdm(jobs, **bar)]
-    import multiprocessing as mp
-
     with mp.get_context("spawn").Pool(workers) as pool:
         return list(tqdm(pool.imap(_work, jobs), **bar))
 

@@ -85,7 +85,8 @@ def _si_data(cfg: SiConfig, features: str | None, labels: str | None, budget: in
 
 def _load_digits():
     """scikit-learn's bundled digits; scikit-learn is an optional extra (dnnlab[demo]), so it
-    is imported only here."""
+    is imported only here; it would also add 0.7-0.9 s to this module's import
+    (benchmarks/lazy_imports.py)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:

@@ -12,6 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
+from dnnlab.study.config import config_from_record, probe_config, train_config
+from dnnlab.study.study import read_study, run_variant
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dnnlab.study.worker")
@@ -19,11 +24,6 @@ def main(argv=None) -> int:
     ap.add_argument("variant")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
-    import torch
-
-    from dnnlab.study.config import config_from_record, probe_config, train_config
-    from dnnlab.study.study import read_study, run_variant
-
     if os.environ.get("DNNLAB_THREADS"):
         torch.set_num_threads(int(os.environ["DNNLAB_THREADS"]))
     out = Path(args.study_dir)

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 STALE_SECONDS = 3600  # a temporary this old is stale even if its pid is alive (pid reuse)
 # Ours: ".NAME.PID.RANDOM.tmp" (mkstemp's random part is 8 characters of [a-z0-9_]); the
 # pid-less ".NAME.RANDOM.tmp" of older versions counts only by age.
@@ -108,8 +110,6 @@ def atomic_write_json(path, obj) -> None:
 
 
 def atomic_torch_save(obj, path) -> None:
-    import torch
-
     _atomic(path, lambda fh: torch.save(obj, fh), "wb")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import torch
+
 from dnnlab.errors import ConfigError
 
 DEVICE_FORM = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -19,8 +21,6 @@ def check_device_name(name: str, flag: str = "--device") -> None:
 
 def check_device(name: str, flag: str = "--device"):
     """The torch.device for `name`; ConfigError when it is malformed or absent here."""
-    import torch
-
     check_device_name(name, flag)
     dev = torch.device(name)
     if dev.type == "cuda":

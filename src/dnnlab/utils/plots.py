@@ -9,6 +9,8 @@ from dnnlab.utils.atomic import atomic_savefig
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
+    # Here, not at the top: matplotlib and pyplot add 0.35 s to the import of every module
+    # that plots (benchmarks/lazy_imports.py, docs/RESULTS.md §9), and a refused input never draws.
     import matplotlib
 
     matplotlib.use("Agg")
