@@ -83,6 +83,12 @@ def own_copy(budget_study, tmp_path):
     return cfg, out
 
 
+def record_settings(out, **changes):
+    """Change the settings out/study.json records: the report and publish read them there."""
+    f = out / "study.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), **changes}))
+
+
 def test_budget_study_report_has_the_course_comparison_and_all_variant_figure(
     budget_study, tmp_path
 ):
@@ -108,13 +114,16 @@ def test_budget_study_report_has_the_course_comparison_and_all_variant_figure(
     )
     assert record["device_name"].startswith("CPU: ") and "report" in record["stage_seconds"]
     # A quick study has no such section: its numbers are not comparable.
-    write_report(out, replace(cfg, quick=True))
+    record_settings(out, quick=True)
+    write_report(out)
     assert "Against the course's" not in (out / "report.md").read_text()
     # Published, the budget study comes first in another study's report, labelled with its
     # recipe, budget, precision and probe cap, and its rank agreement with the course.
     results = tmp_path / "results"
-    publish(out, results / "budget-cpu", cfg, commit="abc123")
-    write_report(out, replace(cfg, quick=True), published=read_published(results))
+    record_settings(out, quick=False)
+    publish(out, results / "budget-cpu", commit="abc123")
+    record_settings(out, quick=True)
+    write_report(out, published=read_published(results))
     md = (out / "report.md").read_text()
     assert md.startswith("## Published studies (measured results, read from the repository)")
     assert md.index("## Published studies") < md.index("# dnnlab CIFAR-10 architecture study")
@@ -137,8 +146,8 @@ def test_a_diverged_variant_is_reported_with_its_curve_and_published(budget_stud
     (run / "config.json").write_text("{}")
     trace = {"loss": [2.3, 9.5, math.nan], "lr": [0.01, 0.05, 0.1]}
     write_divergence(run, TrainConfig(model="paths2-shared", recipe="budget"), 0, trace)
-    cfg = replace(cfg, models=("base", "bn", "noskip", "paths2-shared"))
-    write_report(out, cfg)
+    record_settings(out, models=["base", "bn", "noskip", "paths2-shared"])
+    write_report(out)
     md = (out / "report.md").read_text()
     assert "## Variants that did not train under this recipe" in md
     assert "paths2-shared: the loss became non-finite at step 2 of epoch 1" in md
@@ -146,12 +155,13 @@ def test_a_diverged_variant_is_reported_with_its_curve_and_published(budget_stud
     assert "Not ranked, as they diverged under this recipe: paths2-shared." in md
     assert "![paths2-shared: loss until it diverged](runs/paths2-shared/divergence.png)" in md
     results = tmp_path / "results"
-    publish(out, results / "budget-cpu", cfg, commit="abc123")
+    publish(out, results / "budget-cpu", commit="abc123")
     rec = json.loads((results / "budget-cpu" / "study.json").read_text())
     assert rec["diverged_variants"] == ["paths2-shared"]
     got = sorted(p.name for p in (results / "budget-cpu" / "runs" / "paths2-shared").iterdir())
     assert got == ["config.json", "divergence.json", "divergence.png"]
-    write_report(out, replace(cfg, quick=True), published=read_published(results))
+    record_settings(out, quick=True)
+    write_report(out, published=read_published(results))
     assert (
         "diverged under this recipe (no result): paths2-shared" in (out / "report.md").read_text()
     )

@@ -171,13 +171,27 @@ def test_rerun_with_other_data_is_refused(tree, tmp_path):
     assert (out / "runs" / "base" / "best.pt").stat().st_mtime_ns == stamp
 
 
+def test_report_and_publish_need_the_study_record(tmp_path):
+    """The report and a publication are made from the folder's records: without study.json,
+    or with one whose settings are not a study's, they name the file and write nothing."""
+    out = tmp_path / "s"
+    (out / "runs").mkdir(parents=True)
+    for make in (lambda: write_report(out), lambda: publish(out, tmp_path / "pub")):
+        with pytest.raises(StudyError, match=r"study\.json: missing"):
+            make()
+    (out / "study.json").write_text(json.dumps({"models": ["nope"], "epochs": 1}))
+    with pytest.raises(StudyError, match=r"study\.json: settings that are not a study's"):
+        write_report(out)
+    assert not (out / "report.md").exists() and not (tmp_path / "pub").exists()
+
+
 def test_report_leaves_out_runs_whose_records_do_not_match(tree, tmp_path):
     out = tmp_path / "s"
     cfg = tiny(tree, ["base", "noskip"])
     run_study(cfg, out, log=quiet, plan=False)
     c = json.loads((out / "runs" / "noskip" / "config.json").read_text())
     (out / "runs" / "noskip" / "config.json").write_text(json.dumps({**c, "epochs": 7}))
-    write_report(out, cfg)
+    write_report(out)
     md = (out / "report.md").read_text()
     assert "| noskip |" not in md and "## Skip connection" not in md
     assert "Left out of the tables: `noskip`" in md and "epochs=7" in md
@@ -240,7 +254,7 @@ def test_published_tables_and_publish(tree, tmp_path):
     run_study(cfg, out, log=quiet, plan=False, published=empty)
     assert "No study results are published yet" in (out / "report.md").read_text()
     # Publish this study as if it were a full one; then a quick report shows its table.
-    done = publish(out, empty / "full-study-corrected", cfg, commit="abc123")
+    done = publish(out, empty / "full-study-corrected", commit="abc123")
     assert done == ["base", "noskip"]
     pub = empty / "full-study-corrected"
     assert sorted(p.name for p in (pub / "runs" / "base").iterdir() if p.suffix != ".png") == [
@@ -261,7 +275,7 @@ def test_published_tables_and_publish(tree, tmp_path):
     assert [st["recipe"] for st in p["studies"]] == ["corrected"]
     assert set(p["studies"][0]["rows"]) == {"base"} and p["studies"][0]["left_out"] == ["noskip"]
     base_summary = json.loads((out / "runs" / "base" / "summary.json").read_text())
-    write_report(out, cfg, published=p)
+    write_report(out, published=p)
     md = (out / "report.md").read_text()
     assert "## Published studies (measured results, read from the repository)" in md
     assert "corrected recipe: QUICK budget, 1 epochs of" in md and "commit abc123" in md

@@ -257,7 +257,7 @@ def cmd_study(args) -> int:
     if args.publish:
         from dnnlab.study.publish import publish, published_summary
 
-        print(published_summary(publish(args.out, args.publish, cfg), args.publish))
+        print(published_summary(publish(args.out, args.publish), args.publish))
     return 0
 
 

@@ -20,18 +20,18 @@ from dnnlab.utils.precision import training_precision
 TIMED_STEPS = 2  # after one warm-up step
 
 
-def step_seconds(tc, batch: int, dev: torch.device, x_u8: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean seconds of one SGD step of the run `tc` (a TrainConfig: its model, augmentation
-    and precision) over TIMED_STEPS steps, augmentation included."""
-    torch.manual_seed(0)
-    model = build_model(tc.model, softmax_head=tc.uses_softmax_head).to(dev)
-    model = model.to(memory_format=torch.channels_last)
+def step_seconds(
+    model: torch.nn.Module, augmentation: str, precision: str, x_u8: torch.Tensor, y: torch.Tensor
+) -> float:
+    """Mean seconds of one SGD step of `model` on the batch `x_u8` (uint8 images), `y` (on
+    the model's device) over TIMED_STEPS steps, `augmentation` included, in `precision`."""
+    dev = x_u8.device
+    model = model.to(dev, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
-    xb, yb = x_u8[:batch].to(dev), y[:batch].to(dev)
+    xb, yb = x_u8, y
     amp = dev.type == "cuda"
-    precision, _ = training_precision(tc.bf16, dev)
-    augmenter = AUGMENTERS[tc.augmentation]
+    augmenter = AUGMENTERS[augmentation]
 
     def step():
         x = augmenter(xb, gen).contiguous(memory_format=torch.channels_last)
@@ -62,10 +62,13 @@ def print_plan(runs: dict, jobs: int, out, data, log=print) -> dict:
     batch = first.batch_size
     todo = [m for m in runs if not (out / "runs" / m / "summary.json").exists()]
     steps = math.ceil(n_train / batch) * first.epochs
+    precision, _ = training_precision(first.bf16, dev)
+    x, y = data.train_x[: min(batch, n_train)].to(dev), data.train_y[: min(batch, n_train)].to(dev)
     expect = {}
     for m in todo:
-        x, y = data.train_x, data.train_y
-        expect[m] = steps * step_seconds(runs[m], min(batch, n_train), dev, x, y)
+        torch.manual_seed(0)
+        model = build_model(m, softmax_head=runs[m].uses_softmax_head)
+        expect[m] = steps * step_seconds(model, first.augmentation, precision, x, y)
     total = sum(expect.values())
     busy = min(jobs, max(1, len(todo)))  # workers with a variant to train
     log(

@@ -32,6 +32,7 @@ from dnnlab.study.records import (
     joined_values,
     read_probe_csv,
     read_record,
+    recorded_config,
     sort_runs,
     value_at,
 )
@@ -73,16 +74,17 @@ def check_publish_dest(out, dest, inputs=()) -> None:
     check_outputs_spare_inputs([out, *inputs], dest, owned=True, flag="--publish")
 
 
-def publish(out, dest, cfg, commit: str | None = None) -> list[str]:
-    """Copy the study in `out` to `dest`; returns the variants published. `dest` is never
-    the study or inside it, and one process at a time writes it."""
+def publish(out, dest, commit: str | None = None) -> list[str]:
+    """Copy the study in `out` (what its records hold) to `dest`; returns the variants
+    published. `dest` is never the study or inside it, and one process at a time writes it."""
     check_publish_dest(out, dest)
     with folder_lock(dest, "--publish"):
-        return _publish_locked(Path(out), Path(dest), cfg, commit)
+        return _publish_locked(Path(out), Path(dest), commit)
 
 
-def _publish_locked(out: Path, dest: Path, cfg, commit: str | None) -> list[str]:
+def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
     """publish() once the destination's lock is held."""
+    cfg = recorded_config(out)  # the study's settings, checked
     study = json.loads((out / "study.json").read_text())
     kept, _ = sort_runs(out, cfg)  # finished runs that match the study
     variants = [m for m in kept if (out / "runs" / m / "probe.csv").exists()]

@@ -1,8 +1,10 @@
-"""What a study's runs recorded, read back for the report and for publishing.
+"""What a study recorded, read back for the report and for publishing.
 
-summary.json, split.json, probe.json (or probe.csv) and divergence.json of each run; a run
-whose records do not match the study (run_mismatch) is left out of the tables, and a run that
-diverged (diverged_runs) is reported as such.
+The study's study.json (its settings: recorded_config), and each run's summary.json,
+split.json, probe.json (or probe.csv) and divergence.json; a run whose records do not match
+the study (run_mismatch) is left out of the tables, and a run that diverged (diverged_runs)
+is reported as such. The report and a publication are made from these records alone, so
+they show what the folder holds, whatever the command that wrote it was asked.
 """
 
 from __future__ import annotations
@@ -11,7 +13,41 @@ import csv
 import json
 from pathlib import Path
 
+from dnnlab.errors import ConfigError, DnnlabError
+from dnnlab.study.config import StudyConfig, config_from_record
+
 FEATURE_LAYER = "avgpool"
+
+
+class StudyError(DnnlabError, RuntimeError):
+    """The study folder cannot be used as asked, or some of its variants failed."""
+
+
+def read_study(out: Path) -> dict | None:
+    """The study's record (study.json), or None when the folder has none."""
+    f = Path(out) / "study.json"
+    if not f.exists():
+        return None
+    try:
+        d = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StudyError(f"{f}: unreadable or not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise StudyError(f"{f}: expected a JSON object")
+    return d
+
+
+def recorded_config(out: Path) -> StudyConfig:
+    """The settings the study in `out` recorded (its study.json)."""
+    d = read_study(out)
+    if d is None:
+        raise StudyError(f"{Path(out) / 'study.json'}: missing; {out} holds no study")
+    try:
+        return config_from_record(d)
+    except (ConfigError, TypeError) as e:
+        raise StudyError(
+            f"{Path(out) / 'study.json'}: settings that are not a study's ({e})"
+        ) from None
 
 
 def load_run(run: Path):

@@ -25,6 +25,7 @@ from dnnlab.study.records import (
     load_run,
     read_record,
     recorded_budget,
+    recorded_config,
     sort_runs,
     value_at,
 )
@@ -124,14 +125,15 @@ def detector_section(det: Path) -> tuple[str, str, list[Path]]:
 
 def write_report(
     out: Path,
-    cfg,
     extra_sections: list[tuple[str, str, list[Path]]] = (),
     published: list[dict] | None = None,
 ) -> Path:
-    """Write out/report.md and out/report.html; returns the HTML path.
+    """Write out/report.md and out/report.html of the study in `out`, from its records
+    alone (study.json's settings, each run's records); returns the HTML path.
 
     Each section below gives (Markdown lines, HTML parts) from the same content."""
     out = Path(out)
+    cfg = recorded_config(out)
     (out / "figures").mkdir(exist_ok=True)
     # The published studies come first: they are the real results, this run may be a check.
     sections = [] if published is None else [published_section(published)]

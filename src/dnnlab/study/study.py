@@ -31,22 +31,19 @@ from dnnlab.cifar.data import default_root, load_cifar10
 from dnnlab.cifar.plan import make_split, test_positions
 from dnnlab.cifar.rundir import check_run_data
 from dnnlab.cifar.train import TrainConfig, train
-from dnnlab.errors import DnnlabError, InputError
+from dnnlab.errors import InputError
 from dnnlab.probe.cka_runs import cka_between_runs
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.probe.trained_run import probe_run
 from dnnlab.study.config import RESULT_KEYS, StudyConfig, probe_config, train_config
 from dnnlab.study.plan import print_plan
 from dnnlab.study.publish import git_commit, read_published
+from dnnlab.study.records import StudyError, read_study
 from dnnlab.study.report import detector_section, write_report
 from dnnlab.utils.atomic import atomic_write_json
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.machine import cpu_description
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
-
-
-class StudyError(DnnlabError, RuntimeError):
-    """The study folder cannot be used as asked, or some of its variants failed."""
 
 
 def data_identity(data) -> str:
@@ -66,19 +63,6 @@ def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
     return cpu_description()
-
-
-def read_study(out: Path) -> dict | None:
-    f = Path(out) / "study.json"
-    if not f.exists():
-        return None
-    try:
-        d = json.loads(f.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StudyError(f"{f}: unreadable or not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise StudyError(f"{f}: expected a JSON object")
-    return d
 
 
 def _check_same_study(out: Path, cfg: StudyConfig, fp: str, data_id: str, overwrite: bool) -> None:
@@ -112,11 +96,11 @@ def check_study_data(out: Path, models, data) -> None:
             check_run_data(run, data)
 
 
-def check_budget(tcfg: TrainConfig, data) -> None:
+def check_budget(data, n_val: int, train_subset, test_subset, seed: int) -> None:
     """The budget's sizes against the data (validation, training and test subsets), before
     anything in the study folder is written."""
-    make_split(data, tcfg.n_val, tcfg.train_subset, tcfg.seed)
-    test_positions(data, tcfg.test_subset, tcfg.seed)
+    make_split(data, n_val, train_subset, seed)
+    test_positions(data, test_subset, seed)
 
 
 def check_detector(detector) -> Path | None:
@@ -182,17 +166,15 @@ def stage_seconds(out: Path, models) -> dict:
     return got
 
 
-def compare_base_bn(cfg: StudyConfig, out: Path, log) -> None:
-    """CKA between the layers of base and bn on `cka_samples` validation images, recomputed
-    on every run (cheap at that size), so it always matches the current checkpoints."""
-    if cfg.cka_samples == 0 or not {"base", "bn"} <= set(cfg.models):
+def compare_base_bn(runs: Path, pcfg: ProbeConfig, samples: int, data_root, log) -> None:
+    """CKA between the layers of runs/base and runs/bn on `samples` validation images (at
+    most the probe's cap), under the probe's settings `pcfg`; recomputed on every study
+    command (cheap at that size), so it always matches the current checkpoints."""
+    if samples == 0 or not all((runs / m / "best.pt").exists() for m in ("base", "bn")):
         return
-    runs = out / "runs"
-    if not all((runs / m / "best.pt").exists() for m in ("base", "bn")):
-        return
-    cap = min(cfg.cka_samples, cfg.max_per_split or cfg.cka_samples)
-    pcfg = ProbeConfig(max_memory=cfg.probe_memory, device=cfg.device, max_per_split=cap)
-    path = cka_between_runs(runs / "base", runs / "bn", pcfg, "val", cfg.data_root)
+    cap = min(samples, pcfg.max_per_split or samples)
+    pcfg = ProbeConfig(max_memory=pcfg.max_memory, device=pcfg.device, max_per_split=cap)
+    path = cka_between_runs(runs / "base", runs / "bn", pcfg, "val", data_root)
     log(f"CKA base vs bn on {cap} validation images: {path}")
 
 
@@ -279,7 +261,8 @@ def _run_study_locked(
     if not overwrite:
         check_study_data(out, cfg.models, data)
     runs = {m: train_config(cfg, m) for m in cfg.models}
-    check_budget(runs[cfg.models[0]], data)
+    first = runs[cfg.models[0]]  # the budget every run shares
+    check_budget(data, first.n_val, first.train_subset, first.test_subset, first.seed)
     if cfg.cka_samples and not {"base", "bn"} <= set(cfg.models):
         log("note: no CKA of base against bn (--cka-samples): the study lacks base or bn")
     if plan:
@@ -306,8 +289,8 @@ def _run_study_locked(
         for name in cfg.models:
             run_variant(runs[name], pcfg, out, overwrite, progress, log)
     t_cka = time.perf_counter()
-    if not failures:
-        compare_base_bn(cfg, out, log)
+    if not failures and {"base", "bn"} <= set(cfg.models):
+        compare_base_bn(out / "runs", pcfg, cfg.cka_samples, cfg.data_root, log)
     t_report = time.perf_counter()
     wall = t_report - t_start
     # Wall seconds add up over the commands that built the study (a cut-off study resumed).
@@ -317,7 +300,7 @@ def _run_study_locked(
     record["stage_seconds"] = stages
     atomic_write_json(out / "study.json", record)
     extra = [detector_section(det)] if det else []
-    report = write_report(out, cfg, extra, published=pub)
+    report = write_report(out, extra, published=pub)
     stages["report"] = round(time.perf_counter() - t_report, 1)
     atomic_write_json(out / "study.json", record)
     log(f"study done in {wall:.0f} s; report: {report}")

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from dnnlab.study.config import config_from_record, probe_config, train_config
-from dnnlab.study.study import read_study, run_variant
+from dnnlab.study.records import read_study
+from dnnlab.study.study import run_variant
 
 
 def main(argv=None) -> int:
