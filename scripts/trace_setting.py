@@ -5,8 +5,9 @@ profiler. Starting from run_study's config, it follows each call into dnnlab (th
 dataclasses' generated __init__ included) whose arguments carry epochs: a parameter named
 `epochs`, an object with an `epochs` attribute (StudyConfig, TrainConfig, ...), a dict with
 an "epochs" key, an object or dict or closure holding one of those; or whose closure
-captured one. Calls reached only through a copy read back from disk (a run's config.json)
-start no chain. Prints:
+captured one. A call through code outside dnnlab (dataclasses.replace, a context manager)
+is followed to the dnnlab function it reaches, counted from the dnnlab caller. Calls reached
+only through a copy read back from disk (a run's config.json) start no chain. Prints:
 
 - hand-overs: distinct call sites (caller file:line -> callee) that pass it on;
 - returns: those hand-overs into a module that held it earlier in the same call chain,
@@ -37,23 +38,27 @@ from dnnlab.study.study import run_study  # noqa: E402
 PACKAGE = str(ROOT / "src" / "dnnlab")
 
 
-def carries_epochs(value, depth: int = 1) -> bool:
+def carries_epochs(value, depth: int = 1, seen: frozenset = frozenset()) -> bool:
     """Whether `value` holds epochs: a dict key or an attribute, or (to `depth` levels) an
     attribute or dict value that holds it (a plan holding the run's config)."""
+    if id(value) in seen:  # a closure that holds itself
+        return False
+    seen = seen | {id(value)}
     if isinstance(value, dict):
         inner = list(value.values())
         if "epochs" in value:
             return True
-    elif callable(value) and getattr(value, "__closure__", None):  # a closure passed on:
-        cells = [c.cell_contents for c in value.__closure__ if _filled(c)]  # what it holds
-        return any(carries_epochs(v, depth) for v in cells)
+    elif callable(value) and isinstance(getattr(value, "__closure__", None), tuple):
+        # A closure passed on: what it captured.
+        cells = [c.cell_contents for c in value.__closure__ if _filled(c)]
+        return any(carries_epochs(v, depth, seen) for v in cells)
     elif isinstance(value, type) or not hasattr(value, "__dict__"):
         return False
     else:
         inner = list(vars(value).values())
         if "epochs" in vars(value):
             return True
-    return depth > 0 and any(carries_epochs(v, depth - 1) for v in inner)
+    return depth > 0 and any(carries_epochs(v, depth - 1, seen) for v in inner)
 
 
 def _filled(cell) -> bool:
@@ -108,17 +113,27 @@ def trace_study(workdir: Path):
     cfg = replace(cfg, train_subset=60, epochs=1, n_val=20, test_subset=30, max_per_split=40)
     handovers, returns = {}, {}
     chains = {}  # frame id -> modules that held the setting on the way to this frame
+    sites = {}  # frame id outside dnnlab -> the dnnlab call site it was called from
+
+    def where(frame) -> str:
+        return f"{module_of(frame)}:{frame.f_lineno} {name_of(frame)}"
 
     def profile(frame, event, arg):
         if event == "return":
             chains.pop(id(frame), None)  # a frame's id may be reused once it is gone
+            sites.pop(id(frame), None)
             return
         if event != "call":
             return
-        if not (frame.f_code.co_filename.startswith(PACKAGE) or generated(frame)):
-            return
         caller = frame.f_back
         if caller is None or id(caller) not in chains:
+            return
+        if not (frame.f_code.co_filename.startswith(PACKAGE) or generated(frame)):
+            # Outside dnnlab (dataclasses.replace, contextlib...): no hand-over of its own,
+            # but what it calls in dnnlab with the setting is one, from the dnnlab caller.
+            if holds_setting(frame) and not is_inline(frame):
+                chains[id(frame)] = chains[id(caller)]
+                sites[id(frame)] = sites.get(id(caller)) or where(caller)
             return
         if is_inline(frame):
             chains[id(frame)] = chains[id(caller)]
@@ -129,7 +144,7 @@ def trace_study(workdir: Path):
             chains[id(frame)] = ["study/study.py"]
             return
         held = chains[id(caller)]
-        site = f"{module_of(caller)}:{caller.f_lineno} {name_of(caller)}"
+        site = sites.get(id(caller)) or where(caller)
         key = (site, f"{module_of(frame)} {name_of(frame)}")
         here = module_of(frame)
         handovers.setdefault(key, held + [here])
