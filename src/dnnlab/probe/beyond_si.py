@@ -21,7 +21,7 @@ import torch
 from dnnlab.errors import InputError
 from dnnlab.probe.config import budget_share
 from dnnlab.separability import SeparabilityResult, parse_measures, separability
-from dnnlab.separability.cka import CkaMatrix
+from dnnlab.separability.cka import GRAMS_SHARE, CkaMatrix
 from dnnlab.separability.inputs import encode_labels
 from dnnlab.separability.linear import DEFAULT_ALPHA, LinearClassifier
 from dnnlab.separability.measures import separability_fitting
@@ -86,7 +86,7 @@ class ProbeExtras:
         if self.linear and split == FIT_SPLIT:
             need = linear_reserve(n)
         if split in self.cka_splits:
-            in_memory = budget_share(parse_size(self.cfg.max_memory), "cka") // 2
+            in_memory = budget_share(parse_size(self.cfg.max_memory), "cka") // GRAMS_SHARE
             need = max(need, n * n * 8 + (64 << 20) + in_memory)
         return need
 

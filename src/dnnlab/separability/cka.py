@@ -98,12 +98,18 @@ class CkaResult:
         return m[self.layers.index(a)][self.layers.index(b)]
 
 
+# How CkaMatrix splits max_memory: the Grams kept in memory take at most 1/GRAMS_SHARE of
+# it (the rest go to files), the row blocks of the final pass 1/BLOCKS_SHARE.
+GRAMS_SHARE = 2
+BLOCKS_SHARE = 4
+
+
 class CkaMatrix:
     """Add layers one at a time (same samples, same order); `result()` gives every pair.
 
-    max_memory bounds the Grams kept in memory (half of it) and the row blocks of the final
-    pass; Grams beyond that go to memory-mapped files in spill_dir (default: a temporary
-    directory, removed by close()).
+    max_memory bounds the Grams kept in memory (1/GRAMS_SHARE of it) and the row blocks of
+    the final pass (1/BLOCKS_SHARE); Grams beyond that go to memory-mapped files in
+    spill_dir (default: a temporary directory, removed by close()).
     """
 
     def __init__(self, max_memory="4GB", spill_dir=None, compute_dtype=torch.float64):
@@ -129,10 +135,10 @@ class CkaMatrix:
                 raise InputError(
                     f"CKA: layer {name!r} has N={n} samples; CKA needs N >= {CKA_LEAST}"
                 )
-            if n * n * 8 > self.budget // 2:
+            if n * n * 8 > self.budget // GRAMS_SHARE:
                 raise BudgetError(
                     f"CKA: one {n} x {n} Gram takes {n * n * 8 / 2**30:.2f} GiB, more than "
-                    f"half of max_memory {self.budget / 2**30:.2f} GiB; raise it"
+                    f"1/{GRAMS_SHARE} of max_memory {self.budget / 2**30:.2f} GiB; raise it"
                 )
             self.n = n
             self.ids = None if ids is None else np.asarray(ids)
@@ -147,7 +153,7 @@ class CkaMatrix:
         g = centered_gram(x, self.compute_dtype)
         self.diags.append(g.diagonal().numpy().copy())
         size = n * n * 8
-        if self.in_memory + size <= self.budget // 2:
+        if self.in_memory + size <= self.budget // GRAMS_SHARE:
             self.grams.append(g)
             self.in_memory += size
         else:
@@ -189,7 +195,7 @@ class CkaMatrix:
         """
         k, n = len(self.grams), self.n
         s = torch.zeros((k, k), dtype=torch.float64)
-        rows = min(n, chunk_rows((k + 1) * n * 8, self.budget // 4))
+        rows = min(n, chunk_rows((k + 1) * n * 8, self.budget // BLOCKS_SHARE))
         for r0 in range(0, n, rows):
             v = [torch.as_tensor(np.asarray(g[r0 : r0 + rows])) for g in self.grams]
             for i in range(k):

@@ -50,6 +50,11 @@ MAX_REFINE = 40
 # Stagnated refinement is accepted when the residual is this small against the right-hand side.
 RESIDUAL_RTOL = 1e-12
 CHUNK_ELEMS = 1 << 22  # float64 elements per streamed row chunk (32 MiB)
+# A streamed row chunk takes at most 1/CHUNK_SHARE of max_memory (and CHUNK_ELEMS).
+CHUNK_SHARE = 32
+# The features are cached on the device when they take at most 1/CACHE_SHARE of the
+# workspace left beside the Gram and the chunks.
+CACHE_SHARE = 2
 
 
 @dataclass
@@ -201,10 +206,10 @@ class SharedWork:
 
 def linear_budget(n: int, d: int, max_memory) -> tuple[int, int]:
     """(chunk_elems, bytes the fit needs beside its features): its Gram (N^2 or D^2, counted
-    in float64 for the fallback) and its streamed float64 row chunks (1/32 of the budget,
-    32 MiB at most; a few live at once)."""
+    in float64 for the fallback) and its streamed float64 row chunks (1/CHUNK_SHARE of the
+    budget, 32 MiB at most; a few live at once)."""
     budget = parse_size(max_memory)
-    chunk_elems = int(min(CHUNK_ELEMS, max(d, budget // 32 // 8)))
+    chunk_elems = int(min(CHUNK_ELEMS, max(d, budget // CHUNK_SHARE // 8)))
     return chunk_elems, min(n, d) ** 2 * 8 + 4 * chunk_elems * 8
 
 
@@ -255,7 +260,7 @@ def fit_linear(
     # constant feature, its value, which scale 0 cancels).
     mean = shift.to(dev) if normalize_method == "zscore" else _mean(x, dev)
     item = torch.finfo(compute_dtype).bits // 8
-    rows = Rows(x, mean, scale, compute_dtype, dev, n * d * item <= workspace // 2)
+    rows = Rows(x, mean, scale, compute_dtype, dev, n * d * item <= workspace // CACHE_SHARE)
     if rows.cache is not None:
         workspace -= n * d * item
     return _fit(rows, codes, classes, float(alpha), normalize_method, workspace, chunk_elems, t0)
