@@ -51,9 +51,11 @@ def test_help_documents_ranges(capsys):
     for part in (
         "--lr LR peak SGD learning rate (in (0, 10]; default 0.01; budget recipe 0.1)",
         "training epochs (in [1, 100000]; default 100; budget recipe 3)",
-        "--val-size N_VAL",
+        "--val-size VAL_SIZE",
         "in [1, 49999]",
         "--momentum MOMENTUM",
+        "--schedule {step,linear}",
+        "--recipe {corrected,course,budget}",
     ):
         assert part in text, part
 

@@ -172,8 +172,21 @@ def add_flags(parser: argparse.ArgumentParser, cls, names=None, exclude=()) -> N
             continue
         conv = {int: int, float: float, tuple: _parse_list}.get(kind, str)
         parser.add_argument(
-            flag, dest=f.name, type=conv, default=default, help=text.replace("%", "%%")
+            flag,
+            dest=f.name,
+            type=conv,
+            default=default,
+            help=text.replace("%", "%%"),
+            metavar=_metavar(spec, flag),
         )
+
+
+def _metavar(spec: Spec, flag: str) -> str:
+    """What usage shows for a flag's value: its choices ({a,b}) where it has them (the config
+    checks them, so argparse is not given them), else the flag's name (--val-size VAL_SIZE)."""
+    if spec.choices is not None:
+        return "{" + ",".join(map(str, spec.choices)) + "}"
+    return flag[2:].upper().replace("-", "_")
 
 
 def _default(f):
