@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -20,6 +21,7 @@ class Toy:
     mode: str = setting("a", "mode", choices=("a", "b"))
     names: tuple[str, ...] = setting(("x", "y"), "names")
     fast: bool = setting(False, "go fast")
+    check: bool = setting(True, "check (on by default: the flag is --no-check)")
     val_size: int = setting(10, "validation images", low=1, flag="--val")
 
     def __post_init__(self):
@@ -38,10 +40,14 @@ class Toy:
         ({"mode": "c"}, "--mode: 'c' is not one of a, b"),
         ({"val_size": -4}, "--val: -4 is out of range"),
         ({"epochs": True}, "--epochs: True is not a number"),
+        # A bool gets a bad value only from a file or a caller: named by its key and by the
+        # flag that exists.
+        ({"fast": "yes"}, "fast (--fast): 'yes' is not true or false"),
+        ({"check": 1}, "check (--no-check): 1 is not true or false"),
     ],
 )
 def test_out_of_range_names_the_flag(kw, text):
-    with pytest.raises(ConfigError, match=text.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=re.escape(text)):
         Toy(**kw)
 
 
@@ -58,6 +64,7 @@ def test_flags_from_fields_round_trip_and_help_shows_range():
     assert (t.lr, t.names, t.fast, t.val_size, t.epochs) == (0.2, ("a", "b"), True, 7, 3)
     text = p.format_help()
     assert "> 0; default 0.01" in text and "in [0, 1]" in text
+    assert "--mode {a,b}" in text and "--val VAL" in text and "--no-check" in text
     with pytest.raises(ConfigError, match="--lr"):
         from_args(Toy, p.parse_args(["--lr", "nan"]))
     with pytest.raises(SystemExit):  # an empty list is refused by the parser itself

@@ -132,7 +132,17 @@ def validate(cfg) -> None:
         if spec is None:
             continue
         kind, optional = _base_type(cls, f.name)
-        check_value(flag_name(f), getattr(cfg, f.name), spec, kind, optional)
+        check_value(_named(f, kind), getattr(cfg, f.name), spec, kind, optional)
+
+
+def _named(f, kind) -> str:
+    """How an error names setting `f`: by its flag; a bool by its key and the flag that
+    exists (--no-x when on by default), since only a file or a caller can give one a bad
+    value."""
+    if kind is not bool:
+        return flag_name(f)
+    flag = flag_name(f)
+    return f"{f.name} ({'--no-' + flag[2:] if _default(f) else flag})"
 
 
 def _parse_list(text: str) -> tuple[str, ...]:
