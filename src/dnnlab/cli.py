@@ -389,9 +389,11 @@ def cmd_detect_show(args) -> int:
 
 
 def cmd_detect_run(args) -> int:
-    from dnnlab.detect.output import check_outputs, print_run, run_detector
+    from dnnlab.detect.output import check_detection_outputs, print_run, run_detector
 
-    check_outputs([Path(i) for i in args.images], Path(args.out), args.overwrite, args.model)
+    check_detection_outputs(
+        [Path(i) for i in args.images], Path(args.out), args.overwrite, args.model
+    )
     detector = _load_detector(args)
     results = run_detector(
         args.images,

@@ -18,7 +18,7 @@ def _recipe_setting(name: str, help: str, **limits):
     """A recipe hyperparameter: unset (None) by default, so it takes its recipe's value
     (recipe.COURSE for corrected and course, recipe.BUDGET for budget), which config.json
     then records; --help shows both recipes' values."""
-    return setting(None, help, default_text=R.default_text(name), **limits)
+    return setting(None, help, default_text=R.recipe_default_text(name), **limits)
 
 
 @dataclass

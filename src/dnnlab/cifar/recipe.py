@@ -71,7 +71,7 @@ SETTINGS = {"corrected": COURSE, "course": COURSE, "budget": BUDGET}
 BUDGET_FREE = ("epochs",)
 
 
-def default_text(name: str) -> str:
+def recipe_default_text(name: str) -> str:
     """What --help says of a recipe setting's default: 'default 0.01; budget recipe 0.1'."""
     course, budget = COURSE[name], BUDGET[name]
     if budget is None:

@@ -40,7 +40,7 @@ def output_files(images: list[Path], out_dir: Path) -> list[Path]:
     return [out_dir / f"{p.stem}{ext}" for p in images for ext in (".json", ".jpg")]
 
 
-def check_outputs(
+def check_detection_outputs(
     images: list[Path], out_dir: Path, overwrite: bool, model_dir: Path | None = None
 ) -> None:
     """Each photo writes STEM.json and STEM.jpg: refuse an out_dir that is a photo's own
@@ -77,7 +77,7 @@ def run_detector(
     {"image", "error"} for a photo that could not be read (the others go on)."""
     images = [Path(i) for i in images]
     out_dir = Path(out_dir)
-    check_outputs(images, out_dir, overwrite, model_dir)
+    check_detection_outputs(images, out_dir, overwrite, model_dir)
     bar = dict(desc="detect", unit="img", disable=not progress)
     with folder_lock(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ def output_folder(args, acfg) -> tuple[Path, str]:
     return (Path(acfg.out), "--out") if acfg is not None else (Path(args.run), "RUN")
 
 
-def check_outputs(args, acfg, spill_dir=None) -> None:
+def check_probe_outputs(args, acfg, spill_dir=None) -> None:
     """Refuse an output folder that would write over an input: --data, --weights, or the
     probe that --compare reads (the run directory is the probe's own folder by design);
     and a --spill-dir that cannot be a folder."""
@@ -81,7 +81,7 @@ def check_outputs(args, acfg, spill_dir=None) -> None:
 def probe(args, cfg, acfg, progress: bool):
     """(ProbeResult, output folder) of probing acfg's network, or else the run in args.run;
     its output folder checked against the inputs and locked while the probe writes it."""
-    check_outputs(args, acfg, cfg.spill_dir)
+    check_probe_outputs(args, acfg, cfg.spill_dir)
     out, flag = output_folder(args, acfg)
     with folder_lock(out, flag):
         if acfg is not None:
