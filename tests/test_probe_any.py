@@ -11,7 +11,7 @@ from torch import nn
 from dnnlab.cli import main
 from dnnlab.errors import InputError
 from dnnlab.probe.anymodel import model_from_spec
-from dnnlab.probe.anynet import AnyConfig, list_any, probe_any
+from dnnlab.probe.anynet import AnyConfig, list_any, prepare, probe_any
 from dnnlab.probe.images import ImageSplit
 from dnnlab.probe.plan import plan_budget
 from dnnlab.probe.probe import BudgetError, ProbeConfig, probe_model
@@ -402,3 +402,19 @@ def test_a_killed_probes_feature_files_are_removed_next_time(tmp_path):
     assert not gone.exists() and alive.exists() and folder.path.exists()
     folder.close()
     assert not folder.path.exists()
+
+
+def test_random_weights_are_drawn_from_the_seed(tmp_path):
+    """Without --weights a torchvision model's weights come from --seed: the same seed gives
+    the same network (so two probes of it agree), another seed another, and the caller's
+    random state is left as it was."""
+
+    def weights(seed):
+        cfg = AnyConfig(model="torchvision:mobilenet_v3_small", data=str(tmp_path), seed=seed)
+        return torch.cat([p.detach().flatten() for p in prepare(cfg)[0].parameters()])
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a, b, c = weights(0), weights(0), weights(1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), state)

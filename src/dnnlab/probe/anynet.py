@@ -71,7 +71,10 @@ class AnyConfig:
         high_open=True,
     )
     seed: int = setting(
-        0, "random seed of the train/val split and the subsets", low=0, high=2**32 - 1
+        0,
+        "random seed: the random weights (without --weights), the train/val split and the subsets",
+        low=0,
+        high=2**32 - 1,
     )
     out: str = setting("probe-out", "output folder of --model")
 
@@ -94,8 +97,11 @@ def _channels(text: str | None, default, flag: str) -> tuple[float, ...]:
 
 
 def prepare(cfg: AnyConfig):
-    """The model (weights loaded, eval mode) and the input settings, all checked."""
-    model = model_from_spec(cfg.model)
+    """The model (weights loaded, eval mode) and the input settings, all checked. Without
+    --weights its weights are random, drawn from `seed`: the same for every probe of it."""
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(cfg.seed)
+        model = model_from_spec(cfg.model)
     if cfg.weights:
         fit_weights(model, load_state(cfg.weights, cfg.weights_key), f"--weights {cfg.weights}")
     elif cfg.weights_key:
