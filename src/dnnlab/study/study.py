@@ -261,8 +261,7 @@ def _run_study_locked(
     if not overwrite:
         check_study_data(out, cfg.models, data)
     runs = {m: train_config(cfg, m) for m in cfg.models}
-    first = runs[cfg.models[0]]  # the budget every run shares
-    check_budget(data, first.n_val, first.train_subset, first.test_subset, first.seed)
+    check_budget(data, cfg.n_val, cfg.train_subset, cfg.test_subset, runs[cfg.models[0]].seed)
     if cfg.cka_samples and not {"base", "bn"} <= set(cfg.models):
         log("note: no CKA of base against bn (--cka-samples): the study lacks base or bn")
     if plan:
