@@ -182,6 +182,17 @@ def test_report_and_publish_need_the_study_record(tmp_path):
     (out / "study.json").write_text(json.dumps({"models": ["nope"], "epochs": 1}))
     with pytest.raises(StudyError, match=r"study\.json: settings that are not a study's"):
         write_report(out)
+    # Settings left out are not filled with defaults (a quick study would report as a full one).
+    full = dict(models=["base"], quick=True, train_subset=60, epochs=1, n_val=20)
+    full.update(test_subset=30, max_per_split=40, measures="si")
+    for record, what in (
+        ({"epochs": 1}, "(no models, quick, train_subset, n_val, test_subset"),
+        ({**full, "models": "base"}, "(models: 'base' is not a list of variant names)"),
+    ):
+        (out / "study.json").write_text(json.dumps(record))
+        for make in (lambda: write_report(out), lambda: publish(out, tmp_path / "pub")):
+            with pytest.raises(StudyError, match=re.escape(what)):
+                make()
     assert not (out / "report.md").exists() and not (tmp_path / "pub").exists()
 
 

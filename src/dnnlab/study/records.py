@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from dnnlab.errors import ConfigError, DnnlabError
-from dnnlab.study.config import StudyConfig, config_from_record
+from dnnlab.study.config import RESULT_KEYS, StudyConfig, config_from_record
 
 FEATURE_LAYER = "avgpool"
 
@@ -37,17 +37,28 @@ def read_study(out: Path) -> dict | None:
     return d
 
 
+# The settings a study.json must hold: those that change its numbers (RESULT_KEYS), less
+# recipe and bf16, which studies from before they were settings lack (corrected, as
+# _check_same_study reads them), and the variants.
+RECORDED_KEYS = ("models", *(k for k in RESULT_KEYS if k not in ("recipe", "bf16")))
+
+
 def recorded_config(out: Path) -> StudyConfig:
     """The settings the study in `out` recorded (its study.json)."""
+    f = Path(out) / "study.json"
     d = read_study(out)
     if d is None:
-        raise StudyError(f"{Path(out) / 'study.json'}: missing; {out} holds no study")
+        raise StudyError(f"{f}: missing; {out} holds no study")
+    missing = [k for k in RECORDED_KEYS if k not in d]
+    models = d.get("models")
     try:
+        if missing:
+            raise ConfigError(f"no {', '.join(missing)}")
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise ConfigError(f"models: {models!r} is not a list of variant names")
         return config_from_record(d)
     except (ConfigError, TypeError) as e:
-        raise StudyError(
-            f"{Path(out) / 'study.json'}: settings that are not a study's ({e})"
-        ) from None
+        raise StudyError(f"{f}: settings that are not a study's ({e})") from None
 
 
 def load_run(run: Path):
