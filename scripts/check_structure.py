@@ -40,7 +40,7 @@ def unexplained_imports(path: Path, tree: ast.Module) -> list[str]:
                 above = "\n".join(lines[max(0, node.lineno - 6) : node.lineno - 1])
                 if LAZY_EVIDENCE not in above and LAZY_EVIDENCE not in doc:
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
-    return found
+    return list(dict.fromkeys(found))  # a nested function's import: once, not per enclosing
 
 
 def modules() -> dict[str, Path]:
