@@ -44,6 +44,7 @@ class Toy:
         # flag that exists.
         ({"fast": "yes"}, "fast (--fast): 'yes' is not true or false"),
         ({"check": 1}, "check (--no-check): 1 is not true or false"),
+        ({"mode": 5}, "--mode: 5 is not text"),
     ],
 )
 def test_out_of_range_names_the_flag(kw, text):

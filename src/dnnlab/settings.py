@@ -104,6 +104,8 @@ def check_value(flag: str, value, spec: Spec, kind, optional: bool) -> None:
         if not isinstance(value, bool):
             raise ConfigError(f"{flag}: {value!r} is not true or false")
         return
+    if kind is str and not isinstance(value, str):  # only a file or a caller gives one
+        raise ConfigError(f"{flag}: {value!r} is not text")
     if kind in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{flag}: {value!r} is not a number")

@@ -114,6 +114,8 @@ def check_recipe_flag(given: dict) -> None:
 
 def recipe_name(text: str) -> str:
     """The canonical recipe name for `text` (an alias maps to its recipe)."""
+    if not isinstance(text, str):
+        raise ConfigError(f"--recipe: {text!r} is not one of {', '.join(RECIPES)}")
     name = ALIASES.get(text, text)
     if name not in RECIPES:
         raise ConfigError(f"--recipe: {text!r} is not one of {', '.join(RECIPES)}")

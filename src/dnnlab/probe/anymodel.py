@@ -68,9 +68,9 @@ def _torchvision_model(spec: str) -> nn.Module:
 
 def _timm():
     """The timm module, or an error naming the extra that installs it."""
-    # Here, not at the top: timm is an optional extra (dnnlab[timm]), and it would add 0.4-0.5 s
-    # to this module's import for every model, not only timm: ones (benchmarks/
-    # lazy_imports.py, docs/RESULTS.md §9).
+    # Here, not at the top: timm is an optional extra (dnnlab[timm]), and it would add
+    # 0.4-0.5 s to this module's import for every model, not only the `timm:` ones
+    # (benchmarks/lazy_imports.py, docs/RESULTS.md §9).
     try:
         import timm
     except ImportError:

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field, fields, replace
 from dnnlab.cifar.config import TrainConfig
 from dnnlab.cifar.models import VARIANTS
 from dnnlab.cifar.recipe import SETTINGS, recipe_name
-from dnnlab.errors import ConfigError
+from dnnlab.errors import ConfigError, InputError
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.separability import parse_measures
 from dnnlab.separability.cka import CKA_LEAST
 from dnnlab.settings import default_text, setting, validate
+from dnnlab.utils.device import check_device_name
+from dnnlab.utils.sizes import parse_size
 
 # The --quick budget: a 2-core CPU in under 20 minutes.
 QUICK = dict(train_subset=1000, epochs=3, n_val=500, test_subset=1000, max_per_split=300)
@@ -72,6 +74,11 @@ class StudyConfig:
             self.epochs = SETTINGS[self.recipe]["epochs"]
         self.models = tuple(self.models)
         validate(self)
+        check_device_name(self.device)
+        try:
+            parse_size(self.probe_memory)
+        except InputError as e:  # only study.json sets it
+            raise ConfigError(f"probe_memory: {e}") from None
         if not self.models:
             raise ConfigError(
                 f"--models: names no variant; give a comma-separated list of {', '.join(VARIANTS)}"

@@ -39,7 +39,7 @@ CONCLUSIONS = (
 def spearman(a: list[float], b: list[float]) -> float | None:
     """Spearman's rank correlation (scipy's; ties share their mean rank). None below three
     pairs or when one list is constant: there is no ordering to compare."""
-    # Here, not at the top: scipy.stats adds 0.6-0.8 s to the import of every study command
+    # Here, not at the top: scipy.stats adds 0.55-0.85 s to the import of every study command
     # (benchmarks/lazy_imports.py, docs/RESULTS.md §9), and only the finished report compares ranks.
     from scipy.stats import spearmanr
 

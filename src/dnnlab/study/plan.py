@@ -23,8 +23,9 @@ TIMED_STEPS = 2  # after one warm-up step
 def step_seconds(
     model: torch.nn.Module, augmentation: str, precision: str, x_u8: torch.Tensor, y: torch.Tensor
 ) -> float:
-    """Mean seconds of one SGD step of `model` on the batch `x_u8` (uint8 images), `y` (on
-    the model's device) over TIMED_STEPS steps, `augmentation` included, in `precision`."""
+    """Mean seconds of one SGD step of `model` on the batch `x_u8` (uint8 images), `y`, on
+    their device (the model is moved there), over TIMED_STEPS steps, `augmentation`
+    included, in `precision`."""
     dev = x_u8.device
     model = model.to(dev, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

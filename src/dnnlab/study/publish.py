@@ -15,7 +15,6 @@ reads them back, and published_section is their table.
 from __future__ import annotations
 
 import html
-import json
 import os
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ from dnnlab.study.records import (
     joined_values,
     read_probe_csv,
     read_record,
+    read_study,
     recorded_config,
     sort_runs,
     value_at,
@@ -84,8 +84,8 @@ def publish(out, dest, commit: str | None = None) -> list[str]:
 
 def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
     """publish() once the destination's lock is held."""
-    cfg = recorded_config(out)  # the study's settings, checked
-    study = json.loads((out / "study.json").read_text())
+    study = read_study(out)
+    cfg = recorded_config(out, study)  # the study's settings, checked
     kept, _ = sort_runs(out, cfg)  # finished runs that match the study
     variants = [m for m in kept if (out / "runs" / m / "probe.csv").exists()]
     diverged = sorted(diverged_runs(out, cfg.models))

@@ -43,10 +43,11 @@ def read_study(out: Path) -> dict | None:
 RECORDED_KEYS = ("models", *(k for k in RESULT_KEYS if k not in ("recipe", "bf16")))
 
 
-def recorded_config(out: Path) -> StudyConfig:
-    """The settings the study in `out` recorded (its study.json)."""
+def recorded_config(out: Path, record: dict | None = None) -> StudyConfig:
+    """The settings the study in `out` recorded: its study.json, or `record`, that file's
+    content when the caller has read it already."""
     f = Path(out) / "study.json"
-    d = read_study(out)
+    d = read_study(out) if record is None else record
     if d is None:
         raise StudyError(f"{f}: missing; {out} holds no study")
     missing = [k for k in RECORDED_KEYS if k not in d]

@@ -75,7 +75,7 @@ def _check_same_study(out: Path, cfg: StudyConfig, fp: str, data_id: str, overwr
     if "bf16" in diff and prev.get("bf16") is None:
         diff.remove("bf16")  # a study from before precision was a setting
     if diff:
-        was = ", ".join(f"{k}={prev.get(k)}" for k in diff)
+        was = ", ".join(f"{k}={prev.get(k)!r}" for k in diff)
         raise StudyError(
             f"{out} holds a study with other settings ({was}); use another --out, "
             "or --overwrite to replace it"
@@ -175,7 +175,8 @@ def compare_base_bn(runs: Path, pcfg: ProbeConfig, samples: int, data_root, log)
     cap = min(samples, pcfg.max_per_split or samples)
     pcfg = ProbeConfig(max_memory=pcfg.max_memory, device=pcfg.device, max_per_split=cap)
     path = cka_between_runs(runs / "base", runs / "bn", pcfg, "val", data_root)
-    log(f"CKA base vs bn on {cap} validation images: {path}")
+    n = json.loads(path.read_text())["n"]  # fewer than the cap when the split is smaller
+    log(f"CKA base vs bn on {n} validation images: {path}")
 
 
 def worker_env(cfg: StudyConfig, slot: int) -> dict:
