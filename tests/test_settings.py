@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,8 @@ class Toy:
     fast: bool = setting(False, "go fast")
     check: bool = setting(True, "check (on by default: the flag is --no-check)")
     val_size: int = setting(10, "validation images", low=1, flag="--val")
+    where: str = setting("here", "a folder")
+    memory: str | int = setting("2GB", "a size, as text or bytes")
 
     def __post_init__(self):
         validate(self)
@@ -45,6 +48,7 @@ class Toy:
         ({"fast": "yes"}, "fast (--fast): 'yes' is not true or false"),
         ({"check": 1}, "check (--no-check): 1 is not true or false"),
         ({"mode": 5}, "--mode: 5 is not text"),
+        ({"where": ["a"]}, "--where: ['a'] is not text"),
     ],
 )
 def test_out_of_range_names_the_flag(kw, text):
@@ -55,6 +59,8 @@ def test_out_of_range_names_the_flag(kw, text):
 def test_valid_values_and_none_for_optional():
     t = Toy(lr=0.1, epochs=1, frac=0, subset=None, mode="b")
     assert (t.lr, t.epochs, t.frac, t.subset, t.mode) == (0.1, 1, 0, None, "b")
+    # Text settings take a path too; a setting typed str | int takes either.
+    assert Toy(where=Path("p"), memory=10**6).memory == 10**6
 
 
 def test_flags_from_fields_round_trip_and_help_shows_range():

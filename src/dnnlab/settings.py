@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -104,7 +105,7 @@ def check_value(flag: str, value, spec: Spec, kind, optional: bool) -> None:
         if not isinstance(value, bool):
             raise ConfigError(f"{flag}: {value!r} is not true or false")
         return
-    if kind is str and not isinstance(value, str):  # only a file or a caller gives one
+    if kind is str and not isinstance(value, str | os.PathLike):  # from a file or a caller
         raise ConfigError(f"{flag}: {value!r} is not text")
     if kind in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):

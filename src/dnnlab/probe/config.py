@@ -59,7 +59,7 @@ class ProbeConfig:
     )
     measures: str = setting(",".join(DEFAULT_MEASURES), "measures, e.g. si,csi,hsi:3")
     normalize: str = setting("zscore", "per-feature normalization", choices=NORMALIZATIONS)
-    max_memory: str = setting(
+    max_memory: str | int = setting(
         "4GB",
         "what the probe may add to the process's memory (features, the core, forward "
         "passes), a size > 0 such as 4GB or 512MiB; a layer that does not fit streams "

@@ -41,7 +41,7 @@ class SiConfig:
     )
     normalize: str = setting("zscore", "per-feature normalization", choices=NORMALIZATIONS)
     device: str | None = setting(None, DEVICE_HELP, default_text="default: cpu")
-    max_memory: str = setting(
+    max_memory: str | int = setting(
         MEASURE_MEMORY, "memory budget for the whole command, a size > 0 such as 2GB"
     )
     json: bool = setting(False, "print one JSON object")

@@ -50,7 +50,7 @@ class StudyConfig:
     n_val: int = _shared_setting(TrainConfig, "n_val")
     test_subset: int | None = _shared_setting(TrainConfig, "test_subset")
     max_per_split: int | None = _shared_setting(ProbeConfig, "max_per_split")
-    probe_memory: str = setting(
+    probe_memory: str | int = setting(
         ProbeConfig.max_memory, "probe memory budget (the probe's default)", cli=False
     )
     measures: str = setting(
