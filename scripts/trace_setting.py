@@ -12,6 +12,8 @@ only through a copy read back from disk (a run's config.json) start no chain. Pr
 - hand-overs: distinct call sites (caller file:line -> callee) that pass it on;
 - returns: those hand-overs into a module that held it earlier in the same call chain,
   from another module (A -> B -> A);
+- calls that give back a value holding it (a config, a record) to a caller in another
+  module: the other way the setting can come back to a module it had left;
 - the modules it reaches.
 
     python scripts/trace_setting.py [--list]
@@ -111,7 +113,7 @@ def trace_study(workdir: Path):
     tree = make_image_tree(workdir / "cifar", n_train=14, n_test=5)
     cfg = study_config(["base", "bn"], quick=True, data_root=str(tree))
     cfg = replace(cfg, train_subset=60, epochs=1, n_val=20, test_subset=30, max_per_split=40)
-    handovers, returns = {}, {}
+    handovers, returns, passed_back = {}, {}, {}
     chains = {}  # frame id -> modules that held the setting on the way to this frame
     sites = {}  # frame id outside dnnlab -> the dnnlab call site it was called from
 
@@ -120,8 +122,14 @@ def trace_study(workdir: Path):
 
     def profile(frame, event, arg):
         if event == "return":
-            chains.pop(id(frame), None)  # a frame's id may be reused once it is gone
+            held = chains.pop(id(frame), None)  # a frame's id may be reused once it is gone
             sites.pop(id(frame), None)
+            caller = frame.f_back
+            if held and frame.f_code.co_filename.startswith(PACKAGE) and caller is not None:
+                if not is_inline(frame) and carries_epochs(arg):
+                    back = sites.get(id(caller)) or where(caller)
+                    if back.split(":")[0] != module_of(frame) and caller is not root:
+                        passed_back.setdefault((f"{module_of(frame)} {name_of(frame)}", back), 1)
             return
         if event != "call":
             return
@@ -161,7 +169,7 @@ def trace_study(workdir: Path):
     finally:
         sys.setprofile(None)
         threading.setprofile(None)
-    return handovers, returns
+    return handovers, returns, passed_back
 
 
 def main() -> None:
@@ -169,13 +177,19 @@ def main() -> None:
     ap.add_argument("--list", action="store_true", help="list every hand-over and return")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        handovers, returns = trace_study(Path(tmp))
+        handovers, returns, passed_back = trace_study(Path(tmp))
     modules = sorted({k[1].split()[0] for k in handovers})
     if args.list:
         for (site, callee), chain in handovers.items():
             mark = "RETURN " if (site, callee) in returns else ""
             print(f"{mark}{site} -> {callee}   [{' > '.join(chain)}]")
+        for callee, site in passed_back:
+            print(f"BACK {callee} => {site}")
     print(f"{len(handovers)} hand-overs into {len(modules)} modules, {len(returns)} returns")
+    print(
+        f"{len(passed_back)} calls give back, to a caller in another module, a value holding "
+        "it (a config, a record)"
+    )
     writes = [k for k in handovers if k[1].startswith("utils/atomic.py")]
     print(f"of which {len(writes)} write a record holding it to disk (utils/atomic.py)")
     print("modules:", ", ".join(modules))
