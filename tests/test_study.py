@@ -188,10 +188,10 @@ def test_report_and_publish_need_the_study_record(tmp_path):
     for record, what in (
         ({"epochs": 1}, "(no models, quick, train_subset, n_val, test_subset"),
         ({**full, "models": "base"}, "(models: 'base' is not a list of variant names)"),
-        ({**full, "measures": 5}, "(--measures: 5 is not text)"),
-        ({**full, "recipe": ["budget"]}, "(--recipe: ['budget'] is not one of"),
+        ({**full, "measures": 5}, "(measures (--measures): 5 is not text)"),
+        ({**full, "recipe": ["budget"]}, "(recipe (--recipe): ['budget'] is not one of"),
         ({**full, "probe_memory": "lots"}, "(probe_memory: cannot read 'lots' as a size"),
-        ({**full, "device": "gpu"}, "(--device: 'gpu' is not cpu, cuda or cuda:N)"),
+        ({**full, "device": "gpu"}, "(device (--device): 'gpu' is not cpu, cuda or cuda:N)"),
     ):
         (out / "study.json").write_text(json.dumps(record))
         for make in (lambda: write_report(out), lambda: publish(out, tmp_path / "pub")):

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from dnnlab.errors import ConfigError, DnnlabError
+from dnnlab.settings import flag_name
 from dnnlab.study.config import RESULT_KEYS, StudyConfig, config_from_record
 
 FEATURE_LAYER = "avgpool"
@@ -59,7 +61,17 @@ def recorded_config(out: Path, record: dict | None = None) -> StudyConfig:
             raise ConfigError(f"models: {models!r} is not a list of variant names")
         return config_from_record(d)
     except (ConfigError, TypeError) as e:
-        raise StudyError(f"{f}: settings that are not a study's ({e})") from None
+        raise StudyError(f"{f}: settings that are not a study's ({_keyed(str(e))})") from None
+
+
+def _keyed(message: str) -> str:
+    """A setting's error as study.json holds it: '--val-size: ...' -> 'n_val (--val-size): ...'
+    (the file has keys, the command line flags)."""
+    for field in fields(StudyConfig):
+        flag = flag_name(field)
+        if "spec" in field.metadata and message.startswith(flag + ":"):
+            return f"{field.name} ({flag}){message[len(flag) :]}"
+    return message
 
 
 def load_run(run: Path):
