@@ -16,7 +16,9 @@ if [ -z "${DNNLAB_DATA:-}" ]; then
 fi
 detector=()
 if [ -n "${DNNLAB_CATS:-}" ] && [ -n "${DNNLAB_BACKBONE:-}" ]; then
-  det="$out/detector"
+  # Beside the study folder, not inside it: the study may replace its folder as a whole, so
+  # it refuses an input (the detector) that lives there.
+  det="$out-detector"
   [ -f "$det/index.csv" ] || dnnlab detect build "$DNNLAB_CATS/train" --out "$det"
   [ -f "$det/model.pt" ] || dnnlab detect train "$det" --backbone-weights "$DNNLAB_BACKBONE"
   dnnlab detect eval "$DNNLAB_CATS/valid" --model "$det"
