@@ -1,0 +1,88 @@
+"""scripts/main.sh, the README's main job, wired as the commands it calls accept.
+
+The job itself takes half an hour with real data, so this runs the script with a stand-in
+`dnnlab` that records each call; the real commands' checks on those calls are then applied.
+A main job that put the detector inside the study folder (which the study refuses, as it
+may replace that folder as a whole) failed only at its last step, after the detector's
+build and training."""
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from dnnlab.utils.spare_inputs import output_clash
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Records its arguments; `detect build` and `detect train` leave what main.sh looks for.
+FAKE_DNNLAB = """#!{python}
+import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open({log!r}, "a") as fh:
+    fh.write(json.dumps(args) + "\\n")
+if args[:2] == ["detect", "build"]:
+    out = Path(args[args.index("--out") + 1]); out.mkdir(parents=True, exist_ok=True)
+    (out / "index.csv").write_text("")
+if args[:2] == ["detect", "train"]:
+    (Path(args[2]) / "model.pt").write_text("")
+"""
+
+
+def fake_checkout(tmp_path) -> tuple[Path, Path]:
+    """(a copy of the repository's scripts with a ready .venv whose `dnnlab` is the
+    stand-in, the file the stand-in logs its calls to)."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for f in ("main.sh", "env.sh"):
+        shutil.copy2(ROOT / "scripts" / f, repo / "scripts" / f)
+    shutil.copy2(ROOT / "pyproject.toml", repo / "pyproject.toml")
+    venv_bin = repo / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(sys.executable)
+    stamp = hashlib.sha256((repo / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    (repo / ".venv" / ".dnnlab-stamp").write_text(stamp + "\n")  # env.sh: set up already
+    log = tmp_path / "calls.jsonl"
+    fake = venv_bin / "dnnlab"
+    fake.write_text(FAKE_DNNLAB.format(python=sys.executable, log=str(log)))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return repo, log
+
+
+def test_main_job_calls_fit_together(tmp_path):
+    repo, log = fake_checkout(tmp_path)
+    cats = tmp_path / "cats"
+    (cats / "valid").mkdir(parents=True)
+    for i in range(4):
+        (cats / "valid" / f"{i}.jpg").write_bytes(b"")
+    env = {
+        **os.environ,
+        "DNNLAB_DATA": str(tmp_path / "cifar.tar.gz"),
+        "DNNLAB_CATS": str(cats),
+        "DNNLAB_BACKBONE": str(tmp_path / "w.pth"),
+    }
+    env.pop("DNNLAB_STUDY_OUT", None)
+    res = subprocess.run(
+        ["bash", "scripts/main.sh"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c[:2] for c in calls] == [
+        ["detect", "build"],
+        ["detect", "train"],
+        ["detect", "eval"],
+        ["detect", "run"],
+        ["study", "--quick"],
+    ]
+    study = calls[-1]
+    out = repo / study[study.index("--out") + 1]
+    detector = repo / study[study.index("--detector") + 1]
+    published = repo / study[study.index("--published") + 1]
+    assert detector == repo / calls[0][calls[0].index("--out") + 1]
+    # run_study's own check before any work (the study may replace its folder as a whole).
+    assert output_clash([detector, published, env["DNNLAB_DATA"]], out, owned=True) is None
