@@ -200,6 +200,28 @@ def test_report_and_publish_need_the_study_record(tmp_path):
     assert not (out / "report.md").exists() and not (tmp_path / "pub").exists()
 
 
+def test_report_links_extra_figures_from_where_it_is(tmp_path):
+    """The detector's photos are linked relative to report.md, inside the study folder or
+    beside it (the main job keeps its detector beside the study), and embedded in the HTML."""
+    from PIL import Image
+
+    out = tmp_path / "s"
+    (out / "runs").mkdir(parents=True)
+    record = dict(models=["base"], quick=True, train_subset=60, epochs=1, n_val=20)
+    record.update(test_subset=30, max_per_split=40, measures="si")
+    (out / "study.json").write_text(json.dumps(record))
+    inside, beside = out / "det" / "a.jpg", tmp_path / "s-detector" / "photos" / "b.jpg"
+    for pic in (inside, beside):
+        pic.parent.mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(pic)
+    write_report(out, [("Cat detector (R-CNN style)", "AP50 0.9", [inside, beside])])
+    md = (out / "report.md").read_text()
+    assert "![a](det/a.jpg)" in md and "![b](../s-detector/photos/b.jpg)" in md
+    for link in ("det/a.jpg", "../s-detector/photos/b.jpg"):
+        assert (out / link).is_file()
+    assert (out / "report.html").read_text().count('<img alt="') >= 2
+
+
 def test_report_leaves_out_runs_whose_records_do_not_match(tree, tmp_path):
     out = tmp_path / "s"
     cfg = tiny(tree, ["base", "noskip"])

@@ -12,6 +12,7 @@ commit.
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 
 from dnnlab.cifar.models import VARIANTS
@@ -369,18 +370,20 @@ def _variant_figures(out: Path, models) -> tuple[list[str], list[str]]:
     return md, body
 
 
+def _relative_link(path: Path, out: Path) -> str:
+    """`path` as a Markdown link from a file in `out`."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(out).resolve())).as_posix()
+
+
 def _extra_sections(out: Path, sections) -> tuple[list[str], list[str]]:
     """The caller's (title, text, figures) sections, e.g. the detector's evaluation."""
     md: list[str] = []
     body: list[str] = []
     for title, text, pics in sections:
         md += [f"## {title}", "", text, ""]
-        md += [
-            f"![{p.stem}]({p.resolve().relative_to(out.resolve())})"
-            if p.resolve().is_relative_to(out.resolve())
-            else f"![{p.stem}]({p})"
-            for p in pics
-        ]
+        # Linked relative to the report, wherever the figures are (the main job's detector
+        # sits beside the study folder).
+        md += [f"![{p.stem}]({_relative_link(p, out)})" for p in pics]
         body += [f"<h2>{html.escape(title)}</h2>", f"<pre>{html.escape(text)}</pre>"]
         body += [img_tag(p, p.stem) for p in pics]
     return md, body
