@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 out="${DNNLAB_STUDY_OUT:-study-quick}"
+out="${out%/}"  # "study/" names the same folder; its detector is "study-detector"
 if [ -z "${DNNLAB_DATA:-}" ]; then
   echo "DNNLAB_DATA is not set: running the separability demo instead of the study." >&2
   echo "Give CIFAR-10 as DNNLAB_DATA=PATH (a cifar-10-batches-py folder, an image-folder tree or its .tar.gz)." >&2

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dnnlab.utils.spare_inputs import output_clash
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +56,8 @@ def fake_checkout(tmp_path) -> tuple[Path, Path]:
     return repo, log
 
 
-def test_main_job_calls_fit_together(tmp_path):
+@pytest.mark.parametrize("study_out", [None, "my-study/"])
+def test_main_job_calls_fit_together(tmp_path, study_out):
     repo, log = fake_checkout(tmp_path)
     cats = tmp_path / "cats"
     (cats / "valid").mkdir(parents=True)
@@ -67,6 +70,8 @@ def test_main_job_calls_fit_together(tmp_path):
         "DNNLAB_BACKBONE": str(tmp_path / "w.pth"),
     }
     env.pop("DNNLAB_STUDY_OUT", None)
+    if study_out:
+        env["DNNLAB_STUDY_OUT"] = study_out
     res = subprocess.run(
         ["bash", "scripts/main.sh"], cwd=repo, env=env, capture_output=True, text=True
     )
