@@ -43,6 +43,7 @@ class Toy:
         ({"mode": "c"}, "--mode: 'c' is not one of a, b"),
         ({"val_size": -4}, "--val: -4 is out of range"),
         ({"epochs": True}, "--epochs: True is not a number"),
+        ({"epochs": -(10**400)}, f"--epochs: {-(10**400)} is out of range"),  # no overflow
         # A bool gets a bad value only from a file or a caller: named by its key and by the
         # flag that exists.
         ({"fast": "yes"}, "fast (--fast): 'yes' is not true or false"),
@@ -76,3 +77,14 @@ def test_flags_from_fields_round_trip_and_help_shows_range():
         from_args(Toy, p.parse_args(["--lr", "nan"]))
     with pytest.raises(SystemExit):  # an empty list is refused by the parser itself
         p.parse_args(["--names", ","])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "9" * 400 + "GB"])
+def test_a_memory_size_that_is_not_finite_is_named(value):
+    """Not a ValueError or OverflowError from int(): the command line and study.json both
+    reach parse_size (`dnnlab si --max-memory 999...9GB`)."""
+    from dnnlab.errors import InputError
+    from dnnlab.utils.sizes import parse_size
+
+    with pytest.raises(InputError, match="size"):
+        parse_size(value)

@@ -192,8 +192,13 @@ def test_report_and_publish_need_the_study_record(tmp_path):
         ({**full, "recipe": ["budget"]}, "(recipe (--recipe): ['budget'] is not one of"),
         ({**full, "probe_memory": "lots"}, "(probe_memory: cannot read 'lots' as a size"),
         ({**full, "device": "gpu"}, "(device (--device): 'gpu' is not cpu, cuda or cuda:N)"),
+        # probe_memory has no flag: named by its key alone; non-finite and huge numbers are
+        # refused as the others, not with an OverflowError or a ValueError.
+        ({**full, "probe_memory": None}, "(probe_memory: a value is required)"),
+        ({**full, "probe_memory": float("nan")}, "(probe_memory: a memory size must be a"),
+        ({**full, "epochs": 10**400}, f"(epochs (--epochs): {10**400} is out of range"),
     ):
-        (out / "study.json").write_text(json.dumps(record))
+        (out / "study.json").write_text(json.dumps(record, allow_nan=True))
         for make in (lambda: write_report(out), lambda: publish(out, tmp_path / "pub")):
             with pytest.raises(StudyError, match=re.escape(what)):
                 make()

@@ -110,9 +110,10 @@ def check_value(flag: str, value, spec: Spec, kind, optional: bool) -> None:
     if kind in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{flag}: {value!r} is not a number")
-        if not math.isfinite(value):
+        # An int is checked as it is: float() of a huge one (10**400) overflows.
+        if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{flag}: {value} is not a finite number")
-        if kind is int and not float(value).is_integer():
+        if kind is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{flag}: {value} is not a whole number")
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(f"{flag}: {value!r} is not {spec.describe()}")

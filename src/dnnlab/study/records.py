@@ -66,11 +66,14 @@ def recorded_config(out: Path, record: dict | None = None) -> StudyConfig:
 
 def _keyed(message: str) -> str:
     """A setting's error as study.json holds it: '--val-size: ...' -> 'n_val (--val-size): ...'
-    (the file has keys, the command line flags)."""
+    (the file has keys, the command line flags). A setting with no flag (cli=False, e.g.
+    probe_memory) keeps its key alone."""
     for field in fields(StudyConfig):
         flag = flag_name(field)
-        if "spec" in field.metadata and message.startswith(flag + ":"):
-            return f"{field.name} ({flag}){message[len(flag) :]}"
+        spec = field.metadata.get("spec")
+        if spec is not None and message.startswith(flag + ":"):
+            named = f"{field.name} ({flag})" if spec.cli else field.name
+            return f"{named}{message[len(flag) :]}"
     return message
 
 

@@ -26,6 +26,8 @@ _UNITS = {
 
 def parse_size(value) -> int:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"a memory size must be a finite number; got {value}")
         if value <= 0:
             raise InputError(f"a memory size must be positive; got {value}")
         return int(value)
@@ -33,6 +35,8 @@ def parse_size(value) -> int:
     if not m:
         raise InputError(f"cannot read {value!r} as a size; write e.g. 2GB, 512MB or 1.5GiB")
     size = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+    if not math.isfinite(size):  # hundreds of digits read as a float
+        raise InputError(f"cannot read {value!r} as a size: too large")
     if size <= 0:
         raise InputError(f"a memory size must be positive; got {value!r}")
     return int(size)
