@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 out="${DNNLAB_STUDY_OUT:-study-quick}"
-out="${out%/}"  # "study/" names the same folder; its detector is "study-detector"
+# "study/" or "study//" names the same folder; its detector is "study-detector".
+while [[ "$out" == */ && "$out" != / ]]; do out="${out%/}"; done
 if [ -z "${DNNLAB_DATA:-}" ]; then
   echo "DNNLAB_DATA is not set: running the separability demo instead of the study." >&2
   echo "Give CIFAR-10 as DNNLAB_DATA=PATH (a cifar-10-batches-py folder, an image-folder tree or its .tar.gz)." >&2
@@ -20,13 +21,19 @@ if [ -n "${DNNLAB_CATS:-}" ] && [ -n "${DNNLAB_BACKBONE:-}" ]; then
   # Beside the study folder, not inside it: the study may replace its folder as a whole, so
   # it refuses an input (the detector) that lives there.
   det="$out-detector"
+  # The sample photos (the first three), checked before the detector's build and training.
+  # A glob, not `ls | head`: paths may hold spaces, and under pipefail a large folder's ls
+  # ends on SIGPIPE, which stopped the job without a word.
+  photos=("$DNNLAB_CATS"/valid/*.jpg)
+  if [ ! -e "${photos[0]}" ]; then
+    echo "main.sh: no .jpg photo in $DNNLAB_CATS/valid to run the detector on" >&2
+    exit 1
+  fi
   [ -f "$det/index.csv" ] || dnnlab detect build "$DNNLAB_CATS/train" --out "$det"
   [ -f "$det/model.pt" ] || dnnlab detect train "$det" --backbone-weights "$DNNLAB_BACKBONE"
   dnnlab detect eval "$DNNLAB_CATS/valid" --model "$det"
-  sample=$(ls "$DNNLAB_CATS"/valid/*.jpg | head -n 3)
   # The sample photos are redrawn from the current model on every run of the main job.
-  # shellcheck disable=SC2086
-  dnnlab detect run $sample --model "$det" --out "$det/photos" --overwrite
+  dnnlab detect run "${photos[@]:0:3}" --model "$det" --out "$det/photos" --overwrite
   detector=(--detector "$det")
 fi
 dnnlab study --quick --out "$out" --published docs/results "${detector[@]}" "$@"

@@ -56,13 +56,23 @@ def fake_checkout(tmp_path) -> tuple[Path, Path]:
     return repo, log
 
 
-@pytest.mark.parametrize("study_out", [None, "my-study/"])
-def test_main_job_calls_fit_together(tmp_path, study_out):
+@pytest.mark.parametrize(
+    "study_out, cats_name, n_photos",
+    [
+        (None, "cats", 4),
+        ("my-study/", "cats", 4),
+        ("my-study//", "cats", 4),
+        # Spaces in the cat set's path; a folder whose listing overflows a pipe (`ls | head`
+        # under pipefail ended the job on SIGPIPE after the detector's training).
+        ("my study", "my cats", 3000),
+    ],
+)
+def test_main_job_calls_fit_together(tmp_path, study_out, cats_name, n_photos):
     repo, log = fake_checkout(tmp_path)
-    cats = tmp_path / "cats"
+    cats = tmp_path / cats_name
     (cats / "valid").mkdir(parents=True)
-    for i in range(4):
-        (cats / "valid" / f"{i}.jpg").write_bytes(b"")
+    for i in range(n_photos):
+        (cats / "valid" / f"photo {i:05d}.jpg").write_bytes(b"")
     env = {
         **os.environ,
         "DNNLAB_DATA": str(tmp_path / "cifar.tar.gz"),
@@ -89,5 +99,8 @@ def test_main_job_calls_fit_together(tmp_path, study_out):
     detector = repo / study[study.index("--detector") + 1]
     published = repo / study[study.index("--published") + 1]
     assert detector == repo / calls[0][calls[0].index("--out") + 1]
+    run = calls[3]
+    photos = run[2 : run.index("--model")]
+    assert len(photos) == 3 and all(Path(p).is_file() for p in photos)
     # run_study's own check before any work (the study may replace its folder as a whole).
     assert output_clash([detector, published, env["DNNLAB_DATA"]], out, owned=True) is None
