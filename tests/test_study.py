@@ -216,12 +216,16 @@ def test_report_links_extra_figures_from_where_it_is(tmp_path):
     record.update(test_subset=30, max_per_split=40, measures="si")
     (out / "study.json").write_text(json.dumps(record))
     inside, beside = out / "det" / "a.jpg", tmp_path / "s-detector" / "photos" / "b.jpg"
+    odd = tmp_path / "s-detector" / "photos" / "cat (1).jpg"  # a link ends at ' ' or ')'
+    odd.parent.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(odd)
     for pic in (inside, beside):
-        pic.parent.mkdir(parents=True)
+        pic.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (4, 4)).save(pic)
-    write_report(out, [("Cat detector (R-CNN style)", "AP50 0.9", [inside, beside])])
+    write_report(out, [("Cat detector (R-CNN style)", "AP50 0.9", [inside, beside, odd])])
     md = (out / "report.md").read_text()
     assert "![a](det/a.jpg)" in md and "![b](../s-detector/photos/b.jpg)" in md
+    assert "(../s-detector/photos/cat%20%281%29.jpg)" in md
     for link in ("det/a.jpg", "../s-detector/photos/b.jpg"):
         assert (out / link).is_file()
     assert (out / "report.html").read_text().count('<img alt="') >= 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import os
+import urllib.parse
 from pathlib import Path
 
 from dnnlab.cifar.models import VARIANTS
@@ -371,8 +372,10 @@ def _variant_figures(out: Path, models) -> tuple[list[str], list[str]]:
 
 
 def _relative_link(path: Path, out: Path) -> str:
-    """`path` as a Markdown link from a file in `out`."""
-    return Path(os.path.relpath(Path(path).resolve(), Path(out).resolve())).as_posix()
+    """`path` as a Markdown link from a file in `out`, percent-encoded: a Markdown link ends
+    at a space or a ')' ('my study-detector/cat (1).jpg')."""
+    rel = Path(os.path.relpath(Path(path).resolve(), Path(out).resolve())).as_posix()
+    return urllib.parse.quote(rel)
 
 
 def _extra_sections(out: Path, sections) -> tuple[list[str], list[str]]:
