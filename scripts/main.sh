@@ -5,6 +5,9 @@
 #   weights) as well: the cat detector is built, trained, evaluated and run on a sample
 #   photo, and joins the report;
 # - with neither: the separability demo on scikit-learn's bundled digits.
+# The study goes to DNNLAB_STUDY_OUT (default study-quick) and the detector beside it, in
+# "$DNNLAB_STUDY_OUT-detector". Relative paths are read from the repository root, where
+# this script runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -14,7 +17,13 @@ while [[ "$out" == */ && "$out" != / ]]; do out="${out%/}"; done
 if [ -z "${DNNLAB_DATA:-}" ]; then
   echo "DNNLAB_DATA is not set: running the separability demo instead of the study." >&2
   echo "Give CIFAR-10 as DNNLAB_DATA=PATH (a cifar-10-batches-py folder, an image-folder tree or its .tar.gz)." >&2
+  [ -z "${DNNLAB_CATS:-}" ] || echo "DNNLAB_CATS is set but ignored without DNNLAB_DATA." >&2
   exec dnnlab si --demo digits "$@"
+fi
+if [ -n "${DNNLAB_CATS:-}" ] && [ -z "${DNNLAB_BACKBONE:-}" ]; then
+  echo "DNNLAB_CATS is set but DNNLAB_BACKBONE is not: no detector in this run." >&2
+elif [ -z "${DNNLAB_CATS:-}" ] && [ -n "${DNNLAB_BACKBONE:-}" ]; then
+  echo "DNNLAB_BACKBONE is set but DNNLAB_CATS is not: no detector in this run." >&2
 fi
 detector=()
 if [ -n "${DNNLAB_CATS:-}" ] && [ -n "${DNNLAB_BACKBONE:-}" ]; then
@@ -29,11 +38,11 @@ if [ -n "${DNNLAB_CATS:-}" ] && [ -n "${DNNLAB_BACKBONE:-}" ]; then
     echo "main.sh: no .jpg photo in $DNNLAB_CATS/valid to run the detector on" >&2
     exit 1
   fi
-  [ -f "$det/index.csv" ] || dnnlab detect build "$DNNLAB_CATS/train" --out "$det"
+  [ -f "$det/index.csv" ] || dnnlab detect build "$DNNLAB_CATS/train" --out="$det"
   [ -f "$det/model.pt" ] || dnnlab detect train "$det" --backbone-weights "$DNNLAB_BACKBONE"
-  dnnlab detect eval "$DNNLAB_CATS/valid" --model "$det"
+  dnnlab detect eval "$DNNLAB_CATS/valid" --model="$det"
   # The sample photos are redrawn from the current model on every run of the main job.
-  dnnlab detect run "${photos[@]:0:3}" --model "$det" --out "$det/photos" --overwrite
-  detector=(--detector "$det")
+  dnnlab detect run "${photos[@]:0:3}" --model="$det" --out="$det/photos" --overwrite
+  detector=(--detector="$det")
 fi
-dnnlab study --quick --out "$out" --published docs/results "${detector[@]}" "$@"
+dnnlab study --quick --out="$out" --published docs/results "${detector[@]}" "$@"

@@ -29,11 +29,23 @@ args = sys.argv[1:]
 with open({log!r}, "a") as fh:
     fh.write(json.dumps(args) + "\\n")
 if args[:2] == ["detect", "build"]:
-    out = Path(args[args.index("--out") + 1]); out.mkdir(parents=True, exist_ok=True)
+    out = Path(next(a for a in args if a.startswith("--out=")).removeprefix("--out="))
+    out.mkdir(parents=True, exist_ok=True)
     (out / "index.csv").write_text("")
 if args[:2] == ["detect", "train"]:
     (Path(args[2]) / "model.pt").write_text("")
 """
+
+
+def flag(args: list[str], name: str) -> str:
+    """The value of `name` in a recorded call, given as `--name=VALUE` (so that a value
+    starting with '-' is not read as a flag) or `--name VALUE`."""
+    for i, a in enumerate(args):
+        if a.startswith(name + "="):
+            return a[len(name) + 1 :]
+        if a == name:
+            return args[i + 1]
+    raise AssertionError(f"{name} not in {args}")
 
 
 def fake_checkout(tmp_path) -> tuple[Path, Path]:
@@ -65,6 +77,7 @@ def fake_checkout(tmp_path) -> tuple[Path, Path]:
         # Spaces in the cat set's path; a folder whose listing overflows a pipe (`ls | head`
         # under pipefail ended the job on SIGPIPE after the detector's training).
         ("my study", "my cats", 3000),
+        ("-study", "cats", 4),  # a name argparse would read as a flag after a space
     ],
 )
 def test_main_job_calls_fit_together(tmp_path, study_out, cats_name, n_photos):
@@ -95,12 +108,12 @@ def test_main_job_calls_fit_together(tmp_path, study_out, cats_name, n_photos):
         ["study", "--quick"],
     ]
     study = calls[-1]
-    out = repo / study[study.index("--out") + 1]
-    detector = repo / study[study.index("--detector") + 1]
-    published = repo / study[study.index("--published") + 1]
-    assert detector == repo / calls[0][calls[0].index("--out") + 1]
+    out, detector = repo / flag(study, "--out"), repo / flag(study, "--detector")
+    published = repo / flag(study, "--published")
+    assert detector == repo / flag(calls[0], "--out")
+    assert f"--out={flag(study, '--out')}" in study  # one word: "-study" is no flag
     run = calls[3]
-    photos = run[2 : run.index("--model")]
+    photos = [a for a in run[2:] if not a.startswith("--")]
     assert len(photos) == 3 and all(Path(p).is_file() for p in photos)
     # run_study's own check before any work (the study may replace its folder as a whole).
     assert output_clash([detector, published, env["DNNLAB_DATA"]], out, owned=True) is None
