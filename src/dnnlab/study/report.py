@@ -25,7 +25,7 @@ from dnnlab.study.records import (
     FEATURE_LAYER,
     diverged_runs,
     load_run,
-    read_record,
+    read_study,
     recorded_budget,
     recorded_config,
     sort_runs,
@@ -135,13 +135,14 @@ def write_report(
 
     Each section below gives (Markdown lines, HTML parts) from the same content."""
     out = Path(out)
-    cfg = recorded_config(out)
+    study = read_study(out)
+    cfg = recorded_config(out, study)  # its settings, checked
     (out / "figures").mkdir(exist_ok=True)
     # The published studies come first: they are the real results, this run may be a check.
     sections = [] if published is None else [published_section(published)]
     kept, skipped = sort_runs(out, cfg)
     sections += [
-        _header(out, cfg, recorded_budget(out, kept), skipped),
+        _header(study, cfg, recorded_budget(out, kept), skipped),
         _course_section(out, kept, cfg.models, cfg.quick),
         _diverged_section(out, cfg.models, cfg.recipe),
         _comparisons(out, kept),
@@ -160,10 +161,9 @@ def write_report(
     return out / "report.html"
 
 
-def _header(out: Path, cfg, budget: str, skipped) -> tuple[list[str], list[str]]:
+def _header(study: dict, cfg, budget: str, skipped) -> tuple[list[str], list[str]]:
     """Title, the budget the runs recorded, recipe and device; variants left out, and why."""
     label = study_label(cfg)
-    study = read_record(out / "study.json") or {}
     where = f"Recipe: {cfg.recipe}. Device: {study.get('device_name') or cfg.device}."
     md = [
         f"# dnnlab CIFAR-10 architecture study: {label}",
