@@ -4,8 +4,9 @@ import os
 import time
 
 import pytest
+import torch
 
-from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
+from dnnlab.utils.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 
 
 @pytest.fixture
@@ -40,3 +41,16 @@ def test_stale_temporaries_of_ours_are_removed(tmp_path):
     atomic_write_text(tmp_path / "out.txt", "done")
     left = {p.name for p in tmp_path.iterdir()}
     assert left == {"out.txt", live_young.name, young_pidless.name, foreign.name}
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    target = tmp_path / "last.pt"
+    atomic_torch_save({"epoch": 1}, target)
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        atomic_torch_save({"epoch": 2, "bad": Unsaveable()}, target)
+    assert torch.load(target, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -14,7 +14,10 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -79,7 +82,10 @@ def remove_stale_temporaries(folder) -> list[Path]:
 _cleaned: set[str] = set()  # folders this process has already swept (once is enough)
 
 
-def _atomic(path, write, mode: str):
+@contextmanager
+def atomic_file(path, mode: str = "w") -> Iterator[IO]:
+    """An open temporary beside `path` (mode "w" or "wb"): what the block writes replaces
+    `path` when the block ends, synced; an exception leaves `path` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = os.path.realpath(path.parent)
@@ -92,7 +98,7 @@ def _atomic(path, write, mode: str):
     try:
         os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600
         with os.fdopen(fd, mode) as fh:
-            write(fh)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -102,7 +108,8 @@ def _atomic(path, write, mode: str):
 
 
 def atomic_write_text(path, text: str) -> None:
-    _atomic(path, lambda fh: fh.write(text), "w")
+    with atomic_file(path, "w") as fh:
+        fh.write(text)
 
 
 def atomic_write_json(path, obj) -> None:
@@ -110,9 +117,11 @@ def atomic_write_json(path, obj) -> None:
 
 
 def atomic_torch_save(obj, path) -> None:
-    _atomic(path, lambda fh: torch.save(obj, fh), "wb")
+    with atomic_file(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def atomic_savefig(fig, path, **kw) -> None:
     suffix = Path(path).suffix.lstrip(".") or "png"
-    _atomic(path, lambda fh: fig.savefig(fh, format=suffix, **kw), "wb")
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, format=suffix, **kw)
