@@ -11,11 +11,12 @@ import dnnlab.cifar.train as T
 from dnnlab.cifar.data import load_cifar10
 from dnnlab.cifar.models import build_model
 from dnnlab.cifar.plan import make_split
-from dnnlab.cifar.recipe import val_generator
+from dnnlab.cifar.recipe import RECIPES, SETTINGS, softmax_head, val_generator
 from dnnlab.cifar.rundir import data_record
 from dnnlab.cli import main
 from dnnlab.errors import ConfigError
 from dnnlab.probe.trained_run import run_splits
+from dnnlab.settings import validate
 from tests.fakes import cli, tiny_train_config
 
 
@@ -31,9 +32,27 @@ def test_recipe_names_and_refusals():
     with pytest.raises(ConfigError, match="--softmax-head: the course's wide network"):
         T.TrainConfig(model="wide", softmax_head=True)
     # The course recipe's softmax head: every network but wide.
-    assert T.TrainConfig(recipe="course").uses_softmax_head
-    assert not T.TrainConfig(model="wide", recipe="course").uses_softmax_head
-    assert not T.TrainConfig(recipe="corrected").uses_softmax_head
+    assert head(recipe="course")
+    assert not head(model="wide", recipe="course")
+    assert not head(recipe="corrected")
+    assert head(recipe="corrected", softmax_head=True)
+
+
+def head(**settings) -> bool:
+    """Whether the network of a run with these settings ends in a Softmax."""
+    c = T.TrainConfig(**settings)
+    return softmax_head(c.recipe, c.model, c.softmax_head)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_value_is_a_valid_setting(recipe, monkeypatch):
+    # TrainConfig checks the values it is given; those its recipe fills in are checked here.
+    c = T.TrainConfig(recipe=recipe)
+    assert {k: getattr(c, k) for k in SETTINGS[recipe]} == SETTINGS[recipe]
+    validate(c)
+    monkeypatch.setitem(SETTINGS[recipe], "epochs", 0)  # a recipe table with a bad value
+    with pytest.raises(ConfigError, match="--epochs: 0"):
+        validate(T.TrainConfig(recipe=recipe))
 
 
 def test_course_run_records_recipe_softmax_and_tests_last_weights(tree, tmp_path, monkeypatch):

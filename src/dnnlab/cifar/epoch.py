@@ -173,7 +173,7 @@ class Training:
     sched: torch.optim.lr_scheduler.LRScheduler
     gen: torch.Generator
     precision: str  # "bf16" or "fp32": what training and evaluation compute in
-    softmax_head: bool  # whether the model ends in a Softmax (TrainConfig.uses_softmax_head)
+    softmax_head: bool  # whether the model ends in a Softmax (recipe.softmax_head)
     start: int = 0  # epochs completed
     best_acc: float = -1.0
     best_epoch: int = 0
@@ -185,7 +185,7 @@ def start_training(cfg: TrainConfig, out: Path, dev, ck: dict | None, n_train: i
     the RNG states and best.pt's weights."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    head = cfg.uses_softmax_head
+    head = R.softmax_head(cfg.recipe, cfg.model, cfg.softmax_head)
     model = build_model(cfg.model, softmax_head=head).to(dev)
     model = model.to(memory_format=torch.channels_last)
     opt, sched = make_optimizer(model, cfg, steps_per_epoch(n_train, cfg.batch_size))
@@ -332,8 +332,9 @@ def track_best(st: Training, keep_last: bool, row: dict) -> bool:
     return keep
 
 
-def save_epoch(st: Training, cfg, out: Path, rows: list[dict], keep: bool, old: Path | None):
-    """best.pt (if `keep`), metrics and last.pt; then the replaced run `old` is deleted."""
+def end_epoch(st: Training, cfg, out: Path, rows: list[dict], keep: bool, old: Path | None):
+    """Save the epoch (best.pt if `keep`, metrics, then last.pt), delete the replaced run
+    `old`, and print the epoch's line."""
     ck = {
         "model": st.model.state_dict(),
         "optimizer": st.opt.state_dict(),
@@ -352,9 +353,7 @@ def save_epoch(st: Training, cfg, out: Path, rows: list[dict], keep: bool, old: 
     atomic_torch_save(ck, out / "last.pt")  # last: only now is the epoch complete
     if old is not None and old.exists():
         shutil.rmtree(old)  # the new run has its first checkpoint
-
-
-def print_epoch(cfg: TrainConfig, row: dict) -> None:
+    row = rows[-1]
     print(
         f"[{cfg.model}] epoch {row['epoch']:>3}/{cfg.epochs}  lr {row['lr']:.4g}  "
         f"train {row['train_loss']:.4f}/{row['train_acc']:.4f}  "
@@ -364,17 +363,20 @@ def print_epoch(cfg: TrainConfig, row: dict) -> None:
     )
 
 
-def run_summary(st: Training, cfg: TrainConfig, split, dev, rows: list[dict], data) -> dict:
-    """Test the weights in `st.model` and describe the run (summary.json's content)."""
+def finish_run(st: Training, cfg: TrainConfig, out: Path, split, dev, rows: list[dict], data, rank):
+    """Test the kept weights (best.pt's) and return the run's summary; rank 0 writes
+    curves.png and summary.json (last: it marks the run finished) and says what it tested."""
+    st.model.load_state_dict(st.best_state)
     test_loss, test_acc = evaluate(
         st.model, *split["test"], dev, cfg.eval_batch_size, precision=st.precision
     )
-    return {
+    last = R.tests_last_weights(cfg.recipe)
+    summary = {
         "model": cfg.model,
         "recipe": cfg.recipe,
         "best_val_acc": st.best_acc,
         "best_epoch": st.best_epoch,
-        "weights_epoch": cfg.epochs if R.tests_last_weights(cfg.recipe) else st.best_epoch,
+        "weights_epoch": cfg.epochs if last else st.best_epoch,
         "test_acc": test_acc,
         "test_loss": test_loss,
         "params": count_params(st.model),
@@ -387,19 +389,14 @@ def run_summary(st: Training, cfg: TrainConfig, split, dev, rows: list[dict], da
         "seconds": sum(r["seconds"] for r in rows),
         "data_identity": data.identity,
     }
-
-
-def finish_run(cfg: TrainConfig, out: Path, rows: list[dict], summary: dict) -> None:
-    """curves.png and summary.json (written last: it marks the run finished)."""
+    if rank != 0:
+        return summary
     plot_train_curves(rows, out / "curves.png", cfg.model)
     atomic_write_json(out / "summary.json", summary)
-    which = (
-        "the last epoch's weights (course recipe)"
-        if R.tests_last_weights(cfg.recipe)
-        else "the best weights"
-    )
+    which = "the last epoch's weights (course recipe)" if last else "the best weights"
     print(
         f"[{cfg.model}] best val {summary['best_val_acc']:.4f} (epoch {summary['best_epoch']}); "
         f"test {summary['test_acc']:.4f} with {which}",
         flush=True,
     )
+    return summary

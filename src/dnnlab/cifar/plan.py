@@ -141,13 +141,11 @@ def test_positions(data, test_subset: int | None, seed: int) -> torch.Tensor:
     return stratified_subset(data.test_y, test_subset, seed)
 
 
-def data_positions(cfg: TrainConfig, out: Path, resumed: bool, data):
-    """(train, val, test) positions: a resumed run's data identity and split.json are
-    checked against `data`; a new run draws its split."""
+def train_val_positions(out: Path, resumed: bool, data, n_val: int, train_subset, seed: int):
+    """(train, val) positions: a resumed run's data identity and split.json are checked
+    against `data`; a new run draws its split (make_split)."""
     if resumed:
         check_run_data(out, data)
     if resumed and (out / "split.json").exists():
-        tr_idx, val_idx = read_split(out, data.train_y.numel())
-    else:
-        tr_idx, val_idx = make_split(data, cfg.n_val, cfg.train_subset, cfg.seed)
-    return tr_idx, val_idx, test_positions(data, cfg.test_subset, cfg.seed)
+        return read_split(out, data.train_y.numel())
+    return make_split(data, n_val, train_subset, seed)

@@ -21,16 +21,14 @@ from dnnlab.cifar import recipe as R
 from dnnlab.cifar.config import TrainConfig
 from dnnlab.cifar.data import default_root, load_cifar10
 from dnnlab.cifar.epoch import (
+    end_epoch,
     finish_run,
-    print_epoch,
     run_epoch,
-    run_summary,
-    save_epoch,
     start_training,
     track_best,
     wrap_model,
 )
-from dnnlab.cifar.plan import data_positions, plan_run
+from dnnlab.cifar.plan import plan_run, test_positions, train_val_positions
 from dnnlab.cifar.rundir import (
     RunError,
     check_run_data,
@@ -83,57 +81,58 @@ def train(
     check_outputs_spare_inputs([cfg.data_root or default_root()], out, owned=True)
     rank, world = init_distributed(cfg.device)
     with job_lock(out, rank, world):
-        return _train_locked(cfg, out, resume, overwrite, progress, rank, world)
+        dev = _rank_device(cfg.device, out, rank, world)
+        plan = plan_run(cfg, out, resume, overwrite, dev)
+        if isinstance(plan, dict):
+            return plan  # finished, nothing asked beyond it
+        data = load_cifar10(cfg.data_root)
+        resumed = plan.saved is not None
+        idx = train_val_positions(out, resumed, data, cfg.n_val, cfg.train_subset, cfg.seed)
+        te = test_positions(data, cfg.test_subset, cfg.seed)
+        rows = resumed_rows(out, plan.resume_from)
+        precision, why = training_precision(cfg.bf16, dev)
+        if rank == 0:
+            print(f"[{cfg.model}] training in {precision}: {why}", flush=True)
+
+        # Every input is good: only now change the run directory.
+        old = out.with_name(f".{out.name}.{os.getpid()}.old")
+        with put_back_on_failure(old, out, rank == 0 and plan.replace):
+            if rank == 0:
+                split_idx = {"train": idx[0], "val": idx[1]}
+                prepare_run_dir(cfg, out, plan, data, split_idx, old, (precision, why))
+            if world > 1:
+                torch.distributed.barrier()
+            split = _split_on(dev, data, *idx, te)
+            n_train = split["train"][1].numel()
+            st = start_training(cfg, out, dev, plan.resume_from, n_train, precision)
+            net = wrap_model(st.model, cfg.compile, dev, world)
+            keep_last = R.tests_last_weights(cfg.recipe)
+            for epoch in range(st.start, cfg.epochs):
+                row = run_epoch(st, net, cfg, split, dev, epoch, rank, world, progress, out)
+                rows.append(row)
+                keep = track_best(st, keep_last, row)
+                if rank == 0:
+                    end_epoch(st, cfg, out, rows, keep, old if plan.replace else None)
+        return finish_run(st, cfg, out, split, dev, rows, data, rank)
 
 
-def _train_locked(
-    cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, progress: bool, rank, world
-) -> dict:
-    """train() once the run directory's lock is held."""
-    dev = check_device(cfg.device)
+def _rank_device(device: str, out: Path, rank: int, world: int) -> torch.device:
+    """This process's device (under torchrun, its own card); rank 0 first puts back a run
+    that an interrupted replacement set aside, and the others wait for it."""
+    dev = check_device(device)
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", torch.cuda.current_device())
     if rank == 0:
         recover_replaced(out)
     if world > 1:
         torch.distributed.barrier()
-    plan = plan_run(cfg, out, resume, overwrite, dev)
-    if isinstance(plan, dict):
-        return plan  # finished, nothing asked beyond it
-    data = load_cifar10(cfg.data_root)
-    tr_idx, val_idx, te = data_positions(cfg, out, plan.saved is not None, data)
-    rows = resumed_rows(out, plan.resume_from)
-    precision, why = training_precision(cfg.bf16, dev)
-    if rank == 0:
-        print(f"[{cfg.model}] training in {precision}: {why}", flush=True)
+    return dev
 
-    # Every input is good: only now change the run directory.
-    old = out.with_name(f".{out.name}.{os.getpid()}.old")
-    with put_back_on_failure(old, out, rank == 0 and plan.replace):
-        if rank == 0:
-            idx = {"train": tr_idx, "val": val_idx}
-            prepare_run_dir(cfg, out, plan, data, idx, old, (precision, why))
-        if world > 1:
-            torch.distributed.barrier()
-        split = {
-            "train": (data.train_x[tr_idx].to(dev), data.train_y[tr_idx].to(dev)),
-            "val": (data.train_x[val_idx].to(dev), data.train_y[val_idx].to(dev)),
-            "test": (data.test_x[te].to(dev), data.test_y[te].to(dev)),
-        }
-        n_train = split["train"][1].numel()
-        st = start_training(cfg, out, dev, plan.resume_from, n_train, precision)
-        net = wrap_model(st.model, cfg.compile, dev, world)
-        keep_last = R.tests_last_weights(cfg.recipe)
-        for epoch in range(st.start, cfg.epochs):
-            row = run_epoch(st, net, cfg, split, dev, epoch, rank, world, progress, out)
-            rows.append(row)
-            keep = track_best(st, keep_last, row)
-            if rank == 0:
-                save_epoch(st, cfg, out, rows, keep, old if plan.replace else None)
-                print_epoch(cfg, row)
 
-    st.model.load_state_dict(st.best_state)
-    summary = run_summary(st, cfg, split, dev, rows, data)
-    if rank == 0:
-        finish_run(cfg, out, rows, summary)
-    return summary
+def _split_on(dev, data, tr_idx, val_idx, te) -> dict:
+    """{split: (uint8 images, labels)} of the run's positions, on `dev`."""
+    return {
+        "train": (data.train_x[tr_idx].to(dev), data.train_y[tr_idx].to(dev)),
+        "val": (data.train_x[val_idx].to(dev), data.train_y[val_idx].to(dev)),
+        "test": (data.test_x[te].to(dev), data.test_y[te].to(dev)),
+    }

@@ -15,6 +15,7 @@ import torch
 from dnnlab.cifar.augment import AUGMENTERS
 from dnnlab.cifar.epoch import autocast
 from dnnlab.cifar.models import build_model
+from dnnlab.cifar.recipe import softmax_head
 from dnnlab.utils.precision import training_precision
 
 TIMED_STEPS = 2  # after one warm-up step
@@ -68,7 +69,8 @@ def print_plan(runs: dict, jobs: int, out, data, log=print) -> dict:
     expect = {}
     for m in todo:
         torch.manual_seed(0)
-        model = build_model(m, softmax_head=runs[m].uses_softmax_head)
+        run = runs[m]
+        model = build_model(m, softmax_head=softmax_head(run.recipe, m, run.softmax_head))
         expect[m] = steps * step_seconds(model, first.augmentation, precision, x, y)
     total = sum(expect.values())
     busy = min(jobs, max(1, len(todo)))  # workers with a variant to train

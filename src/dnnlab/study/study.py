@@ -298,11 +298,11 @@ def _run_study_locked(
     record["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     stages = {"variants": stage_seconds(out, cfg.models), "cka": round(t_report - t_cka, 1)}
     record["stage_seconds"] = stages
-    atomic_write_json(out / "study.json", record)
-    extra = [detector_section(det)] if det else []
-    report = write_report(out, extra, published=pub)
-    stages["report"] = round(time.perf_counter() - t_report, 1)
-    atomic_write_json(out / "study.json", record)
+    try:  # the report reads the settings study.json got at the start; its times come after
+        report = write_report(out, [detector_section(det)] if det else [], published=pub)
+    finally:  # kept even when the report fails: a resumed study adds to them
+        stages["report"] = round(time.perf_counter() - t_report, 1)
+        atomic_write_json(out / "study.json", record)
     log(f"study done in {wall:.0f} s; report: {report}")
     if failures:
         raise StudyError(
