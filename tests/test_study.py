@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+import dnnlab.study.study as S
 from dnnlab.cifar.train import RunError, TrainConfig, train
 from dnnlab.cli import main
 from dnnlab.errors import ConfigError
@@ -84,6 +85,23 @@ def test_study_trains_probes_reports_and_resumes(tree, tmp_path):
     with pytest.raises(RuntimeError, match="other settings"):
         run_study(replace(cfg, epochs=2), out, log=lambda *_: None)
     check_in_chromium(out / "report.html", tmp_path)
+
+
+def test_a_failed_report_keeps_the_study_times(tree, tmp_path, monkeypatch):
+    def broken_report(*_, **__):
+        raise OSError("disk full")
+
+    out = tmp_path / "study"
+    monkeypatch.setattr(S, "write_report", broken_report)
+    with pytest.raises(OSError, match="disk full"):
+        run_study(tiny(tree, ["base"]), out, log=quiet)
+    rec = json.loads((out / "study.json").read_text())
+    assert rec["wall_seconds"] > 0 and set(rec["stage_seconds"]) == {"variants", "cka", "report"}
+    assert rec["stage_seconds"]["variants"]["base"]["train"] > 0
+    monkeypatch.undo()
+    run_study(tiny(tree, ["base"]), out, log=quiet)  # resumed: the times add up
+    assert json.loads((out / "study.json").read_text())["wall_seconds"] > rec["wall_seconds"]
+    assert (out / "report.html").exists()
 
 
 def chromium():
@@ -387,8 +405,6 @@ def test_full_study_gpu_script_logic_on_the_cpu(tmp_path):
 
 
 def test_quick_fills_only_the_budget_flags_not_given(monkeypatch, tmp_path):
-    import dnnlab.study.study as S
-
     seen = {}
     monkeypatch.setattr(S, "run_study", lambda cfg, out, **kw: seen.update(cfg=cfg, **kw))
     out = str(tmp_path / "s")
