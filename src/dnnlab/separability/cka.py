@@ -35,7 +35,7 @@ import torch
 from dnnlab.errors import BudgetError, InputError
 from dnnlab.separability.inputs import as_feature_tensor, check_finite
 from dnnlab.utils.chunks import chunk_rows
-from dnnlab.utils.sizes import parse_size
+from dnnlab.utils.sizes import MEASURE_MEMORY, parse_size
 
 PANEL_ELEMS = 1 << 23  # float64 elements of one column panel (64 MiB)
 CKA_LEAST = 4  # the fewest samples the unbiased estimator is defined on
@@ -107,12 +107,13 @@ BLOCKS_SHARE = 4
 class CkaMatrix:
     """Add layers one at a time (same samples, same order); `result()` gives every pair.
 
-    max_memory bounds the Grams kept in memory (1/GRAMS_SHARE of it) and the row blocks of
-    the final pass (1/BLOCKS_SHARE); Grams beyond that go to memory-mapped files in
-    spill_dir (default: a temporary directory, removed by close()).
+    max_memory (default: the measures' budget, MEASURE_MEMORY) bounds the Grams kept in
+    memory (1/GRAMS_SHARE of it) and the row blocks of the final pass (1/BLOCKS_SHARE);
+    Grams beyond that go to memory-mapped files in spill_dir (default: a temporary
+    directory, removed by close()).
     """
 
-    def __init__(self, max_memory="4GB", spill_dir=None, compute_dtype=torch.float64):
+    def __init__(self, max_memory=MEASURE_MEMORY, spill_dir=None, compute_dtype=torch.float64):
         self.budget = parse_size(max_memory)
         self.compute_dtype = compute_dtype
         self.names: list[str] = []

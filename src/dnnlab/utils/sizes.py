@@ -7,8 +7,8 @@ import re
 
 from dnnlab.errors import InputError
 
-# The measures' default memory budget (dnnlab si --max-memory, separability(), fit_linear):
-# declared here, where the command line can read it without importing torch.
+# The measures' default memory budget (dnnlab si --max-memory, separability(), fit_linear,
+# CkaMatrix), declared here, where the command line can read it without importing torch.
 MEASURE_MEMORY = "2GB"
 
 _UNITS = {
