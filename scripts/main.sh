@@ -10,10 +10,22 @@
 # this script runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/env.sh
 out="${DNNLAB_STUDY_OUT:-study-quick}"
-# "study/" or "study//" names the same folder; its detector is "study-detector".
-while [[ "$out" == */ && "$out" != / ]]; do out="${out%/}"; done
+# "study/", "study//" and "study/." name the same folder; its detector is "study-detector".
+while [[ "$out" == */ || "$out" == */. ]] && [[ "$out" != / ]]; do
+  out="${out%/}"
+  out="${out%/.}"
+done
+# A folder named only by "/", "." or ".." has no name to put the detector beside.
+case "$out" in
+  "" | / | . | .. | */..)
+    if [ -n "${DNNLAB_DATA:-}" ]; then
+      echo "main.sh: DNNLAB_STUDY_OUT=${DNNLAB_STUDY_OUT}: name the study's own folder, e.g. my-study (its detector goes beside it, in my-study-detector)" >&2
+      exit 2
+    fi
+    ;;
+esac
+source scripts/env.sh
 if [ -z "${DNNLAB_DATA:-}" ]; then
   echo "DNNLAB_DATA is not set: running the separability demo instead of the study." >&2
   echo "Give CIFAR-10 as DNNLAB_DATA=PATH (a cifar-10-batches-py folder, an image-folder tree or its .tar.gz)." >&2

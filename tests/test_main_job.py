@@ -74,6 +74,7 @@ def fake_checkout(tmp_path) -> tuple[Path, Path]:
         (None, "cats", 4),
         ("my-study/", "cats", 4),
         ("my-study//", "cats", 4),
+        ("my-study/./", "cats", 4),  # the same folder: its detector beside it, not inside
         # Spaces in the cat set's path; a folder whose listing overflows a pipe (`ls | head`
         # under pipefail ended the job on SIGPIPE after the detector's training).
         ("my study", "my cats", 3000),
@@ -117,3 +118,19 @@ def test_main_job_calls_fit_together(tmp_path, study_out, cats_name, n_photos):
     assert len(photos) == 3 and all(Path(p).is_file() for p in photos)
     # run_study's own check before any work (the study may replace its folder as a whole).
     assert output_clash([detector, published, env["DNNLAB_DATA"]], out, owned=True) is None
+
+
+@pytest.mark.parametrize("study_out", ["/", ".", "./", "..", "my-study/..", "/."])
+def test_main_job_refuses_a_study_folder_without_a_name(tmp_path, study_out):
+    repo, log = fake_checkout(tmp_path)
+    env = {
+        **os.environ,
+        "DNNLAB_DATA": str(tmp_path / "cifar.tar.gz"),
+        "DNNLAB_STUDY_OUT": study_out,
+    }
+    res = subprocess.run(
+        ["bash", "scripts/main.sh"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 2
+    assert f"DNNLAB_STUDY_OUT={study_out}: name the study's own folder" in res.stderr
+    assert not log.exists()  # refused before any command ran
