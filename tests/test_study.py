@@ -457,3 +457,20 @@ def test_report_has_the_measures_beyond_si_and_base_bn_cka(tree, tmp_path):
     # Wide network compares wide with base and bn: without wide there is nothing to show.
     assert "## Normalization" in md and "## Wide network" not in md
     assert (out / "figures" / "compare_normalization.png").stat().st_size > 10_000
+
+
+def test_a_cut_off_study_keeps_the_earlier_commands_times(tree, tmp_path, monkeypatch):
+    def cut_off(*_, **__):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "study"
+    run_study(tiny(tree, ["base"]), out, log=quiet)
+    done = json.loads((out / "study.json").read_text())
+    monkeypatch.setattr(S, "run_variant", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(tiny(tree, ["base"]), out, log=quiet)
+    cut = json.loads((out / "study.json").read_text())
+    assert cut["wall_seconds"] == done["wall_seconds"]  # not None: the first command's time
+    monkeypatch.undo()
+    run_study(tiny(tree, ["base"]), out, log=quiet)  # resumed
+    assert json.loads((out / "study.json").read_text())["wall_seconds"] > done["wall_seconds"]

@@ -276,7 +276,7 @@ def _run_study_locked(
         "data_identity": data_id,
         "fingerprint": fp,
         "device_name": device_name(cfg.device),
-        "wall_seconds": None,
+        "wall_seconds": prev.get("wall_seconds"),  # the earlier commands', if this is cut off
         "commits": code_commits(prev),
     }
     atomic_write_json(out / "study.json", record)
