@@ -15,7 +15,7 @@ from dnnlab.cifar.recipe import RECIPES, SETTINGS, softmax_head, val_generator
 from dnnlab.cifar.rundir import data_record
 from dnnlab.cli import main
 from dnnlab.errors import ConfigError
-from dnnlab.probe.trained_run import run_splits
+from dnnlab.probe.trained_run import list_run, run_splits
 from dnnlab.settings import validate
 from tests.fakes import cli, tiny_train_config
 
@@ -78,6 +78,9 @@ def test_course_run_records_recipe_softmax_and_tests_last_weights(tree, tmp_path
     assert [g is not None for g in seen_gens] == [True, True, True, False]
     model, _ = T.load_model_checkpoint(run / "best.pt", "base")
     assert torch.allclose(model(torch.randn(2, 3, 32, 32)).sum(1), torch.ones(2))
+    # `--layers list` shows the layers of the model the run trained, its Softmax included.
+    names = [layer.name for layer in list_run(run)]
+    assert names[-1] == "softmax" and set(names) <= {n for n, _ in model.named_modules()}
 
     seen_gens.clear()
     s2 = T.train(cfg(tree), tmp_path / "corrected", progress=False)

@@ -9,7 +9,7 @@ import torch
 from dnnlab.cifar.augment import to_input
 from dnnlab.cifar.data import load_cifar10, stratified_subset
 from dnnlab.cifar.models import build_model
-from dnnlab.cifar.recipe import train20_pool
+from dnnlab.cifar.recipe import softmax_head, train20_pool
 from dnnlab.cifar.train import (
     RunError,
     TrainConfig,
@@ -83,5 +83,6 @@ def list_run(run) -> list:
     if not (run / "config.json").exists():
         raise RunError(f"{run}: no config.json; is this a `dnnlab train` run directory?")
     cfg = read_run_config(run)
-    model = build_model(cfg.model, softmax_head=cfg.softmax_head).eval()
+    head = softmax_head(cfg.recipe, cfg.model, cfg.softmax_head)  # as the run trained it
+    model = build_model(cfg.model, softmax_head=head).eval()
     return trace(model, torch.zeros(2, 3, 32, 32), [], None).all_layers
