@@ -1,12 +1,19 @@
 """Atomic writes: the user's umask, and leftovers of killed writers cleaned up."""
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
-from dnnlab.utils.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
+from dnnlab.utils.atomic import (
+    atomic_file,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 
 @pytest.fixture
@@ -54,3 +61,22 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         atomic_torch_save({"epoch": 2, "bad": Unsaveable()}, target)
     assert torch.load(target, weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_text_is_utf8_whatever_the_locale(tmp_path):
+    # report.md holds "–" and "−" and report.html declares UTF-8: under the C locale,
+    # text written in the locale's encoding would fail (or, elsewhere, be another encoding).
+    out = tmp_path / "r.md"
+    text = r"'a \u2013 b \u2212 c'"  # the code the child runs is ASCII, as argv must be
+    code = "import sys; from dnnlab.utils.atomic import atomic_write_text as w; "
+    code += f"w(sys.argv[1], {text})"
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    subprocess.run([sys.executable, "-c", code, str(out)], env=env, check=True)
+    assert out.read_bytes() == "a – b − c".encode()
+
+
+def test_a_mode_that_is_not_a_whole_write_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="'a'"):
+        with atomic_file(tmp_path / "x", "a"):
+            pass
+    assert list(tmp_path.iterdir()) == []

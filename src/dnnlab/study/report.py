@@ -120,7 +120,7 @@ def detector_section(det: Path) -> tuple[str, str, list[Path]]:
     photos, for the report."""
     det = Path(det)
     evals = sorted((det / "evals").glob("*.md"))
-    text = "\n".join(e.read_text() for e in evals) if evals else "(not evaluated)"
+    text = "\n".join(e.read_text(encoding="utf-8") for e in evals) if evals else "(not evaluated)"
     pics = sorted((det / "photos").glob("*.jpg"))[:6] if (det / "photos").is_dir() else []
     return ("Cat detector (R-CNN style)", text, pics)
 

@@ -84,8 +84,12 @@ _cleaned: set[str] = set()  # folders this process has already swept (once is en
 
 @contextmanager
 def atomic_file(path, mode: str = "w") -> Iterator[IO]:
-    """An open temporary beside `path` (mode "w" or "wb"): what the block writes replaces
-    `path` when the block ends, synced; an exception leaves `path` as it was."""
+    """An open temporary beside `path` (mode "w", UTF-8 text, or "wb"): what the block writes
+    replaces `path` when the block ends; an exception leaves `path` as it was. The content
+    is synced before the rename, so a killed process leaves the old file or the new one,
+    never part of one (the folder itself is not synced: a power loss may undo the rename)."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_file: mode {mode!r} is not 'w' or 'wb'")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = os.path.realpath(path.parent)
@@ -97,7 +101,7 @@ def atomic_file(path, mode: str = "w") -> Iterator[IO]:
     )
     try:
         os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600
-        with os.fdopen(fd, mode) as fh:
+        with os.fdopen(fd, mode, encoding="utf-8" if mode == "w" else None) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
