@@ -63,6 +63,13 @@ class TrainConfig:
         "or flip-translate (flip, shift by up to 2 pixels)",
         choices=R.AUGMENTATIONS,
     )
+    grad_clip: float | None = _recipe_setting(
+        "grad_clip",
+        "clip the gradients' global L2 norm to this before each SGD step (none: no clipping)",
+        low=0,
+        high=1e6,
+        low_open=True,
+    )
     n_val: int = setting(
         5000,
         "validation images held out of the training set (stratified)",

@@ -68,14 +68,17 @@ def autocast(dev, precision: str):
 AUG_CHUNK = 16  # batches augmented together: fewer, larger kernel launches
 
 
-def _sgd_step(model, opt, sched, xb, yb, label_smoothing, dev, precision):
-    """One SGD step on the batch (xb, yb); `sched`, when given, steps after it. Returns the
+def _sgd_step(model, opt, sched, xb, yb, label_smoothing, dev, precision, grad_clip):
+    """One SGD step on the batch (xb, yb), its gradients' global L2 norm clipped to
+    `grad_clip` first unless it is None; `sched`, when given, steps after it. Returns the
     model's output and the loss."""
     with autocast(dev, precision):
         out = model(xb)
     loss = loss_fn(out, yb, label_smoothing)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     if sched is not None:
         sched.step()
@@ -99,12 +102,14 @@ def train_one_epoch(
     precision="fp32",
     sched=None,
     trace=None,
+    grad_clip=None,
 ):
     """One pass over the training tensors in a seeded random order, `batch_size` images a
     step, augmented by AUGMENTERS[augmentation]; returns (loss, acc).
 
-    `sched`, when given, steps after every batch (the linear schedule). `trace`, a dict of
-    lists, receives each step's "loss" and "lr" (read once per augmented chunk, so a GPU
+    `sched`, when given, steps after every batch (the linear schedule); `grad_clip` (None:
+    off) clips each step's gradient norm. `trace`, a dict of lists, receives each step's
+    "loss" and the "lr" that step ran with (the losses read once per augmented chunk, so a GPU
     syncs once per AUG_CHUNK steps); the epoch then stops after the first chunk whose loss
     is not finite, and returns a non-finite loss."""
     model.train()
@@ -127,10 +132,13 @@ def train_one_epoch(
         step_losses = []
         for s in range(0, chunk_idx.numel(), bs):
             xb, yb = xa[s : s + bs][rank::world], ya[s : s + bs][rank::world]
-            out, loss = _sgd_step(model, opt, sched, xb, yb, label_smoothing, dev, precision)
+            if trace is not None:  # before the step: the scheduler steps inside it
+                trace["lr"].append(opt.param_groups[0]["lr"])
+            out, loss = _sgd_step(
+                model, opt, sched, xb, yb, label_smoothing, dev, precision, grad_clip
+            )
             if trace is not None:
                 step_losses.append(loss.detach())
-                trace["lr"].append(opt.param_groups[0]["lr"])
             total_loss += loss.detach() * yb.numel()
             correct += (out.argmax(1) == yb).sum()
             seen += yb.numel()
@@ -296,6 +304,7 @@ def run_epoch(st: Training, net, cfg: TrainConfig, split, dev, epoch, rank, worl
         precision=st.precision,
         sched=st.sched if per_step else None,
         trace=trace,
+        grad_clip=cfg.grad_clip,
     )
     bar.close()
     if not math.isfinite(tr_loss):

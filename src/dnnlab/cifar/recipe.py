@@ -63,6 +63,7 @@ _COURSE_AND_BUDGET = {
     "gamma": (0.1, None),
     "warmup_epochs": (0.0, 0.3),
     "augmentation": ("flip-rotate", "flip-translate"),
+    "grad_clip": (None, None),
 }
 COURSE = {k: course for k, (course, _) in _COURSE_AND_BUDGET.items()}
 BUDGET = {k: budget for k, (_, budget) in _COURSE_AND_BUDGET.items()}
@@ -74,6 +75,8 @@ BUDGET_FREE = ("epochs",)
 def recipe_default_text(name: str) -> str:
     """What --help says of a recipe setting's default: 'default 0.01; budget recipe 0.1'."""
     course, budget = COURSE[name], BUDGET[name]
+    if course is None and budget is None:
+        return "none in any recipe"
     if budget is None:
         return f"default {course}; the budget recipe has none"
     return f"default {course}" + ("" if budget == course else f"; budget recipe {budget}")
