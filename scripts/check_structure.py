@@ -1,6 +1,7 @@
 """The house rules that can be counted: import cycles among dnnlab's modules (imports inside
-functions included; a package's __init__ counts as a module), files over 500 lines and
-functions over 60 lines, and imports inside a function whose reason is not given beside them.
+functions included; a package's __init__ counts as a module), and imports inside a function
+whose reason is not given beside them. (Line limits on files and functions were dropped: a
+function is as long as its idea, and a file holds one idea whole.)
 
 An import inside a function is for a measured start-up reason only, said in a comment (or
 the function's docstring) that names benchmarks/lazy_imports.py, which measures it; cli.py's
@@ -17,8 +18,6 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "src"
-MAX_FUNCTION_LINES = 60
-MAX_FILE_LINES = 500
 # What a lazy import's comment names: the benchmark that measured what it saves.
 LAZY_EVIDENCE = "lazy_imports.py"
 LAZY_EXEMPT = {"cli.py"}
@@ -99,36 +98,24 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def main() -> int:
     mods = modules()
     graph: dict[str, set[str]] = defaultdict(set)
-    long, big, lazy = [], [], []
+    lazy = []
     for name, path in mods.items():
         graph[name]
-        lines = len(path.read_text().splitlines())
-        if lines > MAX_FILE_LINES:
-            big.append(f"{path.relative_to(ROOT)} ({lines} lines)")
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         tree = ast.parse(path.read_text())
         lazy += unexplained_imports(path, tree)
         for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = node.end_lineno - node.lineno + 1
-                if n > MAX_FUNCTION_LINES:
-                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
             graph[name] |= {m for m in imported(node, package) if m in mods and m != name}
     found = cycles(graph)
     for c in found:
         print("import cycle:", " <-> ".join(c))
-    for f in big:
-        print(f"file over {MAX_FILE_LINES} lines:", f)
-    for f in long:
-        print(f"function over {MAX_FUNCTION_LINES} lines:", f)
     for f in lazy:
         print("import inside a function, its reason not given:", f)
     print(
-        f"{len(mods)} modules: {len(found)} import cycles, {len(big)} files over "
-        f"{MAX_FILE_LINES} lines, {len(long)} functions over {MAX_FUNCTION_LINES} lines, "
+        f"{len(mods)} modules: {len(found)} import cycles, "
         f"{len(lazy)} unexplained imports inside functions"
     )
-    return 1 if found or big or long or lazy else 0
+    return 1 if found or lazy else 0
 
 
 if __name__ == "__main__":

@@ -49,13 +49,15 @@ def test_help_documents_ranges(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for part in (
-        "--lr LR peak SGD learning rate (in (0, 10]; default 0.01; budget recipe 0.1)",
-        "training epochs (in [1, 100000]; default 100; budget recipe 3)",
+        "--lr LR peak SGD learning rate (in (0, 10]; default 0.01; budget recipe 0.1; "
+        "clipped recipe 0.1)",
+        "training epochs (in [1, 100000]; default 100; budget recipe 3; clipped recipe 10)",
+        "(in (0, 1000000]; default none; clipped recipe 1.0)",
         "--val-size VAL_SIZE",
         "in [1, 49999]",
         "--momentum MOMENTUM",
         "--schedule {step,linear}",
-        "--recipe {corrected,course,budget}",
+        "--recipe {corrected,course,budget,clipped}",
     ):
         assert part in text, part
 

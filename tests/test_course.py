@@ -10,9 +10,10 @@ from dataclasses import replace
 import pytest
 
 from dnnlab.study.config import study_config
-from dnnlab.study.course import COURSE_TEST_ACC, conclusions, rank_agreement, spearman
+from dnnlab.study.course import COURSE_TEST_ACC, conclusions, rank_agreement
 from dnnlab.study.publish import publish, read_published
 from dnnlab.study.report import write_report
+from dnnlab.study.stats import spearman_exact
 from dnnlab.study.study import run_study
 from tests.fakes import make_image_tree
 
@@ -28,6 +29,10 @@ def oracle_spearman(a, b):
     ma, mb = sum(ra) / n, sum(rb) / n
     cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
     return cov / (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+
+
+def spearman(a, b):
+    return spearman_exact(a, b)["rho"]
 
 
 def test_spearman_against_oracle_with_and_without_ties():
@@ -50,16 +55,38 @@ def test_spearman_against_oracle_with_and_without_ties():
 
 def test_rank_agreement_and_conclusions_against_the_course():
     same = {m: v - 10 for m, v in COURSE_TEST_ACC.items()}  # shifted: same order
-    rho, both = rank_agreement({**same, "paths2": 50.0})  # not in the course's table
-    assert rho == pytest.approx(1.0) and "paths2" not in both and len(both) == 9
+    r, both = rank_agreement({**same, "paths2": 50.0})  # not in the course's table
+    assert r["rho"] == pytest.approx(1.0) and "paths2" not in both and len(both) == 9
+    assert r["p"] == pytest.approx(2 / 362_880) and r["p_method"] == "exact"
     flipped = {m: -v for m, v in COURSE_TEST_ACC.items()}
-    assert rank_agreement(flipped)[0] == pytest.approx(-1.0)
-    rows = conclusions({"base": 70.0, "bn": 75.0, "noskip": 71.0})
-    got = {(r["variant"], r["against"]): r for r in rows}
-    assert set(got) == {("bn", "base"), ("noskip", "base")}
-    assert got["bn", "base"]["same_direction"] and got["bn", "base"]["study"] == 5.0
-    assert got["bn", "base"]["course"] == pytest.approx(85.67 - 73.29)
-    assert not got["noskip", "base"]["same_direction"]  # the course found noskip worse
+    assert rank_agreement(flipped)[0]["rho"] == pytest.approx(-1.0)
+    # Two seeds each, per-image results on 4 test images: bn always right where base is.
+    correct = {
+        "base": [[1, 0, 0, 1], [1, 1, 0, 0]],
+        "bn": [[1, 1, 1, 1], [1, 1, 0, 1]],
+        "noskip": None,  # no per-image records: no interval
+    }
+    acc = {"base": [50.0, 50.0], "bn": [100.0, 75.0], "noskip": [80.0, 70.0]}
+    rows = {(r["variant"], r["against"]): r for r in conclusions(acc, correct)}
+    assert rows["bn", "base"]["diff"] == pytest.approx(37.5)
+    assert rows["bn", "base"]["course"] == pytest.approx(85.67 - 73.29)
+    assert rows["bn", "base"]["low"] is not None and rows["bn", "base"]["verdict"] in (
+        "confirms",
+        "undecided",
+    )
+    assert rows["noskip", "base"]["verdict"] == "undecided (no per-image test results to pair)"
+    assert rows["noskip", "base"]["diff"] == pytest.approx(25.0)
+    # The course's conclusions whose variants are missing are named, not dropped.
+    assert rows["gn", "base"] == {
+        "question": "normalization: GroupNorm",
+        "variant": "gn",
+        "against": "base",
+        "course": pytest.approx(84.86 - 73.29),
+        "missing": ["gn"],
+        "verdict": "not checked",
+    }
+    one_seed = conclusions({"base": [50.0], "bn": [60.0]}, {"base": None, "bn": None})
+    assert one_seed[0]["verdict"] == "undecided (one seed)" and one_seed[0]["low"] is None
 
 
 @pytest.fixture(scope="module")
@@ -100,17 +127,21 @@ def test_budget_study_report_has_the_course_comparison_and_all_variant_figure(
         m: 100 * json.loads((out / "runs" / m / "summary.json").read_text())["test_acc"]
         for m in ("base", "bn", "noskip")
     }
-    rho, _ = rank_agreement(acc)
+    rho = rank_agreement(acc)[0]["rho"]
     if rho is None:
-        assert "Spearman's rho: undefined" in md
+        assert "over these 3 variants: undefined" in md
     else:
-        assert f"over these 3 variants: rho = {rho:.3f}" in md
-    assert f"| bn − base | {acc['bn'] - acc['base']:+.2f} | +12.38 |" in md
+        assert f"over these 3 variants: rho = {rho:.3f}, two-sided permutation p = " in md
+    diff = acc["bn"] - acc["base"]
+    assert f"| bn − base | {diff:+.2f} | – | +12.38 | undecided (one seed) |" in md
+    assert "| normalization: GroupNorm | gn − base | – | – | +11.57 | not checked: " in md
+    assert "Every variant is a single seed" in md
     assert (out / "figures" / "all_variants_si_csi.png").stat().st_size > 0
     record = json.loads((out / "study.json").read_text())
     assert set(record["stage_seconds"]["variants"]) == {"base", "bn", "noskip"}
     assert all(
-        v["train"] > 0 and v["probe"] > 0 for v in record["stage_seconds"]["variants"].values()
+        v["train"] > 0 and v["probe"] > 0 and 0 < v["train_epochs"] <= v["train"]
+        for v in record["stage_seconds"]["variants"].values()
     )
     assert record["device_name"].startswith("CPU: ") and "report" in record["stage_seconds"]
     # A quick study has no such section: its numbers are not comparable.
@@ -146,10 +177,11 @@ def test_a_diverged_variant_is_reported_with_its_curve_and_published(budget_stud
     (run / "config.json").write_text("{}")
     trace = {"loss": [2.3, 9.5, math.nan], "lr": [0.01, 0.05, 0.1]}
     write_divergence(run, TrainConfig(model="paths2-shared", recipe="budget"), 0, trace)
-    record_settings(out, models=["base", "bn", "noskip", "paths2-shared"])
+    both = ["base", "bn", "noskip", "paths2-shared"]
+    record_settings(out, models=both, runs=both)
     write_report(out)
     md = (out / "report.md").read_text()
-    assert "## Variants that did not train under this recipe" in md
+    assert "## Runs that did not train under this recipe (1)" in md
     assert "paths2-shared: the loss became non-finite at step 2 of epoch 1" in md
     assert "(learning rate 0.1), after 9.5 the step before" in md
     assert "Not ranked, as they diverged under this recipe: paths2-shared." in md

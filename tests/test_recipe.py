@@ -59,9 +59,9 @@ def test_course_run_records_recipe_softmax_and_tests_last_weights(tree, tmp_path
     seen_gens = []
     real_eval = E.evaluate
 
-    def spy(model, x, y, dev, batch=1024, gen=None, precision="fp32"):
+    def spy(model, x, y, dev, batch=1024, gen=None, precision="fp32", predictions=False):
         seen_gens.append(gen)
-        return real_eval(model, x, y, dev, batch, gen, precision)
+        return real_eval(model, x, y, dev, batch, gen, precision, predictions)
 
     monkeypatch.setattr(E, "evaluate", spy)
     run = tmp_path / "course"

@@ -1,6 +1,5 @@
-"""The house rules that can be counted (scripts/check_structure.py): no import cycle, no file
-in src over 500 lines, no function over 60, no import inside a function without its measured
-reason beside it."""
+"""The house rules that can be counted (scripts/check_structure.py): no import cycle, no
+import inside a function without its measured reason beside it."""
 
 import ast
 import runpy

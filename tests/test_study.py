@@ -16,6 +16,7 @@ from dnnlab.errors import ConfigError
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.probe.trained_run import probe_run
 from dnnlab.study.config import study_config
+from dnnlab.study.manifest import read_manifest, verify, write_manifest
 from dnnlab.study.publish import publish, read_published
 from dnnlab.study.report import write_report
 from dnnlab.study.study import StudyError, run_study
@@ -67,7 +68,7 @@ def test_study_trains_probes_reports_and_resumes(tree, tmp_path):
     out = tmp_path / "study"
     run_study(cfg, out, log=lambda *_: None)
     md = (out / "report.md").read_text()
-    assert "QUICK" in md and "| Model | Val ACC | Test ACC | SI Val | CSI Val |" in md
+    assert "QUICK" in md and "| Model | Seeds | Val ACC | Test ACC | SI Val | CSI Val |" in md
     assert "## Skip connection" in md and "| noskip |" in md and "73.29" in md
     # The budget comes from the runs' records: 60 training images, 20 validation images.
     assert "60 training images, 1 epochs, 20 validation images, test on 30 images" in md
@@ -75,7 +76,9 @@ def test_study_trains_probes_reports_and_resumes(tree, tmp_path):
     assert rec["recipe"] == "corrected" and rec["fingerprint"] and rec["wall_seconds"] > 0
     assert rec["device_name"].startswith("CPU")
     page = (out / "report.html").read_text()
-    assert page.count("<table>") == 1  # only the skip comparison has two variants here
+    # The skip comparison (the only one with two variants here) and the last layers on the
+    # whole splits.
+    assert page.count("<table>") == 2
     assert page.count("data:image/png;base64,") >= 3
     # A second run finds everything done and trains nothing.
     stamp = (out / "runs" / "base" / "best.pt").stat().st_mtime_ns
@@ -303,7 +306,7 @@ def test_a_failing_worker_is_named_and_the_others_go_on(tree, tmp_path):
     with pytest.raises(StudyError) as e:
         run_study(tiny(tree, ["base", "noskip"], jobs=2), out, log=lines.append, plan=False)
     err = str(e.value)
-    assert "1 of 2 variants failed" in err and "[noskip] FAILED" in err
+    assert "1 of 2 runs failed" in err and "[noskip] FAILED" in err
     assert str(out / "logs" / "noskip.log") in err
     assert any(line == "[base] done" for line in lines)
     assert (out / "runs" / "base" / "probe.json").exists()
@@ -327,14 +330,30 @@ def test_published_tables_and_publish(tree, tmp_path):
         "probe.csv",
         "stages.json",
         "summary.json",
+        "test_predictions.json",
+        "whole-splits",
+    ]
+    assert sorted(p.name for p in (pub / "runs" / "base" / "whole-splits").glob("probe.*")) == [
+        "probe.csv",
+        "probe.json",
     ]
     assert not list(pub.rglob("*.pt"))
+    assert verify(pub)["files"]["runs/base/config.json"]["writer"].startswith("dnnlab train")
     assert (pub / "report.html").exists() and (pub / "report.md").exists()
     rec = json.loads((pub / "study.json").read_text())
     assert rec["commit"] == "abc123" and rec["published_variants"] == ["base", "noskip"]
-    # A variant whose summary does not match its study is left out of the published table.
+    # A published file changed by hand: the folder is refused, named, and nothing is shown.
     s = json.loads((pub / "runs" / "noskip" / "summary.json").read_text())
     (pub / "runs" / "noskip" / "summary.json").write_text(json.dumps({**s, "recipe": "course"}))
+    p = read_published(empty)
+    assert p["studies"] == [] and "runs/noskip/summary.json: changed" in p["refused"][0]["why"]
+    write_report(out, published=p)
+    md = (out / "report.md").read_text()
+    assert "Refused, nothing shown from it: " in md and "| base | 73.29 |" not in md
+    # A run whose summary does not match its study (in a folder whose manifest lists it as
+    # it is) is left out of the published table.
+    m = read_manifest(pub)
+    write_manifest(pub, {k: v["writer"] for k, v in m["files"].items()}, "abc123")
     p = read_published(empty)
     assert [st["recipe"] for st in p["studies"]] == ["corrected"]
     assert set(p["studies"][0]["rows"]) == {"base"} and p["studies"][0]["left_out"] == ["noskip"]

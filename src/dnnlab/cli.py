@@ -223,7 +223,10 @@ def _add_study(sub) -> None:
         "whose tables the report shows beside this study's",
     )
     p.add_argument(
-        "--publish", default=None, help="afterwards, copy the results (no weights) into this folder"
+        "--publish",
+        default=None,
+        help="copy the results (no weights) with a manifest into this folder each time a run "
+        "finishes, and at the end; it must be new or this study's earlier publication",
     )
     p.set_defaults(func=cmd_study, **{f.name: UNSET for f in fields(StudyConfig)})
 
@@ -236,10 +239,6 @@ def cmd_study(args) -> int:
     given = _given(args, StudyConfig)
     check_recipe_flag(given)  # an old recipe name, refused as a flag (records still read)
     cfg = study_config(**given)
-    if args.publish:
-        from dnnlab.study.publish import check_publish_dest
-
-        check_publish_dest(args.out, args.publish, [args.detector, args.published])
     run_study(
         cfg,
         args.out,
@@ -247,6 +246,7 @@ def cmd_study(args) -> int:
         progress=sys.stderr.isatty(),
         detector=args.detector,
         published=args.published,
+        publish_to=args.publish,
     )
     if args.published:
         # The published studies are the real results: shown on the terminal, not only in
@@ -254,10 +254,6 @@ def cmd_study(args) -> int:
         from dnnlab.study.publish import published_section, read_published
 
         print("\n".join(published_section(read_published(args.published))[0]))
-    if args.publish:
-        from dnnlab.study.publish import publish, published_summary
-
-        print(published_summary(publish(args.out, args.publish), args.publish))
     return 0
 
 
@@ -418,6 +414,30 @@ def cmd_detect_eval(args) -> int:
     return 0
 
 
+def _add_verify(sub) -> None:
+    p = _parser(
+        sub,
+        "verify",
+        "Check published study folders against their manifest.json: every file's sha256 as "
+        "`dnnlab study --publish` wrote it. A changed, missing or unlisted file is named and "
+        "the command exits 2.",
+    )
+    p.add_argument("folders", nargs="+", help="published study folders (docs/results/NAME)")
+    p.set_defaults(func=cmd_verify)
+
+
+def cmd_verify(args) -> int:
+    from dnnlab.study.manifest import verify
+
+    for folder in args.folders:
+        m = verify(folder)
+        print(
+            f"{folder}: ok, {len(m['files'])} files match its manifest "
+            f"(commit {m.get('commit') or 'unrecorded'}, {m.get('date')})"
+        )
+    return 0
+
+
 # One line per command for `dnnlab --help`. Only the command being run gets its flags (and
 # imports its config classes), so `dnnlab --help` imports neither torchvision nor
 # torch._dynamo (torch itself comes with the package: dnnlab/__init__.py). That is the
@@ -429,6 +449,7 @@ HELP = {
     "probe": "SI/CSI and more of every layer of a trained run, or of any network on any images",
     "study": "train + probe the variants and write the comparison report",
     "detect": "R-CNN-style detector (build, train, show, run, eval)",
+    "verify": "check published study folders against their manifests",
 }
 ADDERS = {
     "si": _add_si,
@@ -437,6 +458,7 @@ ADDERS = {
     "probe": _add_probe,
     "study": _add_study,
     "detect": _add_detect,
+    "verify": _add_verify,
 }
 
 

@@ -16,7 +16,7 @@ __all__ = ["RESUMABLE_CHANGES", "TrainConfig"]
 
 def _recipe_setting(name: str, help: str, **limits):
     """A recipe hyperparameter: unset (None) by default, so it takes its recipe's value
-    (recipe.COURSE for corrected and course, recipe.BUDGET for budget), which config.json
+    (recipe.SETTINGS: COURSE for corrected and course, BUDGET, CLIPPED), which config.json
     then records; --help shows both recipes' values."""
     return setting(None, help, default_text=R.recipe_default_text(name), **limits)
 

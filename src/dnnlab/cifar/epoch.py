@@ -152,10 +152,11 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model, x_u8, y, dev, batch=1024, gen=None, precision="fp32"):
-    """(mean loss, accuracy); without augmentation unless `gen` (the course's validation)."""
+def evaluate(model, x_u8, y, dev, batch=1024, gen=None, precision="fp32", predictions=False):
+    """(mean loss, accuracy), and with `predictions` each image's predicted class (a CPU
+    int64 tensor) third; without augmentation unless `gen` (the course's validation)."""
     model.eval()
-    total, correct = 0.0, 0
+    total, correct, preds = 0.0, 0, []
     for s in range(0, x_u8.shape[0], batch):
         xb = x_u8[s : s + batch]
         xb = to_input(xb) if gen is None else augment(xb, gen)
@@ -165,7 +166,10 @@ def evaluate(model, x_u8, y, dev, batch=1024, gen=None, precision="fp32"):
         yb = y[s : s + batch]
         total += float(loss_fn(out, yb)) * yb.numel()
         correct += int((out.argmax(1) == yb).sum())
-    return total / x_u8.shape[0], correct / x_u8.shape[0]
+        if predictions:
+            preds.append(out.argmax(1).cpu())
+    loss, acc = total / x_u8.shape[0], correct / x_u8.shape[0]
+    return (loss, acc, torch.cat(preds)) if predictions else (loss, acc)
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -372,12 +376,24 @@ def end_epoch(st: Training, cfg, out: Path, rows: list[dict], keep: bool, old: P
     )
 
 
-def finish_run(st: Training, cfg: TrainConfig, out: Path, split, dev, rows: list[dict], data, rank):
+PREDICTIONS = "test_predictions.json"
+
+
+def finish_run(
+    st: Training, cfg: TrainConfig, out: Path, split, dev, rows: list[dict], data, rank, test_idx
+):
     """Test the kept weights (best.pt's) and return the run's summary; rank 0 writes
-    curves.png and summary.json (last: it marks the run finished) and says what it tested."""
+    curves.png, test_predictions.json (each test image's position among the test set, label
+    and predicted class: what paired comparisons between runs need) and summary.json (last:
+    it marks the run finished), and says what it tested."""
     st.model.load_state_dict(st.best_state)
-    test_loss, test_acc = evaluate(
-        st.model, *split["test"], dev, cfg.eval_batch_size, precision=st.precision
+    test_loss, test_acc, preds = evaluate(
+        st.model,
+        *split["test"],
+        dev,
+        cfg.eval_batch_size,
+        precision=st.precision,
+        predictions=True,
     )
     last = R.tests_last_weights(cfg.recipe)
     summary = {
@@ -401,6 +417,12 @@ def finish_run(st: Training, cfg: TrainConfig, out: Path, split, dev, rows: list
     if rank != 0:
         return summary
     plot_train_curves(rows, out / "curves.png", cfg.model)
+    record = {
+        "positions": test_idx.tolist(),
+        "labels": split["test"][1].cpu().tolist(),
+        "predictions": preds.tolist(),
+    }
+    atomic_write_json(out / PREDICTIONS, record, indent=None)
     atomic_write_json(out / "summary.json", summary)
     which = "the last epoch's weights (course recipe)" if last else "the best weights"
     print(

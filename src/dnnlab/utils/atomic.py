@@ -116,8 +116,9 @@ def atomic_write_text(path, text: str) -> None:
         fh.write(text)
 
 
-def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+def atomic_write_json(path, obj, indent: int | None = 2) -> None:
+    """`obj` as JSON (indented by `indent`; None: one line, for long lists of numbers)."""
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
 def atomic_torch_save(obj, path) -> None:

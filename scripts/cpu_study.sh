@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The 10-epoch CPU study (issue 35), run across sessions, and its recipe factorial.
+#
+#   bash scripts/cpu_study.sh start [COMMIT]   # clone COMMIT (default HEAD), start in background
+#   bash scripts/cpu_study.sh status           # runs published, running, the log's last lines
+#   bash scripts/cpu_study.sh stop
+#
+# The study runs from its own clone of this repository at a fixed commit ($WORK/code), so
+# edits to the checkout do not reach it; its run folders (with weights) live in
+# $WORK/study. Every run that finishes (trained and probed) is published at once into this
+# checkout's docs/results/clipped-cpu (`dnnlab study --publish`, with its manifest), and a
+# loop here commits that folder alone (`git commit -- docs/results/clipped-cpu`) as soon
+# as it changes and passes `dnnlab verify`. A stopped machine loses at most the runs in
+# progress: `start` again (same COMMIT) resumes them from their last epoch, and a finished
+# run is not trained again while $WORK/study holds it. A resume with another commit whose
+# recipe differs is refused by the study itself (study.json's recipe_settings).
+#
+# The plan, in order: every variant with seeds 0 and 1 (base and bn first), then base and
+# bn with seed 2 (the main study, docs/results/clipped-cpu); then the factorial's cells not
+# shared with it (docs/results/factorial-*), see FACTORIAL below.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="${DNNLAB_STUDY_WORK:-/work/cpu-study}"
+DATA="${DNNLAB_DATA:-$repo/../shared/data/cifar10-jpeg.tar.gz}"
+MEASURES="si,csi,knn:5,nc1"
+MODELS="base,bn,gn,ln,noskip,conv4-1x1,paths2,paths4,paths2-shared,paths4-shared,wide"
+# name: flags. The main study's base and bn (clipped recipe, logits) are the factorial's
+# fourth cell; the course's optimizer is the corrected recipe (SGD 0.01, momentum 0.9, no
+# smoothing or decay, flip + rotation) with StepLR(40) shortened to StepLR(4) for 10 epochs.
+FACTORIAL=(
+  "factorial-clipped-softmax: --recipe clipped --softmax-head --models base,bn"
+  "factorial-course-logits: --recipe corrected --epochs 10 --step-size 4 --models base,bn"
+  "factorial-course-softmax: --recipe corrected --epochs 10 --step-size 4 --softmax-head --models base,bn,paths4-shared"
+)
+
+commit_loop() {  # commit each published folder as soon as it changes and verifies
+  while true; do
+    for dir in "$repo"/docs/results/clipped-cpu "$repo"/docs/results/factorial-*; do
+      [ -f "$dir/manifest.json" ] || continue
+      rel="${dir#"$repo"/}"
+      if [ -n "$(git -C "$repo" status --porcelain -- "$rel")" ] \
+          && "$WORK/code/.venv/bin/dnnlab" verify "$dir" >/dev/null 2>&1; then
+        n=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))['published_variants']))" "$dir/study.json")
+        # Only this folder (a pathspec commit); a busy index is tried again next minute.
+        if git -C "$repo" add -- "$rel" && git -C "$repo" commit -q -m \
+            "$rel: $n runs published by the running CPU study (code $(cat "$WORK/commit"))" \
+            -- "$rel"; then
+          echo "$(date -u +%H:%M) committed $rel ($n runs)"
+        fi
+      fi
+    done
+    sleep 60
+  done
+}
+
+run_all() {
+  cd "$WORK/code"
+  source scripts/env.sh
+  local common=(--seeds 0,1 --jobs 2 --measures "$MEASURES" --data-root "$DATA")
+  dnnlab study --recipe clipped --models "$MODELS" "${common[@]}" --out "$WORK/study" \
+    --publish "$repo/docs/results/clipped-cpu"
+  dnnlab study --recipe clipped --models base,bn --seeds 2 --jobs 2 --measures "$MEASURES" \
+    --data-root "$DATA" --out "$WORK/study" --publish "$repo/docs/results/clipped-cpu"
+  for cell in "${FACTORIAL[@]}"; do
+    name="${cell%%:*}"
+    read -r -a flags <<< "${cell#*: }"
+    dnnlab study "${flags[@]}" "${common[@]}" --out "$WORK/$name" \
+      --publish "$repo/docs/results/$name"
+  done
+}
+
+case "${1:-status}" in
+  start)
+    want="$(git -C "$repo" rev-parse "${2:-HEAD}")"
+    mkdir -p "$WORK"
+    if [ -d "$WORK/code" ] && [ "$(cat "$WORK/commit")" != "$want" ]; then
+      echo "cpu_study: $WORK/code is at $(cat "$WORK/commit"), not $want; the study resumes" \
+        "only at its own commit (move $WORK away to start another)" >&2
+      exit 2
+    fi
+    if [ ! -d "$WORK/code" ]; then
+      git clone -q "$repo" "$WORK/code" && git -C "$WORK/code" checkout -q "$want"
+      echo "$want" > "$WORK/commit"
+    fi
+    (cd "$WORK/code" && source scripts/env.sh >/dev/null)  # the clone's own environment
+    setsid nohup bash "$0" _run >> "$WORK/study.log" 2>&1 &
+    echo $! > "$WORK/study.pid"
+    setsid nohup bash "$0" _commit >> "$WORK/commits.log" 2>&1 &
+    echo $! > "$WORK/commit.pid"
+    echo "cpu_study: started at $want; log $WORK/study.log, commits $WORK/commits.log"
+    ;;
+  _run) run_all; echo "cpu_study: all done $(date -u)" ;;
+  _commit) commit_loop ;;
+  stop)
+    for p in study commit; do
+      [ -f "$WORK/$p.pid" ] && kill -- -"$(cat "$WORK/$p.pid")" 2>/dev/null || true
+    done
+    pkill -f "dnnlab.study.worker $WORK/" || true
+    ;;
+  status)
+    echo "code: $(cat "$WORK/commit" 2>/dev/null || echo 'not started')"
+    for dir in "$repo"/docs/results/clipped-cpu "$repo"/docs/results/factorial-*; do
+      [ -f "$dir/study.json" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1], 'published:', ', '.join(d['published_variants']) or 'none')" "$dir/study.json"
+    done
+    tail -n 5 "$WORK/study.log" 2>/dev/null || true
+    ;;
+  *) echo "usage: bash scripts/cpu_study.sh start [COMMIT] | status | stop" >&2; exit 2 ;;
+esac

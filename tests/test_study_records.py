@@ -1,0 +1,197 @@
+"""A study across seeds and sessions: runs per seed, the report's means and intervals, stage
+seconds that survive a kill, publication after every run, and published folders that prove
+they are untouched (manifest.json)."""
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import dnnlab.cifar.train as T
+from dnnlab.errors import InputError
+from dnnlab.study.config import parse_run_name, run_name, study_config
+from dnnlab.study.manifest import MANIFEST, ManifestError, read_manifest, verify, write_manifest
+from dnnlab.study.publish import publish, read_published
+from dnnlab.study.study import StudyError, run_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(tree, models, quick=True, **kw):
+    cfg = study_config(models, quick=quick, data_root=str(tree))
+    budget = dict(train_subset=60, epochs=1, n_val=20, test_subset=30, max_per_split=40)
+    return replace(cfg, **{**budget, **kw})
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """base and bn, seeds 0 and 1, published after every run: (cfg, study, publication)."""
+    root = tmp_path_factory.mktemp("seeded")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DNNLAB_CACHE", str(root / "cache"))
+        from tests.fakes import make_image_tree
+
+        tree = make_image_tree(root / "tree", n_train=14, n_test=5)
+        # Not quick: a quick study has no comparison with the course.
+        cfg = tiny(tree, ["base", "bn"], False, seeds=(0, 1), measures="si,csi", cka_samples=0)
+        cfg = replace(cfg, test_subset=None)  # every run tests the same images: paired
+        published = []
+        run_study(
+            cfg,
+            root / "s",
+            log=lambda m: published.append(m) if "published" in m else None,
+            plan=False,
+            publish_to=root / "results" / "seeded",
+        )
+    assert len(published) == 5  # after each of the 4 runs, and at the end
+    return cfg, root / "s", root / "results" / "seeded"
+
+
+def test_run_names_round_trip():
+    assert run_name("bn", 0) == "bn" and run_name("paths2-shared", 3) == "paths2-shared-seed3"
+    assert parse_run_name("paths2-shared-seed3") == ("paths2-shared", 3)
+    assert parse_run_name("conv4-1x1") == ("conv4-1x1", 0)
+    with pytest.raises(Exception, match="--seeds: 'x' is not a whole number"):
+        study_config(["bn"], seeds=("x",))
+    with pytest.raises(Exception, match="--seeds: 1,1: give distinct seeds"):
+        study_config(["bn"], seeds=("1", "1"))
+
+
+def test_seeds_give_runs_means_and_intervals(seeded):
+    cfg, out, _ = seeded
+    record = json.loads((out / "study.json").read_text())
+    assert record["runs"] == ["base", "base-seed1", "bn", "bn-seed1"]
+    for r in record["runs"]:
+        c = json.loads((out / "runs" / r / "config.json").read_text())
+        assert (c["model"], c["seed"]) == parse_run_name(r)
+        pred = json.loads((out / "runs" / r / "test_predictions.json").read_text())
+        s = json.loads((out / "runs" / r / "summary.json").read_text())
+        right = sum(p == y for p, y in zip(pred["predictions"], pred["labels"], strict=True))
+        assert right / len(pred["labels"]) == pytest.approx(s["test_acc"])
+    md = (out / "report.md").read_text()
+    assert "Training seeds: seeds 0, 1 for base, bn." in md
+    assert "| base | 2 |" in md and " ± " in md
+    # The course's conclusion with its interval and a verdict; the others named as unchecked.
+    line = next(x for x in md.splitlines() if x.startswith("| normalization: BatchNorm"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3].startswith("[") and cells[5] in ("confirms", "contradicts", "undecided")
+    assert "| normalization: GroupNorm | gn − base | – | – | +11.57 | not checked: no " in md
+    assert "Reproducibility of the ranking: not measured" in md
+    assert "## Last layers on the whole validation and test splits" in md
+    assert "| bn | 2 | val | avgpool |" in md and "| 0.883 |" in md
+
+
+def test_a_study_grows_by_seeds_and_resumed_settings_are_checked(seeded, tmp_path):
+    cfg, study, _ = seeded
+    out = tmp_path / "s"
+    shutil.copytree(study, out)
+    run_study(replace(cfg, models=("base",), seeds=(2,)), out, log=quiet, plan=False)
+    record = json.loads((out / "study.json").read_text())
+    assert record["runs"] == ["base", "base-seed1", "bn", "bn-seed1", "base-seed2"]
+    assert "seeds 0, 1, 2 for base; seeds 0, 1 for bn" in (out / "report.md").read_text()
+    # Another commit's recipe under the same name: refused by name, nothing trained.
+    f = out / "study.json"
+    f.write_text(json.dumps({**record, "recipe_settings": {**record["recipe_settings"], "lr": 9}}))
+    with pytest.raises(StudyError, match="recipe_settings"):
+        run_study(replace(cfg, models=("base",), seeds=(3,)), out, log=quiet, plan=False)
+    assert not (out / "runs" / "base-seed3").exists()
+
+
+def test_stage_seconds_count_the_epochs_of_a_killed_command(tree, tmp_path, monkeypatch):
+    cfg = tiny(tree, ["base"], epochs=2, measures="si", cka_samples=0)
+    real = T.end_epoch
+    calls = []
+
+    def killed_after_one(*a, **k):
+        real(*a, **k)
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the process dies after epoch 1 was saved
+
+    monkeypatch.setattr(T, "end_epoch", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, tmp_path / "s", log=quiet, plan=False)
+    run_study(cfg, tmp_path / "s", log=quiet, plan=False)
+    run = tmp_path / "s" / "runs" / "base"
+    epochs = json.loads((run / "metrics.json").read_text())
+    stages = json.loads((run / "stages.json").read_text())
+    assert len(epochs) == 2
+    # "train" is the resumed command's wall time only; "train_epochs" holds both epochs.
+    assert stages["train_epochs"] == pytest.approx(sum(r["seconds"] for r in epochs), abs=0.06)
+    assert stages["train_epochs"] > epochs[1]["seconds"]
+    record = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert record["stage_seconds"]["variants"]["base"]["train_epochs"] == stages["train_epochs"]
+
+
+def test_the_manifest_refuses_one_changed_byte_anywhere(seeded, tmp_path):
+    _, _, pub = seeded
+    assert verify(pub)["files"]
+    files = json.loads((pub / MANIFEST).read_text())["files"]
+    assert {"study.json", "report.md", "runs/bn-seed1/summary.json"} <= set(files)
+    for rel in files:
+        copy = tmp_path / rel.replace("/", "_")
+        shutil.copytree(pub, copy)
+        data = bytearray((copy / rel).read_bytes())
+        data[len(data) // 2] ^= 1
+        (copy / rel).write_bytes(bytes(data))
+        with pytest.raises(ManifestError, match=f"{copy / rel}: changed since it was published"):
+            verify(copy)
+        shutil.rmtree(copy)
+    extra = tmp_path / "extra"
+    shutil.copytree(pub, extra)
+    (extra / "runs" / "bn" / "notes.txt").write_text("mine")
+    with pytest.raises(ManifestError, match="notes.txt: not listed in"):
+        verify(extra)
+    (extra / "runs" / "bn" / "notes.txt").unlink()
+    (extra / "report.md").unlink()
+    with pytest.raises(ManifestError, match="report.md: listed in .* but missing"):
+        verify(extra)
+    (extra / MANIFEST).unlink()
+    with pytest.raises(ManifestError, match="manifest.json: missing"):
+        verify(extra)
+    # read_published shows nothing from a refused folder, and says why.
+    got = read_published(tmp_path)
+    assert got["studies"] == [] and "manifest.json: missing" in got["refused"][0]["why"]
+
+
+def test_publish_replaces_only_its_own_publication_of_the_same_study(seeded, tmp_path):
+    cfg, study, pub = seeded
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(InputError, match="is not an untouched dnnlab publication"):
+        publish(study, mine)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    with pytest.raises(InputError, match="--publish"):
+        publish(study, cfg.data_root, inputs=[cfg.data_root])  # the study's own data
+    # Another study's publication (another fingerprint) is not replaced either.
+    other = tmp_path / "other"
+    shutil.copytree(pub, other)
+    f = other / "study.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "fingerprint": "0" * 16}))
+    with pytest.raises(InputError, match="not an untouched"):  # the edit breaks its manifest
+        publish(study, other)
+    writers = {k: v["writer"] for k, v in read_manifest(other)["files"].items()}
+    write_manifest(other, writers, "abc")  # as if the tool had published another study there
+    with pytest.raises(InputError, match="holds the publication of another study"):
+        publish(study, other)
+    # The same study's publication is updated, and keeps the user's umask.
+    again = tmp_path / "again"
+    shutil.copytree(pub, again)
+    assert publish(study, again) == ["base", "base-seed1", "bn", "bn-seed1"]
+    assert verify(again) and (again.stat().st_mode & 0o777) != 0o700
+
+
+def test_the_published_budget_study_passes_its_manifest():
+    m = verify(REPO / "docs" / "results" / "budget-cpu")
+    assert m["files"]["study.json"]["writer"].startswith("dnnlab study")
+    assert "addendum.json" in m["files"]
+    study = json.loads((REPO / "docs" / "results" / "budget-cpu" / "study.json").read_text())
+    assert study["commits"][-1] == "d1740ffe46af-dirty"  # as the tool wrote it
+    assert study["stage_seconds"]["cka"] == 0.0
