@@ -304,15 +304,16 @@ def _add_detect(sub) -> None:
         if name == "run":
             p.add_argument("images", nargs="+")
             p.add_argument("--out", default="detections")
-            p.add_argument(
-                "--overwrite",
-                action="store_true",
-                help="replace the results of photos already in --out",
-            )
         else:
             p.add_argument("voc_dir")
             p.add_argument("--json", action="store_true")
             p.add_argument("--draw", default=None, help="also write annotated images here")
+        where = "--out" if name == "run" else "--draw"
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help=f"replace files already in {where} that have an output's name",
+        )
         p.add_argument("--model", required=True, help="detector directory with model.pt")
         p.add_argument("--preset", **preset)
         add_flags(p, c.DetectionConfig)
@@ -409,10 +410,15 @@ def cmd_detect_run(args) -> int:
 def cmd_detect_eval(args) -> int:
     from dnnlab.detect.evaluate import check_eval_inputs, evaluate_once, print_eval
 
-    check_eval_inputs(args.voc_dir, args.model, args.draw)
+    check_eval_inputs(args.voc_dir, args.model, args.draw, args.overwrite)
     detector = _load_detector(args)
     res = evaluate_once(
-        args.voc_dir, args.model, detector, draw_dir=args.draw, progress=sys.stderr.isatty()
+        args.voc_dir,
+        args.model,
+        detector,
+        draw_dir=args.draw,
+        progress=sys.stderr.isatty(),
+        overwrite=args.overwrite,
     )
     print_eval(res, as_json=args.json)
     return 0
