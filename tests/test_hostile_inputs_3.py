@@ -2,12 +2,14 @@
 writes that replace nothing the tool did not make (1), inputs that hold still while they are
 read (2), annotations and weights wrong but accepted (4), and never unsafe advice (7)."""
 
+import importlib
 import os
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from dnnlab.cli import main
 from dnnlab.errors import InputError
 from tests.test_hostile_inputs import write_voc
 from tests.test_hostile_inputs_2 import refused
@@ -43,3 +45,121 @@ def test_detect_eval_draw_never_replaces_a_users_file_unasked(tmp_path, capsys):
     assert sorted(os.listdir(draw)) == ["a.jpg"]  # no temporary left beside it
     with pytest.raises(InputError, match="--overwrite"):
         evaluate_once(voc, model, FakeDetector(), draw_dir=draw)
+
+
+# -- 2: an input that changes while it is read ----------------------------------------------
+def si_files(tmp_path, seed=0):
+    """A .npy feature file of two well-apart classes and its labels."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(40) % 2
+    np.save(tmp_path / "x.npy", rng.normal(size=(40, 5)) + 4 * y[:, None])
+    np.save(tmp_path / "y.npy", y)
+    return tmp_path / "x.npy", tmp_path / "y.npy"
+
+
+@pytest.mark.parametrize("how", ["renamed over", "rewritten in place"])
+def test_si_refuses_a_feature_file_that_changes_while_it_is_read(
+    tmp_path, capsys, monkeypatch, how
+):
+    si = importlib.import_module(
+        "dnnlab.separability.si_command"
+    )  # (dnnlab.separability is a function)
+
+    x, y = si_files(tmp_path)
+    other = tmp_path / "other.npy"
+    np.save(other, np.random.default_rng(1).normal(size=(40, 5)))  # same shape, other data
+    measure = si._measure
+
+    def measure_then_change(*a, **kw):  # another process changes the file mid-run
+        res = measure(*a, **kw)
+        if how == "renamed over":
+            os.replace(other, x)
+        else:
+            with open(x, "r+b") as fh:
+                fh.seek(-8, os.SEEK_END)
+                fh.write(b"\x00" * 8)
+            os.utime(x, ns=(0, os.stat(x).st_mtime_ns + 1_000_000))
+        return res
+
+    monkeypatch.setattr(si, "_measure", measure_then_change)
+    assert main(["si", str(x), str(y), "--no-progress"]) == 2
+    got = capsys.readouterr()
+    assert f"{x}: the file changed while dnnlab read it" in got.err and "Traceback" not in got.err
+    assert got.out == ""  # no number printed
+
+
+def test_a_feature_file_is_read_through_the_descriptor_it_was_opened_with(tmp_path):
+    from dnnlab.separability.featurefile import FeatureFile
+
+    x, _ = si_files(tmp_path)
+    want = np.load(x)
+    f = FeatureFile.open_npy(x)
+    first = f[0:10].numpy()
+    np.save(tmp_path / "new.npy", want + 100)
+    os.replace(tmp_path / "new.npy", x)  # the name now leads to another file
+    assert np.array_equal(np.concatenate([first, f[10:40].numpy()]), want)  # one version
+    with pytest.raises(InputError, match="replaced by another file") as e:
+        f.check_unchanged()
+    assert str(x) in str(e.value)
+    f.close()
+
+
+@pytest.mark.parametrize("which", ["labels", "features"])
+def test_si_refuses_a_named_pipe_at_once(tmp_path, which):
+    """A FIFO as an input would make si wait for a writer forever: refused before reading."""
+    import subprocess
+    import sys
+
+    x, y = si_files(tmp_path)
+    pipe = x if which == "features" else y
+    pipe.unlink()
+    os.mkfifo(pipe)
+    code = f"from dnnlab.cli import main; raise SystemExit(main(['si', {str(x)!r}, {str(y)!r}]))"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert f"{pipe}: a named pipe (FIFO), not a regular file" in p.stderr
+
+
+FIFO_READERS = """
+import os, sys
+from pathlib import Path
+from dnnlab.detect.voc import Problems, read_voc_dir
+from dnnlab.cli import main
+from dnnlab.errors import InputError
+from dnnlab.probe.anymodel import load_state
+from dnnlab.utils.images import UnreadableImage, open_rgb
+d = Path(sys.argv[1])
+problems = Problems()
+assert read_voc_dir(d / "voc", problems) == []
+print(problems.summary())
+for read in (lambda: open_rgb(d / "voc" / "b.jpg"), lambda: load_state(str(d / "w.pt"), None)):
+    try:
+        read()
+    except InputError as e:
+        print(e)
+"""
+
+
+def test_every_reader_refuses_a_named_pipe_without_waiting(tmp_path):
+    """A VOC annotation, an image and a weights file that are named pipes: each is a named
+    input problem or refusal, never a wait for a writer that never comes."""
+    import subprocess
+    import sys
+
+    (tmp_path / "voc").mkdir()
+    for fifo in ("voc/a.xml", "voc/b.jpg", "w.pt"):
+        os.mkfifo(tmp_path / fifo)
+    p = subprocess.run(
+        [sys.executable, "-c", FIFO_READERS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert "not a regular file" in lines[0] and "a.xml: a named pipe (FIFO)" in lines[0]
+    assert (
+        lines[1]
+        == f"{tmp_path / 'voc/b.jpg'}: unreadable image (a named pipe (FIFO), not a regular file)"
+    )
+    assert lines[2].startswith(f"--weights {tmp_path / 'w.pt'}: a named pipe (FIFO)")

@@ -16,6 +16,7 @@ import numpy as np
 
 from dnnlab.errors import InputError
 from dnnlab.utils.images import IMAGE_EXT, UnreadableImage, open_rgb
+from dnnlab.utils.steady import special_reason
 
 
 @dataclass
@@ -118,6 +119,10 @@ def _num(node, tag, where):
 def parse_voc(xml_path: Path, problems: Problems) -> VocImage | None:
     """One annotation; None (with the problem recorded) when it cannot be used."""
     where = str(xml_path)
+    special = special_reason(xml_path)
+    if special is not None:  # a named pipe would make the parser wait forever
+        problems.add("not a regular file", where, special)
+        return None
     try:
         root = ET.parse(xml_path).getroot()
     except (ET.ParseError, OSError) as e:

@@ -24,18 +24,21 @@ from dnnlab.separability.featurefile import (
 from dnnlab.utils.paths import missing_reason
 from dnnlab.utils.safe_load import load_error_reason, load_plain
 from dnnlab.utils.sizes import format_size
+from dnnlab.utils.steady import check_regular, held_still
 
 __all__ = ["InputError", "load_array", "open_features", "split_spec"]
 
 
 def _split_existing(spec) -> tuple[Path, str | None]:
     """split_spec, refusing a path that cannot be opened (no such file, a broken link, a
-    loop of links) or an empty file."""
+    loop of links), one that is not a regular file (a folder; a named pipe or a device,
+    which could make the command wait forever: utils/steady.py) or an empty file."""
     path, name = split_spec(str(spec))
     if not path.exists():
         why = missing_reason(path)
         raise InputError(f"{path}: {'no such file' if why == 'does not exist' else why}")
-    if path.is_file() and path.stat().st_size == 0:
+    check_regular(path)
+    if path.stat().st_size == 0:
         raise InputError(f"{path}: cannot read it: the file is empty (0 bytes)")
     return path, name
 
@@ -170,8 +173,15 @@ def _parses_as(kind, cell: str) -> bool:
 
 def load_array(spec: str, *, numeric: bool = True, max_bytes: int = MAX_DENSE_BYTES):
     """Load one array (numpy or torch) from a file spec; numeric=False allows string labels;
-    max_bytes: the largest a sparse tensor may take once made dense."""
+    max_bytes: the largest a sparse tensor may take once made dense. The file is checked to
+    be the same version after the read as before (utils/steady.held_still)."""
     path, name = _split_existing(spec)
+    with held_still(path):
+        return _load_array(path, name, numeric, max_bytes)
+
+
+def _load_array(path: Path, name: str | None, numeric: bool, max_bytes: int):
+    """load_array of the file `path` (checked to exist) and member `name`."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -205,8 +215,6 @@ def open_features(spec: str, budget: int):
     any other file through load_array, refused first when the file alone is larger than
     the budget (loading it would hold at least that much)."""
     path, name = _split_existing(spec)
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         if name:

@@ -22,6 +22,8 @@ import safetensors
 import safetensors.torch
 import torch
 
+from dnnlab.utils.steady import special_reason
+
 
 class EmptyFileError(ValueError):
     """A file of zero bytes (torch's own message for it names no reason)."""
@@ -30,6 +32,11 @@ class EmptyFileError(ValueError):
 class SparseTensorError(ValueError):
     """A file holding a sparse (or other not dense) tensor, which no reader of dnnlab's
     takes: refused by name rather than met as a traceback later."""
+
+
+class SpecialFileError(ValueError):
+    """A named pipe, device or socket where a file was expected: reading it could wait
+    forever (utils/steady.py)."""
 
 
 class SafetensorsFileError(ValueError):
@@ -60,7 +67,11 @@ def is_safetensors(path) -> bool:
 def load_plain(path, map_location="cpu", dense_only: bool = True):
     """The content of a weights or checkpoint file as plain data: a .safetensors file (by
     content) as a {name: tensor} dict, else torch.load with weights_only=True. An empty file
-    raises EmptyFileError before either library sees it."""
+    raises EmptyFileError, and a named pipe or device SpecialFileError, before either library
+    sees it."""
+    special = special_reason(path)
+    if special is not None:
+        raise SpecialFileError(f"it is {special}, not a regular file")
     if Path(path).stat().st_size == 0:
         raise EmptyFileError("the file is empty (0 bytes)")
     if is_safetensors(path):
@@ -113,7 +124,7 @@ def load_error_reason(e: BaseException) -> str:
     text = str(e).strip()
     if isinstance(e, EmptyFileError):
         return "the file is empty (0 bytes)"
-    if isinstance(e, SparseTensorError):
+    if isinstance(e, (SparseTensorError, SpecialFileError)):
         return text
     if isinstance(e, SafetensorsFileError):
         return f"it is not a readable safetensors file ({text})"
