@@ -163,3 +163,87 @@ def test_every_reader_refuses_a_named_pipe_without_waiting(tmp_path):
         == f"{tmp_path / 'voc/b.jpg'}: unreadable image (a named pipe (FIFO), not a regular file)"
     )
     assert lines[2].startswith(f"--weights {tmp_path / 'w.pt'}: a named pipe (FIFO)")
+
+
+# -- 4: annotations and weights that are wrong but were accepted ----------------------------
+def test_a_duplicated_voc_object_is_named_and_merged(tmp_path):
+    from dnnlab.detect.voc import Problems, read_voc_dir
+
+    cat, other = (10, 10, 60, 50), (70, 20, 110, 90)
+    write_voc(tmp_path, "a", [("cat", cat), ("cat", cat), ("cat", other), ("dog", cat)])
+    problems = Problems()
+    (item,) = read_voc_dir(tmp_path, problems)
+    assert item.boxes("cat").tolist() == [list(cat), list(other)]  # one target, not two
+    assert item.other_boxes("cat").tolist() == [list(cat)]  # another class: not a copy
+    assert problems.counts == {"duplicated object (merged)": 1}
+    assert f"{tmp_path / 'a.xml'} object 1" in problems.summary()
+
+
+def saved_detector(folder, change=None):
+    """A small untrained detector saved as folder/model.pt; change(state) edits its
+    weights before saving."""
+    from dataclasses import replace
+
+    import torch
+
+    from dnnlab.detect.config import DetectorConfig, FeatureSpec
+    from dnnlab.detect.detector import Detector
+    from dnnlab.detect.features import mobilenet_features
+
+    cfg = DetectorConfig(features=FeatureSpec(image_size=96))
+    cfg = replace(cfg, regressors=replace(cfg.regressors, iou_predictor=False))
+    torch.manual_seed(0)
+    det = Detector(cfg, mobilenet_features(), ((0.5,) * 3, (0.5,) * 3))
+    if change is not None:
+        with torch.no_grad():
+            change(det.state_dict())
+    folder.mkdir()
+    det.save(folder)
+    return folder
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_detector_with_non_finite_weights_is_refused_at_load(tmp_path, capsys, value):
+    from dnnlab.detect.detector import Detector
+
+    Detector.load(saved_detector(tmp_path / "good"))  # the same file, finite: loads
+
+    def spoil(state):
+        state["head.4.weight"][1, 3] = value
+
+    bad = saved_detector(tmp_path / "bad", spoil)
+    with pytest.raises(InputError, match=r"'head.4.weight' holds 1 non-finite value") as e:
+        Detector.load(bad)
+    assert str(bad / "model.pt") in str(e.value)
+    photo = tmp_path / "p.jpg"
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(photo)
+    argv = ["detect", "run", photo, "--model", bad, "--out", tmp_path / "out"]
+    refused(argv, capsys, bad / "model.pt", "non-finite")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")  # (deprecated, still loadable)
+@pytest.mark.parametrize("kind", ["int8", "complex", "quantized", "meta", "bool"])
+def test_probe_weights_of_another_kind_are_refused_by_name(tmp_path, kind):
+    import torch
+    from torch import nn
+
+    from dnnlab.probe.anymodel import fit_weights
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fit_weights(model, state, "--weights w.pt")  # its own weights: loaded
+    w = state["0.weight"]
+    state["0.weight"] = {
+        "int8": lambda: (w * 100).to(torch.int8),
+        "complex": lambda: w.to(torch.complex64),
+        "quantized": lambda: torch.quantize_per_tensor(w, 0.01, 0, torch.qint8),
+        "meta": lambda: w.to("meta"),
+        "bool": lambda: w > 0,
+    }[kind]()
+    before = model[0].weight.detach().clone()
+    with pytest.raises(InputError, match=r"--weights w.pt: '0.weight' (is|is a meta)"):
+        fit_weights(model, state, "--weights w.pt")
+    assert torch.equal(model[0].weight, before)  # nothing was loaded

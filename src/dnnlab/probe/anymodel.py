@@ -22,7 +22,7 @@ from torch import nn
 from dnnlab.errors import InputError
 from dnnlab.utils.paths import check_in_file
 from dnnlab.utils.safe_load import load_error_reason, load_plain
-from dnnlab.utils.weights import load_fitting
+from dnnlab.utils.weights import check_weight_values, load_fitting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -174,7 +174,9 @@ def _select(obj, key: str, path: str) -> dict:
 
 
 def fit_weights(model: nn.Module, state: dict, where: str) -> None:
-    """load_state_dict, but a mismatch names the first offending key and both shapes."""
+    """load_state_dict, but a mismatch names the first offending key and both shapes, and
+    meta, quantized, complex, integer or non-finite weights are refused by name first."""
+    check_weight_values(model, state, where, InputError)
     load_fitting(model, state, where, InputError)
 
 
