@@ -247,3 +247,48 @@ def test_probe_weights_of_another_kind_are_refused_by_name(tmp_path, kind):
     with pytest.raises(InputError, match=r"--weights w.pt: '0.weight' (is|is a meta)"):
         fit_weights(model, state, "--weights w.pt")
     assert torch.equal(model[0].weight, before)  # nothing was loaded
+
+
+# -- 7: no message tells the user to load unsafely ------------------------------------------
+def unsafe_words(text: str) -> list[str]:
+    from tests.test_hostile_inputs import UNSAFE_ADVICE
+
+    flat = text.lower().replace(" ", "")
+    return [w for w in (*UNSAFE_ADVICE, "weights_only", "allow_pickle") if w in flat]
+
+
+@pytest.mark.parametrize("where", ["labels.npy", "labels.npz"])
+def test_si_refuses_pickled_labels_without_advising_to_unpickle(tmp_path, capsys, where):
+    x, _ = si_files(tmp_path)
+    objects = np.array(["cat", "dog"] * 20, dtype=object)  # saved as a pickle
+    path = tmp_path / where
+    if where.endswith(".npy"):
+        np.save(path, objects, allow_pickle=True)
+    else:
+        np.savez(path, y=objects)
+    err = refused(["si", x, path, "--no-progress"], capsys, path, "could run code")
+    assert unsafe_words(err) == []
+
+
+def test_timm_checkpoint_path_is_refused_for_weights(tmp_path, capsys):
+    pytest.importorskip("timm")
+    from tests.test_hostile_inputs import bad_pt
+
+    evil = bad_pt(tmp_path, "pickled")
+    spec = f"timm:resnet18:checkpoint_path={str(evil)!r}"
+    argv = ["probe", "--model", spec, "--data", tmp_path, "--out", tmp_path / "o"]
+    err = refused(argv, capsys, "checkpoint_path", "--weights")
+    assert unsafe_words(err) == [] and not (tmp_path / "pwned").exists()
+
+
+def test_a_librarys_advice_to_load_unsafely_is_never_passed_on():
+    from dnnlab.utils.safe_load import without_unsafe_advice
+
+    text = (
+        "weights_only=True blocked loading this checkpoint because it requires "
+        "non-allowlisted pickle globals. Unsupported globals: builtins.print. No automatic "
+        "unsafe pickle fallback is performed. If this checkpoint is trusted, retry with "
+        "weights_only=False."
+    )
+    kept = without_unsafe_advice(text)
+    assert kept == "Unsupported globals: builtins.print" and unsafe_words(kept) == []

@@ -21,7 +21,7 @@ from torch import nn
 
 from dnnlab.errors import InputError
 from dnnlab.utils.paths import check_in_file
-from dnnlab.utils.safe_load import load_error_reason, load_plain
+from dnnlab.utils.safe_load import load_error_reason, load_plain, without_unsafe_advice
 from dnnlab.utils.weights import check_weight_values, load_fitting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,7 +63,7 @@ def _torchvision_model(spec: str) -> nn.Module:
     try:
         return torchvision.models.get_model(name, weights=None, **kwargs)
     except TypeError as e:
-        raise InputError(f"--model {spec!r}: {e}") from None
+        raise InputError(f"--model {spec!r}: {without_unsafe_advice(str(e))}") from None
 
 
 def _timm():
@@ -92,13 +92,18 @@ def _timm_model(spec: str) -> nn.Module:
             f"--model {spec!r}: nothing is downloaded here; drop pretrained= and pass the "
             "weights file with --weights"
         )
+    if "checkpoint_path" in kwargs:  # timm would read the file itself, not as plain data
+        raise InputError(
+            f"--model {spec!r}: checkpoint_path= has timm read the file itself; drop it and "
+            "pass the file with --weights, which reads it as plain data"
+        )
     known = timm.list_models()
     if name.split(".")[0] not in known:
         raise _unknown_name(spec, "timm", name, known)
     try:
         return timm.create_model(name, pretrained=False, **kwargs)
     except (TypeError, RuntimeError, ValueError) as e:
-        raise InputError(f"--model {spec!r}: {e}") from None
+        raise InputError(f"--model {spec!r}: {without_unsafe_advice(str(e))}") from None
 
 
 def model_from_spec(spec: str) -> nn.Module:

@@ -201,7 +201,12 @@ def _load_array(path: Path, name: str | None, numeric: bool, max_bytes: int):
     except InputError:
         raise
     except Exception as e:  # a truncated or foreign file: say which file and why
-        why = load_error_reason(e)
+        torch_file = suffix in (".pt", ".pth")  # else the reason names the file's own format
+        why = (
+            load_error_reason(e)
+            if torch_file
+            else load_error_reason(e, f"a readable {suffix} file")
+        )
         raise InputError(f"{path}: cannot read as {suffix or 'an array file'} ({why})") from None
     raise InputError(
         f"{path}: unsupported file type {suffix!r}; use .npy, .npz, .pt, .safetensors or .csv"
@@ -242,7 +247,8 @@ def _only_member(path: Path) -> str:
         with np.load(path, allow_pickle=False) as z:
             names = list(z.files)
     except Exception as e:
-        raise InputError(f"{path}: not a readable .npz file ({load_error_reason(e)})") from None
+        why = load_error_reason(e, "a readable .npz file")
+        raise InputError(f"{path}: not a readable .npz file ({why})") from None
     return _pick({n: n for n in names}, None, path)
 
 

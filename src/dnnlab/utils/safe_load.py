@@ -118,9 +118,10 @@ def _first_line(e: BaseException) -> str:
     return text[0][:200] if text else type(e).__name__
 
 
-def load_error_reason(e: BaseException) -> str:
-    """One line: an empty file, code-carrying objects refused, or what else is wrong (not a
-    PyTorch file, truncated, ...); never torch's advice to load with weights_only=False."""
+def load_error_reason(e: BaseException, what: str = "a readable PyTorch file of plain data") -> str:
+    """One line: an empty file, code-carrying objects refused, or what else is wrong (not
+    `what`, truncated, ...); never a library's advice to load unsafely (torch's
+    weights_only=False, numpy's allow_pickle=True)."""
     text = str(e).strip()
     if isinstance(e, EmptyFileError):
         return "the file is empty (0 bytes)"
@@ -135,21 +136,38 @@ def load_error_reason(e: BaseException) -> str:
         )
     detail = [ln.strip() for ln in text.splitlines() if ln.strip() and _plain(ln)]
     first = detail[0][:200] if detail else ""
-    what = f"{type(e).__name__}: {first}" if first else type(e).__name__
-    return f"it is not a readable PyTorch file of plain data ({what})"
+    kind = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return f"it is not {what} ({kind})"
 
 
-# torch's words for a pickle that names a class or function (one that could run code).
-CODE_CARRYING = ("Unsupported global", "Unsupported class", "GLOBAL ")
-# torch's advice and boilerplate, never repeated: it suggests the unsafe load.
+def without_unsafe_advice(text: str) -> str:
+    """A library's message with every sentence that advises an unsafe load left out (for
+    errors dnnlab passes on, such as a model constructor's that read a file itself)."""
+    sentences = [s.strip() for ln in text.splitlines() for s in ln.split(". ")]
+    kept = [s for s in sentences if s and _plain(s)]
+    return ". ".join(kept).rstrip(".")[:300] or "(no reason given)"
+
+
+# torch's and numpy's words for a pickle that names a class or function, or holds Python
+# objects (either could run code when unpickled).
+CODE_CARRYING = (
+    "Unsupported global",
+    "Unsupported class",
+    "GLOBAL ",
+    "Object arrays cannot be loaded",
+)
+# The libraries' advice and boilerplate, never repeated: it suggests the unsafe load.
 _ADVICE = (
     "weights_only",
+    "allow_pickle",
     "Weights only load failed",
     "documentation of torch.load",
     "file an issue",
+    "unsafe",
+    "is trusted",
 )
 
 
 def _plain(line: str) -> bool:
-    """Whether a line of torch's message is a fact about the file, not advice."""
-    return not any(w in line for w in _ADVICE)
+    """Whether a line of a library's message is a fact about the file, not advice."""
+    return not any(w.lower() in line.lower() for w in _ADVICE)
