@@ -292,3 +292,57 @@ def test_a_librarys_advice_to_load_unsafely_is_never_passed_on():
     )
     kept = without_unsafe_advice(text)
     assert kept == "Unsupported globals: builtins.print" and unsafe_words(kept) == []
+
+
+# -- 8: messages and settings that say what is so -------------------------------------------
+def test_a_flag_given_with_a_preset_is_not_ignored(tmp_path, capsys):
+    import json
+
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    write_voc(voc, "a", [("cat", (10, 10, 60, 50))], size=(64, 48))
+    det = saved_detector(tmp_path / "det")
+    argv = ["detect", "eval", voc, "--model", det, "--preset", "course", "--json"]
+    assert main([str(a) for a in [*argv, "--nms-iou", "0.4", "--max-proposals", "7"]]) == 0
+    got = json.loads(capsys.readouterr().out)["settings"]
+    assert (got["nms_iou"], got["max_proposals"]) == (0.4, 7)  # the flags given
+    assert (got["vote_iou"], got["refine_steps"]) == (0.0, 0)  # the preset's, not given
+
+
+def test_the_cifar_note_gives_the_trees_own_counts(tmp_path):
+    from dnnlab.probe.images import image_splits
+    from tests.fakes import make_image_tree
+
+    tree = make_image_tree(tmp_path / "c10", n_train=30, n_test=10)  # 300 + 100 images
+    cfg = SimpleNamespace(data=str(tree), seed=0)
+    splits, _, how = image_splits(cfg, None, (0.5,) * 3, (0.5,) * 3, tmp_path / "out")
+    assert "(30 of 300; seed 0)" in how and "50,000" not in how
+    assert f"({len(splits['train20'].labels)})" in how and "test images (100)" in how
+
+
+def test_a_label_message_shows_the_value_not_numpys_repr(tmp_path, capsys):
+    x, _ = si_files(tmp_path)
+    y = (np.arange(40) % 2).astype(np.float32)
+    y[3] = 1.5
+    np.save(tmp_path / "y.npy", y)
+    err = refused(["si", x, tmp_path / "y.npy"], capsys, "(1.5 at position 3")
+    assert "np." not in err
+
+
+def test_a_pickle_named_safetensors_is_refused_for_what_it_is(tmp_path, capsys):
+    import pickle
+
+    x, y = si_files(tmp_path)
+    fake = tmp_path / "x.safetensors"
+    with open(fake, "wb") as fh:
+        pickle.dump({"x": np.load(x)}, fh, protocol=4)
+    err = refused(["si", fake, y], capsys, fake, "a Python pickle (pickle.dump)")
+    assert "warning" not in err and "Unsupported operand" not in err
+
+
+def test_a_resume_message_names_switches_that_exist():
+    from dnnlab.cifar.config import TrainConfig
+    from dnnlab.cifar.plan import _settings_changed
+
+    (said,) = _settings_changed(TrainConfig(bf16=False), TrainConfig())
+    assert said == "bf16 on (without --no-bf16; the run was with --no-bf16)"

@@ -14,7 +14,10 @@ Every such file dnnlab reads goes through `load_plain`, and every refusal is wor
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
+import pickletools
 import warnings
 from pathlib import Path
 
@@ -37,6 +40,11 @@ class SparseTensorError(ValueError):
 class SpecialFileError(ValueError):
     """A named pipe, device or socket where a file was expected: reading it could wait
     forever (utils/steady.py)."""
+
+
+class PlainPickleError(ValueError):
+    """A Python pickle that torch.save did not write (pickle.dump, joblib, ...): torch's
+    weights_only reader meets it with a protocol warning and "Unsupported operand"."""
 
 
 class SafetensorsFileError(ValueError):
@@ -76,6 +84,13 @@ def load_plain(path, map_location="cpu", dense_only: bool = True):
         raise EmptyFileError("the file is empty (0 bytes)")
     if is_safetensors(path):
         return _load_safetensors(path, map_location)
+    with open(path, "rb") as fh:
+        if is_plain_pickle(fh.read(4096)):
+            raise PlainPickleError(
+                "it is a Python pickle (pickle.dump), not a file torch.save or safetensors "
+                "wrote; dnnlab does not unpickle it, since unpickling can run code: save the "
+                "tensors with torch.save or safetensors"
+            )
     # An open file, not its name: torch.load hands any name ending in .safetensors to
     # safetensors, whatever the content. torch's warning on checking a sparse tensor is not
     # repeated: such a file is refused just below, in dnnlab's words.
@@ -85,6 +100,27 @@ def load_plain(path, map_location="cpu", dense_only: bool = True):
     if dense_only:  # weights and records: a sparse tensor is refused (SparseTensorError)
         check_dense(obj)
     return obj
+
+
+# torch.save's legacy (not zip) format pickles this magic number first (a LONG1 opcode).
+_TORCH_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def is_plain_pickle(head: bytes) -> bool:
+    """Whether a file beginning with `head` (its first KiBs) is a pickle that torch.save did
+    not write: its first opcodes read as pickle's (PROTO, maybe FRAME, ...), but they do not
+    pickle the magic number torch's legacy format begins with. (torch.save's usual format
+    is a zip archive, which begins with "PK".)"""
+    if head[:1] != b"\x80":
+        return False
+    try:  # three opcodes that read as a pickle's, without running any of them
+        list(itertools.islice(pickletools.genops(io.BytesIO(head)), 3))
+    except (ValueError, EOFError):  # e.g. "at position 2, opcode ' ' unknown"
+        return False
+    rest = head[2:]
+    if rest[:1] == b"\x95":  # FRAME: an 8-byte length, then the opcodes
+        rest = rest[9:]
+    return not rest.startswith(_TORCH_MAGIC)
 
 
 def check_dense(obj, where: str = "") -> None:
@@ -125,7 +161,7 @@ def load_error_reason(e: BaseException, what: str = "a readable PyTorch file of 
     text = str(e).strip()
     if isinstance(e, EmptyFileError):
         return "the file is empty (0 bytes)"
-    if isinstance(e, (SparseTensorError, SpecialFileError)):
+    if isinstance(e, (SparseTensorError, SpecialFileError, PlainPickleError)):
         return text
     if isinstance(e, SafetensorsFileError):
         return f"it is not a readable safetensors file ({text})"
