@@ -346,3 +346,68 @@ def test_a_resume_message_names_switches_that_exist():
 
     (said,) = _settings_changed(TrainConfig(bf16=False), TrainConfig())
     assert said == "bf16 on (without --no-bf16; the run was with --no-bf16)"
+
+
+# -- 6: no traceback from an unusual input --------------------------------------------------
+def unusual(kind: str):
+    """(features, labels) tensors of 20 samples of two classes, one of them unusual."""
+    import torch
+
+    x, y = torch.randn(20, 4, generator=torch.Generator().manual_seed(0)), torch.arange(20) % 2
+    return {
+        "float8 features": lambda: (x.to(torch.float8_e4m3fn), y),
+        "bf16 labels": lambda: (x, y.to(torch.bfloat16)),
+        "bf16 features": lambda: (x.to(torch.bfloat16), y),
+        "quantized features": lambda: (torch.quantize_per_tensor(x, 0.1, 0, torch.qint8), y),
+        "meta features": lambda: (x.to("meta"), y),
+        "nested features": lambda: (torch.nested.nested_tensor([x[:3], x[:5]]), y),
+        "complex labels": lambda: (x, y.to(torch.complex64)),
+    }[kind]()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch's own on making these tensors
+@pytest.mark.parametrize(
+    "kind, refusal",
+    [
+        ("float8 features", None),  # exact in float32: measured
+        ("bf16 features", None),
+        ("bf16 labels", None),
+        ("quantized features", "a quantized tensor"),
+        ("meta features", "a meta tensor"),
+        ("nested features", "a nested (ragged) tensor"),
+        ("complex labels", "complex numbers"),
+    ],
+)
+def test_si_on_unusual_tensors_measures_or_refuses_by_name(tmp_path, capsys, kind, refusal):
+    import json
+
+    import torch
+
+    x, y = unusual(kind)
+    torch.save(x, tmp_path / "x.pt")
+    torch.save(y, tmp_path / "y.pt")
+    argv = ["si", tmp_path / "x.pt", tmp_path / "y.pt", "--json", "--no-progress"]
+    if refusal is None:
+        assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+        plain = [str(tmp_path / "p.npy"), str(tmp_path / "q.npy")]
+        np.save(plain[0], x.float().numpy())
+        np.save(plain[1], y.long().numpy())
+        got = json.loads(capsys.readouterr().out)
+        assert main(["si", *plain, "--json", "--no-progress"]) == 0
+        want = json.loads(capsys.readouterr().out)
+        assert (got["si"], got["csi"]) == (want["si"], want["csi"])  # the values as they are
+    else:
+        named = tmp_path / ("y.pt" if "labels" in kind else "x.pt")
+        refused(argv, capsys, f"{named}: {refusal}")
+
+
+@pytest.mark.parametrize(
+    "spec, why",
+    [
+        ("torchvision:resnet18:num_classes=-3", "RuntimeError"),
+        ("torchvision:vit_b_16:image_size=7", "AssertionError"),
+    ],
+)
+def test_model_arguments_the_library_rejects_are_named(tmp_path, capsys, spec, why):
+    argv = ["probe", "--model", spec, "--data", tmp_path, "--out", tmp_path / "o"]
+    refused(argv, capsys, spec, f"the library rejects it ({why}")

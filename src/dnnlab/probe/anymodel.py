@@ -62,8 +62,8 @@ def _torchvision_model(spec: str) -> nn.Module:
         raise _unknown_name(spec, "torchvision", name, known)
     try:
         return torchvision.models.get_model(name, weights=None, **kwargs)
-    except TypeError as e:
-        raise InputError(f"--model {spec!r}: {without_unsafe_advice(str(e))}") from None
+    except Exception as e:  # arguments the constructor rejects, in whatever way it does
+        raise _rejected(spec, e) from None
 
 
 def _timm():
@@ -102,8 +102,15 @@ def _timm_model(spec: str) -> nn.Module:
         raise _unknown_name(spec, "timm", name, known)
     try:
         return timm.create_model(name, pretrained=False, **kwargs)
-    except (TypeError, RuntimeError, ValueError) as e:
-        raise InputError(f"--model {spec!r}: {without_unsafe_advice(str(e))}") from None
+    except Exception as e:  # arguments the constructor rejects, in whatever way it does
+        raise _rejected(spec, e) from None
+
+
+def _rejected(spec: str, e: Exception) -> InputError:
+    """The library's refusal of a model's constructor arguments, in one line (an assert
+    without a message names its type only), never its advice to load unsafely."""
+    text = without_unsafe_advice(str(e)) if str(e).strip() else "no reason given"
+    return InputError(f"--model {spec!r}: the library rejects it ({type(e).__name__}: {text})")
 
 
 def model_from_spec(spec: str) -> nn.Module:

@@ -115,6 +115,9 @@ def _plain_array(obj, path: Path, numeric: bool, max_bytes: int):
     (its dense size counts in the command's budget like any input read whole); a list of
     numbers (or of strings, for labels) as a numpy array; anything else named."""
     if isinstance(obj, torch.Tensor):
+        _check_tensor_kind(obj, path)
+        if obj.is_floating_point() and obj.dtype not in _NUMPY_FLOATS:
+            obj = obj.to(torch.float32)  # bfloat16, float8: every value exact in float32
         if obj.layout != torch.strided:
             dense = obj.numel() * obj.element_size()
             if dense > max_bytes:
@@ -141,6 +144,27 @@ def _plain_array(obj, path: Path, numeric: bool, max_bytes: int):
             )
         return arr
     raise InputError(f"{path}: expected a tensor, found {type(obj).__name__}")
+
+
+# Floating-point types numpy holds; other ones (bfloat16, the float8 types) are read as float32.
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
+def _check_tensor_kind(t: torch.Tensor, path: Path) -> None:
+    """Refuse, naming the file, a tensor that is not an array of real numbers dnnlab can
+    read: a meta tensor (a shape without values), a nested (ragged) one, a quantized one,
+    complex numbers."""
+    why = None
+    if t.is_meta:
+        why = "a meta tensor (a shape without values): the file holds no numbers"
+    elif t.is_nested:
+        why = "a nested (ragged) tensor, not an (N, ...) array"
+    elif t.is_quantized:
+        why = f"a quantized tensor ({t.dtype}); save it as floating point (.dequantize())"
+    elif t.is_complex():
+        why = f"complex numbers ({t.dtype}); features and labels must be real numbers"
+    if why is not None:
+        raise InputError(f"{path}: {why}")
 
 
 # A sparse tensor is made dense only up to this size (the command's budget then counts it).
