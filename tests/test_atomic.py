@@ -13,6 +13,7 @@ from dnnlab.utils.atomic import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
+    temp_folder_beside,
 )
 
 
@@ -33,6 +34,16 @@ def test_outputs_follow_the_umask(tmp_path, umask):
     umask(0o077)
     atomic_write_json(tmp_path / "b.json", {"x": 1})
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
+def test_a_folder_made_whole_then_renamed_keeps_the_umask(tmp_path, umask, mask):
+    umask(mask)
+    (tmp_path / "plain").mkdir()  # what any tool's mkdir gives under this umask
+    tmp = temp_folder_beside(tmp_path / "sub" / "out")
+    assert tmp.parent == tmp_path / "sub" and tmp.name.startswith(".out.")
+    assert tmp.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+    assert tmp.stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's 0700
 
 
 def test_stale_temporaries_of_ours_are_removed(tmp_path):

@@ -1045,7 +1045,8 @@ def test_eval_keeps_one_record_per_folder_and_reuses_only_a_match(
 
 
 def test_course_preset_detection_settings(small, trained, tmp_path, capsys):
-    """Every proposal, every box above the threshold, no NMS; the preset wins over flags."""
+    """Every proposal, every box above the threshold, no NMS; a flag given wins over the
+    preset (it sets only the flags not given)."""
     det = copy_of(trained, tmp_path)
     assert (
         main(cli("detect", "eval", small, model=det, json=True, preset="course", max_proposals=50))
@@ -1053,7 +1054,7 @@ def test_course_preset_detection_settings(small, trained, tmp_path, capsys):
     )
     res = json.loads(capsys.readouterr().out)
     assert res["settings"]["nms_iou"] == 1.0 and res["settings"]["vote_iou"] == 0.0
-    assert res["settings"]["max_proposals"] == 10**9 and res["settings"]["refine_steps"] == 0
+    assert res["settings"]["max_proposals"] == 50 and res["settings"]["refine_steps"] == 0
 
 
 def test_course_preset_and_end_to_end(small, weights, tmp_path):
