@@ -24,7 +24,6 @@ import html
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from dnnlab.cifar.models import VARIANTS
@@ -46,7 +45,7 @@ from dnnlab.study.records import (
     sort_runs,
     value_at,
 )
-from dnnlab.utils.atomic import atomic_write_json
+from dnnlab.utils.atomic import atomic_write_json, temp_folder_beside
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
@@ -157,10 +156,8 @@ def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
     kept, _ = sort_runs(out, cfg, runs)  # finished runs that match the study
     variants = [m for m in kept if (out / "runs" / m / "probe.csv").exists()]
     diverged = sorted(diverged_runs(out, runs))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = temp_folder_beside(dest)  # the user's umask, not mkdtemp's 0700
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a folder keeps the umask
         commit = commit or git_commit(Path.cwd())
         atomic_write_json(
             tmp / "study.json",
@@ -210,12 +207,6 @@ def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return variants
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def published_summary(runs: list[str], dest) -> str:
