@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 from dnnlab.errors import InputError
-from dnnlab.utils.steady import check_regular
 
 
 def real(path) -> Path:
@@ -68,10 +67,10 @@ def check_in_folder(folder, flag: str) -> Path:
 
 def check_in_file(path, flag: str) -> Path:
     """The input file as a Path; refused, naming the flag and the path, when it is missing
-    (or a broken link or a loop of links), a folder, or a named pipe, device or socket
-    (reading one could wait forever: utils/steady.py)."""
+    (or a broken link or a loop of links) or a folder."""
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError(f"{flag} {path}: {missing_reason(p)}")
-    check_regular(p, flag)
+    if p.is_dir():
+        raise InputError(f"{flag} {path}: a folder, not a file")
     return p
