@@ -152,8 +152,9 @@ def test_a_diverging_run_keeps_its_loss_curve_and_stops_early(tree, tmp_path):
     assert all(isinstance(s["loss"], float) for s in steps[:bad])  # finite until then
     # Stopped within one augmented chunk of the first bad step, not at the epoch's end.
     assert len(steps) <= (bad // E.AUG_CHUNK + 1) * E.AUG_CHUNK
+    # Each step's learning rate is the one it ran with (the scheduler steps after it).
     assert [s["lr"] for s in steps[:2]] == pytest.approx(
-        [10.0 * R.linear_lr_factor(i + 1, 2 * 12, 0) for i in range(2)]
+        [10.0 * R.linear_lr_factor(i, 2 * 12, 0) for i in range(2)]
     )
     assert (run / "divergence.png").stat().st_size > 0
     assert not (run / "summary.json").exists() and not (run / "best.pt").exists()

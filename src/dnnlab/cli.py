@@ -107,7 +107,8 @@ def _add_train(sub) -> None:
 
 
 def _given(args, cls) -> dict:
-    """The settings of config class `cls` given on the command line (the rest are UNSET)."""
+    """The settings of config class `cls` given on the command line (the parser's defaults
+    for the rest are UNSET: train, study and the detect commands)."""
     from dataclasses import fields
 
     return {
@@ -223,7 +224,10 @@ def _add_study(sub) -> None:
         "whose tables the report shows beside this study's",
     )
     p.add_argument(
-        "--publish", default=None, help="afterwards, copy the results (no weights) into this folder"
+        "--publish",
+        default=None,
+        help="copy the results (no weights) with a manifest into this folder each time a run "
+        "finishes, and at the end; it must be new or this study's earlier publication",
     )
     p.set_defaults(func=cmd_study, **{f.name: UNSET for f in fields(StudyConfig)})
 
@@ -236,10 +240,6 @@ def cmd_study(args) -> int:
     given = _given(args, StudyConfig)
     check_recipe_flag(given)  # an old recipe name, refused as a flag (records still read)
     cfg = study_config(**given)
-    if args.publish:
-        from dnnlab.study.publish import check_publish_dest
-
-        check_publish_dest(args.out, args.publish, [args.detector, args.published])
     run_study(
         cfg,
         args.out,
@@ -247,6 +247,7 @@ def cmd_study(args) -> int:
         progress=sys.stderr.isatty(),
         detector=args.detector,
         published=args.published,
+        publish_to=args.publish,
     )
     if args.published:
         # The published studies are the real results: shown on the terminal, not only in
@@ -254,10 +255,6 @@ def cmd_study(args) -> int:
         from dnnlab.study.publish import published_section, read_published
 
         print("\n".join(published_section(read_published(args.published))[0]))
-    if args.publish:
-        from dnnlab.study.publish import publish, published_summary
-
-        print(published_summary(publish(args.out, args.publish), args.publish))
     return 0
 
 
@@ -270,8 +267,8 @@ def _add_detect(sub) -> None:
     preset = dict(
         choices=sorted(c.PRESETS),
         default=None,
-        help="a named set of settings that overrides those flags (course: the "
-        "original course project's)",
+        help="a named set of settings for the flags not given (course: the original "
+        "course project's); a flag given explicitly wins",
     )
 
     p = dsub.add_parser("build", help="proposals, IoU labels and the box index")
@@ -285,15 +282,16 @@ def _add_detect(sub) -> None:
     )
     add_flags(p, c.ProposalConfig)
     add_flags(p, c.BuildConfig)
-    p.set_defaults(func=cmd_detect_build)
+    p.set_defaults(func=cmd_detect_build, **_unset(c.ProposalConfig, c.BuildConfig))
 
     p = dsub.add_parser("train", help="the box features, the head and the box regressors")
     p.add_argument("dir", help="detector directory made by `detect build`")
     p.add_argument("--overwrite", action="store_true", help="replace a trained model.pt")
     p.add_argument("--preset", **preset)
-    for cls in (c.FeatureSpec, c.HeadConfig, c.RegressorConfig, c.DetectTrainConfig):
+    sections = (c.FeatureSpec, c.HeadConfig, c.RegressorConfig, c.DetectTrainConfig)
+    for cls in sections:
         add_flags(p, cls)
-    p.set_defaults(func=cmd_detect_train)
+    p.set_defaults(func=cmd_detect_train, **_unset(*sections))
 
     p = dsub.add_parser("show", help="grids of positive and negative samples")
     p.add_argument("dir")
@@ -304,31 +302,40 @@ def _add_detect(sub) -> None:
         if name == "run":
             p.add_argument("images", nargs="+")
             p.add_argument("--out", default="detections")
-            p.add_argument(
-                "--overwrite",
-                action="store_true",
-                help="replace the results of photos already in --out",
-            )
         else:
             p.add_argument("voc_dir")
             p.add_argument("--json", action="store_true")
             p.add_argument("--draw", default=None, help="also write annotated images here")
+        where = "--out" if name == "run" else "--draw"
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help=f"replace files already in {where} that have an output's name",
+        )
         p.add_argument("--model", required=True, help="detector directory with model.pt")
         p.add_argument("--preset", **preset)
         add_flags(p, c.DetectionConfig)
         p.add_argument("--device", default="cpu", help=DEVICE_HELP)
-        p.set_defaults(func=cmd_detect_run if name == "run" else cmd_detect_eval)
+        func = cmd_detect_run if name == "run" else cmd_detect_eval
+        p.set_defaults(func=func, **_unset(c.DetectionConfig))
+
+
+def _unset(*classes) -> dict:
+    """UNSET for every setting of the config classes: a flag not given is told apart from
+    one given with its default value (a --preset then sets only the flags not given)."""
+    from dataclasses import fields
+
+    return {f.name: UNSET for cls in classes for f in fields(cls) if f.metadata.get("spec")}
 
 
 def _load_detector(args):
     """The detector in --model with the detection flags (and --preset) applied."""
     from dnnlab.detect.config import DetectionConfig, with_preset
     from dnnlab.detect.detector import Detector
-    from dnnlab.settings import from_args
     from dnnlab.utils.paths import check_in_folder
 
     check_in_folder(args.model, "--model")
-    detection = with_preset(from_args(DetectionConfig, args), args.preset)
+    detection = with_preset(DetectionConfig, _given(args, DetectionConfig), args.preset)
     return Detector.load(args.model, args.device, detection)
 
 
@@ -336,14 +343,13 @@ def cmd_detect_build(args) -> int:
     from dnnlab.detect.build import build
     from dnnlab.detect.config import BuildConfig, ProposalConfig
     from dnnlab.detect.output import build_summary
-    from dnnlab.settings import from_args
 
     info = build(
         args.voc_dir,
         args.out,
         args.target,
-        from_args(ProposalConfig, args),
-        from_args(BuildConfig, args),
+        ProposalConfig(**_given(args, ProposalConfig)),
+        BuildConfig(**_given(args, BuildConfig)),
         progress=sys.stderr.isatty(),
         overwrite=args.overwrite,
     )
@@ -357,20 +363,20 @@ def cmd_detect_train(args) -> int:
         FeatureSpec,
         HeadConfig,
         RegressorConfig,
+        with_preset,
     )
-    from dnnlab.detect.config import with_preset as preset
     from dnnlab.detect.output import train_summary
     from dnnlab.detect.train import train_detector
-    from dnnlab.settings import from_args
     from dnnlab.utils.paths import check_in_folder
 
     check_in_folder(args.dir, "DIR")
     s = train_detector(
         args.dir,
-        preset(from_args(FeatureSpec, args), args.preset),
-        preset(from_args(HeadConfig, args), args.preset),
-        preset(from_args(RegressorConfig, args), args.preset),
-        from_args(DetectTrainConfig, args),
+        *(
+            with_preset(c, _given(args, c), args.preset)
+            for c in (FeatureSpec, HeadConfig, RegressorConfig)
+        ),
+        DetectTrainConfig(**_given(args, DetectTrainConfig)),
         progress=sys.stderr.isatty(),
         overwrite=args.overwrite,
     )
@@ -409,12 +415,41 @@ def cmd_detect_run(args) -> int:
 def cmd_detect_eval(args) -> int:
     from dnnlab.detect.evaluate import check_eval_inputs, evaluate_once, print_eval
 
-    check_eval_inputs(args.voc_dir, args.model, args.draw)
+    check_eval_inputs(args.voc_dir, args.model, args.draw, args.overwrite)
     detector = _load_detector(args)
     res = evaluate_once(
-        args.voc_dir, args.model, detector, draw_dir=args.draw, progress=sys.stderr.isatty()
+        args.voc_dir,
+        args.model,
+        detector,
+        draw_dir=args.draw,
+        progress=sys.stderr.isatty(),
+        overwrite=args.overwrite,
     )
     print_eval(res, as_json=args.json)
+    return 0
+
+
+def _add_verify(sub) -> None:
+    p = _parser(
+        sub,
+        "verify",
+        "Check published study folders against their manifest.json: every file's sha256 as "
+        "`dnnlab study --publish` wrote it. A changed, missing or unlisted file is named and "
+        "the command exits 2.",
+    )
+    p.add_argument("folders", nargs="+", help="published study folders (docs/results/NAME)")
+    p.set_defaults(func=cmd_verify)
+
+
+def cmd_verify(args) -> int:
+    from dnnlab.study.manifest import verify
+
+    for folder in args.folders:
+        m = verify(folder)
+        print(
+            f"{folder}: ok, {len(m['files'])} files match its manifest "
+            f"(commit {m.get('commit') or 'unrecorded'}, {m.get('date')})"
+        )
     return 0
 
 
@@ -429,6 +464,7 @@ HELP = {
     "probe": "SI/CSI and more of every layer of a trained run, or of any network on any images",
     "study": "train + probe the variants and write the comparison report",
     "detect": "R-CNN-style detector (build, train, show, run, eval)",
+    "verify": "check published study folders against their manifests",
 }
 ADDERS = {
     "si": _add_si,
@@ -437,6 +473,7 @@ ADDERS = {
     "probe": _add_probe,
     "study": _add_study,
     "detect": _add_detect,
+    "verify": _add_verify,
 }
 
 

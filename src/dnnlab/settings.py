@@ -80,6 +80,17 @@ def flag_name(f) -> str:
     return (spec.flag if spec and spec.flag else None) or "--" + f.name.replace("_", "-")
 
 
+def given_as(f, value) -> str:
+    """How the setting `f` takes `value` on the command line: "--lr 0.5"; for a switch, "with
+    SWITCH" or "without SWITCH", SWITCH being the flag add_flags made (--no-bf16 for one on by
+    default: there is no --bf16)."""
+    default = _default(f)
+    if not isinstance(default, bool):
+        return f"{flag_name(f)} {value}"
+    switch = "--no-" + flag_name(f)[2:] if default else flag_name(f)
+    return f"{'without' if value == default else 'with'} {switch}"
+
+
 def _base_type(cls, name: str):
     """(python type, optional) of a field from its annotation: int, float, str, bool, tuple."""
     hint = typing.get_type_hints(cls)[name]

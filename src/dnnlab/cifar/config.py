@@ -16,7 +16,7 @@ __all__ = ["RESUMABLE_CHANGES", "TrainConfig"]
 
 def _recipe_setting(name: str, help: str, **limits):
     """A recipe hyperparameter: unset (None) by default, so it takes its recipe's value
-    (recipe.COURSE for corrected and course, recipe.BUDGET for budget), which config.json
+    (recipe.SETTINGS: COURSE for corrected and course, BUDGET, CLIPPED), which config.json
     then records; --help shows both recipes' values."""
     return setting(None, help, default_text=R.recipe_default_text(name), **limits)
 
@@ -62,6 +62,13 @@ class TrainConfig:
         "training augmentation: flip-rotate (the course's: flip, rotation within 10 degrees) "
         "or flip-translate (flip, shift by up to 2 pixels)",
         choices=R.AUGMENTATIONS,
+    )
+    grad_clip: float | None = _recipe_setting(
+        "grad_clip",
+        "clip the gradients' global L2 norm to this before each SGD step (none: no clipping)",
+        low=0,
+        high=1e6,
+        low_open=True,
     )
     n_val: int = setting(
         5000,

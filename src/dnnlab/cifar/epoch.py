@@ -68,14 +68,17 @@ def autocast(dev, precision: str):
 AUG_CHUNK = 16  # batches augmented together: fewer, larger kernel launches
 
 
-def _sgd_step(model, opt, sched, xb, yb, label_smoothing, dev, precision):
-    """One SGD step on the batch (xb, yb); `sched`, when given, steps after it. Returns the
+def _sgd_step(model, opt, sched, xb, yb, label_smoothing, dev, precision, grad_clip):
+    """One SGD step on the batch (xb, yb), its gradients' global L2 norm clipped to
+    `grad_clip` first unless it is None; `sched`, when given, steps after it. Returns the
     model's output and the loss."""
     with autocast(dev, precision):
         out = model(xb)
     loss = loss_fn(out, yb, label_smoothing)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     if sched is not None:
         sched.step()
@@ -99,12 +102,14 @@ def train_one_epoch(
     precision="fp32",
     sched=None,
     trace=None,
+    grad_clip=None,
 ):
     """One pass over the training tensors in a seeded random order, `batch_size` images a
     step, augmented by AUGMENTERS[augmentation]; returns (loss, acc).
 
-    `sched`, when given, steps after every batch (the linear schedule). `trace`, a dict of
-    lists, receives each step's "loss" and "lr" (read once per augmented chunk, so a GPU
+    `sched`, when given, steps after every batch (the linear schedule); `grad_clip` (None:
+    off) clips each step's gradient norm. `trace`, a dict of lists, receives each step's
+    "loss" and the "lr" that step ran with (the losses read once per augmented chunk, so a GPU
     syncs once per AUG_CHUNK steps); the epoch then stops after the first chunk whose loss
     is not finite, and returns a non-finite loss."""
     model.train()
@@ -127,10 +132,13 @@ def train_one_epoch(
         step_losses = []
         for s in range(0, chunk_idx.numel(), bs):
             xb, yb = xa[s : s + bs][rank::world], ya[s : s + bs][rank::world]
-            out, loss = _sgd_step(model, opt, sched, xb, yb, label_smoothing, dev, precision)
+            if trace is not None:  # before the step: the scheduler steps inside it
+                trace["lr"].append(opt.param_groups[0]["lr"])
+            out, loss = _sgd_step(
+                model, opt, sched, xb, yb, label_smoothing, dev, precision, grad_clip
+            )
             if trace is not None:
                 step_losses.append(loss.detach())
-                trace["lr"].append(opt.param_groups[0]["lr"])
             total_loss += loss.detach() * yb.numel()
             correct += (out.argmax(1) == yb).sum()
             seen += yb.numel()
@@ -144,10 +152,11 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model, x_u8, y, dev, batch=1024, gen=None, precision="fp32"):
-    """(mean loss, accuracy); without augmentation unless `gen` (the course's validation)."""
+def evaluate(model, x_u8, y, dev, batch=1024, gen=None, precision="fp32", predictions=False):
+    """(mean loss, accuracy), and with `predictions` each image's predicted class (a CPU
+    int64 tensor) third; without augmentation unless `gen` (the course's validation)."""
     model.eval()
-    total, correct = 0.0, 0
+    total, correct, preds = 0.0, 0, []
     for s in range(0, x_u8.shape[0], batch):
         xb = x_u8[s : s + batch]
         xb = to_input(xb) if gen is None else augment(xb, gen)
@@ -157,7 +166,10 @@ def evaluate(model, x_u8, y, dev, batch=1024, gen=None, precision="fp32"):
         yb = y[s : s + batch]
         total += float(loss_fn(out, yb)) * yb.numel()
         correct += int((out.argmax(1) == yb).sum())
-    return total / x_u8.shape[0], correct / x_u8.shape[0]
+        if predictions:
+            preds.append(out.argmax(1).cpu())
+    loss, acc = total / x_u8.shape[0], correct / x_u8.shape[0]
+    return (loss, acc, torch.cat(preds)) if predictions else (loss, acc)
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -296,6 +308,7 @@ def run_epoch(st: Training, net, cfg: TrainConfig, split, dev, epoch, rank, worl
         precision=st.precision,
         sched=st.sched if per_step else None,
         trace=trace,
+        grad_clip=cfg.grad_clip,
     )
     bar.close()
     if not math.isfinite(tr_loss):
@@ -363,12 +376,24 @@ def end_epoch(st: Training, cfg, out: Path, rows: list[dict], keep: bool, old: P
     )
 
 
-def finish_run(st: Training, cfg: TrainConfig, out: Path, split, dev, rows: list[dict], data, rank):
+PREDICTIONS = "test_predictions.json"
+
+
+def finish_run(
+    st: Training, cfg: TrainConfig, out: Path, split, dev, rows: list[dict], data, rank, test_idx
+):
     """Test the kept weights (best.pt's) and return the run's summary; rank 0 writes
-    curves.png and summary.json (last: it marks the run finished) and says what it tested."""
+    curves.png, test_predictions.json (each test image's position among the test set, label
+    and predicted class: what paired comparisons between runs need) and summary.json (last:
+    it marks the run finished), and says what it tested."""
     st.model.load_state_dict(st.best_state)
-    test_loss, test_acc = evaluate(
-        st.model, *split["test"], dev, cfg.eval_batch_size, precision=st.precision
+    test_loss, test_acc, preds = evaluate(
+        st.model,
+        *split["test"],
+        dev,
+        cfg.eval_batch_size,
+        precision=st.precision,
+        predictions=True,
     )
     last = R.tests_last_weights(cfg.recipe)
     summary = {
@@ -392,6 +417,12 @@ def finish_run(st: Training, cfg: TrainConfig, out: Path, split, dev, rows: list
     if rank != 0:
         return summary
     plot_train_curves(rows, out / "curves.png", cfg.model)
+    record = {
+        "positions": test_idx.tolist(),
+        "labels": split["test"][1].cpu().tolist(),
+        "predictions": preds.tolist(),
+    }
+    atomic_write_json(out / PREDICTIONS, record, indent=None)
     atomic_write_json(out / "summary.json", summary)
     which = "the last epoch's weights (course recipe)" if last else "the best weights"
     print(

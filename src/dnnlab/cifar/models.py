@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from dnnlab.errors import InputError
@@ -39,15 +40,49 @@ LN_SHAPES = {
 }
 
 
+def _in_layout_of(x: torch.Tensor, norm) -> torch.Tensor:
+    """`norm` of a CPU channels_last feature map computed on its NCHW copy, the result given
+    back in channels_last; elsewhere `norm(x)` as it is.
+
+    Why: PyTorch's CPU GroupNorm kernels for channels_last bf16 take 3-9x as long as for NCHW
+    (forward and backward), and LayerNorm over (C, H, W) returns an NCHW tensor, after which
+    the ELU, max-pool and the next convolution run on the slow layout or copy back. One copy
+    each way costs less (benchmarks/bench_norm_layout.py, docs/RESULTS.md §14). The values are
+    the same normalization: only the memory order changes."""
+    cl = (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    )
+    if not cl:
+        return norm(x)
+    return norm(x.contiguous()).contiguous(memory_format=torch.channels_last)
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (same parameters and state dict) computed in the layout _in_layout_of picks."""
+
+    def forward(self, x):
+        return _in_layout_of(x, super().forward)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and state dict) computed in the layout _in_layout_of picks."""
+
+    def forward(self, x):
+        return _in_layout_of(x, super().forward)
+
+
 def make_norm(kind: str | None, channels: int, shape: tuple[int, int, int]) -> nn.Module:
     if kind is None:
         return nn.Identity()
     if kind == "bn":
         return nn.BatchNorm2d(channels)
     if kind == "gn":
-        return nn.GroupNorm(32, channels)
+        return GroupNorm(32, channels)
     if kind == "ln":
-        return nn.LayerNorm(list(shape))
+        return LayerNorm(list(shape))
     raise ValueError(f"unknown norm {kind!r}")
 
 

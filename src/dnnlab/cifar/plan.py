@@ -23,17 +23,21 @@ from dnnlab.cifar.rundir import (
     read_split,
 )
 from dnnlab.errors import ConfigError
-from dnnlab.settings import flag_name
+from dnnlab.settings import flag_name, given_as
 
 
 def _settings_changed(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
-    """'--flag NEW (run: OLD)' for each setting a resumed run cannot take over."""
+    """'--flag NEW (the run has OLD)' for each setting a resumed run cannot take over; a
+    switch as 'NAME on (with/without --FLAG; the run was with/without --FLAG)'."""
     out = []
     for f in fields(TrainConfig):
         if f.name in RESUMABLE_CHANGES:
             continue
         a, b = getattr(saved, f.name), getattr(cfg, f.name)
-        if a != b:
+        if a != b and isinstance(a, bool):  # a switch: named by the flag that sets it
+            state = "on" if b else "off"
+            out.append(f"{f.name} {state} ({given_as(f, b)}; the run was {given_as(f, a)})")
+        elif a != b:
             out.append(f"{flag_name(f)} {b} (the run has {a})")
     return out
 

@@ -1,5 +1,7 @@
-"""The three training recipes: `corrected` (dnnlab's default), `course` (the course's protocol)
-and `budget` (a short CPU budget for the whole study).
+"""The four training recipes: `corrected` (dnnlab's default), `course` (the course's
+protocol), `budget` (the 3-epoch CPU budget of the published budget study) and `clipped`
+(the 10-epoch study's: the budget's settings with the gradients' norm clipped, the one
+setting that trained every variant).
 
 `corrected` and `course` use the course's hyperparameters (COURSE: SGD 0.01, momentum 0.9,
 StepLR 40/0.1, 100 epochs, batch 256, the course's flip + rotation augmentation); any of them
@@ -19,9 +21,12 @@ The course's split was unseeded, so its exact images cannot be reproduced; `cour
 dnnlab's seeded split. docs/cifar.md says what each difference does to the numbers.
 
 `budget` is `corrected`'s protocol under BUDGET's hyperparameters, one set for every variant,
-chosen on the validation split (docs/RESULTS.md, "budget recipe"). Its settings are fixed:
-a flag that contradicts one is refused, except --epochs (another budget; the schedule
-follows it, so a run cannot be resumed with another count).
+chosen on the validation split (docs/RESULTS.md, "budget recipe"); three of the eleven
+variants diverged under it. `clipped` is BUDGET with the gradients' global norm clipped to 1
+and 10 epochs, chosen on the validation split over the family's extremes (docs/RESULTS.md
+§14, benchmarks/recipe_search.py): the one candidate of three with no divergence. Both
+recipes' settings are fixed: a flag that contradicts one is refused, except --epochs
+(another budget; the schedule follows it, so a run cannot be resumed with another count).
 """
 
 from __future__ import annotations
@@ -30,21 +35,22 @@ import torch
 
 from dnnlab.errors import ConfigError
 
-RECIPES = ("corrected", "course", "budget")
+RECIPES = ("corrected", "course", "budget", "clipped")
 # Issue 12 named the course's recipe "seed"; "seed" now means the random seed only. The old
 # name is read from records (config.json) written then; the flags do not take it.
 ALIASES = {"seed": "course"}
 RECIPE_HELP = (
     "training protocol: corrected (dnnlab's), course (the course's double "
     "softmax, last-epoch weights, augmented validation, train20 from all 50,000 "
-    "training images) or budget (a few epochs of "
-    "bf16 training that fit the whole study on a small CPU, see docs/cifar.md)"
+    "training images), budget (3 epochs of bf16 training that fit the whole study on a "
+    "small CPU) or clipped (the budget's settings with gradient-norm clipping, 10 epochs: "
+    "the recipe that trains every variant), see docs/cifar.md"
 )
 
 SCHEDULES = ("step", "linear")
 AUGMENTATIONS = ("flip-rotate", "flip-translate")
 
-# The hyperparameters each recipe starts from, side by side: (course, budget). A TrainConfig
+# The hyperparameters the recipes start from, side by side: (course, budget). A TrainConfig
 # setting left unset (None) takes its recipe's value; the course's are the course project's.
 # The budget recipe was chosen on the validation split (docs/RESULTS.md, "budget recipe"):
 # a linear warmup then linear decay to zero per step (Li, Yumer and Ramanan, "Budgeted
@@ -63,26 +69,34 @@ _COURSE_AND_BUDGET = {
     "gamma": (0.1, None),
     "warmup_epochs": (0.0, 0.3),
     "augmentation": ("flip-rotate", "flip-translate"),
+    "grad_clip": (None, None),
 }
 COURSE = {k: course for k, (course, _) in _COURSE_AND_BUDGET.items()}
 BUDGET = {k: budget for k, (_, budget) in _COURSE_AND_BUDGET.items()}
-SETTINGS = {"corrected": COURSE, "course": COURSE, "budget": BUDGET}
-# The budget recipe's settings a run may change (another budget).
-BUDGET_FREE = ("epochs",)
+# The 10-epoch study's recipe: of the candidates screened on paths4-shared (seed 0, through
+# the learning-rate peak) only clipping trained it (peak 0.05 and a one-epoch warmup
+# diverged); clip1 then trained 7 variants x 3 seeds without a divergence (RESULTS §14).
+CLIPPED = {**BUDGET, "epochs": 10, "grad_clip": 1.0}
+SETTINGS = {"corrected": COURSE, "course": COURSE, "budget": BUDGET, "clipped": CLIPPED}
+# The recipes whose settings are fixed, and the one setting a run may change (its budget).
+FIXED = ("budget", "clipped")
+FIXED_FREE = ("epochs",)
 
 
 def recipe_default_text(name: str) -> str:
     """What --help says of a recipe setting's default: 'default 0.01; budget recipe 0.1'."""
-    course, budget = COURSE[name], BUDGET[name]
-    if budget is None:
-        return f"default {course}; the budget recipe has none"
-    return f"default {course}" + ("" if budget == course else f"; budget recipe {budget}")
+    text = "default none" if COURSE[name] is None else f"default {COURSE[name]}"
+    for recipe in FIXED:
+        value = SETTINGS[recipe][name]
+        if value != COURSE[name]:
+            text += f"; {recipe} recipe {'none' if value is None else value}"
+    return text
 
 
 def recipe_settings(recipe: str, given: dict[str, object]) -> dict[str, object]:
     """The recipe's hyperparameters with the `given` ones (not None) over them.
 
-    The budget recipe's are fixed: a given value that differs is a ConfigError naming its
+    The FIXED recipes' are fixed: a given value that differs is a ConfigError naming its
     flag. Keys are TrainConfig field names; `flag(name)` is the flag's spelling."""
     table = SETTINGS[recipe]
     out = {}
@@ -91,11 +105,11 @@ def recipe_settings(recipe: str, given: dict[str, object]) -> dict[str, object]:
         if value is None:
             out[name] = default
             continue
-        if recipe == "budget" and name not in BUDGET_FREE and value != default:
+        if recipe in FIXED and name not in FIXED_FREE and value != default:
             flag = "--" + name.replace("_", "-")
             fixed = "no such setting" if default is None else f"{default}"
             raise ConfigError(
-                f"{flag} {value}: contradicts --recipe budget, which fixes it ({fixed}); "
+                f"{flag} {value}: contradicts --recipe {recipe}, which fixes it ({fixed}); "
                 "use --recipe corrected to set it yourself"
             )
         out[name] = value

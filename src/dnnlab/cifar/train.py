@@ -113,7 +113,7 @@ def train(
                 keep = track_best(st, keep_last, row)
                 if rank == 0:
                     end_epoch(st, cfg, out, rows, keep, old if plan.replace else None)
-        return finish_run(st, cfg, out, split, dev, rows, data, rank)
+        return finish_run(st, cfg, out, split, dev, rows, data, rank, te)
 
 
 def _rank_device(device: str, out: Path, rank: int, world: int) -> torch.device:

@@ -17,7 +17,7 @@ its parser from this module without loading the detector.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 
 from dnnlab.errors import InputError
 from dnnlab.settings import setting, validate
@@ -319,14 +319,15 @@ PRESETS = {
 }
 
 
-def with_preset(section_cfg, name: str | None):
-    """A section's config with a preset's values for that section (None: unchanged)."""
-    if name is None:
-        return section_cfg
-    if name not in PRESETS:
+def with_preset(cls, given: dict, name: str | None):
+    """A section's config (`cls`): the settings given on the command line over the preset's
+    values for that section, over the defaults. A flag given explicitly wins: the preset
+    sets only the settings the flags left unset (None: no preset)."""
+    if name is not None and name not in PRESETS:
         raise InputError(f"--preset: unknown preset {name!r}; one of {', '.join(PRESETS)}")
-    key = next(k for k, c in SECTIONS.items() if isinstance(section_cfg, c))
-    return replace(section_cfg, **PRESETS[name].get(key, {}))
+    key = next((k for k, c in SECTIONS.items() if c is cls), None)
+    preset = PRESETS[name].get(key, {}) if name is not None else {}
+    return cls(**{**preset, **given})
 
 
 @dataclass(frozen=True)

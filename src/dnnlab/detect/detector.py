@@ -37,6 +37,7 @@ from dnnlab.detect.selection import prefilter, select
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_torch_save
 from dnnlab.utils.safe_load import load_error_reason, load_plain
+from dnnlab.utils.weights import check_weight_values
 
 MODEL_FILE = "model.pt"
 FORMAT = "dnnlab detector 1"
@@ -151,7 +152,10 @@ class Detector(nn.Module):
             if (iou is not None) != config.regressors.iou_predictor:
                 raise ValueError("the IoU predictor's weights and iou_predictor disagree")
             model = cls(config, mobilenet_features(), ck["norm"], None, reg, reg2, iou)
+            check_weight_values(model, state, str(path), InputError)  # NaN: no detections
             model.load_state_dict(state)
+        except InputError:
+            raise
         except (RuntimeError, TypeError, ValueError, AttributeError) as e:
             raise InputError(f"{path}: its weights do not fit its config ({e})") from None
         try:

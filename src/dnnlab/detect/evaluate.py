@@ -26,7 +26,7 @@ from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.images import UnreadableImage
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.paths import check_in_folder
-from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
+from dnnlab.utils.spare_inputs import check_outputs_spare_inputs, check_replaces_nothing
 
 MATCH_IOU = 0.5  # a detection is true when it covers an unmatched target box this well
 EVALS = "evals"
@@ -207,28 +207,35 @@ def write_record(model_dir, voc_dir, fp: dict, result: dict) -> Path:
     return path
 
 
-def check_draw_dir(draw_dir, voc_dir, model_dir) -> None:
+def check_draw_dir(draw_dir, voc_dir, model_dir, overwrite: bool = False) -> None:
     """Refuse a --draw folder that is the evaluated folder, the model's, or one that would
-    replace any file of the evaluated folder (also through symlinks)."""
+    replace any file of the evaluated folder (also through symlinks), and (unless
+    overwrite) one that already holds a file with a drawn photo's name, as `detect run`
+    refuses (spare_inputs.check_replaces_nothing)."""
     folder = Path(voc_dir)
     files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-    drawn = [Path(draw_dir) / f"{p.stem}.jpg" for p in files]
+    drawn = sorted({Path(draw_dir) / f"{p.stem}.jpg" for p in files})
     check_outputs_spare_inputs([voc_dir, model_dir, *files], draw_dir, drawn, flag="--draw")
+    check_replaces_nothing(drawn, overwrite, "--draw")
 
 
-def check_eval_inputs(voc_dir, model_dir, draw_dir=None) -> None:
+def check_eval_inputs(voc_dir, model_dir, draw_dir=None, overwrite: bool = False) -> None:
     """Before any work: the evaluated folder and the model's are folders, and a --draw
-    folder writes over neither (nor any of their files) and is no file itself."""
+    folder writes over neither (nor any of their files), is no file itself, and (unless
+    overwrite) replaces no file already in it."""
     check_in_folder(voc_dir, "VOC_DIR")
     check_in_folder(model_dir, "--model")
     if draw_dir is not None:
-        check_draw_dir(draw_dir, voc_dir, model_dir)
+        check_draw_dir(draw_dir, voc_dir, model_dir, overwrite)
 
 
-def evaluate_once(voc_dir, model_dir, detector: Detector, draw_dir=None, progress=False) -> dict:
+def evaluate_once(
+    voc_dir, model_dir, detector: Detector, draw_dir=None, progress=False, overwrite=False
+) -> dict:
     """The evaluation of the detector in model_dir on voc_dir: the stored record when its
-    fingerprint matches (never when drawing), else a fresh evaluation, then recorded."""
-    check_eval_inputs(voc_dir, model_dir, draw_dir)
+    fingerprint matches (never when drawing), else a fresh evaluation, then recorded.
+    overwrite: drawn images may replace files already in draw_dir."""
+    check_eval_inputs(voc_dir, model_dir, draw_dir, overwrite)
     with ExitStack() as locks:  # one writer of MODEL_DIR/evals (and of --draw) at a time
         locks.enter_context(folder_lock(Path(model_dir) / EVALS, "--model"))
         if draw_dir is not None:

@@ -14,10 +14,10 @@ from tqdm.auto import tqdm
 from dnnlab.detect.detector import Detector
 from dnnlab.detect.voc import Problems, load_rgb
 from dnnlab.errors import InputError
-from dnnlab.utils.atomic import atomic_write_json
+from dnnlab.utils.atomic import atomic_file, atomic_write_json
 from dnnlab.utils.images import UnreadableImage
 from dnnlab.utils.lock import folder_lock
-from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
+from dnnlab.utils.spare_inputs import check_outputs_spare_inputs, check_replaces_nothing
 
 
 def draw(img: np.ndarray, boxes, scores, path: Path, label: str, gt=None) -> None:
@@ -29,10 +29,8 @@ def draw(img: np.ndarray, boxes, scores, path: Path, label: str, gt=None) -> Non
     for box, sc in zip(boxes, scores, strict=True):
         d.rectangle([float(v) for v in box], outline=(255, 40, 40), width=3)
         d.text((float(box[0]) + 3, float(box[1]) + 2), f"{label} {sc:.2f}", fill=(255, 255, 0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.jpg")
-    im.save(tmp, quality=90)
-    tmp.replace(path)
+    with atomic_file(path, "wb") as fh:
+        im.save(fh, format="JPEG", quality=90)
 
 
 def output_files(images: list[Path], out_dir: Path) -> list[Path]:
@@ -45,8 +43,7 @@ def check_detection_outputs(
 ) -> None:
     """Each photo writes STEM.json and STEM.jpg: refuse an out_dir that is a photo's own
     folder or the model's (never, even with overwrite: they are inputs), two inputs with
-    one stem, and (unless overwrite) outputs an earlier run left in out_dir, before any
-    work is done."""
+    one stem, and (unless overwrite) outputs already in out_dir, before any work is done."""
     check_outputs_spare_inputs(
         [*images, model_dir], out_dir, output_files(images, out_dir), flag="--out"
     )
@@ -59,15 +56,7 @@ def check_detection_outputs(
                 "folders"
             )
         seen[p.stem] = p
-    if overwrite:
-        return
-    old = [f for f in output_files(images, out_dir) if f.exists()]
-    if old:
-        more = f" and {len(old) - 3} more" if len(old) > 3 else ""
-        raise InputError(
-            f"{', '.join(map(str, old[:3]))}{more}: an earlier run's results; "
-            "pass --overwrite to replace them, or another --out"
-        )
+    check_replaces_nothing(output_files(images, out_dir), overwrite, "--out")
 
 
 def run_detector(

@@ -16,6 +16,7 @@ import numpy as np
 
 from dnnlab.errors import InputError
 from dnnlab.utils.images import IMAGE_EXT, UnreadableImage, open_rgb
+from dnnlab.utils.steady import special_reason
 
 
 @dataclass
@@ -118,6 +119,10 @@ def _num(node, tag, where):
 def parse_voc(xml_path: Path, problems: Problems) -> VocImage | None:
     """One annotation; None (with the problem recorded) when it cannot be used."""
     where = str(xml_path)
+    special = special_reason(xml_path)
+    if special is not None:  # a named pipe would make the parser wait forever
+        problems.add("not a regular file", where, special)
+        return None
     try:
         root = ET.parse(xml_path).getroot()
     except (ET.ParseError, OSError) as e:
@@ -164,8 +169,26 @@ def parse_voc(xml_path: Path, problems: Problems) -> VocImage | None:
             dropped.append(name)
             continue
         difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true")
-        objects.append(VocObject(name, (cx1, cy1, cx2, cy2), difficult))
+        _add_object(objects, VocObject(name, (cx1, cy1, cx2, cy2), difficult), problems, where, k)
     return VocImage(xml_path, img, width, height, objects, dropped)
+
+
+def _add_object(objects: list[VocObject], new: VocObject, problems, where: str, k: int) -> None:
+    """Append `new` (object number k of the file `where`), unless an object of the same class
+    with the identical box (as clipped) is already there: such a copy (a double click in an
+    annotation tool) would be a second target no detection can match, halving recall and
+    AP. It is merged into the first, counted and named among the input problems; the
+    merged object is difficult only when both copies are."""
+    for j, o in enumerate(objects):
+        if o.name == new.name and o.box == new.box:
+            problems.add(
+                "duplicated object (merged)",
+                f"{where} object {k}",
+                f"the same {new.name!r} box as an earlier object {new.box}",
+            )
+            objects[j] = VocObject(o.name, o.box, o.difficult and new.difficult)
+            return
+    objects.append(new)
 
 
 def read_voc_dir(folder, problems: Problems, target: str = "cat") -> list[VocImage]:

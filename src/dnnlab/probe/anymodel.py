@@ -21,8 +21,8 @@ from torch import nn
 
 from dnnlab.errors import InputError
 from dnnlab.utils.paths import check_in_file
-from dnnlab.utils.safe_load import load_error_reason, load_plain
-from dnnlab.utils.weights import load_fitting
+from dnnlab.utils.safe_load import load_error_reason, load_plain, without_unsafe_advice
+from dnnlab.utils.weights import check_weight_values, load_fitting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,8 +62,8 @@ def _torchvision_model(spec: str) -> nn.Module:
         raise _unknown_name(spec, "torchvision", name, known)
     try:
         return torchvision.models.get_model(name, weights=None, **kwargs)
-    except TypeError as e:
-        raise InputError(f"--model {spec!r}: {e}") from None
+    except Exception as e:  # arguments the constructor rejects, in whatever way it does
+        raise _rejected(spec, e) from None
 
 
 def _timm():
@@ -92,13 +92,25 @@ def _timm_model(spec: str) -> nn.Module:
             f"--model {spec!r}: nothing is downloaded here; drop pretrained= and pass the "
             "weights file with --weights"
         )
+    if "checkpoint_path" in kwargs:  # timm would read the file itself, not as plain data
+        raise InputError(
+            f"--model {spec!r}: checkpoint_path= has timm read the file itself; drop it and "
+            "pass the file with --weights, which reads it as plain data"
+        )
     known = timm.list_models()
     if name.split(".")[0] not in known:
         raise _unknown_name(spec, "timm", name, known)
     try:
         return timm.create_model(name, pretrained=False, **kwargs)
-    except (TypeError, RuntimeError, ValueError) as e:
-        raise InputError(f"--model {spec!r}: {e}") from None
+    except Exception as e:  # arguments the constructor rejects, in whatever way it does
+        raise _rejected(spec, e) from None
+
+
+def _rejected(spec: str, e: Exception) -> InputError:
+    """The library's refusal of a model's constructor arguments, in one line (an assert
+    without a message names its type only), never its advice to load unsafely."""
+    text = without_unsafe_advice(str(e)) if str(e).strip() else "no reason given"
+    return InputError(f"--model {spec!r}: the library rejects it ({type(e).__name__}: {text})")
 
 
 def model_from_spec(spec: str) -> nn.Module:
@@ -174,7 +186,9 @@ def _select(obj, key: str, path: str) -> dict:
 
 
 def fit_weights(model: nn.Module, state: dict, where: str) -> None:
-    """load_state_dict, but a mismatch names the first offending key and both shapes."""
+    """load_state_dict, but a mismatch names the first offending key and both shapes, and
+    meta, quantized, complex, integer or non-finite weights are refused by name first."""
+    check_weight_values(model, state, where, InputError)
     load_fitting(model, state, where, InputError)
 
 

@@ -208,10 +208,10 @@ def _cifar_splits(c10, root: Path, cfg, size: int, mean, std):
         "val": mk(c10.train_x[va], c10.train_y[va], "val"),
         "test": mk(c10.test_x, c10.test_y, "test"),
     }
-    how = (
-        f"CIFAR-10: val = a stratified tenth of the training images (5,000 of 50,000; "
-        f"seed {cfg.seed}), "
-        "train20 = a stratified 20% of the rest, test = the test images"
+    how = (  # the counts of this tree, which need not be all of CIFAR-10
+        f"CIFAR-10: val = a stratified tenth of the training images ({len(va):,} of "
+        f"{n_train:,}; seed {cfg.seed}), train20 = a stratified 20% of the rest "
+        f"({len(t20):,}), test = the test images ({c10.test_y.numel():,})"
     )
     return splits, list(c10.classes), how
 

@@ -59,9 +59,12 @@ def run_splits(
 
 
 def probe_run(
-    run, pcfg: ProbeConfig, data_root=None, overwrite=False, progress=False
+    run, pcfg: ProbeConfig, data_root=None, overwrite=False, progress=False, out=None
 ) -> ProbeResult:
+    """Probe the run's kept weights (best.pt) under `pcfg`; its records and figures go to
+    `out` (default: the run folder itself)."""
     run = Path(run)
+    out = run if out is None else Path(out)
     if not (run / "config.json").exists():
         raise RunError(f"{run}: no config.json; is this a `dnnlab train` run directory?")
     cfg = read_run_config(run)
@@ -71,9 +74,9 @@ def probe_run(
     model, _ = load_model_checkpoint(best, cfg.model, run=run)
     splits = run_splits(run, cfg, pcfg.splits, data_root, pcfg.max_per_split, seed=cfg.seed)
     res = probe_model(
-        model, splits, pcfg, out=run, input_fn=to_input, overwrite=overwrite, progress=progress
+        model, splits, pcfg, out=out, input_fn=to_input, overwrite=overwrite, progress=progress
     )
-    plot_probe(res.rows, run, title=cfg.model)
+    plot_probe(res.rows, out, title=cfg.model)
     return res
 
 

@@ -31,13 +31,13 @@ def check_labels(labels, where: str = "labels") -> None:
     bad = ~np.isfinite(y)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise InputError(f"{where}: value {y[i]} at position {i} is not a class label")
+        raise InputError(f"{where}: value {y[i].item()} at position {i} is not a class label")
     frac = y != np.round(y)
     if frac.any():
         i = int(np.flatnonzero(frac)[0])
         n_unique = np.unique(y).size
         raise InputError(
-            f"{where}: labels look continuous ({y[i]!r} at position {i}; {n_unique} distinct "
+            f"{where}: labels look continuous ({y[i].item()} at position {i}; {n_unique} distinct "
             "values); separability needs class labels. Integral floats such as 1.0 are fine"
         )
 

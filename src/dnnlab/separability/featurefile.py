@@ -3,8 +3,13 @@
 `FeatureFile` stands for an (N, D) float matrix kept in a .npy file, an uncompressed .npz
 member, or a read-only numpy memmap: it checks the header against the file's size before
 any work, then hands out rows as CPU tensors (`f[i0:i1]`, `f.index_select(0, rows)`), read
-with `os.preadv` into fresh buffers. Nothing is memory-mapped, so the process holds only the
-rows asked for; the operating system's page cache keeps the file warm between passes.
+with `os.preadv` into fresh buffers. Nothing is memory-mapped (a column-major file neither:
+each column's rows are one read), so the process holds only the rows asked for; the
+operating system's page cache keeps the file warm between passes.
+
+The file is opened once, and every read goes through that one descriptor; its identity
+(utils/steady.py) is taken then, and `check_unchanged()` (called when the measures are done)
+refuses a file rewritten or replaced meanwhile, naming it.
 The separability core (measures.separability) and the linear classifier take it wherever they
 take an in-memory tensor: every pass over the features is by row blocks.
 
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from dnnlab.errors import InputError
+from dnnlab.utils.steady import check_unchanged, identity, open_regular
 
 # A numpy dtype kind -> whether rows come back as that float type (else float32).
 _FLOAT_TYPES = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
@@ -62,10 +68,13 @@ class FeatureFile:
     """Rows of an (N, ...) array stored at `offset` in `path` (flattened to (N, D)).
 
     shape: torch.Size (N, D); dtype: the torch dtype rows come back in; device: cpu.
+    `fh`: the file, open (open_regular); every read goes through it.
     """
 
-    def __init__(self, path, offset: int, dtype: np.dtype, shape, fortran: bool = False):
+    def __init__(self, path, offset: int, dtype: np.dtype, shape, fortran=False, fh=None):
         self.path = Path(path)
+        self.fh = fh if fh is not None else open_regular(self.path)
+        self.identity = identity(self.fh)
         self.offset = int(offset)
         self.file_dtype = np.dtype(dtype)
         self.file_shape = tuple(int(s) for s in shape)
@@ -85,44 +94,59 @@ class FeatureFile:
     def open_npy(cls, path) -> FeatureFile:
         """A .npy file, its header and size checked."""
         path = Path(path)
-        with open(path, "rb") as fh:
+        fh = open_regular(path)
+        try:
             shape, fortran, dtype, header = npy_header(fh, str(path))
-        check_feature_dtype(dtype, shape, str(path))
-        data = npy_data_bytes(shape, dtype)
-        size = path.stat().st_size
-        if size != header + data:
-            raise InputError(
-                f"{path}: the file is {size} bytes but its header describes {header + data} "
-                f"(shape {shape}, {dtype}): it is truncated or damaged"
-            )
-        return cls(path, header, dtype, shape, fortran)
+            check_feature_dtype(dtype, shape, str(path))
+            data = npy_data_bytes(shape, dtype)
+            size = os.fstat(fh.fileno()).st_size
+            if size != header + data:
+                raise InputError(
+                    f"{path}: the file is {size} bytes but its header describes "
+                    f"{header + data} (shape {shape}, {dtype}): it is truncated or damaged"
+                )
+            return cls(path, header, dtype, shape, fortran, fh)
+        except BaseException:
+            fh.close()
+            raise
 
     @classmethod
     def open_npz_member(cls, path, name: str) -> FeatureFile | None:
         """An uncompressed (np.savez) member NAME of a .npz file, checked; None when the
         member is compressed (it must be inflated to be read)."""
         path = Path(path)
-        info = _npz_info(path, name)
+        fh = open_regular(path)
+        try:
+            return cls._npz_member(path, name, fh)
+        except BaseException:
+            fh.close()
+            raise
+
+    @classmethod
+    def _npz_member(cls, path: Path, name: str, fh) -> FeatureFile | None:
+        """open_npz_member with the file open as `fh` (closed here when None is returned)."""
+        info = _npz_info(fh, path, name)
         if info.compress_type != zipfile.ZIP_STORED:
+            fh.close()
             return None
-        with open(path, "rb") as fh:
-            fh.seek(info.header_offset)
-            local = fh.read(30)  # the local file header: its name and extra field lengths
-            if len(local) < 30 or local[:4] != b"PK\x03\x04":
-                raise InputError(f"{path}: member {name!r}: damaged zip header")
-            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little")
-            start += int.from_bytes(local[28:30], "little")
-            fh.seek(start)
-            shape, fortran, dtype, header = npy_header(fh, f"{path}:{name}")
+        fh.seek(info.header_offset)
+        local = fh.read(30)  # the local file header: its name and extra field lengths
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise InputError(f"{path}: member {name!r}: damaged zip header")
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+        start += int.from_bytes(local[28:30], "little")
+        fh.seek(start)
+        shape, fortran, dtype, header = npy_header(fh, f"{path}:{name}")
         where = f"{path}:{name}"
         check_feature_dtype(dtype, shape, where)
         data = npy_data_bytes(shape, dtype)
-        if info.file_size != header + data or start + info.file_size > path.stat().st_size:
+        size = os.fstat(fh.fileno()).st_size
+        if info.file_size != header + data or start + info.file_size > size:
             raise InputError(
                 f"{where}: the member holds {info.file_size} bytes but its header describes "
                 f"{header + data} (shape {shape}, {dtype}): it is truncated or damaged"
             )
-        return cls(path, start + header, dtype, shape, fortran)
+        return cls(path, start + header, dtype, shape, fortran, fh)
 
     @classmethod
     def from_memmap(cls, mm: np.memmap) -> FeatureFile | None:
@@ -144,6 +168,14 @@ class FeatureFile:
 
     def __repr__(self) -> str:
         return f"FeatureFile({str(self.path)!r}, shape={tuple(self.file_shape)})"
+
+    def check_unchanged(self) -> None:
+        """Refuse (InputError naming the file) a file rewritten, or replaced under its name,
+        since it was opened: the rows read would belong to neither version."""
+        check_unchanged(self.path, self.fh, self.identity)
+
+    def close(self) -> None:
+        self.fh.close()
 
     def __getitem__(self, key) -> torch.Tensor:
         if isinstance(key, slice):
@@ -182,25 +214,30 @@ class FeatureFile:
         if self.fortran:
             return self._read_fortran(i0, i1)
         raw = np.empty((n_rows, d), dtype=self.file_dtype)
-        want = raw.nbytes
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            view, done = memoryview(raw.reshape(-1).view(np.uint8)), 0
-            while done < want:
-                got = os.preadv(fd, [view[done:]], self.offset + i0 * d * raw.itemsize + done)
-                if got == 0:
-                    raise InputError(f"{self.path}: the file ended early (was it truncated?)")
-                done += got
-        finally:
-            os.close(fd)
+        self._pread(raw.reshape(-1), self.offset + i0 * d * raw.itemsize)
         return torch.from_numpy(_native(raw, self.out_dtype))
 
     def _read_fortran(self, i0: int, i1: int) -> torch.Tensor:
-        """Rows of a column-major file: through a short-lived memmap (strided reads)."""
-        mm = np.memmap(self.path, self.file_dtype, "r", self.offset, self.file_shape, "F")
-        rows = np.ascontiguousarray(mm[i0:i1]).reshape(i1 - i0, -1)
-        del mm
-        return torch.from_numpy(_native(rows, self.out_dtype))
+        """Rows of a column-major file: rows i0:i1 of each column are one read (element
+        (i, c) of the trailing axes' column c, counted in Fortran order, is at c * N + i)."""
+        n, n_rows, trailing = self.shape[0], i1 - i0, self.file_shape[1:]
+        cols = np.empty((self.shape[1], n_rows), dtype=self.file_dtype)
+        for c in range(self.shape[1]):
+            self._pread(cols[c], self.offset + (c * n + i0) * cols.itemsize)
+        # cols[c] in Fortran order of the trailing axes is C order of them reversed.
+        rows = cols.reshape(*reversed(trailing), n_rows).transpose()
+        return torch.from_numpy(
+            _native(np.ascontiguousarray(rows).reshape(n_rows, -1), self.out_dtype)
+        )
+
+    def _pread(self, out: np.ndarray, at: int) -> None:
+        """Fill the contiguous array `out` with the file's bytes from offset `at`."""
+        view, done, want = memoryview(out.view(np.uint8)), 0, out.nbytes
+        while done < want:
+            got = os.preadv(self.fh.fileno(), [view[done:]], at + done)
+            if got == 0:
+                raise InputError(f"{self.path}: the file ended early (was it truncated?)")
+            done += got
 
 
 def _native(raw: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
@@ -218,9 +255,10 @@ def _base_address(mm: np.memmap) -> int:
     return base.__array_interface__["data"][0]
 
 
-def _npz_info(path: Path, name: str) -> zipfile.ZipInfo:
+def _npz_info(fh, path: Path, name: str) -> zipfile.ZipInfo:
+    """The zip entry of member NAME of the .npz file open as `fh` (named `path`)."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(fh) as zf:
             return zf.getinfo(name + ".npy")
     except KeyError:
         raise InputError(f"{path}: no array named {name!r}") from None

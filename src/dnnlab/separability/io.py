@@ -24,18 +24,21 @@ from dnnlab.separability.featurefile import (
 from dnnlab.utils.paths import missing_reason
 from dnnlab.utils.safe_load import load_error_reason, load_plain
 from dnnlab.utils.sizes import format_size
+from dnnlab.utils.steady import check_regular, held_still
 
 __all__ = ["InputError", "load_array", "open_features", "split_spec"]
 
 
 def _split_existing(spec) -> tuple[Path, str | None]:
     """split_spec, refusing a path that cannot be opened (no such file, a broken link, a
-    loop of links) or an empty file."""
+    loop of links), one that is not a regular file (a folder; a named pipe or a device,
+    which could make the command wait forever: utils/steady.py) or an empty file."""
     path, name = split_spec(str(spec))
     if not path.exists():
         why = missing_reason(path)
         raise InputError(f"{path}: {'no such file' if why == 'does not exist' else why}")
-    if path.is_file() and path.stat().st_size == 0:
+    check_regular(path)
+    if path.stat().st_size == 0:
         raise InputError(f"{path}: cannot read it: the file is empty (0 bytes)")
     return path, name
 
@@ -112,6 +115,9 @@ def _plain_array(obj, path: Path, numeric: bool, max_bytes: int):
     (its dense size counts in the command's budget like any input read whole); a list of
     numbers (or of strings, for labels) as a numpy array; anything else named."""
     if isinstance(obj, torch.Tensor):
+        _check_tensor_kind(obj, path)
+        if obj.is_floating_point() and obj.dtype not in _NUMPY_FLOATS:
+            obj = obj.to(torch.float32)  # bfloat16, float8: every value exact in float32
         if obj.layout != torch.strided:
             dense = obj.numel() * obj.element_size()
             if dense > max_bytes:
@@ -138,6 +144,27 @@ def _plain_array(obj, path: Path, numeric: bool, max_bytes: int):
             )
         return arr
     raise InputError(f"{path}: expected a tensor, found {type(obj).__name__}")
+
+
+# Floating-point types numpy holds; other ones (bfloat16, the float8 types) are read as float32.
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
+def _check_tensor_kind(t: torch.Tensor, path: Path) -> None:
+    """Refuse, naming the file, a tensor that is not an array of real numbers dnnlab can
+    read: a meta tensor (a shape without values), a nested (ragged) one, a quantized one,
+    complex numbers."""
+    why = None
+    if t.is_meta:
+        why = "a meta tensor (a shape without values): the file holds no numbers"
+    elif t.is_nested:
+        why = "a nested (ragged) tensor, not an (N, ...) array"
+    elif t.is_quantized:
+        why = f"a quantized tensor ({t.dtype}); save it as floating point (.dequantize())"
+    elif t.is_complex():
+        why = f"complex numbers ({t.dtype}); features and labels must be real numbers"
+    if why is not None:
+        raise InputError(f"{path}: {why}")
 
 
 # A sparse tensor is made dense only up to this size (the command's budget then counts it).
@@ -170,8 +197,15 @@ def _parses_as(kind, cell: str) -> bool:
 
 def load_array(spec: str, *, numeric: bool = True, max_bytes: int = MAX_DENSE_BYTES):
     """Load one array (numpy or torch) from a file spec; numeric=False allows string labels;
-    max_bytes: the largest a sparse tensor may take once made dense."""
+    max_bytes: the largest a sparse tensor may take once made dense. The file is checked to
+    be the same version after the read as before (utils/steady.held_still)."""
     path, name = _split_existing(spec)
+    with held_still(path):
+        return _load_array(path, name, numeric, max_bytes)
+
+
+def _load_array(path: Path, name: str | None, numeric: bool, max_bytes: int):
+    """load_array of the file `path` (checked to exist) and member `name`."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -191,7 +225,12 @@ def load_array(spec: str, *, numeric: bool = True, max_bytes: int = MAX_DENSE_BY
     except InputError:
         raise
     except Exception as e:  # a truncated or foreign file: say which file and why
-        why = load_error_reason(e)
+        torch_file = suffix in (".pt", ".pth")  # else the reason names the file's own format
+        why = (
+            load_error_reason(e)
+            if torch_file
+            else load_error_reason(e, f"a readable {suffix} file")
+        )
         raise InputError(f"{path}: cannot read as {suffix or 'an array file'} ({why})") from None
     raise InputError(
         f"{path}: unsupported file type {suffix!r}; use .npy, .npz, .pt, .safetensors or .csv"
@@ -205,8 +244,6 @@ def open_features(spec: str, budget: int):
     any other file through load_array, refused first when the file alone is larger than
     the budget (loading it would hold at least that much)."""
     path, name = _split_existing(spec)
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         if name:
@@ -234,7 +271,8 @@ def _only_member(path: Path) -> str:
         with np.load(path, allow_pickle=False) as z:
             names = list(z.files)
     except Exception as e:
-        raise InputError(f"{path}: not a readable .npz file ({load_error_reason(e)})") from None
+        why = load_error_reason(e, "a readable .npz file")
+        raise InputError(f"{path}: not a readable .npz file ({why})") from None
     return _pick({n: n for n in names}, None, path)
 
 

@@ -14,6 +14,7 @@ import torch
 
 from dnnlab.errors import BudgetError, ConfigError, InputError
 from dnnlab.separability.checks import check_inputs
+from dnnlab.separability.featurefile import FeatureFile
 from dnnlab.separability.io import load_array, open_features
 from dnnlab.separability.linear import DEFAULT_ALPHA
 from dnnlab.separability.measures import TrivialMeasure, separability
@@ -176,6 +177,10 @@ def si_command(
             f"hold: {e}{whole}",
             least,
         ) from None
+    for source in (x, *(test_set or ())):  # every block read came from one version
+        if isinstance(source, FeatureFile):
+            source.check_unchanged()
+            source.close()
     if rank == 0:
         print(json.dumps(res.to_dict()) if cfg.json else res)
     return 0

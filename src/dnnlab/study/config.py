@@ -8,7 +8,7 @@ their defaults, ranges, flags and help are taken from those declarations (--help
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 
 from dnnlab.cifar.config import TrainConfig
 from dnnlab.cifar.models import VARIANTS
@@ -25,20 +25,39 @@ from dnnlab.utils.sizes import parse_size
 QUICK = dict(train_subset=1000, epochs=3, n_val=500, test_subset=1000, max_per_split=300)
 
 
-def _shared_setting(owner, name: str):
-    """`owner`'s setting `name` (TrainConfig's or ProbeConfig's: its default, range, flag and
-    help) as a StudyConfig field; --help adds what --quick sets it to, if anything."""
+def _shared_setting(owner, name: str, default=MISSING):
+    """`owner`'s setting `name` (TrainConfig's or ProbeConfig's: its range, flag and help, and
+    its default unless the study gives its own) as a StudyConfig field; --help adds what
+    --quick sets it to, if anything."""
     f = next(f for f in fields(owner) if f.name == name)
     spec = f.metadata["spec"]
+    if default is not MISSING:
+        spec = replace(spec, default_text=f"default {default}")
+    else:
+        default = f.default
     if name in QUICK:
-        spec = replace(spec, default_text=f"{default_text(f)}; --quick: {QUICK[name]}")
-    return field(default=f.default, metadata={"spec": spec})
+        text = spec.default_text or default_text(f)
+        spec = replace(spec, default_text=f"{text}; --quick: {QUICK[name]}")
+    return field(default=default, metadata={"spec": spec})
+
+
+# The study's probe sample for every layer: 2,000 images per split (200 a class). The last
+# layers are also probed on the whole validation and test splits (whole_splits_config), into
+# the run's WHOLE_SPLITS folder.
+STUDY_PROBE_CAP = 2000
+LAST_LAYERS = ("avgpool", "fc1", "fc2")
+WHOLE_SPLITS = "whole-splits"
 
 
 @dataclass
 class StudyConfig:
     models: tuple[str, ...] = setting(
         tuple(VARIANTS), "comma-separated variants (see `dnnlab models`)"
+    )
+    seeds: tuple[int, ...] = setting(
+        (0,),
+        "training seeds, comma-separated: every variant is trained once per seed (its run is "
+        "runs/VARIANT for seed 0, runs/VARIANT-seedK for seed K)",
     )
     quick: bool = setting(False, "a budget that finishes on a 2-core CPU in under 20 minutes")
     device: str = _shared_setting(TrainConfig, "device")
@@ -49,7 +68,7 @@ class StudyConfig:
     epochs: int | None = _shared_setting(TrainConfig, "epochs")
     n_val: int = _shared_setting(TrainConfig, "n_val")
     test_subset: int | None = _shared_setting(TrainConfig, "test_subset")
-    max_per_split: int | None = _shared_setting(ProbeConfig, "max_per_split")
+    max_per_split: int | None = _shared_setting(ProbeConfig, "max_per_split", STUDY_PROBE_CAP)
     probe_memory: str | int = setting(
         ProbeConfig.max_memory, "probe memory budget (the probe's default)", cli=False
     )
@@ -64,6 +83,10 @@ class StudyConfig:
     )
     compile: bool = _shared_setting(TrainConfig, "compile")
     bf16: bool = _shared_setting(TrainConfig, "bf16")
+    # The recipe factorial's two factors beside the recipe (issue 35): the head, and the
+    # course's StepLR shortened to the study's epochs.
+    softmax_head: bool = _shared_setting(TrainConfig, "softmax_head")
+    step_size: int | None = _shared_setting(TrainConfig, "step_size")
     jobs: int = setting(
         1, "variants trained and probed at once, one worker process each", low=1, high=64
     )
@@ -73,6 +96,7 @@ class StudyConfig:
         if self.epochs is None:
             self.epochs = SETTINGS[self.recipe]["epochs"]
         self.models = tuple(self.models)
+        self.seeds = tuple(_seed(s) for s in self.seeds)
         validate(self)
         check_device_name(self.device)
         try:
@@ -95,6 +119,9 @@ class StudyConfig:
             raise ConfigError(f"--measures: {e}") from None
         if len(set(self.models)) != len(self.models):
             raise ConfigError(f"--models: a variant is named twice in {','.join(self.models)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            named = ",".join(map(str, self.seeds)) or "nothing"
+            raise ConfigError(f"--seeds: {named}: give distinct seeds, comma-separated")
         cka = min(self.cka_samples, self.max_per_split or self.cka_samples)
         if self.cka_samples and {"base", "bn"} <= set(self.models) and cka < CKA_LEAST:
             capped = (
@@ -106,6 +133,18 @@ class StudyConfig:
                 f"--cka-samples: the CKA of base against bn would use {cka} images{capped}; "
                 f"it needs at least {CKA_LEAST}, or 0 for none"
             )
+
+
+def _seed(text) -> int:
+    """One --seeds item as TrainConfig's seed (a whole number in its range)."""
+    spec = next(f for f in fields(TrainConfig) if f.name == "seed").metadata["spec"]
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--seeds: {text!r} is not a whole number") from None
+    if not spec.low <= value <= spec.high:
+        raise ConfigError(f"--seeds: {value} is out of range; it must be {spec.describe()}")
+    return value
 
 
 # The settings each variant's TrainConfig takes from the study: those both declare.
@@ -124,7 +163,12 @@ RESULT_KEYS = (
     "max_per_split",
     "measures",
     "bf16",
+    "softmax_head",
+    "step_size",
 )
+# Settings added after studies were first recorded: a study.json without one had its
+# default then (recipe: corrected, bf16: off before it was a setting, and so on).
+LATER_KEYS = {"recipe": "corrected", "bf16": None, "softmax_head": False, "step_size": None}
 
 
 def study_config(models=None, quick: bool = False, **given) -> StudyConfig:
@@ -144,10 +188,29 @@ def config_from_record(d: dict) -> StudyConfig:
     )
 
 
-def train_config(cfg: StudyConfig, name: str) -> TrainConfig:
-    """Variant `name`'s TrainConfig: the study's TRAIN_SETTINGS, the rest TrainConfig's
-    defaults (its recipe's values)."""
-    return TrainConfig(model=name, **{k: getattr(cfg, k) for k in TRAIN_SETTINGS})
+def train_config(cfg: StudyConfig, name: str, seed: int = 0) -> TrainConfig:
+    """The TrainConfig of variant `name` with `seed`: the study's TRAIN_SETTINGS, the rest
+    TrainConfig's defaults (its recipe's values)."""
+    return TrainConfig(model=name, seed=seed, **{k: getattr(cfg, k) for k in TRAIN_SETTINGS})
+
+
+def run_name(variant: str, seed: int) -> str:
+    """The folder under runs/ of `variant` trained with `seed` (seed 0's is the variant's
+    name, as in every study before seeds)."""
+    return variant if seed == 0 else f"{variant}-seed{seed}"
+
+
+def parse_run_name(name: str) -> tuple[str, int]:
+    """(variant, seed) of a run folder's name (run_name's inverse)."""
+    variant, sep, seed = name.rpartition("-seed")
+    if sep and seed.isdigit() and variant in VARIANTS:
+        return variant, int(seed)
+    return name, 0
+
+
+def study_runs(cfg: StudyConfig) -> list[str]:
+    """The run names of the study's variants and seeds, variant by variant."""
+    return [run_name(m, s) for m in cfg.models for s in cfg.seeds]
 
 
 def probe_config(cfg: StudyConfig) -> ProbeConfig:
@@ -157,4 +220,17 @@ def probe_config(cfg: StudyConfig) -> ProbeConfig:
         device=cfg.device,
         measures=cfg.measures,
         max_per_split=cfg.max_per_split,
+    )
+
+
+def whole_splits_config(cfg: StudyConfig) -> ProbeConfig:
+    """The study's second probe of each run: SI and CSI of the last layers (records.
+    LAST_LAYERS) on every validation and test image, whatever --max-per-split caps."""
+    return ProbeConfig(
+        max_memory=cfg.probe_memory,
+        device=cfg.device,
+        measures="si,csi",
+        max_per_split=None,
+        splits=("val", "test"),
+        layers=list(LAST_LAYERS),
     )

@@ -2,12 +2,17 @@
 
 The course trained each variant for 100 epochs (SGD 0.01, StepLR 40/0.1) and reported one
 test accuracy per variant; dnnlab quotes those numbers, it does not measure them. A study
-under another recipe (the CPU budget) is compared with them by rank (Spearman's rho over the
-variants both have) and by the direction of each of the course's conclusions (a pair of
-variants: which one is more accurate).
+under another recipe is compared with them by rank (Spearman's rho over the variants both
+have, with its permutation p-value) and on each of the course's conclusions (a pair of
+variants: which one is more accurate), as a difference with its interval and a verdict
+(stats.py).
 """
 
 from __future__ import annotations
+
+import numpy as np
+
+from dnnlab.study.stats import difference, spearman_exact
 
 # The course's reported test accuracies (%), quoted for reference; not measured by dnnlab.
 COURSE_TEST_ACC = {
@@ -36,44 +41,46 @@ CONCLUSIONS = (
 )
 
 
-def spearman(a: list[float], b: list[float]) -> float | None:
-    """Spearman's rank correlation (scipy's; ties share their mean rank). None below three
-    pairs or when one list is constant: there is no ordering to compare."""
-    # Here, not at the top: scipy.stats adds 0.55-0.85 s to the import of every study command
-    # (benchmarks/lazy_imports.py, docs/RESULTS.md §9), and only the finished report compares ranks.
-    from scipy.stats import spearmanr
-
-    if len(a) != len(b):
-        raise ValueError(f"spearman: {len(a)} values against {len(b)}")
-    if len(a) < 3 or len(set(a)) == 1 or len(set(b)) == 1:
-        return None
-    return float(spearmanr(a, b).statistic)
+# The course's SI at the last feature layer where its write-up states one: bn on the
+# validation split at avgpool (quoted, not measured here; the course's probe sample is not
+# stated, so it is shown beside dnnlab's whole-split figure rather than tested against it).
+COURSE_SI = {("bn", "val", "avgpool"): 0.883}
+# The course's table names its multi-path networks GP2 and GP4: the course's code summed one
+# path's output 2 or 4 times (shared weights), which dnnlab calls paths2-shared and
+# paths4-shared; paths2 and paths4 (independent paths) have no course row.
+COURSE_NAMES = {"paths2-shared": "GP2", "paths4-shared": "GP4"}
 
 
-def rank_agreement(test_acc: dict[str, float]) -> tuple[float | None, list[str]]:
-    """(rho, variants): Spearman's rho between `test_acc` (%, or fractions: ranks only)
-    and the course's numbers, over the variants both have."""
+def rank_agreement(test_acc: dict[str, float]) -> tuple[dict, list[str]]:
+    """(stats.spearman_exact's {rho, p, n, p_method}, variants): Spearman's rho between
+    `test_acc` and the course's numbers over the variants both have, with its permutation
+    p-value."""
     both = [m for m in COURSE_TEST_ACC if m in test_acc]
-    return spearman([test_acc[m] for m in both], [COURSE_TEST_ACC[m] for m in both]), both
+    return spearman_exact([test_acc[m] for m in both], [COURSE_TEST_ACC[m] for m in both]), both
 
 
-def conclusions(test_acc: dict[str, float]) -> list[dict]:
-    """Each course conclusion whose two variants the study has: both differences in points
-    (the study's `test_acc` in %) and whether they point the same way."""
+def conclusions(acc: dict[str, list[float]], correct: dict[str, object]) -> list[dict]:
+    """Every course conclusion, checked where the study has both variants: the difference of
+    their mean test accuracies (points), its 95 % interval and the verdict (stats.difference).
+
+    `acc`: {variant: per-seed test accuracies in %}; `correct`: {variant: a (seeds, N) 0/1
+    array of its runs' per-image results on the same test images, or None when its runs
+    recorded none or tested other images}. A conclusion whose variants are missing is
+    returned as not checked, naming them."""
     rows = []
     for question, m, against in CONCLUSIONS:
-        if m not in test_acc or against not in test_acc:
-            continue
-        ours = test_acc[m] - test_acc[against]
         course = COURSE_TEST_ACC[m] - COURSE_TEST_ACC[against]
-        rows.append(
-            {
-                "question": question,
-                "variant": m,
-                "against": against,
-                "study": ours,
-                "course": course,
-                "same_direction": (ours > 0) == (course > 0) and ours != 0,
-            }
-        )
+        row = {"question": question, "variant": m, "against": against, "course": course}
+        missing = [v for v in (m, against) if v not in acc]
+        if missing:
+            rows.append({**row, "missing": missing, "verdict": "not checked"})
+            continue
+        paired = correct.get(m) is not None and correct.get(against) is not None
+        if paired and np.shape(correct[m])[1] == np.shape(correct[against])[1]:
+            rows.append({**row, **difference(correct[m], correct[against], course)})
+            continue
+        d = float(np.mean(acc[m]) - np.mean(acc[against]))
+        one = min(len(acc[m]), len(acc[against])) < 2
+        why = "one seed" if one else "no per-image test results to pair"
+        rows.append({**row, "diff": d, "low": None, "high": None, "verdict": f"undecided ({why})"})
     return rows

@@ -37,7 +37,7 @@ def overlay_plot(
     if not panels:
         return False
     common = _layers(series, first_layers)
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 4), squeeze=False)
     # Past the default cycle's ten colours two variants would share one: use tab20's.
     colours = plt.get_cmap("tab20").colors if len(series) > 10 else None
     for ax, (key, label) in zip(axes[0], panels, strict=True):
@@ -51,7 +51,8 @@ def overlay_plot(
         ax.set_ylabel(f"{label} ({split})")
         ax.set_title(f"{title}: {label} per layer")
         ax.grid(alpha=0.3)
-        ax.legend()
+        # Outside the axes, right of them: a legend inside covers the last layers' points.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, 90)
     return True
@@ -83,14 +84,17 @@ def _curves(ax, series: dict, key: str, common: list[str], first_layers: bool) -
     layers, else by relative depth."""
     use_names = len(common) >= 5
     for m, pts in series.items():
-        keep = [r for r in pts if r["layer"] in common] if use_names else pts
-        xs = (
-            [common.index(r["layer"]) for r in keep]
-            if use_names
-            else [i / max(1, len(keep) - 1) for i in range(len(keep))]
-        )
-        ys = [float("nan") if r.get(key) is None else r[key] for r in keep]
-        ax.plot(list(xs), ys, marker="o", label=m)
+        if use_names:
+            # One value per shared layer, NaN where the variant has none: the line breaks
+            # there (matplotlib draws no segment to a NaN) instead of bridging layers the
+            # variant does not have; the markers still show every point it has.
+            at = {r["layer"]: r.get(key) for r in pts}
+            xs = list(range(len(common)))
+            ys = [float("nan") if at.get(c) is None else at[c] for c in common]
+        else:
+            xs = [i / max(1, len(pts) - 1) for i in range(len(pts))]
+            ys = [float("nan") if r.get(key) is None else r[key] for r in pts]
+        ax.plot(xs, ys, marker="o", label=m)
     if use_names:
         ax.set_xticks(range(len(common)))
         ax.set_xticklabels(common, rotation=45, ha="right")

@@ -3,10 +3,16 @@
     dnnlab study ... --publish docs/results/full-study-corrected
 
 copies study.json (plus the commit it was published from), report.md, report.html,
-figures/*.png and, for each variant whose records match the study, runs/<v>/{config.json,
-metrics.csv, summary.json, probe.csv, stages.json} and its PNG figures. The new folder is
-assembled beside the destination and swapped in only when complete, so an earlier
-publication is never lost to a half-written one.
+figures/*.png and, for each run whose records match the study, runs/<run>/{config.json,
+metrics.csv, summary.json, probe.csv, stages.json, test_predictions.json, whole-splits/} and
+its PNG figures, then writes manifest.json (manifest.py: every file's sha256 and the command
+that wrote it). The new folder is assembled beside the destination and swapped in only when
+complete, so an earlier publication is never lost to a half-written one.
+
+An existing destination is replaced only when it is a publication of the same study (the
+same fingerprint: settings and data) that still matches its manifest: publishing again as
+more runs finish updates it. A folder the tool did not publish, one changed by hand, or
+another study's publication is refused, naming why.
 
 A report shows the published studies first (`dnnlab study --published DIR`): read_published
 reads them back, and published_section is their table.
@@ -18,30 +24,67 @@ import html
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from dnnlab.cifar.models import VARIANTS
 from dnnlab.errors import InputError
-from dnnlab.study.course import COURSE_TEST_ACC, rank_agreement
+from dnnlab.study.course import COURSE_SI, COURSE_TEST_ACC, rank_agreement
+from dnnlab.study.manifest import MANIFEST, ManifestError, verify, write_manifest
 from dnnlab.study.markup import num, pct
 from dnnlab.study.records import (
     FEATURE_LAYER,
+    WHOLE_SPLITS,
     diverged_runs,
     joined_values,
     read_probe_csv,
     read_record,
     read_study,
     recorded_config,
+    recorded_runs,
+    runs_by_variant,
     sort_runs,
     value_at,
 )
-from dnnlab.utils.atomic import atomic_write_json
+from dnnlab.utils.atomic import atomic_write_json, temp_folder_beside
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "probe.csv")
-OPTIONAL_RUN_FILES = ("stages.json",)  # wall seconds per stage, from studies that record them
+# stages.json: wall seconds per stage; test_predictions.json: per-image test results (runs
+# trained since they were recorded); whole-splits/: the last layers on the whole splits.
+OPTIONAL_RUN_FILES = ("stages.json", "test_predictions.json")
+WHOLE_SPLITS_FILES = ("probe.json", "probe.csv")
+# What `dnnlab train` writes into a run folder, among the published files.
+TRAIN_FILES = (
+    "config.json",
+    "metrics.csv",
+    "summary.json",
+    "curves.png",
+    "test_predictions.json",
+    "divergence.json",
+    "divergence.png",
+)
+
+
+def writer_of(rel: str) -> str:
+    """The command that wrote the published file at relative path `rel` (the manifest's
+    "writer"): the study's record and report, or, in a run folder, the training, the study's
+    stage times, its CKA, or its probes."""
+    parts = rel.split("/")
+    name = parts[-1]
+    if parts == ["study.json"]:
+        return "dnnlab study (its record), with --publish's commit and published runs added"
+    if parts[0] != "runs":
+        return "dnnlab study (report)"
+    if len(parts) == 4 and parts[2] == WHOLE_SPLITS:
+        return "dnnlab study (probe of the last layers on the whole splits)"
+    if name in TRAIN_FILES:
+        return "dnnlab train (called by dnnlab study)"
+    if name == "stages.json":
+        return "dnnlab study (stage times)"
+    if name.startswith("cka_"):
+        return "dnnlab study (CKA of base against bn)"
+    return "dnnlab probe (called by dnnlab study)"
 
 
 def git_commit(where: Path, fallback: bool = True) -> str | None:
@@ -68,17 +111,40 @@ def git_commit(where: Path, fallback: bool = True) -> str | None:
     return (os.environ.get("DNNLAB_COMMIT") if fallback else None) or None
 
 
-def check_publish_dest(out, dest, inputs=()) -> None:
+def check_publish_dest(out, dest, inputs=(), fingerprint: str | None = None) -> None:
     """Refuse a --publish folder that is, or would replace (it is swapped in whole), the
-    study folder or another input (the --detector, --published folders)."""
+    study folder or another input (the data, the --detector and --published folders), or an
+    existing folder that is not an untouched publication of this study (`fingerprint`; None:
+    the study's own, read from its study.json when it has one)."""
     check_outputs_spare_inputs([out, *inputs], dest, owned=True, flag="--publish")
+    dest = Path(dest)
+    if not dest.exists():
+        return
+    try:
+        verify(dest)
+    except ManifestError as e:
+        raise InputError(
+            f"--publish: {dest} exists and is not an untouched dnnlab publication ({e}); "
+            "dnnlab replaces only what it published: choose another folder"
+        ) from None
+    if fingerprint is None:
+        fingerprint = (read_study(Path(out)) or {}).get("fingerprint")
+    theirs = (read_record(dest / "study.json") or {}).get("fingerprint")
+    if fingerprint is not None and theirs != fingerprint:
+        raise InputError(
+            f"--publish: {dest} holds the publication of another study (fingerprint "
+            f"{theirs}, this study's {fingerprint}); choose another folder"
+        )
 
 
-def publish(out, dest, commit: str | None = None) -> list[str]:
-    """Copy the study in `out` (what its records hold) to `dest`; returns the variants
-    published. `dest` is never the study or inside it, and one process at a time writes it."""
-    check_publish_dest(out, dest)
+def publish(out, dest, commit: str | None = None, inputs=()) -> list[str]:
+    """Copy the study in `out` (what its records hold) to `dest`; returns the runs
+    published. `dest` is never the study, inside it or one of `inputs` (the data, the
+    --detector and --published folders), never a folder the tool did not publish, and one
+    process at a time writes it."""
+    check_publish_dest(out, dest, inputs)
     with folder_lock(dest, "--publish"):
+        check_publish_dest(out, dest, inputs)  # again under the lock: another may have been first
         return _publish_locked(Path(out), Path(dest), commit)
 
 
@@ -86,11 +152,11 @@ def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
     """publish() once the destination's lock is held."""
     study = read_study(out)
     cfg = recorded_config(out, study)  # the study's settings, checked
-    kept, _ = sort_runs(out, cfg)  # finished runs that match the study
+    runs = recorded_runs(study)
+    kept, _ = sort_runs(out, cfg, runs)  # finished runs that match the study
     variants = [m for m in kept if (out / "runs" / m / "probe.csv").exists()]
-    diverged = sorted(diverged_runs(out, cfg.models))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    diverged = sorted(diverged_runs(out, runs))
+    tmp = temp_folder_beside(dest)  # the user's umask, not mkdtemp's 0700
     try:
         commit = commit or git_commit(Path.cwd())
         atomic_write_json(
@@ -117,11 +183,18 @@ def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
                     shutil.copy2(out / "runs" / m / f, tmp / "runs" / m / f)
             for png in (out / "runs" / m).glob("*.png"):
                 shutil.copy2(png, tmp / "runs" / m / png.name)
+            whole = out / "runs" / m / WHOLE_SPLITS
+            if all((whole / f).exists() for f in WHOLE_SPLITS_FILES):
+                (tmp / "runs" / m / WHOLE_SPLITS).mkdir()
+                for f in [*WHOLE_SPLITS_FILES, *(p.name for p in whole.glob("*.png"))]:
+                    shutil.copy2(whole / f, tmp / "runs" / m / WHOLE_SPLITS / f)
         for m in diverged:  # what they have: settings and the loss curve until it diverged
             (tmp / "runs" / m).mkdir(parents=True)
             for f in ("config.json", "divergence.json", "divergence.png"):
                 if (out / "runs" / m / f).exists():
                     shutil.copy2(out / "runs" / m / f, tmp / "runs" / m / f)
+        rels = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
+        write_manifest(tmp, {r: writer_of(r) for r in rels}, commit)
         old = None
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
@@ -136,31 +209,34 @@ def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
     return variants
 
 
-def published_summary(variants: list[str], dest) -> str:
-    """The line `dnnlab study --publish` prints: how many variants went where."""
-    return f"published {len(variants)} variants ({', '.join(variants)}) to {dest}"
-
-
-# The course's avgpool SI/CSI where its write-up states them ({model: (SI, CSI)} on test).
-# It states none that dnnlab could verify, so the column shows "–" until someone adds them.
-COURSE_AVGPOOL: dict[str, tuple[float, float]] = {}
+def published_summary(runs: list[str], dest) -> str:
+    """The line `dnnlab study --publish` prints: how many runs went where."""
+    return f"published {len(runs)} runs ({', '.join(runs)}) to {dest}, with {MANIFEST}"
 
 
 def read_published(root) -> dict:
     """The published full studies under `root` (each a folder holding study.json and runs/).
 
-    A variant whose summary.json does not match its study.json (recipe, epochs) is left out.
+    A folder that does not match its manifest (or has none) is refused, named with the
+    reason in "refused", and nothing from it is read. A run whose summary.json does not match
+    its study.json (recipe, epochs) is left out. A variant's figures are the means over its
+    seeds' runs.
     """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"--published: {root} is not a folder")
-    studies = []
+    studies, refused = [], []
     for d in sorted(p for p in root.iterdir() if (p / "study.json").is_file()):
+        try:
+            verify(d)
+        except ManifestError as e:
+            refused.append({"path": str(d), "why": str(e)})
+            continue
         st = read_record(d / "study.json")
         if not isinstance(st, dict):
             raise InputError(f"--published: {d / 'study.json'} is not a JSON object")
         recipe = st.get("recipe", "corrected")
-        rows, left_out = {}, []
+        per_run, left_out = {}, []
         for run in sorted((d / "runs").glob("*/summary.json")):
             s = read_record(run) or {}
             m = run.parent.name
@@ -168,7 +244,7 @@ def read_published(root) -> dict:
                 left_out.append(m)
                 continue
             p = read_probe_csv(run.parent / "probe.csv")
-            rows[m] = {
+            per_run[m] = {
                 "test_acc": s.get("test_acc"),
                 "val_acc": s.get("best_val_acc"),
                 **{
@@ -177,6 +253,13 @@ def read_published(root) -> dict:
                     for k in ("si", "csi")
                 },
             }
+        rows = {
+            variant: {
+                "seeds": len(names),
+                **{k: _mean([per_run[r][k] for r in names]) for k in per_run[names[0]]},
+            }
+            for variant, names in runs_by_variant(per_run).items()
+        }
         studies.append(
             {
                 "path": str(d),
@@ -199,7 +282,13 @@ def read_published(root) -> dict:
             }
         )
     studies.sort(key=lambda s: (s["recipe"] != "course", s["path"]))
-    return {"root": str(root), "studies": studies}
+    return {"root": str(root), "studies": studies, "refused": refused}
+
+
+def _mean(values) -> float | None:
+    """The mean of the values that exist (None when none does)."""
+    got = [v for v in values if v is not None]
+    return sum(got) / len(got) if got else None
 
 
 def _published_label(s: dict) -> str:
@@ -215,13 +304,15 @@ def _published_label(s: dict) -> str:
         f"{s['precision']}{probe}, on {card}, {wall}, {s['date'] or 'undated'}, commit "
         f"{s['commit'] or 'unrecorded'}; from {s['path']}"
     )
-    rho, both = rank_agreement(
+    r, both = rank_agreement(
         {m: v["test_acc"] for m, v in s["rows"].items() if v.get("test_acc") is not None}
     )
-    if rho is not None:
+    seeds = sorted({v["seeds"] for v in s["rows"].values()})
+    text += ". Seeds per variant: " + "/".join(map(str, seeds))
+    if r["rho"] is not None:
         text += (
             f". Spearman's rho of its test accuracies against the course's 100-epoch "
-            f"numbers: {rho:.3f} over {len(both)} variants"
+            f"numbers: {r['rho']:.3f} over {len(both)} variants (permutation p = {r['p']:.2f})"
         )
     if s["diverged"]:
         text += f"; diverged under this recipe (no result): {', '.join(s['diverged'])}"
@@ -234,12 +325,17 @@ def published_section(pub: dict) -> tuple[list[str], list[str]]:
     """Markdown and HTML parts: the published full-study comparison, or a plain note."""
     title = "Published studies (measured results, read from the repository)"
     studies = pub["studies"]
+    refusals = [
+        f"Refused, nothing shown from it: {r['path']}: {r['why']}" for r in pub.get("refused", [])
+    ]
     if not studies:
         note = (
-            f"No study results are published yet (nothing under {pub['root']}): "
-            "this report shows only this run's own numbers."
+            f"No study results are published yet (nothing under {pub['root']} that passes "
+            "its manifest check): this report shows only this run's own numbers."
         )
-        return ([f"## {title}", "", note, ""], [f"<h2>{title}</h2>", f"<p>{html.escape(note)}</p>"])
+        md = [f"## {title}", "", note, ""] + [x for t in refusals for x in (t, "")]
+        page = [f"<h2>{title}</h2>", f"<p>{html.escape(note)}</p>"]
+        return md, page + [f"<p class=note>{html.escape(t)}</p>" for t in refusals]
     labels = [_published_label(s) for s in studies]
     header = ["Model", "Course's Test ACC"]
     for s in studies:
@@ -251,7 +347,7 @@ def published_section(pub: dict) -> tuple[list[str], list[str]]:
             f"SI Test ({r})",
             f"CSI Test ({r})",
         ]
-    header += ["Course's SI/CSI Test"]
+    header += ["Course's SI Val (avgpool)"]
     models = [m for m in VARIANTS if any(m in s["rows"] for s in studies)]
     rows = []
     for m in models:
@@ -265,14 +361,17 @@ def published_section(pub: dict) -> tuple[list[str], list[str]]:
                 num(v.get("si_test")),
                 num(v.get("csi_test")),
             ]
-        c = COURSE_AVGPOOL.get(m)
-        row.append(f"{c[0]:.4f}/{c[1]:.4f}" if c else "–")
+        c = COURSE_SI.get((m, "val", FEATURE_LAYER))
+        row.append("–" if c is None else f"{c:.3f}")
         rows.append(row)
     intro = (
         "Read from the published folders below (not measured by this run). Accuracies "
-        "in %, SI/CSI at avgpool."
+        "in %, SI/CSI at avgpool on each study's probe sample; a variant with several seeds "
+        "shows their mean. The last column quotes the course's own SI where its write-up "
+        "states one."
     )
     md = [f"## {title}", "", intro, ""] + [f"- {x}" for x in labels] + [""]
+    md += [x for t in refusals for x in (t, "")]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -283,6 +382,7 @@ def published_section(pub: dict) -> tuple[list[str], list[str]]:
         f"<h2>{title}</h2>",
         f"<p class=note>{html.escape(intro)}</p>",
         "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in labels) + "</ul>",
+        *(f"<p class=note>{html.escape(t)}</p>" for t in refusals),
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
     ]
     return md, page

@@ -16,7 +16,15 @@ from pathlib import Path
 
 from dnnlab.errors import ConfigError, DnnlabError
 from dnnlab.settings import flag_name
-from dnnlab.study.config import RESULT_KEYS, StudyConfig, config_from_record
+from dnnlab.study.config import (
+    LATER_KEYS,
+    RESULT_KEYS,
+    WHOLE_SPLITS,
+    StudyConfig,
+    config_from_record,
+    parse_run_name,
+    study_runs,
+)
 
 FEATURE_LAYER = "avgpool"
 
@@ -40,9 +48,8 @@ def read_study(out: Path) -> dict | None:
 
 
 # The settings a study.json must hold: those that change its numbers (RESULT_KEYS), less
-# recipe and bf16, which studies from before they were settings lack (corrected, as
-# _check_same_study reads them), and the variants.
-RECORDED_KEYS = ("models", *(k for k in RESULT_KEYS if k not in ("recipe", "bf16")))
+# those older studies lack (LATER_KEYS), and the variants.
+RECORDED_KEYS = ("models", *(k for k in RESULT_KEYS if k not in LATER_KEYS))
 
 
 def recorded_config(out: Path, record: dict | None = None) -> StudyConfig:
@@ -77,6 +84,16 @@ def _keyed(message: str) -> str:
     return message
 
 
+def recorded_runs(study: dict) -> list[str]:
+    """The run names a study.json records: every variant and seed any command of the study
+    trained ("runs"), or, in a record from before seeds, its variants (each seed 0's run)."""
+    runs = study.get("runs")
+    if isinstance(runs, list) and all(isinstance(r, str) for r in runs):
+        return list(runs)
+    models = study.get("models")
+    return list(models) if isinstance(models, list) else []
+
+
 def load_run(run: Path):
     s = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else None
     p = (
@@ -85,6 +102,30 @@ def load_run(run: Path):
         else []
     )
     return s, p
+
+
+def load_whole_splits(run: Path) -> list[dict]:
+    """The rows of the run's whole-split probe of LAST_LAYERS ([] when it has none)."""
+    d = read_record(run / WHOLE_SPLITS / "probe.json")
+    return d["rows"] if isinstance(d, dict) and isinstance(d.get("rows"), list) else []
+
+
+def load_predictions(run: Path) -> dict | None:
+    """The run's test_predictions.json ({positions, labels, predictions}), or None."""
+    d = read_record(run / "test_predictions.json")
+    keys = ("positions", "labels", "predictions")
+    if not isinstance(d, dict) or not all(isinstance(d.get(k), list) for k in keys):
+        return None
+    return d
+
+
+def runs_by_variant(runs) -> dict[str, list[str]]:
+    """{variant: its run names, seed order}, for the variants of `runs` (names)."""
+    got: dict[str, list[tuple[int, str]]] = {}
+    for r in runs:
+        variant, seed = parse_run_name(r)
+        got.setdefault(variant, []).append((seed, r))
+    return {v: [r for _, r in sorted(rs)] for v, rs in got.items()}
 
 
 def value_at(rows, split, layer, key):
@@ -113,26 +154,35 @@ def run_mismatch(run: Path, cfg) -> str | None:
         s = json.loads((run / "summary.json").read_text())
     except (OSError, ValueError) as e:
         return f"unreadable records ({e})"
+    variant, seed = parse_run_name(run.name)
     want = {
-        "model": run.name,
+        "model": variant,
+        "seed": seed,
         "recipe": cfg.recipe,
         "epochs": cfg.epochs,
         "n_val": cfg.n_val,
         "train_subset": cfg.train_subset,
         "test_subset": cfg.test_subset,
+        "softmax_head": cfg.softmax_head,
     }
-    got = {**c, "recipe": c.get("recipe", "corrected")}
+    got = {
+        **c,
+        "recipe": c.get("recipe", "corrected"),
+        "seed": c.get("seed", 0),
+        "softmax_head": c.get("softmax_head", False),
+    }
     bad = [f"{k}={got.get(k)!r} (study: {v!r})" for k, v in want.items() if got.get(k) != v]
     if s.get("recipe", "corrected") != cfg.recipe or s.get("epochs") != cfg.epochs:
         bad.append(f"summary.json: recipe={s.get('recipe')!r}, epochs={s.get('epochs')!r}")
     return "; ".join(bad) or None
 
 
-def sort_runs(out: Path, cfg) -> tuple[list[str], list[tuple[str, str]]]:
-    """(the variants whose finished run matches the study `cfg`, [(variant, why not)] for the
-    finished runs that do not): the report's tables show only the first."""
+def sort_runs(out: Path, cfg, runs=None) -> tuple[list[str], list[tuple[str, str]]]:
+    """(the runs, of `runs` or else of `cfg`'s variants and seeds, whose finished records match
+    the study `cfg`, [(run, why not)] for the finished runs that do not): the report's tables
+    show only the first."""
     kept, skipped = [], []
-    for m in cfg.models:
+    for m in study_runs(cfg) if runs is None else runs:
         run = out / "runs" / m
         if not (run / "summary.json").exists():
             continue
@@ -169,10 +219,10 @@ def recorded_budget(out: Path, kept: list[str]) -> str:
     return text
 
 
-def diverged_runs(out: Path, models) -> dict[str, dict]:
-    """{variant: its divergence.json} for the runs that diverged and never finished."""
+def diverged_runs(out: Path, runs) -> dict[str, dict]:
+    """{run: its divergence.json} for the `runs` (names) that diverged and never finished."""
     got = {}
-    for m in models:
+    for m in runs:
         run = out / "runs" / m
         if (run / "divergence.json").exists() and not (run / "summary.json").exists():
             got[m] = read_record(run / "divergence.json") or {}

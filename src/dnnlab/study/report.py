@@ -2,9 +2,12 @@
 
 Tables follow the course's layout, Model | Val ACC | Test ACC | SI Val | CSI Val | SI Test |
 CSI Test at the last feature layer (avgpool), with the course's published test accuracy
-beside ours, marked as the course's. Every figure comes from what the runs recorded
-(summary.json, split.json, probe.json), and a run whose records do not match the study is
-left out of the tables with the reason. With a published folder (`--published`), the report
+beside ours, marked as the course's. A variant trained with several seeds shows the mean
+over its seeds and their standard deviation; the course's conclusions come with 95 %
+intervals and verdicts, and rank correlations with p-values (stats.py says how). Every
+figure comes from what the runs recorded (summary.json, split.json, probe.json,
+test_predictions.json), and a run whose records do not match the study is left out of the
+tables with the reason. With a published folder (`--published`), the report
 also shows the published full studies' tables, labelled with their recipe, card, date and
 commit.
 """
@@ -16,21 +19,36 @@ import os
 import urllib.parse
 from pathlib import Path
 
+import numpy as np
+
 from dnnlab.cifar.models import VARIANTS
-from dnnlab.study.course import COURSE_TEST_ACC, conclusions, rank_agreement
-from dnnlab.study.markup import html_grid, img_tag, md_grid, num, pct
+from dnnlab.cifar.recipe import COURSE, FIXED
+from dnnlab.study.config import LAST_LAYERS, parse_run_name
+from dnnlab.study.course import (
+    COURSE_NAMES,
+    COURSE_SI,
+    COURSE_TEST_ACC,
+    conclusions,
+    rank_agreement,
+)
+from dnnlab.study.markup import html_grid, img_tag, md_grid
 from dnnlab.study.overlay import overlay_plot
 from dnnlab.study.publish import published_section
 from dnnlab.study.records import (
     FEATURE_LAYER,
     diverged_runs,
+    load_predictions,
     load_run,
+    load_whole_splits,
     read_study,
     recorded_budget,
     recorded_config,
+    recorded_runs,
+    runs_by_variant,
     sort_runs,
     value_at,
 )
+from dnnlab.study.stats import proportion_interval, seed_summary, spearman_exact
 from dnnlab.utils.atomic import atomic_write_text
 
 # (title, variants in table order, the references they are compared with): a comparison is
@@ -48,22 +66,43 @@ COMPARISONS = [
 ]
 
 
-def table_rows(out: Path, models):
-    """The course's table row of each of `models` that has a finished run."""
+def mean_sd(values, scale: float = 1.0, digits: int = 4) -> str:
+    """'mean ± sd' of per-seed values (scaled), or the value alone for one seed; '–' if none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    s = seed_summary([scale * v for v in values])
+    text = f"{s['mean']:.{digits}f}"
+    return text if s["sd"] is None else f"{text} ± {s['sd']:.{digits}f}"
+
+
+def seed_values(out: Path, runs, key: str, split: str | None = None) -> list:
+    """Per-seed values of `key`: summary.json's, or with `split` the probe's at FEATURE_LAYER."""
+    got = []
+    for r in runs:
+        s, p = load_run(out / "runs" / r)
+        got.append(s.get(key) if split is None and s else value_at(p, split, FEATURE_LAYER, key))
+    return got
+
+
+def table_rows(out: Path, seeds: dict[str, list[str]], models):
+    """The course's table row of each of `models` with a finished run: mean ± sd over the
+    variant's seeds (`seeds`: {variant: its run names})."""
     rows = []
     for m in models:
-        s, p = load_run(out / "runs" / m)
-        if s is None:
+        runs = seeds.get(m)
+        if not runs:
             continue
         rows.append(
             [
                 m,
-                pct(s["best_val_acc"]),
-                pct(s["test_acc"]),
-                num(value_at(p, "val", FEATURE_LAYER, "si")),
-                num(value_at(p, "val", FEATURE_LAYER, "csi")),
-                num(value_at(p, "test", FEATURE_LAYER, "si")),
-                num(value_at(p, "test", FEATURE_LAYER, "csi")),
+                str(len(runs)),
+                mean_sd(seed_values(out, runs, "best_val_acc"), 100, 2),
+                mean_sd(seed_values(out, runs, "test_acc"), 100, 2),
+                mean_sd(seed_values(out, runs, "si", "val")),
+                mean_sd(seed_values(out, runs, "csi", "val")),
+                mean_sd(seed_values(out, runs, "si", "test")),
+                mean_sd(seed_values(out, runs, "csi", "test")),
                 f"{COURSE_TEST_ACC[m]:.2f}" if m in COURSE_TEST_ACC else "–",
             ]
         )
@@ -72,6 +111,7 @@ def table_rows(out: Path, models):
 
 HEADER = [
     "Model",
+    "Seeds",
     "Val ACC",
     "Test ACC",
     "SI Val",
@@ -81,17 +121,6 @@ HEADER = [
     "Course's Test ACC (reference)",
 ]
 
-
-def _md_table(rows) -> str:
-    return md_grid(HEADER, rows)
-
-
-def _html_table(rows) -> str:
-    return html_grid(HEADER, rows)
-
-
-# Runs in the browser: records whether every image decoded and every table has a size, so a
-# headless browser's DOM dump (and a person) can see that the report renders.
 SELF_CHECK = """<script>
 window.addEventListener('load', function () {
   var bad = [];
@@ -131,23 +160,26 @@ def write_report(
     published: list[dict] | None = None,
 ) -> Path:
     """Write out/report.md and out/report.html of the study in `out`, from its records
-    alone (study.json's settings, each run's records); returns the HTML path.
+    alone (study.json's settings and runs, each run's records); returns the HTML path.
 
     Each section below gives (Markdown lines, HTML parts) from the same content."""
     out = Path(out)
     study = read_study(out)
     cfg = recorded_config(out, study)  # its settings, checked
+    runs = recorded_runs(study)
     (out / "figures").mkdir(exist_ok=True)
     # The published studies come first: they are the real results, this run may be a check.
     sections = [] if published is None else [published_section(published)]
-    kept, skipped = sort_runs(out, cfg)
+    kept, skipped = sort_runs(out, cfg, runs)
+    seeds = runs_by_variant(kept)
     sections += [
-        _header(study, cfg, recorded_budget(out, kept), skipped),
-        _course_section(out, kept, cfg.models, cfg.quick),
-        _diverged_section(out, cfg.models, cfg.recipe),
-        _comparisons(out, kept),
-        _cka_section(out, cfg.models),
-        _variant_figures(out, cfg.models),
+        _header(study, cfg, recorded_budget(out, kept), skipped, seeds),
+        _course_section(out, seeds, runs, cfg.quick),
+        _last_layers_section(out, seeds),
+        _diverged_section(out, runs, cfg.recipe),
+        _comparisons(out, seeds),
+        _cka_section(out, runs),
+        _variant_figures(out, runs),
         _extra_sections(out, extra_sections),
     ]
     md = [line for lines, _ in sections for line in lines]
@@ -161,25 +193,50 @@ def write_report(
     return out / "report.html"
 
 
-def _header(study: dict, cfg, budget: str, skipped) -> tuple[list[str], list[str]]:
-    """Title, the budget the runs recorded, recipe and device; variants left out, and why."""
+def _seeds_text(seeds: dict[str, list[str]]) -> str:
+    """Which seeds the variants have, grouped: 'seeds 0, 1 for base, bn; seed 0 for ...'."""
+    groups: dict[str, list[str]] = {}
+    for m, runs in seeds.items():
+        numbers = ", ".join(str(parse_run_name(r)[1]) for r in runs)
+        groups.setdefault(numbers, []).append(m)
+    if not groups:
+        return "no finished runs"
+    return "; ".join(
+        f"{'seeds' if ',' in k else 'seed'} {k} for {', '.join(v)}" for k, v in groups.items()
+    )
+
+
+def _header(study: dict, cfg, budget: str, skipped, seeds) -> tuple[list[str], list[str]]:
+    """Title, the budget the runs recorded, seeds, recipe and device; runs left out, and why."""
     label = study_label(cfg)
     where = f"Recipe: {cfg.recipe}. Device: {study.get('device_name') or cfg.device}."
+    seed_text = f"Training seeds: {_seeds_text(seeds)}."
+    if seeds and all(len(r) == 1 for r in seeds.values()):
+        seed_text += (
+            " Every variant is a single seed: the seed-to-seed spread of this configuration "
+            "is not measured, so no difference between variants gets an interval or a verdict."
+        )
+    note = (
+        "Accuracies in %. SI/CSI at the last feature layer (`avgpool`), on the probe's sample. "
+        "With several seeds a cell is the mean ± the seeds' standard deviation. The last "
+        "column is the course's published test accuracy, quoted for reference (not measured "
+        "here)."
+    )
     md = [
         f"# dnnlab CIFAR-10 architecture study: {label}",
         "",
         f"Budget, as the runs recorded it: {budget}. {where}",
         "",
-        "Accuracies in %. SI/CSI at the last feature layer (`avgpool`). The last column is "
-        "the course's published test accuracy, quoted for reference (not measured here).",
+        seed_text,
+        "",
+        note,
         "",
     ]
     body = [
         f"<h1>dnnlab CIFAR-10 architecture study: {html.escape(label)}</h1>",
         f"<p>Budget, as the runs recorded it: {html.escape(budget)}. {html.escape(where)}</p>",
-        "<p class=note>Accuracies in %. SI/CSI at the last feature layer (avgpool). The "
-        "last column is the course's published test accuracy, quoted for reference (not "
-        "measured here).</p>",
+        f"<p>{html.escape(seed_text)}</p>",
+        f"<p class=note>{html.escape(note.replace('`', ''))}</p>",
     ]
     for m, why in skipped:
         md += [f"Left out of the tables: `{m}`: its records do not match the study ({why}).", ""]
@@ -194,89 +251,193 @@ def study_label(cfg) -> str:
     """What kind of study this is, for its title."""
     if cfg.quick:
         return "QUICK run: reduced budget, not comparable with the course's numbers"
-    if cfg.recipe == "budget":
+    if cfg.recipe in FIXED:
         return (
-            f"budget recipe, {cfg.epochs} epochs (a CPU budget, not the course's 100-epoch recipe)"
+            f"{cfg.recipe} recipe, {cfg.epochs} epochs (a CPU budget, not the course's "
+            "100-epoch recipe)"
         )
+    if cfg.epochs != COURSE["epochs"]:
+        return f"{cfg.recipe} recipe, {cfg.epochs} epochs (not the course's 100)"
     return "full recipe"
 
 
-def _course_section(out: Path, kept, models, quick: bool) -> tuple[list[str], list[str]]:
-    """The test accuracies of the runs `kept` (those matching the study) beside the course's
-    100-epoch numbers: both rankings, Spearman's rho, and the direction of each of the
-    course's conclusions. `models`: all the study's variants (for the overlay plot)."""
-    acc = {m: 100 * load_run(out / "runs" / m)[0]["test_acc"] for m in kept}
-    rho, both = rank_agreement(acc)
-    if quick or len(both) < 3:
+def per_image_correct(out: Path, runs: list[str]):
+    """A (seeds, N) 0/1 array of the runs' per-image test results, or None when a run has no
+    test_predictions.json or the runs tested different images (nothing to pair)."""
+    records = [load_predictions(out / "runs" / r) for r in runs]
+    if any(d is None for d in records):
+        return None
+    if any(d["positions"] != records[0]["positions"] for d in records):
+        return None
+    return np.array([np.equal(d["predictions"], d["labels"]) for d in records], dtype=np.int8)
+
+
+def _rho_text(r: dict, n_text: str) -> str:
+    if r["rho"] is None:
+        return f"Spearman's rho {n_text}: undefined (fewer than three variants, or no order)"
+    method = "exact" if r["p_method"] == "exact" else f"from {r['p_method']}"
+    return (
+        f"Spearman's rho {n_text}: rho = {r['rho']:.3f}, two-sided permutation p = "
+        f"{r['p']:.3f} ({method})"
+    )
+
+
+def _course_section(out: Path, seeds, runs, quick: bool) -> tuple[list[str], list[str]]:
+    """The mean test accuracies of the variants (`seeds`: {variant: its matching runs})
+    beside the course's 100-epoch numbers: both rankings, Spearman's rho with its p-value,
+    the rank correlation between seeds, and each of the course's conclusions with its
+    interval and verdict. `runs`: all the study's runs (for the overlay plot)."""
+    acc_seeds = {m: [100 * v for v in seed_values(out, rs, "test_acc")] for m, rs in seeds.items()}
+    acc = {m: float(np.mean(v)) for m, v in acc_seeds.items()}
+    r, both = rank_agreement(acc)
+    if quick or len(both) < 2:  # nothing to compare with the course
         return [], []
     title = "Against the course's 100-epoch results"
     ours = sorted(both, key=lambda m: -acc[m])
     theirs = sorted(both, key=lambda m: -COURSE_TEST_ACC[m])
     head = ["Model", "Test ACC (this study)", "rank", "Course's Test ACC (100 epochs)", "rank"]
     rows = [
-        [m, f"{acc[m]:.2f}", str(ours.index(m) + 1), f"{COURSE_TEST_ACC[m]:.2f}"]
+        [m + (f" (course: {COURSE_NAMES[m]})" if m in COURSE_NAMES else "")]
+        + [mean_sd(acc_seeds[m], 1, 2), str(ours.index(m) + 1), f"{COURSE_TEST_ACC[m]:.2f}"]
         + [str(theirs.index(m) + 1)]
         for m in sorted(both, key=list(VARIANTS).index)
     ]
-    rho_text = (
-        f"Spearman's rank correlation between the two orderings over these {len(both)} "
-        f"variants: rho = {rho:.3f}"
-        if rho is not None
-        else "Spearman's rho: undefined"
-    ) + " (1: the same order; the course's numbers are quoted, not measured here)."
-    unranked = [m for m in diverged_runs(out, models) if m in COURSE_TEST_ACC]
+    texts = [
+        _rho_text(r, f"between the two orderings over these {len(both)} variants")
+        + " (1: the same order; the course's numbers are quoted, not measured here). The "
+        "course's GP2 and GP4 are paths2-shared and paths4-shared (one path's weights summed "
+        "2 or 4 times); paths2 and paths4 have no course row."
+    ]
+    unranked = sorted(
+        {parse_run_name(d)[0] for d in diverged_runs(out, runs)} & set(COURSE_TEST_ACC)
+    )
     if unranked:
-        rho_text += f" Not ranked, as they diverged under this recipe: {', '.join(unranked)}."
-    c_head, c_rows = _conclusion_rows(acc)
-    md = [f"## {title}", "", rho_text, "", md_grid(head, rows), ""]
-    md += [
-        "Each of the course's conclusions as a difference of test accuracy; it agrees when "
-        "the difference has the same sign. A difference within about one point is within "
-        "the seed-to-seed spread of a single run (docs/RESULTS.md) and decides nothing.",
-        "",
-        md_grid(c_head, c_rows),
-        "",
-    ]
-    body = [
-        f"<h2>{html.escape(title)}</h2>",
-        f"<p>{html.escape(rho_text)}</p>",
-        html_grid(head, rows),
-        "<p class=note>Each of the course's conclusions as a difference of test accuracy; it "
-        "agrees when the difference has the same sign. A difference within about one point "
-        "is within the seed-to-seed spread of a single run and decides nothing.</p>",
-        html_grid(c_head, c_rows),
-    ]
+        texts[0] += f" Not ranked, as they diverged under this recipe: {', '.join(unranked)}."
+    texts.append(_seed_agreement(acc_seeds))
+    c_head, c_rows = _conclusion_rows(out, seeds, acc_seeds)
+    explain = (
+        "Each of the course's conclusions as the difference of mean test accuracies "
+        "(points), with its 95 % interval from the seed-to-seed variance and a paired "
+        "bootstrap over the test images (docs/cifar.md, 'What the numbers can carry'). "
+        "Verdict: confirms or contradicts when the interval lies on one side of zero, "
+        "undecided when it holds zero; a single seed gives no interval."
+    )
+    md = [f"## {title}", ""] + [x for t in texts for x in (t, "")] + [md_grid(head, rows), ""]
+    md += [explain, "", md_grid(c_head, c_rows), ""]
+    body = [f"<h2>{html.escape(title)}</h2>"] + [f"<p>{html.escape(t)}</p>" for t in texts]
+    body += [html_grid(head, rows), f"<p class=note>{html.escape(explain)}</p>"]
+    body.append(html_grid(c_head, c_rows))
     plot = out / "figures" / "all_variants_si_csi.png"
     measures = (("si", "SI"), ("csi", "CSI"))
-    if overlay_plot(out, "All variants", models, plot, "test", measures, first_layers=True):
+    firsts = [rs[0] for rs in seeds.values()]
+    if overlay_plot(out, "All variants", firsts, plot, "test", measures, first_layers=True):
         md += ["![All variants: SI and CSI per layer](figures/all_variants_si_csi.png)", ""]
         body.append(img_tag(plot, "All variants: SI and CSI per layer"))
     return md, body
 
 
-def _conclusion_rows(acc: dict[str, float]) -> tuple[list[str], list[list[str]]]:
-    """The header and rows of the table of the course's conclusions against `acc`."""
-    c_head = ["Course's conclusion", "pair", "this study (points)", "course (points)", "agrees"]
-    c_rows = [
-        [
-            c["question"],
-            f"{c['variant']} − {c['against']}",
-            f"{c['study']:+.2f}",
-            f"{c['course']:+.2f}",
-            "yes" if c["same_direction"] else "NO",
-        ]
-        for c in conclusions(acc)
+# The study's own ranking is called reproducible when two seeds' orderings correlate at
+# least this much (issue 35's aim); below it the report draws no conclusion from the ranking.
+REPRODUCIBLE_RHO = 0.8
+
+
+def _seed_agreement(acc_seeds: dict[str, list[float]]) -> str:
+    """Spearman's rho between the first and second seed's test accuracies over the variants
+    that have two seeds: is the study's own ranking reproducible?"""
+    two = [m for m, v in acc_seeds.items() if len(v) >= 2]
+    if len(two) < 3:
+        return (
+            "Reproducibility of the ranking: not measured (fewer than three variants have "
+            "two seeds)."
+        )
+    r = spearman_exact([acc_seeds[m][0] for m in two], [acc_seeds[m][1] for m in two])
+    text = "Reproducibility: " + _rho_text(
+        r, f"between the first and the second seed's orderings over {len(two)} variants"
+    )
+    if r["rho"] is None or r["rho"] < REPRODUCIBLE_RHO:
+        return text + (
+            f". Below {REPRODUCIBLE_RHO}: the ranking is not reproducible at this budget, so "
+            "no conclusion is drawn from the order of the variants."
+        )
+    return text + "."
+
+
+def _conclusion_rows(out: Path, seeds, acc_seeds) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the table of the course's conclusions: difference, interval,
+    course's difference, verdict."""
+    correct = {m: per_image_correct(out, rs) for m, rs in seeds.items()}
+    c_head = [
+        "Course's conclusion",
+        "pair",
+        "this study (points)",
+        "95 % interval",
+        "course (points)",
+        "verdict",
     ]
+    c_rows = []
+    for c in conclusions(acc_seeds, correct):
+        pair = f"{c['variant']} − {c['against']}"
+        if "missing" in c:
+            why = f"not checked: no finished run of {', '.join(c['missing'])}"
+            c_rows.append([c["question"], pair, "–", "–", f"{c['course']:+.2f}", why])
+            continue
+        interval = "–" if c["low"] is None else f"[{c['low']:+.2f}, {c['high']:+.2f}]"
+        c_rows.append(
+            [c["question"], pair, f"{c['diff']:+.2f}", interval, f"{c['course']:+.2f}"]
+            + [c["verdict"]]
+        )
     return c_head, c_rows
 
 
-def _diverged_section(out: Path, models, recipe: str) -> tuple[list[str], list[str]]:
-    """The variants that could not train under the study's recipe, each with its loss curve:
-    reported as such, not hidden and not given other settings."""
-    runs = diverged_runs(out, models)
+def _last_layers_section(out: Path, seeds) -> tuple[list[str], list[str]]:
+    """SI and CSI of the last layers on the whole validation and test splits (the study's
+    second probe), each with its 95 % image-sampling interval, mean over seeds; the course's
+    own figure beside bn's where it states one."""
+    rows = []
+    for m, runs in seeds.items():
+        per_run = [load_whole_splits(out / "runs" / r) for r in runs]
+        if not all(per_run):
+            continue
+        for split in ("val", "test"):
+            for layer in LAST_LAYERS:
+                cells = [m, str(len(runs)), split, layer]
+                for key in ("si", "csi"):
+                    got = [value_at(p, split, layer, key) for p in per_run]
+                    n = value_at(per_run[0], split, layer, "n")
+                    if None in got or not n:
+                        cells.append("–")
+                        continue
+                    mean = float(np.mean(got))
+                    _, lo, hi = proportion_interval(round(mean * n), n)
+                    sd = f" ± {seed_summary(got)['sd']:.4f} (seeds)" if len(got) > 1 else ""
+                    cells.append(f"{mean:.4f}{sd} [{lo:.4f}, {hi:.4f}]")
+                course = COURSE_SI.get((m, split, layer))
+                cells.append("–" if course is None else f"{course:.3f}")
+                rows.append(cells)
+    if not rows:
+        return [], []
+    title = "Last layers on the whole validation and test splits"
+    text = (
+        "SI and CSI of avgpool, fc1 and fc2 on every validation and test image (not the "
+        "probe's sample), the mean over the variant's seeds. In brackets: the 95 % interval "
+        "from the images' sampling (a bootstrap of the per-image indicator with each image's "
+        "neighbours found in the whole split, docs/cifar.md); '± … (seeds)' is the seeds' "
+        "standard deviation. The last column quotes the course's own figure where its "
+        "write-up states one (bn, validation, avgpool: 0.883), not measured here."
+    )
+    head = ["Model", "Seeds", "split", "layer", "SI", "CSI", "Course's SI"]
+    md = [f"## {title}", "", text, "", md_grid(head, rows), ""]
+    body = [f"<h2>{html.escape(title)}</h2>", f"<p class=note>{html.escape(text)}</p>"]
+    return md, body + [html_grid(head, rows)]
+
+
+def _diverged_section(out: Path, runs, recipe: str) -> tuple[list[str], list[str]]:
+    """The runs that could not train under the study's recipe, each with its loss curve:
+    reported as such, counted, not hidden and not given other settings."""
+    runs = diverged_runs(out, runs)
     if not runs:
         return [], []
-    title = "Variants that did not train under this recipe"
+    title = f"Runs that did not train under this recipe ({len(runs)})"
     intro = (
         f"With the {recipe} recipe's common settings these runs diverged: the training "
         "loss stopped being finite, so they have no weights, accuracy or probe. They are "
@@ -304,21 +465,21 @@ def _diverged_section(out: Path, models, recipe: str) -> tuple[list[str], list[s
     return md, body
 
 
-def _comparisons(out: Path, kept) -> tuple[list[str], list[str]]:
-    """One table (and per-layer panel) per comparison with at least two of its variants
-    among the runs `kept` (those matching the study)."""
+def _comparisons(out: Path, seeds) -> tuple[list[str], list[str]]:
+    """One table (and per-layer panel, of each variant's first seed) per comparison with at
+    least two of its variants among the matching runs (`seeds`: {variant: runs})."""
     md: list[str] = []
     body: list[str] = []
     for title, models, references in COMPARISONS:
-        models = [m for m in models if m in kept]
-        rows = table_rows(out, models)
+        models = [m for m in models if m in seeds]
+        rows = table_rows(out, seeds, models)
         if len(rows) < 2 or set(models) <= references:  # nothing compared
             continue
         slug = title.lower().split()[0].replace("(", "")
         plot = out / "figures" / f"compare_{slug}.png"
-        has_plot = overlay_plot(out, title, models, plot)
-        md += [f"## {title}", "", _md_table(rows), ""]
-        body += [f"<h2>{html.escape(title)}</h2>", _html_table(rows)]
+        has_plot = overlay_plot(out, title, [seeds[m][0] for m in models], plot)
+        md += [f"## {title}", "", md_grid(HEADER, rows), ""]
+        body += [f"<h2>{html.escape(title)}</h2>", html_grid(HEADER, rows)]
         if has_plot:
             md += [f"![{title}: per layer](figures/{plot.name})", ""]
             body.append(img_tag(plot, f"{title}: per layer"))

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -29,16 +30,33 @@ import torch
 import dnnlab
 from dnnlab.cifar.data import default_root, load_cifar10
 from dnnlab.cifar.plan import make_split, test_positions
+from dnnlab.cifar.recipe import SETTINGS
 from dnnlab.cifar.rundir import check_run_data
 from dnnlab.cifar.train import TrainConfig, train
 from dnnlab.errors import InputError
 from dnnlab.probe.cka_runs import cka_between_runs
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.probe.trained_run import probe_run
-from dnnlab.study.config import RESULT_KEYS, StudyConfig, probe_config, train_config
+from dnnlab.study.config import (
+    LATER_KEYS,
+    RESULT_KEYS,
+    WHOLE_SPLITS,
+    StudyConfig,
+    probe_config,
+    run_name,
+    study_runs,
+    train_config,
+    whole_splits_config,
+)
 from dnnlab.study.plan import print_plan
-from dnnlab.study.publish import git_commit, read_published
-from dnnlab.study.records import StudyError, read_study
+from dnnlab.study.publish import (
+    check_publish_dest,
+    git_commit,
+    publish,
+    published_summary,
+    read_published,
+)
+from dnnlab.study.records import StudyError, read_study, recorded_runs
 from dnnlab.study.report import detector_section, write_report
 from dnnlab.utils.atomic import atomic_write_json
 from dnnlab.utils.lock import folder_lock
@@ -69,13 +87,24 @@ def _check_same_study(out: Path, cfg: StudyConfig, fp: str, data_id: str, overwr
     prev = read_study(out)
     if prev is None or overwrite:
         return
-    diff = [k for k in RESULT_KEYS if prev.get(k) != getattr(cfg, k)]
-    if "recipe" in diff and prev.get("recipe") is None and cfg.recipe == "corrected":
-        diff.remove("recipe")  # a study from before recipes were recorded: corrected
-    if "bf16" in diff and prev.get("bf16") is None:
-        diff.remove("bf16")  # a study from before precision was a setting
+    # A setting a study from before it existed lacks: its default then (LATER_KEYS; bf16's
+    # None: either, the study did not record its precision).
+    was_then = {k: prev.get(k, LATER_KEYS.get(k)) for k in RESULT_KEYS}
+    diff = [
+        k
+        for k in RESULT_KEYS
+        if was_then[k] != getattr(cfg, k) and not (k == "bf16" and was_then[k] is None)
+    ]
+    # The recipe's values too: a recipe whose settings changed in another commit is another
+    # recipe under the same name (recorded since recipe_settings existed).
+    if "recipe" not in diff and prev.get("recipe_settings") not in (None, recipe_values(cfg)):
+        diff.append("recipe_settings")
     if diff:
         was = ", ".join(f"{k}={prev.get(k)!r}" for k in diff)
+        was += "; this command: " + ", ".join(
+            f"{k}={recipe_values(cfg) if k == 'recipe_settings' else getattr(cfg, k)!r}"
+            for k in diff
+        )
         raise StudyError(
             f"{out} holds a study with other settings ({was}); use another --out, "
             "or --overwrite to replace it"
@@ -88,9 +117,16 @@ def _check_same_study(out: Path, cfg: StudyConfig, fp: str, data_id: str, overwr
         )
 
 
-def check_study_data(out: Path, models, data) -> None:
-    """Refuse a run of the study's `models` that was trained on other data than `data`."""
-    for name in models:
+def recipe_values(cfg: StudyConfig) -> dict:
+    """The recipe's hyperparameters as the study's runs get them (recipe.py's table, with the
+    study's epochs and step size)."""
+    t = train_config(cfg, cfg.models[0])
+    return {k: getattr(t, k) for k in SETTINGS[cfg.recipe]}
+
+
+def check_study_data(out: Path, runs, data) -> None:
+    """Refuse a run of the study's `runs` (names) that was trained on other data than `data`."""
+    for name in runs:
         run = out / "runs" / name
         if (run / "config.json").exists():
             check_run_data(run, data)
@@ -117,11 +153,14 @@ def check_detector(detector) -> Path | None:
     return det
 
 
-def run_variant(tcfg: TrainConfig, pcfg: ProbeConfig, out: Path, overwrite, progress, log):
-    """Train (or resume, or skip) the run `tcfg` and probe it under `pcfg` in this process,
-    holding the lock of its run directory (a worker process locks its own run, never the
-    study)."""
-    name = tcfg.model
+def run_variant(
+    tcfg: TrainConfig, pcfg: ProbeConfig, wcfg: ProbeConfig, out: Path, overwrite, progress, log
+):
+    """Train (or resume, or skip) the run `tcfg` (runs/run_name(model, seed)) and probe it
+    under `pcfg` (every layer) and `wcfg` (the last layers on the whole splits), in this
+    process, holding the lock of its run directory (a worker process locks its own run,
+    never the study)."""
+    name = run_name(tcfg.model, tcfg.seed)
     run = out / "runs" / name
     with folder_lock(run, "variant"):
         t0 = time.perf_counter()
@@ -133,9 +172,12 @@ def run_variant(tcfg: TrainConfig, pcfg: ProbeConfig, out: Path, overwrite, prog
             log(f"[{name}] {'resuming' if (run / 'last.pt').exists() else 'training'} in {run}")
             train(tcfg, run, resume=resume, overwrite=overwrite, progress=progress)
         add_stage_seconds(run, "train", time.perf_counter() - t0, overwrite)
+        record_train_seconds(run)
         log(f"[{name}] probing")
         t0 = time.perf_counter()
         probe_run(run, pcfg, tcfg.data_root, overwrite=overwrite, progress=progress)
+        log(f"[{name}] probing {', '.join(wcfg.layers)} on the whole val and test splits")
+        probe_run(run, wcfg, tcfg.data_root, overwrite, progress, out=run / WHOLE_SPLITS)
         add_stage_seconds(run, "probe", time.perf_counter() - t0)
 
 
@@ -155,10 +197,25 @@ def add_stage_seconds(run: Path, stage: str, seconds: float, restart: bool = Fal
     atomic_write_json(f, d)
 
 
-def stage_seconds(out: Path, models) -> dict:
-    """{variant: {train, probe}} from each run's stages.json (what exists)."""
+def record_train_seconds(run: Path) -> None:
+    """stages.json's "train_epochs": the seconds of the epochs the run kept, summed from its
+    metrics.json, whichever commands trained them (a command killed mid-run never adds its
+    own "train" seconds, but its finished epochs are in metrics.json). "train" beside it is
+    the commands' wall time, which also holds what was lost to kills and the test."""
+    f = run / STAGES_FILE
+    try:
+        rows = json.loads((run / "metrics.json").read_text())
+        d = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return
+    d["train_epochs"] = round(sum(float(r["seconds"]) for r in rows), 1)
+    atomic_write_json(f, d)
+
+
+def stage_seconds(out: Path, runs) -> dict:
+    """{run: {train, train_epochs, probe}} from each run's stages.json (what exists)."""
     got = {}
-    for m in models:
+    for m in runs:
         try:
             got[m] = json.loads((out / "runs" / m / STAGES_FILE).read_text())
         except (OSError, ValueError):
@@ -185,7 +242,7 @@ def worker_env(cfg: StudyConfig, slot: int) -> dict:
     env = dict(os.environ)
     src = str(Path(dnnlab.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in [env.get("PYTHONPATH")] if p])
-    threads = max(1, (os.cpu_count() or 1) // min(cfg.jobs, len(cfg.models)))
+    threads = max(1, (os.cpu_count() or 1) // min(cfg.jobs, len(study_runs(cfg))))
     env["OMP_NUM_THREADS"] = env["DNNLAB_THREADS"] = str(threads)
     if cfg.device == "cuda":
         n = torch.cuda.device_count()
@@ -196,8 +253,9 @@ def worker_env(cfg: StudyConfig, slot: int) -> dict:
     return env
 
 
-def _run_workers(cfg: StudyConfig, out: Path, overwrite: bool, log) -> list[str]:
-    """Each variant in its own worker process, `cfg.jobs` at a time; returns the failures."""
+def _run_workers(cfg: StudyConfig, out: Path, overwrite: bool, log, after_run) -> list[str]:
+    """Each run in its own worker process, `cfg.jobs` at a time, `after_run(name)` called
+    once each finishes; returns the failures."""
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     failures = []
@@ -215,6 +273,7 @@ def _run_workers(cfg: StudyConfig, out: Path, overwrite: bool, log) -> list[str]
             ).returncode
         if rc == 0:
             log(f"[{name}] done")
+            after_run(name)
         else:
             tail = path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
             msg = f"[{name}] FAILED (exit {rc}): {tail[0]}; log: {path}"
@@ -222,7 +281,7 @@ def _run_workers(cfg: StudyConfig, out: Path, overwrite: bool, log) -> list[str]
             failures.append(msg)
 
     with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
-        list(pool.map(one, enumerate(cfg.models)))
+        list(pool.map(one, enumerate(study_runs(cfg))))
     return failures
 
 
@@ -235,22 +294,39 @@ def run_study(
     detector: str | None = None,
     published=None,
     plan: bool = True,
+    publish_to=None,
 ) -> dict:
-    """Train, probe and report every variant of cfg.models under `out`.
+    """Train, probe and report every variant of cfg.models, once per seed, under `out`;
+    with `publish_to`, the report is written and the study published there (publish.py)
+    each time a run finishes, and once more at the end, so a study that takes several
+    sessions loses at most the runs in progress.
 
-    Every input (settings, data, detector folder, published folder, earlier records in
-    `out`) is checked before any training starts; `out` is never one of them, and one
-    process at a time writes it (its lock, held here; workers lock their own runs)."""
+    Every input (settings, data, detector folder, published folder, the publication's
+    folder, earlier records in `out`) is checked before any training starts; `out` is never
+    one of them, and one process at a time writes it (its lock, held here; workers lock
+    their own runs)."""
     out = Path(out)
-    check_outputs_spare_inputs(
-        [detector, published, cfg.data_root or default_root()], out, owned=True
-    )
+    inputs = [detector, published, cfg.data_root or default_root()]
+    check_outputs_spare_inputs(inputs, out, owned=True)
+    if publish_to is not None:
+        check_publish_dest(out, publish_to, inputs)
     with folder_lock(out):
-        return _run_study_locked(cfg, out, overwrite, progress, log, detector, published, plan)
+        return _run_study_locked(
+            cfg, out, overwrite, progress, log, detector, published, plan, publish_to, inputs
+        )
 
 
 def _run_study_locked(
-    cfg: StudyConfig, out: Path, overwrite, progress, log, detector, published, plan
+    cfg: StudyConfig,
+    out: Path,
+    overwrite,
+    progress,
+    log,
+    detector,
+    published,
+    plan,
+    publish_to,
+    inputs,
 ) -> dict:
     """run_study once the study folder's lock is held."""
     det = check_detector(detector)
@@ -260,9 +336,10 @@ def _run_study_locked(
     fp = study_fingerprint(cfg, data_id)
     _check_same_study(out, cfg, fp, data_id, overwrite)
     if not overwrite:
-        check_study_data(out, cfg.models, data)
-    runs = {m: train_config(cfg, m) for m in cfg.models}
-    check_budget(data, cfg.n_val, cfg.train_subset, cfg.test_subset, runs[cfg.models[0]].seed)
+        check_study_data(out, study_runs(cfg), data)
+    runs = {run_name(m, s): train_config(cfg, m, s) for m in cfg.models for s in cfg.seeds}
+    for seed in cfg.seeds:
+        check_budget(data, cfg.n_val, cfg.train_subset, cfg.test_subset, seed)
     if cfg.cka_samples and not {"base", "bn"} <= set(cfg.models):
         log("note: no CKA of base against bn (--cka-samples): the study lacks base or bn")
     if plan:
@@ -270,9 +347,14 @@ def _run_study_locked(
     del data
     out.mkdir(parents=True, exist_ok=True)
     prev = read_study(out) or {}
+    # The folder's runs: the earlier commands' (other variants or seeds) and this one's.
+    earlier = recorded_runs(prev) if prev and not overwrite else []
     record = {
         **asdict(cfg),
         "models": list(cfg.models),
+        "seeds": list(cfg.seeds),
+        "runs": earlier + [r for r in runs if r not in earlier],
+        "recipe_settings": recipe_values(cfg),
         "data_identity": data_id,
         "fingerprint": fp,
         "device_name": device_name(cfg.device),
@@ -282,12 +364,25 @@ def _run_study_locked(
     atomic_write_json(out / "study.json", record)
     t_start = time.perf_counter()
     pcfg = probe_config(cfg)
-    if cfg.jobs > 1 and len(cfg.models) > 1:
-        failures = _run_workers(cfg, out, overwrite, log)
+    sections = [detector_section(det)] if det else []
+    publishing = threading.Lock()
+
+    def after_run(name: str) -> None:
+        """Publish what is finished so far (the report says what is still missing)."""
+        if publish_to is None:
+            return
+        with publishing:
+            write_report(out, sections, published=pub)
+            done = publish(out, publish_to, inputs=inputs)
+            log(f"[{name}] {published_summary(done, publish_to)}")
+
+    if cfg.jobs > 1 and len(runs) > 1:
+        failures = _run_workers(cfg, out, overwrite, log, after_run)
     else:
         failures = []
-        for name in cfg.models:
-            run_variant(runs[name], pcfg, out, overwrite, progress, log)
+        for name, tcfg in runs.items():
+            run_variant(tcfg, pcfg, whole_splits_config(cfg), out, overwrite, progress, log)
+            after_run(name)
     t_cka = time.perf_counter()
     if not failures and {"base", "bn"} <= set(cfg.models):
         compare_base_bn(out / "runs", pcfg, cfg.cka_samples, cfg.data_root, log)
@@ -296,18 +391,18 @@ def _run_study_locked(
     # Wall seconds add up over the commands that built the study (a cut-off study resumed).
     record["wall_seconds"] = round(wall + (prev.get("wall_seconds") or 0), 1)
     record["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    stages = {"variants": stage_seconds(out, cfg.models), "cka": round(t_report - t_cka, 1)}
+    stages = {"variants": stage_seconds(out, record["runs"]), "cka": round(t_report - t_cka, 1)}
     record["stage_seconds"] = stages
     try:  # the report reads the settings study.json got at the start; its times come after
-        report = write_report(out, [detector_section(det)] if det else [], published=pub)
+        report = write_report(out, sections, published=pub)
     finally:  # kept even when the report fails: a resumed study adds to them
         stages["report"] = round(time.perf_counter() - t_report, 1)
         atomic_write_json(out / "study.json", record)
     log(f"study done in {wall:.0f} s; report: {report}")
+    if publish_to is not None:
+        log(published_summary(publish(out, publish_to, inputs=inputs), publish_to))
     if failures:
-        raise StudyError(
-            f"{len(failures)} of {len(cfg.models)} variants failed:\n  " + "\n  ".join(failures)
-        )
+        raise StudyError(f"{len(failures)} of {len(runs)} runs failed:\n  " + "\n  ".join(failures))
     return {"report": str(report), "wall_seconds": wall}
 
 

@@ -1,8 +1,9 @@
-"""One study variant in its own process: `python -m dnnlab.study.worker STUDY_DIR VARIANT`.
+"""One study run in its own process: `python -m dnnlab.study.worker STUDY_DIR RUN` (RUN: a
+variant, or VARIANT-seedK, config.run_name).
 
 Started by `run_study` when jobs > 1. It reads the study's settings from STUDY_DIR/study.json,
 so a worker always runs exactly the study its parent recorded; DNNLAB_THREADS sets its share
-of the CPU threads. Exit status 0 when the variant is trained and probed.
+of the CPU threads. Exit status 0 when the run is trained and probed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from pathlib import Path
 
 import torch
 
-from dnnlab.study.config import config_from_record, probe_config, train_config
+from dnnlab.study.config import (
+    config_from_record,
+    parse_run_name,
+    probe_config,
+    study_runs,
+    train_config,
+    whole_splits_config,
+)
 from dnnlab.study.records import read_study
 from dnnlab.study.study import run_variant
 
@@ -22,7 +30,7 @@ from dnnlab.study.study import run_variant
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dnnlab.study.worker")
     ap.add_argument("study_dir")
-    ap.add_argument("variant")
+    ap.add_argument("run")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     if os.environ.get("DNNLAB_THREADS"):
@@ -33,12 +41,12 @@ def main(argv=None) -> int:
         print(f"{out}/study.json: missing; the worker runs only inside a study", file=sys.stderr)
         return 2
     cfg = config_from_record(rec)
-    if args.variant not in cfg.models:
-        print(f"{args.variant!r} is not a variant of the study in {out}", file=sys.stderr)
+    if args.run not in study_runs(cfg):
+        print(f"{args.run!r} is not a run of the study in {out}", file=sys.stderr)
         return 2
-    tcfg, pcfg = train_config(cfg, args.variant), probe_config(cfg)
+    tcfg, pcfg = train_config(cfg, *parse_run_name(args.run)), probe_config(cfg)
     log = lambda m: print(m, flush=True)  # noqa: E731
-    run_variant(tcfg, pcfg, out, args.overwrite, False, log)
+    run_variant(tcfg, pcfg, whole_splits_config(cfg), out, args.overwrite, False, log)
     return 0
 
 

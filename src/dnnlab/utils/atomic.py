@@ -4,7 +4,8 @@ The temporary is named `.<target name>.<writer pid>.<random>.tmp`. A process kil
 writing leaves one behind; the next write into the same folder removes such leftovers (only
 names of this form, and only when their writer process is gone or the file is more than an
 hour old); each folder is swept once per process. Outputs get the permissions of any other
-tool's: 0666 minus the user's umask.
+tool's: 0666 minus the user's umask for a file, 0777 minus it for a folder made whole and
+then renamed into place (`temp_folder_beside`; mkdtemp alone would leave it 0700).
 """
 
 from __future__ import annotations
@@ -111,13 +112,25 @@ def atomic_file(path, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+def temp_folder_beside(dest) -> Path:
+    """A new empty folder `.NAME.RANDOM` beside `dest` (its parent made as needed), to fill
+    and then rename to `dest`: its mode is what `mkdir` gives any folder (0777 minus the
+    umask), not mkdtemp's private 0700, so the output keeps the user's umask."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~umask())
+    return tmp
+
+
 def atomic_write_text(path, text: str) -> None:
     with atomic_file(path, "w") as fh:
         fh.write(text)
 
 
-def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+def atomic_write_json(path, obj, indent: int | None = 2) -> None:
+    """`obj` as JSON (indented by `indent`; None: one line, for long lists of numbers)."""
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
 def atomic_torch_save(obj, path) -> None:

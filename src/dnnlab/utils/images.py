@@ -13,6 +13,7 @@ import io
 from PIL import Image
 
 from dnnlab.errors import InputError
+from dnnlab.utils.steady import special_reason
 
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -30,6 +31,9 @@ def open_rgb(source, name=None) -> Image.Image:
     """The image at `source` (a path, or the file's bytes) decoded whole, as RGB; a file that
     cannot be is an UnreadableImage naming `name` (default: the path)."""
     src = io.BytesIO(source) if isinstance(source, bytes) else source
+    special = None if isinstance(source, bytes) else special_reason(source)
+    if special is not None:  # a named pipe would make the decoder wait forever
+        raise UnreadableImage(name or source, f"{special}, not a regular file")
     try:
         with Image.open(src) as im:
             return im.convert("RGB")  # convert decodes every pixel: truncation is found here

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from dnnlab.errors import InputError
+from dnnlab.utils.steady import check_regular
 
 
 def real(path) -> Path:
@@ -67,10 +68,10 @@ def check_in_folder(folder, flag: str) -> Path:
 
 def check_in_file(path, flag: str) -> Path:
     """The input file as a Path; refused, naming the flag and the path, when it is missing
-    (or a broken link or a loop of links) or a folder."""
+    (or a broken link or a loop of links), a folder, or a named pipe, device or socket
+    (reading one could wait forever: utils/steady.py)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError(f"{flag} {path}: {missing_reason(p)}")
-    if p.is_dir():
-        raise InputError(f"{flag} {path}: a folder, not a file")
+    check_regular(p, flag)
     return p

@@ -10,6 +10,10 @@ folder or file reached through a link is the same as the one it points to. Refus
 - an output file that is an input;
 - with `owned` (the command may clear or replace the whole folder: --overwrite), an input
   anywhere inside the output folder.
+
+`check_replaces_nothing` is the other half of the gate: an output file that already exists
+(an earlier run's, or a file of the user's that happens to have the name) is replaced only
+with --overwrite.
 """
 
 from __future__ import annotations
@@ -64,4 +68,21 @@ def check_outputs_spare_inputs(
     raise InputError(
         f"{flag}: {why}; dnnlab never writes over its inputs, with or without --overwrite: "
         f"choose another {flag}"
+    )
+
+
+def check_replaces_nothing(files: Iterable[PathLike], overwrite: bool, flag: str) -> None:
+    """Raise InputError, unless `overwrite`, when any of the output `files` (those a command
+    writes into the folder given by `flag`) already exists: dnnlab cannot tell an earlier
+    run's file from one of the user's with the same name, so it replaces neither unasked.
+    Names the first three and how many more."""
+    if overwrite:
+        return
+    old = [f for f in files if os.path.lexists(f)]
+    if not old:
+        return
+    more = f" and {len(old) - 3} more" if len(old) > 3 else ""
+    raise InputError(
+        f"{', '.join(map(str, old[:3]))}{more}: already in {flag} (an earlier run's results, "
+        f"or files of your own); pass --overwrite to replace them, or choose another {flag}"
     )
