@@ -290,7 +290,7 @@ def test_two_concurrent_workers_give_the_sequential_results(tree, tmp_path):
     run_study(cfg, seq, log=quiet, plan=False)
     lines = []
     run_study(replace(cfg, jobs=2), par, log=lines.append)
-    assert any(line.startswith("plan: 2 variants (base, noskip), 2 epochs") for line in lines)
+    assert any(line.startswith("plan: 2 runs (base, noskip), 2 epochs") for line in lines)
     assert any("expected training time" in line for line in lines)
     assert (par / "logs" / "base.log").exists() and (par / "logs" / "noskip.log").exists()
     _runs_equal(seq, par)

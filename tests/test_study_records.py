@@ -91,7 +91,9 @@ def test_a_study_grows_by_seeds_and_resumed_settings_are_checked(seeded, tmp_pat
     cfg, study, _ = seeded
     out = tmp_path / "s"
     shutil.copytree(study, out)
-    run_study(replace(cfg, models=("base",), seeds=(2,)), out, log=quiet, plan=False)
+    said = []
+    run_study(replace(cfg, models=("base",), seeds=(2,)), out, log=said.append)
+    assert any(m.startswith("plan: 1 runs (base-seed2)") for m in said)  # the plan names runs
     record = json.loads((out / "study.json").read_text())
     assert record["runs"] == ["base", "base-seed1", "bn", "bn-seed1", "base-seed2"]
     assert "seeds 0, 1, 2 for base; seeds 0, 1 for bn" in (out / "report.md").read_text()

@@ -55,8 +55,9 @@ def step_seconds(
 
 
 def print_plan(runs: dict, jobs: int, out, data, log=print) -> dict:
-    """Log the plan of the study's runs {variant: TrainConfig} on `jobs` workers; returns
-    {variant: expected training seconds} for the variants to train."""
+    """Log the plan of the study's runs {run name: TrainConfig} on `jobs` workers; returns
+    {run name: expected training seconds} for the runs to train (each variant's step timed
+    once, its seeds sharing it)."""
     first = next(iter(runs.values()))  # the budget every run shares
     dev = torch.device(first.device)
     available = data.train_y.numel() - first.n_val
@@ -66,16 +67,19 @@ def print_plan(runs: dict, jobs: int, out, data, log=print) -> dict:
     steps = math.ceil(n_train / batch) * first.epochs
     precision, _ = training_precision(first.bf16, dev)
     x, y = data.train_x[: min(batch, n_train)].to(dev), data.train_y[: min(batch, n_train)].to(dev)
-    expect = {}
+    expect, per_step = {}, {}
     for m in todo:
-        torch.manual_seed(0)
         run = runs[m]
-        model = build_model(m, softmax_head=softmax_head(run.recipe, m, run.softmax_head))
-        expect[m] = steps * step_seconds(model, first.augmentation, precision, x, y)
+        if run.model not in per_step:
+            torch.manual_seed(0)
+            head = softmax_head(run.recipe, run.model, run.softmax_head)
+            model = build_model(run.model, softmax_head=head)
+            per_step[run.model] = step_seconds(model, first.augmentation, precision, x, y)
+        expect[m] = steps * per_step[run.model]
     total = sum(expect.values())
-    busy = min(jobs, max(1, len(todo)))  # workers with a variant to train
+    busy = min(jobs, max(1, len(todo)))  # workers with a run to train
     log(
-        f"plan: {len(runs)} variants ({', '.join(runs)}), {first.epochs} epochs of "
+        f"plan: {len(runs)} runs ({', '.join(runs)}), {first.epochs} epochs of "
         f"{n_train} training images, recipe {first.recipe}, {jobs} worker(s) on "
         f"{first.device}; {len(runs) - len(todo)} trained already"
     )
