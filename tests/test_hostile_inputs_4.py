@@ -3,13 +3,21 @@ linear measure on one-sample classes (6), a resume message that names only what 
 each fixed at its root. (The image decoder's tests: test_images.py; the readers' fuzzing:
 test_fuzz_readers.py.)"""
 
+import os
+import subprocess
+import sys
+import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import dnnlab
 from dnnlab.errors import InputError
 from dnnlab.separability.io import load_array
+
+SRC = str(Path(dnnlab.__file__).resolve().parents[1])  # the code under test, in a child too
 
 
 def traced_peak(fn):
@@ -53,3 +61,80 @@ def test_a_csv_whose_numbers_exceed_the_budget_is_refused_before_it_is_parsed(tm
     ):
         open_features(str(path), budget=20_000)
     assert open_features(str(path), budget=40_000).shape == (1000, 4)
+
+
+def copies_of_two_rows(folder: Path, n: int, d: int, seed: int = 0):
+    """X.npy of n rows, each one of two distinct rows, and y.npy of two random labels."""
+    rng = np.random.default_rng(seed)
+    two = rng.normal(size=(2, d)).astype(np.float32)
+    which = rng.integers(0, 2, n)
+    np.save(folder / "x.npy", two[which])
+    y = rng.integers(0, 2, n)
+    np.save(folder / "y.npy", y)
+    return folder / "x.npy", folder / "y.npy", which, y
+
+
+def test_copies_of_two_rows_are_measured_by_the_lowest_index_rule(tmp_path):
+    """Among neighbours at equal distance the lowest index wins (docs/separability.md): each
+    row's k nearest are the k lowest-indexed other copies of it."""
+    from dnnlab.separability import separability
+    from dnnlab.separability.io import open_features
+    from dnnlab.separability.knn import SearchStats
+
+    x_path, _, which, y = copies_of_two_rows(tmp_path, 1500, 256)
+    k = 3
+    nearest = np.empty((len(y), k), dtype=np.int64)
+    for g in (0, 1):
+        members = np.flatnonzero(which == g)
+        for i in members:
+            nearest[i] = members[members != i][:k]
+    same = y[nearest] == y[:, None]
+    st = SearchStats()
+    res = separability(
+        open_features(str(x_path), 100 << 20), y, ["si", "hsi:3"], max_memory="100MB", stats=st
+    )
+    assert res["si"] == pytest.approx(same[:, 0].mean(), abs=1e-12)
+    assert res["hsi:3"] == pytest.approx(same.all(1).mean(), abs=1e-12)
+    assert st.duplicate_rows == len(y) - 2 * (k + 1)  # only each row's first k+1 copies searched
+
+
+def run_si(args, out_file: Path, timeout: float):
+    """`dnnlab si ARGS` in its own process: (exit status, its output, seconds, its peak
+    resident memory in bytes, the kernel's own count: wait4's ru_maxrss)."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dnnlab", "si", *map(str, args), "--no-progress"]
+    t0 = time.perf_counter()
+    with open(out_file, "w+b") as fh:
+        p = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - t0 > timeout:
+                p.kill()
+                os.wait4(p.pid, 0)
+                pytest.fail(f"dnnlab si {' '.join(map(str, args))}: no answer after {timeout} s")
+            time.sleep(0.05)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        fh.seek(0)
+        out = fh.read().decode()
+    return p.returncode, out, time.perf_counter() - t0, usage.ru_maxrss * 1024
+
+
+@pytest.mark.slow
+def test_copies_of_two_rows_answer_within_the_budget_at_once(tmp_path):
+    """A scaled version of the issue's 20,000 x 16,384 file of two distinct rows under
+    --max-memory 100MB (benchmarks/bench_si_file.py --distinct 2 runs the full size): the
+    search was every row against every row, each row again against all in the fallback with
+    half the file as its tied candidates (2.5 GB, no answer after 300 s)."""
+    x, y, _, _ = copies_of_two_rows(tmp_path, 4000, 4096)  # 64 MB of features
+    small = tmp_path / "small"
+    small.mkdir()
+    sx, sy, _, _ = copies_of_two_rows(small, 20, 4, seed=1)
+    budget = ["--max-memory", "100MB"]
+    code, out, _, interpreter = run_si([sx, sy, *budget], tmp_path / "out", 60)
+    assert code == 0, out
+    code, out, secs, peak = run_si([x, y, *budget], tmp_path / "out", 60)
+    assert code == 0, out
+    assert "si " in out
+    assert peak - interpreter < 100e6, f"{(peak - interpreter) / 1e6:.0f} MB above the interpreter"
