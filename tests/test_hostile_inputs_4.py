@@ -138,3 +138,41 @@ def test_copies_of_two_rows_answer_within_the_budget_at_once(tmp_path):
     assert code == 0, out
     assert "si " in out
     assert peak - interpreter < 100e6, f"{(peak - interpreter) / 1e6:.0f} MB above the interpreter"
+
+
+# -- 6: the probe's linear measure when train20 is no training set -----------------------------
+def test_probe_linear_when_every_train20_class_has_one_sample(tmp_path):
+    """The train20 rows are NaN with the reason (as for every measure there); val and test
+    have no classifier to score with: NaN with that reason, also in a resumed probe (was
+    AttributeError: 'NoneType' object has no attribute 'score')."""
+    import math
+
+    import torch
+    from torch import nn
+
+    from dnnlab.probe.probe import ProbeConfig, probe_model
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 8))
+    g = torch.Generator().manual_seed(1)
+
+    def split(n):
+        y = torch.arange(n) % 3
+        return torch.randn(n, 6, generator=g) + y[:, None].float(), y
+
+    splits = {"train20": split(3), "val": split(9), "test": split(9)}
+    cfg = ProbeConfig(measures="si,linear", per_class=True)
+    rows = probe_model(m, splits, cfg, out=tmp_path / "a").rows
+    assert {r["split"] for r in rows} == {"train20", "val", "test"}
+    for r in rows:
+        assert math.isnan(r["linear"])
+        assert "single sample" in r["note"]
+        if r["split"] != "train20":  # (train20's per-class rows never hold linear)
+            assert "linear: NaN, no classifier was fitted on train20" in r["note"]
+            assert all(math.isnan(v["linear"]) for v in r["per_class"].values())
+            assert not math.isnan(r["si"])  # the other measures are measured
+    # Resumed after train20: the saved reason, not "rerun with --overwrite".
+    part = ProbeConfig(splits=("train20",), measures="si,linear")
+    probe_model(m, {"train20": splits["train20"]}, part, out=tmp_path / "b")
+    resumed = probe_model(m, splits, ProbeConfig(measures="si,linear"), out=tmp_path / "b").rows
+    assert [r["note"] for r in resumed] == [r["note"] for r in rows]
