@@ -176,3 +176,23 @@ def test_probe_linear_when_every_train20_class_has_one_sample(tmp_path):
     probe_model(m, {"train20": splits["train20"]}, part, out=tmp_path / "b")
     resumed = probe_model(m, splits, ProbeConfig(measures="si,linear"), out=tmp_path / "b").rows
     assert [r["note"] for r in resumed] == [r["note"] for r in rows]
+
+
+# -- a resume message names only the flags given ------------------------------------------------
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        # Merged with the run's settings first, the recipe check named the run's own batch
+        # size: "--batch-size 64: contradicts --recipe budget, which fixes it (128)".
+        (["--recipe", "budget"], "--recipe budget (the run has corrected)"),
+        (["--recipe", "budget", "--epochs", "3"], "--recipe budget (the run has corrected)"),
+        (["--seed", "3", "--weight-decay", "0.123"], "--weight-decay 0.123 (the run has"),
+    ],
+)
+def test_a_resumed_runs_refusal_names_only_the_flags_given(run, tree, capsys, flags, named):
+    from tests.test_hostile_inputs_2 import refused
+
+    err = refused(["train", "--resume", "--data-root", tree, "--out", run, *flags], capsys, named)
+    given = {f for f in flags if f.startswith("--")} - {"--epochs"}  # epochs may change
+    mentioned = {w.strip("(),;.") for w in err.split() if w.startswith("--")}
+    assert mentioned - {"--overwrite", "--out"} == given, err
