@@ -14,10 +14,13 @@ fork time in a child's ru_maxrss, so this process keeps none.
 
     python benchmarks/bench_si_file.py --n 9000 --d 16384 --baseline-src /tmp/before/src
     python benchmarks/bench_si_file.py --n 60000 --d 16384 --max-memory 1GB
+    python benchmarks/bench_si_file.py --n 20000 --d 16384 --distinct 2 --max-memory 100MB
 
 The features: C classes of Gaussian points around random centres (written by row chunks,
 float32), labels 0..C-1; --dir keeps them between runs (they are rebuilt when the size or
-seed differs).
+seed differs). With --distinct R, every row is a copy of one of R Gaussian rows (drawn at
+random) and the labels are drawn independently: the exact-ties case of issue 36, where
+each row's nearest neighbours are its copies.
 """
 
 from __future__ import annotations
@@ -36,19 +39,29 @@ import numpy as np
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def write_features(folder: Path, n: int, d: int, classes: int, seed: int) -> tuple[Path, Path]:
-    """X.npy (n, d) float32 and y.npy (n,) int64 in folder; reused when they match."""
+def write_features(
+    folder: Path, n: int, d: int, classes: int, seed: int, distinct: int = 0
+) -> tuple[Path, Path]:
+    """X.npy (n, d) float32 and y.npy (n,) int64 in folder; reused when they match.
+    distinct > 0: every row a copy of one of `distinct` rows (see the module docstring)."""
     x_path, y_path, tag = folder / "X.npy", folder / "y.npy", folder / "made.json"
     want = {"n": n, "d": d, "classes": classes, "seed": seed}
+    if distinct:
+        want["distinct"] = distinct
     if tag.exists() and json.loads(tag.read_text()) == want and x_path.exists():
         return x_path, y_path
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(classes, d)).astype(np.float32) * 0.08
     y = rng.integers(0, classes, n)
+    rows = rng.standard_normal((distinct, d), np.float32) if distinct else None
+    which = rng.integers(0, distinct, n) if distinct else None
     x = np.lib.format.open_memmap(x_path, mode="w+", dtype=np.float32, shape=(n, d))
     step = max(1, (1 << 24) // d)
     for s in range(0, n, step):
         e = min(n, s + step)
+        if distinct:
+            x[s:e] = rows[which[s:e]]
+            continue
         x[s:e] = rng.standard_normal((e - s, d), np.float32)
         x[s:e] += centres[y[s:e]]
     x.flush()
@@ -58,14 +71,14 @@ def write_features(folder: Path, n: int, d: int, classes: int, seed: int) -> tup
     return x_path, y_path
 
 
-def write_elsewhere(folder: Path, n: int, d: int, classes: int, seed: int):
+def write_elsewhere(folder: Path, n: int, d: int, classes: int, seed: int, distinct: int = 0):
     """write_features in a child process (see the module docstring)."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); from bench_si_file import write_features;"
         "from pathlib import Path; write_features(Path(sys.argv[2]), *map(int, sys.argv[3:]))"
     )
     here = str(Path(__file__).resolve().parent)
-    args = [str(folder), str(n), str(d), str(classes), str(seed)]
+    args = [str(folder), str(n), str(d), str(classes), str(seed), str(distinct)]
     subprocess.run([sys.executable, "-c", code, here, *args], check=True)
     return folder / "X.npy", folder / "y.npy"
 
@@ -94,6 +107,7 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=16384)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--distinct", type=int, default=0, help="rows all copies of R rows")
     ap.add_argument("--measures", default="si,csi")
     ap.add_argument("--max-memory", default="2GB")
     ap.add_argument("--baseline-src", type=Path, help="another tree's src/ to compare with")
@@ -107,7 +121,7 @@ def main() -> None:
     folder = args.dir or Path(tempfile.mkdtemp(prefix="si-file-"))
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    x, y = write_elsewhere(folder, args.n, args.d, args.classes, args.seed)
+    x, y = write_elsewhere(folder, args.n, args.d, args.classes, args.seed, args.distinct)
     print(f"features: {x} ({x.stat().st_size / 2**30:.2f} GiB), {time.perf_counter() - t0:.0f} s")
     tiny = Path(tempfile.mkdtemp(prefix="si-tiny-"))
     tx, ty = write_elsewhere(tiny, 20, 4, 2, 0)
@@ -118,7 +132,8 @@ def main() -> None:
         rows.append(("baseline", run_si(args.baseline_src, x, y, args.measures, budget)))
     gib = 2**30
     print(f"interpreter: peak {base['peak'] / gib:.3f} GiB")
-    print(f"N={args.n} D={args.d} measures={args.measures} --max-memory {args.max_memory}")
+    copies = f" (copies of {args.distinct} rows)" if args.distinct else ""
+    print(f"N={args.n} D={args.d}{copies} measures={args.measures} --max-memory {args.max_memory}")
     if args.baseline_src and args.baseline_max_memory:
         print(f"baseline: --max-memory {args.baseline_max_memory}")
     print(f"{'':<11}{'seconds':>9}{'peak GiB':>10}{'above interp. GiB':>19}  values")

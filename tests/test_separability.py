@@ -83,8 +83,9 @@ def test_exact_ties_lowest_index_wins():
         check(x, y, res, method="none")
 
 
-def test_large_duplicate_groups_use_fallback():
-    # 40 copies of one point with mixed labels: more tied points than candidates.
+def test_large_duplicate_groups_are_answered_by_their_copies():
+    # 40 copies of one point with mixed labels: more tied points than candidates. The copies
+    # past the group's first k+1 take its first k (knn.py, step 0), the rest are searched.
     rng = np.random.default_rng(1)
     x = rng.normal(size=(120, 5))
     x[:40] = x[0]
@@ -94,7 +95,22 @@ def test_large_duplicate_groups_use_fallback():
     st = SearchStats()
     res = separability(x, y, ALL, block=32, stats=st)
     check(x, y, res)
-    assert st.fallback_rows > 0
+    assert st.duplicate_rows > 0
+
+
+def test_large_groups_of_equidistant_points_use_fallback():
+    # 40 distinct points all at one distance from each other (one-hot rows: sqrt(2) apart)
+    # with mixed labels: more tied points than candidates, and none of them a copy.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 40)) + 6  # the other points far away
+    x[:40] = np.eye(40)
+    y = rng.integers(0, 2, 120)
+    from dnnlab.separability.knn import SearchStats
+
+    st = SearchStats()
+    res = separability(x, y, ALL, normalize_method="none", block=32, stats=st)
+    check(x, y, res, method="none")
+    assert st.fallback_rows > 0 and st.duplicate_rows == 0
 
 
 def test_r1_identities_with_duplicates():

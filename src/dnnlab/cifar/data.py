@@ -17,7 +17,6 @@ images give the same identity whatever form they were read from, and a run recor
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import posixpath
@@ -29,12 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_torch_save, remove_stale_temporaries
-from dnnlab.utils.images import IMAGE_EXT
+from dnnlab.utils.images import IMAGE_EXT, UnreadableImage, open_rgb
 from dnnlab.utils.paths import missing_reason
 from dnnlab.utils.safe_load import load_plain
 
@@ -70,7 +68,9 @@ def cache_dir() -> Path:
 
 
 CACHE_KEYS = {"train_x", "train_y", "test_x", "test_y", "identity"}
-CACHE_FORMAT = "2"  # part of the key: caches of an older layout are never read
+# Part of the key: caches of an older layout, or decoded by an older decoder (3: EXIF
+# orientation and 16-bit modes by their range, utils/images.open_rgb), are never read.
+CACHE_FORMAT = "3"
 
 
 def _tree_stats(root: Path):
@@ -113,16 +113,15 @@ def tensor_identity(train_x, train_y, test_x, test_y) -> str:
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:
+    """One image of the tree through the one decoder (utils/images.open_rgb: EXIF
+    orientation, 16-bit and other modes by their range) as uint8 3 x 32 x 32."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            if im.size != (32, 32):
-                raise DataError(f"{name}: image is {im.size[0]}x{im.size[1]}, expected 32x32")
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-    except DataError:
-        raise
-    except Exception as e:
-        raise DataError(f"{name}: unreadable image ({e})") from None
+        im = open_rgb(data, name)
+    except UnreadableImage as e:  # a CIFAR-10 source must be whole: a refusal, not a skip
+        raise DataError(str(e)) from None
+    if im.size != (32, 32):
+        raise DataError(f"{name}: image is {im.size[0]}x{im.size[1]}, expected 32x32")
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def _check_classes(found: dict[str, set[str]], where: str) -> None:

@@ -26,12 +26,13 @@ from dnnlab.errors import ConfigError
 from dnnlab.settings import flag_name, given_as
 
 
-def _settings_changed(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
-    """'--flag NEW (the run has OLD)' for each setting a resumed run cannot take over; a
-    switch as 'NAME on (with/without --FLAG; the run was with/without --FLAG)'."""
+def _settings_changed(saved: TrainConfig, cfg: TrainConfig, names=None) -> list[str]:
+    """'--flag NEW (the run has OLD)' for each setting a resumed run cannot take over (of
+    `names` only, when given); a switch as 'NAME on (with/without --FLAG; the run was
+    with/without --FLAG)'."""
     out = []
     for f in fields(TrainConfig):
-        if f.name in RESUMABLE_CHANGES:
+        if f.name in RESUMABLE_CHANGES or (names is not None and f.name not in names):
             continue
         a, b = getattr(saved, f.name), getattr(cfg, f.name)
         if a != b and isinstance(a, bool):  # a switch: named by the flag that sets it
@@ -70,14 +71,7 @@ def plan_run(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) ->
         raise RunError(
             f"{out} is not empty: pass --resume to continue that run, or --overwrite to start again"
         )
-    if saved.model != cfg.model:
-        raise RunError(f"{out} is a run of {saved.model!r}, not {cfg.model!r}")
-    changed = _settings_changed(saved, cfg)
-    if changed:
-        raise RunError(
-            f"{out}: a resumed run keeps its settings, but {'; '.join(changed)}. Resume "
-            "without them, or use --overwrite or another --out"
-        )
+    check_resumed_settings(out, saved, cfg)
     ck, completed = _resume_point(cfg, out, saved, dev)
     plan = RunPlan(resume_from=ck, saved=saved_d)
     if done.exists():
@@ -86,6 +80,23 @@ def plan_run(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) ->
             return summary
         plan.extend = True  # honoured: more epochs continue the finished run
     return plan
+
+
+def check_resumed_settings(out: Path, saved: TrainConfig, cfg: TrainConfig, given=None) -> None:
+    """Refuse a resumed run asked to change a setting it keeps. given: the names of the
+    settings the user gave (dnnlab train's flags); only they are compared and named, and
+    before the run's own settings are merged with them (`train_command.requested_config`):
+    merged first, a recipe check named the run's settings as if given ('--batch-size 64:
+    contradicts --recipe budget' for `--resume --recipe budget`). Without `given` (train()
+    called with a whole config) every setting is compared."""
+    if (given is None or "model" in given) and saved.model != cfg.model:
+        raise RunError(f"{out} is a run of {saved.model!r}, not {cfg.model!r}")
+    changed = _settings_changed(saved, cfg, given)
+    if changed:
+        raise RunError(
+            f"{out}: a resumed run keeps its settings, but {'; '.join(changed)}. Resume "
+            "without them, or use --overwrite or another --out"
+        )
 
 
 def _resume_point(cfg: TrainConfig, out: Path, saved: TrainConfig, dev) -> tuple[dict | None, int]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dnnlab.cifar.config import TrainConfig
 from dnnlab.cifar.data import default_root, load_cifar10
+from dnnlab.cifar.plan import check_resumed_settings
 from dnnlab.cifar.recipe import check_recipe_flag
 from dnnlab.cifar.rundir import left_replaced, read_run_config, recover_replaced
 from dnnlab.cifar.train import train
@@ -26,6 +27,7 @@ def requested_config(given: dict, out, resume: bool) -> TrainConfig:
     if not (resume and (Path(out) / "config.json").exists()):
         return cfg
     base = read_run_config(out)
+    check_resumed_settings(Path(out), base, cfg, given)  # only the flags given are named
     names = [f.name for f in fields(TrainConfig)]
     return TrainConfig(**{**{k: getattr(base, k) for k in names}, **given})
 

@@ -93,6 +93,24 @@ def _image_size(path: Path) -> tuple[int, int]:
     return open_rgb(path).size
 
 
+def _check_size(root, displayed: tuple[int, int], problems: Problems, where: str) -> None:
+    """Count an XML whose <size> is not the image as displayed. Boxes are read in that frame
+    (EXIF orientation applied, as LabelImg and CVAT show the photo to the annotator); a
+    <size> of the stored frame (width and height swapped by a rotating EXIF tag) or of
+    another image says the boxes may have been drawn elsewhere. <size> is optional."""
+    try:
+        size = (int(root.findtext("size/width")), int(root.findtext("size/height")))
+    except (TypeError, ValueError):  # absent or not an integer: the image's own size rules
+        return
+    if size != displayed:
+        problems.add(
+            "<size> is not the image as displayed",
+            where,
+            f"<size> {size[0]}x{size[1]}, image {displayed[0]}x{displayed[1]} after EXIF "
+            "orientation (boxes are read in that frame)",
+        )
+
+
 def _find_image(xml_path: Path, filename: str | None) -> Path | None:
     cands = []
     if filename:
@@ -141,6 +159,7 @@ def parse_voc(xml_path: Path, problems: Problems) -> VocImage | None:
     except UnreadableImage as e:
         problems.add("unreadable image", str(img), e.reason)
         return None
+    _check_size(root, (width, height), problems, where)
     objects, dropped = [], []
     for k, obj in enumerate(root.iter("object")):
         name = (obj.findtext("name") or "").strip()

@@ -3,7 +3,10 @@
 `linear` is fitted on the train20 split's features of each layer (separability.linear) and
 scored on every later split; the train20 row gets the training accuracy. Each fitted classifier
 is saved as plain tensors in RUN/linear_probe/LAYER.pt (with the settings that produced it),
-so a resumed probe scores val and test without refitting. CKA (separability.cka) is
+so a resumed probe scores val and test without refitting. A layer whose train20 gives no
+classifier (every class a single sample: no training set; one class only) has NaN for
+`linear` on the later splits, with the reason in the row's note; the reason is saved in
+place of the classifier, so a resumed probe says the same. CKA (separability.cka) is
 computed between all probed layers of each probed split named in cfg.cka_splits (none by
 default) and stored in probe.json under "cka", with a heatmap cka_SPLIT.png; a split resumed
 part-way gets no new CKA matrix (its earlier layers' features are gone), and says so.
@@ -70,7 +73,8 @@ class ProbeExtras:
                 f"measure linear: put {FIT_SPLIT} first in --splits (it is fitted "
                 "there before the other splits are scored)"
             )
-        self.classifiers: dict[str, LinearClassifier] = {}
+        # Each layer's classifier, or the reason none was fitted (a str).
+        self.classifiers: dict[str, LinearClassifier | str] = {}
         self.cka_splits = cfg.cka_split_names
         self.cka: dict[str, dict] = {}
         if resumed and out is not None and (out / "probe.json").exists():
@@ -138,15 +142,22 @@ class ProbeExtras:
         if self._matrix is not None:
             self._matrix.add(layer, x)
         fit_here = self.linear and split == FIT_SPLIT
+        unfitted = None  # the reason this layer has no classifier to score with
         if self.linear and not fit_here:
             classifier = self._load_classifier(layer)
-            extra["linear"], per, _ = classifier.score(x, y)
-            per_class_extra = {c: {"linear": v} for c, v in per.items()}
+            if isinstance(classifier, str):
+                unfitted = classifier
+                extra["linear"] = float("nan")
+            else:
+                extra["linear"], per, _ = classifier.score(x, y)
+                per_class_extra = {c: {"linear": v} for c, v in per.items()}
         if fit_here:
             measures = ",".join(m for m in (self.core_measures, "linear") if m)
             r, classifier = fitting(
                 x, y, measures, max_memory=budget + linear_reserve(len(y)), **core_kw
             )
+            if classifier is None:  # the fit had no training set: its reason, from the notes
+                classifier = "; ".join(r.notes) or "no classifier was fitted"
             self.classifiers[layer] = classifier
             self._save_classifier(layer, classifier)
             for vals in r.per_class.values():  # the training accuracy is kept whole only
@@ -170,7 +181,9 @@ class ProbeExtras:
                 r.values[name] = extra[name]
         r.values = {m.name: r.values[m.name] for m in parse_measures(self.cfg.measures)}
         for c, vals in r.per_class.items():
-            vals.update(per_class_extra.get(c, {}))
+            vals.update(per_class_extra.get(c, {"linear": float("nan")} if unfitted else {}))
+        if unfitted is not None:
+            r.notes.append(f"linear: NaN, no classifier was fitted on {FIT_SPLIT} ({unfitted})")
         return r
 
     # ------------------------------------------------------------------ storage
@@ -185,11 +198,16 @@ class ProbeExtras:
             "weights": self.weights,
         }
 
-    def _save_classifier(self, layer: str, p: LinearClassifier) -> None:
+    def _save_classifier(self, layer: str, p: LinearClassifier | str) -> None:
+        """The classifier's file; for a layer without one, the reason (a resumed probe
+        scores NaN with it instead of asking for a rerun that would fit nothing again)."""
         path = self._classifier_path(layer)
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(p, str):
+            atomic_torch_save({"layer": layer, "settings": self._settings(), "unfitted": p}, path)
+            return
         atomic_torch_save(
             {
                 "layer": layer,
@@ -209,7 +227,7 @@ class ProbeExtras:
             path,
         )
 
-    def _load_classifier(self, layer: str) -> LinearClassifier:
+    def _load_classifier(self, layer: str) -> LinearClassifier | str:
         if layer in self.classifiers:
             return self.classifiers[layer]
         path = self._classifier_path(layer)
@@ -230,6 +248,9 @@ class ProbeExtras:
                 f"{path}: fitted with {d.get('settings')}, not {self._settings()}; rerun with "
                 "--overwrite"
             )
+        if isinstance(d.get("unfitted"), str):
+            self.classifiers[layer] = d["unfitted"]
+            return d["unfitted"]
         classes = d["class_values"].tolist() if d["class_values"].numel() else d["classes"]
         p = LinearClassifier(
             classes,

@@ -7,6 +7,7 @@ A name after a colon picks one array: `feats.npz:X`, `data.pt:labels`, `table.cs
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import zipfile
 from pathlib import Path
@@ -63,51 +64,82 @@ def _pick(named: dict, name: str | None, path: Path):
     raise InputError(f"{path} holds several arrays {sorted(named)}; choose one as {path}:NAME")
 
 
-def _read_csv(path: Path, column: str | None, numeric: bool) -> np.ndarray:
-    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first cell.
+def _csv_rows(path: Path):
+    """The file's rows that hold something (blank lines and rows of blank cells skipped),
+    read one at a time. utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of
+    the first cell."""
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    if not rows:
-        raise InputError(f"{path}: the file is empty")
+        for r in csv.reader(fh):
+            if r and any(c.strip() for c in r):
+                yield r
 
-    header = None
-    first_numeric = all(_parses_as(float, c) for c in rows[0])
-    if column is not None or (numeric and not first_numeric and len(rows) > 1):
-        header, rows = [c.strip() for c in rows[0]], rows[1:]
-    width = len(header) if header else len(rows[0])
-    offset = 2 if header else 1
-    for i, r in enumerate(rows):
-        if len(r) != width:
-            raise InputError(f"{path}: row {i + offset} has {len(r)} fields, expected {width}")
+
+def _read_csv(path: Path, column: str | None, numeric: bool, max_bytes: int) -> np.ndarray:
+    """A CSV's numbers (numeric) or labels, read in two passes so that nothing but the
+    result is held: the first checks the rows' widths and counts them, the second parses
+    each row into a float64 array made beforehand (its size checked against max_bytes).
+    Rows are numbered among the rows that hold something, the header row included."""
+    first, n, width = None, 0, 0
+    for r in _csv_rows(path):
+        if first is None:
+            first, width = r, len(r)
+        elif len(r) != width:
+            raise InputError(f"{path}: row {n + 1} has {len(r)} fields, expected {width}")
+        n += 1
+    if first is None:
+        raise InputError(f"{path}: the file is empty")
+    first_numeric = all(_parses_as(float, c) for c in first)
+    has_header = column is not None or (numeric and not first_numeric and n > 1)
+    pick = None
     if column is not None:
+        header = [c.strip() for c in first]
         if column not in header:
             raise InputError(f"{path}: no column {column!r}; the header has {header}")
-        rows = [[r[header.index(column)]] for r in rows]
-    if not rows:
+        pick = header.index(column)
+    n_data = n - has_header
+    if n_data == 0:
         raise InputError(f"{path}: no data rows")
-    if not numeric and header is None and _first_row_is_header([r[0] for r in rows]):
-        rows = rows[1:]  # a header such as "label" above class values is not a class
-        if not rows:
-            raise InputError(f"{path}: no data rows")
+    rows = itertools.islice(_csv_rows(path), int(has_header), None)
+    if pick is not None:
+        rows = ([r[pick]] for r in rows)
+        width = 1
     if not numeric:
-        cells = [r[0].strip() for r in rows] if len(rows[0]) == 1 else None
-        if cells is None:
-            raise InputError(f"{path}: labels need one column; found {len(rows[0])}")
-        if all(_parses_as(int, c) for c in cells):
-            return np.asarray([int(c) for c in cells])
-        if all(_parses_as(float, c) for c in cells):  # checked later: integral floats only
-            return np.asarray([float(c) for c in cells])
-        return np.asarray(cells)
-    out = np.empty((len(rows), len(rows[0])), dtype=np.float64)
+        cells = [r[0].strip() for r in rows] if width == 1 else None
+        return _csv_labels(path, cells, width, guess_header=not has_header)
+    size = n_data * width * 8
+    if size > max_bytes:
+        raise InputError(
+            f"{path}: {n_data:,} rows of {width:,} numbers take {format_size(size)} as "
+            f"float64, more than the memory budget {format_size(max_bytes)}: save the "
+            "features as .npy (numpy.save) to have them read by blocks, or raise --max-memory"
+        )
+    out = np.empty((n_data, width), dtype=np.float64)
     for i, r in enumerate(rows):
-        for j, c in enumerate(r):
-            try:
-                out[i, j] = float(c)
-            except ValueError:
-                raise InputError(
-                    f"{path}: row {i + offset}, column {j + 1}: {c!r} is not a number"
-                ) from None
+        try:
+            out[i] = [float(c) for c in r]
+        except ValueError:
+            j = next(j for j, c in enumerate(r) if not _parses_as(float, c))
+            raise InputError(
+                f"{path}: row {i + 1 + has_header}, column {j + 1}: {r[j]!r} is not a number"
+            ) from None
     return out
+
+
+def _csv_labels(path: Path, cells: list[str] | None, width: int, guess_header: bool):
+    """The labels of a one-column CSV (cells: its data rows' cells), as integers, floats
+    (checked later: integral floats only) or strings; without a header already taken, one
+    such as "label" above class values is not a class."""
+    if cells is None:
+        raise InputError(f"{path}: labels need one column; found {width}")
+    if guess_header and _first_row_is_header(cells):
+        cells = cells[1:]
+        if not cells:
+            raise InputError(f"{path}: no data rows")
+    if all(_parses_as(int, c) for c in cells):
+        return np.asarray([int(c) for c in cells])
+    if all(_parses_as(float, c) for c in cells):
+        return np.asarray([float(c) for c in cells])
+    return np.asarray(cells)
 
 
 def _plain_array(obj, path: Path, numeric: bool, max_bytes: int):
@@ -213,15 +245,17 @@ def _load_array(path: Path, name: str | None, numeric: bool, max_bytes: int):
                 raise InputError(f"{path}: a .npy file holds one array; drop ':{name}'")
             return np.load(path, allow_pickle=False)
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                return np.asarray(_pick({k: z[k] for k in z.files}, name, path))
+            with np.load(path, allow_pickle=False) as z:  # lists the members, reads none
+                # Only the member named (or the only one) is read: z[NAME] inflates that
+                # one zip entry, the other members are never touched.
+                return np.asarray(z[_pick({k: k for k in z.files}, name, path)])
         if suffix in (".pt", ".pth", ".safetensors"):  # read by content (safe_load)
             obj = load_plain(path, dense_only=False)  # sparse features: made dense below
             if isinstance(obj, dict):
                 obj = _pick(obj, name, path)
             return _plain_array(obj, path, numeric, max_bytes)
         if suffix in (".csv", ".txt"):
-            return _read_csv(path, name, numeric)
+            return _read_csv(path, name, numeric, max_bytes)
     except InputError:
         raise
     except Exception as e:  # a truncated or foreign file: say which file and why

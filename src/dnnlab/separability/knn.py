@@ -11,7 +11,15 @@ Design (see docs/separability.md):
    candidates re-measured directly, (a - b)^2 summed in float64, and ordered by
    (distance, index): among equal distances the lowest index wins, on every device.
 3. Fallback. If even the k' candidates may not hold every point tied with the k-th (a large
-   group of duplicates), the row is searched again against all N points.
+   group of points at one distance), the row is searched again against all N points, its
+   tied candidates re-measured by chunks with a running top-k: memory O(chunk x D).
+0. Duplicates first. Rows equal value for value are at distance exactly 0 from each other
+   and at a positive distance from every other row, so a row with at least k copies has
+   as its k nearest the k lowest-indexed of them, and no other row can have more than k+1
+   members of one group of copies before the group's later members among its k nearest
+   (they tie, and the lower index wins). Only the first k+1 members of each group are
+   searched; the others get their group's first k. Two distinct rows repeated 20,000 times
+   are a search of 2(k+1) rows, not 20,000 rows each falling back to a search of all.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ class SearchStats:
     gemm_flops: float = 0.0
     refined_rows: int = 0
     fallback_rows: int = 0
+    duplicate_rows: int = 0  # rows answered from their copies, not searched
     timings: dict = field(default_factory=dict)
 
 
@@ -192,6 +201,10 @@ def finalize(
 
 
 def _full_row(a, sq, row: int, k: int, tol: float, mem_elems: int) -> torch.Tensor:
+    """The exact k nearest of `row` among all rows. Every point within the error bound of
+    the k-th is re-measured directly, by chunks of candidates that fit mem_elems, keeping
+    the k best by (distance, index): a distance shared by thousands of points costs time in
+    proportion, never memory."""
     v = a[row : row + 1][0].clone()
     dots = torch.empty_like(sq)
     step = chunk_rows(a.shape[1], mem_elems)
@@ -201,9 +214,90 @@ def _full_row(a, sq, row: int, k: int, tol: float, mem_elems: int) -> torch.Tens
     d[row] = float("inf")
     kth = torch.kthvalue(d, k).values  # within tol of the true k-th: keep all within 2 tol
     cand = (d <= kth + 2 * tol).nonzero().squeeze(1)
-    ex = exact_sqdist(a, torch.tensor([row], device=a.device), cand[None, :], mem_elems)
-    _, ordered = order_exact(ex, cand[None, :])
-    return ordered[0, :k]
+    del d, dots
+    this = torch.tensor([row], device=a.device)
+    best_d = torch.empty((1, 0), dtype=torch.float64, device=a.device)
+    best_i = torch.empty((1, 0), dtype=torch.long, device=a.device)
+    for s in range(0, cand.numel(), step):
+        c = cand[None, s : s + step]
+        ex = exact_sqdist(a, this, c, mem_elems)
+        best_d, best_i = order_exact(torch.cat([best_d, ex], 1), torch.cat([best_i, c], 1))
+        best_d, best_i = best_d[:, :k], best_i[:, :k]
+    return best_i[0]
+
+
+class _RowsOf:
+    """Rows `index` (ascending) of a (a tensor or separability's NormalizedRows) as the
+    matrix the search reads: slices and index_select; nothing is copied beforehand."""
+
+    def __init__(self, a, index: torch.Tensor):
+        self.a, self.index = a, index
+        self.shape = (index.numel(), a.shape[1])
+        self.dtype, self.device = a.dtype, a.device
+
+    def __getitem__(self, key: slice) -> torch.Tensor:
+        return self.a.index_select(0, self.index[key])
+
+    def index_select(self, dim: int, idx: torch.Tensor) -> torch.Tensor:
+        return self.a.index_select(0, self.index[idx])
+
+
+def _fingerprints(a, mem_elems: int) -> torch.Tensor:
+    """(N, 2) int64: two weighted sums of each row's bit patterns, equal for rows that are
+    equal value for value (-0.0 counted as 0.0) whatever their chunk. Integer sums are exact
+    in any order; the weights keep them below 2**62 (no overflow)."""
+    n = a.shape[0]
+    bits_dtype = torch.int16 if a.dtype.itemsize == 2 else torch.int32
+    cols = a.shape[1] * a.dtype.itemsize // bits_dtype.itemsize
+    gen = torch.Generator().manual_seed(36)  # the same weights on every process
+    top = 1 << max(1, 31 - cols.bit_length())  # |bits| < 2**31, weights < top, cols terms
+    w = torch.randint(1, top, (2, cols), generator=gen, dtype=torch.int64).to(a.device)
+    out = torch.empty((n, 2), dtype=torch.int64, device=a.device)
+    step = chunk_rows(4 * cols, mem_elems)  # int64 bits and a product: 4 float32's worth
+    for s in range(0, n, step):
+        bits = (a[s : s + step] + 0.0).view(bits_dtype).to(torch.int64)  # -0.0 + 0.0 = 0.0
+        for j in range(2):
+            out[s : s + step, j] = (bits * w[j]).sum(1)
+    return out
+
+
+def _duplicate_answers(a, k: int, mem_elems: int):
+    """(kept, dropped, answers) when some rows have more than k copies: `kept` the rows to
+    search (ascending; of each group of equal rows only its first k+1), `dropped` the
+    others and `answers` (len(dropped), k) their k nearest (their group's first k, in index
+    order). None when no group of equal rows has more than k+1 members."""
+    fp = _fingerprints(a, mem_elems)
+    _, group, counts = torch.unique(fp, dim=0, return_inverse=True, return_counts=True)
+    if int(counts.max()) <= k + 1:
+        return None
+    # Rows of fingerprint groups large enough to matter, by (group, index).
+    members = (counts[group] > k + 1).nonzero().squeeze(1)
+    members = members[torch.sort(group[members], stable=True).indices]
+    g = group[members]
+    starts = torch.ones_like(g, dtype=torch.bool)
+    starts[1:] = g[1:] != g[:-1]
+    rep = members[starts][torch.cumsum(starts, 0) - 1]  # each member's group's first row
+    # A shared fingerprint is a hint: a row is grouped only when equal to its first.
+    equal = torch.empty_like(members, dtype=torch.bool)
+    step = chunk_rows(2 * a.shape[1], mem_elems)
+    for s in range(0, members.numel(), step):
+        rows = a.index_select(0, members[s : s + step])
+        equal[s : s + step] = (rows == a.index_select(0, rep[s : s + step])).all(1)
+    members, rep = members[equal], rep[equal]
+    first = torch.ones_like(rep, dtype=torch.bool)
+    first[1:] = rep[1:] != rep[:-1]
+    start = torch.cumsum(first, 0) - 1  # group number of each member
+    group_start = first.nonzero().squeeze(1)
+    rank = torch.arange(members.numel(), device=a.device) - group_start[start]
+    size = torch.bincount(start)[start]
+    drop = (size > k + 1) & (rank > k)
+    if not bool(drop.any()):
+        return None
+    dropped = members[drop]
+    answers = members[group_start[start[drop]][:, None] + torch.arange(k, device=a.device)]
+    keep = torch.ones(a.shape[0], dtype=torch.bool, device=a.device)
+    keep[dropped] = False
+    return keep.nonzero().squeeze(1), dropped, answers
 
 
 def choose_block(
@@ -268,8 +362,31 @@ def k_nearest(
     n = a.shape[0]
     if not 1 <= k <= n - 1:
         raise ValueError(f"k must be between 1 and N-1 = {n - 1}; got {k}")
-    kk = min(n - 1, k + EXTRA_CANDIDATES)
     sq = sq_norms(a) if sq is None else sq
+    # Copies beyond a group's first k+1 are answered by it (docstring, step 0); not when the
+    # caller wants the whole Gram, which needs every pair.
+    dup = _duplicate_answers(a, k, mem_elems) if gram is None else None
+    if dup is not None:
+        kept, dropped, answers = dup
+        stats.duplicate_rows += int(dropped.numel())
+        if progress is not None:  # the bar counts the block pairs of all N rows
+            rank, world = _dist_info(group)
+            spared = len(pair_schedule(math.ceil(n / block), rank, world)) - len(
+                pair_schedule(math.ceil(kept.numel() / block), rank, world)
+            )
+            progress(spared)
+        out = torch.empty((n, k), dtype=torch.long, device=a.device)
+        out[dropped] = answers
+        sub = _search(_RowsOf(a, kept), sq[kept], k, block, mem_elems, progress, group, stats)
+        out[kept] = kept[sub]  # kept is ascending: the lowest index still wins a tie
+        return out
+    return _search(a, sq, k, block, mem_elems, progress, group, stats, gram)
+
+
+def _search(a, sq, k, block, mem_elems, progress, group, stats, gram=None) -> torch.Tensor:
+    """k_nearest's search proper (steps 1 to 3 of the module's docstring)."""
+    n = a.shape[0]
+    kk = min(n - 1, k + EXTRA_CANDIDATES)
     n_blocks = math.ceil(n / block)
     rank, world = _dist_info(group)
     stats.block = block
