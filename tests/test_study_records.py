@@ -197,3 +197,23 @@ def test_the_published_budget_study_passes_its_manifest():
     study = json.loads((REPO / "docs" / "results" / "budget-cpu" / "study.json").read_text())
     assert study["commits"][-1] == "d1740ffe46af-dirty"  # as the tool wrote it
     assert study["stage_seconds"]["cka"] == 0.0
+
+
+def test_the_all_variant_figure_draws_no_line_across_missing_layers():
+    import math
+
+    from dnnlab.study.overlay import _curves
+    from dnnlab.utils.plots import pyplot
+
+    plt = pyplot()
+    layers = [f"l{i}" for i in range(7)]
+    series = {
+        "base": [{"layer": n, "si": 0.1 * i} for i, n in enumerate(layers)],
+        # wide has the first two layers and the last: nothing between them is drawn.
+        "wide": [{"layer": n, "si": 0.5} for n in ("l0", "l1", "l6")],
+    }
+    fig, ax = plt.subplots()
+    _curves(ax, series, "si", layers, first_layers=True)
+    wide = ax.lines[1].get_ydata()
+    assert [math.isnan(v) for v in wide] == [False, False, True, True, True, True, False]
+    plt.close(fig)
