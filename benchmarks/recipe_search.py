@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--candidates", default=",".join(CANDIDATES))
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--models", default=",".join(SCREEN), help="the screened variants to run")
     ap.add_argument("--accuracy", action="store_true", help="bn, base to 10 epochs")
     ap.add_argument("--table", action="store_true", help="print the table and stop")
     args = ap.parse_args()
@@ -138,13 +139,15 @@ def main() -> None:
         unknown = [n for n in names if n not in CANDIDATES]
         if unknown or not args.data_root:
             sys.exit(f"unknown candidates {unknown}" if unknown else "--data-root is required")
-        run_queue(out, args.data_root, names, args.jobs, args.accuracy, done, results)
+        models = args.models.split(",")
+        run_queue(out, args.data_root, names, models, args.jobs, args.accuracy, done, results)
         done = [json.loads(line) for line in results.read_text().splitlines()]
     print_table(done)
 
 
-def run_queue(out, data_root, names, jobs, accuracy, done, results) -> None:
-    """Screen (or, with `accuracy`, finish bn and base of the candidates that passed)."""
+def run_queue(out, data_root, names, models, jobs, accuracy, done, results) -> None:
+    """Screen `models` (or, with `accuracy`, finish bn and base of the candidates that
+    passed)."""
     lock = threading.Lock()
     key = lambda r: (r["candidate"], r["model"], r["seed"], r["stage"])  # noqa: E731
     finished = {key(r) for r in done}
@@ -153,8 +156,10 @@ def run_queue(out, data_root, names, jobs, accuracy, done, results) -> None:
         queue = [(n, m, s) for n in names if n not in dropped for m in ACCURACY for s in SEEDS]
     else:
         # The three that diverged before, seed 0, for every candidate first; then the rest.
-        queue = [(n, m, 0) for m in SCREEN[:3] for n in names]
-        queue += [(n, m, s) for n in names for s in SEEDS for m in SCREEN if (n, m, 0) not in queue]
+        first = [(n, m, 0) for m in SCREEN[:3] for n in names]
+        rest = [(n, m, s) for n in names for s in SEEDS for m in SCREEN]
+        queue = first + [item for item in rest if item not in first]
+    queue = [item for item in queue if item[1] in models]
     stage = "accuracy" if accuracy else "screen"
 
     def one(item):
