@@ -217,3 +217,58 @@ def test_the_all_variant_figure_draws_no_line_across_missing_layers():
     wide = ax.lines[1].get_ydata()
     assert [math.isnan(v) for v in wide] == [False, False, True, True, True, True, False]
     plt.close(fig)
+
+
+def fake_cell(root, name, results):
+    """A folder shaped like a published study: runs/<run>/summary.json and
+    test_predictions.json for {run: per-image 0/1 list} (labels all 0; a 1 is right)."""
+    for run, correct in results.items():
+        d = root / name / "runs" / run
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text("{}")
+        pred = {
+            "positions": list(range(len(correct))),
+            "labels": [0] * len(correct),
+            "predictions": [0 if c else 1 for c in correct],
+        }
+        (d / "test_predictions.json").write_text(json.dumps(pred))
+    return root / name
+
+
+def test_the_factorial_interaction_is_the_four_term_contrast(tmp_path):
+    from dnnlab.study.factorial import factorial, factorial_lines
+    from dnnlab.study.stats import contrast
+
+    course = {
+        "bn": [1, 1, 1, 1, 1, 1, 0, 0],
+        "bn-seed1": [1, 1, 1, 1, 1, 0, 0, 0],
+        "base": [1, 1, 0, 0, 0, 0, 0, 0],
+        "base-seed1": [1, 0, 1, 0, 0, 0, 0, 0],
+    }
+    study = {
+        "bn": [1, 1, 1, 1, 1, 0, 0, 0],
+        "bn-seed1": [1, 1, 1, 1, 0, 1, 0, 0],
+        "base": [1, 1, 1, 1, 0, 0, 0, 0],
+        "base-seed1": [1, 1, 1, 0, 1, 0, 0, 0],
+    }
+    folders = {
+        "factorial-course-softmax": fake_cell(tmp_path, "factorial-course-softmax", course),
+        "clipped-cpu": fake_cell(tmp_path, "clipped-cpu", study),
+    }
+    r = factorial(folders)
+    # Gains by hand: course (75 + 62.5)/2 - (25 + 25)/2 = 43.75; study 62.5 - 50 = 12.5.
+    assert r["cells"]["course's", "softmax"]["diff"] == pytest.approx(43.75)
+    assert r["cells"]["study's", "logits"]["diff"] == pytest.approx(12.5)
+    assert r["cells"]["course's", "logits"] is None
+    i = r["interaction"]
+    assert i["diff"] == pytest.approx(31.25)
+    arr = {k: [v[k], v[k + "-seed1"]] for v in (course,) for k in ("bn", "base")}
+    brr = {k: [v[k], v[k + "-seed1"]] for v in (study,) for k in ("bn", "base")}
+    want = contrast([(1, arr["bn"]), (-1, arr["base"]), (-1, brr["bn"]), (1, brr["base"])])
+    assert (i["low"], i["high"]) == pytest.approx((want["low"], want["high"]))
+    text = "\n".join(factorial_lines(r))
+    assert "| course's | logits | – | not published yet | – |" in text
+    assert "Interaction (course's recipe − study's recipe) of the gain: +31.25 points" in text
+    # Without the study's cell there is no interaction, and the report says why.
+    r = factorial({"factorial-course-softmax": folders["factorial-course-softmax"]})
+    assert r["interaction"] is None and "clipped-cpu" in r["why"]

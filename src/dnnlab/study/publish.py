@@ -29,6 +29,7 @@ from pathlib import Path
 from dnnlab.cifar.models import VARIANTS
 from dnnlab.errors import InputError
 from dnnlab.study.course import COURSE_SI, COURSE_TEST_ACC, rank_agreement
+from dnnlab.study.factorial import CELLS, factorial, factorial_lines
 from dnnlab.study.manifest import MANIFEST, ManifestError, verify, write_manifest
 from dnnlab.study.markup import num, pct
 from dnnlab.study.records import (
@@ -372,8 +373,12 @@ def published_section(pub: dict) -> tuple[list[str], list[str]]:
     )
     md = [f"## {title}", "", intro, ""] + [f"- {x}" for x in labels] + [""]
     md += [x for t in refusals for x in (t, "")]
+    folders = {Path(s["path"]).name: Path(s["path"]) for s in studies}
+    factorial_md = []
+    if any(name in folders for name in CELLS.values() if name.startswith("factorial-")):
+        factorial_md = factorial_lines(factorial(folders))
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    md += ["| " + " | ".join(r) + " |" for r in rows] + [""] + factorial_md
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
@@ -385,4 +390,6 @@ def published_section(pub: dict) -> tuple[list[str], list[str]]:
         *(f"<p class=note>{html.escape(t)}</p>" for t in refusals),
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
     ]
+    if factorial_md:
+        page.append(f"<pre>{html.escape(chr(10).join(factorial_md))}</pre>")
     return md, page

@@ -14,6 +14,8 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
+
 from dnnlab.errors import ConfigError, DnnlabError
 from dnnlab.settings import flag_name
 from dnnlab.study.config import (
@@ -117,6 +119,19 @@ def load_predictions(run: Path) -> dict | None:
     if not isinstance(d, dict) or not all(isinstance(d.get(k), list) for k in keys):
         return None
     return d
+
+
+def per_image_correct(out: Path, runs: list[str]):
+    """(positions, a (seeds, N) 0/1 int8 array): the runs' per-image test results on the
+    test images at `positions`; None when a run has no test_predictions.json or the runs
+    tested different images (nothing to pair)."""
+    records = [load_predictions(Path(out) / "runs" / r) for r in runs]
+    if not records or any(d is None for d in records):
+        return None
+    if any(d["positions"] != records[0]["positions"] for d in records):
+        return None
+    got = np.array([np.equal(d["predictions"], d["labels"]) for d in records], dtype=np.int8)
+    return records[0]["positions"], got
 
 
 def runs_by_variant(runs) -> dict[str, list[str]]:

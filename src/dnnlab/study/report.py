@@ -37,9 +37,9 @@ from dnnlab.study.publish import published_section
 from dnnlab.study.records import (
     FEATURE_LAYER,
     diverged_runs,
-    load_predictions,
     load_run,
     load_whole_splits,
+    per_image_correct,
     read_study,
     recorded_budget,
     recorded_config,
@@ -261,17 +261,6 @@ def study_label(cfg) -> str:
     return "full recipe"
 
 
-def per_image_correct(out: Path, runs: list[str]):
-    """A (seeds, N) 0/1 array of the runs' per-image test results, or None when a run has no
-    test_predictions.json or the runs tested different images (nothing to pair)."""
-    records = [load_predictions(out / "runs" / r) for r in runs]
-    if any(d is None for d in records):
-        return None
-    if any(d["positions"] != records[0]["positions"] for d in records):
-        return None
-    return np.array([np.equal(d["predictions"], d["labels"]) for d in records], dtype=np.int8)
-
-
 def _rho_text(r: dict, n_text: str) -> str:
     if r["rho"] is None:
         return f"Spearman's rho {n_text}: undefined (fewer than three variants, or no order)"
@@ -362,10 +351,15 @@ def _seed_agreement(acc_seeds: dict[str, list[float]]) -> str:
     return text + "."
 
 
+def correct_only(got):
+    """The (seeds, N) array of per_image_correct's (positions, array), or None."""
+    return None if got is None else got[1]
+
+
 def _conclusion_rows(out: Path, seeds, acc_seeds) -> tuple[list[str], list[list[str]]]:
     """The header and rows of the table of the course's conclusions: difference, interval,
     course's difference, verdict."""
-    correct = {m: per_image_correct(out, rs) for m, rs in seeds.items()}
+    correct = {m: correct_only(per_image_correct(out, rs)) for m, rs in seeds.items()}
     c_head = [
         "Course's conclusion",
         "pair",

@@ -1,0 +1,128 @@
+"""The recipe factorial (issue 35): does the course's normalization gain come from its recipe?
+
+Four cells, each a published study of base and bn (10 epochs, seeds 0 and 1) under one
+optimizer and one head (scripts/cpu_study.sh runs them):
+
+| folder under docs/results | optimizer | head |
+|---|---|---|
+| clipped-cpu (the main study) | the study's (`--recipe clipped`) | logits |
+| factorial-clipped-softmax | the study's | the course's double softmax |
+| factorial-course-logits | the course's (SGD 0.01, momentum 0.9, StepLR(4) in 10 epochs) | logits |
+| factorial-course-softmax | the course's | the course's double softmax |
+
+In each cell, the normalization gain is bn − base (points, mean over seeds). The
+interaction is (bn − base under the course's optimizer and head) − (bn − base under the
+study's): a four-term contrast of mean accuracies on the same test images
+(stats.contrast: seed variance plus a paired bootstrap over the images). An interval above
+zero says the course's recipe inflates the normalization gain: part of it is its recipe's
+(the un-normalized base trains worse under it), not normalization's alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dnnlab.study.records import per_image_correct, runs_by_variant
+from dnnlab.study.stats import contrast
+
+# (optimizer, head) -> the published folder's name
+CELLS = {
+    ("study's", "logits"): "clipped-cpu",
+    ("study's", "softmax"): "factorial-clipped-softmax",
+    ("course's", "logits"): "factorial-course-logits",
+    ("course's", "softmax"): "factorial-course-softmax",
+}
+COURSE_CELL = ("course's", "softmax")
+STUDY_CELL = ("study's", "logits")
+
+
+def cell_results(folder: Path) -> dict | None:
+    """{variant: (positions, (seeds, N) correct)} for base and bn in a published (verified)
+    folder; None when either has no paired per-image results."""
+    runs = [p.name for p in (folder / "runs").iterdir() if (p / "summary.json").exists()]
+    by_variant = runs_by_variant(runs)
+    got = {}
+    for v in ("base", "bn"):
+        r = per_image_correct(folder, by_variant.get(v, []))
+        if r is None:
+            return None
+        got[v] = r
+    return got
+
+
+def factorial(folders: dict[str, Path]) -> dict:
+    """The normalization gain in each cell present and the interaction, from the published
+    folders `folders` ({folder name: path}, those that passed their manifest check).
+
+    Returns {"cells": {cell: contrast or None}, "interaction": contrast or None, "why": text
+    when the interaction cannot be computed}."""
+    results = {
+        cell: cell_results(folders[name]) if name in folders else None
+        for cell, name in CELLS.items()
+    }
+    cells = {
+        cell: None
+        if r is None
+        else contrast([(1, r["bn"][1]), (-1, r["base"][1])], course_diff=None)
+        for cell, r in results.items()
+    }
+    course, study = results[COURSE_CELL], results[STUDY_CELL]
+    if course is None or study is None:
+        missing = [CELLS[c] for c in (COURSE_CELL, STUDY_CELL) if results[c] is None]
+        return {"cells": cells, "interaction": None, "why": f"not published yet: {missing}"}
+    positions = {tuple(r[v][0]) for r in (course, study) for v in ("base", "bn")}
+    if len(positions) != 1:
+        return {"cells": cells, "interaction": None, "why": "the cells tested other images"}
+    terms = [
+        (1, course["bn"][1]),
+        (-1, course["base"][1]),
+        (-1, study["bn"][1]),
+        (1, study["base"][1]),
+    ]
+    return {"cells": cells, "interaction": contrast(terms, course_diff=None), "why": None}
+
+
+def factorial_lines(result: dict) -> list[str]:
+    """Markdown lines: the gain per cell and the interaction with what it means."""
+    lines = [
+        "### Recipe factorial: is the course's normalization gain its recipe's?",
+        "",
+        "| optimizer | head | bn − base (points) | 95 % interval | seeds (bn, base) |",
+        "|---|---|---|---|---|",
+    ]
+    for (opt, head), c in result["cells"].items():
+        if c is None:
+            lines.append(f"| {opt} | {head} | – | not published yet | – |")
+            continue
+        interval = "one seed" if c["low"] is None else f"[{c['low']:+.2f}, {c['high']:+.2f}]"
+        lines.append(
+            f"| {opt} | {head} | {c['diff']:+.2f} | {interval} | {c['seeds'][0]}, {c['seeds'][1]} |"
+        )
+    lines.append("")
+    i = result["interaction"]
+    if i is None:
+        lines += [f"Interaction: not computed ({result['why']}).", ""]
+        return lines
+    head = f"Interaction (course's recipe − study's recipe) of the gain: {i['diff']:+.2f} points"
+    if i["low"] is None:
+        lines += [head + "; one seed in a cell, so no interval and no verdict.", ""]
+    elif i["low"] > 0:
+        lines += [
+            head + f", 95 % interval [{i['low']:+.2f}, {i['high']:+.2f}]: the gain is larger "
+            "under the course's recipe, so part of the course's normalization gain comes "
+            "from its recipe, not from normalization alone.",
+            "",
+        ]
+    elif i["high"] < 0:
+        lines += [
+            head + f", 95 % interval [{i['low']:+.2f}, {i['high']:+.2f}]: the gain is smaller "
+            "under the course's recipe than under the study's.",
+            "",
+        ]
+    else:
+        lines += [
+            head + f", 95 % interval [{i['low']:+.2f}, {i['high']:+.2f}] holds zero: "
+            "undecided; this budget cannot say whether the recipe changes the gain.",
+            "",
+        ]
+    return lines
