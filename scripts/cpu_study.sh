@@ -2,6 +2,7 @@
 # The 10-epoch CPU study (issue 35), run across sessions, and its recipe factorial.
 #
 #   bash scripts/cpu_study.sh start [COMMIT]   # clone COMMIT (default HEAD), start in background
+#                                              # (NICE=19 in front: other work goes first)
 #   bash scripts/cpu_study.sh status           # runs published, running, the log's last lines
 #   bash scripts/cpu_study.sh stop
 #
@@ -85,6 +86,9 @@ case "${1:-status}" in
     (cd "$WORK/code" && source scripts/env.sh >/dev/null)  # the clone's own environment
     setsid nohup bash "$0" _run >> "$WORK/study.log" 2>&1 &
     echo $! > "$WORK/study.pid"
+    # NICE=19 lets other work go first. setsid gives the study its own scheduler autogroup,
+    # and across autogroups a process's nice value has no effect: the group's has.
+    if [ -n "${NICE:-}" ] && [ -w "/proc/$!/autogroup" ]; then echo "$NICE" > "/proc/$!/autogroup"; fi
     setsid nohup bash "$0" _commit >> "$WORK/commits.log" 2>&1 &
     echo $! > "$WORK/commit.pid"
     echo "cpu_study: started at $want; log $WORK/study.log, commits $WORK/commits.log"
