@@ -135,8 +135,9 @@ def check_in_chromium(page, tmp_path):
     ).stdout
     m = re.search(r'data-check="([^"]*)"', dom)
     assert m, "the report's self-check did not run in the browser"
-    n_img = page.read_text().count("<img ")
-    assert m.group(1) == f"ok {n_img} images 1 tables"
+    n_img, n_tables = page.read_text().count("<img "), page.read_text().count("<table>")
+    assert n_tables == 2  # the skip comparison and the last layers on the whole splits
+    assert m.group(1) == f"ok {n_img} images {n_tables} tables"
     shot = tmp_path / "report.png"
     subprocess.run(
         [exe, *flags, f"--screenshot={shot}", "--window-size=1200,2000", page.as_uri()],
