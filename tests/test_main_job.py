@@ -106,9 +106,10 @@ def test_main_job_calls_fit_together(tmp_path, study_out, cats_name, n_photos):
         ["detect", "train"],
         ["detect", "eval"],
         ["detect", "run"],
-        ["study", "--quick"],
+        ["reproduce", "docs/results/budget-cpu/runs/base"],  # no 10-epoch run in the copy
     ]
     study = calls[-1]
+    assert flag(study, "--epochs") == "1"
     out, detector = repo / flag(study, "--out"), repo / flag(study, "--detector")
     published = repo / flag(study, "--published")
     assert detector == repo / flag(calls[0], "--out")
@@ -116,7 +117,7 @@ def test_main_job_calls_fit_together(tmp_path, study_out, cats_name, n_photos):
     run = calls[3]
     photos = [a for a in run[2:] if not a.startswith("--")]
     assert len(photos) == 3 and all(Path(p).is_file() for p in photos)
-    # run_study's own check before any work (the study may replace its folder as a whole).
+    # reproduce's own check before any work.
     assert output_clash([detector, published, env["DNNLAB_DATA"]], out, owned=True) is None
 
 
@@ -132,5 +133,20 @@ def test_main_job_refuses_a_study_folder_without_a_name(tmp_path, study_out):
         ["bash", "scripts/main.sh"], cwd=repo, env=env, capture_output=True, text=True
     )
     assert res.returncode == 2
-    assert f"DNNLAB_STUDY_OUT={study_out}: name the study's own folder" in res.stderr
+    assert f"DNNLAB_STUDY_OUT={study_out}: name the main job's own folder" in res.stderr
     assert not log.exists()  # refused before any command ran
+
+
+def test_main_job_reproduces_the_10_epoch_run_once_published(tmp_path):
+    repo, log = fake_checkout(tmp_path)
+    (repo / "docs/results/clipped-cpu/runs/base").mkdir(parents=True)
+    env = {**os.environ, "DNNLAB_DATA": str(tmp_path / "cifar.tar.gz")}
+    env.pop("DNNLAB_CATS", None)
+    env.pop("DNNLAB_STUDY_OUT", None)
+    res = subprocess.run(
+        ["bash", "scripts/main.sh"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c[:2] for c in calls] == [["reproduce", "docs/results/clipped-cpu/runs/base"]]
+    assert flag(calls[0], "--out") == "main-job"

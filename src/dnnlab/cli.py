@@ -103,6 +103,14 @@ def _add_train(sub) -> None:
         action="store_true",
         help="replace the run in --out (only after every input has been checked)",
     )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="K",
+        help="run only the schedule's first K epochs (the learning rate follows the whole "
+        "schedule) and leave the run unfinished; --resume continues it",
+    )
     p.set_defaults(func=cmd_train, **{f.name: UNSET for f in fields(TrainConfig)})
 
 
@@ -129,6 +137,7 @@ def cmd_train(args) -> int:
         overwrite=args.overwrite,
         download=args.download,
         progress=sys.stderr.isatty(),
+        stop_after=args.stop_after,
     )
     return 0
 
@@ -453,6 +462,55 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def _add_reproduce(sub) -> None:
+    from dnnlab.settings import add_flags
+    from dnnlab.study.reproduce import ReproduceConfig
+
+    p = _parser(
+        sub,
+        "reproduce",
+        "Train a published run's first epochs again on this machine (its own settings and "
+        "the schedule of all its epochs) and compare them with its published curve: "
+        "identical, consistent within the measurement's noise, or different. Writes "
+        "reproduction.json and report.md/html in --out; the run in OUT/run is left "
+        "unfinished, for `dnnlab train --resume` to continue.",
+    )
+    p.add_argument("run", help="a published run, e.g. docs/results/budget-cpu/runs/base")
+    add_flags(p, ReproduceConfig)
+    p.add_argument("--out", default="reproduce", help="output folder (default: reproduce/)")
+    p.add_argument(
+        "--published",
+        default=None,
+        help="a folder of published studies whose tables the report shows first",
+    )
+    p.add_argument(
+        "--detector",
+        default=None,
+        help="a `dnnlab detect` directory whose evaluations and photos/ join the report",
+    )
+    p.set_defaults(func=cmd_reproduce)
+
+
+def cmd_reproduce(args) -> int:
+    from dnnlab.settings import from_args
+    from dnnlab.study.publish import published_section, read_published
+    from dnnlab.study.reproduce import ReproduceConfig, reproduce, reproduction_markdown
+
+    result = reproduce(
+        from_args(ReproduceConfig, args),
+        args.run,
+        args.out,
+        published=args.published,
+        detector=args.detector,
+        progress=sys.stderr.isatty(),
+    )
+    if args.published:
+        print("\n".join(published_section(read_published(args.published))[0]))
+    print("\n".join(reproduction_markdown(result, Path(args.out))))
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
 # One line per command for `dnnlab --help`. Only the command being run gets its flags (and
 # imports its config classes), so `dnnlab --help` imports neither torchvision nor
 # torch._dynamo (torch itself comes with the package: dnnlab/__init__.py). That is the
@@ -465,6 +523,7 @@ HELP = {
     "study": "train + probe the variants and write the comparison report",
     "detect": "R-CNN-style detector (build, train, show, run, eval)",
     "verify": "check published study folders against their manifests",
+    "reproduce": "train a published run's first epochs again and compare with its curve",
 }
 ADDERS = {
     "si": _add_si,
@@ -474,6 +533,7 @@ ADDERS = {
     "study": _add_study,
     "detect": _add_detect,
     "verify": _add_verify,
+    "reproduce": _add_reproduce,
 }
 
 

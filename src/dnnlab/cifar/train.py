@@ -65,8 +65,14 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> dict:
     """Train (or resume) one run; returns the summary dict.
+
+    With `stop_after` K below the run's epochs, only the schedule's first K epochs are run
+    (the learning rate follows the full schedule) and the run is left unfinished, as an
+    interrupted one: `--resume` continues it. Returns {"model", "epochs", "stopped_after",
+    "metrics"} then, the metrics being the rows of the epochs done.
 
     Every input (settings, run directory, checkpoint, data, split) is checked before
     anything is written or replaced. With --overwrite the old run is moved to a hidden
@@ -107,12 +113,15 @@ def train(
             st = start_training(cfg, out, dev, plan.resume_from, n_train, precision)
             net = wrap_model(st.model, cfg.compile, dev, world)
             keep_last = R.tests_last_weights(cfg.recipe)
-            for epoch in range(st.start, cfg.epochs):
+            end = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
+            for epoch in range(st.start, end):
                 row = run_epoch(st, net, cfg, split, dev, epoch, rank, world, progress, out)
                 rows.append(row)
                 keep = track_best(st, keep_last, row)
                 if rank == 0:
                     end_epoch(st, cfg, out, rows, keep, old if plan.replace else None)
+        if end < cfg.epochs:
+            return {"model": cfg.model, "epochs": cfg.epochs, "stopped_after": end, "metrics": rows}
         return finish_run(st, cfg, out, split, dev, rows, data, rank, te)
 
 

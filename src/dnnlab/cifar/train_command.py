@@ -33,11 +33,20 @@ def requested_config(given: dict, out, resume: bool) -> TrainConfig:
 
 
 def train_command(
-    given: dict, out, resume: bool, overwrite: bool, download: bool, progress: bool
+    given: dict,
+    out,
+    resume: bool,
+    overwrite: bool,
+    download: bool,
+    progress: bool,
+    stop_after: int | None = None,
 ) -> None:
-    """Check the flags, fetch CIFAR-10 if asked (download), then train (or resume) in out."""
+    """Check the flags, fetch CIFAR-10 if asked (download), then train (or resume) in out,
+    for the first `stop_after` epochs only when given."""
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"--stop-after: {stop_after}; give a number of epochs, at least 1")
     # Before the run's settings are read (they must be its own): a replaced run a killed
     # --overwrite left is put back, under the lock, by one process (rank 0 of a torchrun job).
     if os.environ.get("RANK", "0") == "0" and left_replaced(out):
@@ -47,7 +56,7 @@ def train_command(
     check_outputs_spare_inputs([cfg.data_root or default_root()], out, owned=True)
     if download:
         load_cifar10(cfg.data_root, download=True)
-    train(cfg, out, resume=resume, overwrite=overwrite, progress=progress)
+    train(cfg, out, resume=resume, overwrite=overwrite, progress=progress, stop_after=stop_after)
 
 
 __all__ = ["requested_config", "train_command"]

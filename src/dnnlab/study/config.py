@@ -25,7 +25,7 @@ from dnnlab.utils.sizes import parse_size
 QUICK = dict(train_subset=1000, epochs=3, n_val=500, test_subset=1000, max_per_split=300)
 
 
-def _shared_setting(owner, name: str, default=MISSING):
+def shared_setting(owner, name: str, default=MISSING):
     """`owner`'s setting `name` (TrainConfig's or ProbeConfig's: its range, flag and help, and
     its default unless the study gives its own) as a StudyConfig field; --help adds what
     --quick sets it to, if anything."""
@@ -60,15 +60,15 @@ class StudyConfig:
         "runs/VARIANT for seed 0, runs/VARIANT-seedK for seed K)",
     )
     quick: bool = setting(False, "a budget that finishes on a 2-core CPU in under 20 minutes")
-    device: str = _shared_setting(TrainConfig, "device")
-    data_root: str | None = _shared_setting(TrainConfig, "data_root")
-    recipe: str = _shared_setting(TrainConfig, "recipe")
+    device: str = shared_setting(TrainConfig, "device")
+    data_root: str | None = shared_setting(TrainConfig, "data_root")
+    recipe: str = shared_setting(TrainConfig, "recipe")
     # Full budget by default; the quick budget (QUICK) is for a 2-core CPU in < 20 minutes.
-    train_subset: int | None = _shared_setting(TrainConfig, "train_subset")
-    epochs: int | None = _shared_setting(TrainConfig, "epochs")
-    n_val: int = _shared_setting(TrainConfig, "n_val")
-    test_subset: int | None = _shared_setting(TrainConfig, "test_subset")
-    max_per_split: int | None = _shared_setting(ProbeConfig, "max_per_split", STUDY_PROBE_CAP)
+    train_subset: int | None = shared_setting(TrainConfig, "train_subset")
+    epochs: int | None = shared_setting(TrainConfig, "epochs")
+    n_val: int = shared_setting(TrainConfig, "n_val")
+    test_subset: int | None = shared_setting(TrainConfig, "test_subset")
+    max_per_split: int | None = shared_setting(ProbeConfig, "max_per_split", STUDY_PROBE_CAP)
     probe_memory: str | int = setting(
         ProbeConfig.max_memory, "probe memory budget (the probe's default)", cli=False
     )
@@ -81,12 +81,12 @@ class StudyConfig:
         "bn; 0: none",
         low=0,
     )
-    compile: bool = _shared_setting(TrainConfig, "compile")
-    bf16: bool = _shared_setting(TrainConfig, "bf16")
+    compile: bool = shared_setting(TrainConfig, "compile")
+    bf16: bool = shared_setting(TrainConfig, "bf16")
     # The recipe factorial's two factors beside the recipe (issue 35): the head, and the
     # course's StepLR shortened to the study's epochs.
-    softmax_head: bool = _shared_setting(TrainConfig, "softmax_head")
-    step_size: int | None = _shared_setting(TrainConfig, "step_size")
+    softmax_head: bool = shared_setting(TrainConfig, "softmax_head")
+    step_size: int | None = shared_setting(TrainConfig, "step_size")
     jobs: int = setting(
         1, "variants trained and probed at once, one worker process each", low=1, high=64
     )
