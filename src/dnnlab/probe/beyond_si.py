@@ -26,7 +26,7 @@ from dnnlab.probe.config import budget_share
 from dnnlab.separability import SeparabilityResult, parse_measures, separability
 from dnnlab.separability.cka import GRAMS_SHARE, CkaMatrix
 from dnnlab.separability.inputs import encode_labels
-from dnnlab.separability.linear import DEFAULT_ALPHA, LinearClassifier
+from dnnlab.separability.linear import DEFAULT_ALPHA, LinearClassifier, linear_most
 from dnnlab.separability.measures import separability_fitting
 from dnnlab.utils.atomic import atomic_torch_save
 from dnnlab.utils.plots import pyplot, save_figure
@@ -37,12 +37,6 @@ FIT_SPLIT = "train20"
 # The folder of the fitted linear classifiers in a probe's output; its name is the one earlier
 # probes wrote, kept so that their outputs resume without refitting.
 CLASSIFIERS = "linear_probe"
-
-
-def linear_reserve(n: int) -> int:
-    """Bytes a linear fit on n samples needs beside the core's budget: its Gram (at most
-    n x n, counted in float64) and float64 row chunks (separability.linear.linear_budget)."""
-    return n * n * 8 + 5 * (32 << 20)
 
 
 class ProbeExtras:
@@ -88,7 +82,7 @@ class ProbeExtras:
         being formed, its column panel and the Grams kept in memory (the rest spill)."""
         need = 0
         if self.linear and split == FIT_SPLIT:
-            need = linear_reserve(n)
+            need = linear_most(n)
         if split in self.cka_splits:
             in_memory = budget_share(parse_size(self.cfg.max_memory), "cka") // GRAMS_SHARE
             need = max(need, n * n * 8 + (64 << 20) + in_memory)
@@ -154,7 +148,7 @@ class ProbeExtras:
         if fit_here:
             measures = ",".join(m for m in (self.core_measures, "linear") if m)
             r, classifier = fitting(
-                x, y, measures, max_memory=budget + linear_reserve(len(y)), **core_kw
+                x, y, measures, max_memory=budget + linear_most(len(y)), **core_kw
             )
             if classifier is None:  # the fit had no training set: its reason, from the notes
                 classifier = "; ".join(r.notes) or "no classifier was fitted"

@@ -12,6 +12,7 @@ from dnnlab.errors import BudgetError
 from dnnlab.probe.beyond_si import ProbeExtras
 from dnnlab.probe.config import ProbeConfig, budget_share
 from dnnlab.probe.layers import LayerInfo
+from dnnlab.separability.search_plan import block_workspace_bytes, search_state_bytes
 from dnnlab.utils.sizes import format_size
 
 # The core's share of the budget (its blocks and bookkeeping), at most; the rest holds features.
@@ -30,8 +31,8 @@ class Group:
 
 def core_minimum(n: int, kk: int) -> int:
     """The core's least working memory on in-memory features it normalizes in place: its
-    N x k' search state and a few 64 x 64 blocks (see separability.search_plan.plan_memory)."""
-    return n * kk * (FLOAT32 + 8) * 3 + n * 64 + 128 * 2**10
+    N x k' search state and one 64-row block (separability.search_plan's memory model)."""
+    return search_state_bytes(n, kk, FLOAT32) + block_workspace_bytes(64, FLOAT32) + 4
 
 
 def plan_budget(
@@ -89,10 +90,10 @@ def spill_block(n: int, dim: int, kk: int, avail: int) -> tuple[int, int]:
     """(block rows, the core's max_memory) for features read from a file within `avail`
     bytes: the rows resident at once (about three blocks), the core's N x k state and its
     B x B buffers. Raises BudgetError naming the smallest budget that works."""
-    fixed = n * kk * (FLOAT32 + 8) * 3 + n * 64
+    fixed = search_state_bytes(n, kk, FLOAT32)
 
     def need(b):  # noqa: E306
-        core = fixed + (4 * b * b * FLOAT32) * 4 // 3 + 2**20
+        core = fixed + block_workspace_bytes(b, FLOAT32) + 2**20
         return 3 * b * dim * FLOAT32 + core, core
 
     for b in [*range(SPILL_MAX_BLOCK, 63, -64), 32, 16, 8]:

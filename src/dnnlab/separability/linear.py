@@ -213,6 +213,12 @@ def linear_budget(n: int, d: int, max_memory) -> tuple[int, int]:
     return chunk_elems, min(n, d) ** 2 * 8 + 4 * chunk_elems * 8
 
 
+def linear_most(n: int) -> int:
+    """The most linear_budget asks beside the features of n samples, whatever D and the
+    budget: an n x n Gram and four row chunks of the largest size."""
+    return linear_budget(n, n, CHUNK_ELEMS * CHUNK_SHARE * 8)[1]
+
+
 def linear_least(n: int, d: int) -> int:
     """The smallest max_memory fit_linear accepts for N x D features: its share
     (linear_budget, which grows with the budget) and 64-row blocks."""

@@ -1,6 +1,12 @@
-"""The memory plan of separability()'s neighbour search: the budget split between the
-normalized copy, the search state and the blocks, and whether the linear classifier may share
-the search's normalized copy and Gram."""
+"""The memory model of separability()'s neighbour search, which the probe plans with too: the
+budget split between the normalized copy, the search state and the blocks, and whether the
+linear classifier may share the search's normalized copy and Gram.
+
+    search state   3 * N * k' * (itemsize + 8) + 64 * N    (search_state_bytes)
+    one block      (4 * B^2 * itemsize + B * row_bytes) * 4/3    (block_workspace_bytes)
+
+k' = k + knn.EXTRA_CANDIDATES candidates a row; the blocks get 3/4 of the workspace
+(knn.choose_block), hence the 4/3."""
 
 from __future__ import annotations
 
@@ -18,16 +24,27 @@ from dnnlab.utils.sizes import format_size, parse_size
 STREAM_ELEMS = 1 << 23
 
 
+def search_state_bytes(n: int, kk: int, itemsize: int) -> int:
+    """Bytes the search keeps for its whole run: three N x k' candidate tables (distances
+    of `itemsize` bytes, int64 indices) and 64 bytes a row of tallies."""
+    return n * kk * (itemsize + 8) * 3 + n * 64
+
+
+def block_workspace_bytes(block: int, itemsize: int, row_bytes: int = 0) -> int:
+    """The workspace whose block share (3/4) holds one block of `block` rows: four
+    block x block buffers and, for a file, the block's rows as read (row_bytes each)."""
+    return -(-(4 * block * block * itemsize + block * row_bytes) * 4 // 3)
+
+
 def plan_memory(
     n: int, copy_d: int, d: int, kk: int, itemsize: int, budget: int, row_bytes: int = 0
 ):
     """Split the budget: the normalized copy (copy_d columns; 0 when normalizing in place or
     reading a file by blocks) and the search state first, the rest for blocks (row_bytes:
     what each block row of a file takes beside them, knn.choose_block)."""
-    fixed = n * copy_d * itemsize + n * kk * (itemsize + 8) * 3 + n * 64
+    fixed = n * copy_d * itemsize + search_state_bytes(n, kk, itemsize)
     workspace = budget - fixed
-    # The blocks get 3/4 of the workspace and need four 64 x 64 buffers and 64 rows' reads.
-    least_workspace = -(-(4 * 64 * 64 * itemsize + 64 * row_bytes) * 4 // 3) + 4
+    least_workspace = block_workspace_bytes(64, itemsize, row_bytes) + 4
     if workspace < least_workspace:
         need = fixed + least_workspace
         held = (
