@@ -1,7 +1,8 @@
 """separability(): the measures of the vocabulary (separability.vocabulary) from one exact
-neighbour search, in steps: the inputs checked (samples), the trivial cases answered, the
-memory planned (search_plan), the search and its tallies (tallies), the linear classifier fitted
-beside it or on its own, and the values assembled per class."""
+neighbour search. The function reads top to bottom in five numbered steps: the inputs
+checked (samples.py), what the input alone decides, the memory plan (search_plan.py), the
+search with its tallies (tallies.py, knn.py) and the linear classifier that shares its work,
+and the values per class. The helpers below it only score and assemble."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from dnnlab.separability.samples import (
 )
 from dnnlab.separability.search_plan import can_share, linear_need, plan_search
 from dnnlab.separability.tallies import Search, nc1_step, normalize_on_device, row_tallies
-from dnnlab.separability.vocabulary import DEFAULT_MEASURES, Measure, parse_measures, search_order
+from dnnlab.separability.vocabulary import DEFAULT_MEASURES, parse_measures, search_order
 from dnnlab.utils.precision import highest_matmul_precision
 from dnnlab.utils.sizes import MEASURE_MEMORY, parse_size
 
@@ -75,18 +76,103 @@ def separability(
     The fitted linear classifier, when "linear" is measured, is the result's `linear_classifier`.
     """
     t0 = time.perf_counter()
+    notes: list[str] = []  # grow as the work goes; every result carries them
+
+    # 1. The inputs, checked once (samples.py); below, everything is known to be valid.
     wanted = parse_measures(measures)
-    _refuse_linear_without_test(wanted, test, _training_scores)
+    linear = any(m.kind == "linear" for m in wanted)
+    if linear and test is None and not _training_scores:
+        raise InputError(
+            "measure linear needs a test set to score on: pass test=(features, labels) "
+            "(dnnlab si: --test FEATURES LABELS)"
+        )
     s = check_samples(features, labels, wanted, normalize_method, overwrite_input)
     dev = resolve_device(s.x, device)
     nc1_undefined = check_measure_inputs(wanted, s, test, undefined)
-    run = _Run(s, normalize_method, dev, t0, notes=[])
     budget = parse_size(max_memory)
-    fit = _Fit(labels, test, device, budget, DEFAULT_ALPHA if alpha is None else alpha)
-    how = _SearchSettings(
-        compute_dtype, overwrite_input and s.writable, block, group, progress, stats
-    )
-    return _measure(wanted, run, fit, how, undefined, nc1_undefined)
+    alpha = DEFAULT_ALPHA if alpha is None else alpha
+    overwrite_input = overwrite_input and s.writable
+
+    def result(values: dict, per_class: dict, classifier=None) -> SeparabilityResult:
+        counts = {c: int(s.counts[i]) for i, c in enumerate(s.names)}
+        seconds = time.perf_counter() - t0
+        return SeparabilityResult(
+            values, per_class, counts, s.n, s.d, normalize_method, str(dev), seconds, notes,
+            classifier,
+        )  # fmt: skip
+
+    def fit_alone() -> _LinearScore:
+        """The linear classifier fitted on its own (not sharing the search's work), scored."""
+        classifier = fit_linear(
+            s.x, labels, alpha=alpha, normalize_method=normalize_method, device=device,
+            max_memory=budget,
+        )  # fmt: skip
+        lin = _score(classifier, test)
+        notes.append(_linear_note(lin, s.n, test))
+        return lin
+
+    # 2. What the input alone decides: every class a single sample; linear alone.
+    lone = lone_samples(s)
+    if lone is not None and len(s.names) > 1 and all(c == 1 for c in s.counts):
+        # Refused (undefined="raise"), or NaN for every measure with the reason in the
+        # notes; linear too (one sample per class is no training set).
+        if undefined != "nan":
+            raise UndefinedMeasure(lone)
+        notes.append(lone)
+        vals = {m.name: float("nan") for m in wanted}
+        return result(vals, {c: dict(vals) for c in s.names})
+    if lone is not None:
+        notes.append(lone)
+    if linear and all(m.kind == "linear" for m in wanted):  # no normalized copy needed
+        lin = fit_alone()
+        return result({"linear": lin.accuracy}, _linear_per_class(lin, s.names), lin.classifier)
+
+    # 3. The memory plan (search_plan.py). The linear classifier shares the search's
+    # normalized copy and block products when it can (linear.SharedWork); the search then
+    # plans without the fit's share of the budget. A test set scored after the search must
+    # not be what it normalized in place. No search when all samples share one label.
+    k = search_order(wanted)
+    share = linear and can_share(s, k, normalize_method, compute_dtype)
+    share = share and not (overwrite_input and test is not None)
+    plan, search_budget = None, budget - (linear_need(s, budget) if share else 0)
+    how = (s.x, k, compute_dtype, overwrite_input, device)
+    if share and search_budget > 0:
+        try:
+            plan = plan_search(*how, search_budget, block, dev)
+        except BudgetError:
+            pass
+    share = plan is not None
+    if plan is None and len(s.names) > 1:
+        plan = plan_search(*how, budget, block, dev)
+    lin = fit_alone() if linear and not share else None
+    if len(s.names) == 1:  # every measure is trivial (anti 0, the others 1)
+        msg = f"all {s.n} samples have one label ({s.names[0]!r}); every measure is trivial"
+        warnings.warn(msg, TrivialMeasure, stacklevel=2)  # points at separability()'s caller
+        notes.append(msg)
+        vals = {m.name: (0.0 if m.kind == "anti" else 1.0) for m in wanted}
+        return result(vals, {s.names[0]: dict(vals)})
+    in_place, rows, mem_elems = plan
+
+    # 4. The neighbour search and its tallies (tallies.py, knn.py), the linear fit that
+    # shares its work, NC1.
+    search = Search(k, rows, mem_elems, group, progress, stats)
+    with highest_matmul_precision():
+        a, sq, work = normalize_on_device(
+            s.x, dev, normalize_method, compute_dtype, in_place, share
+        )
+        codes = torch.as_tensor(s.codes, device=dev)
+        hits = row_tallies(a, sq, codes, wanted, search, len(s.names), work)
+        if work is not None:  # the fit may use the budget but for the normalized copy
+            fit_memory = budget - (0 if in_place else s.n * s.d * 4)
+            shared = fit_linear_shared(work, labels, max_memory=fit_memory, alpha=alpha)
+            lin = _score(shared, test)
+            notes.append(_linear_note(lin, s.n, test))
+            del work
+        nc1, nc1_notes = nc1_step(a, codes, wanted, s.names, search, undefined, nc1_undefined)
+    notes += nc1_notes
+
+    # 5. The values, whole and per class.
+    return result(*_assemble(wanted, hits, codes, s, nc1, lin), lin and lin.classifier)
 
 
 def separability_fitting(features, labels, measures=DEFAULT_MEASURES, **kw):
@@ -98,144 +184,6 @@ def separability_fitting(features, labels, measures=DEFAULT_MEASURES, **kw):
 
 
 @dataclass(frozen=True)
-class _Fit:
-    """What the linear classifier is fitted and scored with."""
-
-    labels: object
-    test: object  # (features, labels) that "linear" is scored on, or None
-    device: object  # as given (None: where the features are); _Run.dev is the one resolved
-    budget: int  # max_memory in bytes
-    alpha: float
-
-
-@dataclass(frozen=True)
-class _SearchSettings:
-    """separability()'s settings of the neighbour search and of its normalized copy."""
-
-    compute_dtype: torch.dtype
-    overwrite_input: bool  # and the caller's features may be written
-    block: int | None
-    group: object
-    progress: bool
-    stats: knn.SearchStats | None
-
-
-def _refuse_linear_without_test(wanted: list[Measure], test, training_scores: bool) -> None:
-    """linear is scored on a test set, unless separability_fitting asks for training scores."""
-    linear = any(m.kind == "linear" for m in wanted)
-    if linear and test is None and not training_scores:
-        raise InputError(
-            "measure linear needs a test set to score on: pass test=(features, labels) "
-            "(dnnlab si: --test FEATURES LABELS)"
-        )
-
-
-def _measure(wanted, run: _Run, fit: _Fit, how: _SearchSettings, undefined: str, nc1_undefined):
-    """The measures of checked samples: the trivial cases (every class alone, linear alone,
-    one class), else the neighbour search (_search_and_assemble)."""
-    s = run.samples
-    lone = lone_samples(s)
-    linear = any(m.kind == "linear" for m in wanted)
-    if lone is not None and len(s.names) > 1 and all(c == 1 for c in s.counts):
-        return _all_alone_result(wanted, run, lone, undefined)
-    if lone is not None:
-        run.notes.append(lone)
-    if linear and all(m.kind == "linear" for m in wanted):  # no normalized copy needed
-        lin = _fit_alone(run, fit)
-        return run.result({"linear": lin.accuracy}, _linear_per_class(lin, s.names), lin.classifier)
-    k = search_order(wanted)
-    plan, share = _plan(linear, k, run, fit, how)
-    lin = _fit_alone(run, fit) if linear and not share else None
-    if len(s.names) == 1:
-        return _one_class_result(wanted, run)
-    in_place, block, mem_elems = plan
-    search = Search(k, block, mem_elems, how.group, how.progress, how.stats)
-    nc1 = (undefined, nc1_undefined)
-    return _search_and_assemble(wanted, run, fit, how, search, in_place, share, lin, nc1)
-
-
-def _plan(linear: bool, k: int, run: _Run, fit: _Fit, how: _SearchSettings):
-    """(the search's memory plan, whether the linear classifier shares its work).
-
-    The linear classifier shares the search's normalized copy and block products when it can
-    (linear.SharedWork); the search then plans without the fit's share of the budget.
-    A test set scored after the search must not be what it normalized in place. The plan
-    is None when all samples share one label (no search)."""
-    s, budget = run.samples, fit.budget
-    share = linear and can_share(s, k, run.normalize_method, how.compute_dtype)
-    share = share and not (how.overwrite_input and fit.test is not None)
-    plan, search_budget = None, budget - (linear_need(s, budget) if share else 0)
-    args = (s.x, k, how.compute_dtype, how.overwrite_input, fit.device)
-    if share and search_budget > 0:
-        try:
-            plan = plan_search(*args, search_budget, how.block, run.dev)
-        except BudgetError:
-            pass
-    share = plan is not None
-    if plan is None and len(s.names) > 1:
-        plan = plan_search(*args, budget, how.block, run.dev)
-    return plan, share
-
-
-def _fit_alone(run: _Run, fit: _Fit) -> _LinearScore:
-    """The linear classifier fitted on its own (not sharing the search's work), scored, noted."""
-    s = run.samples
-    lin = _fit_linear_alone(
-        s.x, fit.labels, fit.test, run.normalize_method, fit.device, fit.budget, fit.alpha
-    )
-    run.notes.append(_linear_note(lin, s.n, fit.test))
-    return lin
-
-
-def _search_and_assemble(wanted, run: _Run, fit: _Fit, how, search, in_place, share, lin, nc1):
-    """The neighbour search on the normalized features, the linear fit that shares its work,
-    NC1, and the values per class. nc1: (undefined, the reason NC1 has no value or None)."""
-    s, dev = run.samples, run.dev
-    undefined, nc1_undefined = nc1
-    with highest_matmul_precision():
-        a, sq, work = normalize_on_device(
-            s.x, dev, run.normalize_method, how.compute_dtype, in_place, share
-        )
-        codes = torch.as_tensor(s.codes, device=dev)
-        hits = row_tallies(a, sq, codes, wanted, search, len(s.names), work)
-        if work is not None:  # the fit may use the budget but for the normalized copy
-            fit_memory = fit.budget - (0 if in_place else s.n * s.d * 4)
-            shared = fit_linear_shared(work, fit.labels, max_memory=fit_memory, alpha=fit.alpha)
-            lin = _score(shared, fit.test)
-            run.notes.append(_linear_note(lin, s.n, fit.test))
-            del work
-        nc1, nc1_notes = nc1_step(a, codes, wanted, s.names, search, undefined, nc1_undefined)
-    run.notes += nc1_notes
-    return run.result(*_assemble(wanted, hits, codes, s, nc1, lin), lin and lin.classifier)
-
-
-@dataclass
-class _Run:
-    """What every SeparabilityResult of one call shares; notes grow as the work goes."""
-
-    samples: Samples
-    normalize_method: str
-    dev: torch.device
-    t0: float
-    notes: list[str]
-
-    def result(self, values: dict, per_class: dict, classifier=None) -> SeparabilityResult:
-        s = self.samples
-        return SeparabilityResult(
-            values,
-            per_class,
-            {c: int(s.counts[i]) for i, c in enumerate(s.names)},
-            s.n,
-            s.d,
-            self.normalize_method,
-            str(self.dev),
-            time.perf_counter() - self.t0,
-            self.notes,
-            classifier,
-        )
-
-
-@dataclass(frozen=True)
 class _LinearScore:
     """The fitted ridge classifier and its score on the test set."""
 
@@ -243,19 +191,6 @@ class _LinearScore:
     accuracy: float
     per_class: dict[str, float]  # classes absent from the test set are missing
     test_counts: dict[str, int]
-
-
-def _fit_linear_alone(x, labels, test, normalize_method, device, max_memory, alpha) -> _LinearScore:
-    """Fit the ridge classifier on (x, labels) on its own and score it (_score)."""
-    classifier = fit_linear(
-        x,
-        labels,
-        alpha=alpha,
-        normalize_method=normalize_method,
-        device=device,
-        max_memory=max_memory,
-    )
-    return _score(classifier, test)
 
 
 def _score(classifier, test) -> _LinearScore:
@@ -283,27 +218,6 @@ def _linear_note(lin: _LinearScore, n: int, test) -> str:
 def _linear_per_class(lin: _LinearScore, names: list[str]) -> dict[str, dict[str, float]]:
     """{class: {"linear": accuracy}}; NaN for a class absent from the test set."""
     return {c: {"linear": lin.per_class.get(c, float("nan"))} for c in names}
-
-
-def _all_alone_result(wanted, run: _Run, reason: str, undefined: str) -> SeparabilityResult:
-    """Every class has one sample: refused (undefined="raise"), or NaN for every measure
-    with the reason in the notes (undefined="nan"); linear is refused too (one sample per
-    class is no training set)."""
-    if undefined != "nan":
-        raise UndefinedMeasure(reason)
-    run.notes.append(reason)
-    vals = {m.name: float("nan") for m in wanted}
-    return run.result(vals, {c: dict(vals) for c in run.samples.names})
-
-
-def _one_class_result(wanted: list[Measure], run: _Run) -> SeparabilityResult:
-    """All samples share one label: every measure is trivial (anti 0, the others 1)."""
-    s = run.samples
-    msg = f"all {s.n} samples have one label ({s.names[0]!r}); every measure is trivial"
-    warnings.warn(msg, TrivialMeasure, stacklevel=4)  # points at separability()'s caller
-    run.notes.append(msg)
-    vals = {m.name: (0.0 if m.kind == "anti" else 1.0) for m in wanted}
-    return run.result(vals, {s.names[0]: dict(vals)})
 
 
 def _assemble(wanted, hits, codes, s: Samples, nc1, lin: _LinearScore | None):
