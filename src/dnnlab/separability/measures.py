@@ -25,7 +25,7 @@ from dnnlab.separability.samples import (
     lone_samples,
 )
 from dnnlab.separability.search_plan import can_share, linear_need, plan_search
-from dnnlab.separability.tallies import Search, nc1_step, normalize_on_device, row_tallies
+from dnnlab.separability.tallies import nc1_step, normalize_on_device, row_tallies
 from dnnlab.separability.vocabulary import DEFAULT_MEASURES, parse_measures, search_order
 from dnnlab.utils.precision import highest_matmul_precision
 from dnnlab.utils.sizes import MEASURE_MEMORY, parse_size
@@ -155,20 +155,22 @@ def separability(
 
     # 4. The neighbour search and its tallies (tallies.py, knn.py), the linear fit that
     # shares its work, NC1.
-    search = Search(k, rows, mem_elems, group, progress, stats)
     with highest_matmul_precision():
         a, sq, work = normalize_on_device(
             s.x, dev, normalize_method, compute_dtype, in_place, share
         )
         codes = torch.as_tensor(s.codes, device=dev)
-        hits = row_tallies(a, sq, codes, wanted, search, len(s.names), work)
+        hits = row_tallies(
+            a, sq, codes, wanted, len(s.names), k, rows, mem_elems,
+            group=group, progress=progress, stats=stats, work=work,
+        )  # fmt: skip
         if work is not None:  # the fit may use the budget but for the normalized copy
             fit_memory = budget - (0 if in_place else s.n * s.d * 4)
             shared = fit_linear_shared(work, labels, max_memory=fit_memory, alpha=alpha)
             lin = _score(shared, test)
             notes.append(_linear_note(lin, s.n, test))
             del work
-        nc1, nc1_notes = nc1_step(a, codes, wanted, s.names, search, undefined, nc1_undefined)
+        nc1, nc1_notes = nc1_step(a, codes, wanted, s.names, mem_elems, undefined, nc1_undefined)
     notes += nc1_notes
 
     # 5. The values, whole and per class.

@@ -5,7 +5,6 @@ the tallies of each measure, k-NN votes and NC1."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -20,18 +19,6 @@ from dnnlab.separability.nc1 import nc1_values
 from dnnlab.separability.normalize import NormalizedRows, feature_stats, normalize_with_norms
 from dnnlab.separability.vocabulary import NO_SEARCH, ROW_KINDS, Measure
 from dnnlab.utils.chunks import chunk_rows
-
-
-@dataclass(frozen=True)
-class Search:
-    """Settings of the neighbour search: order k, rows per block, refinement memory (elements)."""
-
-    k: int
-    block: int
-    mem_elems: int
-    group: object
-    progress: bool
-    stats: knn.SearchStats | None
 
 
 def normalize_on_device(x, dev, normalize_method, compute_dtype, in_place, share=False):
@@ -70,23 +57,24 @@ def normalize_on_device(x, dev, normalize_method, compute_dtype, in_place, share
     return a, sq, SharedWork(a, *stats, torch.empty((n, n), dtype=a.dtype, device=dev))
 
 
-def _neighbour_tallies(a, sq, codes, wanted: list[Measure], search: Search, work=None):
+def _neighbour_tallies(
+    a, sq, codes, wanted: list[Measure], k, block, mem_elems, *, group, progress, stats, work
+):
     """One k-nearest search over a (N, D) -> (same, votes).
 
     same[r] (N,) int64: how many of each sample's r nearest share its label, for each order
     r a measure needs; votes[k] (N,) bool: the k nearest's majority label is the sample's own.
     """
-    stats = search.stats if search.stats is not None else knn.SearchStats()
-    bar = _progress_bar(a.shape[0], search.block, search.group, search.progress)
+    bar = _progress_bar(a.shape[0], block, group, progress)
     nbr = knn.k_nearest(
         a,
-        search.k,
-        search.block,
+        k,
+        block,
         sq=sq,
-        mem_elems=search.mem_elems,
+        mem_elems=mem_elems,
         progress=bar.update if bar else None,
-        group=search.group,
-        stats=stats,
+        group=group,
+        stats=stats if stats is not None else knn.SearchStats(),
         gram=None if work is None else work.gram,
     )
     if bar:
@@ -100,14 +88,14 @@ def _neighbour_tallies(a, sq, codes, wanted: list[Measure], search: Search, work
     return same, votes
 
 
-def nc1_step(a, codes, wanted, names, search: Search, undefined: str, reason: str | None):
+def nc1_step(a, codes, wanted, names, mem_elems: int, undefined: str, reason: str | None):
     """(None, []) when nc1 is not asked for; else ((nc1, [per class]), []), or NaNs and
     [the reason NC1 is undefined] when undefined="nan"."""
     if not any(m.kind == "nc1" for m in wanted):
         return None, []
     if reason is None:
         try:
-            return nc1_values(a, codes, len(names), names, search.mem_elems), []
+            return nc1_values(a, codes, len(names), names, mem_elems), []
         except UndefinedMeasure as e:
             if undefined != "nan":
                 raise
@@ -117,16 +105,32 @@ def nc1_step(a, codes, wanted, names, search: Search, undefined: str, reason: st
 
 
 def row_tallies(
-    a, sq, codes, wanted, search: Search, n_classes: int, work=None
+    a,
+    sq,
+    codes,
+    wanted,
+    n_classes: int,
+    k: int,
+    block: int,
+    mem_elems: int,
+    *,
+    group=None,
+    progress: bool = False,
+    stats: knn.SearchStats | None = None,
+    work=None,
 ) -> dict[str, torch.Tensor]:
-    """{measure name: (N,) int64 per-sample tally} for the measures that have one; the
-    search fills work.gram (linear.SharedWork) on the way when given."""
+    """{measure name: (N,) int64 per-sample tally} for the measures that have one, from a
+    search of order k (0: none) in blocks of `block` rows with `mem_elems` elements for
+    refinement tiles; the search fills work.gram (linear.SharedWork) on the way when given."""
     same, votes, own_center = {}, {}, None
-    if search.k:
-        same, votes = _neighbour_tallies(a, sq, codes, wanted, search, work)
+    if k:
+        same, votes = _neighbour_tallies(
+            a, sq, codes, wanted, k, block, mem_elems,
+            group=group, progress=progress, stats=stats, work=work,
+        )  # fmt: skip
     if any(m.kind == "csi" for m in wanted):
         centers = class_centers(a, codes, n_classes)
-        own_center = knn.nearest_center(a, centers, search.block, search.mem_elems, sq=sq) == codes
+        own_center = knn.nearest_center(a, centers, block, mem_elems, sq=sq) == codes
     return {m.name: _row_hits(m, same, votes, own_center) for m in wanted if m.kind in ROW_KINDS}
 
 
