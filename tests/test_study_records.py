@@ -13,7 +13,7 @@ import dnnlab.cifar.train as T
 from dnnlab.errors import InputError
 from dnnlab.study.config import parse_run_name, run_name, study_config
 from dnnlab.study.manifest import MANIFEST, ManifestError, read_manifest, verify, write_manifest
-from dnnlab.study.publish import publish, read_published
+from dnnlab.study.publish import publish, published_section, read_published
 from dnnlab.study.study import StudyError, run_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,3 +272,20 @@ def test_the_factorial_interaction_is_the_four_term_contrast(tmp_path):
     # Without the study's cell there is no interaction, and the report says why.
     r = factorial({"factorial-course-softmax": folders["factorial-course-softmax"]})
     assert r["interaction"] is None and "clipped-cpu" in r["why"]
+
+
+def test_a_study_in_progress_says_what_is_still_to_come(seeded, tmp_path):
+    _, _, pub = seeded
+    assert read_published(pub.parent)["studies"][0]["missing"] == []  # all four published
+    part = shutil.copytree(pub, tmp_path / "results" / "part")
+    shutil.rmtree(part / "runs" / "bn-seed1")  # as published before its last run finished
+    writers = {
+        rel: e["writer"]
+        for rel, e in read_manifest(part)["files"].items()
+        if not rel.startswith("runs/bn-seed1/")
+    }
+    write_manifest(part, writers, "abc")
+    got = read_published(tmp_path / "results")
+    assert got["studies"][0]["missing"] == ["bn-seed1"] and got["studies"][0]["planned"] == 4
+    text = "\n".join(published_section(got)[0])
+    assert "IN PROGRESS: 3 of the 4 runs it plans are finished, still to come: bn-seed1" in text

@@ -261,6 +261,7 @@ def read_published(root) -> dict:
             }
             for variant, names in runs_by_variant(per_run).items()
         }
+        diverged = sorted(diverged_runs(d, [r.name for r in (d / "runs").glob("*")]))
         studies.append(
             {
                 "path": str(d),
@@ -279,7 +280,13 @@ def read_published(root) -> dict:
                 ),
                 "rows": rows,
                 "left_out": left_out,
-                "diverged": sorted(diverged_runs(d, [r.name for r in (d / "runs").glob("*")])),
+                "diverged": diverged,
+                # Planned by the study (study.json's runs) and not published yet: a study
+                # published run by run says what is still to come.
+                "planned": len(st.get("runs") or []),
+                "missing": [
+                    r for r in st.get("runs") or [] if r not in per_run and r not in diverged
+                ],
             }
         )
     studies.sort(key=lambda s: (s["recipe"] != "course", s["path"]))
@@ -319,6 +326,11 @@ def _published_label(s: dict) -> str:
         text += f"; diverged under this recipe (no result): {', '.join(s['diverged'])}"
     if s["left_out"]:
         text += f"; left out (records do not match): {', '.join(s['left_out'])}"
+    if s["missing"]:
+        text += (
+            f"; IN PROGRESS: {s['planned'] - len(s['missing'])} of the {s['planned']} runs it "
+            f"plans are finished, still to come: {', '.join(s['missing'])}"
+        )
     return text
 
 
