@@ -2,6 +2,7 @@
 seconds that survive a kill, publication after every run, and published folders that prove
 they are untouched (manifest.json)."""
 
+import hashlib
 import json
 import shutil
 from dataclasses import replace
@@ -289,3 +290,15 @@ def test_a_study_in_progress_says_what_is_still_to_come(seeded, tmp_path):
     assert got["studies"][0]["missing"] == ["bn-seed1"] and got["studies"][0]["planned"] == 4
     text = "\n".join(published_section(got)[0])
     assert "IN PROGRESS: 3 of the 4 runs it plans are finished, still to come: bn-seed1" in text
+
+
+def test_the_weights_stay_out_but_their_hashes_are_published(seeded):
+    _, study, pub = seeded
+    w = json.loads((pub / "weights.json").read_text())
+    assert w["published"] is False and set(w["runs"]) == {"base", "base-seed1", "bn", "bn-seed1"}
+    best = w["runs"]["bn-seed1"]["best.pt"]
+    assert Path(best["path"]) == (study / "runs" / "bn-seed1" / "best.pt").resolve()
+    assert best["sha256"] == hashlib.sha256(Path(best["path"]).read_bytes()).hexdigest()
+    assert not list(pub.rglob("*.pt"))
+    text = "\n".join(published_section(read_published(pub.parent))[0])
+    assert "weights not published: where they were and their sha256 in weights.json" in text

@@ -5,9 +5,11 @@
 copies study.json (plus the commit it was published from), report.md, report.html,
 figures/*.png and, for each run whose records match the study, runs/<run>/{config.json,
 metrics.csv, summary.json, probe.csv, stages.json, test_predictions.json, whole-splits/} and
-its PNG figures, then writes manifest.json (manifest.py: every file's sha256 and the command
-that wrote it). The new folder is assembled beside the destination and swapped in only when
-complete, so an earlier publication is never lost to a half-written one.
+its PNG figures, and weights.json (where each run's best.pt and last.pt were, with their
+sha256: the weights themselves stay out of the repository), then writes manifest.json
+(manifest.py: every file's sha256 and the command that wrote it). The new folder is
+assembled beside the destination and swapped in only when complete, so an earlier
+publication is never lost to a half-written one.
 
 An existing destination is replaced only when it is a publication of the same study (the
 same fingerprint: settings and data) that still matches its manifest: publishing again as
@@ -30,7 +32,7 @@ from dnnlab.cifar.models import VARIANTS
 from dnnlab.errors import InputError
 from dnnlab.study.course import COURSE_SI, COURSE_TEST_ACC, rank_agreement
 from dnnlab.study.factorial import CELLS, factorial, factorial_lines
-from dnnlab.study.manifest import MANIFEST, ManifestError, verify, write_manifest
+from dnnlab.study.manifest import MANIFEST, ManifestError, file_sha256, verify, write_manifest
 from dnnlab.study.markup import num, pct
 from dnnlab.study.records import (
     FEATURE_LAYER,
@@ -55,6 +57,10 @@ RUN_FILES = ("config.json", "metrics.csv", "summary.json", "probe.csv")
 # trained since they were recorded); whole-splits/: the last layers on the whole splits.
 OPTIONAL_RUN_FILES = ("stages.json", "test_predictions.json")
 WHOLE_SPLITS_FILES = ("probe.json", "probe.csv")
+# The weights stay out of the repository (13.7 MB a checkpoint of the study's networks, with
+# the optimizer's state); this file says where each run's were and their sha256.
+WEIGHTS = "weights.json"
+WEIGHT_FILES = ("best.pt", "last.pt")
 # What `dnnlab train` writes into a run folder, among the published files.
 TRAIN_FILES = (
     "config.json",
@@ -75,6 +81,8 @@ def writer_of(rel: str) -> str:
     name = parts[-1]
     if parts == ["study.json"]:
         return "dnnlab study (its record), with --publish's commit and published runs added"
+    if parts == [WEIGHTS]:
+        return "dnnlab study --publish (the unpublished weights: where they were, their sha256)"
     if parts[0] != "runs":
         return "dnnlab study (report)"
     if len(parts) == 4 and parts[2] == WHOLE_SPLITS:
@@ -194,6 +202,19 @@ def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
             for f in ("config.json", "divergence.json", "divergence.png"):
                 if (out / "runs" / m / f).exists():
                     shutil.copy2(out / "runs" / m / f, tmp / "runs" / m / f)
+        weights = {
+            m: {
+                f: {
+                    "path": str((out / "runs" / m / f).resolve()),
+                    "sha256": file_sha256(out / "runs" / m / f),
+                    "bytes": (out / "runs" / m / f).stat().st_size,
+                }
+                for f in WEIGHT_FILES
+                if (out / "runs" / m / f).is_file()
+            }
+            for m in variants
+        }
+        atomic_write_json(tmp / WEIGHTS, {"published": False, "runs": weights})
         rels = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
         write_manifest(tmp, {r: writer_of(r) for r in rels}, commit)
         old = None
@@ -284,6 +305,7 @@ def read_published(root) -> dict:
                 # Planned by the study (study.json's runs) and not published yet: a study
                 # published run by run says what is still to come.
                 "planned": len(st.get("runs") or []),
+                "weights": (d / WEIGHTS).is_file(),
                 "missing": [
                     r for r in st.get("runs") or [] if r not in per_run and r not in diverged
                 ],
@@ -326,6 +348,8 @@ def _published_label(s: dict) -> str:
         text += f"; diverged under this recipe (no result): {', '.join(s['diverged'])}"
     if s["left_out"]:
         text += f"; left out (records do not match): {', '.join(s['left_out'])}"
+    if s["weights"]:
+        text += f"; weights not published: where they were and their sha256 in {WEIGHTS}"
     if s["missing"]:
         text += (
             f"; IN PROGRESS: {s['planned'] - len(s['missing'])} of the {s['planned']} runs it "
