@@ -15,6 +15,7 @@ from dnnlab.study.config import parse_run_name, run_name, study_config
 from dnnlab.study.manifest import MANIFEST, ManifestError, read_manifest, verify, write_manifest
 from dnnlab.study.publish import publish, read_published
 from dnnlab.study.study import StudyError, run_study
+from tests.page_oracle import assert_page_says_what_markdown_says
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,6 +86,7 @@ def test_seeds_give_runs_means_and_intervals(seeded):
     assert "Reproducibility of the ranking: not measured" in md
     assert "## Last layers on the whole validation and test splits" in md
     assert "| bn | 2 | val | avgpool |" in md and "| 0.883 |" in md
+    assert_page_says_what_markdown_says(out)
 
 
 def test_a_study_grows_by_seeds_and_resumed_settings_are_checked(seeded, tmp_path):

@@ -254,7 +254,7 @@ def cmd_study(args) -> int:
         # the report (the quick run beside them checks the pipeline).
         from dnnlab.study.publish import published_section, read_published
 
-        print("\n".join(published_section(read_published(args.published))[0]))
+        print("\n".join(published_section(read_published(args.published))))
     return 0
 
 
