@@ -16,14 +16,14 @@ from tests.page_oracle import assert_page_says_what_markdown_says, read_page, wo
 RENDER = MarkdownIt("commonmark", {"html": False}).enable("table")
 # Any text a record may hold: letters, digits, punctuation (every Markdown character),
 # spaces, tabs and line breaks; no other control characters.
-TEXT = st.text(
+ANY_TEXT = st.text(
     st.characters(blacklist_categories=("Cs", "Cc"), whitelist_characters="\t\n\r")
     | st.sampled_from(list("\\`*_[]<>&|#~!()-+=.:1 ")),
     max_size=30,
 )
 # ... and text that starts as a block would: a list item, a heading, a quote, a rule.
 TEXT = st.tuples(
-    st.sampled_from(["", "1. ", " 12) ", "- ", "+", "=", "***", "# ", "> "]), TEXT
+    st.sampled_from(["", "1. ", " 12) ", "- ", "+", "=", "***", "# ", "> "]), ANY_TEXT
 ).map("".join)
 
 
