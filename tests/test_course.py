@@ -16,6 +16,7 @@ from dnnlab.study.report import write_report
 from dnnlab.study.stats import spearman_exact
 from dnnlab.study.study import run_study
 from tests.fakes import make_image_tree
+from tests.page_oracle import assert_page_says_what_markdown_says
 
 
 def oracle_ranks(v):
@@ -186,6 +187,7 @@ def test_a_diverged_variant_is_reported_with_its_curve_and_published(budget_stud
     assert "(learning rate 0.1), after 9.5 the step before" in md
     assert "Not ranked, as they diverged under this recipe: paths2-shared." in md
     assert "![paths2-shared: loss until it diverged](runs/paths2-shared/divergence.png)" in md
+    assert_page_says_what_markdown_says(out)  # the loss curve embedded, the course's tables
     results = tmp_path / "results"
     publish(out, results / "budget-cpu", commit="abc123")
     rec = json.loads((results / "budget-cpu" / "study.json").read_text())
@@ -197,3 +199,4 @@ def test_a_diverged_variant_is_reported_with_its_curve_and_published(budget_stud
     assert (
         "diverged under this recipe (no result): paths2-shared" in (out / "report.md").read_text()
     )
+    assert_page_says_what_markdown_says(out)

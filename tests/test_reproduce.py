@@ -17,6 +17,7 @@ from dnnlab.study.config import study_config
 from dnnlab.study.reproduce import ReproduceConfig, judge, read_metrics, reproduce
 from dnnlab.study.study import run_study
 from tests.fakes import make_image_tree, tiny_train_config
+from tests.page_oracle import assert_page_says_what_markdown_says
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,9 @@ def test_a_published_run_reproduces_identically(published, tmp_path):
     assert [row["val_acc"] for row in got] == [row["val_acc"] for row in want]
     assert json.loads((out / "reproduction.json").read_text())["verdict"] == "identical"
     report = (out / "report.md").read_text()
-    assert "Reproduced exactly" in report and "base-seed1" in report
+    assert "reproduced exactly" in report and "base-seed1" in report
+    assert "Published studies" in report  # --published: shown first
+    assert_page_says_what_markdown_says(out)  # report.html rendered from report.md
     # A second call reuses the epochs there: nothing is trained again.
     before = (out / "run" / "last.pt").stat().st_mtime_ns
     reproduce(
@@ -150,6 +153,6 @@ def test_reproduce_command_prints_the_comparison(published, tmp_path, capsys, mo
     argv = ["reproduce", str(pub / "runs" / "base"), "--epochs", "1", "--data-root", str(tree)]
     assert main([*argv, "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "Reproduced exactly" in text and "epoch 1 of 2" in text
+    assert "reproduced exactly" in text and "epoch 1 of 2" in text
     assert main([*argv, "--epochs", "0", "--out", str(out)]) == 2
     assert main([*argv[:2], "--out", str(Path(tmp_path) / "x")]) == 2  # no data given

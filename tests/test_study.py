@@ -21,6 +21,7 @@ from dnnlab.study.publish import publish, read_published
 from dnnlab.study.report import write_report
 from dnnlab.study.study import StudyError, run_study
 from tests.fakes import cli, make_image_tree
+from tests.page_oracle import assert_page_says_what_markdown_says
 
 
 def tiny(tree, models, **kw):
@@ -80,6 +81,7 @@ def test_study_trains_probes_reports_and_resumes(tree, tmp_path):
     # whole splits.
     assert page.count("<table>") == 2
     assert page.count("data:image/png;base64,") >= 3
+    assert_page_says_what_markdown_says(out)  # rendered from report.md: the same tables
     # A second run finds everything done and trains nothing.
     stamp = (out / "runs" / "base" / "best.pt").stat().st_mtime_ns
     run_study(cfg, out, log=lambda *_: None)
@@ -250,7 +252,9 @@ def test_report_links_extra_figures_from_where_it_is(tmp_path):
     assert "(../s-detector/photos/cat%20%281%29.jpg)" in md
     for link in ("det/a.jpg", "../s-detector/photos/b.jpg"):
         assert (out / link).is_file()
-    assert (out / "report.html").read_text().count('<img alt="') >= 2
+    # Each embedded in the page from the file its link names (the oracle reads the files).
+    page = assert_page_says_what_markdown_says(out)
+    assert [alt for alt, _ in page["images"]] == ["a", "b", "cat (1)"]
 
 
 def test_report_leaves_out_runs_whose_records_do_not_match(tree, tmp_path):

@@ -16,6 +16,7 @@ from dnnlab.study.config import parse_run_name, run_name, study_config
 from dnnlab.study.manifest import MANIFEST, ManifestError, read_manifest, verify, write_manifest
 from dnnlab.study.publish import publish, published_section, read_published
 from dnnlab.study.study import StudyError, run_study
+from tests.page_oracle import assert_page_says_what_markdown_says
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,6 +87,7 @@ def test_seeds_give_runs_means_and_intervals(seeded):
     assert "Reproducibility of the ranking: not measured" in md
     assert "## Last layers on the whole validation and test splits" in md
     assert "| bn | 2 | val | avgpool |" in md and "| 0.883 |" in md
+    assert_page_says_what_markdown_says(out)
 
 
 def test_a_study_grows_by_seeds_and_resumed_settings_are_checked(seeded, tmp_path):
@@ -288,7 +290,7 @@ def test_a_study_in_progress_says_what_is_still_to_come(seeded, tmp_path):
     write_manifest(part, writers, "abc")
     got = read_published(tmp_path / "results")
     assert got["studies"][0]["missing"] == ["bn-seed1"] and got["studies"][0]["planned"] == 4
-    text = "\n".join(published_section(got)[0])
+    text = "\n".join(published_section(got))
     assert "IN PROGRESS: 3 of the 4 runs it plans are finished, still to come: bn-seed1" in text
 
 
@@ -300,5 +302,5 @@ def test_the_weights_stay_out_but_their_hashes_are_published(seeded):
     assert Path(best["path"]) == (study / "runs" / "bn-seed1" / "best.pt").resolve()
     assert best["sha256"] == hashlib.sha256(Path(best["path"]).read_bytes()).hexdigest()
     assert not list(pub.rglob("*.pt"))
-    text = "\n".join(published_section(read_published(pub.parent))[0])
+    text = "\n".join(published_section(read_published(pub.parent)))
     assert "weights not published: where they were and their sha256 in weights.json" in text

@@ -263,7 +263,7 @@ def cmd_study(args) -> int:
         # the report (the quick run beside them checks the pipeline).
         from dnnlab.study.publish import published_section, read_published
 
-        print("\n".join(published_section(read_published(args.published))[0]))
+        print("\n".join(published_section(read_published(args.published))))
     return 0
 
 
@@ -505,7 +505,7 @@ def cmd_reproduce(args) -> int:
         progress=sys.stderr.isatty(),
     )
     if args.published:
-        print("\n".join(published_section(read_published(args.published))[0]))
+        print("\n".join(published_section(read_published(args.published))))
     print("\n".join(reproduction_markdown(result, Path(args.out))))
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dnnlab.study.markup import md_grid
 from dnnlab.study.records import per_image_correct, runs_by_variant
 from dnnlab.study.stats import contrast
 
@@ -84,21 +85,21 @@ def factorial(folders: dict[str, Path]) -> dict:
 
 def factorial_lines(result: dict) -> list[str]:
     """Markdown lines: the gain per cell and the interaction with what it means."""
+    rows = []
+    for (opt, head), c in result["cells"].items():
+        if c is None:
+            rows.append([opt, head, "–", "not published yet", "–"])
+            continue
+        interval = "one seed" if c["low"] is None else f"[{c['low']:+.2f}, {c['high']:+.2f}]"
+        rows.append([opt, head, f"{c['diff']:+.2f}", interval, f"{c['seeds'][0]}, {c['seeds'][1]}"])
     lines = [
         "### Recipe factorial: is the course's normalization gain its recipe's?",
         "",
-        "| optimizer | head | bn − base (points) | 95 % interval | seeds (bn, base) |",
-        "|---|---|---|---|---|",
+        md_grid(
+            ["optimizer", "head", "bn − base (points)", "95 % interval", "seeds (bn, base)"], rows
+        ),
+        "",
     ]
-    for (opt, head), c in result["cells"].items():
-        if c is None:
-            lines.append(f"| {opt} | {head} | – | not published yet | – |")
-            continue
-        interval = "one seed" if c["low"] is None else f"[{c['low']:+.2f}, {c['high']:+.2f}]"
-        lines.append(
-            f"| {opt} | {head} | {c['diff']:+.2f} | {interval} | {c['seeds'][0]}, {c['seeds'][1]} |"
-        )
-    lines.append("")
     i = result["interaction"]
     if i is None:
         lines += [f"Interaction: not computed ({result['why']}).", ""]

@@ -22,7 +22,6 @@ reads them back, and published_section is their table.
 
 from __future__ import annotations
 
-import html
 import os
 import shutil
 import subprocess
@@ -33,7 +32,7 @@ from dnnlab.errors import InputError
 from dnnlab.study.course import COURSE_SI, COURSE_TEST_ACC, rank_agreement
 from dnnlab.study.factorial import CELLS, factorial, factorial_lines
 from dnnlab.study.manifest import MANIFEST, ManifestError, file_sha256, verify, write_manifest
-from dnnlab.study.markup import num, pct
+from dnnlab.study.markup import md_grid, md_text, num, pct
 from dnnlab.study.records import (
     FEATURE_LAYER,
     WHOLE_SPLITS,
@@ -358,25 +357,24 @@ def _published_label(s: dict) -> str:
     return text
 
 
-def published_section(pub: dict) -> tuple[list[str], list[str]]:
-    """Markdown and HTML parts: the published full-study comparison, or a plain note."""
+def published_section(pub: dict) -> list[str]:
+    """Markdown lines: the published full-study comparison, or a plain note."""
     title = "Published studies (measured results, read from the repository)"
     studies = pub["studies"]
     refusals = [
-        f"Refused, nothing shown from it: {r['path']}: {r['why']}" for r in pub.get("refused", [])
+        md_text(f"Refused, nothing shown from it: {r['path']}: {r['why']}")
+        for r in pub.get("refused", [])
     ]
     if not studies:
         note = (
-            f"No study results are published yet (nothing under {pub['root']} that passes "
-            "its manifest check): this report shows only this run's own numbers."
+            f"No study results are published yet (nothing under {md_text(pub['root'])} that "
+            "passes its manifest check): this report shows only this run's own numbers."
         )
-        md = [f"## {title}", "", note, ""] + [x for t in refusals for x in (t, "")]
-        page = [f"<h2>{title}</h2>", f"<p>{html.escape(note)}</p>"]
-        return md, page + [f"<p class=note>{html.escape(t)}</p>" for t in refusals]
-    labels = [_published_label(s) for s in studies]
+        return [f"## {title}", "", note, ""] + [x for t in refusals for x in (t, "")]
+    labels = [md_text(_published_label(s)) for s in studies]
     header = ["Model", "Course's Test ACC"]
     for s in studies:
-        r = s["recipe"]
+        r = md_text(s["recipe"])
         header += [
             f"Test ACC ({r})",
             f"SI Val ({r})",
@@ -413,19 +411,4 @@ def published_section(pub: dict) -> tuple[list[str], list[str]]:
     factorial_md = []
     if any(name in folders for name in CELLS.values() if name.startswith("factorial-")):
         factorial_md = factorial_lines(factorial(folders))
-    md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(r) + " |" for r in rows] + [""] + factorial_md
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
-    )
-    page = [
-        f"<h2>{title}</h2>",
-        f"<p class=note>{html.escape(intro)}</p>",
-        "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in labels) + "</ul>",
-        *(f"<p class=note>{html.escape(t)}</p>" for t in refusals),
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
-    ]
-    if factorial_md:
-        page.append(f"<pre>{html.escape(chr(10).join(factorial_md))}</pre>")
-    return md, page
+    return md + [md_grid(header, rows), ""] + factorial_md

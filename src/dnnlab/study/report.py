@@ -1,4 +1,5 @@
-"""The study report: report.md plus a self-contained report.html (images embedded).
+"""The study report: report.md, and report.html rendered from it (self-contained: images
+embedded; markup.md_page).
 
 Tables follow the course's layout, Model | Val ACC | Test ACC | SI Val | CSI Val | SI Test |
 CSI Test at the last feature layer (avgpool), with the course's published test accuracy
@@ -14,9 +15,7 @@ commit.
 
 from __future__ import annotations
 
-import html
 import os
-import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from dnnlab.study.course import (
     conclusions,
     rank_agreement,
 )
-from dnnlab.study.markup import html_grid, img_tag, md_grid
+from dnnlab.study.markup import md_code, md_grid, md_link, md_page, md_text
 from dnnlab.study.overlay import overlay_plot
 from dnnlab.study.publish import published_section
 from dnnlab.study.records import (
@@ -121,28 +120,6 @@ HEADER = [
     "Course's Test ACC (reference)",
 ]
 
-SELF_CHECK = """<script>
-window.addEventListener('load', function () {
-  var bad = [];
-  document.querySelectorAll('img').forEach(function (im) {
-    if (!(im.complete && im.naturalWidth > 0 && im.getBoundingClientRect().height > 0))
-      bad.push('image ' + im.alt);
-  });
-  document.querySelectorAll('table').forEach(function (t, i) {
-    if (t.getBoundingClientRect().height <= 0) bad.push('table ' + i);
-  });
-  document.body.setAttribute('data-check', bad.length ? 'FAILED: ' + bad.join('; ') :
-    'ok ' + document.images.length + ' images ' +
-    document.querySelectorAll('table').length + ' tables');
-});
-</script>"""
-
-
-CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;
-text-align:right}td:first-child,th:first-child{text-align:left}th{background:#eee}
-img{max-width:100%;display:block;margin:0.5em 0}.note{color:#666;font-size:0.9em}"""
-
 
 def detector_section(det: Path) -> tuple[str, str, list[Path]]:
     """The detector's evaluation records (one per evaluated folder) and its annotated
@@ -162,7 +139,8 @@ def write_report(
     """Write out/report.md and out/report.html of the study in `out`, from its records
     alone (study.json's settings and runs, each run's records); returns the HTML path.
 
-    Each section below gives (Markdown lines, HTML parts) from the same content."""
+    Each section below gives its Markdown lines; report.html is rendered from report.md's
+    text (markup.md_page), so the two say the same."""
     out = Path(out)
     study = read_study(out)
     cfg = recorded_config(out, study)  # its settings, checked
@@ -180,15 +158,11 @@ def write_report(
         _comparisons(out, seeds),
         _cka_section(out, runs),
         _variant_figures(out, runs),
-        _extra_sections(out, extra_sections),
+        extra_section_lines(out, extra_sections),
     ]
-    md = [line for lines, _ in sections for line in lines]
-    body = [part for _, parts in sections for part in parts]
-    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-    page = (
-        f"<!doctype html><html><head><meta charset=utf-8><title>dnnlab study</title>"
-        f"<style>{CSS}</style></head><body>{''.join(body)}{SELF_CHECK}</body></html>"
-    )
+    text = "\n".join(line for lines in sections for line in lines) + "\n"
+    page = md_page(text, out)  # rendered first: a figure it cannot read changes neither file
+    atomic_write_text(out / "report.md", text)
     atomic_write_text(out / "report.html", page)
     return out / "report.html"
 
@@ -198,7 +172,7 @@ def _seeds_text(seeds: dict[str, list[str]]) -> str:
     groups: dict[str, list[str]] = {}
     for m, runs in seeds.items():
         numbers = ", ".join(str(parse_run_name(r)[1]) for r in runs)
-        groups.setdefault(numbers, []).append(m)
+        groups.setdefault(numbers, []).append(md_text(m))
     if not groups:
         return "no finished runs"
     return "; ".join(
@@ -206,10 +180,10 @@ def _seeds_text(seeds: dict[str, list[str]]) -> str:
     )
 
 
-def _header(study: dict, cfg, budget: str, skipped, seeds) -> tuple[list[str], list[str]]:
+def _header(study: dict, cfg, budget: str, skipped, seeds) -> list[str]:
     """Title, the budget the runs recorded, seeds, recipe and device; runs left out, and why."""
     label = study_label(cfg)
-    where = f"Recipe: {cfg.recipe}. Device: {study.get('device_name') or cfg.device}."
+    where = f"Recipe: {cfg.recipe}. Device: {md_text(study.get('device_name') or cfg.device)}."
     seed_text = f"Training seeds: {_seeds_text(seeds)}."
     if seeds and all(len(r) == 1 for r in seeds.values()):
         seed_text += (
@@ -225,26 +199,20 @@ def _header(study: dict, cfg, budget: str, skipped, seeds) -> tuple[list[str], l
     md = [
         f"# dnnlab CIFAR-10 architecture study: {label}",
         "",
-        f"Budget, as the runs recorded it: {budget}. {where}",
+        f"Budget, as the runs recorded it: {md_text(budget)}. {where}",
         "",
         seed_text,
         "",
         note,
         "",
     ]
-    body = [
-        f"<h1>dnnlab CIFAR-10 architecture study: {html.escape(label)}</h1>",
-        f"<p>Budget, as the runs recorded it: {html.escape(budget)}. {html.escape(where)}</p>",
-        f"<p>{html.escape(seed_text)}</p>",
-        f"<p class=note>{html.escape(note.replace('`', ''))}</p>",
-    ]
     for m, why in skipped:
-        md += [f"Left out of the tables: `{m}`: its records do not match the study ({why}).", ""]
-        body.append(
-            f"<p class=note>Left out of the tables: {html.escape(m)}: its records do "
-            f"not match the study ({html.escape(why)}).</p>"
-        )
-    return md, body
+        md += [
+            f"Left out of the tables: {md_code(m)}: its records do not match the study "
+            f"({md_text(why)}).",
+            "",
+        ]
+    return md
 
 
 def study_label(cfg) -> str:
@@ -271,7 +239,7 @@ def _rho_text(r: dict, n_text: str) -> str:
     )
 
 
-def _course_section(out: Path, seeds, runs, quick: bool) -> tuple[list[str], list[str]]:
+def _course_section(out: Path, seeds, runs, quick: bool) -> list[str]:
     """The mean test accuracies of the variants (`seeds`: {variant: its matching runs})
     beside the course's 100-epoch numbers: both rankings, Spearman's rho with its p-value,
     the rank correlation between seeds, and each of the course's conclusions with its
@@ -280,7 +248,7 @@ def _course_section(out: Path, seeds, runs, quick: bool) -> tuple[list[str], lis
     acc = {m: float(np.mean(v)) for m, v in acc_seeds.items()}
     r, both = rank_agreement(acc)
     if quick or len(both) < 2:  # nothing to compare with the course
-        return [], []
+        return []
     title = "Against the course's 100-epoch results"
     ours = sorted(both, key=lambda m: -acc[m])
     theirs = sorted(both, key=lambda m: -COURSE_TEST_ACC[m])
@@ -313,16 +281,12 @@ def _course_section(out: Path, seeds, runs, quick: bool) -> tuple[list[str], lis
     )
     md = [f"## {title}", ""] + [x for t in texts for x in (t, "")] + [md_grid(head, rows), ""]
     md += [explain, "", md_grid(c_head, c_rows), ""]
-    body = [f"<h2>{html.escape(title)}</h2>"] + [f"<p>{html.escape(t)}</p>" for t in texts]
-    body += [html_grid(head, rows), f"<p class=note>{html.escape(explain)}</p>"]
-    body.append(html_grid(c_head, c_rows))
     plot = out / "figures" / "all_variants_si_csi.png"
     measures = (("si", "SI"), ("csi", "CSI"))
     firsts = [rs[0] for rs in seeds.values()]
     if overlay_plot(out, "All variants", firsts, plot, "test", measures, first_layers=True):
         md += ["![All variants: SI and CSI per layer](figures/all_variants_si_csi.png)", ""]
-        body.append(img_tag(plot, "All variants: SI and CSI per layer"))
-    return md, body
+    return md
 
 
 # The study's own ranking is called reproducible when two seeds' orderings correlate at
@@ -383,7 +347,7 @@ def _conclusion_rows(out: Path, seeds, acc_seeds) -> tuple[list[str], list[list[
     return c_head, c_rows
 
 
-def _last_layers_section(out: Path, seeds) -> tuple[list[str], list[str]]:
+def _last_layers_section(out: Path, seeds) -> list[str]:
     """SI and CSI of the last layers on the whole validation and test splits (the study's
     second probe), each with its 95 % image-sampling interval, mean over seeds; the course's
     own figure beside bn's where it states one."""
@@ -394,7 +358,7 @@ def _last_layers_section(out: Path, seeds) -> tuple[list[str], list[str]]:
             continue
         for split in ("val", "test"):
             for layer in LAST_LAYERS:
-                cells = [m, str(len(runs)), split, layer]
+                cells = [md_text(m), str(len(runs)), split, layer]
                 for key in ("si", "csi"):
                     got = [value_at(p, split, layer, key) for p in per_run]
                     n = value_at(per_run[0], split, layer, "n")
@@ -409,7 +373,7 @@ def _last_layers_section(out: Path, seeds) -> tuple[list[str], list[str]]:
                 cells.append("–" if course is None else f"{course:.3f}")
                 rows.append(cells)
     if not rows:
-        return [], []
+        return []
     title = "Last layers on the whole validation and test splits"
     text = (
         "SI and CSI of avgpool, fc1 and fc2 on every validation and test image (not the "
@@ -420,17 +384,15 @@ def _last_layers_section(out: Path, seeds) -> tuple[list[str], list[str]]:
         "write-up states one (bn, validation, avgpool: 0.883), not measured here."
     )
     head = ["Model", "Seeds", "split", "layer", "SI", "CSI", "Course's SI"]
-    md = [f"## {title}", "", text, "", md_grid(head, rows), ""]
-    body = [f"<h2>{html.escape(title)}</h2>", f"<p class=note>{html.escape(text)}</p>"]
-    return md, body + [html_grid(head, rows)]
+    return [f"## {title}", "", text, "", md_grid(head, rows), ""]
 
 
-def _diverged_section(out: Path, runs, recipe: str) -> tuple[list[str], list[str]]:
+def _diverged_section(out: Path, runs, recipe: str) -> list[str]:
     """The runs that could not train under the study's recipe, each with its loss curve:
     reported as such, counted, not hidden and not given other settings."""
     runs = diverged_runs(out, runs)
     if not runs:
-        return [], []
+        return []
     title = f"Runs that did not train under this recipe ({len(runs)})"
     intro = (
         f"With the {recipe} recipe's common settings these runs diverged: the training "
@@ -438,7 +400,6 @@ def _diverged_section(out: Path, runs, recipe: str) -> tuple[list[str], list[str
         "left out of every table above and of the rank correlation."
     )
     md = [f"## {title}", "", intro, ""]
-    body = [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(intro)}</p>"]
     for m, d in runs.items():
         steps = d.get("steps") or []
         bad = d.get("first_non_finite_step")
@@ -450,20 +411,18 @@ def _diverged_section(out: Path, runs, recipe: str) -> tuple[list[str], list[str
             + (f", after {last[0]:.3g} the step before" if last else "")
             + "."
         )
-        md += [f"- {text}", ""]
-        body.append(f"<p>{html.escape(text)}</p>")
+        md += [f"- {md_text(text)}", ""]
         fig = out / "runs" / m / "divergence.png"
         if fig.exists():
-            md += [f"![{m}: loss until it diverged](runs/{m}/{fig.name})", ""]
-            body.append(img_tag(fig, f"{m}: loss until it diverged"))
-    return md, body
+            link = md_link(f"runs/{m}/{fig.name}")
+            md += [f"![{md_text(m)}: loss until it diverged]({link})", ""]
+    return md
 
 
-def _comparisons(out: Path, seeds) -> tuple[list[str], list[str]]:
+def _comparisons(out: Path, seeds) -> list[str]:
     """One table (and per-layer panel, of each variant's first seed) per comparison with at
     least two of its variants among the matching runs (`seeds`: {variant: runs})."""
     md: list[str] = []
-    body: list[str] = []
     for title, models, references in COMPARISONS:
         models = [m for m in models if m in seeds]
         rows = table_rows(out, seeds, models)
@@ -473,31 +432,23 @@ def _comparisons(out: Path, seeds) -> tuple[list[str], list[str]]:
         plot = out / "figures" / f"compare_{slug}.png"
         has_plot = overlay_plot(out, title, [seeds[m][0] for m in models], plot)
         md += [f"## {title}", "", md_grid(HEADER, rows), ""]
-        body += [f"<h2>{html.escape(title)}</h2>", html_grid(HEADER, rows)]
         if has_plot:
             md += [f"![{title}: per layer](figures/{plot.name})", ""]
-            body.append(img_tag(plot, f"{title}: per layer"))
-    return md, body
+    return md
 
 
-def _cka_section(out: Path, models) -> tuple[list[str], list[str]]:
+def _cka_section(out: Path, models) -> list[str]:
     """The CKA heatmap of base against bn, when the study computed it."""
     cka = out / "runs" / "base" / "cka_with_bn_val.png"
     if not (cka.exists() and {"base", "bn"} <= set(models)):
-        return [], []
+        return []
     title = "Representation similarity: base against bn"
     text = (
         "Linear and unbiased CKA between each layer of base (rows) and of bn "
         "(columns) on validation images; 1 = the same representation up to rotation "
         "and scale."
     )
-    md = [f"## {title}", "", text, "", f"![CKA base vs bn](runs/base/{cka.name})", ""]
-    body = [
-        f"<h2>{title}</h2>",
-        f"<p class=note>{html.escape(text)}</p>",
-        img_tag(cka, "CKA base vs bn"),
-    ]
-    return md, body
+    return [f"## {title}", "", text, "", f"![CKA base vs bn](runs/base/{cka.name})", ""]
 
 
 VARIANT_FIGURES = (
@@ -509,10 +460,9 @@ VARIANT_FIGURES = (
 )
 
 
-def _variant_figures(out: Path, models) -> tuple[list[str], list[str]]:
+def _variant_figures(out: Path, models) -> list[str]:
     """Each variant's training curves and probe figures."""
     md = ["## Per-variant figures", ""]
-    body = ["<h2>Per-variant figures</h2>"]
     for m in models:
         run = out / "runs" / m
         pics = [run / f for f in VARIANT_FIGURES]
@@ -521,27 +471,25 @@ def _variant_figures(out: Path, models) -> tuple[list[str], list[str]]:
         pics = [p for p in pics if p.exists()]
         if not pics:
             continue
-        md += [f"### {m}", ""] + [f"![{m} {p.stem}](runs/{m}/{p.name})" for p in pics] + [""]
-        body += [f"<h3>{html.escape(m)}</h3>"] + [img_tag(p, f"{m} {p.stem}") for p in pics]
-    return md, body
+        md += [f"### {md_text(m)}", ""]
+        md += [f"![{md_text(f'{m} {p.stem}')}]({md_link(f'runs/{m}/{p.name}')})" for p in pics]
+        md += [""]
+    return md
 
 
 def _relative_link(path: Path, out: Path) -> str:
     """`path` as a Markdown link from a file in `out`, percent-encoded: a Markdown link ends
     at a space or a ')' ('my study-detector/cat (1).jpg')."""
-    rel = Path(os.path.relpath(Path(path).resolve(), Path(out).resolve())).as_posix()
-    return urllib.parse.quote(rel)
+    return md_link(Path(os.path.relpath(Path(path).resolve(), Path(out).resolve())).as_posix())
 
 
-def _extra_sections(out: Path, sections) -> tuple[list[str], list[str]]:
-    """The caller's (title, text, figures) sections, e.g. the detector's evaluation."""
+def extra_section_lines(out: Path, sections) -> list[str]:
+    """The caller's (title, Markdown text, figures) sections, e.g. the detector's evaluation
+    (its evals/*.md)."""
     md: list[str] = []
-    body: list[str] = []
     for title, text, pics in sections:
         md += [f"## {title}", "", text, ""]
         # Linked relative to the report, wherever the figures are (the main job's detector
         # sits beside the study folder).
-        md += [f"![{p.stem}]({_relative_link(p, out)})" for p in pics]
-        body += [f"<h2>{html.escape(title)}</h2>", f"<pre>{html.escape(text)}</pre>"]
-        body += [img_tag(p, p.stem) for p in pics]
-    return md, body
+        md += [f"![{md_text(p.stem)}]({_relative_link(p, out)})" for p in pics]
+    return md

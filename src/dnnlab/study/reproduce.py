@@ -53,9 +53,9 @@ from dnnlab.errors import ConfigError, InputError
 from dnnlab.settings import setting, validate
 from dnnlab.study.config import parse_run_name, shared_setting
 from dnnlab.study.manifest import MANIFEST, ManifestError, file_sha256, verify
-from dnnlab.study.markup import md_grid
+from dnnlab.study.markup import md_code, md_grid, md_page, md_text
 from dnnlab.study.publish import git_commit, published_section, read_published
-from dnnlab.study.report import _extra_sections, detector_section
+from dnnlab.study.report import detector_section, extra_section_lines
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.machine import cpu_description
 from dnnlab.utils.paths import check_in_file, check_in_folder, real
@@ -176,11 +176,14 @@ def reproduce(
     atomic_write_json(out / "reproduction.json", result)
     md = []
     if published is not None:
-        md += published_section(pub)[0]
+        md += published_section(pub)
     md += reproduction_markdown(result, out)
     if detector is not None:
-        md += _extra_sections(out, [detector_section(detector)])[0]
-    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+        md += extra_section_lines(out, [detector_section(detector)])
+    text = "\n".join(md) + "\n"
+    page = md_page(text, out)  # rendered first: a figure it cannot read changes neither file
+    atomic_write_text(out / "report.md", text)
+    atomic_write_text(out / "report.html", page)
     return result
 
 
@@ -244,14 +247,14 @@ def _summary(run: Path) -> dict | None:
 
 
 VERDICT_TEXT = {
-    "identical": "**Reproduced exactly**: every figure here equals the published one.",
+    "identical": "Verdict: reproduced exactly. Every figure here equals the published one.",
     "consistent": (
-        "**Consistent, not bit-identical**: every epoch's validation accuracy is within "
+        "Verdict: consistent, not bit-identical. Every epoch's validation accuracy is within "
         "{se:g} standard errors of the published one (another CPU, thread count or library "
         "rounds differently, and training carries that on as a change of seed would)."
     ),
     "differs": (
-        "**Differs**: a validation accuracy is further from the published one than {se:g} "
+        "Verdict: differs. A validation accuracy is further from the published one than {se:g} "
         "standard errors; noise in the measurement does not explain it. Compare the "
         "settings, data and versions in reproduction.json with the published run's records."
     ),
@@ -278,17 +281,19 @@ def reproduction_markdown(r: dict, out: Path) -> list[str]:
                 f"{h['train_loss']:.4f}",
             ]
         )
-    lines = [
-        f"## Reproduction: `{r['published_run']}`, epochs 1-{k} of {total}"
-        if k > 1
-        else f"## Reproduction: `{r['published_run']}`, epoch 1 of {total}",
-        "",
+    epochs = f"epochs 1-{k}" if k > 1 else "epoch 1"
+    settings = md_text(
         f"The published run's settings ({r['model']}, recipe {r['recipe']}, seed {r['seed']}, "
         f"the learning-rate schedule of all {total} epochs), trained again here for its first "
         f"{k} epoch{'s' if k > 1 else ''}: {here['machine']}, {here['threads']} threads, "
         f"{here['precision']} (the published run: {r['published_precision']}), torch "
         f"{here['torch']}, on {here['data_source']} (the published run's images: same "
-        f"identity, {here['data_identity']}).",
+        f"identity, {here['data_identity']})."
+    )
+    lines = [
+        f"## Reproduction: {md_code(r['published_run'])}, {epochs} of {total}",
+        "",
+        settings,
         "",
         md_grid(head, grid),
         "",
@@ -301,7 +306,9 @@ def reproduction_markdown(r: dict, out: Path) -> list[str]:
             for name, vals in r["seeds_beside"].items()
         )
         lines += [
-            f"For scale, the published study's other seeds of {r['model']} (val %): {beside}.",
+            md_text(
+                f"For scale, the published study's other seeds of {r['model']} (val %): {beside}."
+            ),
             "",
         ]
     s = r["published_summary"]
@@ -315,8 +322,9 @@ def reproduction_markdown(r: dict, out: Path) -> list[str]:
             "",
         ]
     if k < total:
+        resume = md_code(f"dnnlab train --resume --out {out / 'run'}")
         lines += [
-            f"`dnnlab train --resume --out {out / 'run'}` continues this run to all {total} "
+            f"{resume} continues this run to all {total} "
             f"epochs (about {rest} more minutes at this machine's pace here, "
             f"{seconds:.0f} s an epoch), for a whole-run comparison.",
             "",
