@@ -304,3 +304,13 @@ def test_the_weights_stay_out_but_their_hashes_are_published(seeded):
     assert not list(pub.rglob("*.pt"))
     text = "\n".join(published_section(read_published(pub.parent)))
     assert "weights not published: where they were and their sha256 in weights.json" in text
+
+
+def test_a_run_name_that_is_a_path_is_refused():
+    from dnnlab.study.records import recorded_runs
+
+    assert recorded_runs({"runs": ["base", "bn-seed2"]}) == ["base", "bn-seed2"]
+    assert recorded_runs({"models": ["wide"]}) == ["wide"]  # a record from before seeds
+    for bad in ("../../etc", "base/../../x", "nonet", "base-seed1/.."):
+        with pytest.raises(InputError, match="study.json: .* is not a run of this tool"):
+            recorded_runs({"runs": ["base", bad]})

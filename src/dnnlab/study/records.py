@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dnnlab.errors import ConfigError, DnnlabError
+from dnnlab.cifar.models import VARIANTS
+from dnnlab.errors import ConfigError, DnnlabError, InputError
 from dnnlab.settings import flag_name
 from dnnlab.study.config import (
     LATER_KEYS,
@@ -90,10 +91,18 @@ def recorded_runs(study: dict) -> list[str]:
     """The run names a study.json records: every variant and seed any command of the study
     trained ("runs"), or, in a record from before seeds, its variants (each seed 0's run)."""
     runs = study.get("runs")
-    if isinstance(runs, list) and all(isinstance(r, str) for r in runs):
-        return list(runs)
-    models = study.get("models")
-    return list(models) if isinstance(models, list) else []
+    if not (isinstance(runs, list) and all(isinstance(r, str) for r in runs)):
+        runs = study.get("models")
+        runs = list(runs) if isinstance(runs, list) else []
+    # Each name becomes a folder under runs/: a name that is not VARIANT or VARIANT-seedK
+    # (a path, "..") would read outside it.
+    bad = [r for r in runs if not isinstance(r, str) or parse_run_name(r)[0] not in VARIANTS]
+    if bad:
+        raise InputError(
+            f"study.json: {bad[0]!r} is not a run of this tool (VARIANT or VARIANT-seedK, a "
+            f"variant of `dnnlab models`); the record was edited or is not a dnnlab study's"
+        )
+    return list(runs)
 
 
 def load_run(run: Path):
