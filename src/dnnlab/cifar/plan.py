@@ -18,12 +18,12 @@ from dnnlab.cifar.rundir import (
     check_nothing_lost,
     check_run_data,
     load_checkpoint,
-    read_json_dict,
     read_run_config,
     read_split,
 )
 from dnnlab.errors import ConfigError
 from dnnlab.settings import flag_name, given_as
+from dnnlab.utils.records import read_json
 
 
 def _settings_changed(saved: TrainConfig, cfg: TrainConfig, names=None) -> list[str]:
@@ -60,7 +60,7 @@ def plan_run(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) ->
     if overwrite and not resume:
         return RunPlan(replace=True)  # a damaged run can be replaced too
     saved = read_run_config(out)
-    saved_d = read_json_dict(cfg_file)
+    saved_d = read_json(cfg_file, (), RunError)
     done = out / "summary.json"
     if not resume:
         if done.exists():
@@ -75,7 +75,7 @@ def plan_run(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) ->
     ck, completed = _resume_point(cfg, out, saved, dev)
     plan = RunPlan(resume_from=ck, saved=saved_d)
     if done.exists():
-        summary = read_json_dict(done, ("epochs",))
+        summary = read_json(done, ("epochs",), RunError)
         if summary["epochs"] == cfg.epochs and completed == cfg.epochs:
             return summary
         plan.extend = True  # honoured: more epochs continue the finished run

@@ -31,6 +31,7 @@ from dnnlab.cifar.config import RESUMABLE_CHANGES, TrainConfig
 from dnnlab.cifar.models import VARIANTS, build_model
 from dnnlab.errors import ConfigError, DnnlabError
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text, pid_alive
+from dnnlab.utils.records import read_json
 from dnnlab.utils.safe_load import load_error_reason, load_plain
 from dnnlab.utils.weights import load_fitting
 
@@ -40,32 +41,10 @@ class RunError(DnnlabError, RuntimeError):
     or a damaged file)."""
 
 
-def read_json(path) -> object:
-    """A run's JSON record; a missing, unreadable or malformed file is a RunError naming it."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))  # an editor's byte-order mark
-    except FileNotFoundError:
-        raise RunError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunError(f"{path}: unreadable or not valid JSON ({e}); the run is damaged") from None
-
-
-def read_json_dict(path, keys=()) -> dict:
-    """read_json for a record that must be an object holding `keys`."""
-    d = read_json(path)
-    if not isinstance(d, dict):
-        raise RunError(f"{path}: expected a JSON object, found {type(d).__name__}")
-    missing = [k for k in keys if k not in d]
-    if missing:
-        raise RunError(f"{path}: lacks {missing}; the run is damaged or not a dnnlab run")
-    return d
-
-
 def read_run_config(run_dir) -> TrainConfig:
     """A run's config.json as a TrainConfig; a damaged or invalid one is a RunError naming it."""
     f = Path(run_dir) / "config.json"
-    d = read_json_dict(f, ("model",))
+    d = read_json(f, ("model",), RunError)
     try:
         return TrainConfig.from_dict(d)
     except (ConfigError, TypeError) as e:
@@ -126,7 +105,7 @@ def check_checkpoint_record(ck: dict, out: Path, path: Path) -> None:
     saved = ck.get("config")
     if not isinstance(saved, dict):
         raise RunError(f"{path}: records no config, so its run cannot be checked")
-    record = read_json_dict(out / "config.json")
+    record = read_json(out / "config.json", (), RunError)
     diffs = [
         f"{f.name} {_comparable(record.get(f.name))!r} in config.json, "
         f"{_comparable(saved[f.name])!r} in {path.name}"
@@ -154,7 +133,7 @@ def check_run_data(run_dir, data) -> None:
     Call it wherever a run's split indices or weights meet data again (resume, probe,
     study), so indices are never applied to other images."""
     run_dir = Path(run_dir)
-    cfg = read_json_dict(run_dir / "config.json")
+    cfg = read_json(run_dir / "config.json", (), RunError)
     want = cfg.get("data_identity")
     if not want:
         raise RunError(
@@ -171,7 +150,7 @@ def check_run_data(run_dir, data) -> None:
 def read_split(out: Path, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A run's split.json, checked: lists of indices into the n_train training images."""
     f = out / "split.json"
-    s = read_json_dict(f, ("train", "val"))
+    s = read_json(f, ("train", "val"), RunError)
     try:
         tr = torch.tensor(s["train"], dtype=torch.long)
         va = torch.tensor(s["val"], dtype=torch.long)
@@ -195,7 +174,9 @@ def read_split(out: Path, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
 def check_nothing_lost(out: Path) -> None:
     """A run resumed without last.pt starts from epoch 1: refused when the run has done
     more (best.pt, or epochs in metrics.json), which starting over would overwrite."""
-    rows = read_json(out / "metrics.json") if (out / "metrics.json").exists() else []
+    rows = (
+        read_json(out / "metrics.json", error=RunError) if (out / "metrics.json").exists() else []
+    )
     done = len(rows) if isinstance(rows, list) else 0
     if (out / "best.pt").exists() or done:
         raise RunError(
@@ -222,7 +203,7 @@ def resumed_rows(out: Path, ck: dict | None) -> list[dict]:
     """The metrics rows of the epochs last.pt completed (none for a new run)."""
     if ck is None:
         return []
-    rows = read_json(out / "metrics.json")
+    rows = read_json(out / "metrics.json", error=RunError)
     if not isinstance(rows, list) or len(rows) < ck["epoch"]:
         raise RunError(
             f"{out / 'metrics.json'}: holds fewer epochs than last.pt's {ck['epoch']}; "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from dataclasses import asdict
@@ -24,6 +23,7 @@ from dnnlab.detect.voc import Problems, read_voc_dir
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.records import read_json
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 SPLITS = ("train", "val")
@@ -204,7 +204,7 @@ def read_build(out) -> dict:
     if not f.is_file():
         raise InputError(f"{f}: no build record; run `dnnlab detect build VOC_DIR --out {out}`")
     try:
-        info = json.loads(f.read_text())
+        info = read_json(f, ("proposals", "target"))
         info["proposals"] = ProposalConfig(**info["proposals"])
         if not isinstance(info["target"], str):
             raise TypeError("target is not a string")

@@ -26,6 +26,7 @@ from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.images import UnreadableImage
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.paths import check_in_folder
+from dnnlab.utils.records import RecordError, read_json
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs, check_replaces_nothing
 
 MATCH_IOU = 0.5  # a detection is true when it covers an unmatched target box this well
@@ -171,8 +172,8 @@ def stored_result(model_dir, voc_dir, fp: dict) -> dict | None:
     """The stored result for this folder when its fingerprint equals fp, else None."""
     path = record_path(model_dir, voc_dir)
     try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError):
+        rec = read_json(path)
+    except RecordError:  # none yet, or damaged: measured again, and the record rewritten
         return None
     if not isinstance(rec, dict) or rec.get("fingerprint") != fp:
         return None

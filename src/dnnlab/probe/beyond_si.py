@@ -14,7 +14,6 @@ part-way gets no new CKA matrix (its earlier layers' features are gone), and say
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from dnnlab.separability.linear import DEFAULT_ALPHA, LinearClassifier, linear_m
 from dnnlab.separability.measures import separability_fitting
 from dnnlab.utils.atomic import atomic_torch_save
 from dnnlab.utils.plots import pyplot, save_figure
+from dnnlab.utils.records import read_json
 from dnnlab.utils.safe_load import load_error_reason, load_plain
 from dnnlab.utils.sizes import parse_size
 
@@ -72,7 +72,7 @@ class ProbeExtras:
         self.cka_splits = cfg.cka_split_names
         self.cka: dict[str, dict] = {}
         if resumed and out is not None and (out / "probe.json").exists():
-            self.cka = dict(json.loads((out / "probe.json").read_text()).get("cka", {}))
+            self.cka = dict(read_json(out / "probe.json", ()).get("cka", {}))
         self._matrix: CkaMatrix | None = None
         self._complete = False
 

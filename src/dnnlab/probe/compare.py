@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dnnlab.errors import InputError
 from dnnlab.utils.plots import pyplot, save_figure
+from dnnlab.utils.records import RecordError, read_json
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -14,8 +14,8 @@ def read_rows(out: Path) -> list[dict]:
     if not path.is_file():
         raise InputError(f"--compare {out}: no probe.json there; probe it first")
     try:
-        return json.loads(path.read_text())["rows"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        return read_json(path, ("rows",))["rows"]
+    except RecordError as e:
         raise InputError(f"{path}: not a probe.json dnnlab can read ({e})") from None
 
 

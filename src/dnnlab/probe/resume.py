@@ -3,7 +3,6 @@ earlier probe.json still hold for this probe (their fingerprints match)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from dnnlab.errors import InputError
@@ -11,6 +10,7 @@ from dnnlab.probe.config import ProbeConfig
 from dnnlab.probe.layers import LayerInfo
 from dnnlab.probe.provenance import row_fingerprint, split_identity, stale_reason
 from dnnlab.separability import parse_measures
+from dnnlab.utils.records import RecordError, read_json
 
 
 def expected_provenance(
@@ -52,9 +52,9 @@ def load_existing(
         return []
     path = out / "probe.json"
     try:
-        prev = json.loads(path.read_text())
+        prev = read_json(path, ("config", "rows"))
         old_cfg, old_rows = prev["config"], list(prev["rows"])
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (RecordError, TypeError) as e:
         if not overwrite:
             raise InputError(
                 f"{path}: not a probe.json dnnlab can read ({e}); pass --overwrite to replace it"

@@ -17,12 +17,12 @@ made it), and a new manifest lists that file beside the others.
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_write_json
+from dnnlab.utils.records import read_json
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
@@ -84,10 +84,7 @@ def read_manifest(folder: Path) -> dict:
             f"{path}: missing; {folder} is not a folder dnnlab published (or it predates "
             "manifests), so nothing in it is shown"
         )
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ManifestError(f"{path}: unreadable or not JSON ({e})") from None
+    d = read_json(path, error=ManifestError)
     files = d.get("files") if isinstance(d, dict) else None
     if (
         d.get("schema") != SCHEMA

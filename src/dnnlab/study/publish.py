@@ -39,7 +39,6 @@ from dnnlab.study.records import (
     diverged_runs,
     joined_values,
     read_probe_csv,
-    read_record,
     read_study,
     recorded_config,
     recorded_runs,
@@ -49,6 +48,7 @@ from dnnlab.study.records import (
 )
 from dnnlab.utils.atomic import atomic_write_json, temp_folder_beside
 from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.records import read_json
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "probe.csv")
@@ -137,7 +137,7 @@ def check_publish_dest(out, dest, inputs=(), fingerprint: str | None = None) -> 
         ) from None
     if fingerprint is None:
         fingerprint = (read_study(Path(out)) or {}).get("fingerprint")
-    theirs = (read_record(dest / "study.json") or {}).get("fingerprint")
+    theirs = read_json(dest / "study.json", ()).get("fingerprint")
     if fingerprint is not None and theirs != fingerprint:
         raise InputError(
             f"--publish: {dest} holds the publication of another study (fingerprint "
@@ -253,13 +253,13 @@ def read_published(root) -> dict:
         except ManifestError as e:
             refused.append({"path": str(d), "why": str(e)})
             continue
-        st = read_record(d / "study.json")
+        st = read_json(d / "study.json")
         if not isinstance(st, dict):
             raise InputError(f"--published: {d / 'study.json'} is not a JSON object")
         recipe = st.get("recipe", "corrected")
         per_run, left_out = {}, []
         for run in sorted((d / "runs").glob("*/summary.json")):
-            s = read_record(run) or {}
+            s = read_json(run, ())
             m = run.parent.name
             if s.get("recipe", "corrected") != recipe or s.get("epochs") != st.get("epochs"):
                 left_out.append(m)
@@ -295,7 +295,7 @@ def read_published(root) -> dict:
                 "train_subset": st.get("train_subset"),
                 "max_per_split": st.get("max_per_split"),
                 "precision": joined_values(
-                    (read_record(r.parent / "config.json") or {}).get("precision")
+                    read_json(r.parent / "config.json", ()).get("precision")
                     for r in (d / "runs").glob("*/summary.json")
                 ),
                 "rows": rows,

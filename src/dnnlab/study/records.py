@@ -10,7 +10,6 @@ they show what the folder holds, whatever the command that wrote it was asked.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import fields
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from dnnlab.study.config import (
     parse_run_name,
     study_runs,
 )
+from dnnlab.utils.records import RecordError, read_json
 
 FEATURE_LAYER = "avgpool"
 
@@ -41,13 +41,7 @@ def read_study(out: Path) -> dict | None:
     f = Path(out) / "study.json"
     if not f.exists():
         return None
-    try:
-        d = json.loads(f.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StudyError(f"{f}: unreadable or not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise StudyError(f"{f}: expected a JSON object")
-    return d
+    return read_json(f, (), StudyError)
 
 
 # The settings a study.json must hold: those that change its numbers (RESULT_KEYS), less
@@ -106,28 +100,22 @@ def recorded_runs(study: dict) -> list[str]:
 
 
 def load_run(run: Path):
-    s = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else None
-    p = (
-        json.loads((run / "probe.json").read_text())["rows"]
-        if (run / "probe.json").exists()
-        else []
-    )
+    """(summary.json or None, probe.json's rows or []) of a run: what exists of them."""
+    s = read_json(run / "summary.json", ()) if (run / "summary.json").exists() else None
+    p = read_json(run / "probe.json", ("rows",))["rows"] if (run / "probe.json").exists() else []
     return s, p
 
 
 def load_whole_splits(run: Path) -> list[dict]:
     """The rows of the run's whole-split probe of LAST_LAYERS ([] when it has none)."""
-    d = read_record(run / WHOLE_SPLITS / "probe.json")
-    return d["rows"] if isinstance(d, dict) and isinstance(d.get("rows"), list) else []
+    f = run / WHOLE_SPLITS / "probe.json"
+    return read_json(f, ("rows",))["rows"] if f.exists() else []
 
 
 def load_predictions(run: Path) -> dict | None:
     """The run's test_predictions.json ({positions, labels, predictions}), or None."""
-    d = read_record(run / "test_predictions.json")
-    keys = ("positions", "labels", "predictions")
-    if not isinstance(d, dict) or not all(isinstance(d.get(k), list) for k in keys):
-        return None
-    return d
+    f = run / "test_predictions.json"
+    return read_json(f, ("positions", "labels", "predictions")) if f.exists() else None
 
 
 def per_image_correct(out: Path, runs: list[str]):
@@ -159,13 +147,6 @@ def value_at(rows, split, layer, key):
     return None
 
 
-def read_record(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def joined_values(vals) -> str:
     vals = sorted({v for v in vals if v is not None}, key=str)
     return "/".join(map(str, vals)) if vals else "?"
@@ -174,9 +155,9 @@ def joined_values(vals) -> str:
 def run_mismatch(run: Path, cfg) -> str | None:
     """Why the run's records do not belong to the study `cfg`, or None when they do."""
     try:
-        c = json.loads((run / "config.json").read_text())
-        s = json.loads((run / "summary.json").read_text())
-    except (OSError, ValueError) as e:
+        c = read_json(run / "config.json", ())
+        s = read_json(run / "summary.json", ())
+    except RecordError as e:
         return f"unreadable records ({e})"
     variant, seed = parse_run_name(run.name)
     want = {
@@ -223,8 +204,8 @@ def recorded_budget(out: Path, kept: list[str]) -> str:
     train, val, test, epochs, probe = [], [], [], [], {}
     for m in kept:
         run = out / "runs" / m
-        s = read_record(run / "summary.json") or {}
-        split = read_record(run / "split.json") or {}
+        s = read_json(run / "summary.json", ()) if (run / "summary.json").exists() else {}
+        split = read_json(run / "split.json", ()) if (run / "split.json").exists() else {}
         train.append(s.get("train_images"))
         test.append(s.get("test_images"))
         epochs.append(s.get("epochs"))
@@ -249,7 +230,7 @@ def diverged_runs(out: Path, runs) -> dict[str, dict]:
     for m in runs:
         run = out / "runs" / m
         if (run / "divergence.json").exists() and not (run / "summary.json").exists():
-            got[m] = read_record(run / "divergence.json") or {}
+            got[m] = read_json(run / "divergence.json", ())
     return got
 
 

@@ -47,7 +47,7 @@ import torch
 
 from dnnlab.cifar.config import TrainConfig
 from dnnlab.cifar.data import default_root, load_cifar10
-from dnnlab.cifar.rundir import read_json_dict, read_run_config
+from dnnlab.cifar.rundir import read_run_config
 from dnnlab.cifar.train import train
 from dnnlab.errors import ConfigError, InputError
 from dnnlab.settings import setting, validate
@@ -59,6 +59,7 @@ from dnnlab.study.report import detector_section, extra_section_lines
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.machine import cpu_description
 from dnnlab.utils.paths import check_in_file, check_in_folder, real
+from dnnlab.utils.records import read_json
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 # Two accuracies on the same n_val images from runs that differ only in rounding are taken
@@ -105,7 +106,7 @@ def reproduce(
     except ManifestError as e:
         raise InputError(f"RUN {run}: its study does not match its manifest: {e}") from None
     published_rows = read_metrics(check_in_file(run / "metrics.csv", "RUN"))
-    record = read_json_dict(run / "config.json", ("model", "seed", "data_identity"))
+    record = read_json(run / "config.json", ("model", "seed", "data_identity"))
     run_cfg = read_run_config(run)
     if cfg.epochs > len(published_rows):
         raise ConfigError(
@@ -142,7 +143,7 @@ def reproduce(
         {"epoch": i + 1, "published": published_rows[i], "here": here_rows[i]} for i in range(k)
     ]
     verdict, tolerance = judge(rows, run_cfg.n_val)
-    here_record = read_json_dict(out / "run" / "config.json")
+    here_record = read_json(out / "run" / "config.json", ())
     result = {
         "published_run": str(run),
         "published_manifest_sha256": file_sha256(study / MANIFEST),
@@ -241,7 +242,7 @@ def _summary(run: Path) -> dict | None:
     f = run / "summary.json"
     if not f.is_file():
         return None
-    s = read_json_dict(f)
+    s = read_json(f, ())
     keys = ("epochs", "best_val_acc", "best_epoch", "test_acc")
     return {k: s.get(k) for k in keys}
 

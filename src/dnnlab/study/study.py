@@ -61,6 +61,7 @@ from dnnlab.study.report import detector_section, write_report
 from dnnlab.utils.atomic import atomic_write_json
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.machine import cpu_description
+from dnnlab.utils.records import read_json
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
@@ -188,11 +189,7 @@ def add_stage_seconds(run: Path, stage: str, seconds: float, restart: bool = Fal
     """Add `seconds` of wall time to `stage` in the run's stages.json: the wall seconds each
     stage took, summed over the commands that built it (a cut-off study resumed)."""
     f = run / STAGES_FILE
-    try:
-        d = {} if restart else json.loads(f.read_text())
-    except (OSError, ValueError):
-        d = {}
-    d = d if isinstance(d, dict) else {}
+    d = {} if restart or not f.exists() else read_json(f, (), StudyError)
     d[stage] = round(float(d.get(stage) or 0) + seconds, 1)
     atomic_write_json(f, d)
 
@@ -203,11 +200,10 @@ def record_train_seconds(run: Path) -> None:
     own "train" seconds, but its finished epochs are in metrics.json). "train" beside it is
     the commands' wall time, which also holds what was lost to kills and the test."""
     f = run / STAGES_FILE
-    try:
-        rows = json.loads((run / "metrics.json").read_text())
-        d = json.loads(f.read_text())
-    except (OSError, ValueError):
+    if not (run / "metrics.json").exists() or not f.exists():
         return
+    rows = read_json(run / "metrics.json", error=StudyError)
+    d = read_json(f, (), StudyError)
     d["train_epochs"] = round(sum(float(r["seconds"]) for r in rows), 1)
     atomic_write_json(f, d)
 
@@ -216,10 +212,9 @@ def stage_seconds(out: Path, runs) -> dict:
     """{run: {train, train_epochs, probe}} from each run's stages.json (what exists)."""
     got = {}
     for m in runs:
-        try:
-            got[m] = json.loads((out / "runs" / m / STAGES_FILE).read_text())
-        except (OSError, ValueError):
-            continue
+        f = out / "runs" / m / STAGES_FILE
+        if f.exists():
+            got[m] = read_json(f, (), StudyError)
     return got
 
 
@@ -232,7 +227,7 @@ def compare_base_bn(runs: Path, pcfg: ProbeConfig, samples: int, data_root, log)
     cap = min(samples, pcfg.max_per_split or samples)
     pcfg = ProbeConfig(max_memory=pcfg.max_memory, device=pcfg.device, max_per_split=cap)
     path = cka_between_runs(runs / "base", runs / "bn", pcfg, "val", data_root)
-    n = json.loads(path.read_text())["n"]  # fewer than the cap when the split is smaller
+    n = read_json(path, ("n",))["n"]  # fewer than the cap when the split is smaller
     log(f"CKA base vs bn on {n} validation images: {path}")
 
 
