@@ -5,7 +5,8 @@ import ast
 import runpy
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_structure.py"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "check_structure.py"
 
 
 def test_house_rules_hold(capsys):
@@ -24,3 +25,18 @@ def test_an_unexplained_lazy_import_is_found(tmp_path):
         'def c():\n    """Imported here (benchmarks/lazy_imports.py)."""\n    import os\n'
     )
     assert unexplained(f, ast.parse(f.read_text())) == ["m.py:2 import json"]
+
+
+def test_one_hash_and_one_json_reader():
+    """Issue 37: every identity is records.content_hash and every file checksum
+    records.file_sha256, through the one call of hashlib.sha256; every record the tool wrote is
+    read back through records.read_json (json.loads appears only there)."""
+    src = ROOT / "src" / "dnnlab"
+    sha, loads = [], []
+    for f in sorted(src.rglob("*.py")):
+        text = f.read_text()
+        sha += [f.relative_to(src).as_posix()] * text.count("hashlib.sha256(")
+        loads += [f.relative_to(src).as_posix()] * text.count("json.loads(")
+    assert sha == ["utils/records.py"]
+    # rundir's json.loads(json.dumps(v)) normalizes a value for comparison; it reads no file.
+    assert sorted(loads) == ["cifar/rundir.py", "utils/records.py"]

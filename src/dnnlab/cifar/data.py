@@ -16,7 +16,6 @@ images give the same identity whatever form they were read from, and a run recor
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import posixpath
@@ -34,6 +33,7 @@ from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_torch_save, remove_stale_temporaries
 from dnnlab.utils.images import IMAGE_EXT, UnreadableImage, open_rgb
 from dnnlab.utils.paths import missing_reason
+from dnnlab.utils.records import content_hash
 from dnnlab.utils.safe_load import load_plain
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -99,17 +99,19 @@ def _source_key(path: Path) -> str:
     else:
         st = path.stat()
         parts += [str(st.st_size), str(st.st_mtime_ns)]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return content_hash(["\n".join(parts)])
 
 
 def tensor_identity(train_x, train_y, test_x, test_y) -> str:
     """SHA-256 (first 16 hex digits) of the decoded images and labels, shapes included."""
-    h = hashlib.sha256()
-    for t in (train_x, train_y, test_x, test_y):
-        t = t.contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
+
+    def chunks():
+        for t in (train_x, train_y, test_x, test_y):
+            t = t.contiguous()
+            yield f"{t.dtype}{tuple(t.shape)}"
+            yield t.numpy().tobytes()
+
+    return content_hash(chunks())
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:

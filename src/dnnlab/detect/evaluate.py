@@ -6,7 +6,6 @@ the settings. A stored record is reused only when all of it matches.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import sys
@@ -26,7 +25,7 @@ from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.images import UnreadableImage
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.paths import check_in_folder
-from dnnlab.utils.records import RecordError, read_json
+from dnnlab.utils.records import RecordError, content_hash, file_sha256, read_json
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs, check_replaces_nothing
 
 MATCH_IOU = 0.5  # a detection is true when it covers an unmatched target box this well
@@ -143,20 +142,15 @@ def eval_inputs(voc_dir, model_dir, detector: Detector) -> dict:
     """What an evaluation's figures depend on: the model file's bytes, every file of the
     folder (name, size, modification time) and the detector's whole config."""
     folder = Path(voc_dir).resolve()
-    h = hashlib.sha256()
-    with open(Path(model_dir) / MODEL_FILE, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
     listing = []
     for p in sorted(folder.iterdir()):
         st = p.stat()
         listing.append([p.name, st.st_size, st.st_mtime_ns])
-    files = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
     return {
-        "model_sha256": h.hexdigest(),
+        "model_sha256": file_sha256(Path(model_dir) / MODEL_FILE),
         "voc_dir": str(folder),
         "files": len(listing),
-        "files_sha256": files,
+        "files_hash": content_hash([json.dumps(listing)]),
         "config": detector.config.to_dict(),
     }
 
@@ -164,7 +158,7 @@ def eval_inputs(voc_dir, model_dir, detector: Detector) -> dict:
 def record_path(model_dir, voc_dir) -> Path:
     """MODEL_DIR/evals/NAME-HASH.json: one record per evaluated folder."""
     folder = Path(voc_dir).resolve()
-    tag = hashlib.sha256(str(folder).encode()).hexdigest()[:8]
+    tag = content_hash([str(folder)])[:8]  # 8 digits: the names earlier versions gave
     return Path(model_dir) / EVALS / f"{folder.name}-{tag}.json"
 
 

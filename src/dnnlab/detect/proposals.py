@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import json
 import multiprocessing as mp
 import sys
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 
 from dnnlab.detect.config import ProposalConfig
 from dnnlab.detect.voc import load_rgb
+from dnnlab.utils.records import content_hash
 
 
 @functools.cache
@@ -84,7 +84,7 @@ def cache_key(image: Path, cfg: ProposalConfig) -> str:
     st = image.stat()
     # "seeded": proposals made before the C generator was seeded had a run-dependent order.
     text = json.dumps([str(image.resolve()), st.st_size, st.st_mtime_ns, asdict(cfg), "seeded"])
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    return content_hash([text])
 
 
 def _work(args):

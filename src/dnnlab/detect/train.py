@@ -10,7 +10,6 @@ features of every indexed box (boxreg.py).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -39,6 +38,7 @@ from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_torch_save, atomic_write_json
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.plots import plot_train_curves
+from dnnlab.utils.records import content_hash
 from dnnlab.utils.safe_load import load_plain
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
@@ -47,7 +47,7 @@ def _feature_key(spec: FeatureSpec, weights: str | None) -> str:
     stamp = (
         [str(Path(weights).resolve()), Path(weights).stat().st_size] if weights else ["torchvision"]
     )
-    return hashlib.sha256(json.dumps([stamp, asdict(spec)]).encode()).hexdigest()[:12]
+    return content_hash([json.dumps([stamp, asdict(spec)])])
 
 
 @torch.no_grad()
@@ -64,7 +64,7 @@ def embed_index(model: Detector, rows, cache: Path | None, progress=True) -> tor
         boxes = np.array([rows[i]["box"] for i in idx], dtype=np.float32)
         f = None
         if cache is not None:
-            key = hashlib.sha256((image + boxes.tobytes().hex()).encode()).hexdigest()[:20]
+            key = content_hash([image, boxes.tobytes().hex()])
             f = cache / f"{key}.pt"
             cached = read_cached_features(f)
             if cached is not None:

@@ -20,6 +20,7 @@ from dnnlab.probe.layers import describe_layers, resolve_layers
 from dnnlab.probe.trained_run import run_splits
 from dnnlab.separability.cka import CkaMatrix
 from dnnlab.utils.atomic import atomic_write_json
+from dnnlab.utils.records import file_sha256
 from dnnlab.utils.sizes import parse_size
 
 
@@ -98,7 +99,7 @@ def _load_run(run: Path, cfg, split: str, data_root, dev: torch.device):
     x, y = run_splits(run, tcfg, (split,), data_root, cfg.max_per_split, seed=tcfg.seed)[split]
     names = resolve_layers(model, cfg.layers)
     infos = describe_layers(model, to_input(x[:2].to(dev)), names, cfg.output_key)
-    sha = hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
+    sha = file_sha256(run / "best.pt")
     return run, model, x, infos, sha
 
 

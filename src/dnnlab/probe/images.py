@@ -8,7 +8,6 @@ into the data folder. `cfg` below is the probe's AnyConfig.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 from pathlib import Path
@@ -27,6 +26,7 @@ from dnnlab.cifar.data import (
 from dnnlab.errors import InputError
 from dnnlab.utils.images import IMAGE_EXT, open_rgb
 from dnnlab.utils.paths import missing_reason
+from dnnlab.utils.records import content_hash
 
 
 class ImageSplit:
@@ -38,9 +38,8 @@ class ImageSplit:
         self.labels = torch.as_tensor(labels, dtype=torch.int64)
         self.size, self.mean, self.std = size, mean, std
         self.read = read  # key -> PIL image (RGB) or uint8 CHW tensor
-        h = hashlib.sha256(json.dumps([source_id, size, mean, std]).encode())
-        h.update(self.labels.numpy().tobytes())
-        self.identity = h.hexdigest()[:16]
+        content = [json.dumps([source_id, size, mean, std]), self.labels.numpy().tobytes()]
+        self.identity = content_hash(content)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -243,7 +242,7 @@ def _folder_splits(root: Path, cfg, size: int | None, mean, std, out: Path):
     splits = {}
     for name, (keys, labels) in lists.items():
         ids = [[k, tree.stat[tree.prefix + k]] for k in keys]
-        src = hashlib.sha256(json.dumps([str(root.resolve()), ids]).encode()).hexdigest()[:16]
+        src = content_hash([json.dumps([str(root.resolve()), ids])])
         splits[name] = ImageSplit(keys, labels, size, mean, std, tree.read, [src, name])
     if record:  # written by probe_any once the probe has succeeded, never before
         splits["_split"] = {

@@ -6,35 +6,38 @@ anything else (retrained weights, other images, another sample count) is recompu
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 import torch
 from torch import nn
 
+from dnnlab.utils.records import content_hash
 
-def _update_tensor(h, t: torch.Tensor) -> None:
+
+def _tensor_chunks(t: torch.Tensor):
+    """What a tensor's hash is made of: its dtype and shape, then its bytes."""
     t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    yield f"{t.dtype}{tuple(t.shape)}"
+    yield t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
 def tensor_hash(*tensors) -> str:
     """sha256 (16 hex digits) of the tensors' dtypes, shapes and bytes."""
-    h = hashlib.sha256()
-    for t in tensors:
-        _update_tensor(h, torch.as_tensor(np.asarray(t)) if not isinstance(t, torch.Tensor) else t)
-    return h.hexdigest()[:16]
+    return content_hash(
+        c
+        for t in tensors
+        for c in _tensor_chunks(
+            t if isinstance(t, torch.Tensor) else torch.as_tensor(np.asarray(t))
+        )
+    )
 
 
 def model_hash(model: nn.Module) -> str:
     """Content hash of a model's state dict (parameters and buffers, with their names)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        _update_tensor(h, t)
-    return h.hexdigest()[:16]
+    return content_hash(
+        c for name, t in sorted(model.state_dict().items()) for c in (name, *_tensor_chunks(t))
+    )
 
 
 def split_identity(x, y) -> str:
@@ -45,7 +48,7 @@ def split_identity(x, y) -> str:
 
 
 def row_fingerprint(prov: dict) -> str:
-    return hashlib.sha256(json.dumps(prov, sort_keys=True).encode()).hexdigest()[:16]
+    return content_hash([json.dumps(prov, sort_keys=True)])
 
 
 def stale_reason(old: dict, new: dict) -> str:

@@ -16,29 +16,19 @@ made it), and a new manifest lists that file beside the others.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timezone
 from pathlib import Path
 
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_write_json
-from dnnlab.utils.records import read_json
+from dnnlab.utils.records import file_sha256, read_json
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
-CHUNK = 1 << 20
 
 
 class ManifestError(InputError):
     """A published folder that does not match its manifest (or has none)."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def listed_files(folder: Path) -> list[str]:

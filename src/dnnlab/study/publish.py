@@ -31,7 +31,7 @@ from dnnlab.cifar.models import VARIANTS
 from dnnlab.errors import InputError
 from dnnlab.study.course import COURSE_SI, COURSE_TEST_ACC, rank_agreement
 from dnnlab.study.factorial import CELLS, factorial, factorial_lines
-from dnnlab.study.manifest import MANIFEST, ManifestError, file_sha256, verify, write_manifest
+from dnnlab.study.manifest import MANIFEST, ManifestError, verify, write_manifest
 from dnnlab.study.markup import md_grid, md_text, num, pct
 from dnnlab.study.records import (
     FEATURE_LAYER,
@@ -48,7 +48,7 @@ from dnnlab.study.records import (
 )
 from dnnlab.utils.atomic import atomic_write_json, temp_folder_beside
 from dnnlab.utils.lock import folder_lock
-from dnnlab.utils.records import read_json
+from dnnlab.utils.records import file_sha256, read_json
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "probe.csv")

@@ -52,14 +52,14 @@ from dnnlab.cifar.train import train
 from dnnlab.errors import ConfigError, InputError
 from dnnlab.settings import setting, validate
 from dnnlab.study.config import parse_run_name, shared_setting
-from dnnlab.study.manifest import MANIFEST, ManifestError, file_sha256, verify
+from dnnlab.study.manifest import MANIFEST, ManifestError, verify
 from dnnlab.study.markup import md_code, md_grid, md_page, md_text
 from dnnlab.study.publish import git_commit, published_section, read_published
 from dnnlab.study.report import detector_section, extra_section_lines
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.machine import cpu_description
 from dnnlab.utils.paths import check_in_file, check_in_folder, real
-from dnnlab.utils.records import read_json
+from dnnlab.utils.records import file_sha256, read_json
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 # Two accuracies on the same n_val images from runs that differ only in rounding are taken

@@ -13,7 +13,6 @@ with other settings or other data in the same folder is refused before any work.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -61,7 +60,7 @@ from dnnlab.study.report import detector_section, write_report
 from dnnlab.utils.atomic import atomic_write_json
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.machine import cpu_description
-from dnnlab.utils.records import read_json
+from dnnlab.utils.records import content_hash, read_json
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
@@ -74,7 +73,7 @@ def study_fingerprint(cfg: StudyConfig, data_id: str) -> str:
     """A short hash of everything that decides the study's numbers."""
     d = {k: getattr(cfg, k) for k in RESULT_KEYS}
     d["data"] = data_id
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return content_hash([json.dumps(d, sort_keys=True)])
 
 
 def device_name(device: str) -> str:
