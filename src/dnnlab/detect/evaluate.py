@@ -25,8 +25,8 @@ from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.images import UnreadableImage
 from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.outputs import check_output, mark
 from dnnlab.utils.paths import check_in_folder
-from dnnlab.utils.spare_inputs import check_outputs_spare_inputs, check_replaces_nothing
 
 MATCH_IOU = 0.5  # a detection is true when it covers an unmatched target box this well
 EVALS = "evals"
@@ -211,12 +211,14 @@ def check_draw_dir(draw_dir, voc_dir, model_dir, overwrite: bool = False) -> Non
     """Refuse a --draw folder that is the evaluated folder, the model's, or one that would
     replace any file of the evaluated folder (also through symlinks), and (unless
     overwrite) one that already holds a file with a drawn photo's name, as `detect run`
-    refuses (spare_inputs.check_replaces_nothing)."""
+    refuses: the write gate, utils/outputs.py."""
     folder = Path(voc_dir)
     files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
     drawn = sorted({Path(draw_dir) / f"{p.stem}.jpg" for p in files})
-    check_outputs_spare_inputs([voc_dir, model_dir, *files], draw_dir, drawn, flag="--draw")
-    check_replaces_nothing(drawn, overwrite, "--draw")
+    inputs = [voc_dir, model_dir, *files]
+    check_output(
+        draw_dir, "--draw", "detect eval --draw", inputs=inputs, files=drawn, overwrite=overwrite
+    )
 
 
 def check_eval_inputs(voc_dir, model_dir, draw_dir=None, overwrite: bool = False) -> None:
@@ -225,6 +227,7 @@ def check_eval_inputs(voc_dir, model_dir, draw_dir=None, overwrite: bool = False
     overwrite) replaces no file already in it."""
     check_in_folder(voc_dir, "VOC_DIR")
     check_in_folder(model_dir, "--model")
+    check_output(model_dir, "--model", "detect build")  # its evals/ records are written there
     if draw_dir is not None:
         check_draw_dir(draw_dir, voc_dir, model_dir, overwrite)
 
@@ -240,6 +243,7 @@ def evaluate_once(
         locks.enter_context(folder_lock(Path(model_dir) / EVALS, "--model"))
         if draw_dir is not None:
             locks.enter_context(folder_lock(draw_dir, "--draw"))
+            mark(draw_dir, "detect eval --draw")
         return _evaluate_locked(voc_dir, model_dir, detector, draw_dir, progress)
 
 

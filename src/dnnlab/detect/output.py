@@ -17,7 +17,7 @@ from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_file, atomic_write_json
 from dnnlab.utils.images import UnreadableImage
 from dnnlab.utils.lock import folder_lock
-from dnnlab.utils.spare_inputs import check_outputs_spare_inputs, check_replaces_nothing
+from dnnlab.utils.outputs import check_output, mark
 
 
 def draw(img: np.ndarray, boxes, scores, path: Path, label: str, gt=None) -> None:
@@ -44,8 +44,14 @@ def check_detection_outputs(
     """Each photo writes STEM.json and STEM.jpg: refuse an out_dir that is a photo's own
     folder or the model's (never, even with overwrite: they are inputs), two inputs with
     one stem, and (unless overwrite) outputs already in out_dir, before any work is done."""
-    check_outputs_spare_inputs(
-        [*images, model_dir], out_dir, output_files(images, out_dir), flag="--out"
+    files = output_files(images, out_dir)
+    check_output(
+        out_dir,
+        "--out",
+        "detect run",
+        inputs=[*images, model_dir],
+        files=files,
+        overwrite=overwrite,
     )
     seen: dict[str, Path] = {}
     for p in images:
@@ -56,7 +62,6 @@ def check_detection_outputs(
                 "folders"
             )
         seen[p.stem] = p
-    check_replaces_nothing(output_files(images, out_dir), overwrite, "--out")
 
 
 def run_detector(
@@ -69,7 +74,7 @@ def run_detector(
     check_detection_outputs(images, out_dir, overwrite, model_dir)
     bar = dict(desc="detect", unit="img", disable=not progress)
     with folder_lock(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
+        mark(out_dir, "detect run")
         return [detect_one(p, detector, out_dir) for p in tqdm(images, **bar)]
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dnnlab.errors import DnnlabError, InputError
 from dnnlab.utils.distributed import share_from_rank0
+from dnnlab.utils.outputs import MARKER
 from dnnlab.utils.paths import check_out_folder, real
 
 _HELD: dict[Path, int] = {}  # the folders this process holds, with the nesting depth
@@ -151,9 +152,12 @@ def make_parents(folder: Path) -> list[Path]:
 
 def remove_empty(made: list[Path]) -> None:
     """Remove the folders in `made` (make_parents's, and an output folder the lock's holder
-    was to create), deepest first, while they are empty."""
+    was to create), deepest first, while they are empty (but for the write gate's marker,
+    which goes with them)."""
     for d in reversed(made):
         try:
+            if os.listdir(d) == [MARKER]:
+                (d / MARKER).unlink()
             d.rmdir()
         except FileNotFoundError:
             continue  # never made (the output folder, when the command wrote nothing)
