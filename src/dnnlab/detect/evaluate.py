@@ -227,9 +227,9 @@ def check_eval_inputs(voc_dir, model_dir, draw_dir=None, overwrite: bool = False
     overwrite) replaces no file already in it."""
     check_in_folder(voc_dir, "VOC_DIR")
     check_in_folder(model_dir, "--model")
-    check_output(model_dir, "--model", "detect build")  # its evals/ records are written there
     if draw_dir is not None:
         check_draw_dir(draw_dir, voc_dir, model_dir, overwrite)
+    check_output(model_dir, "--model", "detect build")  # its evals/ records are written there
 
 
 def evaluate_once(

@@ -68,6 +68,7 @@ def folder_lock(folder, flag: str = "--out") -> Iterator[None]:
         yield
     finally:
         del _HELD[key]
+        drop_lone_marker(key)  # a folder left holding nothing but the marker is no output
         release(fd, path)
         remove_empty(made)
 
@@ -150,14 +151,21 @@ def make_parents(folder: Path) -> list[Path]:
     return list(reversed(missing))
 
 
+def drop_lone_marker(folder: Path) -> None:
+    """Remove the write gate's marker from a folder that holds nothing else (a command that
+    failed or wrote nothing leaves a folder of the user's as it found it)."""
+    try:
+        if os.listdir(folder) == [MARKER]:
+            (folder / MARKER).unlink()
+    except OSError:
+        pass
+
+
 def remove_empty(made: list[Path]) -> None:
     """Remove the folders in `made` (make_parents's, and an output folder the lock's holder
-    was to create), deepest first, while they are empty (but for the write gate's marker,
-    which goes with them)."""
+    was to create), deepest first, while they are empty."""
     for d in reversed(made):
         try:
-            if os.listdir(d) == [MARKER]:
-                (d / MARKER).unlink()
             d.rmdir()
         except FileNotFoundError:
             continue  # never made (the output folder, when the command wrote nothing)
