@@ -40,8 +40,10 @@ from dnnlab.utils.spare_inputs import check_outputs_spare_inputs, check_replaces
 MARKER = ".dnnlab-output"
 
 # The record that proves a folder made before the marker existed is dnnlab's: the file the
-# command writes there, a JSON object holding this key. None: no such folder is recognised.
-RECORDS: dict[str, tuple[str, str] | None] = {
+# command writes there, a JSON object holding this key (a key of None: the file itself, for
+# the probe's spill folders, `.probe-spill-*` holding the pid of their probe). None: no such
+# folder is recognised.
+RECORDS: dict[str, tuple[str, str | None] | None] = {
     "train": ("config.json", "model"),
     "probe": ("probe.json", "rows"),
     "study": ("study.json", "models"),
@@ -49,6 +51,7 @@ RECORDS: dict[str, tuple[str, str] | None] = {
     "detect build": ("build.json", "target"),
     "detect run": None,
     "detect eval --draw": None,
+    "scratch": ("pid", None),
 }
 
 # Every command-line flag or argument that names a folder a command writes, with the kind of
@@ -79,6 +82,8 @@ def is_ours(folder, kind: str) -> bool:
     record = RECORDS.get(kind)
     if record is None:
         return False
+    if record[1] is None:
+        return (folder / record[0]).is_file()
     try:
         d = json.loads((folder / record[0]).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
