@@ -208,10 +208,10 @@ def write_record(model_dir, voc_dir, fp: dict, result: dict) -> Path:
 
 
 def check_draw_dir(draw_dir, voc_dir, model_dir, overwrite: bool = False) -> None:
-    """Refuse a --draw folder that is the evaluated folder, the model's, or one that would
-    replace any file of the evaluated folder (also through symlinks), and (unless
-    overwrite) one that already holds a file with a drawn photo's name, as `detect run`
-    refuses: the write gate, utils/outputs.py."""
+    """The write gate (utils/outputs.py), as for `detect run --out`: refuse a --draw folder
+    that is the evaluated folder, the model's, one that would replace any file of the
+    evaluated folder (also through symlinks), a folder of the user's (even with overwrite),
+    and (unless overwrite) one that already holds a file with a drawn photo's name."""
     folder = Path(voc_dir)
     files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
     drawn = sorted({Path(draw_dir) / f"{p.stem}.jpg" for p in files})
@@ -222,9 +222,9 @@ def check_draw_dir(draw_dir, voc_dir, model_dir, overwrite: bool = False) -> Non
 
 
 def check_eval_inputs(voc_dir, model_dir, draw_dir=None, overwrite: bool = False) -> None:
-    """Before any work: the evaluated folder and the model's are folders, and a --draw
-    folder writes over neither (nor any of their files), is no file itself, and (unless
-    overwrite) replaces no file already in it."""
+    """Before any work: the evaluated folder and the model's are folders, a --draw folder
+    passes the write gate (check_draw_dir), and the model's folder, where the records are
+    written (MODEL/evals/), is one of dnnlab's."""
     check_in_folder(voc_dir, "VOC_DIR")
     check_in_folder(model_dir, "--model")
     if draw_dir is not None:

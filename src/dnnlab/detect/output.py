@@ -41,9 +41,10 @@ def output_files(images: list[Path], out_dir: Path) -> list[Path]:
 def check_detection_outputs(
     images: list[Path], out_dir: Path, overwrite: bool, model_dir: Path | None = None
 ) -> None:
-    """Each photo writes STEM.json and STEM.jpg: refuse an out_dir that is a photo's own
-    folder or the model's (never, even with overwrite: they are inputs), two inputs with
-    one stem, and (unless overwrite) outputs already in out_dir, before any work is done."""
+    """Each photo writes STEM.json and STEM.jpg: refuse, before any work is done, through
+    the write gate (utils/outputs.py), an out_dir that is a photo's own folder or the
+    model's (they are inputs) or a folder of the user's (never, even with overwrite), and
+    (unless overwrite) outputs already in out_dir; and two inputs with one stem."""
     files = output_files(images, out_dir)
     check_output(
         out_dir,
