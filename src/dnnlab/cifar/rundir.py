@@ -254,7 +254,7 @@ def prepare_run_dir(
             flush=True,
         )
     if plan.extend:
-        (out / "summary.json").unlink()
+        remove_ours(out / "summary.json", "train", within=out)
     mark(out, "train")
     record = {**asdict(cfg), "precision": precision[0], "precision_reason": precision[1]}
     if plan.saved is not None:  # the run keeps the data root it was trained from

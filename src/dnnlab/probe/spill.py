@@ -107,7 +107,7 @@ class SpillFolder:
         self.releaser.remove(arr)
         path = Path(arr.filename)
         del arr
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # a file of this probe's own folder, named here
 
     def close(self) -> None:
         self.releaser.close()

@@ -167,7 +167,8 @@ def remove_ours(path, kind: str, within=None) -> None:
     if path.is_dir() and not path.is_symlink() and not os.listdir(path):
         path.rmdir()  # an empty folder holds nothing to lose
         return
-    if not is_ours(owner, kind) or (within is not None and owner not in path.parents):
+    inside = Path(os.path.abspath(owner)) in Path(os.path.abspath(path)).parents
+    if not is_ours(owner, kind) or (within is not None and not inside):
         raise InputError(f"{path}: not a folder dnnlab made (no {MARKER}); left as it is")
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
