@@ -92,7 +92,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tree, tmp_path, capsys):
     folder.mkdir()
     (folder / "thesis.tex").write_text("precious")
     assert train(tree, folder, "--overwrite") == 2
-    assert "not a dnnlab run directory" in capsys.readouterr().err
+    assert "--out" in (err := capsys.readouterr().err) and "a folder dnnlab did not make" in err
     assert (folder / "thesis.tex").read_text() == "precious"
 
 

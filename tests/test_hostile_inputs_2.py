@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from dnnlab.cli import main
+from dnnlab.utils.outputs import MARKER, mark
 from tests.fakes import TINY_TRAIN_ARGS, snapshot
 from tests.test_hostile_inputs import holder, write_voc  # noqa: F401 (a fixture)
 from tests.test_probe_any import image_folder
@@ -82,7 +83,7 @@ def test_detect_run_and_eval_count_a_truncated_photo(tmp_path):
         open_rgb(photos / "cut.jpg")
     res = run_detector([photos / "good.jpg", photos / "cut.jpg"], FakeDetector(), tmp_path / "o")
     assert "detections" in res[0] and "unreadable image" in res[1]["error"]
-    assert sorted(os.listdir(tmp_path / "o")) == ["good.jpg", "good.json"]
+    assert sorted(os.listdir(tmp_path / "o")) == [MARKER, "good.jpg", "good.json"]
     problems = Problems()  # eval's reading: counted and named, the rest go on
     assert [i.image.name for i in read_voc_dir(photos, problems)] == ["good.jpg"]
     assert "cut.jpg" in problems.examples["unreadable image"][0]
@@ -403,7 +404,7 @@ def test_detect_eval_refuses_records_another_process_writes(tmp_path, holder):  
 
     voc, model = tmp_path / "voc", tmp_path / "model"
     voc.mkdir()
-    model.mkdir()
+    mark(model, "detect build")  # a detector folder of dnnlab's
     write_voc(voc, "a", [("cat", (10, 10, 60, 50))])
     for held, draw in ((model / "evals", None), (tmp_path / "drawn", tmp_path / "drawn")):
         p = holder(held)
@@ -411,7 +412,7 @@ def test_detect_eval_refuses_records_another_process_writes(tmp_path, holder):  
             evaluate_once(voc, model, FakeDetector(), draw_dir=draw)
         p.kill()
         p.wait()
-    assert os.listdir(model) == [] and not (tmp_path / "drawn").exists()
+    assert os.listdir(model) == [MARKER] and not (tmp_path / "drawn").exists()
 
 
 # -- 9: a byte-order mark on one file only is read, not blamed as a count mismatch ----------

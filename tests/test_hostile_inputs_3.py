@@ -28,21 +28,32 @@ class FakeDetector:
 # -- 1: a write replaces nothing the tool did not make --------------------------------------
 def test_detect_eval_draw_never_replaces_a_users_file_unasked(tmp_path, capsys):
     from dnnlab.detect.evaluate import evaluate_once
+    from dnnlab.utils.outputs import MARKER, mark
 
     voc, model, draw = tmp_path / "voc", tmp_path / "model", tmp_path / "drawn"
     for d in (voc, model, draw):
         d.mkdir()
+    mark(model, "detect build")  # a detector folder of dnnlab's (its evals/ are written there)
     (model / "model.pt").write_bytes(b"fingerprinted, never loaded here")
     write_voc(voc, "a", [("cat", (10, 10, 60, 50))])
     mine = draw / "a.jpg"  # the user's own file, named as a drawn photo would be
     mine.write_bytes(b"my holiday picture")
+    # A folder of the user's (no marker) is never written, with or without --overwrite.
+    for extra in ([], ["--overwrite"]):
+        argv = ["detect", "eval", voc, "--model", model, "--draw", draw, *extra]
+        err = refused(argv, capsys, draw)
+        assert "--draw" in err and "did not make" in err
+        assert mine.read_bytes() == b"my holiday picture"
+    with pytest.raises(InputError, match="did not make"):
+        evaluate_once(voc, model, FakeDetector(), draw_dir=draw, overwrite=True)
+    # In a folder dnnlab made, --overwrite is the only way to replace a drawn photo's name.
+    mark(draw, "detect eval --draw")
     err = refused(["detect", "eval", voc, "--model", model, "--draw", draw], capsys, mine)
     assert "--overwrite" in err
     assert mine.read_bytes() == b"my holiday picture"
-    # The same check as detect run's (one gate): --overwrite is the only way to replace it.
     evaluate_once(voc, model, FakeDetector(), draw_dir=draw, overwrite=True)
     assert mine.read_bytes()[:3] == b"\xff\xd8\xff"  # now the drawn JPEG
-    assert sorted(os.listdir(draw)) == ["a.jpg"]  # no temporary left beside it
+    assert sorted(os.listdir(draw)) == [MARKER, "a.jpg"]  # no temporary left beside it
     with pytest.raises(InputError, match="--overwrite"):
         evaluate_once(voc, model, FakeDetector(), draw_dir=draw)
 
@@ -189,6 +200,7 @@ def saved_detector(folder, change=None):
     from dnnlab.detect.config import DetectorConfig, FeatureSpec
     from dnnlab.detect.detector import Detector
     from dnnlab.detect.features import mobilenet_features
+    from dnnlab.utils.outputs import mark
 
     cfg = DetectorConfig(features=FeatureSpec(image_size=96))
     cfg = replace(cfg, regressors=replace(cfg.regressors, iou_predictor=False))
@@ -197,7 +209,7 @@ def saved_detector(folder, change=None):
     if change is not None:
         with torch.no_grad():
             change(det.state_dict())
-    folder.mkdir()
+    mark(folder, "detect build")  # as `detect build` makes it: dnnlab's own folder
     det.save(folder)
     return folder
 

@@ -15,6 +15,7 @@ from dnnlab.probe.anynet import AnyConfig, list_any, prepare, probe_any
 from dnnlab.probe.images import ImageSplit
 from dnnlab.probe.plan import plan_budget
 from dnnlab.probe.probe import BudgetError, ProbeConfig, probe_model
+from dnnlab.utils.outputs import mark
 from tests import oracle
 from tests.fakes import cli
 
@@ -343,8 +344,7 @@ def test_a_tar_gz_of_class_folders(tmp_path, user_file):
 
 
 def test_damaged_run_files_are_named(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
+    run = mark(tmp_path / "run", "train")  # a run dnnlab made, whose config.json was damaged
     (run / "config.json").write_text("{not json")
     assert main(["probe", str(run), "--splits", "val"]) == 2
     assert "config.json: unreadable or not valid JSON" in capsys.readouterr().err

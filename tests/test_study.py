@@ -20,6 +20,7 @@ from dnnlab.study.manifest import read_manifest, verify, write_manifest
 from dnnlab.study.publish import publish, read_published
 from dnnlab.study.report import write_report
 from dnnlab.study.study import StudyError, run_study
+from dnnlab.utils.outputs import mark
 from tests.fakes import cli, make_image_tree
 from tests.page_oracle import assert_page_says_what_markdown_says
 
@@ -305,6 +306,7 @@ def test_two_concurrent_workers_give_the_sequential_results(tree, tmp_path):
 def test_a_failing_worker_is_named_and_the_others_go_on(tree, tmp_path):
     out = tmp_path / "s"
     # noskip's run folder is a file: its worker fails, base's goes on.
+    mark(out, "study")  # a study folder of dnnlab's, one of whose runs went wrong
     (out / "runs").mkdir(parents=True)
     (out / "runs" / "noskip").write_text("not a run folder")
     lines = []

@@ -170,7 +170,7 @@ def test_publish_replaces_only_its_own_publication_of_the_same_study(seeded, tmp
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
-    with pytest.raises(InputError, match="is not an untouched dnnlab publication"):
+    with pytest.raises(InputError, match="--publish .*mine: a folder dnnlab did not make"):
         publish(study, mine)
     assert (mine / "thesis.tex").read_text() == "years of work"
     with pytest.raises(InputError, match="--publish"):

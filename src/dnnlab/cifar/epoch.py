@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from dnnlab.cifar.rundir import (
     write_metrics,
 )
 from dnnlab.utils.atomic import atomic_torch_save, atomic_write_json
+from dnnlab.utils.outputs import remove_ours
 from dnnlab.utils.plots import plot_divergence, plot_train_curves
 
 
@@ -365,7 +365,7 @@ def end_epoch(st: Training, cfg, out: Path, rows: list[dict], keep: bool, old: P
     write_metrics(out, rows)
     atomic_torch_save(ck, out / "last.pt")  # last: only now is the epoch complete
     if old is not None and old.exists():
-        shutil.rmtree(old)  # the new run has its first checkpoint
+        remove_ours(old, "train")  # the new run has its first checkpoint
     row = rows[-1]
     print(
         f"[{cfg.model}] epoch {row['epoch']:>3}/{cfg.epochs}  lr {row['lr']:.4g}  "

@@ -23,6 +23,7 @@ from dnnlab.cifar.rundir import (
 )
 from dnnlab.errors import ConfigError
 from dnnlab.settings import flag_name, given_as
+from dnnlab.utils.outputs import MARKER
 from dnnlab.utils.records import read_json
 
 
@@ -48,7 +49,7 @@ def plan_run(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) ->
     run's summary when there is nothing to do. Raises RunError before touching anything."""
     if out.exists() and not out.is_dir():
         raise RunError(f"{out}: exists and is not a directory")
-    has = out.is_dir() and any(out.iterdir())
+    has = out.is_dir() and any(p.name != MARKER for p in out.iterdir())  # the gate's marker
     cfg_file = out / "config.json"
     if not has:
         return RunPlan()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from dnnlab.cifar.config import RESUMABLE_CHANGES, TrainConfig
 from dnnlab.cifar.models import VARIANTS, build_model
 from dnnlab.errors import ConfigError, DnnlabError
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text, pid_alive
+from dnnlab.utils.outputs import mark, remove_ours
 from dnnlab.utils.records import read_json
 from dnnlab.utils.safe_load import load_error_reason, load_plain
 from dnnlab.utils.weights import load_fitting
@@ -235,8 +235,8 @@ def prepare_run_dir(
             flush=True,
         )
     if plan.extend:
-        (out / "summary.json").unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        remove_ours(out / "summary.json", "train", within=out)
+    mark(out, "train")
     record = {**asdict(cfg), "precision": precision[0], "precision_reason": precision[1]}
     if plan.saved is not None:  # the run keeps the data root it was trained from
         record["data_root"] = plan.saved.get("data_root")
@@ -264,10 +264,9 @@ def put_back(old: Path, out: Path) -> None:
     if not old.is_dir():
         return  # already deleted: the new run has its first epoch
     if (out / "last.pt").exists():  # the new run has an epoch: old's deletion was cut short
-        shutil.rmtree(old, ignore_errors=True)
+        remove_ours(old, "train")
         return
-    if out.exists():
-        shutil.rmtree(out)
+    remove_ours(out, "train")  # the new run, which has no epoch
     old.rename(out)
     print(
         f"dnnlab train: an --overwrite stopped before its new run's first epoch was saved: "

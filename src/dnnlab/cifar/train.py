@@ -44,8 +44,8 @@ from dnnlab.errors import ConfigError
 from dnnlab.utils.device import check_device
 from dnnlab.utils.distributed import init_distributed
 from dnnlab.utils.lock import job_lock
+from dnnlab.utils.outputs import check_output
 from dnnlab.utils.precision import training_precision
-from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 # What other modules import from here: train(), and the run's settings and records.
 __all__ = [
@@ -84,7 +84,7 @@ def train(
     out = Path(out)
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
-    check_outputs_spare_inputs([cfg.data_root or default_root()], out, owned=True)
+    check_output(out, "--out", "train", inputs=[cfg.data_root or default_root()], replace=True)
     rank, world = init_distributed(cfg.device)
     with job_lock(out, rank, world):
         dev = _rank_device(cfg.device, out, rank, world)

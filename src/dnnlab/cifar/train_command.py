@@ -16,7 +16,7 @@ from dnnlab.cifar.rundir import left_replaced, read_run_config, recover_replaced
 from dnnlab.cifar.train import train
 from dnnlab.errors import ConfigError
 from dnnlab.utils.lock import folder_lock
-from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
+from dnnlab.utils.outputs import check_output
 
 
 def requested_config(given: dict, out, resume: bool) -> TrainConfig:
@@ -53,7 +53,7 @@ def train_command(
         with folder_lock(out):
             recover_replaced(out)
     cfg = requested_config(given, out, resume)
-    check_outputs_spare_inputs([cfg.data_root or default_root()], out, owned=True)
+    check_output(out, "--out", "train", inputs=[cfg.data_root or default_root()], replace=True)
     if download:
         load_cifar10(cfg.data_root, download=True)
     train(cfg, out, resume=resume, overwrite=overwrite, progress=progress, stop_after=stop_after)

@@ -23,6 +23,7 @@ from dnnlab.detect.voc import Problems, read_voc_dir
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.outputs import check_output, mark, remove_ours
 from dnnlab.utils.records import read_json
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
@@ -65,7 +66,7 @@ def build(
     """Write OUT/index.csv and OUT/build.json; returns build.json's content. OUT is never
     the VOC folder, and one process at a time writes it (its lock)."""
     out = Path(out)
-    check_outputs_spare_inputs([voc_dir], out)
+    check_output(out, "--out", "detect build", inputs=[voc_dir])
     with folder_lock(out):
         return _build_locked(voc_dir, out, target, proposals, cfg, progress, overwrite)
 
@@ -87,7 +88,7 @@ def _build_locked(voc_dir, out: Path, target, proposals, cfg, progress, overwrit
             f"{voc_dir}: no {target!r} box in any usable annotation; nothing to "
             f"train on (--target {target}; {problems.summary()})"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    mark(out, "detect build")
     props = proposals_for(
         [i.image for i in items], proposals, out / "cache" / "proposals", cfg.workers, progress
     )
@@ -118,7 +119,7 @@ def _build_locked(voc_dir, out: Path, target, proposals, cfg, progress, overwrit
     atomic_write_json(out / "build.json", info)
     # The new index is in place: a detector trained on the old one no longer describes it.
     for name in TRAINED_FILES:
-        (out / name).unlink(missing_ok=True)
+        remove_ours(out / name, "detect build", within=out)
     return info
 
 

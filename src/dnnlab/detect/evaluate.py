@@ -24,9 +24,9 @@ from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.images import UnreadableImage
 from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.outputs import check_output, mark
 from dnnlab.utils.paths import check_in_folder
 from dnnlab.utils.records import RecordError, content_hash, file_sha256, read_json
-from dnnlab.utils.spare_inputs import check_outputs_spare_inputs, check_replaces_nothing
 
 MATCH_IOU = 0.5  # a detection is true when it covers an unmatched target box this well
 EVALS = "evals"
@@ -203,25 +203,28 @@ def write_record(model_dir, voc_dir, fp: dict, result: dict) -> Path:
 
 
 def check_draw_dir(draw_dir, voc_dir, model_dir, overwrite: bool = False) -> None:
-    """Refuse a --draw folder that is the evaluated folder, the model's, or one that would
-    replace any file of the evaluated folder (also through symlinks), and (unless
-    overwrite) one that already holds a file with a drawn photo's name, as `detect run`
-    refuses (spare_inputs.check_replaces_nothing)."""
+    """The write gate (utils/outputs.py), as for `detect run --out`: refuse a --draw folder
+    that is the evaluated folder, the model's, one that would replace any file of the
+    evaluated folder (also through symlinks), a folder of the user's (even with overwrite),
+    and (unless overwrite) one that already holds a file with a drawn photo's name."""
     folder = Path(voc_dir)
     files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
     drawn = sorted({Path(draw_dir) / f"{p.stem}.jpg" for p in files})
-    check_outputs_spare_inputs([voc_dir, model_dir, *files], draw_dir, drawn, flag="--draw")
-    check_replaces_nothing(drawn, overwrite, "--draw")
+    inputs = [voc_dir, model_dir, *files]
+    check_output(
+        draw_dir, "--draw", "detect eval --draw", inputs=inputs, files=drawn, overwrite=overwrite
+    )
 
 
 def check_eval_inputs(voc_dir, model_dir, draw_dir=None, overwrite: bool = False) -> None:
-    """Before any work: the evaluated folder and the model's are folders, and a --draw
-    folder writes over neither (nor any of their files), is no file itself, and (unless
-    overwrite) replaces no file already in it."""
+    """Before any work: the evaluated folder and the model's are folders, a --draw folder
+    passes the write gate (check_draw_dir), and the model's folder, where the records are
+    written (MODEL/evals/), is one of dnnlab's."""
     check_in_folder(voc_dir, "VOC_DIR")
     check_in_folder(model_dir, "--model")
     if draw_dir is not None:
         check_draw_dir(draw_dir, voc_dir, model_dir, overwrite)
+    check_output(model_dir, "--model", "detect build")  # its evals/ records are written there
 
 
 def evaluate_once(
@@ -235,6 +238,7 @@ def evaluate_once(
         locks.enter_context(folder_lock(Path(model_dir) / EVALS, "--model"))
         if draw_dir is not None:
             locks.enter_context(folder_lock(draw_dir, "--draw"))
+            mark(draw_dir, "detect eval --draw")
         return _evaluate_locked(voc_dir, model_dir, detector, draw_dir, progress)
 
 

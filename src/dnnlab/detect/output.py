@@ -17,7 +17,7 @@ from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_file, atomic_write_json
 from dnnlab.utils.images import UnreadableImage
 from dnnlab.utils.lock import folder_lock
-from dnnlab.utils.spare_inputs import check_outputs_spare_inputs, check_replaces_nothing
+from dnnlab.utils.outputs import check_output, mark
 
 
 def draw(img: np.ndarray, boxes, scores, path: Path, label: str, gt=None) -> None:
@@ -41,11 +41,18 @@ def output_files(images: list[Path], out_dir: Path) -> list[Path]:
 def check_detection_outputs(
     images: list[Path], out_dir: Path, overwrite: bool, model_dir: Path | None = None
 ) -> None:
-    """Each photo writes STEM.json and STEM.jpg: refuse an out_dir that is a photo's own
-    folder or the model's (never, even with overwrite: they are inputs), two inputs with
-    one stem, and (unless overwrite) outputs already in out_dir, before any work is done."""
-    check_outputs_spare_inputs(
-        [*images, model_dir], out_dir, output_files(images, out_dir), flag="--out"
+    """Each photo writes STEM.json and STEM.jpg: refuse, before any work is done, through
+    the write gate (utils/outputs.py), an out_dir that is a photo's own folder or the
+    model's (they are inputs) or a folder of the user's (never, even with overwrite), and
+    (unless overwrite) outputs already in out_dir; and two inputs with one stem."""
+    files = output_files(images, out_dir)
+    check_output(
+        out_dir,
+        "--out",
+        "detect run",
+        inputs=[*images, model_dir],
+        files=files,
+        overwrite=overwrite,
     )
     seen: dict[str, Path] = {}
     for p in images:
@@ -56,7 +63,6 @@ def check_detection_outputs(
                 "folders"
             )
         seen[p.stem] = p
-    check_replaces_nothing(output_files(images, out_dir), overwrite, "--out")
 
 
 def run_detector(
@@ -69,7 +75,7 @@ def run_detector(
     check_detection_outputs(images, out_dir, overwrite, model_dir)
     bar = dict(desc="detect", unit="img", disable=not progress)
     with folder_lock(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
+        mark(out_dir, "detect run")
         return [detect_one(p, detector, out_dir) for p in tqdm(images, **bar)]
 
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from dnnlab.detect.config import ProposalConfig
 from dnnlab.detect.voc import load_rgb
+from dnnlab.utils.atomic import atomic_file
 from dnnlab.utils.records import content_hash
 
 
@@ -93,9 +94,8 @@ def _work(args):
     if f.exists():
         return np.load(f)
     boxes = propose(load_rgb(Path(image)), cfg)
-    tmp = f.with_suffix(".tmp.npy")
-    np.save(tmp, boxes)
-    tmp.replace(f)
+    with atomic_file(f, "wb") as fh:  # a unique temporary: two workers never share one
+        np.save(fh, boxes)
     return boxes
 
 

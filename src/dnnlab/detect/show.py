@@ -9,13 +9,14 @@ import numpy as np
 from dnnlab.detect.build import read_index
 from dnnlab.detect.features import crop_batch
 from dnnlab.detect.voc import load_rgb
+from dnnlab.utils.outputs import check_output
 from dnnlab.utils.plots import pyplot, save_figure
 
 
 def show_samples(out, n: int = 16, seed: int = 0) -> list[Path]:
     plt = pyplot()
 
-    out = Path(out)
+    out = check_output(out, "DIR", "detect build")  # the grids are written into it
     rows = read_index(out)
     rng = np.random.default_rng(seed)
     written = []

@@ -37,10 +37,10 @@ from dnnlab.detect.voc import load_rgb
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_torch_save, atomic_write_json
 from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.outputs import check_output
 from dnnlab.utils.plots import plot_train_curves
 from dnnlab.utils.records import content_hash
 from dnnlab.utils.safe_load import load_plain
-from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
 def _feature_key(spec: FeatureSpec, weights: str | None) -> str:
@@ -238,8 +238,13 @@ def train_detector(
     features, head = features or FeatureSpec(), head or HeadConfig()
     regressors, cfg = regressors or RegressorConfig(), cfg or DetectTrainConfig()
     out = Path(out)
-    check_outputs_spare_inputs(
-        [cfg.backbone_weights], files=[out / f for f in TRAINED_FILES], flag="DIR"
+    check_output(
+        out,
+        "DIR",
+        "detect build",
+        inputs=[cfg.backbone_weights],
+        files=[out / f for f in TRAINED_FILES],
+        overwrite=True,  # a trained model.pt is refused by name without --overwrite, below
     )
     with folder_lock(out, "DIR"):
         return _train_locked(out, features, head, regressors, cfg, progress, overwrite)

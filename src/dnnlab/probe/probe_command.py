@@ -14,8 +14,8 @@ from dnnlab.probe.compare import compare_probes
 from dnnlab.probe.trained_run import list_run, probe_run
 from dnnlab.settings import from_args
 from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.outputs import check_output, mark
 from dnnlab.utils.paths import check_out_folder
-from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
 def any_network(args) -> bool:
@@ -62,19 +62,22 @@ def list_layers(run, acfg) -> list:
     return list_run(run)
 
 
-def output_folder(args, acfg) -> tuple[Path, str]:
-    """(the folder the probe writes, the flag that names it): --out of any network, else
-    the run directory itself."""
-    return (Path(acfg.out), "--out") if acfg is not None else (Path(args.run), "RUN")
+def output_folder(args, acfg) -> tuple[Path, str, str]:
+    """(the folder the probe writes, the flag that names it, its kind for the write gate):
+    --out of any network, else the run directory itself."""
+    if acfg is not None:
+        return Path(acfg.out), "--out", "probe"
+    return Path(args.run), "RUN", "train"
 
 
 def check_probe_outputs(args, acfg, spill_dir=None) -> None:
-    """Refuse an output folder that would write over an input: --data, --weights, or the
-    probe that --compare reads (the run directory is the probe's own folder by design);
-    and a --spill-dir that cannot be a folder."""
-    out, flag = output_folder(args, acfg)
+    """The write gate (utils/outputs.py) on the output folder: one of dnnlab's (a run
+    directory, or a new, empty or earlier --out) that writes over no input: --data,
+    --weights, or the probe that --compare reads (the run directory is the probe's own
+    folder by design); and a --spill-dir that cannot be a folder."""
+    out, flag, kind = output_folder(args, acfg)
     inputs = [args.compare] + ([acfg.data, acfg.weights] if acfg is not None else [])
-    check_outputs_spare_inputs(inputs, out, flag=flag)
+    check_output(out, flag, kind, inputs=inputs)
     check_out_folder(spill_dir, "--spill-dir")
 
 
@@ -82,9 +85,10 @@ def probe(args, cfg, acfg, progress: bool):
     """(ProbeResult, output folder) of probing acfg's network, or else the run in args.run;
     its output folder checked against the inputs and locked while the probe writes it."""
     check_probe_outputs(args, acfg, cfg.spill_dir)
-    out, flag = output_folder(args, acfg)
+    out, flag, kind = output_folder(args, acfg)
     with folder_lock(out, flag):
         if acfg is not None:
+            mark(out, kind)
             res, out, _ = probe_any(acfg, cfg, args.overwrite, progress)
             return res, out
         res = probe_run(args.run, cfg, args.data_root, args.overwrite, progress=progress)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dnnlab.utils.atomic import pid_alive
+from dnnlab.utils.outputs import is_ours, mark, remove_ours
 
 RELEASE_INTERVAL = 0.02  # seconds between two releases
 
@@ -74,8 +74,8 @@ def sweep_stale(parent: Path) -> list[Path]:
             pid = int((d / "pid").read_text())
         except (OSError, ValueError):
             continue  # not ours, or still being created: leave it
-        if pid != os.getpid() and not pid_alive(pid):
-            shutil.rmtree(d, ignore_errors=True)
+        if pid != os.getpid() and not pid_alive(pid) and is_ours(d, "scratch"):
+            remove_ours(d, "scratch")
             removed.append(d)
     return removed
 
@@ -86,7 +86,7 @@ class SpillFolder:
     def __init__(self, parent: Path | None):
         if parent is not None:
             Path(parent).mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
+        self.path = mark(tempfile.mkdtemp(prefix=PREFIX, dir=parent), "scratch")  # private
         (self.path / "pid").write_text(str(os.getpid()))
         sweep_stale(self.path.parent)
         self.releaser = PageReleaser()
@@ -107,11 +107,11 @@ class SpillFolder:
         self.releaser.remove(arr)
         path = Path(arr.filename)
         del arr
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # a file of this probe's own folder, named here
 
     def close(self) -> None:
         self.releaser.close()
-        shutil.rmtree(self.path, ignore_errors=True)
+        remove_ours(self.path, "scratch")
 
 
 def to_float32(src: np.memmap, folder: SpillFolder, name: str, rows: int = 4096) -> np.memmap:

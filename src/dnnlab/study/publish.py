@@ -46,10 +46,10 @@ from dnnlab.study.records import (
     sort_runs,
     value_at,
 )
-from dnnlab.utils.atomic import atomic_write_json, temp_folder_beside
+from dnnlab.utils.atomic import atomic_write_json
 from dnnlab.utils.lock import folder_lock
+from dnnlab.utils.outputs import check_output, replacing
 from dnnlab.utils.records import file_sha256, read_json
-from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "probe.csv")
 # stages.json: wall seconds per stage; test_predictions.json: per-image test results (runs
@@ -124,7 +124,7 @@ def check_publish_dest(out, dest, inputs=(), fingerprint: str | None = None) -> 
     study folder or another input (the data, the --detector and --published folders), or an
     existing folder that is not an untouched publication of this study (`fingerprint`; None:
     the study's own, read from its study.json when it has one)."""
-    check_outputs_spare_inputs([out, *inputs], dest, owned=True, flag="--publish")
+    check_output(dest, "--publish", "study --publish", inputs=[out, *inputs], replace=True)
     dest = Path(dest)
     if not dest.exists():
         return
@@ -164,8 +164,9 @@ def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
     kept, _ = sort_runs(out, cfg, runs)  # finished runs that match the study
     variants = [m for m in kept if (out / "runs" / m / "probe.csv").exists()]
     diverged = sorted(diverged_runs(out, runs))
-    tmp = temp_folder_beside(dest)  # the user's umask, not mkdtemp's 0700
-    try:
+    # The user's umask; unmarked: the manifest is its proof. The old publication is
+    # deleted only once the new one is in place.
+    with replacing(dest, "study --publish", marked=False) as tmp:
         commit = commit or git_commit(Path.cwd())
         atomic_write_json(
             tmp / "study.json",
@@ -216,17 +217,6 @@ def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
         atomic_write_json(tmp / WEIGHTS, {"published": False, "runs": weights})
         rels = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
         write_manifest(tmp, {r: writer_of(r) for r in rels}, commit)
-        old = None
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            dest.rename(old)
-        tmp.rename(dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return variants
 
 

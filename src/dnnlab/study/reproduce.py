@@ -58,9 +58,9 @@ from dnnlab.study.publish import git_commit, published_section, read_published
 from dnnlab.study.report import detector_section, extra_section_lines
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.machine import cpu_description
+from dnnlab.utils.outputs import check_output, mark
 from dnnlab.utils.paths import check_in_file, check_in_folder, real
 from dnnlab.utils.records import file_sha256, read_json
-from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 # Two accuracies on the same n_val images from runs that differ only in rounding are taken
 # as consistent when they differ by at most this many standard errors of a difference
@@ -93,14 +93,21 @@ def reproduce(
     with its metrics.csv, write out/reproduction.json and out/report.md/html; returns the
     record. Every input is checked before any training (see the module's steps)."""
     run, out = Path(run), Path(out)
-    # 1. Checks.
-    check_in_folder(run, "RUN")
+    # 1. Checks: the output folder (the write gate), then RUN, --epochs and the data.
     study = run.parent.parent
+    root = cfg.data_root or default_root()
+    if root is None:
+        raise ConfigError("--data-root: not given and $DNNLAB_DATA is not set; name CIFAR-10")
+    inputs = [root, study, published, detector]
+    check_output(out, "--out", "reproduce", inputs=inputs, replace=True)
+    check_in_folder(run, "RUN")
     if run.parent.name != "runs" or not (study / MANIFEST).is_file():
         raise InputError(
             f"RUN {run}: not a run of a published study (a folder STUDY/runs/NAME, with "
             f"STUDY/{MANIFEST}); e.g. docs/results/budget-cpu/runs/base"
         )
+    if real(study) in real(out).parents:
+        raise InputError(f"--out {out}: inside the published study {study}; choose another --out")
     try:
         verify(study)
     except ManifestError as e:
@@ -113,12 +120,6 @@ def reproduce(
             f"--epochs {cfg.epochs}: {run} published {len(published_rows)} epochs; give at "
             f"most {len(published_rows)}"
         )
-    root = cfg.data_root or default_root()
-    if root is None:
-        raise ConfigError("--data-root: not given and $DNNLAB_DATA is not set; name CIFAR-10")
-    check_outputs_spare_inputs([root, study, published, detector], out, owned=True)
-    if real(study) in real(out).parents:
-        raise InputError(f"--out {out}: inside the published study {study}; choose another --out")
     if published is not None:
         pub = read_published(published)
     if detector is not None:
@@ -133,6 +134,7 @@ def reproduce(
     del data  # train() loads it again, from the cache this load made
 
     # 2. Training: the run's settings, this machine's device and data path.
+    mark(out, "reproduce")
     here_cfg = replace(run_cfg, data_root=str(root), device=cfg.device, compile=False)
     train(here_cfg, out / "run", resume=True, progress=progress, stop_after=cfg.epochs)
     here_rows = read_metrics(out / "run" / "metrics.csv")

@@ -60,8 +60,8 @@ from dnnlab.study.report import detector_section, write_report
 from dnnlab.utils.atomic import atomic_write_json
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.machine import cpu_description
+from dnnlab.utils.outputs import check_output, mark
 from dnnlab.utils.records import content_hash, read_json
-from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 
 def data_identity(data) -> str:
@@ -301,7 +301,7 @@ def run_study(
     their own runs)."""
     out = Path(out)
     inputs = [detector, published, cfg.data_root or default_root()]
-    check_outputs_spare_inputs(inputs, out, owned=True)
+    check_output(out, "--out", "study", inputs=inputs, replace=True)
     if publish_to is not None:
         check_publish_dest(out, publish_to, inputs)
     with folder_lock(out):
@@ -339,7 +339,7 @@ def _run_study_locked(
     if plan:
         print_plan(runs, cfg.jobs, out, data, log)
     del data
-    out.mkdir(parents=True, exist_ok=True)
+    mark(out, "study")
     prev = read_study(out) or {}
     # The folder's runs: the earlier commands' (other variants or seeds) and this one's.
     earlier = recorded_runs(prev) if prev and not overwrite else []

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dnnlab.errors import DnnlabError, InputError
 from dnnlab.utils.distributed import share_from_rank0
+from dnnlab.utils.outputs import MARKER
 from dnnlab.utils.paths import check_out_folder, real
 
 _HELD: dict[Path, int] = {}  # the folders this process holds, with the nesting depth
@@ -67,6 +68,7 @@ def folder_lock(folder, flag: str = "--out") -> Iterator[None]:
         yield
     finally:
         del _HELD[key]
+        drop_lone_marker(key)  # a folder left holding nothing but the marker is no output
         release(fd, path)
         remove_empty(made)
 
@@ -147,6 +149,16 @@ def make_parents(folder: Path) -> list[Path]:
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     return list(reversed(missing))
+
+
+def drop_lone_marker(folder: Path) -> None:
+    """Remove the write gate's marker from a folder that holds nothing else (a command that
+    failed or wrote nothing leaves a folder of the user's as it found it)."""
+    try:
+        if os.listdir(folder) == [MARKER]:
+            (folder / MARKER).unlink()
+    except OSError:
+        pass
 
 
 def remove_empty(made: list[Path]) -> None:
