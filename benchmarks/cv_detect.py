@@ -197,13 +197,13 @@ def print_summary(summary: dict, title: str) -> None:
     detection seconds a photo."""
     print(f"\n{title}")
     print(
-        f"{'':<34} {'folds':<11} {'seeds':<6} {'AP50':>13} {'AP75':>13} {'mAP':>13} "
+        f"{'':<40} {'folds':<11} {'seeds':<6} {'AP50':>13} {'AP75':>13} {'mAP':>13} "
         f"{'train min/fold (CPU)':>20} {'s/photo':>8}"
     )
     for name, r in summary.items():
         fig = " ".join(f"{r[m]:.3f} ± {r[m + '_sd']:.3f}" for m in ("ap50", "ap75", "map"))
         print(
-            f"{name:<34} {','.join(map(str, r['folds'])):<11} "
+            f"{name:<40} {','.join(map(str, r['folds'])):<11} "
             f"{','.join(map(str, r['seeds'])):<6} {fig} "
             f"{r['train_min']:>11.1f} ({r['train_cpu_min']:>5.1f}) "
             f"{r['s_per_photo']:>8.3f}"
