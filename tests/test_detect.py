@@ -712,6 +712,8 @@ def test_detector_without_iou_predictor_loads_as_before(voc, trained, tmp_path, 
         (["train", "OUT", "--lr", "nan"], "--lr"),
         (["train", "OUT", "--grid", "0"], "--grid"),
         (["train", "OUT", "--epochs", "0"], "--epochs"),
+        (["train", "OUT", "--end-to-end", "--backbone-from", "19"], "--backbone-from"),
+        (["train", "OUT", "--end-to-end", "--backbone-from", "-1"], "--backbone-from"),
         (
             ["run", "IMG", "--model", "OUT", "--out", "RES", "--max-detections", "-1"],
             "--max-detections",
@@ -1101,6 +1103,31 @@ def test_course_preset_and_end_to_end(small, weights, tmp_path):
     ck = torch.load(det / "model.pt", weights_only=True)
     orig = torch.load(weights, weights_only=True)
     assert not torch.equal(ck["state"]["features.18.0.weight"], orig["features.18.0.weight"])
+    # --backbone-from 17: blocks 17 and 18 move, blocks 0-16 stay as loaded.
+    assert (
+        main(
+            cli(
+                "detect",
+                "train",
+                det,
+                epochs=1,
+                backbone_weights=weights,
+                image_size=128,
+                end_to_end=True,
+                backbone_lr=0.01,
+                backbone_from=17,
+                overwrite=True,
+            )
+        )
+        == 0
+    )
+    ck = torch.load(det / "model.pt", weights_only=True)
+    frozen = [k for k in orig if k.startswith("features.") and int(k.split(".")[1]) < 17]
+    assert frozen and all(torch.equal(ck["state"][k], orig[k]) for k in frozen)
+    assert not torch.equal(ck["state"]["features.18.0.weight"], orig["features.18.0.weight"])
+    assert not torch.equal(
+        ck["state"]["features.17.conv.0.0.weight"], orig["features.17.conv.0.0.weight"]
+    )
 
 
 # -- features --------------------------------------------------------------------------

@@ -279,6 +279,13 @@ class DetectTrainConfig:
     backbone_lr: float = setting(
         1e-4, "the backbone's learning rate (--end-to-end)", low=0, low_open=True
     )
+    backbone_from: int = setting(
+        0,
+        "--end-to-end trains the backbone's blocks from this one on (MobileNetV2's features[N:] "
+        "of 19; 0: all of them); the earlier blocks stay frozen",
+        low=0,
+        high=18,
+    )
     backbone_weights: str | None = setting(
         None,
         "MobileNetV2 state dict (1000 or 1001 classes); "

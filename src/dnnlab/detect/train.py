@@ -181,9 +181,10 @@ def train_head(model: Detector, x, y, xva, yva, weights, cfg: DetectTrainConfig,
 def train_end_to_end(
     model, rows, train_idx, val_idx, labels, weights, cfg: DetectTrainConfig, gen, progress
 ):
-    """Backbone and head together, one photo's boxes at a time (one backbone pass per photo
-    in "roi" mode; crops in batches of batch_size). BatchNorm keeps ImageNet's statistics:
-    batches of one photo's boxes are far too correlated to estimate them."""
+    """Backbone (its blocks from cfg.backbone_from on) and head together, one photo's boxes
+    at a time (one backbone pass per photo in "roi" mode; crops in batches of batch_size).
+    BatchNorm keeps ImageNet's statistics: batches of one photo's boxes are far too
+    correlated to estimate them."""
     by_image = group_by_image(rows, train_idx.tolist())
     images = list(by_image)
     chunk = cfg.batch_size if model.spec.mode == "crops" else len(rows)
@@ -212,10 +213,11 @@ def train_end_to_end(
         with torch.no_grad():
             return _loss_acc(model.logits(xva.to(cfg.device)), labels[val_idx].to(cfg.device))
 
-    model.features.requires_grad_(True)
+    tuned = model.features[cfg.backbone_from :]  # the earlier blocks stay frozen
+    tuned.requires_grad_(True)
     groups = [
         {"params": model.head.parameters(), "lr": cfg.lr},
-        {"params": model.features.parameters(), "lr": cfg.backbone_lr},
+        {"params": tuned.parameters(), "lr": cfg.backbone_lr},
     ]
     out = fit_classifier(
         model, groups, batches, train_mode, validate_fn, weights.to(cfg.device), cfg
