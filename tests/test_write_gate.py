@@ -273,13 +273,25 @@ def test_a_marked_or_recorded_folder_is_ours_and_nothing_else(tmp_path):
     assert not is_ours(t, "train")
     with pytest.raises(InputError, match="--out .*did not make"):
         check_output(t, "--out", "train", overwrite=True)
-    (t / "config.json").write_text('{"model": "base"}')  # a run made before the marker
+    # A user's config.json with a "model" key is not a run (the outside test's data loss:
+    # train --overwrite deleted the folder around it).
+    (t / "config.json").write_text('{"model": "my-resnet", "lr": 0.1}')
+    assert not is_ours(t, "train")
+    with pytest.raises(InputError, match="--out .*did not make"):
+        check_output(t, "--out", "train", overwrite=True, replace=True)
+    run = '{"model": "base", "seed": 0, "recipe": "budget", "data_identity": "d3cbda2f0ce4cad5"}'
+    (t / "config.json").write_text(run)  # a run made before the marker
     assert is_ours(t, "train") and not is_ours(t, "study")
     assert check_output(t, "--out", "train") == t
     (t / "config.json").unlink()
     mark(t, "train")
     assert json.loads((t / MARKER).read_text())["command"] == "train"
-    assert is_ours(t, "study")  # the marker: any of dnnlab's folders
+    # The marker names its command: a run folder is not a study's or a reproduction's.
+    assert is_ours(t, "train") and not is_ours(t, "study") and not is_ours(t, "reproduce")
+    (t / MARKER).write_text("not json")  # a damaged marker proves nothing
+    assert not is_ours(t, "train")
+    (t / MARKER).unlink()
+    mark(t, "train")
     (t / "x.csv").write_text("old")
     with pytest.raises(InputError, match="--overwrite"):  # a file of an output's name
         check_output(t, "--out", "train", files=[t / "x.csv"])

@@ -25,7 +25,6 @@ tests/test_write_gate.py walks the parsers and fails on a path flag missing from
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -35,21 +34,23 @@ from pathlib import Path
 
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_write_json, temp_folder_beside
+from dnnlab.utils.records import RecordError, read_json
 from dnnlab.utils.spare_inputs import check_outputs_spare_inputs, check_replaces_nothing
 
 MARKER = ".dnnlab-output"
 
 # The record that proves a folder made before the marker existed is dnnlab's: the file the
-# command writes there, a JSON object holding this key (a key of None: the file itself, for
-# the probe's spill folders, `.probe-spill-*` holding the pid of their probe). None: no such
-# folder is recognised.
-RECORDS: dict[str, tuple[str, str | None] | None] = {
-    "train": ("config.json", "model"),
-    "probe": ("probe.json", "rows"),
-    "study": ("study.json", "models"),
-    "study --publish": ("manifest.json", "files"),  # a publication: its verified manifest
-    "detect build": ("build.json", "target"),
-    "reproduce": ("reproduction.json", "verdict"),
+# command writes there, a JSON object holding every one of these keys (several, so that a
+# user's config.json with a "model" key is not taken for a run: an outside test found that
+# one key was not enough); None for the keys: the file itself, for the probe's spill folders
+# (`.probe-spill-*` holding the pid of their probe). None: no such folder is recognised.
+RECORDS: dict[str, tuple[str, tuple[str, ...] | None] | None] = {
+    "train": ("config.json", ("model", "seed", "recipe", "data_identity")),
+    "probe": ("probe.json", ("rows", "config")),
+    "study": ("study.json", ("models", "fingerprint")),
+    "study --publish": ("manifest.json", ("files", "schema", "tool")),  # and verified
+    "detect build": ("build.json", ("target", "proposals")),
+    "reproduce": ("reproduction.json", ("verdict", "published_run")),
     "detect run": None,
     "detect eval --draw": None,
     "scratch": ("pid", None),
@@ -76,21 +77,27 @@ WRITING_FLAGS: dict[tuple[str, str], str] = {
 
 
 def is_ours(folder, kind: str) -> bool:
-    """Whether `folder` carries dnnlab's marker, or the record RECORDS names for `kind`."""
+    """Whether `folder` is dnnlab's folder of `kind`: its marker names that command, or, a
+    folder made before the marker, it holds the record RECORDS names for `kind`. A folder
+    another command made is not ours for this one (a reproduce folder is no run)."""
     folder = Path(folder)
     marker = folder / MARKER
     if marker.is_file() and not marker.is_symlink():
-        return True
+        try:
+            return read_json(marker, ("command",))["command"] == kind
+        except RecordError:
+            return False
     record = RECORDS.get(kind)
     if record is None:
         return False
-    if record[1] is None:
-        return (folder / record[0]).is_file()
+    name, keys = record
+    if keys is None:
+        return (folder / name).is_file()
     try:
-        d = json.loads((folder / record[0]).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        read_json(folder / name, keys)
+    except RecordError:
         return False
-    return isinstance(d, dict) and record[1] in d
+    return True
 
 
 def _entries(folder: Path) -> list[str]:
