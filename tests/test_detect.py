@@ -33,14 +33,8 @@ from dnnlab.detect.selection import select
 from dnnlab.detect.train import embed_mirrored
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.errors import InputError
-from tests.fakes import cli
+from tests.fakes import OBJ, XML, cli
 
-XML = """<annotation><filename>{fn}</filename><size><width>{w}</width><height>{h}</height>
-<depth>3</depth></size>{objs}</annotation>"""
-OBJ = (
-    "<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin>"
-    "<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
-)
 NORM = ((0.5,) * 3, (0.5,) * 3)
 
 

@@ -2,63 +2,21 @@
 inputs, one writer per folder, non-finite VOC coordinates dropped as input problems, and
 every refused .pt file explained in dnnlab's words (never torch's weights_only advice)."""
 
-import json
 import os
 import shutil
-from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
 from dnnlab.cli import main
-
-
-class Evil:
-    """Unpickling it would create a marker file: code run by loading."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
-def bad_pt(tmp_path, kind: str):
-    """A .pt file that must be refused: pickled code, garbage bytes, or zero bytes."""
-    p = tmp_path / f"{kind}.pt"
-    if kind == "pickled":
-        torch.save({"x": Evil(tmp_path / "pwned")}, p)
-    elif kind == "garbage":
-        p.write_bytes(b"\x80\x02 not a torch file at all" * 10)
-    else:
-        p.write_bytes(b"")
-    return p
-
+from tests.fakes import UNSAFE_ADVICE, bad_pt, fake_build, write_voc
 
 REASON = {
     "pickled": "could run code",
     "garbage": "not a readable PyTorch file",
     "empty": "empty (0 bytes)",
 }
-
-
-def fake_build(folder, image):
-    """The smallest build folder `detect train` reads: build.json and a two-row index."""
-    from dnnlab.detect.build import INDEX_COLS
-    from dnnlab.detect.config import ProposalConfig
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "build.json").write_text(
-        json.dumps({"target": "cat", "proposals": asdict(ProposalConfig())})
-    )
-    rows = [
-        [str(image), 1, 1, 20, 20, 1, "0.9", "train", 1, 1, 20, 20],
-        [str(image), 30, 30, 40, 40, 0, "0.0", "val", "", "", "", ""],
-    ]
-    lines = [",".join(INDEX_COLS)] + [",".join(map(str, r)) for r in rows]
-    (folder / "index.csv").write_text("\n".join(lines) + "\n")
-    return folder
 
 
 # -- 10: every refused .pt explained, never "weights_only=False will likely succeed" ------
@@ -127,10 +85,6 @@ def test_torch_load_only_in_safe_load():
     assert calls == []
 
 
-# Words of advice to load unsafely: what no message of dnnlab's may say.
-UNSAFE_ADVICE = ("weights_only=false", "allow_pickle=true", "trust_remote_code=true")
-
-
 def message_texts(tree) -> list[str]:
     """The text of every message a module can show: the string parts of what it raises,
     prints or warns, and of every error it makes (a call of a name ending in Error), with
@@ -169,18 +123,6 @@ def test_no_message_advises_an_unsafe_load():
     # The scan finds such advice where it is: a message made to hold it is caught.
     planted = 'raise InputError(f"{p}: retry with weights_only=False")'
     assert message_texts(ast.parse(planted)) == [": retry with weights_only=False"]
-
-
-def write_voc(folder, stem, boxes, size=(160, 120)):
-    """A grey photo and its VOC annotation; coordinates written as given (text or number)."""
-    from PIL import Image
-
-    from tests.test_detect import OBJ, XML
-
-    Image.new("RGB", size, (90, 90, 90)).save(folder / f"{stem}.jpg")
-    objs = "".join(OBJ.format(name=n, x1=b[0], y1=b[1], x2=b[2], y2=b[3]) for n, b in boxes)
-    xml = XML.format(fn=f"{stem}.jpg", w=size[0], h=size[1], objs=objs)
-    (folder / f"{stem}.xml").write_text(xml)
 
 
 # -- 3: a box with NaN, inf or non-numeric coordinates is an input problem, dropped -------
@@ -362,40 +304,6 @@ def test_study_never_writes_over_its_inputs(tree, tmp_path, capsys):
 
 
 # -- 2: one writer per folder; a killed writer never leaves it locked ---------------------
-HOLD = """
-import sys, time
-from dnnlab.utils.lock import folder_lock
-with folder_lock(sys.argv[1]):
-    print("held", flush=True)
-    time.sleep(60)
-"""
-
-
-@pytest.fixture
-def holder(tmp_path):
-    """Start a process holding the lock of a folder; yields (folder, process); killed after."""
-    import subprocess
-    import sys
-
-    procs = []
-
-    def start(folder):
-        p = subprocess.Popen(
-            [sys.executable, "-c", HOLD, str(folder)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        )
-        procs.append(p)
-        assert p.stdout.readline().strip() == "held"
-        return p
-
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
-
-
 def test_a_held_folder_is_refused_at_once_naming_it_and_its_holder(tmp_path, holder):
     from dnnlab.utils.lock import FolderBusy, folder_lock
 

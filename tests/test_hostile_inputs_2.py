@@ -13,9 +13,16 @@ import torch
 from PIL import Image
 
 from dnnlab.cli import main
-from tests.fakes import TINY_TRAIN_ARGS, snapshot
-from tests.test_hostile_inputs import holder, write_voc  # noqa: F401 (a fixture)
-from tests.test_probe_any import image_folder
+from tests.fakes import (
+    HOLD,
+    TINY_TRAIN_ARGS,
+    fake_build,
+    free_port,
+    image_folder,
+    refused,
+    snapshot,
+    write_voc,
+)
 
 
 def truncate(path, keep: float = 0.8) -> None:
@@ -23,17 +30,6 @@ def truncate(path, keep: float = 0.8) -> None:
     whole: only decoding every pixel finds it)."""
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
-
-
-def refused(argv, capsys, *named) -> str:
-    """The command exits 2 with one `dnnlab CMD: error:` line naming each of `named`."""
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    last = err.strip().splitlines()[-1]
-    assert "Traceback" not in err and last.startswith("dnnlab ") and ": error: " in last, err
-    for n in named:
-        assert str(n) in err, (n, err)
-    return err
 
 
 class FakeDetector:
@@ -377,9 +373,6 @@ def test_a_lock_refused_to_rank_0_reaches_every_rank(tmp_path):
 
     import torch.multiprocessing as mp
 
-    from tests.test_distributed import _free_port
-    from tests.test_hostile_inputs import HOLD
-
     folder = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-c", HOLD, str(folder)]
@@ -388,7 +381,7 @@ def test_a_lock_refused_to_rank_0_reaches_every_rank(tmp_path):
         assert p.stdout.readline().strip() == "held"
         with mp.Manager() as m:
             out = m.dict()
-            mp.spawn(_lock_worker, args=(2, _free_port(), str(folder), out), nprocs=2)
+            mp.spawn(_lock_worker, args=(2, free_port(), str(folder), out), nprocs=2)
             got = dict(out)
     finally:
         p.kill()
@@ -397,7 +390,7 @@ def test_a_lock_refused_to_rank_0_reaches_every_rank(tmp_path):
 
 
 # -- detect eval: one writer of MODEL/evals (and of --draw) ----------------------------------
-def test_detect_eval_refuses_records_another_process_writes(tmp_path, holder):  # noqa: F811
+def test_detect_eval_refuses_records_another_process_writes(tmp_path, holder):
     from dnnlab.detect.evaluate import evaluate_once
     from dnnlab.utils.lock import FolderBusy
 
@@ -445,7 +438,6 @@ def test_si_reads_a_byte_order_mark_on_either_file_alone(tmp_path, capsys, heade
 def test_records_a_user_saved_with_a_byte_order_mark_read_the_same(tmp_path):
     from dnnlab.cifar.rundir import read_json
     from dnnlab.detect.build import read_index
-    from tests.test_hostile_inputs import fake_build
 
     det = fake_build(tmp_path / "det", tmp_path / "a.jpg")
     plain = read_index(det)

@@ -11,8 +11,7 @@ import pytest
 
 from dnnlab.cli import main
 from dnnlab.errors import InputError
-from tests.test_hostile_inputs import write_voc
-from tests.test_hostile_inputs_2 import refused
+from tests.fakes import UNSAFE_ADVICE, bad_pt, refused, write_voc
 
 
 class FakeDetector:
@@ -251,8 +250,6 @@ def test_probe_weights_of_another_kind_are_refused_by_name(tmp_path, kind):
 
 # -- 7: no message tells the user to load unsafely ------------------------------------------
 def unsafe_words(text: str) -> list[str]:
-    from tests.test_hostile_inputs import UNSAFE_ADVICE
-
     flat = text.lower().replace(" ", "")
     return [w for w in (*UNSAFE_ADVICE, "weights_only", "allow_pickle") if w in flat]
 
@@ -272,8 +269,6 @@ def test_si_refuses_pickled_labels_without_advising_to_unpickle(tmp_path, capsys
 
 def test_timm_checkpoint_path_is_refused_for_weights(tmp_path, capsys):
     pytest.importorskip("timm")
-    from tests.test_hostile_inputs import bad_pt
-
     evil = bad_pt(tmp_path, "pickled")
     spec = f"timm:resnet18:checkpoint_path={str(evil)!r}"
     argv = ["probe", "--model", spec, "--data", tmp_path, "--out", tmp_path / "o"]

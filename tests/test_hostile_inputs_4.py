@@ -16,6 +16,7 @@ import pytest
 import dnnlab
 from dnnlab.errors import InputError
 from dnnlab.separability.io import load_array
+from tests.fakes import refused
 
 SRC = str(Path(dnnlab.__file__).resolve().parents[1])  # the code under test, in a child too
 
@@ -190,8 +191,6 @@ def test_probe_linear_when_every_train20_class_has_one_sample(tmp_path):
     ],
 )
 def test_a_resumed_runs_refusal_names_only_the_flags_given(run, tree, capsys, flags, named):
-    from tests.test_hostile_inputs_2 import refused
-
     err = refused(["train", "--resume", "--data-root", tree, "--out", run, *flags], capsys, named)
     given = {f for f in flags if f.startswith("--")} - {"--epochs"}  # epochs may change
     mentioned = {w.strip("(),;.") for w in err.split() if w.startswith("--")}

@@ -7,7 +7,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from dnnlab.separability import parse_measures, separability
 from tests import oracle
-from tests.test_separability import make_data
+from tests.fakes import make_data
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -16,20 +16,7 @@ from dnnlab.probe.images import ImageSplit
 from dnnlab.probe.plan import plan_budget
 from dnnlab.probe.probe import BudgetError, ProbeConfig, probe_model
 from tests import oracle
-from tests.fakes import cli
-
-
-def image_folder(root, classes=("a", "b", "c"), n=6, splits=("train", "test"), size=20):
-    rng = np.random.default_rng(0)
-    for split in splits:
-        for c, name in enumerate(classes):
-            d = root / split / name if split else root / name
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
-                img[..., c % 3] += 150
-                Image.fromarray(img).save(d / f"{i}.png")
-    return root
+from tests.fakes import cli, image_folder
 
 
 def test_torchvision_model_on_an_image_folder(tmp_path, capsys):

@@ -1,11 +1,13 @@
 """The house rules that can be counted (scripts/check_structure.py): no import cycle, no
-import inside a function without its measured reason beside it."""
+import inside a function without its measured reason beside it; and no test module imports
+another (what tests share lives in tests/conftest.py, fakes.py and oracle.py)."""
 
 import ast
 import runpy
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_structure.py"
+TESTS = Path(__file__).resolve().parent
 
 
 def test_house_rules_hold(capsys):
@@ -24,3 +26,41 @@ def test_an_unexplained_lazy_import_is_found(tmp_path):
         'def c():\n    """Imported here (benchmarks/lazy_imports.py)."""\n    import os\n'
     )
     assert unexplained(f, ast.parse(f.read_text())) == ["m.py:2 import json"]
+
+
+def imported_test_modules(tree: ast.Module) -> list[str]:
+    """The test modules (tests.test_*, .test_*, test_*) a module's source imports, at any
+    depth, by any form; a library's name that starts with test_ is not one."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names, relative = [a.name for a in node.names], False
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            names = [base] + [f"{base}.{a.name}".lstrip(".") for a in node.names]
+            relative = node.level > 0
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            ours = relative or parts[0] == "tests" or parts[0].startswith("test_")
+            at = next((i for i, q in enumerate(parts) if q.startswith("test_")), None)
+            if ours and at is not None:
+                found.add(".".join(parts[: at + 1]))
+    return sorted(found)
+
+
+def test_no_test_module_imports_another():
+    found = {
+        f.name: imported_test_modules(ast.parse(f.read_text())) for f in sorted(TESTS.glob("*.py"))
+    }
+    assert {name: mods for name, mods in found.items() if mods} == {}
+    # The scan finds each form of such an import, and no library name that starts with test_.
+    planted = (
+        "from tests.test_a import x\nimport tests.test_b\nfrom .test_c import y\n"
+        "from tests import test_d\ndef f():\n    from tests.test_e import z\n"
+        "import test_f\nfrom dnnlab.cifar.plan import test_positions\n"
+    )
+    got = imported_test_modules(ast.parse(planted))
+    want = ["test_c", "test_f", "tests.test_a", "tests.test_b", "tests.test_d", "tests.test_e"]
+    assert got == want
