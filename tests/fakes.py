@@ -295,3 +295,40 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Why dnnlab refuses each kind of bad_pt: the words its message must hold.
+REASON = {
+    "pickled": "could run code",
+    "garbage": "not a readable PyTorch file",
+    "empty": "empty (0 bytes)",
+}
+
+
+def refused_to_write_over(argv, capsys, *named):
+    """The command exits 2 with one error line naming each of `named`, no traceback."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "never writes over its inputs" in err and "Traceback" not in err, err
+    for n in named:
+        assert str(n) in err, (n, err)
+
+
+def busy(argv, capsys, folder, pid):
+    """The command exits 2 at once, naming the folder and the holder's pid."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert str(folder) in err and f"pid {pid}" in err and "Traceback" not in err, err
+
+
+def truncate(path, keep: float = 0.8) -> None:
+    """Cut an image file short, as an interrupted copy or download leaves it (its header
+    whole: only decoding every pixel finds it)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def unsafe_words(text: str) -> list[str]:
+    """The words of unsafe advice in a message (UNSAFE_ADVICE and the bare option names)."""
+    flat = text.lower().replace(" ", "")
+    return [w for w in (*UNSAFE_ADVICE, "weights_only", "allow_pickle") if w in flat]

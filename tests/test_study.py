@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ from dnnlab.study.manifest import read_manifest, verify, write_manifest
 from dnnlab.study.publish import publish, read_published
 from dnnlab.study.report import write_report
 from dnnlab.study.study import StudyError, run_study
-from tests.fakes import cli, make_image_tree
+from tests.fakes import cli, make_image_tree, refused_to_write_over
 
 
 def tiny(tree, models, **kw):
@@ -494,3 +495,24 @@ def test_a_cut_off_study_keeps_the_earlier_commands_times(tree, tmp_path, monkey
     monkeypatch.undo()
     run_study(tiny(tree, ["base"]), out, log=quiet)  # resumed
     assert json.loads((out / "study.json").read_text())["wall_seconds"] > done["wall_seconds"]
+
+
+# -- no command writes over one of its inputs, with or without --overwrite -------------
+def test_study_never_writes_over_its_inputs(tree, tmp_path, capsys):
+    det = tmp_path / "det"
+    det.mkdir()
+    (det / "model.pt").write_bytes(b"x")
+    pub = tmp_path / "published"
+    pub.mkdir()
+    base = ["study", "--models", "base", "--data-root", tree, "--quick"]
+    refused_to_write_over([*base, "--out", det, "--detector", det], capsys, det)
+    refused_to_write_over(
+        [*base, "--out", tmp_path / "s", "--published", pub, "--publish", pub], capsys, pub
+    )
+    refused_to_write_over(
+        [*base, "--out", tmp_path / "s", "--publish", tmp_path / "s"], capsys, "--publish"
+    )
+    refused_to_write_over(
+        [*base, "--out", tmp_path / "s", "--publish", tmp_path, "--overwrite"], capsys
+    )
+    assert not (tmp_path / "s").exists() and sorted(os.listdir(det)) == ["model.pt"]
