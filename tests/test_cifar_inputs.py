@@ -1,17 +1,22 @@
 """A trained run's files must match its records: `dnnlab train --resume` and `dnnlab
 probe RUN` refuse edited or missing records by name, never start over in silence, put
 an old run back when an overwrite stops, and never write over their data or a run
-another process writes (the trained run: conftest.finished)."""
+another process writes (the trained run: conftest.finished); huge training values, a run
+that diverges and a crafted checkpoint are stopped by name."""
 
 import json
+import math
 import os
 import shutil
 
 import pytest
 import torch
 
+from dnnlab.cifar import epoch as E
+from dnnlab.cifar import train as T
+from dnnlab.cifar.rundir import RunError, load_checkpoint
 from dnnlab.cli import main
-from tests.fakes import TINY_TRAIN_ARGS, busy, refused, refused_to_write_over, snapshot
+from tests.fakes import TINY_TRAIN_ARGS, Evil, busy, refused, refused_to_write_over, snapshot
 
 
 # -- no command writes over one of its inputs, with or without --overwrite -------------
@@ -180,3 +185,37 @@ def test_a_resumed_runs_refusal_names_only_the_flags_given(run, tree, capsys, fl
     given = {f for f in flags if f.startswith("--")} - {"--epochs"}  # epochs may change
     mentioned = {w.strip("(),;.") for w in err.split() if w.startswith("--")}
     assert mentioned - {"--overwrite", "--out"} == given, err
+
+
+# -- a diverged run, huge training values and a crafted checkpoint, stopped by name -----
+def test_a_diverged_run_stops_before_its_epoch_is_saved(tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(E, "train_one_epoch", lambda *a, **k: (math.nan, 0.1))
+    cfg = T.TrainConfig(epochs=2, train_subset=40, n_val=20, test_subset=20, data_root=str(tree))
+    with pytest.raises(RunError, match="epoch 1: the training loss is nan"):
+        T.train(cfg, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "summary.json").exists()
+    assert not (tmp_path / "r" / "best.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["train", "--epochs", "99999999999999999999"], "--epochs"),
+        (["train", "--batch-size", "99999999999999999999"], "--batch-size"),
+        (["train", "--lr", "1e30"], "--lr"),
+        (["train", "--weight-decay", "1e30"], "--weight-decay"),
+    ],
+)
+def test_huge_training_values_are_refused(argv, flag, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "r")]) == 2
+    assert f"{flag}: " in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_refusing_a_crafted_checkpoint_does_not_suggest_the_unsafe_load(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"model": Evil(marker)}, tmp_path / "best.pt")
+    with pytest.raises(RunError) as e:
+        load_checkpoint(tmp_path / "best.pt")
+    assert "could run code" in str(e.value) and "weights_only" not in str(e.value)
+    assert not marker.exists()

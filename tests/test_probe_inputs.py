@@ -4,15 +4,20 @@ arguments the library rejects, outputs over the data or weights, and train20 wit
 sample a class."""
 
 import json
+import math
 import os
 import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 from dnnlab.cli import main
-from dnnlab.errors import InputError
+from dnnlab.errors import ConfigError, DnnlabError, InputError
+from dnnlab.probe.anynet import AnyConfig
+from dnnlab.probe.layers import LayerError, describe_layers
+from dnnlab.probe.probe import ProbeConfig
 from tests.fakes import bad_pt, image_folder, refused, refused_to_write_over, truncate, unsafe_words
 
 
@@ -138,7 +143,6 @@ def test_probe_linear_when_every_train20_class_has_one_sample(tmp_path):
     """The train20 rows are NaN with the reason (as for every measure there); val and test
     have no classifier to score with: NaN with that reason, also in a resumed probe (was
     AttributeError: 'NoneType' object has no attribute 'score')."""
-    import math
 
     import torch
     from torch import nn
@@ -169,3 +173,37 @@ def test_probe_linear_when_every_train20_class_has_one_sample(tmp_path):
     probe_model(m, {"train20": splits["train20"]}, part, out=tmp_path / "b")
     resumed = probe_model(m, splits, ProbeConfig(measures="si,linear"), out=tmp_path / "b").rows
     assert [r["note"] for r in resumed] == [r["note"] for r in rows]
+
+
+# -- a non-finite layer, settings and follow-up folders, named before any work ---------
+def test_probe_names_the_layer_whose_output_is_not_finite():
+    from dnnlab.probe.probe import probe_model
+
+    m = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 5))
+    with torch.no_grad():
+        m[2].weight[0, 0] = float("nan")  # NaN weights: layers 0 and 1 are fine, 2 is not
+    x, y = torch.randn(40, 6), torch.arange(40) % 3
+    with pytest.raises(DnnlabError, match="layer '2' gives NaN or Inf for 40 of the 40 samples"):
+        probe_model(m, {"val": (x, y)}, ProbeConfig(splits=("val",)))
+
+
+def test_probe_settings_ranges():
+    with pytest.raises(ConfigError, match="--seed"):
+        AnyConfig(model="torchvision:resnet18", data="x", seed=-1)
+    with pytest.raises(ConfigError, match="--image-size"):
+        AnyConfig(model="torchvision:resnet18", data="x", image_size=99_999_999)
+    with pytest.raises(ConfigError, match="--cka-splits: bogus is not among the probed splits"):
+        ProbeConfig(splits=("val",), cka_splits="val,bogus")
+
+
+def test_output_key_that_picks_nothing_is_refused():
+    m = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    with pytest.raises(LayerError, match="--output-key '3': every probed layer returns a plain"):
+        describe_layers(m, torch.randn(2, 4), ["0", "1"], output_key="3")
+
+
+def test_follow_up_folders_are_checked_before_the_probe(tree, tmp_path, capsys):
+    out = tmp_path / "p"
+    argv = ["probe", "--model", "torchvision:resnet18", "--data", str(tree), "--out", str(out)]
+    assert main([*argv, "--compare", str(tmp_path / "nowhere")]) == 2
+    assert "--compare" in capsys.readouterr().err and not out.exists()

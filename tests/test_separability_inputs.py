@@ -1,5 +1,7 @@
-"""Inputs whose numbers would silently be wrong or mean nothing: the scale of the features
-(normalization is scale-invariant) and classes of one sample (named, not measured)."""
+"""Inputs to separability and `dnnlab si` (separability.io, featurefile): numbers that would
+silently be wrong or mean nothing (the scale of the features, classes of one sample), files
+with a byte-order mark, pickles, named pipes, files that change while read, unusual tensors,
+and reading within the memory budget; each measured right or refused by name."""
 
 import importlib
 import json
@@ -17,7 +19,7 @@ import torch
 
 import dnnlab
 from dnnlab.cli import main
-from dnnlab.errors import InputError
+from dnnlab.errors import DnnlabError, InputError
 from dnnlab.probe.probe import ProbeConfig, probe_model
 from dnnlab.separability import separability
 from dnnlab.separability.io import load_array
@@ -446,3 +448,24 @@ def test_copies_of_two_rows_answer_within_the_budget_at_once(tmp_path):
     assert code == 0, out
     assert "si " in out
     assert peak - interpreter < 100e6, f"{(peak - interpreter) / 1e6:.0f} MB above the interpreter"
+
+
+# -- non-finite features and bad settings, named ---------------------------------------
+def test_non_finite_features_are_a_dnnlab_error():
+    x = np.ones((6, 3))
+    x[2, 1] = np.nan
+    with pytest.raises(DnnlabError, match="NaN or Inf in 1 rows"):
+        separability(x, [0, 0, 0, 1, 1, 1])
+
+
+def test_si_alpha_and_memory_name_their_flag(tmp_path, capsys):
+    x, y = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(x, np.random.default_rng(0).normal(size=(20, 3)))
+    np.save(y, np.arange(20) % 2)
+    assert main(["si", str(x), str(y), "--alpha", "inf"]) == 2
+    assert "--alpha must be a finite number > 0" in capsys.readouterr().err
+    assert main(["si", str(x), str(y), "--max-memory", "0"]) == 2
+    assert "--max-memory: " in capsys.readouterr().err
+    assert main(["si", str(x), str(y), "--max-memory", "1KB"]) == 2
+    err = capsys.readouterr().err
+    assert "0.00 GiB" not in err and "1000 B is too small" in err

@@ -516,3 +516,10 @@ def test_study_never_writes_over_its_inputs(tree, tmp_path, capsys):
         [*base, "--out", tmp_path / "s", "--publish", tmp_path, "--overwrite"], capsys
     )
     assert not (tmp_path / "s").exists() and sorted(os.listdir(det)) == ["model.pt"]
+
+
+def test_study_checks_the_budget_against_the_data_before_writing(tree, tmp_path):
+    cfg = study_config(["base"], quick=True, data_root=str(tree), train_subset=99_999, n_val=20)
+    with pytest.raises(ConfigError, match="--train-subset: 99999 is more than"):
+        run_study(cfg, tmp_path / "s", log=lambda *_: None)
+    assert not (tmp_path / "s" / "study.json").exists()
