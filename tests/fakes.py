@@ -1,6 +1,7 @@
 """Small fake data sets and inputs made by the tests themselves, and the helpers that
 several test modules share (no test module imports another: tests/test_structure.py)."""
 
+import contextlib
 import json
 import pickle
 import socket
@@ -332,3 +333,14 @@ def unsafe_words(text: str) -> list[str]:
     """The words of unsafe advice in a message (UNSAFE_ADVICE and the bare option names)."""
     flat = text.lower().replace(" ", "")
     return [w for w in (*UNSAFE_ADVICE, "weights_only", "allow_pickle") if w in flat]
+
+
+@contextlib.contextmanager
+def raises_naming(exc: type[Exception], *named):
+    """pytest.raises(exc), then its message must name each of `named` (a file, flag, layer,
+    value, count), in any order and whatever the words around them."""
+    with pytest.raises(exc) as info:
+        yield info
+    message = str(info.value)
+    for n in named:
+        assert str(n) in message, (n, message)

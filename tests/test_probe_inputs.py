@@ -18,7 +18,15 @@ from dnnlab.errors import ConfigError, DnnlabError, InputError
 from dnnlab.probe.anynet import AnyConfig
 from dnnlab.probe.layers import LayerError, describe_layers
 from dnnlab.probe.probe import ProbeConfig
-from tests.fakes import bad_pt, image_folder, refused, refused_to_write_over, truncate, unsafe_words
+from tests.fakes import (
+    bad_pt,
+    image_folder,
+    raises_naming,
+    refused,
+    refused_to_write_over,
+    truncate,
+    unsafe_words,
+)
 
 
 # -- no command writes over one of its inputs, with or without --overwrite -------------
@@ -183,7 +191,7 @@ def test_probe_names_the_layer_whose_output_is_not_finite():
     with torch.no_grad():
         m[2].weight[0, 0] = float("nan")  # NaN weights: layers 0 and 1 are fine, 2 is not
     x, y = torch.randn(40, 6), torch.arange(40) % 3
-    with pytest.raises(DnnlabError, match="layer '2' gives NaN or Inf for 40 of the 40 samples"):
+    with raises_naming(DnnlabError, "layer '2'", "NaN or Inf", "40 of the 40 samples"):
         probe_model(m, {"val": (x, y)}, ProbeConfig(splits=("val",)))
 
 
@@ -192,13 +200,13 @@ def test_probe_settings_ranges():
         AnyConfig(model="torchvision:resnet18", data="x", seed=-1)
     with pytest.raises(ConfigError, match="--image-size"):
         AnyConfig(model="torchvision:resnet18", data="x", image_size=99_999_999)
-    with pytest.raises(ConfigError, match="--cka-splits: bogus is not among the probed splits"):
+    with raises_naming(ConfigError, "--cka-splits", "bogus", "probed splits"):
         ProbeConfig(splits=("val",), cka_splits="val,bogus")
 
 
 def test_output_key_that_picks_nothing_is_refused():
     m = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
-    with pytest.raises(LayerError, match="--output-key '3': every probed layer returns a plain"):
+    with raises_naming(LayerError, "--output-key '3'", "every probed layer"):
         describe_layers(m, torch.randn(2, 4), ["0", "1"], output_key="3")
 
 

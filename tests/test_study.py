@@ -21,7 +21,7 @@ from dnnlab.study.manifest import read_manifest, verify, write_manifest
 from dnnlab.study.publish import publish, read_published
 from dnnlab.study.report import write_report
 from dnnlab.study.study import StudyError, run_study
-from tests.fakes import cli, make_image_tree, refused_to_write_over
+from tests.fakes import cli, make_image_tree, raises_naming, refused_to_write_over
 
 
 def tiny(tree, models, **kw):
@@ -60,7 +60,7 @@ def test_probe_run_and_checkpoint_mismatch(tree, tmp_path, capsys):
     ck = torch.load(run / "best.pt", weights_only=True)
     ck["model"]["conv4.weight"] = torch.zeros(256, 128, 1, 1)
     torch.save(ck, run / "best.pt")
-    with pytest.raises(RunError, match=r"'conv4.weight' is \(256, 128, 1, 1\) in the checkpoint"):
+    with raises_naming(RunError, "'conv4.weight'", "(256, 128, 1, 1)", "checkpoint"):
         probe_run(run, ProbeConfig(splits=("val",), max_per_split=20))
 
 
