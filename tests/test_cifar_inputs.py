@@ -55,6 +55,7 @@ def resume(run, tree):
 
 
 # -- a trained run (conftest.finished), for the checks of its records ------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "train, val, why",
     [
@@ -170,6 +171,7 @@ def test_a_resume_message_names_switches_that_exist():
 
 
 # -- a resume message names only the flags given ------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags, named",
     [

@@ -32,6 +32,7 @@ def test_output_clash_rules(tmp_path):
 
 
 # -- one writer per folder; a killed writer never leaves it locked ---------------------
+@pytest.mark.slow
 def test_probe_study_and_detect_build_refuse_a_held_folder(tree, tmp_path, capsys, holder):
     out = tmp_path / "out"
     p = holder(out)
@@ -167,6 +168,7 @@ for read in (lambda: open_rgb(d / "voc" / "b.jpg"), lambda: load_state(str(d / "
 
 
 # -- an input that changes while it is read ----------------------------------------------
+@pytest.mark.slow
 def test_every_reader_refuses_a_named_pipe_without_waiting(tmp_path):
     """A VOC annotation, an image and a weights file that are named pipes: each is a named
     input problem or refusal, never a wait for a writer that never comes."""

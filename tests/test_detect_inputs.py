@@ -237,6 +237,7 @@ def test_detect_run_that_writes_nothing_says_so_and_makes_no_folder(tmp_path, ca
 
 
 # -- detect eval: one writer of MODEL/evals (and of --draw) ----------------------------------
+@pytest.mark.slow
 def test_detect_eval_refuses_records_another_process_writes(tmp_path, holder):
     from dnnlab.detect.evaluate import evaluate_once
     from dnnlab.utils.lock import FolderBusy

@@ -24,6 +24,7 @@ def _worker(rank, world, port, x, y, block, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed,block", [(0, 16), (1, 50), (2, 1000)])
 def test_two_gloo_processes_match_oracle(seed, block):
     x, y = make_data(200 + seed, 140, d=9, n_classes=3, dup_frac=0.3)
@@ -48,6 +49,7 @@ def _file_worker(rank, world, port, path, y, block, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_on_a_feature_file(tmp_path):
     """Each process reads its block pairs from the file: the in-memory, one-process answer."""
     x, y = make_data(7, 150, d=9, n_classes=3, dup_frac=0.3)
@@ -60,6 +62,7 @@ def test_two_gloo_processes_on_a_feature_file(tmp_path):
     assert got[0] == got[1] == separability(x, y, ALL, block=32).values
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_train_as_one(tree, tmp_path):
     """`dnnlab train` under torchrun (2 processes, gloo, CPU) ends with the weights of a
     one-process run with the same global batch: each process takes half of every batch and
@@ -168,6 +171,7 @@ def _linear_worker(rank, world, port, x, y, xt, yt, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_share_the_linear_classifiers_gram():
     # D > N: each process forms its block pairs' products, their sum is the whole Gram, and
     # both fit the one-process probe from it.

@@ -10,6 +10,7 @@ from tests import oracle
 from tests.fakes import make_data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("block", [7, 64])
 def test_knn_matches_oracle_with_ties(seed, block):

@@ -30,6 +30,7 @@ def test_matches_oracle_single_block(seed):
     check(x, y, res, orders=[r for r in (1, 2, 3) if r < n])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("block", [1, 7, 64])
 def test_matches_oracle_multi_block(seed, block):

@@ -35,6 +35,7 @@ def clustered(n=240, d=16, seed=0):
     return rng.normal(size=(n, d)) + y[:, None] * 0.6 + 3.0, y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["zscore", "minmax"])
 @pytest.mark.parametrize("c", [1e-38, 1e-120, 1e-200, 1e-300, 1e30, 1e150, 1e300])
 def test_every_measure_is_scale_invariant(method, c):
@@ -223,6 +224,7 @@ def test_a_feature_file_is_read_through_the_descriptor_it_was_opened_with(tmp_pa
     f.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["labels", "features"])
 def test_si_refuses_a_named_pipe_at_once(tmp_path, which):
     """A FIFO as an input would make si wait for a writer forever: refused before reading."""

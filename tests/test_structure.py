@@ -6,10 +6,13 @@ import ast
 import runpy
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_structure.py"
 TESTS = Path(__file__).resolve().parent
 
 
+@pytest.mark.slow
 def test_house_rules_hold(capsys):
     rules = runpy.run_path(str(SCRIPT))
     assert rules["main"]() == 0, capsys.readouterr().out

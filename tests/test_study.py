@@ -35,6 +35,7 @@ def quiet(*_):
     pass
 
 
+@pytest.mark.slow
 def test_probe_run_and_checkpoint_mismatch(tree, tmp_path, capsys):
     run = tmp_path / "run"
     train(
@@ -64,6 +65,7 @@ def test_probe_run_and_checkpoint_mismatch(tree, tmp_path, capsys):
         probe_run(run, ProbeConfig(splits=("val",), max_per_split=20))
 
 
+@pytest.mark.slow
 def test_study_trains_probes_reports_and_resumes(tree, tmp_path):
     cfg = tiny(tree, ["base", "noskip"])
     out = tmp_path / "study"
@@ -91,6 +93,7 @@ def test_study_trains_probes_reports_and_resumes(tree, tmp_path):
     check_in_chromium(out / "report.html", tmp_path)
 
 
+@pytest.mark.slow
 def test_a_failed_report_keeps_the_study_times(tree, tmp_path, monkeypatch):
     def broken_report(*_, **__):
         raise OSError("disk full")
@@ -148,6 +151,7 @@ def check_in_chromium(page, tmp_path):
     assert shot.exists() and shot.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_report_figures_are_the_recorded_ones(tree, tmp_path):
     """No subset asked: the report says what the run used (120 of this tiny data), not the
     full set's 45,000 that the settings imply."""
@@ -183,6 +187,7 @@ def test_study_inputs_are_checked_before_any_work(tree, tmp_path, capsys):
     assert study_config(["base", "noskip"], max_per_split=2).max_per_split == 2
 
 
+@pytest.mark.slow
 def test_rerun_with_other_data_is_refused(tree, tmp_path):
     out = tmp_path / "s"
     cfg = tiny(tree, ["base"])
@@ -254,6 +259,7 @@ def test_report_links_extra_figures_from_where_it_is(tmp_path):
     assert (out / "report.html").read_text().count('<img alt="') >= 2
 
 
+@pytest.mark.slow
 def test_report_leaves_out_runs_whose_records_do_not_match(tree, tmp_path):
     out = tmp_path / "s"
     cfg = tiny(tree, ["base", "noskip"])
@@ -286,6 +292,7 @@ def _runs_equal(a, b):
         ).read_text()
 
 
+@pytest.mark.slow
 def test_two_concurrent_workers_give_the_sequential_results(tree, tmp_path):
     cfg = tiny(tree, ["base", "noskip"], epochs=2)
     seq, par = tmp_path / "seq", tmp_path / "par"
@@ -299,6 +306,7 @@ def test_two_concurrent_workers_give_the_sequential_results(tree, tmp_path):
     assert json.loads((par / "study.json").read_text())["jobs"] == 2
 
 
+@pytest.mark.slow
 def test_a_failing_worker_is_named_and_the_others_go_on(tree, tmp_path):
     out = tmp_path / "s"
     # noskip's run folder is a file: its worker fails, base's goes on.
@@ -315,6 +323,7 @@ def test_a_failing_worker_is_named_and_the_others_go_on(tree, tmp_path):
     assert (out / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_published_tables_and_publish(tree, tmp_path):
     out = tmp_path / "s"
     cfg = tiny(tree, ["base", "noskip"])
@@ -425,6 +434,7 @@ def test_full_study_gpu_script_logic_on_the_cpu(tmp_path):
     assert "throughput.txt" in names and "info.txt" in names
 
 
+@pytest.mark.slow
 def test_quick_fills_only_the_budget_flags_not_given(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(S, "run_study", lambda cfg, out, **kw: seen.update(cfg=cfg, **kw))
@@ -457,6 +467,7 @@ def test_quick_fills_only_the_budget_flags_not_given(monkeypatch, tmp_path):
     assert (seen["cfg"].epochs, seen["cfg"].train_subset, seen["cfg"].quick) == (100, None, False)
 
 
+@pytest.mark.slow
 def test_report_has_the_measures_beyond_si_and_base_bn_cka(tree, tmp_path):
     cfg = tiny(tree, ["base", "bn"])
     out = tmp_path / "study"
@@ -480,6 +491,7 @@ def test_report_has_the_measures_beyond_si_and_base_bn_cka(tree, tmp_path):
     assert (out / "figures" / "compare_normalization.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_a_cut_off_study_keeps_the_earlier_commands_times(tree, tmp_path, monkeypatch):
     def cut_off(*_, **__):
         raise KeyboardInterrupt

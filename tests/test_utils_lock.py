@@ -10,6 +10,7 @@ from tests.fakes import HOLD, free_port
 
 
 # -- one writer per folder; a killed writer never leaves it locked ---------------------
+@pytest.mark.slow
 def test_a_held_folder_is_refused_at_once_naming_it_and_its_holder(tmp_path, holder):
     from dnnlab.utils.lock import FolderBusy, folder_lock
 
@@ -62,6 +63,7 @@ def _lock_worker(rank, world, port, folder, out):
 
 
 # -- torchrun: a folder lock refused to rank 0 ends every rank ------------------------------
+@pytest.mark.slow
 def test_a_lock_refused_to_rank_0_reaches_every_rank(tmp_path):
     import subprocess
     import sys
