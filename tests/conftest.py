@@ -1,9 +1,12 @@
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 from dnnlab.cli import main
-from tests.fakes import TINY_TRAIN_ARGS, USER_MODEL, make_image_tree
+from tests.fakes import HOLD, TINY_TRAIN_ARGS, USER_MODEL, make_image_tree
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +44,25 @@ def user_file(tmp_path):
     p = tmp_path / "usermodels.py"
     p.write_text(USER_MODEL)
     return p
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Start a process holding the lock of a folder; yields (folder, process); killed after."""
+    procs = []
+
+    def start(folder):
+        p = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(folder)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        procs.append(p)
+        assert p.stdout.readline().strip() == "held"
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()

@@ -1,8 +1,12 @@
-"""Small fake data sets made by the tests themselves."""
+"""Small fake data sets and inputs made by the tests themselves, and the helpers that
+several test modules share (no test module imports another: tests/test_structure.py)."""
 
+import contextlib
 import json
 import pickle
+import socket
 import tarfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ from dnnlab.cifar.epoch import evaluate
 from dnnlab.cifar.plan import test_positions
 from dnnlab.cifar.rundir import load_model_checkpoint
 from dnnlab.cifar.train import TrainConfig
+from dnnlab.cli import main
 
 
 def class_image(c: int, rng) -> np.ndarray:
@@ -158,3 +163,184 @@ def cli(*words, **flags) -> list[str]:
         if value is not True:
             out.append(str(value))
     return out
+
+
+# Every measure separability() gives.
+ALL = [
+    "si",
+    "csi",
+    "hsi:1",
+    "soft:1",
+    "anti:1",
+    "hsi:2",
+    "soft:2",
+    "anti:2",
+    "hsi:3",
+    "soft:3",
+    "anti:3",
+]
+
+
+def make_data(seed, n, d, n_classes, dup_frac=0.2):
+    """Random clustered data with exact duplicate rows and non-contiguous labels."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(np.array([-7, 3, 11, 40])[:n_classes], size=n)
+    x = rng.normal(size=(n, d)) + y[:, None] * 0.05
+    ndup = int(n * dup_frac)
+    if ndup and n > 2:
+        src = rng.integers(0, n, ndup)
+        dst = rng.integers(0, n, ndup)
+        x[dst] = x[src]  # exact duplicates, possibly with other labels
+    return x, y
+
+
+# A VOC annotation and one of its objects (str.format templates).
+XML = """<annotation><filename>{fn}</filename><size><width>{w}</width><height>{h}</height>
+<depth>3</depth></size>{objs}</annotation>"""
+OBJ = (
+    "<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin>"
+    "<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+)
+
+
+def write_voc(folder, stem, boxes, size=(160, 120)):
+    """A grey photo and its VOC annotation; coordinates written as given (text or number)."""
+    Image.new("RGB", size, (90, 90, 90)).save(folder / f"{stem}.jpg")
+    objs = "".join(OBJ.format(name=n, x1=b[0], y1=b[1], x2=b[2], y2=b[3]) for n, b in boxes)
+    xml = XML.format(fn=f"{stem}.jpg", w=size[0], h=size[1], objs=objs)
+    (folder / f"{stem}.xml").write_text(xml)
+
+
+def fake_build(folder, image):
+    """The smallest build folder `detect train` reads: build.json and a two-row index."""
+    from dnnlab.detect.build import INDEX_COLS
+    from dnnlab.detect.config import ProposalConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "build.json").write_text(
+        json.dumps({"target": "cat", "proposals": asdict(ProposalConfig())})
+    )
+    rows = [
+        [str(image), 1, 1, 20, 20, 1, "0.9", "train", 1, 1, 20, 20],
+        [str(image), 30, 30, 40, 40, 0, "0.0", "val", "", "", "", ""],
+    ]
+    lines = [",".join(INDEX_COLS)] + [",".join(map(str, r)) for r in rows]
+    (folder / "index.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+class Evil:
+    """Unpickling it would create a marker file: code run by loading."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def bad_pt(tmp_path, kind: str):
+    """A .pt file that must be refused: pickled code, garbage bytes, or zero bytes."""
+    p = tmp_path / f"{kind}.pt"
+    if kind == "pickled":
+        torch.save({"x": Evil(tmp_path / "pwned")}, p)
+    elif kind == "garbage":
+        p.write_bytes(b"\x80\x02 not a torch file at all" * 10)
+    else:
+        p.write_bytes(b"")
+    return p
+
+
+# Words of advice to load unsafely: what no message of dnnlab's may say.
+UNSAFE_ADVICE = ("weights_only=false", "allow_pickle=true", "trust_remote_code=true")
+
+
+# A process holding a folder's lock (argv[1]) for a minute: the holder fixture.
+HOLD = """
+import sys, time
+from dnnlab.utils.lock import folder_lock
+with folder_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def refused(argv, capsys, *named) -> str:
+    """The command exits 2 with one `dnnlab CMD: error:` line naming each of `named`."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("dnnlab ") and ": error: " in last, err
+    for n in named:
+        assert str(n) in err, (n, err)
+    return err
+
+
+def image_folder(root, classes=("a", "b", "c"), n=6, splits=("train", "test"), size=20):
+    """Image folders ROOT/SPLIT/CLASS/i.png (ROOT/CLASS/i.png for a split of ''): each
+    class a colour plus noise, n images of size x size."""
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c, name in enumerate(classes):
+            d = root / split / name if split else root / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+                img[..., c % 3] += 150
+                Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (for a torch.distributed rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Why dnnlab refuses each kind of bad_pt: the words its message must hold.
+REASON = {
+    "pickled": "could run code",
+    "garbage": "not a readable PyTorch file",
+    "empty": "empty (0 bytes)",
+}
+
+
+def refused_to_write_over(argv, capsys, *named):
+    """The command exits 2 with one error line naming each of `named`, no traceback."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "never writes over its inputs" in err and "Traceback" not in err, err
+    for n in named:
+        assert str(n) in err, (n, err)
+
+
+def busy(argv, capsys, folder, pid):
+    """The command exits 2 at once, naming the folder and the holder's pid."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert str(folder) in err and f"pid {pid}" in err and "Traceback" not in err, err
+
+
+def truncate(path, keep: float = 0.8) -> None:
+    """Cut an image file short, as an interrupted copy or download leaves it (its header
+    whole: only decoding every pixel finds it)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def unsafe_words(text: str) -> list[str]:
+    """The words of unsafe advice in a message (UNSAFE_ADVICE and the bare option names)."""
+    flat = text.lower().replace(" ", "")
+    return [w for w in (*UNSAFE_ADVICE, "weights_only", "allow_pickle") if w in flat]
+
+
+@contextlib.contextmanager
+def raises_naming(exc: type[Exception], *named):
+    """pytest.raises(exc), then its message must name each of `named` (a file, flag, layer,
+    value, count), in any order and whatever the words around them."""
+    with pytest.raises(exc) as info:
+        yield info
+    message = str(info.value)
+    for n in named:
+        assert str(n) in message, (n, message)

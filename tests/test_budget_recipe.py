@@ -102,6 +102,7 @@ def test_cpu_flags_read_from_a_cpuinfo_file(tmp_path):
     assert cpu_flags(tmp_path / "missing") is None
 
 
+@pytest.mark.slow
 def test_budget_run_records_precision_and_refuses_another_epoch_count(tree, tmp_path):
     run = tmp_path / "r"
     s = T.train(small(tree), run, progress=False)

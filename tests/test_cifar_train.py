@@ -29,6 +29,7 @@ def metrics(run):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_writes_everything_and_resumes_exactly(tree, tmp_path, monkeypatch):
     full = tmp_path / "full"
     summary = T.train(cfg(tree), full, progress=False)

@@ -33,3 +33,17 @@ def test_ctrl_c_suggests_resume_only_where_it_exists(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_train", raiser(KeyboardInterrupt()))
     assert cli.main(["train", "--out", "x"]) == 130
     assert "rerun with --resume" in capsys.readouterr().err
+
+
+# -- no leftovers, no small lies ------------------------------------------------------
+def test_a_python_warning_is_one_line_without_a_source_path(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    def warns(args):
+        warnings.warn("a library's remark\nwith a second line", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_models", warns)
+    assert cli.main(["models"]) == 0
+    err = capsys.readouterr().err
+    assert err == "dnnlab models: warning: a library's remark\n", err

@@ -36,6 +36,7 @@ def spearman(a, b):
     return spearman_exact(a, b)["rho"]
 
 
+@pytest.mark.slow
 def test_spearman_against_oracle_with_and_without_ties():
     rng = random.Random(0)
     for n in (3, 5, 9):
@@ -117,6 +118,7 @@ def record_settings(out, **changes):
     f.write_text(json.dumps({**json.loads(f.read_text()), **changes}))
 
 
+@pytest.mark.slow
 def test_budget_study_report_has_the_course_comparison_and_all_variant_figure(
     budget_study, tmp_path
 ):
@@ -166,6 +168,7 @@ def test_budget_study_report_has_the_course_comparison_and_all_variant_figure(
         assert f"numbers: {rho:.3f} over 3 variants" in md
 
 
+@pytest.mark.slow
 def test_a_diverged_variant_is_reported_with_its_curve_and_published(budget_study, tmp_path):
     import math
 

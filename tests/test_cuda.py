@@ -6,7 +6,7 @@ import torch
 
 from dnnlab.separability import separability
 from tests import oracle
-from tests.test_separability import ALL, make_data
+from tests.fakes import ALL, make_data
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

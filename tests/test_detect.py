@@ -33,14 +33,8 @@ from dnnlab.detect.selection import select
 from dnnlab.detect.train import embed_mirrored
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.errors import InputError
-from tests.fakes import cli
+from tests.fakes import OBJ, XML, cli
 
-XML = """<annotation><filename>{fn}</filename><size><width>{w}</width><height>{h}</height>
-<depth>3</depth></size>{objs}</annotation>"""
-OBJ = (
-    "<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin>"
-    "<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
-)
 NORM = ((0.5,) * 3, (0.5,) * 3)
 
 
@@ -522,6 +516,7 @@ def test_mirrored_rows_are_the_mirrored_photos_boxes(voc, built, weights):
         assert torch.allclose(x[i], want[0].half().float())
 
 
+@pytest.mark.slow
 def test_train_without_mirrored_regressors_records_it(trained, weights, tmp_path):
     """The default fits the regressors on mirrored rows too; --no-mirror-regressors does not,
     and says so in model.pt."""
@@ -894,6 +889,7 @@ def test_model_file_that_is_not_plain_data_is_refused(trained, tmp_path, capsys)
         Detector.load(det)
 
 
+@pytest.mark.slow
 def test_show_writes_sample_grids(trained, tmp_path):
     det = copy_of(trained, tmp_path)
     assert main(cli("detect", "show", det)) == 0
@@ -922,6 +918,7 @@ def test_train_refuses_to_replace_without_overwrite(trained, weights, tmp_path, 
 
 
 # -- run -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_run_writes_results_and_reports_failures(voc, trained, tmp_path, capsys):
     out = tmp_path / "dets"
     argv = [
@@ -1008,6 +1005,7 @@ def test_run_writes_results_and_reports_failures(voc, trained, tmp_path, capsys)
 
 
 # -- eval ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_eval_keeps_one_record_per_folder_and_reuses_only_a_match(
     voc, small, trained, tmp_path, capsys
 ):
@@ -1059,6 +1057,7 @@ def test_course_preset_detection_settings(small, trained, tmp_path, capsys):
     assert res["settings"]["max_proposals"] == 50 and res["settings"]["refine_steps"] == 0
 
 
+@pytest.mark.slow
 def test_course_preset_and_end_to_end(small, weights, tmp_path):
     det = tmp_path / "det"
     assert (

@@ -1,7 +1,6 @@
 """The torch.distributed path: two gloo processes on localhost give the one-process answer."""
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -12,13 +11,7 @@ import torch.multiprocessing as mp
 from dnnlab.separability import knn, separability
 from dnnlab.separability.featurefile import FeatureFile
 from tests import oracle
-from tests.test_separability import ALL, make_data
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.fakes import ALL, free_port, make_data
 
 
 def _worker(rank, world, port, x, y, block, out):
@@ -31,12 +24,13 @@ def _worker(rank, world, port, x, y, block, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed,block", [(0, 16), (1, 50), (2, 1000)])
 def test_two_gloo_processes_match_oracle(seed, block):
     x, y = make_data(200 + seed, 140, d=9, n_classes=3, dup_frac=0.3)
     with mp.Manager() as m:
         out = m.dict()
-        mp.spawn(_worker, args=(2, _free_port(), x, y, block, out), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, free_port(), x, y, block, out), nprocs=2, join=True)
         got = dict(out)
     single = separability(x, y, ALL, block=block).values
     assert got[0] == got[1] == single
@@ -55,18 +49,20 @@ def _file_worker(rank, world, port, path, y, block, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_on_a_feature_file(tmp_path):
     """Each process reads its block pairs from the file: the in-memory, one-process answer."""
     x, y = make_data(7, 150, d=9, n_classes=3, dup_frac=0.3)
     np.save(tmp_path / "x.npy", x)
     with mp.Manager() as m:
         out = m.dict()
-        args = (2, _free_port(), str(tmp_path / "x.npy"), y, 32, out)
+        args = (2, free_port(), str(tmp_path / "x.npy"), y, 32, out)
         mp.spawn(_file_worker, args=args, nprocs=2, join=True)
         got = dict(out)
     assert got[0] == got[1] == separability(x, y, ALL, block=32).values
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_train_as_one(tree, tmp_path):
     """`dnnlab train` under torchrun (2 processes, gloo, CPU) ends with the weights of a
     one-process run with the same global batch: each process takes half of every batch and
@@ -175,6 +171,7 @@ def _linear_worker(rank, world, port, x, y, xt, yt, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_share_the_linear_classifiers_gram():
     # D > N: each process forms its block pairs' products, their sum is the whole Gram, and
     # both fit the one-process probe from it.
@@ -185,7 +182,7 @@ def test_two_gloo_processes_share_the_linear_classifiers_gram():
     xt = (centers[yt] + 2 * rng.normal(size=(40, 120))).astype(np.float32)
     with mp.Manager() as m:
         out = m.dict()
-        mp.spawn(_linear_worker, args=(2, _free_port(), x, y, xt, yt, out), nprocs=2, join=True)
+        mp.spawn(_linear_worker, args=(2, free_port(), x, y, xt, yt, out), nprocs=2, join=True)
         got = dict(out)
     single = separability(x, y, "si,knn:3,linear", test=(xt, yt), block=16)
     assert got[0][0] == got[1][0] == single.values

@@ -99,6 +99,7 @@ def test_npz_members_and_memmap_views(tmp_path):
     same_result(mem, separability(view, y, ALL, block=64))
 
 
+@pytest.mark.slow
 def test_read_by_blocks_never_whole(tmp_path, monkeypatch):
     """The core never asks the file for more rows at once than its blocks and tiles."""
     x, y = lattice(n=600, d=16384)  # 39 MB: larger than one streamed chunk

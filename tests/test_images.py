@@ -169,7 +169,7 @@ def test_voc_boxes_are_read_in_the_photo_as_displayed(tmp_path):
     """A phone's portrait JPEG: stored 160 wide and 96 high with Orientation 6 (displayed 96
     wide, 160 high); the annotator drew the cat where the viewer showed it."""
     from dnnlab.detect.voc import Problems, load_rgb, parse_voc
-    from tests.test_detect import OBJ, XML
+    from tests.fakes import OBJ, XML
 
     box = (16, 96, 80, 144)  # in the displayed frame: below the stored frame's height (96)
     shown = blocks(160, 96, box)

@@ -8,6 +8,7 @@ import torch
 from dnnlab.separability.knn import TOL_FACTOR, SearchStats, k_nearest, sq_norms
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("d", [1, 16, 256, 4096])
 def test_expanded_form_error_within_bound(d):
     g = torch.Generator().manual_seed(d)

@@ -68,6 +68,7 @@ def fake_checkout(tmp_path) -> tuple[Path, Path]:
     return repo, log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "study_out, cats_name, n_photos",
     [

@@ -7,9 +7,10 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from dnnlab.separability import parse_measures, separability
 from tests import oracle
-from tests.test_separability import make_data
+from tests.fakes import make_data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("block", [7, 64])
 def test_knn_matches_oracle_with_ties(seed, block):

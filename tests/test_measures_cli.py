@@ -102,6 +102,7 @@ def test_si_too_small_budget_counts_the_inputs_read_whole(tmp_path, capsys):
     assert main([*argv, "--max-memory", least, "--json"]) == 0
 
 
+@pytest.mark.slow
 def test_si_stops_quietly_when_its_reader_does(files):
     # `dnnlab si ... | head`: the reader goes away; no traceback, exit status 1.
     d, _, _ = files

@@ -37,6 +37,7 @@ def layer_outputs(m, x):
 MEASURES = "si,knn:3,nc1,linear"
 
 
+@pytest.mark.slow
 def test_probe_rows_and_cka_match_direct_measures(tmp_path):
     m, splits = model_and_splits()
     cfg = ProbeConfig(measures=MEASURES, cka_splits="val,test")
@@ -75,6 +76,7 @@ def test_probe_rows_and_cka_match_direct_measures(tmp_path):
     assert "linear" in (tmp_path / "probe.csv").read_text().splitlines()[0]
 
 
+@pytest.mark.slow
 def test_resumed_probe_scores_with_saved_linear_classifiers(tmp_path):
     m, splits = model_and_splits()
     fresh = probe_model(m, splits, ProbeConfig(measures=MEASURES), out=tmp_path / "a")
@@ -124,6 +126,7 @@ def test_linear_needs_train20_first(splits, match):
         )
 
 
+@pytest.mark.slow
 def test_cka_with_another_run(tree, tmp_path, capsys):
     import shutil
 
@@ -163,6 +166,7 @@ def test_cka_with_another_run(tree, tmp_path, capsys):
     assert "not those of 'A:conv1' in the same order" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_linear_fit_gets_its_share_beside_the_core_budget():
     # train20's N x N Gram (4,500^2 x 8 bytes = 155 MiB) is larger than the core's part of a
     # 600 MB budget (150 MB): the fit runs in the core's call with its own share on top, and

@@ -17,22 +17,10 @@ from dnnlab.probe.plan import plan_budget
 from dnnlab.probe.probe import BudgetError, ProbeConfig, probe_model
 from dnnlab.utils.outputs import mark
 from tests import oracle
-from tests.fakes import cli
+from tests.fakes import cli, image_folder
 
 
-def image_folder(root, classes=("a", "b", "c"), n=6, splits=("train", "test"), size=20):
-    rng = np.random.default_rng(0)
-    for split in splits:
-        for c, name in enumerate(classes):
-            d = root / split / name if split else root / name
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
-                img[..., c % 3] += 150
-                Image.fromarray(img).save(d / f"{i}.png")
-    return root
-
-
+@pytest.mark.slow
 def test_torchvision_model_on_an_image_folder(tmp_path, capsys):
     data = image_folder(tmp_path / "imgs")
     out = tmp_path / "out"
@@ -59,6 +47,7 @@ def test_torchvision_model_on_an_image_folder(tmp_path, capsys):
     assert (out / "si_val_test.png").exists()
 
 
+@pytest.mark.slow
 def test_user_factory_from_a_file_matches_the_oracle(tmp_path, user_file):
     data = image_folder(tmp_path / "imgs", splits=("",), n=10)  # class folders only
     cfg = AnyConfig(model=f"{user_file}:make", data=str(data), out=str(tmp_path / "out"))
@@ -153,6 +142,7 @@ class Wide(nn.Module):
         return self.down(self.up(x))
 
 
+@pytest.mark.slow
 def test_a_layer_bigger_than_the_budget_finishes(tmp_path):
     torch.manual_seed(0)
     x, y = dup_data(200)
@@ -285,6 +275,7 @@ def _train(tree, run, seed, *extra):
     assert main(argv) == 0
 
 
+@pytest.mark.slow
 def test_probe_after_train_overwrite_recomputes(tree, tmp_path, capsys):
     run = tmp_path / "run"
     _train(tree, run, 0)
@@ -307,6 +298,7 @@ def test_probe_after_train_overwrite_recomputes(tree, tmp_path, capsys):
     assert [(r["si"], r["csi"]) for r in new] == [(r["si"], r["csi"]) for r in fresh]
 
 
+@pytest.mark.slow
 def test_probe_refuses_another_data_root(tree, tmp_path, capsys):
     from tests.fakes import make_image_tree
 
@@ -326,6 +318,7 @@ def test_probe_refuses_another_data_root(tree, tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_a_tar_gz_of_class_folders(tmp_path, user_file):
     import tarfile
 
@@ -360,6 +353,7 @@ def test_damaged_run_files_are_named(tmp_path, capsys):
         )
 
 
+@pytest.mark.slow
 def test_pages_dropped_while_the_core_reads_them_change_nothing(tmp_path, monkeypatch):
     import dnnlab.probe.spill as S
 

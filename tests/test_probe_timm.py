@@ -60,6 +60,7 @@ def values(rows):
     return [(r["split"], r["layer"], r["n"], r["si"], r["csi"]) for r in rows]
 
 
+@pytest.mark.slow
 def test_timm_model_against_hooks_reference(tmp_path, weights):
     wdir, state = weights
     data = image_folder(tmp_path / "imgs")
@@ -93,6 +94,7 @@ def test_timm_model_against_hooks_reference(tmp_path, weights):
         assert r["n"] == 15
 
 
+@pytest.mark.slow
 def test_safetensors_and_pt_give_the_same_rows(tmp_path, weights):
     wdir, _ = weights
     data = image_folder(tmp_path / "imgs")
@@ -103,6 +105,7 @@ def test_safetensors_and_pt_give_the_same_rows(tmp_path, weights):
     assert values(a) == values(b) == values(c) == values(d)
 
 
+@pytest.mark.slow
 def test_data_config_used_unless_flags_say_otherwise():
     model, mean, std, size = prepare(AnyConfig(model="timm:resnet18"))
     assert (size, mean, std) == (224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

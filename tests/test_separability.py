@@ -7,33 +7,7 @@ import torch
 from dnnlab.errors import InputError
 from dnnlab.separability import separability
 from tests import oracle
-
-ALL = [
-    "si",
-    "csi",
-    "hsi:1",
-    "soft:1",
-    "anti:1",
-    "hsi:2",
-    "soft:2",
-    "anti:2",
-    "hsi:3",
-    "soft:3",
-    "anti:3",
-]
-
-
-def make_data(seed, n, d, n_classes, dup_frac=0.2):
-    """Random clustered data with exact duplicate rows and non-contiguous labels."""
-    rng = np.random.default_rng(seed)
-    y = rng.choice(np.array([-7, 3, 11, 40])[:n_classes], size=n)
-    x = rng.normal(size=(n, d)) + y[:, None] * 0.05
-    ndup = int(n * dup_frac)
-    if ndup and n > 2:
-        src = rng.integers(0, n, ndup)
-        dst = rng.integers(0, n, ndup)
-        x[dst] = x[src]  # exact duplicates, possibly with other labels
-    return x, y
+from tests.fakes import ALL, make_data
 
 
 def check(x, y, res, method="zscore", orders=(1, 2, 3)):
@@ -56,6 +30,7 @@ def test_matches_oracle_single_block(seed):
     check(x, y, res, orders=[r for r in (1, 2, 3) if r < n])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("block", [1, 7, 64])
 def test_matches_oracle_multi_block(seed, block):

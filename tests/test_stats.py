@@ -33,6 +33,7 @@ def brute_bootstrap_var(a, b, resamples, seed):
     return sum((d - m) ** 2 for d in diffs) / (len(diffs) - 1)
 
 
+@pytest.mark.slow
 def test_paired_bootstrap_closed_form_matches_resampling():
     rng = np.random.default_rng(3)
     n = 300
@@ -138,6 +139,7 @@ def test_spearman_written_out_and_refusals():
         S.spearman_exact([1, 2, 3], [1, 2])
 
 
+@pytest.mark.slow
 def test_spearman_sampled_beyond_nine_pairs():
     a = list(range(11))
     b = [0, 2, 1, 3, 5, 4, 6, 8, 7, 10, 9]
@@ -165,6 +167,7 @@ def test_proportion_interval():
         S.proportion_interval(0, 0)
 
 
+@pytest.mark.slow
 def test_interaction_is_the_four_term_contrast():
     rng = np.random.default_rng(5)
     bn_c, base_c, bn_s, base_s = (

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from dnnlab.study.publish import publish, read_published
 from dnnlab.study.report import write_report
 from dnnlab.study.study import StudyError, run_study
 from dnnlab.utils.outputs import mark
-from tests.fakes import cli, make_image_tree
+from tests.fakes import cli, make_image_tree, raises_naming, refused_to_write_over
 from tests.page_oracle import assert_page_says_what_markdown_says
 
 
@@ -36,6 +37,7 @@ def quiet(*_):
     pass
 
 
+@pytest.mark.slow
 def test_probe_run_and_checkpoint_mismatch(tree, tmp_path, capsys):
     run = tmp_path / "run"
     train(
@@ -61,10 +63,11 @@ def test_probe_run_and_checkpoint_mismatch(tree, tmp_path, capsys):
     ck = torch.load(run / "best.pt", weights_only=True)
     ck["model"]["conv4.weight"] = torch.zeros(256, 128, 1, 1)
     torch.save(ck, run / "best.pt")
-    with pytest.raises(RunError, match=r"'conv4.weight' is \(256, 128, 1, 1\) in the checkpoint"):
+    with raises_naming(RunError, "'conv4.weight'", "(256, 128, 1, 1)", "checkpoint"):
         probe_run(run, ProbeConfig(splits=("val",), max_per_split=20))
 
 
+@pytest.mark.slow
 def test_study_trains_probes_reports_and_resumes(tree, tmp_path):
     cfg = tiny(tree, ["base", "noskip"])
     out = tmp_path / "study"
@@ -93,6 +96,7 @@ def test_study_trains_probes_reports_and_resumes(tree, tmp_path):
     check_in_chromium(out / "report.html", tmp_path)
 
 
+@pytest.mark.slow
 def test_a_failed_report_keeps_the_study_times(tree, tmp_path, monkeypatch):
     def broken_report(*_, **__):
         raise OSError("disk full")
@@ -150,6 +154,7 @@ def check_in_chromium(page, tmp_path):
     assert shot.exists() and shot.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_report_figures_are_the_recorded_ones(tree, tmp_path):
     """No subset asked: the report says what the run used (120 of this tiny data), not the
     full set's 45,000 that the settings imply."""
@@ -185,6 +190,7 @@ def test_study_inputs_are_checked_before_any_work(tree, tmp_path, capsys):
     assert study_config(["base", "noskip"], max_per_split=2).max_per_split == 2
 
 
+@pytest.mark.slow
 def test_rerun_with_other_data_is_refused(tree, tmp_path):
     out = tmp_path / "s"
     cfg = tiny(tree, ["base"])
@@ -258,6 +264,7 @@ def test_report_links_extra_figures_from_where_it_is(tmp_path):
     assert [alt for alt, _ in page["images"]] == ["a", "b", "cat (1)"]
 
 
+@pytest.mark.slow
 def test_report_leaves_out_runs_whose_records_do_not_match(tree, tmp_path):
     out = tmp_path / "s"
     cfg = tiny(tree, ["base", "noskip"])
@@ -290,6 +297,7 @@ def _runs_equal(a, b):
         ).read_text()
 
 
+@pytest.mark.slow
 def test_two_concurrent_workers_give_the_sequential_results(tree, tmp_path):
     cfg = tiny(tree, ["base", "noskip"], epochs=2)
     seq, par = tmp_path / "seq", tmp_path / "par"
@@ -303,6 +311,7 @@ def test_two_concurrent_workers_give_the_sequential_results(tree, tmp_path):
     assert json.loads((par / "study.json").read_text())["jobs"] == 2
 
 
+@pytest.mark.slow
 def test_a_failing_worker_is_named_and_the_others_go_on(tree, tmp_path):
     out = tmp_path / "s"
     # noskip's run folder is a file: its worker fails, base's goes on.
@@ -320,6 +329,7 @@ def test_a_failing_worker_is_named_and_the_others_go_on(tree, tmp_path):
     assert (out / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_published_tables_and_publish(tree, tmp_path):
     out = tmp_path / "s"
     cfg = tiny(tree, ["base", "noskip"])
@@ -430,6 +440,7 @@ def test_full_study_gpu_script_logic_on_the_cpu(tmp_path):
     assert "throughput.txt" in names and "info.txt" in names
 
 
+@pytest.mark.slow
 def test_quick_fills_only_the_budget_flags_not_given(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(S, "run_study", lambda cfg, out, **kw: seen.update(cfg=cfg, **kw))
@@ -462,6 +473,7 @@ def test_quick_fills_only_the_budget_flags_not_given(monkeypatch, tmp_path):
     assert (seen["cfg"].epochs, seen["cfg"].train_subset, seen["cfg"].quick) == (100, None, False)
 
 
+@pytest.mark.slow
 def test_report_has_the_measures_beyond_si_and_base_bn_cka(tree, tmp_path):
     cfg = tiny(tree, ["base", "bn"])
     out = tmp_path / "study"
@@ -485,6 +497,7 @@ def test_report_has_the_measures_beyond_si_and_base_bn_cka(tree, tmp_path):
     assert (out / "figures" / "compare_normalization.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_a_cut_off_study_keeps_the_earlier_commands_times(tree, tmp_path, monkeypatch):
     def cut_off(*_, **__):
         raise KeyboardInterrupt
@@ -500,3 +513,31 @@ def test_a_cut_off_study_keeps_the_earlier_commands_times(tree, tmp_path, monkey
     monkeypatch.undo()
     run_study(tiny(tree, ["base"]), out, log=quiet)  # resumed
     assert json.loads((out / "study.json").read_text())["wall_seconds"] > done["wall_seconds"]
+
+
+# -- no command writes over one of its inputs, with or without --overwrite -------------
+def test_study_never_writes_over_its_inputs(tree, tmp_path, capsys):
+    det = tmp_path / "det"
+    det.mkdir()
+    (det / "model.pt").write_bytes(b"x")
+    pub = tmp_path / "published"
+    pub.mkdir()
+    base = ["study", "--models", "base", "--data-root", tree, "--quick"]
+    refused_to_write_over([*base, "--out", det, "--detector", det], capsys, det)
+    refused_to_write_over(
+        [*base, "--out", tmp_path / "s", "--published", pub, "--publish", pub], capsys, pub
+    )
+    refused_to_write_over(
+        [*base, "--out", tmp_path / "s", "--publish", tmp_path / "s"], capsys, "--publish"
+    )
+    refused_to_write_over(
+        [*base, "--out", tmp_path / "s", "--publish", tmp_path, "--overwrite"], capsys
+    )
+    assert not (tmp_path / "s").exists() and sorted(os.listdir(det)) == ["model.pt"]
+
+
+def test_study_checks_the_budget_against_the_data_before_writing(tree, tmp_path):
+    cfg = study_config(["base"], quick=True, data_root=str(tree), train_subset=99_999, n_val=20)
+    with pytest.raises(ConfigError, match="--train-subset: 99999 is more than"):
+        run_study(cfg, tmp_path / "s", log=lambda *_: None)
+    assert not (tmp_path / "s" / "study.json").exists()

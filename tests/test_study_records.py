@@ -55,6 +55,7 @@ def seeded(tmp_path_factory):
     return cfg, root / "s", root / "results" / "seeded"
 
 
+@pytest.mark.slow
 def test_run_names_round_trip():
     assert run_name("bn", 0) == "bn" and run_name("paths2-shared", 3) == "paths2-shared-seed3"
     assert parse_run_name("paths2-shared-seed3") == ("paths2-shared", 3)
@@ -65,6 +66,7 @@ def test_run_names_round_trip():
         study_config(["bn"], seeds=("1", "1"))
 
 
+@pytest.mark.slow
 def test_seeds_give_runs_means_and_intervals(seeded):
     cfg, out, _ = seeded
     record = json.loads((out / "study.json").read_text())
@@ -90,6 +92,7 @@ def test_seeds_give_runs_means_and_intervals(seeded):
     assert_page_says_what_markdown_says(out)
 
 
+@pytest.mark.slow
 def test_a_study_grows_by_seeds_and_resumed_settings_are_checked(seeded, tmp_path):
     cfg, study, _ = seeded
     out = tmp_path / "s"
@@ -108,6 +111,7 @@ def test_a_study_grows_by_seeds_and_resumed_settings_are_checked(seeded, tmp_pat
     assert not (out / "runs" / "base-seed3").exists()
 
 
+@pytest.mark.slow
 def test_stage_seconds_count_the_epochs_of_a_killed_command(tree, tmp_path, monkeypatch):
     cfg = tiny(tree, ["base"], epochs=2, measures="si", cka_samples=0)
     real = T.end_epoch
@@ -134,6 +138,7 @@ def test_stage_seconds_count_the_epochs_of_a_killed_command(tree, tmp_path, monk
     assert record["stage_seconds"]["variants"]["base"]["train_epochs"] == stages["train_epochs"]
 
 
+@pytest.mark.slow
 def test_the_manifest_refuses_one_changed_byte_anywhere(seeded, tmp_path):
     _, _, pub = seeded
     assert verify(pub)["files"]
@@ -165,6 +170,7 @@ def test_the_manifest_refuses_one_changed_byte_anywhere(seeded, tmp_path):
     assert got["studies"] == [] and "manifest.json: missing" in got["refused"][0]["why"]
 
 
+@pytest.mark.slow
 def test_publish_replaces_only_its_own_publication_of_the_same_study(seeded, tmp_path):
     cfg, study, pub = seeded
     mine = tmp_path / "mine"
@@ -193,6 +199,7 @@ def test_publish_replaces_only_its_own_publication_of_the_same_study(seeded, tmp
     assert verify(again) and (again.stat().st_mode & 0o777) != 0o700
 
 
+@pytest.mark.slow
 def test_the_published_budget_study_passes_its_manifest():
     m = verify(REPO / "docs" / "results" / "budget-cpu")
     assert m["files"]["study.json"]["writer"].startswith("dnnlab study")
@@ -202,6 +209,7 @@ def test_the_published_budget_study_passes_its_manifest():
     assert study["stage_seconds"]["cka"] == 0.0
 
 
+@pytest.mark.slow
 def test_the_all_variant_figure_draws_no_line_across_missing_layers():
     import math
 
@@ -238,6 +246,7 @@ def fake_cell(root, name, results):
     return root / name
 
 
+@pytest.mark.slow
 def test_the_factorial_interaction_is_the_four_term_contrast(tmp_path):
     from dnnlab.study.factorial import factorial, factorial_lines
     from dnnlab.study.stats import contrast

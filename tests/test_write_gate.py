@@ -32,8 +32,7 @@ from dnnlab.utils.outputs import (
     remove_ours,
     replacing,
 )
-from tests.fakes import TINY_TRAIN_ARGS
-from tests.test_hostile_inputs import write_voc
+from tests.fakes import TINY_TRAIN_ARGS, write_voc
 
 # Options that name a path the command only reads (or a value that is not a path at all,
 # whose help happens to say "file" or "folder").
