@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from dnnlab.cifar.train import train
 from dnnlab.cli import main
@@ -54,6 +55,7 @@ def test_stop_after_then_resume_equals_the_straight_run(tree, tmp_path):
 def test_stop_after_is_checked_at_the_edge(tree, tmp_path):
     argv = ["train", "--model", "base", "--data-root", str(tree), "--out", str(tmp_path / "r")]
     assert main([*argv, "--stop-after", "0"]) == 2
+    assert main([*argv, "--epochs", "3", "--stop-after", "3"]) == 2  # it would stop nothing
     assert not (tmp_path / "r").exists()
 
 
@@ -156,3 +158,20 @@ def test_reproduce_command_prints_the_comparison(published, tmp_path, capsys, mo
     assert "reproduced exactly" in text and "epoch 1 of 2" in text
     assert main([*argv, "--epochs", "0", "--out", str(out)]) == 2
     assert main([*argv[:2], "--out", str(Path(tmp_path) / "x")]) == 2  # no data given
+
+
+def test_a_refused_reproduction_writes_nothing(published, tmp_path):
+    """The outside test's cases: a user's folder under OUT/run, and a device that is not
+    here, were refused only after the marker had been written into OUT."""
+    tree, pub = published
+    mine = tmp_path / "mine"
+    (mine / "run").mkdir(parents=True)
+    (mine / "run" / "data.txt").write_text("mine")
+    with pytest.raises(InputError, match="did not make"):
+        reproduce(ReproduceConfig(data_root=str(tree)), pub / "runs" / "base", mine)
+    assert sorted(p.name for p in mine.rglob("*")) == ["data.txt", "run"]
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device"):
+            cfg = ReproduceConfig(data_root=str(tree), device="cuda")
+            reproduce(cfg, pub / "runs" / "base", tmp_path / "new")
+        assert not (tmp_path / "new").exists()

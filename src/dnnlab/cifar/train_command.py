@@ -53,6 +53,11 @@ def train_command(
         with folder_lock(out):
             recover_replaced(out)
     cfg = requested_config(given, out, resume)
+    if stop_after is not None and stop_after >= cfg.epochs:
+        raise ConfigError(
+            f"--stop-after {stop_after}: not below the run's {cfg.epochs} epochs, so it would stop "
+            "nothing; give fewer, or leave it out"
+        )
     check_output(out, "--out", "train", inputs=[cfg.data_root or default_root()], replace=True)
     if download:
         load_cifar10(cfg.data_root, download=True)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import csv
 import math
 import platform
+import shlex
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -57,6 +58,7 @@ from dnnlab.study.markup import md_code, md_grid, md_page, md_text
 from dnnlab.study.publish import git_commit, published_section, read_published
 from dnnlab.study.report import detector_section, extra_section_lines
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
+from dnnlab.utils.device import check_device
 from dnnlab.utils.machine import cpu_description
 from dnnlab.utils.outputs import check_output, mark
 from dnnlab.utils.paths import check_in_file, check_in_folder, real
@@ -100,6 +102,10 @@ def reproduce(
         raise ConfigError("--data-root: not given and $DNNLAB_DATA is not set; name CIFAR-10")
     inputs = [root, study, published, detector]
     check_output(out, "--out", "reproduce", inputs=inputs, replace=True)
+    # Its run folder too, and the device, before the marker is written (a refusal after
+    # it would leave a folder behind, or mark a user's: the outside test found both).
+    check_output(out / "run", "--out", "train", inputs=inputs, replace=True)
+    check_device(cfg.device)
     check_in_folder(run, "RUN")
     if run.parent.name != "runs" or not (study / MANIFEST).is_file():
         raise InputError(
@@ -154,6 +160,7 @@ def reproduce(
         "recipe": run_cfg.recipe,
         "schedule_epochs": run_cfg.epochs,
         "epochs_compared": k,
+        "epochs_here": len(here_rows),  # the run in out/run may have gone on since
         "rows": rows,
         "tolerance_val_acc": tolerance,
         "verdict": verdict,
@@ -316,7 +323,7 @@ def reproduction_markdown(r: dict, out: Path) -> list[str]:
         ]
     s = r["published_summary"]
     seconds = sum(here["epoch_seconds"]) / max(1, len(here["epoch_seconds"]))
-    rest = f"{(total - k) * seconds / 60:.0f}"
+    rest = f"{(total - r['epochs_here']) * seconds / 60:.0f}"
     if s is not None and s.get("test_acc") is not None:
         lines += [
             f"The published run went on to {100 * s['best_val_acc']:.2f} % validation accuracy "
@@ -324,8 +331,8 @@ def reproduction_markdown(r: dict, out: Path) -> list[str]:
             f"{s['epochs']} epochs.",
             "",
         ]
-    if k < total:
-        resume = md_code(f"dnnlab train --resume --out {out / 'run'}")
+    if len(here["epoch_seconds"]) and r["epochs_here"] < total:
+        resume = md_code(f"dnnlab train --resume --out {shlex.quote(str(out / 'run'))}")
         lines += [
             f"{resume} continues this run to all {total} "
             f"epochs (about {rest} more minutes at this machine's pace here, "
