@@ -224,14 +224,16 @@ def test_bad_inputs_are_named(tmp_path, user_file, capsys, argv, match):
     argv = [a.format(**fill) for a in argv]
     if argv[0] != "run" and "--data" not in argv:
         argv += ["--data", str(image_folder(tmp_path / "good", splits=("",)))]
+    out = ["--out", str(tmp_path / "out")]  # a --model probe's folder
     if argv[0] == "run":
         argv[0] = str(tmp_path / "run")
+        out = []  # a run directory is probed into itself; --out is refused with it
     if match is None:  # argparse refuses it: exit status 2 and a message naming the flag
         with pytest.raises(SystemExit) as e:
             main(["probe", *argv])
         assert e.value.code == 2 and "--splits" in capsys.readouterr().err
         return
-    assert main(["probe", *argv, "--out", str(tmp_path / "out")]) == 2
+    assert main(["probe", *argv, *out]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dnnlab probe: error:") and len(err.splitlines()) == 1
     import re

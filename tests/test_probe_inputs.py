@@ -215,3 +215,13 @@ def test_follow_up_folders_are_checked_before_the_probe(tree, tmp_path, capsys):
     argv = ["probe", "--model", "torchvision:resnet18", "--data", str(tree), "--out", str(out)]
     assert main([*argv, "--compare", str(tmp_path / "nowhere")]) == 2
     assert "--compare" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_run_probe_refuses_the_settings_of_a_model_probe(run, tmp_path, capsys):
+    """`probe RUN --out DIR` wrote into RUN and ignored --out without a word (outside test)."""
+    user = tmp_path / "user"
+    assert main(["probe", str(run), "--out", str(user)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "leave it out" in err and not user.exists()
+    assert main(["probe", str(run), "--weights", str(tmp_path / "w.pt")]) == 2
+    assert "--weights" in capsys.readouterr().err

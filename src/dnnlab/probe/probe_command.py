@@ -5,6 +5,7 @@ with --data), list their layers (--layers list), and the follow-ups --cka-with a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 
 from dnnlab.errors import InputError
@@ -12,7 +13,7 @@ from dnnlab.probe.anynet import AnyConfig, list_any, probe_any
 from dnnlab.probe.cka_runs import cka_between_runs
 from dnnlab.probe.compare import compare_probes
 from dnnlab.probe.trained_run import list_run, probe_run
-from dnnlab.settings import from_args
+from dnnlab.settings import flag_name, from_args
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.outputs import check_output, mark
 from dnnlab.utils.paths import check_out_folder
@@ -26,6 +27,14 @@ def any_network(args) -> bool:
         raise InputError("give either a run directory or --model with --data, not both")
     if not any_model and not args.run:
         raise InputError("give a run directory, or --model SPEC --data ROOT")
+    if not any_model:  # --out, --weights...: --model's settings, silently ignored before
+        for f in fields(AnyConfig):
+            skip = f.name in ("model", "data") or not f.metadata.get("spec")
+            if not skip and getattr(args, f.name, f.default) != f.default:
+                raise InputError(
+                    f"{flag_name(f)}: a setting of a --model probe; a run directory is "
+                    "probed with its own network and data, into itself: leave it out"
+                )
     check_follow_ups(args, any_model)
     return any_model
 
