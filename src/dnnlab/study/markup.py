@@ -10,6 +10,7 @@ becomes markup."""
 from __future__ import annotations
 
 import base64
+import html
 import re
 import urllib.parse
 from pathlib import Path
@@ -98,7 +99,7 @@ text-align:right}td:first-child,th:first-child{text-align:left}th{background:#ee
 img{max-width:100%;display:block;margin:0.5em 0}"""
 
 
-def md_page(markdown: str, folder: Path) -> str:
+def md_page(markdown: str, folder: Path, title: str = "dnnlab study") -> str:
     """The self-contained HTML page of the Markdown `markdown` (report.md's text): CommonMark
     with tables, raw HTML shown as text; each image is read from its link, relative to
     `folder` (where report.md is), and embedded as a data: URI."""
@@ -113,6 +114,6 @@ def md_page(markdown: str, folder: Path) -> str:
                 tok.attrSet("src", f"data:{mime};base64,{data}")
     body = md.renderer.render(tokens, md.options, {})
     return (
-        f"<!doctype html><html><head><meta charset=utf-8><title>dnnlab study</title>"
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
         f"<style>{CSS}</style></head><body>{body}{SELF_CHECK}</body></html>"
     )

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dnnlab.cifar.models import VARIANTS
 from dnnlab.errors import ConfigError, DnnlabError, InputError
 from dnnlab.settings import flag_name
 from dnnlab.study.config import (
@@ -88,13 +87,17 @@ def recorded_runs(study: dict) -> list[str]:
     if not (isinstance(runs, list) and all(isinstance(r, str) for r in runs)):
         runs = study.get("models")
         runs = list(runs) if isinstance(runs, list) else []
-    # Each name becomes a folder under runs/: a name that is not VARIANT or VARIANT-seedK
-    # (a path, "..") would read outside it.
-    bad = [r for r in runs if not isinstance(r, str) or parse_run_name(r)[0] not in VARIANTS]
+    # Each name becomes a folder under runs/: a name that is a path ("..", "a/b") would read
+    # outside it. Any other text is a name, shown escaped in the report.
+    bad = [
+        r
+        for r in runs
+        if not isinstance(r, str) or r in ("", ".", "..") or "/" in r or "\\" in r or "\0" in r
+    ]
     if bad:
         raise InputError(
-            f"study.json: {bad[0]!r} is not a run of this tool (VARIANT or VARIANT-seedK, a "
-            f"variant of `dnnlab models`); the record was edited or is not a dnnlab study's"
+            f"study.json: {bad[0]!r} is not a run name but a path (runs are folders under "
+            "runs/); the record was edited or is not a dnnlab study's"
         )
     return list(runs)
 

@@ -60,7 +60,7 @@ from dnnlab.study.report import detector_section, extra_section_lines
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.device import check_device
 from dnnlab.utils.machine import cpu_description
-from dnnlab.utils.outputs import check_output, mark
+from dnnlab.utils.outputs import check_output, is_ours, mark
 from dnnlab.utils.paths import check_in_file, check_in_folder, real
 from dnnlab.utils.records import file_sha256, read_json
 
@@ -130,6 +130,8 @@ def reproduce(
         pub = read_published(published)
     if detector is not None:
         check_in_folder(detector, "--detector")
+        if not is_ours(detector, "detect build"):
+            raise InputError(f"--detector {detector}: not a folder `dnnlab detect build` made")
     data = load_cifar10(root)
     if data.identity != record["data_identity"]:
         raise InputError(
@@ -191,7 +193,8 @@ def reproduce(
     if detector is not None:
         md += extra_section_lines(out, [detector_section(detector)])
     text = "\n".join(md) + "\n"
-    page = md_page(text, out)  # rendered first: a figure it cannot read changes neither file
+    # Rendered first: a figure it cannot read changes neither file.
+    page = md_page(text, out, "dnnlab reproduce")
     atomic_write_text(out / "report.md", text)
     atomic_write_text(out / "report.html", page)
     return result
