@@ -16,6 +16,7 @@ from dnnlab.cifar import epoch as E
 from dnnlab.cifar import train as T
 from dnnlab.cifar.rundir import RunError, load_checkpoint
 from dnnlab.cli import main
+from dnnlab.utils.outputs import mark
 from tests.fakes import TINY_TRAIN_ARGS, Evil, busy, refused, refused_to_write_over, snapshot
 
 
@@ -153,7 +154,7 @@ def test_a_replaced_run_a_killed_overwrite_left_is_put_back(run, tree, capsys):
     before = snapshot(run)
     hidden = run.with_name(".r.999999999.old")  # a pid no process has
     run.rename(hidden)
-    run.mkdir()  # the killed replacement had written only its config
+    mark(run, "train")  # the killed replacement had written only its marker and config
     (run / "config.json").write_text(json.dumps({"model": "base"}))
     argv = ["train", "--out", run, "--resume", "--data-root", tree]
     assert main([str(a) for a in argv]) == 0  # the put-back run is finished: nothing to do
