@@ -301,6 +301,16 @@ def test_a_study_in_progress_says_what_is_still_to_come(seeded, tmp_path):
     assert got["studies"][0]["missing"] == ["bn-seed1"] and got["studies"][0]["planned"] == 4
     text = "\n".join(published_section(got))
     assert "IN PROGRESS: 3 of the 4 runs it plans are finished, still to come: bn-seed1" in text
+    # The study.json of a study still running has no date or wall time yet (here: removed
+    # from the copy, as the running study publishes it): the latest publication's date.
+    st = json.loads((part / "study.json").read_text())
+    (part / "study.json").write_text(
+        json.dumps({k: v for k, v in st.items() if k not in ("date", "wall_seconds")})
+    )
+    writers = {rel: e["writer"] for rel, e in read_manifest(part)["files"].items()}
+    write_manifest(part, writers, "abc")
+    text = "\n".join(published_section(read_published(tmp_path / "results")))
+    assert "wall time recorded when it ends, published 20" in text and "undated" not in text
 
 
 def test_the_weights_stay_out_but_their_hashes_are_published(seeded):

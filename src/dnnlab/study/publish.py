@@ -239,7 +239,7 @@ def read_published(root) -> dict:
     studies, refused = [], []
     for d in sorted(p for p in root.iterdir() if (p / "study.json").is_file()):
         try:
-            verify(d)
+            manifest = verify(d)
         except ManifestError as e:
             refused.append({"path": str(d), "why": str(e)})
             continue
@@ -277,7 +277,9 @@ def read_published(root) -> dict:
                 "path": str(d),
                 "recipe": recipe,
                 "card": st.get("device_name"),
-                "date": st.get("date"),
+                # A study published run by run has its date and wall time only at the end:
+                # until then, the date of its latest publication.
+                "date": st.get("date") or f"published {manifest.get('date')}",
                 "commit": st.get("commit"),
                 "epochs": st.get("epochs"),
                 "quick": st.get("quick"),
@@ -317,7 +319,11 @@ def _published_label(s: dict) -> str:
         f"{s['train_subset']} training images" if s["train_subset"] else "45,000 training images"
     )
     probe = f", probe capped at {s['max_per_split']} per split" if s["max_per_split"] else ""
-    wall = f"{s['wall_seconds'] / 60:.0f} min wall" if s["wall_seconds"] else "? min wall"
+    wall = (
+        f"{s['wall_seconds'] / 60:.0f} min wall"
+        if s["wall_seconds"]
+        else "wall time recorded when it ends"
+    )
     text = (
         f"{s['recipe']} recipe: {budget}{s['epochs']} epochs of {images} in "
         f"{s['precision']}{probe}, on {card}, {wall}, {s['date'] or 'undated'}, commit "
