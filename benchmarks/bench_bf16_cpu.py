@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 
 from dnnlab.cifar.data import load_cifar10
-from dnnlab.cifar.epoch import train_one_epoch
 from dnnlab.cifar.models import build_model
-from dnnlab.cifar.train import TrainConfig, train
+from dnnlab.cifar.train import TrainConfig, train, train_one_epoch
 
 LOOPS = {
     "a: fp32, flip-rotate, batch 256": ("fp32", "flip-rotate", 256),

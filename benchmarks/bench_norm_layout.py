@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from dnnlab.cifar.data import load_cifar10
-from dnnlab.cifar.epoch import train_one_epoch
 from dnnlab.cifar.models import build_model
+from dnnlab.cifar.train import train_one_epoch
 
 
 def plain(model: nn.Module) -> nn.Module:

@@ -14,11 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dnnlab.cifar.data import CLASSES, load_cifar10
-from dnnlab.cifar.epoch import evaluate
-from dnnlab.cifar.plan import test_positions
+from dnnlab.cifar.data import CLASSES, load_cifar10, test_positions
 from dnnlab.cifar.rundir import load_model_checkpoint
-from dnnlab.cifar.train import TrainConfig
+from dnnlab.cifar.train import TrainConfig, evaluate
 from dnnlab.cli import main
 
 

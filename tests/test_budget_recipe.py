@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import dnnlab.cifar.epoch as E
 import dnnlab.cifar.train as T
 from dnnlab.cifar import recipe as R
 from dnnlab.cifar.augment import flip_translate, to_input
@@ -114,7 +113,7 @@ def test_budget_run_records_precision_and_refuses_another_epoch_count(tree, tmp_
     # The lr column is each epoch's first step: rising in warmup or falling, never the peak
     # twice, and the saved scheduler has stepped once per batch.
     last = torch.load(run / "last.pt", weights_only=True)
-    steps = E.steps_per_epoch(s["train_images"], small(tree).batch_size)
+    steps = T.steps_per_epoch(s["train_images"], small(tree).batch_size)
     assert last["scheduler"]["last_epoch"] == 2 * steps
     assert rows[0]["lr"] != rows[1]["lr"]
     with pytest.raises(T.RunError, match="--epochs 3: .* was started for 2 epochs"):
@@ -152,7 +151,7 @@ def test_a_diverging_run_keeps_its_loss_curve_and_stops_early(tree, tmp_path):
     assert d["epoch"] == 1 and bad is not None and steps[bad]["loss"] in ("nan", "inf", "-inf")
     assert all(isinstance(s["loss"], float) for s in steps[:bad])  # finite until then
     # Stopped within one augmented chunk of the first bad step, not at the epoch's end.
-    assert len(steps) <= (bad // E.AUG_CHUNK + 1) * E.AUG_CHUNK
+    assert len(steps) <= (bad // T.AUG_CHUNK + 1) * T.AUG_CHUNK
     # Each step's learning rate is the one it ran with (the scheduler steps after it).
     assert [s["lr"] for s in steps[:2]] == pytest.approx(
         [10.0 * R.linear_lr_factor(i, 2 * 12, 0) for i in range(2)]

@@ -12,7 +12,6 @@ import shutil
 import pytest
 import torch
 
-from dnnlab.cifar import epoch as E
 from dnnlab.cifar import train as T
 from dnnlab.cifar.rundir import RunError, load_checkpoint
 from dnnlab.cli import main
@@ -130,7 +129,7 @@ def test_an_overwrite_stopped_in_its_first_epoch_puts_the_old_run_back(
     def stopped(*a, **k):
         raise stop() if stop is KeyboardInterrupt else RunError("a failure in epoch 1")
 
-    monkeypatch.setattr(T, "run_epoch", stopped)
+    monkeypatch.setattr(T, "train_one_epoch", stopped)
     before = snapshot(run)
     argv = [
         "train",
@@ -165,7 +164,7 @@ def test_a_replaced_run_a_killed_overwrite_left_is_put_back(run, tree, capsys):
 # -- messages and settings that say what is so -------------------------------------------
 def test_a_resume_message_names_switches_that_exist():
     from dnnlab.cifar.config import TrainConfig
-    from dnnlab.cifar.plan import _settings_changed
+    from dnnlab.cifar.rundir import _settings_changed
 
     (said,) = _settings_changed(TrainConfig(bf16=False), TrainConfig())
     assert said == "bf16 on (without --no-bf16; the run was with --no-bf16)"
@@ -192,7 +191,7 @@ def test_a_resumed_runs_refusal_names_only_the_flags_given(run, tree, capsys, fl
 
 # -- a diverged run, huge training values and a crafted checkpoint, stopped by name -----
 def test_a_diverged_run_stops_before_its_epoch_is_saved(tree, tmp_path, monkeypatch):
-    monkeypatch.setattr(E, "train_one_epoch", lambda *a, **k: (math.nan, 0.1))
+    monkeypatch.setattr(T, "train_one_epoch", lambda *a, **k: (math.nan, 0.1))
     cfg = T.TrainConfig(epochs=2, train_subset=40, n_val=20, test_subset=20, data_root=str(tree))
     with pytest.raises(RunError, match="epoch 1: the training loss is nan"):
         T.train(cfg, tmp_path / "r", progress=False)

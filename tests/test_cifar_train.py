@@ -4,7 +4,6 @@ import shutil
 import pytest
 import torch
 
-import dnnlab.cifar.epoch as E
 import dnnlab.cifar.train as T
 from dnnlab.cli import main
 from tests.fakes import assert_summary_matches_best, tiny_train_config
@@ -43,7 +42,7 @@ def test_tiny_run_learns_writes_everything_and_resumes_exactly(tree, tmp_path, m
 
     # Interrupt the second epoch, then resume: the metrics must equal the uninterrupted run's.
     calls = {"n": 0}
-    real_eval = E.evaluate
+    real_eval = T.evaluate
 
     def flaky_eval(*a, **k):
         calls["n"] += 1
@@ -52,10 +51,10 @@ def test_tiny_run_learns_writes_everything_and_resumes_exactly(tree, tmp_path, m
         return real_eval(*a, **k)
 
     part = tmp_path / "part"
-    monkeypatch.setattr(E, "evaluate", flaky_eval)
+    monkeypatch.setattr(T, "evaluate", flaky_eval)
     with pytest.raises(KeyboardInterrupt):
         T.train(cfg(tree), part, progress=False)
-    monkeypatch.setattr(E, "evaluate", real_eval)
+    monkeypatch.setattr(T, "evaluate", real_eval)
     assert not (part / "summary.json").exists()
     assert torch.load(part / "last.pt", weights_only=True)["epoch"] == 1
     T.train(cfg(tree), part, resume=True, progress=False)

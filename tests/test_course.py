@@ -173,7 +173,7 @@ def test_a_diverged_variant_is_reported_with_its_curve_and_published(budget_stud
     import math
 
     from dnnlab.cifar.config import TrainConfig
-    from dnnlab.cifar.epoch import write_divergence
+    from dnnlab.cifar.train import write_divergence
 
     cfg, out = own_copy(budget_study, tmp_path)
     run = out / "runs" / "paths2-shared"

@@ -6,11 +6,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import dnnlab.cifar.epoch as E
 import dnnlab.cifar.train as T
-from dnnlab.cifar.data import load_cifar10
+from dnnlab.cifar.data import load_cifar10, make_split
 from dnnlab.cifar.models import build_model
-from dnnlab.cifar.plan import make_split
 from dnnlab.cifar.recipe import RECIPES, SETTINGS, softmax_head, val_generator
 from dnnlab.cifar.rundir import data_record
 from dnnlab.cli import main
@@ -58,13 +56,13 @@ def test_every_recipe_value_is_a_valid_setting(recipe, monkeypatch):
 @pytest.mark.slow
 def test_course_run_records_recipe_softmax_and_tests_last_weights(tree, tmp_path, monkeypatch):
     seen_gens = []
-    real_eval = E.evaluate
+    real_eval = T.evaluate
 
     def spy(model, x, y, dev, batch=1024, gen=None, precision="fp32", predictions=False):
         seen_gens.append(gen)
         return real_eval(model, x, y, dev, batch, gen, precision, predictions)
 
-    monkeypatch.setattr(E, "evaluate", spy)
+    monkeypatch.setattr(T, "evaluate", spy)
     run = tmp_path / "course"
     s = T.train(cfg(tree, recipe="course"), run, progress=False)
     assert s["recipe"] == "course" and s["weights_epoch"] == 3
@@ -97,9 +95,9 @@ def test_augmented_validation_is_the_training_augmentation(tree):
     torch.manual_seed(0)
     model = build_model("base").to(memory_format=torch.channels_last)
     dev = torch.device("cpu")
-    plain = E.evaluate(model, x, y, dev)
-    aug = E.evaluate(model, x, y, dev, gen=val_generator("course", 0, 5))
-    again = E.evaluate(model, x, y, dev, gen=val_generator("course", 0, 5))
+    plain = T.evaluate(model, x, y, dev)
+    aug = T.evaluate(model, x, y, dev, gen=val_generator("course", 0, 5))
+    again = T.evaluate(model, x, y, dev, gen=val_generator("course", 0, 5))
     assert aug == again  # the same epoch augments the same way (resume is exact)
     assert aug[0] != plain[0]  # and not as the plain evaluation does
     assert val_generator("corrected", 0, 5) is None

@@ -78,7 +78,7 @@ def test_no_test_module_imports_another():
     planted = (
         "from tests.test_a import x\nimport tests.test_b\nfrom .test_c import y\n"
         "from tests import test_d\ndef f():\n    from tests.test_e import z\n"
-        "import test_f\nfrom dnnlab.cifar.plan import test_positions\n"
+        "import test_f\nfrom dnnlab.cifar.data import test_positions\n"
     )
     got = imported_test_modules(ast.parse(planted))
     want = ["test_c", "test_f", "tests.test_a", "tests.test_b", "tests.test_d", "tests.test_e"]

@@ -114,7 +114,7 @@ def test_a_study_grows_by_seeds_and_resumed_settings_are_checked(seeded, tmp_pat
 @pytest.mark.slow
 def test_stage_seconds_count_the_epochs_of_a_killed_command(tree, tmp_path, monkeypatch):
     cfg = tiny(tree, ["base"], epochs=2, measures="si", cka_samples=0)
-    real = T.end_epoch
+    real = T.save_epoch
     calls = []
 
     def killed_after_one(*a, **k):
@@ -123,7 +123,7 @@ def test_stage_seconds_count_the_epochs_of_a_killed_command(tree, tmp_path, monk
         if len(calls) == 1:
             raise KeyboardInterrupt  # the process dies after epoch 1 was saved
 
-    monkeypatch.setattr(T, "end_epoch", killed_after_one)
+    monkeypatch.setattr(T, "save_epoch", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, tmp_path / "s", log=quiet, plan=False)
     run_study(cfg, tmp_path / "s", log=quiet, plan=False)

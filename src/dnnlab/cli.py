@@ -127,8 +127,7 @@ def _given(args, cls) -> dict:
 
 
 def cmd_train(args) -> int:
-    from dnnlab.cifar.train import TrainConfig
-    from dnnlab.cifar.train_command import train_command
+    from dnnlab.cifar.train import TrainConfig, train_command
 
     train_command(
         _given(args, TrainConfig),

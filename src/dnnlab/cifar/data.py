@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dnnlab.errors import InputError
+from dnnlab.errors import ConfigError, InputError
 from dnnlab.utils.atomic import atomic_torch_save, remove_stale_temporaries
 from dnnlab.utils.images import IMAGE_EXT, UnreadableImage, open_rgb
 from dnnlab.utils.paths import missing_reason
@@ -394,3 +394,32 @@ def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
         return torch.arange(labels.numel())
     _, picked = split_indices(labels, n, seed)
     return picked
+
+
+def make_split(data, n_val: int, train_subset: int | None, seed: int):
+    """(train, val) indices into data.train_*: `n_val` validation images and the rest (or a
+    stratified `train_subset` of it) for training, stratified and seeded; sizes checked
+    first, naming the flag."""
+    n = data.train_y.numel()
+    if n_val >= n:
+        raise ConfigError(f"--val-size: {n_val} leaves no training images; {data.source} has {n}")
+    tr_idx, val_idx = split_indices(data.train_y, n_val, seed)
+    if train_subset:
+        if train_subset > tr_idx.numel():
+            raise ConfigError(
+                f"--train-subset: {train_subset} is more than the {tr_idx.numel()} "
+                "training images left after the validation split"
+            )
+        pos = stratified_subset(data.train_y[tr_idx], train_subset, seed + 1)
+        tr_idx = tr_idx[pos]
+    return tr_idx, val_idx
+
+
+def test_positions(data, test_subset: int | None, seed: int) -> torch.Tensor:
+    """The test images a run tests on: all, or a stratified, seeded `test_subset`."""
+    n = data.test_y.numel()
+    if not test_subset:
+        return torch.arange(n)
+    if test_subset > n:
+        raise ConfigError(f"--test-subset: {test_subset} is more than the {n} test images")
+    return stratified_subset(data.test_y, test_subset, seed)

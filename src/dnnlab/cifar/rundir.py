@@ -1,4 +1,4 @@
-"""A training run directory: its records, and its lifecycle around the epochs.
+"""A training run directory: its records, what a call will do with it, and its lifecycle.
 
 What a run records (config.json): every TrainConfig setting, plus `data_identity` (the
 content hash of the CIFAR-10 tensors it was trained on, see data.py) and `data_source` (the
@@ -7,10 +7,17 @@ data only and are read with `torch.load(weights_only=True)`: a file that needs m
 refused, so opening a checkpoint cannot run code. A checkpoint is checked against the
 config.json of the run it sits in, and split.json and metrics.json as they are read.
 
+What a call will do (plan_run), decided before any file is touched: the directory's state
+against the request (new, resumed, extended, replaced, or finished already), with the
+settings a resumed run keeps (check_resumed_settings) and the checkpoint it resumes from.
+
 The lifecycle: config.json and split.json written once every input is checked
 (prepare_run_dir), a resumed run's completed rows kept (resumed_rows), and a run that
 --overwrite replaces moved aside to `.OUT.PID.old` and put back if the new run stops before
 its first epoch is saved (put_back_on_failure, put_back, recover_replaced).
+
+These are the library under `dnnlab train` (train.py), which calls them in order; they
+assume the settings themselves were checked (TrainConfig).
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ import torch
 from dnnlab.cifar.config import RESUMABLE_CHANGES, TrainConfig
 from dnnlab.cifar.models import VARIANTS, build_model
 from dnnlab.errors import ConfigError, DnnlabError
+from dnnlab.settings import flag_name, given_as
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text, pid_alive
-from dnnlab.utils.outputs import mark, remove_ours
+from dnnlab.utils.outputs import MARKER, mark, remove_ours
 from dnnlab.utils.records import read_json
 from dnnlab.utils.safe_load import load_error_reason, load_plain
 from dnnlab.utils.weights import load_fitting
@@ -217,9 +225,115 @@ class RunPlan:
     """What train() will do with the run directory, decided before any file is touched."""
 
     resume_from: dict | None = None  # last.pt's content
+    best_from: dict | None = None  # best.pt's content, when a resumed run has one
     saved: dict | None = None  # the run's config.json
     replace: bool = False  # move the old run aside (--overwrite)
     extend: bool = False  # a finished run continued to more epochs
+
+
+def _settings_changed(saved: TrainConfig, cfg: TrainConfig, names=None) -> list[str]:
+    """'--flag NEW (the run has OLD)' for each setting a resumed run cannot take over (of
+    `names` only, when given); a switch as 'NAME on (with/without --FLAG; the run was
+    with/without --FLAG)'."""
+    out = []
+    for f in fields(TrainConfig):
+        if f.name in RESUMABLE_CHANGES or (names is not None and f.name not in names):
+            continue
+        a, b = getattr(saved, f.name), getattr(cfg, f.name)
+        if a != b and isinstance(a, bool):  # a switch: named by the flag that sets it
+            state = "on" if b else "off"
+            out.append(f"{f.name} {state} ({given_as(f, b)}; the run was {given_as(f, a)})")
+        elif a != b:
+            out.append(f"{flag_name(f)} {b} (the run has {a})")
+    return out
+
+
+def plan_run(cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, dev) -> RunPlan | dict:
+    """Check the run directory against the request; returns a plan, or the finished
+    run's summary when there is nothing to do. Raises RunError before touching anything."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out}: exists and is not a directory")
+    has = out.is_dir() and any(p.name != MARKER for p in out.iterdir())  # the gate's marker
+    cfg_file = out / "config.json"
+    if not has:
+        return RunPlan()
+    if not cfg_file.exists():
+        raise RunError(
+            f"{out} is not empty and holds no config.json, so it is not a dnnlab run "
+            "directory; choose another --out"
+        )
+    if overwrite and not resume:
+        return RunPlan(replace=True)  # a damaged run can be replaced too
+    saved = read_run_config(out)
+    saved_d = read_json(cfg_file, (), RunError)
+    done = out / "summary.json"
+    if not resume:
+        if done.exists():
+            raise RunError(
+                f"{out} holds a finished run; pass --overwrite to replace it, or choose "
+                "another --out"
+            )
+        raise RunError(
+            f"{out} is not empty: pass --resume to continue that run, or --overwrite to start again"
+        )
+    check_resumed_settings(out, saved, cfg)
+    ck, completed = _resume_point(cfg, out, saved, dev)
+    best, best_path = None, out / "best.pt"
+    if ck is not None and best_path.exists():
+        best = load_checkpoint(best_path, dev)
+        check_checkpoint_record(best, out, best_path)
+    plan = RunPlan(resume_from=ck, best_from=best, saved=saved_d)
+    if done.exists():
+        summary = read_json(done, ("epochs",), RunError)
+        if summary["epochs"] == cfg.epochs and completed == cfg.epochs:
+            return summary
+        plan.extend = True  # honoured: more epochs continue the finished run
+    return plan
+
+
+def check_resumed_settings(out: Path, saved: TrainConfig, cfg: TrainConfig, given=None) -> None:
+    """Refuse a resumed run asked to change a setting it keeps. given: the names of the
+    settings the user gave (dnnlab train's flags); only they are compared and named, and
+    before the run's own settings are merged with them (`train.requested_config`):
+    merged first, a recipe check named the run's settings as if given ('--batch-size 64:
+    contradicts --recipe budget' for `--resume --recipe budget`). Without `given` (train()
+    called with a whole config) every setting is compared."""
+    if (given is None or "model" in given) and saved.model != cfg.model:
+        raise RunError(f"{out} is a run of {saved.model!r}, not {cfg.model!r}")
+    changed = _settings_changed(saved, cfg, given)
+    if changed:
+        raise RunError(
+            f"{out}: a resumed run keeps its settings, but {'; '.join(changed)}. Resume "
+            "without them, or use --overwrite or another --out"
+        )
+
+
+def _resume_point(cfg: TrainConfig, out: Path, saved: TrainConfig, dev) -> tuple[dict | None, int]:
+    """(last.pt's content or None, the epochs it completed) of a run to resume: the
+    checkpoint checked against the run's record, the epochs asked against the run's."""
+    last = out / "last.pt"
+    ck = load_checkpoint(last, dev) if last.exists() else None
+    if ck is not None:
+        check_checkpoint_record(ck, out, last)
+    else:
+        check_nothing_lost(out)
+    try:
+        completed = int(ck["epoch"]) if ck else 0
+    except (KeyError, TypeError, ValueError):
+        raise RunError(f"{last}: damaged checkpoint (no epoch number)") from None
+    if cfg.schedule != "step" and cfg.epochs != saved.epochs:
+        raise RunError(
+            f"--epochs {cfg.epochs}: {out} was started for {saved.epochs} epochs, and its "
+            f"{cfg.schedule} schedule decays the learning rate to zero over exactly those; "
+            "resuming with another count would change the run. Use --overwrite (or another "
+            "--out) for a new run"
+        )
+    if cfg.epochs < completed:
+        raise RunError(
+            f"--epochs {cfg.epochs}: {out} has already completed {completed} epochs; a run "
+            "cannot be shortened"
+        )
+    return ck, completed
 
 
 def prepare_run_dir(

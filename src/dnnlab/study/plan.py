@@ -13,9 +13,9 @@ import time
 import torch
 
 from dnnlab.cifar.augment import AUGMENTERS
-from dnnlab.cifar.epoch import autocast
 from dnnlab.cifar.models import build_model
 from dnnlab.cifar.recipe import softmax_head
+from dnnlab.cifar.train import autocast
 from dnnlab.utils.precision import training_precision
 
 TIMED_STEPS = 2  # after one warm-up step

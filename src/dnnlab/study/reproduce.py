@@ -139,12 +139,11 @@ def reproduce(
             f"{run} was trained on ({record.get('data_source')}, identity "
             f"{record['data_identity']}); a comparison on other data would mean nothing"
         )
-    del data  # train() loads it again, from the cache this load made
 
     # 2. Training: the run's settings, this machine's device and data path.
     mark(out, "reproduce")
     here_cfg = replace(run_cfg, data_root=str(root), device=cfg.device, compile=False)
-    train(here_cfg, out / "run", resume=True, progress=progress, stop_after=cfg.epochs)
+    train(here_cfg, out / "run", resume=True, progress=progress, stop_after=cfg.epochs, data=data)
     here_rows = read_metrics(out / "run" / "metrics.csv")
 
     # 3. Comparison.

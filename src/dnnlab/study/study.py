@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 import dnnlab
-from dnnlab.cifar.data import default_root, load_cifar10
-from dnnlab.cifar.plan import make_split, test_positions
+from dnnlab.cifar.data import default_root, load_cifar10, make_split, test_positions
 from dnnlab.cifar.recipe import SETTINGS
 from dnnlab.cifar.rundir import check_run_data
 from dnnlab.cifar.train import TrainConfig, train
