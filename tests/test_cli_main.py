@@ -2,6 +2,8 @@
 
 import pytest
 
+import dnnlab.cifar.models as models
+import dnnlab.cifar.train as train
 import dnnlab.cli as cli
 from dnnlab.errors import ConfigError
 
@@ -14,23 +16,23 @@ def raiser(exc):
 
 
 def test_own_errors_are_short(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "cmd_models", raiser(ConfigError("--x: 3 is out of range")))
+    monkeypatch.setattr(models, "main", raiser(ConfigError("--x: 3 is out of range")))
     assert cli.main(["models"]) == 2
     assert capsys.readouterr().err == "dnnlab models: error: --x: 3 is out of range\n"
 
 
 @pytest.mark.parametrize("exc", [TypeError("a bug"), RuntimeError("a bug"), ValueError("bug")])
 def test_other_errors_keep_their_traceback(monkeypatch, exc):
-    monkeypatch.setattr(cli, "cmd_models", raiser(exc))
+    monkeypatch.setattr(models, "main", raiser(exc))
     with pytest.raises(type(exc)):
         cli.main(["models"])
 
 
 def test_ctrl_c_suggests_resume_only_where_it_exists(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "cmd_models", raiser(KeyboardInterrupt()))
+    monkeypatch.setattr(models, "main", raiser(KeyboardInterrupt()))
     assert cli.main(["models"]) == 130
     assert capsys.readouterr().err == "dnnlab models: interrupted\n"
-    monkeypatch.setattr(cli, "cmd_train", raiser(KeyboardInterrupt()))
+    monkeypatch.setattr(train, "main", raiser(KeyboardInterrupt()))
     assert cli.main(["train", "--out", "x"]) == 130
     assert "rerun with --resume" in capsys.readouterr().err
 
@@ -43,7 +45,7 @@ def test_a_python_warning_is_one_line_without_a_source_path(tmp_path, capsys, mo
         warnings.warn("a library's remark\nwith a second line", UserWarning, stacklevel=1)
         return 0
 
-    monkeypatch.setattr(cli, "cmd_models", warns)
+    monkeypatch.setattr(models, "main", warns)
     assert cli.main(["models"]) == 0
     err = capsys.readouterr().err
     assert err == "dnnlab models: warning: a library's remark\n", err

@@ -28,9 +28,8 @@ from dnnlab.detect.localization import (
     photo_targets,
     pick_rows,
 )
-from dnnlab.detect.output import train_summary
 from dnnlab.detect.selection import select
-from dnnlab.detect.train import embed_mirrored
+from dnnlab.detect.train import embed_mirrored, train_summary
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.errors import InputError
 from tests.fakes import OBJ, XML, cli

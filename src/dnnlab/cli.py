@@ -1,13 +1,21 @@
-"""The `dnnlab` command: one subcommand per capability. This module only parses flags
-(generated from the config dataclasses where they exist) and hands them to the modules
-that do the work and print its results."""
+"""The `dnnlab` command: one subcommand per capability. This module only builds the parsers
+(their flags generated from the config dataclasses where they exist) and hands the parsed
+flags to the command's own module, whose `main(args)` runs it from its checks to its last
+write and prints its results (like torchvision's reference scripts: `main(args)` beside the
+code it calls):
+
+    si: separability/si_command.py     train: cifar/train.py       models: cifar/models.py
+    probe: probe/probe_command.py      study: study/study.py       reproduce: study/reproduce.py
+    verify: study/manifest.py          detect build|train|show: detect/build.py, train.py,
+    show.py                            detect run|eval: detect/output.py, evaluate.py
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import warnings
-from pathlib import Path
 
 from dnnlab.utils.device import DEVICE_HELP
 from dnnlab.utils.terminal import OneLineErrors, one_line_warning, silence_stdout, stdout_gone
@@ -43,44 +51,17 @@ def _add_si(sub) -> None:
         help="test set on which `linear` (fitted on FEATURES LABELS) is scored",
     )
     add_flags(p, SiConfig)
-    p.set_defaults(func=cmd_si)
-
-
-def cmd_si(args) -> int:
-    from dnnlab.separability.si_command import SiConfig, si_command
-    from dnnlab.settings import from_args
-
-    return si_command(from_args(SiConfig, args), args.features, args.labels, args.test)
+    p.set_defaults(main="dnnlab.separability.si_command")
 
 
 def _add_models(sub) -> None:
     p = _parser(sub, "models")
-    p.set_defaults(func=cmd_models)
-
-
-def cmd_models(args) -> int:
-    from dnnlab.cifar.models import models_table
-
-    print(models_table())
-    return 0
-
-
-class _Unset:
-    """Marks a train or study flag that was not given, so --resume can keep the run's own
-    value and --quick can fill in its budget."""
-
-    def __repr__(self) -> str:
-        return "unset"
-
-
-UNSET = _Unset()
+    p.set_defaults(main="dnnlab.cifar.models")
 
 
 def _add_train(sub) -> None:
-    from dataclasses import fields
-
     from dnnlab.cifar.train import TrainConfig
-    from dnnlab.settings import add_flags
+    from dnnlab.settings import add_flags, unset_defaults
 
     p = _parser(
         sub,
@@ -111,34 +92,7 @@ def _add_train(sub) -> None:
         help="run only the schedule's first K epochs (the learning rate follows the whole "
         "schedule) and leave the run unfinished; --resume continues it",
     )
-    p.set_defaults(func=cmd_train, **{f.name: UNSET for f in fields(TrainConfig)})
-
-
-def _given(args, cls) -> dict:
-    """The settings of config class `cls` given on the command line (the parser's defaults
-    for the rest are UNSET: train, study and the detect commands)."""
-    from dataclasses import fields
-
-    return {
-        f.name: getattr(args, f.name)
-        for f in fields(cls)
-        if getattr(args, f.name, UNSET) is not UNSET
-    }
-
-
-def cmd_train(args) -> int:
-    from dnnlab.cifar.train import TrainConfig, train_command
-
-    train_command(
-        _given(args, TrainConfig),
-        args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        download=args.download,
-        progress=sys.stderr.isatty(),
-        stop_after=args.stop_after,
-    )
-    return 0
+    p.set_defaults(main="dnnlab.cifar.train", **unset_defaults(TrainConfig))
 
 
 def _add_probe(sub) -> None:
@@ -181,33 +135,11 @@ def _add_probe(sub) -> None:
         default=None,
         help="another probe's output folder: overlay its SI/CSI per layer",
     )
-    p.set_defaults(func=cmd_probe)
-
-
-def cmd_probe(args) -> int:
-    from dnnlab.probe import probe_command as command
-    from dnnlab.probe.probe import ProbeConfig
-    from dnnlab.probe.report import layers_table, print_result
-    from dnnlab.settings import from_args
-
-    any_model = command.any_network(args)
-    listing = command.is_listing(args.layers)
-    cfg = from_args(ProbeConfig, args, layers=None if listing else args.layers)
-    acfg = command.any_config(args, listing) if any_model else None
-    if listing:
-        print(layers_table(command.list_layers(args.run, acfg)))
-        return 0
-    res, out = command.probe(args, cfg, acfg, progress=sys.stderr.isatty())
-    print_result(res, out)
-    for line in command.follow_ups(args, cfg, out):
-        print(line)
-    return 0
+    p.set_defaults(main="dnnlab.probe.probe_command")
 
 
 def _add_study(sub) -> None:
-    from dataclasses import fields
-
-    from dnnlab.settings import add_flags
+    from dnnlab.settings import add_flags, unset_defaults
     from dnnlab.study.config import StudyConfig
 
     p = _parser(
@@ -237,38 +169,12 @@ def _add_study(sub) -> None:
         help="copy the results (no weights) with a manifest into this folder each time a run "
         "finishes, and at the end; it must be new or this study's earlier publication",
     )
-    p.set_defaults(func=cmd_study, **{f.name: UNSET for f in fields(StudyConfig)})
-
-
-def cmd_study(args) -> int:
-    from dnnlab.cifar.recipe import check_recipe_flag
-    from dnnlab.study.config import StudyConfig, study_config
-    from dnnlab.study.study import run_study
-
-    given = _given(args, StudyConfig)
-    check_recipe_flag(given)  # an old recipe name, refused as a flag (records still read)
-    cfg = study_config(**given)
-    run_study(
-        cfg,
-        args.out,
-        overwrite=args.overwrite,
-        progress=sys.stderr.isatty(),
-        detector=args.detector,
-        published=args.published,
-        publish_to=args.publish,
-    )
-    if args.published:
-        # The published studies are the real results: shown on the terminal, not only in
-        # the report (the quick run beside them checks the pipeline).
-        from dnnlab.study.publish import published_section, read_published
-
-        print("\n".join(published_section(read_published(args.published))))
-    return 0
+    p.set_defaults(main="dnnlab.study.study", **unset_defaults(StudyConfig))
 
 
 def _add_detect(sub) -> None:
     from dnnlab.detect import config as c
-    from dnnlab.settings import add_flags
+    from dnnlab.settings import add_flags, unset_defaults
 
     det = _parser(sub, "detect")
     dsub = det.add_subparsers(dest="detect_command", required=True)
@@ -290,7 +196,7 @@ def _add_detect(sub) -> None:
     )
     add_flags(p, c.ProposalConfig)
     add_flags(p, c.BuildConfig)
-    p.set_defaults(func=cmd_detect_build, **_unset(c.ProposalConfig, c.BuildConfig))
+    p.set_defaults(main="dnnlab.detect.build", **unset_defaults(c.ProposalConfig, c.BuildConfig))
 
     p = dsub.add_parser("train", help="the box features, the head and the box regressors")
     p.add_argument("dir", help="detector directory made by `detect build`")
@@ -299,11 +205,11 @@ def _add_detect(sub) -> None:
     sections = (c.FeatureSpec, c.HeadConfig, c.RegressorConfig, c.DetectTrainConfig)
     for cls in sections:
         add_flags(p, cls)
-    p.set_defaults(func=cmd_detect_train, **_unset(*sections))
+    p.set_defaults(main="dnnlab.detect.train", **unset_defaults(*sections))
 
     p = dsub.add_parser("show", help="grids of positive and negative samples")
     p.add_argument("dir")
-    p.set_defaults(func=cmd_detect_show)
+    p.set_defaults(main="dnnlab.detect.show")
 
     for name, helptext in (("run", "detect in photos"), ("eval", "AP50 / mAP on a VOC folder")):
         p = dsub.add_parser(name, help=helptext)
@@ -324,117 +230,8 @@ def _add_detect(sub) -> None:
         p.add_argument("--preset", **preset)
         add_flags(p, c.DetectionConfig)
         p.add_argument("--device", default="cpu", help=DEVICE_HELP)
-        func = cmd_detect_run if name == "run" else cmd_detect_eval
-        p.set_defaults(func=func, **_unset(c.DetectionConfig))
-
-
-def _unset(*classes) -> dict:
-    """UNSET for every setting of the config classes: a flag not given is told apart from
-    one given with its default value (a --preset then sets only the flags not given)."""
-    from dataclasses import fields
-
-    return {f.name: UNSET for cls in classes for f in fields(cls) if f.metadata.get("spec")}
-
-
-def _load_detector(args):
-    """The detector in --model with the detection flags (and --preset) applied."""
-    from dnnlab.detect.config import DetectionConfig, with_preset
-    from dnnlab.detect.detector import Detector
-    from dnnlab.utils.paths import check_in_folder
-
-    check_in_folder(args.model, "--model")
-    detection = with_preset(DetectionConfig, _given(args, DetectionConfig), args.preset)
-    return Detector.load(args.model, args.device, detection)
-
-
-def cmd_detect_build(args) -> int:
-    from dnnlab.detect.build import build
-    from dnnlab.detect.config import BuildConfig, ProposalConfig
-    from dnnlab.detect.output import build_summary
-
-    info = build(
-        args.voc_dir,
-        args.out,
-        args.target,
-        ProposalConfig(**_given(args, ProposalConfig)),
-        BuildConfig(**_given(args, BuildConfig)),
-        progress=sys.stderr.isatty(),
-        overwrite=args.overwrite,
-    )
-    print(build_summary(info))
-    return 0
-
-
-def cmd_detect_train(args) -> int:
-    from dnnlab.detect.config import (
-        DetectTrainConfig,
-        FeatureSpec,
-        HeadConfig,
-        RegressorConfig,
-        with_preset,
-    )
-    from dnnlab.detect.output import train_summary
-    from dnnlab.detect.train import train_detector
-    from dnnlab.utils.paths import check_in_folder
-
-    check_in_folder(args.dir, "DIR")
-    s = train_detector(
-        args.dir,
-        *(
-            with_preset(c, _given(args, c), args.preset)
-            for c in (FeatureSpec, HeadConfig, RegressorConfig)
-        ),
-        DetectTrainConfig(**_given(args, DetectTrainConfig)),
-        progress=sys.stderr.isatty(),
-        overwrite=args.overwrite,
-    )
-    print(train_summary(s))
-    return 0
-
-
-def cmd_detect_show(args) -> int:
-    from dnnlab.detect.show import show_samples
-    from dnnlab.utils.paths import check_in_folder
-
-    check_in_folder(args.dir, "DIR")
-    for p in show_samples(args.dir):
-        print(f"wrote {p}")
-    return 0
-
-
-def cmd_detect_run(args) -> int:
-    from dnnlab.detect.output import check_detection_outputs, print_run, run_detector
-
-    check_detection_outputs(
-        [Path(i) for i in args.images], Path(args.out), args.overwrite, args.model
-    )
-    detector = _load_detector(args)
-    results = run_detector(
-        args.images,
-        detector,
-        args.out,
-        progress=sys.stderr.isatty(),
-        overwrite=args.overwrite,
-        model_dir=args.model,
-    )
-    return 1 if print_run(results, args.out) else 0
-
-
-def cmd_detect_eval(args) -> int:
-    from dnnlab.detect.evaluate import check_eval_inputs, evaluate_once, print_eval
-
-    check_eval_inputs(args.voc_dir, args.model, args.draw, args.overwrite)
-    detector = _load_detector(args)
-    res = evaluate_once(
-        args.voc_dir,
-        args.model,
-        detector,
-        draw_dir=args.draw,
-        progress=sys.stderr.isatty(),
-        overwrite=args.overwrite,
-    )
-    print_eval(res, as_json=args.json)
-    return 0
+        command = "dnnlab.detect.output" if name == "run" else "dnnlab.detect.evaluate"
+        p.set_defaults(main=command, **unset_defaults(c.DetectionConfig))
 
 
 def _add_verify(sub) -> None:
@@ -446,19 +243,7 @@ def _add_verify(sub) -> None:
         "the command exits 2.",
     )
     p.add_argument("folders", nargs="+", help="published study folders (docs/results/NAME)")
-    p.set_defaults(func=cmd_verify)
-
-
-def cmd_verify(args) -> int:
-    from dnnlab.study.manifest import verify
-
-    for folder in args.folders:
-        m = verify(folder)
-        print(
-            f"{folder}: ok, {len(m['files'])} files match its manifest "
-            f"(commit {m.get('commit') or 'unrecorded'}, {m.get('date')})"
-        )
-    return 0
+    p.set_defaults(main="dnnlab.study.manifest")
 
 
 def _add_reproduce(sub) -> None:
@@ -487,27 +272,7 @@ def _add_reproduce(sub) -> None:
         default=None,
         help="a `dnnlab detect` directory whose evaluations and photos/ join the report",
     )
-    p.set_defaults(func=cmd_reproduce)
-
-
-def cmd_reproduce(args) -> int:
-    from dnnlab.settings import from_args
-    from dnnlab.study.publish import published_section, read_published
-    from dnnlab.study.reproduce import ReproduceConfig, reproduce, reproduction_markdown
-
-    result = reproduce(
-        from_args(ReproduceConfig, args),
-        args.run,
-        args.out,
-        published=args.published,
-        detector=args.detector,
-        progress=sys.stderr.isatty(),
-    )
-    if args.published:
-        print("\n".join(published_section(read_published(args.published))))
-    print("\n".join(reproduction_markdown(result, Path(args.out))))
-    print(f"report: {Path(args.out) / 'report.html'}")
-    return 0
+    p.set_defaults(main="dnnlab.study.reproduce")
 
 
 # One line per command for `dnnlab --help`. Only the command being run gets its flags (and
@@ -564,7 +329,8 @@ def main(argv=None) -> int:
     shown = warnings.showwarning
     warnings.showwarning = one_line_warning(cmd)
     try:
-        return args.func(args)
+        # The command's own module runs it (its `main(args)`), imported only now.
+        return importlib.import_module(args.main).main(args)
     except KeyboardInterrupt:
         hint = "; rerun with --resume to continue" if hasattr(args, "resume") else ""
         print(f"dnnlab {cmd}: interrupted{hint}", file=sys.stderr)

@@ -235,3 +235,30 @@ def from_args(cls, args: argparse.Namespace, **extra):
     kw = {f.name: ns[f.name] for f in fields(cls) if f.name in ns and f.metadata.get("spec")}
     kw.update(extra)
     return cls(**kw)
+
+
+class _Unset:
+    """The parser's default for a setting whose command tells a flag not given from one given
+    with its default value (train, study, detect: a resumed run keeps its own value, and a
+    --preset or --quick fills in only the flags not given)."""
+
+    def __repr__(self) -> str:
+        return "unset"
+
+
+UNSET = _Unset()
+
+
+def unset_defaults(*classes) -> dict:
+    """UNSET for every setting of the config classes, as `parser.set_defaults` takes them."""
+    return {f.name: UNSET for cls in classes for f in fields(cls) if f.metadata.get("spec")}
+
+
+def given_flags(args: argparse.Namespace, cls) -> dict:
+    """The settings of config class `cls` given on the command line (those whose parser
+    default is UNSET and that were not left at it)."""
+    return {
+        f.name: getattr(args, f.name)
+        for f in fields(cls)
+        if getattr(args, f.name, UNSET) is not UNSET
+    }

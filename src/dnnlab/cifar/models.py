@@ -308,3 +308,9 @@ def models_table() -> str:
     for name, v in VARIANTS.items():
         lines.append(f"{name:<15}{count_params(build_model(name)):>12,}  {v.about}")
     return "\n".join(lines)
+
+
+def main(args) -> int:
+    """`dnnlab models`: the variants' table."""
+    print(models_table())
+    return 0

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -61,6 +62,7 @@ from dnnlab.cifar.rundir import (
     write_metrics,
 )
 from dnnlab.errors import ConfigError
+from dnnlab.settings import given_flags
 from dnnlab.utils.atomic import atomic_torch_save, atomic_write_json
 from dnnlab.utils.device import check_device
 from dnnlab.utils.distributed import init_distributed
@@ -555,3 +557,18 @@ def stop_diverged(tr_loss: float, trace: dict | None, out: Path, cfg: TrainConfi
         f"checkpoints stop at epoch {epoch}{where}. Lower --lr ({cfg.lr}) or "
         f"--weight-decay ({cfg.weight_decay}) and start again with --overwrite"
     )
+
+
+def main(args) -> int:
+    """`dnnlab train`, from its parsed flags (only those given are taken: a resumed run keeps
+    its own values for the rest)."""
+    train_command(
+        given_flags(args, TrainConfig),
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        download=args.download,
+        progress=sys.stderr.isatty(),
+        stop_after=args.stop_after,
+    )
+    return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +22,7 @@ from dnnlab.detect.labelling import label_proposals, sample_rows
 from dnnlab.detect.proposals import proposal_recall, proposals_for
 from dnnlab.detect.voc import Problems, read_voc_dir
 from dnnlab.errors import InputError
+from dnnlab.settings import given_flags
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.outputs import check_output, mark, remove_ours
@@ -223,3 +225,30 @@ def group_by_image(rows: list[dict], idx=None) -> dict[str, list[int]]:
     for i in range(len(rows)) if idx is None else idx:
         by_image.setdefault(rows[i]["image"], []).append(i)
     return by_image
+
+
+def build_summary(info: dict) -> str:
+    """`detect build`'s report of the info dict build() returns: sizes, proposal recall and
+    the problems found in the VOC files."""
+    pr = info["proposal_recall"]
+    return (
+        f"{info['images']} images ({info['images_by_split']}), boxes {info['boxes']}, "
+        f"{info['proposals_per_image']:.0f} proposals/image, proposal recall "
+        f"{pr['recall50']:.3f} @0.5, {pr['recall70']:.3f} @0.7; {info['seconds']} s\n"
+        + Problems.from_dict(info["problems"]).summary()
+    )
+
+
+def main(args) -> int:
+    """`dnnlab detect build VOC_DIR --out DIR`, from its parsed flags."""
+    info = build(
+        args.voc_dir,
+        args.out,
+        args.target,
+        ProposalConfig(**given_flags(args, ProposalConfig)),
+        BuildConfig(**given_flags(args, BuildConfig)),
+        progress=sys.stderr.isatty(),
+        overwrite=args.overwrite,
+    )
+    print(build_summary(info))
+    return 0

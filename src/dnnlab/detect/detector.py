@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnnlab.detect.boxes import apply_deltas, flip_boxes
-from dnnlab.detect.config import DetectionConfig, DetectorConfig, HeadConfig
+from dnnlab.detect.config import DetectionConfig, DetectorConfig, HeadConfig, with_preset
 from dnnlab.detect.features import (
     crop_batch,
     mobilenet_features,
@@ -35,7 +35,9 @@ from dnnlab.detect.features import (
 from dnnlab.detect.proposals import propose
 from dnnlab.detect.selection import prefilter, select
 from dnnlab.errors import InputError
+from dnnlab.settings import given_flags
 from dnnlab.utils.atomic import atomic_torch_save
+from dnnlab.utils.paths import check_in_folder
 from dnnlab.utils.safe_load import load_error_reason, load_plain
 from dnnlab.utils.weights import check_weight_values
 
@@ -306,3 +308,11 @@ def refine_rounds(
             x = features(boxes)
             s = model.scores(x)
     return s, boxes
+
+
+def load_detector(args) -> Detector:
+    """The detector in --model with the detection flags of `detect run` and `detect eval`
+    (and their --preset) applied."""
+    check_in_folder(args.model, "--model")
+    detection = with_preset(DetectionConfig, given_flags(args, DetectionConfig), args.preset)
+    return Detector.load(args.model, args.device, detection)

@@ -17,7 +17,7 @@ import torch
 from torchvision.ops import box_iou
 from tqdm.auto import tqdm
 
-from dnnlab.detect.detector import MODEL_FILE, Detector
+from dnnlab.detect.detector import MODEL_FILE, Detector, load_detector
 from dnnlab.detect.output import draw
 from dnnlab.detect.proposals import proposal_recall
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
@@ -265,3 +265,20 @@ def print_eval(res: dict, as_json: bool = False) -> None:
     else:
         for k in SHOWN:
             print(f"{k:<20}{res[k]:.4f}")
+
+
+def main(args) -> int:
+    """`dnnlab detect eval VOC_DIR --model DIR`: the inputs and --draw checked before the
+    detector is loaded, then the figures (a stored result for the same inputs is reused)."""
+    check_eval_inputs(args.voc_dir, args.model, args.draw, args.overwrite)
+    detector = load_detector(args)
+    res = evaluate_once(
+        args.voc_dir,
+        args.model,
+        detector,
+        draw_dir=args.draw,
+        progress=sys.stderr.isatty(),
+        overwrite=args.overwrite,
+    )
+    print_eval(res, as_json=args.json)
+    return 0

@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from dnnlab.detect.detector import Detector
-from dnnlab.detect.voc import Problems, load_rgb
+from dnnlab.detect.detector import Detector, load_detector
+from dnnlab.detect.voc import load_rgb
 from dnnlab.errors import InputError
 from dnnlab.utils.atomic import atomic_file, atomic_write_json
 from dnnlab.utils.images import UnreadableImage
@@ -118,26 +118,19 @@ def print_run(results: list[dict], out_dir) -> int:
     return failed
 
 
-def build_summary(info: dict) -> str:
-    """`detect build`'s report of the info dict build() returns: sizes, proposal recall and
-    the problems found in the VOC files."""
-    pr = info["proposal_recall"]
-    return (
-        f"{info['images']} images ({info['images_by_split']}), boxes {info['boxes']}, "
-        f"{info['proposals_per_image']:.0f} proposals/image, proposal recall "
-        f"{pr['recall50']:.3f} @0.5, {pr['recall70']:.3f} @0.7; {info['seconds']} s\n"
-        + Problems.from_dict(info["problems"]).summary()
+def main(args) -> int:
+    """`dnnlab detect run PHOTO... --model DIR`: every output checked before the detector is
+    loaded, then a line per photo; exit status 1 when any photo failed."""
+    check_detection_outputs(
+        [Path(i) for i in args.images], Path(args.out), args.overwrite, args.model
     )
-
-
-def train_summary(s: dict) -> str:
-    """`detect train`'s one line from train_detector's summary dict."""
-    stages = [
-        ("features", "feature_seconds"),
-        ("head", "head_seconds"),
-        ("mirrored rows", "mirror_seconds"),
-        ("box regressors", "regressor_seconds"),
-        ("IoU predictor", "iou_predictor_seconds"),
-    ]
-    times = ", ".join(f"{name} {s[key]} s" for name, key in stages if key in s)
-    return f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_boxes']} boxes; {times}"
+    detector = load_detector(args)
+    results = run_detector(
+        args.images,
+        detector,
+        args.out,
+        progress=sys.stderr.isatty(),
+        overwrite=args.overwrite,
+        model_dir=args.model,
+    )
+    return 1 if print_run(results, args.out) else 0

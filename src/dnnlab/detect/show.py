@@ -10,6 +10,7 @@ from dnnlab.detect.build import read_index
 from dnnlab.detect.features import crop_batch
 from dnnlab.detect.voc import load_rgb
 from dnnlab.utils.outputs import check_output
+from dnnlab.utils.paths import check_in_folder
 from dnnlab.utils.plots import pyplot, save_figure
 
 
@@ -44,3 +45,11 @@ def show_samples(out, n: int = 16, seed: int = 0) -> list[Path]:
         save_figure(fig, path, 80)
         written.append(path)
     return written
+
+
+def main(args) -> int:
+    """`dnnlab detect show DIR`."""
+    check_in_folder(args.dir, "DIR")
+    for p in show_samples(args.dir):
+        print(f"wrote {p}")
+    return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,15 +30,18 @@ from dnnlab.detect.config import (
     FeatureSpec,
     HeadConfig,
     RegressorConfig,
+    with_preset,
 )
 from dnnlab.detect.detector import Detector
 from dnnlab.detect.features import load_backbone
 from dnnlab.detect.localization import fit_iou_predictor
 from dnnlab.detect.voc import load_rgb
 from dnnlab.errors import InputError
+from dnnlab.settings import given_flags
 from dnnlab.utils.atomic import atomic_torch_save, atomic_write_json
 from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.outputs import check_output
+from dnnlab.utils.paths import check_in_folder
 from dnnlab.utils.plots import plot_train_curves
 from dnnlab.utils.records import content_hash
 from dnnlab.utils.safe_load import load_plain
@@ -411,3 +415,34 @@ def fit_box_regressors(model: Detector, feats: torch.Tensor, rows) -> None:
     dev = model.mean.device
     model.regressor = first.to(dev)
     model.regressor2 = later.to(dev) if later is not None else None
+
+
+def train_summary(s: dict) -> str:
+    """`detect train`'s one line from train_detector's summary dict."""
+    stages = [
+        ("features", "feature_seconds"),
+        ("head", "head_seconds"),
+        ("mirrored rows", "mirror_seconds"),
+        ("box regressors", "regressor_seconds"),
+        ("IoU predictor", "iou_predictor_seconds"),
+    ]
+    times = ", ".join(f"{name} {s[key]} s" for name, key in stages if key in s)
+    return f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_boxes']} boxes; {times}"
+
+
+def main(args) -> int:
+    """`dnnlab detect train DIR`, from its parsed flags (a --preset fills in the flags not
+    given)."""
+    check_in_folder(args.dir, "DIR")
+    s = train_detector(
+        args.dir,
+        *(
+            with_preset(c, given_flags(args, c), args.preset)
+            for c in (FeatureSpec, HeadConfig, RegressorConfig)
+        ),
+        DetectTrainConfig(**given_flags(args, DetectTrainConfig)),
+        progress=sys.stderr.isatty(),
+        overwrite=args.overwrite,
+    )
+    print(train_summary(s))
+    return 0

@@ -4,6 +4,7 @@ with --data), list their layers (--layers list), and the follow-ups --cka-with a
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -12,6 +13,8 @@ from dnnlab.errors import InputError
 from dnnlab.probe.anynet import AnyConfig, list_any, probe_any
 from dnnlab.probe.cka_runs import cka_between_runs
 from dnnlab.probe.compare import compare_probes
+from dnnlab.probe.probe import ProbeConfig
+from dnnlab.probe.report import layers_table, print_result
 from dnnlab.probe.trained_run import list_run, probe_run
 from dnnlab.settings import flag_name, from_args
 from dnnlab.utils.lock import folder_lock
@@ -115,3 +118,20 @@ def follow_ups(args, cfg, out: Path) -> Iterator[str]:
 
 
 __all__ = ["any_config", "any_network", "follow_ups", "is_listing", "list_layers", "probe"]
+
+
+def main(args) -> int:
+    """`dnnlab probe`, from its parsed flags: list the layers (--layers list), or probe and
+    print the table, then the follow-ups."""
+    any_model = any_network(args)
+    listing = is_listing(args.layers)
+    cfg = from_args(ProbeConfig, args, layers=None if listing else args.layers)
+    acfg = any_config(args, listing) if any_model else None
+    if listing:
+        print(layers_table(list_layers(args.run, acfg)))
+        return 0
+    res, out = probe(args, cfg, acfg, progress=sys.stderr.isatty())
+    print_result(res, out)
+    for line in follow_ups(args, cfg, out):
+        print(line)
+    return 0

@@ -20,7 +20,7 @@ from dnnlab.separability.linear import DEFAULT_ALPHA
 from dnnlab.separability.measures import TrivialMeasure, separability
 from dnnlab.separability.normalize import NORMALIZATIONS
 from dnnlab.separability.vocabulary import DEFAULT_MEASURES, parse_measures
-from dnnlab.settings import setting, validate
+from dnnlab.settings import from_args, setting, validate
 from dnnlab.utils.device import DEVICE_HELP, check_device, check_device_name
 from dnnlab.utils.distributed import init_distributed
 from dnnlab.utils.sizes import MEASURE_MEMORY, format_size, parse_size
@@ -199,3 +199,8 @@ def _measure(cfg: SiConfig, x, y, test, max_memory: int):
         test=test,
         alpha=cfg.alpha,
     )
+
+
+def main(args) -> int:
+    """`dnnlab si`, from its parsed flags."""
+    return si_command(from_args(SiConfig, args), args.features, args.labels, args.test)

@@ -110,3 +110,14 @@ def verify(folder) -> dict:
             + "; a published folder holds only what was published"
         )
     return manifest
+
+
+def main(args) -> int:
+    """`dnnlab verify FOLDER...`: each folder against its manifest, one line each."""
+    for folder in args.folders:
+        m = verify(folder)
+        print(
+            f"{folder}: ok, {len(m['files'])} files match its manifest "
+            f"(commit {m.get('commit') or 'unrecorded'}, {m.get('date')})"
+        )
+    return 0

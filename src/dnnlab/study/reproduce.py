@@ -41,6 +41,7 @@ import csv
 import math
 import platform
 import shlex
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -51,7 +52,7 @@ from dnnlab.cifar.data import default_root, load_cifar10
 from dnnlab.cifar.rundir import read_run_config
 from dnnlab.cifar.train import train
 from dnnlab.errors import ConfigError, InputError
-from dnnlab.settings import setting, validate
+from dnnlab.settings import from_args, setting, validate
 from dnnlab.study.config import parse_run_name, shared_setting
 from dnnlab.study.manifest import MANIFEST, ManifestError, verify
 from dnnlab.study.markup import md_code, md_grid, md_page, md_text
@@ -345,3 +346,21 @@ def reproduction_markdown(r: dict, out: Path) -> list[str]:
 
 
 __all__ = ["ReproduceConfig", "reproduce", "reproduction_markdown", "read_metrics"]
+
+
+def main(args) -> int:
+    """`dnnlab reproduce RUN`, from its parsed flags: the published studies' tables first
+    (with --published), then the comparison."""
+    result = reproduce(
+        from_args(ReproduceConfig, args),
+        args.run,
+        args.out,
+        published=args.published,
+        detector=args.detector,
+        progress=sys.stderr.isatty(),
+    )
+    if args.published:
+        print("\n".join(published_section(read_published(args.published))))
+    print("\n".join(reproduction_markdown(result, Path(args.out))))
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
