@@ -3,9 +3,9 @@
 Runs the same tiny study (fake CIFAR-10 tree; base and bn, two epochs, probes, report) and
 a two-epoch course-recipe run with the code of BASE (a commit) and with this checkout's,
 each in the same folder in turn, then compares every file they wrote: equal bytes, or, for
-JSON, CSV and checkpoints, equal content once times and commits are left out (seconds,
-wall_seconds, date, stage_seconds, commits; stages.json holds only seconds). Exit status 1
-if anything else differs.
+JSON (the write gate's .dnnlab-output marker too), CSV and checkpoints, equal content once
+times and commits are left out (seconds, wall_seconds, date, stage_seconds, commits;
+stages.json holds only seconds). Exit status 1 if anything else differs.
 
     python scripts/same_outputs.py 06b145a
 """
@@ -83,7 +83,7 @@ def same_content(a: Path, b: Path) -> bool:
         return True
     if a.name in TIME_FILES:
         return json.loads(a.read_text()).keys() == json.loads(b.read_text()).keys()
-    if a.suffix == ".json":
+    if a.suffix == ".json" or a.name == ".dnnlab-output":  # the write gate's marker is JSON
         # Compared as text: NaN (an undefined NC1) equals NaN there.
         a_, b_ = (_without_times(json.loads(p.read_text())) for p in (a, b))
         return json.dumps(a_, sort_keys=True) == json.dumps(b_, sort_keys=True)
