@@ -163,7 +163,7 @@ def probe_model(
 
     total = sum(len(g.layers) for groups in plans.values() for g in groups)
     bar = tqdm(total=total, desc="probe", unit="layer", disable=not progress)
-    files = _FeatureFiles(cfg, out, res)
+    features = _FeatureArrays(cfg, out, res)
     modules = dict(model.named_modules())
     try:
         for split, (x, y) in splits.items():
@@ -184,11 +184,7 @@ def probe_model(
                     after = tr.chain[tr.chain.index(before.name) + 1 :]
                     start = [modules[m] for m in after], held[before.name], before.shape
                 for info in g.layers:
-                    held[info.name] = (
-                        files.array(split, n, info)
-                        if g.to_file
-                        else np.empty((n, info.dim), dtype=np.float32)
-                    )
+                    held[info.name] = features.array(split, n, info, g.to_file)
                 t0 = time.perf_counter()
                 pbar = tqdm(
                     total=n,
@@ -219,7 +215,7 @@ def probe_model(
                 for info, secs in ready:
                     t1 = time.perf_counter()
                     found, on_file = _measure_layer(
-                        measures, split, info, held, y, files.folder, kk_max, budget, core_memory
+                        measures, split, info, held, y, features.folder, kk_max, budget, core_memory
                     )
                     spent = time.perf_counter() - t1
                     res.core_seconds += spent
@@ -232,7 +228,7 @@ def probe_model(
                 m.end_split(split)
     finally:
         bar.close()
-        files.close()
+        features.close()
     cka.note_reused(res.notes)
     save()
     return res
@@ -320,15 +316,18 @@ def _row(split, info: LayerInfo, n, found: LayerValues, cfg, expected, secs, on_
     return row
 
 
-class _FeatureFiles:
-    """Memory-mapped N x dim feature files for the layers that go to a file, in a spill
-    folder made when the first one does (removed on close); each recorded and noted."""
+class _FeatureArrays:
+    """Each layer's N x dim feature array: in memory, or, for a group that goes to a file, a
+    memory-mapped file in a spill folder made when the first one does (removed on close),
+    recorded in res.spilled and noted."""
 
     def __init__(self, cfg: ProbeConfig, out: Path | None, res: ProbeResult):
         self.cfg, self.out, self.res = cfg, out, res
         self.folder: SpillFolder | None = None
 
-    def array(self, split: str, n: int, info: LayerInfo) -> np.memmap:
+    def array(self, split: str, n: int, info: LayerInfo, to_file: bool) -> np.ndarray:
+        if not to_file:
+            return np.empty((n, info.dim), dtype=np.float32)
         cfg = self.cfg
         if self.folder is None:
             parent = cfg.spill_dir or self.out
