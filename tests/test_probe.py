@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+import dnnlab.probe.layer_measures as layer_measures_module
 import dnnlab.probe.probe as probe_module
 from dnnlab.errors import InputError
 from dnnlab.probe.layers import LayerError
@@ -107,7 +108,7 @@ def test_resume_keeps_finished_rows(tmp_path, monkeypatch):
     m = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 4))
     x, y = data()
     splits = {"val": (x, y), "test": (x[:60], y[:60])}
-    P = probe_module
+    P = layer_measures_module
 
     real = P.separability
     calls = {"n": 0}

@@ -13,9 +13,9 @@ import torch
 from dnnlab.cifar.augment import to_input
 from dnnlab.cifar.train import load_model_checkpoint, read_run_config
 from dnnlab.errors import InputError
-from dnnlab.probe.beyond_si import cka_heatmaps
 from dnnlab.probe.config import budget_share, forward_batch
 from dnnlab.probe.extract import extract_group
+from dnnlab.probe.layer_measures import cka_heatmaps
 from dnnlab.probe.layers import describe_layers, resolve_layers
 from dnnlab.probe.trained_run import run_splits
 from dnnlab.separability.cka import CkaMatrix

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dnnlab.errors import BudgetError
-from dnnlab.probe.beyond_si import ProbeExtras
 from dnnlab.probe.config import ProbeConfig, budget_share
 from dnnlab.probe.layers import LayerInfo
 from dnnlab.separability.search_plan import block_workspace_bytes, search_state_bytes
@@ -125,19 +124,20 @@ def plan_splits(
     infos: list[LayerInfo],
     done: set,
     cfg: ProbeConfig,
-    extras: ProbeExtras,
+    need: Callable[[str, int], int],
     room: int,
     kk_max: int,
     budget: int,
 ) -> dict[str, list[Group]]:
     """{split: groups of its layers still to do}; every plan is checked before any work, so
-    a too-small budget is refused up front."""
+    a too-small budget is refused up front. need(split, n): the bytes the measures need on
+    the split beside the features (layer_measures.LayerMeasure.reserve)."""
     plans = {}
     for split, (x, _) in splits.items():
         todo = [i for i in infos if (split, i.name) not in done]
-        # The linear classifier's and CKA's memory comes off the features' room.
+        # The measures' own memory (the linear fit's, CKA's) comes off the features' room.
         groups = plan_groups(
-            todo, len(x), room - extras.reserve(split, len(x)), to_file=cfg.memmap is not None
+            todo, len(x), room - need(split, len(x)), to_file=cfg.memmap is not None
         )
         for g in groups:
             if g.to_file:

@@ -1,14 +1,24 @@
-"""SI/CSI of every probed layer's output, per data split, within a memory budget.
+"""SI/CSI and the other measures of every probed layer's output, per data split, within a
+memory budget.
 
-Layers are grouped so that one group's features for a whole split fit in the budget next
-to the separability core's own working memory (plan.py); each group costs one forward pass
-over the split (extract.py; forward passes are cheap next to the distance work). Results
-are written after each (split, layer), so an interrupted probe resumes where it stopped
+    plan (plan.py)
+    for split:
+        for layer group: one forward pass (extract.py) fills the group's features
+            for layer: each measure (layer_measures.py) adds the layer's features; its row
+                is written
+Layers are grouped so that one group's features for a whole split fit in the budget next to
+the separability core's own working memory; a layer that does not fit streams through a file
+(spill.py). Forward passes are cheap next to the distance work. When the model is a chain of
+its children, a group's pass starts from the stored output of the previous group's last layer,
+which is then measured after that pass: on the `base` model that takes half of the forward
+passes' time away (docs/RESULTS.md section 7, benchmarks/bench_chain.py). Results are
+written after each (split, layer), so an interrupted probe resumes where it stopped
 (resume.py).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,9 +30,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dnnlab.errors import BudgetError, InputError
-from dnnlab.probe.beyond_si import ProbeExtras, plot_extra
 from dnnlab.probe.config import ProbeConfig, forward_batch
 from dnnlab.probe.extract import extract_group
+from dnnlab.probe.layer_measures import (
+    CkaMatrices,
+    LayerValues,
+    LinearClassifiers,
+    Separability,
+)
 from dnnlab.probe.layers import LayerError, LayerInfo, resolve_layers, trace
 from dnnlab.probe.plan import (
     FLOAT32,
@@ -36,7 +51,7 @@ from dnnlab.probe.plan import (
 from dnnlab.probe.provenance import model_hash, row_fingerprint
 from dnnlab.probe.resume import expected_provenance, load_existing
 from dnnlab.probe.spill import SpillFolder, to_float32
-from dnnlab.separability import knn, parse_measures, separability
+from dnnlab.separability import knn, parse_measures
 from dnnlab.separability.inputs import NonFiniteError
 from dnnlab.utils.atomic import atomic_write_json, atomic_write_text
 from dnnlab.utils.plots import pyplot, save_figure
@@ -48,7 +63,7 @@ class ProbeResult:
     rows: list[dict]
     layers: list[LayerInfo]
     forward_seconds: float = 0.0
-    core_seconds: float = 0.0
+    core_seconds: float = 0.0  # every measure's time, the separability core's and the others'
     groups: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     spilled: list[dict] = field(default_factory=list)  # {split, layer, bytes, dtype, folder}
@@ -73,257 +88,6 @@ def _check_splits(splits: dict, order_max: int) -> None:
                 f"split {name!r} has {len(x)} samples; measures of order "
                 f"{order_max} need more than {order_max}"
             )
-
-
-class _ProbeRun:
-    """The work of one probe: forward passes per group, then one row per (split, layer),
-    written as soon as it is measured. `held` maps layer -> its features (N x dim), in
-    memory or in a file, until its row is written."""
-
-    def __init__(self, model, splits, cfg, out, dev, input_fn, tr, expected, res, extras):
-        self.model, self.splits, self.cfg, self.out = model, splits, cfg, out
-        self.dev, self.input_fn, self.tr, self.expected = dev, input_fn, tr, expected
-        self.res, self.extras, self.rows = res, extras, res.rows
-        self.order = {i.name: k for k, i in enumerate(tr.layers)}
-        self.modules = dict(model.named_modules())
-        self.kk_max = 1 + knn.EXTRA_CANDIDATES + _max_order(cfg.measures)
-        self.folder: SpillFolder | None = None  # made when the first layer goes to a file
-        self.bar = None
-
-    def plan(self) -> dict[str, list[Group]]:
-        """Batch size, memory reserve and each split's groups, all checked before any work;
-        a budget too small is refused naming the smallest that plans (plan.plan_within)."""
-        self.budget = parse_size(self.cfg.max_memory)
-        self.batch, self.reserve, plans = plan_within(self.budget, self._plan_at)
-        self.res.batch_size = self.batch
-        return plans
-
-    def _plan_at(self, budget: int):
-        """(batch, reserve, {split: groups}) within `budget`; BudgetError (with .least) if none."""
-        core_min = core_minimum(max(len(x) for x, _ in self.splits.values()), self.kk_max)
-        batch, reserve, room = plan_budget(
-            budget, self.tr.forward_bytes_per_sample, forward_batch(self.cfg, self.dev), core_min
-        )
-        done = {(r["split"], r["layer"]) for r in self.rows}
-        plans = plan_splits(
-            self.splits, self.tr.layers, done, self.cfg, self.extras, room, self.kk_max, budget
-        )
-        return batch, reserve, plans
-
-    def run(self, plans: dict[str, list[Group]], progress: bool) -> None:
-        self.progress = progress
-        total = sum(len(g.layers) for groups in plans.values() for g in groups)
-        self.bar = tqdm(total=total, desc="probe", unit="layer", disable=not progress)
-        try:
-            for split, (x, y) in self.splits.items():
-                if plans[split]:
-                    self.probe_split(split, x, y, plans[split])
-        finally:
-            self.bar.close()
-            if self.folder is not None:
-                self.folder.close()
-        for split in self.extras.cka_splits:
-            if split not in self.extras.cka:  # every row of the split came from earlier runs
-                why = "not computed: the split's rows were reused; rerun with --overwrite"
-                self.extras.cka[split] = {"note": why}
-                self.res.notes.append(f"CKA on {split}: {why}")
-        self.save()
-
-    def save(self) -> None:
-        """Rows in split and execution order, written to probe.csv/json."""
-        names = list(self.splits)
-        self.rows.sort(
-            key=lambda r: (
-                names.index(r["split"]) if r["split"] in self.splits else 99,
-                self.order.get(r["layer"], 99),
-            )
-        )
-        if self.out is not None:
-            write_tables(self.out, self.rows, self.cfg, self.extras.cka)
-
-    def probe_split(self, split: str, x, y, groups: list[Group]) -> None:
-        """One forward pass per group; a group's last layer is measured after the next
-        group's pass, which may start from its output (a chain model)."""
-        infos = self.tr.layers
-        self.extras.start_split(
-            split, [i.name for i in infos], [i.name for g in groups for i in g.layers]
-        )
-        n = len(x)
-        self.res.groups[split] = len(groups)
-        held: dict[str, np.ndarray] = {}
-        prev = None  # (info, forward seconds): the last layer of the previous group
-        for g in groups:
-            start = None
-            if prev is not None:
-                start = self.chain_start(g, prev[0], held[prev[0].name], n)
-                if start is None:
-                    self.core(split, y, held, *prev)
-                    prev = None
-            self.allocate(split, n, g, held)
-            fwd = self.forward(split, x, g, held, start)
-            del start  # core() frees the features: hold no other reference to them
-            if prev is not None:
-                self.core(split, y, held, *prev)
-            for info in g.layers[:-1]:
-                self.core(split, y, held, info, fwd)
-            prev = (g.layers[-1], fwd)
-        if prev is not None:
-            self.core(split, y, held, *prev)
-        self.extras.end_split(split)
-
-    def chain_start(self, g: Group, info: LayerInfo, b: np.ndarray, n: int):
-        """(modules, boundary, shape) to start group g's pass from the stored output `b` of
-        the previous group's last layer `info`, or None when the pass runs the whole model."""
-        chain = self.tr.chain
-        usable = (
-            g.from_boundary and chain is not None and info.name in chain and b.dtype == np.float32
-        )
-        if usable and isinstance(b, np.memmap) and not g.to_file:
-            # Its core runs after this group's pass, beside this group's features.
-            size = sum(n * i.dim * FLOAT32 for i in g.layers)
-            try:
-                spill_block(n, info.dim, self.kk_max, self.budget - size)
-            except BudgetError:
-                usable = False
-        if not usable:
-            return None
-        k = chain.index(info.name)
-        return [self.modules[m] for m in chain[k + 1 :]], b, info.shape
-
-    def allocate(self, split: str, n: int, g: Group, held: dict) -> None:
-        """held[layer] = an empty N x dim float32 array, or a file for a group `to_file`."""
-        for info in g.layers:
-            if g.to_file:
-                held[info.name] = self.spill_array(split, n, info)
-            else:
-                held[info.name] = np.empty((n, info.dim), dtype=np.float32)
-
-    def spill_array(self, split: str, n: int, info: LayerInfo) -> np.memmap:
-        """A memory-mapped N x dim file for the layer's features, recorded and noted."""
-        cfg = self.cfg
-        if self.folder is None:
-            parent = cfg.spill_dir or self.out
-            self.folder = SpillFolder(Path(parent) if parent else None)
-        folder = self.folder
-        arr = folder.array(info.name, (n, info.dim), cfg.memmap or "float32")
-        self.res.spilled.append(
-            {
-                "split": split,
-                "layer": info.name,
-                "bytes": arr.nbytes,
-                "dtype": cfg.memmap or "float32",
-                "folder": str(folder.path),
-            }
-        )
-        self.res.notes.append(
-            f"{split}/{info.name}: {format_size(arr.nbytes)} of "
-            f"features streamed through {folder.path} "
-            f"({cfg.memmap or 'float32'})"
-        )
-        return arr
-
-    def forward(self, split: str, x, g: Group, held: dict, start) -> float:
-        """Fill the group's features by one forward pass; returns seconds per layer."""
-        store = {i.name: held[i.name] for i in g.layers}
-        t0 = time.perf_counter()
-        pbar = tqdm(
-            total=len(x),
-            desc=f"{split}: forward to {g.layers[-1].name}",
-            unit="img",
-            leave=False,
-            disable=not self.progress,
-        )
-        extract_group(
-            self.model,
-            x,
-            g.layers,
-            self.batch,
-            self.dev,
-            self.input_fn,
-            self.cfg.output_key,
-            store,
-            start,
-            pbar.update,
-        )
-        pbar.close()
-        del store, start
-        spent = time.perf_counter() - t0
-        self.res.forward_seconds += spent
-        return spent / len(g.layers)
-
-    def core(self, split: str, y, held: dict, info: LayerInfo, fwd: float) -> None:
-        """Measure one layer's features (freeing them) and write its row."""
-        folder, budget = self.folder, self.budget
-        n = len(y)
-        feats = held.pop(info.name)
-        t1 = time.perf_counter()
-        on_file = isinstance(feats, np.memmap)
-        half = on_file and feats.dtype == np.float16
-        if on_file:
-            if half:
-                f32 = to_float32(feats, folder, info.name)
-                folder.free(feats)
-                feats = f32
-            in_mem = sum(v.nbytes for v in held.values() if not isinstance(v, np.memmap))
-            block, core_mem = spill_block(n, info.dim, self.kk_max, budget - in_mem)
-        else:
-            block, core_mem = None, self.reserve if self.dev.type == "cpu" else budget
-        # The features are the probe's own, so the core may normalize them in place.
-        try:
-            r = self.extras.measure(
-                split,
-                info.name,
-                feats,
-                y,
-                budget=core_mem,
-                core=separability,
-                normalize_method=self.cfg.normalize,
-                device=self.dev,
-                block=block,
-                overwrite_input=True,
-                undefined="nan",
-            )
-        except NonFiniteError as e:
-            why = (
-                "stored as float16, whose largest value is 65504: use --memmap float32, or "
-                "check the model's weights and inputs"
-                if half
-                else "check the model's weights and inputs"
-            )
-            raise InputError(
-                f"layer {info.name!r} gives NaN or Inf for {e.rows} of the {n} samples of "
-                f"split {split!r} ({why})"
-            ) from None
-        except InputError as e:  # say where: the core's message names no layer
-            e.args = (f"layer {info.name!r}, split {split!r}: {e}", *e.args[1:])
-            raise
-        secs = time.perf_counter() - t1
-        self.res.core_seconds += secs
-        if on_file:
-            folder.free(feats)
-        del feats
-        self.rows.append(self.row(split, info, n, r, secs + fwd, on_file))
-        self.save()
-        self.bar.update(1)
-
-    def row(self, split: str, info: LayerInfo, n: int, r, secs: float, on_file: bool) -> dict:
-        """One (split, layer)'s row: its measures, timing, storage and provenance."""
-        prov = self.expected[(split, info.name)]
-        row = {
-            "split": split,
-            "layer": info.name,
-            "dim": info.dim,
-            "n": n,
-            **r.values,
-            "seconds": round(secs, 3),
-            "note": "; ".join(x for x in (info.note, *r.notes) if x),
-            "stored": f"file:{prov['features']}" if on_file else "memory",
-            "fingerprint": row_fingerprint(prov),
-            "provenance": prov,
-        }
-        if self.cfg.per_class:
-            row["per_class"] = r.per_class
-        return row
 
 
 def probe_model(
@@ -355,11 +119,240 @@ def probe_model(
     expected = expected_provenance(splits, tr.layers, cfg, weights, source)
     res = ProbeResult([], tr.layers, chain=tr.chain is not None)
     res.rows = load_existing(out, cfg, overwrite, expected, weights, res.notes)
-    extras = ProbeExtras(cfg, list(splits), out, resumed=bool(res.rows), weights=weights)
-    work = _ProbeRun(model, splits, cfg, out, dev, input_fn, tr, expected, res, extras)
-    plans = work.plan()  # raises BudgetError before any work
-    work.run(plans, progress)
+
+    # The measures, in the order they read a layer's features: the separability core
+    # normalizes them in place, so it reads them last.
+    cka = CkaMatrices(cfg, out, resumed=bool(res.rows))
+    linear = None
+    if any(m.kind == "linear" for m in parse_measures(cfg.measures)):
+        linear = LinearClassifiers(cfg, list(splits), out, weights)
+    measures = [m for m in (cka, linear, Separability(cfg, linear)) if m is not None]
+
+    # The plan: the forward batch, the core's reserve and each split's groups, all checked
+    # before any work; a budget too small is refused naming the smallest that plans.
+    budget = parse_size(cfg.max_memory)
+    kk_max = 1 + knn.EXTRA_CANDIDATES + _max_order(cfg.measures)
+    done = {(r["split"], r["layer"]) for r in res.rows}
+
+    def plan_at(budget: int):
+        """(batch, reserve, {split: groups}) within `budget`; BudgetError (with .least) if none."""
+        core_min = core_minimum(max(len(x) for x, _ in splits.values()), kk_max)
+        batch, reserve, room = plan_budget(
+            budget, tr.forward_bytes_per_sample, forward_batch(cfg, dev), core_min
+        )
+        # Each measure's own memory on a split comes off the features' room.
+        need = lambda split, n: max(m.reserve(split, n) for m in measures)  # noqa: E731
+        return batch, reserve, plan_splits(splits, tr.layers, done, cfg, need, room, kk_max, budget)
+
+    res.batch_size, reserve, plans = plan_within(budget, plan_at)
+    # The core's memory for a layer held in memory; one read from a file gets a block plan.
+    core_memory = reserve if dev.type == "cpu" else budget
+    order = {i.name: k for k, i in enumerate(tr.layers)}
+
+    def save() -> None:
+        """Rows in split and execution order, written to probe.csv/json."""
+        names = list(splits)
+        res.rows.sort(
+            key=lambda r: (
+                names.index(r["split"]) if r["split"] in splits else 99,
+                order.get(r["layer"], 99),
+            )
+        )
+        if out is not None:
+            write_tables(out, res.rows, cfg, cka.matrices)
+
+    total = sum(len(g.layers) for groups in plans.values() for g in groups)
+    bar = tqdm(total=total, desc="probe", unit="layer", disable=not progress)
+    features = _FeatureArrays(cfg, out, res)
+    modules = dict(model.named_modules())
+    try:
+        for split, (x, y) in splits.items():
+            groups = plans[split]
+            if not groups:
+                continue
+            n = len(x)
+            res.groups[split] = len(groups)
+            todo = [i.name for g in groups for i in g.layers]
+            for m in measures:
+                m.start_split(split, [i.name for i in tr.layers], todo)
+            held: dict[str, np.ndarray] = {}  # layer -> its N x dim features until measured
+            carried = None  # (info, forward seconds): the layer the next pass starts from
+            for k, g in enumerate(groups):
+                start = None  # (the chain's modules after it, its features, their shape)
+                if carried is not None:
+                    before = carried[0]
+                    after = tr.chain[tr.chain.index(before.name) + 1 :]
+                    start = [modules[m] for m in after], held[before.name], before.shape
+                for info in g.layers:
+                    held[info.name] = features.array(split, n, info, g.to_file)
+                t0 = time.perf_counter()
+                pbar = tqdm(
+                    total=n,
+                    desc=f"{split}: forward to {g.layers[-1].name}",
+                    unit="img",
+                    leave=False,
+                    disable=not progress,
+                )
+                store = {i.name: held[i.name] for i in g.layers}
+                extract_group(
+                    model, x, g.layers, res.batch_size, dev, input_fn, cfg.output_key, store,
+                    start, pbar.update,
+                )  # fmt: skip
+                pbar.close()
+                del store, start  # measuring frees the features: hold no other reference
+                spent = time.perf_counter() - t0
+                res.forward_seconds += spent
+                fwd = spent / len(g.layers)
+                # The layer carried into this pass, then the group's layers; the last of them
+                # waits for the next pass when that pass starts from it.
+                ready = [*([carried] if carried else []), *((i, fwd) for i in g.layers)]
+                last = g.layers[-1]
+                nxt = groups[k + 1] if k + 1 < len(groups) else None
+                starts_next = nxt is not None and _starts_next(
+                    tr.chain, last, held[last.name], nxt, n, kk_max, budget
+                )
+                carried = ready.pop() if starts_next else None
+                for info, secs in ready:
+                    t1 = time.perf_counter()
+                    found, on_file = _measure_layer(
+                        measures, split, info, held, y, features.folder, kk_max, budget, core_memory
+                    )
+                    spent = time.perf_counter() - t1
+                    res.core_seconds += spent
+                    res.rows.append(
+                        _row(split, info, n, found, cfg, expected, spent + secs, on_file)
+                    )
+                    save()
+                    bar.update(1)
+            for m in measures:
+                m.end_split(split)
+    finally:
+        bar.close()
+        features.close()
+    cka.note_reused(res.notes)
+    save()
     return res
+
+
+def _starts_next(chain, last: LayerInfo, stored, nxt: Group, n: int, kk: int, budget: int) -> bool:
+    """Whether the next group's pass starts from `stored`, the output of this group's last
+    layer, instead of the model's input: the model is a chain of its children through it,
+    the plan allows it (Group.from_boundary), it is float32, and, when it is in a file while
+    the next group's features are in memory, it can still be measured beside them."""
+    usable = nxt.from_boundary and chain is not None and last.name in chain
+    if not usable or stored.dtype != np.float32:
+        return False
+    if isinstance(stored, np.memmap) and not nxt.to_file:
+        size = sum(n * i.dim * FLOAT32 for i in nxt.layers)
+        try:
+            spill_block(n, last.dim, kk, budget - size)
+        except BudgetError:
+            return False
+    return True
+
+
+def _measure_layer(measures, split, info, held, y, folder, kk, budget, core_memory):
+    """(every measure's values of the layer's features, whether they were in a file): the
+    features taken out of `held` (and freed), read within `budget` beside the features still
+    held (`core_memory` for features in memory); the core's values, classes and notes first,
+    then the others' (each only for the core's classes)."""
+    n = len(y)
+    feats = held.pop(info.name)
+    on_file = isinstance(feats, np.memmap)
+    half = on_file and feats.dtype == np.float16
+    block, memory = None, core_memory
+    if half:  # the measures read float32
+        f32 = to_float32(feats, folder, info.name)
+        folder.free(feats)
+        feats = f32
+    if on_file:
+        in_memory = sum(v.nbytes for v in held.values() if not isinstance(v, np.memmap))
+        block, memory = spill_block(n, info.dim, kk, budget - in_memory)
+    try:
+        *others, core = [m.add(split, info.name, feats, y, memory, block) for m in measures]
+    except NonFiniteError as e:
+        why = (
+            "stored as float16, whose largest value is 65504: use --memmap float32, or "
+            "check the model's weights and inputs"
+            if half
+            else "check the model's weights and inputs"
+        )
+        raise InputError(
+            f"layer {info.name!r} gives NaN or Inf for {e.rows} of the {n} samples of "
+            f"split {split!r} ({why})"
+        ) from None
+    except InputError as e:  # say where: the measures' messages name no layer
+        e.args = (f"layer {info.name!r}, split {split!r}: {e}", *e.args[1:])
+        raise
+    if on_file:
+        folder.free(feats)
+    del feats
+    found = LayerValues(dict(core.values), core.per_class, list(core.notes))
+    for f in others:
+        found.values.update(f.values)
+        for c, vals in found.per_class.items():
+            vals.update(f.per_class.get(c, {}))
+        found.notes += f.notes
+    return found, on_file
+
+
+def _row(split, info: LayerInfo, n, found: LayerValues, cfg, expected, secs, on_file) -> dict:
+    """One (split, layer)'s row: its measures, timing, storage and provenance."""
+    prov = expected[(split, info.name)]
+    row = {
+        "split": split,
+        "layer": info.name,
+        "dim": info.dim,
+        "n": n,
+        **{m.name: found.values[m.name] for m in parse_measures(cfg.measures)},
+        "seconds": round(secs, 3),
+        "note": "; ".join(x for x in (info.note, *found.notes) if x),
+        "stored": f"file:{prov['features']}" if on_file else "memory",
+        "fingerprint": row_fingerprint(prov),
+        "provenance": prov,
+    }
+    if cfg.per_class:
+        row["per_class"] = found.per_class
+    return row
+
+
+class _FeatureArrays:
+    """Each layer's N x dim feature array: in memory, or, for a group that goes to a file, a
+    memory-mapped file in a spill folder made when the first one does (removed on close),
+    recorded in res.spilled and noted."""
+
+    def __init__(self, cfg: ProbeConfig, out: Path | None, res: ProbeResult):
+        self.cfg, self.out, self.res = cfg, out, res
+        self.folder: SpillFolder | None = None
+
+    def array(self, split: str, n: int, info: LayerInfo, to_file: bool) -> np.ndarray:
+        if not to_file:
+            return np.empty((n, info.dim), dtype=np.float32)
+        cfg = self.cfg
+        if self.folder is None:
+            parent = cfg.spill_dir or self.out
+            self.folder = SpillFolder(Path(parent) if parent else None)
+        folder = self.folder
+        arr = folder.array(info.name, (n, info.dim), cfg.memmap or "float32")
+        self.res.spilled.append(
+            {
+                "split": split,
+                "layer": info.name,
+                "bytes": arr.nbytes,
+                "dtype": cfg.memmap or "float32",
+                "folder": str(folder.path),
+            }
+        )
+        self.res.notes.append(
+            f"{split}/{info.name}: {format_size(arr.nbytes)} of "
+            f"features streamed through {folder.path} "
+            f"({cfg.memmap or 'float32'})"
+        )
+        return arr
+
+    def close(self) -> None:
+        if self.folder is not None:
+            self.folder.close()
 
 
 def write_tables(out: Path, rows: list[dict], cfg: ProbeConfig, cka: dict | None = None) -> None:
@@ -406,7 +399,42 @@ def plot_probe(rows: list[dict], out: Path, title: str = "") -> list[Path]:
             fig.tight_layout()
             save_figure(fig, out / fname, 90)
             written.append(out / fname)
-    return written + plot_extra(rows, out, title)
+    return written + plot_other_measures(rows, out, title)
+
+
+def plot_other_measures(rows: list[dict], out: Path, title: str = "") -> list[Path]:
+    """One figure per measure beyond SI/CSI present in the rows: value per layer, per split."""
+    plt = pyplot()
+
+    names = []
+    for r in rows:
+        for k in r:
+            base = k.split(":")[0]
+            if base in ("knn", "nc1", "linear") and k not in names:
+                names.append(k)
+    written = []
+    for name in names:
+        fig, ax = plt.subplots(figsize=(10, 4))
+        for split in dict.fromkeys(r["split"] for r in rows):
+            pts = [r for r in rows if r["split"] == split and r.get(name) is not None]
+            ys = [r[name] for r in pts]
+            if pts and all(math.isfinite(v) for v in ys):
+                ax.plot([r["layer"] for r in pts], ys, marker="o", label=split)
+        if name == "nc1":
+            ax.set_yscale("log")  # NC1 spans orders of magnitude and falls as layers collapse
+        else:
+            ax.set_ylim(0, 1.02)
+        ax.set_ylabel(name)
+        ax.set_xlabel("layer (execution order)")
+        ax.set_title(f"{title} {name} per layer".strip())
+        ax.grid(alpha=0.3)
+        ax.legend()
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+        fig.tight_layout()
+        path = out / f"{name.replace(':', '')}_per_layer.png"
+        save_figure(fig, path, 90)
+        written.append(path)
+    return written
 
 
 __all__ = [

@@ -466,7 +466,7 @@ def _variant_figures(out: Path, models) -> list[str]:
     for m in models:
         run = out / "runs" / m
         pics = [run / f for f in VARIANT_FIGURES]
-        # The measures beyond SI, when the probe asked for them (dnnlab.probe.beyond_si).
+        # The measures beyond SI, when the probe asked for them (dnnlab.probe.layer_measures).
         pics += sorted(run.glob("*_per_layer.png")) + sorted(run.glob("cka_*.png"))
         pics = [p for p in pics if p.exists()]
         if not pics:
