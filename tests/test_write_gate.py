@@ -264,6 +264,28 @@ def test_no_command_writes_over_a_users_file(row, ins, tmp_path, capsys):
         assert tree_bytes(tmp_path) == before, extra
 
 
+@pytest.mark.parametrize("row", sorted(ROWS), ids=" ".join)
+def test_a_quoted_home_path_is_the_folder_checked_and_written(
+    row, ins, tmp_path, capsys, monkeypatch
+):
+    # '~/mine' quoted reaches dnnlab unexpanded: the gate must judge the folder that would
+    # be written (HOME/mine, the user's), not let a literal ./~/mine be made beside it.
+    cmd, flag = row
+    argv_of, output_name = ROWS[row]
+    if WRITING_FLAGS[row] == "scratch":
+        return
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    mine = users_folder(home, output_name)
+    monkeypatch.setenv("HOME", str(home))  # matplotlib may write its cache there too
+    monkeypatch.chdir(cwd)
+    before = tree_bytes(mine)
+    refused_in_one_line([*argv_of(ins, "~/mine")], capsys, flag, mine)
+    assert tree_bytes(mine) == before
+    assert not any(cwd.iterdir())  # no literal ./~/mine
+
+
 # -- the gate's own promises ----------------------------------------------------------------
 def test_a_marked_or_recorded_folder_is_ours_and_nothing_else(tmp_path):
     t = tmp_path / "t"

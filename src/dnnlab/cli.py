@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -138,6 +139,21 @@ def _add_probe(sub) -> None:
     p.set_defaults(main="dnnlab.probe.probe_command")
 
 
+def _add_report_inputs(p) -> None:
+    """The report's other sources, for `study` and `reproduce`."""
+    p.add_argument(
+        "--published",
+        default=None,
+        help="a folder of published studies (each with study.json and runs/) whose tables "
+        "the report shows first",
+    )
+    p.add_argument(
+        "--detector",
+        default=None,
+        help="a `dnnlab detect` directory whose evaluations and photos/ join the report",
+    )
+
+
 def _add_study(sub) -> None:
     from dnnlab.settings import add_flags, unset_defaults
     from dnnlab.study.config import StudyConfig
@@ -152,17 +168,7 @@ def _add_study(sub) -> None:
     add_flags(p, StudyConfig)
     p.add_argument("--out", default="study", help="study directory (default: study/)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier study")
-    p.add_argument(
-        "--detector",
-        default=None,
-        help="a `dnnlab detect` directory whose evaluations and photos/ join the report",
-    )
-    p.add_argument(
-        "--published",
-        default=None,
-        help="a folder of published full studies (each with study.json and runs/) "
-        "whose tables the report shows beside this study's",
-    )
+    _add_report_inputs(p)
     p.add_argument(
         "--publish",
         default=None,
@@ -262,16 +268,7 @@ def _add_reproduce(sub) -> None:
     p.add_argument("run", help="a published run, e.g. docs/results/budget-cpu/runs/base")
     add_flags(p, ReproduceConfig)
     p.add_argument("--out", default="reproduce", help="output folder (default: reproduce/)")
-    p.add_argument(
-        "--published",
-        default=None,
-        help="a folder of published studies whose tables the report shows first",
-    )
-    p.add_argument(
-        "--detector",
-        default=None,
-        help="a `dnnlab detect` directory whose evaluations and photos/ join the report",
-    )
+    _add_report_inputs(p)
     p.set_defaults(main="dnnlab.study.reproduce")
 
 
@@ -323,6 +320,14 @@ def main(argv=None) -> int:
     anything else is a bug and keeps its traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
+
+    # A path given quoted ('~/runs/x') reaches us with its ~: expanded here, at the edge, so
+    # that the write gate, the readers and the writers all take the same path.
+    def home(v):
+        return os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
+
+    for name, value in vars(args).items():
+        setattr(args, name, [home(v) for v in value] if isinstance(value, list) else home(value))
     from dnnlab.errors import DnnlabError
 
     cmd = args.command + (f" {args.detect_command}" if args.command == "detect" else "")

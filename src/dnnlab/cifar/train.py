@@ -164,7 +164,7 @@ def train(
     lock, held by rank 0; a refusal ends every rank). A replacement stopped before its
     first epoch is saved (an error, Ctrl-C, or a kill noticed by the next run) puts the
     replaced run back."""
-    out = Path(out)
+    out = Path(out).expanduser()  # as the write gate takes it
     # 1. Checks.
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give one")

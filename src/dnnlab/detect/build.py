@@ -67,7 +67,7 @@ def build(
 ) -> dict:
     """Write OUT/index.csv and OUT/build.json; returns build.json's content. OUT is never
     the VOC folder, and one process at a time writes it (its lock)."""
-    out = Path(out)
+    out = Path(out).expanduser()  # as the write gate takes it
     check_output(out, "--out", "detect build", inputs=[voc_dir])
     with folder_lock(out):
         return _build_locked(voc_dir, out, target, proposals, cfg, progress, overwrite)

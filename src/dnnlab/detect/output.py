@@ -71,7 +71,7 @@ def run_detector(
     """Detect on each photo; one record per input: {"image", "detections", "seconds"}, or
     {"image", "error"} for a photo that could not be read (the others go on)."""
     images = [Path(i) for i in images]
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).expanduser()  # as the write gate takes it
     check_detection_outputs(images, out_dir, overwrite, model_dir)
     bar = dict(desc="detect", unit="img", disable=not progress)
     with folder_lock(out_dir):

@@ -243,7 +243,7 @@ def train_detector(
     curves. The target and proposal settings come from the build; None: the defaults."""
     features, head = features or FeatureSpec(), head or HeadConfig()
     regressors, cfg = regressors or RegressorConfig(), cfg or DetectTrainConfig()
-    out = Path(out)
+    out = Path(out).expanduser()  # as the write gate takes it
     check_output(
         out,
         "DIR",

@@ -78,8 +78,8 @@ def output_folder(args, acfg) -> tuple[Path, str, str]:
     """(the folder the probe writes, the flag that names it, its kind for the write gate):
     --out of any network, else the run directory itself."""
     if acfg is not None:
-        return Path(acfg.out), "--out", "probe"
-    return Path(args.run), "RUN", "train"
+        return Path(acfg.out).expanduser(), "--out", "probe"
+    return Path(args.run).expanduser(), "RUN", "train"
 
 
 def check_probe_outputs(args, acfg, spill_dir=None) -> None:

@@ -125,7 +125,7 @@ def check_publish_dest(out, dest, inputs=(), fingerprint: str | None = None) -> 
     existing folder that is not an untouched publication of this study (`fingerprint`; None:
     the study's own, read from its study.json when it has one)."""
     check_output(dest, "--publish", "study --publish", inputs=[out, *inputs], replace=True)
-    dest = Path(dest)
+    dest = Path(dest).expanduser()
     if not dest.exists():
         return
     try:

@@ -95,7 +95,7 @@ def reproduce(
     """Train the published `run`'s first cfg.epochs epochs again into out/run, compare them
     with its metrics.csv, write out/reproduction.json and out/report.md/html; returns the
     record. Every input is checked before any training (see the module's steps)."""
-    run, out = Path(run), Path(out)
+    run, out = Path(run).expanduser(), Path(out).expanduser()
     # 1. Checks: the output folder (the write gate), then RUN, --epochs and the data.
     study = run.parent.parent
     root = cfg.data_root or default_root()

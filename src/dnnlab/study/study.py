@@ -301,7 +301,7 @@ def run_study(
     folder, earlier records in `out`) is checked before any training starts; `out` is never
     one of them, and one process at a time writes it (its lock, held here; workers lock
     their own runs)."""
-    out = Path(out)
+    out = Path(out).expanduser()  # as the write gate takes it
     inputs = [detector, published, cfg.data_root or default_root()]
     check_output(out, "--out", "study", inputs=inputs, replace=True)
     if publish_to is not None:
