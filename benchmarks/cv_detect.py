@@ -394,8 +394,8 @@ def train_fold(model, photos, ids, seed, want=("one", "two", "two-all", "fine-gr
     return model.head.eval(), out, secs
 
 
-def cached_looks(model, ph, tta: bool) -> list:
-    """Detector.looks on the cached maps: the photo's box-features function (rounded to
+def cached_views(model, ph, tta: bool) -> list:
+    """Detector.views on the cached maps: the photo's box-features function (rounded to
     float16 as the training cache), and with tta the mirrored photo's too."""
     out = [lambda boxes: pooled(model, ph, boxes)]
     if tta:
@@ -403,12 +403,12 @@ def cached_looks(model, ph, tta: bool) -> list:
     return out
 
 
-def refined(model, head, regs, ph, looks, cfg: DetectionConfig):
+def refined(model, head, regs, ph, views, cfg: DetectionConfig):
     """Detector.rounds on cached maps with this fold's head and regressors: (probability
-    (n,), refined box (n, 4)) of every proposal; with a mirrored look, the mean of both."""
+    (n,), refined box (n, 4)) of every proposal; with a mirrored view, the mean of both."""
     model.head, (model.regressor, model.regressor2) = head, regs
     model.config = replace(model.config, detection=cfg)
-    return model.rounds(looks, torch.from_numpy(ph["props"]), *ph["hw"])
+    return model.rounds(views, torch.from_numpy(ph["props"]), *ph["hw"])
 
 
 def tune_backbone(model, photos, ids, seed, tcfg: DetectTrainConfig):
@@ -649,9 +649,9 @@ def detect_fold(model, head, regs, photos, test, cand: dict) -> dict:
     dets, secs = [], []
     for i in test:
         ph = photos[i]
-        looks = cached_looks(model, ph, tta)
+        views = cached_views(model, ph, tta)
         t1 = time.perf_counter()
-        s, b = refined(model, head, regs[reg], ph, looks, cfg)
+        s, b = refined(model, head, regs[reg], ph, views, cfg)
         if qname is None:
             b, s = select(b, s, cfg)
         else:  # the commands' selection with this fold's IoU predictor
@@ -660,7 +660,7 @@ def detect_fold(model, head, regs, photos, test, cand: dict) -> dict:
                 b,
                 s,
                 replace(cfg, iou_confidence="rank" if guided else "score"),
-                lambda bx, looks=looks, w=ph["hw"][1]: model.predicted_iou(looks, bx, w),
+                lambda bx, views=views, w=ph["hw"][1]: model.predicted_iou(views, bx, w),
             )
         secs.append(time.perf_counter() - t1)
         dets.append(detections_of(b.numpy(), s.numpy(), ph["gt"]))

@@ -175,3 +175,19 @@ def test_a_refused_reproduction_writes_nothing(published, tmp_path):
             cfg = ReproduceConfig(data_root=str(tree), device="cuda")
             reproduce(cfg, pub / "runs" / "base", tmp_path / "new")
         assert not (tmp_path / "new").exists()
+
+
+def test_an_output_holding_another_runs_reproduction_is_refused_in_reproduces_words(
+    published, tmp_path
+):
+    tree, pub = published
+    out = tmp_path / "repro"
+    cfg = ReproduceConfig(epochs=1, data_root=str(tree))
+    reproduce(cfg, pub / "runs" / "base", out, progress=False)
+    before = (out / "run" / "metrics.csv").read_text()
+    named = r"--out .*another run \(base, seed 0; settings unlike .*: seed\)"
+    with pytest.raises(InputError, match=named):
+        reproduce(cfg, pub / "runs" / "base-seed1", out, progress=False)
+    assert (out / "run" / "metrics.csv").read_text() == before
+    again = reproduce(cfg, pub / "runs" / "base", out, progress=False)  # its own: continues
+    assert again["verdict"] == "identical"

@@ -221,42 +221,43 @@ class Detector(nn.Module):
         return apply_deltas(boxes, reg(x).to(boxes.dtype), width, height)
 
     # -- detection ----------------------------------------------------------------------
-    def looks(self, img: np.ndarray) -> list:
-        """The box-features functions detection reads (box_features): of the photo, and with
-        flip_test also of the mirrored photo (boxes given in its mirrored coordinates)."""
+    def views(self, img: np.ndarray) -> list:
+        """The photo's views, as detection reads them: a box-features function (box_features)
+        of the photo, and with flip_test also one of the mirrored photo (boxes given in its
+        mirrored coordinates), the test-time augmentation's second view."""
         out = [self.box_features(img)]
         if self.config.detection.flip_test:
             out.append(self.box_features(np.ascontiguousarray(img[:, ::-1])))
         return out
 
-    def rounds(self, looks: list, boxes: torch.Tensor, height: int, width: int):
+    def rounds(self, views: list, boxes: torch.Tensor, height: int, width: int):
         """(probability (n,), refined box (n, 4)) of boxes (n, 4) after the regression
-        rounds; with a mirrored look, the mean of both, the mirrored one mirrored back."""
+        rounds; with a mirrored view, the mean of both, the mirrored one mirrored back."""
         steps = self.config.detection.refine_steps
-        s, b = refine_rounds(self, looks[0], boxes, height, width, steps)
-        if len(looks) > 1:
-            s2, b2 = refine_rounds(self, looks[1], flip_boxes(boxes, width), height, width, steps)
+        s, b = refine_rounds(self, views[0], boxes, height, width, steps)
+        if len(views) > 1:
+            s2, b2 = refine_rounds(self, views[1], flip_boxes(boxes, width), height, width, steps)
             s, b = (s + s2) / 2, (b + flip_boxes(b2, width)) / 2
         return s, b
 
-    def predicted_iou(self, looks: list, boxes: torch.Tensor, width: int) -> torch.Tensor:
+    def predicted_iou(self, views: list, boxes: torch.Tensor, width: int) -> torch.Tensor:
         """The IoU predictor's value of boxes (n, 4), clipped to [0, 1] (n,); with a
-        mirrored look, the mean with the mirrored boxes' on the mirrored photo."""
+        mirrored view, the mean with the mirrored boxes' on the mirrored photo."""
         if len(boxes) == 0:
             return boxes.new_zeros(0)
-        q = self.iou_predictor(looks[0](boxes))[:, 0]
-        if len(looks) > 1:
-            q = (q + self.iou_predictor(looks[1](flip_boxes(boxes, width)))[:, 0]) / 2
+        q = self.iou_predictor(views[0](boxes))[:, 0]
+        if len(views) > 1:
+            q = (q + self.iou_predictor(views[1](flip_boxes(boxes, width)))[:, 0]) / 2
         return q.clamp(0, 1).to(boxes.dtype)
 
     def _scored(self, img: np.ndarray, boxes: np.ndarray):
-        """(looks, probability (n,), refined box (n, 4)) of boxes (n, 4) of one photo; no
-        look (no backbone pass) when there is no box."""
+        """(views, probability (n,), refined box (n, 4)) of boxes (n, 4) of one photo; no
+        view (no backbone pass) when there is no box."""
         b = torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4)).to(self.mean.device)
         if len(b) == 0:
             return [], b.new_zeros(0), b
-        looks = self.looks(img)
-        return looks, *self.rounds(looks, b, *img.shape[:2])
+        views = self.views(img)
+        return views, *self.rounds(views, b, *img.shape[:2])
 
     @torch.inference_mode()
     def score_boxes(self, img: np.ndarray, boxes: np.ndarray):
@@ -274,10 +275,10 @@ class Detector(nn.Module):
         t0 = time.perf_counter()
         props = self.propose(img)
         t1 = time.perf_counter()
-        looks, s, b = self._scored(img, props)
+        views, s, b = self._scored(img, props)
         quality = None
-        if self.config.detection.iou_confidence != "off" and looks:
-            quality = lambda boxes: self.predicted_iou(looks, boxes, img.shape[1])  # noqa: E731
+        if self.config.detection.iou_confidence != "off" and views:
+            quality = lambda boxes: self.predicted_iou(views, boxes, img.shape[1])  # noqa: E731
         out_b, out_s = select(b, s, self.config.detection, quality)
         return Detections(
             out_b.cpu().numpy(),

@@ -42,12 +42,12 @@ import math
 import platform
 import shlex
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 
-from dnnlab.cifar.config import TrainConfig
+from dnnlab.cifar.config import RESUMABLE_CHANGES, TrainConfig
 from dnnlab.cifar.data import default_root, load_cifar10
 from dnnlab.cifar.rundir import read_run_config
 from dnnlab.cifar.train import train
@@ -122,6 +122,23 @@ def reproduce(
     published_rows = read_metrics(check_in_file(run / "metrics.csv", "RUN"))
     record = read_json(run / "config.json", ("model", "seed", "data_identity"))
     run_cfg = read_run_config(run)
+    # An earlier reproduction in --out continues (the epochs it did are kept) only when it
+    # is of this run; another run's is refused here, in reproduce's words (train's would
+    # name flags reproduce does not have).
+    if (out / "run" / "config.json").is_file():
+        earlier = read_run_config(out / "run")
+        differ = [
+            f.name
+            for f in fields(TrainConfig)
+            if f.name not in RESUMABLE_CHANGES
+            and getattr(earlier, f.name) != getattr(run_cfg, f.name)
+        ]
+        if differ:
+            raise InputError(
+                f"--out {out}: holds the reproduction of another run ({earlier.model}, seed "
+                f"{earlier.seed}; settings unlike {run}'s: {', '.join(differ[:3])}); choose "
+                "another --out"
+            )
     if cfg.epochs > len(published_rows):
         raise ConfigError(
             f"--epochs {cfg.epochs}: {run} published {len(published_rows)} epochs; give at "
