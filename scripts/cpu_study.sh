@@ -13,8 +13,10 @@
 # loop here commits that folder alone (`git commit -- docs/results/clipped-cpu`) as soon
 # as it changes and passes `dnnlab verify`. A stopped machine loses at most the runs in
 # progress: `start` again (same COMMIT) resumes them from their last epoch, and a finished
-# run is not trained again while $WORK/study holds it. A resume with another commit whose
-# recipe differs is refused by the study itself (study.json's recipe_settings).
+# run is not trained again while $WORK/study holds it. To go on at a newer commit (for what
+# its publication writes), stop, move $WORK/code aside and start with that commit: do it only
+# where `python scripts/same_outputs.py OLD` shows training and probing unchanged; a commit
+# whose recipe differs is refused by the study itself (study.json's recipe_settings).
 #
 # The plan, in order: every variant with seeds 0 and 1 (base and bn first), then base and
 # bn with seed 2 (the main study, docs/results/clipped-cpu); then the factorial's cells not
@@ -75,8 +77,9 @@ case "${1:-status}" in
     want="$(git -C "$repo" rev-parse "${2:-HEAD}")"
     mkdir -p "$WORK"
     if [ -d "$WORK/code" ] && [ "$(cat "$WORK/commit")" != "$want" ]; then
-      echo "cpu_study: $WORK/code is at $(cat "$WORK/commit"), not $want; the study resumes" \
-        "only at its own commit (move $WORK away to start another)" >&2
+      echo "cpu_study: $WORK/code is at $(cat "$WORK/commit"), not $want. To resume at" \
+        "another commit: stop, move $WORK/code aside (the runs in $WORK/study stay), then" \
+        "start again; the study itself refuses a commit whose recipe differs" >&2
       exit 2
     fi
     if [ ! -d "$WORK/code" ]; then
