@@ -10,7 +10,10 @@ memory-mapped feature pages are file-backed and not counted there.
 `linear` times three children on the same features: the SI core alone, `linear` fitted on its
 own (fit_linear), and SI with linear (separability(x, y, "si,linear", test=...), where the
 classifier takes the search's normalized copy and Gram): linear's added time is the third minus
-the first. The test set (1,000 more samples of the same classes) is scored in the third.
+the first. The test set (1,000 more samples of the same classes) is scored in the third. A
+fourth child, "si+linear own", makes the same call with the sharing refused
+(search_plan.can_share answering False, as for a FeatureFile or float64), so the classifier is
+fitted on its own first: the third over the fourth is what sharing saves, in one run.
     python benchmarks/bench_measures.py wide            # linear on 9,000 x 65,536 (memmap)
     python benchmarks/bench_measures.py cka             # CKA, 17 layers of `base`, N=5,000
 """
@@ -95,7 +98,7 @@ class AnonPeak:
 def child(which: str, args) -> dict:
     torch.set_float32_matmul_precision("highest")
     out: dict = {}
-    if which in ("si", "linear", "si+linear"):
+    if which in ("si", "linear", "si+linear", "si+linear-own"):
         x, y = make_data(args.n + N_TEST, args.d, args.seed)
         xt, yt = x[args.n :].clone(), y[args.n :].clone()
         x, y = x[: args.n].clone(), y[: args.n].clone()
@@ -109,8 +112,11 @@ def child(which: str, args) -> dict:
         from dnnlab.separability import separability
 
         out["values"] = separability(x, y, "si", max_memory=args.max_memory).values
-    elif which == "si+linear":  # separability(x, y, "si,linear", test=...), with its classifier
-        from dnnlab.separability import separability
+    elif which in ("si+linear", "si+linear-own"):  # separability(x, y, "si,linear", test=...)
+        from dnnlab.separability import measures, separability
+
+        if which == "si+linear-own":  # the sharing refused: the classifier fitted on its own
+            measures.can_share = lambda *_: False
 
         r = separability(x, y, "si,linear", test=(xt, yt), max_memory=args.max_memory)
         p = r.linear_classifier
@@ -190,7 +196,9 @@ def _describe(r: dict, name: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("what", choices=["linear", "wide", "cka"])
-    ap.add_argument("--child", choices=["si", "linear", "si+linear", "wide", "cka"])
+    ap.add_argument(
+        "--child", choices=["si", "linear", "si+linear", "si+linear-own", "wide", "cka"]
+    )
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--d", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -220,16 +228,20 @@ def main() -> int:
             si = spawn("si", args)
             lin = spawn("linear", args)
             both = spawn("si+linear", args)
-            for name, r in (("SI core", si), ("linear", lin), ("SI+linear", both)):
+            own = spawn("si+linear-own", args)
+            runs = (("SI core", si), ("linear", lin), ("SI+linear", both), ("SI+lin own", own))
+            for name, r in runs:
                 print(f"  {name:<10}" + _describe(r, name))
-            if not any("error" in r for r in (si, lin, both)):
+            if not any("error" in r for _, r in runs):
                 added = both["seconds"] - si["seconds"]
                 print(
                     f"  round {rep + 1}: linear on its own / SI core: time "
                     f"x{lin['seconds'] / si['seconds']:.2f}, memory "
                     f"x{lin['peak_added'] / si['peak_added']:.2f}; linear beside the SI core "
                     f"(SI+linear - SI = {added:.2f} s) / SI core: time "
-                    f"x{added / si['seconds']:.2f}; SI+linear memory +{gib(both['peak_added'])}",
+                    f"x{added / si['seconds']:.2f}; SI+linear memory +{gib(both['peak_added'])}; "
+                    f"shared / not shared (SI+linear / SI+lin own): time "
+                    f"x{both['seconds'] / own['seconds']:.2f}",
                     flush=True,
                 )
     elif args.what == "wide":

@@ -165,7 +165,7 @@ def _linear_worker(rank, world, port, x, y, xt, yt, out):
     try:
         res = separability(x, y, "si,knn:3,linear", test=(xt, yt), block=16)
         g = torch.full((len(x), len(x)), float("nan"))
-        knn.k_nearest(torch.from_numpy(x), 3, 16, gram=g)
+        knn.k_nearest(torch.from_numpy(x), 3, 16, reducers=(knn.GramBlocks(g),))
         out[rank] = (res.values, res.notes, g)
     finally:
         dist.destroy_process_group()
@@ -188,5 +188,6 @@ def test_two_gloo_processes_share_the_linear_classifiers_gram():
     assert got[0][0] == got[1][0] == single.values
     assert all("Gram from the neighbour search" in " ".join(r[1]) for r in got.values())
     g = torch.full((90, 90), float("nan"))
-    knn.k_nearest(torch.from_numpy(x), 3, 16, gram=g)  # one process: every pair here
+    # One process: every pair here.
+    knn.k_nearest(torch.from_numpy(x), 3, 16, reducers=(knn.GramBlocks(g),))
     assert torch.equal(got[0][2], g) and torch.equal(got[1][2], g)

@@ -25,7 +25,7 @@ def make_split(seed, n, d, n_classes):
 def test_search_fills_the_gram(block):
     a = torch.from_numpy(make_split(0, 130, 40, 3)[0])
     g = torch.full((130, 130), float("nan"))
-    knn.k_nearest(a, 3, block, gram=g)
+    knn.k_nearest(a, 3, block, reducers=(knn.GramBlocks(g),))
     assert not g.isnan().any()  # every entry written
     want = (a.double() @ a.double().T).numpy()
     np.testing.assert_allclose(g.double().numpy(), want, rtol=1e-5, atol=1e-4)

@@ -4,7 +4,10 @@ Design (see docs/separability.md):
 1. Approximate pass. Rows are cut into blocks of B. For every block pair (I, J) with J >= I,
    one matrix multiply gives the B x B squared distances |a|^2 + |b|^2 - 2 a.b, which update
    the running top-k' of the rows of I (columns J) *and* of the rows of J (columns I): each
-   pair is computed once. Memory: the data, the N x k' state and O(B^2) workspace.
+   pair is computed once. Memory: the data, the N x k' state and O(B^2) workspace. The walk
+   over pairs is one function (walk_pairs) handing each product block to reducers: the
+   top-k' (TopCandidates) and, when the linear classifier shares the work, its Gram
+   (GramBlocks).
 2. Certification. The expanded form carries float rounding of about u*sqrt(D)*(|a|^2+|b|^2).
    A row whose k+1 best approximate distances are separated by more than a generous bound
    of that error is already exact. Other rows (duplicates, exact ties, near ties) have their
@@ -112,50 +115,102 @@ def pair_schedule(n_blocks: int, rank: int = 0, world: int = 1):
     return pairs[rank::world]
 
 
-def approximate_candidates(
+def walk_pairs(
     a: torch.Tensor,
-    sq: torch.Tensor,
-    kk: int,
     block: int,
-    pairs: list[tuple[int, int]],
+    reducers: list,
     stats: SearchStats,
     progress: Callable | None = None,
-    gram: torch.Tensor | None = None,
-):
-    """Running top-kk (unordered) of every row over the given block pairs.
+    group=None,
+) -> None:
+    """The one walk over block pairs: for each pair (I, J), J >= I, of blocks of `block`
+    rows, the product g = a[I] a[J]^T (rows i0:i1 against rows j0:j1) is formed once and
+    handed to each reducer in turn, reducer(g, i0, i1, j0, j1): the shape of scikit-learn's
+    pairwise_distances_chunked(X, reduce_func=...), but over pairs of row blocks (a pair
+    stands for both (I, J) and (J, I)) and with products, of which a distance is one step.
+    A reducer keeps what it reduces to; it may read g, and the last may overwrite it
+    (TopCandidates turns it into distances in place: one B x B buffer, the memory model's).
+    With several processes (group, or the world group), each walks its share of the pairs
+    (pair_schedule, round-robin) and then every reducer's merge(group) makes its state the
+    whole walk's.
 
-    gram: an (N, N) tensor to receive the products a a^T as they are formed (both triangles
-    of the pairs given), for the linear classifier on the same features (linear.SharedWork)."""
-    n = a.shape[0]
-    dev = a.device
-    best_d = torch.full((n, kk), float("inf"), dtype=a.dtype, device=dev)
-    best_i = torch.full((n, kk), -1, dtype=torch.long, device=dev)
-    timed = dev.type == "cpu"
-    for bi, bj in pairs:
-        i0, i1 = bi * block, min(n, (bi + 1) * block)
-        j0, j1 = bj * block, min(n, (bj + 1) * block)
+    The reducers of this walk are what is a function of the block products: the search's
+    candidates and the linear classifier's Gram. The measures' tallies are not (their rows'
+    neighbours are known only once every pair holding them has been seen and certified:
+    tallies.row_tallies), nor are the class centres of CSI and NC1 (a pass over row blocks
+    whose sums must keep their order: knn.class_centers).
+    """
+    rank, world = _dist_info(group)
+    timed = a.device.type == "cpu"
+    stats.block = block
+    for bi, bj in pair_schedule(math.ceil(a.shape[0] / block), rank, world):
+        i0, i1 = bi * block, min(a.shape[0], (bi + 1) * block)
+        j0, j1 = bj * block, min(a.shape[0], (bj + 1) * block)
         t0 = time.perf_counter() if timed else 0.0
         g = torch.mm(a[i0:i1], a[j0:j1].T)
         if timed:
             stats.gemm_seconds += time.perf_counter() - t0
         stats.gemm_flops += 2.0 * (i1 - i0) * (j1 - j0) * a.shape[1]
-        if gram is not None:
-            gram[i0:i1, j0:j1] = g
-            if bi != bj:
-                gram[j0:j1, i0:i1] = g.T
-        # d = |a|^2 + |b|^2 - 2 a.b, in place to keep one B x B buffer.
-        d = g.mul_(-2).add_(sq[i0:i1, None]).add_(sq[None, j0:j1])
-        if bi == bj:
-            d.fill_diagonal_(float("inf"))
-        nd, ni = _block_topk(d, j0, kk)
-        best_d[i0:i1], best_i[i0:i1] = _merge(best_d[i0:i1], best_i[i0:i1], nd, ni, kk)
-        if bi != bj:
-            nd, ni = _block_topk(d.T, i0, kk)
-            best_d[j0:j1], best_i[j0:j1] = _merge(best_d[j0:j1], best_i[j0:j1], nd, ni, kk)
+        for reduce in reducers:
+            reduce(g, i0, i1, j0, j1)
         stats.pairs += 1
         if progress is not None:
             progress(1)
-    return best_d, best_i
+    if world > 1:
+        for reducer in reducers:
+            reducer.merge(group)
+
+
+class TopCandidates:
+    """Reducer of walk_pairs (the search's own, step 1): the running top-kk (unordered) of
+    every row, `best_d` (N, kk) approximate squared distances and `best_i` their columns.
+    Overwrites each block with its distances, so it is the walk's last reducer."""
+
+    def __init__(self, sq: torch.Tensor, kk: int, dtype: torch.dtype):
+        n, dev = sq.shape[0], sq.device
+        self.sq, self.kk = sq, kk
+        self.best_d = torch.full((n, kk), float("inf"), dtype=dtype, device=dev)
+        self.best_i = torch.full((n, kk), -1, dtype=torch.long, device=dev)
+
+    def __call__(self, g: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> None:
+        sq, kk, best_d, best_i = self.sq, self.kk, self.best_d, self.best_i
+        # d = |a|^2 + |b|^2 - 2 a.b, in place to keep one B x B buffer.
+        d = g.mul_(-2).add_(sq[i0:i1, None]).add_(sq[None, j0:j1])
+        if i0 == j0:
+            d.fill_diagonal_(float("inf"))
+        nd, ni = _block_topk(d, j0, kk)
+        best_d[i0:i1], best_i[i0:i1] = _merge(best_d[i0:i1], best_i[i0:i1], nd, ni, kk)
+        if i0 != j0:
+            nd, ni = _block_topk(d.T, i0, kk)
+            best_d[j0:j1], best_i[j0:j1] = _merge(best_d[j0:j1], best_i[j0:j1], nd, ni, kk)
+
+    def merge(self, group) -> None:
+        """Every process's candidates gathered, and the kk best of them kept."""
+        world = dist.get_world_size(group)
+        all_d = _all_gather_cat(self.best_d, group, world)
+        all_i = _all_gather_cat(self.best_i, group, world)
+        self.best_d, pos = torch.topk(all_d, self.kk, dim=1, largest=False, sorted=False)
+        self.best_i = torch.gather(all_i, 1, pos)
+
+
+class GramBlocks:
+    """Reducer of walk_pairs: the products a a^T written into `gram` (N, N), both triangles
+    of every pair, for the linear classifier on the same features (linear.SharedWork). Under
+    torch.distributed (group, or the world group) the buffer is zeroed first and merge sums
+    the processes' blocks: every element comes from one process, so the sum is exact."""
+
+    def __init__(self, gram: torch.Tensor, group=None):
+        self.gram = gram
+        if _dist_info(group)[1] > 1:
+            gram.zero_()
+
+    def __call__(self, g: torch.Tensor, i0: int, i1: int, j0: int, j1: int) -> None:
+        self.gram[i0:i1, j0:j1] = g
+        if i0 != j0:
+            self.gram[j0:j1, i0:i1] = g.T
+
+    def merge(self, group) -> None:
+        dist.all_reduce(self.gram, group=group)
 
 
 def finalize(
@@ -349,23 +404,23 @@ def k_nearest(
     progress: Callable | None = None,
     group=None,
     stats: SearchStats | None = None,
-    gram: torch.Tensor | None = None,
+    reducers: tuple = (),
 ) -> torch.Tensor:
     """Indices (N, k) of each row's k nearest other rows, ordered by (distance, index).
 
     With torch.distributed initialized, block pairs are shared round-robin across the
     processes and the candidates merged, so every process returns the same exact answer.
-    gram: (N, N), filled with a a^T on the way (see approximate_candidates); with several
-    processes each forms its pairs' blocks and the sum is shared, so every process has it.
+    reducers: more reducers of the walk over block pairs (walk_pairs), such as GramBlocks,
+    each seeing every pair's product and merged across processes like the candidates.
     """
     stats = stats if stats is not None else SearchStats()
     n = a.shape[0]
     if not 1 <= k <= n - 1:
         raise ValueError(f"k must be between 1 and N-1 = {n - 1}; got {k}")
     sq = sq_norms(a) if sq is None else sq
-    # Copies beyond a group's first k+1 are answered by it (docstring, step 0); not when the
-    # caller wants the whole Gram, which needs every pair.
-    dup = _duplicate_answers(a, k, mem_elems) if gram is None else None
+    # Copies beyond a group's first k+1 are answered by it (docstring, step 0); not when other
+    # reducers walk with the search (the Gram needs every pair).
+    dup = _duplicate_answers(a, k, mem_elems) if not reducers else None
     if dup is not None:
         kept, dropped, answers = dup
         stats.duplicate_rows += int(dropped.numel())
@@ -380,29 +435,16 @@ def k_nearest(
         sub = _search(_RowsOf(a, kept), sq[kept], k, block, mem_elems, progress, group, stats)
         out[kept] = kept[sub]  # kept is ascending: the lowest index still wins a tie
         return out
-    return _search(a, sq, k, block, mem_elems, progress, group, stats, gram)
+    return _search(a, sq, k, block, mem_elems, progress, group, stats, reducers)
 
 
-def _search(a, sq, k, block, mem_elems, progress, group, stats, gram=None) -> torch.Tensor:
+def _search(a, sq, k, block, mem_elems, progress, group, stats, reducers=()) -> torch.Tensor:
     """k_nearest's search proper (steps 1 to 3 of the module's docstring)."""
     n = a.shape[0]
-    kk = min(n - 1, k + EXTRA_CANDIDATES)
-    n_blocks = math.ceil(n / block)
-    rank, world = _dist_info(group)
-    stats.block = block
-    pairs = pair_schedule(n_blocks, rank, world)
-    if gram is not None and world > 1:
-        gram.zero_()  # each process forms its pairs' blocks; the sum is the whole Gram
-    best_d, best_i = approximate_candidates(a, sq, kk, block, pairs, stats, progress, gram)
-    if world > 1:
-        if gram is not None:
-            dist.all_reduce(gram, group=group)  # every element from one process: exact
-        all_d = _all_gather_cat(best_d, group, world)
-        all_i = _all_gather_cat(best_i, group, world)
-        best_d, pos = torch.topk(all_d, kk, dim=1, largest=False, sorted=False)
-        best_i = torch.gather(all_i, 1, pos)
+    top = TopCandidates(sq, min(n - 1, k + EXTRA_CANDIDATES), a.dtype)
+    walk_pairs(a, block, [*reducers, top], stats, progress, group)  # top overwrites g
     rows = torch.arange(n, device=a.device)
-    return finalize(a, sq, best_d, best_i, k, rows, stats, mem_elems)
+    return finalize(a, sq, top.best_d, top.best_i, k, rows, stats, mem_elems)
 
 
 def class_centers(a: torch.Tensor, codes: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -196,7 +196,8 @@ class SharedWork:
     under zscore in the dual form: its normalized copy `rows` (N, D), bit-identical to the
     classifier's Zc (one formula, normalize.normalize_rows; zscore's shift is the mean), and the
     Gram rows rows^T (N, N) in rows' dtype, which its neighbour search forms block by block
-    anyway (knn.approximate_candidates). The fit takes the Gram over (and frees it)."""
+    anyway (knn.GramBlocks, a reducer of its walk over block pairs). The fit takes the Gram
+    over (and frees it)."""
 
     rows: torch.Tensor
     shift: torch.Tensor  # (D,) float64: feature_stats' zscore shift, the training mean

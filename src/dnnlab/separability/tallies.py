@@ -1,6 +1,13 @@
 """separability()'s neighbour search and its per-sample tallies: the features normalized on
-the device, one k-nearest search (filling the linear classifier's Gram on the way when shared),
-the tallies of each measure, k-NN votes and NC1."""
+the device, one k-nearest search (filling the linear classifier's Gram on the way when shared:
+knn.GramBlocks, a reducer of the search's walk over block pairs), the tallies of each measure,
+k-NN votes and NC1.
+
+The tallies are a function of each row's certified neighbours, not of the block products: a
+row's k nearest are known only after every block pair holding it has been walked, merged
+across processes and certified (knn.finalize), so they are a row-wise map of the search's
+answer, not reducers of its walk. NC1 and CSI need class centres first (a pass over row
+blocks, knn.class_centers, whose chunk sums keep their order), then a second pass."""
 
 from __future__ import annotations
 
@@ -75,7 +82,7 @@ def _neighbour_tallies(
         progress=bar.update if bar else None,
         group=group,
         stats=stats if stats is not None else knn.SearchStats(),
-        gram=None if work is None else work.gram,
+        reducers=() if work is None else (knn.GramBlocks(work.gram, group),),
     )
     if bar:
         bar.close()
