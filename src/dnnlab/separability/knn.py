@@ -127,9 +127,11 @@ def walk_pairs(
     rows, the product g = a[I] a[J]^T (rows i0:i1 against rows j0:j1) is formed once and
     handed to each reducer in turn, reducer(g, i0, i1, j0, j1): the shape of scikit-learn's
     pairwise_distances_chunked(X, reduce_func=...), but over pairs of row blocks (a pair
-    stands for both (I, J) and (J, I)) and with products, of which a distance is one step.
-    A reducer keeps what it reduces to; it may read g, and the last may overwrite it
-    (TopCandidates turns it into distances in place: one B x B buffer, the memory model's).
+    stands for both (I, J) and (J, I): the reducer reads g for the one and g.T for the
+    other) and with products, of which a distance is one step. As a row's columns come in
+    many pairs, a reducer keeps a running state (sklearn's reduce_func returning None, for
+    in-place operations); it may read g, and the last may overwrite it (TopCandidates turns
+    it into distances in place: one B x B buffer, the memory model's).
     With several processes (group, or the world group), each walks its share of the pairs
     (pair_schedule, round-robin) and then every reducer's merge(group) makes its state the
     whole walk's.

@@ -99,7 +99,7 @@ def can_share(s: Samples, k: int, normalize_method: str, compute_dtype) -> bool:
     """Whether the linear classifier can take the search's normalized copy and Gram: a search
     runs, zscore (its shift is the classifier's centering), the dual form (D > N), float32 (the
     classifier's compute dtype) and two classes at least (else the fit refuses before any work).
-    Under torch.distributed the processes sum their blocks (knn.k_nearest)."""
+    Under torch.distributed the processes sum their blocks (knn.GramBlocks)."""
     if not (k and normalize_method == "zscore" and s.d > s.n and len(s.names) >= 2):
         return False
     if isinstance(s.x, FeatureFile):  # the fit needs the rows in memory: it reads on its own
