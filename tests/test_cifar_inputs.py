@@ -161,6 +161,96 @@ def test_a_replaced_run_a_killed_overwrite_left_is_put_back(run, tree, capsys):
     assert snapshot(run) == before and not hidden.exists()
 
 
+def test_a_replaced_run_killed_before_its_marker_was_written_is_put_back(run, tree, capsys):
+    # kill -9 just after the old run was moved aside: the new folder holds only the
+    # marker's temporary, so no marker proves it ours (an outside tester's case).
+    before = snapshot(run)
+    hidden = run.with_name(".r.999999999.old")
+    run.rename(hidden)
+    run.mkdir()
+    (run / "..dnnlab-output.999999999.abcd1234.tmp").write_text("{")
+    for argv in (
+        ["train", *TINY_TRAIN_ARGS, "--data-root", tree, "--out", run],  # a plain rerun
+        ["train", "--out", run, "--resume", "--data-root", tree],
+    ):
+        code = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert f"back in {run}" in err or code == 0, err
+        assert snapshot(run) == before and not hidden.exists()
+
+
+def cut_first_tensor(ck):
+    k = next(iter(ck["model"]))
+    ck["model"][k] = ck["model"][k][:1]
+
+
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("last.pt", lambda ck: ck.pop("optimizer")),
+        ("last.pt", lambda ck: ck.update(rng={})),
+        ("last.pt", cut_first_tensor),
+        ("best.pt", cut_first_tensor),
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_is_refused_before_the_run_changes(
+    run, tree, capsys, name, damage
+):
+    ck = torch.load(run / name, weights_only=True)
+    damage(ck)
+    torch.save(ck, run / name)
+    before = snapshot(run)
+    refused(resume(run, tree), capsys, run / name)
+    assert snapshot(run) == before  # summary.json and config.json untouched
+
+
+@pytest.mark.parametrize("edit", ["swap", "seed"])
+def test_a_split_record_of_another_draw_is_named_by_probe_and_resume(run, tree, capsys, edit):
+    f = run / "split.json"
+    s = json.loads(f.read_text())
+    if edit == "swap":  # still valid positions, disjoint: only the draw tells
+        s["train"][0], s["val"][0] = s["val"][0], s["train"][0]
+    else:  # another seed's split of the same sizes
+        from dnnlab.cifar.data import load_cifar10, make_split
+
+        tr, va = make_split(load_cifar10(tree), 20, None, 7)
+        s = {"train": tr.tolist(), "val": va.tolist()}
+    f.write_text(json.dumps(s))
+    before = snapshot(run)
+    for argv in (probe_run(run), resume(run, tree)):
+        assert "not the split that seed 0" in refused(argv, capsys, f)
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("rows", [[1, 2], "other"])
+def test_a_metrics_record_of_another_run_is_refused_before_the_run_changes(run, tree, capsys, rows):
+    f = run / "metrics.json"
+    if rows == "other":  # another run's epoch 1 (same keys): its val_acc is not last.pt's
+        edit = json.loads(f.read_text())
+        edit[0]["val_acc"] += 0.01
+        rows = edit
+    f.write_text(json.dumps(rows))
+    before = snapshot(run)
+    refused(resume(run, tree), capsys, f)
+    assert snapshot(run) == before
+
+
+def test_stop_after_within_the_epochs_done_trains_and_writes_nothing(run, tree, capsys):
+    before = snapshot(run)
+    argv = ["train", "--out", run, "--resume", "--epochs", "3", "--stop-after", "1"]
+    assert main([str(a) for a in [*argv, "--data-root", tree]]) == 0
+    assert "has completed 1 epochs already" in capsys.readouterr().out
+    assert snapshot(run) == before  # config.json not rewritten, summary.json kept
+
+
+def test_a_validation_loss_that_is_not_finite_is_a_divergence(tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "evaluate", lambda *a, **k: (math.nan, 0.1))
+    cfg = T.TrainConfig(model="base", epochs=2, batch_size=64, n_val=20, data_root=str(tree))
+    with pytest.raises(RunError, match="epoch 1: the validation loss is nan"):
+        T.train(cfg, tmp_path / "d", progress=False)
+    assert not (tmp_path / "d" / "last.pt").exists()  # the epoch is not saved
+
+
 # -- messages and settings that say what is so -------------------------------------------
 def test_a_resume_message_names_switches_that_exist():
     from dnnlab.cifar.config import TrainConfig

@@ -17,6 +17,7 @@ from dnnlab.errors import ConfigError, InputError
 from dnnlab.study.config import study_config
 from dnnlab.study.reproduce import ReproduceConfig, judge, read_metrics, reproduce
 from dnnlab.study.study import run_study
+from dnnlab.utils.outputs import mark
 from tests.fakes import make_image_tree, tiny_train_config
 from tests.page_oracle import assert_page_says_what_markdown_says
 
@@ -191,3 +192,15 @@ def test_an_output_holding_another_runs_reproduction_is_refused_in_reproduces_wo
     assert (out / "run" / "metrics.csv").read_text() == before
     again = reproduce(cfg, pub / "runs" / "base", out, progress=False)  # its own: continues
     assert again["verdict"] == "identical"
+
+
+def test_an_earlier_reproduction_of_another_schedule_is_refused_naming_out(published, tmp_path):
+    # The same run's settings but another number of epochs (its schedule): another run.
+    tree, pub = published
+    out = tmp_path / "repro"
+    mark(out, "reproduce")
+    (out / "run").mkdir()
+    record = json.loads((pub / "runs" / "base" / "config.json").read_text())
+    (out / "run" / "config.json").write_text(json.dumps({**record, "epochs": 3}))
+    with pytest.raises(InputError, match=r"--out .*another run .*: epochs\)"):
+        reproduce(ReproduceConfig(epochs=1, data_root=str(tree)), pub / "runs" / "base", out)

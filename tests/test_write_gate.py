@@ -361,3 +361,10 @@ def test_replacing_swaps_only_a_complete_folder_of_ours_with_the_umask(tmp_path)
     with pytest.raises(InputError, match="not a folder dnnlab made"), replacing(users, "study"):
         pass
     assert os.listdir(users) == ["a"] and sorted(os.listdir(tmp_path)) == ["pub", "users"]
+
+
+def test_a_folder_of_another_command_is_named_as_such(tmp_path):
+    folder = mark(tmp_path / "run", "train")
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="a folder `dnnlab train` made, not `dnnlab reproduce`"):
+        check_output(folder, "--out", "reproduce")

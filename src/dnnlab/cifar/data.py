@@ -64,7 +64,7 @@ def default_root() -> str | None:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("DNNLAB_CACHE", Path.home() / ".cache" / "dnnlab"))
+    return Path(os.environ.get("DNNLAB_CACHE", Path.home() / ".cache" / "dnnlab")).expanduser()
 
 
 CACHE_KEYS = {"train_x", "train_y", "test_x", "test_y", "identity"}
@@ -309,10 +309,14 @@ def load_cifar10(root: str | os.PathLike | None = None, download: bool = False) 
         raise DataError(f"no data root: pass --data-root PATH or set DNNLAB_DATA. {HOW_TO_GET}")
     path = Path(root).expanduser()
     remove_stale_temporaries(cache_dir())  # a killed conversion's partial cache file
+    made = download and not os.path.lexists(path)  # a download's folder, made for it
     try:
         return _load(path, download)
     except OSError as e:  # unreadable folders or files, a failed download
         raise DataError(f"{path}: cannot read the data ({e})") from None
+    finally:
+        if made and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()  # a failed download leaves no empty folder behind
 
 
 def _load(path: Path, download: bool) -> Cifar10:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,10 +35,17 @@ from pathlib import Path
 import torch
 
 from dnnlab.cifar.config import RESUMABLE_CHANGES, TrainConfig
+from dnnlab.cifar.data import make_split
 from dnnlab.cifar.models import VARIANTS, build_model
 from dnnlab.errors import ConfigError, DnnlabError
 from dnnlab.settings import flag_name, given_as
-from dnnlab.utils.atomic import atomic_write_json, atomic_write_text, pid_alive
+from dnnlab.utils.atomic import (
+    atomic_write_json,
+    atomic_write_text,
+    pid_alive,
+    remove_stale_temporaries,
+)
+from dnnlab.utils.lock import folder_lock
 from dnnlab.utils.outputs import MARKER, mark, remove_ours
 from dnnlab.utils.records import read_json
 from dnnlab.utils.safe_load import load_error_reason, load_plain
@@ -155,9 +163,12 @@ def check_run_data(run_dir, data) -> None:
         )
 
 
-def read_split(out: Path, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A run's split.json, checked: lists of indices into the n_train training images."""
+def read_split(out: Path, data, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """A run's split.json, checked: lists of indices into data's training images, and the
+    split the run's seed, --val-size and --train-subset draw (data.make_split): a split.json
+    copied from another run or edited is named, never trained on or measured."""
     f = out / "split.json"
+    n_train = data.train_y.numel()
     s = read_json(f, ("train", "val"), RunError)
     try:
         tr = torch.tensor(s["train"], dtype=torch.long)
@@ -175,6 +186,14 @@ def read_split(out: Path, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
             f"{f}: {both.numel()} image(s) are in both train and val (e.g. index "
             f"{int(both[0])}), so val would measure images the weights were trained on; "
             "the file was edited: restore it, or train the run again"
+        )
+    want_tr, want_va = make_split(data, cfg.n_val, cfg.train_subset, cfg.seed)
+    if not (torch.equal(tr, want_tr) and torch.equal(va, want_va)):
+        raise RunError(
+            f"{f}: not the split that seed {cfg.seed}, val size {cfg.n_val} and train subset "
+            f"{cfg.train_subset} draw ({tr.numel()} train and {va.numel()} val indices, "
+            f"{want_tr.numel()} and {want_va.numel()} drawn); the file was edited or copied "
+            "from another run: restore it, or train the run again"
         )
     return tr, va
 
@@ -211,13 +230,26 @@ def resumed_rows(out: Path, ck: dict | None) -> list[dict]:
     """The metrics rows of the epochs last.pt completed (none for a new run)."""
     if ck is None:
         return []
-    rows = read_json(out / "metrics.json", error=RunError)
+    f = out / "metrics.json"
+    rows = read_json(f, error=RunError)
     if not isinstance(rows, list) or len(rows) < ck["epoch"]:
+        raise RunError(f"{f}: holds fewer epochs than last.pt's {ck['epoch']}; the run is damaged")
+    rows = rows[: ck["epoch"]]
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or set(r) != set(METRIC_KEYS) or r["epoch"] != i + 1:
+            raise RunError(f"{f}: row {i + 1} is not epoch {i + 1}'s metrics; the file was edited")
+    # The best epoch's validation accuracy is in both: a metrics.json of another run differs.
+    try:
+        best = int(ck["best_epoch"])
+    except (KeyError, TypeError, ValueError):
+        raise RunError(f"{out / 'last.pt'}: damaged checkpoint (no best epoch)") from None
+    if 1 <= best <= len(rows) and rows[best - 1]["val_acc"] != ck["best_val_acc"]:
         raise RunError(
-            f"{out / 'metrics.json'}: holds fewer epochs than last.pt's {ck['epoch']}; "
-            "the run is damaged"
+            f"{f}: epoch {best}'s val_acc is {rows[best - 1]['val_acc']}, but last.pt records "
+            f"{ck['best_val_acc']} for its best epoch {best}; the file was edited or copied from "
+            "another run: restore it, or train the run again"
         )
-    return rows[: ck["epoch"]]
+    return rows
 
 
 @dataclass
@@ -380,7 +412,14 @@ def put_back(old: Path, out: Path) -> None:
     if (out / "last.pt").exists():  # the new run has an epoch: old's deletion was cut short
         remove_ours(old, "train")
         return
-    remove_ours(out, "train")  # the new run, which has no epoch
+    # The new run, which has no epoch. A kill just after the old run was moved aside can
+    # leave it holding only the marker's temporary (not yet the marker): ours, with no
+    # marker to prove it, so it goes by the writer's pid.
+    remove_stale_temporaries(out)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    elif out.exists():
+        remove_ours(out, "train")
     old.rename(out)
     print(
         f"dnnlab train: an --overwrite stopped before its new run's first epoch was saved: "
@@ -400,6 +439,15 @@ def left_replaced(out) -> list[Path]:
         if old.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
             found.append(old)
     return found
+
+
+def put_back_left_replaced(out) -> None:
+    """recover_replaced under the run's lock, by one process (rank 0 of a torchrun job):
+    called before anything reads or judges the run directory (its settings, the write
+    gate), which a killed --overwrite may have left half made."""
+    if os.environ.get("RANK", "0") == "0" and left_replaced(out):
+        with folder_lock(out):
+            recover_replaced(out)
 
 
 def recover_replaced(out) -> None:

@@ -7,9 +7,10 @@
    write gate: never a folder the tool did not make, never one holding the data), the run
    directory against the request (rundir.plan_run: new, resumed, extended, replaced or
    finished; a resumed run's settings, checkpoints, data identity and split), the data.
-2. The run directory: a replaced run moved aside, config.json and split.json written.
-3. The model, its optimizer and schedule, seeded; a resumed run's states restored from
-   last.pt (and its kept weights from best.pt).
+2. The model, its optimizer and schedule, seeded; a resumed run's states restored from
+   last.pt and its kept weights from best.pt (in memory: one that does not fit is refused
+   before anything is written).
+3. The run directory: a replaced run moved aside, config.json and split.json written.
 4. The epochs: a seeded pass over the augmented training tensors (train_one_epoch), the
    schedule's step, validation (evaluate), the best weights kept, the epoch saved (best.pt if
    kept, metrics, then last.pt: only then is the epoch complete) and its line printed.
@@ -49,11 +50,11 @@ from dnnlab.cifar.rundir import (
     RunError,
     check_resumed_settings,
     check_run_data,
-    left_replaced,
     load_model_checkpoint,
     load_weights,
     plan_run,
     prepare_run_dir,
+    put_back_left_replaced,
     put_back_on_failure,
     read_run_config,
     read_split,
@@ -66,7 +67,7 @@ from dnnlab.settings import given_flags
 from dnnlab.utils.atomic import atomic_torch_save, atomic_write_json
 from dnnlab.utils.device import check_device
 from dnnlab.utils.distributed import init_distributed
-from dnnlab.utils.lock import folder_lock, job_lock
+from dnnlab.utils.lock import job_lock
 from dnnlab.utils.outputs import check_output, remove_ours
 from dnnlab.utils.plots import plot_divergence, plot_train_curves
 from dnnlab.utils.precision import training_precision
@@ -123,12 +124,11 @@ def requested_config(given: dict, out, resume: bool) -> TrainConfig:
     over the run's saved settings. Every given setting is checked before anything else;
     only those given are compared with the run's and named (rundir.check_resumed_settings).
     A replaced run that a killed --overwrite left is put back first, so that the settings
-    read are the run's own (under its lock, by one process: rank 0 of a torchrun job)."""
+    read are the run's own."""
     check_recipe_flag(given)
     cfg = TrainConfig(**given)
-    if resume and os.environ.get("RANK", "0") == "0" and left_replaced(out):
-        with folder_lock(out):
-            recover_replaced(out)
+    if resume:
+        put_back_left_replaced(out)
     if not (resume and (Path(out) / "config.json").exists()):
         return cfg
     base = read_run_config(out)
@@ -170,6 +170,7 @@ def train(
         raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"--stop-after: {stop_after}; give a number of epochs, at least 1")
+    put_back_left_replaced(out)  # before the gate judges the folder it left half made
     check_output(out, "--out", "train", inputs=[cfg.data_root or default_root()], replace=True)
     rank, world = init_distributed(cfg.device)
     with job_lock(out, rank, world):
@@ -183,12 +184,22 @@ def train(
         plan = plan_run(cfg, out, resume, overwrite, dev)
         if isinstance(plan, dict):
             return plan  # finished, nothing asked beyond it
+        done = plan.resume_from["epoch"] if plan.resume_from is not None else 0
+        if stop_after is not None and stop_after <= done:  # nothing to train: touch nothing
+            if rank == 0:
+                print(f"[{cfg.model}] {out} has completed {done} epochs already", flush=True)
+            return {
+                "model": cfg.model,
+                "epochs": cfg.epochs,
+                "stopped_after": done,
+                "metrics": resumed_rows(out, plan.resume_from),
+            }
         if data is None:
             data = load_cifar10(cfg.data_root, download=download)
         if plan.saved is not None:  # a resumed run's indices meet only its own images
             check_run_data(out, data)
         if plan.saved is not None and (out / "split.json").exists():
-            tr_idx, val_idx = read_split(out, data.train_y.numel())
+            tr_idx, val_idx = read_split(out, data, cfg)
         else:
             tr_idx, val_idx = make_split(data, cfg.n_val, cfg.train_subset, cfg.seed)
         te_idx = test_positions(data, cfg.test_subset, cfg.seed)
@@ -197,7 +208,25 @@ def train(
         if rank == 0:
             print(f"[{cfg.model}] training in {precision}: {why}", flush=True)
 
-        # 2. Every input is good: only now change the run directory.
+        # 2. Model, optimizer and schedule, seeded; a resumed run's states, checked here,
+        # in memory: a checkpoint that does not fit is refused before anything is written.
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        head = R.softmax_head(cfg.recipe, cfg.model, cfg.softmax_head)
+        model = build_model(cfg.model, softmax_head=head).to(dev)
+        model = model.to(memory_format=torch.channels_last)
+        n_train = tr_idx.numel()
+        opt, sched = make_optimizer(model, cfg, steps_per_epoch(n_train, cfg.batch_size))
+        start, best_acc, best_epoch, best_state = 0, -1.0, 0, None  # epochs completed
+        if plan.resume_from is not None:
+            ck = plan.resume_from
+            if plan.best_from is not None:  # the kept weights must fit the model too
+                best_state = plan.best_from["model"]
+                load_weights(model, best_state, f"{out / 'best.pt'} (model {cfg.model!r})")
+            restore_states(ck, out / "last.pt", model, opt, sched, gen)
+            start, best_acc, best_epoch = ck["epoch"], ck["best_val_acc"], ck["best_epoch"]
+
+        # 3. Every input is good: only now change the run directory.
         old = out.with_name(f".{out.name}.{os.getpid()}.old")
         with put_back_on_failure(old, out, rank == 0 and plan.replace):
             if rank == 0:
@@ -210,22 +239,6 @@ def train(
                 "val": (data.train_x[val_idx].to(dev), data.train_y[val_idx].to(dev)),
                 "test": (data.test_x[te_idx].to(dev), data.test_y[te_idx].to(dev)),
             }
-
-            # 3. Model, optimizer and schedule, seeded; a resumed run's states.
-            torch.manual_seed(cfg.seed)
-            gen = torch.Generator().manual_seed(cfg.seed)
-            head = R.softmax_head(cfg.recipe, cfg.model, cfg.softmax_head)
-            model = build_model(cfg.model, softmax_head=head).to(dev)
-            model = model.to(memory_format=torch.channels_last)
-            n_train = split["train"][1].numel()
-            opt, sched = make_optimizer(model, cfg, steps_per_epoch(n_train, cfg.batch_size))
-            start, best_acc, best_epoch, best_state = 0, -1.0, 0, None  # epochs completed
-            if plan.resume_from is not None:
-                ck = plan.resume_from
-                restore_states(ck, out / "last.pt", model, opt, sched, gen)
-                start, best_acc, best_epoch = ck["epoch"], ck["best_val_acc"], ck["best_epoch"]
-                if plan.best_from is not None:
-                    best_state = plan.best_from["model"]
             net = model
             if world > 1:
                 net = torch.nn.parallel.DistributedDataParallel(model)
@@ -277,6 +290,8 @@ def train(
                 val_loss, val_acc = evaluate(
                     net, *split["val"], dev, cfg.eval_batch_size, val_gen, precision
                 )
+                if not math.isfinite(val_loss):  # finite training loss, a model giving NaN
+                    stop_diverged(val_loss, trace, out, cfg, epoch, "validation")
                 rows.append(
                     {
                         "epoch": epoch + 1,
@@ -546,14 +561,16 @@ def write_divergence(out: Path, cfg: TrainConfig, epoch: int, trace: dict) -> Pa
     return path
 
 
-def stop_diverged(tr_loss: float, trace: dict | None, out: Path, cfg: TrainConfig, epoch: int):
+def stop_diverged(
+    loss: float, trace: dict | None, out: Path, cfg: TrainConfig, epoch: int, which="training"
+):
     """A diverged run has nothing worth keeping: stop before this epoch is saved, but keep
     its loss curve (divergence.json/.png), the evidence of what happened."""
     where = ""
     if trace is not None:
         where = "; its loss curve: " + str(write_divergence(out, cfg, epoch, trace))
     raise RunError(
-        f"epoch {epoch + 1}: the training loss is {tr_loss} (the run diverged); the "
+        f"epoch {epoch + 1}: the {which} loss is {loss} (the run diverged); the "
         f"checkpoints stop at epoch {epoch}{where}. Lower --lr ({cfg.lr}) or "
         f"--weight-decay ({cfg.weight_decay}) and start again with --overwrite"
     )

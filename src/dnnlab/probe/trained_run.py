@@ -38,7 +38,7 @@ def run_splits(
     # The run's split indices must meet the images it was trained on (content identity),
     # and be positions among them, train and val apart.
     check_run_data(run, data)
-    tr, va = read_split(run, data.train_y.numel())
+    tr, va = read_split(run, data, cfg)
     out = {}
     for name in wanted:
         if name == "train20":

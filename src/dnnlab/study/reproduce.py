@@ -130,7 +130,7 @@ def reproduce(
         differ = [
             f.name
             for f in fields(TrainConfig)
-            if f.name not in RESUMABLE_CHANGES
+            if (f.name == "epochs" or f.name not in RESUMABLE_CHANGES)  # its schedule's epochs too
             and getattr(earlier, f.name) != getattr(run_cfg, f.name)
         ]
         if differ:

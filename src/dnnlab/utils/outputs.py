@@ -83,10 +83,7 @@ def is_ours(folder, kind: str) -> bool:
     folder = Path(folder)
     marker = folder / MARKER
     if marker.is_file() and not marker.is_symlink():
-        try:
-            return read_json(marker, ("command",))["command"] == kind
-        except RecordError:
-            return False
+        return _marker_command(folder) == kind
     record = RECORDS.get(kind)
     if record is None:
         return False
@@ -98,6 +95,18 @@ def is_ours(folder, kind: str) -> bool:
     except RecordError:
         return False
     return True
+
+
+def _marker_command(folder: Path) -> str | None:
+    """The command the folder's marker names, or None (no marker, or not a readable one)."""
+    marker = folder / MARKER
+    if not marker.is_file() or marker.is_symlink():
+        return None
+    try:
+        command = read_json(marker, ("command",))["command"]
+    except RecordError:
+        return None
+    return command if isinstance(command, str) else None
 
 
 def _entries(folder: Path) -> list[str]:
@@ -128,6 +137,12 @@ def check_output(
     path = Path(folder).expanduser()
     names = _entries(path)
     if names and not is_ours(path, kind):
+        other = _marker_command(path)
+        if other is not None:  # ours, but another command's: say whose
+            raise InputError(
+                f"{flag} {folder}: a folder `dnnlab {other}` made, not `dnnlab {kind}`; "
+                f"choose another {flag}"
+            )
         more = f" and {len(names) - 1} more" if len(names) > 1 else ""
         raise InputError(
             f"{flag} {folder}: a folder dnnlab did not make (it holds {names[0]}{more}, and no "
