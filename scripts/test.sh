@@ -11,6 +11,6 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
     >/dev/null 2>&1 || echo "dnnlab: chromium could not be installed; that test will skip" >&2
 fi
-ruff check src tests benchmarks
-ruff format --check src tests benchmarks
+ruff check src tests benchmarks scripts
+ruff format --check src tests benchmarks scripts
 python -m pytest -q "$@"
