@@ -97,3 +97,15 @@ def test_a_librarys_advice_to_load_unsafely_is_never_passed_on():
     )
     kept = without_unsafe_advice(text)
     assert kept == "Unsupported globals: builtins.print" and unsafe_words(kept) == []
+
+
+def test_a_long_library_message_is_cut_at_a_clause_with_its_parentheses_closed():
+    from dnnlab.utils.safe_load import load_error_reason
+
+    text = (
+        "PytorchStreamReader failed reading zip archive: failed finding central directory "
+        "(this is a known issue: " + "it is likely that your checkpoint file is " * 8 + "cut)"
+    )
+    reason = load_error_reason(RuntimeError(text))
+    assert "failed finding central directory ..." in reason
+    assert reason.count("(") == reason.count(")")

@@ -171,7 +171,12 @@ def load_error_reason(e: BaseException, what: str = "a readable PyTorch file of 
             "dicts), which dnnlab refuses to unpickle because they could run code"
         )
     detail = [ln.strip() for ln in text.splitlines() if ln.strip() and _plain(ln)]
-    first = detail[0][:200] if detail else ""
+    first = detail[0] if detail else ""
+    if len(first) > 200:  # cut at a clause, never inside a parenthesis left open
+        first = first[:200]
+        if first.count("(") > first.count(")"):
+            first = first[: first.rfind("(")].rstrip()
+        first += " ..."
     kind = f"{type(e).__name__}: {first}" if first else type(e).__name__
     return f"it is not {what} ({kind})"
 
