@@ -166,17 +166,21 @@ def test_a_replaced_run_killed_before_its_marker_was_written_is_put_back(run, tr
     # marker's temporary, so no marker proves it ours (an outside tester's case).
     before = snapshot(run)
     hidden = run.with_name(".r.999999999.old")
-    run.rename(hidden)
-    run.mkdir()
-    (run / "..dnnlab-output.999999999.abcd1234.tmp").write_text("{")
-    for argv in (
-        ["train", *TINY_TRAIN_ARGS, "--data-root", tree, "--out", run],  # a plain rerun
-        ["train", "--out", run, "--resume", "--data-root", tree],
-    ):
-        code = main([str(a) for a in argv])
-        err = capsys.readouterr().err
-        assert f"back in {run}" in err or code == 0, err
-        assert snapshot(run) == before and not hidden.exists()
+
+    def killed_replacement():
+        run.rename(hidden)
+        run.mkdir()
+        (run / "..dnnlab-output.999999999.abcd1234.tmp").write_text("{")
+
+    killed_replacement()
+    argv = ["train", *TINY_TRAIN_ARGS, "--data-root", tree, "--out", run]  # a plain rerun
+    err = refused(argv, capsys, "holds a finished run")  # put back first, then judged
+    assert f"back in {run}" in err
+    assert snapshot(run) == before and not hidden.exists()
+    killed_replacement()
+    assert main([str(a) for a in ["train", "--out", run, "--resume", "--data-root", tree]]) == 0
+    assert f"back in {run}" in capsys.readouterr().err  # the run is finished: nothing to do
+    assert snapshot(run) == before and not hidden.exists()
 
 
 def cut_first_tensor(ck):

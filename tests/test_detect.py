@@ -1082,43 +1082,20 @@ def test_course_preset_and_end_to_end(small, weights, tmp_path):
     assert ck["config"]["features"]["mode"] == "crops" and "regressor.weight" not in ck["state"]
     assert ck["state"]["head.1.weight"].shape == (256, 1280)
     # End to end: the backbone's weights move too.
-    assert (
-        main(
-            cli(
-                "detect",
-                "train",
-                det,
-                epochs=1,
-                backbone_weights=weights,
-                image_size=128,
-                end_to_end=True,
-                backbone_lr=0.01,
-                overwrite=True,
-            )
-        )
-        == 0
+    end_to_end = dict(
+        epochs=1,
+        backbone_weights=weights,
+        image_size=128,
+        end_to_end=True,
+        backbone_lr=0.01,
+        overwrite=True,
     )
+    assert main(cli("detect", "train", det, **end_to_end)) == 0
     ck = torch.load(det / "model.pt", weights_only=True)
     orig = torch.load(weights, weights_only=True)
     assert not torch.equal(ck["state"]["features.18.0.weight"], orig["features.18.0.weight"])
     # --backbone-from 17: blocks 17 and 18 move, blocks 0-16 stay as loaded.
-    assert (
-        main(
-            cli(
-                "detect",
-                "train",
-                det,
-                epochs=1,
-                backbone_weights=weights,
-                image_size=128,
-                end_to_end=True,
-                backbone_lr=0.01,
-                backbone_from=17,
-                overwrite=True,
-            )
-        )
-        == 0
-    )
+    assert main(cli("detect", "train", det, **end_to_end, backbone_from=17)) == 0
     ck = torch.load(det / "model.pt", weights_only=True)
     frozen = [k for k in orig if k.startswith("features.") and int(k.split(".")[1]) < 17]
     assert frozen and all(torch.equal(ck["state"][k], orig[k]) for k in frozen)
