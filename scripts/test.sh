@@ -13,4 +13,7 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
 fi
 ruff check src tests benchmarks scripts
 ruff format --check src tests benchmarks scripts
-python -m pytest -q "$@"
+# One worker per core (pytest-xdist; each worker's torch takes its share of the threads,
+# tests/conftest.py); tests are handed out in runs of a module and an idle worker takes
+# over the other's queue ("worksteal"). `bash scripts/test.sh -n 0` runs them in one process.
+python -m pytest -q -n auto --dist worksteal "$@"

@@ -4,9 +4,22 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from dnnlab.cli import main
 from tests.fakes import HOLD, TINY_TRAIN_ARGS, USER_MODEL, make_image_tree
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (scripts/test.sh runs a worker per core) each worker's torch, and the
+    processes a test starts, take their share of the cores: all of them each would make
+    every worker wait on the others' threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        share = max(1, (cores or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        torch.set_num_threads(share)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import json
 import pickle
 import socket
 import tarfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,21 @@ def tiny_train_config(tree, **kw):
     batches of 20, 20 validation images; kw overrides any setting (model, epochs, ...)."""
     base = dict(model="bn", epochs=2, batch_size=20, lr=0.05, n_val=20, data_root=str(tree))
     return TrainConfig(**{**base, **kw})
+
+
+def tiny_study_config(tree, models, quick=True, **kw):
+    """A StudyConfig of `models` for seconds of work a run on a fake tree: 60 training
+    images, 1 epoch, 20 validation and 30 test images, 40 a split probed; kw overrides any
+    setting."""
+    from dnnlab.study.config import study_config
+
+    cfg = study_config(models, quick=quick, data_root=str(tree))
+    budget = dict(train_subset=60, epochs=1, n_val=20, test_subset=30, max_per_split=40)
+    return replace(cfg, **{**budget, **kw})
+
+
+def quiet(*_):
+    """A study's log that shows nothing."""
 
 
 def assert_summary_matches_best(run, cfg: TrainConfig, dev, exact: bool = True) -> dict:

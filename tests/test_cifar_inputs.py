@@ -145,6 +145,8 @@ def test_an_overwrite_stopped_in_its_first_epoch_puts_the_old_run_back(
     assert main([str(a) for a in argv]) == (130 if stop is KeyboardInterrupt else 2)
     err = capsys.readouterr().err
     assert f"back in {run}" in err and "Traceback" not in err, err
+    if stop is KeyboardInterrupt:  # --resume would continue the run put back, not replace it
+        assert "again with --overwrite" in err and "--resume" not in err, err
     assert snapshot(run) == before
     assert not [n for n in os.listdir(run.parent) if n.endswith(".old")]  # none left behind
 

@@ -107,9 +107,19 @@ def test_resume_refuses_changed_settings(run, tree, capsys):
     assert snapshot(run) == before
 
 
-def test_resume_without_flags_keeps_a_finished_run(run, tree):
+def test_resume_without_flags_keeps_a_finished_run(run, tree, capsys):
     before = snapshot(run)
     assert main(["train", "--out", str(run), "--resume", "--data-root", str(tree)]) == 0
+    assert snapshot(run) == before
+    out = capsys.readouterr().out  # said, not silent
+    assert f"{run} is finished already (1 epochs" in out and "--epochs N" in out, out
+
+
+def test_resume_names_a_setting_the_run_was_without(run, capsys):
+    before = snapshot(run)
+    assert main(["train", "--out", str(run), "--resume", "--train-subset", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "--train-subset 100 (the run was without --train-subset)" in err and "None" not in err
     assert snapshot(run) == before
 
 

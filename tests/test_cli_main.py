@@ -28,6 +28,14 @@ def test_other_errors_keep_their_traceback(monkeypatch, exc):
         cli.main(["models"])
 
 
+def test_version(capsys):
+    from dnnlab import __version__
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"dnnlab {__version__}\n"
+
+
 def test_ctrl_c_suggests_resume_only_where_it_exists(monkeypatch, capsys):
     monkeypatch.setattr(models, "main", raiser(KeyboardInterrupt()))
     assert cli.main(["models"]) == 130

@@ -158,12 +158,24 @@ def test_cka_with_another_run(tree, tmp_path, capsys):
         assert doc["linear"][i][i] == 1.0 and doc["unbiased"][i][i] == 1.0
     assert (a / "cka_with_b_val.png").exists()
     assert json.loads((a / "probe.json").read_text())["cka"]["val"]["layers"] == doc["layers"]
-    # Another validation split (another seed): the samples differ, so CKA is refused.
+    # Another validation split (another seed): the samples differ, so CKA is refused, by
+    # the command before it probes anything, and by the CKA's sample ids when called alone.
+    from dnnlab.probe.cka_runs import cka_between_runs
+
     c = tmp_path / "c"
     train(TrainConfig(**{**cfg.__dict__, "seed": 1}), c, progress=False)
     capsys.readouterr()
+    probed = (a / "probe.json").stat().st_mtime_ns
     assert main([*argv, str(c)]) == 2
-    assert "not those of 'A:conv1' in the same order" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--cka-with {c}" in err and "seed 0 and 1" in err, err
+    assert (a / "probe.json").stat().st_mtime_ns == probed
+    assert not (a / "cka_with_c_val.json").exists()
+    with pytest.raises(InputError, match="not those of 'A:conv1' in the same order"):
+        cka_between_runs(a, c, ProbeConfig(layers="conv1,elu4,avgpool"))
+    # The run itself is no other run.
+    assert main([*argv, str(a)]) == 2
+    assert "the run itself" in capsys.readouterr().err
 
 
 @pytest.mark.slow

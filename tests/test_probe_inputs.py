@@ -215,6 +215,12 @@ def test_follow_up_folders_are_checked_before_the_probe(tree, tmp_path, capsys):
     argv = ["probe", "--model", "torchvision:resnet18", "--data", str(tree), "--out", str(out)]
     assert main([*argv, "--compare", str(tmp_path / "nowhere")]) == 2
     assert "--compare" in capsys.readouterr().err and not out.exists()
+    # Its own output folder is no other probe (it was blamed on --out as an input).
+    out.mkdir()
+    (out / "probe.json").write_text('{"rows": []}')
+    assert main([*argv, "--compare", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--compare {out}: the folder this probe writes" in err, err
 
 
 def test_a_run_probe_refuses_the_settings_of_a_model_probe(run, tmp_path, capsys):

@@ -36,6 +36,7 @@ def published(tmp_path_factory):
     return tree, root / "pub"
 
 
+@pytest.mark.slow  # three short trainings
 def test_stop_after_then_resume_equals_the_straight_run(tree, tmp_path):
     cfg = tiny_train_config(tree, model="base", epochs=2, schedule="linear")
     straight = train(cfg, tmp_path / "straight", progress=False)

@@ -86,6 +86,18 @@ def main_si(capsys, x, y):
     return rc
 
 
+def test_a_k_too_large_for_the_smallest_class_is_noted_and_still_exact():
+    # Two samples per class: each has one neighbour of its own class, never a majority of 5.
+    x = np.random.default_rng(1).normal(size=(20, 4))
+    y = np.arange(10).repeat(2)
+    r = separability(x, y, "si,knn:2,knn:5")
+    assert r.values["knn:5"] == oracle.knn_accuracy(x, y, 5)[0]
+    notes = [n for n in r.notes if n.startswith("knn:")]
+    assert len(notes) == 2 and "has 2 samples" in notes[0] and "knn:5" in notes[1], r.notes
+    big = separability(*clustered(n=60), "knn:5")  # 20 a class: a majority is possible
+    assert not [n for n in big.notes if n.startswith("knn:")]
+
+
 def test_some_classes_of_one_sample_are_noted():
     x, y = clustered(n=60)
     y = y.copy()

@@ -4,6 +4,7 @@ they are untouched (manifest.json)."""
 
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -11,24 +12,16 @@ from pathlib import Path
 import pytest
 
 import dnnlab.cifar.train as T
+from dnnlab.cli import main
 from dnnlab.errors import InputError
 from dnnlab.study.config import parse_run_name, run_name, study_config
 from dnnlab.study.manifest import MANIFEST, ManifestError, read_manifest, verify, write_manifest
 from dnnlab.study.publish import publish, published_section, read_published
 from dnnlab.study.study import StudyError, run_study
+from tests.fakes import quiet, tiny_study_config
 from tests.page_oracle import assert_page_says_what_markdown_says
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny(tree, models, quick=True, **kw):
-    cfg = study_config(models, quick=quick, data_root=str(tree))
-    budget = dict(train_subset=60, epochs=1, n_val=20, test_subset=30, max_per_split=40)
-    return replace(cfg, **{**budget, **kw})
-
-
-def quiet(*_):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,9 @@ def seeded(tmp_path_factory):
 
         tree = make_image_tree(root / "tree", n_train=14, n_test=5)
         # Not quick: a quick study has no comparison with the course.
-        cfg = tiny(tree, ["base", "bn"], False, seeds=(0, 1), measures="si,csi", cka_samples=0)
+        cfg = tiny_study_config(
+            tree, ["base", "bn"], False, seeds=(0, 1), measures="si,csi", cka_samples=0
+        )
         cfg = replace(cfg, test_subset=None)  # every run tests the same images: paired
         published = []
         run_study(
@@ -113,7 +108,7 @@ def test_a_study_grows_by_seeds_and_resumed_settings_are_checked(seeded, tmp_pat
 
 @pytest.mark.slow
 def test_stage_seconds_count_the_epochs_of_a_killed_command(tree, tmp_path, monkeypatch):
-    cfg = tiny(tree, ["base"], epochs=2, measures="si", cka_samples=0)
+    cfg = tiny_study_config(tree, ["base"], epochs=2, measures="si", cka_samples=0)
     real = T.save_epoch
     calls = []
 
@@ -139,7 +134,7 @@ def test_stage_seconds_count_the_epochs_of_a_killed_command(tree, tmp_path, monk
 
 
 @pytest.mark.slow
-def test_the_manifest_refuses_one_changed_byte_anywhere(seeded, tmp_path):
+def test_the_manifest_refuses_one_changed_byte_anywhere(seeded, tmp_path, capsys):
     _, _, pub = seeded
     assert verify(pub)["files"]
     files = json.loads((pub / MANIFEST).read_text())["files"]
@@ -150,17 +145,33 @@ def test_the_manifest_refuses_one_changed_byte_anywhere(seeded, tmp_path):
         data = bytearray((copy / rel).read_bytes())
         data[len(data) // 2] ^= 1
         (copy / rel).write_bytes(bytes(data))
-        with pytest.raises(ManifestError, match=f"{copy / rel}: changed since it was published"):
+        said = f"1 file changed since it was published.*: {re.escape(rel)};"
+        with pytest.raises(ManifestError, match=said):
             verify(copy)
         shutil.rmtree(copy)
     extra = tmp_path / "extra"
     shutil.copytree(pub, extra)
     (extra / "runs" / "bn" / "notes.txt").write_text("mine")
-    with pytest.raises(ManifestError, match="notes.txt: not listed in"):
+    with pytest.raises(ManifestError, match="1 file not listed .*: runs/bn/notes.txt"):
         verify(extra)
-    (extra / "runs" / "bn" / "notes.txt").unlink()
+    # Every problem at once, each file named; and `dnnlab verify` goes on to the next folder.
     (extra / "report.md").unlink()
-    with pytest.raises(ManifestError, match="report.md: listed in .* but missing"):
+    (extra / "study.json").write_text("{}")
+    with pytest.raises(ManifestError) as e:
+        verify(extra)
+    for said in (
+        "1 file listed in",
+        "but missing: report.md",
+        "changed since it was published (its sha256 is not the one recorded): study.json",
+        "not listed (a published folder holds only what was published): runs/bn/notes.txt",
+    ):
+        assert said in str(e.value), str(e.value)
+    assert main(["verify", str(extra), str(pub)]) == 1
+    out, err = capsys.readouterr()
+    assert f"{pub}: ok" in out and f"{extra}: does not match" in err and "1 of 2" in err
+    (extra / "runs" / "bn" / "notes.txt").unlink()
+    (extra / "study.json").write_bytes((pub / "study.json").read_bytes())
+    with pytest.raises(ManifestError, match="1 file listed in .* but missing: report.md;"):
         verify(extra)
     (extra / MANIFEST).unlink()
     with pytest.raises(ManifestError, match="manifest.json: missing"):
@@ -286,9 +297,12 @@ def test_the_factorial_interaction_is_the_four_term_contrast(tmp_path):
     assert r["interaction"] is None and "clipped-cpu" in r["why"]
 
 
+@pytest.mark.slow  # its fixture is a study of four runs
 def test_a_study_in_progress_says_what_is_still_to_come(seeded, tmp_path):
     _, _, pub = seeded
     assert read_published(pub.parent)["studies"][0]["missing"] == []  # all four published
+    # The study's own folder, given in place of the folder of studies: that one study.
+    assert read_published(pub)["studies"] == read_published(pub.parent)["studies"]
     part = shutil.copytree(pub, tmp_path / "results" / "part")
     shutil.rmtree(part / "runs" / "bn-seed1")  # as published before its last run finished
     writers = {
@@ -313,6 +327,7 @@ def test_a_study_in_progress_says_what_is_still_to_come(seeded, tmp_path):
     assert "wall time recorded when it ends, published 20" in text and "undated" not in text
 
 
+@pytest.mark.slow  # its fixture is a study of four runs
 def test_the_weights_stay_out_but_their_hashes_are_published(seeded):
     _, study, pub = seeded
     w = json.loads((pub / "weights.json").read_text())

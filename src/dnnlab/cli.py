@@ -300,9 +300,12 @@ ADDERS = {
 
 def build_parser(argv=None) -> argparse.ArgumentParser:
     """The parser; with `argv`, only its command's flags are built (None: every command's)."""
+    from dnnlab import __version__
+
     parser = OneLineErrors(
         prog="dnnlab", description="A lab for analysing and designing deep networks."
     )
+    parser.add_argument("--version", action="version", version=f"dnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     words = [a for a in (argv or []) if not a.startswith("-")]
     wanted = None if argv is None else (words[0] if words else "")
@@ -336,8 +339,11 @@ def main(argv=None) -> int:
     try:
         # The command's own module runs it (its `main(args)`), imported only now.
         return importlib.import_module(args.main).main(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        # What to do next: a note the interrupted step added (train's put-back), else resume.
+        notes = getattr(e, "__notes__", None)
         hint = "; rerun with --resume to continue" if hasattr(args, "resume") else ""
+        hint = f"; {notes[-1]}" if notes else hint
         print(f"dnnlab {cmd}: interrupted{hint}", file=sys.stderr)
         return 130
     except DnnlabError as e:

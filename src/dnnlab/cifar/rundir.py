@@ -275,6 +275,8 @@ def _settings_changed(saved: TrainConfig, cfg: TrainConfig, names=None) -> list[
         if a != b and isinstance(a, bool):  # a switch: named by the flag that sets it
             state = "on" if b else "off"
             out.append(f"{f.name} {state} ({given_as(f, b)}; the run was {given_as(f, a)})")
+        elif a != b and a is None:  # unset in the run: e.g. --train-subset (all images)
+            out.append(f"{flag_name(f)} {b} (the run was without {flag_name(f)})")
         elif a != b:
             out.append(f"{flag_name(f)} {b} (the run has {a})")
     return out
@@ -398,20 +400,22 @@ def put_back_on_failure(old: Path, out: Path, replacing: bool) -> Iterator[None]
     Ctrl-C) before the new run's first epoch is saved puts the replaced run back."""
     try:
         yield
-    except BaseException:
-        if replacing:
-            put_back(old, out)
+    except BaseException as e:
+        if replacing and put_back(old, out) and isinstance(e, KeyboardInterrupt):
+            # What to do next is no longer --resume (that continues the run put back).
+            e.add_note("run it again with --overwrite to replace that run")
         raise
 
 
-def put_back(old: Path, out: Path) -> None:
+def put_back(old: Path, out: Path) -> bool:
     """An --overwrite stopped before its new run saved an epoch: the replaced run, kept in
-    `old`, goes back into `out` (the new run has no epoch to lose), and the user is told."""
+    `old`, goes back into `out` (the new run has no epoch to lose), and the user is told.
+    Returns whether it was put back."""
     if not old.is_dir():
-        return  # already deleted: the new run has its first epoch
+        return False  # already deleted: the new run has its first epoch
     if (out / "last.pt").exists():  # the new run has an epoch: old's deletion was cut short
         remove_ours(old, "train")
-        return
+        return False
     # The new run, which has no epoch. A kill just after the old run was moved aside can
     # leave it holding only the marker's temporary (not yet the marker): ours, with no
     # marker to prove it, so it goes by the writer's pid.
@@ -427,6 +431,7 @@ def put_back(old: Path, out: Path) -> None:
         file=sys.stderr,
         flush=True,
     )
+    return True
 
 
 def left_replaced(out) -> list[Path]:

@@ -182,8 +182,19 @@ def train(
         if world > 1:
             torch.distributed.barrier()
         plan = plan_run(cfg, out, resume, overwrite, dev)
-        if isinstance(plan, dict):
-            return plan  # finished, nothing asked beyond it
+        if isinstance(plan, dict):  # finished, nothing asked beyond it
+            if rank == 0:
+                accs = "".join(
+                    f", {label} {plan[k]:.4f}"
+                    for k, label in (("best_val_acc", "best val"), ("test_acc", "test"))
+                    if isinstance(plan.get(k), float)
+                )
+                print(
+                    f"[{cfg.model}] {out} is finished already ({plan['epochs']} epochs{accs}): "
+                    "nothing to train; --epochs N continues it to N epochs",
+                    flush=True,
+                )
+            return plan
         done = plan.resume_from["epoch"] if plan.resume_from is not None else 0
         if stop_after is not None and stop_after <= done:  # nothing to train: touch nothing
             if rank == 0:

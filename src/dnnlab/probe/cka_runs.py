@@ -20,7 +20,7 @@ from dnnlab.probe.layers import describe_layers, resolve_layers
 from dnnlab.probe.trained_run import run_splits
 from dnnlab.separability.cka import CkaMatrix
 from dnnlab.utils.atomic import atomic_write_json
-from dnnlab.utils.records import file_sha256
+from dnnlab.utils.records import RecordError, file_sha256, read_json
 from dnnlab.utils.sizes import parse_size
 
 
@@ -37,12 +37,51 @@ def sample_ids(x: torch.Tensor) -> np.ndarray:
     )
 
 
+def check_same_val_images(run_a, run_b, max_per_split=None) -> None:
+    """Refuse, before any work, two runs whose validation samples are not the same images in
+    the same order (what CKA between them compares row by row): trained on other data, or
+    another draw of the split (seed, --val-size, --train-subset), or, with --max-per-split,
+    another seed's subset of it."""
+    runs = [Path(run_a), Path(run_b)]
+    recs = []
+    for run in runs:
+        try:
+            recs.append(
+                (
+                    read_json(run / "config.json", ("seed",)),
+                    read_json(run / "split.json", ("val",))["val"],
+                )
+            )
+        except RecordError as e:
+            raise InputError(f"--cka-with: {e}; is {run} a trained run?") from None
+    (cfg_a, val_a), (cfg_b, val_b) = recs
+    why = None
+    if cfg_a.get("data_identity") != cfg_b.get("data_identity"):
+        sources = f"{cfg_a.get('data_source')} and {cfg_b.get('data_source')}"
+        why = f"they were trained on other data ({sources})"
+    elif val_a != val_b:
+        why = (
+            f"their validation splits differ (seed {cfg_a['seed']} and {cfg_b['seed']}, "
+            f"{len(val_a)} and {len(val_b)} images)"
+        )
+    elif max_per_split and cfg_a["seed"] != cfg_b["seed"]:
+        seeds = f"{cfg_a['seed']} and {cfg_b['seed']}"
+        why = f"--max-per-split draws each run's subset with its seed ({seeds})"
+    if why:
+        raise InputError(
+            f"--cka-with {runs[1]}: its validation images are not those of {runs[0]}: {why}; "
+            "CKA between two runs compares the same images, so give a run of the same data, "
+            "seed and --val-size"
+        )
+
+
 def cka_between_runs(run_a, run_b, cfg, split: str = "val", data_root=None) -> Path:
     """Linear and unbiased CKA between the same layers of two trained runs on one split.
 
     Each layer's features (one layer in memory at a time) go into one CkaMatrix; the split's
-    samples must be the same images in the same order in both runs (checked by their ids,
-    hashes of the inputs). Writes RUN_A/cka_with_<B>_<split>.json (with both checkpoints'
+    samples must be the same images in the same order in both runs (check_same_val_images
+    refuses other runs at the command's edge; the ids, hashes of the inputs, check it again
+    row by row). Writes RUN_A/cka_with_<B>_<split>.json (with both checkpoints'
     SHA-256) and a heatmap PNG; returns the JSON's path.
     """
     dev = torch.device(cfg.device)

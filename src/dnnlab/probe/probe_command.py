@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dnnlab.errors import InputError
 from dnnlab.probe.anynet import AnyConfig, list_any, probe_any
-from dnnlab.probe.cka_runs import cka_between_runs
+from dnnlab.probe.cka_runs import check_same_val_images, cka_between_runs
 from dnnlab.probe.compare import compare_probes
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.probe.report import layers_table, print_result
@@ -43,15 +43,27 @@ def any_network(args) -> bool:
 
 
 def check_follow_ups(args, any_model: bool) -> None:
-    """--cka-with and --compare name folders that must exist before the probe starts."""
+    """--cka-with and --compare name folders that must exist, and hold what they are used
+    for, before the probe starts: another trained run on the same validation images, and
+    another probe's folder."""
     if args.cka_with:
         if any_model:
             raise InputError("--cka-with compares two run directories; not with --model")
-        for f in ("config.json", "best.pt"):
+        for f in ("config.json", "best.pt", "split.json"):
             if not (Path(args.cka_with) / f).is_file():
                 raise InputError(f"--cka-with: {args.cka_with} has no {f}; is it a trained run?")
-    if args.compare and not (Path(args.compare) / "probe.json").is_file():
-        raise InputError(f"--compare {args.compare}: no probe.json there")
+        if Path(args.cka_with).resolve() == Path(args.run).resolve():
+            raise InputError(f"--cka-with {args.cka_with}: the run itself; give another run")
+        check_same_val_images(args.run, args.cka_with, args.max_per_split)
+    if args.compare:
+        if not (Path(args.compare) / "probe.json").is_file():
+            raise InputError(f"--compare {args.compare}: no probe.json there")
+        own = args.out if any_model else args.run
+        if own is not None and Path(args.compare).resolve() == Path(own).resolve():
+            raise InputError(
+                f"--compare {args.compare}: the folder this probe writes; give another "
+                "probe's folder"
+            )
 
 
 def is_listing(layers: str | None) -> bool:

@@ -23,6 +23,7 @@ from dnnlab.separability.samples import (
     check_measure_inputs,
     check_samples,
     lone_samples,
+    small_classes_for_knn,
 )
 from dnnlab.separability.search_plan import can_share, linear_need, plan_search
 from dnnlab.separability.tallies import nc1_step, normalize_on_device, row_tallies
@@ -123,6 +124,7 @@ def separability(
         return result(vals, {c: dict(vals) for c in s.names})
     if lone is not None:
         notes.append(lone)
+    notes.extend(small_classes_for_knn(s, wanted))
     if linear and all(m.kind == "linear" for m in wanted):  # no normalized copy needed
         lin = fit_alone()
         return result({"linear": lin.accuracy}, _linear_per_class(lin, s.names), lin.classifier)

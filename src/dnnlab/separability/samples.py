@@ -116,3 +116,21 @@ def lone_samples(s: Samples) -> str | None:
         "such a sample never has a neighbour of its own class (it counts against SI, hsi, "
         "soft and knn) and is its own class's mean (it counts for CSI)"
     )
+
+
+def small_classes_for_knn(s: Samples, wanted) -> list[str]:
+    """For each knn:k whose k is too large for the smallest class (of 2 or more samples): a
+    sample of a class of n has at most n - 1 neighbours of its own class, so when
+    2(n - 1) <= k its class can never hold a majority of its k neighbours, and knn:k counts
+    it right only where its class wins a plurality or a tie (low, whatever the features)."""
+    sizes = [(int(k), c) for c, k in zip(s.names, s.counts, strict=True) if k >= 2]
+    if not sizes:
+        return []
+    n, name = min(sizes)
+    return [
+        f"{m.name}: the smallest class ({name!r}) has {n} samples, so each of them has at most "
+        f"{n - 1} of its own class among its {m.order} nearest neighbours, never a majority: "
+        f"{m.name} says little here; read it beside a smaller k"
+        for m in wanted
+        if m.kind == "knn" and 2 * (n - 1) <= m.order
+    ]

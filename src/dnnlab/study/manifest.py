@@ -16,6 +16,7 @@ made it), and a new manifest lists that file beside the others.
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -86,38 +87,57 @@ def read_manifest(folder: Path) -> dict:
 
 
 def verify(folder) -> dict:
-    """The folder's manifest when every file matches it; a ManifestError naming the first
-    file that was changed, is missing or is not listed."""
+    """The folder's manifest when every file matches it; else a ManifestError naming every
+    file that was changed, is missing or is not listed (the first ten of each kind)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     files = manifest["files"]
     present = set(listed_files(folder))
+    missing, changed = [], []
     for rel in sorted(files):
         path = folder / rel
-        if rel not in present:
-            raise ManifestError(f"{path}: listed in {folder / MANIFEST} but missing")
         entry = files[rel]
-        if path.stat().st_size != entry.get("bytes") or file_sha256(path) != entry["sha256"]:
-            raise ManifestError(
-                f"{path}: changed since it was published (its sha256 is not the one "
-                f"{folder / MANIFEST} records); restore it, or publish the study again"
-            )
+        if rel not in present:
+            missing.append(rel)
+        elif path.stat().st_size != entry.get("bytes") or file_sha256(path) != entry["sha256"]:
+            changed.append(rel)
     extra = sorted(present - set(files))
-    if extra:
+    problems = [
+        (missing, f"listed in {folder / MANIFEST} but missing"),
+        (changed, "changed since it was published (its sha256 is not the one recorded)"),
+        (extra, "not listed (a published folder holds only what was published)"),
+    ]
+    lines = [
+        f"{len(rels)} {'file' if len(rels) == 1 else 'files'} {why}: "
+        + ", ".join(rels[:10])
+        + (f" and {len(rels) - 10} more" if len(rels) > 10 else "")
+        for rels, why in problems
+        if rels
+    ]
+    if lines:
         raise ManifestError(
-            f"{folder / extra[0]}: not listed in {folder / MANIFEST}"
-            + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
-            + "; a published folder holds only what was published"
+            f"{folder}: does not match {MANIFEST}: "
+            + "; ".join(lines)
+            + "; restore those files, or publish the study again"
         )
     return manifest
 
 
 def main(args) -> int:
-    """`dnnlab verify FOLDER...`: each folder against its manifest, one line each."""
+    """`dnnlab verify FOLDER...`: every folder against its manifest, one line each (a
+    folder that fails does not stop the others); exit status 1 when any failed."""
+    failed = 0
     for folder in args.folders:
-        m = verify(folder)
+        try:
+            m = verify(folder)
+        except ManifestError as e:
+            print(f"dnnlab verify: {e}", file=sys.stderr)
+            failed += 1
+            continue
         print(
             f"{folder}: ok, {len(m['files'])} files match its manifest "
             f"(commit {m.get('commit') or 'unrecorded'}, {m.get('date')})"
         )
-    return 0
+    if failed:
+        print(f"dnnlab verify: {failed} of {len(args.folders)} folders failed", file=sys.stderr)
+    return 1 if failed else 0

@@ -226,7 +226,8 @@ def published_summary(runs: list[str], dest) -> str:
 
 
 def read_published(root) -> dict:
-    """The published full studies under `root` (each a folder holding study.json and runs/).
+    """The published full studies under `root` (each a folder holding study.json and runs/),
+    or the one study `root` is.
 
     A folder that does not match its manifest (or has none) is refused, named with the
     reason in "refused", and nothing from it is read. A run whose summary.json does not match
@@ -236,8 +237,12 @@ def read_published(root) -> dict:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"--published: {root} is not a folder")
+    if (root / "study.json").is_file():
+        folders = [root]  # one study given, not the folder of studies
+    else:
+        folders = sorted(p for p in root.iterdir() if (p / "study.json").is_file())
     studies, refused = [], []
-    for d in sorted(p for p in root.iterdir() if (p / "study.json").is_file()):
+    for d in folders:
         try:
             manifest = verify(d)
         except ManifestError as e:
