@@ -18,6 +18,7 @@ import os
 import sys
 import warnings
 
+from dnnlab import __version__
 from dnnlab.utils.device import DEVICE_HELP
 from dnnlab.utils.terminal import OneLineErrors, one_line_warning, silence_stdout, stdout_gone
 
@@ -300,8 +301,6 @@ ADDERS = {
 
 def build_parser(argv=None) -> argparse.ArgumentParser:
     """The parser; with `argv`, only its command's flags are built (None: every command's)."""
-    from dnnlab import __version__
-
     parser = OneLineErrors(
         prog="dnnlab", description="A lab for analysing and designing deep networks."
     )
