@@ -6,6 +6,7 @@ import os
 import pickle
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from torchvision.ops import box_iou
 
 from dnnlab.cli import main
 from dnnlab.detect.boxes import flip_boxes
-from dnnlab.detect.build import read_index
+from dnnlab.detect.build import read_build, read_index
 from dnnlab.detect.config import DetectionConfig, DetectorConfig, FeatureSpec, RegressorConfig
 from dnnlab.detect.detector import Detector
 from dnnlab.detect.features import load_backbone
@@ -28,8 +29,15 @@ from dnnlab.detect.localization import (
     photo_targets,
     pick_rows,
 )
+from dnnlab.detect.mining import hardest, mine_round
+from dnnlab.detect.proposals import proposals_for
 from dnnlab.detect.selection import select
-from dnnlab.detect.train import embed_mirrored, train_summary
+from dnnlab.detect.train import (
+    build_labelling,
+    embed_mirrored,
+    negative_pools,
+    train_summary,
+)
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.errors import InputError
 from tests.fakes import OBJ, XML, cli
@@ -531,6 +539,116 @@ def test_train_without_mirrored_regressors_records_it(trained, weights, tmp_path
     assert not torch.allclose(ck["state"]["regressor.weight"], before)
 
 
+# -- hard-negative rounds ------------------------------------------------------------------
+def test_hardest_takes_the_top_scores_ties_in_order():
+    s = torch.tensor([0.2, 0.9, 0.5, 0.9, 0.1, 0.5])
+    assert hardest(s, 4).tolist() == [1, 3, 2, 5]
+    assert hardest(s, 10).tolist() == [1, 3, 2, 5, 0, 4]
+    assert hardest(s[:0], 3).tolist() == []
+
+
+def test_mining_takes_each_training_photos_highest_scoring_new_negatives(voc, built, weights):
+    """negative_pools + mine_round against a plain selection: every proposal of each
+    training photo (the build's cached ones, in index.csv's two decimals) whose IoU with
+    every cat is below --neg-iou, at least --min-area, not among the head's training rows,
+    each box once; of those the k the head scores highest (ties: proposal order). No
+    validation photo is ever mined."""
+    rows, info = read_index(built), read_build(built)
+    labelling = build_labelling(built, info)
+    train = [i for i, r in enumerate(rows) if r["split"] == "train"]
+    taken = torch.tensor(train[::2])  # the head's training rows: every other one
+    pools = negative_pools(built, info, rows, taken, labelling, progress=False)
+    train_photos = {rows[i]["image"] for i in train}
+    assert set(pools) == train_photos
+    assert not train_photos & {r["image"] for r in rows if r["split"] == "val"}
+    cats = {it.image.resolve(): it.boxes("cat") for it in read_voc_dir(voc, Problems())}
+
+    def iou(a, b):
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        area = lambda c: (c[2] - c[0]) * (c[3] - c[1])  # noqa: E731
+        return w * h / (area(a) + area(b) - w * h)
+
+    for image in sorted(train_photos):
+        (props,) = proposals_for(
+            [Path(image)], info["proposals"], built / "cache" / "proposals", 1, False
+        )
+        mine = {tuple(rows[i]["box"]) for i in taken.tolist() if rows[i]["image"] == image}
+        want = []
+        for b in props.tolist():
+            b = [float(f"{v:.2f}") for v in b]
+            b = [float(v) for v in np.float32(b)]  # as the index's boxes are read for features
+            if (b[2] - b[0]) * (b[3] - b[1]) < labelling.min_area:
+                continue
+            if any(iou(b, g) >= labelling.neg_iou for g in cats[Path(image)].tolist()):
+                continue
+            if tuple(b) in mine or b in want:
+                continue
+            want.append(b)
+        assert pools[image].tolist() == want, image
+    assert sum(len(p) for p in pools.values()) > 100
+
+    backbone, norm = load_backbone(str(weights))
+    torch.manual_seed(0)
+    model = Detector(DetectorConfig(features=FeatureSpec(image_size=160)), backbone, norm).eval()
+
+    def features_of(image):
+        img = load_rgb(Path(image))
+        return lambda b: model.embed(img, b)
+
+    k = 5
+    mined = mine_round(model, pools, features_of, k)
+    assert set(mined) == {p for p in pools if len(pools[p])}
+    for image, (pos, x) in mined.items():
+        scores = model.scores(model.embed(load_rgb(Path(image)), pools[image]).half().float())
+        s = scores.tolist()
+        order = sorted(range(len(s)), key=lambda i: (-s[i], i))
+        assert pos.tolist() == order[:k]
+        assert x.shape == (min(k, len(s)), model.spec.dim)
+        assert torch.equal(model.scores(x), scores[torch.from_numpy(pos)])
+
+
+@pytest.mark.slow
+def test_hard_negative_rounds_retrain_only_the_head(built, trained, weights, tmp_path):
+    """--hard-negative-rounds 0 is the detector trained without the setting (every tensor);
+    2 rounds change only the head (the ridge fits read the indexed rows), add at most
+    --hard-negatives-per-image boxes per training photo a round, are recorded in train.json
+    and leave model.pt's config as it was (a training setting, like --epochs)."""
+    base = torch.load(trained / "model.pt", weights_only=True)
+    argv = ["--epochs", "1", "--backbone-weights", str(weights), "--image-size", "160"]
+    zero = copy_of(built, tmp_path / "zero")
+    assert main(["detect", "train", str(zero), *argv, "--hard-negative-rounds", "0"]) == 0
+    ck = torch.load(zero / "model.pt", weights_only=True)
+    assert ck["config"] == base["config"] and ck["state"].keys() == base["state"].keys()
+    for name, t in base["state"].items():
+        assert torch.equal(ck["state"][name], t), name
+    assert json.loads((zero / "train.json").read_text())["hard_negative_rounds"] == []
+
+    det = copy_of(built, tmp_path / "two")
+    argv += ["--hard-negative-rounds", "2", "--hard-negatives-per-image", "4"]
+    assert main(["detect", "train", str(det), *argv]) == 0
+    ck = torch.load(det / "model.pt", weights_only=True)
+    assert ck["config"] == base["config"]
+    changed = {n for n, t in base["state"].items() if not torch.equal(ck["state"][n], t)}
+    assert changed and all(n.startswith("head.") for n in changed), changed
+    summary = json.loads((det / "train.json").read_text())
+    cfg = summary["train_config"]
+    assert (cfg["hard_negative_rounds"], cfg["hard_negatives_per_image"]) == (2, 4)
+    rounds = summary["hard_negative_rounds"]
+    photos = len({r["image"] for r in read_index(built) if r["split"] == "train"})
+    before = json.loads((trained / "train.json").read_text())["train_boxes"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(0 < r["added"] <= 4 * photos for r in rounds)
+    assert rounds[0]["train_boxes"] == before + rounds[0]["added"]
+    assert (
+        summary["train_boxes"]
+        == rounds[1]["train_boxes"]
+        == before + sum(r["added"] for r in rounds)
+    )
+    assert "hard-negative rounds" in train_summary(summary)
+    Detector.load(det)
+
+
 # -- localization confidence (IoU predictor) and test-time flip ---------------------------
 def test_jitter_boxes_stay_in_the_photo_and_loosen_with_sigma():
     rng = np.random.default_rng(0)
@@ -708,6 +826,10 @@ def test_detector_without_iou_predictor_loads_as_before(voc, trained, tmp_path, 
         (["train", "OUT", "--epochs", "0"], "--epochs"),
         (["train", "OUT", "--end-to-end", "--backbone-from", "19"], "--backbone-from"),
         (["train", "OUT", "--end-to-end", "--backbone-from", "-1"], "--backbone-from"),
+        (["train", "OUT", "--hard-negative-rounds", "-1"], "--hard-negative-rounds"),
+        (["train", "OUT", "--hard-negative-rounds", "21"], "--hard-negative-rounds"),
+        (["train", "OUT", "--hard-negatives-per-image", "0"], "--hard-negatives-per-image"),
+        (["train", "OUT", "--end-to-end", "--hard-negative-rounds", "1"], "--end-to-end"),
         (
             ["run", "IMG", "--model", "OUT", "--out", "RES", "--max-detections", "-1"],
             "--max-detections",

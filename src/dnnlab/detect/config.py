@@ -275,6 +275,18 @@ class DetectTrainConfig:
     neg_ratio: float = setting(
         1.0, "negatives per positive (--balance ratio)", low=0, low_open=True
     )
+    hard_negative_rounds: int = setting(
+        0,
+        "hard-negative mining (R-CNN): after the head is trained, score every negative "
+        "proposal of the training photos, add each photo's highest-scoring ones not yet "
+        "trained on, and train the head again from its first weights; this many times (0: "
+        "off; one more backbone pass per training photo per round)",
+        low=0,
+        high=20,
+    )
+    hard_negatives_per_image: int = setting(
+        16, "negatives each round adds per training photo (--hard-negative-rounds)", low=1
+    )
     end_to_end: bool = setting(False, "train the backbone with the head (slow on a CPU)")
     backbone_lr: float = setting(
         1e-4, "the backbone's learning rate (--end-to-end)", low=0, low_open=True
@@ -296,6 +308,11 @@ class DetectTrainConfig:
 
     def __post_init__(self):
         validate(self)
+        if self.hard_negative_rounds and self.end_to_end:
+            raise InputError(
+                f"--hard-negative-rounds {self.hard_negative_rounds}: the rounds retrain the "
+                "head on the frozen backbone's features; not with --end-to-end"
+            )
 
 
 SECTIONS = {

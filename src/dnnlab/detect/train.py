@@ -4,12 +4,15 @@ The backbone is frozen and boxes are not augmented, so each box's features are c
 (cached per image, so an interrupted extraction resumes) and the head trains on the cache.
 `end_to_end` trains the backbone too, reading each photo's boxes afresh every step. Both go
 through one loop (`fit_classifier`); the ridge regressors are fitted afterwards on the
-features of every indexed box (boxreg.py).
+features of every indexed box (boxreg.py). With `hard_negative_rounds`, the head is then
+trained again on its training set and the training photos' hardest negatives (mining.py),
+that many times; the ridge fits read the indexed rows only.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import sys
 import time
@@ -23,8 +26,15 @@ from tqdm.auto import tqdm
 
 from dnnlab.detect.boxes import flip_boxes
 from dnnlab.detect.boxreg import fit_regressors
-from dnnlab.detect.build import TRAINED_FILES, group_by_image, read_build, read_index
+from dnnlab.detect.build import (
+    TRAINED_FILES,
+    box_text,
+    group_by_image,
+    read_build,
+    read_index,
+)
 from dnnlab.detect.config import (
+    BuildConfig,
     DetectorConfig,
     DetectTrainConfig,
     FeatureSpec,
@@ -34,7 +44,9 @@ from dnnlab.detect.config import (
 )
 from dnnlab.detect.detector import Detector
 from dnnlab.detect.features import load_backbone
-from dnnlab.detect.localization import fit_iou_predictor
+from dnnlab.detect.localization import fit_iou_predictor, photo_targets
+from dnnlab.detect.mining import mine_round, negative_pool
+from dnnlab.detect.proposals import proposals_for
 from dnnlab.detect.voc import load_rgb
 from dnnlab.errors import InputError
 from dnnlab.settings import given_flags
@@ -104,9 +116,13 @@ def balanced(
         k = min(len(neg), int(round(cfg.neg_ratio * len(pos))))
         neg = neg[torch.randperm(len(neg), generator=gen)[:k]]
         return torch.cat([pos, neg]).sort().values, torch.ones(2)
-    n = len(labels)
-    w = torch.tensor([n / (2 * max(len(neg), 1)), n / (2 * max(len(pos), 1))])
-    return torch.arange(n), w
+    return torch.arange(len(labels)), class_weights(labels)
+
+
+def class_weights(labels: torch.Tensor) -> torch.Tensor:
+    """--balance weights: each class weighed by n / (2 x its count)."""
+    n, neg, pos = len(labels), int((labels == 0).sum()), int((labels == 1).sum())
+    return torch.tensor([n / (2 * max(neg, 1)), n / (2 * max(pos, 1))])
 
 
 def _loss_acc(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -260,6 +276,7 @@ def _train_locked(out: Path, features, head, regressors, cfg, progress, overwrit
     """train_detector() once the lock of its folder is held."""
     t0 = time.perf_counter()
     info, rows, labels, tr, va = read_training_set(out, overwrite)
+    labelling = build_labelling(out, info) if cfg.hard_negative_rounds else None
     config = DetectorConfig(
         target=info["target"],
         proposals=info["proposals"],
@@ -279,10 +296,30 @@ def _train_locked(out: Path, features, head, regressors, cfg, progress, overwrit
             model, rows, tr[pick], va, labels, weights, cfg, gen, progress, seconds
         )
     else:
+        first = copy.deepcopy(model.head.state_dict())  # the hard-negative rounds restart here
         cache = out / "cache" / f"features-{_feature_key(features, cfg.backbone_weights)}"
         hist, best, feats = _features_then_head(
             model, rows, cache, tr[pick], va, labels, weights, cfg, gen, progress, seconds
         )
+    mined = []
+    if cfg.hard_negative_rounds:
+        t = time.perf_counter()
+        hd, dev = model.spec.head_dim, cfg.device
+        hist, best, mined = train_hard_negatives(
+            model,
+            feats[tr[pick], :hd].to(dev),
+            labels[tr[pick]].to(dev),
+            feats[va, :hd].to(dev),
+            labels[va].to(dev),
+            negative_pools(out, info, rows, tr[pick], labelling, progress),
+            lambda image: functools.partial(model.embed, load_rgb(Path(image))),
+            first,
+            (hist, best),
+            cfg,
+            gen,
+            progress,
+        )
+        seconds["hard_negative_seconds"] = round(time.perf_counter() - t, 2)
     fit_rows = (feats, rows)  # what the ridge fits read: every indexed row (mirrored too)
     if regressors.mirror and (regressors.box_regression or regressors.iou_predictor):
         t_mirror = time.perf_counter()
@@ -304,8 +341,9 @@ def _train_locked(out: Path, features, head, regressors, cfg, progress, overwrit
     summary = {
         "best_val_acc": best,
         "epochs": hist,
-        "train_boxes": len(pick),
+        "train_boxes": len(pick) + sum(r["added"] for r in mined),
         "val_boxes": len(va),
+        "hard_negative_rounds": mined,
         "train_config": asdict(cfg),
         **seconds,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -333,6 +371,87 @@ def read_training_set(out: Path, overwrite: bool):
             "rebuild with another --target or data"
         )
     return info, rows, labels, tr, va
+
+
+def build_labelling(out: Path, info: dict) -> BuildConfig:
+    """The labelling settings of the build in `out` (build.json's "config"), which the
+    hard-negative rounds label the training photos' proposals with; checked before any
+    work."""
+    f = out / "build.json"
+    c = info.get("config")
+    keys = ("pos_iou", "neg_iou", "min_area", "workers")
+    if not isinstance(c, dict) or any(k not in c for k in keys):
+        raise InputError(
+            f"{f}: no labelling settings ({', '.join(keys)}), which --hard-negative-rounds "
+            "needs; rebuild with `dnnlab detect build`"
+        )
+    try:
+        return BuildConfig(**{k: c[k] for k in keys})
+    except InputError as e:
+        raise InputError(f"{f}: {e}; rebuild with `dnnlab detect build`") from None
+
+
+def negative_pools(
+    out: Path, info: dict, rows, train_idx, labelling: BuildConfig, progress=True
+) -> dict[str, np.ndarray]:
+    """{training photo: its negative proposals not among the training rows train_idx}
+    (mining.negative_pool), on the build's cached proposals labelled as the build labelled
+    them, the boxes in index.csv's two decimals. The training photos only: those of the
+    rows the split put in training (the validation photos are never mined)."""
+    train_rows = [rows[i] for i in train_idx.tolist()]
+    photos = list(group_by_image(rows, [i for i, r in enumerate(rows) if r["split"] == "train"]))
+    targets = photo_targets([r for r in rows if r["split"] == "train"])
+    props = proposals_for(
+        [Path(p) for p in photos],
+        info["proposals"],
+        out / "cache" / "proposals",
+        labelling.workers,
+        progress,
+    )
+    taken = group_by_image(train_rows)
+    pools = {}
+    for image, p in zip(photos, props, strict=True):
+        p = np.array([[float(v) for v in box_text(b)] for b in p.tolist()], np.float32)
+        mine = np.array([train_rows[i]["box"] for i in taken.get(image, [])], np.float32)
+        pools[image] = negative_pool(
+            p.reshape(-1, 4),
+            targets[(image, False)],
+            labelling.neg_iou,
+            labelling.min_area,
+            mine,
+        )
+    return pools
+
+
+def train_hard_negatives(
+    model, x, y, xva, yva, pools, features_of, first, trained, cfg: DetectTrainConfig, gen, progress
+):
+    """cfg.hard_negative_rounds rounds of hard-negative mining on the head trained on (x, y)
+    (head features; `trained`: its (history, best accuracy)): each round adds each photo's
+    cfg.hard_negatives_per_image hardest negatives of its pool (pools: {photo: boxes}, which
+    the round empties of them; mining.mine_round on the features `features_of(photo)(boxes)`)
+    to the training set and trains the head again, from its first weights (`first`), with
+    the same recipe (--balance weights: the class weights of the enlarged set). Stops early
+    when no pool has a box left. (history, best accuracy of the last round, one record per
+    round: the negatives added, the training boxes, the best accuracy)."""
+    dev, (hist, best) = x.device, trained
+    records = []
+    for r in tqdm(
+        range(cfg.hard_negative_rounds), desc="hard negatives", unit="round", disable=not progress
+    ):
+        mined = mine_round(model, pools, features_of, cfg.hard_negatives_per_image)
+        if not mined:
+            break
+        for photo, (pos, _) in mined.items():
+            pools[photo] = np.delete(pools[photo], pos, 0)
+        xn = torch.cat([f[:, : model.spec.head_dim] for _, f in mined.values()]).to(dev)
+        x, y = torch.cat([x, xn]), torch.cat([y, y.new_zeros(len(xn))])
+        weights = class_weights(y) if cfg.balance == "weights" else torch.ones(2)
+        model.head.load_state_dict(first)
+        hist, best, state = train_head(model, x, y, xva, yva, weights.to(dev), cfg, gen)
+        model.head.load_state_dict(state)
+        records.append({"round": r + 1, "added": len(xn), "train_boxes": len(y), "best": best})
+    return hist, best, records
 
 
 def _features_then_head(
@@ -422,6 +541,7 @@ def train_summary(s: dict) -> str:
     stages = [
         ("features", "feature_seconds"),
         ("head", "head_seconds"),
+        ("hard-negative rounds", "hard_negative_seconds"),
         ("mirrored rows", "mirror_seconds"),
         ("box regressors", "regressor_seconds"),
         ("IoU predictor", "iou_predictor_seconds"),
