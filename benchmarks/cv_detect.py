@@ -645,8 +645,8 @@ def main() -> int:
         f"proposals {time.perf_counter() - t0:.0f} s (mirrored too: {flip})",
         flush=True,
     )
-    # One training per distinct (end-to-end settings, hard-negative settings).
-    key = lambda c: json.dumps([c["train"], c.get("hard")], sort_keys=True)  # noqa: E731
+    # One training per distinct end-to-end and hard-negative settings (as printed).
+    key = lambda c: json.dumps({**(c["train"] or {}), **c.get("hard", {})}, sort_keys=True)  # noqa: E731
     trainings = {key(c): (c["train"], c.get("hard")) for c in cands.values()}
     done = {
         (r["name"], r["seed"], r["fold"])
@@ -661,6 +661,7 @@ def main() -> int:
                 names = [n for n, c in cands.items() if key(c) == tkey and (n, seed, f) not in done]
                 if not names:
                     continue
+                what = "frozen backbone" if tcfg is None and hard is None else tkey
                 t1, c1 = time.perf_counter(), time.process_time()
                 fold_model, fold_photos, head, tuned = model, photos, None, {}
                 if tcfg is not None:
@@ -673,8 +674,7 @@ def main() -> int:
                 secs = {**tuned, **secs}
                 train_s, train_cpu = time.perf_counter() - t1, time.process_time() - c1
                 print(
-                    f"seed {seed} fold {f} "
-                    f"({'frozen backbone' if tcfg is None and hard is None else tkey}): "
+                    f"seed {seed} fold {f} ({what}): "
                     + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items())
                     + f"; in all {train_s:.0f} s wall, {train_cpu:.0f} s CPU",
                     flush=True,
