@@ -17,7 +17,13 @@ from torchvision.ops import box_iou
 from dnnlab.cli import main
 from dnnlab.detect.boxes import flip_boxes
 from dnnlab.detect.build import read_build, read_index
-from dnnlab.detect.config import DetectionConfig, DetectorConfig, FeatureSpec, RegressorConfig
+from dnnlab.detect.config import (
+    DetectionConfig,
+    DetectorConfig,
+    DetectTrainConfig,
+    FeatureSpec,
+    RegressorConfig,
+)
 from dnnlab.detect.detector import Detector
 from dnnlab.detect.features import load_backbone
 from dnnlab.detect.labelling import label_proposals, sample_rows
@@ -36,6 +42,8 @@ from dnnlab.detect.train import (
     build_labelling,
     embed_mirrored,
     negative_pools,
+    scaled_features,
+    train_head,
     train_summary,
 )
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
@@ -547,6 +555,7 @@ def test_hardest_takes_the_top_scores_ties_in_order():
     assert hardest(s[:0], 3).tolist() == []
 
 
+@pytest.mark.slow
 def test_mining_takes_each_training_photos_highest_scoring_new_negatives(voc, built, weights):
     """negative_pools + mine_round against a plain selection: every proposal of each
     training photo (the build's cached ones, in index.csv's two decimals) whose IoU with
@@ -647,6 +656,95 @@ def test_hard_negative_rounds_retrain_only_the_head(built, trained, weights, tmp
     )
     assert "hard-negative rounds" in train_summary(summary)
     Detector.load(det)
+
+
+# -- scale jitter ----------------------------------------------------------------------------
+def test_scale_jitter_reads_each_photo_at_one_scale_an_epoch():
+    """train_head with scale jitter: every epoch each row is read once, all rows of one
+    photo at the same scale, and over the epochs every scale is drawn."""
+    n, photos, scales = 40, 7, 3
+    photo_of = torch.arange(n) % photos
+    x = torch.zeros(scales, n, 4)
+    x[:, :, 0] = torch.arange(scales)[:, None].float()  # which scale
+    x[:, :, 1] = torch.arange(n).float()  # which row
+    seen = []
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(4, 2)
+
+        def forward(self, v):
+            seen.append(v[:, :2].detach().clone())
+            return self.w(v)
+
+    model = type("M", (), {"head": Head()})()
+    cfg = DetectTrainConfig(epochs=12, batch_size=8)
+    y = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    train_head(model, x, y, x[1, :0], y[:0], torch.ones(2), cfg, gen, photo_of)
+    per_epoch = -(-n // cfg.batch_size)
+    assert len(seen) == cfg.epochs * per_epoch
+    drawn = set()
+    for e in range(cfg.epochs):
+        v = torch.cat(seen[e * per_epoch : (e + 1) * per_epoch])
+        rows, scale = v[:, 1].long(), v[:, 0].long()
+        assert sorted(rows.tolist()) == list(range(n))
+        for p in range(photos):
+            at = scale[photo_of[rows] == p]
+            assert (at == at[0]).all()
+            drawn.add(int(at[0]))
+    assert drawn == {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_scaled_features_are_the_rows_read_on_the_scaled_photo(built, weights, tmp_path):
+    """scaled_features against each row read directly by a detector whose --image-size is
+    the scaled one (float16 like the cache); the middle scale is the features given; one
+    cache folder per scale."""
+    rows = read_index(built)
+    train = torch.tensor([i for i, r in enumerate(rows) if r["split"] == "train"][::3])
+    backbone, norm = load_backbone(str(weights))
+    spec = FeatureSpec(image_size=160)
+    model = Detector(DetectorConfig(features=spec), backbone, norm).eval()
+    cfg = DetectTrainConfig(scale_jitter=0.25, backbone_weights=str(weights))
+    assert cfg.jitter_sizes(spec) == (120, 200)
+    given = torch.randn(len(train), spec.head_dim)
+    x, photo_of = scaled_features(model, rows, train, given, tmp_path, cfg, False)
+    assert x.shape == (3, len(train), spec.head_dim) and torch.equal(x[1], given)
+    assert len(list(tmp_path.iterdir())) == 2
+    images = []
+    for k, i in enumerate(train.tolist()):
+        r = rows[i]
+        if r["image"] not in images:
+            images.append(r["image"])
+        assert photo_of[k] == images.index(r["image"])
+        if k % 7:
+            continue
+        img = load_rgb(r["image"])
+        for at, size in ((0, 120), (2, 200)):
+            direct = Detector(
+                DetectorConfig(features=replace(spec, image_size=size)), backbone, norm
+            ).eval()
+            with torch.no_grad():
+                want = direct.embed(img, np.array([r["box"]], np.float32))[0, : spec.head_dim]
+            assert torch.allclose(x[at, k], want.half().float(), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_scale_jitter_changes_only_the_head_and_is_recorded(built, trained, weights, tmp_path):
+    base = torch.load(trained / "model.pt", weights_only=True)
+    det = copy_of(built, tmp_path)
+    argv = ["--epochs", "1", "--backbone-weights", str(weights), "--image-size", "160"]
+    assert main(["detect", "train", str(det), *argv, "--scale-jitter", "0.25"]) == 0
+    ck = torch.load(det / "model.pt", weights_only=True)
+    assert ck["config"] == base["config"]
+    changed = {n for n, t in base["state"].items() if not torch.equal(ck["state"][n], t)}
+    assert changed and all(n.startswith("head.") for n in changed), changed
+    summary = json.loads((det / "train.json").read_text())
+    assert summary["train_config"]["scale_jitter"] == 0.25
+    assert "scale-jittered features" in train_summary(summary)
+    assert len(list((det / "cache").glob("features-*"))) == 3  # one per scale
 
 
 # -- localization confidence (IoU predictor) and test-time flip ---------------------------
@@ -830,6 +928,15 @@ def test_detector_without_iou_predictor_loads_as_before(voc, trained, tmp_path, 
         (["train", "OUT", "--hard-negative-rounds", "21"], "--hard-negative-rounds"),
         (["train", "OUT", "--hard-negatives-per-image", "0"], "--hard-negatives-per-image"),
         (["train", "OUT", "--end-to-end", "--hard-negative-rounds", "1"], "--end-to-end"),
+        (["train", "OUT", "--scale-jitter", "-0.1"], "--scale-jitter"),
+        (["train", "OUT", "--scale-jitter", "0.95"], "--scale-jitter"),
+        (["train", "OUT", "--scale-jitter", "0.2", "--end-to-end"], "--end-to-end"),
+        (["train", "OUT", "--scale-jitter", "0.2", "--features", "crops"], "--features crops"),
+        (["train", "OUT", "--scale-jitter", "0.5", "--image-size", "4000"], "--image-size 4000"),
+        (
+            ["train", "OUT", "--scale-jitter", "0.2", "--hard-negative-rounds", "1"],
+            "--hard-negative-rounds",
+        ),
         (
             ["run", "IMG", "--model", "OUT", "--out", "RES", "--max-detections", "-1"],
             "--max-detections",

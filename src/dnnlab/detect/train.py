@@ -16,7 +16,7 @@ import functools
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -170,15 +170,23 @@ def fit_classifier(
     return hist, best, best_state
 
 
-def train_head(model: Detector, x, y, xva, yva, weights, cfg: DetectTrainConfig, gen):
-    """The head alone on cached features (x: (n, head_dim), y: (n,))."""
+def train_head(
+    model: Detector, x, y, xva, yva, weights, cfg: DetectTrainConfig, gen, photo_of=None
+):
+    """The head alone on cached features (x: (n, head_dim), y: (n,)). With scale jitter, x is
+    (scales, n, head_dim) and photo_of (n,) each row's photo number: each epoch reads each
+    photo's rows at one scale drawn at random."""
     head = model.head
 
     def batches(epoch):
-        perm = torch.randperm(len(x), generator=gen)
+        xe = x
+        if photo_of is not None:
+            pick = torch.randint(len(x), (int(photo_of.max()) + 1,), generator=gen)[photo_of]
+            xe = x[pick.to(x.device), torch.arange(len(y), device=x.device)]
+        perm = torch.randperm(len(xe), generator=gen)
         for s in range(0, len(perm), cfg.batch_size):
             b = perm[s : s + cfg.batch_size]
-            yield head(x[b]), y[b]
+            yield head(xe[b]), y[b]
 
     def validate_fn():
         if not len(xva):
@@ -259,6 +267,8 @@ def train_detector(
     curves. The target and proposal settings come from the build; None: the defaults."""
     features, head = features or FeatureSpec(), head or HeadConfig()
     regressors, cfg = regressors or RegressorConfig(), cfg or DetectTrainConfig()
+    if cfg.scale_jitter:
+        cfg.jitter_sizes(features)  # --features roi, sizes in range: refused before any work
     out = Path(out).expanduser()  # as the write gate takes it
     check_output(
         out,
@@ -461,22 +471,58 @@ def _features_then_head(
     t = time.perf_counter()
     feats = embed_index(model, rows, cache, progress)
     seconds["feature_seconds"] = round(time.perf_counter() - t, 1)
-    t = time.perf_counter()
     dev = cfg.device
     hx = feats[:, : model.spec.head_dim]  # the head's part; the fine grid is the regressors'
+    x, photo_of = hx[train_idx], None
+    if cfg.scale_jitter:
+        t = time.perf_counter()
+        x, photo_of = scaled_features(model, rows, train_idx, x, cache.parent, cfg, progress)
+        seconds["scale_jitter_seconds"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
     hist, best, state = train_head(
         model,
-        hx[train_idx].to(dev),
+        x.to(dev),
         labels[train_idx].to(dev),
         hx[val_idx].to(dev),
         labels[val_idx].to(dev),
         weights.to(dev),
         cfg,
         gen,
+        photo_of,
     )
     model.head.load_state_dict(state)
     seconds["head_seconds"] = round(time.perf_counter() - t, 2)
     return hist, best, feats
+
+
+def scaled_features(
+    model: Detector, rows, train_idx, x, caches: Path, cfg: DetectTrainConfig, progress=True
+):
+    """(head features (3, n, head_dim) of the rows train_idx read on their photo at the longer
+    sides cfg.jitter_sizes gives and at spec.image_size (x, the middle one), each row's photo
+    number (n,)). Each scale's features are computed for every row of the training photos,
+    so that they are cached per (photo, scale) as embed_index caches them (under `caches`,
+    one folder per feature key) and reused whatever the negative sample."""
+    spec, norm = model.spec, (model.mean.flatten().tolist(), model.std.flatten().tolist())
+    photos = list(group_by_image(rows, train_idx.tolist()))
+    number = {image: k for k, image in enumerate(photos)}
+    every = [i for i, r in enumerate(rows) if r["image"] in number]  # the photos' rows
+    where = {i: k for k, i in enumerate(every)}
+    at = torch.tensor([where[i] for i in train_idx.tolist()])
+    stack = []
+    for size in cfg.jitter_sizes(spec):
+        s = replace(spec, image_size=size)
+        scaled = Detector(replace(model.config, features=s), model.features, norm, model.head)
+        key = _feature_key(s, cfg.backbone_weights)
+        f = embed_index(
+            scaled.to(model.mean.device),
+            [rows[i] for i in every],
+            caches / f"features-{key}",
+            progress,
+        )
+        stack.append(f[at, : spec.head_dim])
+    photo_of = torch.tensor([number[rows[i]["image"]] for i in train_idx.tolist()])
+    return torch.stack([stack[0], x, stack[1]]), photo_of
 
 
 def _end_to_end_then_features(
@@ -540,6 +586,7 @@ def train_summary(s: dict) -> str:
     """`detect train`'s one line from train_detector's summary dict."""
     stages = [
         ("features", "feature_seconds"),
+        ("scale-jittered features", "scale_jitter_seconds"),
         ("head", "head_seconds"),
         ("hard-negative rounds", "hard_negative_seconds"),
         ("mirrored rows", "mirror_seconds"),
