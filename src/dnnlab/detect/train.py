@@ -1,7 +1,8 @@
 """`dnnlab detect train`: box features, the head, the box regressors -> OUT/model.pt.
 
-The backbone is frozen and boxes are not augmented, so each box's features are computed once
-(cached per image, so an interrupted extraction resumes) and the head trains on the cache.
+The backbone is frozen and boxes are not augmented (`scale_jitter` reads them at two more
+fixed scales), so each box's features are computed once (cached per image and scale, so an
+interrupted extraction resumes) and the head trains on the cache.
 `end_to_end` trains the backbone too, reading each photo's boxes afresh every step. Both go
 through one loop (`fit_classifier`); the ridge regressors are fitted afterwards on the
 features of every indexed box (boxreg.py). With `hard_negative_rounds`, the head is then
@@ -496,13 +497,14 @@ def _features_then_head(
 
 
 def scaled_features(
-    model: Detector, rows, train_idx, x, caches: Path, cfg: DetectTrainConfig, progress=True
+    model: Detector, rows, train_idx, x, caches: Path | None, cfg: DetectTrainConfig, progress=True
 ):
     """(head features (3, n, head_dim) of the rows train_idx read on their photo at the longer
     sides cfg.jitter_sizes gives and at spec.image_size (x, the middle one), each row's photo
     number (n,)). Each scale's features are computed for every row of the training photos,
     so that they are cached per (photo, scale) as embed_index caches them (under `caches`,
-    one folder per feature key) and reused whatever the negative sample."""
+    one folder per feature key; None: not cached) and reused whatever the negative sample;
+    rounded to float16 as the cache either way."""
     spec, norm = model.spec, (model.mean.flatten().tolist(), model.std.flatten().tolist())
     photos = list(group_by_image(rows, train_idx.tolist()))
     number = {image: k for k, image in enumerate(photos)}
@@ -514,13 +516,9 @@ def scaled_features(
         s = replace(spec, image_size=size)
         scaled = Detector(replace(model.config, features=s), model.features, norm, model.head)
         key = _feature_key(s, cfg.backbone_weights)
-        f = embed_index(
-            scaled.to(model.mean.device),
-            [rows[i] for i in every],
-            caches / f"features-{key}",
-            progress,
-        )
-        stack.append(f[at, : spec.head_dim])
+        cache = None if caches is None else caches / f"features-{key}"
+        f = embed_index(scaled.to(model.mean.device), [rows[i] for i in every], cache, progress)
+        stack.append(f[at, : spec.head_dim].half().float())
     photo_of = torch.tensor([number[rows[i]["image"]] for i in train_idx.tolist()])
     return torch.stack([stack[0], x, stack[1]]), photo_of
 
