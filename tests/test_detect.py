@@ -43,6 +43,7 @@ from dnnlab.detect.train import (
     embed_mirrored,
     negative_pools,
     scaled_features,
+    train_hard_negatives,
     train_head,
     train_summary,
 )
@@ -615,6 +616,49 @@ def test_mining_takes_each_training_photos_highest_scoring_new_negatives(voc, bu
         assert pos.tolist() == order[:k]
         assert x.shape == (min(k, len(s)), model.spec.dim)
         assert torch.equal(model.scores(x), scores[torch.from_numpy(pos)])
+
+
+def test_hard_negative_rounds_move_boxes_from_the_pools_once_and_stop_when_empty():
+    """Each round takes at most k boxes of each photo's pool, never one twice, grows the
+    training set by what it took, and the rounds stop when every pool is empty."""
+
+    class Model(torch.nn.Module):
+        spec = type("Spec", (), {"head_dim": 3})
+
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(3, 2)
+            self.register_buffer("mean", torch.zeros(1))
+
+        def scores(self, x):
+            return torch.softmax(self.head(x[:, :3]), 1)[:, 1]
+
+    torch.manual_seed(0)
+    model = Model()
+    first = {k: v.clone() for k, v in model.head.state_dict().items()}
+    pools = {"a": np.arange(40, dtype=np.float32).reshape(10, 4), "b": np.ones((3, 4), np.float32)}
+    seen = []  # every box scored: a box taken in one round is never scored again
+
+    def features_of(photo):
+        def read(boxes):
+            seen.append({(photo, tuple(b)) for b in boxes.tolist()})
+            return torch.tensor([[float(photo == "b"), b[0] / 40, b[1] / 40] for b in boxes])
+
+        return read
+
+    x, y = torch.randn(6, 3), torch.tensor([1, 0, 1, 0, 0, 1])
+    cfg = DetectTrainConfig(epochs=1, hard_negative_rounds=6, hard_negatives_per_image=2)
+    gen = torch.Generator().manual_seed(0)
+    hist, best, rounds = train_hard_negatives(
+        model, x, y, x[:2], y[:2], pools, features_of, first, ([], 0.0), cfg, gen, False
+    )
+    assert [r["added"] for r in rounds] == [4, 3, 2, 2, 2]  # a: 2 a round; b: 2, then 1
+    assert [r["train_boxes"] for r in rounds] == [10, 13, 15, 17, 19]
+    assert len(pools["a"]) == 0 and len(pools["b"]) == 0
+    a = [s for s in seen if next(iter(s))[0] == "a"]  # one read per photo and round
+    assert [len(s) for s in a] == [10, 8, 6, 4, 2]  # a's pool, 2 fewer each round
+    assert all(later < earlier for earlier, later in zip(a, a[1:], strict=False))
+    assert len(hist) == 1 and best == rounds[-1]["best"]
 
 
 @pytest.mark.slow
