@@ -40,8 +40,16 @@ on every one:
     FROM on, on the fold's training photos' rows), then every photo's maps (and its mirror's)
     computed again on the tuned backbone, the ridge regressors and the IoU predictor fitted
     on them; the head is the one trained end to end;
-  * any of the rows above by its name (frozen backbone);
-  * "scale-jitter" and "hard-negatives" are refused: neither is in dnnlab.detect (NOT_BUILT).
+  * "hard-negatives:ROUNDS:PER_IMAGE": `detect train --hard-negative-rounds ROUNDS
+    --hard-negatives-per-image PER_IMAGE` (train.train_hard_negatives: after the head is
+    trained, each round adds each of the fold's training photos' PER_IMAGE highest-scoring
+    negative proposals not yet trained on, mining.negative_pool, and trains the head again
+    from its first weights); the regressors as "defaults";
+  * "scale-jitter:J": `detect train --scale-jitter J` (train.scaled_features: the fold's
+    training rows also read on their photos at 640 x (1 - J) and 640 x (1 + J), one backbone
+    pass per photo and scale, not kept; each epoch of the head reads each photo at one of
+    the three scales); the regressors as "defaults";
+  * any of the rows above by its name (frozen backbone).
 
 Each (candidate, seed, fold) appends one record to --out (jsonl) as it finishes: AP50, AP75
 and mAP of that fold (dnnlab's evaluate.average_precisions), training wall and CPU seconds
@@ -97,9 +105,16 @@ from dnnlab.detect.detector import Detector, make_head
 from dnnlab.detect.evaluate import average_precisions
 from dnnlab.detect.features import load_backbone, pool_boxes
 from dnnlab.detect.labelling import label_proposals, sample_rows
+from dnnlab.detect.mining import negative_pool
 from dnnlab.detect.proposals import proposals_for
 from dnnlab.detect.selection import prefilter, select
-from dnnlab.detect.train import balanced, train_end_to_end, train_head
+from dnnlab.detect.train import (
+    balanced,
+    scaled_features,
+    train_end_to_end,
+    train_hard_negatives,
+    train_head,
+)
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.errors import InputError
 
@@ -285,7 +300,10 @@ def samples(model, photos, ids, rng, cfg: BuildConfig = BuildConfig()):  # noqa:
 
 def jitter_boxes(gt: np.ndarray, rng, n: int, width: int, height: int) -> np.ndarray:
     """n jittered copies of each box of gt (g, 4): every coordinate moved by a normal draw
-    of 0.03, 0.08 or 0.15 of the box's size (in turn), clipped to the image: (g * n, 4)."""
+    of 0.03, 0.08 or 0.15 of the box's size (in turn), clipped to the image: (g * n, 4).
+    The same draws as dnnlab.detect.localization.jitter_boxes, but computed and returned in
+    float64 (its sigmas are float32): the boxes differ by up to about 4e-6 pixels, so this
+    copy stays for the recorded results (section 12 on) to be reproduced exactly."""
     gt = np.asarray(gt, np.float32).reshape(-1, 4)
     if len(gt) == 0:
         return np.zeros((0, 4), np.float32)
@@ -336,7 +354,9 @@ def regressors(x, rows, cfg: RegressorConfig, dim=None):
     return FirstColumns(first), None if later is None else FirstColumns(later)
 
 
-def train_fold(model, photos, ids, seed, want=("one", "two", "two-all", "fine-grid"), head=None):
+def train_fold(
+    model, photos, ids, seed, want=("one", "two", "two-all", "fine-grid"), head=None, recipe=None
+):
     """The head (70/30 split by photo, 1:1 negatives, `dnnlab detect train`'s loop), the
     ridge regressors: {"one": R-CNN's (IoU >= 0.5, both rounds), "two": IoU >= 0.3 first,
     IoU >= 0.5 then, "two-all": "two" fitted on the validation photos' rows too,
@@ -344,7 +364,10 @@ def train_fold(model, photos, ids, seed, want=("one", "two", "two-all", "fine-gr
     the mirrored photos' rows too} (those in want), and the IoU predictors {"iou": on the
     "fine-grid" rows, "iou-flip": on the "flip" rows}. All but "fine-grid" and "flip" read
     only the head's part of x. A head given (trained end to end with the backbone whose maps
-    `photos` hold) is kept as it is. Also {name: seconds} of each part."""
+    `photos` hold) is kept as it is. recipe: DetectTrainConfig settings of the head's
+    training (hard_negative_rounds and hard_negatives_per_image: the head then goes through
+    train.train_hard_negatives on the training photos' negative proposals; scale_jitter:
+    it reads train.scaled_features). Also {name: seconds} of each part."""
     rng = np.random.default_rng(seed)
     secs = {}
     t0 = time.perf_counter()
@@ -353,17 +376,42 @@ def train_fold(model, photos, ids, seed, want=("one", "two", "two-all", "fine-gr
     va = [i for i, s in zip(ids, split, strict=True) if s == "val"]
     x, y, rows = samples(model, photos, tr, rng)
     xv, yv, rows_v = samples(model, photos, va, rng)
-    cfg = replace(DetectTrainConfig(), seed=seed)
+    cfg = replace(DetectTrainConfig(), seed=seed, **(recipe or {}))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     d = model.spec.head_dim
     if head is None:
         model.head = make_head(d, model.config.head)
+        first = copy.deepcopy(model.head.state_dict())
         pick, weights = balanced(y, cfg, gen)
+        xt, photo_of = x[pick, :d], None
+        if cfg.scale_jitter:  # the other scales' features, computed here and not kept
+            xt, photo_of = scaled_features(model, rows, pick, xt, None, cfg, False)
         with torch.enable_grad():  # main() turns gradients off for everything else
-            _, _, state = train_head(model, x[pick, :d], y[pick], xv[:, :d], yv, weights, cfg, gen)
+            hist, best, state = train_head(
+                model, xt, y[pick], xv[:, :d], yv, weights, cfg, gen, photo_of
+            )
         model.head.load_state_dict(state)
         secs["head"] = time.perf_counter() - t0
+        if cfg.hard_negative_rounds:
+            t1 = time.perf_counter()
+            pools = negative_pools(photos, tr, [rows[i] for i in pick.tolist()])
+            with torch.enable_grad():
+                train_hard_negatives(
+                    model,
+                    x[pick, :d],
+                    y[pick],
+                    xv[:, :d],
+                    yv,
+                    pools,
+                    lambda i: lambda boxes: pooled(model, photos[i], boxes),
+                    first,
+                    (hist, best),
+                    cfg,
+                    gen,
+                    False,
+                )
+            secs["hard_negatives"] = time.perf_counter() - t1
     else:
         model.head = head
     one = RegressorConfig(coarse_min_iou=None)
@@ -392,6 +440,24 @@ def train_fold(model, photos, ids, seed, want=("one", "two", "two-all", "fine-gr
         out[name] = fits[name]()
         secs[name] = time.perf_counter() - t1
     return model.head.eval(), out, secs
+
+
+def negative_pools(photos, ids, train_rows, cfg: BuildConfig = BuildConfig()) -> dict:  # noqa: B008
+    """{photo id: its negative proposals not among train_rows (the head's training rows)}
+    of the photos ids (mining.negative_pool, labelled as `samples` labels them)."""
+    taken: dict[str, list] = {}
+    for r in train_rows:
+        taken.setdefault(r["image"], []).append(r["box"])
+    return {
+        i: negative_pool(
+            photos[i]["props"],
+            photos[i]["gt"],
+            cfg.neg_iou,
+            cfg.min_area,
+            np.array(taken.get(photos[i]["image"], []), np.float32),
+        )
+        for i in ids
+    }
 
 
 def cached_views(model, ph, tta: bool) -> list:
@@ -455,13 +521,6 @@ def tune_backbone(model, photos, ids, seed, tcfg: DetectTrainConfig):
 
 # The detection settings every candidate but the old rows uses: today's defaults (section 12).
 DEFAULT_ROW = "flip+iou-nms+tta"
-# Asked for by issue 38 and not in dnnlab.detect yet: refused by name, never approximated.
-NOT_BUILT = {
-    "scale-jitter": "scale jitter of the training photos is not in dnnlab.detect yet (no "
-    "setting of detect build or train resizes the photos at random)",
-    "hard-negatives": "hard-negative rounds are not in dnnlab.detect yet (the one prototype, "
-    "RESULTS section 4, was a scratch script and was not kept)",
-}
 # What runs when --candidates is not given: today's defaults, and fine-tuning the whole
 # backbone or its last five blocks (features[14:], the stride-32 stage and the 1280-channel
 # conv) for 3 epochs at detect train's default backbone learning rate.
@@ -470,19 +529,23 @@ DEFAULT_CANDIDATES = ("defaults", "end-to-end:3:1e-4:0", "end-to-end:3:1e-4:14")
 
 def candidate(name: str) -> dict:
     """A candidate's definition from its name: {"train": None (the frozen backbone) or the
-    end-to-end settings, "row": the detection settings (a SETTINGS name)}. Names:
-    "defaults" (today's, DEFAULT_ROW), any SETTINGS row, and end-to-end:EPOCHS:LR:FROM
+    end-to-end settings, "row": the detection settings (a SETTINGS name)}, and for
+    hard-negatives and scale-jitter also "recipe": the head's DetectTrainConfig settings.
+    Names: "defaults" (today's, DEFAULT_ROW), any SETTINGS row, end-to-end:EPOCHS:LR:FROM
     (`detect train --end-to-end --epochs EPOCHS --backbone-lr LR --backbone-from FROM`,
-    detected with the defaults), each setting checked as `detect train` checks it."""
-    if name in NOT_BUILT:
-        raise InputError(f"--candidates {name}: {NOT_BUILT[name]}")
+    detected with the defaults), hard-negatives:ROUNDS:PER_IMAGE (`detect train
+    --hard-negative-rounds ROUNDS --hard-negatives-per-image PER_IMAGE`, likewise) and
+    scale-jitter:J (`detect train --scale-jitter J`, likewise), each setting checked as
+    `detect train` checks it."""
     if name == "defaults":
         return {"train": None, "row": DEFAULT_ROW}
     if name in SETTINGS:
         return {"train": None, "row": name}
     parts = name.split(":")
+    if parts[0] in RECIPES:
+        return {"train": None, "recipe": recipe(name, parts), "row": DEFAULT_ROW}
     if parts[0] != "end-to-end":
-        known = ", ".join(["defaults", "end-to-end:EPOCHS:LR:FROM", *SETTINGS])
+        known = ", ".join(["defaults", "end-to-end:EPOCHS:LR:FROM", *RECIPES.values(), *SETTINGS])
         raise InputError(f"--candidates: unknown candidate {name!r}; one of {known}")
     if len(parts) != 4:
         raise InputError(f"--candidates {name}: write end-to-end:EPOCHS:LR:FROM")
@@ -498,6 +561,33 @@ def candidate(name: str) -> dict:
     except InputError as e:
         raise InputError(f"--candidates {name}: {e}") from None
     return {"train": train, "row": DEFAULT_ROW}
+
+
+# The candidates that change the frozen-backbone head's recipe: their names' forms.
+RECIPES = {
+    "hard-negatives": "hard-negatives:ROUNDS:PER_IMAGE",
+    "scale-jitter": "scale-jitter:J",
+}
+
+
+def recipe(name: str, parts: list[str]) -> dict:
+    """The DetectTrainConfig settings of a RECIPES candidate (parts: its name split at the
+    colons), checked as `detect train` checks them."""
+    form = RECIPES[parts[0]]
+    if len(parts) != len(form.split(":")):
+        raise InputError(f"--candidates {name}: write {form}")
+    try:
+        if parts[0] == "hard-negatives":
+            out = {"hard_negative_rounds": int(parts[1]), "hard_negatives_per_image": int(parts[2])}
+        else:
+            out = {"scale_jitter": float(parts[1])}
+    except ValueError:
+        raise InputError(f"--candidates {name}: write {form} with numbers") from None
+    try:
+        DetectTrainConfig(**out)
+    except InputError as e:
+        raise InputError(f"--candidates {name}: {e}") from None
+    return out
 
 
 def check_args(args) -> dict:
@@ -531,7 +621,8 @@ def main() -> int:
         "--candidates",
         nargs="+",
         default=list(DEFAULT_CANDIDATES),
-        help="defaults, end-to-end:EPOCHS:LR:FROM, or a row of section 12: "
+        help="defaults, end-to-end:EPOCHS:LR:FROM, hard-negatives:ROUNDS:PER_IMAGE, "
+        "scale-jitter:J, or a row of section 12: "
         + ", ".join(SETTINGS)
         + f" (default: {' '.join(DEFAULT_CANDIDATES)})",
     )
@@ -571,8 +662,9 @@ def main() -> int:
         f"proposals {time.perf_counter() - t0:.0f} s (mirrored too: {flip})",
         flush=True,
     )
-    key = lambda c: json.dumps(c["train"], sort_keys=True)  # noqa: E731
-    trainings = {key(c): c["train"] for c in cands.values()}
+    # One training per distinct end-to-end settings and head recipe (as printed).
+    key = lambda c: json.dumps({**(c["train"] or {}), **c.get("recipe", {})}, sort_keys=True)  # noqa: E731
+    trainings = {key(c): (c["train"], c.get("recipe")) for c in cands.values()}
     done = {
         (r["name"], r["seed"], r["fold"])
         for r in read_records(args.out)
@@ -582,21 +674,24 @@ def main() -> int:
     for seed in args.seeds:
         for f in folds:
             train, test = fold_ids(len(photos), args.k, f)
-            for tkey, tcfg in trainings.items():
+            for tkey, (tcfg, recipe_cfg) in trainings.items():
                 names = [n for n, c in cands.items() if key(c) == tkey and (n, seed, f) not in done]
                 if not names:
                     continue
+                what = "frozen backbone" if tcfg is None and recipe_cfg is None else tkey
                 t1, c1 = time.perf_counter(), time.process_time()
                 fold_model, fold_photos, head, tuned = model, photos, None, {}
                 if tcfg is not None:
                     e2e = replace(DetectTrainConfig(), end_to_end=True, **tcfg)
                     fold_model, fold_photos, tuned = tune_backbone(model, photos, train, seed, e2e)
                     head = fold_model.head
-                head, regs, secs = train_fold(fold_model, fold_photos, train, seed, want, head)
+                head, regs, secs = train_fold(
+                    fold_model, fold_photos, train, seed, want, head, recipe_cfg
+                )
                 secs = {**tuned, **secs}
                 train_s, train_cpu = time.perf_counter() - t1, time.process_time() - c1
                 print(
-                    f"seed {seed} fold {f} ({'frozen backbone' if tcfg is None else tkey}): "
+                    f"seed {seed} fold {f} ({what}): "
                     + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items())
                     + f"; in all {train_s:.0f} s wall, {train_cpu:.0f} s CPU",
                     flush=True,

@@ -6,6 +6,7 @@ import os
 import pickle
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +16,14 @@ from torchvision.ops import box_iou
 
 from dnnlab.cli import main
 from dnnlab.detect.boxes import flip_boxes
-from dnnlab.detect.build import read_index
-from dnnlab.detect.config import DetectionConfig, DetectorConfig, FeatureSpec, RegressorConfig
+from dnnlab.detect.build import read_build, read_index
+from dnnlab.detect.config import (
+    DetectionConfig,
+    DetectorConfig,
+    DetectTrainConfig,
+    FeatureSpec,
+    RegressorConfig,
+)
 from dnnlab.detect.detector import Detector
 from dnnlab.detect.features import load_backbone
 from dnnlab.detect.labelling import label_proposals, sample_rows
@@ -28,8 +35,18 @@ from dnnlab.detect.localization import (
     photo_targets,
     pick_rows,
 )
+from dnnlab.detect.mining import hardest, mine_round
+from dnnlab.detect.proposals import proposals_for
 from dnnlab.detect.selection import select
-from dnnlab.detect.train import embed_mirrored, train_summary
+from dnnlab.detect.train import (
+    build_labelling,
+    embed_mirrored,
+    negative_pools,
+    scaled_features,
+    train_hard_negatives,
+    train_head,
+    train_summary,
+)
 from dnnlab.detect.voc import Problems, load_rgb, read_voc_dir
 from dnnlab.errors import InputError
 from tests.fakes import OBJ, XML, cli
@@ -531,6 +548,249 @@ def test_train_without_mirrored_regressors_records_it(trained, weights, tmp_path
     assert not torch.allclose(ck["state"]["regressor.weight"], before)
 
 
+# -- hard-negative rounds ------------------------------------------------------------------
+def test_hardest_takes_the_top_scores_ties_in_order():
+    s = torch.tensor([0.2, 0.9, 0.5, 0.9, 0.1, 0.5])
+    assert hardest(s, 4).tolist() == [1, 3, 2, 5]
+    assert hardest(s, 10).tolist() == [1, 3, 2, 5, 0, 4]
+    assert hardest(s[:0], 3).tolist() == []
+
+
+@pytest.mark.slow
+def test_mining_takes_each_training_photos_highest_scoring_new_negatives(voc, built, weights):
+    """negative_pools + mine_round against a plain selection: every proposal of each
+    training photo (the build's cached ones, in index.csv's two decimals) whose IoU with
+    every cat is below --neg-iou, at least --min-area, not among the head's training rows,
+    each box once; of those the k the head scores highest (ties: proposal order). No
+    validation photo is ever mined."""
+    rows, info = read_index(built), read_build(built)
+    labelling = build_labelling(built, info)
+    train = [i for i, r in enumerate(rows) if r["split"] == "train"]
+    taken = torch.tensor(train[::2])  # the head's training rows: every other one
+    pools = negative_pools(built, info, rows, taken, labelling, progress=False)
+    train_photos = {rows[i]["image"] for i in train}
+    assert set(pools) == train_photos
+    assert not train_photos & {r["image"] for r in rows if r["split"] == "val"}
+    cats = {it.image.resolve(): it.boxes("cat") for it in read_voc_dir(voc, Problems())}
+
+    def iou(a, b):
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        area = lambda c: (c[2] - c[0]) * (c[3] - c[1])  # noqa: E731
+        return w * h / (area(a) + area(b) - w * h)
+
+    for image in sorted(train_photos):
+        (props,) = proposals_for(
+            [Path(image)], info["proposals"], built / "cache" / "proposals", 1, False
+        )
+        mine = {tuple(rows[i]["box"]) for i in taken.tolist() if rows[i]["image"] == image}
+        want = []
+        for b in props.tolist():
+            b = [float(f"{v:.2f}") for v in b]
+            b = [float(v) for v in np.float32(b)]  # as the index's boxes are read for features
+            if (b[2] - b[0]) * (b[3] - b[1]) < labelling.min_area:
+                continue
+            if any(iou(b, g) >= labelling.neg_iou for g in cats[Path(image)].tolist()):
+                continue
+            if tuple(b) in mine or b in want:
+                continue
+            want.append(b)
+        assert pools[image].tolist() == want, image
+    assert sum(len(p) for p in pools.values()) > 100
+
+    backbone, norm = load_backbone(str(weights))
+    torch.manual_seed(0)
+    model = Detector(DetectorConfig(features=FeatureSpec(image_size=160)), backbone, norm).eval()
+
+    def features_of(image):
+        img = load_rgb(Path(image))
+        return lambda b: model.embed(img, b)
+
+    k = 5
+    mined = mine_round(model, pools, features_of, k)
+    assert set(mined) == {p for p in pools if len(pools[p])}
+    for image, (pos, x) in mined.items():
+        scores = model.scores(model.embed(load_rgb(Path(image)), pools[image]).half().float())
+        s = scores.tolist()
+        order = sorted(range(len(s)), key=lambda i: (-s[i], i))
+        assert pos.tolist() == order[:k]
+        assert x.shape == (min(k, len(s)), model.spec.dim)
+        assert torch.equal(model.scores(x), scores[torch.from_numpy(pos)])
+
+
+def test_hard_negative_rounds_move_boxes_from_the_pools_once_and_stop_when_empty():
+    """Each round takes at most k boxes of each photo's pool, never one twice, grows the
+    training set by what it took, and the rounds stop when every pool is empty."""
+
+    class Model(torch.nn.Module):
+        spec = type("Spec", (), {"head_dim": 3})
+
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(3, 2)
+            self.register_buffer("mean", torch.zeros(1))
+
+        def scores(self, x):
+            return torch.softmax(self.head(x[:, :3]), 1)[:, 1]
+
+    torch.manual_seed(0)
+    model = Model()
+    first = {k: v.clone() for k, v in model.head.state_dict().items()}
+    pools = {"a": np.arange(40, dtype=np.float32).reshape(10, 4), "b": np.ones((3, 4), np.float32)}
+    seen = []  # every box scored: a box taken in one round is never scored again
+
+    def features_of(photo):
+        def read(boxes):
+            seen.append({(photo, tuple(b)) for b in boxes.tolist()})
+            return torch.tensor([[float(photo == "b"), b[0] / 40, b[1] / 40] for b in boxes])
+
+        return read
+
+    x, y = torch.randn(6, 3), torch.tensor([1, 0, 1, 0, 0, 1])
+    cfg = DetectTrainConfig(epochs=1, hard_negative_rounds=6, hard_negatives_per_image=2)
+    gen = torch.Generator().manual_seed(0)
+    hist, best, rounds = train_hard_negatives(
+        model, x, y, x[:2], y[:2], pools, features_of, first, ([], 0.0), cfg, gen, False
+    )
+    assert [r["added"] for r in rounds] == [4, 3, 2, 2, 2]  # a: 2 a round; b: 2, then 1
+    assert [r["train_boxes"] for r in rounds] == [10, 13, 15, 17, 19]
+    assert len(pools["a"]) == 0 and len(pools["b"]) == 0
+    a = [s for s in seen if next(iter(s))[0] == "a"]  # one read per photo and round
+    assert [len(s) for s in a] == [10, 8, 6, 4, 2]  # a's pool, 2 fewer each round
+    assert all(later < earlier for earlier, later in zip(a, a[1:], strict=False))
+    assert len(hist) == 1 and best == rounds[-1]["best"]
+
+
+@pytest.mark.slow
+def test_hard_negative_rounds_retrain_only_the_head(built, trained, weights, tmp_path):
+    """--hard-negative-rounds 0 is the detector trained without the setting (every tensor);
+    2 rounds change only the head (the ridge fits read the indexed rows), add at most
+    --hard-negatives-per-image boxes per training photo a round, are recorded in train.json
+    and leave model.pt's config as it was (a training setting, like --epochs)."""
+    base = torch.load(trained / "model.pt", weights_only=True)
+    argv = ["--epochs", "1", "--backbone-weights", str(weights), "--image-size", "160"]
+    zero = copy_of(built, tmp_path / "zero")
+    assert main(["detect", "train", str(zero), *argv, "--hard-negative-rounds", "0"]) == 0
+    ck = torch.load(zero / "model.pt", weights_only=True)
+    assert ck["config"] == base["config"] and ck["state"].keys() == base["state"].keys()
+    for name, t in base["state"].items():
+        assert torch.equal(ck["state"][name], t), name
+    assert json.loads((zero / "train.json").read_text())["hard_negative_rounds"] == []
+
+    det = copy_of(built, tmp_path / "two")
+    argv += ["--hard-negative-rounds", "2", "--hard-negatives-per-image", "4"]
+    assert main(["detect", "train", str(det), *argv]) == 0
+    ck = torch.load(det / "model.pt", weights_only=True)
+    assert ck["config"] == base["config"]
+    changed = {n for n, t in base["state"].items() if not torch.equal(ck["state"][n], t)}
+    assert changed and all(n.startswith("head.") for n in changed), changed
+    summary = json.loads((det / "train.json").read_text())
+    cfg = summary["train_config"]
+    assert (cfg["hard_negative_rounds"], cfg["hard_negatives_per_image"]) == (2, 4)
+    rounds = summary["hard_negative_rounds"]
+    photos = len({r["image"] for r in read_index(built) if r["split"] == "train"})
+    before = json.loads((trained / "train.json").read_text())["train_boxes"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(0 < r["added"] <= 4 * photos for r in rounds)
+    assert rounds[0]["train_boxes"] == before + rounds[0]["added"]
+    assert (
+        summary["train_boxes"]
+        == rounds[1]["train_boxes"]
+        == before + sum(r["added"] for r in rounds)
+    )
+    assert "hard-negative rounds" in train_summary(summary)
+    Detector.load(det)
+
+
+# -- scale jitter ----------------------------------------------------------------------------
+def test_scale_jitter_reads_each_photo_at_one_scale_an_epoch():
+    """train_head with scale jitter: every epoch each row is read once, all rows of one
+    photo at the same scale, and over the epochs every scale is drawn."""
+    n, photos, scales = 40, 7, 3
+    photo_of = torch.arange(n) % photos
+    x = torch.zeros(scales, n, 4)
+    x[:, :, 0] = torch.arange(scales)[:, None].float()  # which scale
+    x[:, :, 1] = torch.arange(n).float()  # which row
+    seen = []
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(4, 2)
+
+        def forward(self, v):
+            seen.append(v[:, :2].detach().clone())
+            return self.w(v)
+
+    model = type("M", (), {"head": Head()})()
+    cfg = DetectTrainConfig(epochs=12, batch_size=8)
+    y = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    train_head(model, x, y, x[1, :0], y[:0], torch.ones(2), cfg, gen, photo_of)
+    per_epoch = -(-n // cfg.batch_size)
+    assert len(seen) == cfg.epochs * per_epoch
+    drawn = set()
+    for e in range(cfg.epochs):
+        v = torch.cat(seen[e * per_epoch : (e + 1) * per_epoch])
+        rows, scale = v[:, 1].long(), v[:, 0].long()
+        assert sorted(rows.tolist()) == list(range(n))
+        for p in range(photos):
+            at = scale[photo_of[rows] == p]
+            assert (at == at[0]).all()
+            drawn.add(int(at[0]))
+    assert drawn == {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_scaled_features_are_the_rows_read_on_the_scaled_photo(built, weights, tmp_path):
+    """scaled_features against each row read directly by a detector whose --image-size is
+    the scaled one (float16 like the cache); the middle scale is the features given; one
+    cache folder per scale."""
+    rows = read_index(built)
+    train = torch.tensor([i for i, r in enumerate(rows) if r["split"] == "train"][::3])
+    backbone, norm = load_backbone(str(weights))
+    spec = FeatureSpec(image_size=160)
+    model = Detector(DetectorConfig(features=spec), backbone, norm).eval()
+    cfg = DetectTrainConfig(scale_jitter=0.25, backbone_weights=str(weights))
+    assert cfg.jitter_sizes(spec) == (120, 200)
+    given = torch.randn(len(train), spec.head_dim)
+    x, photo_of = scaled_features(model, rows, train, given, tmp_path, cfg, False)
+    assert x.shape == (3, len(train), spec.head_dim) and torch.equal(x[1], given)
+    assert len(list(tmp_path.iterdir())) == 2
+    images = []
+    for k, i in enumerate(train.tolist()):
+        r = rows[i]
+        if r["image"] not in images:
+            images.append(r["image"])
+        assert photo_of[k] == images.index(r["image"])
+        if k % 7:
+            continue
+        img = load_rgb(r["image"])
+        for at, size in ((0, 120), (2, 200)):
+            direct = Detector(
+                DetectorConfig(features=replace(spec, image_size=size)), backbone, norm
+            ).eval()
+            with torch.no_grad():
+                want = direct.embed(img, np.array([r["box"]], np.float32))[0, : spec.head_dim]
+            assert torch.allclose(x[at, k], want.half().float(), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_scale_jitter_changes_only_the_head_and_is_recorded(built, trained, weights, tmp_path):
+    base = torch.load(trained / "model.pt", weights_only=True)
+    det = copy_of(built, tmp_path)
+    argv = ["--epochs", "1", "--backbone-weights", str(weights), "--image-size", "160"]
+    assert main(["detect", "train", str(det), *argv, "--scale-jitter", "0.25"]) == 0
+    ck = torch.load(det / "model.pt", weights_only=True)
+    assert ck["config"] == base["config"]
+    changed = {n for n, t in base["state"].items() if not torch.equal(ck["state"][n], t)}
+    assert changed and all(n.startswith("head.") for n in changed), changed
+    summary = json.loads((det / "train.json").read_text())
+    assert summary["train_config"]["scale_jitter"] == 0.25
+    assert "scale-jittered features" in train_summary(summary)
+    assert len(list((det / "cache").glob("features-*"))) == 3  # one per scale
+
+
 # -- localization confidence (IoU predictor) and test-time flip ---------------------------
 def test_jitter_boxes_stay_in_the_photo_and_loosen_with_sigma():
     rng = np.random.default_rng(0)
@@ -708,6 +968,19 @@ def test_detector_without_iou_predictor_loads_as_before(voc, trained, tmp_path, 
         (["train", "OUT", "--epochs", "0"], "--epochs"),
         (["train", "OUT", "--end-to-end", "--backbone-from", "19"], "--backbone-from"),
         (["train", "OUT", "--end-to-end", "--backbone-from", "-1"], "--backbone-from"),
+        (["train", "OUT", "--hard-negative-rounds", "-1"], "--hard-negative-rounds"),
+        (["train", "OUT", "--hard-negative-rounds", "21"], "--hard-negative-rounds"),
+        (["train", "OUT", "--hard-negatives-per-image", "0"], "--hard-negatives-per-image"),
+        (["train", "OUT", "--end-to-end", "--hard-negative-rounds", "1"], "--end-to-end"),
+        (["train", "OUT", "--scale-jitter", "-0.1"], "--scale-jitter"),
+        (["train", "OUT", "--scale-jitter", "0.95"], "--scale-jitter"),
+        (["train", "OUT", "--scale-jitter", "0.2", "--end-to-end"], "--end-to-end"),
+        (["train", "OUT", "--scale-jitter", "0.2", "--features", "crops"], "--features crops"),
+        (["train", "OUT", "--scale-jitter", "0.5", "--image-size", "4000"], "--image-size 4000"),
+        (
+            ["train", "OUT", "--scale-jitter", "0.2", "--hard-negative-rounds", "1"],
+            "--hard-negative-rounds",
+        ),
         (
             ["run", "IMG", "--model", "OUT", "--out", "RES", "--max-detections", "-1"],
             "--max-detections",

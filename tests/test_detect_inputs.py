@@ -369,3 +369,24 @@ def test_a_flag_given_with_a_preset_is_not_ignored(tmp_path, capsys):
     got = json.loads(capsys.readouterr().out)["settings"]
     assert (got["nms_iou"], got["max_proposals"]) == (0.4, 7)  # the flags given
     assert (got["vote_iou"], got["refine_steps"]) == (0.0, 0)  # the preset's, not given
+
+
+@pytest.mark.parametrize(
+    "config, named",
+    [
+        (None, "no labelling settings"),
+        ({"pos_iou": 0.5, "neg_iou": 2, "min_area": 0, "workers": 1}, "--neg-iou"),
+    ],
+)
+def test_hard_negative_rounds_need_the_builds_labelling_settings(tmp_path, capsys, config, named):
+    """--hard-negative-rounds labels the training photos' proposals as the build did: a
+    build.json without those settings (or with one out of range) is refused, naming it and
+    the setting, before any work."""
+    det = fake_build(tmp_path / "det", photo(tmp_path / "photos"))
+    if config is not None:
+        info = json.loads((det / "build.json").read_text())
+        (det / "build.json").write_text(json.dumps({**info, "config": config}))
+    before = {p.name: p.read_bytes() for p in det.iterdir()}
+    argv = ["detect", "train", det, "--hard-negative-rounds", "1", "--epochs", "1"]
+    refused(argv, capsys, det / "build.json", named)
+    assert {p.name: p.read_bytes() for p in det.iterdir()} == before

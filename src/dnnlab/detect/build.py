@@ -138,7 +138,7 @@ def photo_rows(item, props, split: str, target: str, cfg: BuildConfig, rng) -> l
     return [
         [
             image,
-            *(f"{float(v):.2f}" for v in boxes[k]),
+            *box_text(boxes[k]),
             int(labels[k]),
             f"{float(ious[k]):.4f}",
             split,
@@ -146,6 +146,11 @@ def photo_rows(item, props, split: str, target: str, cfg: BuildConfig, rng) -> l
         ]
         for k in keep
     ]
+
+
+def box_text(box) -> list[str]:
+    """A box's coordinates as index.csv holds them: two decimals."""
+    return [f"{float(v):.2f}" for v in box]
 
 
 def read_index(out) -> list[dict]:

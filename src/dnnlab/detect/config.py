@@ -275,6 +275,26 @@ class DetectTrainConfig:
     neg_ratio: float = setting(
         1.0, "negatives per positive (--balance ratio)", low=0, low_open=True
     )
+    hard_negative_rounds: int = setting(
+        0,
+        "hard-negative mining (R-CNN): after the head is trained, score every negative "
+        "proposal of the training photos, add each photo's highest-scoring ones not yet "
+        "trained on, and train the head again from its first weights; this many times (0: "
+        "off; one more backbone pass per training photo per round)",
+        low=0,
+        high=20,
+    )
+    hard_negatives_per_image: int = setting(
+        16, "negatives each round adds per training photo (--hard-negative-rounds)", low=1
+    )
+    scale_jitter: float = setting(
+        0.0,
+        "scale jitter (roi features): each epoch the head reads each training photo's boxes "
+        "on the photo at a longer side of --image-size x (1 - this), x 1 or x (1 + this), "
+        "one drawn at random (0: off; two more backbone passes per training photo, cached)",
+        low=0,
+        high=0.9,
+    )
     end_to_end: bool = setting(False, "train the backbone with the head (slow on a CPU)")
     backbone_lr: float = setting(
         1e-4, "the backbone's learning rate (--end-to-end)", low=0, low_open=True
@@ -296,6 +316,41 @@ class DetectTrainConfig:
 
     def __post_init__(self):
         validate(self)
+        if self.hard_negative_rounds and self.end_to_end:
+            raise InputError(
+                f"--hard-negative-rounds {self.hard_negative_rounds}: the rounds retrain the "
+                "head on the frozen backbone's features; not with --end-to-end"
+            )
+        if self.scale_jitter and self.end_to_end:
+            raise InputError(
+                f"--scale-jitter {self.scale_jitter}: the jittered features are the frozen "
+                "backbone's; not with --end-to-end"
+            )
+        if self.scale_jitter and self.hard_negative_rounds:
+            raise InputError(
+                f"--scale-jitter {self.scale_jitter} with --hard-negative-rounds: not built "
+                "together (the mined negatives are read at one scale); give one of them"
+            )
+
+    def jitter_sizes(self, spec: FeatureSpec) -> tuple[int, int]:
+        """The longer sides of the smaller and the larger scale of --scale-jitter for the
+        features `spec` (the middle one is spec.image_size); refused, naming the flags,
+        when the features are not roi or a size falls outside --image-size's range."""
+        if spec.mode != "roi":
+            raise InputError(
+                f"--scale-jitter {self.scale_jitter}: scales the photo the roi features are "
+                f"read on; --features {spec.mode} reads each box at --crop-size"
+            )
+        sizes = tuple(round(spec.image_size * (1 + d * self.scale_jitter)) for d in (-1, 1))
+        for size in sizes:
+            try:
+                FeatureSpec(**{**asdict(spec), "image_size": size})
+            except InputError:
+                raise InputError(
+                    f"--scale-jitter {self.scale_jitter}: --image-size {spec.image_size} "
+                    f"scaled to {size} is outside --image-size's range"
+                ) from None
+        return sizes
 
 
 SECTIONS = {

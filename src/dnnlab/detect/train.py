@@ -1,19 +1,23 @@
 """`dnnlab detect train`: box features, the head, the box regressors -> OUT/model.pt.
 
-The backbone is frozen and boxes are not augmented, so each box's features are computed once
-(cached per image, so an interrupted extraction resumes) and the head trains on the cache.
+The backbone is frozen and boxes are not augmented (`scale_jitter` reads them at two more
+fixed scales), so each box's features are computed once (cached per image and scale, so an
+interrupted extraction resumes) and the head trains on the cache.
 `end_to_end` trains the backbone too, reading each photo's boxes afresh every step. Both go
 through one loop (`fit_classifier`); the ridge regressors are fitted afterwards on the
-features of every indexed box (boxreg.py).
+features of every indexed box (boxreg.py). With `hard_negative_rounds`, the head is then
+trained again on its training set and the training photos' hardest negatives (mining.py),
+that many times; the ridge fits read the indexed rows only.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +27,15 @@ from tqdm.auto import tqdm
 
 from dnnlab.detect.boxes import flip_boxes
 from dnnlab.detect.boxreg import fit_regressors
-from dnnlab.detect.build import TRAINED_FILES, group_by_image, read_build, read_index
+from dnnlab.detect.build import (
+    TRAINED_FILES,
+    box_text,
+    group_by_image,
+    read_build,
+    read_index,
+)
 from dnnlab.detect.config import (
+    BuildConfig,
     DetectorConfig,
     DetectTrainConfig,
     FeatureSpec,
@@ -34,7 +45,9 @@ from dnnlab.detect.config import (
 )
 from dnnlab.detect.detector import Detector
 from dnnlab.detect.features import load_backbone
-from dnnlab.detect.localization import fit_iou_predictor
+from dnnlab.detect.localization import fit_iou_predictor, photo_targets
+from dnnlab.detect.mining import mine_round, negative_pool
+from dnnlab.detect.proposals import proposals_for
 from dnnlab.detect.voc import load_rgb
 from dnnlab.errors import InputError
 from dnnlab.settings import given_flags
@@ -104,9 +117,13 @@ def balanced(
         k = min(len(neg), int(round(cfg.neg_ratio * len(pos))))
         neg = neg[torch.randperm(len(neg), generator=gen)[:k]]
         return torch.cat([pos, neg]).sort().values, torch.ones(2)
-    n = len(labels)
-    w = torch.tensor([n / (2 * max(len(neg), 1)), n / (2 * max(len(pos), 1))])
-    return torch.arange(n), w
+    return torch.arange(len(labels)), class_weights(labels)
+
+
+def class_weights(labels: torch.Tensor) -> torch.Tensor:
+    """--balance weights: each class weighed by n / (2 x its count)."""
+    n, neg, pos = len(labels), int((labels == 0).sum()), int((labels == 1).sum())
+    return torch.tensor([n / (2 * max(neg, 1)), n / (2 * max(pos, 1))])
 
 
 def _loss_acc(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -154,15 +171,23 @@ def fit_classifier(
     return hist, best, best_state
 
 
-def train_head(model: Detector, x, y, xva, yva, weights, cfg: DetectTrainConfig, gen):
-    """The head alone on cached features (x: (n, head_dim), y: (n,))."""
+def train_head(
+    model: Detector, x, y, xva, yva, weights, cfg: DetectTrainConfig, gen, photo_of=None
+):
+    """The head alone on cached features (x: (n, head_dim), y: (n,)). With scale jitter, x is
+    (scales, n, head_dim) and photo_of (n,) each row's photo number: each epoch reads each
+    photo's rows at one scale drawn at random."""
     head = model.head
 
     def batches(epoch):
-        perm = torch.randperm(len(x), generator=gen)
+        xe = x
+        if photo_of is not None:
+            pick = torch.randint(len(x), (int(photo_of.max()) + 1,), generator=gen)[photo_of]
+            xe = x[pick.to(x.device), torch.arange(len(y), device=x.device)]
+        perm = torch.randperm(len(xe), generator=gen)
         for s in range(0, len(perm), cfg.batch_size):
             b = perm[s : s + cfg.batch_size]
-            yield head(x[b]), y[b]
+            yield head(xe[b]), y[b]
 
     def validate_fn():
         if not len(xva):
@@ -243,6 +268,8 @@ def train_detector(
     curves. The target and proposal settings come from the build; None: the defaults."""
     features, head = features or FeatureSpec(), head or HeadConfig()
     regressors, cfg = regressors or RegressorConfig(), cfg or DetectTrainConfig()
+    if cfg.scale_jitter:
+        cfg.jitter_sizes(features)  # --features roi, sizes in range: refused before any work
     out = Path(out).expanduser()  # as the write gate takes it
     check_output(
         out,
@@ -260,6 +287,7 @@ def _train_locked(out: Path, features, head, regressors, cfg, progress, overwrit
     """train_detector() once the lock of its folder is held."""
     t0 = time.perf_counter()
     info, rows, labels, tr, va = read_training_set(out, overwrite)
+    labelling = build_labelling(out, info) if cfg.hard_negative_rounds else None
     config = DetectorConfig(
         target=info["target"],
         proposals=info["proposals"],
@@ -279,10 +307,30 @@ def _train_locked(out: Path, features, head, regressors, cfg, progress, overwrit
             model, rows, tr[pick], va, labels, weights, cfg, gen, progress, seconds
         )
     else:
+        first = copy.deepcopy(model.head.state_dict())  # the hard-negative rounds restart here
         cache = out / "cache" / f"features-{_feature_key(features, cfg.backbone_weights)}"
         hist, best, feats = _features_then_head(
             model, rows, cache, tr[pick], va, labels, weights, cfg, gen, progress, seconds
         )
+    mined = []
+    if cfg.hard_negative_rounds:
+        t = time.perf_counter()
+        hd, dev = model.spec.head_dim, cfg.device
+        hist, best, mined = train_hard_negatives(
+            model,
+            feats[tr[pick], :hd].to(dev),
+            labels[tr[pick]].to(dev),
+            feats[va, :hd].to(dev),
+            labels[va].to(dev),
+            negative_pools(out, info, rows, tr[pick], labelling, progress),
+            lambda image: functools.partial(model.embed, load_rgb(Path(image))),
+            first,
+            (hist, best),
+            cfg,
+            gen,
+            progress,
+        )
+        seconds["hard_negative_seconds"] = round(time.perf_counter() - t, 2)
     fit_rows = (feats, rows)  # what the ridge fits read: every indexed row (mirrored too)
     if regressors.mirror and (regressors.box_regression or regressors.iou_predictor):
         t_mirror = time.perf_counter()
@@ -304,8 +352,9 @@ def _train_locked(out: Path, features, head, regressors, cfg, progress, overwrit
     summary = {
         "best_val_acc": best,
         "epochs": hist,
-        "train_boxes": len(pick),
+        "train_boxes": len(pick) + sum(r["added"] for r in mined),
         "val_boxes": len(va),
+        "hard_negative_rounds": mined,
         "train_config": asdict(cfg),
         **seconds,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -335,6 +384,87 @@ def read_training_set(out: Path, overwrite: bool):
     return info, rows, labels, tr, va
 
 
+def build_labelling(out: Path, info: dict) -> BuildConfig:
+    """The labelling settings of the build in `out` (build.json's "config"), which the
+    hard-negative rounds label the training photos' proposals with; checked before any
+    work."""
+    f = out / "build.json"
+    c = info.get("config")
+    keys = ("pos_iou", "neg_iou", "min_area", "workers")
+    if not isinstance(c, dict) or any(k not in c for k in keys):
+        raise InputError(
+            f"{f}: no labelling settings ({', '.join(keys)}), which --hard-negative-rounds "
+            "needs; rebuild with `dnnlab detect build`"
+        )
+    try:
+        return BuildConfig(**{k: c[k] for k in keys})
+    except InputError as e:
+        raise InputError(f"{f}: {e}; rebuild with `dnnlab detect build`") from None
+
+
+def negative_pools(
+    out: Path, info: dict, rows, train_idx, labelling: BuildConfig, progress=True
+) -> dict[str, np.ndarray]:
+    """{training photo: its negative proposals not among the training rows train_idx}
+    (mining.negative_pool), on the build's cached proposals labelled as the build labelled
+    them, the boxes in index.csv's two decimals. The training photos only: those of the
+    rows the split put in training (the validation photos are never mined)."""
+    train_rows = [rows[i] for i in train_idx.tolist()]
+    photos = list(group_by_image(rows, [i for i, r in enumerate(rows) if r["split"] == "train"]))
+    targets = photo_targets([r for r in rows if r["split"] == "train"])
+    props = proposals_for(
+        [Path(p) for p in photos],
+        info["proposals"],
+        out / "cache" / "proposals",
+        labelling.workers,
+        progress,
+    )
+    taken = group_by_image(train_rows)
+    pools = {}
+    for image, p in zip(photos, props, strict=True):
+        p = np.array([[float(v) for v in box_text(b)] for b in p.tolist()], np.float32)
+        mine = np.array([train_rows[i]["box"] for i in taken.get(image, [])], np.float32)
+        pools[image] = negative_pool(
+            p.reshape(-1, 4),
+            targets[(image, False)],
+            labelling.neg_iou,
+            labelling.min_area,
+            mine,
+        )
+    return pools
+
+
+def train_hard_negatives(
+    model, x, y, xva, yva, pools, features_of, first, trained, cfg: DetectTrainConfig, gen, progress
+):
+    """cfg.hard_negative_rounds rounds of hard-negative mining on the head trained on (x, y)
+    (head features; `trained`: its (history, best accuracy)): each round adds each photo's
+    cfg.hard_negatives_per_image hardest negatives of its pool (pools: {photo: boxes}, which
+    the round empties of them; mining.mine_round on the features `features_of(photo)(boxes)`)
+    to the training set and trains the head again, from its first weights (`first`), with
+    the same recipe (--balance weights: the class weights of the enlarged set). Stops early
+    when no pool has a box left. (history, best accuracy of the last round, one record per
+    round: the negatives added, the training boxes, the best accuracy)."""
+    dev, (hist, best) = x.device, trained
+    records = []
+    for r in tqdm(
+        range(cfg.hard_negative_rounds), desc="hard negatives", unit="round", disable=not progress
+    ):
+        mined = mine_round(model, pools, features_of, cfg.hard_negatives_per_image)
+        if not mined:
+            break
+        for photo, (pos, _) in mined.items():
+            pools[photo] = np.delete(pools[photo], pos, 0)
+        xn = torch.cat([f[:, : model.spec.head_dim] for _, f in mined.values()]).to(dev)
+        x, y = torch.cat([x, xn]), torch.cat([y, y.new_zeros(len(xn))])
+        weights = class_weights(y) if cfg.balance == "weights" else torch.ones(2)
+        model.head.load_state_dict(first)
+        hist, best, state = train_head(model, x, y, xva, yva, weights.to(dev), cfg, gen)
+        model.head.load_state_dict(state)
+        records.append({"round": r + 1, "added": len(xn), "train_boxes": len(y), "best": best})
+    return hist, best, records
+
+
 def _features_then_head(
     model, rows, cache, train_idx, val_idx, labels, weights, cfg, gen, progress, seconds
 ):
@@ -342,22 +472,55 @@ def _features_then_head(
     t = time.perf_counter()
     feats = embed_index(model, rows, cache, progress)
     seconds["feature_seconds"] = round(time.perf_counter() - t, 1)
-    t = time.perf_counter()
     dev = cfg.device
     hx = feats[:, : model.spec.head_dim]  # the head's part; the fine grid is the regressors'
+    x, photo_of = hx[train_idx], None
+    if cfg.scale_jitter:
+        t = time.perf_counter()
+        x, photo_of = scaled_features(model, rows, train_idx, x, cache.parent, cfg, progress)
+        seconds["scale_jitter_seconds"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
     hist, best, state = train_head(
         model,
-        hx[train_idx].to(dev),
+        x.to(dev),
         labels[train_idx].to(dev),
         hx[val_idx].to(dev),
         labels[val_idx].to(dev),
         weights.to(dev),
         cfg,
         gen,
+        photo_of,
     )
     model.head.load_state_dict(state)
     seconds["head_seconds"] = round(time.perf_counter() - t, 2)
     return hist, best, feats
+
+
+def scaled_features(
+    model: Detector, rows, train_idx, x, caches: Path | None, cfg: DetectTrainConfig, progress=True
+):
+    """(head features (3, n, head_dim) of the rows train_idx read on their photo at the longer
+    sides cfg.jitter_sizes gives and at spec.image_size (x, the middle one), each row's photo
+    number (n,)). Each scale's features are computed for every row of the training photos,
+    so that they are cached per (photo, scale) as embed_index caches them (under `caches`,
+    one folder per feature key; None: not cached) and reused whatever the negative sample;
+    rounded to float16 as the cache either way."""
+    spec, norm = model.spec, (model.mean.flatten().tolist(), model.std.flatten().tolist())
+    photos = list(group_by_image(rows, train_idx.tolist()))
+    number = {image: k for k, image in enumerate(photos)}
+    every = [i for i, r in enumerate(rows) if r["image"] in number]  # the photos' rows
+    where = {i: k for k, i in enumerate(every)}
+    at = torch.tensor([where[i] for i in train_idx.tolist()])
+    stack = []
+    for size in cfg.jitter_sizes(spec):
+        s = replace(spec, image_size=size)
+        scaled = Detector(replace(model.config, features=s), model.features, norm, model.head)
+        key = _feature_key(s, cfg.backbone_weights)
+        cache = None if caches is None else caches / f"features-{key}"
+        f = embed_index(scaled.to(model.mean.device), [rows[i] for i in every], cache, progress)
+        stack.append(f[at, : spec.head_dim].half().float())
+    photo_of = torch.tensor([number[rows[i]["image"]] for i in train_idx.tolist()])
+    return torch.stack([stack[0], x, stack[1]]), photo_of
 
 
 def _end_to_end_then_features(
@@ -421,7 +584,9 @@ def train_summary(s: dict) -> str:
     """`detect train`'s one line from train_detector's summary dict."""
     stages = [
         ("features", "feature_seconds"),
+        ("scale-jittered features", "scale_jitter_seconds"),
         ("head", "head_seconds"),
+        ("hard-negative rounds", "hard_negative_seconds"),
         ("mirrored rows", "mirror_seconds"),
         ("box regressors", "regressor_seconds"),
         ("IoU predictor", "iou_predictor_seconds"),
