@@ -69,8 +69,10 @@ def _feature_key(spec: FeatureSpec, weights: str | None) -> str:
 
 @torch.no_grad()
 def embed_index(model: Detector, rows, cache: Path | None, progress=True) -> torch.Tensor:
-    """Features of every index row (len(rows), spec.dim), computed per image; cached per
-    image (float16) when cache is given, and rounded alike when not."""
+    """Features of every index row (len(rows), spec.dim), computed per image. With a cache
+    they are stored per image as float16 and returned at that precision (what the head
+    trains on); without one (an --end-to-end backbone, whose features change as it trains)
+    they are returned in float32, unrounded."""
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
     feats = torch.empty(len(rows), model.spec.dim)
