@@ -44,8 +44,8 @@ def any_network(args) -> bool:
 
 def check_follow_ups(args, any_model: bool) -> None:
     """--cka-with and --compare name folders that must exist, and hold what they are used
-    for, before the probe starts: another trained run on the same validation images, and
-    another probe's folder."""
+    for, before the probe starts: another trained run on the same validation images, and a
+    probe's folder (not this probe's own: check_probe_outputs)."""
     if args.cka_with:
         if any_model:
             raise InputError("--cka-with compares two run directories; not with --model")
@@ -55,15 +55,8 @@ def check_follow_ups(args, any_model: bool) -> None:
         if Path(args.cka_with).resolve() == Path(args.run).resolve():
             raise InputError(f"--cka-with {args.cka_with}: the run itself; give another run")
         check_same_val_images(args.run, args.cka_with, args.max_per_split)
-    if args.compare:
-        if not (Path(args.compare) / "probe.json").is_file():
-            raise InputError(f"--compare {args.compare}: no probe.json there")
-        own = args.out if any_model else args.run
-        if own is not None and Path(args.compare).resolve() == Path(own).resolve():
-            raise InputError(
-                f"--compare {args.compare}: the folder this probe writes; give another "
-                "probe's folder"
-            )
+    if args.compare and not (Path(args.compare) / "probe.json").is_file():
+        raise InputError(f"--compare {args.compare}: no probe.json there")
 
 
 def is_listing(layers: str | None) -> bool:
@@ -100,6 +93,10 @@ def check_probe_outputs(args, acfg, spill_dir=None) -> None:
     --weights, or the probe that --compare reads (the run directory is the probe's own
     folder by design); and a --spill-dir that cannot be a folder."""
     out, flag, kind = output_folder(args, acfg)
+    if args.compare and Path(args.compare).resolve() == out.resolve():
+        raise InputError(
+            f"--compare {args.compare}: the folder this probe writes; give another probe's folder"
+        )
     inputs = [args.compare] + ([acfg.data, acfg.weights] if acfg is not None else [])
     check_output(out, flag, kind, inputs=inputs)
     check_out_folder(spill_dir, "--spill-dir")
