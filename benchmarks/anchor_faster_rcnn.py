@@ -49,6 +49,7 @@ from cv_detect import (
     detections_of,
     fold_figures,
     fold_ids,
+    print_paired,
     print_summary,
     read_records,
     summarize,
@@ -295,6 +296,13 @@ def main() -> int:
         ]
         rows = {**summarize(theirs, folds), **rows}
     print_summary(rows, f"held-out folds {sorted(folds)} of {args.k} (mean ± fold-to-fold SD)")
+    if args.compare:
+        print(
+            "\nPaired by photo, the anchor minus each dnnlab row, 95 % bootstrap interval over "
+            "the held-out photos (not over training seeds):"
+        )
+        for name in dict.fromkeys(r["name"] for r in theirs):
+            print_paired(mine + [r for r in theirs if r["name"] == name], name)
     return 0
 
 

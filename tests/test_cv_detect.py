@@ -1,0 +1,96 @@
+"""benchmarks/cv_detect.py's AP from per-photo matches, against torchmetrics, and its paired
+bootstrap, against obvious resampling code."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import cv_detect as C  # noqa: E402
+from dnnlab.detect.evaluate import average_precisions  # noqa: E402
+from dnnlab.errors import InputError  # noqa: E402
+
+
+def random_photos(rng, n: int, ties: bool = False) -> list[dict]:
+    """Photos with 0-3 cats and 0-12 detections near them or anywhere, some scores tied."""
+    photos = []
+    for _ in range(n):
+        g = int(rng.integers(0, 4))
+        xy = rng.uniform(0, 400, (g, 2))
+        gt = np.hstack([xy, xy + rng.uniform(20, 200, (g, 2))])
+        k = int(rng.integers(0, 13))
+        near = gt[rng.integers(0, g, k)] + rng.normal(0, 15, (k, 4)) if g else np.zeros((k, 4))
+        anywhere = rng.uniform(0, 400, (k, 2))
+        anywhere = np.hstack([anywhere, anywhere + rng.uniform(10, 150, (k, 2))])
+        boxes = np.where(rng.random((k, 1)) < 0.7, near, anywhere)
+        boxes = np.hstack([np.minimum(boxes[:, :2], boxes[:, 2:] - 1), boxes[:, 2:]])
+        scores = rng.random(k).round(1) if ties else rng.random(k)
+        photos.append(C.detections_of(boxes, scores, gt))
+    return photos
+
+
+@pytest.mark.parametrize("seed, ties", [(0, False), (1, True), (2, False), (3, True)])
+def test_coco_ap_equals_torchmetrics(seed, ties):
+    photos = random_photos(np.random.default_rng(seed), 25, ties)
+    mine = C.coco_ap([C.photo_matches(p) for p in photos])
+    oracle = C.fold_figures(photos)
+    assert mine == pytest.approx(oracle, abs=1e-6)
+    assert 0 < mine["map"] < 1  # the photos are neither hopeless nor perfect
+
+
+def test_coco_ap_without_detections_or_without_cats():
+    rng = np.random.default_rng(4)
+    photos = random_photos(rng, 6)
+    none_found = [{**p, "boxes": [], "scores": []} for p in photos]
+    no_cats = [{**p, "gt": []} for p in photos]
+    for ps in (none_found, no_cats, [none_found[0], *photos[1:]]):
+        mine = C.coco_ap([C.photo_matches(p) for p in ps])
+        assert mine == pytest.approx(C.fold_figures(ps), abs=1e-6)
+
+
+def test_coco_ap_in_another_order_of_photos_and_with_repeats():
+    """A bootstrap resample repeats photos and changes their order: still torchmetrics' AP."""
+    rng = np.random.default_rng(5)
+    photos = random_photos(rng, 20, ties=True)
+    idx = rng.integers(0, 20, 20)
+    parts = [C.photo_matches(p) for p in photos]
+    mine = C.coco_ap([parts[i] for i in idx])
+    as_np = lambda k, w: [np.asarray(photos[i][k], np.float32).reshape(-1, *w) for i in idx]  # noqa: E731
+    oracle = average_precisions(as_np("boxes", (4,)), as_np("scores", ()), as_np("gt", (4,)))
+    assert mine == pytest.approx(oracle, abs=1e-6)
+
+
+def test_paired_bootstrap_against_plain_resampling():
+    rng = np.random.default_rng(7)
+    a = random_photos(rng, 15)
+    b = [{**p, "scores": list(np.asarray(p["scores"]) * rng.random(len(p["scores"])))} for p in a]
+    got = C.paired_bootstrap(a, b, resamples=50, seed=3)
+    draw = np.random.default_rng(3)
+    diffs = {m: [] for m in ("ap50", "ap75", "map")}
+    for _ in range(50):  # the same draws, each AP from torchmetrics
+        idx = draw.integers(0, 15, 15)
+        fa, fb = C.fold_figures([a[i] for i in idx]), C.fold_figures([b[i] for i in idx])
+        for m in diffs:
+            diffs[m].append(fa[m] - fb[m])
+    full_a, full_b = C.fold_figures(a), C.fold_figures(b)
+    for m in diffs:
+        lo, hi = np.percentile(diffs[m], [2.5, 97.5])
+        assert got[m] == pytest.approx((full_a[m] - full_b[m], lo, hi), abs=1e-6)
+    same = C.paired_bootstrap(a, a, resamples=20)
+    assert all(v == (0.0, 0.0, 0.0) for v in same.values())
+
+
+def test_paired_bootstrap_refuses_other_photos_and_pairs_by_fold_and_photo():
+    rng = np.random.default_rng(9)
+    a, b = random_photos(rng, 4), random_photos(rng, 4)
+    with pytest.raises(InputError, match="not the same photos"):
+        C.paired_bootstrap(a, b)
+    ra = [{"seed": 0, "fold": 1, "test_ids": [3, 8], "detections": a[:2]}]
+    rb = [
+        {"seed": 0, "fold": 1, "test_ids": [8, 3], "detections": [a[1], a[0]]},
+        {"seed": 0, "fold": 2, "test_ids": [5], "detections": b[:1]},
+    ]
+    pa, pb = C.paired_photos(ra, rb)
+    assert pa == pb == a[:2]
