@@ -23,7 +23,8 @@ torchvision's model does; dnnlab's defaults flip at test time). Each fold's reco
 training seconds, detection seconds a photo, every held-out photo's detections) is appended
 to --out as the fold finishes; a rerun skips the folds already there with the same settings.
 At the end the anchor's rows are printed beside dnnlab's rows of cv_detect.py's results
-file (--compare) on exactly the folds the anchor has.
+file (--compare) on exactly the folds the anchor has, then the anchor minus each dnnlab row
+on the same photos with a 95 % interval over the held-out photos (cv_detect.print_paired).
 
     python benchmarks/anchor_faster_rcnn.py ../shared/data/cats-voc/train \\
         ../shared/data/cats-voc/valid \\

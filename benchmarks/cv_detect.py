@@ -58,8 +58,9 @@ end to end: also the fine-tuning and the maps computed again), detection seconds
 the cached maps, and every held-out photo's detections; a rerun skips what is there. At the
 end each candidate's AP50, AP75 and mAP (pooled over each seed's held-out photos as
 section 12, averaged over the seeds) are printed with the standard deviation of the
-per-fold figures beside them. --folds and --seeds run a subset; --photos N (the first N
-photos, other folds) is for smoke tests only.
+per-fold figures beside them, and each candidate's difference from "defaults" on the same
+photos with a 95 % interval over the held-out photos (print_paired). --folds and --seeds
+run a subset; --photos N (the first N photos, other folds) is for smoke tests only.
 
     python benchmarks/cv_detect.py ../shared/data/cats-voc/train ../shared/data/cats-voc/valid \
         --backbone-weights ../shared/weights/mobilenet_v2_imagenet_1001.pth --cache /tmp/cvcache \
