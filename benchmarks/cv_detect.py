@@ -257,16 +257,17 @@ def photo_matches(photo: dict) -> tuple[np.ndarray, np.ndarray, int]:
     return scores[order], matched, len(g)
 
 
-def coco_ap(parts: list[tuple[np.ndarray, np.ndarray, int]]) -> dict:
-    """AP50, AP75 and mAP (COCO's 101-point AP, as average_precisions) of photos given by their
-    photo_matches, in photo order (pycocotools' accumulate: one stable sort of every photo's
-    kept detections by score, precision made non-increasing, read at each recall point)."""
+def ap_by_iou(parts: list[tuple[np.ndarray, np.ndarray, int]]) -> np.ndarray | None:
+    """COCO's 101-point AP at each of IOU_THRESHOLDS of photos given by their photo_matches,
+    in photo order (pycocotools' accumulate: one stable sort of every photo's kept detections
+    by score, precision made non-increasing, read at each recall point); None where the
+    photos hold no box to find."""
     n_gt = sum(p[2] for p in parts)
     if n_gt == 0:
-        return {"ap50": -1.0, "ap75": -1.0, "map": -1.0}  # COCO's "no boxes to find"
+        return None
     scores = np.concatenate([p[0] for p in parts])
     if scores.size == 0:
-        return {"ap50": 0.0, "ap75": 0.0, "map": 0.0}  # boxes to find, nothing found
+        return np.zeros(len(IOU_THRESHOLDS))  # boxes to find, nothing found
     order = np.argsort(-scores, kind="mergesort")
     matched = np.concatenate([p[1] for p in parts], axis=1)[:, order]
     tp = np.cumsum(matched, axis=1, dtype=np.float64)
@@ -278,6 +279,15 @@ def coco_ap(parts: list[tuple[np.ndarray, np.ndarray, int]]) -> dict:
         at = np.searchsorted(recall, RECALL_POINTS, side="left")
         read = precision[np.minimum(at, len(precision) - 1)]
         ap[t] = np.where(at < len(precision), read, 0.0).mean()  # past the last recall: 0
+    return ap
+
+
+def coco_ap(parts: list[tuple[np.ndarray, np.ndarray, int]]) -> dict:
+    """AP50, AP75 and mAP (as average_precisions) from ap_by_iou; -1 where there is no box to
+    find (COCO's convention)."""
+    ap = ap_by_iou(parts)
+    if ap is None:
+        return {"ap50": -1.0, "ap75": -1.0, "map": -1.0}
     return {"ap50": float(ap[0]), "ap75": float(ap[5]), "map": float(ap.mean())}
 
 
