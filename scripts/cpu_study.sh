@@ -2,7 +2,8 @@
 # The 10-epoch CPU study (issue 35), run across sessions, and its recipe factorial.
 #
 #   bash scripts/cpu_study.sh start [COMMIT]   # clone COMMIT (default HEAD), start in background
-#                                              # (NICE=19 in front: other work goes first)
+#                                              # (NICE=19 in front: other work goes first;
+#                                              # JOBS=2: two runs at a time, default 1)
 #   bash scripts/cpu_study.sh status           # runs published, running, the log's last lines
 #   bash scripts/cpu_study.sh stop
 #
@@ -13,7 +14,9 @@
 # loop here commits that folder alone (`git commit -- docs/results/clipped-cpu`) as soon
 # as it changes and passes `dnnlab verify`. A stopped machine loses at most the runs in
 # progress: `start` again (same COMMIT) resumes them from their last epoch, and a finished
-# run is not trained again while $WORK/study holds it. To go on at a newer commit (for what
+# run is never trained again: $WORK/study holds it, or, on a new machine that lost
+# $WORK (a new session's), the study adopts it from its publication (study.py). To go on at
+# a newer commit (for what
 # its publication writes), stop, move $WORK/code aside and start with that commit: do it only
 # where `python scripts/same_outputs.py OLD` shows training and probing unchanged; a commit
 # whose recipe differs is refused by the study itself (study.json's recipe_settings).
@@ -21,6 +24,11 @@
 # The plan, in order: every variant with seeds 0 and 1 (base and bn first), then base and
 # bn with seed 2 (the main study, docs/results/clipped-cpu); then the factorial's cells not
 # shared with it (docs/results/factorial-*), see FACTORIAL below.
+#
+# One run at a time (JOBS=1) by default: on the 2-core AMD EPYC, two one-thread workers
+# trained ln 6% faster in all than one two-thread run (RESULTS §15), but one run at a time
+# finishes and publishes each run in half the wall time, so a session's end (when
+# everything it started stops) loses at most one run's epochs, not two.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${DNNLAB_STUDY_WORK:-/work/cpu-study}"
@@ -59,10 +67,10 @@ commit_loop() {  # commit each published folder as soon as it changes and verifi
 run_all() {
   cd "$WORK/code"
   source scripts/env.sh
-  local common=(--seeds 0,1 --jobs 2 --measures "$MEASURES" --data-root "$DATA")
+  local common=(--seeds 0,1 --jobs "${JOBS:-1}" --measures "$MEASURES" --data-root "$DATA")
   dnnlab study --recipe clipped --models "$MODELS" "${common[@]}" --out "$WORK/study" \
     --publish "$repo/docs/results/clipped-cpu"
-  dnnlab study --recipe clipped --models base,bn --seeds 2 --jobs 2 --measures "$MEASURES" \
+  dnnlab study --recipe clipped --models base,bn --seeds 2 --jobs "${JOBS:-1}" --measures "$MEASURES" \
     --data-root "$DATA" --out "$WORK/study" --publish "$repo/docs/results/clipped-cpu"
   for cell in "${FACTORIAL[@]}"; do
     name="${cell%%:*}"
@@ -89,14 +97,16 @@ case "${1:-status}" in
     (cd "$WORK/code" && source scripts/env.sh >/dev/null)  # the clone's own environment
     setsid nohup bash "$0" _run >> "$WORK/study.log" 2>&1 &
     echo $! > "$WORK/study.pid"
-    # NICE=19 lets other work go first. setsid gives the study its own scheduler autogroup,
-    # and across autogroups a process's nice value has no effect: the group's has.
-    if [ -n "${NICE:-}" ] && [ -w "/proc/$!/autogroup" ]; then echo "$NICE" > "/proc/$!/autogroup"; fi
     setsid nohup bash "$0" _commit >> "$WORK/commits.log" 2>&1 &
     echo $! > "$WORK/commit.pid"
     echo "cpu_study: started at $want; log $WORK/study.log, commits $WORK/commits.log"
     ;;
-  _run) run_all; echo "cpu_study: all done $(date -u)" ;;
+  _run)
+    # NICE=19 lets other work go first. setsid gave the study its own scheduler autogroup,
+    # and across autogroups a process's nice value has no effect: the group's has (set
+    # here, by the study's own shell: setsid may fork, so the starter's $! is not it).
+    if [ -n "${NICE:-}" ] && [ -w "/proc/$$/autogroup" ]; then echo "$NICE" > "/proc/$$/autogroup"; fi
+    run_all; echo "cpu_study: all done $(date -u)" ;;
   _commit) commit_loop ;;
   stop)
     for p in study commit; do

@@ -4,8 +4,9 @@ Runs the same tiny study (fake CIFAR-10 tree; base and bn, two epochs, probes, r
 a two-epoch course-recipe run with the code of BASE (a commit) and with this checkout's,
 each in the same folder in turn, then compares every file they wrote: equal bytes, or, for
 JSON (the write gate's .dnnlab-output marker too), CSV and checkpoints, equal content once
-times and commits are left out (seconds, wall_seconds, date, stage_seconds, commits;
-stages.json holds only seconds). Exit status 1 if anything else differs.
+times, commits and devices are left out (seconds, wall_seconds, date, stage_seconds,
+commits, device_names; stages.json holds only seconds and devices). Exit status 1 if
+anything else differs.
 
     python scripts/same_outputs.py 06b145a
 """
@@ -25,8 +26,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMES = {"seconds", "wall_seconds", "date", "stage_seconds", "commits"}
-TIME_FILES = {"stages.json"}  # a run's wall seconds per stage, nothing else
+# Times, commits and devices: what differs from one run of the same code to the next.
+TIMES = {"seconds", "wall_seconds", "date", "stage_seconds", "commits", "device_names"}
+TIME_FILES = {"stages.json"}  # a run's wall seconds per stage and its devices, nothing else
 
 # What each checkout runs (its own dnnlab and tests.fakes, from its root).
 JOB = """
@@ -81,8 +83,9 @@ def same_content(a: Path, b: Path) -> bool:
     """Equal bytes, or equal content with times left out (JSON, CSV, checkpoints)."""
     if a.read_bytes() == b.read_bytes():
         return True
-    if a.name in TIME_FILES:
-        return json.loads(a.read_text()).keys() == json.loads(b.read_text()).keys()
+    if a.name in TIME_FILES:  # the same stages (devices: recorded since 2026-12-07)
+        keys = [set(json.loads(p.read_text())) - {"devices"} for p in (a, b)]
+        return keys[0] == keys[1]
     if a.suffix == ".json" or a.name == ".dnnlab-output":  # the write gate's marker is JSON
         # Compared as text: NaN (an undefined NC1) equals NaN there.
         a_, b_ = (_without_times(json.loads(p.read_text())) for p in (a, b))

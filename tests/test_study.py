@@ -12,7 +12,7 @@ import torch
 import dnnlab.study.study as S
 from dnnlab.cifar.train import RunError, TrainConfig, train
 from dnnlab.cli import main
-from dnnlab.errors import ConfigError
+from dnnlab.errors import ConfigError, InputError
 from dnnlab.probe.probe import ProbeConfig
 from dnnlab.probe.trained_run import probe_run
 from dnnlab.study.config import study_config
@@ -103,8 +103,11 @@ def test_a_failed_report_keeps_the_study_times(tree, tmp_path, monkeypatch):
     assert rec["wall_seconds"] > 0 and set(rec["stage_seconds"]) == {"variants", "cka", "report"}
     assert rec["stage_seconds"]["variants"]["base"]["train"] > 0
     monkeypatch.undo()
-    run_study(tiny_study_config(tree, ["base"]), out, log=quiet)  # resumed: the times add up
-    assert json.loads((out / "study.json").read_text())["wall_seconds"] > rec["wall_seconds"]
+    # Resumed with one more variant (base is finished and not touched): the times add up.
+    run_study(tiny_study_config(tree, ["base", "noskip"]), out, log=quiet)
+    again = json.loads((out / "study.json").read_text())
+    assert again["wall_seconds"] > rec["wall_seconds"]
+    assert again["stage_seconds"]["variants"]["base"] == rec["stage_seconds"]["variants"]["base"]
     assert (out / "report.html").exists()
 
 
@@ -287,6 +290,7 @@ def test_published_tables_and_publish(tree, tmp_path):
         "config.json",
         "metrics.csv",
         "probe.csv",
+        "probe.json",
         "stages.json",
         "summary.json",
         "test_predictions.json",
@@ -325,6 +329,64 @@ def test_published_tables_and_publish(tree, tmp_path):
     assert "corrected recipe: QUICK budget, 1 epochs of" in md and "commit abc123" in md
     assert f"| base | 73.29 | {100 * base_summary['test_acc']:.2f} |" in md
     assert "left out (records do not match): noskip" in md
+
+
+@pytest.mark.slow
+def test_a_lost_study_folder_goes_on_from_its_publication(tree, tmp_path, monkeypatch):
+    """A new session's machine has lost the study folder (weights and all); the publication
+    is in the repository. The same study command on a new --out adopts the published runs
+    (no training, no probing: their weights are gone), trains only what is missing, and
+    publishes all of them, with the first machine's weights entries."""
+    cfg = tiny_study_config(tree, ["base", "noskip"])
+    pub = tmp_path / "results" / "study"
+    run_study(cfg, tmp_path / "first", log=quiet, plan=False, publish_to=pub)
+    before = json.loads((pub / "study.json").read_text())
+    weights = json.loads((pub / "weights.json").read_text())["runs"]
+    # As a publication from before probe.json was published: probe.csv alone (the manifest
+    # rewritten as the tool writes it, so the folder is an untouched publication).
+    (pub / "runs" / "noskip" / "probe.json").unlink()
+    m = read_manifest(pub)
+    files = {k: v["writer"] for k, v in m["files"].items() if k != "runs/noskip/probe.json"}
+    write_manifest(pub, files, m.get("commit"))
+    report = (tmp_path / "first" / "report.md").read_text()
+
+    def no_training(*_, **__):
+        raise AssertionError("a published run was trained again")
+
+    monkeypatch.setattr(S, "train", no_training)
+    monkeypatch.setattr(S, "probe_run", no_training)
+    out = tmp_path / "second"
+    seen = []
+    run_study(cfg, out, log=seen.append, plan=False, publish_to=pub)
+    assert "[base] finished already (trained and probed)" in seen
+    # The same report from the published records (probe.csv's rows for noskip).
+    assert (out / "report.md").read_text() == report
+    after = json.loads((pub / "study.json").read_text())
+    assert after["published_variants"] == ["base", "noskip"]
+    assert after["commits"] == before["commits"] and after["runs"] == before["runs"]
+    assert json.loads((pub / "weights.json").read_text())["runs"] == weights
+    adopted = json.loads((out / "runs" / "base" / "adopted.json").read_text())
+    assert adopted["from"] == str(pub.resolve()) and adopted["weights"] == weights["base"]
+    # A third variant: only it is trained; the two adopted runs stay published.
+    monkeypatch.undo()
+    run_study(
+        replace(cfg, models=("base", "noskip", "bn")), out, log=quiet, plan=False, publish_to=pub
+    )
+    after = json.loads((pub / "study.json").read_text())
+    assert after["published_variants"] == ["base", "noskip", "bn"]
+    assert json.loads((pub / "weights.json").read_text())["runs"]["base"] == weights["base"]
+    assert (out / "runs" / "bn" / "best.pt").exists()
+    assert not (out / "runs" / "bn" / "adopted.json").exists()
+    # Refused before any work: another study's publication (a new folder must not replace
+    # it), and a run the new folder holds unfinished while the publication has it finished.
+    with raises_naming(InputError, "--publish", str(pub), "another study"):
+        run_study(replace(cfg, epochs=2), tmp_path / "third", log=quiet, plan=False, publish_to=pub)
+    assert not (tmp_path / "third" / "runs").exists()
+    shutil.copytree(tmp_path / "first", tmp_path / "fourth")  # base cut off before the end:
+    (tmp_path / "fourth" / "runs" / "base" / "summary.json").unlink()
+    with raises_naming(InputError, "--publish", "base", "unfinished"):
+        run_study(cfg, tmp_path / "fourth", log=quiet, plan=False, publish_to=pub)
+    assert after == json.loads((pub / "study.json").read_text())
 
 
 @pytest.mark.slow
@@ -393,12 +455,13 @@ def test_a_cut_off_study_keeps_the_earlier_commands_times(tree, tmp_path, monkey
     run_study(tiny_study_config(tree, ["base"]), out, log=quiet)
     done = json.loads((out / "study.json").read_text())
     monkeypatch.setattr(S, "run_variant", cut_off)
+    # A second command with one more variant (base is finished), cut off in noskip.
     with pytest.raises(KeyboardInterrupt):
-        run_study(tiny_study_config(tree, ["base"]), out, log=quiet)
+        run_study(tiny_study_config(tree, ["base", "noskip"]), out, log=quiet)
     cut = json.loads((out / "study.json").read_text())
     assert cut["wall_seconds"] == done["wall_seconds"]  # not None: the first command's time
     monkeypatch.undo()
-    run_study(tiny_study_config(tree, ["base"]), out, log=quiet)  # resumed
+    run_study(tiny_study_config(tree, ["base", "noskip"]), out, log=quiet)  # resumed
     assert json.loads((out / "study.json").read_text())["wall_seconds"] > done["wall_seconds"]
 
 

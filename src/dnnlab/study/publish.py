@@ -53,13 +53,18 @@ from dnnlab.utils.records import file_sha256, read_json
 
 RUN_FILES = ("config.json", "metrics.csv", "summary.json", "probe.csv")
 # stages.json: wall seconds per stage; test_predictions.json: per-image test results (runs
-# trained since they were recorded); whole-splits/: the last layers on the whole splits.
-OPTIONAL_RUN_FILES = ("stages.json", "test_predictions.json")
+# trained since they were recorded); probe.json: probe.csv's rows with their provenance
+# (published since runs are adopted from a publication, below); whole-splits/: the last
+# layers on the whole splits.
+OPTIONAL_RUN_FILES = ("stages.json", "test_predictions.json", "probe.json")
 WHOLE_SPLITS_FILES = ("probe.json", "probe.csv")
 # The weights stay out of the repository (13.7 MB a checkpoint of the study's networks, with
 # the optimizer's state); this file says where each run's were and their sha256.
 WEIGHTS = "weights.json"
 WEIGHT_FILES = ("best.pt", "last.pt")
+# In a study folder's run adopted from a publication (adopt): where it came from and its
+# weights' entry in that publication's weights.json.
+ADOPTED = "adopted.json"
 # What `dnnlab train` writes into a run folder, among the published files.
 TRAIN_FILES = (
     "config.json",
@@ -202,22 +207,79 @@ def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
             for f in ("config.json", "divergence.json", "divergence.png"):
                 if (out / "runs" / m / f).exists():
                     shutil.copy2(out / "runs" / m / f, tmp / "runs" / m / f)
-        weights = {
-            m: {
-                f: {
-                    "path": str((out / "runs" / m / f).resolve()),
-                    "sha256": file_sha256(out / "runs" / m / f),
-                    "bytes": (out / "runs" / m / f).stat().st_size,
-                }
-                for f in WEIGHT_FILES
-                if (out / "runs" / m / f).is_file()
-            }
-            for m in variants
-        }
+        weights = {m: run_weights(out / "runs" / m) for m in variants}
         atomic_write_json(tmp / WEIGHTS, {"published": False, "runs": weights})
         rels = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
         write_manifest(tmp, {r: writer_of(r) for r in rels}, commit)
     return variants
+
+
+def run_weights(run: Path) -> dict:
+    """weights.json's entry of a run: where its checkpoints are, their sha256 and size; for
+    a run adopted from an earlier publication (ADOPTED), that publication's entry (the
+    weights stayed on the machine that trained it)."""
+    if (run / ADOPTED).is_file():
+        return read_json(run / ADOPTED, ("weights",))["weights"]
+    return {
+        f: {
+            "path": str((run / f).resolve()),
+            "sha256": file_sha256(run / f),
+            "bytes": (run / f).stat().st_size,
+        }
+        for f in WEIGHT_FILES
+        if (run / f).is_file()
+    }
+
+
+def adopt(dest: Path, out: Path, runs: list[str]) -> dict | None:
+    """Copy into the study folder `out` the runs of `runs` that the publication `dest` holds
+    (finished, or diverged) and `out` has no folder of; returns dest's study.json, or None
+    when dest does not exist yet.
+
+    This is how a study goes on when its folder is lost with its machine (a new session's
+    machine, a new clone): `dnnlab study ... --publish DEST` on a new --out resumes from what
+    DEST published, and its next publication keeps those runs. The caller has checked that
+    DEST is an untouched publication of this study (check_publish_dest with the study's
+    fingerprint). An adopted run is finished: it is never trained or probed again (its
+    weights are not in the publication), and ADOPTED in it records the publication, its
+    commit and device and the run's weights entry. A run that `out` holds unfinished while
+    DEST has it finished is refused: which one to keep is the user's choice."""
+    if not dest.exists():
+        return None
+    study = read_json(dest / "study.json", (), InputError)
+    finished = set(study.get("published_variants") or [])
+    diverged = set(study.get("diverged_variants") or [])
+    weights = (
+        read_json(dest / WEIGHTS, ("runs",), InputError)["runs"]
+        if (dest / WEIGHTS).is_file()
+        else {}
+    )
+    for m in runs:
+        if m not in finished | diverged:
+            continue
+        run = out / "runs" / m
+        if (run / "summary.json").exists() or (run / "divergence.json").exists():
+            continue  # the study folder's own record of it
+        if run.exists():
+            raise InputError(
+                f"--publish: {dest} has run {m} finished, but {run} holds an unfinished run "
+                "of it; move one of them aside"
+            )
+        tmp = out / "runs" / f".{m}.adopting"
+        if tmp.exists():
+            shutil.rmtree(tmp)  # a copy an earlier command left half done
+        shutil.copytree(dest / "runs" / m, tmp)
+        atomic_write_json(
+            tmp / ADOPTED,
+            {
+                "from": str(dest.resolve()),
+                "commit": study.get("commit"),
+                "device_name": study.get("device_name"),
+                "weights": weights.get(m, {}),
+            },
+        )
+        tmp.rename(run)
+    return study
 
 
 def published_summary(runs: list[str], dest) -> str:
@@ -281,7 +343,7 @@ def read_published(root) -> dict:
             {
                 "path": str(d),
                 "recipe": recipe,
-                "card": st.get("device_name"),
+                "card": "; ".join(st.get("device_names") or []) or st.get("device_name"),
                 # A study published run by run has its date and wall time only at the end:
                 # until then, the date of its latest publication.
                 "date": st.get("date") or f"published {manifest.get('date')}",

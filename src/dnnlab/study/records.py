@@ -103,10 +103,13 @@ def recorded_runs(study: dict) -> list[str]:
 
 
 def load_run(run: Path):
-    """(summary.json or None, probe.json's rows or []) of a run: what exists of them."""
+    """(summary.json or None, probe.json's rows, else probe.csv's, or []) of a run: what
+    exists of them (a run adopted from a publication made before probe.json was published
+    has only probe.csv, which holds the same values)."""
     s = read_json(run / "summary.json", ()) if (run / "summary.json").exists() else None
-    p = read_json(run / "probe.json", ("rows",))["rows"] if (run / "probe.json").exists() else []
-    return s, p
+    if (run / "probe.json").exists():
+        return s, read_json(run / "probe.json", ("rows",))["rows"]
+    return s, read_probe_csv(run / "probe.csv")
 
 
 def load_whole_splits(run: Path) -> list[dict]:
@@ -208,11 +211,13 @@ def recorded_budget(out: Path, kept: list[str]) -> str:
     for m in kept:
         run = out / "runs" / m
         s = read_json(run / "summary.json", ()) if (run / "summary.json").exists() else {}
-        split = read_json(run / "split.json", ()) if (run / "split.json").exists() else {}
         train.append(s.get("train_images"))
         test.append(s.get("test_images"))
         epochs.append(s.get("epochs"))
-        val.append(len(split["val"]) if "val" in split else None)
+        if (run / "split.json").exists():
+            val.append(len(read_json(run / "split.json", ("val",))["val"]))
+        else:  # adopted from a publication (split.json is not published): exactly its n_val
+            val.append(read_json(run / "config.json", ()).get("n_val"))
         for r in load_run(run)[1]:
             probe.setdefault(r["split"], []).append(r.get("n"))
     if not train:
@@ -237,12 +242,23 @@ def diverged_runs(out: Path, runs) -> dict[str, dict]:
     return got
 
 
+PROBE_TEXT_COLUMNS = ("split", "layer", "note")
+PROBE_INT_COLUMNS = ("dim", "n")
+
+
 def read_probe_csv(path: Path) -> list[dict]:
+    """probe.csv's rows as probe.json holds them: dim and n ints, the measures and seconds
+    floats (an empty cell, a measure not computed: None), split, layer and note text."""
     if not path.exists():
         return []
     with open(path, newline="", encoding="utf-8-sig") as fh:  # a byte-order mark is no cell
         rows = list(csv.DictReader(fh))
     for r in rows:
-        for k in ("si", "csi"):
-            r[k] = float(r[k]) if r.get(k) not in (None, "") else None
+        for k, v in r.items():
+            if k in PROBE_TEXT_COLUMNS:
+                continue
+            try:
+                r[k] = None if v in (None, "") else int(v) if k in PROBE_INT_COLUMNS else float(v)
+            except ValueError:
+                raise InputError(f"{path}: column {k!r} holds {v!r}, not a number") from None
     return rows

@@ -183,7 +183,13 @@ def _seeds_text(seeds: dict[str, list[str]]) -> str:
 def _header(study: dict, cfg, budget: str, skipped, seeds) -> list[str]:
     """Title, the budget the runs recorded, seeds, recipe and device; runs left out, and why."""
     label = study_label(cfg)
-    where = f"Recipe: {cfg.recipe}. Device: {md_text(study.get('device_name') or cfg.device)}."
+    devices = study.get("device_names") or [study.get("device_name") or cfg.device]
+    where = f"Recipe: {cfg.recipe}. Device: {md_text(devices[0])}."
+    if len(devices) > 1:  # a study resumed in sessions on other machines
+        where = (
+            f"Recipe: {cfg.recipe}. Devices, over the commands that built it: "
+            f"{md_text('; '.join(devices))} (each run's in its stages.json)."
+        )
     seed_text = f"Training seeds: {_seeds_text(seeds)}."
     if seeds and all(len(r) == 1 for r in seeds.values()):
         seed_text += (

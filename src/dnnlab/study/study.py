@@ -1,14 +1,19 @@
 """`dnnlab study`: train and probe a list of variants, then write the comparison report.
 
-Everything is resumable: a variant whose run has summary.json is not trained again, an
-interrupted run continues from last.pt, and a probe keeps the (split, layer) rows it has.
+Everything is resumable: a finished run (trained and probed: run_finished) is not touched
+again, an interrupted run continues from last.pt, and a probe keeps the (split, layer) rows
+it has. With --publish, a study folder that lacks runs its publication holds (a new machine,
+a new clone: the folder was lost, the publication is in the repository) adopts them from it
+first (publish.adopt), so a study run across sessions goes on from what it published.
 With `jobs` > 1 each variant is trained and probed by its own worker process
 (dnnlab.study.worker), up to `jobs` at a time; a worker's failure is reported with its
 variant and log, the others go on.
 
 study.json records the settings, the fingerprint of the study's inputs (settings that change
-results, and the data's identity), the device's name and the study's wall seconds. A rerun
-with other settings or other data in the same folder is refused before any work.
+results, and the data's identity), the devices and commits of the commands that built it and
+the study's wall seconds; each run's stages.json, the wall seconds of its stages and the
+device they ran on. A rerun with other settings or other data in the same folder, or a
+publication of another study, is refused before any work.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from dnnlab.study.config import (
 )
 from dnnlab.study.plan import print_plan
 from dnnlab.study.publish import (
+    adopt,
     check_publish_dest,
     git_commit,
     publish,
@@ -126,6 +132,19 @@ def recipe_values(cfg: StudyConfig) -> dict:
     return {k: getattr(t, k) for k in SETTINGS[cfg.recipe]}
 
 
+def check_published_recipe(dest: Path, cfg: StudyConfig) -> None:
+    """Refuse a --publish folder holding this recipe's name with other values (another
+    commit's recipe): its runs would be adopted into a study they do not belong to."""
+    if not (dest / "study.json").is_file():
+        return
+    theirs = read_json(dest / "study.json", ()).get("recipe_settings")
+    if theirs not in (None, recipe_values(cfg)):
+        raise InputError(
+            f"--publish: {dest} holds a study of the {cfg.recipe} recipe with other values "
+            f"({theirs}; this command's: {recipe_values(cfg)}); choose another folder"
+        )
+
+
 def check_study_data(out: Path, runs, data) -> None:
     """Refuse a run of the study's `runs` (names) that was trained on other data than `data`."""
     for name in runs:
@@ -166,6 +185,7 @@ def run_variant(
     run = out / "runs" / name
     with folder_lock(run, "variant"):
         t0 = time.perf_counter()
+        device = device_name(tcfg.device)
         if (run / "summary.json").exists() and not overwrite:
             log(f"[{name}] trained already: {run / 'summary.json'}")
         else:
@@ -173,25 +193,37 @@ def run_variant(
             resume = run.exists() and not overwrite
             log(f"[{name}] {'resuming' if (run / 'last.pt').exists() else 'training'} in {run}")
             train(tcfg, run, resume=resume, overwrite=overwrite, progress=progress)
-        add_stage_seconds(run, "train", time.perf_counter() - t0, overwrite)
+        add_stage_seconds(run, "train", time.perf_counter() - t0, device, overwrite)
         record_train_seconds(run)
         log(f"[{name}] probing")
         t0 = time.perf_counter()
         probe_run(run, pcfg, tcfg.data_root, overwrite=overwrite, progress=progress)
         log(f"[{name}] probing {', '.join(wcfg.layers)} on the whole val and test splits")
         probe_run(run, wcfg, tcfg.data_root, overwrite, progress, out=run / WHOLE_SPLITS)
-        add_stage_seconds(run, "probe", time.perf_counter() - t0)
+        add_stage_seconds(run, "probe", time.perf_counter() - t0, device)
 
 
 STAGES_FILE = "stages.json"
 
 
-def add_stage_seconds(run: Path, stage: str, seconds: float, restart: bool = False) -> None:
+def run_finished(run: Path) -> bool:
+    """Whether the run is trained and probed: run_variant writes "probe" into its
+    stages.json last (a run adopted from a publication has the published stages.json)."""
+    f = run / STAGES_FILE
+    return (run / "summary.json").exists() and f.exists() and "probe" in read_json(f, ())
+
+
+def add_stage_seconds(
+    run: Path, stage: str, seconds: float, device: str, restart: bool = False
+) -> None:
     """Add `seconds` of wall time to `stage` in the run's stages.json: the wall seconds each
-    stage took, summed over the commands that built it (a cut-off study resumed)."""
+    stage took, summed over the commands that built it (a cut-off study resumed), and
+    "devices", those commands' devices (a study resumed in another session may run on
+    another machine, and its seconds mean nothing without it)."""
     f = run / STAGES_FILE
     d = {} if restart or not f.exists() else read_json(f, (), StudyError)
     d[stage] = round(float(d.get(stage) or 0) + seconds, 1)
+    d["devices"] = [*(x for x in d.get("devices", []) if x != device), device]
     atomic_write_json(f, d)
 
 
@@ -258,6 +290,9 @@ def _run_workers(cfg: StudyConfig, out: Path, overwrite: bool, log, after_run) -
 
     def one(item):
         slot, name = item
+        if not overwrite and run_finished(out / "runs" / name):
+            log(f"[{name}] finished already (trained and probed)")
+            return
         path = logs / f"{name}.log"
         cmd = [sys.executable, "-m", "dnnlab.study.worker", str(out), name]
         if overwrite:
@@ -334,6 +369,12 @@ def _run_study_locked(
     if not overwrite:
         check_study_data(out, study_runs(cfg), data)
     runs = {run_name(m, s): train_config(cfg, m, s) for m in cfg.models for s in cfg.seeds}
+    published_study = None
+    if publish_to is not None:
+        # Now that the fingerprint is known: a study folder that is new (a new machine)
+        # must not replace another study's publication, nor this one's with fewer runs.
+        check_publish_dest(out, publish_to, inputs, fingerprint=fp)
+        check_published_recipe(Path(publish_to).expanduser(), cfg)
     for seed in cfg.seeds:
         check_budget(data, cfg.n_val, cfg.train_subset, cfg.test_subset, seed)
     if cfg.cka_samples and not {"base", "bn"} <= set(cfg.models):
@@ -342,9 +383,15 @@ def _run_study_locked(
         print_plan(runs, cfg.jobs, out, data, log)
     del data
     mark(out, "study")
-    prev = read_study(out) or {}
-    # The folder's runs: the earlier commands' (other variants or seeds) and this one's.
-    earlier = recorded_runs(prev) if prev and not overwrite else []
+    if publish_to is not None and not overwrite:
+        published_study = adopt(Path(publish_to).expanduser(), out, list(runs))
+    # The records this command goes on from: the publication's (the runs adopted from it,
+    # the commits and devices that built them) and the folder's own; the folder's runs are
+    # the earlier commands' (other variants or seeds) and this one's.
+    own = read_study(out)
+    prev = own or published_study or {}
+    history = [r for r in (published_study, own) if r]
+    earlier = [] if overwrite else in_order(r for h in history for r in recorded_runs(h))
     record = {
         **asdict(cfg),
         "models": list(cfg.models),
@@ -354,8 +401,9 @@ def _run_study_locked(
         "data_identity": data_id,
         "fingerprint": fp,
         "device_name": device_name(cfg.device),
+        "device_names": device_names(history, device_name(cfg.device)),
         "wall_seconds": prev.get("wall_seconds"),  # the earlier commands', if this is cut off
-        "commits": code_commits(prev),
+        "commits": code_commits(history),
     }
     atomic_write_json(out / "study.json", record)
     t_start = time.perf_counter()
@@ -377,6 +425,9 @@ def _run_study_locked(
     else:
         failures = []
         for name, tcfg in runs.items():
+            if not overwrite and run_finished(out / "runs" / name):
+                log(f"[{name}] finished already (trained and probed)")
+                continue
             run_variant(tcfg, pcfg, whole_splits_config(cfg), out, overwrite, progress, log)
             after_run(name)
     t_cka = time.perf_counter()
@@ -402,12 +453,25 @@ def _run_study_locked(
     return {"report": str(report), "wall_seconds": wall}
 
 
-def code_commits(prev: dict) -> list[str]:
+def in_order(items) -> list:
+    """The items, each once, in the order they first come."""
+    return list(dict.fromkeys(items))
+
+
+def device_names(history: list[dict], here: str) -> list[str]:
+    """The devices of the commands that built the study: the earlier commands' (the earlier
+    study.json records' device_names, or their one device_name before that list existed)
+    and this one's. Each run's own are in its stages.json."""
+    names = (n for h in history for n in (h.get("device_names") or [h.get("device_name")]))
+    return in_order([*(n for n in names if isinstance(n, str)), here])
+
+
+def code_commits(history: list[dict]) -> list[str]:
     """The commits of dnnlab's code that built the study: the earlier commands' (from the
-    previous study.json) and this one's, when it runs from a git checkout."""
-    commits = [c for c in prev.get("commits") or [] if isinstance(c, str)]
+    earlier study.json records) and this one's, when it runs from a git checkout."""
+    commits = [c for h in history for c in h.get("commits") or [] if isinstance(c, str)]
     here = git_commit(Path(dnnlab.__file__).resolve().parent, fallback=False)
-    return commits + ([here] if here and here not in commits else [])
+    return in_order(commits + ([here] if here else []))
 
 
 def main(args) -> int:
