@@ -9,6 +9,7 @@
 set -euo pipefail
 DATA="${DATA:?DATA: the CIFAR-10 data root (e.g. ../shared/data/cifar10-jpeg.tar.gz)}"
 OUT="${1:-$(mktemp -d)}"
+mkdir -p "$OUT"
 TRAIN="${TRAIN:-6400}"
 CORES="$(nproc)"
 args=(--model ln --recipe clipped --epochs 1 --train-subset "$TRAIN" --val-size 500

@@ -26,9 +26,9 @@
 # shared with it (docs/results/factorial-*), see FACTORIAL below.
 #
 # One run at a time (JOBS=1) by default: on the 2-core AMD EPYC, two one-thread workers
-# trained ln 6% faster in all than one two-thread run (RESULTS §15), but one run at a time
-# finishes and publishes each run in half the wall time, so a session's end (when
-# everything it started stops) loses at most one run's epochs, not two.
+# train 1.06-1.12x the images/s of one two-thread run (benchmarks/study_jobs.sh, RESULTS
+# §15), but one run at a time finishes and publishes each run in half the wall time, so a
+# session's end (when everything it started stops) loses one run's epochs, not two.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${DNNLAB_STUDY_WORK:-/work/cpu-study}"

@@ -366,7 +366,7 @@ def test_a_lost_study_folder_goes_on_from_its_publication(tree, tmp_path, monkey
     assert after["commits"] == before["commits"] and after["runs"] == before["runs"]
     assert json.loads((pub / "weights.json").read_text())["runs"] == weights
     adopted = json.loads((out / "runs" / "base" / "adopted.json").read_text())
-    assert adopted["from"] == str(pub.resolve()) and adopted["weights"] == weights["base"]
+    assert adopted["publication"] == str(pub.resolve()) and adopted["weights"] == weights["base"]
     # A third variant: only it is trained; the two adopted runs stay published.
     monkeypatch.undo()
     run_study(
@@ -377,6 +377,19 @@ def test_a_lost_study_folder_goes_on_from_its_publication(tree, tmp_path, monkey
     assert json.loads((pub / "weights.json").read_text())["runs"]["base"] == weights["base"]
     assert (out / "runs" / "bn" / "best.pt").exists()
     assert not (out / "runs" / "bn" / "adopted.json").exists()
+    # A command of fewer variants (a later seed, say) on a new folder adopts every published
+    # run, not only its own, so its publication keeps them all; it trains nothing here.
+    monkeypatch.setattr(S, "train", no_training)
+    run_study(cfg, tmp_path / "fifth", log=quiet, plan=False, publish_to=pub)
+    after = json.loads((pub / "study.json").read_text())
+    assert after["published_variants"] == ["base", "noskip", "bn"]
+    monkeypatch.undo()
+    # A study folder that lacks a published run cannot publish over it (first has no bn),
+    # and --overwrite (every run trained again) is refused a folder that publishes runs.
+    with raises_naming(InputError, "--publish", "bn", "drop"):
+        publish(tmp_path / "first", pub)
+    with raises_naming(InputError, "--publish", "--overwrite", "3 runs"):
+        run_study(cfg, out, overwrite=True, log=quiet, plan=False, publish_to=pub)
     # Refused before any work: another study's publication (a new folder must not replace
     # it), and a run the new folder holds unfinished while the publication has it finished.
     with raises_naming(InputError, "--publish", str(pub), "another study"):
@@ -384,7 +397,7 @@ def test_a_lost_study_folder_goes_on_from_its_publication(tree, tmp_path, monkey
     assert not (tmp_path / "third" / "runs").exists()
     shutil.copytree(tmp_path / "first", tmp_path / "fourth")  # base cut off before the end:
     (tmp_path / "fourth" / "runs" / "base" / "summary.json").unlink()
-    with raises_naming(InputError, "--publish", "base", "unfinished"):
+    with raises_naming(InputError, "--publish", "base", "unfinished"):  # before any work
         run_study(cfg, tmp_path / "fourth", log=quiet, plan=False, publish_to=pub)
     assert after == json.loads((pub / "study.json").read_text())
 

@@ -348,3 +348,61 @@ def test_a_run_name_that_is_a_path_is_refused():
     for bad in ("../../etc", "base/../../x", "..", "base-seed1/..", "/etc"):
         with pytest.raises(InputError, match="study.json: .* is not a run name but a path"):
             recorded_runs({"runs": ["base", bad]})
+
+
+def test_probe_csv_reads_back_as_probe_json_rows(tmp_path):
+    """A run adopted from an older publication has probe.csv alone: its rows read back as
+    probe.json's, numbers to the CSV's 6 significant digits (SI and CSI, counts over n, exact
+    at the probe's sizes); a malformed row is refused naming the file and the row."""
+    import math
+
+    from dnnlab.probe.probe import ProbeConfig, write_tables
+    from dnnlab.study.records import read_probe_csv
+
+    rows = [
+        {
+            "split": "val",
+            "layer": "conv1",
+            "dim": 32768,
+            "n": 2000,
+            "si": 1237 / 2000,
+            "csi": 1999 / 2000,
+            "knn:5": 0.6415,
+            "nc1": 7.539328467,
+            "seconds": 7.601,
+            "note": 'a note, with a comma and "quotes"',
+        },
+        {
+            "split": "test",
+            "layer": "avgpool",
+            "dim": 256,
+            "n": 2000,
+            "si": 0.7505,
+            "csi": 0.7799,
+            "knn:5": 0.8,
+            "nc1": float("nan"),
+            "seconds": 16.37,
+            "note": "",
+        },
+    ]
+    write_tables(tmp_path, rows, ProbeConfig(measures="si,csi,knn:5,nc1"))
+    back = read_probe_csv(tmp_path / "probe.csv")
+    assert [r.keys() for r in back] == [r.keys() for r in rows]
+    for r, b in zip(rows, back, strict=True):
+        assert (b["split"], b["layer"], b["note"], b["dim"], b["n"]) == (
+            r["split"],
+            r["layer"],
+            r["note"],
+            r["dim"],
+            r["n"],
+        )
+        assert b["si"] == r["si"] and b["csi"] == r["csi"]
+        for k in ("knn:5", "nc1", "seconds"):
+            assert (math.isnan(b[k]) and math.isnan(r[k])) or b[k] == pytest.approx(r[k], rel=1e-5)
+    lines = (tmp_path / "probe.csv").read_text().splitlines()
+    (tmp_path / "probe.csv").write_text("\n".join([lines[0], lines[1] + ",extra", lines[2]]))
+    with pytest.raises(InputError, match=r"probe\.csv: row 2 has more or fewer cells"):
+        read_probe_csv(tmp_path / "probe.csv")
+    (tmp_path / "probe.csv").write_text("\n".join([lines[0], lines[1].replace(",2000,", ",x,", 1)]))
+    with pytest.raises(InputError, match=r"probe\.csv: row 2, column 'n': 'x' is not a number"):
+        read_probe_csv(tmp_path / "probe.csv")

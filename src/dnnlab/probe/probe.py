@@ -367,10 +367,12 @@ def write_tables(out: Path, rows: list[dict], cfg: ProbeConfig, cka: dict | None
 
 
 def _csv_cell(v) -> str:
+    """A probe.csv cell: a float to 6 significant digits; text quoted as CSV quotes it (a
+    comma, quote or line break inside; its quotes doubled)."""
     if isinstance(v, float):
         return f"{v:.6g}"
     s = str(v)
-    return f'"{s}"' if "," in s else s
+    return '"' + s.replace('"', '""') + '"' if any(c in s for c in ',"\n\r') else s
 
 
 def plot_probe(rows: list[dict], out: Path, title: str = "") -> list[Path]:

@@ -54,8 +54,9 @@ def step_seconds(
     return (time.perf_counter() - t0) / TIMED_STEPS
 
 
-def print_plan(runs: dict, jobs: int, out, data, log=print) -> dict:
-    """Log the plan of the study's runs {run name: TrainConfig} on `jobs` workers; returns
+def print_plan(runs: dict, jobs: int, out, data, log=print, done=()) -> dict:
+    """Log the plan of the study's runs {run name: TrainConfig} on `jobs` workers, those
+    `done` (adopted from a publication) or trained already in `out` left out; returns
     {run name: expected training seconds} for the runs to train (each variant's step timed
     once, its seeds sharing it)."""
     first = next(iter(runs.values()))  # the budget every run shares
@@ -63,7 +64,7 @@ def print_plan(runs: dict, jobs: int, out, data, log=print) -> dict:
     available = data.train_y.numel() - first.n_val
     n_train = min(first.train_subset or available, available)
     batch = first.batch_size
-    todo = [m for m in runs if not (out / "runs" / m / "summary.json").exists()]
+    todo = [m for m in runs if m not in done and not (out / "runs" / m / "summary.json").exists()]
     steps = math.ceil(n_train / batch) * first.epochs
     precision, _ = training_precision(first.bf16, dev)
     x, y = data.train_x[: min(batch, n_train)].to(dev), data.train_y[: min(batch, n_train)].to(dev)

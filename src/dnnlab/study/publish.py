@@ -169,6 +169,7 @@ def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
     kept, _ = sort_runs(out, cfg, runs)  # finished runs that match the study
     variants = [m for m in kept if (out / "runs" / m / "probe.csv").exists()]
     diverged = sorted(diverged_runs(out, runs))
+    check_keeps_published(dest, variants, diverged)
     # The user's umask; unmarked: the manifest is its proof. The old publication is
     # deleted only once the new one is in place.
     with replacing(dest, "study --publish", marked=False) as tmp:
@@ -231,40 +232,49 @@ def run_weights(run: Path) -> dict:
     }
 
 
-def adopt(dest: Path, out: Path, runs: list[str]) -> dict | None:
-    """Copy into the study folder `out` the runs of `runs` that the publication `dest` holds
-    (finished, or diverged) and `out` has no folder of; returns dest's study.json, or None
-    when dest does not exist yet.
-
-    This is how a study goes on when its folder is lost with its machine (a new session's
-    machine, a new clone): `dnnlab study ... --publish DEST` on a new --out resumes from what
-    DEST published, and its next publication keeps those runs. The caller has checked that
-    DEST is an untouched publication of this study (check_publish_dest with the study's
-    fingerprint). An adopted run is finished: it is never trained or probed again (its
-    weights are not in the publication), and ADOPTED in it records the publication, its
-    commit and device and the run's weights entry. A run that `out` holds unfinished while
-    DEST has it finished is refused: which one to keep is the user's choice."""
+def adoptable(dest: Path, out: Path) -> list[str]:
+    """The runs of the publication `dest` (finished or diverged) that the study folder `out`
+    has no record of: what adopt() will copy. Checked before any work: a run that `out`
+    holds unfinished while DEST published it is refused (which one to keep is the user's
+    choice). [] when dest does not exist yet."""
     if not dest.exists():
-        return None
+        return []
     study = read_json(dest / "study.json", (), InputError)
-    finished = set(study.get("published_variants") or [])
-    diverged = set(study.get("diverged_variants") or [])
-    weights = (
-        read_json(dest / WEIGHTS, ("runs",), InputError)["runs"]
-        if (dest / WEIGHTS).is_file()
-        else {}
-    )
-    for m in runs:
-        if m not in finished | diverged:
-            continue
+    published = study.get("published_variants") or []
+    todo = []
+    for m in [*published, *(study.get("diverged_variants") or [])]:
         run = out / "runs" / m
         if (run / "summary.json").exists() or (run / "divergence.json").exists():
             continue  # the study folder's own record of it
         if run.exists():
             raise InputError(
-                f"--publish: {dest} has run {m} finished, but {run} holds an unfinished run "
+                f"--publish: {dest} has published run {m}, but {run} holds an unfinished run "
                 "of it; move one of them aside"
             )
+        todo.append(m)
+    if todo and (dest / WEIGHTS).is_file():
+        read_json(dest / WEIGHTS, ("runs",), InputError)  # readable before anything is copied
+    return todo
+
+
+def adopt(dest: Path, out: Path, names: list[str]) -> None:
+    """Copy the runs `names` (adoptable's) of the publication `dest` into the study folder
+    `out`.
+
+    This is how a study goes on when its folder is lost with its machine (a new session's
+    machine, a new clone): `dnnlab study ... --publish DEST` on a new --out resumes from what
+    DEST published, every run of it, whatever this command's variants and seeds, so that
+    its next publication keeps them all. The caller has checked that DEST is an untouched
+    publication of this study (check_publish_dest with the study's fingerprint, the
+    recipe's values). An adopted run, finished or diverged, is never trained or probed
+    again (its weights are not in the publication): ADOPTED in it records the publication,
+    the commit and devices of the study that published it (the run's own devices are in its
+    stages.json, where recorded) and the run's weights entry."""
+    if not names:
+        return
+    study = read_json(dest / "study.json", (), InputError)
+    weights = read_json(dest / WEIGHTS, ("runs",))["runs"] if (dest / WEIGHTS).is_file() else {}
+    for m in names:
         tmp = out / "runs" / f".{m}.adopting"
         if tmp.exists():
             shutil.rmtree(tmp)  # a copy an earlier command left half done
@@ -272,14 +282,32 @@ def adopt(dest: Path, out: Path, runs: list[str]) -> dict | None:
         atomic_write_json(
             tmp / ADOPTED,
             {
-                "from": str(dest.resolve()),
-                "commit": study.get("commit"),
-                "device_name": study.get("device_name"),
+                "publication": str(dest.resolve()),
+                "published_by": {
+                    "commit": study.get("commit"),
+                    "device_names": study.get("device_names") or [study.get("device_name")],
+                },
                 "weights": weights.get(m, {}),
             },
         )
-        tmp.rename(run)
-    return study
+        tmp.rename(out / "runs" / m)
+
+
+def check_keeps_published(dest: Path, variants: list[str], diverged: list[str]) -> None:
+    """Refuse a publication that would drop a run `dest` publishes now (a study folder that
+    lost runs without adopting them, a study retrained with --overwrite): a published run
+    is replaced only by a publication that has it too."""
+    if not (dest / "study.json").is_file():
+        return
+    study = read_json(dest / "study.json", ())
+    had = [*(study.get("published_variants") or []), *(study.get("diverged_variants") or [])]
+    lost = [m for m in had if m not in variants and m not in diverged]
+    if lost:
+        raise InputError(
+            f"--publish: {dest} publishes {', '.join(lost)}, which this study folder does "
+            "not hold finished; publishing would drop them. Run the study with --publish "
+            "on a folder that adopts them, or publish to another folder"
+        )
 
 
 def published_summary(runs: list[str], dest) -> str:

@@ -105,7 +105,8 @@ def recorded_runs(study: dict) -> list[str]:
 def load_run(run: Path):
     """(summary.json or None, probe.json's rows, else probe.csv's, or []) of a run: what
     exists of them (a run adopted from a publication made before probe.json was published
-    has only probe.csv, which holds the same values)."""
+    has only probe.csv: the same rows, numbers to 6 significant digits, which leaves SI and
+    CSI, counts over n, as they were at the probe's sample sizes)."""
     s = read_json(run / "summary.json", ()) if (run / "summary.json").exists() else None
     if (run / "probe.json").exists():
         return s, read_json(run / "probe.json", ("rows",))["rows"]
@@ -253,12 +254,14 @@ def read_probe_csv(path: Path) -> list[dict]:
         return []
     with open(path, newline="", encoding="utf-8-sig") as fh:  # a byte-order mark is no cell
         rows = list(csv.DictReader(fh))
-    for r in rows:
+    for i, r in enumerate(rows, start=2):
+        if None in r or None in r.values():
+            raise InputError(f"{path}: row {i} has more or fewer cells than the header")
         for k, v in r.items():
             if k in PROBE_TEXT_COLUMNS:
                 continue
             try:
                 r[k] = None if v in (None, "") else int(v) if k in PROBE_INT_COLUMNS else float(v)
             except ValueError:
-                raise InputError(f"{path}: column {k!r} holds {v!r}, not a number") from None
+                raise InputError(f"{path}: row {i}, column {k!r}: {v!r} is not a number") from None
     return rows

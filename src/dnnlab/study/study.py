@@ -55,7 +55,9 @@ from dnnlab.study.config import (
 )
 from dnnlab.study.plan import print_plan
 from dnnlab.study.publish import (
+    ADOPTED,
     adopt,
+    adoptable,
     check_publish_dest,
     git_commit,
     publish,
@@ -145,6 +147,18 @@ def check_published_recipe(dest: Path, cfg: StudyConfig) -> None:
         )
 
 
+def check_no_published_runs(dest: Path) -> None:
+    """--overwrite trains every run again: refuse a --publish folder that publishes runs
+    already, which the first publication would drop until they are trained again."""
+    had = (read_study(dest) or {}).get("published_variants") or []
+    if had:
+        raise InputError(
+            f"--publish: {dest} publishes {len(had)} runs ({', '.join(had)}); with --overwrite "
+            "the study trains every run again and its first publication would drop them: "
+            "publish to another folder"
+        )
+
+
 def check_study_data(out: Path, runs, data) -> None:
     """Refuse a run of the study's `runs` (names) that was trained on other data than `data`."""
     for name in runs:
@@ -207,10 +221,18 @@ STAGES_FILE = "stages.json"
 
 
 def run_finished(run: Path) -> bool:
-    """Whether the run is trained and probed: run_variant writes "probe" into its
-    stages.json last (a run adopted from a publication has the published stages.json)."""
+    """Whether the run is done: adopted from a publication (finished or diverged there), or
+    trained and probed, every layer and the whole splits (run_variant writes "probe" into
+    its stages.json last; a run finished before the whole-split probe existed gets it)."""
+    if (run / ADOPTED).exists():
+        return True
     f = run / STAGES_FILE
-    return (run / "summary.json").exists() and f.exists() and "probe" in read_json(f, ())
+    return (
+        (run / "summary.json").exists()
+        and (run / WHOLE_SPLITS / "probe.json").exists()
+        and f.exists()
+        and "probe" in read_json(f, ())
+    )
 
 
 def add_stage_seconds(
@@ -255,7 +277,15 @@ def compare_base_bn(runs: Path, pcfg: ProbeConfig, samples: int, data_root, log)
     """CKA between the layers of runs/base and runs/bn on `samples` validation images (at
     most the probe's cap), under the probe's settings `pcfg`; recomputed on every study
     command (cheap at that size), so it always matches the current checkpoints."""
-    if samples == 0 or not all((runs / m / "best.pt").exists() for m in ("base", "bn")):
+    if samples == 0:
+        return
+    if not all((runs / m / "best.pt").exists() for m in ("base", "bn")):
+        adopted = [m for m in ("base", "bn") if (runs / m / ADOPTED).exists()]
+        if adopted:  # the weights stayed on the machine that trained them
+            log(
+                f"note: no CKA of base against bn: {' and '.join(adopted)} adopted from a "
+                "publication, without weights"
+            )
         return
     cap = min(samples, pcfg.max_per_split or samples)
     pcfg = ProbeConfig(max_memory=pcfg.max_memory, device=pcfg.device, max_per_split=cap)
@@ -369,22 +399,29 @@ def _run_study_locked(
     if not overwrite:
         check_study_data(out, study_runs(cfg), data)
     runs = {run_name(m, s): train_config(cfg, m, s) for m in cfg.models for s in cfg.seeds}
-    published_study = None
-    if publish_to is not None:
+    dest = None if publish_to is None else Path(publish_to).expanduser()
+    adopting = []
+    if dest is not None:
         # Now that the fingerprint is known: a study folder that is new (a new machine)
-        # must not replace another study's publication, nor this one's with fewer runs.
-        check_publish_dest(out, publish_to, inputs, fingerprint=fp)
-        check_published_recipe(Path(publish_to).expanduser(), cfg)
+        # must not replace another study's publication; this study's it adopts in full.
+        check_publish_dest(out, dest, inputs, fingerprint=fp)
+        check_published_recipe(dest, cfg)
+        if overwrite:
+            check_no_published_runs(dest)
+        else:
+            adopting = adoptable(dest, out)
     for seed in cfg.seeds:
         check_budget(data, cfg.n_val, cfg.train_subset, cfg.test_subset, seed)
     if cfg.cka_samples and not {"base", "bn"} <= set(cfg.models):
         log("note: no CKA of base against bn (--cka-samples): the study lacks base or bn")
     if plan:
-        print_plan(runs, cfg.jobs, out, data, log)
+        print_plan(runs, cfg.jobs, out, data, log, done=adopting)
     del data
     mark(out, "study")
-    if publish_to is not None and not overwrite:
-        published_study = adopt(Path(publish_to).expanduser(), out, list(runs))
+    published_study = read_study(dest) if dest is not None and not overwrite else None
+    adopt(dest, out, adopting)
+    if adopting:
+        log(f"adopted from {dest} (published, not trained again): {', '.join(adopting)}")
     # The records this command goes on from: the publication's (the runs adopted from it,
     # the commits and devices that built them) and the folder's own; the folder's runs are
     # the earlier commands' (other variants or seeds) and this one's.
