@@ -328,6 +328,18 @@ def test_a_study_in_progress_says_what_is_still_to_come(seeded, tmp_path):
 
 
 @pytest.mark.slow  # its fixture is a study of four runs
+def test_the_published_section_shows_the_course_conclusions_with_intervals(seeded):
+    """What the main job prints first: the published study's conclusions table, the same
+    rows as the study's own report (computed from the published records alone)."""
+    _, study, pub = seeded
+    text = "\n".join(published_section(read_published(pub.parent)))
+    own = (study / "report.md").read_text()
+    row = next(line for line in own.splitlines() if line.startswith("| normalization: BatchNorm"))
+    assert re.search(r"\[[-+]\d+\.\d\d, [-+]\d+\.\d\d\]", row)  # two seeds: an interval
+    assert row in text and "### The course's conclusions: corrected recipe, 1 epochs" in text
+
+
+@pytest.mark.slow  # its fixture is a study of four runs
 def test_the_weights_stay_out_but_their_hashes_are_published(seeded):
     _, study, pub = seeded
     w = json.loads((pub / "weights.json").read_text())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dnnlab.study.records import per_image_correct
 from dnnlab.study.stats import difference, spearman_exact
 
 # The course's reported test accuracies (%), quoted for reference; not measured by dnnlab.
@@ -84,3 +85,40 @@ def conclusions(acc: dict[str, list[float]], correct: dict[str, object]) -> list
         why = "one seed" if one else "no per-image test results to pair"
         rows.append({**row, "diff": d, "low": None, "high": None, "verdict": f"undecided ({why})"})
     return rows
+
+
+# What the table of conclusions_table means, said once (the study's report and the
+# published studies' section show it).
+CONCLUSIONS_TEXT = (
+    "Each of the course's conclusions as the difference of mean test accuracies "
+    "(points), with its 95 % interval from the seed-to-seed variance and a paired "
+    "bootstrap over the test images (docs/cifar.md, 'What the numbers can carry'). "
+    "Verdict: confirms or contradicts when the interval lies on one side of zero, "
+    "undecided when it holds zero; a single seed gives no interval."
+)
+
+
+def conclusions_table(folder, seeds, acc_seeds) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the table of the course's conclusions for the study in
+    `folder` (a study folder or a publication: its runs' test_predictions.json give the
+    paired part): difference, interval, course's difference, verdict. `seeds`: {variant:
+    its runs}; `acc_seeds`: {variant: its runs' test accuracies in %}."""
+    correct = {}
+    for m, rs in seeds.items():
+        got = per_image_correct(folder, rs)
+        correct[m] = None if got is None else got[1]
+    head = ["Course's conclusion", "pair", "this study (points)", "95 % interval"]
+    head += ["course (points)", "verdict"]
+    rows = []
+    for c in conclusions(acc_seeds, correct):
+        pair = f"{c['variant']} − {c['against']}"
+        if "missing" in c:
+            why = f"not checked: no finished run of {', '.join(c['missing'])}"
+            rows.append([c["question"], pair, "–", "–", f"{c['course']:+.2f}", why])
+            continue
+        interval = "–" if c["low"] is None else f"[{c['low']:+.2f}, {c['high']:+.2f}]"
+        rows.append(
+            [c["question"], pair, f"{c['diff']:+.2f}", interval, f"{c['course']:+.2f}"]
+            + [c["verdict"]]
+        )
+    return head, rows

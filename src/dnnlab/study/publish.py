@@ -29,7 +29,13 @@ from pathlib import Path
 
 from dnnlab.cifar.models import VARIANTS
 from dnnlab.errors import InputError
-from dnnlab.study.course import COURSE_SI, COURSE_TEST_ACC, rank_agreement
+from dnnlab.study.course import (
+    CONCLUSIONS_TEXT,
+    COURSE_SI,
+    COURSE_TEST_ACC,
+    conclusions_table,
+    rank_agreement,
+)
 from dnnlab.study.factorial import CELLS, factorial, factorial_lines
 from dnnlab.study.manifest import MANIFEST, ManifestError, verify, write_manifest
 from dnnlab.study.markup import md_grid, md_text, num, pct
@@ -359,12 +365,17 @@ def read_published(root) -> dict:
                     for k in ("si", "csi")
                 },
             }
+        seeds = runs_by_variant(per_run)
         rows = {
             variant: {
                 "seeds": len(names),
                 **{k: _mean([per_run[r][k] for r in names]) for k in per_run[names[0]]},
             }
-            for variant, names in runs_by_variant(per_run).items()
+            for variant, names in seeds.items()
+        }
+        acc_seeds = {
+            m: [100 * per_run[r]["test_acc"] for r in names if per_run[r]["test_acc"] is not None]
+            for m, names in seeds.items()
         }
         diverged = sorted(diverged_runs(d, [r.name for r in (d / "runs").glob("*")]))
         studies.append(
@@ -395,9 +406,14 @@ def read_published(root) -> dict:
                 "missing": [
                     r for r in st.get("runs") or [] if r not in per_run and r not in diverged
                 ],
+                # The course's conclusions with their intervals (a quick study has none).
+                "conclusions": None
+                if st.get("quick")
+                else conclusions_table(d, seeds, {m: v for m, v in acc_seeds.items() if v}),
             }
         )
-    studies.sort(key=lambda s: (s["recipe"] != "course", s["path"]))
+    # The course's own recipe first, then the longest budget: the studies that say most.
+    studies.sort(key=lambda s: (s["recipe"] != "course", -(s["epochs"] or 0), s["path"]))
     return {"root": str(root), "studies": studies, "refused": refused}
 
 
@@ -502,4 +518,11 @@ def published_section(pub: dict) -> list[str]:
     factorial_md = []
     if any(name in folders for name in CELLS.values() if name.startswith("factorial-")):
         factorial_md = factorial_lines(factorial(folders))
-    return md + [md_grid(header, rows), ""] + factorial_md
+    conclusions_md = []
+    for s in studies:
+        if s["conclusions"] and any(r[3] != "–" for r in s["conclusions"][1]):
+            title = f"The course's conclusions: {s['recipe']} recipe, {s['epochs']} epochs"
+            conclusions_md += [f"### {md_text(title)}", "", f"From {md_text(s['path'])}. "]
+            conclusions_md[-1] += CONCLUSIONS_TEXT
+            conclusions_md += ["", md_grid(*s["conclusions"]), ""]
+    return md + [md_grid(header, rows), ""] + conclusions_md + factorial_md

@@ -24,10 +24,11 @@ from dnnlab.cifar.models import VARIANTS
 from dnnlab.cifar.recipe import COURSE, FIXED
 from dnnlab.study.config import LAST_LAYERS, parse_run_name
 from dnnlab.study.course import (
+    CONCLUSIONS_TEXT,
     COURSE_NAMES,
     COURSE_SI,
     COURSE_TEST_ACC,
-    conclusions,
+    conclusions_table,
     rank_agreement,
 )
 from dnnlab.study.markup import md_code, md_grid, md_link, md_page, md_text
@@ -38,7 +39,6 @@ from dnnlab.study.records import (
     diverged_runs,
     load_run,
     load_whole_splits,
-    per_image_correct,
     read_study,
     recorded_budget,
     recorded_config,
@@ -277,16 +277,9 @@ def _course_section(out: Path, seeds, runs, quick: bool) -> list[str]:
     if unranked:
         texts[0] += f" Not ranked, as they diverged under this recipe: {', '.join(unranked)}."
     texts.append(_seed_agreement(acc_seeds))
-    c_head, c_rows = _conclusion_rows(out, seeds, acc_seeds)
-    explain = (
-        "Each of the course's conclusions as the difference of mean test accuracies "
-        "(points), with its 95 % interval from the seed-to-seed variance and a paired "
-        "bootstrap over the test images (docs/cifar.md, 'What the numbers can carry'). "
-        "Verdict: confirms or contradicts when the interval lies on one side of zero, "
-        "undecided when it holds zero; a single seed gives no interval."
-    )
+    c_head, c_rows = conclusions_table(out, seeds, acc_seeds)
     md = [f"## {title}", ""] + [x for t in texts for x in (t, "")] + [md_grid(head, rows), ""]
-    md += [explain, "", md_grid(c_head, c_rows), ""]
+    md += [CONCLUSIONS_TEXT, "", md_grid(c_head, c_rows), ""]
     plot = out / "figures" / "all_variants_si_csi.png"
     measures = (("si", "SI"), ("csi", "CSI"))
     firsts = [rs[0] for rs in seeds.values()]
@@ -319,38 +312,6 @@ def _seed_agreement(acc_seeds: dict[str, list[float]]) -> str:
             "no conclusion is drawn from the order of the variants."
         )
     return text + "."
-
-
-def correct_only(got):
-    """The (seeds, N) array of per_image_correct's (positions, array), or None."""
-    return None if got is None else got[1]
-
-
-def _conclusion_rows(out: Path, seeds, acc_seeds) -> tuple[list[str], list[list[str]]]:
-    """The header and rows of the table of the course's conclusions: difference, interval,
-    course's difference, verdict."""
-    correct = {m: correct_only(per_image_correct(out, rs)) for m, rs in seeds.items()}
-    c_head = [
-        "Course's conclusion",
-        "pair",
-        "this study (points)",
-        "95 % interval",
-        "course (points)",
-        "verdict",
-    ]
-    c_rows = []
-    for c in conclusions(acc_seeds, correct):
-        pair = f"{c['variant']} − {c['against']}"
-        if "missing" in c:
-            why = f"not checked: no finished run of {', '.join(c['missing'])}"
-            c_rows.append([c["question"], pair, "–", "–", f"{c['course']:+.2f}", why])
-            continue
-        interval = "–" if c["low"] is None else f"[{c['low']:+.2f}, {c['high']:+.2f}]"
-        c_rows.append(
-            [c["question"], pair, f"{c['diff']:+.2f}", interval, f"{c['course']:+.2f}"]
-            + [c["verdict"]]
-        )
-    return c_head, c_rows
 
 
 def _last_layers_section(out: Path, seeds) -> list[str]:
