@@ -403,6 +403,32 @@ def test_a_lost_study_folder_goes_on_from_its_publication(tree, tmp_path, monkey
 
 
 @pytest.mark.slow
+def test_base_bn_cka_is_published_once_both_finish(tree, tmp_path, monkeypatch):
+    """A study published run by run has the CKA of base against bn as soon as both are
+    finished, not only when the whole study ends: cut off in its third run, the publication
+    holds it."""
+    real = S.run_variant
+
+    def cut_off_in_noskip(tcfg, *args, **kw):
+        if tcfg.model == "noskip":
+            raise KeyboardInterrupt
+        return real(tcfg, *args, **kw)
+
+    monkeypatch.setattr(S, "run_variant", cut_off_in_noskip)
+    pub = tmp_path / "pub"
+    with pytest.raises(KeyboardInterrupt):
+        run_study(
+            tiny_study_config(tree, ["base", "bn", "noskip"]),
+            tmp_path / "s",
+            log=quiet,
+            plan=False,
+            publish_to=pub,
+        )
+    assert (pub / "runs" / "base" / "cka_with_bn_val.png").exists()
+    assert "## Representation similarity: base against bn" in (pub / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_quick_fills_only_the_budget_flags_not_given(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(S, "run_study", lambda cfg, out, **kw: seen.update(cfg=cfg, **kw))

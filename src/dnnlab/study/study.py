@@ -449,10 +449,14 @@ def _run_study_locked(
     publishing = threading.Lock()
 
     def after_run(name: str) -> None:
-        """Publish what is finished so far (the report says what is still missing)."""
+        """Publish what is finished so far (the report says what is still missing), with
+        the CKA of base against bn as soon as the second of them finishes: a study cut off
+        later, or a machine lost with their weights, keeps it."""
         if publish_to is None:
             return
         with publishing:
+            if name in ("base", "bn") and {"base", "bn"} <= set(cfg.models):
+                compare_base_bn(out / "runs", pcfg, cfg.cka_samples, cfg.data_root, log)
             write_report(out, sections, published=pub)
             done = publish(out, publish_to, inputs=inputs)
             log(f"[{name}] {published_summary(done, publish_to)}")
