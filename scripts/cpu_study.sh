@@ -21,16 +21,22 @@
 # where `python scripts/same_outputs.py OLD` shows training and probing unchanged; a commit
 # whose recipe differs is refused by the study itself (study.json's recipe_settings).
 #
-# The plan, in order: every variant with seeds 0 and 1 (base and bn first), then base and
-# bn with seed 2 (the main study, docs/results/clipped-cpu); then the factorial's cells not
-# shared with it (docs/results/factorial-*), see FACTORIAL below.
+# The plan, in order: first the factorial's course cell for base and bn (the course's
+# optimizer and double softmax, seeds 0 and 1: with the main study's base and bn, already
+# published, it is all the interaction needs, the answer the study exists for); then every
+# variant with seeds 0 and 1, then base and bn with seed 2 (the main study,
+# docs/results/clipped-cpu); then the factorial's other cells and paths4-shared under the
+# course's recipe (docs/results/factorial-*), see FACTORIAL below.
+#
+# The study's shell runs a copy of this script taken at `start` (bash reads a script as it
+# goes, so an edit to the checkout's copy would reach a running study, or break it).
 #
 # One run at a time (JOBS=1) by default: on the 2-core AMD EPYC, two one-thread workers
 # train 1.06-1.12x the images/s of one two-thread run (benchmarks/study_jobs.sh, RESULTS
 # §15), but one run at a time finishes and publishes each run in half the wall time, so a
 # session's end (when everything it started stops) loses one run's epochs, not two.
 set -euo pipefail
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+repo="${DNNLAB_STUDY_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 WORK="${DNNLAB_STUDY_WORK:-/work/cpu-study}"
 DATA="${DNNLAB_DATA:-$repo/../shared/data/cifar10-jpeg.tar.gz}"
 MEASURES="si,csi,knn:5,nc1"
@@ -38,10 +44,11 @@ MODELS="base,bn,gn,ln,noskip,conv4-1x1,paths2,paths4,paths2-shared,paths4-shared
 # name: flags. The main study's base and bn (clipped recipe, logits) are the factorial's
 # fourth cell; the course's optimizer is the corrected recipe (SGD 0.01, momentum 0.9, no
 # smoothing or decay, flip + rotation) with StepLR(40) shortened to StepLR(4) for 10 epochs.
+COURSE="--recipe corrected --epochs 10 --step-size 4"
 FACTORIAL=(
   "factorial-clipped-softmax: --recipe clipped --softmax-head --models base,bn"
-  "factorial-course-logits: --recipe corrected --epochs 10 --step-size 4 --models base,bn"
-  "factorial-course-softmax: --recipe corrected --epochs 10 --step-size 4 --softmax-head --models base,bn,paths4-shared"
+  "factorial-course-logits: $COURSE --models base,bn"
+  "factorial-course-softmax: $COURSE --softmax-head --models base,bn,paths4-shared"
 )
 
 commit_loop() {  # commit each published folder as soon as it changes and verifies
@@ -68,6 +75,10 @@ run_all() {
   cd "$WORK/code"
   source scripts/env.sh
   local common=(--seeds 0,1 --jobs "${JOBS:-1}" --measures "$MEASURES" --data-root "$DATA")
+  # shellcheck disable=SC2086  # $COURSE is flags, split on purpose
+  dnnlab study $COURSE --softmax-head --models base,bn "${common[@]}" \
+    --out "$WORK/factorial-course-softmax" \
+    --publish "$repo/docs/results/factorial-course-softmax"
   dnnlab study --recipe clipped --models "$MODELS" "${common[@]}" --out "$WORK/study" \
     --publish "$repo/docs/results/clipped-cpu"
   dnnlab study --recipe clipped --models base,bn --seeds 2 --jobs "${JOBS:-1}" --measures "$MEASURES" \
@@ -95,9 +106,11 @@ case "${1:-status}" in
       echo "$want" > "$WORK/commit"
     fi
     (cd "$WORK/code" && source scripts/env.sh >/dev/null)  # the clone's own environment
-    setsid nohup bash "$0" _run >> "$WORK/study.log" 2>&1 &
+    cp "$0" "$WORK/cpu_study.sh"
+    export DNNLAB_STUDY_REPO="$repo"
+    setsid nohup bash "$WORK/cpu_study.sh" _run >> "$WORK/study.log" 2>&1 &
     echo $! > "$WORK/study.pid"
-    setsid nohup bash "$0" _commit >> "$WORK/commits.log" 2>&1 &
+    setsid nohup bash "$WORK/cpu_study.sh" _commit >> "$WORK/commits.log" 2>&1 &
     echo $! > "$WORK/commit.pid"
     echo "cpu_study: started at $want; log $WORK/study.log, commits $WORK/commits.log"
     ;;
