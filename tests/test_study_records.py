@@ -340,6 +340,27 @@ def test_the_published_section_shows_the_course_conclusions_with_intervals(seede
 
 
 @pytest.mark.slow  # its fixture is a study of four runs
+def test_a_factorial_cell_is_shown_in_the_factorial_section_only(seeded, tmp_path):
+    """A published factorial cell (base and bn under a changed recipe) is listed with what
+    it changes and shown in the factorial's section, not as another study's columns and
+    conclusions beside the main study's."""
+    _, _, pub = seeded
+    shutil.copytree(pub, tmp_path / "results" / "clipped-cpu")
+    cell = shutil.copytree(pub, tmp_path / "results" / "factorial-course-softmax")
+    st = json.loads((cell / "study.json").read_text())
+    (cell / "study.json").write_text(json.dumps({**st, "softmax_head": True, "step_size": 4}))
+    writers = {rel: e["writer"] for rel, e in read_manifest(cell)["files"].items()}
+    write_manifest(cell, writers, "abc")
+    text = "\n".join(published_section(read_published(tmp_path / "results")))
+    assert text.count("Test ACC (corrected)") == 1
+    assert text.count("### The course's conclusions") == 1
+    assert "with the course's double-softmax head, its StepLR every 4 epochs" in text
+    assert "### Recipe factorial" in text
+    # The same runs in both cells: no interaction, computed.
+    assert "Interaction (course's recipe − study's recipe) of the gain: +0.00 points" in text
+
+
+@pytest.mark.slow  # its fixture is a study of four runs
 def test_the_weights_stay_out_but_their_hashes_are_published(seeded):
     _, study, pub = seeded
     w = json.loads((pub / "weights.json").read_text())

@@ -238,17 +238,21 @@ def run_weights(run: Path) -> dict:
     }
 
 
-def adoptable(dest: Path, out: Path) -> list[str]:
-    """The runs of the publication `dest` (finished or diverged) that the study folder `out`
-    has no record of: what adopt() will copy. Checked before any work: a run that `out`
-    holds unfinished while DEST published it is refused (which one to keep is the user's
-    choice). [] when dest does not exist yet."""
-    if not dest.exists():
-        return []
-    study = read_json(dest / "study.json", (), InputError)
-    published = study.get("published_variants") or []
+def published_runs(study: dict | None) -> list[str]:
+    """The runs a publication's study.json (`study`; None: no publication yet) publishes:
+    finished, then diverged. What a later publication must keep and a new study folder
+    adopts."""
+    study = study or {}
+    return [*(study.get("published_variants") or []), *(study.get("diverged_variants") or [])]
+
+
+def adoptable(dest: Path, study: dict | None, out: Path) -> list[str]:
+    """The runs of the publication `dest` (its study.json: `study`, None where it has none
+    yet) that the study folder `out` has no record of: what adopt() will copy. Checked
+    before any work: a run that `out` holds unfinished while DEST published it is refused
+    (which one to keep is the user's choice), and DEST's weights.json must read."""
     todo = []
-    for m in [*published, *(study.get("diverged_variants") or [])]:
+    for m in published_runs(study):
         run = out / "runs" / m
         if (run / "summary.json").exists() or (run / "divergence.json").exists():
             continue  # the study folder's own record of it
@@ -263,9 +267,9 @@ def adoptable(dest: Path, out: Path) -> list[str]:
     return todo
 
 
-def adopt(dest: Path, out: Path, names: list[str]) -> None:
-    """Copy the runs `names` (adoptable's) of the publication `dest` into the study folder
-    `out`.
+def adopt(dest: Path, study: dict, out: Path, names: list[str]) -> None:
+    """Copy the runs `names` (adoptable's) of the publication `dest` (its study.json:
+    `study`) into the study folder `out`.
 
     This is how a study goes on when its folder is lost with its machine (a new session's
     machine, a new clone): `dnnlab study ... --publish DEST` on a new --out resumes from what
@@ -278,7 +282,6 @@ def adopt(dest: Path, out: Path, names: list[str]) -> None:
     stages.json, where recorded) and the run's weights entry."""
     if not names:
         return
-    study = read_json(dest / "study.json", (), InputError)
     weights = read_json(dest / WEIGHTS, ("runs",))["runs"] if (dest / WEIGHTS).is_file() else {}
     for m in names:
         tmp = out / "runs" / f".{m}.adopting"
@@ -303,11 +306,7 @@ def check_keeps_published(dest: Path, variants: list[str], diverged: list[str]) 
     """Refuse a publication that would drop a run `dest` publishes now (a study folder that
     lost runs without adopting them, a study retrained with --overwrite): a published run
     is replaced only by a publication that has it too."""
-    if not (dest / "study.json").is_file():
-        return
-    study = read_json(dest / "study.json", ())
-    had = [*(study.get("published_variants") or []), *(study.get("diverged_variants") or [])]
-    lost = [m for m in had if m not in variants and m not in diverged]
+    lost = [m for m in published_runs(read_study(dest)) if m not in variants + diverged]
     if lost:
         raise InputError(
             f"--publish: {dest} publishes {', '.join(lost)}, which this study folder does "
@@ -382,6 +381,9 @@ def read_published(root) -> dict:
             {
                 "path": str(d),
                 "recipe": recipe,
+                # What a factorial cell changes in a recipe: the head, the StepLR's period.
+                "softmax_head": st.get("softmax_head", False),
+                "step_size": st.get("step_size"),
                 "card": "; ".join(st.get("device_names") or []) or st.get("device_name"),
                 # A study published run by run has its date and wall time only at the end:
                 # until then, the date of its latest publication.
@@ -435,8 +437,11 @@ def _published_label(s: dict) -> str:
         if s["wall_seconds"]
         else "wall time recorded when it ends"
     )
+    changed = " with the course's double-softmax head" if s["softmax_head"] else ""
+    if s["step_size"]:
+        changed += f", its StepLR every {s['step_size']} epochs"
     text = (
-        f"{s['recipe']} recipe: {budget}{s['epochs']} epochs of {images} in "
+        f"{s['recipe']} recipe{changed}: {budget}{s['epochs']} epochs of {images} in "
         f"{s['precision']}{probe}, on {card}, {wall}, {s['date'] or 'undated'}, commit "
         f"{s['commit'] or 'unrecorded'}; from {s['path']}"
     )
@@ -479,8 +484,13 @@ def published_section(pub: dict) -> list[str]:
         )
         return [f"## {title}", "", note, ""] + [x for t in refusals for x in (t, "")]
     labels = [md_text(_published_label(s)) for s in studies]
+    # The factorial's own cells (base and bn under a changed recipe) are shown in its
+    # section; the table and the course's conclusions are the full studies'.
+    folders = {Path(s["path"]).name: Path(s["path"]) for s in studies}
+    cells = [name for name in CELLS.values() if name.startswith("factorial-")]
+    full = [s for s in studies if Path(s["path"]).name not in cells]
     header = ["Model", "Course's Test ACC"]
-    for s in studies:
+    for s in full:
         r = md_text(s["recipe"])
         header += [
             f"Test ACC ({r})",
@@ -490,11 +500,11 @@ def published_section(pub: dict) -> list[str]:
             f"CSI Test ({r})",
         ]
     header += ["Course's SI Val (avgpool)"]
-    models = [m for m in VARIANTS if any(m in s["rows"] for s in studies)]
+    models = [m for m in VARIANTS if any(m in s["rows"] for s in full)]
     rows = []
     for m in models:
         row = [m, f"{COURSE_TEST_ACC[m]:.2f}" if m in COURSE_TEST_ACC else "–"]
-        for s in studies:
+        for s in full:
             v = s["rows"].get(m, {})
             row += [
                 pct(v.get("test_acc")),
@@ -514,15 +524,20 @@ def published_section(pub: dict) -> list[str]:
     )
     md = [f"## {title}", "", intro, ""] + [f"- {x}" for x in labels] + [""]
     md += [x for t in refusals for x in (t, "")]
-    folders = {Path(s["path"]).name: Path(s["path"]) for s in studies}
-    factorial_md = []
-    if any(name in folders for name in CELLS.values() if name.startswith("factorial-")):
-        factorial_md = factorial_lines(factorial(folders))
+    table = [md_grid(header, rows), ""] if full else []
     conclusions_md = []
-    for s in studies:
+    for s in full:
         if s["conclusions"] and any(r[3] != "–" for r in s["conclusions"][1]):
             title = f"The course's conclusions: {s['recipe']} recipe, {s['epochs']} epochs"
-            conclusions_md += [f"### {md_text(title)}", "", f"From {md_text(s['path'])}. "]
-            conclusions_md[-1] += CONCLUSIONS_TEXT
-            conclusions_md += ["", md_grid(*s["conclusions"]), ""]
-    return md + [md_grid(header, rows), ""] + conclusions_md + factorial_md
+            conclusions_md += [
+                f"### {md_text(title)}",
+                "",
+                f"From {md_text(s['path'])}. {CONCLUSIONS_TEXT}",
+                "",
+                md_grid(*s["conclusions"]),
+                "",
+            ]
+    factorial_md = []
+    if any(name in folders for name in cells):
+        factorial_md = factorial_lines(factorial(folders))
+    return md + table + conclusions_md + factorial_md

@@ -61,6 +61,7 @@ from dnnlab.study.publish import (
     check_publish_dest,
     git_commit,
     publish,
+    published_runs,
     published_section,
     published_summary,
     read_published,
@@ -105,9 +106,7 @@ def _check_same_study(out: Path, cfg: StudyConfig, fp: str, data_id: str, overwr
         for k in RESULT_KEYS
         if was_then[k] != getattr(cfg, k) and not (k == "bf16" and was_then[k] is None)
     ]
-    # The recipe's values too: a recipe whose settings changed in another commit is another
-    # recipe under the same name (recorded since recipe_settings existed).
-    if "recipe" not in diff and prev.get("recipe_settings") not in (None, recipe_values(cfg)):
+    if "recipe" not in diff and other_recipe_values(prev, cfg):
         diff.append("recipe_settings")
     if diff:
         was = ", ".join(f"{k}={prev.get(k)!r}" for k in diff)
@@ -134,24 +133,27 @@ def recipe_values(cfg: StudyConfig) -> dict:
     return {k: getattr(t, k) for k in SETTINGS[cfg.recipe]}
 
 
-def check_published_recipe(dest: Path, cfg: StudyConfig) -> None:
-    """Refuse a --publish folder holding this recipe's name with other values (another
-    commit's recipe): its runs would be adopted into a study they do not belong to."""
-    if not (dest / "study.json").is_file():
-        return
-    theirs = read_json(dest / "study.json", ()).get("recipe_settings")
-    if theirs not in (None, recipe_values(cfg)):
+def other_recipe_values(record: dict, cfg: StudyConfig) -> bool:
+    """Whether a study's record holds this recipe's name with other values: a recipe whose
+    settings changed in another commit is another recipe under the same name (recorded since
+    recipe_settings existed; an older record cannot tell, and passes)."""
+    return record.get("recipe_settings") not in (None, recipe_values(cfg))
+
+
+def check_publication(dest: Path, published: dict, cfg: StudyConfig, overwrite: bool) -> None:
+    """Refuse a --publish folder, whose study.json is `published`, that holds this recipe's
+    name with other values (another commit's recipe: its runs would be adopted into a study
+    they do not belong to), or, with --overwrite (every run trained again), one that
+    publishes runs already, which the first publication would drop until they are trained
+    again."""
+    if other_recipe_values(published, cfg):
         raise InputError(
             f"--publish: {dest} holds a study of the {cfg.recipe} recipe with other values "
-            f"({theirs}; this command's: {recipe_values(cfg)}); choose another folder"
+            f"({published['recipe_settings']}; this command's: {recipe_values(cfg)}); "
+            "choose another folder"
         )
-
-
-def check_no_published_runs(dest: Path) -> None:
-    """--overwrite trains every run again: refuse a --publish folder that publishes runs
-    already, which the first publication would drop until they are trained again."""
-    had = (read_study(dest) or {}).get("published_variants") or []
-    if had:
+    had = published_runs(published)
+    if overwrite and had:
         raise InputError(
             f"--publish: {dest} publishes {len(had)} runs ({', '.join(had)}); with --overwrite "
             "the study trains every run again and its first publication would drop them: "
@@ -400,16 +402,17 @@ def _run_study_locked(
         check_study_data(out, study_runs(cfg), data)
     runs = {run_name(m, s): train_config(cfg, m, s) for m in cfg.models for s in cfg.seeds}
     dest = None if publish_to is None else Path(publish_to).expanduser()
-    adopting = []
+    published_study, adopting = None, []
     if dest is not None:
         # Now that the fingerprint is known: a study folder that is new (a new machine)
         # must not replace another study's publication; this study's it adopts in full.
         check_publish_dest(out, dest, inputs, fingerprint=fp)
-        check_published_recipe(dest, cfg)
+        published_study = read_study(dest)
+        check_publication(dest, published_study or {}, cfg, overwrite)
         if overwrite:
-            check_no_published_runs(dest)
+            published_study = None  # every run trained again: nothing goes on from it
         else:
-            adopting = adoptable(dest, out)
+            adopting = adoptable(dest, published_study, out)
     for seed in cfg.seeds:
         check_budget(data, cfg.n_val, cfg.train_subset, cfg.test_subset, seed)
     if cfg.cka_samples and not {"base", "bn"} <= set(cfg.models):
@@ -418,8 +421,7 @@ def _run_study_locked(
         print_plan(runs, cfg.jobs, out, data, log, done=adopting)
     del data
     mark(out, "study")
-    published_study = read_study(dest) if dest is not None and not overwrite else None
-    adopt(dest, out, adopting)
+    adopt(dest, published_study, out, adopting)
     if adopting:
         log(f"adopted from {dest} (published, not trained again): {', '.join(adopting)}")
     # The records this command goes on from: the publication's (the runs adopted from it,
