@@ -290,7 +290,8 @@ def test_the_factorial_interaction_is_the_four_term_contrast(tmp_path):
     want = contrast([(1, arr["bn"]), (-1, arr["base"]), (-1, brr["bn"]), (1, brr["base"])])
     assert (i["low"], i["high"]) == pytest.approx((want["low"], want["high"]))
     text = "\n".join(factorial_lines(r))
-    assert "| course's | logits | – | not published yet | – |" in text
+    assert "| course's | logits | – | – | – | not published yet | – |" in text
+    assert "| course's | softmax | 25.00 | 68.75 | +43.75 |" in text  # mean accuracies by hand
     assert "Interaction (course's recipe − study's recipe) of the gain: +31.25 points" in text
     # Without the study's cell there is no interaction, and the report says why.
     r = factorial({"factorial-course-softmax": folders["factorial-course-softmax"]})
