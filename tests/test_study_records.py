@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 import dnnlab.cifar.train as T
+from dnnlab.cifar.config import parse_run_name, run_name
 from dnnlab.cli import main
 from dnnlab.errors import InputError
-from dnnlab.study.config import parse_run_name, run_name, study_config
+from dnnlab.study.config import study_config
 from dnnlab.study.manifest import MANIFEST, ManifestError, read_manifest, verify, write_manifest
 from dnnlab.study.publish import publish, published_section, read_published
 from dnnlab.study.study import StudyError, run_study

@@ -132,3 +132,17 @@ class TrainConfig:
 # Any other difference from the saved run is refused. data_root may name another copy of
 # the same data (its content identity is checked); config.json keeps the original root.
 RESUMABLE_CHANGES = ("device", "compile", "eval_batch_size", "data_root", "epochs")
+
+
+def run_name(variant: str, seed: int) -> str:
+    """The folder under runs/ of `variant` trained with `seed` (seed 0's is the variant's
+    name, as in every study before seeds)."""
+    return variant if seed == 0 else f"{variant}-seed{seed}"
+
+
+def parse_run_name(name: str) -> tuple[str, int]:
+    """(variant, seed) of a run folder's name (run_name's inverse)."""
+    variant, sep, seed = name.rpartition("-seed")
+    if sep and seed.isdigit() and variant in VARIANTS:
+        return variant, int(seed)
+    return name, 0

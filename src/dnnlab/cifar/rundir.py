@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from dnnlab.cifar.config import RESUMABLE_CHANGES, TrainConfig
+from dnnlab.cifar.config import RESUMABLE_CHANGES, TrainConfig, run_name
 from dnnlab.cifar.data import make_split
 from dnnlab.cifar.models import VARIANTS, build_model
 from dnnlab.errors import ConfigError, DnnlabError
@@ -378,8 +378,8 @@ def prepare_run_dir(
     if plan.replace:
         out.rename(old)
         print(
-            f"[{cfg.model}] the run being replaced is kept in {old} until the new run's "
-            "first epoch is saved",
+            f"[{run_name(cfg.model, cfg.seed)}] the run being replaced is kept in {old} until "
+            "the new run's first epoch is saved",
             flush=True,
         )
     if plan.extend:

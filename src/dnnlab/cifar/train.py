@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from dnnlab.cifar import recipe as R
 from dnnlab.cifar.augment import AUGMENTERS, augment, to_input
-from dnnlab.cifar.config import TrainConfig
+from dnnlab.cifar.config import TrainConfig, run_name
 from dnnlab.cifar.data import default_root, load_cifar10, make_split, test_positions
 from dnnlab.cifar.models import build_model, count_params
 from dnnlab.cifar.recipe import check_recipe_flag
@@ -165,6 +165,7 @@ def train(
     first epoch is saved (an error, Ctrl-C, or a kill noticed by the next run) puts the
     replaced run back."""
     out = Path(out).expanduser()  # as the write gate takes it
+    tag = f"[{run_name(cfg.model, cfg.seed)}]"  # the log's name of the run, as a study's
     # 1. Checks.
     if resume and overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it: give one")
@@ -190,7 +191,7 @@ def train(
                     if isinstance(plan.get(k), float)
                 )
                 print(
-                    f"[{cfg.model}] {out} is finished already ({plan['epochs']} epochs{accs}): "
+                    f"{tag} {out} is finished already ({plan['epochs']} epochs{accs}): "
                     "nothing to train; --epochs N continues it to N epochs",
                     flush=True,
                 )
@@ -198,7 +199,7 @@ def train(
         done = plan.resume_from["epoch"] if plan.resume_from is not None else 0
         if stop_after is not None and stop_after <= done:  # nothing to train: touch nothing
             if rank == 0:
-                print(f"[{cfg.model}] {out} has completed {done} epochs already", flush=True)
+                print(f"{tag} {out} has completed {done} epochs already", flush=True)
             return {
                 "model": cfg.model,
                 "epochs": cfg.epochs,
@@ -217,7 +218,7 @@ def train(
         rows = resumed_rows(out, plan.resume_from)
         precision, why = training_precision(cfg.bf16, dev)
         if rank == 0:
-            print(f"[{cfg.model}] training in {precision}: {why}", flush=True)
+            print(f"{tag} training in {precision}: {why}", flush=True)
 
         # 2. Model, optimizer and schedule, seeded; a resumed run's states, checked here,
         # in memory: a checkpoint that does not fit is refused before anything is written.
@@ -379,8 +380,7 @@ def train(
         atomic_write_json(out / "summary.json", summary)
         which = "the last epoch's weights (course recipe)" if keep_last else "the best weights"
         print(
-            f"[{cfg.model}] best val {best_acc:.4f} (epoch {best_epoch}); "
-            f"test {test_acc:.4f} with {which}",
+            f"{tag} best val {best_acc:.4f} (epoch {best_epoch}); test {test_acc:.4f} with {which}",
             flush=True,
         )
         return summary
@@ -543,7 +543,8 @@ def save_epoch(out: Path, ck: dict, kept: dict | None, rows: list[dict]) -> None
 
 def print_epoch(cfg: TrainConfig, row: dict) -> None:
     print(
-        f"[{cfg.model}] epoch {row['epoch']:>3}/{cfg.epochs}  lr {row['lr']:.4g}  "
+        f"[{run_name(cfg.model, cfg.seed)}]"
+        f" epoch {row['epoch']:>3}/{cfg.epochs}  lr {row['lr']:.4g}  "
         f"train {row['train_loss']:.4f}/{row['train_acc']:.4f}  "
         f"val {row['val_loss']:.4f}/{row['val_acc']:.4f}  "
         f"{row['seconds']:.1f}s",

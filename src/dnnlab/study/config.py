@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields, replace
 
-from dnnlab.cifar.config import TrainConfig
+from dnnlab.cifar.config import TrainConfig, run_name
 from dnnlab.cifar.models import VARIANTS
 from dnnlab.cifar.recipe import SETTINGS, recipe_name
 from dnnlab.errors import ConfigError, InputError
@@ -192,20 +192,6 @@ def train_config(cfg: StudyConfig, name: str, seed: int = 0) -> TrainConfig:
     """The TrainConfig of variant `name` with `seed`: the study's TRAIN_SETTINGS, the rest
     TrainConfig's defaults (its recipe's values)."""
     return TrainConfig(model=name, seed=seed, **{k: getattr(cfg, k) for k in TRAIN_SETTINGS})
-
-
-def run_name(variant: str, seed: int) -> str:
-    """The folder under runs/ of `variant` trained with `seed` (seed 0's is the variant's
-    name, as in every study before seeds)."""
-    return variant if seed == 0 else f"{variant}-seed{seed}"
-
-
-def parse_run_name(name: str) -> tuple[str, int]:
-    """(variant, seed) of a run folder's name (run_name's inverse)."""
-    variant, sep, seed = name.rpartition("-seed")
-    if sep and seed.isdigit() and variant in VARIANTS:
-        return variant, int(seed)
-    return name, 0
 
 
 def study_runs(cfg: StudyConfig) -> list[str]:

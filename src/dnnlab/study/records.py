@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dnnlab.cifar.config import parse_run_name
 from dnnlab.errors import ConfigError, DnnlabError, InputError
 from dnnlab.settings import flag_name
 from dnnlab.study.config import (
@@ -23,7 +24,6 @@ from dnnlab.study.config import (
     WHOLE_SPLITS,
     StudyConfig,
     config_from_record,
-    parse_run_name,
     study_runs,
 )
 from dnnlab.utils.records import RecordError, read_json

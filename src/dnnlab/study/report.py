@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dnnlab.cifar.config import parse_run_name
 from dnnlab.cifar.models import VARIANTS
 from dnnlab.cifar.recipe import COURSE, FIXED
-from dnnlab.study.config import LAST_LAYERS, parse_run_name
+from dnnlab.study.config import LAST_LAYERS
 from dnnlab.study.course import (
     CONCLUSIONS_TEXT,
     COURSE_NAMES,

@@ -47,13 +47,13 @@ from pathlib import Path
 
 import torch
 
-from dnnlab.cifar.config import RESUMABLE_CHANGES, TrainConfig
+from dnnlab.cifar.config import RESUMABLE_CHANGES, TrainConfig, parse_run_name
 from dnnlab.cifar.data import default_root, load_cifar10
 from dnnlab.cifar.rundir import read_run_config
 from dnnlab.cifar.train import train
 from dnnlab.errors import ConfigError, InputError
 from dnnlab.settings import from_args, setting, validate
-from dnnlab.study.config import parse_run_name, shared_setting
+from dnnlab.study.config import shared_setting
 from dnnlab.study.manifest import MANIFEST, ManifestError, verify
 from dnnlab.study.markup import md_code, md_grid, md_page, md_text
 from dnnlab.study.publish import git_commit, published_section, read_published

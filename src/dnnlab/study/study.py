@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 import dnnlab
+from dnnlab.cifar.config import run_name
 from dnnlab.cifar.data import default_root, load_cifar10, make_split, test_positions
 from dnnlab.cifar.recipe import SETTINGS, check_recipe_flag
 from dnnlab.cifar.rundir import check_run_data
@@ -47,7 +48,6 @@ from dnnlab.study.config import (
     WHOLE_SPLITS,
     StudyConfig,
     probe_config,
-    run_name,
     study_config,
     study_runs,
     train_config,

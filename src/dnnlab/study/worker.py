@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from dnnlab.cifar.config import parse_run_name
 from dnnlab.study.config import (
     config_from_record,
-    parse_run_name,
     probe_config,
     study_runs,
     train_config,
