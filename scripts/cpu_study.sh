@@ -7,19 +7,20 @@
 #   bash scripts/cpu_study.sh status           # runs published, running, the log's last lines
 #   bash scripts/cpu_study.sh stop
 #
-# The study runs from its own clone of this repository at a fixed commit ($WORK/code), so
-# edits to the checkout do not reach it; its run folders (with weights) live in
-# $WORK/study. Every run that finishes (trained and probed) is published at once into this
-# checkout's docs/results/clipped-cpu (`dnnlab study --publish`, with its manifest), and a
-# loop here commits that folder alone (`git commit -- docs/results/clipped-cpu`) as soon
-# as it changes and passes `dnnlab verify`. A stopped machine loses at most the runs in
-# progress: `start` again (same COMMIT) resumes them from their last epoch, and a finished
-# run is never trained again: $WORK/study holds it, or, on a new machine that lost
-# $WORK (a new session's), the study adopts it from its publication (study.py). To go on at
-# a newer commit (for what
-# its publication writes), stop, move $WORK/code aside and start with that commit: do it only
-# where `python scripts/same_outputs.py OLD` shows training and probing unchanged; a commit
-# whose recipe differs is refused by the study itself (study.json's recipe_settings).
+# The studies run from their own clone of this repository at a fixed commit ($WORK/code),
+# so edits to the checkout do not reach them; their run folders (with weights) live in
+# $WORK/study (the main study) and $WORK/factorial-* (the factorial's cells). Every run that
+# finishes (trained and probed) is published at once into this checkout's
+# docs/results/clipped-cpu or docs/results/factorial-* (`dnnlab study --publish`, with its
+# manifest), and a loop here commits that folder alone (`git commit -- FOLDER`) as soon as
+# it changes and passes `dnnlab verify`. A stopped machine loses at most the run in
+# progress: `start` again (same COMMIT) resumes it from its last epoch, and a finished run
+# is never trained again: $WORK holds it, or, on a new machine that lost $WORK (a new
+# session's), the study adopts it from its publication (study.py). To go on at a newer
+# commit (for what its publication writes), stop, move $WORK/code aside and start with that
+# commit: do it only where `python scripts/same_outputs.py OLD` shows training and probing
+# unchanged; a commit whose recipe differs is refused by the study itself (study.json's
+# recipe_settings).
 #
 # The plan, in order: first the factorial's course cell for base and bn (the course's
 # optimizer and double softmax, seeds 0 and 1: with the main study's base and bn, already
@@ -29,14 +30,15 @@
 # course's recipe (docs/results/factorial-*), see FACTORIAL below.
 #
 # The study's shell runs a copy of this script taken at `start` (bash reads a script as it
-# goes, so an edit to the checkout's copy would reach a running study, or break it).
+# goes: once the running command returns, an edited checkout's copy would be read from the
+# old offset). A study that fails is logged and the next one goes on.
 #
 # One run at a time (JOBS=1) by default: on the 2-core AMD EPYC, two one-thread workers
 # train 1.06-1.12x the images/s of one two-thread run (benchmarks/study_jobs.sh, RESULTS
 # §15), but one run at a time finishes and publishes each run in half the wall time, so a
 # session's end (when everything it started stops) loses one run's epochs, not two.
 set -euo pipefail
-repo="${DNNLAB_STUDY_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+repo="$(cd "${DNNLAB_STUDY_REPO:-$(dirname "${BASH_SOURCE[0]}")/..}" && pwd)"
 WORK="${DNNLAB_STUDY_WORK:-/work/cpu-study}"
 DATA="${DNNLAB_DATA:-$repo/../shared/data/cifar10-jpeg.tar.gz}"
 MEASURES="si,csi,knn:5,nc1"
@@ -71,22 +73,27 @@ commit_loop() {  # commit each published folder as soon as it changes and verifi
   done
 }
 
+one_study() {  # a study command; its failure is logged, and the plan goes on
+  if ! dnnlab study "$@"; then echo "cpu_study: failed: dnnlab study $*" >&2; fi
+}
+
 run_all() {
   cd "$WORK/code"
   source scripts/env.sh
   local common=(--seeds 0,1 --jobs "${JOBS:-1}" --measures "$MEASURES" --data-root "$DATA")
   # shellcheck disable=SC2086  # $COURSE is flags, split on purpose
-  dnnlab study $COURSE --softmax-head --models base,bn "${common[@]}" \
+  one_study $COURSE --softmax-head --models base,bn "${common[@]}" \
     --out "$WORK/factorial-course-softmax" \
     --publish "$repo/docs/results/factorial-course-softmax"
-  dnnlab study --recipe clipped --models "$MODELS" "${common[@]}" --out "$WORK/study" \
+  one_study --recipe clipped --models "$MODELS" "${common[@]}" --out "$WORK/study" \
     --publish "$repo/docs/results/clipped-cpu"
-  dnnlab study --recipe clipped --models base,bn --seeds 2 --jobs "${JOBS:-1}" --measures "$MEASURES" \
-    --data-root "$DATA" --out "$WORK/study" --publish "$repo/docs/results/clipped-cpu"
+  one_study --recipe clipped --models base,bn --seeds 2 --jobs "${JOBS:-1}" \
+    --measures "$MEASURES" --data-root "$DATA" --out "$WORK/study" \
+    --publish "$repo/docs/results/clipped-cpu"
   for cell in "${FACTORIAL[@]}"; do
     name="${cell%%:*}"
     read -r -a flags <<< "${cell#*: }"
-    dnnlab study "${flags[@]}" "${common[@]}" --out "$WORK/$name" \
+    one_study "${flags[@]}" "${common[@]}" --out "$WORK/$name" \
       --publish "$repo/docs/results/$name"
   done
 }
@@ -95,6 +102,10 @@ case "${1:-status}" in
   start)
     want="$(git -C "$repo" rev-parse "${2:-HEAD}")"
     mkdir -p "$WORK"
+    if [ -f "$WORK/study.pid" ] && kill -0 "$(cat "$WORK/study.pid")" 2>/dev/null; then
+      echo "cpu_study: a study is running already (pid $(cat "$WORK/study.pid")); stop it first" >&2
+      exit 2
+    fi
     if [ -d "$WORK/code" ] && [ "$(cat "$WORK/commit")" != "$want" ]; then
       echo "cpu_study: $WORK/code is at $(cat "$WORK/commit"), not $want. To resume at" \
         "another commit: stop, move $WORK/code aside (the runs in $WORK/study stay), then" \
@@ -106,7 +117,8 @@ case "${1:-status}" in
       echo "$want" > "$WORK/commit"
     fi
     (cd "$WORK/code" && source scripts/env.sh >/dev/null)  # the clone's own environment
-    cp "$0" "$WORK/cpu_study.sh"
+    # A new file (not rewritten in place: a shell still reading the old one keeps it).
+    cp "${BASH_SOURCE[0]}" "$WORK/.cpu_study.sh.new" && mv -f "$WORK/.cpu_study.sh.new" "$WORK/cpu_study.sh"
     export DNNLAB_STUDY_REPO="$repo"
     setsid nohup bash "$WORK/cpu_study.sh" _run >> "$WORK/study.log" 2>&1 &
     echo $! > "$WORK/study.pid"

@@ -268,6 +268,8 @@ def test_the_factorial_interaction_is_the_four_term_contrast(tmp_path):
         "bn-seed1": [1, 1, 1, 1, 1, 0, 0, 0],
         "base": [1, 1, 0, 0, 0, 0, 0, 0],
         "base-seed1": [1, 0, 1, 0, 0, 0, 0, 0],
+        "paths4-shared": [1, 1, 1, 0, 0, 0, 0, 0],
+        "paths4-shared-seed1": [1, 1, 1, 1, 0, 0, 0, 0],
     }
     study = {
         "bn": [1, 1, 1, 1, 1, 0, 0, 0],
@@ -294,6 +296,11 @@ def test_the_factorial_interaction_is_the_four_term_contrast(tmp_path):
     assert "| course's | logits | – | – | – | not published yet | – |" in text
     assert "| course's | softmax | 25.00 | 68.75 | +43.75 |" in text  # mean accuracies by hand
     assert "Interaction (course's recipe − study's recipe) of the gain: +31.25 points" in text
+    # The course cell's paths4-shared against its base: (37.5 + 50)/2 - 25 = 18.75 points,
+    # checked against the course's +9.53.
+    other = r["others"][("course's", "softmax"), "paths4-shared"]
+    assert other["diff"] == pytest.approx(18.75)
+    assert "| course's | softmax | paths4-shared − base | +18.75 |" in text
     # Without the study's cell there is no interaction, and the report says why.
     r = factorial({"factorial-course-softmax": folders["factorial-course-softmax"]})
     assert r["interaction"] is None and "clipped-cpu" in r["why"]

@@ -11,7 +11,7 @@ from dnnlab.errors import ConfigError
 from dnnlab.settings import setting, validate
 from dnnlab.utils.device import DEVICE_HELP, check_device_name
 
-__all__ = ["RESUMABLE_CHANGES", "TrainConfig"]
+__all__ = ["RESUMABLE_CHANGES", "TrainConfig", "parse_run_name", "run_name"]
 
 
 def _recipe_setting(name: str, help: str, **limits):

@@ -38,17 +38,15 @@ COURSE_CELL = ("course's", "softmax")
 STUDY_CELL = ("study's", "logits")
 
 
-def cell_results(folder: Path) -> dict | None:
-    """{variant: (positions, (seeds, N) correct)} for base and bn in a published (verified)
-    folder; None when either has no paired per-image results."""
-    runs = [p.name for p in (folder / "runs").iterdir() if (p / "summary.json").exists()]
-    by_variant = runs_by_variant(runs)
+def cell_results(folder: Path) -> dict:
+    """{variant: (positions, (seeds, N) correct)} for each variant of a published (verified)
+    folder whose runs all have paired per-image results."""
+    runs = [p.name for p in (folder / "runs").glob("*") if (p / "summary.json").exists()]
     got = {}
-    for v in ("base", "bn"):
-        r = per_image_correct(folder, by_variant.get(v, []))
-        if r is None:
-            return None
-        got[v] = r
+    for v, names in runs_by_variant(runs).items():
+        r = per_image_correct(folder, names)
+        if r is not None:
+            got[v] = r
     return got
 
 
@@ -57,11 +55,16 @@ def factorial(folders: dict[str, Path]) -> dict:
     folders `folders` ({folder name: path}, those that passed their manifest check).
 
     Returns {"cells": {cell: contrast or None}, "means": {cell: {"base": %, "bn": %} or
-    None}, "interaction": contrast or None, "why": text when the interaction cannot be
-    computed}."""
+    None}, "others": {(cell, variant): contrast of variant − base, with the course's verdict}
+    for a cell's other variants, "interaction": contrast or None, "why": text when the
+    interaction cannot be computed}."""
+    everything = {
+        cell: cell_results(folders[name]) for cell, name in CELLS.items() if name in folders
+    }
+    # A cell counts once both base and bn have paired results.
     results = {
-        cell: cell_results(folders[name]) if name in folders else None
-        for cell, name in CELLS.items()
+        cell: everything[cell] if {"base", "bn"} <= set(everything.get(cell, ())) else None
+        for cell in CELLS
     }
     cells = {
         cell: None
@@ -73,7 +76,19 @@ def factorial(folders: dict[str, Path]) -> dict:
         cell: None if r is None else {v: 100 * float(r[v][1].mean()) for v in ("base", "bn")}
         for cell, r in results.items()
     }
-    got = {"cells": cells, "means": means, "interaction": None, "why": None}
+    # The factorial's other runs (paths4-shared under the course's recipe): the course's
+    # conclusion about them, checked within their cell.
+    others = {
+        (cell, v): contrast(
+            [(1, r[v][1]), (-1, r["base"][1])],
+            course_diff=COURSE_TEST_ACC[v] - COURSE_TEST_ACC["base"],
+        )
+        for cell, r in everything.items()
+        if cell != STUDY_CELL and "base" in r
+        for v in r
+        if v not in ("base", "bn") and v in COURSE_TEST_ACC and r[v][0] == r["base"][0]
+    }
+    got = {"cells": cells, "means": means, "others": others, "interaction": None, "why": None}
     course, study = results[COURSE_CELL], results[STUDY_CELL]
     if course is None or study is None:
         missing = [CELLS[c] for c in (COURSE_CELL, STUDY_CELL) if results[c] is None]
@@ -124,6 +139,25 @@ def factorial_lines(result: dict) -> list[str]:
         "interaction, hold for its budget only.",
         "",
     ]
+    if result["others"]:
+        rows = [
+            [
+                *cell,
+                f"{v} − base",
+                f"{c['diff']:+.2f}",
+                "one seed" if c["low"] is None else f"[{c['low']:+.2f}, {c['high']:+.2f}]",
+                f"{COURSE_TEST_ACC[v] - COURSE_TEST_ACC['base']:+.2f}",
+                c["verdict"],
+            ]
+            for (cell, v), c in result["others"].items()
+        ]
+        header = ["optimizer", "head", "pair", "points", "95 % interval", "course", "verdict"]
+        lines += [
+            "The course's conclusions about the cells' other variants, within their cell:",
+            "",
+            md_grid(header, rows),
+            "",
+        ]
     i = result["interaction"]
     if i is None:
         lines += [f"Interaction: not computed ({result['why']}).", ""]

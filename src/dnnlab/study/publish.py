@@ -267,7 +267,7 @@ def adoptable(dest: Path, study: dict | None, out: Path) -> list[str]:
     return todo
 
 
-def adopt(dest: Path, study: dict, out: Path, names: list[str]) -> None:
+def adopt(dest: Path | None, study: dict | None, out: Path, names: list[str]) -> None:
     """Copy the runs `names` (adoptable's) of the publication `dest` (its study.json:
     `study`) into the study folder `out`.
 
@@ -522,6 +522,8 @@ def published_section(pub: dict) -> list[str]:
         "shows their mean. The last column quotes the course's own SI where its write-up "
         "states one."
     )
+    if not full:
+        intro = "Read from the published folders below (not measured by this run)."
     md = [f"## {title}", "", intro, ""] + [f"- {x}" for x in labels] + [""]
     md += [x for t in refusals for x in (t, "")]
     table = [md_grid(header, rows), ""] if full else []

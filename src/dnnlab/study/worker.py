@@ -1,5 +1,5 @@
 """One study run in its own process: `python -m dnnlab.study.worker STUDY_DIR RUN` (RUN: a
-variant, or VARIANT-seedK, config.run_name).
+variant, or VARIANT-seedK, cifar.config.run_name).
 
 Started by `run_study` when jobs > 1. It reads the study's settings from STUDY_DIR/study.json,
 so a worker always runs exactly the study its parent recorded; DNNLAB_THREADS sets its share
