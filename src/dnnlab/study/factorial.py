@@ -38,12 +38,14 @@ COURSE_CELL = ("course's", "softmax")
 STUDY_CELL = ("study's", "logits")
 
 
-def cell_results(folder: Path) -> dict:
+def cell_results(folder: Path, variants=None) -> dict:
     """{variant: (positions, (seeds, N) correct)} for each variant of a published (verified)
-    folder whose runs all have paired per-image results."""
+    folder (of `variants`, None: all) whose runs all have paired per-image results."""
     runs = [p.name for p in (folder / "runs").glob("*") if (p / "summary.json").exists()]
     got = {}
     for v, names in runs_by_variant(runs).items():
+        if variants is not None and v not in variants:
+            continue
         r = per_image_correct(folder, names)
         if r is not None:
             got[v] = r
@@ -58,8 +60,12 @@ def factorial(folders: dict[str, Path]) -> dict:
     None}, "others": {(cell, variant): contrast of variant − base, with the course's verdict}
     for a cell's other variants, "interaction": contrast or None, "why": text when the
     interaction cannot be computed}."""
+    # The main study's cell is read for base and bn only (its other variants are its own
+    # report's); a factorial cell's other variants are checked below.
     everything = {
-        cell: cell_results(folders[name]) for cell, name in CELLS.items() if name in folders
+        cell: cell_results(folders[name], ("base", "bn") if cell == STUDY_CELL else None)
+        for cell, name in CELLS.items()
+        if name in folders
     }
     # A cell counts once both base and bn have paired results.
     results = {
@@ -84,7 +90,7 @@ def factorial(folders: dict[str, Path]) -> dict:
             course_diff=COURSE_TEST_ACC[v] - COURSE_TEST_ACC["base"],
         )
         for cell, r in everything.items()
-        if cell != STUDY_CELL and "base" in r
+        if "base" in r
         for v in r
         if v not in ("base", "bn") and v in COURSE_TEST_ACC and r[v][0] == r["base"][0]
     }
