@@ -504,6 +504,17 @@ def test_a_cut_off_study_keeps_the_earlier_commands_times(tree, tmp_path, monkey
     assert json.loads((out / "study.json").read_text())["wall_seconds"] > done["wall_seconds"]
 
 
+def test_overwrite_is_refused_a_publication_of_diverged_runs_only(tree, tmp_path):
+    # A diverged run is published (its curve, counted), so a study trained again from the
+    # start would drop it from the folder as it would a finished one.
+    cfg = tiny_study_config(tree, ["base", "paths2-shared"])
+    published = {"published_variants": [], "diverged_variants": ["paths2-shared"]}
+    with raises_naming(InputError, "--publish", "--overwrite", "1 run (paths2-shared)"):
+        S.check_publication(tmp_path, published, cfg, overwrite=True)
+    S.check_publication(tmp_path, published, cfg, overwrite=False)  # adopted, not refused
+    S.check_publication(tmp_path, {}, cfg, overwrite=True)  # nothing published yet
+
+
 # -- no command writes over one of its inputs, with or without --overwrite -------------
 def test_study_never_writes_over_its_inputs(tree, tmp_path, capsys):
     det = tmp_path / "det"

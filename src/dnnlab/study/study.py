@@ -155,7 +155,8 @@ def check_publication(dest: Path, published: dict, cfg: StudyConfig, overwrite: 
     had = published_runs(published)
     if overwrite and had:
         raise InputError(
-            f"--publish: {dest} publishes {len(had)} runs ({', '.join(had)}); with --overwrite "
+            f"--publish: {dest} publishes {len(had)} run{'s' * (len(had) != 1)} "
+            f"({', '.join(had)}); with --overwrite "
             "the study trains every run again and its first publication would drop them: "
             "publish to another folder"
         )
