@@ -35,11 +35,12 @@ permutation `fold_ids`) and seeds as section 12, today's detection defaults (DEF
 on every one:
 
   * "defaults": the frozen backbone, as `dnnlab detect train` does today;
-  * "end-to-end:EPOCHS:LR:FROM": `detect train --end-to-end --epochs EPOCHS --backbone-lr LR
-    --backbone-from FROM` (train.train_end_to_end: the head and the backbone's blocks from
-    FROM on, on the fold's training photos' rows), then every photo's maps (and its mirror's)
-    computed again on the tuned backbone, the ridge regressors and the IoU predictor fitted
-    on them; the head is the one trained end to end;
+  * "end-to-end:EPOCHS:LR:FROM[:BOX]": `detect train --end-to-end --epochs EPOCHS --backbone-lr
+    LR --backbone-from FROM [--box-loss BOX]` (train.train_end_to_end: the head and the
+    backbone's blocks from FROM on, on the fold's training photos' rows, with Fast R-CNN's
+    box loss weighed BOX), then every photo's maps (and its mirror's) computed again on the
+    tuned backbone, the ridge regressors and the IoU predictor fitted on them; the head is
+    the one trained end to end;
   * "hard-negatives:ROUNDS:PER_IMAGE": `detect train --hard-negative-rounds ROUNDS
     --hard-negatives-per-image PER_IMAGE` (train.train_hard_negatives: after the head is
     trained, each round adds each of the fold's training photos' PER_IMAGE highest-scoring
@@ -672,9 +673,10 @@ def candidate(name: str) -> dict:
     """A candidate's definition from its name: {"train": None (the frozen backbone) or the
     end-to-end settings, "row": the detection settings (a SETTINGS name)}, and for
     hard-negatives and scale-jitter also "recipe": the head's DetectTrainConfig settings.
-    Names: "defaults" (today's, DEFAULT_ROW), any SETTINGS row, end-to-end:EPOCHS:LR:FROM
-    (`detect train --end-to-end --epochs EPOCHS --backbone-lr LR --backbone-from FROM`,
-    detected with the defaults), hard-negatives:ROUNDS:PER_IMAGE (`detect train
+    Names: "defaults" (today's, DEFAULT_ROW), any SETTINGS row,
+    end-to-end:EPOCHS:LR:FROM[:BOX] (`detect train --end-to-end --epochs EPOCHS --backbone-lr
+    LR --backbone-from FROM [--box-loss BOX]`, detected with the defaults),
+    hard-negatives:ROUNDS:PER_IMAGE (`detect train
     --hard-negative-rounds ROUNDS --hard-negatives-per-image PER_IMAGE`, likewise) and
     scale-jitter:J (`detect train --scale-jitter J`, likewise), each setting checked as
     `detect train` checks it."""
@@ -686,16 +688,19 @@ def candidate(name: str) -> dict:
     if parts[0] in RECIPES:
         return {"train": None, "recipe": recipe(name, parts), "row": DEFAULT_ROW}
     if parts[0] != "end-to-end":
-        known = ", ".join(["defaults", "end-to-end:EPOCHS:LR:FROM", *RECIPES.values(), *SETTINGS])
+        known = ["defaults", "end-to-end:EPOCHS:LR:FROM[:BOX]", *RECIPES.values(), *SETTINGS]
+        known = ", ".join(known)
         raise InputError(f"--candidates: unknown candidate {name!r}; one of {known}")
-    if len(parts) != 4:
-        raise InputError(f"--candidates {name}: write end-to-end:EPOCHS:LR:FROM")
+    if len(parts) not in (4, 5):
+        raise InputError(f"--candidates {name}: write end-to-end:EPOCHS:LR:FROM[:BOX]")
     try:
         train = {"epochs": int(parts[1]), "backbone_lr": float(parts[2])}
         train["backbone_from"] = int(parts[3])
+        if len(parts) == 5:
+            train["box_loss"] = float(parts[4])
     except ValueError:
         raise InputError(
-            f"--candidates {name}: EPOCHS and FROM are integers, LR a number"
+            f"--candidates {name}: EPOCHS and FROM are integers, LR and BOX numbers"
         ) from None
     try:
         DetectTrainConfig(end_to_end=True, **train)

@@ -1,6 +1,7 @@
 """benchmarks/cv_detect.py's AP from per-photo matches, against torchmetrics, and its paired
 bootstrap, against obvious resampling code."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -94,3 +95,20 @@ def test_paired_bootstrap_refuses_other_photos_and_pairs_by_fold_and_photo():
     ]
     pa, pb = C.paired_photos(ra, rb)
     assert pa == pb == a[:2]
+
+
+def test_candidate_names_end_to_end_with_and_without_a_box_loss():
+    assert C.candidate("end-to-end:5:1e-4:7")["train"] == {
+        "epochs": 5,
+        "backbone_lr": 1e-4,
+        "backbone_from": 7,
+    }
+    assert C.candidate("end-to-end:5:1e-4:7:1")["train"]["box_loss"] == 1.0
+    for bad, names in (
+        ("end-to-end:5:1e-4", "EPOCHS:LR:FROM[:BOX]"),
+        ("end-to-end:5:1e-4:7:1:2", "EPOCHS:LR:FROM[:BOX]"),
+        ("end-to-end:5:1e-4:7:x", "BOX"),
+        ("end-to-end:5:1e-4:7:-1", "--box-loss"),
+    ):
+        with pytest.raises(InputError, match=re.escape(names)):
+            C.candidate(bad)

@@ -464,6 +464,47 @@ def test_box_deltas_round_trip_and_ridge_against_lstsq():
         fit_ridge(torch.zeros(0, 80), torch.zeros(0, 4), 1.0)
 
 
+def test_box_regression_loss_against_torchvision_and_a_written_out_smooth_l1():
+    """--box-loss's loss is torchvision's Faster R-CNN box loss (BoxCoder((10, 10, 5, 5)),
+    fastrcnn_loss's box part), and Huber's smooth L1 written out in float64."""
+    from torchvision.models.detection._utils import BoxCoder
+    from torchvision.models.detection.roi_heads import fastrcnn_loss
+
+    from dnnlab.detect.train import box_regression_loss
+
+    g = torch.Generator().manual_seed(0)
+    props = torch.rand(6, 2, generator=g) * 100
+    props = torch.cat([props, props + 20 + torch.rand(6, 2, generator=g) * 60], 1)
+    gt = props + torch.randn(6, 4, generator=g) * 8
+    pred = torch.randn(6, 4, generator=g) * 0.5
+    n_rows = 10  # six positives among ten rows
+    got = box_regression_loss(pred, props, gt, n_rows)
+    # torchvision: ten rows, the first six of class 1, predictions for both classes.
+    target = BoxCoder((10.0, 10.0, 5.0, 5.0)).encode_single(gt, props)
+    labels = torch.tensor([1] * 6 + [0] * 4)
+    box_regression = torch.zeros(n_rows, 8)
+    box_regression[:6, 4:] = pred
+    targets = torch.cat([target, torch.zeros(4, 4)])
+    _, want = fastrcnn_loss(torch.zeros(n_rows, 2), box_regression, [labels], [targets])
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    # Written out: offsets by hand, smooth L1 with beta 1/9, summed, over the rows.
+    p, t = props.double().numpy(), gt.double().numpy()
+    pw, ph, tw, th = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1], t[:, 2] - t[:, 0], t[:, 3] - t[:, 1]
+    d = np.stack(
+        [
+            10 * ((t[:, 0] + tw / 2) - (p[:, 0] + pw / 2)) / pw,
+            10 * ((t[:, 1] + th / 2) - (p[:, 1] + ph / 2)) / ph,
+            5 * np.log(tw / pw),
+            5 * np.log(th / ph),
+        ],
+        1,
+    )
+    diff = np.abs(pred.double().numpy() - d)
+    beta = 1 / 9
+    by_hand = np.where(diff < beta, 0.5 * diff**2 / beta, diff - 0.5 * beta).sum() / n_rows
+    assert float(got) == pytest.approx(by_hand, rel=1e-5)
+
+
 # -- config ------------------------------------------------------------------------------
 def test_config_round_trip_and_strict_keys():
     cfg = DetectorConfig(target="dog", features=FeatureSpec(grid=2))
@@ -975,6 +1016,9 @@ def test_detector_without_iou_predictor_loads_as_before(voc, trained, tmp_path, 
         (["train", "OUT", "--scale-jitter", "-0.1"], "--scale-jitter"),
         (["train", "OUT", "--scale-jitter", "0.95"], "--scale-jitter"),
         (["train", "OUT", "--scale-jitter", "0.2", "--end-to-end"], "--end-to-end"),
+        (["train", "OUT", "--box-loss", "1"], "--box-loss"),
+        (["train", "OUT", "--end-to-end", "--box-loss", "-1"], "--box-loss"),
+        (["train", "OUT", "--end-to-end", "--box-loss", "nan"], "--box-loss"),
         (["train", "OUT", "--scale-jitter", "0.2", "--features", "crops"], "--features crops"),
         (["train", "OUT", "--scale-jitter", "0.5", "--image-size", "4000"], "--image-size 4000"),
         (
@@ -1376,6 +1420,15 @@ def test_course_preset_and_end_to_end(small, weights, tmp_path):
     assert not torch.equal(
         ck["state"]["features.17.conv.0.0.weight"], orig["features.17.conv.0.0.weight"]
     )
+    # --box-loss: the box loss reaches the backbone (the box layer starts at zero and draws
+    # no random numbers, so only the loss differs from the run above), and it is recorded.
+    assert main(cli("detect", "train", det, **end_to_end, backbone_from=17, box_loss=1.0)) == 0
+    boxed = torch.load(det / "model.pt", weights_only=True)
+    assert all(torch.equal(boxed["state"][k], orig[k]) for k in frozen)
+    assert not torch.equal(
+        boxed["state"]["features.18.0.weight"], ck["state"]["features.18.0.weight"]
+    )
+    assert json.loads((det / "train.json").read_text())["train_config"]["box_loss"] == 1.0
 
 
 # -- features --------------------------------------------------------------------------

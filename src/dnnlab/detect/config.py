@@ -306,6 +306,15 @@ class DetectTrainConfig:
         low=0,
         high=18,
     )
+    box_loss: float = setting(
+        0.0,
+        "--end-to-end: the weight of a box-regression loss trained with the classifier "
+        "(Fast R-CNN's multi-task loss on the positive boxes), so that the tuned backbone "
+        "keeps what the box regressors read (0: the classification loss alone; "
+        "torchvision's Faster R-CNN weighs it 1)",
+        low=0,
+        high=100,
+    )
     backbone_weights: str | None = setting(
         None,
         "MobileNetV2 state dict (1000 or 1001 classes); "
@@ -325,6 +334,11 @@ class DetectTrainConfig:
             raise InputError(
                 f"--scale-jitter {self.scale_jitter}: the jittered features are the frozen "
                 "backbone's; not with --end-to-end"
+            )
+        if self.box_loss and not self.end_to_end:
+            raise InputError(
+                f"--box-loss {self.box_loss}: it trains the backbone's features for the box "
+                "regressors; only with --end-to-end"
             )
         if self.scale_jitter and self.hard_negative_rounds:
             raise InputError(

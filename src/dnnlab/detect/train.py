@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
-from dnnlab.detect.boxes import flip_boxes
+from dnnlab.detect.boxes import box_deltas, flip_boxes
 from dnnlab.detect.boxreg import fit_regressors
 from dnnlab.detect.build import (
     TRAINED_FILES,
@@ -138,18 +139,19 @@ def fit_classifier(
     """The one training loop: Adam over param_groups, StepLR, cross-entropy with class
     weights; after each epoch `validate_fn()` gives (loss, accuracy) or None; the state of
     `tracked` (a module) with the best validation accuracy (training accuracy without
-    validation rows) is kept. `batches()` yields (logits, labels) for one epoch.
-    Returns (history, best accuracy, best state)."""
+    validation rows) is kept. `batches()` yields (logits, labels) for one epoch, or
+    (logits, labels, another loss) to train on their sum (the history's loss is the
+    cross-entropy alone). Returns (history, best accuracy, best state)."""
     opt = torch.optim.Adam(param_groups)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
     hist, best, best_state = [], -1.0, None
     for epoch in range(cfg.epochs):
         train_mode()
         total = correct = seen = 0.0
-        for logits, y in batches(epoch):
+        for logits, y, *other_losses in batches(epoch):
             loss = F.cross_entropy(logits, y, weight=weights)
             opt.zero_grad()
-            loss.backward()
+            (loss + sum(other_losses)).backward()
             opt.step()
             total += float(loss.detach()) * len(y)
             correct += float((logits.detach().argmax(1) == y).sum())
@@ -209,16 +211,53 @@ def train_head(
     )
 
 
+# torchvision's Faster R-CNN box coder weights (roi_heads: BoxCoder((10, 10, 5, 5))): the
+# offsets' scale in the box loss of train_end_to_end, as the anchor trains its box head.
+BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+
+
+def box_regression_loss(pred, props, gt, n_rows: int) -> torch.Tensor:
+    """Fast R-CNN's box loss as torchvision's roi_heads.fastrcnn_loss computes it: smooth L1
+    (beta 1/9) between the predicted offsets `pred` (n, 4) and the offsets from the boxes
+    `props` (n, 4) to their targets `gt`, scaled by BOX_CODER_WEIGHTS, summed and divided
+    by the batch's rows `n_rows` (positives and negatives)."""
+    target = box_deltas(props, gt) * props.new_tensor(BOX_CODER_WEIGHTS)
+    return F.smooth_l1_loss(pred, target, beta=1 / 9, reduction="sum") / n_rows
+
+
 def train_end_to_end(
     model, rows, train_idx, val_idx, labels, weights, cfg: DetectTrainConfig, gen, progress
 ):
     """Backbone (its blocks from cfg.backbone_from on) and head together, one photo's boxes
     at a time (one backbone pass per photo in "roi" mode; crops in batches of batch_size).
     BatchNorm keeps ImageNet's statistics: batches of one photo's boxes are far too
-    correlated to estimate them."""
+    correlated to estimate them.
+
+    With cfg.box_loss, Fast R-CNN's multi-task loss (Girshick 2015, eq. 1): a linear layer
+    on each box's features (all of them, the regressors' fine grid too) predicts the offsets
+    to its target box, and cfg.box_loss x its smooth L1 loss on the positive rows is added
+    to the cross-entropy, so the tuned backbone is trained to keep where the cat is and not
+    only whether it is there. The loss is the one torchvision's Faster R-CNN (the anchor,
+    benchmarks/anchor_faster_rcnn.py) trains its box head with (box_regression_loss). The
+    layer is dropped afterwards: the ridge regressors are fitted on the tuned backbone's
+    features as always."""
     by_image = group_by_image(rows, train_idx.tolist())
     images = list(by_image)
     chunk = cfg.batch_size if model.spec.mode == "crops" else len(rows)
+    box_layer = None
+    if cfg.box_loss:  # zero at the start (Fast R-CNN: N(0, 0.001)), drawing no random numbers
+        box_layer = nn.Linear(model.spec.dim, 4).to(cfg.device)
+        nn.init.zeros_(box_layer.weight)
+        nn.init.zeros_(box_layer.bias)
+
+    def box_loss(x, b):
+        pos = [j for j, i in enumerate(b) if labels[i] == 1 and rows[i]["gt"] is not None]
+        if not pos:
+            return x.new_zeros(())
+        props = torch.tensor([rows[b[j]]["box"] for j in pos], dtype=torch.float32)
+        gt = torch.tensor([rows[b[j]]["gt"] for j in pos], dtype=torch.float32)
+        pred = box_layer(x[pos])
+        return cfg.box_loss * box_regression_loss(pred, props.to(x.device), gt.to(x.device), len(b))
 
     def batches(epoch):
         order = torch.randperm(len(images), generator=gen).tolist()
@@ -230,7 +269,12 @@ def train_end_to_end(
             for s in range(0, len(idx), chunk):
                 b = idx[s : s + chunk]
                 boxes = np.array([rows[i]["box"] for i in b], dtype=np.float32)
-                yield model.logits(model.embed(img, boxes)), labels[b].to(cfg.device)
+                x = model.embed(img, boxes)
+                y = labels[b].to(cfg.device)
+                if box_layer is None:
+                    yield model.logits(x), y
+                else:
+                    yield model.logits(x), y, box_loss(x, b)
 
     def train_mode():
         model.train()
@@ -250,6 +294,8 @@ def train_end_to_end(
         {"params": model.head.parameters(), "lr": cfg.lr},
         {"params": tuned.parameters(), "lr": cfg.backbone_lr},
     ]
+    if box_layer is not None:
+        groups.append({"params": box_layer.parameters(), "lr": cfg.lr})
     out = fit_classifier(
         model, groups, batches, train_mode, validate_fn, weights.to(cfg.device), cfg
     )
