@@ -688,8 +688,9 @@ def candidate(name: str) -> dict:
     if parts[0] in RECIPES:
         return {"train": None, "recipe": recipe(name, parts), "row": DEFAULT_ROW}
     if parts[0] != "end-to-end":
-        known = ["defaults", "end-to-end:EPOCHS:LR:FROM[:BOX]", *RECIPES.values(), *SETTINGS]
-        known = ", ".join(known)
+        known = ", ".join(
+            ["defaults", "end-to-end:EPOCHS:LR:FROM[:BOX]", *RECIPES.values(), *SETTINGS]
+        )
         raise InputError(f"--candidates: unknown candidate {name!r}; one of {known}")
     if len(parts) not in (4, 5):
         raise InputError(f"--candidates {name}: write end-to-end:EPOCHS:LR:FROM[:BOX]")

@@ -244,14 +244,16 @@ def train_end_to_end(
     by_image = group_by_image(rows, train_idx.tolist())
     images = list(by_image)
     chunk = cfg.batch_size if model.spec.mode == "crops" else len(rows)
-    box_layer = None
+    box_layer, targeted = None, set()
     if cfg.box_loss:  # zero at the start (Fast R-CNN: N(0, 0.001)), drawing no random numbers
         box_layer = nn.Linear(model.spec.dim, 4).to(cfg.device)
         nn.init.zeros_(box_layer.weight)
         nn.init.zeros_(box_layer.bias)
+        # The rows the box loss reads: positives with a target box (Fast R-CNN's foreground).
+        targeted = {i for i in train_idx.tolist() if labels[i] == 1 and rows[i]["gt"] is not None}
 
     def box_loss(x, b):
-        pos = [j for j, i in enumerate(b) if labels[i] == 1 and rows[i]["gt"] is not None]
+        pos = [j for j, i in enumerate(b) if i in targeted]
         if not pos:
             return x.new_zeros(())
         props = torch.tensor([rows[b[j]]["box"] for j in pos], dtype=torch.float32)
