@@ -6,12 +6,14 @@ import json
 import random
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from dnnlab.cifar.config import parse_run_name
 from dnnlab.study.config import study_config
-from dnnlab.study.course import COURSE_TEST_ACC, conclusions, rank_agreement
-from dnnlab.study.publish import publish, read_published
+from dnnlab.study.course import COURSE_TEST_ACC, conclusions, rank_agreement, seed_agreement
+from dnnlab.study.publish import publish, published_section, read_published
 from dnnlab.study.report import write_report
 from dnnlab.study.stats import spearman_exact
 from dnnlab.study.study import run_study
@@ -53,6 +55,42 @@ def test_spearman_against_oracle_with_and_without_ties():
     assert spearman([1, 1, 1], [1, 2, 3]) is None  # no ordering
     with pytest.raises(ValueError):
         spearman([1, 2, 3], [1, 2])
+
+
+def test_seed_agreement_pairs_each_variants_first_and_second_seed():
+    # Variants with one seed are left out; a third seed is not read.
+    acc = {
+        "base": [80.0, 81.0, 10.0],
+        "bn": [82.0, 79.0],
+        "gn": [84.0, 85.0],
+        "ln": [83.0, 86.0],
+        "wide": [90.0],
+    }
+    r, two = seed_agreement(acc)
+    assert two == ["base", "bn", "gn", "ln"]
+    first, second = [80.0, 82.0, 84.0, 83.0], [81.0, 79.0, 85.0, 86.0]
+    assert r["rho"] == pytest.approx(oracle_spearman(first, second), abs=1e-12)
+    assert r["rho"] == pytest.approx(0.6)  # ranks 1 2 4 3 against 2 1 3 4: 1 - 6 * 4 / 60
+    r, two = seed_agreement({"base": [1.0, 2.0], "bn": [3.0, 4.0], "wide": [5.0]})
+    assert r["rho"] is None and two == ["base", "bn"]  # fewer than three: not measured
+
+
+def test_published_section_states_the_published_studys_seed_agreement():
+    """The main job's published section gives the 10-epoch study's rank agreement between
+    seeds 0 and 1, here recomputed from the published summaries by obvious code."""
+    pub = Path(__file__).resolve().parents[1] / "docs" / "results" / "clipped-cpu"
+    acc = {}
+    for f in (pub / "runs").glob("*/summary.json"):
+        variant, seed = parse_run_name(f.parent.name)
+        test_acc = json.loads(f.read_text()).get("test_acc")
+        if test_acc is not None:  # a diverged run has none
+            acc.setdefault(variant, {})[seed] = test_acc
+    two = sorted(m for m, v in acc.items() if 0 in v and 1 in v)
+    assert len(two) >= 3  # seven variants had both seeds when this test was written
+    rho = oracle_spearman([acc[m][0] for m in two], [acc[m][1] for m in two])
+    label = next(x for x in published_section(read_published(pub)) if x.startswith("- "))
+    assert "Seeds' rank agreement (first against second seed's test accuracies): rho " in label
+    assert f"rho {rho:.3f} over {len(two)} variants" in label
 
 
 def test_rank_agreement_and_conclusions_against_the_course():

@@ -3,8 +3,10 @@ valid .npy, .npz, .pt, .safetensors, .csv, VOC XML and image file give a result 
 refusal (a DnnlabError), never another exception, a hang (each example has a deadline) or a
 crash. Bounded (max_examples, deadline) to run in well under a minute on two cores."""
 
+import atexit
 import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,7 +22,10 @@ from dnnlab.errors import DnnlabError
 from dnnlab.separability.io import load_array, open_features
 from dnnlab.utils.images import open_rgb
 
+# Hypothesis' examples cannot take pytest's tmp_path: one folder for the session, removed
+# when the session's interpreter exits.
 FOLDER = Path(tempfile.mkdtemp(prefix="dnnlab-fuzz-"))
+atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)
 BUDGET = 64 << 20  # a sparse tensor or an .npz member claiming more is refused, not made
 
 

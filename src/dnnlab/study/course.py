@@ -60,6 +60,21 @@ def rank_agreement(test_acc: dict[str, float]) -> tuple[dict, list[str]]:
     return spearman_exact([test_acc[m] for m in both], [COURSE_TEST_ACC[m] for m in both]), both
 
 
+# The study's own ranking is called reproducible when two seeds' orderings correlate at
+# least this much (issue 35's aim); below it a report draws no conclusion from the ranking.
+REPRODUCIBLE_RHO = 0.8
+
+
+def seed_agreement(acc_seeds: dict[str, list[float]]) -> tuple[dict, list[str]]:
+    """(stats.spearman_exact's {rho, p, n, p_method}, variants): Spearman's rho between the
+    first and the second seed's test accuracies over the variants that have two seeds (the
+    study's own reproducibility); ({"rho": None}, variants) with fewer than three."""
+    two = [m for m, v in acc_seeds.items() if len(v) >= 2]
+    if len(two) < 3:
+        return {"rho": None, "p": None, "n": len(two), "p_method": None}, two
+    return spearman_exact([acc_seeds[m][0] for m in two], [acc_seeds[m][1] for m in two]), two
+
+
 def conclusions(acc: dict[str, list[float]], correct: dict[str, object]) -> list[dict]:
     """Every course conclusion, checked where the study has both variants: the difference of
     their mean test accuracies (points), its 95 % interval and the verdict (stats.difference).

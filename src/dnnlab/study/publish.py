@@ -33,8 +33,10 @@ from dnnlab.study.course import (
     CONCLUSIONS_TEXT,
     COURSE_SI,
     COURSE_TEST_ACC,
+    REPRODUCIBLE_RHO,
     conclusions_table,
     rank_agreement,
+    seed_agreement,
 )
 from dnnlab.study.factorial import CELLS, factorial, factorial_lines
 from dnnlab.study.manifest import MANIFEST, ManifestError, verify, write_manifest
@@ -399,6 +401,7 @@ def read_published(root) -> dict:
                     for r in (d / "runs").glob("*/summary.json")
                 ),
                 "rows": rows,
+                "seed_agreement": seed_agreement(acc_seeds),
                 "left_out": left_out,
                 "diverged": diverged,
                 # Planned by the study (study.json's runs) and not published yet: a study
@@ -455,6 +458,14 @@ def _published_label(s: dict) -> str:
             f". Spearman's rho of its test accuracies against the course's 100-epoch "
             f"numbers: {r['rho']:.3f} over {len(both)} variants (permutation p = {r['p']:.2f})"
         )
+    r, two = s["seed_agreement"]
+    if r["rho"] is not None:
+        text += (
+            f". Seeds' rank agreement (first against second seed's test accuracies): rho "
+            f"{r['rho']:.3f} over {len(two)} variants (permutation p = {r['p']:.3f})"
+        )
+        if r["rho"] < REPRODUCIBLE_RHO:
+            text += f", below {REPRODUCIBLE_RHO}: the ranking is not reproducible at this budget"
     if s["diverged"]:
         text += f"; diverged under this recipe (no result): {', '.join(s['diverged'])}"
     if s["left_out"]:

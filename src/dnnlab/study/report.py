@@ -29,8 +29,10 @@ from dnnlab.study.course import (
     COURSE_NAMES,
     COURSE_SI,
     COURSE_TEST_ACC,
+    REPRODUCIBLE_RHO,
     conclusions_table,
     rank_agreement,
+    seed_agreement,
 )
 from dnnlab.study.markup import md_code, md_grid, md_link, md_page, md_text
 from dnnlab.study.overlay import overlay_plot
@@ -48,7 +50,7 @@ from dnnlab.study.records import (
     sort_runs,
     value_at,
 )
-from dnnlab.study.stats import proportion_interval, seed_summary, spearman_exact
+from dnnlab.study.stats import proportion_interval, seed_summary
 from dnnlab.utils.atomic import atomic_write_text
 
 # (title, variants in table order, the references they are compared with): a comparison is
@@ -289,21 +291,14 @@ def _course_section(out: Path, seeds, runs, quick: bool) -> list[str]:
     return md
 
 
-# The study's own ranking is called reproducible when two seeds' orderings correlate at
-# least this much (issue 35's aim); below it the report draws no conclusion from the ranking.
-REPRODUCIBLE_RHO = 0.8
-
-
 def _seed_agreement(acc_seeds: dict[str, list[float]]) -> str:
-    """Spearman's rho between the first and second seed's test accuracies over the variants
-    that have two seeds: is the study's own ranking reproducible?"""
-    two = [m for m, v in acc_seeds.items() if len(v) >= 2]
+    """The sentence on the study's own reproducibility (course.seed_agreement)."""
+    r, two = seed_agreement(acc_seeds)
     if len(two) < 3:
         return (
             "Reproducibility of the ranking: not measured (fewer than three variants have "
             "two seeds)."
         )
-    r = spearman_exact([acc_seeds[m][0] for m in two], [acc_seeds[m][1] for m in two])
     text = "Reproducibility: " + _rho_text(
         r, f"between the first and the second seed's orderings over {len(two)} variants"
     )
