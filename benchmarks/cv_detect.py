@@ -292,26 +292,34 @@ def coco_ap(parts: list[tuple[np.ndarray, np.ndarray, int]]) -> dict:
     return {"ap50": float(ap[0]), "ap75": float(ap[5]), "map": float(ap.mean())}
 
 
-def paired_bootstrap(a: list[dict], b: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
-    """{figure: (a − b on every photo, low, high)} for AP50, AP75 and mAP of two detectors'
-    detections (detections_of) on the same photos in the same order: the 2.5 and 97.5
-    percentiles of a − b over `resamples` draws of the photos with replacement, the same draw
-    for both. The interval is over which photos were held out, not over the training's
-    randomness (one model a fold)."""
-    if len(a) != len(b) or any(x["gt"] != y["gt"] for x, y in zip(a, b, strict=False)):
-        raise InputError("paired_bootstrap: the two lists are not the same photos")
-    ma, mb = [photo_matches(p) for p in a], [photo_matches(p) for p in b]
-    full_a, full_b = coco_ap(ma), coco_ap(mb)
+def paired_bootstrap(pairs: list[tuple[list, list]], resamples: int = 2000, seed: int = 0) -> dict:
+    """{figure: (a − b, low, high)} for AP50, AP75 and mAP of two detectors. `pairs` holds one
+    (a, b) per training seed: their detections (detections_of) on the same photos in the same
+    order, in every pair. a − b is the mean over the pairs of the difference of their pooled
+    figures; low and high are its 2.5 and 97.5 percentiles over `resamples` draws of the photos
+    with replacement, one draw for both detectors and every seed. The interval is over which
+    photos were held out; the training's randomness enters only as far as the seeds averaged
+    reach (one model a fold and seed)."""
+    first = pairs[0][0]
+    for a, b in pairs:
+        if len(a) != len(first) or len(b) != len(first):
+            raise InputError("paired_bootstrap: the lists are not the same photos")
+        if any(
+            x["gt"] != y["gt"] or x["gt"] != z["gt"] for x, y, z in zip(a, b, first, strict=True)
+        ):
+            raise InputError("paired_bootstrap: the lists are not the same photos")
+    matches = [([photo_matches(p) for p in a], [photo_matches(p) for p in b]) for a, b in pairs]
+
+    def mean_difference(idx) -> dict:
+        figures = [
+            (coco_ap([ma[i] for i in idx]), coco_ap([mb[i] for i in idx])) for ma, mb in matches
+        ]
+        return {m: float(np.mean([fa[m] - fb[m] for fa, fb in figures])) for m in figures[0][0]}
+
+    full = mean_difference(range(len(first)))
     rng = np.random.default_rng(seed)
-    diffs = {m: [] for m in full_a}
-    for _ in range(resamples):
-        idx = rng.integers(0, len(a), len(a))
-        ra, rb = coco_ap([ma[i] for i in idx]), coco_ap([mb[i] for i in idx])
-        for m in diffs:
-            diffs[m].append(ra[m] - rb[m])
-    return {
-        m: (full_a[m] - full_b[m], *np.percentile(diffs[m], [2.5, 97.5]).tolist()) for m in diffs
-    }
+    draws = [mean_difference(rng.integers(0, len(first), len(first))) for _ in range(resamples)]
+    return {m: (full[m], *np.percentile([d[m] for d in draws], [2.5, 97.5]).tolist()) for m in full}
 
 
 def paired_photos(records_a: list[dict], records_b: list[dict]) -> tuple[list, list]:
@@ -327,20 +335,28 @@ def paired_photos(records_a: list[dict], records_b: list[dict]) -> tuple[list, l
 
 
 def print_paired(records: list[dict], baseline: str, resamples: int = 2000) -> None:
-    """Each other name's difference from `baseline` on the photos both hold (paired_photos),
-    seed by seed: AP50, AP75 and mAP with paired_bootstrap's 95 % interval over photos."""
+    """Each other name's difference from `baseline` on the photos both hold (paired_photos):
+    AP50, AP75 and mAP with paired_bootstrap's 95 % interval over photos, seed by seed, then
+    the mean over the seeds both have where every one of them holds the same photos (the
+    folds are the same for every seed: fold_ids)."""
     base = [r for r in records if r["name"] == baseline]
     for name in dict.fromkeys(r["name"] for r in records if r["name"] != baseline):
         mine = [r for r in records if r["name"] == name]
+        keys = lambda rs: {(r["fold"], i) for r in rs for i in r["test_ids"]}  # noqa: E731
+        pairs, photos = {}, {}
         for seed in sorted({r["seed"] for r in mine} & {r["seed"] for r in base}):
-            a, b = paired_photos(
-                [r for r in mine if r["seed"] == seed], [r for r in base if r["seed"] == seed]
-            )
-            if not a:
-                continue
-            d = paired_bootstrap(a, b, resamples)
+            a = [r for r in mine if r["seed"] == seed]
+            b = [r for r in base if r["seed"] == seed]
+            if keys(a) & keys(b):
+                pairs[seed] = paired_photos(a, b)
+                photos[seed] = keys(a) & keys(b)
+        lines = [(f"seed {s}", [p]) for s, p in pairs.items()]
+        if len(pairs) > 1 and all(photos[s] == photos[min(pairs)] for s in pairs):
+            lines.append((f"mean of seeds {', '.join(map(str, pairs))}", list(pairs.values())))
+        for label, chosen in lines:
+            d = paired_bootstrap(chosen, resamples)
             print(
-                f"{name} − {baseline}, seed {seed}, {len(a)} photos: "
+                f"{name} − {baseline}, {label}, {len(chosen[0][0])} photos: "
                 + "  ".join(
                     f"{m.upper() if m != 'map' else 'mAP'} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                     for m, (v, lo, hi) in d.items()

@@ -1,6 +1,8 @@
 """benchmarks/cv_detect.py's AP from per-photo matches, against torchmetrics, and its paired
 bootstrap, against obvious resampling code."""
 
+import hashlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -64,30 +66,41 @@ def test_coco_ap_in_another_order_of_photos_and_with_repeats():
 
 
 def test_paired_bootstrap_against_plain_resampling():
+    """One seed, then two seeds averaged: the same draws of photos, each AP from torchmetrics."""
     rng = np.random.default_rng(7)
     a = random_photos(rng, 15)
-    b = [{**p, "scores": list(np.asarray(p["scores"]) * rng.random(len(p["scores"])))} for p in a]
-    got = C.paired_bootstrap(a, b, resamples=50, seed=3)
-    draw = np.random.default_rng(3)
-    diffs = {m: [] for m in ("ap50", "ap75", "map")}
-    for _ in range(50):  # the same draws, each AP from torchmetrics
-        idx = draw.integers(0, 15, 15)
-        fa, fb = C.fold_figures([a[i] for i in idx]), C.fold_figures([b[i] for i in idx])
+    rescored = lambda ps: [  # noqa: E731
+        {**p, "scores": list(np.asarray(p["scores"]) * rng.random(len(p["scores"])))} for p in ps
+    ]
+    b, a1, b1 = rescored(a), rescored(a), rescored(a)  # a1, b1: the same photos, another seed
+    for pairs in ([(a, b)], [(a, b), (a1, b1)]):
+        got = C.paired_bootstrap(pairs, resamples=50, seed=3)
+        draw = np.random.default_rng(3)
+        diffs = {m: [] for m in ("ap50", "ap75", "map")}
+        for _ in range(50):
+            idx = draw.integers(0, 15, 15)
+            per_seed = [
+                (C.fold_figures([x[i] for i in idx]), C.fold_figures([y[i] for i in idx]))
+                for x, y in pairs
+            ]
+            for m in diffs:
+                diffs[m].append(sum(fx[m] - fy[m] for fx, fy in per_seed) / len(pairs))
+        full = [(C.fold_figures(x), C.fold_figures(y)) for x, y in pairs]
         for m in diffs:
-            diffs[m].append(fa[m] - fb[m])
-    full_a, full_b = C.fold_figures(a), C.fold_figures(b)
-    for m in diffs:
-        lo, hi = np.percentile(diffs[m], [2.5, 97.5])
-        assert got[m] == pytest.approx((full_a[m] - full_b[m], lo, hi), abs=1e-6)
-    same = C.paired_bootstrap(a, a, resamples=20)
+            lo, hi = np.percentile(diffs[m], [2.5, 97.5])
+            mean = sum(fx[m] - fy[m] for fx, fy in full) / len(pairs)
+            assert got[m] == pytest.approx((mean, lo, hi), abs=1e-6)
+    same = C.paired_bootstrap([(a, a)], resamples=20)
     assert all(v == (0.0, 0.0, 0.0) for v in same.values())
 
 
-def test_paired_bootstrap_refuses_other_photos_and_pairs_by_fold_and_photo():
+def test_paired_bootstrap_refuses_other_photos_and_pairs_by_fold_and_photo(capsys):
     rng = np.random.default_rng(9)
     a, b = random_photos(rng, 4), random_photos(rng, 4)
     with pytest.raises(InputError, match="not the same photos"):
-        C.paired_bootstrap(a, b)
+        C.paired_bootstrap([(a, b)])
+    with pytest.raises(InputError, match="not the same photos"):
+        C.paired_bootstrap([(a, a), (b, b)])  # another seed on other photos
     ra = [{"seed": 0, "fold": 1, "test_ids": [3, 8], "detections": a[:2]}]
     rb = [
         {"seed": 0, "fold": 1, "test_ids": [8, 3], "detections": [a[1], a[0]]},
@@ -95,6 +108,26 @@ def test_paired_bootstrap_refuses_other_photos_and_pairs_by_fold_and_photo():
     ]
     pa, pb = C.paired_photos(ra, rb)
     assert pa == pb == a[:2]
+    # print_paired: each seed, then their mean where the seeds hold the same photos.
+    rec = lambda name, seed, fold, ids, ds: {  # noqa: E731
+        "name": name,
+        "seed": seed,
+        "fold": fold,
+        "test_ids": ids,
+        "detections": ds,
+    }
+    records = [rec("defaults", s, 0, [0, 1, 2, 3], a) for s in (0, 1)]
+    records += [rec("x", s, 0, [0, 1, 2, 3], a) for s in (0, 1)]
+    C.print_paired(records, "defaults", resamples=10)
+    out = capsys.readouterr().out.splitlines()
+    assert [x.split(":")[0] for x in out] == [
+        "x − defaults, seed 0, 4 photos",
+        "x − defaults, seed 1, 4 photos",
+        "x − defaults, mean of seeds 0, 1, 4 photos",
+    ]
+    records[-1] = rec("x", 1, 0, [0, 1, 2], a[:3])  # seed 1 holds fewer photos: no mean
+    C.print_paired(records, "defaults", resamples=10)
+    assert "mean of seeds" not in capsys.readouterr().out
 
 
 def test_candidate_names_end_to_end_with_and_without_a_box_loss():
@@ -112,3 +145,18 @@ def test_candidate_names_end_to_end_with_and_without_a_box_loss():
     ):
         with pytest.raises(InputError, match=re.escape(names)):
             C.candidate(bad)
+
+
+def test_every_published_detector_record_has_its_provenance():
+    """docs/results/detect-cv: each .jsonl is named by one provenance file (provenance.json
+    or NAME.provenance.json) that records its commit, command and machine, and its sha256 is
+    the file's as it is now (a record edited by hand fails here)."""
+    folder = Path(__file__).resolve().parents[1] / "docs" / "results" / "detect-cv"
+    named = {}
+    for f in folder.glob("*provenance.json"):
+        p = json.loads(f.read_text())
+        assert p["code_commit"] and p["commands"] and p["machine"], f.name
+        data = (folder / p["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == p["sha256"], p["file"]
+        named[p["file"]] = f.name
+    assert sorted(named) == sorted(f.name for f in folder.glob("*.jsonl"))
