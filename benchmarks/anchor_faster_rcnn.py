@@ -7,7 +7,7 @@ on that map), its backbone the same ImageNet MobileNetV2 weights dnnlab's detect
 (`dnnlab.detect.features.load_backbone`, the same input normalization), the photos' longer
 side resized to --image-size (640, dnnlab's `features.image_size`). BatchNorm stays as loaded
 (the shared weights fold it into the convolutions; batches of two photos cannot estimate
-it), as dnnlab's --end-to-end keeps it. Blocks before --trainable-from stay frozen.
+it), as dnnlab's fine-tuning keeps it. Blocks before --trainable-from stay frozen.
 
 Trained on each cross-validation fold's training photos (the same folds as
 benchmarks/cv_detect.py: `fold_ids`, the photos in `voc_items` order) with the augmentation

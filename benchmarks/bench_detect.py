@@ -25,7 +25,7 @@ training wall time, its CPU time and peak RSS (the child's rusage), detection se
     git -C . worktree add /tmp/before HEAD~3   # the code before, beside this checkout
     python benchmarks/bench_detect.py --train det/ --images ../shared/data/cats-voc/valid \
         --square 640 --backbone-weights ../shared/weights/mobilenet_v2_imagenet_1001.pth \
-        --variant before /tmp/before "" --variant after . "--end-to-end --backbone-from 14"
+        --variant before /tmp/before "" --variant frozen . "--no-end-to-end" --variant after . ""
 """
 
 from __future__ import annotations

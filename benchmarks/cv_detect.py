@@ -34,9 +34,11 @@ Issue 38's candidates (--candidates), each a named row over the same folds (--k,
 permutation `fold_ids`) and seeds as section 12, today's detection defaults (DEFAULT_ROW)
 on every one:
 
-  * "defaults": the frozen backbone, as `dnnlab detect train` does today;
-  * "end-to-end:EPOCHS:LR:FROM[:BOX]": `detect train --end-to-end --epochs EPOCHS --backbone-lr
-    LR --backbone-from FROM [--box-loss BOX]` (train.train_end_to_end: the head and the
+  * "defaults": the frozen backbone, `dnnlab detect train --no-end-to-end` (10 epochs of the
+    head alone): `detect train`'s defaults until 2026-12-07, the name its records carry;
+    today's defaults are end-to-end:5:1e-4:7;
+  * "end-to-end:EPOCHS:LR:FROM[:BOX]": `detect train --epochs EPOCHS --backbone-lr LR
+    --backbone-from FROM [--box-loss BOX]` (train.train_end_to_end: the head and the
     backbone's blocks from FROM on, on the fold's training photos' rows, with Fast R-CNN's
     box loss weighed BOX), then every photo's maps (and its mirror's) computed again on the
     tuned backbone, the ridge regressors and the IoU predictor fitted on them; the head is
@@ -66,7 +68,7 @@ run a subset; --photos N (the first N photos, other folds) is for smoke tests on
     python benchmarks/cv_detect.py ../shared/data/cats-voc/train ../shared/data/cats-voc/valid \
         --backbone-weights ../shared/weights/mobilenet_v2_imagenet_1001.pth --cache /tmp/cvcache \
         --maps /tmp/cv/maps.pt --out /tmp/cv/results.jsonl --seeds 0 1 \
-        --candidates defaults end-to-end:3:1e-4:0 end-to-end:3:1e-4:14
+        --candidates defaults end-to-end:5:1e-4:7
 
 It runs the commands' own stages (proposals, labelling and negative sampling, split by
 photo, the head's training loop, the ridge fits, detection's rounds, predicted IoU and
@@ -534,7 +536,7 @@ def train_fold(
     va = [i for i, s in zip(ids, split, strict=True) if s == "val"]
     x, y, rows = samples(model, photos, tr, rng)
     xv, yv, rows_v = samples(model, photos, va, rng)
-    cfg = replace(DetectTrainConfig(), seed=seed, **(recipe or {}))
+    cfg = DetectTrainConfig(end_to_end=False, seed=seed, **(recipe or {}))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     d = model.spec.head_dim
@@ -636,7 +638,7 @@ def refined(model, head, regs, ph, views, cfg: DetectionConfig):
 
 
 def tune_backbone(model, photos, ids, seed, tcfg: DetectTrainConfig):
-    """`detect train --end-to-end` on a fold: the commands' loop (train.train_end_to_end) on
+    """`detect train` end to end on a fold: the commands' loop (train.train_end_to_end) on
     the rows train_fold's head would see (the same 70/30 split by photo, the same sample),
     from a copy of the backbone. (the tuned Detector with its head, the photos with their
     maps, mirrored too where present, computed again on the tuned backbone, {part: wall and
@@ -679,10 +681,9 @@ def tune_backbone(model, photos, ids, seed, tcfg: DetectTrainConfig):
 
 # The detection settings every candidate but the old rows uses: today's defaults (section 12).
 DEFAULT_ROW = "flip+iou-nms+tta"
-# What runs when --candidates is not given: today's defaults, and fine-tuning the whole
-# backbone or its last five blocks (features[14:], the stride-32 stage and the 1280-channel
-# conv) for 3 epochs at detect train's default backbone learning rate.
-DEFAULT_CANDIDATES = ("defaults", "end-to-end:3:1e-4:0", "end-to-end:3:1e-4:14")
+# What runs when --candidates is not given: the frozen backbone and `detect train`'s
+# defaults (features[7:] fine-tuned for 5 epochs at 1e-4), both cross-validated in section 17.
+DEFAULT_CANDIDATES = ("defaults", "end-to-end:5:1e-4:7")
 
 
 def candidate(name: str) -> dict:
@@ -690,8 +691,8 @@ def candidate(name: str) -> dict:
     end-to-end settings, "row": the detection settings (a SETTINGS name)}, and for
     hard-negatives and scale-jitter also "recipe": the head's DetectTrainConfig settings.
     Names: "defaults" (today's, DEFAULT_ROW), any SETTINGS row,
-    end-to-end:EPOCHS:LR:FROM[:BOX] (`detect train --end-to-end --epochs EPOCHS --backbone-lr
-    LR --backbone-from FROM [--box-loss BOX]`, detected with the defaults),
+    end-to-end:EPOCHS:LR:FROM[:BOX] (`detect train --epochs EPOCHS --backbone-lr LR
+    --backbone-from FROM [--box-loss BOX]`, detected with the defaults),
     hard-negatives:ROUNDS:PER_IMAGE (`detect train
     --hard-negative-rounds ROUNDS --hard-negatives-per-image PER_IMAGE`, likewise) and
     scale-jitter:J (`detect train --scale-jitter J`, likewise), each setting checked as
@@ -747,7 +748,7 @@ def recipe(name: str, parts: list[str]) -> dict:
     except ValueError:
         raise InputError(f"--candidates {name}: write {form} with numbers") from None
     try:
-        DetectTrainConfig(**out)
+        DetectTrainConfig(end_to_end=False, **out)
     except InputError as e:
         raise InputError(f"--candidates {name}: {e}") from None
     return out
@@ -845,7 +846,7 @@ def main() -> int:
                 t1, c1 = time.perf_counter(), time.process_time()
                 fold_model, fold_photos, head, tuned = model, photos, None, {}
                 if tcfg is not None:
-                    e2e = replace(DetectTrainConfig(), end_to_end=True, **tcfg)
+                    e2e = DetectTrainConfig(end_to_end=True, **tcfg)
                     fold_model, fold_photos, tuned = tune_backbone(model, photos, train, seed, e2e)
                     head = fold_model.head
                 head, regs, secs = train_fold(

@@ -128,8 +128,10 @@ def built(voc, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(built, weights, tmp_path_factory):
-    """The build, trained with the defaults: regressors fitted on mirrored rows too and the
-    IoU predictor (so every regressor kind is in model.pt)."""
+    """The build, trained with the default regressors (fitted on mirrored rows too) and the
+    IoU predictor (so every regressor kind is in model.pt), on the frozen backbone
+    (--no-end-to-end): the detector the hard-negative and scale-jitter tests change only the
+    head of. The default, end to end, is test_course_preset_and_end_to_end's."""
     det = tmp_path_factory.mktemp("trained") / "det"
     shutil.copytree(built, det)
     assert (
@@ -141,6 +143,7 @@ def trained(built, weights, tmp_path_factory):
                 epochs=1,
                 backbone_weights=weights,
                 image_size=160,
+                no_end_to_end=True,
             )
         )
         == 0
@@ -580,7 +583,7 @@ def test_train_without_mirrored_regressors_records_it(trained, weights, tmp_path
     assert Detector.load(trained).config.regressors.mirror
     det = copy_of(trained, tmp_path)
     argv = ["detect", "train", str(det), "--epochs", "1", "--backbone-weights", str(weights)]
-    argv += ["--image-size", "160", "--no-mirror-regressors", "--overwrite"]
+    argv += ["--image-size", "160", "--no-mirror-regressors", "--overwrite", "--no-end-to-end"]
     assert main(argv) == 0
     ck = torch.load(det / "model.pt", weights_only=True)
     assert ck["config"]["regressors"]["mirror"] is False
@@ -688,7 +691,9 @@ def test_hard_negative_rounds_move_boxes_from_the_pools_once_and_stop_when_empty
         return read
 
     x, y = torch.randn(6, 3), torch.tensor([1, 0, 1, 0, 0, 1])
-    cfg = DetectTrainConfig(epochs=1, hard_negative_rounds=6, hard_negatives_per_image=2)
+    cfg = DetectTrainConfig(
+        end_to_end=False, epochs=1, hard_negative_rounds=6, hard_negatives_per_image=2
+    )
     gen = torch.Generator().manual_seed(0)
     hist, best, rounds = train_hard_negatives(
         model, x, y, x[:2], y[:2], pools, features_of, first, ([], 0.0), cfg, gen, False
@@ -710,6 +715,7 @@ def test_hard_negative_rounds_retrain_only_the_head(built, trained, weights, tmp
     and leave model.pt's config as it was (a training setting, like --epochs)."""
     base = torch.load(trained / "model.pt", weights_only=True)
     argv = ["--epochs", "1", "--backbone-weights", str(weights), "--image-size", "160"]
+    argv += ["--no-end-to-end"]  # as `trained` was
     zero = copy_of(built, tmp_path / "zero")
     assert main(["detect", "train", str(zero), *argv, "--hard-negative-rounds", "0"]) == 0
     ck = torch.load(zero / "model.pt", weights_only=True)
@@ -792,7 +798,7 @@ def test_scaled_features_are_the_rows_read_on_the_scaled_photo(built, weights, t
     backbone, norm = load_backbone(str(weights))
     spec = FeatureSpec(image_size=160)
     model = Detector(DetectorConfig(features=spec), backbone, norm).eval()
-    cfg = DetectTrainConfig(scale_jitter=0.25, backbone_weights=str(weights))
+    cfg = DetectTrainConfig(end_to_end=False, scale_jitter=0.25, backbone_weights=str(weights))
     assert cfg.jitter_sizes(spec) == (120, 200)
     given = torch.randn(len(train), spec.head_dim)
     x, photo_of = scaled_features(model, rows, train, given, tmp_path, cfg, False)
@@ -821,6 +827,7 @@ def test_scale_jitter_changes_only_the_head_and_is_recorded(built, trained, weig
     base = torch.load(trained / "model.pt", weights_only=True)
     det = copy_of(built, tmp_path)
     argv = ["--epochs", "1", "--backbone-weights", str(weights), "--image-size", "160"]
+    argv += ["--no-end-to-end"]  # as `trained` was
     assert main(["detect", "train", str(det), *argv, "--scale-jitter", "0.25"]) == 0
     ck = torch.load(det / "model.pt", weights_only=True)
     assert ck["config"] == base["config"]
@@ -997,6 +1004,15 @@ def test_detector_without_iou_predictor_loads_as_before(voc, trained, tmp_path, 
         Detector.load(det)
 
 
+def test_epochs_default_to_each_recipes_own():
+    """End to end (the default, features[7:]) trains 5 epochs; the head alone 10; a number
+    given is kept. Each is what the cross-validation in docs/RESULTS.md section 17 ran."""
+    default = DetectTrainConfig()
+    assert (default.end_to_end, default.backbone_from, default.epochs) == (True, 7, 5)
+    assert DetectTrainConfig(end_to_end=False).epochs == 10
+    assert DetectTrainConfig(epochs=3).epochs == 3
+
+
 @pytest.mark.parametrize(
     "argv, flag",
     [
@@ -1007,22 +1023,36 @@ def test_detector_without_iou_predictor_loads_as_before(voc, trained, tmp_path, 
         (["train", "OUT", "--lr", "nan"], "--lr"),
         (["train", "OUT", "--grid", "0"], "--grid"),
         (["train", "OUT", "--epochs", "0"], "--epochs"),
-        (["train", "OUT", "--end-to-end", "--backbone-from", "19"], "--backbone-from"),
-        (["train", "OUT", "--end-to-end", "--backbone-from", "-1"], "--backbone-from"),
+        (["train", "OUT", "--backbone-from", "19"], "--backbone-from"),
+        (["train", "OUT", "--backbone-from", "-1"], "--backbone-from"),
         (["train", "OUT", "--hard-negative-rounds", "-1"], "--hard-negative-rounds"),
         (["train", "OUT", "--hard-negative-rounds", "21"], "--hard-negative-rounds"),
         (["train", "OUT", "--hard-negatives-per-image", "0"], "--hard-negatives-per-image"),
-        (["train", "OUT", "--end-to-end", "--hard-negative-rounds", "1"], "--end-to-end"),
+        (["train", "OUT", "--hard-negative-rounds", "1"], "add --no-end-to-end"),
         (["train", "OUT", "--scale-jitter", "-0.1"], "--scale-jitter"),
         (["train", "OUT", "--scale-jitter", "0.95"], "--scale-jitter"),
-        (["train", "OUT", "--scale-jitter", "0.2", "--end-to-end"], "--end-to-end"),
-        (["train", "OUT", "--box-loss", "1"], "--box-loss"),
-        (["train", "OUT", "--end-to-end", "--box-loss", "-1"], "--box-loss"),
-        (["train", "OUT", "--end-to-end", "--box-loss", "nan"], "--box-loss"),
-        (["train", "OUT", "--scale-jitter", "0.2", "--features", "crops"], "--features crops"),
-        (["train", "OUT", "--scale-jitter", "0.5", "--image-size", "4000"], "--image-size 4000"),
+        (["train", "OUT", "--scale-jitter", "0.2"], "add --no-end-to-end"),
+        (["train", "OUT", "--no-end-to-end", "--box-loss", "1"], "--box-loss"),
+        (["train", "OUT", "--box-loss", "-1"], "--box-loss"),
+        (["train", "OUT", "--box-loss", "nan"], "--box-loss"),
         (
-            ["train", "OUT", "--scale-jitter", "0.2", "--hard-negative-rounds", "1"],
+            ["train", "OUT", "--no-end-to-end", "--scale-jitter", "0.2", "--features", "crops"],
+            "--features crops",
+        ),
+        (
+            ["train", "OUT", "--no-end-to-end", "--scale-jitter", "0.5", "--image-size", "4000"],
+            "--image-size 4000",
+        ),
+        (
+            [
+                "train",
+                "OUT",
+                "--no-end-to-end",
+                "--scale-jitter",
+                "0.2",
+                "--hard-negative-rounds",
+                "1",
+            ],
             "--hard-negative-rounds",
         ),
         (
@@ -1398,19 +1428,27 @@ def test_course_preset_and_end_to_end(small, weights, tmp_path):
     ck = torch.load(det / "model.pt", weights_only=True)
     assert ck["config"]["features"]["mode"] == "crops" and "regressor.weight" not in ck["state"]
     assert ck["state"]["head.1.weight"].shape == (256, 1280)
-    # End to end: the backbone's weights move too.
+    orig = torch.load(weights, weights_only=True)  # the course's backbone stays frozen
+    assert all(torch.equal(ck["state"][k], orig[k]) for k in orig if k.startswith("features."))
+    assert json.loads((det / "train.json").read_text())["train_config"]["end_to_end"] is False
+    # The defaults: end to end, the backbone's blocks from 7 on move, 0-6 stay as loaded.
     end_to_end = dict(
         epochs=1,
         backbone_weights=weights,
         image_size=128,
-        end_to_end=True,
         backbone_lr=0.01,
         overwrite=True,
     )
     assert main(cli("detect", "train", det, **end_to_end)) == 0
     ck = torch.load(det / "model.pt", weights_only=True)
-    orig = torch.load(weights, weights_only=True)
+    early = [k for k in orig if k.startswith("features.") and int(k.split(".")[1]) < 7]
+    assert early and all(torch.equal(ck["state"][k], orig[k]) for k in early)
     assert not torch.equal(ck["state"]["features.18.0.weight"], orig["features.18.0.weight"])
+    assert not torch.equal(
+        ck["state"]["features.7.conv.0.0.weight"], orig["features.7.conv.0.0.weight"]
+    )
+    recorded = json.loads((det / "train.json").read_text())["train_config"]
+    assert (recorded["end_to_end"], recorded["backbone_from"]) == (True, 7)
     # --backbone-from 17: blocks 17 and 18 move, blocks 0-16 stay as loaded.
     assert main(cli("detect", "train", det, **end_to_end, backbone_from=17)) == 0
     ck = torch.load(det / "model.pt", weights_only=True)

@@ -1,13 +1,15 @@
 """`dnnlab detect train`: box features, the head, the box regressors -> OUT/model.pt.
 
-The backbone is frozen and boxes are not augmented (`scale_jitter` reads them at two more
-fixed scales), so each box's features are computed once (cached per image and scale, so an
-interrupted extraction resumes) and the head trains on the cache.
-`end_to_end` trains the backbone too, reading each photo's boxes afresh every step. Both go
-through one loop (`fit_classifier`); the ridge regressors are fitted afterwards on the
-features of every indexed box (boxreg.py). With `hard_negative_rounds`, the head is then
-trained again on its training set and the training photos' hardest negatives (mining.py),
-that many times; the ridge fits read the indexed rows only.
+By default (`end_to_end`) the head trains with the backbone's blocks from `backbone_from`
+on, reading each photo's boxes afresh every step; then every indexed box's features are
+computed on the tuned backbone. With the backbone frozen (`--no-end-to-end`) boxes are not
+augmented (`scale_jitter` reads them at two more fixed scales), so each box's features are
+computed once (cached per image and scale, so an interrupted extraction resumes) and the
+head trains on the cache. Both go through one loop (`fit_classifier`); the ridge regressors
+are fitted afterwards on the features of every indexed box (boxreg.py). With
+`hard_negative_rounds` (frozen backbone only), the head is then trained again on its
+training set and the training photos' hardest negatives (mining.py), that many times; the
+ridge fits read the indexed rows only.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def _feature_key(spec: FeatureSpec, weights: str | None) -> str:
 def embed_index(model: Detector, rows, cache: Path | None, progress=True) -> torch.Tensor:
     """Features of every index row (len(rows), spec.dim), computed per image. With a cache
     they are stored per image as float16 and returned at that precision (what the head
-    trains on); without one (an --end-to-end backbone, whose features change as it trains)
+    trains on); without one (a backbone tuned end to end, whose features change as it trains)
     they are returned in float32, unrounded."""
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
@@ -653,9 +655,8 @@ def main(args) -> int:
         args.dir,
         *(
             with_preset(c, given_flags(args, c), args.preset)
-            for c in (FeatureSpec, HeadConfig, RegressorConfig)
+            for c in (FeatureSpec, HeadConfig, RegressorConfig, DetectTrainConfig)
         ),
-        DetectTrainConfig(**given_flags(args, DetectTrainConfig)),
         progress=sys.stderr.isatty(),
         overwrite=args.overwrite,
     )
