@@ -131,6 +131,8 @@ def test_paired_bootstrap_refuses_other_photos_and_pairs_by_fold_and_photo(capsy
 
 
 def test_candidate_names_end_to_end_with_and_without_a_box_loss():
+    # "defaults" is the frozen backbone (its published records carry the name): no tuning.
+    assert C.candidate("defaults") == {"train": None, "row": C.DEFAULT_ROW}
     assert C.candidate("end-to-end:5:1e-4:7")["train"] == {
         "epochs": 5,
         "backbone_lr": 1e-4,

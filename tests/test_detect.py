@@ -770,7 +770,7 @@ def test_scale_jitter_reads_each_photo_at_one_scale_an_epoch():
             return self.w(v)
 
     model = type("M", (), {"head": Head()})()
-    cfg = DetectTrainConfig(epochs=12, batch_size=8)
+    cfg = DetectTrainConfig(end_to_end=False, epochs=12, batch_size=8)
     y = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(0)
     train_head(model, x, y, x[1, :0], y[:0], torch.ones(2), cfg, gen, photo_of)

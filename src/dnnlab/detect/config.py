@@ -359,7 +359,7 @@ class DetectTrainConfig:
         if self.box_loss and not self.end_to_end:
             raise InputError(
                 f"--box-loss {self.box_loss}: it trains the backbone's features for the box "
-                "regressors; not with --no-end-to-end"
+                "regressors; not with the frozen backbone (--no-end-to-end, or --preset course)"
             )
         if self.scale_jitter and self.hard_negative_rounds:
             raise InputError(

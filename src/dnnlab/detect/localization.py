@@ -1,6 +1,6 @@
 """Fitting the localization confidence: a ridge predictor from a box's features to its IoU
 with the target box it overlaps most (IoU-Net's idea, Jiang et al., ECCV 2018, on the
-detector's frozen features; training only, detection reads it in Detector).
+detector's features, the backbone's as trained; training only, detection reads it in Detector).
 
 The classifier gives 0.99+ to most boxes that touch a cat, so its probability cannot tell a
 tight box from a loose one, and mAP (IoU 0.5 to 0.95) is lost there. The predictor is fitted
