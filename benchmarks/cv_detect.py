@@ -304,10 +304,13 @@ def paired_bootstrap(pairs: list[tuple[list, list]], resamples: int = 2000, seed
     reach (one model a fold and seed)."""
     first = pairs[0][0]
     for a, b in pairs:
-        if len(a) != len(first) or len(b) != len(first):
-            raise InputError("paired_bootstrap: the lists are not the same photos")
-        if any(
-            x["gt"] != y["gt"] or x["gt"] != z["gt"] for x, y, z in zip(a, b, first, strict=True)
+        if (
+            len(a) != len(first)
+            or len(b) != len(first)
+            or any(
+                x["gt"] != y["gt"] or x["gt"] != z["gt"]
+                for x, y, z in zip(a, b, first, strict=True)
+            )
         ):
             raise InputError("paired_bootstrap: the lists are not the same photos")
     matches = [([photo_matches(p) for p in a], [photo_matches(p) for p in b]) for a, b in pairs]
@@ -349,9 +352,9 @@ def print_paired(records: list[dict], baseline: str, resamples: int = 2000) -> N
         for seed in sorted({r["seed"] for r in mine} & {r["seed"] for r in base}):
             a = [r for r in mine if r["seed"] == seed]
             b = [r for r in base if r["seed"] == seed]
-            if keys(a) & keys(b):
-                pairs[seed] = paired_photos(a, b)
-                photos[seed] = keys(a) & keys(b)
+            shared = keys(a) & keys(b)
+            if shared:
+                pairs[seed], photos[seed] = paired_photos(a, b), shared
         lines = [(f"seed {s}", [p]) for s, p in pairs.items()]
         if len(pairs) > 1 and all(photos[s] == photos[min(pairs)] for s in pairs):
             lines.append((f"mean of seeds {', '.join(map(str, pairs))}", list(pairs.values())))
