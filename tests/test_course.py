@@ -12,7 +12,13 @@ import pytest
 
 from dnnlab.cifar.config import parse_run_name
 from dnnlab.study.config import study_config
-from dnnlab.study.course import COURSE_TEST_ACC, conclusions, rank_agreement, seed_agreement
+from dnnlab.study.course import (
+    COURSE_TEST_ACC,
+    conclusions,
+    rank_agreement,
+    seed_agreement,
+    seed_agreement_text,
+)
 from dnnlab.study.publish import publish, published_section, read_published
 from dnnlab.study.report import write_report
 from dnnlab.study.stats import spearman_exact
@@ -71,8 +77,14 @@ def test_seed_agreement_pairs_each_variants_first_and_second_seed():
     first, second = [80.0, 82.0, 84.0, 83.0], [81.0, 79.0, 85.0, 86.0]
     assert r["rho"] == pytest.approx(oracle_spearman(first, second), abs=1e-12)
     assert r["rho"] == pytest.approx(0.6)  # ranks 1 2 4 3 against 2 1 3 4: 1 - 6 * 4 / 60
+    text = seed_agreement_text(r, two)  # 0.6 < 0.8: said to be not reproducible
+    assert "test accuracies 0.600 over 4 variants" in text
+    assert "not reproducible at this budget" in text
+    same = {m: [v[0], v[0] + 1] for m, v in acc.items()}  # the same order twice
+    assert "not reproducible" not in seed_agreement_text(*seed_agreement(same))
     r, two = seed_agreement({"base": [1.0, 2.0], "bn": [3.0, 4.0], "wide": [5.0]})
     assert r["rho"] is None and two == ["base", "bn"]  # fewer than three: not measured
+    assert seed_agreement_text(r, two).startswith("not measured")
 
 
 def test_published_section_states_the_published_studys_seed_agreement():
@@ -89,8 +101,8 @@ def test_published_section_states_the_published_studys_seed_agreement():
     assert len(two) >= 3  # seven variants had both seeds when this test was written
     rho = oracle_spearman([acc[m][0] for m in two], [acc[m][1] for m in two])
     label = next(x for x in published_section(read_published(pub)) if x.startswith("- "))
-    assert "Seeds' rank agreement (first against second seed's test accuracies): rho " in label
-    assert f"rho {rho:.3f} over {len(two)} variants" in label
+    assert "Seeds' rank agreement: Spearman's rho between the first and the second" in label
+    assert f"test accuracies {rho:.3f} over {len(two)} variants" in label
 
 
 def test_rank_agreement_and_conclusions_against_the_course():

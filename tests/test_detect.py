@@ -1555,3 +1555,7 @@ def test_train_line_names_only_the_stages_that_ran():
         "mirrored rows 3.0 s, IoU predictor 4.0 s"
     )
     assert "box regressors 5.0 s" in train_summary({**base, "regressor_seconds": 5.0})
+    # Fine-tuned end to end (the default): that stage under its own name, before the
+    # features computed on the tuned backbone.
+    tuned = {"best_val_acc": 0.9, "val_boxes": 10, "fine_tune_seconds": 7.0, "feature_seconds": 1.0}
+    assert train_summary(tuned).endswith("; head and backbone fine-tuned 7.0 s, features 1.0 s")

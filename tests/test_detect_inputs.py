@@ -391,3 +391,21 @@ def test_hard_negative_rounds_need_the_builds_labelling_settings(tmp_path, capsy
     argv.append("--no-end-to-end")  # the rounds need the frozen backbone
     refused(argv, capsys, det / "build.json", named)
     assert {p.name: p.read_bytes() for p in det.iterdir()} == before
+
+
+def test_a_switch_on_by_default_can_be_turned_on_over_a_preset():
+    """`--end-to-end` (the default) exists beside `--no-end-to-end`: an old command line
+    that gave it still parses, and it turns fine-tuning back on over `--preset course`,
+    which freezes the backbone."""
+    from dnnlab.cli import build_parser
+    from dnnlab.detect.config import DetectTrainConfig, with_preset
+    from dnnlab.settings import given_flags
+
+    def train_config(*flags):
+        args = build_parser().parse_args(["detect", "train", "DIR", *flags])
+        return with_preset(DetectTrainConfig, given_flags(args, DetectTrainConfig), args.preset)
+
+    assert train_config().end_to_end and train_config("--end-to-end").end_to_end
+    assert not train_config("--no-end-to-end").end_to_end
+    assert not train_config("--preset", "course").end_to_end
+    assert train_config("--preset", "course", "--end-to-end").end_to_end

@@ -72,7 +72,10 @@ def test_flags_from_fields_round_trip_and_help_shows_range():
     assert (t.lr, t.names, t.fast, t.val_size, t.epochs) == (0.2, ("a", "b"), True, 7, 3)
     text = p.format_help()
     assert "> 0; default 0.01" in text and "in [0, 1]" in text
-    assert "--mode {a,b}" in text and "--val VAL" in text and "--no-check" in text
+    assert "--mode {a,b}" in text and "--val VAL" in text and "--check, --no-check" in text
+    # A switch on by default is turned off by --no-check, and --check (over a preset) on.
+    assert not p.parse_args(["--no-check"]).check and p.parse_args(["--check"]).check
+    assert "(default: True)" not in text  # argparse's own suffix: the help says "on by default"
     with pytest.raises(ConfigError, match="--lr"):
         from_args(Toy, p.parse_args(["--lr", "nan"]))
     with pytest.raises(SystemExit):  # an empty list is refused by the parser itself

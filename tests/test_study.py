@@ -403,6 +403,48 @@ def test_a_lost_study_folder_goes_on_from_its_publication(tree, tmp_path, monkey
 
 
 @pytest.mark.slow
+def test_a_finished_study_run_again_leaves_its_records_and_publication_as_they_are(
+    tree, tmp_path, monkeypatch
+):
+    """A study command whose runs are all finished (a later session's start of a study that
+    ended) trains, probes and times nothing: study.json keeps the wall time and date of the
+    command that finished it, the CKA is not computed again, and the publication (its
+    manifest and date too) is not replaced, because nothing in it would change."""
+    cfg = tiny_study_config(tree, ["base", "bn"])
+    out, pub = tmp_path / "s", tmp_path / "pub"
+    run_study(cfg, out, log=quiet, plan=False, publish_to=pub)
+    files = [out / "study.json", out / "report.md", pub / "study.json", pub / "manifest.json"]
+    before = {f: f.read_bytes() for f in files}
+    inode = (pub / "manifest.json").stat().st_ino  # a publication swapped in is a new file
+
+    def no_work(*_, **__):
+        raise AssertionError("a finished study did work again")
+
+    for name in ("train", "probe_run", "cka_between_runs"):
+        monkeypatch.setattr(S, name, no_work)
+    seen = []
+    run_study(cfg, out, log=seen.append, plan=False, publish_to=pub)
+    assert any("nothing to train, and study.json is left as it is" in x for x in seen)
+    assert {f: f.read_bytes() for f in files} == before
+    assert (pub / "manifest.json").stat().st_ino == inode
+    publish(out, pub)  # published again on its own: the same files, so left as it is
+    assert (pub / "manifest.json").stat().st_ino == inode
+    # A command cut off after its runs finished, before its end (no "date" yet), is not
+    # finished: the next command ends it and writes its record, publishing that.
+    rec = json.loads(before[out / "study.json"])
+    del rec["date"]
+    (out / "study.json").write_text(json.dumps(rec))
+    monkeypatch.undo()  # the CKA is computed again: the cut-off command may not have got to it
+    for name in ("train", "probe_run"):
+        monkeypatch.setattr(S, name, no_work)
+    run_study(cfg, out, log=quiet, plan=False, publish_to=pub)
+    again = json.loads((out / "study.json").read_text())
+    assert again["date"] and again["wall_seconds"] > rec["wall_seconds"]
+    assert json.loads((pub / "study.json").read_text())["date"] == again["date"]
+    assert (pub / "manifest.json").stat().st_ino != inode
+
+
+@pytest.mark.slow
 def test_base_bn_cka_is_published_once_both_finish(tree, tmp_path, monkeypatch):
     """A study published run by run has the CKA of base against bn as soon as both are
     finished, not only when the whole study ends: cut off in its third run, the publication

@@ -82,8 +82,8 @@ def flag_name(f) -> str:
 
 def given_as(f, value) -> str:
     """How the setting `f` takes `value` on the command line: "--lr 0.5"; for a switch, "with
-    SWITCH" or "without SWITCH", SWITCH being the flag add_flags made (--no-bf16 for one on by
-    default: there is no --bf16)."""
+    SWITCH" or "without SWITCH", SWITCH being the flag that changes it from its default
+    (--no-bf16 for one on by default)."""
     default = _default(f)
     if not isinstance(default, bool):
         return f"{flag_name(f)} {value}"
@@ -183,13 +183,12 @@ def add_flags(parser: argparse.ArgumentParser, cls, names=None, exclude=()) -> N
         extra = "; ".join(x for x in (rng, default_text(f)) if x)
         text = f"{spec.help} ({extra})"
         if kind is bool:
-            if default:
-                parser.add_argument(
-                    "--no-" + flag[2:],
-                    dest=f.name,
-                    action="store_false",
-                    help=f"turn off: {spec.help}".replace("%", "%%"),
+            if default:  # on by default: --no-x turns it off, --x (over a --preset) on
+                switch = parser.add_argument(
+                    flag, dest=f.name, action=argparse.BooleanOptionalAction, default=True
                 )
+                # Set after: given at the start, argparse would append "(default: ...)".
+                switch.help = f"{spec.help} (on by default)".replace("%", "%%")
             else:
                 parser.add_argument(
                     flag, dest=f.name, action="store_true", help=spec.help.replace("%", "%%")

@@ -416,6 +416,10 @@ PRESETS = {
     }
 }
 
+# The configs a preset sets, by their key in PRESETS: the detector's sections and detect
+# train's own.
+PRESET_SECTIONS = {**SECTIONS, "train": DetectTrainConfig}
+
 
 def with_preset(cls, given: dict, name: str | None):
     """A section's config (`cls`): the settings given on the command line over the preset's
@@ -423,7 +427,7 @@ def with_preset(cls, given: dict, name: str | None):
     sets only the settings the flags left unset (None: no preset)."""
     if name is not None and name not in PRESETS:
         raise InputError(f"--preset: unknown preset {name!r}; one of {', '.join(PRESETS)}")
-    key = next((k for k, c in {**SECTIONS, "train": DetectTrainConfig}.items() if c is cls), None)
+    key = next((k for k, c in PRESET_SECTIONS.items() if c is cls), None)
     preset = PRESETS[name].get(key, {}) if name is not None else {}
     return cls(**{**preset, **given})
 

@@ -585,7 +585,7 @@ def _end_to_end_then_features(
         model, rows, train_idx, val_idx, labels, weights, cfg, gen, progress
     )
     model.load_state_dict(state)
-    seconds["head_seconds"] = round(time.perf_counter() - t, 2)
+    seconds["fine_tune_seconds"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     feats = embed_index(model, rows, None, progress)
     seconds["feature_seconds"] = round(time.perf_counter() - t, 1)
@@ -635,6 +635,7 @@ def fit_box_regressors(model: Detector, feats: torch.Tensor, rows) -> None:
 def train_summary(s: dict) -> str:
     """`detect train`'s one line from train_detector's summary dict."""
     stages = [
+        ("head and backbone fine-tuned", "fine_tune_seconds"),  # then the tuned features
         ("features", "feature_seconds"),
         ("scale-jittered features", "scale_jitter_seconds"),
         ("head", "head_seconds"),

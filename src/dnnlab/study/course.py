@@ -75,6 +75,25 @@ def seed_agreement(acc_seeds: dict[str, list[float]]) -> tuple[dict, list[str]]:
     return spearman_exact([acc_seeds[m][0] for m in two], [acc_seeds[m][1] for m in two]), two
 
 
+def seed_agreement_text(r: dict, two: list[str]) -> str:
+    """What seed_agreement's (r, two) says, in the words of both the study's report and the
+    main job's published section: rho with its p-value, and below REPRODUCIBLE_RHO that the
+    ranking is not reproducible at this budget."""
+    if r["rho"] is None:
+        return "not measured (fewer than three variants have two seeds)"
+    method = "exact" if r["p_method"] == "exact" else f"from {r['p_method']}"
+    text = (
+        f"Spearman's rho between the first and the second seed's test accuracies {r['rho']:.3f} "
+        f"over {len(two)} variants (two-sided permutation p = {r['p']:.3f}, {method})"
+    )
+    if r["rho"] < REPRODUCIBLE_RHO:
+        text += (
+            f"; below {REPRODUCIBLE_RHO}: the ranking is not reproducible at this budget, so no "
+            "conclusion is drawn from the order of the variants"
+        )
+    return text
+
+
 def conclusions(acc: dict[str, list[float]], correct: dict[str, object]) -> list[dict]:
     """Every course conclusion, checked where the study has both variants: the difference of
     their mean test accuracies (points), its 95 % interval and the verdict (stats.difference).

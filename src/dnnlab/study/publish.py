@@ -33,13 +33,13 @@ from dnnlab.study.course import (
     CONCLUSIONS_TEXT,
     COURSE_SI,
     COURSE_TEST_ACC,
-    REPRODUCIBLE_RHO,
     conclusions_table,
     rank_agreement,
     seed_agreement,
+    seed_agreement_text,
 )
 from dnnlab.study.factorial import CELLS, factorial, factorial_lines
-from dnnlab.study.manifest import MANIFEST, ManifestError, verify, write_manifest
+from dnnlab.study.manifest import MANIFEST, ManifestError, read_manifest, verify, write_manifest
 from dnnlab.study.markup import md_grid, md_text, num, pct
 from dnnlab.study.records import (
     FEATURE_LAYER,
@@ -179,48 +179,76 @@ def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
     diverged = sorted(diverged_runs(out, runs))
     check_keeps_published(dest, variants, diverged)
     # The user's umask; unmarked: the manifest is its proof. The old publication is
-    # deleted only once the new one is in place.
-    with replacing(dest, "study --publish", marked=False) as tmp:
-        commit = commit or git_commit(Path.cwd())
-        atomic_write_json(
-            tmp / "study.json",
-            {
-                **study,
-                "commit": commit,
-                "published_variants": variants,
-                "diverged_variants": diverged,
-            },
-        )
-        for f in ("report.md", "report.html"):
-            shutil.copy2(out / f, tmp / f)
-        if (out / "figures").is_dir():
-            (tmp / "figures").mkdir()
-            for png in (out / "figures").glob("*.png"):
-                shutil.copy2(png, tmp / "figures" / png.name)
-        for m in variants:
-            (tmp / "runs" / m).mkdir(parents=True)
-            for f in RUN_FILES:
-                shutil.copy2(out / "runs" / m / f, tmp / "runs" / m / f)
-            for f in OPTIONAL_RUN_FILES:
-                if (out / "runs" / m / f).exists():
+    # deleted only once the new one is in place, and kept as it is (its manifest and date
+    # too) when the new one would hold the same files.
+    try:
+        with replacing(dest, "study --publish", marked=False) as tmp:
+            commit = commit or git_commit(Path.cwd())
+            atomic_write_json(
+                tmp / "study.json",
+                {
+                    **study,
+                    "commit": commit,
+                    "published_variants": variants,
+                    "diverged_variants": diverged,
+                },
+            )
+            for f in ("report.md", "report.html"):
+                shutil.copy2(out / f, tmp / f)
+            if (out / "figures").is_dir():
+                (tmp / "figures").mkdir()
+                for png in (out / "figures").glob("*.png"):
+                    shutil.copy2(png, tmp / "figures" / png.name)
+            for m in variants:
+                (tmp / "runs" / m).mkdir(parents=True)
+                for f in RUN_FILES:
                     shutil.copy2(out / "runs" / m / f, tmp / "runs" / m / f)
-            for png in (out / "runs" / m).glob("*.png"):
-                shutil.copy2(png, tmp / "runs" / m / png.name)
-            whole = out / "runs" / m / WHOLE_SPLITS
-            if all((whole / f).exists() for f in WHOLE_SPLITS_FILES):
-                (tmp / "runs" / m / WHOLE_SPLITS).mkdir()
-                for f in [*WHOLE_SPLITS_FILES, *(p.name for p in whole.glob("*.png"))]:
-                    shutil.copy2(whole / f, tmp / "runs" / m / WHOLE_SPLITS / f)
-        for m in diverged:  # what they have: settings and the loss curve until it diverged
-            (tmp / "runs" / m).mkdir(parents=True)
-            for f in ("config.json", "divergence.json", "divergence.png"):
-                if (out / "runs" / m / f).exists():
-                    shutil.copy2(out / "runs" / m / f, tmp / "runs" / m / f)
-        weights = {m: run_weights(out / "runs" / m) for m in variants}
-        atomic_write_json(tmp / WEIGHTS, {"published": False, "runs": weights})
-        rels = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
-        write_manifest(tmp, {r: writer_of(r) for r in rels}, commit)
+                for f in OPTIONAL_RUN_FILES:
+                    if (out / "runs" / m / f).exists():
+                        shutil.copy2(out / "runs" / m / f, tmp / "runs" / m / f)
+                for png in (out / "runs" / m).glob("*.png"):
+                    shutil.copy2(png, tmp / "runs" / m / png.name)
+                whole = out / "runs" / m / WHOLE_SPLITS
+                if all((whole / f).exists() for f in WHOLE_SPLITS_FILES):
+                    (tmp / "runs" / m / WHOLE_SPLITS).mkdir()
+                    for f in [*WHOLE_SPLITS_FILES, *(p.name for p in whole.glob("*.png"))]:
+                        shutil.copy2(whole / f, tmp / "runs" / m / WHOLE_SPLITS / f)
+            for m in diverged:  # what they have: settings and the loss curve until it diverged
+                (tmp / "runs" / m).mkdir(parents=True)
+                for f in ("config.json", "divergence.json", "divergence.png"):
+                    if (out / "runs" / m / f).exists():
+                        shutil.copy2(out / "runs" / m / f, tmp / "runs" / m / f)
+            weights = {m: run_weights(out / "runs" / m) for m in variants}
+            atomic_write_json(tmp / WEIGHTS, {"published": False, "runs": weights})
+            rels = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
+            writers = {r: writer_of(r) for r in rels}
+            if same_files(tmp, dest, writers, commit):
+                raise _SameFiles
+            write_manifest(tmp, writers, commit)
+    except _SameFiles:
+        pass  # the publication is left as it was: its manifest is still true
     return variants
+
+
+class _SameFiles(Exception):
+    """Raised inside `replacing` to drop the assembled folder: it holds what the
+    publication already holds, so publishing again changes nothing."""
+
+
+def same_files(tmp: Path, dest: Path, writers: dict[str, str], commit) -> bool:
+    """Whether the publication in `dest` (checked against its manifest before) lists
+    exactly the files of `tmp`, with the same content, writers and commit."""
+    if not (dest / MANIFEST).is_file():
+        return False
+    old = read_manifest(dest)
+    return (
+        old["commit"] == commit
+        and set(old["files"]) == set(writers)
+        and all(
+            old["files"][r].get("writer") == w and old["files"][r]["sha256"] == file_sha256(tmp / r)
+            for r, w in writers.items()
+        )
+    )
 
 
 def run_weights(run: Path) -> dict:
@@ -458,14 +486,8 @@ def _published_label(s: dict) -> str:
             f". Spearman's rho of its test accuracies against the course's 100-epoch "
             f"numbers: {r['rho']:.3f} over {len(both)} variants (permutation p = {r['p']:.2f})"
         )
-    r, two = s["seed_agreement"]
-    if r["rho"] is not None:
-        text += (
-            f". Seeds' rank agreement (first against second seed's test accuracies): rho "
-            f"{r['rho']:.3f} over {len(two)} variants (permutation p = {r['p']:.3f})"
-        )
-        if r["rho"] < REPRODUCIBLE_RHO:
-            text += f", below {REPRODUCIBLE_RHO}: the ranking is not reproducible at this budget"
+    if s["seed_agreement"][0]["rho"] is not None:
+        text += f". Seeds' rank agreement: {seed_agreement_text(*s['seed_agreement'])}"
     if s["diverged"]:
         text += f"; diverged under this recipe (no result): {', '.join(s['diverged'])}"
     if s["left_out"]:

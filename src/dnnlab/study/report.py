@@ -29,10 +29,10 @@ from dnnlab.study.course import (
     COURSE_NAMES,
     COURSE_SI,
     COURSE_TEST_ACC,
-    REPRODUCIBLE_RHO,
     conclusions_table,
     rank_agreement,
     seed_agreement,
+    seed_agreement_text,
 )
 from dnnlab.study.markup import md_code, md_grid, md_link, md_page, md_text
 from dnnlab.study.overlay import overlay_plot
@@ -279,7 +279,8 @@ def _course_section(out: Path, seeds, runs, quick: bool) -> list[str]:
     )
     if unranked:
         texts[0] += f" Not ranked, as they diverged under this recipe: {', '.join(unranked)}."
-    texts.append(_seed_agreement(acc_seeds))
+    agreement = seed_agreement_text(*seed_agreement(acc_seeds))
+    texts.append(f"Reproducibility of the ranking: {agreement}.")
     c_head, c_rows = conclusions_table(out, seeds, acc_seeds)
     md = [f"## {title}", ""] + [x for t in texts for x in (t, "")] + [md_grid(head, rows), ""]
     md += [CONCLUSIONS_TEXT, "", md_grid(c_head, c_rows), ""]
@@ -289,25 +290,6 @@ def _course_section(out: Path, seeds, runs, quick: bool) -> list[str]:
     if overlay_plot(out, "All variants", firsts, plot, "test", measures, first_layers=True):
         md += ["![All variants: SI and CSI per layer](figures/all_variants_si_csi.png)", ""]
     return md
-
-
-def _seed_agreement(acc_seeds: dict[str, list[float]]) -> str:
-    """The sentence on the study's own reproducibility (course.seed_agreement)."""
-    r, two = seed_agreement(acc_seeds)
-    if len(two) < 3:
-        return (
-            "Reproducibility of the ranking: not measured (fewer than three variants have "
-            "two seeds)."
-        )
-    text = "Reproducibility: " + _rho_text(
-        r, f"between the first and the second seed's orderings over {len(two)} variants"
-    )
-    if r["rho"] is None or r["rho"] < REPRODUCIBLE_RHO:
-        return text + (
-            f". Below {REPRODUCIBLE_RHO}: the ranking is not reproducible at this budget, so "
-            "no conclusion is drawn from the order of the variants."
-        )
-    return text + "."
 
 
 def _last_layers_section(out: Path, seeds) -> list[str]:

@@ -238,6 +238,18 @@ def run_finished(run: Path) -> bool:
     )
 
 
+def settled(out: Path, own: dict | None, runs) -> bool:
+    """Whether the study in `out` is finished for these `runs`: each trained and probed,
+    and its study.json (`own`) written by a command that got to its end (the "date" it
+    writes last) and listing them all."""
+    return (
+        own is not None
+        and own.get("date") is not None
+        and set(runs) <= set(recorded_runs(own))
+        and all(run_finished(out / "runs" / name) for name in runs)
+    )
+
+
 def add_stage_seconds(
     run: Path, stage: str, seconds: float, device: str, restart: bool = False
 ) -> None:
@@ -278,8 +290,9 @@ def stage_seconds(out: Path, runs) -> dict:
 
 def compare_base_bn(runs: Path, pcfg: ProbeConfig, samples: int, data_root, log) -> None:
     """CKA between the layers of runs/base and runs/bn on `samples` validation images (at
-    most the probe's cap), under the probe's settings `pcfg`; recomputed on every study
-    command (cheap at that size), so it always matches the current checkpoints."""
+    most the probe's cap), under the probe's settings `pcfg`; recomputed by every study
+    command that has runs to finish (cheap at that size), so it always matches the current
+    checkpoints."""
     if samples == 0:
         return
     if not all((runs / m / "best.pt").exists() for m in ("base", "bn")):
@@ -425,10 +438,20 @@ def _run_study_locked(
     adopt(dest, published_study, out, adopting)
     if adopting:
         log(f"adopted from {dest} (published, not trained again): {', '.join(adopting)}")
+    own = read_study(out)
+    sections = [detector_section(det)] if det else []
+    if not overwrite and settled(out, own, runs):
+        # Nothing to train, probe or time: study.json (its wall time and date) and the CKA
+        # stay as the command that finished them wrote them. The report is written again
+        # (--detector or --published may be new) and published if that changed it.
+        log("every run is finished already: nothing to train, and study.json is left as it is")
+        report = write_report(out, sections, published=pub)
+        if publish_to is not None:
+            log(published_summary(publish(out, publish_to, inputs=inputs), publish_to))
+        return {"report": str(report), "wall_seconds": 0.0}
     # The records this command goes on from: the publication's (the runs adopted from it,
     # the commits and devices that built them) and the folder's own; the folder's runs are
     # the earlier commands' (other variants or seeds) and this one's.
-    own = read_study(out)
     prev = own or published_study or {}
     history = [r for r in (published_study, own) if r]
     earlier = [] if overwrite else in_order(r for h in history for r in recorded_runs(h))
@@ -448,7 +471,6 @@ def _run_study_locked(
     atomic_write_json(out / "study.json", record)
     t_start = time.perf_counter()
     pcfg = probe_config(cfg)
-    sections = [detector_section(det)] if det else []
     publishing = threading.Lock()
 
     def after_run(name: str) -> None:
