@@ -428,7 +428,9 @@ def test_a_finished_study_run_again_leaves_its_records_and_publication_as_they_a
     assert {f: f.read_bytes() for f in files} == before
     assert (pub / "manifest.json").stat().st_ino == inode
     publish(out, pub)  # published again on its own: the same files, so left as it is
+    publish(out, pub, commit="0123456789ab")  # by a later commit: the same records, likewise
     assert (pub / "manifest.json").stat().st_ino == inode
+    assert json.loads((pub / "study.json").read_text())["commit"] != "0123456789ab"
     # A command cut off after its runs finished, before its end (no "date" yet), is not
     # finished: the next command ends it and writes its record, publishing that.
     rec = json.loads(before[out / "study.json"])

@@ -222,7 +222,7 @@ def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
             atomic_write_json(tmp / WEIGHTS, {"published": False, "runs": weights})
             rels = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
             writers = {r: writer_of(r) for r in rels}
-            if same_files(tmp, dest, writers, commit):
+            if same_files(tmp, dest, writers):
                 raise _SameFiles
             write_manifest(tmp, writers, commit)
     except _SameFiles:
@@ -235,19 +235,23 @@ class _SameFiles(Exception):
     publication already holds, so publishing again changes nothing."""
 
 
-def same_files(tmp: Path, dest: Path, writers: dict[str, str], commit) -> bool:
+def same_files(tmp: Path, dest: Path, writers: dict[str, str]) -> bool:
     """Whether the publication in `dest` (checked against its manifest before) lists
-    exactly the files of `tmp`, with the same content, writers and commit."""
+    exactly the files of `tmp`, with the same writers and content, study.json's "commit"
+    aside: the commit a publication names is the one that published what it holds, and a
+    later commit that would publish the same records publishes nothing."""
     if not (dest / MANIFEST).is_file():
         return False
-    old = read_manifest(dest)
-    return (
-        old["commit"] == commit
-        and set(old["files"]) == set(writers)
-        and all(
-            old["files"][r].get("writer") == w and old["files"][r]["sha256"] == file_sha256(tmp / r)
-            for r, w in writers.items()
-        )
+    old = read_manifest(dest)["files"]
+
+    def same(rel: str) -> bool:
+        if rel != "study.json":
+            return old[rel]["sha256"] == file_sha256(tmp / rel)
+        a, b = read_json(dest / rel), read_json(tmp / rel)
+        return {**a, "commit": None} == {**b, "commit": None}
+
+    return set(old) == set(writers) and all(
+        old[r].get("writer") == w and same(r) for r, w in writers.items()
     )
 
 
