@@ -1559,3 +1559,56 @@ def test_train_line_names_only_the_stages_that_ran():
     # features computed on the tuned backbone.
     tuned = {"best_val_acc": 0.9, "val_boxes": 10, "fine_tune_seconds": 7.0, "feature_seconds": 1.0}
     assert train_summary(tuned).endswith("; head and backbone fine-tuned 7.0 s, features 1.0 s")
+
+
+@pytest.mark.slow
+def test_an_interrupted_fine_tuning_goes_on_from_its_last_epoch(
+    small, weights, tmp_path, monkeypatch, capsys
+):
+    """detect train's default fine-tuning saves each epoch in DIR/fine_tune.pt: a command
+    killed after epoch 1 of 2 goes on from there in the next one, and its model.pt is the
+    uninterrupted command's, bit for bit. A checkpoint of other settings is not resumed,
+    one that is not a checkpoint is refused by name, and a finished command deletes it."""
+    import dnnlab.detect.train as T
+
+    first = tmp_path / "first"
+    argv = ["--workers", "1", "--ss-max-side", "0", "--max-neg-per-image", "4", "--pos-iou", "0.8"]
+    assert main(["detect", "build", str(small), "--out", str(first), *argv]) == 0
+    for name in ("whole", "cut", "other"):
+        shutil.copytree(first, tmp_path / name)
+    settings = dict(epochs=2, backbone_weights=weights, image_size=128, backbone_lr=0.01)
+    settings.update(backbone_from=17)
+
+    def train(det, **kw):
+        assert main(cli("detect", "train", det, **{**settings, **kw})) == 0
+        return json.loads((det / "train.json").read_text())
+
+    assert train(tmp_path / "whole")["fine_tune_resumed_epochs"] == 0
+    whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["state"]
+    real = T.atomic_torch_save
+
+    def killed_after_saving(obj, path):
+        real(obj, path)
+        if Path(path).name == "fine_tune.pt":
+            raise KeyboardInterrupt  # as a kill at the end of epoch 1
+
+    monkeypatch.setattr(T, "atomic_torch_save", killed_after_saving)
+    for name in ("cut", "other"):
+        assert main(cli("detect", "train", tmp_path / name, **settings)) == 130  # interrupted
+        assert (tmp_path / name / "fine_tune.pt").exists()
+        assert not (tmp_path / name / "model.pt").exists()
+    monkeypatch.undo()
+    got = train(tmp_path / "cut")
+    assert got["fine_tune_resumed_epochs"] == 1 and len(got["epochs"]) == 2
+    cut = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["state"]
+    assert cut.keys() == whole.keys() and all(torch.equal(cut[k], whole[k]) for k in whole)
+    assert not (tmp_path / "cut" / "fine_tune.pt").exists()
+    # Other settings (another learning rate): not resumed, the fine-tuning starts over.
+    assert train(tmp_path / "other", backbone_lr=0.02)["fine_tune_resumed_epochs"] == 0
+    # Not a checkpoint: refused, naming it and how to start over; the file is kept.
+    (first / "fine_tune.pt").write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert main(cli("detect", "train", first, **settings)) == 2
+    err = capsys.readouterr().err
+    assert str(first / "fine_tune.pt") in err and "delete it to start the fine-tuning over" in err
+    assert (first / "fine_tune.pt").read_bytes() == b"not a checkpoint"

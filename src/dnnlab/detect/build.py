@@ -31,8 +31,10 @@ from dnnlab.utils.spare_inputs import check_outputs_spare_inputs
 
 SPLITS = ("train", "val")
 INDEX_COLS = ["image", "x1", "y1", "x2", "y2", "label", "iou", "split", "gx1", "gy1", "gx2", "gy2"]
+# An unfinished end-to-end fine-tuning's last epoch (detect/train.py), deleted once it ends.
+FINE_TUNE_FILE = "fine_tune.pt"
 # What a trained detector adds to a build folder: stale once the index is rebuilt.
-TRAINED_FILES = ("model.pt", "train.json", "head_curves.png")
+TRAINED_FILES = ("model.pt", "train.json", "head_curves.png", FINE_TUNE_FILE)
 
 
 def split_images(n: int, val_frac: float, seed: int) -> np.ndarray:

@@ -1,15 +1,16 @@
 """`dnnlab detect train`: box features, the head, the box regressors -> OUT/model.pt.
 
 By default (`end_to_end`) the head trains with the backbone's blocks from `backbone_from`
-on, reading each photo's boxes afresh every step; then every indexed box's features are
-computed on the tuned backbone. With the backbone frozen (`--no-end-to-end`) boxes are not
-augmented (`scale_jitter` reads them at two more fixed scales), so each box's features are
-computed once (cached per image and scale, so an interrupted extraction resumes) and the
-head trains on the cache. Both go through one loop (`fit_classifier`); the ridge regressors
-are fitted afterwards on the features of every indexed box (boxreg.py). With
-`hard_negative_rounds` (frozen backbone only), the head is then trained again on its
-training set and the training photos' hardest negatives (mining.py), that many times; the
-ridge fits read the indexed rows only.
+on, reading each photo's boxes afresh every step (each epoch saved in DIR/fine_tune.pt, so
+an interrupted command goes on from its last epoch, exactly as if uninterrupted); then every
+indexed box's features are computed on the tuned backbone. With the backbone frozen
+(`--no-end-to-end`) boxes are not augmented (`scale_jitter` reads them at two more fixed
+scales), so each box's features are computed once (cached per image and scale, so an
+interrupted extraction resumes) and the head trains on the cache. Both go through one loop
+(`fit_classifier`); the ridge regressors are fitted afterwards on the features of every
+indexed box (boxreg.py). With `hard_negative_rounds` (frozen backbone only), the head is
+then trained again on its training set and the training photos' hardest negatives
+(mining.py), that many times; the ridge fits read the indexed rows only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import functools
 import json
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 from dnnlab.detect.boxes import box_deltas, flip_boxes
 from dnnlab.detect.boxreg import fit_regressors
 from dnnlab.detect.build import (
+    FINE_TUNE_FILE,
     TRAINED_FILES,
     box_text,
     group_by_image,
@@ -56,10 +58,10 @@ from dnnlab.errors import InputError
 from dnnlab.settings import given_flags
 from dnnlab.utils.atomic import atomic_torch_save, atomic_write_json
 from dnnlab.utils.lock import folder_lock
-from dnnlab.utils.outputs import check_output
+from dnnlab.utils.outputs import check_output, remove_ours
 from dnnlab.utils.paths import check_in_folder
 from dnnlab.utils.plots import plot_train_curves
-from dnnlab.utils.records import content_hash
+from dnnlab.utils.records import content_hash, file_sha256
 from dnnlab.utils.safe_load import load_plain
 
 
@@ -135,19 +137,53 @@ def _loss_acc(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
+@dataclass(frozen=True)
+class EpochCheckpoint:
+    """Where fit_classifier keeps an unfinished fit after each epoch, and what it is a fit
+    of: `fingerprint` (fine_tune_fingerprint) names everything the fit depends on, and a
+    file with another is not resumed. `modules`: what the fit trains (their weights are
+    saved with the optimizer's and scheduler's state, `gen`'s and torch's random state, the
+    history and the best state), so that the resumed fit is the uninterrupted one; which is
+    why a command with --overwrite (a model.pt replaced) resumes it too."""
+
+    path: Path
+    fingerprint: str
+    modules: tuple
+    gen: torch.Generator
+
+
 def fit_classifier(
-    tracked, param_groups, batches, train_mode, validate_fn, weights, cfg: DetectTrainConfig
+    tracked,
+    param_groups,
+    batches,
+    train_mode,
+    validate_fn,
+    weights,
+    cfg: DetectTrainConfig,
+    checkpoint: EpochCheckpoint | None = None,
 ):
     """The one training loop: Adam over param_groups, StepLR, cross-entropy with class
     weights; after each epoch `validate_fn()` gives (loss, accuracy) or None; the state of
     `tracked` (a module) with the best validation accuracy (training accuracy without
     validation rows) is kept. `batches()` yields (logits, labels) for one epoch, or
     (logits, labels, another loss) to train on their sum (the history's loss is the
-    cross-entropy alone). Returns (history, best accuracy, best state)."""
+    cross-entropy alone). With `checkpoint`, each epoch's end is saved there and a saved fit
+    of the same fingerprint goes on from it. Returns (history, best accuracy, best state,
+    the epochs resumed from the checkpoint)."""
     opt = torch.optim.Adam(param_groups)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
     hist, best, best_state = [], -1.0, None
-    for epoch in range(cfg.epochs):
+    saved = read_epoch_checkpoint(checkpoint)
+    if saved is not None:
+        for module, state in zip(checkpoint.modules, saved["modules"], strict=True):
+            module.load_state_dict(state)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        checkpoint.gen.set_state(saved["gen"])
+        torch.set_rng_state(saved["rng"])
+        hist, best, best_state = saved["history"], saved["best"], saved["best_state"]
+    resumed = len(hist)
+    for epoch in range(resumed, cfg.epochs):
         train_mode()
         total = correct = seen = 0.0
         for logits, y, *other_losses in batches(epoch):
@@ -174,7 +210,44 @@ def fit_classifier(
         score = vacc if val is not None else ta
         if score > best:
             best, best_state = score, copy.deepcopy(tracked.state_dict())
-    return hist, best, best_state
+        if checkpoint is not None:  # the last epoch too: a kill after the fit loses nothing
+            atomic_torch_save(
+                {
+                    "fingerprint": checkpoint.fingerprint,
+                    "modules": [m.state_dict() for m in checkpoint.modules],
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "gen": checkpoint.gen.get_state(),
+                    "rng": torch.get_rng_state(),
+                    "history": hist,
+                    "best": best,
+                    "best_state": best_state,
+                },
+                checkpoint.path,
+            )
+    return hist, best, best_state, resumed
+
+
+def read_epoch_checkpoint(checkpoint: EpochCheckpoint | None) -> dict | None:
+    """The fit saved at `checkpoint.path` when it is one of the same fingerprint; None when
+    there is none or it is another fit's (other settings, build or weights: started over,
+    and replaced at the first epoch's end). A file that cannot be read as one is refused,
+    naming it: it is not deleted, since it is not known to be ours."""
+    if checkpoint is None or not checkpoint.path.exists():
+        return None
+    keys = ("fingerprint", "modules", "optimizer", "scheduler", "gen", "rng", "history")
+    keys += ("best", "best_state")
+    try:
+        saved = load_plain(checkpoint.path)
+    except Exception as e:
+        saved = e
+    if not isinstance(saved, dict) or not all(k in saved for k in keys):
+        why = saved if isinstance(saved, Exception) else f"it lacks one of {', '.join(keys)}"
+        raise InputError(
+            f"{checkpoint.path}: not an unfinished fine-tuning that dnnlab saved ({why}); "
+            "delete it to start the fine-tuning over"
+        )
+    return saved if saved["fingerprint"] == checkpoint.fingerprint else None
 
 
 def train_head(
@@ -202,7 +275,7 @@ def train_head(
         with torch.no_grad():
             return _loss_acc(head(xva), yva)
 
-    return fit_classifier(
+    hist, best, state, _ = fit_classifier(
         head,
         [{"params": head.parameters(), "lr": cfg.lr}],
         batches,
@@ -211,6 +284,7 @@ def train_head(
         weights,
         cfg,
     )
+    return hist, best, state
 
 
 # torchvision's Faster R-CNN box coder weights (roi_heads: BoxCoder((10, 10, 5, 5))): the
@@ -228,7 +302,16 @@ def box_regression_loss(pred, props, gt, n_rows: int) -> torch.Tensor:
 
 
 def train_end_to_end(
-    model, rows, train_idx, val_idx, labels, weights, cfg: DetectTrainConfig, gen, progress
+    model,
+    rows,
+    train_idx,
+    val_idx,
+    labels,
+    weights,
+    cfg: DetectTrainConfig,
+    gen,
+    progress,
+    checkpoint: EpochCheckpoint | None = None,
 ):
     """Backbone (its blocks from cfg.backbone_from on) and head together, one photo's boxes
     at a time (one backbone pass per photo in "roi" mode; crops in batches of batch_size).
@@ -242,7 +325,9 @@ def train_end_to_end(
     only whether it is there. The loss is the one torchvision's Faster R-CNN (the anchor,
     benchmarks/anchor_faster_rcnn.py) trains its box head with (box_regression_loss). The
     layer is dropped afterwards: the ridge regressors are fitted on the tuned backbone's
-    features as always."""
+    features as always. With `checkpoint` (of `model`), each epoch is saved there, the box
+    layer too, and an interrupted fine-tuning goes on from its last epoch (fit_classifier).
+    Returns (history, best accuracy, best state, the epochs resumed)."""
     by_image = group_by_image(rows, train_idx.tolist())
     images = list(by_image)
     chunk = cfg.batch_size if model.spec.mode == "crops" else len(rows)
@@ -300,8 +385,10 @@ def train_end_to_end(
     ]
     if box_layer is not None:
         groups.append({"params": box_layer.parameters(), "lr": cfg.lr})
+        if checkpoint is not None:
+            checkpoint = replace(checkpoint, modules=(*checkpoint.modules, box_layer))
     out = fit_classifier(
-        model, groups, batches, train_mode, validate_fn, weights.to(cfg.device), cfg
+        model, groups, batches, train_mode, validate_fn, weights.to(cfg.device), cfg, checkpoint
     )
     model.features.requires_grad_(False)
     return out
@@ -354,9 +441,12 @@ def _train_locked(out: Path, features, head, regressors, cfg, progress, overwrit
     model.features.requires_grad_(False)  # frozen backbone unless end to end
     pick, weights = balanced(labels[tr], cfg, gen)
     seconds: dict[str, float] = {}
+    resumed = None  # the fine-tuning's epochs taken from an interrupted command's checkpoint
     if cfg.end_to_end:
-        hist, best, feats = _end_to_end_then_features(
-            model, rows, tr[pick], va, labels, weights, cfg, gen, progress, seconds
+        fp = fine_tune_fingerprint(out, config, cfg)
+        checkpoint = EpochCheckpoint(out / FINE_TUNE_FILE, fp, (model,), gen)
+        hist, best, feats, resumed = _end_to_end_then_features(
+            model, rows, tr[pick], va, labels, weights, cfg, gen, progress, seconds, checkpoint
         )
     else:
         first = copy.deepcopy(model.head.state_dict())  # the hard-negative rounds restart here
@@ -408,10 +498,13 @@ def _train_locked(out: Path, features, head, regressors, cfg, progress, overwrit
         "val_boxes": len(va),
         "hard_negative_rounds": mined,
         "train_config": asdict(cfg),
+        "fine_tune_resumed_epochs": resumed,
         **seconds,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     atomic_write_json(out / "train.json", summary)
+    # model.pt and train.json are in place: the unfinished fine-tuning is not needed.
+    remove_ours(out / FINE_TUNE_FILE, "detect build", within=out)
     return summary
 
 
@@ -576,20 +669,39 @@ def scaled_features(
 
 
 def _end_to_end_then_features(
-    model, rows, train_idx, val_idx, labels, weights, cfg: DetectTrainConfig, gen, progress, seconds
+    model,
+    rows,
+    train_idx,
+    val_idx,
+    labels,
+    weights,
+    cfg: DetectTrainConfig,
+    gen,
+    progress,
+    seconds,
+    checkpoint: EpochCheckpoint,
 ):
-    """Backbone and head together, then every row's features on the tuned backbone (for
-    the ridge fits; not cached: they belong to this run's backbone only)."""
+    """Backbone and head together (each epoch saved at `checkpoint`), then every row's
+    features on the tuned backbone (for the ridge fits; not cached: they belong to this
+    run's backbone only). (history, best accuracy, features, the epochs resumed)."""
     t = time.perf_counter()
-    hist, best, state = train_end_to_end(
-        model, rows, train_idx, val_idx, labels, weights, cfg, gen, progress
+    hist, best, state, resumed = train_end_to_end(
+        model, rows, train_idx, val_idx, labels, weights, cfg, gen, progress, checkpoint
     )
     model.load_state_dict(state)
     seconds["fine_tune_seconds"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     feats = embed_index(model, rows, None, progress)
     seconds["feature_seconds"] = round(time.perf_counter() - t, 1)
-    return hist, best, feats
+    return hist, best, feats, resumed
+
+
+def fine_tune_fingerprint(out: Path, config: DetectorConfig, cfg: DetectTrainConfig) -> str:
+    """What an end-to-end fine-tuning of the build in `out` depends on: its index, the
+    detector's settings and detect train's, and the backbone's weights by content."""
+    weights = file_sha256(cfg.backbone_weights) if cfg.backbone_weights else "torchvision"
+    settings = json.dumps([asdict(config), asdict(cfg)], sort_keys=True, default=str)
+    return content_hash([settings, file_sha256(out / "index.csv"), weights])
 
 
 def mirror_rows(rows: list[dict], widths: dict[str, int]) -> list[dict]:
@@ -645,6 +757,9 @@ def train_summary(s: dict) -> str:
         ("IoU predictor", "iou_predictor_seconds"),
     ]
     times = ", ".join(f"{name} {s[key]} s" for name, key in stages if key in s)
+    resumed = s.get("fine_tune_resumed_epochs")
+    if resumed:
+        times += f" (the fine-tuning went on from its epoch {resumed}, saved by an earlier command)"
     return f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_boxes']} boxes; {times}"
 
 
