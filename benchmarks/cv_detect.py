@@ -663,7 +663,7 @@ def tune_backbone(model, photos, ids, seed, tcfg: DetectTrainConfig):
     pick, weights = balanced(labels[train_idx], cfg, gen)
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.enable_grad():
-        _, _, state = train_end_to_end(
+        _, _, state, _ = train_end_to_end(
             tuned, rows + rows_v, train_idx[pick], val_idx, labels, weights, cfg, gen, False
         )
     tuned.load_state_dict(state)

@@ -85,6 +85,9 @@ def test_seed_agreement_pairs_each_variants_first_and_second_seed():
     r, two = seed_agreement({"base": [1.0, 2.0], "bn": [3.0, 4.0], "wide": [5.0]})
     assert r["rho"] is None and two == ["base", "bn"]  # fewer than three: not measured
     assert seed_agreement_text(r, two).startswith("not measured")
+    # Three variants, but one seed's accuracies all equal (a study at chance): no order.
+    r, two = seed_agreement({"base": [10.0, 11.0], "bn": [10.0, 12.0], "gn": [10.0, 13.0]})
+    assert r["rho"] is None and seed_agreement_text(r, two).startswith("undefined over 3")
 
 
 def test_published_section_states_the_published_studys_seed_agreement():

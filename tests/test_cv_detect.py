@@ -162,3 +162,39 @@ def test_every_published_detector_record_has_its_provenance():
         assert hashlib.sha256(data).hexdigest() == p["sha256"], p["file"]
         named[p["file"]] = f.name
     assert sorted(named) == sorted(f.name for f in folder.glob("*.jsonl"))
+
+
+@pytest.mark.slow
+def test_an_end_to_end_candidate_runs_a_fold(tmp_path):
+    """The harness's end-to-end candidate (the default detector's training,
+    train.train_end_to_end) runs through a fold and writes its record: a smoke test on
+    eight fake photos and random weights (the figures mean nothing)."""
+    import os
+    import subprocess
+
+    import torch
+    from torchvision.models import mobilenet_v2
+
+    from tests.fakes import write_voc
+
+    rng = np.random.default_rng(0)
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    for i in range(8):
+        x, y = int(rng.integers(5, 60)), int(rng.integers(5, 40))
+        write_voc(voc, f"p{i}", [("cat", (x, y, x + 70, y + 60))])
+    torch.manual_seed(0)
+    torch.save(mobilenet_v2(num_classes=1001).state_dict(), tmp_path / "w.pth")
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root / "benchmarks")]),
+    }
+    argv = [sys.executable, str(root / "benchmarks" / "cv_detect.py"), str(voc)]
+    argv += ["--backbone-weights", str(tmp_path / "w.pth"), "--cache", str(tmp_path / "cache")]
+    argv += ["--out", str(tmp_path / "o.jsonl"), "--k", "2", "--folds", "0", "--seeds", "0"]
+    argv += ["--candidates", "end-to-end:1:1e-4:17", "--threads", "1"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (record,) = C.read_records(tmp_path / "o.jsonl")
+    assert (record["name"], record["fold"], record["seed"]) == ("end-to-end:1:1e-4:17", 0, 0)

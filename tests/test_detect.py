@@ -1577,13 +1577,14 @@ def test_an_interrupted_fine_tuning_goes_on_from_its_last_epoch(
     for name in ("whole", "cut", "other"):
         shutil.copytree(first, tmp_path / name)
     settings = dict(epochs=2, backbone_weights=weights, image_size=128, backbone_lr=0.01)
-    settings.update(backbone_from=17)
+    settings.update(backbone_from=17, box_loss=1.0)  # the box layer is saved and restored too
 
     def train(det, **kw):
         assert main(cli("detect", "train", det, **{**settings, **kw})) == 0
         return json.loads((det / "train.json").read_text())
 
-    assert train(tmp_path / "whole")["fine_tune_resumed_epochs"] == 0
+    uninterrupted = train(tmp_path / "whole")
+    assert uninterrupted["fine_tune_resumed_epochs"] == 0
     whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["state"]
     real = T.atomic_torch_save
 
@@ -1600,6 +1601,7 @@ def test_an_interrupted_fine_tuning_goes_on_from_its_last_epoch(
     monkeypatch.undo()
     got = train(tmp_path / "cut")
     assert got["fine_tune_resumed_epochs"] == 1 and len(got["epochs"]) == 2
+    assert got["epochs"] == uninterrupted["epochs"]  # epoch 2's losses too, not only the best
     cut = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["state"]
     assert cut.keys() == whole.keys() and all(torch.equal(cut[k], whole[k]) for k in whole)
     assert not (tmp_path / "cut" / "fine_tune.pt").exists()

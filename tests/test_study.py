@@ -431,6 +431,20 @@ def test_a_finished_study_run_again_leaves_its_records_and_publication_as_they_a
     publish(out, pub, commit="0123456789ab")  # by a later commit: the same records, likewise
     assert (pub / "manifest.json").stat().st_ino == inode
     assert json.loads((pub / "study.json").read_text())["commit"] != "0123456789ab"
+    # Not finished for a command that must add to the record: a run that the publication
+    # holds and the folder's record lacks (published by another folder), another CKA size.
+    own, runs = json.loads(before[out / "study.json"]), ["base", "bn"]
+    assert S.settled(out, own, runs, cfg, json.loads(before[pub / "study.json"]))
+    assert not S.settled(out, own, runs, cfg, {"runs": [*runs, "noskip"]})
+    assert not S.settled(out, own, runs, replace(cfg, cka_samples=7), None)
+    # A report with new inputs (the published studies shown first) is written and
+    # published, though nothing was trained.
+    shutil.copytree(pub, tmp_path / "others" / "pub")
+    run_study(cfg, out, log=quiet, plan=False, publish_to=pub, published=tmp_path / "others")
+    assert (out / "report.md").read_bytes() != before[out / "report.md"]
+    assert (pub / "report.md").read_bytes() == (out / "report.md").read_bytes()
+    assert (out / "study.json").read_bytes() == before[out / "study.json"]
+    inode = (pub / "manifest.json").stat().st_ino
     # A command cut off after its runs finished, before its end (no "date" yet), is not
     # finished: the next command ends it and writes its record, publishing that.
     rec = json.loads(before[out / "study.json"])

@@ -152,8 +152,8 @@ def validate(cfg) -> None:
 
 def _named(f, kind) -> str:
     """How an error names setting `f`: by its flag; a bool by its key and the flag that
-    exists (--no-x when on by default), since only a file or a caller can give one a bad
-    value."""
+    changes it from its default (--no-x when on by default), since only a file or a caller
+    can give one a bad value."""
     if kind is not bool:
         return flag_name(f)
     flag = flag_name(f)

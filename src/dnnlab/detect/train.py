@@ -2,7 +2,7 @@
 
 By default (`end_to_end`) the head trains with the backbone's blocks from `backbone_from`
 on, reading each photo's boxes afresh every step (each epoch saved in DIR/fine_tune.pt, so
-an interrupted command goes on from its last epoch, exactly as if uninterrupted); then every
+an interrupted command goes on from its last epoch, as if uninterrupted); then every
 indexed box's features are computed on the tuned backbone. With the backbone frozen
 (`--no-end-to-end`) boxes are not augmented (`scale_jitter` reads them at two more fixed
 scales), so each box's features are computed once (cached per image and scale, so an
@@ -143,8 +143,10 @@ class EpochCheckpoint:
     of: `fingerprint` (fine_tune_fingerprint) names everything the fit depends on, and a
     file with another is not resumed. `modules`: what the fit trains (their weights are
     saved with the optimizer's and scheduler's state, `gen`'s and torch's random state, the
-    history and the best state), so that the resumed fit is the uninterrupted one; which is
-    why a command with --overwrite (a model.pt replaced) resumes it too."""
+    history and the best state), so that the resumed fit is the uninterrupted one (bit for
+    bit on a CPU; on a GPU the random state is restored too, but cuDNN's kernels need not
+    repeat themselves); which is why a command with --overwrite (a model.pt replaced)
+    resumes it too."""
 
     path: Path
     fingerprint: str
@@ -175,12 +177,20 @@ def fit_classifier(
     hist, best, best_state = [], -1.0, None
     saved = read_epoch_checkpoint(checkpoint)
     if saved is not None:
-        for module, state in zip(checkpoint.modules, saved["modules"], strict=True):
-            module.load_state_dict(state)
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        checkpoint.gen.set_state(saved["gen"])
-        torch.set_rng_state(saved["rng"])
+        try:
+            for module, state in zip(checkpoint.modules, saved["modules"], strict=True):
+                module.load_state_dict(state)
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+            checkpoint.gen.set_state(saved["gen"])
+            torch.set_rng_state(saved["rng"])
+            if saved.get("cuda_rng"):
+                torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as e:  # another code's file
+            raise InputError(
+                f"{checkpoint.path}: a fine-tuning saved with these settings that this code "
+                f"cannot go on from ({type(e).__name__}: {e}); delete it to start over"
+            ) from None
         hist, best, best_state = saved["history"], saved["best"], saved["best_state"]
     resumed = len(hist)
     for epoch in range(resumed, cfg.epochs):
@@ -219,6 +229,10 @@ def fit_classifier(
                     "scheduler": sched.state_dict(),
                     "gen": checkpoint.gen.get_state(),
                     "rng": torch.get_rng_state(),
+                    # The head's dropout on a GPU draws from its own generators.
+                    "cuda_rng": torch.cuda.get_rng_state_all()
+                    if torch.cuda.is_initialized()
+                    else [],
                     "history": hist,
                     "best": best,
                     "best_state": best_state,
@@ -759,7 +773,9 @@ def train_summary(s: dict) -> str:
     times = ", ".join(f"{name} {s[key]} s" for name, key in stages if key in s)
     resumed = s.get("fine_tune_resumed_epochs")
     if resumed:
-        times += f" (the fine-tuning went on from its epoch {resumed}, saved by an earlier command)"
+        times += (
+            f" (the fine-tuning went on after its epoch {resumed}, saved by an earlier command)"
+        )
     return f"trained: best val acc {s['best_val_acc']:.4f} on {s['val_boxes']} boxes; {times}"
 
 

@@ -79,8 +79,10 @@ def seed_agreement_text(r: dict, two: list[str]) -> str:
     """What seed_agreement's (r, two) says, in the words of both the study's report and the
     main job's published section: rho with its p-value, and below REPRODUCIBLE_RHO that the
     ranking is not reproducible at this budget."""
-    if r["rho"] is None:
+    if len(two) < 3:
         return "not measured (fewer than three variants have two seeds)"
+    if r["rho"] is None:
+        return f"undefined over {len(two)} variants (one seed's accuracies are all equal: no order)"
     method = "exact" if r["p_method"] == "exact" else f"from {r['p_method']}"
     text = (
         f"Spearman's rho between the first and the second seed's test accuracies {r['rho']:.3f} "

@@ -490,7 +490,7 @@ def _published_label(s: dict) -> str:
             f". Spearman's rho of its test accuracies against the course's 100-epoch "
             f"numbers: {r['rho']:.3f} over {len(both)} variants (permutation p = {r['p']:.2f})"
         )
-    if s["seed_agreement"][0]["rho"] is not None:
+    if len(s["seed_agreement"][1]) >= 3:  # measured, or undefined: said either way
         text += f". Seeds' rank agreement: {seed_agreement_text(*s['seed_agreement'])}"
     if s["diverged"]:
         text += f"; diverged under this recipe (no result): {', '.join(s['diverged'])}"

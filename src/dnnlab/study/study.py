@@ -238,14 +238,17 @@ def run_finished(run: Path) -> bool:
     )
 
 
-def settled(out: Path, own: dict | None, runs) -> bool:
+def settled(out: Path, own: dict | None, runs, cfg: StudyConfig, published: dict | None) -> bool:
     """Whether the study in `out` is finished for these `runs`: each trained and probed,
     and its study.json (`own`) written by a command that got to its end (the "date" it
-    writes last) and listing them all."""
+    writes last), listing them all and every run of its publication (`published`: one
+    published by another folder must be added to the record), with the same CKA size (a
+    new --cka-samples computes it)."""
     return (
         own is not None
         and own.get("date") is not None
-        and set(runs) <= set(recorded_runs(own))
+        and own.get("cka_samples") == cfg.cka_samples
+        and set(runs) | set(recorded_runs(published or {})) <= set(recorded_runs(own))
         and all(run_finished(out / "runs" / name) for name in runs)
     )
 
@@ -440,7 +443,7 @@ def _run_study_locked(
         log(f"adopted from {dest} (published, not trained again): {', '.join(adopting)}")
     own = read_study(out)
     sections = [detector_section(det)] if det else []
-    if not overwrite and settled(out, own, runs):
+    if not overwrite and not adopting and settled(out, own, runs, cfg, published_study):
         # Nothing to train, probe or time: study.json (its wall time and date) and the CKA
         # stay as the command that finished them wrote them. The report is written again
         # (--detector or --published may be new) and published if that changed it.
