@@ -284,7 +284,7 @@ def test_published_tables_and_publish(tree, tmp_path):
     assert "No study results are published yet" in (out / "report.md").read_text()
     # Publish this study as if it were a full one; then a quick report shows its table.
     done = publish(out, empty / "full-study-corrected", commit="abc123")
-    assert done == ["base", "noskip"]
+    assert done == (["base", "noskip"], True)
     pub = empty / "full-study-corrected"
     assert sorted(p.name for p in (pub / "runs" / "base").iterdir() if p.suffix != ".png") == [
         "config.json",
@@ -425,9 +425,10 @@ def test_a_finished_study_run_again_leaves_its_records_and_publication_as_they_a
     seen = []
     run_study(cfg, out, log=seen.append, plan=False, publish_to=pub)
     assert any("nothing to train, and study.json is left as it is" in x for x in seen)
+    assert f"{pub} left as it was: it holds these 2 runs already (base, bn)" in seen
     assert {f: f.read_bytes() for f in files} == before
     assert (pub / "manifest.json").stat().st_ino == inode
-    publish(out, pub)  # published again on its own: the same files, so left as it is
+    assert publish(out, pub) == (["base", "bn"], False)  # the same files: left as it is
     publish(out, pub, commit="0123456789ab")  # by a later commit: the same records, likewise
     assert (pub / "manifest.json").stat().st_ino == inode
     assert json.loads((pub / "study.json").read_text())["commit"] != "0123456789ab"

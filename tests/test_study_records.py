@@ -204,10 +204,16 @@ def test_publish_replaces_only_its_own_publication_of_the_same_study(seeded, tmp
     write_manifest(other, writers, "abc")  # as if the tool had published another study there
     with pytest.raises(InputError, match="holds the publication of another study"):
         publish(study, other)
-    # The same study's publication is updated, and keeps the user's umask.
+    # The same study's publication is updated, and keeps the user's umask: here one from
+    # before report.html was published (as the tool would have written it).
     again = tmp_path / "again"
     shutil.copytree(pub, again)
-    assert publish(study, again) == ["base", "base-seed1", "bn", "bn-seed1"]
+    (again / "report.html").unlink()
+    m = read_manifest(again)
+    files = {k: v["writer"] for k, v in m["files"].items() if k != "report.html"}
+    write_manifest(again, files, m["commit"])
+    assert publish(study, again) == (["base", "base-seed1", "bn", "bn-seed1"], True)
+    assert (again / "report.html").exists()
     assert verify(again) and (again.stat().st_mode & 0o777) != 0o700
 
 

@@ -158,18 +158,19 @@ def check_publish_dest(out, dest, inputs=(), fingerprint: str | None = None) -> 
         )
 
 
-def publish(out, dest, commit: str | None = None, inputs=()) -> list[str]:
+def publish(out, dest, commit: str | None = None, inputs=()) -> tuple[list[str], bool]:
     """Copy the study in `out` (what its records hold) to `dest`; returns the runs
-    published. `dest` is never the study, inside it or one of `inputs` (the data, the
-    --detector and --published folders), never a folder the tool did not publish, and one
-    process at a time writes it."""
+    published and whether `dest` was replaced (False: it held those files already). `dest`
+    is never the study, inside it or one of `inputs` (the data, the --detector and
+    --published folders), never a folder the tool did not publish, and one process at a
+    time writes it."""
     check_publish_dest(out, dest, inputs)
     with folder_lock(dest, "--publish"):
         check_publish_dest(out, dest, inputs)  # again under the lock: another may have been first
         return _publish_locked(Path(out), Path(dest), commit)
 
 
-def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
+def _publish_locked(out: Path, dest: Path, commit: str | None) -> tuple[list[str], bool]:
     """publish() once the destination's lock is held."""
     study = read_study(out)
     cfg = recorded_config(out, study)  # the study's settings, checked
@@ -225,9 +226,9 @@ def _publish_locked(out: Path, dest: Path, commit: str | None) -> list[str]:
             if same_files(tmp, dest, writers):
                 raise _SameFiles
             write_manifest(tmp, writers, commit)
-    except _SameFiles:
-        pass  # the publication is left as it was: its manifest is still true
-    return variants
+    except _SameFiles:  # the publication is left as it was: its manifest is still true
+        return variants, False
+    return variants, True
 
 
 class _SameFiles(Exception):
@@ -349,8 +350,12 @@ def check_keeps_published(dest: Path, variants: list[str], diverged: list[str]) 
         )
 
 
-def published_summary(runs: list[str], dest) -> str:
-    """The line `dnnlab study --publish` prints: how many runs went where."""
+def published_summary(published: tuple[list[str], bool], dest) -> str:
+    """The line `dnnlab study --publish` prints from publish()'s answer: how many runs went
+    where, or that the publication held them already."""
+    runs, replaced = published
+    if not replaced:
+        return f"{dest} left as it was: it holds these {len(runs)} runs already ({', '.join(runs)})"
     return f"published {len(runs)} runs ({', '.join(runs)}) to {dest}, with {MANIFEST}"
 
 
