@@ -146,6 +146,9 @@ def test_spearman_sampled_beyond_nine_pairs():
     r = S.spearman_exact(a, b)
     assert r["p_method"].endswith("random orderings")
     assert r["rho"] == pytest.approx(sps.spearmanr(a, b).statistic)
+    # The same order: no sampled ordering beats it, yet p is 1 / (N + 1), never 0.
+    same = S.spearman_exact(a, a)["p"]
+    assert 0 < same <= 2 / (S.PERMUTATION_SAMPLES + 1)
     # scipy's own permutation test (same statistic) as the reference, within sampling error.
     ref = sps.permutation_test(
         (b,),
@@ -187,3 +190,8 @@ def test_interaction_is_the_four_term_contrast():
     # The brute force pools the + and - terms' seeds into one mean each: twice the contrast's
     # per-image value over 2 (it averages 4 rows where the contrast sums two 2-row means).
     assert r["image_var"] == pytest.approx(100**2 * 4 * oracle, rel=0.1)
+
+
+def test_p_text_never_writes_a_sampled_p_as_zero():
+    assert S.p_text(0.0012) == "p = 0.001" and S.p_text(0.5) == "p = 0.500"
+    assert S.p_text(1 / (S.PERMUTATION_SAMPLES + 1)) == "p < 0.001"

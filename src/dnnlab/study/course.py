@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from dnnlab.study.records import per_image_correct
-from dnnlab.study.stats import difference, spearman_exact
+from dnnlab.study.stats import difference, p_text, spearman_exact
 
 # The course's reported test accuracies (%), quoted for reference; not measured by dnnlab.
 COURSE_TEST_ACC = {
@@ -86,7 +86,7 @@ def seed_agreement_text(r: dict, two: list[str]) -> str:
     method = "exact" if r["p_method"] == "exact" else f"from {r['p_method']}"
     text = (
         f"Spearman's rho between the first and the second seed's test accuracies {r['rho']:.3f} "
-        f"over {len(two)} variants (two-sided permutation p = {r['p']:.3f}, {method})"
+        f"over {len(two)} variants (two-sided permutation {p_text(r['p'])}, {method})"
     )
     if r["rho"] < REPRODUCIBLE_RHO:
         text += (

@@ -50,7 +50,7 @@ from dnnlab.study.records import (
     sort_runs,
     value_at,
 )
-from dnnlab.study.stats import proportion_interval, seed_summary
+from dnnlab.study.stats import p_text, proportion_interval, seed_summary
 from dnnlab.utils.atomic import atomic_write_text
 
 # (title, variants in table order, the references they are compared with): a comparison is
@@ -243,8 +243,8 @@ def _rho_text(r: dict, n_text: str) -> str:
         return f"Spearman's rho {n_text}: undefined (fewer than three variants, or no order)"
     method = "exact" if r["p_method"] == "exact" else f"from {r['p_method']}"
     return (
-        f"Spearman's rho {n_text}: rho = {r['rho']:.3f}, two-sided permutation p = "
-        f"{r['p']:.3f} ({method})"
+        f"Spearman's rho {n_text}: rho = {r['rho']:.3f}, two-sided permutation "
+        f"{p_text(r['p'])} ({method})"
     )
 
 

@@ -149,8 +149,9 @@ PERMUTATION_SAMPLES = 200_000  # Monte Carlo error of p: at most 0.0011 (sd at p
 def spearman_exact(a, b) -> dict:
     """{"rho", "p", "n", "p_method"}: Spearman's rho of `a` against `b` and its two-sided
     permutation p-value, exact (every ordering) up to MAX_EXACT pairs, else from
-    PERMUTATION_SAMPLES seeded random orderings; rho and p are None below three pairs or
-    when a list is constant."""
+    PERMUTATION_SAMPLES seeded random orderings as (k + 1) / (N + 1), k of N at least as
+    extreme: the observed ordering counts as one, so a sampled p is never 0 (Phipson and
+    Smyth 2010); rho and p are None below three pairs or when a list is constant."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"spearman_exact: {a.size} values against {b.size}")
@@ -169,8 +170,15 @@ def spearman_exact(a, b) -> dict:
     x = ra - ra.mean()
     y = (rb - rb.mean())[perms]  # orderings of b's ranks against a's
     rhos = (y @ x) / math.sqrt((x * x).sum() * (y[0] * y[0]).sum())
-    p = float(np.mean(np.abs(rhos) >= abs(rho) - 1e-12))
+    k = int(np.sum(np.abs(rhos) >= abs(rho) - 1e-12))
+    p = k / len(perms) if method == "exact" else (k + 1) / (len(perms) + 1)
     return {"rho": rho, "p": p, "n": n, "p_method": method}
+
+
+def p_text(p: float) -> str:
+    """A p-value as the reports write it: three decimals, and "p < 0.001" below that (a
+    sampled p of 1 / 200,001 is not 0.000)."""
+    return "p < 0.001" if p < 0.0005 else f"p = {p:.3f}"
 
 
 def proportion_interval(count: int, n: int) -> tuple[float, float, float]:
