@@ -52,7 +52,13 @@ on every one:
     training rows also read on their photos at 640 x (1 - J) and 640 x (1 + J), one backbone
     pass per photo and scale, not kept; each epoch of the head reads each photo at one of
     the three scales); the regressors as "defaults";
-  * any of the rows above by its name (frozen backbone).
+  * "jitter-regressors": the defaults' row with the box regressors also fitted on 16
+    jittered copies of each cat box of every training photo (and its mirror), each aimed at
+    the cat it overlaps most (jitter_rows; the IoU predictor's jitter): more rows near the
+    cats, where selective search's boxes are few and dnnlab's AP at IoU >= 0.8 is lost;
+  * any of the rows above by its name (frozen backbone);
+  * CANDIDATE@ROW: CANDIDATE's training detected with the row ROW, on the same models
+    (e.g. end-to-end:5:1e-4:7@jitter-regressors).
 
 Each (candidate, seed, fold) appends one record to --out (jsonl) as it finishes: AP50, AP75
 and mAP of that fold (dnnlab's evaluate.average_precisions), training wall and CPU seconds
@@ -498,6 +504,33 @@ def iou_samples(model, photos, ids, x, rows, rng, n_jitter=16, n_far=8):
     return torch.cat(xs), torch.cat(ts)[:, None]
 
 
+def jitter_rows(model, photos, ids, rng, n_jitter=16):
+    """(features (m, D), index-like rows) of n_jitter jittered copies of each cat box of each
+    photo in ids, each row's target box the cat it overlaps most: extra rows for the box
+    regressors near the cats, where selective search's boxes are few (the "jitter-regressors"
+    row)."""
+    xs, rows = [], []
+    for i in ids:
+        ph = photos[i]
+        if len(ph["gt"]) == 0:
+            continue
+        gt = np.asarray(ph["gt"], np.float32).reshape(-1, 4)
+        b = jitter_boxes(gt, rng, n_jitter, ph["hw"][1], ph["hw"][0])
+        iou, match = box_iou(torch.from_numpy(b), torch.from_numpy(gt)).max(1)
+        xs.append(pooled(model, ph, b))
+        rows += [
+            {
+                "image": ph.get("image"),
+                "label": 1,
+                "box": box.tolist(),
+                "iou": float(v),
+                "gt": gt[m].tolist(),
+            }
+            for box, v, m in zip(b, iou.tolist(), match.tolist(), strict=True)
+        ]
+    return torch.cat(xs), rows
+
+
 class FirstColumns(nn.Module):
     """A regressor fitted on the head's part of the features only."""
 
@@ -524,7 +557,7 @@ def train_fold(
     ridge regressors: {"one": R-CNN's (IoU >= 0.5, both rounds), "two": IoU >= 0.3 first,
     IoU >= 0.5 then, "two-all": "two" fitted on the validation photos' rows too,
     "fine-grid": "two-all" also reading the stride-16 grid, "flip": "fine-grid" fitted on
-    the mirrored photos' rows too} (those in want), and the IoU predictors {"iou": on the
+    the mirrored photos' rows too, "flip-jitter": "flip" with jitter_rows too} (those in want), and the IoU predictors {"iou": on the
     "fine-grid" rows, "iou-flip": on the "flip" rows}. All but "fine-grid" and "flip" read
     only the head's part of x. A head given (trained end to end with the backbone whose maps
     `photos` hold) is kept as it is. recipe: DetectTrainConfig settings of the head's
@@ -587,7 +620,7 @@ def train_fold(
         "fine-grid": lambda: regressors(xa, rows_a, two),
         "iou": lambda: fit_ridge(*iou_samples(model, photos, tr + va, xa, rows_a, rng), 1000.0),
     }
-    if "flip" in want or "iou-flip" in want:
+    if {"flip", "iou-flip", "flip-jitter"} & set(want):
         mirrored = [p["flip"] for p in photos]
         xf, _, rows_f = samples(model, mirrored, tr + va, rng)
         xaf, rows_af = torch.cat([xa, xf]), rows_a + rows_f
@@ -597,6 +630,13 @@ def train_fold(
         fits["iou-flip"] = lambda: fit_ridge(
             *iou_samples(model, both, ids_b, xaf, rows_af, rng), 1000.0
         )
+
+        def flip_jitter():
+            # Its own generator: the other fits' draws (and their records) stay as they were.
+            xj, rows_j = jitter_rows(model, both, ids_b, np.random.default_rng([seed, 38]))
+            return regressors(torch.cat([xaf, xj]), rows_af + rows_j, two)
+
+        fits["flip-jitter"] = flip_jitter
     out = {}
     for name in want:
         t1 = time.perf_counter()
@@ -699,7 +739,15 @@ def candidate(name: str) -> dict:
     hard-negatives:ROUNDS:PER_IMAGE (`detect train
     --hard-negative-rounds ROUNDS --hard-negatives-per-image PER_IMAGE`, likewise) and
     scale-jitter:J (`detect train --scale-jitter J`, likewise), each setting checked as
-    `detect train` checks it."""
+    `detect train` checks it; CANDIDATE@ROW: CANDIDATE's training detected with the SETTINGS
+    row ROW instead (e.g. end-to-end:5:1e-4:7@jitter-regressors)."""
+    if "@" in name:  # CANDIDATE@ROW: that candidate's training, detected with ROW
+        base, row = name.rsplit("@", 1)
+        if row not in SETTINGS:
+            raise InputError(
+                f"--candidates {name}: {row!r} is not a row; one of {', '.join(SETTINGS)}"
+            )
+        return {**candidate(base), "row": row}
     if name == "defaults":
         return {"train": None, "row": DEFAULT_ROW}
     if name in SETTINGS:
@@ -950,6 +998,7 @@ SETTINGS = {
     "flip+iou+tta": (D, "flip", True, "iou-flip", False),
     "flip+iou-nms+tta": (D, "flip", True, "iou-flip", True),
     "flip+tta": (D, "flip", True, None, False),
+    "jitter-regressors": (D, "flip-jitter", True, "iou-flip", True),
 }
 
 

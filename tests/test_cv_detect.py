@@ -139,6 +139,11 @@ def test_candidate_names_end_to_end_with_and_without_a_box_loss():
         "backbone_from": 7,
     }
     assert C.candidate("end-to-end:5:1e-4:7:1")["train"]["box_loss"] == 1.0
+    # CANDIDATE@ROW: the same training, another detection row; an unknown row is named.
+    at = C.candidate("end-to-end:5:1e-4:7@jitter-regressors")
+    assert at == {**C.candidate("end-to-end:5:1e-4:7"), "row": "jitter-regressors"}
+    with pytest.raises(InputError, match="'nope' is not a row"):
+        C.candidate("defaults@nope")
     for bad, names in (
         ("end-to-end:5:1e-4", "EPOCHS:LR:FROM[:BOX]"),
         ("end-to-end:5:1e-4:7:1:2", "EPOCHS:LR:FROM[:BOX]"),
@@ -193,8 +198,43 @@ def test_an_end_to_end_candidate_runs_a_fold(tmp_path):
     argv = [sys.executable, str(root / "benchmarks" / "cv_detect.py"), str(voc)]
     argv += ["--backbone-weights", str(tmp_path / "w.pth"), "--cache", str(tmp_path / "cache")]
     argv += ["--out", str(tmp_path / "o.jsonl"), "--k", "2", "--folds", "0", "--seeds", "0"]
-    argv += ["--candidates", "end-to-end:1:1e-4:17", "--threads", "1"]
+    e2e = "end-to-end:1:1e-4:17"
+    argv += ["--candidates", e2e, f"{e2e}@jitter-regressors", "--threads", "1"]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    (record,) = C.read_records(tmp_path / "o.jsonl")
-    assert (record["name"], record["fold"], record["seed"]) == ("end-to-end:1:1e-4:17", 0, 0)
+    records = C.read_records(tmp_path / "o.jsonl")
+    assert [(r["name"], r["fold"], r["seed"]) for r in records] == [
+        (e2e, 0, 0),
+        (f"{e2e}@jitter-regressors", 0, 0),
+    ]
+    assert done.stdout.count("seed 0 fold 0 (") == 1  # one training serves both rows
+
+
+def test_jitter_rows_target_the_cat_each_box_overlaps_most(monkeypatch):
+    """jitter_rows: each jittered box's row names the cat it overlaps most and that IoU
+    (obvious float64 code), every row a positive, none from a photo without cats."""
+    import torch
+
+    gt = np.array([[10, 10, 110, 90], [60, 20, 200, 150]], np.float32)
+    photos = [
+        {"gt": gt, "hw": (200, 240), "image": "a", "fmap": None},
+        {"gt": np.zeros((0, 4), np.float32), "hw": (200, 240), "image": "b", "fmap": None},
+    ]
+
+    # Features that are the boxes themselves, so each row can be matched to its box.
+    monkeypatch.setattr(C, "pooled", lambda model, ph, boxes: torch.as_tensor(boxes))
+    x, rows = C.jitter_rows(None, photos, [0, 1], np.random.default_rng(0), n_jitter=16)
+    assert len(rows) == len(x) > 0 and {r["image"] for r in rows} == {"a"}
+
+    def iou(a, b):
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+        return w * h / (area(a) + area(b) - w * h)
+
+    for xi, r in zip(x.tolist(), rows, strict=True):
+        box = [float(v) for v in r["box"]]
+        assert np.allclose(xi, box)
+        ious = [iou(box, [float(v) for v in g]) for g in gt]
+        assert r["gt"] == gt[int(np.argmax(ious))].tolist()
+        assert r["iou"] == pytest.approx(max(ious), abs=1e-5) and r["label"] == 1
