@@ -192,3 +192,21 @@ def test_every_reader_refuses_a_named_pipe_without_waiting(tmp_path):
         == f"{tmp_path / 'voc/b.jpg'}: unreadable image (a named pipe (FIFO), not a regular file)"
     )
     assert lines[2].startswith(f"--weights {tmp_path / 'w.pt'}: a named pipe (FIFO)")
+
+
+# -- a flag is read only by its whole name ---------------------------------------------
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["detect", "train", "DIR", "--over"], "--over"),  # not --overwrite
+        (["study", "--out", "OUT", "--over"], "--over"),
+        (["train", "--out", "OUT", "--epoch", "3"], "--epoch"),  # not --epochs
+    ],
+)
+def test_an_abbreviated_flag_is_refused_not_expanded(argv, flag, capsys):
+    """argparse would read `--over` as `--overwrite` (which replaces a folder): dnnlab's
+    parsers take whole names only, so the abbreviation is named and nothing runs."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert f"unrecognized arguments: {flag}" in capsys.readouterr().err

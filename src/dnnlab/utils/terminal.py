@@ -13,7 +13,13 @@ import sys
 
 class OneLineErrors(argparse.ArgumentParser):
     """argparse, but a flag it cannot read is reported as dnnlab's own errors are: one line,
-    `dnnlab CMD: error: ...`, exit status 2 (instead of the usage block first)."""
+    `dnnlab CMD: error: ...`, exit status 2 (instead of the usage block first); and only
+    whole flag names are read (allow_abbrev=False, its subcommands' parsers too): an
+    abbreviation that works today (`--over` for `--overwrite`, `--box` before `--box-loss`
+    existed) would stop working, or mean another flag, once a longer flag is added."""
+
+    def __init__(self, *args, allow_abbrev: bool = False, **kwargs):
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
