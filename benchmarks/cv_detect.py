@@ -56,6 +56,8 @@ on every one:
     jittered copies of each cat box of every training photo (and its mirror), each aimed at
     the cat it overlaps most (jitter_rows; the IoU predictor's jitter): more rows near the
     cats, where selective search's boxes are few and dnnlab's AP at IoU >= 0.8 is lost;
+  * "ridge:L" (L in RIDGE_PENALTIES): the defaults' row with the box regressors' ridge
+    penalty L instead of 1000 (`detect train --reg-lambda L`; the IoU predictor's stays);
   * any of the rows above by its name (frozen backbone);
   * CANDIDATE@ROW: CANDIDATE's training detected with the row ROW, on the same models
     (e.g. end-to-end:5:1e-4:7@jitter-regressors).
@@ -553,17 +555,18 @@ def regressors(x, rows, cfg: RegressorConfig, dim=None):
 def train_fold(
     model, photos, ids, seed, want=("one", "two", "two-all", "fine-grid"), head=None, recipe=None
 ):
-    """The head (70/30 split by photo, 1:1 negatives, `dnnlab detect train`'s loop), the
-    ridge regressors: {"one": R-CNN's (IoU >= 0.5, both rounds), "two": IoU >= 0.3 first,
-    IoU >= 0.5 then, "two-all": "two" fitted on the validation photos' rows too,
-    "fine-grid": "two-all" also reading the stride-16 grid, "flip": "fine-grid" fitted on
-    the mirrored photos' rows too, "flip-jitter": "flip" with jitter_rows too} (those in want), and the IoU predictors {"iou": on the
-    "fine-grid" rows, "iou-flip": on the "flip" rows}. All but "fine-grid" and "flip" read
-    only the head's part of x. A head given (trained end to end with the backbone whose maps
-    `photos` hold) is kept as it is. recipe: DetectTrainConfig settings of the head's
-    training (hard_negative_rounds and hard_negatives_per_image: the head then goes through
-    train.train_hard_negatives on the training photos' negative proposals; scale_jitter:
-    it reads train.scaled_features). Also {name: seconds} of each part."""
+    """The head (70/30 split by photo, 1:1 negatives, `dnnlab detect train`'s loop), the ridge
+    regressors: {"one": R-CNN's (IoU >= 0.5, both rounds), "two": IoU >= 0.3 first, IoU >= 0.5
+    then, "two-all": "two" fitted on the validation photos' rows too, "fine-grid": "two-all"
+    also reading the stride-16 grid, "flip": "fine-grid" fitted on the mirrored photos' rows
+    too, "flip-jitter": "flip" with jitter_rows too, "flip-ridge:L": "flip" with the ridge
+    penalty L} (those in want), and the IoU predictors {"iou": on the "fine-grid" rows,
+    "iou-flip": on the "flip" rows}. All but "fine-grid" and the "flip" ones read only the
+    head's part of x. A head given (trained end to end with the backbone whose maps `photos`
+    hold) is kept as it is. recipe: DetectTrainConfig settings of the head's training
+    (hard_negative_rounds and hard_negatives_per_image: the head then goes through
+    train.train_hard_negatives on the training photos' negative proposals; scale_jitter: it
+    reads train.scaled_features). Also {name: seconds} of each part."""
     rng = np.random.default_rng(seed)
     secs = {}
     t0 = time.perf_counter()
@@ -620,7 +623,7 @@ def train_fold(
         "fine-grid": lambda: regressors(xa, rows_a, two),
         "iou": lambda: fit_ridge(*iou_samples(model, photos, tr + va, xa, rows_a, rng), 1000.0),
     }
-    if {"flip", "iou-flip", "flip-jitter"} & set(want):
+    if any(w.startswith("flip") or w == "iou-flip" for w in want):
         mirrored = [p["flip"] for p in photos]
         xf, _, rows_f = samples(model, mirrored, tr + va, rng)
         xaf, rows_af = torch.cat([xa, xf]), rows_a + rows_f
@@ -637,6 +640,10 @@ def train_fold(
             return regressors(torch.cat([xaf, xj]), rows_af + rows_j, two)
 
         fits["flip-jitter"] = flip_jitter
+        for lam in RIDGE_PENALTIES:
+            fits[f"flip-ridge:{lam:g}"] = lambda lam=lam: regressors(
+                xaf, rows_af, replace(two, reg_lambda=lam)
+            )
     out = {}
     for name in want:
         t1 = time.perf_counter()
@@ -981,6 +988,7 @@ def detect_fold(model, head, regs, photos, test, cand: dict) -> dict:
 
 
 D = DetectionConfig()
+RIDGE_PENALTIES = (100, 300, 3000, 10000)  # the "ridge:L" rows: a decade either side of 1000
 # name: (detection settings, regressors, test-time flip, IoU predictor or None, IoU-guided NMS)
 SETTINGS = {
     "probability, no voting": (DetectionConfig(vote_iou=0), "one", False, None, False),
@@ -999,6 +1007,12 @@ SETTINGS = {
     "flip+iou-nms+tta": (D, "flip", True, "iou-flip", True),
     "flip+tta": (D, "flip", True, None, False),
     "jitter-regressors": (D, "flip-jitter", True, "iou-flip", True),
+    # The defaults' row with the box regressors' ridge penalty (`--reg-lambda`, 1000: R-CNN's)
+    # at another value; the IoU predictor keeps 1000.
+    **{
+        f"ridge:{lam:g}": (D, f"flip-ridge:{lam:g}", True, "iou-flip", True)
+        for lam in RIDGE_PENALTIES
+    },
 }
 
 

@@ -142,6 +142,7 @@ def test_candidate_names_end_to_end_with_and_without_a_box_loss():
     # CANDIDATE@ROW: the same training, another detection row; an unknown row is named.
     at = C.candidate("end-to-end:5:1e-4:7@jitter-regressors")
     assert at == {**C.candidate("end-to-end:5:1e-4:7"), "row": "jitter-regressors"}
+    assert C.candidate("ridge:100") == {"train": None, "row": "ridge:100"}
     with pytest.raises(InputError, match="'nope' is not a row"):
         C.candidate("defaults@nope")
     for bad, names in (
