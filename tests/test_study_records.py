@@ -333,13 +333,23 @@ def test_a_study_in_progress_says_what_is_still_to_come(seeded, tmp_path):
     # The study.json of a study still running has no date or wall time yet (here: removed
     # from the copy, as the running study publishes it): the latest publication's date.
     st = json.loads((part / "study.json").read_text())
-    (part / "study.json").write_text(
-        json.dumps({k: v for k, v in st.items() if k not in ("date", "wall_seconds")})
-    )
+    st = {k: v for k, v in st.items() if k not in ("date", "wall_seconds")}
+    # Each run's seconds as a study cut off across sessions records them (train: its
+    # commands' wall time; probe), with a stage that is not counted.
+    names = ("base", "base-seed1", "bn", "bn-seed1")
+    st["stage_seconds"]["variants"] = {
+        m: {"train": 5000.0 + 400 * i, "train_epochs": 4000.0, "probe": 300.0}
+        for i, m in enumerate(names)
+    }
+    (part / "study.json").write_text(json.dumps(st))
     writers = {rel: e["writer"] for rel, e in read_manifest(part)["files"].items()}
     write_manifest(part, writers, "abc")
     text = "\n".join(published_section(read_published(tmp_path / "results")))
-    assert "wall time recorded when it ends, published 20" in text and "undated" not in text
+    assert "wall time recorded when it ends (" in text and "undated" not in text
+    assert ", published 20" in text
+    # The runs' own seconds, summed (train + probe): what the study cost even when the
+    # commands that trained it were cut off (and never wrote wall_seconds).
+    assert "(6.6 h of training and probing summed over its runs" in text  # 23,600 s
 
 
 @pytest.mark.slow  # its fixture is a study of four runs

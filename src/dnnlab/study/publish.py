@@ -431,6 +431,13 @@ def read_published(root) -> dict:
                 "epochs": st.get("epochs"),
                 "quick": st.get("quick"),
                 "wall_seconds": st.get("wall_seconds"),
+                # Each run's own seconds (its stages.json: training and probing, summed over
+                # the commands that built it): a study's wall_seconds counts only commands
+                # that reached their end, so one cut off at a session's end adds nothing.
+                "run_seconds": sum(
+                    float(v.get("train") or 0) + float(v.get("probe") or 0)
+                    for v in (st.get("stage_seconds") or {}).get("variants", {}).values()
+                ),
                 "train_subset": st.get("train_subset"),
                 "max_per_split": st.get("max_per_split"),
                 "precision": joined_values(
@@ -473,10 +480,15 @@ def _published_label(s: dict) -> str:
     )
     probe = f", probe capped at {s['max_per_split']} per split" if s["max_per_split"] else ""
     wall = (
-        f"{s['wall_seconds'] / 60:.0f} min wall"
+        f"{s['wall_seconds'] / 60:.0f} min wall for the command that finished it"
         if s["wall_seconds"]
         else "wall time recorded when it ends"
     )
+    if s["run_seconds"]:
+        wall += (
+            f" ({s['run_seconds'] / 3600:.1f} h of training and probing summed over its "
+            "runs, each run's commands and restarts included)"
+        )
     changed = " with the course's double-softmax head" if s["softmax_head"] else ""
     if s["step_size"]:
         changed += f", its StepLR every {s['step_size']} epochs"
