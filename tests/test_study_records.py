@@ -316,6 +316,9 @@ def test_the_factorial_interaction_is_the_four_term_contrast(tmp_path):
 def test_a_study_in_progress_says_what_is_still_to_come(seeded, tmp_path):
     _, _, pub = seeded
     assert read_published(pub.parent)["studies"][0]["missing"] == []  # all four published
+    # A finished study's own wall time, from study.json (the commands that reached their end).
+    finished = "\n".join(published_section(read_published(pub.parent)))
+    assert " min wall over the commands that ran to their end (" in finished
     # The study's own folder, given in place of the folder of studies: that one study.
     assert read_published(pub)["studies"] == read_published(pub.parent)["studies"]
     part = shutil.copytree(pub, tmp_path / "results" / "part")
@@ -334,14 +337,12 @@ def test_a_study_in_progress_says_what_is_still_to_come(seeded, tmp_path):
     # from the copy, as the running study publishes it): the latest publication's date.
     st = json.loads((part / "study.json").read_text())
     st = {k: v for k, v in st.items() if k not in ("date", "wall_seconds")}
-    # Each run's seconds as a study cut off across sessions records them (train: its
-    # commands' wall time; probe), with a stage that is not counted.
-    names = ("base", "base-seed1", "bn", "bn-seed1")
-    st["stage_seconds"]["variants"] = {
-        m: {"train": 5000.0 + 400 * i, "train_epochs": 4000.0, "probe": 300.0}
-        for i, m in enumerate(names)
-    }
     (part / "study.json").write_text(json.dumps(st))
+    # Each published run's seconds as a study cut off across sessions records them (train:
+    # its commands' wall time; probe), with a stage that is not counted.
+    for i, m in enumerate(("base", "base-seed1", "bn")):
+        stages = {"train": 5000.0 + 400 * i, "train_epochs": 4000.0, "probe": 300.0}
+        (part / "runs" / m / "stages.json").write_text(json.dumps(stages))
     writers = {rel: e["writer"] for rel, e in read_manifest(part)["files"].items()}
     write_manifest(part, writers, "abc")
     text = "\n".join(published_section(read_published(tmp_path / "results")))
@@ -349,7 +350,7 @@ def test_a_study_in_progress_says_what_is_still_to_come(seeded, tmp_path):
     assert ", published 20" in text
     # The runs' own seconds, summed (train + probe): what the study cost even when the
     # commands that trained it were cut off (and never wrote wall_seconds).
-    assert "(6.6 h of training and probing summed over its runs" in text  # 23,600 s
+    assert "(4.8 h of training and probing summed over its published runs" in text  # 17,100 s
 
 
 @pytest.mark.slow  # its fixture is a study of four runs

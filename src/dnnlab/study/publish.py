@@ -43,6 +43,7 @@ from dnnlab.study.manifest import MANIFEST, ManifestError, read_manifest, verify
 from dnnlab.study.markup import md_grid, md_text, num, pct
 from dnnlab.study.records import (
     FEATURE_LAYER,
+    STAGES_FILE,
     WHOLE_SPLITS,
     diverged_runs,
     joined_values,
@@ -64,7 +65,7 @@ RUN_FILES = ("config.json", "metrics.csv", "summary.json", "probe.csv")
 # trained since they were recorded); probe.json: probe.csv's rows with their provenance
 # (published since runs are adopted from a publication, below); whole-splits/: the last
 # layers on the whole splits.
-OPTIONAL_RUN_FILES = ("stages.json", "test_predictions.json", "probe.json")
+OPTIONAL_RUN_FILES = (STAGES_FILE, "test_predictions.json", "probe.json")
 WHOLE_SPLITS_FILES = ("probe.json", "probe.csv")
 # The weights stay out of the repository (13.7 MB a checkpoint of the study's networks, with
 # the optimizer's state); this file says where each run's were and their sha256.
@@ -101,7 +102,7 @@ def writer_of(rel: str) -> str:
         return "dnnlab study (probe of the last layers on the whole splits)"
     if name in TRAIN_FILES:
         return "dnnlab train (called by dnnlab study)"
-    if name == "stages.json":
+    if name == STAGES_FILE:
         return "dnnlab study (stage times)"
     if name.startswith("cka_"):
         return "dnnlab study (CKA of base against bn)"
@@ -430,13 +431,14 @@ def read_published(root) -> dict:
                 "commit": st.get("commit"),
                 "epochs": st.get("epochs"),
                 "quick": st.get("quick"),
-                "wall_seconds": st.get("wall_seconds"),
-                # Each run's own seconds (its stages.json: training and probing, summed over
-                # the commands that built it): a study's wall_seconds counts only commands
-                # that reached their end, so one cut off at a session's end adds nothing.
+                # A study's wall time counts only the commands that reached their end (one
+                # cut off at a session's end adds nothing), and a study still running has
+                # none of its own yet; each published run's stages.json has its own seconds
+                # (training and probing, summed over the commands that built it).
+                "wall_seconds": st.get("wall_seconds") if st.get("date") else None,
                 "run_seconds": sum(
                     float(v.get("train") or 0) + float(v.get("probe") or 0)
-                    for v in (st.get("stage_seconds") or {}).get("variants", {}).values()
+                    for v in (read_json(f, ()) for f in (d / "runs").glob(f"*/{STAGES_FILE}"))
                 ),
                 "train_subset": st.get("train_subset"),
                 "max_per_split": st.get("max_per_split"),
@@ -480,14 +482,14 @@ def _published_label(s: dict) -> str:
     )
     probe = f", probe capped at {s['max_per_split']} per split" if s["max_per_split"] else ""
     wall = (
-        f"{s['wall_seconds'] / 60:.0f} min wall for the command that finished it"
+        f"{s['wall_seconds'] / 60:.0f} min wall over the commands that ran to their end"
         if s["wall_seconds"]
         else "wall time recorded when it ends"
     )
     if s["run_seconds"]:
         wall += (
             f" ({s['run_seconds'] / 3600:.1f} h of training and probing summed over its "
-            "runs, each run's commands and restarts included)"
+            "published runs, each run's commands and restarts included)"
         )
     changed = " with the course's double-softmax head" if s["softmax_head"] else ""
     if s["step_size"]:

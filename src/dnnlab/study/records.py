@@ -29,6 +29,9 @@ from dnnlab.study.config import (
 from dnnlab.utils.records import RecordError, read_json
 
 FEATURE_LAYER = "avgpool"
+# A run's wall seconds per stage (train, probe), summed over the commands that built it, and
+# their devices (study.add_stage_seconds writes it; the published labels read it).
+STAGES_FILE = "stages.json"
 
 
 class StudyError(DnnlabError, RuntimeError):

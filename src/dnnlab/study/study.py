@@ -66,7 +66,7 @@ from dnnlab.study.publish import (
     published_summary,
     read_published,
 )
-from dnnlab.study.records import StudyError, read_study, recorded_runs
+from dnnlab.study.records import STAGES_FILE, StudyError, read_study, recorded_runs
 from dnnlab.study.report import detector_section, write_report
 from dnnlab.utils.atomic import atomic_write_json
 from dnnlab.utils.lock import folder_lock
@@ -218,9 +218,6 @@ def run_variant(
         log(f"[{name}] probing {', '.join(wcfg.layers)} on the whole val and test splits")
         probe_run(run, wcfg, tcfg.data_root, overwrite, progress, out=run / WHOLE_SPLITS)
         add_stage_seconds(run, "probe", time.perf_counter() - t0, device)
-
-
-STAGES_FILE = "stages.json"
 
 
 def run_finished(run: Path) -> bool:
