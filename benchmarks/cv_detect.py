@@ -494,15 +494,12 @@ def iou_samples(model, photos, ids, x, rows, rng, n_jitter=16, n_far=8):
     ious = np.array([r["iou"] for r in rows])
     far = np.flatnonzero(ious < 0.3)
     pick = np.concatenate([np.flatnonzero(ious >= 0.3), rng.permutation(far)[: n_far * len(ids)]])
-    xs, ts = [x[np.sort(pick)]], [torch.from_numpy(ious[np.sort(pick)]).float()]
-    for i in ids:
-        ph = photos[i]
-        if len(ph["gt"]) == 0:
-            continue
-        b = jitter_boxes(ph["gt"], rng, n_jitter, ph["hw"][1], ph["hw"][0])
-        t = box_iou(torch.from_numpy(b), torch.from_numpy(ph["gt"]).float()).max(1).values
-        xs.append(pooled(model, ph, b))
-        ts.append(t)
+    xj, rows_j = jitter_rows(model, photos, ids, rng, n_jitter)
+    xs = [x[np.sort(pick)], xj]
+    ts = [
+        torch.from_numpy(ious[np.sort(pick)]).float(),
+        torch.tensor([r["iou"] for r in rows_j], dtype=torch.float64),  # as box_iou gave them
+    ]
     return torch.cat(xs), torch.cat(ts)[:, None]
 
 
@@ -530,7 +527,7 @@ def jitter_rows(model, photos, ids, rng, n_jitter=16):
             }
             for box, v, m in zip(b, iou.tolist(), match.tolist(), strict=True)
         ]
-    return torch.cat(xs), rows
+    return (torch.cat(xs) if xs else torch.zeros(0, model.spec.dim)), rows
 
 
 class FirstColumns(nn.Module):
